@@ -1,0 +1,134 @@
+import { randomBytes } from "node:crypto";
+import { mkdir, open, readFile, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { FlotillaError } from "../../common/errors.js";
+import type { BackupArtifact, DatabaseKind } from "../core/ports.js";
+
+/** A backup as recorded beside its artifact (`<id>.json`). */
+export interface BackupManifest extends BackupArtifact {
+  readonly id: string;
+  readonly targetId: string;
+  readonly kind: DatabaseKind;
+  readonly createdAt: string;
+  readonly source: string;
+  readonly operationId: string;
+  readonly rolloutId: string;
+  readonly verified: boolean;
+  readonly verifiedAt: string;
+  readonly verification: string;
+}
+
+const BACKUP_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+
+/** Validates a backup id received over the wire: ids only, never paths. */
+export function assertBackupId(id: string): void {
+  if (!BACKUP_ID.test(id) || id.includes("..")) {
+    throw new FlotillaError("INVALID_ARGUMENT", `"${id}" is not a backup id (list them with: flotilla backups TARGET)`);
+  }
+}
+
+async function fsyncPath(path: string): Promise<void> {
+  const fh = await open(path, "r");
+  try { await fh.sync(); } finally { await fh.close(); }
+}
+
+/**
+ * Backups of one target in one folder: `<id>.db`/`<id>.dump` plus `<id>.json`.
+ * Paths are built here from ids; a manifest is written with temp + fsync +
+ * rename, so no partial file ever carries a final name.
+ */
+export class BackupCatalog {
+  constructor(private readonly dir: string, private readonly targetId: string, private readonly kind: DatabaseKind) {}
+
+  /** Creates the folder and removes temp files left by a crash. */
+  async prepare(): Promise<string[]> {
+    await mkdir(this.dir, { recursive: true, mode: 0o700 });
+    const removed: string[] = [];
+    for (const name of await readdir(this.dir)) {
+      if (name.includes(".tmp-") || name.includes(".restore-")) {
+        await rm(join(this.dir, name), { recursive: true, force: true });
+        removed.push(name);
+      }
+    }
+    return removed;
+  }
+
+  /** A fresh id and the artifact path it will use. */
+  newBackup(): { id: string; path: string } {
+    const stamp = new Date().toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z");
+    const id = `${this.targetId}-${stamp}-${randomBytes(3).toString("hex")}`;
+    return { id, path: this.artifactPath(id) };
+  }
+
+  artifactPath(id: string): string {
+    assertBackupId(id);
+    return join(this.dir, `${id}.${this.kind === "sqlite" ? "db" : "dump"}`);
+  }
+
+  async save(m: BackupManifest): Promise<void> {
+    assertBackupId(m.id);
+    const final = join(this.dir, `${m.id}.json`);
+    const tmp = `${final}.tmp-${randomBytes(4).toString("hex")}`;
+    await writeFile(tmp, JSON.stringify(m, null, 2), { mode: 0o600, flag: "wx" });
+    await fsyncPath(tmp);
+    await rename(tmp, final);
+    await fsyncPath(this.dir);
+  }
+
+  async get(id: string): Promise<BackupManifest> {
+    assertBackupId(id);
+    let text: string;
+    try {
+      text = await readFile(join(this.dir, `${id}.json`), "utf8");
+    } catch {
+      throw new FlotillaError("NOT_FOUND", `backup ${id} does not exist for target ${this.targetId} (list them with: flotilla backups ${this.targetId})`);
+    }
+    return JSON.parse(text) as BackupManifest;
+  }
+
+  /** Newest first. */
+  async list(): Promise<BackupManifest[]> {
+    let names: string[];
+    try {
+      names = await readdir(this.dir);
+    } catch {
+      return [];
+    }
+    const out: BackupManifest[] = [];
+    for (const n of names) {
+      if (!n.endsWith(".json") || n.includes(".tmp-")) continue;
+      try {
+        out.push(JSON.parse(await readFile(join(this.dir, n), "utf8")) as BackupManifest);
+      } catch {
+        // a manifest that cannot be read is not a backup we can offer
+      }
+    }
+    return out.sort((a, b) => b.createdAt.localeCompare(a.createdAt));
+  }
+
+  async lastVerified(): Promise<BackupManifest | undefined> {
+    return (await this.list()).find((m) => m.verified);
+  }
+
+  /** Deletes the oldest backups beyond `keep`, never one in `protect`. Returns deleted ids. */
+  async prune(keep: number, protect: ReadonlySet<string>): Promise<string[]> {
+    const all = await this.list();
+    const deleted: string[] = [];
+    for (const m of all.slice(keep)) {
+      if (protect.has(m.id)) continue;
+      await rm(this.artifactPath(m.id), { recursive: true, force: true });
+      await rm(join(this.dir, `${m.id}.json`), { force: true });
+      deleted.push(m.id);
+    }
+    return deleted;
+  }
+
+  async artifactExists(id: string): Promise<boolean> {
+    try {
+      await stat(this.artifactPath(id));
+      return true;
+    } catch {
+      return false;
+    }
+  }
+}

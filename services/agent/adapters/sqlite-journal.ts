@@ -1,0 +1,162 @@
+import Database from "better-sqlite3";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { FlotillaError } from "../../common/errors.js";
+
+export type OperationState = "running" | "succeeded" | "failed" | "refused" | "interrupted" | "recovered";
+
+export interface OperationRow {
+  id: string;
+  targetId: string;
+  kind: string;
+  state: OperationState;
+  startedAt: string;
+  finishedAt: string;
+  backupId: string;
+  revisionBefore: string[];
+  revisionAfter: string[];
+  toRevision: string;
+  errorCode: string;
+  message: string;
+  rolloutId: string;
+}
+
+type Raw = {
+  id: string; target_id: string; kind: string; state: OperationState; started_at: string; finished_at: string | null;
+  backup_id: string; revision_before: string; revision_after: string; to_revision: string; error_code: string; message: string; rollout_id: string;
+};
+
+function fromRaw(r: Raw): OperationRow {
+  return {
+    id: r.id, targetId: r.target_id, kind: r.kind, state: r.state, startedAt: r.started_at, finishedAt: r.finished_at ?? "",
+    backupId: r.backup_id, revisionBefore: JSON.parse(r.revision_before) as string[], revisionAfter: JSON.parse(r.revision_after) as string[],
+    toRevision: r.to_revision, errorCode: r.error_code, message: r.message, rolloutId: r.rollout_id,
+  };
+}
+
+/**
+ * The agent's local journal (better-sqlite3, synchronous=FULL): one row per
+ * operation and one lock row per busy target. A lock row outlives the process:
+ * after a crash the target stays locked by the interrupted operation until a
+ * Recover operation resolves it.
+ */
+export class SqliteJournal {
+  private db: Database.Database | undefined;
+  constructor(private readonly dataDir: string) {}
+
+  open(): void {
+    mkdirSync(this.dataDir, { recursive: true, mode: 0o700 });
+    const db = new Database(join(this.dataDir, "journal.db"));
+    db.pragma("journal_mode = WAL");
+    db.pragma("synchronous = FULL");
+    db.pragma("busy_timeout = 5000");
+    db.exec(`
+      CREATE TABLE IF NOT EXISTS operations (
+        id TEXT PRIMARY KEY, target_id TEXT NOT NULL, kind TEXT NOT NULL, state TEXT NOT NULL,
+        started_at TEXT NOT NULL, finished_at TEXT, backup_id TEXT NOT NULL DEFAULT '',
+        revision_before TEXT NOT NULL DEFAULT '[]', revision_after TEXT NOT NULL DEFAULT '[]',
+        to_revision TEXT NOT NULL DEFAULT '', error_code TEXT NOT NULL DEFAULT '', message TEXT NOT NULL DEFAULT '',
+        rollout_id TEXT NOT NULL DEFAULT ''
+      );
+      CREATE INDEX IF NOT EXISTS operations_target ON operations(target_id, started_at);
+      CREATE TABLE IF NOT EXISTS target_locks (
+        target_id TEXT PRIMARY KEY, operation_id TEXT NOT NULL, acquired_at TEXT NOT NULL
+      );`);
+    this.db = db;
+  }
+
+  close(): void {
+    this.db?.close();
+    this.db = undefined;
+  }
+
+  private get d(): Database.Database {
+    if (!this.db) throw new Error("journal is not open");
+    return this.db;
+  }
+
+  /** Marks operations left running by a previous process as interrupted; returns them. Locks stay held. */
+  markInterrupted(): OperationRow[] {
+    const rows = this.d.prepare("SELECT * FROM operations WHERE state = 'running'").all() as Raw[];
+    this.d.prepare("UPDATE operations SET state = 'interrupted', message = 'the agent stopped while this operation was running' WHERE state = 'running'").run();
+    return rows.map((r) => ({ ...fromRaw(r), state: "interrupted" as const }));
+  }
+
+  /**
+   * Starts an operation: takes the target's lock and records the operation in
+   * one transaction. Throws TARGET_BUSY naming the holder when locked.
+   */
+  begin(op: { id: string; targetId: string; kind: string; toRevision?: string; rolloutId?: string; backupId?: string; revisionBefore?: string[] }, takeLock = true): void {
+    const now = new Date().toISOString();
+    const tx = this.d.transaction(() => {
+      if (this.d.prepare("SELECT 1 FROM operations WHERE id = ?").get(op.id)) {
+        throw new FlotillaError("INVALID_ARGUMENT", `operation id ${op.id} was already used; every operation needs a new id`);
+      }
+      if (takeLock) {
+        const held = this.d.prepare("SELECT operation_id FROM target_locks WHERE target_id = ?").get(op.targetId) as { operation_id: string } | undefined;
+        if (held) {
+          const holder = this.d.prepare("SELECT kind, state FROM operations WHERE id = ?").get(held.operation_id) as { kind: string; state: string } | undefined;
+          const what = holder ? `${holder.kind} operation ${held.operation_id} (${holder.state})` : `operation ${held.operation_id}`;
+          const hint = holder?.state === "interrupted"
+            ? "; it was interrupted: resolve it with Recover (restore its backup, or accept the database at its target revision)"
+            : "; wait for it to finish";
+          throw new FlotillaError("TARGET_BUSY", `target ${op.targetId} is busy with ${what}${hint}`);
+        }
+        this.d.prepare("INSERT INTO target_locks (target_id, operation_id, acquired_at) VALUES (?, ?, ?)").run(op.targetId, op.id, now);
+      }
+      this.d.prepare(`INSERT INTO operations (id, target_id, kind, state, started_at, to_revision, rollout_id, backup_id, revision_before)
+        VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)`).run(
+        op.id, op.targetId, op.kind, now, op.toRevision ?? "", op.rolloutId ?? "", op.backupId ?? "", JSON.stringify(op.revisionBefore ?? []));
+    });
+    tx.immediate();
+  }
+
+  /** Records progress facts on a running operation (durable before the next action). */
+  update(id: string, fields: { backupId?: string; revisionBefore?: string[]; revisionAfter?: string[]; message?: string }): void {
+    const sets: string[] = [];
+    const vals: unknown[] = [];
+    if (fields.backupId !== undefined) { sets.push("backup_id = ?"); vals.push(fields.backupId); }
+    if (fields.revisionBefore !== undefined) { sets.push("revision_before = ?"); vals.push(JSON.stringify(fields.revisionBefore)); }
+    if (fields.revisionAfter !== undefined) { sets.push("revision_after = ?"); vals.push(JSON.stringify(fields.revisionAfter)); }
+    if (fields.message !== undefined) { sets.push("message = ?"); vals.push(fields.message); }
+    if (sets.length === 0) return;
+    this.d.prepare(`UPDATE operations SET ${sets.join(", ")} WHERE id = ?`).run(...vals, id);
+  }
+
+  /** Ends an operation and releases the target lock it holds. */
+  finish(id: string, state: Exclude<OperationState, "running">, fields: { errorCode?: string; message?: string; revisionAfter?: string[] } = {}): void {
+    const tx = this.d.transaction(() => {
+      this.d.prepare("UPDATE operations SET state = ?, finished_at = ?, error_code = ?, message = ?, revision_after = COALESCE(?, revision_after) WHERE id = ?").run(
+        state, new Date().toISOString(), fields.errorCode ?? "", fields.message ?? "", fields.revisionAfter ? JSON.stringify(fields.revisionAfter) : null, id);
+      this.d.prepare("DELETE FROM target_locks WHERE operation_id = ?").run(id);
+    });
+    tx.immediate();
+  }
+
+  /** Moves a target's lock from an interrupted operation to the recovering one. */
+  transferLock(targetId: string, fromOperation: string, toOperation: string): void {
+    const r = this.d.prepare("UPDATE target_locks SET operation_id = ? WHERE target_id = ? AND operation_id = ?").run(toOperation, targetId, fromOperation);
+    if (r.changes !== 1) throw new FlotillaError("PRECONDITION_FAILED", `operation ${fromOperation} does not hold the lock of ${targetId}`);
+  }
+
+  get(id: string): OperationRow | undefined {
+    const r = this.d.prepare("SELECT * FROM operations WHERE id = ?").get(id) as Raw | undefined;
+    return r ? fromRaw(r) : undefined;
+  }
+
+  list(targetId: string | undefined, limit: number): OperationRow[] {
+    const rows = (targetId
+      ? this.d.prepare("SELECT * FROM operations WHERE target_id = ? ORDER BY started_at DESC LIMIT ?").all(targetId, limit)
+      : this.d.prepare("SELECT * FROM operations ORDER BY started_at DESC LIMIT ?").all(limit)) as Raw[];
+    return rows.map(fromRaw);
+  }
+
+  lockHolder(targetId: string): string | undefined {
+    const r = this.d.prepare("SELECT operation_id FROM target_locks WHERE target_id = ?").get(targetId) as { operation_id: string } | undefined;
+    return r?.operation_id;
+  }
+
+  interrupted(targetId: string): string[] {
+    return (this.d.prepare("SELECT id FROM operations WHERE target_id = ? AND state = 'interrupted' ORDER BY started_at").all(targetId) as { id: string }[]).map((r) => r.id);
+  }
+}

@@ -1,0 +1,151 @@
+/**
+ * The agent's ports: what its operations need from the outside world. Adapters
+ * (services/agent/adapters/) implement them with real SQLite, PostgreSQL,
+ * Alembic and app commands; core code never imports those technologies.
+ */
+
+export type DatabaseKind = "sqlite" | "postgresql";
+
+/** Progress callback: one human line, optionally with byte counts. */
+export type ProgressFn = (p: { line: string; source?: "backup" | "alembic" | "app" | "hook" | "agent"; bytesDone?: number; bytesTotal?: number }) => void;
+
+/** Something other than the agent that holds the database open. */
+export interface Holder {
+  /** Process id (SQLite) or backend pid (PostgreSQL). */
+  readonly pid: number;
+  /** Command line (SQLite) or application_name/client address (PostgreSQL). */
+  readonly description: string;
+  /** PostgreSQL session state, e.g. "idle in transaction". */
+  readonly state?: string;
+}
+
+export interface IntegrityResult {
+  readonly ok: boolean;
+  /** "ok", or the first problems reported. */
+  readonly detail: string;
+}
+
+/** A finished backup artifact, before it is recorded in a manifest. */
+export interface BackupArtifact {
+  /** Absolute path of the artifact (a file, or a directory for pg_dump -Fd). */
+  readonly path: string;
+  readonly sizeBytes: number;
+  readonly sha256: string;
+  /** Row counts per table at backup time, for verification. */
+  readonly tableCounts: Readonly<Record<string, number>>;
+  /** Schema fingerprint (sha256 of the normalised schema) at backup time. */
+  readonly schemaHash: string;
+  readonly revisions: readonly string[];
+  /** Tool that wrote it, e.g. "sqlite VACUUM INTO 3.40.1" or "pg_dump 15.14 -Fc -Z1". */
+  readonly tool: string;
+}
+
+export interface VerifyResult {
+  readonly ok: boolean;
+  /** What was checked and what failed, one phrase each. */
+  readonly detail: string;
+}
+
+/** One target database. Every method opens and closes its own connections. */
+export interface DatabaseAdapter {
+  readonly kind: DatabaseKind;
+  /** Location with any password removed (for display). */
+  readonly displayName: string;
+  /** Whether the database exists at all (file present / database present). */
+  exists(): Promise<boolean>;
+  /** Rows of alembic_version; null when the table does not exist. */
+  readRevisions(): Promise<string[] | null>;
+  /** User tables (excluding sqlite internal tables). */
+  listTables(): Promise<string[]>;
+  listColumns(table: string): Promise<string[]>;
+  /** Row count of every user table. */
+  tableCounts(): Promise<Record<string, number>>;
+  /** sha256 of a normalised description of the schema (tables, columns, indexes). */
+  schemaHash(): Promise<string>;
+  /** SQLite: PRAGMA integrity_check off the main thread; PostgreSQL: a read of every table (and amcheck when present). */
+  integrityCheck(): Promise<IntegrityResult>;
+  /** Database size in bytes (file + WAL, or pg_database_size). */
+  sizeBytes(): Promise<number>;
+  /** Other processes / sessions holding the database. */
+  holders(): Promise<Holder[]>;
+  /**
+   * A consistent backup while the app may be writing, written to `destPath`
+   * under a temporary name, fsynced and renamed into place. Never overwrites.
+   */
+  backup(destPath: string, onProgress: ProgressFn, signal?: AbortSignal): Promise<BackupArtifact>;
+  /** Re-read the artifact: sha256 match and a full decode; row counts and schema against the manifest. */
+  verifyBackup(artifact: BackupArtifact, onProgress: ProgressFn, signal?: AbortSignal): Promise<VerifyResult>;
+  /**
+   * Replace the database with the backup, atomically where the engine allows
+   * (SQLite: write beside, fsync, rename, WAL/SHM removed; PostgreSQL: into a
+   * fresh database that is then swapped in, or a clean restore).
+   */
+  restore(artifact: BackupArtifact, onProgress: ProgressFn, signal?: AbortSignal): Promise<void>;
+  /** Consistent copy of this database to another location of the same kind (blue-green). */
+  cloneTo(target: DatabaseAdapter, onProgress: ProgressFn, signal?: AbortSignal): Promise<void>;
+  /** A throwaway copy for rehearsals; drop() removes it. */
+  scratchCopy(onProgress: ProgressFn, signal?: AbortSignal): Promise<{ adapter: DatabaseAdapter; url: string; drop(): Promise<void> }>;
+  /** Free bytes where backups of this database go. */
+  freeBytes(dir: string): Promise<number>;
+  /** The URL handed to Alembic as DATABASE_URL (with password, never logged). */
+  alembicUrl(): string;
+}
+
+/** One revision of the code's revision graph. */
+export interface RevisionNode {
+  readonly id: string;
+  readonly down: readonly string[];
+  readonly message: string;
+}
+
+/** The code's revision graph as the operations need it. */
+export interface GraphView {
+  readonly revisions: ReadonlyMap<string, RevisionNode>;
+  readonly heads: readonly string[];
+  readonly branchpoints: readonly string[];
+  /** Hash of the versions folders the graph was built from. */
+  readonly hash: string;
+}
+
+export interface AlembicFailureInfo {
+  readonly kind: string;
+  readonly message: string;
+  readonly hint: string;
+  readonly changesMayBePartial: boolean;
+}
+
+export interface AlembicStep {
+  readonly from: readonly string[];
+  readonly to: string;
+  readonly message: string;
+  readonly direction: "upgrade" | "downgrade" | "stamp";
+}
+
+export interface AlembicRun {
+  readonly ok: boolean;
+  readonly exitCode: number | null;
+  readonly stdout: string;
+  readonly stderr: string;
+  readonly durationMs: number;
+  readonly failure?: AlembicFailureInfo;
+  readonly steps: readonly AlembicStep[];
+}
+
+export interface AlembicRunOptions {
+  readonly onLine?: (line: string, stream: "stdout" | "stderr") => void;
+  readonly signal?: AbortSignal;
+  readonly timeoutMs?: number;
+  readonly extraEnv?: Readonly<Record<string, string>>;
+}
+
+/** The Alembic CLI of one target (its own folder, command, env and database URL). */
+export interface AlembicPort {
+  /** Revision graph, cached by a hash of the versions folders. */
+  graph(): Promise<GraphView>;
+  upgrade(to: string, opts: AlembicRunOptions): Promise<AlembicRun>;
+  downgrade(to: string, opts: AlembicRunOptions): Promise<AlembicRun>;
+  stamp(rev: string, opts: AlembicRunOptions & { purge?: boolean }): Promise<AlembicRun>;
+  offlineSql(from: string | null, to: string, opts?: AlembicRunOptions): Promise<AlembicRun>;
+  /** Runs a command that imports the revision modules (env problems surface here). */
+  checkEnv(): Promise<AlembicRun>;
+}

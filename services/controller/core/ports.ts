@@ -1,0 +1,151 @@
+/**
+ * The controller's ports. The rollout engine, the audit log and the API
+ * handlers depend on these interfaces only; services/controller/store/ has one
+ * adapter per database (better-sqlite3, pg), checked by one contract suite.
+ */
+
+export type RolloutStatus = "pending" | "running" | "succeeded" | "failed" | "halted" | "aborted" | "rolled-back";
+export type TargetRunStatus = "pending" | "running" | "succeeded" | "failed" | "restored" | "skipped" | "rolled-back";
+export type StepState = "pending" | "running" | "succeeded" | "failed" | "skipped" | "interrupted";
+export type Strategy = "maintenance" | "job" | "blue-green";
+
+export interface RolloutSpecDoc {
+  readonly selector: string;
+  readonly toRevision: string;
+  readonly strategy: Strategy;
+  readonly waves: string;
+  readonly maxFailures: number;
+  readonly schedule?: string;
+  readonly window?: string;
+}
+
+export interface StepDoc {
+  name: string;
+  state: StepState;
+  agentId: string;
+  operationId: string;
+  detail: string;
+  startedAt?: string;
+  finishedAt?: string;
+}
+
+export interface RolloutTargetDoc {
+  targetId: string;
+  agentId: string;
+  wave: number;
+  status: TargetRunStatus;
+  steps: StepDoc[];
+  revisionBefore: string[];
+  revisionAfter: string[];
+  backupId: string;
+  message: string;
+}
+
+/** A rollout as persisted: the whole document is rewritten on every change. */
+export interface RolloutDoc {
+  id: string;
+  status: RolloutStatus;
+  spec: RolloutSpecDoc;
+  targets: RolloutTargetDoc[];
+  createdAt: string;
+  finishedAt?: string;
+  actor: string;
+  message: string;
+  warnings: string[];
+  currentWave: number;
+  /** Set by abort; the engine stops before its next step. */
+  abortRequested: boolean;
+  /** Monotonic revision of the document, bumped by every save (optimistic concurrency). */
+  version: number;
+}
+
+export interface AgentRecord {
+  id: string;
+  address: string;
+  source: "config" | "registered";
+  lastSeen?: string;
+}
+
+export interface ScheduleDoc {
+  name: string;
+  cron: string;
+  selector: string;
+  strategy: Strategy;
+  window: string;
+  toRevision: string;
+  waves: string;
+  source: "config" | "api";
+  lastRun?: string;
+  lastResult?: string;
+}
+
+/** One row of the audit log as stored. `hash` = HMAC-SHA256(key, prevHash ‖ canonical(row)). */
+export interface AuditRow {
+  seq: number;
+  time: string;
+  actor: string;
+  action: string;
+  target: string;
+  /** JSON text, secrets already redacted. */
+  args: string;
+  outcome: "intent" | "ok" | "error" | "denied";
+  detail: string;
+  prevHash: string;
+  hash: string;
+}
+
+export type NewAuditRow = Omit<AuditRow, "seq" | "prevHash" | "hash">;
+
+export interface AuditFilter {
+  since?: string;
+  until?: string;
+  target?: string;
+  actor?: string;
+  action?: string;
+  limit?: number;
+}
+
+export type LeaseResult = { ok: true } | { ok: false; targetId: string; heldBy: string };
+
+/** Everything the controller persists. Every method is atomic. */
+export interface ControllerStore {
+  /** Creates tables if needed. */
+  init(): Promise<void>;
+  close(): Promise<void>;
+
+  createRollout(doc: RolloutDoc): Promise<void>;
+  /** Replaces the document; fails with Error('stale rollout version') if doc.version is not the stored version (then stores version+1 and sets doc.version). */
+  saveRollout(doc: RolloutDoc): Promise<void>;
+  getRollout(id: string): Promise<RolloutDoc | null>;
+  /** Newest first. */
+  listRollouts(limit: number): Promise<RolloutDoc[]>;
+  /** Rollouts whose status is pending or running. */
+  listActiveRollouts(): Promise<RolloutDoc[]>;
+
+  /** All-or-nothing: leases every target for the rollout, or none and names the first holder. */
+  acquireLeases(rolloutId: string, targetIds: readonly string[]): Promise<LeaseResult>;
+  /** Releases the rollout's leases (all of them when targetIds is absent). */
+  releaseLeases(rolloutId: string, targetIds?: readonly string[]): Promise<void>;
+  /** targetId → rolloutId for every held lease. */
+  listLeases(): Promise<Record<string, string>>;
+
+  upsertAgent(agent: AgentRecord): Promise<void>;
+  listAgents(): Promise<AgentRecord[]>;
+
+  upsertSchedule(s: ScheduleDoc): Promise<void>;
+  removeSchedule(name: string): Promise<boolean>;
+  listSchedules(): Promise<ScheduleDoc[]>;
+  /** Records that schedule `name` fired for `slot` (ISO time); false if it already had (idempotency key). */
+  claimScheduleFire(name: string, slot: string): Promise<boolean>;
+
+  /**
+   * Appends one audit row atomically at the chain's tail: reads the last
+   * (seq, hash) under a lock (SQLite: BEGIN IMMEDIATE; PostgreSQL:
+   * pg_advisory_xact_lock), calls `seal(prevSeq, prevHash)` for the new hash,
+   * inserts, commits. Throws if it cannot write (callers fail closed).
+   */
+  appendAudit(row: NewAuditRow, seal: (seq: number, prevHash: string) => string): Promise<AuditRow>;
+  /** Rows in seq order from `afterSeq` (exclusive), at most `limit`. */
+  readAudit(afterSeq: number, limit: number): Promise<AuditRow[]>;
+  queryAudit(filter: AuditFilter): Promise<AuditRow[]>;
+}

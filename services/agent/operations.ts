@@ -733,4 +733,8 @@ export class AgentOperations {
   getOperation(id: string): ReturnType<SqliteJournal["get"]> {
     return this.d.journal.get(id);
   }
+
+  listOperations(targetId: string | undefined, limit: number): ReturnType<SqliteJournal["list"]> {
+    return this.d.journal.list(targetId, limit);
+  }
 }

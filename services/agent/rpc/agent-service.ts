@@ -1,0 +1,116 @@
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { streamOf } from "../../common/async-queue.js";
+import { FlotillaError } from "../../common/errors.js";
+import type { ServiceImpl } from "../../common/grpc-bridge.js";
+import {
+  AgentService, type BackupInfoSchema, type OperationEventSchema, type TargetStatusSchema,
+} from "../../common/gen/flotilla/v1/agent_pb.js";
+import type { AgentConfig } from "../config.js";
+import type { BackupManifest } from "../adapters/backup-catalog.js";
+import type { AgentOperations, OpEvent, OpResult } from "../operations.js";
+
+type EventInit = MessageInitShape<typeof OperationEventSchema>;
+
+/** Manifest → wire BackupInfo. */
+export function backupInfo(m: BackupManifest): MessageInitShape<typeof BackupInfoSchema> {
+  return {
+    id: m.id, targetId: m.targetId, kind: m.kind, sizeBytes: BigInt(m.sizeBytes), sha256: m.sha256, revisions: [...m.revisions],
+    createdAt: m.createdAt, verified: m.verified, verifiedAt: m.verifiedAt, verification: m.verification, operationId: m.operationId,
+    source: m.source, path: m.path,
+  };
+}
+
+function eventOf(e: OpEvent): EventInit {
+  switch (e.kind) {
+    case "progress":
+      return { event: { case: "progress", value: { source: e.source, line: e.line, bytesDone: BigInt(e.bytesDone ?? 0), bytesTotal: BigInt(e.bytesTotal ?? 0) } } };
+    case "step":
+      return { event: { case: "step", value: { name: e.name, state: e.state, detail: e.detail, durationMs: BigInt(e.durationMs ?? 0) } } };
+    case "result":
+      return { event: { case: "result", value: resultOf(e.result) } };
+  }
+}
+
+function resultOf(r: OpResult): Extract<EventInit["event"], { case: "result" }>["value"] {
+  return {
+    operationId: r.operationId, kind: r.kind, status: r.status, errorCode: r.errorCode, message: r.message,
+    revisionBefore: r.revisionBefore, revisionAfter: r.revisionAfter, ...(r.backup ? { backup: backupInfo(r.backup) } : {}),
+    timings: r.timings.map((x) => ({ fromRevision: x.from, toRevision: x.to, durationMs: BigInt(x.durationMs), message: x.message })),
+    failureClass: r.failureClass, restored: r.restored, outputTail: r.outputTail, durationMs: BigInt(r.durationMs), details: r.details,
+  };
+}
+
+function opStream(run: (emit: (e: OpEvent) => void) => Promise<OpResult>): AsyncIterable<EventInit> {
+  return streamOf<EventInit>(async (push) => {
+    await run((e) => push(eventOf(e)));
+  });
+}
+
+function need(value: string, what: string): string {
+  if (value === "") throw new FlotillaError("INVALID_ARGUMENT", `${what} is required`);
+  return value;
+}
+
+/** The gRPC AgentService: validated requests in, operations, wire messages out. */
+export function agentServiceImpl(config: AgentConfig, ops: AgentOperations, version: string): ServiceImpl<typeof AgentService.method> {
+  const status = async (targetId: string): Promise<MessageInitShape<typeof TargetStatusSchema>> => {
+    const t = ops.target(need(targetId, "target_id"));
+    const s = await ops.status(targetId);
+    return {
+      targetId, kind: t.config.kind, labels: { ...t.config.labels }, current: s.current, heads: s.heads,
+      pending: s.pending.map((p) => ({ id: p.id, down: p.down, message: p.message })),
+      apps: s.apps.map((a) => ({ id: a.id, targetId, color: a.color, state: a.state, detail: a.detail })),
+      ...(s.lastVerified ? { lastVerifiedBackup: backupInfo(s.lastVerified) } : {}),
+      busyOperationId: s.busy, interruptedOperationIds: s.interrupted, error: s.error, currentKnown: s.currentKnown,
+      agentId: config.agentId, database: t.config.database,
+    };
+  };
+  return {
+    async getInfo() {
+      return {
+        agentId: config.agentId, version,
+        targets: config.targets.map((t) => ({ id: t.id, kind: t.kind, labels: { ...t.labels }, blueGreen: t.blueGreen !== undefined, database: t.database })),
+        apps: config.apps.map((a) => ({ id: a.id, targetId: a.target, color: a.color, state: "", detail: "" })),
+      };
+    },
+    getStatus: (req) => status(req.targetId),
+    async diagnose(req) {
+      const r = await ops.diagnose(need(req.targetId, "target_id"));
+      return { targetId: req.targetId, findings: r.findings, problems: r.problems };
+    },
+    async plan(req) {
+      const p = await ops.plan(need(req.targetId, "target_id"), req.toRevision);
+      return { targetId: req.targetId, current: p.current, toRevision: p.to, pending: p.pending, sql: p.sql, sqlComplete: p.sqlComplete, notes: p.notes, additiveOnly: p.additiveOnly };
+    },
+    async listBackups(req) {
+      return { backups: (await ops.listBackups(need(req.targetId, "target_id"))).map(backupInfo) };
+    },
+    async getOperation(req) {
+      const o = ops.getOperation(need(req.operationId, "operation_id"));
+      if (!o) throw new FlotillaError("NOT_FOUND", `operation ${req.operationId} is not in this agent's journal`);
+      return { ...o };
+    },
+    async listOperations(req) {
+      return { operations: ops.listOperations(req.targetId || undefined, req.limit > 0 ? Math.min(req.limit, 500) : 50).map((o) => ({ ...o })) };
+    },
+    backup: (req, ctx) => opStream((emit) => ops.backup({ targetId: req.targetId, operationId: req.operationId, rolloutId: req.rolloutId, verify: req.verify }, emit, ctx.signal)),
+    verifyBackup: (req, ctx) => opStream((emit) => ops.verifyBackup({ targetId: req.targetId, backupId: need(req.backupId, "backup_id"), operationId: req.operationId }, emit, ctx.signal)),
+    restore: (req, ctx) => opStream((emit) => ops.restore({ targetId: req.targetId, backupId: need(req.backupId, "backup_id"), operationId: req.operationId, manageApps: req.manageApps }, emit, ctx.signal)),
+    migrate: (req, ctx) => opStream((emit) => ops.migrate({
+      targetId: req.targetId, toRevision: req.toRevision, operationId: req.operationId, rolloutId: req.rolloutId, backupId: req.backupId,
+      takeBackup: req.takeBackup, online: req.online, green: req.green, lockTimeoutMs: req.lockTimeoutMs,
+    }, emit, ctx.signal)),
+    rehearse: (req, ctx) => opStream((emit) => ops.rehearse({ targetId: req.targetId, toRevision: req.toRevision, operationId: req.operationId }, emit, ctx.signal)),
+    downgrade: (req, ctx) => opStream((emit) => ops.downgrade({ targetId: req.targetId, toRevision: need(req.toRevision, "to_revision"), operationId: req.operationId, acceptDataLoss: req.acceptDataLoss }, emit, ctx.signal)),
+    stamp: (req, ctx) => opStream((emit) => ops.stamp({ targetId: req.targetId, revision: need(req.revision, "revision"), operationId: req.operationId, reason: req.reason }, emit, ctx.signal)),
+    stopApps: (req, ctx) => opStream((emit) => ops.stopApps({ targetId: req.targetId, operationId: req.operationId, color: req.color }, emit, ctx.signal)),
+    startApps: (req, ctx) => opStream((emit) => ops.startApps({ targetId: req.targetId, operationId: req.operationId, color: req.color }, emit, ctx.signal)),
+    async checkHealth(req) {
+      const h = await ops.health(need(req.targetId, "target_id"), req.color);
+      return { apps: h.apps.map((a) => ({ id: a.id, targetId: req.targetId, color: a.color, state: a.state, detail: a.detail })), healthy: h.healthy };
+    },
+    clone: (req, ctx) => opStream((emit) => ops.clone({ targetId: req.targetId, operationId: req.operationId, rolloutId: req.rolloutId }, emit, ctx.signal)),
+    switch: (req, ctx) => opStream((emit) => ops.switchTraffic({ targetId: req.targetId, operationId: req.operationId, color: req.color }, emit, ctx.signal)),
+    recover: (req, ctx) => opStream((emit) => ops.recover({ targetId: req.targetId, operationId: need(req.operationId, "operation_id"), action: req.action, newOperationId: req.newOperationId }, emit, ctx.signal)),
+  };
+}

@@ -1,0 +1,156 @@
+import { dirname, isAbsolute, resolve } from "node:path";
+import {
+  ConfigProblems, HOST_PORT, deepFreeze, flagValue, isObj, parseConfigText, parseDuration, str,
+} from "../common/config-helpers.js";
+import { FlotillaError } from "../common/errors.js";
+
+export type Role = "viewer" | "operator" | "admin";
+
+export interface ControllerConfig {
+  readonly listen: { readonly grpc: string; readonly http: string };
+  /** sqlite:///path or postgresql://… */
+  readonly store: string;
+  readonly dataDir: string;
+  readonly auditKeyFile: string;
+  readonly tls?: { readonly cert: string; readonly key: string; readonly ca: string };
+  readonly agents: readonly { readonly id: string; readonly address: string }[];
+  /** Token values are read from their files; never logged. Absent: loopback only, no auth. */
+  readonly tokens: readonly { readonly name: string; readonly role: Role; readonly value: string }[];
+  readonly schedules: readonly {
+    readonly name: string; readonly cron: string; readonly selector: string; readonly strategy: string;
+    readonly window: string; readonly toRevision: string; readonly waves: string;
+  }[];
+  readonly agentTimeoutMs: number;
+  readonly logLevel: string;
+}
+
+export interface LoadControllerConfigInput {
+  readonly argv: readonly string[];
+  readonly env: Readonly<Record<string, string | undefined>>;
+  readonly readFile: (path: string) => string;
+}
+
+const ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+export const SELECTOR = /^([A-Za-z0-9._/-]+=[A-Za-z0-9._/-]*)(,[A-Za-z0-9._/-]+=[A-Za-z0-9._/-]*)*$/;
+export const STRATEGIES = ["maintenance", "job", "blue-green"] as const;
+
+/**
+ * Loads the controller config: flag > env > file > defaults, every problem at
+ * once with its key path, frozen result. Token values come from files.
+ */
+export function loadControllerConfig(input: LoadControllerConfigInput): ControllerConfig {
+  const path = flagValue(input.argv, "config") ?? input.env.FLOTILLA_CONTROLLER_CONFIG;
+  if (!path) throw new FlotillaError("CONFIG_INVALID", "no config file given: run flotilla-controller --config /etc/flotilla/controller.yaml (or set FLOTILLA_CONTROLLER_CONFIG)");
+  let text: string;
+  try {
+    text = input.readFile(path);
+  } catch (err) {
+    throw new FlotillaError("CONFIG_INVALID", `cannot read config file ${path}: ${(err as Error).message}`);
+  }
+  const base = dirname(resolve(path));
+  const abs = (p: string): string => (isAbsolute(p) ? p : resolve(base, p));
+  const doc = parseConfigText(text, path);
+  const p = new ConfigProblems(path);
+  const known = new Set(["listen", "store", "dataDir", "auditKeyFile", "tls", "agents", "tokens", "schedules", "agentTimeoutSeconds", "logLevel"]);
+  for (const k of Object.keys(doc)) if (!known.has(k)) p.add(k, `unknown key (known: ${[...known].join(", ")})`);
+
+  let grpc = "127.0.0.1:7440";
+  let http = "127.0.0.1:7441";
+  if (doc.listen !== undefined) {
+    if (!isObj(doc.listen)) p.add("listen", "must be { grpc: host:port, http: host:port }");
+    else {
+      grpc = str(doc.listen, "grpc", "listen.", p) ?? grpc;
+      http = str(doc.listen, "http", "listen.", p) ?? http;
+    }
+  }
+  grpc = flagValue(input.argv, "grpc-listen") ?? input.env.FLOTILLA_CONTROLLER_GRPC ?? grpc;
+  http = flagValue(input.argv, "http-listen") ?? input.env.FLOTILLA_CONTROLLER_HTTP ?? http;
+  if (!HOST_PORT.test(grpc)) p.add("listen.grpc", `"${grpc}" is not host:port`);
+  if (!HOST_PORT.test(http)) p.add("listen.http", `"${http}" is not host:port`);
+
+  const dataDir = abs(flagValue(input.argv, "data-dir") ?? input.env.FLOTILLA_CONTROLLER_DATA_DIR ?? str(doc, "dataDir", "", p) ?? "/var/lib/flotilla");
+  let store = flagValue(input.argv, "store") ?? input.env.FLOTILLA_STORE ?? str(doc, "store", "", p) ?? `sqlite:///${resolve(dataDir, "controller.db")}`;
+  if (store.startsWith("sqlite:///")) {
+    const rest = store.slice("sqlite:///".length);
+    if (rest === "") p.add("store", "sqlite URL has no path (sqlite:////var/lib/flotilla/controller.db)");
+    else store = `sqlite:///${abs(rest)}`;
+  } else if (!/^postgres(ql)?:\/\/\S+\/\S+/.test(store)) {
+    p.add("store", `"${store.replace(/:[^:@/]*@/, ":***@")}" must be sqlite:///path or postgresql://user@host:5432/db`);
+  }
+  const auditKeyFile = abs(str(doc, "auditKeyFile", "", p) ?? resolve(dataDir, "audit.key"));
+
+  let tls: ControllerConfig["tls"];
+  if (doc.tls !== undefined) {
+    if (!isObj(doc.tls)) p.add("tls", "must be { cert, key, ca }");
+    else {
+      const cert = str(doc.tls, "cert", "tls.", p, { required: true });
+      const key = str(doc.tls, "key", "tls.", p, { required: true });
+      const ca = str(doc.tls, "ca", "tls.", p, { required: true });
+      if (cert && key && ca) tls = { cert: abs(cert), key: abs(key), ca: abs(ca) };
+    }
+  }
+
+  const agents: { id: string; address: string }[] = [];
+  if (doc.agents !== undefined) {
+    if (!Array.isArray(doc.agents)) p.add("agents", "must be a list of { id, address }");
+    else doc.agents.forEach((a, i) => {
+      if (!isObj(a)) return p.add(`agents[${i}]`, "must be { id, address }");
+      const id = str(a, "id", `agents[${i}].`, p, { required: true, pattern: ID });
+      const address = str(a, "address", `agents[${i}].`, p, { required: true, pattern: HOST_PORT, hint: "host:port of the agent's gRPC listener" });
+      if (id && agents.some((x) => x.id === id)) p.add(`agents[${i}].id`, `"${id}" is listed twice`);
+      if (id && address) agents.push({ id, address });
+    });
+  }
+
+  const tokens: { name: string; role: Role; value: string }[] = [];
+  if (doc.tokens !== undefined) {
+    if (!Array.isArray(doc.tokens)) p.add("tokens", "must be a list of { name, role, file }");
+    else doc.tokens.forEach((t, i) => {
+      const at = `tokens[${i}].`;
+      if (!isObj(t)) return p.add(`tokens[${i}]`, "must be { name, role, file }");
+      const name = str(t, "name", at, p, { required: true, pattern: ID });
+      const role = str(t, "role", at, p, { required: true, pattern: /^(viewer|operator|admin)$/, hint: "viewer, operator or admin" });
+      const file = str(t, "file", at, p, { required: true });
+      if (file) {
+        try {
+          const value = input.readFile(abs(file)).trim();
+          if (value.length < 16) p.add(`${at}file`, "token is shorter than 16 characters");
+          else if (name && role) tokens.push({ name, role: role as Role, value });
+        } catch (err) {
+          p.add(`${at}file`, `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+        }
+      }
+    });
+  }
+  const httpHost = http.replace(/:\d+$/, "");
+  if (tokens.length === 0 && !["127.0.0.1", "localhost", "[::1]"].includes(httpHost)) {
+    p.add("tokens", `are required when the API listens on ${httpHost} (without tokens it serves loopback only)`);
+  }
+
+  const schedules: ControllerConfig["schedules"][number][] = [];
+  if (doc.schedules !== undefined) {
+    if (!Array.isArray(doc.schedules)) p.add("schedules", "must be a list");
+    else doc.schedules.forEach((s, i) => {
+      const at = `schedules[${i}].`;
+      if (!isObj(s)) return p.add(`schedules[${i}]`, "must be a mapping");
+      const name = str(s, "name", at, p, { required: true, pattern: ID });
+      const cron = str(s, "cron", at, p, { required: true });
+      if (cron && cron.trim().split(/\s+/).length !== 5) p.add(`${at}cron`, `"${cron}" must have 5 fields (minute hour day month weekday)`);
+      const selector = str(s, "selector", at, p, { required: true, pattern: SELECTOR, hint: "k=v[,k=v]" });
+      const strategy = str(s, "strategy", at, p, { required: true, pattern: /^(maintenance|job|blue-green)$/, hint: "maintenance, job or blue-green" });
+      const window = str(s, "window", at, p) ?? "2h";
+      if (parseDuration(window) === undefined) p.add(`${at}window`, `"${window}" is not a duration like 30m or 2h`);
+      const toRevision = str(s, "to", at, p) ?? "head";
+      const waves = str(s, "waves", at, p) ?? "";
+      if (name && cron && selector && strategy) schedules.push({ name, cron, selector, strategy, window, toRevision, waves });
+    });
+  }
+  const agentTimeoutSeconds = doc.agentTimeoutSeconds === undefined ? 7200 : Number(doc.agentTimeoutSeconds);
+  if (!Number.isFinite(agentTimeoutSeconds) || agentTimeoutSeconds <= 0) p.add("agentTimeoutSeconds", "must be a positive number");
+  const logLevel = input.env.FLOTILLA_LOG_LEVEL ?? str(doc, "logLevel", "", p) ?? "info";
+  p.throwIfAny();
+  return deepFreeze({
+    listen: { grpc, http }, store, dataDir, auditKeyFile, agents, tokens, schedules, agentTimeoutMs: agentTimeoutSeconds * 1000, logLevel,
+    ...(tls ? { tls } : {}),
+  });
+}

@@ -1,0 +1,47 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { matchesSelector, parseSelector, parseWaves, planTargets, stepsFor, type InventoryTarget } from "./rollout-plan.js";
+import { FlotillaError } from "../../common/errors.js";
+
+const t = (id: string, labels: Record<string, string> = {}, appAgents = ["a1"], blueGreen = false): InventoryTarget =>
+  ({ id, ownerAgent: "a1", appAgents, labels, blueGreen });
+
+test("waves: counts and percentages are cumulative, the last wave takes the rest", () => {
+  assert.deepEqual(parseWaves("1,25%,100%", 8), [1, 1, 6]);
+  assert.deepEqual(parseWaves("1,100%", 3), [1, 2]);
+  assert.deepEqual(parseWaves("", 3), [3]);
+  assert.deepEqual(parseWaves("2", 5), [2, 3]);
+  assert.deepEqual(parseWaves("1,1,50%", 2), [1, 1]);
+});
+
+test("waves: malformed specs are refused with INVALID_ARGUMENT", () => {
+  for (const bad of ["abc", "0", "1,150%", "-1", "1,,2"]) {
+    assert.throws(() => parseWaves(bad, 4), (e: unknown) => e instanceof FlotillaError && e.code === "INVALID_ARGUMENT", bad);
+  }
+});
+
+test("selector: every pair must match; id= selects one target", () => {
+  const pairs = parseSelector("env=prod,region=eu");
+  assert.equal(matchesSelector({ id: "x", labels: { env: "prod", region: "eu" } }, pairs), true);
+  assert.equal(matchesSelector({ id: "x", labels: { env: "prod" } }, pairs), false);
+  assert.equal(matchesSelector({ id: "webui-1", labels: {} }, parseSelector("id=webui-1")), true);
+  assert.throws(() => parseSelector("env"), /not key=value/);
+  assert.throws(() => parseSelector(""), /selector is required/);
+});
+
+test("maintenance stops every app host before the backup and starts them after verify", () => {
+  const names = stepsFor("maintenance", t("db", {}, ["a2", "a1"]), "head").map((s) => `${s.name}@${s.agentId}`);
+  assert.deepEqual(names, ["precheck@a1", "stop@a1", "stop@a2", "backup@a1", "migrate@a1", "verify@a1", "start@a1", "start@a2", "health@a1", "health@a2"]);
+});
+
+test("blue-green needs a blueGreen target and ends with the switch", () => {
+  assert.throws(() => stepsFor("blue-green", t("db"), "head"), /blueGreen/);
+  const names = stepsFor("blue-green", t("db", {}, ["a1"], true), "head").map((s) => s.name);
+  assert.deepEqual(names, ["precheck", "clone", "migrate-green", "verify", "start-green", "health-green", "switch"]);
+});
+
+test("planTargets assigns sorted targets to waves", () => {
+  const plan = planTargets("job", [t("c"), t("a"), t("b")], "1,100%", "head");
+  assert.deepEqual(plan.map((p) => [p.targetId, p.wave]), [["a", 0], ["b", 1], ["c", 1]]);
+  assert.ok(plan.every((p) => p.steps.every((s) => s.state === "pending")));
+});

@@ -1,0 +1,119 @@
+import { readFileSync } from "node:fs";
+import { mkdir } from "node:fs/promises";
+import type { AddressInfo } from "node:net";
+import { ControllerService } from "../common/gen/flotilla/v1/controller_pb.js";
+import { addService, bindServer, newServer, serverCredentials } from "../common/grpc-bridge.js";
+import { createLogger, type Logger } from "../common/logger.js";
+import { toFlotillaError } from "../common/errors.js";
+import { registerSecret } from "../common/redact.js";
+import { GrpcAgentPool } from "./agents/agent-pool.js";
+import { AuditLog } from "./audit/audit-log.js";
+import { checkpointPathFor, loadOrCreateAuditKey } from "./audit/audit-key.js";
+import { loadControllerConfig, type ControllerConfig } from "./config.js";
+import { createHttpGateway } from "./http/http-gateway.js";
+import { Inventory } from "./inventory.js";
+import { RolloutEngine } from "./rollout-engine.js";
+import { Scheduler } from "./scheduler.js";
+import { authenticate, controllerServiceImpl } from "./service.js";
+import { openStore } from "./store/index.js";
+
+export interface RunningController {
+  readonly httpPort: number;
+  readonly grpcPort: number;
+  readonly engine: RolloutEngine;
+  readonly scheduler: Scheduler;
+  stop(): Promise<void>;
+}
+
+/** Starts the controller from a loaded config (main, and tests in-process). */
+export async function startController(config: ControllerConfig, log: Logger): Promise<RunningController> {
+  for (const t of config.tokens) registerSecret(t.value);
+  await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
+  const store = openStore(config.store);
+  await store.init();
+  const key = await loadOrCreateAuditKey(config.auditKeyFile);
+  const audit = new AuditLog(store, key, { checkpointFile: checkpointPathFor(config.auditKeyFile) });
+  const pool = new GrpcAgentPool(config.agents, store, config.tls);
+  const inventory = new Inventory(pool, log);
+  const engine = new RolloutEngine({ store, pool, inventory, audit, log, agentTimeoutMs: config.agentTimeoutMs });
+  const scheduler = new Scheduler({ store, engine, audit, log });
+  for (const s of config.schedules) {
+    const existing = (await store.listSchedules()).find((x) => x.name === s.name);
+    await store.upsertSchedule({ ...s, strategy: s.strategy as "maintenance", source: "config", ...(existing?.lastRun ? { lastRun: existing.lastRun } : {}), ...(existing?.lastResult ? { lastResult: existing.lastResult } : {}) });
+  }
+  const callerOf = (method: string, ctx: { metadata: { get(k: string): unknown[] } }) => {
+    const auth = ctx.metadata.get("authorization")[0];
+    return authenticate(config, typeof auth === "string" ? auth : undefined, method);
+  };
+  const impl = controllerServiceImpl({ config, store, pool, inventory, engine, audit, scheduler, log }, callerOf);
+
+  const grpcServer = newServer();
+  addService(grpcServer, ControllerService, impl);
+  const tls = config.tls ? { cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key), ca: readFileSync(config.tls.ca) } : undefined;
+  const grpcPort = await bindServer(grpcServer, config.listen.grpc, config.tokens.length > 0 && tls ? serverCredentials(tls) : serverCredentials());
+
+  const http = createHttpGateway(impl, { audit, log, callerOf });
+  const [host, portText] = [config.listen.http.replace(/:\d+$/, "").replace(/^\[|\]$/g, ""), config.listen.http.split(":").at(-1)!];
+  await new Promise<void>((resolve, reject) => {
+    http.once("error", reject);
+    http.listen(Number(portText), host, () => resolve());
+  });
+  const httpPort = (http.address() as AddressInfo).port;
+  await audit.append({ actor: "controller", action: "controller.start", outcome: "ok", detail: `http ${httpPort}, grpc ${grpcPort}` });
+  const resumed = await engine.resumeAll();
+  if (resumed.length) log.info({ rollouts: resumed }, "resumed rollouts");
+  await scheduler.reload();
+  log.info({ httpPort, grpcPort, store: config.store.replace(/:[^:@/]*@/, ":***@") }, "controller listening");
+  return {
+    httpPort, grpcPort, engine, scheduler,
+    async stop() {
+      await scheduler.close();
+      await engine.close();
+      http.closeAllConnections();
+      await new Promise<void>((r) => http.close(() => r()));
+      grpcServer.forceShutdown();
+      pool.close();
+      await store.close();
+    },
+  };
+}
+
+/** Entry point of `flotilla-controller --config controller.yaml`. */
+export async function main(argv: string[]): Promise<void> {
+  if (argv.includes("--help") || argv.includes("-h")) {
+    process.stdout.write("usage: flotilla-controller --config controller.yaml [--data-dir DIR] [--store URL]\n");
+    return;
+  }
+  let config: ControllerConfig;
+  try {
+    config = loadControllerConfig({ argv, env: process.env, readFile: (p) => readFileSync(p, "utf8") });
+  } catch (err) {
+    const fe = toFlotillaError(err);
+    process.stderr.write(`flotilla-controller: ${fe.message}\n`);
+    process.exitCode = 2;
+    return;
+  }
+  const log = createLogger({ name: "flotilla-controller", level: config.logLevel });
+  let running: RunningController;
+  try {
+    running = await startController(config, log);
+  } catch (err) {
+    log.fatal({ err: toFlotillaError(err) }, "controller failed to start");
+    process.stderr.write(`flotilla-controller: ${toFlotillaError(err).message}\n`);
+    process.exitCode = 1;
+    return;
+  }
+  if (process.env.FLOTILLA_PORT_FILE) {
+    const { writeFileSync } = await import("node:fs");
+    writeFileSync(process.env.FLOTILLA_PORT_FILE, JSON.stringify({ http: running.httpPort, grpc: running.grpcPort }));
+  }
+  let stopping = false;
+  const onSignal = (sig: string): void => {
+    if (stopping) process.exit(1);
+    stopping = true;
+    log.info({ signal: sig }, "stopping: rollouts in progress resume on next start");
+    void running.stop().then(() => process.exit(0));
+  };
+  process.on("SIGTERM", onSignal);
+  process.on("SIGINT", onSignal);
+}

@@ -1,0 +1,284 @@
+import { timingSafeEqual } from "node:crypto";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import type { OperationEventSchema, OperationResultSchema } from "../common/gen/flotilla/v1/agent_pb.js";
+import type { ControllerService, RolloutSchema, RolloutEventSchema } from "../common/gen/flotilla/v1/controller_pb.js";
+import { AsyncQueue } from "../common/async-queue.js";
+import { FlotillaError, toFlotillaError } from "../common/errors.js";
+import type { CallContext, ServiceImpl } from "../common/grpc-bridge.js";
+import type { Logger } from "../common/logger.js";
+import { redactValue } from "../common/redact.js";
+import type { GrpcAgentPool } from "./agents/agent-pool.js";
+import type { AuditLog } from "./audit/audit-log.js";
+import type { ControllerConfig, Role } from "./config.js";
+import { SELECTOR } from "./config.js";
+import type { ControllerStore, RolloutDoc, Strategy } from "./core/ports.js";
+import type { Inventory } from "./inventory.js";
+import type { RolloutEngine } from "./rollout-engine.js";
+import { Scheduler } from "./scheduler.js";
+import { parseDuration } from "../common/config-helpers.js";
+import { randomUUID } from "node:crypto";
+
+type RolloutInit = MessageInitShape<typeof RolloutSchema>;
+type OpResultShape = import("@bufbuild/protobuf").MessageShape<typeof OperationResultSchema>;
+type OpEventShape = import("@bufbuild/protobuf").MessageShape<typeof OperationEventSchema>;
+
+const ROLE_RANK: Record<Role, number> = { viewer: 0, operator: 1, admin: 2 };
+
+/** Role each method needs; reads are "viewer". */
+const METHOD_ROLE: Record<string, Role> = {
+  ListTargets: "viewer", DiagnoseTarget: "viewer", ListTargetBackups: "viewer", PlanRollout: "viewer", GetRollout: "viewer",
+  ListRollouts: "viewer", WatchRollout: "viewer", ListSchedules: "viewer", QueryAudit: "viewer", VerifyAudit: "viewer",
+  BackupTarget: "operator", StartRollout: "operator", AbortRollout: "operator", RegisterAgent: "operator",
+  RestoreTarget: "admin", DowngradeTarget: "admin", StampTarget: "admin", RollbackRollout: "admin", AddSchedule: "admin", RemoveSchedule: "admin",
+};
+
+const READS = new Set(["ListTargets", "DiagnoseTarget", "ListTargetBackups", "PlanRollout", "GetRollout", "ListRollouts", "WatchRollout", "ListSchedules", "QueryAudit", "VerifyAudit"]);
+
+export interface Caller {
+  readonly actor: string;
+  readonly role: Role;
+}
+
+/** Authenticates a bearer token against the configured tokens (none configured: loopback-only, actor "local"). */
+export function authenticate(config: ControllerConfig, authorization: string | undefined, method: string): Caller {
+  if (config.tokens.length === 0) return { actor: "local", role: "admin" };
+  const m = /^Bearer\s+(\S+)$/i.exec(authorization ?? "");
+  if (!m) throw new FlotillaError("UNAUTHENTICATED", "this controller requires a token: pass --token or set FLOTILLA_TOKEN");
+  const given = Buffer.from(m[1]!);
+  const tok = config.tokens.find((t) => {
+    const want = Buffer.from(t.value);
+    return want.length === given.length && timingSafeEqual(want, given);
+  });
+  if (!tok) throw new FlotillaError("UNAUTHENTICATED", "the token is not valid for this controller");
+  const need = METHOD_ROLE[method] ?? "admin";
+  if (ROLE_RANK[tok.role] < ROLE_RANK[need]) throw new FlotillaError("PERMISSION_DENIED", `${method} needs the ${need} role; token ${tok.name} has ${tok.role}`);
+  return { actor: tok.name, role: tok.role };
+}
+
+export function rolloutMessage(d: RolloutDoc): RolloutInit {
+  return {
+    id: d.id, status: d.status,
+    spec: { selector: d.spec.selector, toRevision: d.spec.toRevision, strategy: d.spec.strategy, waves: d.spec.waves, maxFailures: d.spec.maxFailures, schedule: d.spec.schedule ?? "", window: d.spec.window ?? "" },
+    targets: d.targets.map((t) => ({
+      targetId: t.targetId, agentId: t.agentId, wave: t.wave, status: t.status, revisionBefore: t.revisionBefore, revisionAfter: t.revisionAfter,
+      backupId: t.backupId, message: t.message,
+      steps: t.steps.map((s) => ({ name: s.name, state: s.state, agentId: s.agentId, operationId: s.operationId, detail: s.detail, startedAt: s.startedAt ?? "", finishedAt: s.finishedAt ?? "" })),
+    })),
+    createdAt: d.createdAt, finishedAt: d.finishedAt ?? "", actor: d.actor, message: d.message, warnings: d.warnings, currentWave: d.currentWave,
+  };
+}
+
+const TERMINAL = new Set(["succeeded", "failed", "halted", "aborted", "rolled-back"]);
+
+export interface ControllerDeps {
+  readonly config: ControllerConfig;
+  readonly store: ControllerStore;
+  readonly pool: GrpcAgentPool;
+  readonly inventory: Inventory;
+  readonly engine: RolloutEngine;
+  readonly audit: AuditLog;
+  readonly scheduler: Scheduler;
+  readonly log: Logger;
+}
+
+/**
+ * The ControllerService handlers, shared by the gRPC server and the HTTP/JSON
+ * gateway. Every call is authenticated, and audited: mutating calls write an
+ * intent row first and do nothing if it cannot be written (fail closed).
+ */
+export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: string, ctx: CallContext) => Caller): ServiceImpl<typeof ControllerService.method> {
+  async function audited<T>(method: string, ctx: CallContext, target: string, args: unknown, fn: (caller: Caller) => Promise<T>): Promise<T> {
+    let caller: Caller;
+    try {
+      caller = callerOf(method, ctx);
+    } catch (err) {
+      const fe = toFlotillaError(err);
+      await d.audit.append({ actor: "unknown", action: `api.${method}`, target, args: redactValue(args), outcome: "denied", detail: fe.message }).catch(() => undefined);
+      throw fe;
+    }
+    const read = READS.has(method);
+    if (!read) {
+      try {
+        await d.audit.append({ actor: caller.actor, action: `api.${method}`, target, args: redactValue(args), outcome: "intent" });
+      } catch (err) {
+        throw new FlotillaError("AUDIT_UNAVAILABLE", `refused: the audit log cannot be written (${toFlotillaError(err).message}); nothing was done`);
+      }
+    }
+    try {
+      const out = await fn(caller);
+      await d.audit.append({ actor: caller.actor, action: `api.${method}`, target, args: read ? redactValue(args) : undefined, outcome: "ok" }).catch((err: unknown) => d.log.error({ err: toFlotillaError(err) }, "audit write failed"));
+      return out;
+    } catch (err) {
+      const fe = toFlotillaError(err);
+      await d.audit.append({ actor: caller.actor, action: `api.${method}`, target, outcome: "error", detail: `${fe.code}: ${fe.message}` }).catch(() => undefined);
+      throw fe;
+    }
+  }
+
+  async function ownerOf(targetId: string): Promise<{ agentId: string; appAgents: readonly string[] }> {
+    if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(targetId)) throw new FlotillaError("INVALID_ARGUMENT", `"${targetId}" is not a target id (list them with: flotilla targets)`);
+    const { targets } = await d.inventory.targets(`id=${targetId}`);
+    const t = targets[0];
+    if (!t) throw new FlotillaError("NOT_FOUND", `no target "${targetId}" on any reachable agent (list them with: flotilla targets)`);
+    return { agentId: t.ownerAgent, appAgents: t.appAgents };
+  }
+
+  async function runOp(agentId: string, call: (c: Awaited<ReturnType<GrpcAgentPool["client"]>>) => AsyncIterable<OpEventShape>): Promise<OpResultShape> {
+    const c = await d.pool.client(agentId);
+    let result: OpResultShape | undefined;
+    for await (const ev of call(c)) if (ev.event.case === "result") result = ev.event.value;
+    if (!result) throw new FlotillaError("AGENT_UNAVAILABLE", `agent ${agentId} ended without a result`);
+    if (result.status === "refused") throw new FlotillaError((result.errorCode || "PRECONDITION_FAILED") as FlotillaError["code"], result.message);
+    return result;
+  }
+
+  const timeout = { timeoutMs: d.config.agentTimeoutMs };
+
+  return {
+    listTargets: (req, ctx) => audited("ListTargets", ctx, req.selector, req, async () => {
+      if (req.selector && !SELECTOR.test(req.selector)) throw new FlotillaError("INVALID_ARGUMENT", `selector "${req.selector}" is not k=v[,k=v] (e.g. env=prod)`);
+      const { targets, agents } = await d.inventory.targets(req.selector);
+      const statuses = await Promise.all(targets.map((t) => d.inventory.status(t)));
+      return {
+        targets: statuses.map((s, i) => ("current" in s ? s : { targetId: s.targetId, agentId: s.agentId, error: s.error, labels: { ...targets[i]!.labels } })),
+        agents: agents.map((a) => ({ id: a.id, address: a.address, state: a.state, lastSeen: a.lastSeen, error: a.error, source: a.source })),
+      };
+    }),
+    diagnoseTarget: (req, ctx) => audited("DiagnoseTarget", ctx, req.targetId, req, async () => {
+      const { agentId } = await ownerOf(req.targetId);
+      return (await d.pool.client(agentId)).diagnose({ targetId: req.targetId }, { timeoutMs: 300_000 });
+    }),
+    backupTarget: (req, ctx) => audited("BackupTarget", ctx, req.targetId, req, async () => {
+      const { agentId } = await ownerOf(req.targetId);
+      return runOp(agentId, (c) => c.backup({ targetId: req.targetId, operationId: `api.${randomUUID()}`, verify: true }, timeout));
+    }),
+    listTargetBackups: (req, ctx) => audited("ListTargetBackups", ctx, req.targetId, req, async () => {
+      const { agentId } = await ownerOf(req.targetId);
+      return (await d.pool.client(agentId)).listBackups({ targetId: req.targetId }, { timeoutMs: 30_000 });
+    }),
+    restoreTarget: (req, ctx) => audited("RestoreTarget", ctx, req.targetId, req, async () => {
+      if (!req.yes) throw new FlotillaError("INVALID_ARGUMENT", "restore replaces the database with the backup: confirm with --yes");
+      if (!req.backupId) throw new FlotillaError("INVALID_ARGUMENT", "a backup id is required (list them with: flotilla backups TARGET)");
+      const { agentId, appAgents } = await ownerOf(req.targetId);
+      const others = appAgents.filter((a) => a !== agentId);
+      for (const a of others) await runOp(a, (c) => c.stopApps({ targetId: req.targetId, operationId: `api.${randomUUID()}` }, timeout));
+      try {
+        return await runOp(agentId, (c) => c.restore({ targetId: req.targetId, backupId: req.backupId, operationId: `api.${randomUUID()}`, manageApps: true }, timeout));
+      } finally {
+        for (const a of others) await runOp(a, (c) => c.startApps({ targetId: req.targetId, operationId: `api.${randomUUID()}` }, timeout)).catch(() => undefined);
+      }
+    }),
+    downgradeTarget: (req, ctx) => audited("DowngradeTarget", ctx, req.targetId, req, async () => {
+      if (!req.acceptDataLoss) throw new FlotillaError("DATA_LOSS_NOT_ACCEPTED", "a downgrade drops data added by later revisions: confirm with --accept-data-loss");
+      const { agentId } = await ownerOf(req.targetId);
+      return runOp(agentId, (c) => c.downgrade({ targetId: req.targetId, toRevision: req.toRevision, acceptDataLoss: true, operationId: `api.${randomUUID()}` }, timeout));
+    }),
+    stampTarget: (req, ctx) => audited("StampTarget", ctx, req.targetId, req, async () => {
+      const { agentId } = await ownerOf(req.targetId);
+      return runOp(agentId, (c) => c.stamp({ targetId: req.targetId, revision: req.revision, reason: req.reason, operationId: `api.${randomUUID()}` }, timeout));
+    }),
+    planRollout: (req, ctx) => audited("PlanRollout", ctx, req.selector, req, async () => {
+      const plan = await d.engine.plan({ selector: req.selector, toRevision: req.toRevision, strategy: req.strategy || "maintenance", waves: req.waves, maxFailures: req.maxFailures } as Parameters<RolloutEngine["plan"]>[0]);
+      const warnings = [...plan.warnings];
+      const targets = await Promise.all(plan.targets.map(async (t) => {
+        const notes: string[] = [];
+        const tw: string[] = [];
+        let p: Awaited<ReturnType<Awaited<ReturnType<GrpcAgentPool["client"]>>["plan"]>> | undefined;
+        try {
+          p = await (await d.pool.client(t.agentId)).plan({ targetId: t.targetId, toRevision: plan.spec.toRevision }, { timeoutMs: 120_000 });
+          notes.push(...p.notes);
+          if (plan.spec.strategy === "job" && !p.additiveOnly && p.pending.length > 0) {
+            tw.push("the job strategy migrates while old app instances keep running, but these revisions are not purely additive: use maintenance or blue-green");
+          }
+        } catch (err) {
+          tw.push(`cannot plan: ${toFlotillaError(err).message}`);
+        }
+        return {
+          targetId: t.targetId, agentId: t.agentId, wave: t.wave, current: p?.current ?? [], pending: p?.pending ?? [],
+          steps: t.steps.map((s) => ({ name: s.name, agentId: s.agentId, detail: s.detail })), sql: p?.sql ?? "", sqlComplete: p?.sqlComplete ?? false,
+          notes, warnings: tw,
+        };
+      }));
+      return { spec: { ...plan.spec, schedule: plan.spec.schedule ?? "", window: plan.spec.window ?? "" }, targets, warnings, waveCount: new Set(plan.targets.map((t) => t.wave)).size };
+    }),
+    startRollout: (req, ctx) => audited("StartRollout", ctx, req.selector, req, async (caller) => {
+      if (req.window && parseDuration(req.window) === undefined) throw new FlotillaError("INVALID_ARGUMENT", `--window "${req.window}" is not a duration like 2h`);
+      const doc = await d.engine.start({ selector: req.selector, toRevision: req.toRevision, strategy: req.strategy, waves: req.waves, maxFailures: req.maxFailures, window: req.window } as Parameters<RolloutEngine["start"]>[0], caller.actor);
+      return rolloutMessage(doc);
+    }),
+    getRollout: (req, ctx) => audited("GetRollout", ctx, req.id, req, async () => {
+      const doc = await d.engine.get(req.id);
+      if (!doc) throw new FlotillaError("NOT_FOUND", `no rollout ${req.id} (list them with: flotilla rollouts)`);
+      return rolloutMessage(doc);
+    }),
+    listRollouts: (req, ctx) => audited("ListRollouts", ctx, "", req, async () => ({
+      rollouts: (await d.store.listRollouts(req.limit > 0 ? Math.min(req.limit, 500) : 50)).map(rolloutMessage),
+    })),
+    watchRollout: (req, ctx) => {
+      const q = new AsyncQueue<MessageInitShape<typeof RolloutEventSchema>>();
+      void (async () => {
+        try {
+          await audited("WatchRollout", ctx, req.id, req, async () => {
+            const unsubscribe = d.engine.onEvent(req.id, (e) => {
+              if (e.kind === "line") q.push({ event: { case: "line", value: e.line } });
+              else {
+                q.push({ event: { case: "snapshot", value: rolloutMessage(e.doc) } });
+                if (TERMINAL.has(e.doc.status)) { unsubscribe(); q.end(); }
+              }
+            });
+            ctx.signal.addEventListener("abort", () => { unsubscribe(); q.end(); }, { once: true });
+            const doc = await d.engine.get(req.id);
+            if (!doc) { unsubscribe(); throw new FlotillaError("NOT_FOUND", `no rollout ${req.id}`); }
+            q.push({ event: { case: "snapshot", value: rolloutMessage(doc) } });
+            if (TERMINAL.has(doc.status)) { unsubscribe(); q.end(); }
+          });
+        } catch (err) {
+          q.fail(err);
+        }
+      })();
+      return q;
+    },
+    abortRollout: (req, ctx) => audited("AbortRollout", ctx, req.id, req, async (caller) => rolloutMessage(await d.engine.abort(req.id, caller.actor))),
+    rollbackRollout: (req, ctx) => audited("RollbackRollout", ctx, req.id, req, async (caller) => rolloutMessage(await d.engine.rollback(req.id, caller.actor))),
+    addSchedule: (req, ctx) => audited("AddSchedule", ctx, req.name, req, async () => {
+      const problems: string[] = [];
+      if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(req.name)) problems.push(`name "${req.name}" must use letters, digits, . _ -`);
+      if (!Scheduler.validate(req.cron)) problems.push(`--cron "${req.cron}" is not a 5-field cron expression (e.g. "0 3 * * 0")`);
+      if (!SELECTOR.test(req.selector)) problems.push(`--selector "${req.selector}" is not k=v[,k=v]`);
+      if (!["maintenance", "job", "blue-green"].includes(req.strategy)) problems.push(`--strategy must be maintenance, job or blue-green`);
+      const window = req.window || "2h";
+      if (parseDuration(window) === undefined) problems.push(`--window "${window}" is not a duration like 2h`);
+      if (problems.length) throw new FlotillaError("INVALID_ARGUMENT", problems.join("; "));
+      const s = { name: req.name, cron: req.cron, selector: req.selector, strategy: req.strategy as Strategy, window, toRevision: req.toRevision || "head", waves: req.waves, source: "api" as const };
+      await d.store.upsertSchedule(s);
+      await d.scheduler.reload();
+      return { ...s };
+    }),
+    listSchedules: (req, ctx) => audited("ListSchedules", ctx, "", req, async () => ({
+      schedules: (await d.store.listSchedules()).map((s) => ({ ...s, lastRun: s.lastRun ?? "", lastResult: s.lastResult ?? "" })),
+    })),
+    removeSchedule: (req, ctx) => audited("RemoveSchedule", ctx, req.name, req, async () => {
+      if (!(await d.store.removeSchedule(req.name))) throw new FlotillaError("NOT_FOUND", `no schedule "${req.name}" (list them with: flotilla schedules)`);
+      await d.scheduler.reload();
+      return { schedules: (await d.store.listSchedules()).map((s) => ({ ...s, lastRun: s.lastRun ?? "", lastResult: s.lastResult ?? "" })) };
+    }),
+    queryAudit: (req, ctx) => audited("QueryAudit", ctx, req.target, req, async () => {
+      const rows = await d.audit.query({
+        ...(req.since ? { since: req.since } : {}), ...(req.until ? { until: req.until } : {}), ...(req.target ? { target: req.target } : {}),
+        ...(req.actor ? { actor: req.actor } : {}), ...(req.action ? { action: req.action } : {}), limit: req.limit > 0 ? Math.min(req.limit, 10_000) : 1000,
+      });
+      return { entries: rows.map((r) => ({ ...r, seq: BigInt(r.seq) })) };
+    }),
+    verifyAudit: (req, ctx) => audited("VerifyAudit", ctx, "", req, async () => {
+      const v = await d.audit.verify();
+      return { ok: v.ok, checked: BigInt(v.checked), firstBadSeq: BigInt(v.firstBadSeq), reason: v.reason };
+    }),
+    registerAgent: (req, ctx) => audited("RegisterAgent", ctx, req.agentId, req, async () => {
+      if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(req.agentId)) throw new FlotillaError("INVALID_ARGUMENT", "agent_id is not valid");
+      if (!/^[A-Za-z0-9.[\]:-]+:\d{1,5}$/.test(req.address)) throw new FlotillaError("INVALID_ARGUMENT", "address must be host:port");
+      await d.store.upsertAgent({ id: req.agentId, address: req.address, source: "registered", lastSeen: new Date().toISOString() });
+      d.pool.markHealth(req.agentId, true);
+      return { heartbeatSeconds: 15 };
+    }),
+  };
+}

@@ -27,6 +27,8 @@ export interface AgentTarget {
     /** Names of env entries that are secrets (came from a file or env). */
     readonly secretEnvNames: readonly string[];
     readonly timeoutMs: number;
+    /** -c ini file (relative to dir), when not alembic.ini. */
+    readonly iniFile?: string;
   };
   readonly backups: { readonly dir: string; readonly keep: number };
   readonly blueGreen?: { readonly green: string; readonly switch: readonly string[] };
@@ -213,7 +215,8 @@ export function loadAgentConfig(input: LoadConfigInput): AgentConfig {
         }
         const timeoutMin = al.timeoutMinutes === undefined ? 120 : Number(al.timeoutMinutes);
         if (!Number.isFinite(timeoutMin) || timeoutMin <= 0) p.add(`${at}alembic.timeoutMinutes`, "must be a positive number of minutes");
-        if (dir) alembic = { dir: abs(dir), command, env, secretEnvNames, timeoutMs: Math.round(timeoutMin * 60_000) };
+        const iniFile = str(al, "config", `${at}alembic.`, p, { pattern: /^[A-Za-z0-9._/-]+\.ini$/, hint: "an .ini file name, e.g. alembic.ini" });
+        if (dir) alembic = { dir: abs(dir), command, env, secretEnvNames, timeoutMs: Math.round(timeoutMin * 60_000), ...(iniFile ? { iniFile } : {}) };
       }
       let backups: AgentTarget["backups"] | undefined;
       if (!isObj(raw.backups)) p.add(`${at}backups`, "is required: { dir: /backups/<target>, keep: 10 }");

@@ -14,6 +14,7 @@ import { SqliteJournal } from "./adapters/sqlite-journal.js";
 import { SqliteDatabase } from "./adapters/sqlite-database.js";
 import { PostgresDatabase } from "./adapters/postgres-database.js";
 import { alembicPort } from "./adapters/alembic-port.js";
+import { killOrphans } from "./adapters/orphans.js";
 import type { DatabaseAdapter } from "./core/ports.js";
 import { AgentOperations, type TargetRuntime } from "./operations.js";
 import { agentServiceImpl } from "./rpc/agent-service.js";
@@ -31,7 +32,7 @@ export function buildTargets(config: AgentConfig, runner: ProcessRunner): Map<st
   const out = new Map<string, TargetRuntime>();
   for (const t of config.targets) {
     const db = databaseFor(t.database, t, runner, scratchDir);
-    const alembicFor = (url: string) => alembicPort({ dir: t.alembic.dir, command: t.alembic.command, env: t.alembic.env, databaseUrl: url }, runner, t.alembic.timeoutMs);
+    const alembicFor = (url: string) => alembicPort({ dir: t.alembic.dir, command: t.alembic.command, env: t.alembic.env, databaseUrl: url, ...(t.alembic.iniFile ? { iniFile: t.alembic.iniFile } : {}) }, runner, t.alembic.timeoutMs);
     const green = t.blueGreen ? databaseFor(t.blueGreen.green, t, runner, scratchDir) : undefined;
     out.set(t.id, {
       config: t,
@@ -62,6 +63,8 @@ export async function startAgent(config: AgentConfig, log: Logger): Promise<Runn
   const journal = new SqliteJournal(config.dataDir);
   journal.open();
   const interrupted = journal.markInterrupted();
+  const killed = await killOrphans(interrupted.map((o) => o.id));
+  if (killed.length > 0) log.warn({ pids: killed }, "killed child processes left running by the previous agent process");
   for (const op of interrupted) {
     log.warn({ op: op.id, target: op.targetId, kind: op.kind }, "operation was interrupted by an agent stop; the target stays locked until Recover");
   }

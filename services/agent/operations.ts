@@ -2,12 +2,13 @@ import { randomUUID } from "node:crypto";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import type { Logger } from "pino";
-import { FlotillaError, toFlotillaError, type ErrorCode } from "../common/errors.js";
+import { FlotillaError, isUsageError, toFlotillaError, type ErrorCode } from "../common/errors.js";
 import { redact } from "../common/redact.js";
 import type { AgentApp, AgentConfig, AgentTarget } from "./config.js";
 import type { AppControl, AppState } from "./adapters/app-control.js";
 import type { BackupCatalog, BackupManifest } from "./adapters/backup-catalog.js";
 import type { SqliteJournal } from "./adapters/sqlite-journal.js";
+import { killOrphans } from "./adapters/orphans.js";
 import type { AlembicPort, AlembicRun, DatabaseAdapter, ProgressFn } from "./core/ports.js";
 import { pendingBetween, resolveTarget, unknownRevisions, isBehind } from "./core/revisions.js";
 import { diagnose, type DiagnoseFacts, type Finding } from "./core/diagnose.js";
@@ -58,6 +59,9 @@ export interface OperationsDeps {
   readonly log: Logger;
   readonly runHook: (argv: readonly string[], onLine: (l: string) => void, signal?: AbortSignal) => Promise<{ ok: boolean; detail: string }>;
 }
+
+/** Set in the environment of every child an operation starts, so a restarted agent can find and stop orphans. */
+export const OPERATION_ENV = "FLOTILLA_OPERATION_ID";
 
 const STAMP_REASONS = ["created-with-create-all", "imported-backup", "applied-by-hand"] as const;
 const OP_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
@@ -304,7 +308,8 @@ export class AgentOperations {
       return finish(r);
     } catch (err) {
       const fe = toFlotillaError(err);
-      const refused = err instanceof Refusal;
+      // Anything thrown as a refusal, or a usage-class error, happened before the first change.
+      const refused = err instanceof Refusal || isUsageError(fe.code);
       const r: OpResult = { ...base, ...partial, status: refused ? "refused" : "failed", errorCode: fe.code, message: fe.message };
       this.d.journal.finish(id, refused ? "refused" : "failed", { errorCode: fe.code, message: redact(fe.message), revisionAfter: r.revisionAfter });
       if (refused) log.info({ code: fe.code }, "operation refused");
@@ -475,6 +480,9 @@ export class AgentOperations {
       if (pending.length === 0) {
         return { revisionAfter: before, message: `${t.config.id} is already at ${target}; nothing to do` };
       }
+      if (!req.backupId && !req.takeBackup) {
+        refuse("BACKUP_UNVERIFIED", "no verified backup was taken in this operation: pass the id of a verified backup taken in this rollout, or ask the agent to take one (take_backup)");
+      }
       const leftovers = (await db.listTables()).filter((n) => n.startsWith("_alembic_tmp_"));
       if (leftovers.length > 0) {
         refuse("PRECONDITION_FAILED", `leftover batch table(s) ${leftovers.join(", ")} from an earlier failed migration: the next attempt would fail with "table ... already exists". Restore the pre-migration backup (flotilla backups ${t.config.id}; flotilla restore) or run flotilla diagnose ${t.config.id}`);
@@ -497,8 +505,10 @@ export class AgentOperations {
       const preSchema = await db.schemaHash();
 
       // Apply one revision at a time: per-revision timing and a precise failure point.
-      const extraEnv: Record<string, string> = t.config.kind === "postgresql"
-        ? { PGOPTIONS: `-c lock_timeout=${req.lockTimeoutMs > 0 ? req.lockTimeoutMs : t.config.lockTimeoutMs}` } : {};
+      const extraEnv: Record<string, string> = {
+        [OPERATION_ENV]: id,
+        ...(t.config.kind === "postgresql" ? { PGOPTIONS: `-c lock_timeout=${req.lockTimeoutMs > 0 ? req.lockTimeoutMs : t.config.lockTimeoutMs}` } : {}),
+      };
       const timings: OpResult["timings"] = [];
       let failed: { run: AlembicRun; rev: string } | undefined;
       let outputTail = "";
@@ -610,7 +620,7 @@ export class AgentOperations {
       const backup = await this.takeBackup(t, t.db, id, "", true, emit, progress, signal);
       result.backup = backup;
       emit({ kind: "step", name: `downgrade:${target}`, state: "running", detail: "" });
-      const run = await t.alembic.downgrade(target, { timeoutMs: t.config.alembic.timeoutMs, ...(signal ? { signal } : {}), onLine: (line) => progress({ source: "alembic", line }) });
+      const run = await t.alembic.downgrade(target, { extraEnv: { [OPERATION_ENV]: id }, timeoutMs: t.config.alembic.timeoutMs, ...(signal ? { signal } : {}), onLine: (line) => progress({ source: "alembic", line }) });
       result.outputTail = tail(run.stderr);
       if (!run.ok) {
         emit({ kind: "step", name: `downgrade:${target}`, state: "failed", detail: run.failure?.message ?? "", durationMs: run.durationMs });
@@ -695,6 +705,7 @@ export class AgentOperations {
       if (op.state !== "interrupted") refuse("PRECONDITION_FAILED", `operation ${op.id} is ${op.state}, not interrupted: nothing to recover`);
       if (req.action !== "restore" && req.action !== "accept") refuse("INVALID_ARGUMENT", `recover action must be "restore" or "accept", not "${req.action}"`);
       this.d.journal.transferLock(t.config.id, op.id, id);
+      await killOrphans([op.id]);
       result.revisionBefore = (await t.db.readRevisions().catch(() => null)) ?? [];
       const release = (state: "recovered"): void => this.d.journal.finish(op.id, state, { message: `resolved by ${id} (${req.action})` });
       if (req.action === "accept") {

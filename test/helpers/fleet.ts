@@ -13,6 +13,10 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { stringify } from "yaml";
 import { createTestDatabase, type TestDatabase } from "./pg.js";
+import { AgentService } from "../../services/common/gen/flotilla/v1/agent_pb.js";
+import { channelCredentials, createClient, type ServiceClient } from "../../services/common/grpc-bridge.js";
+
+export type AgentClient = ServiceClient<typeof AgentService.method>;
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 export const FIXTURE_DIR = join(ROOT, "test/fixtures/webui");
@@ -36,6 +40,16 @@ export interface TargetSpec {
   blueGreen?: boolean;
   /** FIXTURE_FAIL_AT for this target's Alembic runs. */
   failAt?: string;
+  /** Extra Alembic environment (e.g. FIXTURE_SLEEP_MS). */
+  alembicEnv?: Record<string, string>;
+  /** alembic.config (e.g. alembic-branch.ini). */
+  ini?: string;
+  /** Omit WEBUI_SECRET_KEY from the target's config. */
+  noSecret?: boolean;
+  /** alembic.dir override (e.g. a folder without alembic.ini). */
+  alembicDir?: string;
+  /** seed.py --dup-emails. */
+  dupEmails?: number;
 }
 
 export interface FleetSpec {
@@ -44,6 +58,8 @@ export interface FleetSpec {
   /** Keep files after stop() (demo --keep). */
   keep?: boolean;
   log?: (line: string) => void;
+  /** Start no controller (agent-only tests). */
+  noController?: boolean;
 }
 
 export interface RunResult { code: number; stdout: string; stderr: string }
@@ -102,6 +118,7 @@ export class Fleet {
   controllerConfig = "";
   httpPort = 0;
   private appPidFiles: string[] = [];
+  private readonly clients: AgentClient[] = [];
 
   constructor(readonly spec: FleetSpec) {
     this.dir = mkdtempSync(join(tmpdir(), "flotilla-fleet-"));
@@ -126,7 +143,10 @@ export class Fleet {
       const url = this.urls.get(t.id)!;
       const target: Record<string, unknown> = {
         id: t.id, labels: t.labels ?? {}, database: url,
-        alembic: { dir: FIXTURE_DIR, command: ["alembic"], env: { WEBUI_SECRET_KEY: { file: join(this.dir, "webui_secret_key") }, ...(t.failAt ? { FIXTURE_FAIL_AT: t.failAt } : {}) } },
+        alembic: {
+          dir: t.alembicDir ?? FIXTURE_DIR, command: ["alembic"], ...(t.ini ? { config: t.ini } : {}),
+          env: { ...(t.noSecret ? {} : { WEBUI_SECRET_KEY: { file: join(this.dir, "webui_secret_key") } }), ...(t.failAt ? { FIXTURE_FAIL_AT: t.failAt } : {}), ...(t.alembicEnv ?? {}) },
+        },
         backups: { dir: join(this.dir, "backups", t.id), keep: 5 },
       };
       if (t.kind === "postgresql") target.passwordFile = join(this.dir, "pg_password");
@@ -169,7 +189,7 @@ export class Fleet {
       this.agents.set(a, { id: a, configPath, dataDir, port: 0, logFile: join(this.dir, `agent-${a}.log`) });
     }
     await Promise.all([...this.agents.keys()].map((a) => this.startAgent(a)));
-    await this.startController();
+    if (!this.spec.noController) await this.startController();
   }
 
   private async prepareTarget(t: TargetSpec): Promise<void> {
@@ -195,7 +215,7 @@ export class Fleet {
     if (up.code !== 0) throw new Error(`preparing ${t.id}: alembic upgrade ${rev} failed: ${up.stderr.slice(-1500)}`);
     const seed = t.seed ?? { users: 20, chats: 60, msgs: 3 };
     const args = t.kind === "sqlite" ? [url.slice("sqlite:///".length)] : ["--url", url];
-    const s = await run(["/usr/bin/python3", join(FIXTURE_DIR, "seed.py"), ...args, "--users", String(seed.users), "--chats", String(seed.chats), "--msgs-per-chat", String(seed.msgs), "--seed", "7", ...(rev === OLD_REVISION ? [] : ["--force"])], { env: { WEBUI_SECRET_KEY: CANARY_SECRET } });
+    const s = await run(["/usr/bin/python3", join(FIXTURE_DIR, "seed.py"), ...args, "--users", String(seed.users), "--chats", String(seed.chats), "--msgs-per-chat", String(seed.msgs), "--seed", "7", ...(t.dupEmails ? ["--dup-emails", String(t.dupEmails)] : []), ...(rev === OLD_REVISION ? [] : ["--force"])], { env: { WEBUI_SECRET_KEY: CANARY_SECRET } });
     if (s.code !== 0) throw new Error(`seeding ${t.id} failed: ${s.stderr}`);
     this.say(`prepared ${t.id} (${t.kind}) at ${rev}`);
   }
@@ -256,6 +276,14 @@ export class Fleet {
     await exited;
   }
 
+  /** A gRPC client of one agent (closed by stop()). */
+  agentClient(id: string): AgentClient {
+    const a = this.agents.get(id)!;
+    const c = createClient(AgentService, `127.0.0.1:${a.port}`, channelCredentials()) as unknown as AgentClient;
+    this.clients.push(c);
+    return c;
+  }
+
   /** Runs the real CLI (bin/flotilla.mjs) against this fleet's controller. */
   cli(args: string[], env: Record<string, string> = {}): Promise<RunResult> {
     return run([process.execPath, join(ROOT, "bin/flotilla.mjs"), ...args], { env: { FLOTILLA_CONTROLLER: this.controllerUrl, ...env } });
@@ -292,6 +320,7 @@ export class Fleet {
   }
 
   async stop(): Promise<void> {
+    for (const c of this.clients) c.close();
     await this.killController("SIGTERM").catch(() => undefined);
     for (const id of this.agents.keys()) await this.killAgent(id, "SIGTERM").catch(() => undefined);
     for (const pidfile of this.appPidFiles) {

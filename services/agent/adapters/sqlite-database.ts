@@ -1,0 +1,534 @@
+import { Worker } from "node:worker_threads";
+import { randomBytes } from "node:crypto";
+import * as fsp from "node:fs/promises";
+import * as os from "node:os";
+import * as path from "node:path";
+import { fileURLToPath } from "node:url";
+import Database from "better-sqlite3";
+import type {
+  BackupArtifact,
+  DatabaseAdapter,
+  Holder,
+  IntegrityResult,
+  ProgressFn,
+  VerifyResult,
+} from "../core/ports.js";
+import { FlotillaError } from "../../common/errors.js";
+import type { ErrorCode } from "../../common/errors.js";
+import type { ProcessRunner } from "../../common/process-runner.js";
+import { redact } from "../../common/redact.js";
+import {
+  WORKER_ENVELOPE,
+  computeSchemaHash,
+  listTableColumns,
+  listUserTables,
+  readAlembicRevisions,
+} from "./sqlite-worker.js";
+import type {
+  CopyFacts,
+  ExpectedArtifact,
+  IntegrityOutcome,
+  VerifyOutcome,
+  WorkerEnvelope,
+  WorkerMessage,
+  WorkerRequest,
+} from "./sqlite-worker.js";
+
+export interface SqliteDatabaseOptions {
+  /** Database file; made absolute against the current directory. */
+  readonly path: string;
+  /** For external tools; the SQLite adapter itself needs none today. */
+  readonly runner?: ProcessRunner;
+}
+
+/** How long a read waits for a writer's lock before giving up. */
+const BUSY_TIMEOUT_MS = 10_000;
+/** How often a backup reports the size of its growing temp file. */
+const PROGRESS_POLL_MS = 200;
+const INTEGRITY_MAX_LINES = 10;
+
+/** Failure reported by the worker, before it is given a Flotilla code. */
+class WorkerFailure extends Error {
+  constructor(
+    message: string,
+    readonly errno: string | undefined,
+    readonly sqliteCode: string | undefined,
+    readonly cancelled: boolean,
+    readonly verifyDetail: string | undefined,
+  ) {
+    super(message);
+    this.name = "WorkerFailure";
+  }
+}
+
+function randomSuffix(): string {
+  return randomBytes(6).toString("hex");
+}
+
+function safeProgress(onProgress: ProgressFn, p: Parameters<ProgressFn>[0]): void {
+  try {
+    onProgress(p);
+  } catch {
+    // a broken progress sink must not break the operation
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+async function removeQuiet(p: string): Promise<void> {
+  await fsp.rm(p, { force: true }).catch(() => undefined);
+}
+
+async function fileSize(p: string): Promise<number> {
+  try {
+    return (await fsp.stat(p)).size;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return 0;
+    throw err;
+  }
+}
+
+function cancelledError(what: string): FlotillaError {
+  return new FlotillaError("CANCELLED", `${what} cancelled`);
+}
+
+/** Maps a worker failure to the one Flotilla code that fits, with the operation's default. */
+function mapFailure(err: unknown, fallback: ErrorCode, what: string): FlotillaError {
+  if (err instanceof FlotillaError) return err;
+  if (err instanceof WorkerFailure) {
+    if (err.cancelled) return cancelledError(what);
+    if (err.verifyDetail !== undefined) return new FlotillaError("VERIFY_FAILED", `${what} refused: backup failed verification: ${err.verifyDetail}`);
+    if (err.errno === "ENOSPC") return new FlotillaError(fallback, `${what} failed: disk full (${err.message})`, { cause: err });
+    if (err.errno === "EEXIST") return new FlotillaError("PRECONDITION_FAILED", `${what} refused: ${err.message}`, { cause: err });
+    if (err.errno === "ENOENT") return new FlotillaError("NOT_FOUND", `${what} failed: ${err.message}`, { cause: err });
+    if (err.sqliteCode === "SQLITE_BUSY" || err.sqliteCode === "SQLITE_LOCKED") {
+      return new FlotillaError("TARGET_BUSY", `${what} failed: database is locked (${err.message})`, { cause: err });
+    }
+    if (err.sqliteCode === "SQLITE_CANTOPEN") return new FlotillaError("NOT_FOUND", `${what} failed: ${err.message}`, { cause: err });
+    return new FlotillaError(fallback, `${what} failed: ${redact(err.message)}`, { cause: err });
+  }
+  const msg = err instanceof Error ? err.message : String(err);
+  return new FlotillaError(fallback, `${what} failed: ${redact(msg)}`, { cause: err });
+}
+
+/** How the worker module is loaded: a .ts source needs tsx's in-thread CommonJS hook. */
+function startWorker(envelope: WorkerEnvelope): Worker {
+  const here = import.meta.url;
+  if (!here.endsWith(".ts")) {
+    return new Worker(new URL("./sqlite-worker.js", here), { workerData: envelope });
+  }
+  // On Node 20, `execArgv: ['--import', 'tsx']` does not apply tsx's hooks to a worker's entry
+  // module ("Unknown file extension .ts"), and tsx's ESM register() inside a worker starts its
+  // own hooks thread (about 1 s per worker). tsx's CommonJS register() hooks in-thread (~0.2 s).
+  const workerFile = fileURLToPath(new URL("./sqlite-worker.ts", here));
+  const tsxCjsApi = fileURLToPath(import.meta.resolve("tsx/cjs/api"));
+  const boot = `require(${JSON.stringify(tsxCjsApi)}).register();\nrequire(${JSON.stringify(workerFile)});\n`;
+  return new Worker(boot, { eval: true, execArgv: [], workerData: envelope });
+}
+
+/**
+ * Runs one request in a fresh worker thread and settles only after the worker
+ * has exited, so callers may clean up files the worker was writing. An abort
+ * sets a shared flag the worker checks between steps (a running VACUUM INTO
+ * cannot be interrupted; the worker stops right after it).
+ */
+function runInWorker<T>(request: WorkerRequest, onMessage?: (m: Extract<WorkerMessage, { type: "progress" }>) => void, signal?: AbortSignal): Promise<T> {
+  if (signal?.aborted) return Promise.reject(new WorkerFailure("aborted before start", undefined, undefined, true, undefined));
+  const cancel = new SharedArrayBuffer(4);
+  const flag = new Int32Array(cancel);
+  const worker = startWorker({ kind: WORKER_ENVELOPE, request, cancel, requestedAt: performance.timeOrigin + performance.now() });
+  return new Promise<T>((resolve, reject) => {
+    let outcome: { ok: true; value: T } | { ok: false; err: Error } | undefined;
+    const onAbort = (): void => {
+      Atomics.store(flag, 0, 1);
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+    worker.on("message", (m: WorkerMessage) => {
+      if (m.type === "progress") onMessage?.(m);
+      else if (m.type === "done") outcome ??= { ok: true, value: m.value as T };
+      else outcome ??= { ok: false, err: new WorkerFailure(m.message, m.errno, m.sqliteCode, m.cancelled === true, m.verifyDetail) };
+    });
+    worker.on("error", (err) => {
+      outcome ??= { ok: false, err };
+    });
+    worker.on("exit", (code) => {
+      signal?.removeEventListener("abort", onAbort);
+      if (outcome === undefined) outcome = { ok: false, err: new Error(`sqlite worker exited with code ${code} without a result`) };
+      if (outcome.ok) resolve(outcome.value);
+      else reject(outcome.err);
+    });
+  });
+}
+
+function assertUsablePath(p: string, what: string): void {
+  if (p.length === 0 || p.includes("\0")) throw new FlotillaError("INVALID_ARGUMENT", `${what} must be a non-empty path without NUL bytes`);
+  if (!path.isAbsolute(p)) throw new FlotillaError("INVALID_ARGUMENT", `${what} must be an absolute path, got ${JSON.stringify(p)}`);
+}
+
+function expectedOf(a: BackupArtifact): ExpectedArtifact {
+  return { sizeBytes: a.sizeBytes, sha256: a.sha256, tableCounts: a.tableCounts, schemaHash: a.schemaHash, revisions: a.revisions };
+}
+
+/**
+ * The SQLite target: one database file (plus its -wal/-shm). Reads open their
+ * own read-only connection and close it; every slow step (VACUUM INTO,
+ * integrity_check, row counts, sha256, copies) runs in a worker thread started
+ * for that operation, never on the caller's event loop. Cheap metadata reads
+ * (revisions, tables, columns, schema hash) run here without a blocking busy
+ * handler: a locked database is retried asynchronously for up to 10 s.
+ *
+ * Backups are VACUUM INTO copies (consistent while the app writes; never the
+ * stepwise backup API, which restarts forever on a busy database). Never
+ * overwrites a backup; never writes to the database except in restore().
+ * The constructor does no I/O.
+ */
+export class SqliteDatabase implements DatabaseAdapter {
+  readonly kind = "sqlite" as const;
+  /** Absolute path of the database file. */
+  readonly path: string;
+  readonly displayName: string;
+  private readonly runner: ProcessRunner | undefined;
+
+  constructor(options: SqliteDatabaseOptions) {
+    assertUsablePath(path.resolve(options.path), "database path");
+    this.path = path.resolve(options.path);
+    this.displayName = this.path;
+    this.runner = options.runner;
+  }
+
+  /**
+   * Parses an SQLAlchemy SQLite URL: `sqlite:////abs/path` (absolute) or
+   * `sqlite:///rel/path` (relative to the current directory); a driver suffix
+   * (`sqlite+pysqlite:`) and a query string are accepted and ignored. In-memory
+   * URLs are refused with INVALID_ARGUMENT.
+   */
+  static fromUrl(url: string, options: { runner?: ProcessRunner } = {}): SqliteDatabase {
+    const m = /^sqlite(?:\+[a-z0-9_]+)?:\/\/\/([^?#]*)(?:[?#].*)?$/i.exec(url);
+    const rest = m?.[1];
+    if (rest === undefined) {
+      throw new FlotillaError("INVALID_ARGUMENT", `not a SQLite file URL (want sqlite:////abs/path or sqlite:///rel/path): ${redact(url)}`);
+    }
+    if (rest === "" || rest === ":memory:") throw new FlotillaError("INVALID_ARGUMENT", "in-memory SQLite URLs have no file to manage");
+    return new SqliteDatabase({ path: rest, ...(options.runner !== undefined ? { runner: options.runner } : {}) });
+  }
+
+  /** The process runner this adapter was given, if any. */
+  get processRunner(): ProcessRunner | undefined {
+    return this.runner;
+  }
+
+  async exists(): Promise<boolean> {
+    try {
+      return (await fsp.stat(this.path)).isFile();
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return false;
+      throw err;
+    }
+  }
+
+  /**
+   * Opens read-only (file must exist) and runs fn; SQLITE_BUSY is retried
+   * asynchronously so a writer's lock never blocks the event loop.
+   */
+  private async readOnly<T>(what: string, fn: (db: Database.Database) => T): Promise<T> {
+    const deadline = performance.now() + BUSY_TIMEOUT_MS;
+    for (;;) {
+      let db: Database.Database | undefined;
+      try {
+        db = new Database(this.path, { readonly: true, fileMustExist: true, timeout: 0 });
+        return fn(db);
+      } catch (err) {
+        const code = (err as { code?: unknown }).code;
+        if ((code === "SQLITE_BUSY" || code === "SQLITE_LOCKED") && performance.now() < deadline) {
+          await sleep(25);
+          continue;
+        }
+        if (db === undefined && !(await this.exists())) {
+          throw new FlotillaError("NOT_FOUND", `${what}: database file ${this.path} does not exist`, { cause: err });
+        }
+        throw mapFailure(new WorkerFailure(err instanceof Error ? err.message : String(err), undefined, typeof code === "string" ? code : undefined, false, undefined), "INTERNAL", what);
+      } finally {
+        db?.close();
+      }
+    }
+  }
+
+  /** Sorted alembic_version rows; null when the table does not exist. */
+  readRevisions(): Promise<string[] | null> {
+    return this.readOnly("read revisions", (db) => readAlembicRevisions(db));
+  }
+
+  listTables(): Promise<string[]> {
+    return this.readOnly("list tables", (db) => listUserTables(db));
+  }
+
+  /** Columns in declaration order; empty for a table that does not exist. */
+  listColumns(table: string): Promise<string[]> {
+    return this.readOnly("list columns", (db) => listTableColumns(db, table));
+  }
+
+  /** sha256 over sqlite_master (type, name, tbl_name, sql), sorted, sqlite_* objects excluded. */
+  schemaHash(): Promise<string> {
+    return this.readOnly("schema hash", (db) => computeSchemaHash(db));
+  }
+
+  /** count(*) of every user table, in a worker. */
+  async tableCounts(): Promise<Record<string, number>> {
+    try {
+      return await runInWorker<Record<string, number>>({ op: "table-counts", path: this.path, busyTimeoutMs: BUSY_TIMEOUT_MS });
+    } catch (err) {
+      throw mapFailure(err, "INTERNAL", "row counts");
+    }
+  }
+
+  /** PRAGMA integrity_check in a worker; detail is "ok" or the first ≤10 problems. */
+  async integrityCheck(): Promise<IntegrityResult> {
+    try {
+      const r = await runInWorker<IntegrityOutcome>({ op: "integrity", path: this.path, maxLines: INTEGRITY_MAX_LINES, busyTimeoutMs: BUSY_TIMEOUT_MS });
+      return { ok: r.ok, detail: r.detail };
+    } catch (err) {
+      throw mapFailure(err, "INTERNAL", "integrity check");
+    }
+  }
+
+  /** Database file plus WAL file, in bytes. */
+  async sizeBytes(): Promise<number> {
+    if (!(await this.exists())) throw new FlotillaError("NOT_FOUND", `database file ${this.path} does not exist`);
+    return (await fileSize(this.path)) + (await fileSize(`${this.path}-wal`));
+  }
+
+  /** Bytes available to an unprivileged writer in dir's filesystem. */
+  async freeBytes(dir: string): Promise<number> {
+    const s = await fsp.statfs(dir);
+    return Number(s.bavail) * Number(s.bsize);
+  }
+
+  /** `sqlite:///` + the absolute path, i.e. `sqlite:////abs/path`. */
+  alembicUrl(): string {
+    return `sqlite:///${this.path}`;
+  }
+
+  /**
+   * Processes other than this one with the database, its -wal, -shm or
+   * -journal open, found by reading /proc/<pid>/fd links (processes we may not
+   * inspect are skipped). description is the redacted command line.
+   */
+  async holders(): Promise<Holder[]> {
+    const targets = new Set<string>();
+    const bases = new Set([this.path]);
+    try {
+      bases.add(path.join(await fsp.realpath(path.dirname(this.path)), path.basename(this.path)));
+    } catch {
+      // directory gone: nobody can hold the file through it
+    }
+    for (const b of bases) for (const s of ["", "-wal", "-shm", "-journal"]) targets.add(b + s);
+    let entries: string[];
+    try {
+      entries = await fsp.readdir("/proc");
+    } catch {
+      return [];
+    }
+    const out: Holder[] = [];
+    for (const name of entries) {
+      if (!/^\d+$/.test(name)) continue;
+      const pid = Number(name);
+      if (pid === process.pid) continue;
+      let fds: string[];
+      try {
+        fds = await fsp.readdir(`/proc/${pid}/fd`);
+      } catch {
+        continue;
+      }
+      const links = await Promise.all(fds.map((fd) => fsp.readlink(`/proc/${pid}/fd/${fd}`).catch(() => "")));
+      if (!links.some((l) => targets.has(l))) continue;
+      out.push({ pid, description: await describeProcess(pid) });
+    }
+    return out;
+  }
+
+  /**
+   * VACUUM INTO `destPath.tmp-<hex>` (created fresh), fsync, link into place
+   * (refused if destPath exists, before and at the end), fsync the directory.
+   * sha256, row counts, schema hash and revisions are read from the copy.
+   * Progress: the temp file's size every 200 ms, the worker's steps, a final
+   * line. On failure or abort the temp file is removed.
+   */
+  async backup(destPath: string, onProgress: ProgressFn, signal?: AbortSignal): Promise<BackupArtifact> {
+    assertUsablePath(destPath, "backup destination");
+    if (await fsp.lstat(destPath).then(() => true, () => false)) {
+      throw new FlotillaError("PRECONDITION_FAILED", `backup refused: ${destPath} already exists`);
+    }
+    if (!(await this.exists())) throw new FlotillaError("NOT_FOUND", `backup failed: database file ${this.path} does not exist`);
+    const tmpPath = `${destPath}.tmp-${randomSuffix()}`;
+    const total = await this.sizeBytes();
+    safeProgress(onProgress, { line: `backup: VACUUM INTO ${path.basename(destPath)} started`, source: "backup", bytesDone: 0, bytesTotal: total });
+    try {
+      const facts = await this.copyInWorker(
+        { op: "backup", source: this.path, tmpPath, destPath, busyTimeoutMs: BUSY_TIMEOUT_MS },
+        tmpPath, total, onProgress, signal,
+      );
+      safeProgress(onProgress, {
+        line: `backup: done, ${facts.sizeBytes} bytes, sha256 ${facts.sha256.slice(0, 12)}, ${Object.keys(facts.tableCounts).length} tables (${describeTimings(facts.timingsMs)})`,
+        source: "backup",
+        bytesDone: facts.sizeBytes,
+        bytesTotal: facts.sizeBytes,
+      });
+      return {
+        path: destPath,
+        sizeBytes: facts.sizeBytes,
+        sha256: facts.sha256,
+        tableCounts: facts.tableCounts,
+        schemaHash: facts.schemaHash,
+        revisions: facts.revisions,
+        tool: `sqlite VACUUM INTO ${facts.sqliteVersion}`,
+      };
+    } catch (err) {
+      throw mapFailure(err, "BACKUP_FAILED", "backup");
+    } finally {
+      await removeQuiet(tmpPath);
+    }
+  }
+
+  /** Runs a VACUUM INTO request in a worker while reporting the temp file's growth. */
+  private async copyInWorker(
+    request: Extract<WorkerRequest, { op: "backup" | "copy-into" }>,
+    tmpPath: string,
+    total: number,
+    onProgress: ProgressFn,
+    signal: AbortSignal | undefined,
+  ): Promise<CopyFacts> {
+    let lastSize = -1;
+    let polling = false;
+    const poll = setInterval(() => {
+      if (polling) return;
+      polling = true;
+      void fileSize(tmpPath).then((size) => {
+        if (size > 0 && size !== lastSize) {
+          lastSize = size;
+          safeProgress(onProgress, { line: `backup: ${size} bytes written`, source: "backup", bytesDone: size, bytesTotal: total });
+        }
+      }, () => undefined).finally(() => {
+        polling = false;
+      });
+    }, PROGRESS_POLL_MS);
+    try {
+      return await runInWorker<CopyFacts>(request, (m) => {
+        safeProgress(onProgress, {
+          line: m.line,
+          source: "backup",
+          ...(m.bytesDone !== undefined ? { bytesDone: m.bytesDone } : {}),
+          ...(m.bytesTotal !== undefined ? { bytesTotal: m.bytesTotal } : {}),
+        });
+      }, signal);
+    } finally {
+      clearInterval(poll);
+    }
+  }
+
+  /**
+   * Re-reads the artifact in a worker: size and sha256 against the manifest,
+   * a read-only open with PRAGMA integrity_check, schema hash, row counts and
+   * alembic_version against the artifact. detail names every check that failed
+   * (and those that passed). Never throws for a bad artifact.
+   */
+  async verifyBackup(artifact: BackupArtifact, onProgress: ProgressFn, signal?: AbortSignal): Promise<VerifyResult> {
+    assertUsablePath(artifact.path, "backup path");
+    try {
+      const r = await runInWorker<VerifyOutcome>(
+        { op: "verify", path: artifact.path, expected: expectedOf(artifact) },
+        (m) => safeProgress(onProgress, { line: m.line, source: "backup", ...(m.bytesDone !== undefined ? { bytesDone: m.bytesDone } : {}), ...(m.bytesTotal !== undefined ? { bytesTotal: m.bytesTotal } : {}) }),
+        signal,
+      );
+      safeProgress(onProgress, { line: `verify: ${r.ok ? "passed" : "failed"}: ${r.detail}`, source: "backup" });
+      return { ok: r.ok, detail: r.detail };
+    } catch (err) {
+      throw mapFailure(err, "VERIFY_FAILED", "verify backup");
+    }
+  }
+
+  /**
+   * Verifies the artifact (VERIFY_FAILED and nothing touched if it fails),
+   * copies it to `<db>.restore-<hex>`, fsyncs and sha256-checks the copy,
+   * removes `<db>-wal`, `-shm` and `-journal`, renames the copy over the
+   * database and fsyncs the directory. The caller guarantees the app is
+   * stopped. The restored file is byte-identical to the artifact.
+   */
+  async restore(artifact: BackupArtifact, onProgress: ProgressFn, signal?: AbortSignal): Promise<void> {
+    assertUsablePath(artifact.path, "backup path");
+    const stagingPath = `${this.path}.restore-${randomSuffix()}`;
+    safeProgress(onProgress, { line: `restore: verifying ${path.basename(artifact.path)}`, source: "backup" });
+    try {
+      await runInWorker<{ sha256: string }>(
+        { op: "restore", backupPath: artifact.path, expected: expectedOf(artifact), dbPath: this.path, stagingPath },
+        (m) => safeProgress(onProgress, { line: m.line, source: "backup", ...(m.bytesDone !== undefined ? { bytesDone: m.bytesDone } : {}), ...(m.bytesTotal !== undefined ? { bytesTotal: m.bytesTotal } : {}) }),
+        signal,
+      );
+      safeProgress(onProgress, { line: `restore: done, database replaced by ${path.basename(artifact.path)} (sha256 ${artifact.sha256.slice(0, 12)})`, source: "backup" });
+    } catch (err) {
+      throw mapFailure(err, "RESTORE_FAILED", "restore");
+    } finally {
+      await removeQuiet(stagingPath);
+    }
+  }
+
+  /**
+   * Consistent copy to another SqliteDatabase's path: VACUUM INTO a temp file
+   * beside it, fsync, its stale -wal/-shm/-journal removed, renamed over it
+   * (green copies are replaced on every rollout; the caller guarantees nothing
+   * uses the target). Refuses to copy onto this database itself.
+   */
+  async cloneTo(target: DatabaseAdapter, onProgress: ProgressFn, signal?: AbortSignal): Promise<void> {
+    if (!(target instanceof SqliteDatabase)) throw new FlotillaError("INVALID_ARGUMENT", `clone target must be a SQLite database, got ${target.kind}`);
+    if (target.path === this.path) throw new FlotillaError("INVALID_ARGUMENT", "clone target is the source database itself");
+    await this.copyTo(target.path, onProgress, signal, "clone");
+  }
+
+  /** VACUUM INTO a file in a fresh temp directory; drop() removes the directory. */
+  async scratchCopy(onProgress: ProgressFn, signal?: AbortSignal): Promise<{ adapter: DatabaseAdapter; url: string; drop(): Promise<void> }> {
+    const dir = await fsp.mkdtemp(path.join(os.tmpdir(), "flotilla-scratch-"));
+    const drop = async (): Promise<void> => {
+      await fsp.rm(dir, { recursive: true, force: true });
+    };
+    try {
+      const adapter = new SqliteDatabase({ path: path.join(dir, path.basename(this.path)), ...(this.runner !== undefined ? { runner: this.runner } : {}) });
+      await this.copyTo(adapter.path, onProgress, signal, "scratch copy");
+      return { adapter, url: adapter.alembicUrl(), drop };
+    } catch (err) {
+      await drop();
+      throw err;
+    }
+  }
+
+  private async copyTo(destPath: string, onProgress: ProgressFn, signal: AbortSignal | undefined, what: string): Promise<void> {
+    if (!(await this.exists())) throw new FlotillaError("NOT_FOUND", `${what} failed: database file ${this.path} does not exist`);
+    await fsp.mkdir(path.dirname(destPath), { recursive: true });
+    const tmpPath = `${destPath}.tmp-${randomSuffix()}`;
+    const total = await this.sizeBytes();
+    safeProgress(onProgress, { line: `${what}: VACUUM INTO ${destPath} started`, source: "backup", bytesDone: 0, bytesTotal: total });
+    try {
+      const facts = await this.copyInWorker({ op: "copy-into", source: this.path, tmpPath, destPath, busyTimeoutMs: BUSY_TIMEOUT_MS }, tmpPath, total, onProgress, signal);
+      safeProgress(onProgress, { line: `${what}: done, ${facts.sizeBytes} bytes (${describeTimings(facts.timingsMs)})`, source: "backup", bytesDone: facts.sizeBytes, bytesTotal: facts.sizeBytes });
+    } catch (err) {
+      throw mapFailure(err, "INTERNAL", what);
+    } finally {
+      await removeQuiet(tmpPath);
+    }
+  }
+}
+
+function describeTimings(t: Readonly<Record<string, number>>): string {
+  return Object.entries(t).map(([k, v]) => `${k} ${v} ms`).join(", ");
+}
+
+async function describeProcess(pid: number): Promise<string> {
+  try {
+    const raw = await fsp.readFile(`/proc/${pid}/cmdline`, "utf8");
+    const cmd = raw.split("\0").filter((s) => s.length > 0).join(" ");
+    if (cmd.length > 0) return redact(cmd);
+    return redact(`[${(await fsp.readFile(`/proc/${pid}/comm`, "utf8")).trim()}]`);
+  } catch {
+    return `[pid ${pid}]`;
+  }
+}

@@ -1,0 +1,502 @@
+/**
+ * The SQLite adapter's worker thread: every slow SQLite or file operation
+ * (VACUUM INTO, integrity_check, row counts, sha256 of a whole file, copies)
+ * runs here so the agent's event loop never stalls on it. One worker is
+ * started per operation by `SqliteDatabase`; it reads its request from
+ * `workerData`, posts progress and exactly one `done` or `failed` message,
+ * and exits.
+ *
+ * The pure schema helpers are exported so the adapter can run the cheap
+ * metadata reads on the main thread with the same normalisation.
+ *
+ * Importing this module does nothing; the request runs only when the module
+ * is the entry of a worker started with a `FLOTILLA_SQLITE_WORKER` envelope.
+ */
+import { parentPort, workerData } from "node:worker_threads";
+import { createHash } from "node:crypto";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import Database from "better-sqlite3";
+
+/** Marker in `workerData` that makes this module run a request. */
+export const WORKER_ENVELOPE = "FLOTILLA_SQLITE_WORKER";
+
+/** What a backup artifact promises; compared by verification. */
+export interface ExpectedArtifact {
+  readonly sizeBytes: number;
+  readonly sha256: string;
+  readonly tableCounts: Readonly<Record<string, number>>;
+  readonly schemaHash: string;
+  readonly revisions: readonly string[];
+}
+
+export type WorkerRequest =
+  | { readonly op: "backup"; readonly source: string; readonly tmpPath: string; readonly destPath: string; readonly busyTimeoutMs: number }
+  | { readonly op: "copy-into"; readonly source: string; readonly tmpPath: string; readonly destPath: string; readonly busyTimeoutMs: number }
+  | { readonly op: "verify"; readonly path: string; readonly expected: ExpectedArtifact }
+  | { readonly op: "restore"; readonly backupPath: string; readonly expected: ExpectedArtifact; readonly dbPath: string; readonly stagingPath: string }
+  | { readonly op: "integrity"; readonly path: string; readonly maxLines: number; readonly busyTimeoutMs: number }
+  | { readonly op: "table-counts"; readonly path: string; readonly busyTimeoutMs: number };
+
+export interface WorkerEnvelope {
+  readonly kind: typeof WORKER_ENVELOPE;
+  readonly request: WorkerRequest;
+  /** Int32Array view: element 0 becomes 1 when the caller aborts. */
+  readonly cancel: SharedArrayBuffer;
+  /** performance.timeOrigin + performance.now() when the caller started the worker. */
+  readonly requestedAt: number;
+}
+
+/** Facts about a finished copy, read from the copy itself. */
+export interface CopyFacts {
+  readonly sizeBytes: number;
+  readonly sha256: string;
+  readonly tableCounts: Record<string, number>;
+  readonly schemaHash: string;
+  readonly revisions: string[];
+  readonly sqliteVersion: string;
+  readonly timingsMs: Readonly<Record<string, number>>;
+}
+
+export interface VerifyOutcome {
+  readonly ok: boolean;
+  readonly detail: string;
+}
+
+export interface IntegrityOutcome {
+  readonly ok: boolean;
+  readonly detail: string;
+}
+
+export type WorkerMessage =
+  | { readonly type: "progress"; readonly line: string; readonly bytesDone?: number; readonly bytesTotal?: number }
+  | { readonly type: "done"; readonly value: unknown }
+  | { readonly type: "failed"; readonly message: string; readonly errno?: string; readonly sqliteCode?: string; readonly cancelled?: boolean; readonly verifyDetail?: string };
+
+// ---------------------------------------------------------------------------------------------
+// Pure helpers over an open connection (used on both threads).
+
+type Db = Database.Database;
+
+interface MasterRow {
+  type: string;
+  name: string;
+  tbl_name: string;
+  sql: string | null;
+}
+
+function isInternal(name: string): boolean {
+  return name.startsWith("sqlite_");
+}
+
+/** SQL identifier quoting: the name is data, never SQL. */
+export function quoteIdent(name: string): string {
+  return `"${name.replaceAll('"', '""')}"`;
+}
+
+/** User tables (no sqlite_* tables, no virtual tables), sorted. */
+export function listUserTables(db: Db): string[] {
+  const rows = db.prepare("SELECT name, sql FROM sqlite_master WHERE type = 'table'").all() as Array<{ name: string; sql: string | null }>;
+  return rows
+    .filter((r) => !isInternal(r.name) && !/^\s*CREATE\s+VIRTUAL\s/i.test(r.sql ?? ""))
+    .map((r) => r.name)
+    .sort();
+}
+
+/** Column names of a table in declaration order; empty when the table does not exist. */
+export function listTableColumns(db: Db, table: string): string[] {
+  const rows = db.prepare("SELECT name FROM pragma_table_info(?)").all(table) as Array<{ name: string }>;
+  return rows.map((r) => r.name);
+}
+
+/**
+ * sha256 of the normalised schema: every sqlite_master row except sqlite_*
+ * objects, as (type, name, tbl_name, sql with whitespace runs collapsed),
+ * sorted by type then name.
+ */
+export function computeSchemaHash(db: Db): string {
+  const rows = db.prepare("SELECT type, name, tbl_name, sql FROM sqlite_master").all() as MasterRow[];
+  const norm = rows
+    .filter((r) => !isInternal(r.name))
+    .map((r) => [r.type, r.name, r.tbl_name, (r.sql ?? "").replace(/\s+/g, " ").trim()] as const)
+    .sort((a, b) => (a[0] === b[0] ? (a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0) : a[0] < b[0] ? -1 : 1));
+  return createHash("sha256").update(JSON.stringify(norm)).digest("hex");
+}
+
+/** Sorted rows of alembic_version, or null when the table does not exist. */
+export function readAlembicRevisions(db: Db): string[] | null {
+  const t = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'").get();
+  if (t === undefined) return null;
+  const rows = db.prepare("SELECT version_num FROM alembic_version").all() as Array<{ version_num: unknown }>;
+  return rows.map((r) => String(r.version_num)).sort();
+}
+
+/** Row count of every user table. */
+export function countAllRows(db: Db): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const t of listUserTables(db)) {
+    const row = db.prepare(`SELECT count(*) AS n FROM ${quoteIdent(t)}`).get() as { n: number };
+    out[t] = row.n;
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Worker side.
+
+class Cancelled extends Error {
+  constructor() {
+    super("operation cancelled");
+    this.name = "Cancelled";
+  }
+}
+
+/** A verification failure inside an operation that needs a verified artifact. */
+class Unverified extends Error {
+  constructor(readonly detail: string) {
+    super(`backup failed verification: ${detail}`);
+    this.name = "Unverified";
+  }
+}
+
+interface Ctx {
+  readonly post: (m: WorkerMessage) => void;
+  readonly cancelled: () => boolean;
+  /** How long the worker took to start, in ms. */
+  readonly startupMs: number;
+}
+
+function checkCancel(ctx: Ctx): void {
+  if (ctx.cancelled()) throw new Cancelled();
+}
+
+function progress(ctx: Ctx, line: string, bytesDone?: number, bytesTotal?: number): void {
+  ctx.post({
+    type: "progress",
+    line,
+    ...(bytesDone !== undefined ? { bytesDone } : {}),
+    ...(bytesTotal !== undefined ? { bytesTotal } : {}),
+  });
+}
+
+function fsyncPath(p: string, flags: string): void {
+  const fd = fs.openSync(p, flags);
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function fsyncDir(dir: string): void {
+  fsyncPath(dir, "r");
+}
+
+function unlinkQuiet(p: string): void {
+  try {
+    fs.unlinkSync(p);
+  } catch {
+    // already gone
+  }
+}
+
+const HASH_CHUNK = 1 << 20;
+const PROGRESS_EVERY_MS = 200;
+
+/** Streams the file through sha256 in 1 MiB reads, reporting progress and honouring cancel. */
+function sha256File(ctx: Ctx, file: string, label: string): { sha256: string; size: number } {
+  const fd = fs.openSync(file, "r");
+  try {
+    const size = fs.fstatSync(fd).size;
+    const hash = createHash("sha256");
+    const buf = Buffer.allocUnsafe(HASH_CHUNK);
+    let done = 0;
+    let last = performance.now();
+    for (;;) {
+      const n = fs.readSync(fd, buf, 0, HASH_CHUNK, null);
+      if (n === 0) break;
+      hash.update(buf.subarray(0, n));
+      done += n;
+      const now = performance.now();
+      if (now - last >= PROGRESS_EVERY_MS) {
+        last = now;
+        checkCancel(ctx);
+        progress(ctx, `${label}: sha256 ${done} of ${size} bytes`, done, size);
+      }
+    }
+    return { sha256: hash.digest("hex"), size: done };
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function openReadOnly(file: string, busyTimeoutMs: number): Db {
+  return new Database(file, { readonly: true, fileMustExist: true, timeout: busyTimeoutMs });
+}
+
+/** VACUUM INTO a fresh (O_EXCL, mode 0600) temp file, fsync it, and read its facts from the copy. */
+function vacuumToTemp(ctx: Ctx, source: string, tmpPath: string, busyTimeoutMs: number): CopyFacts {
+  const timings: Record<string, number> = { "worker start": Math.round(ctx.startupMs) };
+  let t = performance.now();
+  const lap = (name: string): void => {
+    const now = performance.now();
+    timings[name] = Math.round(now - t);
+    t = now;
+  };
+  fs.closeSync(fs.openSync(tmpPath, fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_WRONLY, 0o600));
+  const src = openReadOnly(source, busyTimeoutMs);
+  let sqliteVersion: string;
+  try {
+    sqliteVersion = (src.prepare("SELECT sqlite_version() AS v").get() as { v: string }).v;
+    checkCancel(ctx);
+    progress(ctx, `copy: VACUUM INTO running (sqlite ${sqliteVersion})`);
+    src.prepare("VACUUM INTO ?").run(tmpPath);
+  } finally {
+    src.close();
+  }
+  lap("vacuum");
+  checkCancel(ctx);
+  fsyncPath(tmpPath, "r+");
+  lap("fsync");
+  progress(ctx, "copy: written and fsynced; reading row counts, schema and revisions from the copy");
+  // Metadata first, hash last: whatever the read-only open did, the hash describes the final bytes.
+  const copy = openReadOnly(tmpPath, busyTimeoutMs);
+  let tableCounts: Record<string, number>;
+  let schemaHash: string;
+  let revisions: string[];
+  try {
+    tableCounts = countAllRows(copy);
+    schemaHash = computeSchemaHash(copy);
+    revisions = readAlembicRevisions(copy) ?? [];
+  } finally {
+    copy.close();
+  }
+  lap("metadata");
+  checkCancel(ctx);
+  const { sha256, size } = sha256File(ctx, tmpPath, "backup");
+  lap("sha256");
+  return { sizeBytes: size, sha256, tableCounts, schemaHash, revisions, sqliteVersion, timingsMs: timings };
+}
+
+/** Puts tmpPath at destPath without ever replacing an existing file. */
+function placeNoReplace(tmpPath: string, destPath: string): void {
+  try {
+    fs.linkSync(tmpPath, destPath);
+    fs.unlinkSync(tmpPath);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== "EPERM" && code !== "ENOTSUP" && code !== "EOPNOTSUPP") throw err;
+    // Filesystems without hard links: check, then rename (not atomic against a racing creator).
+    if (fs.existsSync(destPath)) throw Object.assign(new Error(`${destPath} already exists`), { code: "EEXIST" });
+    fs.renameSync(tmpPath, destPath);
+  }
+}
+
+function removeSidecars(dbPath: string): void {
+  for (const suffix of ["-wal", "-shm", "-journal"]) unlinkQuiet(dbPath + suffix);
+}
+
+function runBackup(ctx: Ctx, r: Extract<WorkerRequest, { op: "backup" }>): CopyFacts {
+  if (fs.existsSync(r.destPath)) throw Object.assign(new Error(`backup destination ${r.destPath} already exists`), { code: "EEXIST" });
+  try {
+    const facts = vacuumToTemp(ctx, r.source, r.tmpPath, r.busyTimeoutMs);
+    checkCancel(ctx);
+    placeNoReplace(r.tmpPath, r.destPath);
+    fsyncDir(path.dirname(r.destPath));
+    return facts;
+  } catch (err) {
+    unlinkQuiet(r.tmpPath);
+    throw err;
+  }
+}
+
+/** Consistent copy over destPath (replacing it): for blue-green clones and scratch copies. */
+function runCopyInto(ctx: Ctx, r: Extract<WorkerRequest, { op: "copy-into" }>): CopyFacts {
+  try {
+    const facts = vacuumToTemp(ctx, r.source, r.tmpPath, r.busyTimeoutMs);
+    checkCancel(ctx);
+    // A stale WAL or journal next to the new file would be replayed into it.
+    removeSidecars(r.destPath);
+    fs.renameSync(r.tmpPath, r.destPath);
+    fsyncDir(path.dirname(r.destPath));
+    return facts;
+  } catch (err) {
+    unlinkQuiet(r.tmpPath);
+    throw err;
+  }
+}
+
+function sameCounts(a: Readonly<Record<string, number>>, b: Readonly<Record<string, number>>): string[] {
+  const diffs: string[] = [];
+  const names = [...new Set([...Object.keys(a), ...Object.keys(b)])].sort();
+  for (const n of names) {
+    const x = a[n];
+    const y = b[n];
+    if (x === y) continue;
+    if (x === undefined) diffs.push(`${n}: not in manifest, ${y} rows in backup`);
+    else if (y === undefined) diffs.push(`${n}: ${x} rows in manifest, table missing from backup`);
+    else diffs.push(`${n}: ${x} rows in manifest, ${y} in backup`);
+  }
+  return diffs;
+}
+
+function errText(err: unknown): string {
+  if (err instanceof Error) {
+    const code = (err as { code?: unknown }).code;
+    return typeof code === "string" ? `${code}: ${err.message}` : err.message;
+  }
+  return String(err);
+}
+
+/** Every check of an artifact; never throws for a bad artifact, only on cancel. */
+function verifyArtifact(ctx: Ctx, file: string, expected: ExpectedArtifact): VerifyOutcome {
+  const passed: string[] = [];
+  const failed: string[] = [];
+  let size: number;
+  try {
+    size = fs.statSync(file).size;
+  } catch (err) {
+    return { ok: false, detail: `FAILED: backup file unreadable (${errText(err)})` };
+  }
+  if (size !== expected.sizeBytes) failed.push(`size ${size} bytes, manifest says ${expected.sizeBytes}`);
+  const { sha256 } = sha256File(ctx, file, "verify");
+  if (sha256 === expected.sha256) passed.push("sha256 ok");
+  else failed.push(`sha256 mismatch (manifest ${expected.sha256.slice(0, 16)}…, file ${sha256.slice(0, 16)}…)`);
+  checkCancel(ctx);
+
+  let db: Db | undefined;
+  try {
+    db = openReadOnly(file, 5000);
+  } catch (err) {
+    failed.push(`cannot open as SQLite (${errText(err)})`);
+  }
+  if (db !== undefined) {
+    try {
+      progress(ctx, "verify: integrity_check");
+      try {
+        const rows = db.prepare("PRAGMA integrity_check(10)").pluck().all() as string[];
+        if (rows.length === 1 && rows[0] === "ok") passed.push("integrity_check ok");
+        else failed.push(`integrity_check: ${rows.slice(0, 10).join(" | ")}`);
+      } catch (err) {
+        failed.push(`integrity_check error (${errText(err)})`);
+      }
+      checkCancel(ctx);
+      try {
+        const h = computeSchemaHash(db);
+        if (h === expected.schemaHash) passed.push("schema ok");
+        else failed.push(`schema hash mismatch (manifest ${expected.schemaHash.slice(0, 16)}…, backup ${h.slice(0, 16)}…)`);
+      } catch (err) {
+        failed.push(`schema unreadable (${errText(err)})`);
+      }
+      progress(ctx, "verify: row counts");
+      try {
+        const diffs = sameCounts(expected.tableCounts, countAllRows(db));
+        if (diffs.length === 0) passed.push(`row counts ok (${Object.keys(expected.tableCounts).length} tables)`);
+        else failed.push(`row counts differ: ${diffs.slice(0, 10).join(", ")}`);
+      } catch (err) {
+        failed.push(`row counts unreadable (${errText(err)})`);
+      }
+      try {
+        const revs = readAlembicRevisions(db) ?? [];
+        const want = [...expected.revisions].sort();
+        if (revs.length === want.length && revs.every((v, i) => v === want[i])) passed.push(`revisions ok (${want.join(",") || "none"})`);
+        else failed.push(`alembic_version is [${revs.join(",")}], manifest says [${want.join(",")}]`);
+      } catch (err) {
+        failed.push(`alembic_version unreadable (${errText(err)})`);
+      }
+    } finally {
+      db.close();
+    }
+  }
+  if (failed.length === 0) return { ok: true, detail: passed.join("; ") };
+  return { ok: false, detail: `FAILED: ${failed.join("; ")}${passed.length > 0 ? `; passed: ${passed.join("; ")}` : ""}` };
+}
+
+function runRestore(ctx: Ctx, r: Extract<WorkerRequest, { op: "restore" }>): { sha256: string } {
+  const v = verifyArtifact(ctx, r.backupPath, r.expected);
+  if (!v.ok) throw new Unverified(v.detail);
+  progress(ctx, "restore: backup verified; copying beside the database");
+  try {
+    fs.copyFileSync(r.backupPath, r.stagingPath, fs.constants.COPYFILE_EXCL);
+    fsyncPath(r.stagingPath, "r+");
+    // The copy is the inode that becomes the database: check its bytes before it goes live.
+    const { sha256 } = sha256File(ctx, r.stagingPath, "restore");
+    if (sha256 !== r.expected.sha256) {
+      throw new Error(`restored copy sha256 ${sha256.slice(0, 16)}… differs from the manifest ${r.expected.sha256.slice(0, 16)}…`);
+    }
+    checkCancel(ctx);
+    const staged = fs.statSync(r.stagingPath);
+    removeSidecars(r.dbPath);
+    fs.renameSync(r.stagingPath, r.dbPath);
+    fsyncDir(path.dirname(r.dbPath));
+    const live = fs.statSync(r.dbPath);
+    if (live.ino !== staged.ino || live.size !== r.expected.sizeBytes) {
+      throw new Error("restored database changed during the swap (is the app really stopped?)");
+    }
+    return { sha256 };
+  } catch (err) {
+    unlinkQuiet(r.stagingPath);
+    throw err;
+  }
+}
+
+function runIntegrity(r: Extract<WorkerRequest, { op: "integrity" }>): IntegrityOutcome {
+  const db = openReadOnly(r.path, r.busyTimeoutMs);
+  try {
+    const rows = db.prepare(`PRAGMA integrity_check(${Math.max(1, Math.floor(r.maxLines))})`).pluck().all() as string[];
+    if (rows.length === 1 && rows[0] === "ok") return { ok: true, detail: "ok" };
+    return { ok: false, detail: rows.slice(0, r.maxLines).join("\n") };
+  } catch (err) {
+    return { ok: false, detail: errText(err) };
+  } finally {
+    db.close();
+  }
+}
+
+function runTableCounts(r: Extract<WorkerRequest, { op: "table-counts" }>): Record<string, number> {
+  const db = openReadOnly(r.path, r.busyTimeoutMs);
+  try {
+    return countAllRows(db);
+  } finally {
+    db.close();
+  }
+}
+
+function dispatch(ctx: Ctx, r: WorkerRequest): unknown {
+  switch (r.op) {
+    case "backup": return runBackup(ctx, r);
+    case "copy-into": return runCopyInto(ctx, r);
+    case "verify": return verifyArtifact(ctx, r.path, r.expected);
+    case "restore": return runRestore(ctx, r);
+    case "integrity": return runIntegrity(r);
+    case "table-counts": return runTableCounts(r);
+  }
+}
+
+function isEnvelope(v: unknown): v is WorkerEnvelope {
+  return typeof v === "object" && v !== null && (v as { kind?: unknown }).kind === WORKER_ENVELOPE;
+}
+
+function main(port: NonNullable<typeof parentPort>, env: WorkerEnvelope): void {
+  const flag = new Int32Array(env.cancel);
+  const ctx: Ctx = {
+    post: (m) => port.postMessage(m),
+    cancelled: () => Atomics.load(flag, 0) === 1,
+    startupMs: performance.timeOrigin + performance.now() - env.requestedAt,
+  };
+  try {
+    ctx.post({ type: "done", value: dispatch(ctx, env.request) });
+  } catch (err) {
+    const e = err as { code?: unknown; message?: unknown };
+    const code = typeof e.code === "string" ? e.code : undefined;
+    ctx.post({
+      type: "failed",
+      message: err instanceof Error ? err.message : String(err),
+      ...(code?.startsWith("SQLITE_") ? { sqliteCode: code } : code !== undefined ? { errno: code } : {}),
+      ...(err instanceof Cancelled ? { cancelled: true } : {}),
+      ...(err instanceof Unverified ? { verifyDetail: err.detail } : {}),
+    });
+  }
+}
+
+if (parentPort !== null && isEnvelope(workerData)) main(parentPort, workerData);

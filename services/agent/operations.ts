@@ -97,6 +97,19 @@ export class AgentOperations {
     return t;
   }
 
+  /**
+   * The runtime of a target for app-instance operations: the full runtime when
+   * the target is local, or just the app instances when this host only runs
+   * apps of a target another agent owns (a shared PostgreSQL database).
+   */
+  appRuntime(id: string): TargetRuntime {
+    const local = this.d.targets.get(id);
+    if (local) return local;
+    const apps = this.d.config.apps.filter((a) => a.target === id);
+    if (apps.length === 0) return this.target(id);
+    return { apps, config: { id } } as unknown as TargetRuntime;
+  }
+
   // ---------------------------------------------------------------- reads
 
   async appStates(t: TargetRuntime): Promise<{ app: AgentApp; state: AppState; detail: string }[]> {
@@ -270,7 +283,7 @@ export class AgentOperations {
    */
   private async run(
     kind: string, targetId: string, requestedId: string, emit: Emit,
-    init: { toRevision?: string; rolloutId?: string; lock?: boolean },
+    init: { toRevision?: string; rolloutId?: string; lock?: boolean; appsOnly?: boolean },
     body: (ctx: { id: string; t: TargetRuntime; progress: ProgressFn; result: Partial<OpResult> }) => Promise<Partial<OpResult> | void>,
   ): Promise<OpResult> {
     const started = performance.now();
@@ -289,7 +302,7 @@ export class AgentOperations {
     if (!OP_ID.test(id)) return finish({ ...base, status: "refused", errorCode: "INVALID_ARGUMENT", message: `operation id "${id}" is not valid (letters, digits, . _ : -)` });
     let t: TargetRuntime;
     try {
-      t = this.target(targetId);
+      t = init.appsOnly ? this.appRuntime(targetId) : this.target(targetId);
       this.d.journal.begin({ id, targetId, kind, ...(init.toRevision ? { toRevision: init.toRevision } : {}), ...(init.rolloutId ? { rolloutId: init.rolloutId } : {}) }, init.lock !== false);
     } catch (err) {
       const fe = toFlotillaError(err);
@@ -407,21 +420,21 @@ export class AgentOperations {
   }
 
   stopApps(req: { targetId: string; operationId: string; color: string }, emit: Emit, signal?: AbortSignal): Promise<OpResult> {
-    return this.run("stop-apps", req.targetId, req.operationId, emit, { lock: false }, async ({ t, progress }) => {
+    return this.run("stop-apps", req.targetId, req.operationId, emit, { lock: false, appsOnly: true }, async ({ t, progress }) => {
       const done = await this.controlApps(t, "stop", req.color, emit, progress, signal);
       return { message: done.length ? `stopped ${done.join(", ")}` : "no app instances of this target on this host", details: { apps: done.join(",") } };
     });
   }
 
   startApps(req: { targetId: string; operationId: string; color: string }, emit: Emit, signal?: AbortSignal): Promise<OpResult> {
-    return this.run("start-apps", req.targetId, req.operationId, emit, { lock: false }, async ({ t, progress }) => {
+    return this.run("start-apps", req.targetId, req.operationId, emit, { lock: false, appsOnly: true }, async ({ t, progress }) => {
       const done = await this.controlApps(t, "start", req.color, emit, progress, signal);
       return { message: done.length ? `started ${done.join(", ")}` : "no app instances of this target on this host", details: { apps: done.join(",") } };
     });
   }
 
   async health(targetId: string, color: string): Promise<{ apps: { id: string; color: string; state: AppState; detail: string }[]; healthy: boolean }> {
-    const t = this.target(targetId);
+    const t = this.appRuntime(targetId);
     const states = (await this.appStates(t)).filter((a) => color === "" || a.app.color === color);
     return { apps: states.map((a) => ({ id: a.app.id, color: a.app.color, state: a.state, detail: a.detail })), healthy: states.every((a) => a.state === "running") };
   }

@@ -61,6 +61,16 @@ class WorkerFailure extends Error {
   }
 }
 
+/** A thrown error on this thread in the worker's failure shape, so one mapping serves both. */
+function asFailure(err: unknown): WorkerFailure {
+  const code = (err as { code?: unknown } | null)?.code;
+  const c = typeof code === "string" ? code : undefined;
+  const message = err instanceof Error ? err.message : String(err);
+  return c?.startsWith("SQLITE_") === true
+    ? new WorkerFailure(message, undefined, c, false, undefined)
+    : new WorkerFailure(message, c, undefined, false, undefined);
+}
+
 function randomSuffix(): string {
   return randomBytes(6).toString("hex");
 }
@@ -181,7 +191,8 @@ function expectedOf(a: BackupArtifact): ExpectedArtifact {
  *
  * Backups are VACUUM INTO copies (consistent while the app writes; never the
  * stepwise backup API, which restarts forever on a busy database). Never
- * overwrites a backup; never writes to the database except in restore().
+ * overwrites a backup; never changes the database's contents except in
+ * restore() (read-only opens may still create the -shm of a WAL database).
  * The constructor does no I/O.
  */
 export class SqliteDatabase implements DatabaseAdapter {
@@ -192,6 +203,7 @@ export class SqliteDatabase implements DatabaseAdapter {
   private readonly runner: ProcessRunner | undefined;
 
   constructor(options: SqliteDatabaseOptions) {
+    if (options.path.length === 0) throw new FlotillaError("INVALID_ARGUMENT", "database path must not be empty");
     assertUsablePath(path.resolve(options.path), "database path");
     this.path = path.resolve(options.path);
     this.displayName = this.path;
@@ -248,7 +260,7 @@ export class SqliteDatabase implements DatabaseAdapter {
         if (db === undefined && !(await this.exists())) {
           throw new FlotillaError("NOT_FOUND", `${what}: database file ${this.path} does not exist`, { cause: err });
         }
-        throw mapFailure(new WorkerFailure(err instanceof Error ? err.message : String(err), undefined, typeof code === "string" ? code : undefined, false, undefined), "INTERNAL", what);
+        throw mapFailure(asFailure(err), "INTERNAL", what);
       } finally {
         db?.close();
       }

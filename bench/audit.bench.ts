@@ -1,0 +1,149 @@
+// Audit log append rate against a raw single-row insert on the same engine, in the same run.
+//
+//   P11: AuditLog.append on SqliteStore (WAL, synchronous=FULL) ÷ raw better-sqlite3 single-row
+//        autocommit INSERT (WAL, synchronous=FULL). Goal ≥ 0.9.
+//   P13: AuditLog.append on PostgresStore ÷ raw node-postgres single-row autocommit INSERT, same
+//        server. Goal ≥ 0.4.
+//
+// Each side writes ROWS rows one at a time (each row committed before the next starts). The
+// two sides alternate in chunks of CHUNK rows and each side's time is summed, so both see the
+// same background load (fsync cost on a shared disk drifts by several times within seconds). SQLite files live in a temporary folder; the
+// PostgreSQL database is created fresh (FLOTILLA_TEST_PG_URL's server) and dropped afterwards.
+//
+//   npx tsx bench/audit.bench.ts
+import { mkdtempSync, rmSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { pathToFileURL } from "node:url";
+import Database from "better-sqlite3";
+import pg from "pg";
+import { createTestDatabase } from "../test/helpers/pg.js";
+import { AuditLog } from "../services/controller/audit/audit-log.js";
+import { checkpointPathFor, loadOrCreateAuditKey } from "../services/controller/audit/audit-key.js";
+import { PostgresStore } from "../services/controller/store/postgres-store.js";
+import { SqliteStore } from "../services/controller/store/sqlite-store.js";
+
+/** One measured figure; `value` and `baseline` in the same unit, measured in the same run. */
+export interface BenchResult {
+  name: string;
+  value: number;
+  unit: string;
+  baseline: number;
+  /** value ÷ baseline. */
+  ratio: number;
+  /** The goal for the ratio. */
+  target: string;
+}
+
+const ROWS = 2000;
+const CHUNK = 50;
+const WARMUP = 50;
+
+const RAW_TABLE = `CREATE TABLE raw_audit (
+  seq BIGINT PRIMARY KEY, time TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL,
+  args TEXT NOT NULL, outcome TEXT NOT NULL, detail TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)`;
+
+/** The same row the audit log writes: same columns, a similar payload. */
+function rawRow(seq: number): unknown[] {
+  return [seq, new Date().toISOString(), "alice", "rollout.step", "webui-1", `{"i":${seq},"step":"migrate"}`, "intent",
+    `step ${seq}`, "0".repeat(64), "f".repeat(64)];
+}
+
+function entry(i: number) {
+  return { actor: "alice", action: "rollout.step", target: "webui-1", args: { i, step: "migrate" }, outcome: "intent" as const, detail: `step ${i}` };
+}
+
+/** Rows per second of each side, writing ROWS rows each in alternating chunks after a warm-up. */
+async function interleaved(
+  baseline: (i: number) => unknown,
+  subject: (i: number) => unknown,
+): Promise<{ baseline: number; subject: number }> {
+  for (let i = 0; i < WARMUP; i++) {
+    await baseline(i);
+    await subject(i);
+  }
+  let tb = 0n;
+  let ts = 0n;
+  for (let done = 0; done < ROWS; done += CHUNK) {
+    let t0 = process.hrtime.bigint();
+    for (let i = done; i < done + CHUNK; i++) await baseline(WARMUP + i);
+    tb += process.hrtime.bigint() - t0;
+    t0 = process.hrtime.bigint();
+    for (let i = done; i < done + CHUNK; i++) await subject(WARMUP + i);
+    ts += process.hrtime.bigint() - t0;
+  }
+  return { baseline: ROWS / (Number(tb) / 1e9), subject: ROWS / (Number(ts) / 1e9) };
+}
+
+async function sqliteRates(dir: string): Promise<{ audit: number; raw: number }> {
+  const raw = new Database(path.join(dir, "raw.db"));
+  raw.pragma("journal_mode = WAL");
+  raw.pragma("synchronous = FULL");
+  raw.exec(RAW_TABLE);
+  const insert = raw.prepare("INSERT INTO raw_audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+  const store = new SqliteStore(path.join(dir, "audit.db"));
+  await store.init();
+  const keyFile = path.join(dir, "sqlite.key");
+  const log = new AuditLog(store, await loadOrCreateAuditKey(keyFile), { checkpointFile: checkpointPathFor(keyFile) });
+  try {
+    const r = await interleaved((i) => insert.run(...rawRow(i + 1)), (i) => log.append(entry(i)));
+    const check = await log.verify();
+    if (!check.ok || check.checked !== WARMUP + ROWS) throw new Error(`SQLite audit chain does not verify after the bench: ${check.reason}`);
+    return { audit: r.subject, raw: r.baseline };
+  } finally {
+    await store.close();
+    raw.close();
+  }
+}
+
+async function postgresRates(dir: string): Promise<{ audit: number; raw: number }> {
+  const db = await createTestDatabase("bench_audit");
+  const client = new pg.Client({ connectionString: db.url });
+  const store = new PostgresStore(db.url);
+  try {
+    await client.connect();
+    await client.query(RAW_TABLE);
+    await store.init();
+    const keyFile = path.join(dir, "pg.key");
+    const log = new AuditLog(store, await loadOrCreateAuditKey(keyFile), { checkpointFile: checkpointPathFor(keyFile) });
+    const sql = "INSERT INTO raw_audit VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+    const r = await interleaved((i) => client.query(sql, rawRow(i + 1)), (i) => log.append(entry(i)));
+    const check = await log.verify();
+    if (!check.ok || check.checked !== WARMUP + ROWS) throw new Error(`PostgreSQL audit chain does not verify after the bench: ${check.reason}`);
+    return { audit: r.subject, raw: r.baseline };
+  } finally {
+    await client.end().catch(() => undefined);
+    await store.close().catch(() => undefined);
+    await db.drop();
+  }
+}
+
+/** Runs P11 and P13 and returns their figures (rows/s, with the same-run baseline). */
+export async function run(): Promise<BenchResult[]> {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "flotilla-bench-audit-"));
+  try {
+    const s = await sqliteRates(dir);
+    const p = await postgresRates(dir);
+    return [
+      {
+        name: "P11 audit append rate, SqliteStore WAL+FULL ÷ raw better-sqlite3 single-row insert WAL+FULL",
+        value: s.audit, unit: "rows/s", baseline: s.raw, ratio: s.audit / s.raw, target: ">= 0.9",
+      },
+      {
+        name: "P13 audit append rate, PostgresStore ÷ raw node-postgres single-row insert, same server",
+        value: p.audit, unit: "rows/s", baseline: p.raw, ratio: p.audit / p.raw, target: ">= 0.4",
+      },
+    ];
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(path.resolve(process.argv[1])).href) {
+  const results = await run();
+  for (const r of results) {
+    process.stdout.write(
+      `${r.name}\n  ${r.value.toFixed(0)} ${r.unit} vs ${r.baseline.toFixed(0)} ${r.unit}: ratio ${r.ratio.toFixed(2)} (target ${r.target})\n`,
+    );
+  }
+}

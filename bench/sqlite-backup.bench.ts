@@ -70,7 +70,7 @@ function generateDatabase(file: string): void {
     const m = db.prepare("INSERT INTO message (chat_id, role, content) VALUES (?, ?, ?)");
     const users = 1000;
     const chats = 20_000;
-    const msgsPerChat = Math.ceil(TARGET_BYTES / (chats * 850));
+    const msgsPerChat = Math.ceil(TARGET_BYTES / (chats * 1100));
     db.transaction(() => {
       for (let i = 0; i < users; i++) u.run(`user${i}@example.test`, `User ${i}`);
       let k = 0;

@@ -235,7 +235,7 @@ function openReadOnly(file: string, busyTimeoutMs: number): Db {
 }
 
 /** VACUUM INTO a fresh (O_EXCL, mode 0600) temp file, fsync it, and read its facts from the copy. */
-function vacuumToTemp(ctx: Ctx, source: string, tmpPath: string, busyTimeoutMs: number): CopyFacts {
+function vacuumToTemp(ctx: Ctx, label: string, source: string, tmpPath: string, busyTimeoutMs: number): CopyFacts {
   const timings: Record<string, number> = { "worker start": Math.round(ctx.startupMs) };
   let t = performance.now();
   const lap = (name: string): void => {
@@ -249,7 +249,7 @@ function vacuumToTemp(ctx: Ctx, source: string, tmpPath: string, busyTimeoutMs: 
   try {
     sqliteVersion = (src.prepare("SELECT sqlite_version() AS v").get() as { v: string }).v;
     checkCancel(ctx);
-    progress(ctx, `copy: VACUUM INTO running (sqlite ${sqliteVersion})`);
+    progress(ctx, `${label}: VACUUM INTO running (sqlite ${sqliteVersion})`);
     src.prepare("VACUUM INTO ?").run(tmpPath);
   } finally {
     src.close();
@@ -258,7 +258,7 @@ function vacuumToTemp(ctx: Ctx, source: string, tmpPath: string, busyTimeoutMs: 
   checkCancel(ctx);
   fsyncPath(tmpPath, "r+");
   lap("fsync");
-  progress(ctx, "copy: written and fsynced; reading row counts, schema and revisions from the copy");
+  progress(ctx, `${label}: written and fsynced; reading row counts, schema and revisions from the copy`);
   // Metadata first, hash last: whatever the read-only open did, the hash describes the final bytes.
   const copy = openReadOnly(tmpPath, busyTimeoutMs);
   let tableCounts: Record<string, number>;
@@ -273,7 +273,7 @@ function vacuumToTemp(ctx: Ctx, source: string, tmpPath: string, busyTimeoutMs: 
   }
   lap("metadata");
   checkCancel(ctx);
-  const { sha256, size } = sha256File(ctx, tmpPath, "backup");
+  const { sha256, size } = sha256File(ctx, tmpPath, label);
   lap("sha256");
   return { sizeBytes: size, sha256, tableCounts, schemaHash, revisions, sqliteVersion, timingsMs: timings };
 }
@@ -299,7 +299,7 @@ function removeSidecars(dbPath: string): void {
 function runBackup(ctx: Ctx, r: Extract<WorkerRequest, { op: "backup" }>): CopyFacts {
   if (fs.existsSync(r.destPath)) throw Object.assign(new Error(`backup destination ${r.destPath} already exists`), { code: "EEXIST" });
   try {
-    const facts = vacuumToTemp(ctx, r.source, r.tmpPath, r.busyTimeoutMs);
+    const facts = vacuumToTemp(ctx, "backup", r.source, r.tmpPath, r.busyTimeoutMs);
     checkCancel(ctx);
     placeNoReplace(r.tmpPath, r.destPath);
     fsyncDir(path.dirname(r.destPath));
@@ -313,7 +313,7 @@ function runBackup(ctx: Ctx, r: Extract<WorkerRequest, { op: "backup" }>): CopyF
 /** Consistent copy over destPath (replacing it): for blue-green clones and scratch copies. */
 function runCopyInto(ctx: Ctx, r: Extract<WorkerRequest, { op: "copy-into" }>): CopyFacts {
   try {
-    const facts = vacuumToTemp(ctx, r.source, r.tmpPath, r.busyTimeoutMs);
+    const facts = vacuumToTemp(ctx, "copy", r.source, r.tmpPath, r.busyTimeoutMs);
     checkCancel(ctx);
     // A stale WAL or journal next to the new file would be replayed into it.
     removeSidecars(r.destPath);

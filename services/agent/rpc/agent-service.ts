@@ -51,7 +51,12 @@ function need(value: string, what: string): string {
   return value;
 }
 
-/** The gRPC AgentService: validated requests in, operations, wire messages out. */
+/**
+ * The gRPC AgentService: validated requests in, operations, wire messages out.
+ * Operations run to completion even when the caller goes away: a controller
+ * crash or a network blip must not stop a migration half-way (the controller
+ * reads the outcome from the journal with GetOperation).
+ */
 export function agentServiceImpl(config: AgentConfig, ops: AgentOperations, version: string): ServiceImpl<typeof AgentService.method> {
   const status = async (targetId: string): Promise<MessageInitShape<typeof TargetStatusSchema>> => {
     const t = ops.target(need(targetId, "target_id"));
@@ -93,24 +98,24 @@ export function agentServiceImpl(config: AgentConfig, ops: AgentOperations, vers
     async listOperations(req) {
       return { operations: ops.listOperations(req.targetId || undefined, req.limit > 0 ? Math.min(req.limit, 500) : 50).map((o) => ({ ...o })) };
     },
-    backup: (req, ctx) => opStream((emit) => ops.backup({ targetId: req.targetId, operationId: req.operationId, rolloutId: req.rolloutId, verify: req.verify }, emit, ctx.signal)),
-    verifyBackup: (req, ctx) => opStream((emit) => ops.verifyBackup({ targetId: req.targetId, backupId: need(req.backupId, "backup_id"), operationId: req.operationId }, emit, ctx.signal)),
-    restore: (req, ctx) => opStream((emit) => ops.restore({ targetId: req.targetId, backupId: need(req.backupId, "backup_id"), operationId: req.operationId, manageApps: req.manageApps }, emit, ctx.signal)),
-    migrate: (req, ctx) => opStream((emit) => ops.migrate({
+    backup: (req) => opStream((emit) => ops.backup({ targetId: req.targetId, operationId: req.operationId, rolloutId: req.rolloutId, verify: req.verify }, emit)),
+    verifyBackup: (req) => opStream((emit) => ops.verifyBackup({ targetId: req.targetId, backupId: need(req.backupId, "backup_id"), operationId: req.operationId }, emit)),
+    restore: (req) => opStream((emit) => ops.restore({ targetId: req.targetId, backupId: need(req.backupId, "backup_id"), operationId: req.operationId, manageApps: req.manageApps }, emit)),
+    migrate: (req) => opStream((emit) => ops.migrate({
       targetId: req.targetId, toRevision: req.toRevision, operationId: req.operationId, rolloutId: req.rolloutId, backupId: req.backupId,
       takeBackup: req.takeBackup, online: req.online, green: req.green, lockTimeoutMs: req.lockTimeoutMs,
-    }, emit, ctx.signal)),
-    rehearse: (req, ctx) => opStream((emit) => ops.rehearse({ targetId: req.targetId, toRevision: req.toRevision, operationId: req.operationId }, emit, ctx.signal)),
-    downgrade: (req, ctx) => opStream((emit) => ops.downgrade({ targetId: req.targetId, toRevision: need(req.toRevision, "to_revision"), operationId: req.operationId, acceptDataLoss: req.acceptDataLoss }, emit, ctx.signal)),
-    stamp: (req, ctx) => opStream((emit) => ops.stamp({ targetId: req.targetId, revision: need(req.revision, "revision"), operationId: req.operationId, reason: req.reason }, emit, ctx.signal)),
-    stopApps: (req, ctx) => opStream((emit) => ops.stopApps({ targetId: req.targetId, operationId: req.operationId, color: req.color }, emit, ctx.signal)),
-    startApps: (req, ctx) => opStream((emit) => ops.startApps({ targetId: req.targetId, operationId: req.operationId, color: req.color }, emit, ctx.signal)),
+    }, emit)),
+    rehearse: (req) => opStream((emit) => ops.rehearse({ targetId: req.targetId, toRevision: req.toRevision, operationId: req.operationId }, emit)),
+    downgrade: (req) => opStream((emit) => ops.downgrade({ targetId: req.targetId, toRevision: need(req.toRevision, "to_revision"), operationId: req.operationId, acceptDataLoss: req.acceptDataLoss }, emit)),
+    stamp: (req) => opStream((emit) => ops.stamp({ targetId: req.targetId, revision: need(req.revision, "revision"), operationId: req.operationId, reason: req.reason }, emit)),
+    stopApps: (req) => opStream((emit) => ops.stopApps({ targetId: req.targetId, operationId: req.operationId, color: req.color }, emit)),
+    startApps: (req) => opStream((emit) => ops.startApps({ targetId: req.targetId, operationId: req.operationId, color: req.color }, emit)),
     async checkHealth(req) {
       const h = await ops.health(need(req.targetId, "target_id"), req.color);
       return { apps: h.apps.map((a) => ({ id: a.id, targetId: req.targetId, color: a.color, state: a.state, detail: a.detail })), healthy: h.healthy };
     },
-    clone: (req, ctx) => opStream((emit) => ops.clone({ targetId: req.targetId, operationId: req.operationId, rolloutId: req.rolloutId }, emit, ctx.signal)),
-    switch: (req, ctx) => opStream((emit) => ops.switchTraffic({ targetId: req.targetId, operationId: req.operationId, color: req.color }, emit, ctx.signal)),
-    recover: (req, ctx) => opStream((emit) => ops.recover({ targetId: req.targetId, operationId: need(req.operationId, "operation_id"), action: req.action, newOperationId: req.newOperationId }, emit, ctx.signal)),
+    clone: (req) => opStream((emit) => ops.clone({ targetId: req.targetId, operationId: req.operationId, rolloutId: req.rolloutId }, emit)),
+    switch: (req) => opStream((emit) => ops.switchTraffic({ targetId: req.targetId, operationId: req.operationId, color: req.color }, emit)),
+    recover: (req) => opStream((emit) => ops.recover({ targetId: req.targetId, operationId: need(req.operationId, "operation_id"), action: req.action, newOperationId: req.newOperationId }, emit)),
   };
 }

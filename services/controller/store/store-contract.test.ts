@@ -1,0 +1,456 @@
+// One contract suite for ControllerStore, run against every adapter: a SQLite
+// file and a fresh PostgreSQL database (test/helpers/pg.ts).
+import { after, afterEach, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import Database from "better-sqlite3";
+import pg from "pg";
+import { FlotillaError } from "../../common/errors.js";
+import { createTestDatabase, type TestDatabase } from "../../../test/helpers/pg.js";
+import type { AuditRow, ControllerStore, NewAuditRow, RolloutDoc, ScheduleDoc } from "../core/ports.js";
+import { openStore, PostgresStore, SqliteStore } from "./index.js";
+
+interface Opened {
+  store: ControllerStore;
+  /** A second store instance (its own connection) on the same database. */
+  another(): Promise<ControllerStore>;
+  /** The same database opened again after `store` was closed. */
+  reopen(): Promise<ControllerStore>;
+  /** Runs one raw SQL statement on a separate connection; returns its rows. */
+  sql(text: string): Promise<Array<Record<string, unknown>>>;
+}
+
+interface Backend {
+  name: string;
+  setup(): Promise<void>;
+  teardown(): Promise<void>;
+  fresh(): Promise<Opened>;
+  cleanup(): Promise<void>;
+}
+
+const TABLES = "rollouts, leases, agents, schedules, schedule_fires, audit_log";
+
+function sqlite(): Backend {
+  let dir = "";
+  let n = 0;
+  const toClose: Array<() => Promise<void> | void> = [];
+  return {
+    name: "SqliteStore",
+    async setup() {
+      dir = mkdtempSync(path.join(os.tmpdir(), "flotilla-store-"));
+    },
+    async teardown() {
+      rmSync(dir, { recursive: true, force: true });
+    },
+    async cleanup() {
+      for (const c of toClose.splice(0)) await c();
+    },
+    async fresh() {
+      const file = path.join(dir, `store-${++n}.db`);
+      const open = async (): Promise<ControllerStore> => {
+        const s = new SqliteStore(file);
+        await s.init();
+        toClose.push(() => s.close());
+        return s;
+      };
+      const store = await open();
+      let raw: Database.Database | undefined;
+      return {
+        store,
+        another: open,
+        reopen: open,
+        async sql(text) {
+          if (raw === undefined) {
+            const db = new Database(file, { timeout: 5000 });
+            raw = db;
+            toClose.push(() => { db.close(); });
+          }
+          const st = raw.prepare(text);
+          if (st.reader) return st.all() as Array<Record<string, unknown>>;
+          st.run();
+          return [];
+        },
+      };
+    },
+  };
+}
+
+function postgres(): Backend {
+  let db: TestDatabase | undefined;
+  const toClose: Array<() => Promise<void>> = [];
+  const client = async (): Promise<pg.Client> => {
+    const c = new pg.Client({ connectionString: db!.url });
+    c.on("error", () => undefined);
+    await c.connect();
+    toClose.push(() => c.end());
+    return c;
+  };
+  return {
+    name: "PostgresStore",
+    async setup() {
+      db = await createTestDatabase("store_contract");
+    },
+    async teardown() {
+      await db?.drop();
+    },
+    async cleanup() {
+      for (const c of toClose.splice(0)) await c();
+    },
+    async fresh() {
+      const raw = await client();
+      await raw.query(`DROP TABLE IF EXISTS ${TABLES}`);
+      const open = async (): Promise<ControllerStore> => {
+        const s = new PostgresStore(db!.url);
+        toClose.push(() => s.close());
+        await s.init();
+        return s;
+      };
+      const store = await open();
+      return {
+        store,
+        another: open,
+        reopen: open,
+        async sql(text) {
+          return (await raw.query(text)).rows as Array<Record<string, unknown>>;
+        },
+      };
+    },
+  };
+}
+
+function rollout(id: string, over: Partial<RolloutDoc> = {}): RolloutDoc {
+  return {
+    id,
+    status: "pending",
+    spec: { selector: "env=prod", toRevision: "head", strategy: "maintenance", waves: "1,100%", maxFailures: 0 },
+    targets: [
+      {
+        targetId: "webui-1", agentId: "host-a", wave: 0, status: "pending",
+        steps: [{ name: "backup", state: "pending", agentId: "host-a", operationId: "", detail: "" }],
+        revisionBefore: ["a1f0c0de0001"], revisionAfter: [], backupId: "", message: "",
+      },
+    ],
+    createdAt: "2030-01-01T00:00:00.000Z",
+    actor: "alice",
+    message: "",
+    warnings: [],
+    currentWave: 0,
+    abortRequested: false,
+    version: 0,
+    ...over,
+  };
+}
+
+function schedule(name: string, over: Partial<ScheduleDoc> = {}): ScheduleDoc {
+  return {
+    name, cron: "0 3 * * 0", selector: "env=prod", strategy: "maintenance", window: "2h",
+    toRevision: "head", waves: "1,100%", source: "config", ...over,
+  };
+}
+
+function auditRow(over: Partial<NewAuditRow> = {}): NewAuditRow {
+  return {
+    time: "2030-01-01T00:00:00.000Z", actor: "alice", action: "rollout.create", target: "webui-1",
+    args: "{}", outcome: "intent", detail: "", ...over,
+  };
+}
+
+const fakeSeal = (seq: number, prevHash: string): string => `h${seq + 1}<${prevHash.slice(0, 6)}`;
+
+async function rejectsWith(p: Promise<unknown>, code: string, re: RegExp): Promise<void> {
+  await assert.rejects(p, (err: unknown) => {
+    assert.ok(err instanceof FlotillaError, `expected a FlotillaError, got ${String(err)}`);
+    assert.equal(err.code, code);
+    assert.match(err.message, re);
+    return true;
+  });
+}
+
+for (const make of [sqlite, postgres]) {
+  const backend = make();
+  describe(`ControllerStore contract: ${backend.name}`, () => {
+    before(() => backend.setup());
+    after(() => backend.teardown());
+    afterEach(() => backend.cleanup());
+
+    test("createRollout then getRollout returns the same document; unknown id is null; duplicate id refused", async () => {
+      const { store } = await backend.fresh();
+      const doc = rollout("r1", { spec: { selector: "a=b", toRevision: "c3d2e1f00d42", strategy: "job", waves: "1", maxFailures: 2, window: "2h" } });
+      await store.createRollout(doc);
+      assert.deepEqual(await store.getRollout("r1"), doc);
+      assert.equal(await store.getRollout("nope"), null);
+      await rejectsWith(store.createRollout(rollout("r1")), "INVALID_ARGUMENT", /r1 already exists/);
+    });
+
+    test("saveRollout bumps the version, sets doc.version, and rejects a stale version without changing anything", async () => {
+      const { store } = await backend.fresh();
+      await store.createRollout(rollout("r1"));
+      const a = (await store.getRollout("r1"))!;
+      const b = (await store.getRollout("r1"))!;
+      a.status = "running";
+      a.targets[0]!.steps[0]!.state = "succeeded";
+      await store.saveRollout(a);
+      assert.equal(a.version, 1);
+      const got = (await store.getRollout("r1"))!;
+      assert.equal(got.version, 1);
+      assert.equal(got.status, "running");
+      assert.equal(got.targets[0]!.steps[0]!.state, "succeeded");
+
+      b.status = "aborted";
+      await assert.rejects(store.saveRollout(b), /stale rollout version/);
+      assert.equal(b.version, 0);
+      assert.equal((await store.getRollout("r1"))!.status, "running");
+
+      got.finishedAt = "2030-01-01T01:00:00.000Z";
+      await store.saveRollout(got);
+      assert.equal((await store.getRollout("r1"))!.version, 2);
+      assert.equal((await store.getRollout("r1"))!.finishedAt, "2030-01-01T01:00:00.000Z");
+      await rejectsWith(store.saveRollout(rollout("ghost")), "NOT_FOUND", /ghost/);
+    });
+
+    test("listRollouts is newest first and honours the limit; listActiveRollouts returns only pending and running", async () => {
+      const { store } = await backend.fresh();
+      await store.createRollout(rollout("old", { createdAt: "2030-01-01T00:00:00.000Z", status: "succeeded" }));
+      await store.createRollout(rollout("mid", { createdAt: "2030-01-02T00:00:00.000Z", status: "running" }));
+      await store.createRollout(rollout("new", { createdAt: "2030-01-03T00:00:00.000Z", status: "pending" }));
+      await store.createRollout(rollout("halted", { createdAt: "2030-01-04T00:00:00.000Z", status: "halted" }));
+      assert.deepEqual((await store.listRollouts(10)).map((r) => r.id), ["halted", "new", "mid", "old"]);
+      assert.deepEqual((await store.listRollouts(2)).map((r) => r.id), ["halted", "new"]);
+      assert.deepEqual((await store.listActiveRollouts()).map((r) => r.id).sort(), ["mid", "new"]);
+
+      const mid = (await store.getRollout("mid"))!;
+      mid.status = "failed";
+      await store.saveRollout(mid);
+      assert.deepEqual((await store.listActiveRollouts()).map((r) => r.id), ["new"]);
+      await rejectsWith(store.listRollouts(-1), "INVALID_ARGUMENT", /limit/);
+    });
+
+    test("leases: a second rollout is refused naming the first holder, all-or-nothing, and release frees them", async () => {
+      const { store } = await backend.fresh();
+      assert.deepEqual(await store.acquireLeases("r1", ["a", "b"]), { ok: true });
+      assert.deepEqual(await store.acquireLeases("r2", ["c", "b", "a"]), { ok: false, targetId: "b", heldBy: "r1" });
+      // nothing of r2's request was taken, not even the free "c"
+      assert.deepEqual(await store.listLeases(), { a: "r1", b: "r1" });
+      // re-acquiring one's own lease is fine
+      assert.deepEqual(await store.acquireLeases("r1", ["a"]), { ok: true });
+
+      await store.releaseLeases("r1", ["a"]);
+      assert.deepEqual(await store.listLeases(), { b: "r1" });
+      assert.deepEqual(await store.acquireLeases("r2", ["c", "a"]), { ok: true });
+      await store.releaseLeases("r2", ["b"]); // not r2's: untouched
+      assert.deepEqual(await store.listLeases(), { a: "r2", b: "r1", c: "r2" });
+      await store.releaseLeases("r1");
+      assert.deepEqual(await store.listLeases(), { a: "r2", c: "r2" });
+      await store.releaseLeases("r2");
+      assert.deepEqual(await store.listLeases(), {});
+    });
+
+    test("leases: rollouts racing from separate connections for overlapping targets end with exactly one winner", async () => {
+      const { store, another } = await backend.fresh();
+      const stores = [store, await another(), await another()];
+      const targets = ["t1", "t2", "t3", "t4", "t5"];
+      const results = await Promise.all(
+        Array.from({ length: 9 }, (_, i) => {
+          const mine = (i % 2 === 0 ? [...targets].reverse() : [...targets]).slice(i % 3);
+          return stores[i % 3]!.acquireLeases(`r${i}`, [...mine, "t5"]);
+        }),
+      );
+      const winners = results.flatMap((r, i) => (r.ok ? [`r${i}`] : []));
+      assert.equal(winners.length, 1, JSON.stringify(results));
+      const leases = await store.listLeases();
+      assert.ok(Object.values(leases).every((holder) => holder === winners[0]), JSON.stringify(leases));
+      for (const r of results) if (!r.ok) assert.equal(r.heldBy, winners[0]);
+    });
+
+    test("agents: upsert inserts and replaces, list is sorted by id, lastSeen is absent when unset", async () => {
+      const { store } = await backend.fresh();
+      await store.upsertAgent({ id: "host-b", address: "host-b:7443", source: "config" });
+      await store.upsertAgent({ id: "host-a", address: "host-a:7443", source: "registered", lastSeen: "2030-01-01T00:00:00.000Z" });
+      await store.upsertAgent({ id: "host-b", address: "10.0.0.2:7443", source: "registered", lastSeen: "2030-01-02T00:00:00.000Z" });
+      assert.deepEqual(await store.listAgents(), [
+        { id: "host-a", address: "host-a:7443", source: "registered", lastSeen: "2030-01-01T00:00:00.000Z" },
+        { id: "host-b", address: "10.0.0.2:7443", source: "registered", lastSeen: "2030-01-02T00:00:00.000Z" },
+      ]);
+      await store.upsertAgent({ id: "host-a", address: "host-a:7443", source: "config" });
+      const a = (await store.listAgents())[0]!;
+      assert.deepEqual(a, { id: "host-a", address: "host-a:7443", source: "config" });
+      assert.equal("lastSeen" in a, false);
+    });
+
+    test("schedules: upsert inserts and replaces, remove says whether it removed, list is sorted by name", async () => {
+      const { store } = await backend.fresh();
+      await store.upsertSchedule(schedule("sunday"));
+      await store.upsertSchedule(schedule("nightly", { cron: "0 1 * * *", source: "api" }));
+      await store.upsertSchedule(schedule("sunday", { window: "4h", lastRun: "2030-01-05T03:00:00.000Z", lastResult: "succeeded" }));
+      assert.deepEqual(await store.listSchedules(), [
+        schedule("nightly", { cron: "0 1 * * *", source: "api" }),
+        schedule("sunday", { window: "4h", lastRun: "2030-01-05T03:00:00.000Z", lastResult: "succeeded" }),
+      ]);
+      assert.equal(await store.removeSchedule("nightly"), true);
+      assert.equal(await store.removeSchedule("nightly"), false);
+      assert.deepEqual((await store.listSchedules()).map((s) => s.name), ["sunday"]);
+    });
+
+    test("claimScheduleFire is idempotent per (name, slot), also across connections", async () => {
+      const { store, another } = await backend.fresh();
+      const slot = "2030-01-06T03:00:00.000Z";
+      assert.equal(await store.claimScheduleFire("sunday", slot), true);
+      assert.equal(await store.claimScheduleFire("sunday", slot), false);
+      assert.equal(await store.claimScheduleFire("sunday", "2030-01-13T03:00:00.000Z"), true);
+      assert.equal(await store.claimScheduleFire("nightly", slot), true);
+      const other = await another();
+      const claims = await Promise.all(
+        Array.from({ length: 8 }, (_, i) => (i % 2 === 0 ? store : other).claimScheduleFire("race", slot)),
+      );
+      assert.equal(claims.filter(Boolean).length, 1);
+    });
+
+    test("appendAudit chains rows: seal gets the previous seq and hash, rows come back as stored", async () => {
+      const { store } = await backend.fresh();
+      const calls: Array<[number, string]> = [];
+      const seal = (seq: number, prev: string): string => {
+        calls.push([seq, prev]);
+        return fakeSeal(seq, prev);
+      };
+      const r1 = await store.appendAudit(auditRow({ detail: "first" }), seal);
+      const r2 = await store.appendAudit(auditRow({ detail: "second", outcome: "ok" }), seal);
+      assert.deepEqual(calls, [[0, "0".repeat(64)], [1, r1.hash]]);
+      assert.deepEqual(r1, { ...auditRow({ detail: "first" }), seq: 1, prevHash: "0".repeat(64), hash: fakeSeal(0, "0".repeat(64)) });
+      assert.equal(r2.seq, 2);
+      assert.equal(r2.prevHash, r1.hash);
+      assert.deepEqual(await store.readAudit(0, 10), [r1, r2]);
+      assert.deepEqual(await store.readAudit(1, 10), [r2]);
+      assert.deepEqual(await store.readAudit(0, 1), [r1]);
+      assert.deepEqual(await store.readAudit(2, 10), []);
+    });
+
+    test("appendAudit writes nothing when seal throws", async () => {
+      const { store } = await backend.fresh();
+      await store.appendAudit(auditRow(), fakeSeal);
+      await assert.rejects(store.appendAudit(auditRow(), () => { throw new Error("seal broke"); }), /seal broke/);
+      const r3 = await store.appendAudit(auditRow(), fakeSeal);
+      assert.equal(r3.seq, 2);
+      assert.deepEqual((await store.readAudit(0, 10)).map((r) => r.seq), [1, 2]);
+    });
+
+    test("appendAudit from several connections in parallel keeps seq contiguous and every link intact", async () => {
+      const { store, another } = await backend.fresh();
+      const other = await another();
+      await Promise.all(Array.from({ length: 40 }, (_, i) => (i % 2 === 0 ? store : other).appendAudit(auditRow({ detail: `n${i}` }), fakeSeal)));
+      const rows = await store.readAudit(0, 100);
+      assert.deepEqual(rows.map((r) => r.seq), Array.from({ length: 40 }, (_, i) => i + 1));
+      let prev = "0".repeat(64);
+      for (const r of rows) {
+        assert.equal(r.prevHash, prev, `row ${r.seq}`);
+        assert.equal(r.hash, fakeSeal(r.seq - 1, prev));
+        prev = r.hash;
+      }
+    });
+
+    test("queryAudit filters by since/until (inclusive), target, actor, action, and limit (newest rows, in seq order)", async () => {
+      const { store } = await backend.fresh();
+      const rows: AuditRow[] = [];
+      const specs: Array<Partial<NewAuditRow>> = [
+        { time: "2030-01-01T00:00:00.000Z", actor: "alice", action: "rollout.create", target: "webui-1" },
+        { time: "2030-01-02T00:00:00.000Z", actor: "bob", action: "backup", target: "webui-2" },
+        { time: "2030-01-03T00:00:00.000Z", actor: "alice", action: "backup", target: "webui-1" },
+        { time: "2030-01-04T00:00:00.000Z", actor: "scheduler", action: "rollout.create", target: "webui-2" },
+        { time: "2030-01-05T00:00:00.000Z", actor: "alice", action: "audit.verify", target: "" },
+      ];
+      for (const s of specs) rows.push(await store.appendAudit(auditRow(s), fakeSeal));
+      const seqs = async (f: Parameters<ControllerStore["queryAudit"]>[0]): Promise<number[]> =>
+        (await store.queryAudit(f)).map((r) => r.seq);
+      assert.deepEqual(await store.queryAudit({}), rows);
+      assert.deepEqual(await seqs({ since: "2030-01-02T00:00:00.000Z" }), [2, 3, 4, 5]);
+      assert.deepEqual(await seqs({ until: "2030-01-02T00:00:00.000Z" }), [1, 2]);
+      assert.deepEqual(await seqs({ since: "2030-01-02T00:00:00.000Z", until: "2030-01-04T00:00:00.000Z" }), [2, 3, 4]);
+      assert.deepEqual(await seqs({ target: "webui-1" }), [1, 3]);
+      assert.deepEqual(await seqs({ actor: "alice" }), [1, 3, 5]);
+      assert.deepEqual(await seqs({ action: "backup" }), [2, 3]);
+      assert.deepEqual(await seqs({ actor: "alice", action: "backup" }), [3]);
+      assert.deepEqual(await seqs({ limit: 2 }), [4, 5]);
+      assert.deepEqual(await seqs({ actor: "alice", limit: 2 }), [3, 5]);
+      assert.deepEqual(await seqs({ actor: "nobody" }), []);
+    });
+
+    test("data survives closing and reopening the store", async () => {
+      const { store, reopen } = await backend.fresh();
+      await store.createRollout(rollout("r1"));
+      await store.acquireLeases("r1", ["webui-1"]);
+      await store.upsertAgent({ id: "host-a", address: "host-a:7443", source: "config" });
+      await store.upsertSchedule(schedule("sunday"));
+      await store.claimScheduleFire("sunday", "slot-1");
+      const row = await store.appendAudit(auditRow(), fakeSeal);
+      await store.close();
+      const again = await reopen();
+      assert.deepEqual(await again.getRollout("r1"), rollout("r1"));
+      assert.deepEqual(await again.listLeases(), { "webui-1": "r1" });
+      assert.equal((await again.listAgents()).length, 1);
+      assert.equal((await again.listSchedules()).length, 1);
+      assert.equal(await again.claimScheduleFire("sunday", "slot-1"), false);
+      assert.deepEqual(await again.readAudit(0, 10), [row]);
+      assert.equal((await again.appendAudit(auditRow(), fakeSeal)).seq, 2);
+    });
+
+    test("a closed store refuses every call, appendAudit included", async () => {
+      const { store } = await backend.fresh();
+      await store.close();
+      await assert.rejects(store.appendAudit(auditRow(), fakeSeal));
+      await assert.rejects(store.getRollout("r1"));
+      await assert.rejects(store.listLeases());
+    });
+  });
+}
+
+describe("openStore", () => {
+  let dir = "";
+  before(() => {
+    dir = mkdtempSync(path.join(os.tmpdir(), "flotilla-openstore-"));
+  });
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  test("sqlite:///abs and sqlite:////abs both open the absolute file, creating its folder", async () => {
+    for (const [url, file] of [
+      [`sqlite://${dir}/three/c.db`, `${dir}/three/c.db`],
+      [`sqlite:///${dir}/four/c.db`, `${dir}/four/c.db`],
+      [`sqlite://${dir}/with%20space/c.db`, `${dir}/with space/c.db`],
+    ] as const) {
+      const store = openStore(url);
+      assert.ok(store instanceof SqliteStore, url);
+      assert.equal(existsSync(file), false);
+      await store.init();
+      await store.upsertAgent({ id: "a", address: "a:1", source: "config" });
+      await store.close();
+      assert.equal(existsSync(file), true, `${url} → ${file}`);
+    }
+  });
+
+  test("postgresql:// and postgres:// give a PostgresStore", () => {
+    assert.ok(openStore("postgresql://flotilla@db.example:5432/flotilla") instanceof PostgresStore);
+    assert.ok(openStore("postgres://flotilla:pw@db.example/flotilla") instanceof PostgresStore);
+  });
+
+  test("anything else is CONFIG_INVALID with a clear message that never shows a password", () => {
+    const bad = [
+      "mysql://root:hunter2-secret@db/x",
+      "sqlite://relative.db",
+      "sqlite:relative.db",
+      "sqlite:///",
+      "sqlite:///tmp/%E0%A4%A.db",
+      "/var/lib/flotilla/controller.db",
+      "postgresql://u:hunter2-secret@[::1/x",
+      "",
+    ];
+    for (const url of bad) {
+      assert.throws(() => openStore(url), (err: unknown) => {
+        assert.ok(err instanceof FlotillaError, url);
+        assert.equal(err.code, "CONFIG_INVALID", url);
+        assert.match(err.message, /store URL/);
+        assert.doesNotMatch(err.message, /hunter2/);
+        return true;
+      });
+    }
+  });
+});

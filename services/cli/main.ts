@@ -247,10 +247,10 @@ async function startRollout(ctx: Ctx, s: SpecInput, wait: boolean): Promise<numb
     return started.status === "failed" ? EXIT.failed : EXIT.ok;
   }
   if (!ctx.globals.json) {
-    const waves = Math.max(0, ...started.targets.map((t) => t.wave));
+    const waves = Math.max(0, ...started.targets.map((t) => t.wave)) + 1;
     human(
       ctx,
-      `rollout ${started.id} started: ${started.targets.length} target${started.targets.length === 1 ? "" : "s"}${waves > 0 ? ` in ${waves} wave${waves === 1 ? "" : "s"}` : ""} · ${started.spec?.strategy || s.strategy} → ${started.spec?.toRevision || s.toRevision || "head"}\n` +
+      `rollout ${started.id} started: ${started.targets.length} target${started.targets.length === 1 ? "" : "s"} in ${waves} wave${waves === 1 ? "" : "s"} · ${started.spec?.strategy || s.strategy} → ${started.spec?.toRevision || s.toRevision || "head"}\n` +
         `(Ctrl-C stops following only; the rollout goes on. Stop it with: flotilla rollout abort ${started.id})\n`,
     );
   }

@@ -286,7 +286,7 @@ export function renderPlan(plan: RolloutPlan): string {
   const targets = [...plan.targets].sort((a, b) => a.wave - b.wave || a.targetId.localeCompare(b.targetId));
   for (const t of targets) {
     const dest = t.pending.length > 0 ? (t.pending[t.pending.length - 1]?.id ?? to) : to;
-    out.push("", `wave ${t.wave}  ${t.targetId}${t.agentId === "" ? "" : `  (agent ${t.agentId})`}`);
+    out.push("", `wave ${t.wave + 1}  ${t.targetId}${t.agentId === "" ? "" : `  (agent ${t.agentId})`}`);
     out.push(t.pending.length === 0 ? `  revision  ${revs(t.current)} (up to date)` : `  revision  ${revs(t.current)} → ${dest}  (${t.pending.length} pending)`);
     for (const w of t.warnings) out.push(`  ! ${w}`);
     if (t.pending.length > 0) {
@@ -335,10 +335,10 @@ function failedStep(t: RolloutTarget): string {
 /** One rollout: headline, failed targets with next steps, then every target with its step states. */
 export function renderRollout(r: Rollout, now: Date): string {
   const spec = r.spec;
-  const waves = Math.max(0, ...r.targets.map((t) => t.wave));
+  const waves = Math.max(0, ...r.targets.map((t) => t.wave)) + 1;
   const head = [`rollout ${r.id}  ${stateSymbol(r.status)} ${r.status || "pending"}`];
   if (spec !== undefined) head.push(`${spec.strategy || "maintenance"} → ${spec.toRevision || "head"}`, `selector ${spec.selector}`);
-  if (waves > 0 && r.currentWave > 0) head.push(`wave ${r.currentWave}/${waves}`);
+  if (waves > 1) head.push(`wave ${r.currentWave + 1}/${waves}`);
   if (r.createdAt !== "") head.push(`started ${formatAge(r.createdAt, now)}${r.actor === "" ? "" : ` by ${r.actor}`}`);
   const out = [head.join(" · ")];
   if (r.message !== "") out.push(r.message);
@@ -358,7 +358,7 @@ export function renderRollout(r: Rollout, now: Date): string {
     const rows = targets.map((t) => {
       const after = t.revisionAfter.length > 0 ? ` → ${revs(t.revisionAfter)}` : "";
       const rev = t.revisionBefore.length > 0 || after !== "" ? `${revs(t.revisionBefore)}${after}` : "-";
-      return [t.targetId, String(t.wave), `${stateSymbol(t.status)} ${t.status || "pending"}`, rev, stepsCompact(t)];
+      return [t.targetId, String(t.wave + 1), `${stateSymbol(t.status)} ${t.status || "pending"}`, rev, stepsCompact(t)];
     });
     out.push("", renderTable(["TARGET", "WAVE", "STATUS", "REVISION", "STEPS"], rows).trimEnd());
   } else {
@@ -432,8 +432,8 @@ export class RolloutFollower {
     const out: string[] = [];
     const stamp = this.#stamp();
     if (prev !== undefined && r.currentWave !== prev.currentWave && r.currentWave > 0) {
-      const waves = Math.max(0, ...r.targets.map((t) => t.wave));
-      out.push(`${stamp}  ── wave ${r.currentWave}${waves > 0 ? ` of ${waves}` : ""} ──`);
+      const waves = Math.max(0, ...r.targets.map((t) => t.wave)) + 1;
+      out.push(`${stamp}  ── wave ${r.currentWave + 1} of ${waves} ──`);
     }
     for (const t of r.targets) {
       const before = prev?.targets.find((x) => x.targetId === t.targetId);

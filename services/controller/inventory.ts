@@ -47,18 +47,21 @@ export class Inventory {
   async targets(selector: string): Promise<{ targets: InventoryTarget[]; agents: AgentView[] }> {
     const { agents, infos } = await this.describe();
     const pairs = selector.trim() === "" ? [] : parseSelector(selector);
-    const byId = new Map<string, { owner: string; labels: Record<string, string>; blueGreen: boolean; appAgents: Set<string> }>();
+    const byId = new Map<string, { owner: string; labels: Record<string, string>; blueGreen: boolean; appAgents: Set<string>; greenAgents: Set<string> }>();
     for (const [agentId, info] of infos) {
       for (const t of info.targets) {
-        if (!byId.has(t.id)) byId.set(t.id, { owner: agentId, labels: { ...t.labels }, blueGreen: t.blueGreen, appAgents: new Set() });
+        if (!byId.has(t.id)) byId.set(t.id, { owner: agentId, labels: { ...t.labels }, blueGreen: t.blueGreen, appAgents: new Set(), greenAgents: new Set() });
       }
     }
     for (const [agentId, info] of infos) {
-      for (const a of info.apps) byId.get(a.targetId)?.appAgents.add(agentId);
+      for (const a of info.apps) {
+        byId.get(a.targetId)?.appAgents.add(agentId);
+        if (a.color === "green") byId.get(a.targetId)?.greenAgents.add(agentId);
+      }
     }
     const targets: InventoryTarget[] = [];
     for (const [id, t] of byId) {
-      const it: InventoryTarget = { id, ownerAgent: t.owner, appAgents: [...t.appAgents].sort(), labels: t.labels, blueGreen: t.blueGreen };
+      const it: InventoryTarget = { id, ownerAgent: t.owner, appAgents: [...t.appAgents].sort(), greenAgents: [...t.greenAgents].sort(), labels: t.labels, blueGreen: t.blueGreen };
       if (pairs.length === 0 || matchesSelector(it, pairs)) targets.push(it);
     }
     targets.sort((a, b) => a.id.localeCompare(b.id));

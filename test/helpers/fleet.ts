@@ -60,6 +60,8 @@ export interface FleetSpec {
   log?: (line: string) => void;
   /** Start no controller (agent-only tests). */
   noController?: boolean;
+  /** Start daemons detached so they outlive this process (demo --keep). */
+  detached?: boolean;
 }
 
 export interface RunResult { code: number; stdout: string; stderr: string }
@@ -228,8 +230,9 @@ export class Fleet {
     const out = openSync(a.logFile, "a");
     a.proc = spawn(process.execPath, [join(ROOT, "bin/flotilla-agent.mjs"), "--config", a.configPath, ...(a.port ? ["--listen", `127.0.0.1:${a.port}`] : [])], {
       env: { ...process.env, FLOTILLA_PORT_FILE: portFile, FLOTILLA_LOG_LEVEL: process.env.FLOTILLA_LOG_LEVEL ?? "info" },
-      stdio: ["ignore", out, out],
+      stdio: ["ignore", out, out], detached: this.spec.detached === true,
     });
+    if (this.spec.detached) a.proc.unref();
     a.port = Number(await waitForFile(portFile, a.proc, 60_000, a.logFile));
   }
 
@@ -254,8 +257,9 @@ export class Fleet {
     const logFile = join(this.dir, "controller.log");
     const out = openSync(logFile, "a");
     this.controllerProc = spawn(process.execPath, [join(ROOT, "bin/flotilla-controller.mjs"), "--config", this.controllerConfig], {
-      env: { ...process.env, FLOTILLA_PORT_FILE: portFile }, stdio: ["ignore", out, out],
+      env: { ...process.env, FLOTILLA_PORT_FILE: portFile }, stdio: ["ignore", out, out], detached: this.spec.detached === true,
     });
+    if (this.spec.detached) this.controllerProc.unref();
     const ports = JSON.parse(await waitForFile(portFile, this.controllerProc, 60_000, logFile)) as { http: number };
     this.httpPort = ports.http;
   }
@@ -282,6 +286,18 @@ export class Fleet {
     const c = createClient(AgentService, `127.0.0.1:${a.port}`, channelCredentials()) as unknown as AgentClient;
     this.clients.push(c);
     return c;
+  }
+
+  /** Runs the real CLI, streaming its output to `sink` as it arrives. */
+  cliLive(args: string[], sink: { write(s: string): unknown }): Promise<RunResult> {
+    return new Promise((res) => {
+      const child = spawn(process.execPath, [join(ROOT, "bin/flotilla.mjs"), ...args], { env: { ...process.env, FLOTILLA_CONTROLLER: this.controllerUrl }, stdio: ["ignore", "pipe", "pipe"] });
+      let stdout = "";
+      let stderr = "";
+      child.stdout.on("data", (c: Buffer) => { stdout += c.toString(); sink.write(c.toString()); });
+      child.stderr.on("data", (c: Buffer) => { stderr += c.toString(); sink.write(c.toString()); });
+      child.on("close", (code) => res({ code: code ?? -1, stdout, stderr }));
+    });
   }
 
   /** Runs the real CLI (bin/flotilla.mjs) against this fleet's controller. */

@@ -13,6 +13,8 @@ export interface InventoryTarget {
   readonly appAgents: readonly string[];
   readonly labels: Readonly<Record<string, string>>;
   readonly blueGreen: boolean;
+  /** Agents that host green app instances (blue-green). */
+  readonly greenAgents?: readonly string[];
 }
 
 /** Parses `env=prod,region=eu`. Every pair must match; `id=X` matches the target id. */
@@ -87,8 +89,11 @@ export function stepsFor(strategy: Strategy, t: InventoryTarget, toRevision: str
     case "blue-green":
       if (!t.blueGreen) throw new FlotillaError("INVALID_ARGUMENT", `target ${t.id} has no blueGreen section in its agent's config: blue-green needs a green database and a switch hook`);
       steps.push(step("clone", owner, "consistent copy of blue to green"), step("migrate-green", owner, `upgrade green to ${toRevision} (backup of green first)`), step("verify", owner, "green at target"));
-      for (const a of appAgents) steps.push(step("start-green", a));
-      for (const a of appAgents) steps.push(step("health-green", a));
+      {
+        const green = t.greenAgents && t.greenAgents.length > 0 ? [...t.greenAgents].sort() : appAgents;
+        for (const a of green) steps.push(step("start-green", a));
+        for (const a of green) steps.push(step("health-green", a));
+      }
       steps.push(step("switch", owner, "run the switch hook with green; blue is kept for rollback"));
       break;
   }

@@ -51,7 +51,7 @@ export interface AgentConfig {
   readonly dataDir: string;
   readonly targets: readonly AgentTarget[];
   readonly apps: readonly AgentApp[];
-  readonly controller?: { readonly address: string; readonly advertise: string; readonly heartbeatSeconds: number };
+  readonly controller?: { readonly address: string; readonly advertise: string; readonly heartbeatSeconds: number; readonly token?: string };
   readonly logLevel: string;
 }
 
@@ -147,9 +147,12 @@ export function loadAgentConfig(input: LoadConfigInput): AgentConfig {
 
   const targets: AgentTarget[] = [];
   const seen = new Set<string>();
-  if (!Array.isArray(doc.targets) || doc.targets.length === 0) {
-    p.add("targets", "must list at least one target (id, database, alembic.dir, backups.dir)");
-  } else {
+  const hasApps = Array.isArray(doc.apps) && doc.apps.length > 0;
+  if (doc.targets !== undefined && !Array.isArray(doc.targets)) {
+    p.add("targets", "must be a list of targets (id, database, alembic.dir, backups.dir)");
+  } else if ((!Array.isArray(doc.targets) || doc.targets.length === 0) && !hasApps) {
+    p.add("targets", "must list at least one target (id, database, alembic.dir, backups.dir), or apps must list app instances this host runs");
+  } else if (Array.isArray(doc.targets)) {
     doc.targets.forEach((raw, i) => {
       const at = `targets[${i}].`;
       if (!isObj(raw)) return p.add(`targets[${i}]`, "must be a mapping");
@@ -276,7 +279,10 @@ export function loadAgentConfig(input: LoadConfigInput): AgentConfig {
       const address = str(doc.controller, "address", "controller.", p, { required: true, pattern: /^https?:\/\/\S+$/, hint: "the controller's HTTP URL, e.g. http://controller:7441" });
       const advertise = str(doc.controller, "advertise", "controller.", p) ?? listen;
       const hb = doc.controller.heartbeatSeconds === undefined ? 15 : Number(doc.controller.heartbeatSeconds);
-      if (address) controller = { address, advertise, heartbeatSeconds: hb };
+      if (!Number.isFinite(hb) || hb < 1) p.add("controller.heartbeatSeconds", "must be a number of seconds ≥ 1");
+      const tokenFile = str(doc.controller, "tokenFile", "controller.", p);
+      const token = tokenFile ? readSecret(tokenFile, "controller.tokenFile") : undefined;
+      if (address) controller = { address, advertise, heartbeatSeconds: hb, ...(token ? { token } : {}) };
     }
   }
   const logLevel = input.env.FLOTILLA_LOG_LEVEL ?? str(doc, "logLevel", "", p) ?? "info";

@@ -56,6 +56,7 @@ export interface RunningAgent {
 /** Starts an agent from a loaded config (used by main and by tests in-process). */
 export async function startAgent(config: AgentConfig, log: Logger): Promise<RunningAgent> {
   const runner = new NodeProcessRunner();
+  registerSecret(config.controller?.token);
   for (const t of config.targets) {
     registerSecret(t.password);
     for (const name of t.alembic.secretEnvNames) registerSecret(t.alembic.env[name]);
@@ -93,7 +94,7 @@ export async function startAgent(config: AgentConfig, log: Logger): Promise<Runn
     const beat = async (): Promise<void> => {
       try {
         const res = await fetch(new URL("/v1/RegisterAgent", c.address), {
-          method: "POST", headers: { "content-type": "application/json" },
+          method: "POST", headers: { "content-type": "application/json", ...(c.token ? { authorization: `Bearer ${c.token}` } : {}) },
           body: JSON.stringify({ agentId: config.agentId, address: advertise }), signal: AbortSignal.timeout(5000),
         });
         if (!res.ok) log.warn({ status: res.status }, "controller refused registration");

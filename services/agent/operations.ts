@@ -436,7 +436,8 @@ export class AgentOperations {
   async health(targetId: string, color: string): Promise<{ apps: { id: string; color: string; state: AppState; detail: string }[]; healthy: boolean }> {
     const t = this.appRuntime(targetId);
     const states = (await this.appStates(t)).filter((a) => color === "" || a.app.color === color);
-    return { apps: states.map((a) => ({ id: a.app.id, color: a.app.color, state: a.state, detail: a.detail })), healthy: states.every((a) => a.state === "running") };
+    // An instance without a health URL is "unknown": its start command succeeding is all we can know.
+    return { apps: states.map((a) => ({ id: a.app.id, color: a.app.color, state: a.state, detail: a.detail })), healthy: states.every((a) => a.state === "running" || (a.state === "unknown" && !a.app.health)) };
   }
 
   // ---------------------------------------------------------------- restore
@@ -570,13 +571,22 @@ export class AgentOperations {
         };
       }
 
-      const after = await this.step(emit, "verify", async () => {
-        const revs = (await db.readRevisions()) ?? [];
-        if (!revs.includes(target)) throw new FlotillaError("MIGRATION_FAILED", `after the migration the database reports ${revs.join(",") || "no revision"}, not ${target}`);
-        const ic = await db.integrityCheck();
-        if (!ic.ok) throw new FlotillaError("MIGRATION_FAILED", `integrity check failed after the migration: ${ic.detail}`);
-        return revs;
-      }, (revs) => `at ${revs.join(",")}, integrity ok`);
+      let after: string[];
+      try {
+        after = await this.step(emit, "verify", async () => {
+          const revs = (await db.readRevisions()) ?? [];
+          if (!revs.includes(target)) throw new FlotillaError("MIGRATION_FAILED", `after the migration the database reports ${revs.join(",") || "no revision"}, not ${target}`);
+          const ic = await db.integrityCheck();
+          if (!ic.ok) throw new FlotillaError("MIGRATION_FAILED", `integrity check failed after the migration: ${ic.detail}`);
+          return revs;
+        }, (revs) => `at ${revs.join(",")}, integrity ok`);
+      } catch (err) {
+        // Alembic said yes but the database does not prove it: go back to the verified backup.
+        const why = toFlotillaError(err).message;
+        progress({ source: "agent", line: `post-migration verification failed (${why}); restoring backup ${backup.id}` });
+        result.revisionAfter = await this.restoreAndProve(db, backup, emit, progress, signal);
+        return { status: "failed", errorCode: "MIGRATION_FAILED", restored: true, failureClass: "verify", message: `${why}. The database was restored from backup ${backup.id} and verified identical to it.` };
+      }
       result.revisionAfter = after;
       this.d.journal.update(id, { revisionAfter: after });
       const total = timings.reduce((a, b) => a + b.durationMs, 0);

@@ -65,6 +65,7 @@ export type Command =
   | { readonly verb: "rollout rollback"; readonly id: string }
   | { readonly verb: "downgrade"; readonly target: string; readonly toRevision: string }
   | { readonly verb: "stamp"; readonly target: string; readonly revision: string; readonly reason: string }
+  | { readonly verb: "recover"; readonly target: string; readonly operationId: string; readonly action: "restore" | "accept" }
   | { readonly verb: "schedule add"; readonly schedule: ScheduleInput }
   | { readonly verb: "schedules" }
   | { readonly verb: "schedule rm"; readonly name: string }
@@ -492,6 +493,21 @@ const VERBS: readonly VerbDef[] = [
     },
   },
   {
+    name: "recover",
+    usage: "flotilla recover TARGET OPERATION --action restore|accept",
+    summary: "resolve an operation interrupted by an agent crash: restore its pre-operation backup, or accept a database verifiably at its target revision",
+    positionals: ["TARGET", "OPERATION"],
+    options: { action: { type: "string", help: "A  restore (put back the backup taken before it) or accept (keep the database if it is verifiably at the target revision)" } },
+    build: (ctx) => {
+      const t = target(ctx);
+      const op = pos(ctx, 1);
+      if (!/^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/.test(op)) problem(`"${op}" is not an operation id: flotilla diagnose ${t} names the interrupted operation`);
+      const action = str(ctx, "action");
+      if (action !== "restore" && action !== "accept") problem(`recover needs --action restore or --action accept${action === undefined ? "" : ` (not ${JSON.stringify(action)})`}`);
+      return { verb: "recover", target: t, operationId: op, action: action as "restore" | "accept" };
+    },
+  },
+  {
     name: "schedule add",
     usage: "flotilla schedule add NAME --cron EXPR --selector S --strategy X [--window 2h] [--to REV] [--waves W]",
     summary: "a fleet-wide migration on a cron, within a maintenance window",
@@ -572,7 +588,7 @@ const SUBVERBS: Readonly<Record<string, readonly string[]>> = {
 const GROUPS: ReadonlyArray<readonly [string, readonly string[]]> = [
   ["inventory and health", ["targets", "diagnose"]],
   ["backups", ["backup", "backups", "restore"]],
-  ["migrations", ["plan", "rollout", "rollouts", "rollout show", "rollout abort", "rollout rollback", "downgrade", "stamp"]],
+  ["migrations", ["plan", "rollout", "rollouts", "rollout show", "rollout abort", "rollout rollback", "downgrade", "stamp", "recover"]],
   ["schedules", ["schedule add", "schedules", "schedule rm"]],
   ["audit", ["audit", "audit verify", "audit export"]],
 ];
@@ -608,7 +624,7 @@ export function verbHelp(topic: string): string | undefined {
   const v = BY_NAME.get(topic);
   if (v === undefined) {
     const subs = SUBVERBS[topic];
-    if (subs === undefined) return topic === "demo" ? "usage: flotilla demo [--keep]\n  run the embedded demo end to end; --keep leaves its files behind\n" : undefined;
+    if (subs === undefined) return topic === "demo" ? "usage: flotilla demo [--keep]\n  run the embedded demo end to end; --keep leaves the fleet running so you can explore it\n" : undefined;
     return `${subs.map((s) => verbHelp(`${topic} ${s}`) ?? "").join("\n")}`;
   }
   const lines = [`usage: ${v.usage}`, `  ${v.summary}`];

@@ -17,6 +17,7 @@ import {
   RestoreTargetRequestSchema,
   DowngradeTargetRequestSchema,
   StampTargetRequestSchema,
+  RecoverTargetRequestSchema,
   RolloutEventSchema,
   RolloutPlanSchema,
   RolloutRefSchema,
@@ -165,6 +166,13 @@ async function run(ctx: Ctx, command: Command): Promise<number> {
       const r = await client.unary("StampTarget", StampTargetRequestSchema, req, OperationResultSchema, { timeoutMs: OPERATION_TIMEOUT_MS });
       if (!r.ok) return fail(ctx, r.failure);
       output(ctx, OperationResultSchema, r.value, () => renderOperationResult("stamp", command.target, r.value));
+      return operationExit(r.value);
+    }
+    case "recover": {
+      const req = { targetId: command.target, operationId: command.operationId, action: command.action };
+      const r = await client.unary("RecoverTarget", RecoverTargetRequestSchema, req, OperationResultSchema, { timeoutMs: OPERATION_TIMEOUT_MS });
+      if (!r.ok) return fail(ctx, r.failure);
+      output(ctx, OperationResultSchema, r.value, () => renderOperationResult("recover", command.target, r.value));
       return operationExit(r.value);
     }
     case "plan": {

@@ -29,7 +29,7 @@ const METHOD_ROLE: Record<string, Role> = {
   ListTargets: "viewer", DiagnoseTarget: "viewer", ListTargetBackups: "viewer", PlanRollout: "viewer", GetRollout: "viewer",
   ListRollouts: "viewer", WatchRollout: "viewer", ListSchedules: "viewer", QueryAudit: "viewer", VerifyAudit: "viewer",
   BackupTarget: "operator", StartRollout: "operator", AbortRollout: "operator", RegisterAgent: "operator",
-  RestoreTarget: "admin", DowngradeTarget: "admin", StampTarget: "admin", RollbackRollout: "admin", AddSchedule: "admin", RemoveSchedule: "admin",
+  RestoreTarget: "admin", RecoverTarget: "admin", DowngradeTarget: "admin", StampTarget: "admin", RollbackRollout: "admin", AddSchedule: "admin", RemoveSchedule: "admin",
 };
 
 const READS = new Set(["ListTargets", "DiagnoseTarget", "ListTargetBackups", "PlanRollout", "GetRollout", "ListRollouts", "WatchRollout", "ListSchedules", "QueryAudit", "VerifyAudit"]);
@@ -176,6 +176,12 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
     stampTarget: (req, ctx) => audited("StampTarget", ctx, req.targetId, req, async () => {
       const { agentId } = await ownerOf(req.targetId);
       return runOp(agentId, (c) => c.stamp({ targetId: req.targetId, revision: req.revision, reason: req.reason, operationId: `api.${randomUUID()}` }, timeout));
+    }),
+    recoverTarget: (req, ctx) => audited("RecoverTarget", ctx, req.targetId, req, async () => {
+      if (req.action !== "restore" && req.action !== "accept") throw new FlotillaError("INVALID_ARGUMENT", `--action must be restore or accept, not "${req.action}"`);
+      if (!req.operationId) throw new FlotillaError("INVALID_ARGUMENT", "the interrupted operation id is required (flotilla targets / diagnose show it)");
+      const { agentId } = await ownerOf(req.targetId);
+      return runOp(agentId, (c) => c.recover({ targetId: req.targetId, operationId: req.operationId, action: req.action, newOperationId: `api.${randomUUID()}` }, timeout));
     }),
     planRollout: (req, ctx) => audited("PlanRollout", ctx, req.selector, req, async () => {
       const plan = await d.engine.plan({ selector: req.selector, toRevision: req.toRevision, strategy: req.strategy || "maintenance", waves: req.waves, maxFailures: req.maxFailures } as Parameters<RolloutEngine["plan"]>[0]);

@@ -26,6 +26,8 @@ before(async () => {
       { id: "s-nosecret", kind: "sqlite", owner: "a1", noSecret: true },
       { id: "s-misc", kind: "sqlite", owner: "a1" },
       { id: "s-trap", kind: "sqlite", owner: "a1" },
+      { id: "s-race", kind: "sqlite", owner: "a1" },
+      { id: "s-lock", kind: "sqlite", owner: "a1" },
       { id: "s-dup", kind: "sqlite", owner: "a1", revision: "e5f4a3b2c1d0", dupEmails: 1 },
       { id: "s-kill", kind: "sqlite", owner: "a2", seed: { users: 20, chats: 80, msgs: 2 }, alembicEnv: { FIXTURE_SLEEP_MS: "1500", FIXTURE_BATCH: "10" } },
     ],
@@ -249,6 +251,39 @@ test("kill -9 of the agent mid-migration: interrupted after restart, target lock
   const s2 = await a2b.getStatus({ targetId: "s-kill" });
   assert.equal(s2.busyOperationId, "");
   assert.deepEqual(s2.interruptedOperationIds, []);
+});
+
+test("two migrations of one target at once: one runs, the other is refused TARGET_BUSY", async () => {
+  const [x, y] = await Promise.all([
+    collect(a1.migrate({ targetId: "s-race", toRevision: "head", operationId: "t-race-1", takeBackup: true })),
+    collect(a1.migrate({ targetId: "s-race", toRevision: "head", operationId: "t-race-2", takeBackup: true })),
+  ]);
+  const statuses = [x.result.status, y.result.status].sort();
+  assert.deepEqual(statuses, ["refused", "succeeded"]);
+  const loser = x.result.status === "refused" ? x : y;
+  assert.equal(loser.result.errorCode, "TARGET_BUSY");
+  assert.match(loser.result.message, /t-race-[12]/);
+  assert.deepEqual(await fleet.revisionOf("s-race"), [HEAD_REVISION]);
+  const ops = await a1.listOperations({ targetId: "s-race", limit: 10 });
+  assert.equal(ops.operations.filter((o) => o.state === "succeeded").length, 1);
+});
+
+test("a reader holding the SQLite file: the migration fails as a lock, and the database is unchanged", async () => {
+  const url = fleet.urls.get("s-lock")!;
+  const before = await dumpDatabase(url);
+  const reader = new Database(sqlitePath("s-lock"));
+  reader.prepare("BEGIN").run();
+  reader.prepare("SELECT count(*) FROM chat").get();
+  try {
+    const m = await collect(a1.migrate({ targetId: "s-lock", toRevision: "head", operationId: "t-lock", takeBackup: true, online: true }));
+    assert.equal(m.result.status, "failed");
+    assert.equal(m.result.failureClass, "lock", m.result.message);
+    assert.match(m.result.message, /locked/);
+  } finally {
+    reader.prepare("ROLLBACK").run();
+    reader.close();
+  }
+  assert.equal(await dumpDatabase(url), before);
 });
 
 test("secrets never appear in agent logs or results", async () => {

@@ -586,8 +586,8 @@ function checkInterrupted(f: DiagnoseFacts): Finding[] {
       "error",
       `${plural(f.interruptedOperations.length, "operation was", "operations were")} interrupted by an agent crash: ${list(f.interruptedOperations)}`,
       "the database may be half-migrated (SQLite DDL is not transactional); new operations on the target wait until it is recovered",
-      `run Recover for it (action restore puts back its pre-migration backup): \`flotilla rollout rollback ID\` for a rollout, ` +
-        `or \`flotilla restore ${t} BACKUP --yes\`; then \`flotilla diagnose ${t}\``,
+      `run \`flotilla recover ${t} ${f.interruptedOperations[0] ?? "OPERATION"} --action restore\` (puts back its pre-operation backup and verifies it), ` +
+        `or \`--action accept\` when the database is verifiably at the operation's target revision; then \`flotilla diagnose ${t}\``,
     ),
   ];
 }

@@ -1,0 +1,350 @@
+/**
+ * Controller fan-out benchmark (P9, P10): the controller's real gRPC client side
+ * (`createClient` from services/common/grpc-bridge.ts, with the channel options
+ * of the controller's GrpcAgentPool) against N simulated agents.
+ *
+ * Each simulated agent is a real grpc-js server implementing the AgentService
+ * through `addService`, bound twice on 127.0.0.1:0: once plaintext, once with
+ * mTLS (client certificate required). The agents live in 2–4 child processes
+ * (~50 each). Their `Migrate` sleeps 100 ms and streams a step event and a
+ * result event; `GetInfo` answers the agent id; every other method answers at
+ * once.
+ *
+ *   P9   (fan-out wall − ideal) ÷ N, with ideal = ceil(N ÷ 20) × 100 ms: Migrate
+ *        on all N agents, 20 calls in flight, mTLS (plaintext reported too)
+ *   P9   fan-out wall ÷ ideal
+ *   P10  cold connect to all N: fresh channels (own subchannel pool, so no
+ *        connection is reused), GetInfo on every agent at once, mTLS and plaintext
+ *
+ * One warm-up round, then 3 measured rounds alternating the plaintext/mTLS
+ * order; medians. Certificates (RSA 2048 by default, FLOTILLA_BENCH_TLS_KEY=ec
+ * for P-256) are made with `openssl` in a temporary folder that is removed
+ * afterwards. N = FLOTILLA_BENCH_AGENTS (default 200).
+ *
+ *   npx tsx bench/fanout.bench.ts
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { createInterface } from "node:readline";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import type * as grpc from "@grpc/grpc-js";
+import { AgentService } from "../services/common/gen/flotilla/v1/agent_pb.js";
+import {
+  addService, bindServer, channelCredentials, createClient, newServer, serverCredentials,
+  type ServiceClient, type ServiceImpl, type TlsFiles,
+} from "../services/common/grpc-bridge.js";
+import { NodeProcessRunner, describeRun } from "../services/common/process-runner.js";
+
+/** One measured figure, with an optional goal `run.ts` checks. */
+export interface BenchFigure {
+  name: string;
+  value: number;
+  unit: string;
+  baseline: string;
+  goal?: { op: "<=" | ">="; value: number; id: string };
+}
+
+type AgentMethods = typeof AgentService.method;
+type AgentClient = ServiceClient<AgentMethods>;
+
+const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "..");
+const SELF = fileURLToPath(import.meta.url);
+const TASK_MS = 100;
+const CONCURRENCY = 20;
+const ROUNDS = 3;
+const PER_PROCESS = 50;
+/** The controller's channel options (services/controller/agents/agent-pool.ts). */
+const POOL_OPTIONS: grpc.ChannelOptions = { "grpc.keepalive_time_ms": 30_000 };
+const TLS_NAME = "flotilla-agent";
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+const round = (x: number, digits = 3): number => Number(x.toFixed(digits));
+
+// ------------------------------------------------------------------ simulated agents (child side)
+
+/** A simulated agent: real AgentService over grpc-js, no database behind it. */
+function simulatedAgent(agentId: string): ServiceImpl<AgentMethods> {
+  const impl: Record<string, unknown> = {};
+  for (const m of AgentService.methods) {
+    impl[m.localName] = m.methodKind === "unary"
+      ? async () => ({})
+      : async function* () {
+        yield { event: { case: "result", value: { kind: m.localName, status: "refused", errorCode: "INVALID_ARGUMENT", message: "not simulated" } } };
+      };
+  }
+  const getInfo: ServiceImpl<AgentMethods>["getInfo"] = async () => ({ agentId, version: "bench" });
+  const migrate: ServiceImpl<AgentMethods>["migrate"] = async function* (req) {
+    const started = performance.now();
+    yield { event: { case: "step", value: { name: `upgrade:${req.toRevision}`, state: "running" } } };
+    await sleep(TASK_MS);
+    const durationMs = BigInt(Math.round(performance.now() - started));
+    yield { event: { case: "step", value: { name: `upgrade:${req.toRevision}`, state: "succeeded", durationMs } } };
+    yield {
+      event: {
+        case: "result",
+        value: { operationId: req.operationId, kind: "migrate", status: "succeeded", revisionAfter: [req.toRevision], durationMs },
+      },
+    };
+  };
+  return { ...impl, getInfo, migrate } as unknown as ServiceImpl<AgentMethods>;
+}
+
+/**
+ * Child mode: serves `count` simulated agents, each on one plaintext and one
+ * mTLS port, prints `{"agents":[{id,plain,tls}]}` on one line, and exits when
+ * its stdin closes (so it never outlives the bench).
+ */
+async function serve(count: number, prefix: string, tlsDir: string): Promise<void> {
+  const tls: TlsFiles = {
+    cert: readFileSync(join(tlsDir, "server.crt")),
+    key: readFileSync(join(tlsDir, "server.key")),
+    ca: readFileSync(join(tlsDir, "ca.crt")),
+  };
+  const servers: grpc.Server[] = [];
+  const agents: { id: string; plain: number; tls: number }[] = [];
+  for (let i = 0; i < count; i++) {
+    const id = `${prefix}-${i}`;
+    const server = newServer();
+    addService(server, AgentService, simulatedAgent(id));
+    const plain = await bindServer(server, "127.0.0.1:0", serverCredentials());
+    const secure = await bindServer(server, "127.0.0.1:0", serverCredentials(tls));
+    servers.push(server);
+    agents.push({ id, plain, tls: secure });
+  }
+  process.stdout.write(`${JSON.stringify({ agents })}\n`);
+  process.stdin.resume();
+  process.stdin.on("end", () => {
+    for (const s of servers) s.forceShutdown();
+    process.exit(0);
+  });
+}
+
+// ------------------------------------------------------------------ controller side
+
+interface SimAgent { id: string; plain: number; tls: number }
+
+interface AgentHost { proc: ChildProcess; agents: SimAgent[] }
+
+async function startHost(count: number, prefix: string, tlsDir: string): Promise<AgentHost> {
+  const proc = spawn(process.execPath, ["--import", "tsx", SELF, "--serve", String(count), prefix, tlsDir], {
+    cwd: REPO, stdio: ["pipe", "pipe", "pipe"],
+  });
+  let stderr = "";
+  proc.stderr!.on("data", (c: Buffer) => (stderr = (stderr + c.toString()).slice(-4000)));
+  const lines = createInterface({ input: proc.stdout! });
+  return new Promise<AgentHost>((resolvePromise, reject) => {
+    const onExit = (code: number | null): void => reject(new Error(`simulated agent process exited with ${code} before serving: ${stderr}`));
+    proc.once("exit", onExit);
+    lines.once("line", (line) => {
+      proc.off("exit", onExit);
+      try {
+        resolvePromise({ proc, agents: (JSON.parse(line) as { agents: SimAgent[] }).agents });
+      } catch (err) {
+        reject(new Error(`simulated agent process printed ${JSON.stringify(line.slice(0, 200))}: ${(err as Error).message}`));
+      }
+    });
+  });
+}
+
+async function stopHost(h: AgentHost): Promise<void> {
+  if (h.proc.exitCode !== null) return;
+  const exited = new Promise<void>((r) => h.proc.once("exit", () => r()));
+  h.proc.stdin!.end();
+  const timer = setTimeout(() => h.proc.kill("SIGKILL"), 5000);
+  await exited;
+  clearTimeout(timer);
+}
+
+/** CA, an agent server certificate (SAN DNS:flotilla-agent) and a controller client certificate. */
+async function makeCertificates(dir: string): Promise<void> {
+  const runner = new NodeProcessRunner();
+  const key = process.env.FLOTILLA_BENCH_TLS_KEY === "ec"
+    ? ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+    : ["-newkey", "rsa:2048"];
+  const openssl = async (args: string[]): Promise<void> => {
+    const r = await runner.run({ argv: ["openssl", ...args], cwd: dir, timeoutMs: 60_000 });
+    if (r.exitCode !== 0) throw new Error(`${describeRun("openssl", r)}: ${r.stderr.trim().split("\n").at(-1) ?? ""}`);
+  };
+  await openssl(["req", "-x509", ...key, "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "1", "-subj", "/CN=flotilla-bench-ca"]);
+  const leaf = (name: string, subject: string, san: string, eku: string): Promise<void> =>
+    openssl([
+      "req", "-x509", ...key, "-nodes", "-keyout", `${name}.key`, "-out", `${name}.crt`, "-days", "1", "-subj", subject,
+      "-CA", "ca.crt", "-CAkey", "ca.key",
+      "-addext", `subjectAltName=${san}`, "-addext", "basicConstraints=critical,CA:FALSE", "-addext", `extendedKeyUsage=${eku}`,
+    ]);
+  await leaf("server", `/CN=${TLS_NAME}`, `DNS:${TLS_NAME}`, "serverAuth");
+  await leaf("client", "/CN=flotilla-controller", "URI:spiffe://flotilla/controller", "clientAuth");
+}
+
+type Mode = "plain" | "tls";
+
+function clientsFor(agents: readonly SimAgent[], mode: Mode, tls: TlsFiles): AgentClient[] {
+  // One credentials object per channel set; an own subchannel pool per channel so
+  // a "fresh" client never rides on a connection left by an earlier round.
+  const creds = channelCredentials(mode === "tls" ? tls : undefined);
+  return agents.map((a) => createClient(AgentService, `127.0.0.1:${mode === "tls" ? a.tls : a.plain}`, creds, {
+    ...POOL_OPTIONS,
+    ...(mode === "tls" ? { "grpc.ssl_target_name_override": TLS_NAME } : {}),
+    "grpc.use_local_subchannel_pool": 1,
+  }));
+}
+
+/** Runs `fn` on every index with at most `concurrency` in flight. */
+async function withConcurrency(n: number, concurrency: number, fn: (i: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < n) {
+      const i = next++;
+      await fn(i);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(concurrency, n) }, () => worker()));
+}
+
+async function getInfoAll(clients: readonly AgentClient[], agents: readonly SimAgent[]): Promise<number> {
+  const t0 = performance.now();
+  await Promise.all(clients.map(async (c, i) => {
+    const info = await c.getInfo({}, { timeoutMs: 30_000 });
+    if (info.agentId !== agents[i]!.id) throw new Error(`agent ${agents[i]!.id} answered as ${info.agentId}`);
+  }));
+  return performance.now() - t0;
+}
+
+async function fanOut(clients: readonly AgentClient[], round: number): Promise<number> {
+  const t0 = performance.now();
+  await withConcurrency(clients.length, CONCURRENCY, async (i) => {
+    let status = "";
+    for await (const ev of clients[i]!.migrate({ targetId: "webui", toRevision: "head", operationId: `bench-${round}-${i}`, takeBackup: true }, { timeoutMs: 60_000 })) {
+      if (ev.event.case === "result") status = ev.event.value.status;
+    }
+    if (status !== "succeeded") throw new Error(`simulated migrate on agent ${i} ended with "${status}"`);
+  });
+  return performance.now() - t0;
+}
+
+/** User + system CPU time of this (the controller's) process, in ms. */
+const cpuMs = (u: NodeJS.CpuUsage): number => (u.user + u.system) / 1000;
+
+interface ModeSamples { coldMs: number[]; warmMs: number[]; fanOutMs: number[]; coldCpuMs: number[]; fanOutCpuMs: number[] }
+
+async function measureMode(agents: readonly SimAgent[], mode: Mode, tls: TlsFiles, round: number, into: ModeSamples | null): Promise<void> {
+  const clients = clientsFor(agents, mode, tls);
+  try {
+    let cpu = process.cpuUsage();
+    const cold = await getInfoAll(clients, agents);
+    const coldCpu = cpuMs(process.cpuUsage(cpu));
+    const warm = await getInfoAll(clients, agents);
+    cpu = process.cpuUsage();
+    const fan = await fanOut(clients, round);
+    const fanCpu = cpuMs(process.cpuUsage(cpu));
+    into?.coldMs.push(cold);
+    into?.warmMs.push(warm);
+    into?.fanOutMs.push(fan);
+    into?.coldCpuMs.push(coldCpu);
+    into?.fanOutCpuMs.push(fanCpu);
+  } finally {
+    for (const c of clients) c.close();
+  }
+  await sleep(200); // let the servers see the closed connections before the next round
+}
+
+/** Runs P9 and P10 and returns their figures. */
+export async function run(): Promise<BenchFigure[]> {
+  const n = Number(process.env.FLOTILLA_BENCH_AGENTS ?? 200);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`FLOTILLA_BENCH_AGENTS must be a positive whole number, not ${process.env.FLOTILLA_BENCH_AGENTS}`);
+  const dir = mkdtempSync(join(tmpdir(), "flotilla-bench-fanout-"));
+  const hosts: AgentHost[] = [];
+  try {
+    await makeCertificates(dir);
+    const tls: TlsFiles = { cert: readFileSync(join(dir, "client.crt")), key: readFileSync(join(dir, "client.key")), ca: readFileSync(join(dir, "ca.crt")) };
+    const procs = Math.min(4, Math.max(2, Math.ceil(n / PER_PROCESS)));
+    const sizes = Array.from({ length: procs }, (_, i) => Math.floor(n / procs) + (i < n % procs ? 1 : 0)).filter((s) => s > 0);
+    // Started one after another: starting them at once only competes for the 2 cores.
+    for (const [i, size] of sizes.entries()) hosts.push(await startHost(size, `sim${i}`, dir));
+    const agents = hosts.flatMap((h) => h.agents);
+    if (agents.length !== n) throw new Error(`expected ${n} simulated agents, got ${agents.length}`);
+
+    const empty = (): ModeSamples => ({ coldMs: [], warmMs: [], fanOutMs: [], coldCpuMs: [], fanOutCpuMs: [] });
+    const samples: Record<Mode, ModeSamples> = { plain: empty(), tls: empty() };
+    for (const mode of ["plain", "tls"] as const) await measureMode(agents, mode, tls, 0, null); // warm-up
+    for (let r = 1; r <= ROUNDS; r++) {
+      const order: Mode[] = r % 2 === 1 ? ["tls", "plain"] : ["plain", "tls"];
+      for (const mode of order) await measureMode(agents, mode, tls, r, samples[mode]);
+    }
+
+    const ideal = Math.ceil(n / CONCURRENCY) * TASK_MS;
+    const setup = `${n} simulated agents in ${sizes.length} processes on loopback, ${TASK_MS} ms task, concurrency ${CONCURRENCY}`;
+    const ms = (x: number): string => `${Math.round(x)} ms`;
+    const figures: BenchFigure[] = [];
+    for (const mode of ["tls", "plain"] as const) {
+      const s = samples[mode];
+      const wall = median(s.fanOutMs);
+      const label = mode === "tls" ? "mTLS" : "plaintext";
+      const gated = mode === "tls";
+      figures.push(
+        {
+          name: `P9 controller fan-out overhead per host, ${label}`, value: round((wall - ideal) / n, 2), unit: "ms/host",
+          baseline: `ideal ${ideal} ms = ceil(${n}/${CONCURRENCY}) × ${TASK_MS} ms; wall ${ms(wall)}, median of ${ROUNDS}; ${setup}`,
+          ...(gated ? { goal: { op: "<=" as const, value: 2.5, id: "P9" } } : {}),
+        },
+        {
+          name: `P9 controller fan-out wall ÷ ideal, ${label}`, value: round(wall / ideal), unit: "ratio",
+          baseline: `ideal ${ideal} ms; wall ${ms(wall)} (runs ${s.fanOutMs.map(ms).join(", ")})`,
+          ...(gated ? { goal: { op: "<=" as const, value: 1.1, id: "P9" } } : {}),
+        },
+      );
+    }
+    const coldTls = median(samples.tls.coldMs);
+    const coldPlain = median(samples.plain.coldMs);
+    figures.push(
+      {
+        name: `P10 cold connect + GetInfo to all ${n} agents, mTLS`, value: round(coldTls / 1000), unit: "s",
+        baseline: `fresh channels, all ${n} at once, median of ${ROUNDS} (runs ${samples.tls.coldMs.map(ms).join(", ")}); ${process.env.FLOTILLA_BENCH_TLS_KEY === "ec" ? "P-256" : "RSA 2048"} keys`,
+        goal: { op: "<=", value: 1, id: "P10" },
+      },
+      {
+        name: `P10 cold connect + GetInfo to all ${n} agents, plaintext`, value: round(coldPlain / 1000), unit: "s",
+        baseline: `fresh channels, all ${n} at once, median of ${ROUNDS} (runs ${samples.plain.coldMs.map(ms).join(", ")})`,
+      },
+      {
+        name: "P10 cold connect mTLS ÷ plaintext", value: round(coldTls / coldPlain), unit: "ratio",
+        baseline: `plaintext ${ms(coldPlain)}, same agents, same run`,
+      },
+      {
+        name: "P9 controller CPU per host during the fan-out, mTLS", value: round(median(samples.tls.fanOutCpuMs) / n, 3), unit: "ms/host",
+        baseline: `user+system CPU of the controller process ÷ ${n} (insensitive to other load); plaintext ${round(median(samples.plain.fanOutCpuMs) / n, 3)} ms/host`,
+      },
+      {
+        name: "P10 controller CPU per host during the cold connect, mTLS", value: round(median(samples.tls.coldCpuMs) / n, 3), unit: "ms/host",
+        baseline: `user+system CPU of the controller process ÷ ${n}; plaintext ${round(median(samples.plain.coldCpuMs) / n, 3)} ms/host`,
+      },
+      {
+        name: `warm GetInfo to all ${n} agents at once, mTLS`, value: round(median(samples.tls.warmMs) / n, 3), unit: "ms/host",
+        baseline: `connected channels, concurrency ${n}; plaintext ${round(median(samples.plain.warmMs) / n, 3)} ms/host`,
+      },
+    );
+    return figures;
+  } finally {
+    await Promise.all(hosts.map(stopHost));
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+const direct = process.argv[1] !== undefined && import.meta.url === pathToFileURL(resolve(process.argv[1])).href;
+if (direct && process.argv[2] === "--serve") {
+  await serve(Number(process.argv[3]), process.argv[4] ?? "sim", process.argv[5] ?? "");
+} else if (direct) {
+  for (const f of await run()) {
+    process.stdout.write(`${f.name}: ${f.value} ${f.unit}  [baseline: ${f.baseline}]${f.goal ? `  (goal ${f.goal.op} ${f.goal.value})` : ""}\n`);
+  }
+}
+

@@ -362,8 +362,8 @@ test("no verified backup or an old one: info, fix is flotilla backup", () => {
   assert.match(old.what, /4 days old/);
 });
 
-test("interrupted operations: error, fix is Recover / restore", () => {
-  const f = expectFinding(healthy({ interruptedOperations: ["op-17"] }), "interrupted-operation", "error", /Recover.*flotilla restore webui-1 BACKUP --yes/);
+test("interrupted operations: error, fix is flotilla recover with restore", () => {
+  const f = expectFinding(healthy({ interruptedOperations: ["op-17"] }), "interrupted-operation", "error", /flotilla recover webui-1 op-17 --action restore/);
   assert.match(f.what, /op-17/);
 });
 

@@ -226,9 +226,14 @@ export class RolloutEngine {
       if (step.state === "succeeded" || step.state === "skipped") continue;
       if (this.stopped) return;
       if (doc.abortRequested) {
-        await this.compensate(doc, t, "aborted");
-        t.status = t.status === "running" ? "skipped" : t.status;
-        t.message = t.message || "aborted before this target finished; nothing past the last succeeded step was done";
+        const done = t.steps.filter((s) => s.state === "succeeded").map((s) => s.name);
+        for (const s of t.steps) if (s.state === "pending") s.state = "skipped";
+        await this.compensate(doc, t, "after the abort");
+        const changed = done.some((n) => n === "migrate" || n === "migrate-green" || n === "switch");
+        t.status = changed ? "aborted" : "skipped";
+        t.message = changed
+          ? `aborted after ${done.at(-1)}: the database is at ${t.revisionAfter.join(",") || "its new revision"} (verified by the agent); remaining steps were not run`
+          : "aborted before any change to this target";
         await this.save(doc);
         return;
       }

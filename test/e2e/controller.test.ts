@@ -31,6 +31,8 @@ before(async () => {
       { id: "wave-3", kind: "sqlite", owner: "h3", labels: { env: "waves" } },
       { id: "job-1", kind: "sqlite", owner: "h3", labels: { env: "job" }, apps: [{ agent: "h3" }, { agent: "h2" }] },
       { id: "bg-1", kind: "sqlite", owner: "h1", labels: { env: "bg" }, blueGreen: true, apps: [{ agent: "h1", color: "blue" }, { agent: "h1", color: "green" }] },
+      { id: "ab1-slow", kind: "sqlite", owner: "h1", labels: { env: "abort" }, seed: { users: 20, chats: 60, msgs: 2 }, alembicEnv: { FIXTURE_SLEEP_MS: "1000", FIXTURE_BATCH: "10" }, apps: [{ agent: "h1" }] },
+      { id: "ab2", kind: "sqlite", owner: "h3", labels: { env: "abort" } },
       { id: "slow-1", kind: "sqlite", owner: "h2", labels: { env: "slow" }, seed: { users: 20, chats: 60, msgs: 2 }, alembicEnv: { FIXTURE_SLEEP_MS: "1000", FIXTURE_BATCH: "10" }, apps: [{ agent: "h2" }] },
     ],
   });
@@ -118,12 +120,41 @@ test("a migration failing in the second wave is restored exactly and the rollout
   assert.match(human.stdout, /halted/);
 });
 
-test("job strategy: backup, migrate while running, rolling restart", async () => {
+test("job strategy: backup, migrate while running, rolling restart; rollback restores the pre-migration backup exactly", async () => {
+  const before = await dumpDatabase(fleet.urls.get("job-1")!);
   const r = await fleet.cliJson<RolloutJson>(["rollout", "--selector", "env=job", "--strategy", "job", "--wait"]);
   assert.equal(r.code, 0, JSON.stringify(r.doc).slice(0, 2000));
   const t = r.doc.targets[0]!;
   assert.deepEqual(t.steps.map((s) => s.name), ["precheck", "backup", "migrate", "verify", "restart", "restart", "health", "health"]);
   assert.deepEqual(await fleet.revisionOf("job-1"), [HEAD_REVISION]);
+  const rb = await fleet.cliJson<RolloutJson>(["rollout", "rollback", r.doc.id]);
+  assert.equal(rb.code, 0, rb.stderr);
+  const done = await waitForRollout(r.doc.id, (d) => d.status !== "running");
+  assert.equal(done.status, "rolled-back", JSON.stringify(done).slice(0, 2000));
+  assert.equal(await dumpDatabase(fleet.urls.get("job-1")!), before, "job-1 is exactly as before the rollout");
+  const h = await fleet.agentClient("h3").checkHealth({ targetId: "job-1" });
+  assert.ok(h.healthy, "apps running again after the rollback");
+});
+
+test("abort stops before the next step: the running target finishes safely, later waves never start", async () => {
+  const before2 = await dumpDatabase(fleet.urls.get("ab2")!);
+  const start = await fleet.cliJson<RolloutJson>(["rollout", "--selector", "env=abort", "--strategy", "maintenance", "--waves", "1,100%"]);
+  assert.equal(start.code, 0, start.stderr);
+  await waitForRollout(start.doc.id, (d) => d.targets.some((t) => t.steps.some((s) => s.name === "migrate" && s.state === "running")));
+  const ab = await fleet.cli(["rollout", "abort", start.doc.id]);
+  assert.equal(ab.code, 0, ab.stderr);
+  const done = await waitForRollout(start.doc.id, (d) => !["running", "pending"].includes(d.status));
+  assert.equal(done.status, "aborted");
+  const by = new Map(done.targets.map((t) => [t.targetId, t]));
+  assert.equal(by.get("ab2")!.status, "pending", "the second wave never started");
+  assert.ok(["aborted", "skipped"].includes(by.get("ab1-slow")!.status));
+  assert.equal(await dumpDatabase(fleet.urls.get("ab2")!), before2);
+  const s1 = by.get("ab1-slow")!;
+  const rev = await fleet.revisionOf("ab1-slow");
+  assert.ok(rev[0] === HEAD_REVISION || rev[0] === OLD_REVISION, `slow-2 is at the old or the new revision, never between: ${rev.join(",")}`);
+  assert.ok(s1.steps.some((s) => s.name === "start" && s.state === "succeeded"), "its app was started again");
+  const h = await fleet.agentClient("h1").checkHealth({ targetId: "ab1-slow" });
+  assert.ok(h.healthy);
 });
 
 test("blue-green: clone, migrate green, start green, switch; blue kept; rollback switches back and stops green", async () => {

@@ -5,7 +5,7 @@
  */
 
 export type RolloutStatus = "pending" | "running" | "succeeded" | "failed" | "halted" | "aborted" | "rolled-back";
-export type TargetRunStatus = "pending" | "running" | "succeeded" | "failed" | "restored" | "skipped" | "rolled-back";
+export type TargetRunStatus = "pending" | "running" | "succeeded" | "failed" | "restored" | "skipped" | "aborted" | "rolled-back";
 export type StepState = "pending" | "running" | "succeeded" | "failed" | "skipped" | "interrupted";
 export type Strategy = "maintenance" | "job" | "blue-green";
 

@@ -4,27 +4,32 @@
  * of the controller's GrpcAgentPool) against N simulated agents.
  *
  * Each simulated agent is a real grpc-js server implementing the AgentService
- * through `addService`, bound twice on 127.0.0.1:0: once plaintext, once with
- * mTLS (client certificate required). The agents live in 2–4 child processes
- * (~50 each). Their `Migrate` sleeps 100 ms and streams a step event and a
- * result event; `GetInfo` answers the agent id; every other method answers at
- * once.
+ * through `addService`, bound three times on 127.0.0.1:0: plaintext, mTLS with
+ * RSA-2048 certificates and mTLS with P-256 certificates (client certificate
+ * required, SAN DNS:flotilla-agent, `grpc.ssl_target_name_override`). The
+ * agents live in 2–4 child processes (~50 each). Their `Migrate` streams a
+ * step event, sleeps 100 ms and streams a step and a result event; `GetInfo`
+ * answers the agent id; every other method answers at once.
  *
  *   P9   (fan-out wall − ideal) ÷ N, with ideal = ceil(N ÷ 20) × 100 ms: Migrate
- *        on all N agents, 20 calls in flight, mTLS (plaintext reported too)
+ *        on all N agents over connected channels, 20 calls in flight
+ *        (goal on mTLS RSA-2048; P-256 and plaintext reported)
  *   P9   fan-out wall ÷ ideal
  *   P10  cold connect to all N: fresh channels (own subchannel pool, so no
- *        connection is reused), GetInfo on every agent at once, mTLS and plaintext
+ *        connection is reused), GetInfo on every agent at once (goal on both
+ *        mTLS key types; plaintext reported)
+ *   plus the controller process's CPU time per host, which the background
+ *   load of a shared machine disturbs less than wall time.
  *
- * One warm-up round, then 3 measured rounds alternating the plaintext/mTLS
- * order; medians. Certificates (RSA 2048 by default, FLOTILLA_BENCH_TLS_KEY=ec
- * for P-256) are made with `openssl` in a temporary folder that is removed
- * afterwards. N = FLOTILLA_BENCH_AGENTS (default 200).
+ * One warm-up round, then 3 measured rounds rotating the order of the three
+ * modes; medians. Certificates are made with `openssl req -x509` in a
+ * temporary folder that is removed afterwards. N = FLOTILLA_BENCH_AGENTS
+ * (default 200).
  *
  *   npx tsx bench/fanout.bench.ts
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
@@ -58,6 +63,13 @@ const PER_PROCESS = 50;
 /** The controller's channel options (services/controller/agents/agent-pool.ts). */
 const POOL_OPTIONS: grpc.ChannelOptions = { "grpc.keepalive_time_ms": 30_000 };
 const TLS_NAME = "flotilla-agent";
+
+/** plaintext, mTLS with RSA 2048 keys, mTLS with P-256 (ECDSA) keys. */
+const MODES = ["plain", "rsa", "ec"] as const;
+type Mode = (typeof MODES)[number];
+const LABEL: Record<Mode, string> = { plain: "plaintext", rsa: "mTLS RSA-2048", ec: "mTLS P-256" };
+
+interface SimAgent { id: string; ports: Record<Mode, number> }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -99,26 +111,26 @@ function simulatedAgent(agentId: string): ServiceImpl<AgentMethods> {
 }
 
 /**
- * Child mode: serves `count` simulated agents, each on one plaintext and one
- * mTLS port, prints `{"agents":[{id,plain,tls}]}` on one line, and exits when
- * its stdin closes (so it never outlives the bench).
+ * Child mode: serves `count` simulated agents, each on a plaintext port and an
+ * mTLS port per key type, prints `{"agents":[{id,ports}]}` on one line, and
+ * exits when its stdin closes (so it never outlives the bench).
  */
-async function serve(count: number, prefix: string, tlsDir: string): Promise<void> {
-  const tls: TlsFiles = {
-    cert: readFileSync(join(tlsDir, "server.crt")),
-    key: readFileSync(join(tlsDir, "server.key")),
-    ca: readFileSync(join(tlsDir, "ca.crt")),
-  };
+async function serve(count: number, prefix: string, certRoot: string): Promise<void> {
+  const creds = Object.fromEntries(MODES.map((m) => [m, m === "plain" ? serverCredentials() : serverCredentials({
+    cert: readFileSync(join(certRoot, m, "server.crt")),
+    key: readFileSync(join(certRoot, m, "server.key")),
+    ca: readFileSync(join(certRoot, m, "ca.crt")),
+  })])) as Record<Mode, grpc.ServerCredentials>;
   const servers: grpc.Server[] = [];
-  const agents: { id: string; plain: number; tls: number }[] = [];
+  const agents: SimAgent[] = [];
   for (let i = 0; i < count; i++) {
     const id = `${prefix}-${i}`;
     const server = newServer();
     addService(server, AgentService, simulatedAgent(id));
-    const plain = await bindServer(server, "127.0.0.1:0", serverCredentials());
-    const secure = await bindServer(server, "127.0.0.1:0", serverCredentials(tls));
+    const ports = {} as Record<Mode, number>;
+    for (const m of MODES) ports[m] = await bindServer(server, "127.0.0.1:0", creds[m]);
     servers.push(server);
-    agents.push({ id, plain, tls: secure });
+    agents.push({ id, ports });
   }
   process.stdout.write(`${JSON.stringify({ agents })}\n`);
   process.stdin.resume();
@@ -130,12 +142,11 @@ async function serve(count: number, prefix: string, tlsDir: string): Promise<voi
 
 // ------------------------------------------------------------------ controller side
 
-interface SimAgent { id: string; plain: number; tls: number }
 
 interface AgentHost { proc: ChildProcess; agents: SimAgent[] }
 
-async function startHost(count: number, prefix: string, tlsDir: string): Promise<AgentHost> {
-  const proc = spawn(process.execPath, ["--import", "tsx", SELF, "--serve", String(count), prefix, tlsDir], {
+async function startHost(count: number, prefix: string, certRoot: string): Promise<AgentHost> {
+  const proc = spawn(process.execPath, ["--import", "tsx", SELF, "--serve", String(count), prefix, certRoot], {
     cwd: REPO, stdio: ["pipe", "pipe", "pipe"],
   });
   let stderr = "";
@@ -164,12 +175,12 @@ async function stopHost(h: AgentHost): Promise<void> {
   clearTimeout(timer);
 }
 
-/** CA, an agent server certificate (SAN DNS:flotilla-agent) and a controller client certificate. */
-async function makeCertificates(dir: string): Promise<void> {
+/** Per key type: a CA, an agent server certificate (SAN DNS:flotilla-agent) and a controller client certificate. */
+async function makeCertificates(root: string, mode: Exclude<Mode, "plain">): Promise<void> {
+  const dir = join(root, mode);
+  mkdirSync(dir);
   const runner = new NodeProcessRunner();
-  const key = process.env.FLOTILLA_BENCH_TLS_KEY === "ec"
-    ? ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
-    : ["-newkey", "rsa:2048"];
+  const key = mode === "ec" ? ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"] : ["-newkey", "rsa:2048"];
   const openssl = async (args: string[]): Promise<void> => {
     const r = await runner.run({ argv: ["openssl", ...args], cwd: dir, timeoutMs: 60_000 });
     if (r.exitCode !== 0) throw new Error(`${describeRun("openssl", r)}: ${r.stderr.trim().split("\n").at(-1) ?? ""}`);
@@ -185,15 +196,13 @@ async function makeCertificates(dir: string): Promise<void> {
   await leaf("client", "/CN=flotilla-controller", "URI:spiffe://flotilla/controller", "clientAuth");
 }
 
-type Mode = "plain" | "tls";
-
-function clientsFor(agents: readonly SimAgent[], mode: Mode, tls: TlsFiles): AgentClient[] {
+function clientsFor(agents: readonly SimAgent[], mode: Mode, tls: TlsFiles | undefined): AgentClient[] {
   // One credentials object per channel set; an own subchannel pool per channel so
   // a "fresh" client never rides on a connection left by an earlier round.
-  const creds = channelCredentials(mode === "tls" ? tls : undefined);
-  return agents.map((a) => createClient(AgentService, `127.0.0.1:${mode === "tls" ? a.tls : a.plain}`, creds, {
+  const creds = channelCredentials(tls);
+  return agents.map((a) => createClient(AgentService, `127.0.0.1:${a.ports[mode]}`, creds, {
     ...POOL_OPTIONS,
-    ...(mode === "tls" ? { "grpc.ssl_target_name_override": TLS_NAME } : {}),
+    ...(tls ? { "grpc.ssl_target_name_override": TLS_NAME } : {}),
     "grpc.use_local_subchannel_pool": 1,
   }));
 }
@@ -236,7 +245,7 @@ const cpuMs = (u: NodeJS.CpuUsage): number => (u.user + u.system) / 1000;
 
 interface ModeSamples { coldMs: number[]; warmMs: number[]; fanOutMs: number[]; coldCpuMs: number[]; fanOutCpuMs: number[] }
 
-async function measureMode(agents: readonly SimAgent[], mode: Mode, tls: TlsFiles, round: number, into: ModeSamples | null): Promise<void> {
+async function measureMode(agents: readonly SimAgent[], mode: Mode, tls: TlsFiles | undefined, round: number, into: ModeSamples | null): Promise<void> {
   const clients = clientsFor(agents, mode, tls);
   try {
     let cpu = process.cpuUsage();
@@ -264,8 +273,12 @@ export async function run(): Promise<BenchFigure[]> {
   const dir = mkdtempSync(join(tmpdir(), "flotilla-bench-fanout-"));
   const hosts: AgentHost[] = [];
   try {
-    await makeCertificates(dir);
-    const tls: TlsFiles = { cert: readFileSync(join(dir, "client.crt")), key: readFileSync(join(dir, "client.key")), ca: readFileSync(join(dir, "ca.crt")) };
+    await makeCertificates(dir, "rsa");
+    await makeCertificates(dir, "ec");
+    const tlsOf = (mode: Mode): TlsFiles | undefined => mode === "plain" ? undefined : {
+      cert: readFileSync(join(dir, mode, "client.crt")), key: readFileSync(join(dir, mode, "client.key")), ca: readFileSync(join(dir, mode, "ca.crt")),
+    };
+    const tls = Object.fromEntries(MODES.map((m) => [m, tlsOf(m)])) as Record<Mode, TlsFiles | undefined>;
     const procs = Math.min(4, Math.max(2, Math.ceil(n / PER_PROCESS)));
     const sizes = Array.from({ length: procs }, (_, i) => Math.floor(n / procs) + (i < n % procs ? 1 : 0)).filter((s) => s > 0);
     // Started one after another: starting them at once only competes for the 2 cores.
@@ -274,62 +287,58 @@ export async function run(): Promise<BenchFigure[]> {
     if (agents.length !== n) throw new Error(`expected ${n} simulated agents, got ${agents.length}`);
 
     const empty = (): ModeSamples => ({ coldMs: [], warmMs: [], fanOutMs: [], coldCpuMs: [], fanOutCpuMs: [] });
-    const samples: Record<Mode, ModeSamples> = { plain: empty(), tls: empty() };
-    for (const mode of ["plain", "tls"] as const) await measureMode(agents, mode, tls, 0, null); // warm-up
+    const samples: Record<Mode, ModeSamples> = { plain: empty(), rsa: empty(), ec: empty() };
+    for (const mode of MODES) await measureMode(agents, mode, tls[mode], 0, null); // warm-up
     for (let r = 1; r <= ROUNDS; r++) {
-      const order: Mode[] = r % 2 === 1 ? ["tls", "plain"] : ["plain", "tls"];
-      for (const mode of order) await measureMode(agents, mode, tls, r, samples[mode]);
+      // Rotate the order so drift in the background load does not favour one mode.
+      const order = MODES.map((_, i) => MODES[(i + r) % MODES.length]!);
+      for (const mode of order) await measureMode(agents, mode, tls[mode], r, samples[mode]);
     }
 
     const ideal = Math.ceil(n / CONCURRENCY) * TASK_MS;
-    const setup = `${n} simulated agents in ${sizes.length} processes on loopback, ${TASK_MS} ms task, concurrency ${CONCURRENCY}`;
+    const setup = `${n} simulated agents in ${sizes.length} processes on loopback, ${TASK_MS} ms task, concurrency ${CONCURRENCY}, warm channels`;
     const ms = (x: number): string => `${Math.round(x)} ms`;
+    const runs = (xs: readonly number[]): string => `runs ${xs.map(ms).join(", ")}`;
+    const perHost = (xs: readonly number[]): number => round(median(xs) / n, 3);
     const figures: BenchFigure[] = [];
-    for (const mode of ["tls", "plain"] as const) {
-      const s = samples[mode];
-      const wall = median(s.fanOutMs);
-      const label = mode === "tls" ? "mTLS" : "plaintext";
-      const gated = mode === "tls";
+    for (const mode of ["rsa", "ec", "plain"] as const) {
+      const wall = median(samples[mode].fanOutMs);
+      const gated = mode === "rsa";
       figures.push(
         {
-          name: `P9 controller fan-out overhead per host, ${label}`, value: round((wall - ideal) / n, 2), unit: "ms/host",
+          name: `P9 controller fan-out overhead per host, ${LABEL[mode]}`, value: round((wall - ideal) / n, 2), unit: "ms/host",
           baseline: `ideal ${ideal} ms = ceil(${n}/${CONCURRENCY}) × ${TASK_MS} ms; wall ${ms(wall)}, median of ${ROUNDS}; ${setup}`,
           ...(gated ? { goal: { op: "<=" as const, value: 2.5, id: "P9" } } : {}),
         },
         {
-          name: `P9 controller fan-out wall ÷ ideal, ${label}`, value: round(wall / ideal), unit: "ratio",
-          baseline: `ideal ${ideal} ms; wall ${ms(wall)} (runs ${s.fanOutMs.map(ms).join(", ")})`,
+          name: `P9 controller fan-out wall ÷ ideal, ${LABEL[mode]}`, value: round(wall / ideal), unit: "ratio",
+          baseline: `ideal ${ideal} ms; wall ${ms(wall)} (${runs(samples[mode].fanOutMs)})`,
           ...(gated ? { goal: { op: "<=" as const, value: 1.1, id: "P9" } } : {}),
         },
       );
     }
-    const coldTls = median(samples.tls.coldMs);
     const coldPlain = median(samples.plain.coldMs);
+    for (const mode of MODES) {
+      const cold = median(samples[mode].coldMs);
+      figures.push({
+        name: `P10 cold connect + GetInfo to all ${n} agents, ${LABEL[mode]}`, value: round(cold / 1000), unit: "s",
+        baseline: `fresh channels, all ${n} at once, median of ${ROUNDS} (${runs(samples[mode].coldMs)})` +
+          (mode === "plain" ? "" : `; ${round(cold / coldPlain, 2)}× plaintext`),
+        ...(mode === "plain" ? {} : { goal: { op: "<=" as const, value: 1, id: "P10" } }),
+      });
+    }
     figures.push(
       {
-        name: `P10 cold connect + GetInfo to all ${n} agents, mTLS`, value: round(coldTls / 1000), unit: "s",
-        baseline: `fresh channels, all ${n} at once, median of ${ROUNDS} (runs ${samples.tls.coldMs.map(ms).join(", ")}); ${process.env.FLOTILLA_BENCH_TLS_KEY === "ec" ? "P-256" : "RSA 2048"} keys`,
-        goal: { op: "<=", value: 1, id: "P10" },
+        name: `P9 controller CPU per host during the fan-out, ${LABEL.rsa}`, value: perHost(samples.rsa.fanOutCpuMs), unit: "ms/host",
+        baseline: `user+system CPU of the controller process ÷ ${n} (less sensitive to other load than wall time); P-256 ${perHost(samples.ec.fanOutCpuMs)}, plaintext ${perHost(samples.plain.fanOutCpuMs)} ms/host`,
       },
       {
-        name: `P10 cold connect + GetInfo to all ${n} agents, plaintext`, value: round(coldPlain / 1000), unit: "s",
-        baseline: `fresh channels, all ${n} at once, median of ${ROUNDS} (runs ${samples.plain.coldMs.map(ms).join(", ")})`,
+        name: `P10 controller CPU per host during the cold connect, ${LABEL.rsa}`, value: perHost(samples.rsa.coldCpuMs), unit: "ms/host",
+        baseline: `user+system CPU of the controller process ÷ ${n}; P-256 ${perHost(samples.ec.coldCpuMs)}, plaintext ${perHost(samples.plain.coldCpuMs)} ms/host`,
       },
       {
-        name: "P10 cold connect mTLS ÷ plaintext", value: round(coldTls / coldPlain), unit: "ratio",
-        baseline: `plaintext ${ms(coldPlain)}, same agents, same run`,
-      },
-      {
-        name: "P9 controller CPU per host during the fan-out, mTLS", value: round(median(samples.tls.fanOutCpuMs) / n, 3), unit: "ms/host",
-        baseline: `user+system CPU of the controller process ÷ ${n} (insensitive to other load); plaintext ${round(median(samples.plain.fanOutCpuMs) / n, 3)} ms/host`,
-      },
-      {
-        name: "P10 controller CPU per host during the cold connect, mTLS", value: round(median(samples.tls.coldCpuMs) / n, 3), unit: "ms/host",
-        baseline: `user+system CPU of the controller process ÷ ${n}; plaintext ${round(median(samples.plain.coldCpuMs) / n, 3)} ms/host`,
-      },
-      {
-        name: `warm GetInfo to all ${n} agents at once, mTLS`, value: round(median(samples.tls.warmMs) / n, 3), unit: "ms/host",
-        baseline: `connected channels, concurrency ${n}; plaintext ${round(median(samples.plain.warmMs) / n, 3)} ms/host`,
+        name: `warm GetInfo to all ${n} agents at once, ${LABEL.rsa}`, value: perHost(samples.rsa.warmMs), unit: "ms/host",
+        baseline: `connected channels, concurrency ${n}; P-256 ${perHost(samples.ec.warmMs)}, plaintext ${perHost(samples.plain.warmMs)} ms/host`,
       },
     );
     return figures;

@@ -425,6 +425,12 @@ function runRestore(ctx: Ctx, r: Extract<WorkerRequest, { op: "restore" }>): { s
       throw new Error(`restored copy sha256 ${sha256.slice(0, 16)}… differs from the manifest ${r.expected.sha256.slice(0, 16)}…`);
     }
     checkCancel(ctx);
+    // Keep the live file's owner and mode: the app may run as another user than the agent.
+    try {
+      const original = fs.statSync(r.dbPath);
+      fs.chmodSync(r.stagingPath, original.mode & 0o7777);
+      try { fs.chownSync(r.stagingPath, original.uid, original.gid); } catch { /* not permitted: keep the agent's ownership */ }
+    } catch { /* no live file to copy from: keep the defaults */ }
     const staged = fs.statSync(r.stagingPath);
     removeSidecars(r.dbPath);
     fs.renameSync(r.stagingPath, r.dbPath);

@@ -13,7 +13,7 @@
  *        post-migration verify step (revision + integrity check) — is what the
  *        agent adds to a migration step. The target's revision graph is warmed
  *        with one GetStatus first, as the controller's status/plan calls do in
- *        a rollout. One warm-up, then 3 runs alternating which side goes first; medians.
+ *        a rollout. One warm-up, then 5 runs alternating which side goes first; medians.
  *   P14  idle RSS of `node bin/flotilla-agent.mjs --config …` (one SQLite target),
  *        3 s after it starts listening; a bare `node` idling, and one with the
  *        tsx loader registered (bin/ runs the TypeScript sources through tsx),
@@ -57,7 +57,8 @@ const PYTHON = "/usr/bin/python3";
 const FROM = "c3d2e1f00d42";
 const PENDING = ["d4c3b2a1e5f6", "e5f4a3b2c1d0", "f6a5b4c3d2e1", "0a7b8c9d0e1f", "1b8c9d0e1f2a"] as const;
 const HEAD = PENDING[PENDING.length - 1]!;
-const RUNS = 3;
+/** Alembic child processes vary a lot on a shared machine: more runs than the usual 3. */
+const RUNS = 5;
 const SETTLE_MS = 3000;
 const STATUS_RPCS = 200;
 const BACKUPS = 3;

@@ -196,6 +196,44 @@ test("a second rollout on a busy target is refused naming the first; the control
   assert.equal(ops.operations.filter((o) => o.kind === "migrate").length, 1, "the agent ran exactly one migrate");
 });
 
+test("CLI target verbs: diagnose, backup, backups, restore (needs --yes), downgrade and stamp refusals", async () => {
+  const d = await fleet.cliJson<{ findings: { code: string; severity: string }[]; problems: boolean }>(["diagnose", "prod-a"]);
+  assert.ok(d.doc.findings.some((f) => f.code === "app-running"), JSON.stringify(d.doc.findings.map((f) => f.code)));
+  assert.equal(d.code, d.doc.problems ? 1 : 0);
+  const b = await fleet.cliJson<{ status: string; backup: { id: string; verified: boolean; sha256: string } }>(["backup", "prod-a"]);
+  assert.equal(b.code, 0, b.stderr);
+  assert.equal(b.doc.backup.verified, true);
+  const list = await fleet.cliJson<{ backups: { id: string; verified: boolean }[] }>(["backups", "prod-a"]);
+  assert.ok(list.doc.backups.some((x) => x.id === b.doc.backup.id && x.verified));
+  const noYes = await fleet.cli(["restore", "prod-a", b.doc.backup.id]);
+  assert.equal(noYes.code, 2);
+  const before = await dumpDatabase(fleet.urls.get("prod-a")!);
+  const r = await fleet.cliJson<{ status: string; restored: boolean }>(["restore", "prod-a", b.doc.backup.id, "--yes"]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(await dumpDatabase(fleet.urls.get("prod-a")!), before);
+  const h = await fleet.agentClient("h1").checkHealth({ targetId: "prod-a" });
+  assert.ok(h.healthy, "restore started the app again");
+  assert.equal((await fleet.cli(["downgrade", "prod-a", "--to", OLD_REVISION])).code, 2);
+  assert.equal((await fleet.cli(["stamp", "prod-a", OLD_REVISION, "--reason", "because"])).code, 2);
+  const unknown = await fleet.cli(["backup", "no-such-target"]);
+  assert.equal(unknown.code, 2);
+  assert.match(unknown.stderr, /no-such-target/);
+});
+
+test("schedules: add (validated), list, remove; the web page is served", async () => {
+  const bad = await fleet.cli(["schedule", "add", "nightly", "--cron", "61 * * * *", "--selector", "env=prod", "--strategy", "maintenance"]);
+  assert.equal(bad.code, 2);
+  const ok = await fleet.cli(["schedule", "add", "nightly", "--cron", "0 3 * * 0", "--selector", "env=prod", "--strategy", "maintenance", "--window", "2h"]);
+  assert.equal(ok.code, 0, ok.stderr);
+  const list = await fleet.cliJson<{ schedules: { name: string; cron: string; window: string }[] }>(["schedules"]);
+  assert.deepEqual(list.doc.schedules.map((x) => [x.name, x.cron, x.window]), [["nightly", "0 3 * * 0", "2h"]]);
+  assert.equal((await fleet.cli(["schedule", "rm", "nightly"])).code, 0);
+  assert.equal((await fleet.cliJson<{ schedules: unknown[] }>(["schedules"])).doc.schedules.length, 0);
+  const page = await fetch(`${fleet.controllerUrl}/`);
+  assert.equal(page.status, 200);
+  assert.match(await page.text(), /<title>Flotilla<\/title>/);
+});
+
 test("audit: every step recorded; verify passes, then fails naming the edited row", async () => {
   const q = await fleet.cliJson<{ entries: { seq: string; action: string; outcome: string; target: string }[] }>(["audit", "--target", "wave-2"]);
   assert.equal(q.code, 0, q.stderr);

@@ -64,6 +64,8 @@ export interface OperationsDeps {
 export const OPERATION_ENV = "FLOTILLA_OPERATION_ID";
 
 const STAMP_REASONS = ["created-with-create-all", "imported-backup", "applied-by-hand"] as const;
+/** Silence after which a running Alembic step reports that it is still alive. */
+const HEARTBEAT_MS = Number(process.env.FLOTILLA_HEARTBEAT_MS ?? 15_000);
 const OP_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
 
 class Refusal extends FlotillaError {}
@@ -529,10 +531,23 @@ export class AgentOperations {
       for (const rev of pending) {
         const msg = graph.revisions.get(rev)?.message ?? "";
         emit({ kind: "step", name: `upgrade:${rev}`, state: "running", detail: msg });
+        // Long data migrations print nothing for minutes: say that they are alive, and whether the database is moving.
+        const stepStart = performance.now();
+        let lastLine = stepStart;
+        let lastSize = await db.sizeBytes().catch(() => 0);
+        const heartbeat = setInterval(() => {
+          if (performance.now() - lastLine < HEARTBEAT_MS) return;
+          void db.sizeBytes().catch(() => 0).then((size) => {
+            const moved = size !== lastSize ? `database size ${Math.round(size / 1e6)} MB (changing)` : "database size unchanged";
+            lastSize = size;
+            progress({ source: "agent", line: `still running ${rev}: ${Math.round((performance.now() - stepStart) / 1000)}s elapsed, no output for ${Math.round((performance.now() - lastLine) / 1000)}s; ${moved}` });
+          });
+        }, HEARTBEAT_MS);
+        heartbeat.unref();
         const run = await alembic.upgrade(rev, {
           extraEnv, timeoutMs: t.config.alembic.timeoutMs, ...(signal ? { signal } : {}),
-          onLine: (line) => progress({ source: "alembic", line }),
-        });
+          onLine: (line) => { lastLine = performance.now(); progress({ source: "alembic", line }); },
+        }).finally(() => clearInterval(heartbeat));
         outputTail = tail(run.stderr);
         const from = timings.at(-1)?.to ?? (before.join(",") || "base");
         if (!run.ok) {

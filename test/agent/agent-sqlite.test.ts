@@ -18,7 +18,9 @@ before(async () => {
   fleet = new Fleet({
     agents: ["a1", "a2"],
     noController: true,
+    agentEnv: { FLOTILLA_HEARTBEAT_MS: "1000" },
     targets: [
+      { id: "s-quiet", kind: "sqlite", owner: "a1", seed: { users: 20, chats: 60, msgs: 2 }, alembicEnv: { FIXTURE_PROGRESS: "0", FIXTURE_SLEEP_MS: "1500", FIXTURE_BATCH: "20" } },
       { id: "s-happy", kind: "sqlite", owner: "a1", apps: [{ agent: "a1" }] },
       { id: "s-fail", kind: "sqlite", owner: "a1", failAt: "0a7b8c9d0e1f" },
       { id: "s-branch", kind: "sqlite", owner: "a1", ini: "alembic-branch.ini" },
@@ -251,6 +253,12 @@ test("kill -9 of the agent mid-migration: interrupted after restart, target lock
   const s2 = await a2b.getStatus({ targetId: "s-kill" });
   assert.equal(s2.busyOperationId, "");
   assert.deepEqual(s2.interruptedOperationIds, []);
+});
+
+test("a silent long revision reports that it is still alive", async () => {
+  const m = await collect(a1.migrate({ targetId: "s-quiet", toRevision: "d4c3b2a1e5f6", operationId: "t-quiet", takeBackup: true }));
+  assert.equal(m.result.status, "succeeded", m.result.message);
+  assert.ok(m.lines.some((l) => /still running d4c3b2a1e5f6: \d+s elapsed, no output for \d+s/.test(l)), m.lines.join("\n"));
 });
 
 test("two migrations of one target at once: one runs, the other is refused TARGET_BUSY", async () => {

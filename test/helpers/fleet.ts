@@ -60,6 +60,8 @@ export interface FleetSpec {
   log?: (line: string) => void;
   /** Start no controller (agent-only tests). */
   noController?: boolean;
+  /** Extra environment for agent processes. */
+  agentEnv?: Record<string, string>;
   /** Start daemons detached so they outlive this process (demo --keep). */
   detached?: boolean;
 }
@@ -229,7 +231,7 @@ export class Fleet {
     const { openSync } = await import("node:fs");
     const out = openSync(a.logFile, "a");
     a.proc = spawn(process.execPath, [join(ROOT, "bin/flotilla-agent.mjs"), "--config", a.configPath, ...(a.port ? ["--listen", `127.0.0.1:${a.port}`] : [])], {
-      env: { ...process.env, FLOTILLA_PORT_FILE: portFile, FLOTILLA_LOG_LEVEL: process.env.FLOTILLA_LOG_LEVEL ?? "info" },
+      env: { ...process.env, FLOTILLA_PORT_FILE: portFile, FLOTILLA_LOG_LEVEL: process.env.FLOTILLA_LOG_LEVEL ?? "info", ...(this.spec.agentEnv ?? {}) },
       stdio: ["ignore", out, out], detached: this.spec.detached === true,
     });
     if (this.spec.detached) a.proc.unref();

@@ -238,7 +238,7 @@ export class Fleet {
     a.port = Number(await waitForFile(portFile, a.proc, 60_000, a.logFile));
   }
 
-  async startController(extra: { tokens?: { name: string; role: string; value: string }[] } = {}): Promise<void> {
+  async startController(extra: { tokens?: { name: string; role: string; value: string }[]; store?: string } = {}): Promise<void> {
     const dataDir = join(this.dir, "controller");
     mkdirSync(dataDir, { recursive: true });
     const portFile = join(dataDir, "port");
@@ -251,7 +251,7 @@ export class Fleet {
     this.controllerConfig = join(this.dir, "controller.yaml");
     writeFileSync(this.controllerConfig, stringify({
       listen: { grpc: "127.0.0.1:0", http: this.httpPort ? `127.0.0.1:${this.httpPort}` : "127.0.0.1:0" },
-      dataDir, store: `sqlite:///${join(dataDir, "controller.db")}`,
+      dataDir, store: extra.store ?? `sqlite:///${join(dataDir, "controller.db")}`,
       agents: [...this.agents.values()].map((a) => ({ id: a.id, address: `127.0.0.1:${a.port}` })),
       ...(tokens.length ? { tokens } : {}),
     }));

@@ -1,9 +1,8 @@
 #!/usr/bin/env node
-// The `flotilla-controller` daemon: loads the TypeScript sources through tsx and runs main().
-import { register } from 'tsx/esm/api';
+// The `flotilla-controller` daemon.
+import { load } from './runtime.mjs';
 
-register();
-const { main } = await import('../services/controller/main.ts');
+const { main } = await load('services/controller/main');
 const code = await main(process.argv.slice(2));
 // A daemon's main may resolve with an exit code once it has shut down.
 if (typeof code === 'number') process.exitCode = code;

@@ -161,6 +161,12 @@ async function main() {
   } else {
     if (!typecheck()) return 1;
     if (!generatedCodeDrift()) return 1;
+    // The end-to-end tests start the bins, which run the compiled dist/ as production does.
+    say('build: npm run build (dist/, used by bin/ when newer than the sources)');
+    if (runSync('npm', ['run', '--silent', 'build']) !== 0) {
+      say('build failed');
+      return 1;
+    }
     files = findTestFiles();
     if (files.length === 0) {
       say('no test files found under test/ or services/');

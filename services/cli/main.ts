@@ -416,6 +416,9 @@ async function demo(io: CliIo, argv: readonly string[]): Promise<number> {
   const url = new URL("../../test/demo/demo.ts", import.meta.url).href;
   let mod: DemoModule;
   try {
+    // The demo is TypeScript; the CLI itself may be running compiled.
+    const tsx = (await import("tsx/esm/api")) as { register: () => unknown };
+    tsx.register();
     mod = (await import(url)) as DemoModule;
   } catch (err) {
     say(io, `the demo cannot be loaded (${err instanceof Error ? err.message : String(err)}); run it from a full checkout with npm run demo`);

@@ -1,3 +1,6 @@
+import { join } from "node:path";
+import { pathToFileURL } from "node:url";
+import { packageRoot } from "../common/package-root.js";
 import { closeSync, openSync, renameSync, rmSync, writeSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { fromJson, toJson } from "@bufbuild/protobuf";
@@ -399,7 +402,7 @@ function help(io: CliIo, globals: GlobalOptions, topic: string): number {
 async function version(io: CliIo, globals: GlobalOptions): Promise<number> {
   let v = "unknown";
   try {
-    const pkg = JSON.parse(await readFile(new URL("../../package.json", import.meta.url), "utf8")) as { version?: unknown };
+    const pkg = JSON.parse(await readFile(join(packageRoot(), "package.json"), "utf8")) as { version?: unknown };
     if (typeof pkg.version === "string") v = pkg.version;
   } catch {
     // running from an unusual layout: the version stays unknown
@@ -413,7 +416,7 @@ type DemoModule = { runDemo?: (options: { argv: string[]; stdout: TextSink; stde
 
 async function demo(io: CliIo, argv: readonly string[]): Promise<number> {
   // Resolved at run time: the demo lives with the tests and is loaded only when asked for.
-  const url = new URL("../../test/demo/demo.ts", import.meta.url).href;
+  const url = pathToFileURL(join(packageRoot(), "test/demo/demo.ts")).href;
   let mod: DemoModule;
   try {
     // The demo is TypeScript; the CLI itself may be running compiled.

@@ -14,6 +14,7 @@ import { createHttpGateway } from "./http/http-gateway.js";
 import { Inventory } from "./inventory.js";
 import { RolloutEngine } from "./rollout-engine.js";
 import { Scheduler } from "./scheduler.js";
+import { Leadership } from "./leadership.js";
 import { authenticate, controllerServiceImpl } from "./service.js";
 import { openStore } from "./store/index.js";
 
@@ -45,7 +46,18 @@ export async function startController(config: ControllerConfig, log: Logger): Pr
     const auth = ctx.metadata.get("authorization")[0];
     return authenticate(config, typeof auth === "string" ? auth : undefined, method);
   };
-  const impl = controllerServiceImpl({ config, store, pool, inventory, engine, audit, scheduler, log }, callerOf);
+  const leadership = new Leadership(config.store, log, async () => {
+    const resumed = await engine.resumeAll();
+    if (resumed.length) log.info({ rollouts: resumed }, "resumed rollouts");
+    await scheduler.reload();
+  }, () => {
+    // The lock died with the session: stop acting now; the process manager restarts us as a follower.
+    void engine.close();
+    void scheduler.close();
+    process.exitCode = 1;
+    setTimeout(() => process.exit(1), 100).unref();
+  });
+  const impl = controllerServiceImpl({ config, store, pool, inventory, engine, audit, scheduler, log, isLeader: () => leadership.isLeader }, callerOf);
 
   const grpcServer = newServer();
   addService(grpcServer, ControllerService, impl);
@@ -60,13 +72,12 @@ export async function startController(config: ControllerConfig, log: Logger): Pr
   });
   const httpPort = (http.address() as AddressInfo).port;
   await audit.append({ actor: "controller", action: "controller.start", outcome: "ok", detail: `http ${httpPort}, grpc ${grpcPort}` });
-  const resumed = await engine.resumeAll();
-  if (resumed.length) log.info({ rollouts: resumed }, "resumed rollouts");
-  await scheduler.reload();
+  await leadership.start();
   log.info({ httpPort, grpcPort, store: config.store.replace(/:[^:@/]*@/, ":***@") }, "controller listening");
   return {
     httpPort, grpcPort, engine, scheduler,
     async stop() {
+      await leadership.close();
       await scheduler.close();
       await engine.close();
       http.closeAllConnections();

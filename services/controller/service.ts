@@ -79,6 +79,8 @@ export interface ControllerDeps {
   readonly audit: AuditLog;
   readonly scheduler: Scheduler;
   readonly log: Logger;
+  /** False on a standby replica: it serves reads and refuses changes. */
+  readonly isLeader: () => boolean;
 }
 
 /**
@@ -97,6 +99,9 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
       throw fe;
     }
     const read = READS.has(method);
+    if (!read && method !== "RegisterAgent" && !d.isLeader()) {
+      throw new FlotillaError("PRECONDITION_FAILED", "this controller replica is standing by (another replica leads): send changes to the leader; reads are served here");
+    }
     if (!read) {
       try {
         await d.audit.append({ actor: caller.actor, action: `api.${method}`, target, args: redactValue(args), outcome: "intent" });

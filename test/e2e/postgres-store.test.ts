@@ -5,7 +5,11 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import pg from "pg";
-import { Fleet, HEAD_REVISION } from "../helpers/fleet.js";
+import { spawn, type ChildProcess } from "node:child_process";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { stringify } from "yaml";
+import { Fleet, HEAD_REVISION, ROOT, run } from "../helpers/fleet.js";
 import { createTestDatabase, type TestDatabase } from "../helpers/pg.js";
 
 let fleet: Fleet;
@@ -18,7 +22,10 @@ before(async () => {
   await fleet.startController({ store: storeDb.url });
 });
 
+let standby: ChildProcess | undefined;
+
 after(async () => {
+  standby?.kill("SIGKILL");
   await fleet?.stop();
   await storeDb?.drop();
 });
@@ -41,5 +48,40 @@ test("a rollout runs with the PostgreSQL store, survives a controller restart, a
   const list = await fleet.cliJson<{ rollouts: { id: string; status: string }[] }>(["rollouts"]);
   assert.ok(list.doc.rollouts.some((x) => x.id === r.doc.id && x.status === "succeeded"));
   const v = await fleet.cli(["audit", "verify"]);
+  assert.equal(v.code, 0, v.stdout + v.stderr);
+});
+
+test("a second controller on the same store stands by (reads only) and takes over when the leader dies", async () => {
+  const dir = join(fleet.dir, "standby");
+  mkdirSync(dir, { recursive: true });
+  const cfg = join(dir, "controller.yaml");
+  writeFileSync(cfg, stringify({
+    listen: { grpc: "127.0.0.1:0", http: "127.0.0.1:0" }, dataDir: dir, store: storeDb.url,
+    auditKeyFile: join(fleet.dir, "controller", "audit.key"),
+    agents: [...fleet.agents.values()].map((a) => ({ id: a.id, address: `127.0.0.1:${a.port}` })),
+  }));
+  standby = spawn(process.execPath, [join(ROOT, "bin/flotilla-controller.mjs"), "--config", cfg], { stdio: "ignore", env: { ...process.env, FLOTILLA_PORT_FILE: join(dir, "port") } });
+  const deadline = Date.now() + 60_000;
+  while (!existsSync(join(dir, "port")) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  const url = `http://127.0.0.1:${(JSON.parse(readFileSync(join(dir, "port"), "utf8")) as { http: number }).http}`;
+  const cli = (args: string[]) => run([process.execPath, join(ROOT, "bin/flotilla.mjs"), ...args], { env: { FLOTILLA_CONTROLLER: url } });
+  const read = await cli(["rollouts"]);
+  assert.equal(read.code, 0, read.stderr);
+  const refused = await cli(["rollout", "--selector", "env=pgstore", "--strategy", "maintenance"]);
+  assert.equal(refused.code, 2);
+  assert.match(refused.stderr, /standing by/);
+  await fleet.killController("SIGKILL");
+  let taken = false;
+  const until = Date.now() + 60_000;
+  while (!taken && Date.now() < until) {
+    const r = await cli(["rollout", "--selector", "env=pgstore", "--strategy", "maintenance", "--wait"]);
+    taken = r.code === 0;
+    if (!taken) {
+      assert.match(r.stderr, /standing by/);
+      await new Promise((res) => setTimeout(res, 500));
+    }
+  }
+  assert.ok(taken, "the standby became the leader and ran a rollout");
+  const v = await cli(["audit", "verify"]);
   assert.equal(v.code, 0, v.stdout + v.stderr);
 });

@@ -268,7 +268,7 @@ export class Fleet {
 
   async killController(signal: NodeJS.Signals = "SIGKILL"): Promise<void> {
     const p = this.controllerProc;
-    if (!p || p.exitCode !== null) return;
+    if (!p || p.exitCode !== null || p.signalCode !== null) return;
     const exited = new Promise((r) => p.once("exit", r));
     p.kill(signal);
     await exited;
@@ -276,7 +276,7 @@ export class Fleet {
 
   async killAgent(id: string, signal: NodeJS.Signals = "SIGKILL"): Promise<void> {
     const p = this.agents.get(id)?.proc;
-    if (!p || p.exitCode !== null) return;
+    if (!p || p.exitCode !== null || p.signalCode !== null) return;
     const exited = new Promise((r) => p.once("exit", r));
     p.kill(signal);
     await exited;

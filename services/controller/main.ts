@@ -64,7 +64,7 @@ export async function startController(config: ControllerConfig, log: Logger): Pr
   const tls = config.tls ? { cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key), ca: readFileSync(config.tls.ca) } : undefined;
   const grpcPort = await bindServer(grpcServer, config.listen.grpc, config.tokens.length > 0 && tls ? serverCredentials(tls) : serverCredentials());
 
-  const http = createHttpGateway(impl, { audit, log, callerOf });
+  const http = createHttpGateway(impl, { audit, log, callerOf, isLeader: () => leadership.isLeader });
   const [host, portText] = [config.listen.http.replace(/:\d+$/, "").replace(/^\[|\]$/g, ""), config.listen.http.split(":").at(-1)!];
   await new Promise<void>((resolve, reject) => {
     http.once("error", reject);

@@ -387,7 +387,7 @@ test("kubernetes: every Secret, ConfigMap and key a pod references exists; Secre
   }
 });
 
-test("kubernetes: controller runs one replica (Recreate) on the PostgreSQL store, is probed on /healthz, and is reachable on 7440/7441", () => {
+test("kubernetes: controller runs two replicas only on the PostgreSQL store, ready only when leading (/readyz), alive on /healthz, and is reachable on 7440/7441", () => {
   const docs = k8sDocs();
   const secrets = secretValues(docs);
   const pod = podsOf(docs).find((p) => p.owner.name === "flotilla-controller");
@@ -402,11 +402,10 @@ test("kubernetes: controller runs one replica (Recreate) on the PostgreSQL store
     const url = str(secrets.get(str(ref.name, "name"))?.[str(ref.key, "key")], "store URL template");
     assert.match(url, /^postgresql:\/\//, "several replicas need the PostgreSQL store");
   }
-  assert.equal(replicas, 1, "no leader election: exactly one controller acts");
-  assert.equal((obj(pod.owner.doc.spec, "spec").strategy as { type?: string } | undefined)?.type, "Recreate", "never two controllers during an update");
-  for (const probe of ["readinessProbe", "livenessProbe"]) {
+  assert.equal(replicas, 2);
+  for (const [probe, path] of [["readinessProbe", "/readyz"], ["livenessProbe", "/healthz"]] as const) {
     const get = obj(obj(ctl.raw[probe], probe).httpGet, `${probe}.httpGet`);
-    assert.equal(get.path, "/healthz");
+    assert.equal(get.path, path, `${probe} on ${path}: only the leader is ready`);
     assert.equal(get.port, 7441);
   }
   const ports = optList(ctl.raw.ports).map((p) => obj(p, "port"));

@@ -65,6 +65,8 @@ test("a second controller on the same store stands by (reads only) and takes ove
   while (!existsSync(join(dir, "port")) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
   const url = `http://127.0.0.1:${(JSON.parse(readFileSync(join(dir, "port"), "utf8")) as { http: number }).http}`;
   const cli = (args: string[]) => run([process.execPath, join(ROOT, "bin/flotilla.mjs"), ...args], { env: { FLOTILLA_CONTROLLER: url } });
+  assert.equal((await fetch(`${url}/readyz`)).status, 503, "a standby is not ready: load balancers send calls to the leader");
+  assert.equal((await fetch(`${url}/healthz`)).status, 200, "but it is alive");
   const read = await cli(["rollouts"]);
   assert.equal(read.code, 0, read.stderr);
   const refused = await cli(["rollout", "--selector", "env=pgstore", "--strategy", "maintenance"]);
@@ -82,6 +84,7 @@ test("a second controller on the same store stands by (reads only) and takes ove
     }
   }
   assert.ok(taken, "the standby became the leader and ran a rollout");
+  assert.equal((await fetch(`${url}/readyz`)).status, 200);
   const v = await cli(["audit", "verify"]);
   assert.equal(v.code, 0, v.stdout + v.stderr);
 });

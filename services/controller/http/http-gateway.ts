@@ -50,7 +50,7 @@ function sendError(res: ServerResponse, err: unknown): void {
  */
 export function createHttpGateway(
   impl: ServiceImpl<typeof ControllerService.method>,
-  deps: { audit: AuditLog; log: Logger; callerOf: (method: string, ctx: CallContext) => Caller },
+  deps: { audit: AuditLog; log: Logger; callerOf: (method: string, ctx: CallContext) => Caller; isLeader: () => boolean },
 ): Server {
   const methods = new Map<string, AnyMethod>();
   for (const m of ControllerService.methods as unknown as AnyMethod[]) methods.set(m.name, m);
@@ -72,6 +72,13 @@ export function createHttpGateway(
         if (req.method === "GET" && url.pathname === "/healthz") {
           res.writeHead(200, { "content-type": "text/plain" });
           res.end("ok\n");
+          return;
+        }
+        if (req.method === "GET" && url.pathname === "/readyz") {
+          // Ready = this replica leads: a load balancer then sends every call to the leader.
+          const leading = deps.isLeader();
+          res.writeHead(leading ? 200 : 503, { "content-type": "text/plain" });
+          res.end(leading ? "leader\n" : "standby\n");
           return;
         }
         if (req.method === "GET" && url.pathname === "/v1/ExportAudit") {

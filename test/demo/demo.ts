@@ -111,7 +111,8 @@ export async function runDemo(o: DemoOptions): Promise<number> {
       note("  npx flotilla diagnose chat-lab");
       note("  npx flotilla backups chat-eu");
       note(`  open ${fleet.controllerUrl}/ in a browser for the web page`);
-      note(`Stop it by killing the processes (their logs are in ${fleet.dir}) and removing that folder.`);
+      note(`Logs and databases are in ${fleet.dir}. When you are done, stop everything with:`);
+      note(`  kill ${fleet.pids().join(" ")} && rm -rf ${fleet.dir}`);
     } else {
       note("To keep the fleet running and explore it yourself: npx flotilla demo --keep");
       note("Next: read README.md for pointing an agent at a real Open WebUI install (deploy/examples has configs).");

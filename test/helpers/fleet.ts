@@ -328,6 +328,17 @@ export class Fleet {
     return dumpDatabase(this.urls.get(targetId)!);
   }
 
+  /** Process ids of every daemon and app instance of this fleet (for demo --keep). */
+  pids(): number[] {
+    const out: number[] = [];
+    for (const a of this.agents.values()) if (a.proc?.pid) out.push(a.proc.pid);
+    if (this.controllerProc?.pid) out.push(this.controllerProc.pid);
+    for (const f of this.appPidFiles) {
+      try { out.push(Number(readFileSync(f, "utf8"))); } catch { /* not running */ }
+    }
+    return out.filter((p) => Number.isInteger(p) && p > 0);
+  }
+
   /** All log text the fleet's processes wrote (for secret checks). */
   logs(): string {
     const parts: string[] = [];

@@ -5,108 +5,12 @@ import assert from "node:assert/strict";
 import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import Database from "better-sqlite3";
-import pg from "pg";
 import { FlotillaError } from "../../common/errors.js";
 import { registerSecret } from "../../common/redact.js";
-import { createTestDatabase, type TestDatabase } from "../../../test/helpers/pg.js";
 import type { ControllerStore } from "../core/ports.js";
-import { PostgresStore, SqliteStore } from "../store/index.js";
 import { AuditLog, canonicalJson, GENESIS_HASH, sealAuditRow } from "./audit-log.js";
 import { checkpointPathFor, loadOrCreateAuditKey } from "./audit-key.js";
-
-interface Opened {
-  store: ControllerStore;
-  another(): Promise<ControllerStore>;
-  sql(text: string): Promise<Array<Record<string, unknown>>>;
-}
-
-interface Backend {
-  name: string;
-  setup(): Promise<void>;
-  teardown(): Promise<void>;
-  fresh(): Promise<Opened>;
-  cleanup(): Promise<void>;
-}
-
-const TABLES = "rollouts, leases, agents, schedules, schedule_fires, audit_log";
-
-function sqlite(): Backend {
-  let dir = "";
-  let n = 0;
-  const toClose: Array<() => Promise<void> | void> = [];
-  return {
-    name: "SqliteStore",
-    async setup() {
-      dir = mkdtempSync(path.join(os.tmpdir(), "flotilla-audit-db-"));
-    },
-    async teardown() {
-      rmSync(dir, { recursive: true, force: true });
-    },
-    async cleanup() {
-      for (const c of toClose.splice(0)) await c();
-    },
-    async fresh() {
-      const file = path.join(dir, `audit-${++n}.db`);
-      const open = async (): Promise<ControllerStore> => {
-        const s = new SqliteStore(file);
-        await s.init();
-        toClose.push(() => s.close());
-        return s;
-      };
-      const store = await open();
-      const raw = new Database(file, { timeout: 5000 });
-      toClose.push(() => { raw.close(); });
-      return {
-        store,
-        another: open,
-        async sql(text) {
-          const st = raw.prepare(text);
-          if (st.reader) return st.all() as Array<Record<string, unknown>>;
-          st.run();
-          return [];
-        },
-      };
-    },
-  };
-}
-
-function postgres(): Backend {
-  let db: TestDatabase | undefined;
-  const toClose: Array<() => Promise<void>> = [];
-  return {
-    name: "PostgresStore",
-    async setup() {
-      db = await createTestDatabase("audit_log");
-    },
-    async teardown() {
-      await db?.drop();
-    },
-    async cleanup() {
-      for (const c of toClose.splice(0)) await c();
-    },
-    async fresh() {
-      const raw = new pg.Client({ connectionString: db!.url });
-      raw.on("error", () => undefined);
-      await raw.connect();
-      toClose.push(() => raw.end());
-      await raw.query(`DROP TABLE IF EXISTS ${TABLES}`);
-      const open = async (): Promise<ControllerStore> => {
-        const s = new PostgresStore(db!.url);
-        toClose.push(() => s.close());
-        await s.init();
-        return s;
-      };
-      return {
-        store: await open(),
-        another: open,
-        async sql(text) {
-          return (await raw.query(text)).rows as Array<Record<string, unknown>>;
-        },
-      };
-    },
-  };
-}
+import { postgresBackend, sqliteBackend, STORE_TABLES, type OpenedStore } from "../../../test/helpers/store-backends.js";
 
 async function rejectsWithCode(p: Promise<unknown>, code: string, re?: RegExp): Promise<void> {
   await assert.rejects(p, (err: unknown) => {
@@ -132,7 +36,7 @@ async function appendN(log: AuditLog, n: number): Promise<void> {
   }
 }
 
-for (const make of [sqlite, postgres]) {
+for (const make of [() => sqliteBackend("audit"), () => postgresBackend("audit_test")]) {
   const backend = make();
   describe(`AuditLog on ${backend.name}`, () => {
     before(() => backend.setup());
@@ -142,7 +46,7 @@ for (const make of [sqlite, postgres]) {
       for (const d of keyDirs.splice(0)) rmSync(d, { recursive: true, force: true });
     });
 
-    async function twentyRows(): Promise<{ log: AuditLog; sql: Opened["sql"]; checkpointFile: string; store: ControllerStore; key: Buffer }> {
+    async function twentyRows(): Promise<{ log: AuditLog; sql: OpenedStore["sql"]; checkpointFile: string; store: ControllerStore; key: Buffer }> {
       const { store, sql } = await backend.fresh();
       const { key, checkpointFile } = await keyAndCheckpoint();
       const log = new AuditLog(store, key, { checkpointFile, pageSize: 7 });
@@ -292,7 +196,7 @@ for (const make of [sqlite, postgres]) {
       assert.ok(!dump.includes("canary-pw-123"), dump);
       assert.ok(!dump.includes("canary-registered-789"), dump);
       // the key is in no table either
-      for (const table of TABLES.split(", ")) {
+      for (const table of STORE_TABLES.split(", ")) {
         const all = JSON.stringify(await sql(`SELECT * FROM ${table}`));
         assert.ok(!all.includes(key.toString("hex")) && !all.includes(key.toString("base64")), table);
       }

@@ -5,120 +5,10 @@ import assert from "node:assert/strict";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import Database from "better-sqlite3";
-import pg from "pg";
 import { FlotillaError } from "../../common/errors.js";
-import { createTestDatabase, type TestDatabase } from "../../../test/helpers/pg.js";
 import type { AuditRow, ControllerStore, NewAuditRow, RolloutDoc, ScheduleDoc } from "../core/ports.js";
 import { openStore, PostgresStore, SqliteStore } from "./index.js";
-
-interface Opened {
-  store: ControllerStore;
-  /** A second store instance (its own connection) on the same database. */
-  another(): Promise<ControllerStore>;
-  /** The same database opened again after `store` was closed. */
-  reopen(): Promise<ControllerStore>;
-  /** Runs one raw SQL statement on a separate connection; returns its rows. */
-  sql(text: string): Promise<Array<Record<string, unknown>>>;
-}
-
-interface Backend {
-  name: string;
-  setup(): Promise<void>;
-  teardown(): Promise<void>;
-  fresh(): Promise<Opened>;
-  cleanup(): Promise<void>;
-}
-
-const TABLES = "rollouts, leases, agents, schedules, schedule_fires, audit_log";
-
-function sqlite(): Backend {
-  let dir = "";
-  let n = 0;
-  const toClose: Array<() => Promise<void> | void> = [];
-  return {
-    name: "SqliteStore",
-    async setup() {
-      dir = mkdtempSync(path.join(os.tmpdir(), "flotilla-store-"));
-    },
-    async teardown() {
-      rmSync(dir, { recursive: true, force: true });
-    },
-    async cleanup() {
-      for (const c of toClose.splice(0)) await c();
-    },
-    async fresh() {
-      const file = path.join(dir, `store-${++n}.db`);
-      const open = async (): Promise<ControllerStore> => {
-        const s = new SqliteStore(file);
-        await s.init();
-        toClose.push(() => s.close());
-        return s;
-      };
-      const store = await open();
-      let raw: Database.Database | undefined;
-      return {
-        store,
-        another: open,
-        reopen: open,
-        async sql(text) {
-          if (raw === undefined) {
-            const db = new Database(file, { timeout: 5000 });
-            raw = db;
-            toClose.push(() => { db.close(); });
-          }
-          const st = raw.prepare(text);
-          if (st.reader) return st.all() as Array<Record<string, unknown>>;
-          st.run();
-          return [];
-        },
-      };
-    },
-  };
-}
-
-function postgres(): Backend {
-  let db: TestDatabase | undefined;
-  const toClose: Array<() => Promise<void>> = [];
-  const client = async (): Promise<pg.Client> => {
-    const c = new pg.Client({ connectionString: db!.url });
-    c.on("error", () => undefined);
-    await c.connect();
-    toClose.push(() => c.end());
-    return c;
-  };
-  return {
-    name: "PostgresStore",
-    async setup() {
-      db = await createTestDatabase("store_contract");
-    },
-    async teardown() {
-      await db?.drop();
-    },
-    async cleanup() {
-      for (const c of toClose.splice(0)) await c();
-    },
-    async fresh() {
-      const raw = await client();
-      await raw.query(`DROP TABLE IF EXISTS ${TABLES}`);
-      const open = async (): Promise<ControllerStore> => {
-        const s = new PostgresStore(db!.url);
-        toClose.push(() => s.close());
-        await s.init();
-        return s;
-      };
-      const store = await open();
-      return {
-        store,
-        another: open,
-        reopen: open,
-        async sql(text) {
-          return (await raw.query(text)).rows as Array<Record<string, unknown>>;
-        },
-      };
-    },
-  };
-}
+import { postgresBackend, sqliteBackend } from "../../../test/helpers/store-backends.js";
 
 function rollout(id: string, over: Partial<RolloutDoc> = {}): RolloutDoc {
   return {
@@ -168,7 +58,7 @@ async function rejectsWith(p: Promise<unknown>, code: string, re: RegExp): Promi
   });
 }
 
-for (const make of [sqlite, postgres]) {
+for (const make of [() => sqliteBackend("store"), () => postgresBackend("store_test")]) {
   const backend = make();
   describe(`ControllerStore contract: ${backend.name}`, () => {
     before(() => backend.setup());

@@ -23,6 +23,7 @@ before(async () => {
 });
 
 let standby: ChildProcess | undefined;
+let standbyUrl = "";
 
 after(async () => {
   standby?.kill("SIGKILL");
@@ -64,6 +65,7 @@ test("a second controller on the same store stands by (reads only) and takes ove
   const deadline = Date.now() + 60_000;
   while (!existsSync(join(dir, "port")) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
   const url = `http://127.0.0.1:${(JSON.parse(readFileSync(join(dir, "port"), "utf8")) as { http: number }).http}`;
+  standbyUrl = url;
   const cli = (args: string[]) => run([process.execPath, join(ROOT, "bin/flotilla.mjs"), ...args], { env: { FLOTILLA_CONTROLLER: url } });
   assert.equal((await fetch(`${url}/readyz`)).status, 503, "a standby is not ready: load balancers send calls to the leader");
   assert.equal((await fetch(`${url}/healthz`)).status, 200, "but it is alive");
@@ -87,4 +89,26 @@ test("a second controller on the same store stands by (reads only) and takes ove
   assert.equal((await fetch(`${url}/readyz`)).status, 200);
   const v = await cli(["audit", "verify"]);
   assert.equal(v.code, 0, v.stdout + v.stderr);
+});
+
+test("a schedule fires on the leader at its cron time and starts a rollout, once per slot", async () => {
+  assert.ok(standbyUrl, "runs after the takeover test: the former standby leads now");
+  const cli = (args: string[]) => run([process.execPath, join(ROOT, "bin/flotilla.mjs"), ...args], { env: { FLOTILLA_CONTROLLER: standbyUrl } });
+  const add = await cli(["schedule", "add", "every-minute", "--cron", "* * * * *", "--selector", "env=pgstore", "--strategy", "maintenance", "--window", "30m"]);
+  assert.equal(add.code, 0, add.stderr);
+  let fired: { name: string; lastRun: string; lastResult: string } | undefined;
+  const until = Date.now() + 90_000;
+  while (!fired && Date.now() < until) {
+    const r = await cli(["schedules", "--json"]);
+    const doc = JSON.parse(r.stdout) as { schedules: { name: string; lastRun: string; lastResult: string }[] };
+    fired = doc.schedules.find((x) => x.name === "every-minute" && x.lastRun !== "");
+    if (!fired) await new Promise((res) => setTimeout(res, 1000));
+  }
+  assert.ok(fired, "the schedule fired within a minute and a half");
+  assert.match(fired.lastResult, /^started r-/);
+  assert.equal((await cli(["schedule", "rm", "every-minute"])).code, 0);
+  const list = JSON.parse((await cli(["rollouts", "--json"])).stdout) as { rollouts: { spec: { schedule: string }; actor: string }[] };
+  const scheduled = list.rollouts.filter((x) => x.spec.schedule === "every-minute");
+  assert.ok(scheduled.length >= 1 && scheduled.length <= 2, `one rollout per fired slot (${scheduled.length})`);
+  assert.ok(scheduled.every((x) => x.actor === "schedule:every-minute"));
 });

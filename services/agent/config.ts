@@ -1,6 +1,6 @@
 import { dirname, isAbsolute, resolve } from "node:path";
 import {
-  ConfigProblems, HOST_PORT, argvList, deepFreeze, flagValue, isObj, parseConfigText, str, type Obj,
+  ConfigProblems, HOST_PORT, argvList, deepFreeze, flagValue, isObj, parseConfigText, str,
 } from "../common/config-helpers.js";
 import { FlotillaError } from "../common/errors.js";
 import type { DatabaseKind } from "./core/ports.js";

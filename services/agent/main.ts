@@ -76,6 +76,7 @@ export async function startAgent(config: AgentConfig, log: Logger): Promise<Runn
   }
   const ops = new AgentOperations({
     config, targets, journal, log, appControl: new AppControl(runner),
+    heartbeatMs: Number(process.env.FLOTILLA_HEARTBEAT_MS ?? 15_000),
     runHook: async (argv, onLine, signal) => {
       const r = await runner.run({ argv, timeoutMs: 120_000, onLine: (l) => onLine(l), ...(signal ? { signal } : {}) });
       return { ok: r.exitCode === 0, detail: r.exitCode === 0 ? `hook ${argv.join(" ")} ok` : describeRun(argv[0]!, r) + (r.stderr ? `: ${r.stderr.trim().split("\n").at(-1)}` : "") };

@@ -10,7 +10,7 @@ import type { BackupCatalog, BackupManifest } from "./adapters/backup-catalog.js
 import type { SqliteJournal } from "./adapters/sqlite-journal.js";
 import { killOrphans } from "./adapters/orphans.js";
 import type { AlembicPort, AlembicRun, DatabaseAdapter, ProgressFn } from "./core/ports.js";
-import { pendingBetween, resolveTarget, unknownRevisions, isBehind } from "./core/revisions.js";
+import { resolveTarget } from "./core/revisions.js";
 import { diagnose, type DiagnoseFacts, type Finding } from "./core/diagnose.js";
 
 /** What an operation streams to its caller. */
@@ -57,6 +57,8 @@ export interface OperationsDeps {
   readonly journal: SqliteJournal;
   readonly appControl: AppControl;
   readonly log: Logger;
+  /** Silence after which a running Alembic step reports that it is still alive. */
+  readonly heartbeatMs: number;
   readonly runHook: (argv: readonly string[], onLine: (l: string) => void, signal?: AbortSignal) => Promise<{ ok: boolean; detail: string }>;
 }
 
@@ -64,8 +66,6 @@ export interface OperationsDeps {
 export const OPERATION_ENV = "FLOTILLA_OPERATION_ID";
 
 const STAMP_REASONS = ["created-with-create-all", "imported-backup", "applied-by-hand"] as const;
-/** Silence after which a running Alembic step reports that it is still alive. */
-const HEARTBEAT_MS = Number(process.env.FLOTILLA_HEARTBEAT_MS ?? 15_000);
 const OP_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
 
 class Refusal extends FlotillaError {}
@@ -135,9 +135,9 @@ export class AgentOperations {
     let pending: { id: string; down: string[]; message: string }[] = [];
     let currentKnown = true;
     if (graph) {
-      currentKnown = unknownRevisions(graph, current).length === 0;
+      currentKnown = graph.unknown(current).length === 0;
       if (currentKnown && graph.heads.length >= 1) {
-        const ids = graph.heads.flatMap((h) => pendingBetween(graph, current, h));
+        const ids = graph.heads.flatMap((h) => graph.pending(current, h));
         pending = [...new Set(ids)].map((id) => {
           const n = graph.revisions.get(id)!;
           return { id, down: [...n.down], message: n.message };
@@ -164,8 +164,8 @@ export class AgentOperations {
     const current = exists ? await t.db.readRevisions().catch(() => null) : null;
     const tables = exists ? await t.db.listTables().catch(() => [] as string[]) : [];
     const known = graph ? [...graph.revisions.keys()] : [];
-    const pendingIds = graph && current && unknownRevisions(graph, current).length === 0 && graph.heads.length === 1
-      ? pendingBetween(graph, current, graph.heads[0]!) : graph && current === null && graph.heads.length === 1 ? pendingBetween(graph, [], graph.heads[0]!) : [];
+    const pendingIds = graph && current && graph.unknown(current).length === 0 && graph.heads.length === 1
+      ? graph.pending(current, graph.heads[0]!) : graph && current === null && graph.heads.length === 1 ? graph.pending([], graph.heads[0]!) : [];
     const preexisting = exists && graph ? await this.preexistingObjects(t, current ?? [], pendingIds, tables).catch(() => []) : [];
     const holders = exists ? await t.db.holders().catch(() => []) : [];
     const apps = await this.appStates(t);
@@ -228,13 +228,13 @@ export class AgentOperations {
     const graph = await t.alembic.graph();
     const target = resolveTarget(graph, to);
     const current = (await t.db.readRevisions()) ?? [];
-    const unknown = unknownRevisions(graph, current);
+    const unknown = graph.unknown(current);
     if (unknown.length > 0) refuse("UNKNOWN_REVISION", this.skewMessage(targetId, unknown));
     const notes: string[] = [];
-    if (isBehind(graph, current, target) && !current.includes(target)) {
+    if (graph.ancestorsOrSelf(current).has(target) && !current.includes(target)) {
       notes.push(`${target} is older than the database's revision ${current.join(", ")}: that is a downgrade (flotilla downgrade ${targetId} --to ${target} --accept-data-loss)`);
     }
-    const pending = pendingBetween(graph, current, target);
+    const pending = graph.pending(current, target);
     const parts: string[] = [];
     let sqlComplete = true;
     let from: string | null = current.length === 1 ? current[0]! : null;
@@ -487,12 +487,12 @@ export class AgentOperations {
       const before = (await db.readRevisions()) ?? [];
       result.revisionBefore = before;
       this.d.journal.update(id, { revisionBefore: before });
-      const unknown = unknownRevisions(graph, before);
+      const unknown = graph.unknown(before);
       if (unknown.length > 0) refuse("UNKNOWN_REVISION", this.skewMessage(t.config.id, unknown));
-      if (before.length > 0 && isBehind(graph, before, target) && !before.includes(target)) {
+      if (before.length > 0 && graph.ancestorsOrSelf(before).has(target) && !before.includes(target)) {
         refuse("INVALID_ARGUMENT", `${target} is older than the database's revision ${before.join(", ")}: use flotilla downgrade ${t.config.id} --to ${target} --accept-data-loss`);
       }
-      const pending = pendingBetween(graph, before, target);
+      const pending = graph.pending(before, target);
       if (pending.length === 0) {
         return { revisionAfter: before, message: `${t.config.id} is already at ${target}; nothing to do` };
       }
@@ -536,13 +536,13 @@ export class AgentOperations {
         let lastLine = stepStart;
         let lastSize = await db.sizeBytes().catch(() => 0);
         const heartbeat = setInterval(() => {
-          if (performance.now() - lastLine < HEARTBEAT_MS) return;
+          if (performance.now() - lastLine < this.d.heartbeatMs) return;
           void db.sizeBytes().catch(() => 0).then((size) => {
             const moved = size !== lastSize ? `database size ${Math.round(size / 1e6)} MB (changing)` : "database size unchanged";
             lastSize = size;
             progress({ source: "agent", line: `still running ${rev}: ${Math.round((performance.now() - stepStart) / 1000)}s elapsed, no output for ${Math.round((performance.now() - lastLine) / 1000)}s; ${moved}` });
           });
-        }, HEARTBEAT_MS);
+        }, this.d.heartbeatMs);
         heartbeat.unref();
         const run = await alembic.upgrade(rev, {
           extraEnv, timeoutMs: t.config.alembic.timeoutMs, ...(signal ? { signal } : {}),
@@ -570,8 +570,6 @@ export class AgentOperations {
         let restored = false;
         if (!untouched) {
           progress({ source: "agent", line: `migration failed at ${failed.rev} with the database changed (${t.config.kind === "sqlite" ? "SQLite DDL is not transactional" : "earlier revisions committed"}); restoring backup ${backup.id}` });
-          const stoppedOnline = req.online ? [] : [];
-          void stoppedOnline;
           result.revisionAfter = await this.restoreAndProve(db, backup, emit, progress, signal);
           restored = true;
         } else {
@@ -618,10 +616,10 @@ export class AgentOperations {
         const alembic = t.alembicFor(copy.url);
         const before = (await copy.adapter.readRevisions()) ?? [];
         result.revisionBefore = before;
-        const unknown = unknownRevisions(graph, before);
+        const unknown = graph.unknown(before);
         if (unknown.length > 0) refuse("UNKNOWN_REVISION", this.skewMessage(t.config.id, unknown));
         const timings: OpResult["timings"] = [];
-        for (const rev of pendingBetween(graph, before, target)) {
+        for (const rev of graph.pending(before, target)) {
           const run = await alembic.upgrade(rev, { timeoutMs: t.config.alembic.timeoutMs, ...(signal ? { signal } : {}), onLine: (line) => progress({ source: "alembic", line }) });
           if (!run.ok) {
             result.timings = timings;
@@ -649,10 +647,10 @@ export class AgentOperations {
       const graph = await t.alembic.graph();
       const before = (await t.db.readRevisions()) ?? [];
       result.revisionBefore = before;
-      const unknown = unknownRevisions(graph, before);
+      const unknown = graph.unknown(before);
       if (unknown.length > 0) refuse("UNKNOWN_REVISION", this.skewMessage(t.config.id, unknown));
       const target = req.toRevision === "base" ? "base" : resolveTarget(graph, req.toRevision);
-      if (target !== "base" && !isBehind(graph, before, target)) refuse("INVALID_ARGUMENT", `${target} is not older than the database's revision ${before.join(",")}; to move forward use a rollout`);
+      if (target !== "base" && !graph.ancestorsOrSelf(before).has(target)) refuse("INVALID_ARGUMENT", `${target} is not older than the database's revision ${before.join(",")}; to move forward use a rollout`);
       if (target !== "base" && before.includes(target)) return { revisionAfter: before, message: `${t.config.id} is already at ${target}` };
       await this.assertNotHeld(t, t.db, true);
       const backup = await this.takeBackup(t, t.db, id, "", true, emit, progress, signal);
@@ -682,7 +680,7 @@ export class AgentOperations {
       const rev = resolveTarget(graph, req.revision);
       const before = await t.db.readRevisions();
       result.revisionBefore = before ?? [];
-      const unknown = unknownRevisions(graph, before ?? []);
+      const unknown = graph.unknown(before ?? []);
       let purge = false;
       if (req.reason === "created-with-create-all") {
         if (before !== null && before.length > 0) refuse("STAMP_REFUSED", `the database already records revision ${before.join(",")}: created-with-create-all is for databases without Alembic history`);

@@ -1,4 +1,4 @@
-import { timingSafeEqual } from "node:crypto";
+import { randomUUID, timingSafeEqual } from "node:crypto";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { OperationEventSchema, OperationResultSchema } from "../common/gen/flotilla/v1/agent_pb.js";
 import type { ControllerService, RolloutSchema, RolloutEventSchema } from "../common/gen/flotilla/v1/controller_pb.js";
@@ -16,7 +16,6 @@ import type { Inventory } from "./inventory.js";
 import type { RolloutEngine } from "./rollout-engine.js";
 import { Scheduler } from "./scheduler.js";
 import { parseDuration } from "../common/config-helpers.js";
-import { randomUUID } from "node:crypto";
 
 type RolloutInit = MessageInitShape<typeof RolloutSchema>;
 type OpResultShape = import("@bufbuild/protobuf").MessageShape<typeof OperationResultSchema>;

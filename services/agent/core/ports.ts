@@ -105,6 +105,12 @@ export interface GraphView {
   readonly branchpoints: readonly string[];
   /** Hash of the versions folders the graph was built from. */
   readonly hash: string;
+  /** Revisions an upgrade from `current` to `target` applies, parents first. */
+  pending(current: readonly string[], target: string): string[];
+  /** The revisions and everything below them (all ids must be known). */
+  ancestorsOrSelf(ids: readonly string[]): Set<string>;
+  /** The ids the graph does not contain (version skew). */
+  unknown(ids: readonly string[]): string[];
 }
 
 export interface AlembicFailureInfo {

@@ -1,7 +1,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { create, fromJson, toJson, type DescMessage, type JsonValue } from "@bufbuild/protobuf";
 import { Metadata } from "@grpc/grpc-js";
-import { ControllerService, AuditEntrySchema } from "../../common/gen/flotilla/v1/controller_pb.js";
+import { ControllerService } from "../../common/gen/flotilla/v1/controller_pb.js";
 import { FlotillaError, httpStatusOf, toFlotillaError } from "../../common/errors.js";
 import type { CallContext, ServiceImpl } from "../../common/grpc-bridge.js";
 import type { Logger } from "../../common/logger.js";
@@ -138,4 +138,3 @@ export function createHttpGateway(
   });
 }
 
-export { AuditEntrySchema };

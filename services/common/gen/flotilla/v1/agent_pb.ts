@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file flotilla/v1/agent.proto.
  */
 export const file_flotilla_v1_agent: GenFile = /*@__PURE__*/
-  fileDesc("ChdmbG90aWxsYS92MS9hZ2VudC5wcm90bxILZmxvdGlsbGEudjEiEAoOR2V0SW5mb1JlcXVlc3QihgEKD0dldEluZm9SZXNwb25zZRIQCghhZ2VudF9pZBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgJEigKB3RhcmdldHMYAyADKAsyFy5mbG90aWxsYS52MS5UYXJnZXRJbmZvEiYKBGFwcHMYBCADKAsyGC5mbG90aWxsYS52MS5BcHBJbnN0YW5jZSKwAQoKVGFyZ2V0SW5mbxIKCgJpZBgBIAEoCRIMCgRraW5kGAIgASgJEjMKBmxhYmVscxgDIAMoCzIjLmZsb3RpbGxhLnYxLlRhcmdldEluZm8uTGFiZWxzRW50cnkSEgoKYmx1ZV9ncmVlbhgEIAEoCBIQCghkYXRhYmFzZRgFIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIloKC0FwcEluc3RhbmNlEgoKAmlkGAEgASgJEhEKCXRhcmdldF9pZBgCIAEoCRINCgVjb2xvchgDIAEoCRINCgVzdGF0ZRgEIAEoCRIOCgZkZXRhaWwYBSABKAkiJQoQR2V0U3RhdHVzUmVxdWVzdBIRCgl0YXJnZXRfaWQYASABKAkiOQoMUmV2aXNpb25JbmZvEgoKAmlkGAEgASgJEgwKBGRvd24YAiADKAkSDwoHbWVzc2FnZRgDIAEoCSL1AQoKQmFja3VwSW5mbxIKCgJpZBgBIAEoCRIRCgl0YXJnZXRfaWQYAiABKAkSDAoEa2luZBgDIAEoCRISCgpzaXplX2J5dGVzGAQgASgDEg4KBnNoYTI1NhgFIAEoCRIRCglyZXZpc2lvbnMYBiADKAkSEgoKY3JlYXRlZF9hdBgHIAEoCRIQCgh2ZXJpZmllZBgIIAEoCBITCgt2ZXJpZmllZF9hdBgJIAEoCRIUCgx2ZXJpZmljYXRpb24YCiABKAkSFAoMb3BlcmF0aW9uX2lkGAsgASgJEg4KBnNvdXJjZRgMIAEoCRIMCgRwYXRoGA0gASgJIsgDCgxUYXJnZXRTdGF0dXMSEQoJdGFyZ2V0X2lkGAEgASgJEgwKBGtpbmQYAiABKAkSNQoGbGFiZWxzGAMgAygLMiUuZmxvdGlsbGEudjEuVGFyZ2V0U3RhdHVzLkxhYmVsc0VudHJ5Eg8KB2N1cnJlbnQYBCADKAkSDQoFaGVhZHMYBSADKAkSKgoHcGVuZGluZxgGIAMoCzIZLmZsb3RpbGxhLnYxLlJldmlzaW9uSW5mbxImCgRhcHBzGAcgAygLMhguZmxvdGlsbGEudjEuQXBwSW5zdGFuY2USNQoUbGFzdF92ZXJpZmllZF9iYWNrdXAYCCABKAsyFy5mbG90aWxsYS52MS5CYWNrdXBJbmZvEhkKEWJ1c3lfb3BlcmF0aW9uX2lkGAkgASgJEiEKGWludGVycnVwdGVkX29wZXJhdGlvbl9pZHMYCiADKAkSDQoFZXJyb3IYCyABKAkSFQoNY3VycmVudF9rbm93bhgMIAEoCBIQCghhZ2VudF9pZBgNIAEoCRIQCghkYXRhYmFzZRgOIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIiQKD0RpYWdub3NlUmVxdWVzdBIRCgl0YXJnZXRfaWQYASABKAkiUQoHRmluZGluZxIMCgRjb2RlGAEgASgJEhAKCHNldmVyaXR5GAIgASgJEgwKBHdoYXQYAyABKAkSCwoDd2h5GAQgASgJEgsKA2ZpeBgFIAEoCSJfChBEaWFnbm9zZVJlc3BvbnNlEhEKCXRhcmdldF9pZBgBIAEoCRImCghmaW5kaW5ncxgCIAMoCzIULmZsb3RpbGxhLnYxLkZpbmRpbmcSEAoIcHJvYmxlbXMYAyABKAgiNQoLUGxhblJlcXVlc3QSEQoJdGFyZ2V0X2lkGAEgASgJEhMKC3RvX3JldmlzaW9uGAIgASgJIrwBCgxQbGFuUmVzcG9uc2USEQoJdGFyZ2V0X2lkGAEgASgJEg8KB2N1cnJlbnQYAiADKAkSEwoLdG9fcmV2aXNpb24YAyABKAkSKgoHcGVuZGluZxgEIAMoCzIZLmZsb3RpbGxhLnYxLlJldmlzaW9uSW5mbxILCgNzcWwYBSABKAkSFAoMc3FsX2NvbXBsZXRlGAYgASgIEg0KBW5vdGVzGAcgAygJEhUKDWFkZGl0aXZlX29ubHkYCCABKAgiJwoSTGlzdEJhY2t1cHNSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCSI/ChNMaXN0QmFja3Vwc1Jlc3BvbnNlEigKB2JhY2t1cHMYASADKAsyFy5mbG90aWxsYS52MS5CYWNrdXBJbmZvIisKE0dldE9wZXJhdGlvblJlcXVlc3QSFAoMb3BlcmF0aW9uX2lkGAEgASgJIjkKFUxpc3RPcGVyYXRpb25zUmVxdWVzdBIRCgl0YXJnZXRfaWQYASABKAkSDQoFbGltaXQYAiABKAUiSgoWTGlzdE9wZXJhdGlvbnNSZXNwb25zZRIwCgpvcGVyYXRpb25zGAEgAygLMhwuZmxvdGlsbGEudjEuT3BlcmF0aW9uUmVjb3JkIogCCg9PcGVyYXRpb25SZWNvcmQSCgoCaWQYASABKAkSEQoJdGFyZ2V0X2lkGAIgASgJEgwKBGtpbmQYAyABKAkSDQoFc3RhdGUYBCABKAkSEgoKc3RhcnRlZF9hdBgFIAEoCRITCgtmaW5pc2hlZF9hdBgGIAEoCRIRCgliYWNrdXBfaWQYByABKAkSFwoPcmV2aXNpb25fYmVmb3JlGAggAygJEhYKDnJldmlzaW9uX2FmdGVyGAkgAygJEhMKC3RvX3JldmlzaW9uGAogASgJEhIKCmVycm9yX2NvZGUYCyABKAkSDwoHbWVzc2FnZRgMIAEoCRISCgpyb2xsb3V0X2lkGA0gASgJIlwKDUJhY2t1cFJlcXVlc3QSEQoJdGFyZ2V0X2lkGAEgASgJEhQKDG9wZXJhdGlvbl9pZBgCIAEoCRISCgpyb2xsb3V0X2lkGAMgASgJEg4KBnZlcmlmeRgEIAEoCCJRChNWZXJpZnlCYWNrdXBSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCRIRCgliYWNrdXBfaWQYAiABKAkSFAoMb3BlcmF0aW9uX2lkGAMgASgJImEKDlJlc3RvcmVSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCRIRCgliYWNrdXBfaWQYAiABKAkSFAoMb3BlcmF0aW9uX2lkGAMgASgJEhMKC21hbmFnZV9hcHBzGAQgASgIIsIBCg5NaWdyYXRlUmVxdWVzdBIRCgl0YXJnZXRfaWQYASABKAkSEwoLdG9fcmV2aXNpb24YAiABKAkSFAoMb3BlcmF0aW9uX2lkGAMgASgJEhIKCnJvbGxvdXRfaWQYBCABKAkSEQoJYmFja3VwX2lkGAUgASgJEhMKC3Rha2VfYmFja3VwGAYgASgIEg4KBm9ubGluZRgHIAEoCBINCgVncmVlbhgIIAEoCBIXCg9sb2NrX3RpbWVvdXRfbXMYCSABKAUiTwoPUmVoZWFyc2VSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCRITCgt0b19yZXZpc2lvbhgCIAEoCRIUCgxvcGVyYXRpb25faWQYAyABKAkiagoQRG93bmdyYWRlUmVxdWVzdBIRCgl0YXJnZXRfaWQYASABKAkSEwoLdG9fcmV2aXNpb24YAiABKAkSFAoMb3BlcmF0aW9uX2lkGAMgASgJEhgKEGFjY2VwdF9kYXRhX2xvc3MYBCABKAgiWQoMU3RhbXBSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCRIQCghyZXZpc2lvbhgCIAEoCRIUCgxvcGVyYXRpb25faWQYAyABKAkSDgoGcmVhc29uGAQgASgJIkUKC0FwcHNSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCRIUCgxvcGVyYXRpb25faWQYAiABKAkSDQoFY29sb3IYAyABKAkiSQoOSGVhbHRoUmVzcG9uc2USJgoEYXBwcxgBIAMoCzIYLmZsb3RpbGxhLnYxLkFwcEluc3RhbmNlEg8KB2hlYWx0aHkYAiABKAgiSwoMQ2xvbmVSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCRIUCgxvcGVyYXRpb25faWQYAiABKAkSEgoKcm9sbG91dF9pZBgDIAEoCSJHCg1Td2l0Y2hSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCRIUCgxvcGVyYXRpb25faWQYAiABKAkSDQoFY29sb3IYAyABKAkiYwoOUmVjb3ZlclJlcXVlc3QSEQoJdGFyZ2V0X2lkGAEgASgJEhQKDG9wZXJhdGlvbl9pZBgCIAEoCRIOCgZhY3Rpb24YAyABKAkSGAoQbmV3X29wZXJhdGlvbl9pZBgEIAEoCSJRCghQcm9ncmVzcxIOCgZzb3VyY2UYASABKAkSDAoEbGluZRgCIAEoCRISCgpieXRlc19kb25lGAMgASgDEhMKC2J5dGVzX3RvdGFsGAQgASgDIk0KCVN0ZXBFdmVudBIMCgRuYW1lGAEgASgJEg0KBXN0YXRlGAIgASgJEg4KBmRldGFpbBgDIAEoCRITCgtkdXJhdGlvbl9tcxgEIAEoAyJiCg5SZXZpc2lvblRpbWluZxIVCg1mcm9tX3JldmlzaW9uGAEgASgJEhMKC3RvX3JldmlzaW9uGAIgASgJEhMKC2R1cmF0aW9uX21zGAMgASgDEg8KB21lc3NhZ2UYBCABKAkisQMKD09wZXJhdGlvblJlc3VsdBIUCgxvcGVyYXRpb25faWQYASABKAkSDAoEa2luZBgCIAEoCRIOCgZzdGF0dXMYAyABKAkSEgoKZXJyb3JfY29kZRgEIAEoCRIPCgdtZXNzYWdlGAUgASgJEhcKD3JldmlzaW9uX2JlZm9yZRgGIAMoCRIWCg5yZXZpc2lvbl9hZnRlchgHIAMoCRInCgZiYWNrdXAYCCABKAsyFy5mbG90aWxsYS52MS5CYWNrdXBJbmZvEiwKB3RpbWluZ3MYCSADKAsyGy5mbG90aWxsYS52MS5SZXZpc2lvblRpbWluZxIVCg1mYWlsdXJlX2NsYXNzGAogASgJEhAKCHJlc3RvcmVkGAsgASgIEhMKC291dHB1dF90YWlsGAwgASgJEhMKC2R1cmF0aW9uX21zGA0gASgDEjoKB2RldGFpbHMYDiADKAsyKS5mbG90aWxsYS52MS5PcGVyYXRpb25SZXN1bHQuRGV0YWlsc0VudHJ5Gi4KDERldGFpbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIpwBCg5PcGVyYXRpb25FdmVudBIpCghwcm9ncmVzcxgBIAEoCzIVLmZsb3RpbGxhLnYxLlByb2dyZXNzSAASJgoEc3RlcBgCIAEoCzIWLmZsb3RpbGxhLnYxLlN0ZXBFdmVudEgAEi4KBnJlc3VsdBgDIAEoCzIcLmZsb3RpbGxhLnYxLk9wZXJhdGlvblJlc3VsdEgAQgcKBWV2ZW50MrkLCgxBZ2VudFNlcnZpY2USRAoHR2V0SW5mbxIbLmZsb3RpbGxhLnYxLkdldEluZm9SZXF1ZXN0GhwuZmxvdGlsbGEudjEuR2V0SW5mb1Jlc3BvbnNlEkUKCUdldFN0YXR1cxIdLmZsb3RpbGxhLnYxLkdldFN0YXR1c1JlcXVlc3QaGS5mbG90aWxsYS52MS5UYXJnZXRTdGF0dXMSRwoIRGlhZ25vc2USHC5mbG90aWxsYS52MS5EaWFnbm9zZVJlcXVlc3QaHS5mbG90aWxsYS52MS5EaWFnbm9zZVJlc3BvbnNlEjsKBFBsYW4SGC5mbG90aWxsYS52MS5QbGFuUmVxdWVzdBoZLmZsb3RpbGxhLnYxLlBsYW5SZXNwb25zZRJQCgtMaXN0QmFja3VwcxIfLmZsb3RpbGxhLnYxLkxpc3RCYWNrdXBzUmVxdWVzdBogLmZsb3RpbGxhLnYxLkxpc3RCYWNrdXBzUmVzcG9uc2USTgoMR2V0T3BlcmF0aW9uEiAuZmxvdGlsbGEudjEuR2V0T3BlcmF0aW9uUmVxdWVzdBocLmZsb3RpbGxhLnYxLk9wZXJhdGlvblJlY29yZBJZCg5MaXN0T3BlcmF0aW9ucxIiLmZsb3RpbGxhLnYxLkxpc3RPcGVyYXRpb25zUmVxdWVzdBojLmZsb3RpbGxhLnYxLkxpc3RPcGVyYXRpb25zUmVzcG9uc2USQwoGQmFja3VwEhouZmxvdGlsbGEudjEuQmFja3VwUmVxdWVzdBobLmZsb3RpbGxhLnYxLk9wZXJhdGlvbkV2ZW50MAESTwoMVmVyaWZ5QmFja3VwEiAuZmxvdGlsbGEudjEuVmVyaWZ5QmFja3VwUmVxdWVzdBobLmZsb3RpbGxhLnYxLk9wZXJhdGlvbkV2ZW50MAESRQoHUmVzdG9yZRIbLmZsb3RpbGxhLnYxLlJlc3RvcmVSZXF1ZXN0GhsuZmxvdGlsbGEudjEuT3BlcmF0aW9uRXZlbnQwARJFCgdNaWdyYXRlEhsuZmxvdGlsbGEudjEuTWlncmF0ZVJlcXVlc3QaGy5mbG90aWxsYS52MS5PcGVyYXRpb25FdmVudDABEkcKCFJlaGVhcnNlEhwuZmxvdGlsbGEudjEuUmVoZWFyc2VSZXF1ZXN0GhsuZmxvdGlsbGEudjEuT3BlcmF0aW9uRXZlbnQwARJJCglEb3duZ3JhZGUSHS5mbG90aWxsYS52MS5Eb3duZ3JhZGVSZXF1ZXN0GhsuZmxvdGlsbGEudjEuT3BlcmF0aW9uRXZlbnQwARJBCgVTdGFtcBIZLmZsb3RpbGxhLnYxLlN0YW1wUmVxdWVzdBobLmZsb3RpbGxhLnYxLk9wZXJhdGlvbkV2ZW50MAESQwoIU3RvcEFwcHMSGC5mbG90aWxsYS52MS5BcHBzUmVxdWVzdBobLmZsb3RpbGxhLnYxLk9wZXJhdGlvbkV2ZW50MAESRAoJU3RhcnRBcHBzEhguZmxvdGlsbGEudjEuQXBwc1JlcXVlc3QaGy5mbG90aWxsYS52MS5PcGVyYXRpb25FdmVudDABEkQKC0NoZWNrSGVhbHRoEhguZmxvdGlsbGEudjEuQXBwc1JlcXVlc3QaGy5mbG90aWxsYS52MS5IZWFsdGhSZXNwb25zZRJBCgVDbG9uZRIZLmZsb3RpbGxhLnYxLkNsb25lUmVxdWVzdBobLmZsb3RpbGxhLnYxLk9wZXJhdGlvbkV2ZW50MAESQwoGU3dpdGNoEhouZmxvdGlsbGEudjEuU3dpdGNoUmVxdWVzdBobLmZsb3RpbGxhLnYxLk9wZXJhdGlvbkV2ZW50MAESRQoHUmVjb3ZlchIbLmZsb3RpbGxhLnYxLlJlY292ZXJSZXF1ZXN0GhsuZmxvdGlsbGEudjEuT3BlcmF0aW9uRXZlbnQwAWIGcHJvdG8z");
+  fileDesc("ChdmbG90aWxsYS92MS9hZ2VudC5wcm90bxILZmxvdGlsbGEudjEiEAoOR2V0SW5mb1JlcXVlc3QihgEKD0dldEluZm9SZXNwb25zZRIQCghhZ2VudF9pZBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgJEigKB3RhcmdldHMYAyADKAsyFy5mbG90aWxsYS52MS5UYXJnZXRJbmZvEiYKBGFwcHMYBCADKAsyGC5mbG90aWxsYS52MS5BcHBJbnN0YW5jZSKwAQoKVGFyZ2V0SW5mbxIKCgJpZBgBIAEoCRIMCgRraW5kGAIgASgJEjMKBmxhYmVscxgDIAMoCzIjLmZsb3RpbGxhLnYxLlRhcmdldEluZm8uTGFiZWxzRW50cnkSEgoKYmx1ZV9ncmVlbhgEIAEoCBIQCghkYXRhYmFzZRgFIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIloKC0FwcEluc3RhbmNlEgoKAmlkGAEgASgJEhEKCXRhcmdldF9pZBgCIAEoCRINCgVjb2xvchgDIAEoCRINCgVzdGF0ZRgEIAEoCRIOCgZkZXRhaWwYBSABKAkiJQoQR2V0U3RhdHVzUmVxdWVzdBIRCgl0YXJnZXRfaWQYASABKAkiOQoMUmV2aXNpb25JbmZvEgoKAmlkGAEgASgJEgwKBGRvd24YAiADKAkSDwoHbWVzc2FnZRgDIAEoCSL1AQoKQmFja3VwSW5mbxIKCgJpZBgBIAEoCRIRCgl0YXJnZXRfaWQYAiABKAkSDAoEa2luZBgDIAEoCRISCgpzaXplX2J5dGVzGAQgASgDEg4KBnNoYTI1NhgFIAEoCRIRCglyZXZpc2lvbnMYBiADKAkSEgoKY3JlYXRlZF9hdBgHIAEoCRIQCgh2ZXJpZmllZBgIIAEoCBITCgt2ZXJpZmllZF9hdBgJIAEoCRIUCgx2ZXJpZmljYXRpb24YCiABKAkSFAoMb3BlcmF0aW9uX2lkGAsgASgJEg4KBnNvdXJjZRgMIAEoCRIMCgRwYXRoGA0gASgJIukDCgxUYXJnZXRTdGF0dXMSEQoJdGFyZ2V0X2lkGAEgASgJEgwKBGtpbmQYAiABKAkSNQoGbGFiZWxzGAMgAygLMiUuZmxvdGlsbGEudjEuVGFyZ2V0U3RhdHVzLkxhYmVsc0VudHJ5Eg8KB2N1cnJlbnQYBCADKAkSDQoFaGVhZHMYBSADKAkSKgoHcGVuZGluZxgGIAMoCzIZLmZsb3RpbGxhLnYxLlJldmlzaW9uSW5mbxImCgRhcHBzGAcgAygLMhguZmxvdGlsbGEudjEuQXBwSW5zdGFuY2USNQoUbGFzdF92ZXJpZmllZF9iYWNrdXAYCCABKAsyFy5mbG90aWxsYS52MS5CYWNrdXBJbmZvEhkKEWJ1c3lfb3BlcmF0aW9uX2lkGAkgASgJEiEKGWludGVycnVwdGVkX29wZXJhdGlvbl9pZHMYCiADKAkSDQoFZXJyb3IYCyABKAkSFQoNY3VycmVudF9rbm93bhgMIAEoCBIQCghhZ2VudF9pZBgNIAEoCRIQCghkYXRhYmFzZRgOIAEoCRINCgVzdGF0ZRgPIAEoCRIQCghwcm9ibGVtcxgQIAMoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIiQKD0RpYWdub3NlUmVxdWVzdBIRCgl0YXJnZXRfaWQYASABKAkiUQoHRmluZGluZxIMCgRjb2RlGAEgASgJEhAKCHNldmVyaXR5GAIgASgJEgwKBHdoYXQYAyABKAkSCwoDd2h5GAQgASgJEgsKA2ZpeBgFIAEoCSJfChBEaWFnbm9zZVJlc3BvbnNlEhEKCXRhcmdldF9pZBgBIAEoCRImCghmaW5kaW5ncxgCIAMoCzIULmZsb3RpbGxhLnYxLkZpbmRpbmcSEAoIcHJvYmxlbXMYAyABKAgiNQoLUGxhblJlcXVlc3QSEQoJdGFyZ2V0X2lkGAEgASgJEhMKC3RvX3JldmlzaW9uGAIgASgJIuoBCgxQbGFuUmVzcG9uc2USEQoJdGFyZ2V0X2lkGAEgASgJEg8KB2N1cnJlbnQYAiADKAkSEwoLdG9fcmV2aXNpb24YAyABKAkSKgoHcGVuZGluZxgEIAMoCzIZLmZsb3RpbGxhLnYxLlJldmlzaW9uSW5mbxILCgNzcWwYBSABKAkSFAoMc3FsX2NvbXBsZXRlGAYgASgIEg0KBW5vdGVzGAcgAygJEhUKDWFkZGl0aXZlX29ubHkYCCABKAgSLAoJcmV2aXNpb25zGAkgAygLMhkuZmxvdGlsbGEudjEuUmV2aXNpb25QbGFuIsgBCgxSZXZpc2lvblBsYW4SCgoCaWQYASABKAkSFQoNZG93bl9yZXZpc2lvbhgCIAEoCRIPCgdtZXNzYWdlGAMgASgJEgsKA3NxbBgEIAEoCRIQCghyZW5kZXJlZBgFIAEoCBIbChNub3RfcmVuZGVyZWRfcmVhc29uGAYgASgJEhUKDWNvbXBhdGliaWxpdHkYByABKAkSHAoUY29tcGF0aWJpbGl0eV9yZWFzb24YCCABKAkSEwoLZXN0aW1hdGVfbXMYCSABKAMiJwoSTGlzdEJhY2t1cHNSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCSI/ChNMaXN0QmFja3Vwc1Jlc3BvbnNlEigKB2JhY2t1cHMYASADKAsyFy5mbG90aWxsYS52MS5CYWNrdXBJbmZvIisKE0dldE9wZXJhdGlvblJlcXVlc3QSFAoMb3BlcmF0aW9uX2lkGAEgASgJIjkKFUxpc3RPcGVyYXRpb25zUmVxdWVzdBIRCgl0YXJnZXRfaWQYASABKAkSDQoFbGltaXQYAiABKAUiSgoWTGlzdE9wZXJhdGlvbnNSZXNwb25zZRIwCgpvcGVyYXRpb25zGAEgAygLMhwuZmxvdGlsbGEudjEuT3BlcmF0aW9uUmVjb3JkIogCCg9PcGVyYXRpb25SZWNvcmQSCgoCaWQYASABKAkSEQoJdGFyZ2V0X2lkGAIgASgJEgwKBGtpbmQYAyABKAkSDQoFc3RhdGUYBCABKAkSEgoKc3RhcnRlZF9hdBgFIAEoCRITCgtmaW5pc2hlZF9hdBgGIAEoCRIRCgliYWNrdXBfaWQYByABKAkSFwoPcmV2aXNpb25fYmVmb3JlGAggAygJEhYKDnJldmlzaW9uX2FmdGVyGAkgAygJEhMKC3RvX3JldmlzaW9uGAogASgJEhIKCmVycm9yX2NvZGUYCyABKAkSDwoHbWVzc2FnZRgMIAEoCRISCgpyb2xsb3V0X2lkGA0gASgJIlwKDUJhY2t1cFJlcXVlc3QSEQoJdGFyZ2V0X2lkGAEgASgJEhQKDG9wZXJhdGlvbl9pZBgCIAEoCRISCgpyb2xsb3V0X2lkGAMgASgJEg4KBnZlcmlmeRgEIAEoCCJRChNWZXJpZnlCYWNrdXBSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCRIRCgliYWNrdXBfaWQYAiABKAkSFAoMb3BlcmF0aW9uX2lkGAMgASgJImEKDlJlc3RvcmVSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCRIRCgliYWNrdXBfaWQYAiABKAkSFAoMb3BlcmF0aW9uX2lkGAMgASgJEhMKC21hbmFnZV9hcHBzGAQgASgIIsIBCg5NaWdyYXRlUmVxdWVzdBIRCgl0YXJnZXRfaWQYASABKAkSEwoLdG9fcmV2aXNpb24YAiABKAkSFAoMb3BlcmF0aW9uX2lkGAMgASgJEhIKCnJvbGxvdXRfaWQYBCABKAkSEQoJYmFja3VwX2lkGAUgASgJEhMKC3Rha2VfYmFja3VwGAYgASgIEg4KBm9ubGluZRgHIAEoCBINCgVncmVlbhgIIAEoCBIXCg9sb2NrX3RpbWVvdXRfbXMYCSABKAUiTwoPUmVoZWFyc2VSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCRITCgt0b19yZXZpc2lvbhgCIAEoCRIUCgxvcGVyYXRpb25faWQYAyABKAkiagoQRG93bmdyYWRlUmVxdWVzdBIRCgl0YXJnZXRfaWQYASABKAkSEwoLdG9fcmV2aXNpb24YAiABKAkSFAoMb3BlcmF0aW9uX2lkGAMgASgJEhgKEGFjY2VwdF9kYXRhX2xvc3MYBCABKAgiWQoMU3RhbXBSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCRIQCghyZXZpc2lvbhgCIAEoCRIUCgxvcGVyYXRpb25faWQYAyABKAkSDgoGcmVhc29uGAQgASgJIkUKC0FwcHNSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCRIUCgxvcGVyYXRpb25faWQYAiABKAkSDQoFY29sb3IYAyABKAkiSQoOSGVhbHRoUmVzcG9uc2USJgoEYXBwcxgBIAMoCzIYLmZsb3RpbGxhLnYxLkFwcEluc3RhbmNlEg8KB2hlYWx0aHkYAiABKAgiSwoMQ2xvbmVSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCRIUCgxvcGVyYXRpb25faWQYAiABKAkSEgoKcm9sbG91dF9pZBgDIAEoCSJHCg1Td2l0Y2hSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCRIUCgxvcGVyYXRpb25faWQYAiABKAkSDQoFY29sb3IYAyABKAkiYwoOUmVjb3ZlclJlcXVlc3QSEQoJdGFyZ2V0X2lkGAEgASgJEhQKDG9wZXJhdGlvbl9pZBgCIAEoCRIOCgZhY3Rpb24YAyABKAkSGAoQbmV3X29wZXJhdGlvbl9pZBgEIAEoCSK3AQoIUHJvZ3Jlc3MSDgoGc291cmNlGAEgASgJEgwKBGxpbmUYAiABKAkSEgoKYnl0ZXNfZG9uZRgDIAEoAxITCgtieXRlc190b3RhbBgEIAEoAxIWCg5yZXZpc2lvbl9pbmRleBgFIAEoBRIWCg5yZXZpc2lvbl9jb3VudBgGIAEoBRIQCghyZXZpc2lvbhgHIAEoCRISCgplbGFwc2VkX21zGAggASgDEg4KBmV0YV9tcxgJIAEoAyJNCglTdGVwRXZlbnQSDAoEbmFtZRgBIAEoCRINCgVzdGF0ZRgCIAEoCRIOCgZkZXRhaWwYAyABKAkSEwoLZHVyYXRpb25fbXMYBCABKAMiYgoOUmV2aXNpb25UaW1pbmcSFQoNZnJvbV9yZXZpc2lvbhgBIAEoCRITCgt0b19yZXZpc2lvbhgCIAEoCRITCgtkdXJhdGlvbl9tcxgDIAEoAxIPCgdtZXNzYWdlGAQgASgJItwDCg9PcGVyYXRpb25SZXN1bHQSFAoMb3BlcmF0aW9uX2lkGAEgASgJEgwKBGtpbmQYAiABKAkSDgoGc3RhdHVzGAMgASgJEhIKCmVycm9yX2NvZGUYBCABKAkSDwoHbWVzc2FnZRgFIAEoCRIXCg9yZXZpc2lvbl9iZWZvcmUYBiADKAkSFgoOcmV2aXNpb25fYWZ0ZXIYByADKAkSJwoGYmFja3VwGAggASgLMhcuZmxvdGlsbGEudjEuQmFja3VwSW5mbxIsCgd0aW1pbmdzGAkgAygLMhsuZmxvdGlsbGEudjEuUmV2aXNpb25UaW1pbmcSFQoNZmFpbHVyZV9jbGFzcxgKIAEoCRIQCghyZXN0b3JlZBgLIAEoCBITCgtvdXRwdXRfdGFpbBgMIAEoCRITCgtkdXJhdGlvbl9tcxgNIAEoAxI6CgdkZXRhaWxzGA4gAygLMikuZmxvdGlsbGEudjEuT3BlcmF0aW9uUmVzdWx0LkRldGFpbHNFbnRyeRIOCgZlZmZlY3QYDyABKAkSGQoRYmxvY2tpbmdfc2Vzc2lvbnMYECADKAkaLgoMRGV0YWlsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEinAEKDk9wZXJhdGlvbkV2ZW50EikKCHByb2dyZXNzGAEgASgLMhUuZmxvdGlsbGEudjEuUHJvZ3Jlc3NIABImCgRzdGVwGAIgASgLMhYuZmxvdGlsbGEudjEuU3RlcEV2ZW50SAASLgoGcmVzdWx0GAMgASgLMhwuZmxvdGlsbGEudjEuT3BlcmF0aW9uUmVzdWx0SABCBwoFZXZlbnQyuQsKDEFnZW50U2VydmljZRJECgdHZXRJbmZvEhsuZmxvdGlsbGEudjEuR2V0SW5mb1JlcXVlc3QaHC5mbG90aWxsYS52MS5HZXRJbmZvUmVzcG9uc2USRQoJR2V0U3RhdHVzEh0uZmxvdGlsbGEudjEuR2V0U3RhdHVzUmVxdWVzdBoZLmZsb3RpbGxhLnYxLlRhcmdldFN0YXR1cxJHCghEaWFnbm9zZRIcLmZsb3RpbGxhLnYxLkRpYWdub3NlUmVxdWVzdBodLmZsb3RpbGxhLnYxLkRpYWdub3NlUmVzcG9uc2USOwoEUGxhbhIYLmZsb3RpbGxhLnYxLlBsYW5SZXF1ZXN0GhkuZmxvdGlsbGEudjEuUGxhblJlc3BvbnNlElAKC0xpc3RCYWNrdXBzEh8uZmxvdGlsbGEudjEuTGlzdEJhY2t1cHNSZXF1ZXN0GiAuZmxvdGlsbGEudjEuTGlzdEJhY2t1cHNSZXNwb25zZRJOCgxHZXRPcGVyYXRpb24SIC5mbG90aWxsYS52MS5HZXRPcGVyYXRpb25SZXF1ZXN0GhwuZmxvdGlsbGEudjEuT3BlcmF0aW9uUmVjb3JkElkKDkxpc3RPcGVyYXRpb25zEiIuZmxvdGlsbGEudjEuTGlzdE9wZXJhdGlvbnNSZXF1ZXN0GiMuZmxvdGlsbGEudjEuTGlzdE9wZXJhdGlvbnNSZXNwb25zZRJDCgZCYWNrdXASGi5mbG90aWxsYS52MS5CYWNrdXBSZXF1ZXN0GhsuZmxvdGlsbGEudjEuT3BlcmF0aW9uRXZlbnQwARJPCgxWZXJpZnlCYWNrdXASIC5mbG90aWxsYS52MS5WZXJpZnlCYWNrdXBSZXF1ZXN0GhsuZmxvdGlsbGEudjEuT3BlcmF0aW9uRXZlbnQwARJFCgdSZXN0b3JlEhsuZmxvdGlsbGEudjEuUmVzdG9yZVJlcXVlc3QaGy5mbG90aWxsYS52MS5PcGVyYXRpb25FdmVudDABEkUKB01pZ3JhdGUSGy5mbG90aWxsYS52MS5NaWdyYXRlUmVxdWVzdBobLmZsb3RpbGxhLnYxLk9wZXJhdGlvbkV2ZW50MAESRwoIUmVoZWFyc2USHC5mbG90aWxsYS52MS5SZWhlYXJzZVJlcXVlc3QaGy5mbG90aWxsYS52MS5PcGVyYXRpb25FdmVudDABEkkKCURvd25ncmFkZRIdLmZsb3RpbGxhLnYxLkRvd25ncmFkZVJlcXVlc3QaGy5mbG90aWxsYS52MS5PcGVyYXRpb25FdmVudDABEkEKBVN0YW1wEhkuZmxvdGlsbGEudjEuU3RhbXBSZXF1ZXN0GhsuZmxvdGlsbGEudjEuT3BlcmF0aW9uRXZlbnQwARJDCghTdG9wQXBwcxIYLmZsb3RpbGxhLnYxLkFwcHNSZXF1ZXN0GhsuZmxvdGlsbGEudjEuT3BlcmF0aW9uRXZlbnQwARJECglTdGFydEFwcHMSGC5mbG90aWxsYS52MS5BcHBzUmVxdWVzdBobLmZsb3RpbGxhLnYxLk9wZXJhdGlvbkV2ZW50MAESRAoLQ2hlY2tIZWFsdGgSGC5mbG90aWxsYS52MS5BcHBzUmVxdWVzdBobLmZsb3RpbGxhLnYxLkhlYWx0aFJlc3BvbnNlEkEKBUNsb25lEhkuZmxvdGlsbGEudjEuQ2xvbmVSZXF1ZXN0GhsuZmxvdGlsbGEudjEuT3BlcmF0aW9uRXZlbnQwARJDCgZTd2l0Y2gSGi5mbG90aWxsYS52MS5Td2l0Y2hSZXF1ZXN0GhsuZmxvdGlsbGEudjEuT3BlcmF0aW9uRXZlbnQwARJFCgdSZWNvdmVyEhsuZmxvdGlsbGEudjEuUmVjb3ZlclJlcXVlc3QaGy5mbG90aWxsYS52MS5PcGVyYXRpb25FdmVudDABYgZwcm90bzM");
 
 /**
  * @generated from message flotilla.v1.GetInfoRequest
@@ -337,6 +337,20 @@ export type TargetStatus = Message<"flotilla.v1.TargetStatus"> & {
    * @generated from field: string database = 14;
    */
   database: string;
+
+  /**
+   * ok | broken: a broken target's config cannot be satisfied; every operation on it is refused.
+   *
+   * @generated from field: string state = 15;
+   */
+  state: string;
+
+  /**
+   * Why the target is broken, each with what to do.
+   *
+   * @generated from field: repeated string problems = 16;
+   */
+  problems: string[];
 };
 
 /**
@@ -494,6 +508,13 @@ export type PlanResponse = Message<"flotilla.v1.PlanResponse"> & {
    * @generated from field: bool additive_only = 8;
    */
   additiveOnly: boolean;
+
+  /**
+   * One entry per pending revision, in the order they would run.
+   *
+   * @generated from field: repeated flotilla.v1.RevisionPlan revisions = 9;
+   */
+  revisions: RevisionPlan[];
 };
 
 /**
@@ -502,6 +523,73 @@ export type PlanResponse = Message<"flotilla.v1.PlanResponse"> & {
  */
 export const PlanResponseSchema: GenMessage<PlanResponse> = /*@__PURE__*/
   messageDesc(file_flotilla_v1_agent, 12);
+
+/**
+ * What one pending revision would do, as far as offline mode can tell.
+ *
+ * @generated from message flotilla.v1.RevisionPlan
+ */
+export type RevisionPlan = Message<"flotilla.v1.RevisionPlan"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: string down_revision = 2;
+   */
+  downRevision: string;
+
+  /**
+   * @generated from field: string message = 3;
+   */
+  message: string;
+
+  /**
+   * Offline SQL of this revision alone; empty when not rendered.
+   *
+   * @generated from field: string sql = 4;
+   */
+  sql: string;
+
+  /**
+   * @generated from field: bool rendered = 5;
+   */
+  rendered: boolean;
+
+  /**
+   * Why offline mode could not render it (for example a SQLite batch operation).
+   *
+   * @generated from field: string not_rendered_reason = 6;
+   */
+  notRenderedReason: string;
+
+  /**
+   * additive | breaking | unknown: whether old app code keeps working on the new schema.
+   *
+   * @generated from field: string compatibility = 7;
+   */
+  compatibility: string;
+
+  /**
+   * @generated from field: string compatibility_reason = 8;
+   */
+  compatibilityReason: string;
+
+  /**
+   * Expected duration from a rehearsal or an earlier run of this revision; 0 when unknown.
+   *
+   * @generated from field: int64 estimate_ms = 9;
+   */
+  estimateMs: bigint;
+};
+
+/**
+ * Describes the message flotilla.v1.RevisionPlan.
+ * Use `create(RevisionPlanSchema)` to create a new message.
+ */
+export const RevisionPlanSchema: GenMessage<RevisionPlan> = /*@__PURE__*/
+  messageDesc(file_flotilla_v1_agent, 13);
 
 /**
  * @generated from message flotilla.v1.ListBackupsRequest
@@ -518,7 +606,7 @@ export type ListBackupsRequest = Message<"flotilla.v1.ListBackupsRequest"> & {
  * Use `create(ListBackupsRequestSchema)` to create a new message.
  */
 export const ListBackupsRequestSchema: GenMessage<ListBackupsRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_agent, 13);
+  messageDesc(file_flotilla_v1_agent, 14);
 
 /**
  * @generated from message flotilla.v1.ListBackupsResponse
@@ -535,7 +623,7 @@ export type ListBackupsResponse = Message<"flotilla.v1.ListBackupsResponse"> & {
  * Use `create(ListBackupsResponseSchema)` to create a new message.
  */
 export const ListBackupsResponseSchema: GenMessage<ListBackupsResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_agent, 14);
+  messageDesc(file_flotilla_v1_agent, 15);
 
 /**
  * @generated from message flotilla.v1.GetOperationRequest
@@ -552,7 +640,7 @@ export type GetOperationRequest = Message<"flotilla.v1.GetOperationRequest"> & {
  * Use `create(GetOperationRequestSchema)` to create a new message.
  */
 export const GetOperationRequestSchema: GenMessage<GetOperationRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_agent, 15);
+  messageDesc(file_flotilla_v1_agent, 16);
 
 /**
  * @generated from message flotilla.v1.ListOperationsRequest
@@ -574,7 +662,7 @@ export type ListOperationsRequest = Message<"flotilla.v1.ListOperationsRequest">
  * Use `create(ListOperationsRequestSchema)` to create a new message.
  */
 export const ListOperationsRequestSchema: GenMessage<ListOperationsRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_agent, 16);
+  messageDesc(file_flotilla_v1_agent, 17);
 
 /**
  * @generated from message flotilla.v1.ListOperationsResponse
@@ -591,7 +679,7 @@ export type ListOperationsResponse = Message<"flotilla.v1.ListOperationsResponse
  * Use `create(ListOperationsResponseSchema)` to create a new message.
  */
 export const ListOperationsResponseSchema: GenMessage<ListOperationsResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_agent, 17);
+  messageDesc(file_flotilla_v1_agent, 18);
 
 /**
  * @generated from message flotilla.v1.OperationRecord
@@ -670,7 +758,7 @@ export type OperationRecord = Message<"flotilla.v1.OperationRecord"> & {
  * Use `create(OperationRecordSchema)` to create a new message.
  */
 export const OperationRecordSchema: GenMessage<OperationRecord> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_agent, 18);
+  messageDesc(file_flotilla_v1_agent, 19);
 
 /**
  * @generated from message flotilla.v1.BackupRequest
@@ -704,7 +792,7 @@ export type BackupRequest = Message<"flotilla.v1.BackupRequest"> & {
  * Use `create(BackupRequestSchema)` to create a new message.
  */
 export const BackupRequestSchema: GenMessage<BackupRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_agent, 19);
+  messageDesc(file_flotilla_v1_agent, 20);
 
 /**
  * @generated from message flotilla.v1.VerifyBackupRequest
@@ -731,7 +819,7 @@ export type VerifyBackupRequest = Message<"flotilla.v1.VerifyBackupRequest"> & {
  * Use `create(VerifyBackupRequestSchema)` to create a new message.
  */
 export const VerifyBackupRequestSchema: GenMessage<VerifyBackupRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_agent, 20);
+  messageDesc(file_flotilla_v1_agent, 21);
 
 /**
  * @generated from message flotilla.v1.RestoreRequest
@@ -765,7 +853,7 @@ export type RestoreRequest = Message<"flotilla.v1.RestoreRequest"> & {
  * Use `create(RestoreRequestSchema)` to create a new message.
  */
 export const RestoreRequestSchema: GenMessage<RestoreRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_agent, 21);
+  messageDesc(file_flotilla_v1_agent, 22);
 
 /**
  * @generated from message flotilla.v1.MigrateRequest
@@ -829,7 +917,7 @@ export type MigrateRequest = Message<"flotilla.v1.MigrateRequest"> & {
  * Use `create(MigrateRequestSchema)` to create a new message.
  */
 export const MigrateRequestSchema: GenMessage<MigrateRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_agent, 22);
+  messageDesc(file_flotilla_v1_agent, 23);
 
 /**
  * @generated from message flotilla.v1.RehearseRequest
@@ -856,7 +944,7 @@ export type RehearseRequest = Message<"flotilla.v1.RehearseRequest"> & {
  * Use `create(RehearseRequestSchema)` to create a new message.
  */
 export const RehearseRequestSchema: GenMessage<RehearseRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_agent, 23);
+  messageDesc(file_flotilla_v1_agent, 24);
 
 /**
  * @generated from message flotilla.v1.DowngradeRequest
@@ -888,7 +976,7 @@ export type DowngradeRequest = Message<"flotilla.v1.DowngradeRequest"> & {
  * Use `create(DowngradeRequestSchema)` to create a new message.
  */
 export const DowngradeRequestSchema: GenMessage<DowngradeRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_agent, 24);
+  messageDesc(file_flotilla_v1_agent, 25);
 
 /**
  * @generated from message flotilla.v1.StampRequest
@@ -922,7 +1010,7 @@ export type StampRequest = Message<"flotilla.v1.StampRequest"> & {
  * Use `create(StampRequestSchema)` to create a new message.
  */
 export const StampRequestSchema: GenMessage<StampRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_agent, 25);
+  messageDesc(file_flotilla_v1_agent, 26);
 
 /**
  * @generated from message flotilla.v1.AppsRequest
@@ -951,7 +1039,7 @@ export type AppsRequest = Message<"flotilla.v1.AppsRequest"> & {
  * Use `create(AppsRequestSchema)` to create a new message.
  */
 export const AppsRequestSchema: GenMessage<AppsRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_agent, 26);
+  messageDesc(file_flotilla_v1_agent, 27);
 
 /**
  * @generated from message flotilla.v1.HealthResponse
@@ -973,7 +1061,7 @@ export type HealthResponse = Message<"flotilla.v1.HealthResponse"> & {
  * Use `create(HealthResponseSchema)` to create a new message.
  */
 export const HealthResponseSchema: GenMessage<HealthResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_agent, 27);
+  messageDesc(file_flotilla_v1_agent, 28);
 
 /**
  * @generated from message flotilla.v1.CloneRequest
@@ -1000,7 +1088,7 @@ export type CloneRequest = Message<"flotilla.v1.CloneRequest"> & {
  * Use `create(CloneRequestSchema)` to create a new message.
  */
 export const CloneRequestSchema: GenMessage<CloneRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_agent, 28);
+  messageDesc(file_flotilla_v1_agent, 29);
 
 /**
  * @generated from message flotilla.v1.SwitchRequest
@@ -1029,7 +1117,7 @@ export type SwitchRequest = Message<"flotilla.v1.SwitchRequest"> & {
  * Use `create(SwitchRequestSchema)` to create a new message.
  */
 export const SwitchRequestSchema: GenMessage<SwitchRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_agent, 29);
+  messageDesc(file_flotilla_v1_agent, 30);
 
 /**
  * @generated from message flotilla.v1.RecoverRequest
@@ -1063,7 +1151,7 @@ export type RecoverRequest = Message<"flotilla.v1.RecoverRequest"> & {
  * Use `create(RecoverRequestSchema)` to create a new message.
  */
 export const RecoverRequestSchema: GenMessage<RecoverRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_agent, 30);
+  messageDesc(file_flotilla_v1_agent, 31);
 
 /**
  * @generated from message flotilla.v1.Progress
@@ -1090,6 +1178,33 @@ export type Progress = Message<"flotilla.v1.Progress"> & {
    * @generated from field: int64 bytes_total = 4;
    */
   bytesTotal: bigint;
+
+  /**
+   * Alembic progress: revision n of N (1-based), the revision running, elapsed and estimated remaining time.
+   *
+   * @generated from field: int32 revision_index = 5;
+   */
+  revisionIndex: number;
+
+  /**
+   * @generated from field: int32 revision_count = 6;
+   */
+  revisionCount: number;
+
+  /**
+   * @generated from field: string revision = 7;
+   */
+  revision: string;
+
+  /**
+   * @generated from field: int64 elapsed_ms = 8;
+   */
+  elapsedMs: bigint;
+
+  /**
+   * @generated from field: int64 eta_ms = 9;
+   */
+  etaMs: bigint;
 };
 
 /**
@@ -1097,7 +1212,7 @@ export type Progress = Message<"flotilla.v1.Progress"> & {
  * Use `create(ProgressSchema)` to create a new message.
  */
 export const ProgressSchema: GenMessage<Progress> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_agent, 31);
+  messageDesc(file_flotilla_v1_agent, 32);
 
 /**
  * @generated from message flotilla.v1.StepEvent
@@ -1131,7 +1246,7 @@ export type StepEvent = Message<"flotilla.v1.StepEvent"> & {
  * Use `create(StepEventSchema)` to create a new message.
  */
 export const StepEventSchema: GenMessage<StepEvent> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_agent, 32);
+  messageDesc(file_flotilla_v1_agent, 33);
 
 /**
  * @generated from message flotilla.v1.RevisionTiming
@@ -1163,7 +1278,7 @@ export type RevisionTiming = Message<"flotilla.v1.RevisionTiming"> & {
  * Use `create(RevisionTimingSchema)` to create a new message.
  */
 export const RevisionTimingSchema: GenMessage<RevisionTiming> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_agent, 33);
+  messageDesc(file_flotilla_v1_agent, 34);
 
 /**
  * @generated from message flotilla.v1.OperationResult
@@ -1242,6 +1357,22 @@ export type OperationResult = Message<"flotilla.v1.OperationResult"> & {
    * @generated from field: map<string, string> details = 14;
    */
   details: { [key: string]: string };
+
+  /**
+   * What the operation did to the database, as a value (never read from message text):
+   * none (nothing changed) | changed | restored (back at its old revision and data) |
+   * needs-restore (changed, restore refused or impossible now: see blocking_sessions) | up-to-date (nothing to do).
+   *
+   * @generated from field: string effect = 15;
+   */
+  effect: string;
+
+  /**
+   * Sessions that hold the database and prevented a restore (pid, user, application, state), never a password.
+   *
+   * @generated from field: repeated string blocking_sessions = 16;
+   */
+  blockingSessions: string[];
 };
 
 /**
@@ -1249,7 +1380,7 @@ export type OperationResult = Message<"flotilla.v1.OperationResult"> & {
  * Use `create(OperationResultSchema)` to create a new message.
  */
 export const OperationResultSchema: GenMessage<OperationResult> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_agent, 34);
+  messageDesc(file_flotilla_v1_agent, 35);
 
 /**
  * @generated from message flotilla.v1.OperationEvent
@@ -1284,7 +1415,7 @@ export type OperationEvent = Message<"flotilla.v1.OperationEvent"> & {
  * Use `create(OperationEventSchema)` to create a new message.
  */
 export const OperationEventSchema: GenMessage<OperationEvent> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_agent, 35);
+  messageDesc(file_flotilla_v1_agent, 36);
 
 /**
  * AgentService runs on every database host. It performs a fixed set of

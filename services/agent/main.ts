@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { AgentService } from "../common/gen/flotilla/v1/agent_pb.js";
 import { addService, bindServer, newServer, serverCredentials } from "../common/grpc-bridge.js";
 import { createLogger, type Logger } from "../common/logger.js";
+import { installProcessGuard } from "../common/process-guard.js";
 import { NodeProcessRunner, describeRun, type ProcessRunner } from "../common/process-runner.js";
 import { registerSecret } from "../common/redact.js";
 import { toFlotillaError } from "../common/errors.js";
@@ -136,6 +137,7 @@ export async function main(argv: string[]): Promise<void> {
     return;
   }
   const log = createLogger({ name: "flotilla-agent", level: config.logLevel });
+  installProcessGuard(log);
   let agent: RunningAgent;
   try {
     agent = await startAgent(config, log);

@@ -4,6 +4,7 @@ import type { AddressInfo } from "node:net";
 import { ControllerService } from "../common/gen/flotilla/v1/controller_pb.js";
 import { addService, bindServer, newServer, serverCredentials } from "../common/grpc-bridge.js";
 import { createLogger, type Logger } from "../common/logger.js";
+import { installProcessGuard } from "../common/process-guard.js";
 import { toFlotillaError } from "../common/errors.js";
 import { registerSecret } from "../common/redact.js";
 import { GrpcAgentPool } from "./agents/agent-pool.js";
@@ -105,6 +106,7 @@ export async function main(argv: string[]): Promise<void> {
     return;
   }
   const log = createLogger({ name: "flotilla-controller", level: config.logLevel });
+  installProcessGuard(log);
   let running: RunningController;
   try {
     running = await startController(config, log);

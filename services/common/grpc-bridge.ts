@@ -267,9 +267,12 @@ export class ReloadableCertificates {
     for (const l of this.#identity) l({ certificate: files.cert, privateKey: files.key });
   }
 
+  // grpc-js registers its own watcher only after adding these listeners: answer on the next tick so it hears it.
   addCaCertificateListener(listener: CaListener): void {
     this.#ca.add(listener);
-    listener({ caCertificate: this.#files.ca });
+    queueMicrotask(() => {
+      if (this.#ca.has(listener)) listener({ caCertificate: this.#files.ca });
+    });
   }
 
   removeCaCertificateListener(listener: CaListener): void {
@@ -278,7 +281,9 @@ export class ReloadableCertificates {
 
   addIdentityCertificateListener(listener: IdentityListener): void {
     this.#identity.add(listener);
-    listener({ certificate: this.#files.cert, privateKey: this.#files.key });
+    queueMicrotask(() => {
+      if (this.#identity.has(listener)) listener({ certificate: this.#files.cert, privateKey: this.#files.key });
+    });
   }
 
   removeIdentityCertificateListener(listener: IdentityListener): void {

@@ -12,10 +12,14 @@ import { killOrphans } from "./adapters/orphans.js";
 import type { AlembicPort, AlembicRun, DatabaseAdapter, ProgressFn } from "./core/ports.js";
 import { resolveTarget } from "./core/revisions.js";
 import { diagnose, type DiagnoseFacts, type Finding } from "./core/diagnose.js";
+import { moveTarget, type MoveRequest } from "./operations/move.js";
+
+/** Progress of a move's copy: table n of N, rows of that table, rate. */
+export interface MoveProgressFields { table?: string; tableIndex?: number; tableCount?: number; rowsDone?: number; rowsTotal?: number; bytesPerSecond?: number }
 
 /** What an operation streams to its caller. */
 export type OpEvent =
-  | { kind: "progress"; source: string; line: string; bytesDone?: number; bytesTotal?: number }
+  | { kind: "progress"; source: string; line: string; bytesDone?: number; bytesTotal?: number } & MoveProgressFields
   | { kind: "step"; name: string; state: "running" | "succeeded" | "failed" | "skipped"; detail: string; durationMs?: number }
   | { kind: "result"; result: OpResult };
 
@@ -730,6 +734,16 @@ export class AgentOperations {
       if (!r.ok) throw new FlotillaError("PRECONDITION_FAILED", `switch hook failed: ${r.detail}`);
       return { message: `traffic for ${t.config.id} switched to ${req.color}` };
     });
+  }
+
+  // ---------------------------------------------------------------- move (services/agent/operations/move.ts)
+
+  move(req: MoveRequest, emit: Emit, signal?: AbortSignal): Promise<OpResult> {
+    return moveTarget({
+      deps: this.d, target: (id) => this.target(id), run: (...a) => this.run(...a), step: (...a) => this.step(...a),
+      takeBackup: (...a) => this.takeBackup(...a), controlApps: (...a) => this.controlApps(...a),
+      assertNotHeld: (...a) => this.assertNotHeld(...a), appStates: (t) => this.appStates(t),
+    }, req, emit, signal);
   }
 
   // ---------------------------------------------------------------- recovery

@@ -96,11 +96,5 @@ export function deepFreeze<T>(v: T): T {
   return v;
 }
 
-/** "90s", "30m", "2h", "1h30m", "1d" → milliseconds; undefined when malformed. */
-export function parseDuration(text: string): number | undefined {
-  const m = /^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$/.exec(text.trim());
-  if (!m || text.trim() === "") return undefined;
-  const [, d, h, mi, s] = m;
-  const ms = ((Number(d ?? 0) * 24 + Number(h ?? 0)) * 60 + Number(mi ?? 0)) * 60_000 + Number(s ?? 0) * 1000;
-  return ms > 0 ? ms : undefined;
-}
+/** "90s", "30m", "2h", "1h30m", "1d" → milliseconds; undefined when malformed (the grammar lives in rollout-request.ts). */
+export { durationMs as parseDuration } from "./rollout-request.js";

@@ -1,8 +1,9 @@
 import { dirname, isAbsolute, resolve } from "node:path";
 import {
-  ConfigProblems, HOST_PORT, deepFreeze, flagValue, isObj, parseConfigText, parseDuration, str,
+  ConfigProblems, HOST_PORT, deepFreeze, flagValue, isObj, parseConfigText, str,
 } from "../common/config-helpers.js";
 import { FlotillaError } from "../common/errors.js";
+import { ROLLOUT_FIELDS, type Strategy, compileScheduleRequest } from "../common/rollout-request.js";
 
 export type Role = "viewer" | "operator" | "admin";
 
@@ -17,8 +18,9 @@ export interface ControllerConfig {
   /** Token values are read from their files; never logged. Absent: loopback only, no auth. */
   readonly tokens: readonly { readonly name: string; readonly role: Role; readonly value: string }[];
   readonly schedules: readonly {
-    readonly name: string; readonly cron: string; readonly selector: string; readonly strategy: string;
+    readonly name: string; readonly cron: string; readonly selector: string; readonly strategy: Strategy;
     readonly window: string; readonly toRevision: string; readonly waves: string;
+    readonly timeZone: string; readonly gate: string; readonly maxFailures: number;
   }[];
   readonly agentTimeoutMs: number;
   readonly logLevel: string;
@@ -31,8 +33,11 @@ export interface LoadControllerConfigInput {
 }
 
 const ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
-export const SELECTOR = /^([A-Za-z0-9._/-]+=[A-Za-z0-9._/-]*)(,[A-Za-z0-9._/-]+=[A-Za-z0-9._/-]*)*$/;
-export const STRATEGIES = ["maintenance", "job", "blue-green"] as const;
+
+/** How the config file spells each request field of a schedule. */
+const CONFIG_KEY_OF: Readonly<Record<string, string>> = {
+  [ROLLOUT_FIELDS.toRevision]: "to", [ROLLOUT_FIELDS.maxFailures]: "maxFailures", [ROLLOUT_FIELDS.timeZone]: "timeZone",
+};
 
 /**
  * Loads the controller config: flag > env > file > defaults, every problem at
@@ -133,16 +138,22 @@ export function loadControllerConfig(input: LoadControllerConfigInput): Controll
     else doc.schedules.forEach((s, i) => {
       const at = `schedules[${i}].`;
       if (!isObj(s)) return p.add(`schedules[${i}]`, "must be a mapping");
-      const name = str(s, "name", at, p, { required: true, pattern: ID });
-      const cron = str(s, "cron", at, p, { required: true });
-      if (cron && cron.trim().split(/\s+/).length !== 5) p.add(`${at}cron`, `"${cron}" must have 5 fields (minute hour day month weekday)`);
-      const selector = str(s, "selector", at, p, { required: true, pattern: SELECTOR, hint: "k=v[,k=v]" });
-      const strategy = str(s, "strategy", at, p, { required: true, pattern: /^(maintenance|job|blue-green)$/, hint: "maintenance, job or blue-green" });
-      const window = str(s, "window", at, p) ?? "2h";
-      if (parseDuration(window) === undefined) p.add(`${at}window`, `"${window}" is not a duration like 30m or 2h`);
-      const toRevision = str(s, "to", at, p) ?? "head";
-      const waves = str(s, "waves", at, p) ?? "";
-      if (name && cron && selector && strategy) schedules.push({ name, cron, selector, strategy, window, toRevision, waves });
+      const keys = new Set(["name", "cron", "timeZone", "selector", "strategy", "window", "to", "waves", "gate", "maxFailures"]);
+      for (const k of Object.keys(s)) if (!keys.has(k)) p.add(`${at}${k}`, `unknown key (known: ${[...keys].join(", ")})`);
+      const text = (k: string): string | undefined => str(s, k, at, p);
+      const maxFailures = s.maxFailures;
+      const compiled = compileScheduleRequest({
+        name: text("name") ?? "", cron: text("cron") ?? "", timeZone: text("timeZone") ?? "", selector: text("selector") ?? "",
+        strategy: text("strategy") ?? "", window: text("window") ?? "", toRevision: text("to") ?? "", waves: text("waves") ?? "",
+        gate: text("gate") ?? "", maxFailures: typeof maxFailures === "number" || typeof maxFailures === "string" ? maxFailures : 0,
+      });
+      if (!compiled.ok) {
+        for (const problem of compiled.problems) p.add(`${at}${CONFIG_KEY_OF[problem.field] ?? problem.field}`, problem.message);
+        return;
+      }
+      const { name, cron, timeZone, rollout } = compiled.value;
+      if (schedules.some((x) => x.name === name)) return p.add(`${at}name`, `"${name}" is used by two schedules; give each its own name`);
+      schedules.push({ name, cron, timeZone, selector: rollout.selector, strategy: rollout.strategy, window: rollout.window, toRevision: rollout.toRevision, waves: rollout.waves, gate: rollout.gate, maxFailures: rollout.maxFailures });
     });
   }
   const agentTimeoutSeconds = doc.agentTimeoutSeconds === undefined ? 7200 : Number(doc.agentTimeoutSeconds);

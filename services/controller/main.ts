@@ -40,7 +40,7 @@ export async function startController(config: ControllerConfig, log: Logger): Pr
   const scheduler = new Scheduler({ store, engine, audit, log });
   for (const s of config.schedules) {
     const existing = (await store.listSchedules()).find((x) => x.name === s.name);
-    await store.upsertSchedule({ ...s, strategy: s.strategy as "maintenance", source: "config", ...(existing?.lastRun ? { lastRun: existing.lastRun } : {}), ...(existing?.lastResult ? { lastResult: existing.lastResult } : {}) });
+    await store.upsertSchedule({ ...s, source: "config", ...(existing?.lastRun ? { lastRun: existing.lastRun } : {}), ...(existing?.lastResult ? { lastResult: existing.lastResult } : {}) });
   }
   const callerOf = (method: string, ctx: { metadata: { get(k: string): unknown[] } }) => {
     const auth = ctx.metadata.get("authorization")[0];

@@ -4,7 +4,6 @@ import type Database from "better-sqlite3";
 import type pg from "pg";
 import { FlotillaError, toFlotillaError } from "../../common/errors.js";
 import { redact } from "../../common/redact.js";
-import type { BackupManifest } from "../adapters/backup-catalog.js";
 import { PostgresDatabase } from "../adapters/postgres-database.js";
 import { SqliteDatabase } from "../adapters/sqlite-database.js";
 import {
@@ -12,8 +11,10 @@ import {
   sqliteChecksum, sqliteForeignKeys, sqliteOrphans, sqliteTables, type CopyProgress, type OrphanRow, type TableResult,
 } from "../adapters/table-copy.js";
 import { decideMove, planCopy, type CopyPlan, type MovePreflightFacts } from "../core/move-plan.js";
-import type { DatabaseAdapter, ProgressFn } from "../core/ports.js";
-import type { Emit, OpResult, OperationsDeps, TargetRuntime } from "../operations.js";
+import type { BackupManifest, DatabaseAdapter, ProgressFn } from "../core/ports.js";
+import type { Emit, OperationContext, OpResult, OperationsDeps, TargetRuntime } from "./context.js";
+
+type MoveFrame = OperationContext;
 
 export interface MoveRequest {
   readonly fromTargetId: string;
@@ -22,19 +23,6 @@ export interface MoveRequest {
   readonly yes: boolean;
   readonly skipOrphans: boolean;
   readonly fromBackup: boolean;
-}
-
-/** What the move needs from the operation frame of AgentOperations. */
-export interface MoveFrame {
-  readonly deps: OperationsDeps;
-  target(id: string): TargetRuntime;
-  run(kind: string, targetId: string, requestedId: string, emit: Emit, init: { lock?: boolean },
-    body: (ctx: { id: string; t: TargetRuntime; progress: ProgressFn; result: Partial<OpResult> }) => Promise<Partial<OpResult> | void>): Promise<OpResult>;
-  step<T>(emit: Emit, name: string, fn: () => Promise<T>, detail?: (v: T) => string): Promise<T>;
-  takeBackup(t: TargetRuntime, db: DatabaseAdapter, opId: string, rolloutId: string, verify: boolean, emit: Emit, progress: ProgressFn, signal?: AbortSignal): Promise<BackupManifest>;
-  controlApps(t: TargetRuntime, which: "stop" | "start", color: string, emit: Emit, progress: ProgressFn, signal?: AbortSignal): Promise<string[]>;
-  assertNotHeld(t: TargetRuntime, db: DatabaseAdapter, checkApps: boolean): Promise<void>;
-  appStates(t: TargetRuntime): Promise<{ app: { id: string }; state: string }[]>;
 }
 
 /** Kept per destination after a move: where its data came from, for the way back. */

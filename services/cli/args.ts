@@ -15,6 +15,8 @@ export const STAMP_REASONS = ["created-with-create-all", "imported-backup", "app
 export interface GlobalOptions {
   readonly controller: string;
   readonly token: string | undefined;
+  /** File of a private CA to trust for an https:// controller (--ca, env FLOTILLA_CA). */
+  readonly ca?: string | undefined;
   readonly json: boolean;
 }
 
@@ -207,6 +209,7 @@ interface VerbDef {
 const GLOBAL_OPTIONS: Readonly<Record<string, OptionDef>> = {
   controller: { type: "string", help: "URL  controller HTTP API (env FLOTILLA_CONTROLLER, default http://127.0.0.1:7441)" },
   token: { type: "string", help: "T  API token (env FLOTILLA_TOKEN)" },
+  ca: { type: "string", help: "FILE  CA certificate to trust for an https:// controller (env FLOTILLA_CA)" },
   json: { type: "boolean", help: "print exactly one JSON document on stdout" },
   help: { type: "boolean", short: "h", help: "show help for this verb" },
 };
@@ -590,7 +593,7 @@ export function usageText(): string {
       lines.push(`      ${v.summary}`);
     }
   }
-  lines.push("other:", "  demo [--keep]      run the embedded demo end to end", "  help [VERB]        this help, or one verb's", "  --version          print the version", "");
+  lines.push("other:", "  demo [--keep]      run the embedded demo end to end", "  certs init DIR --controller HOST --agent ID=HOST …   a CA and per-host certificates; certs check PATH shows them", "  help [VERB]        this help, or one verb's", "  --version          print the version", "");
   lines.push("global options:");
   for (const [name, def] of Object.entries(GLOBAL_OPTIONS)) lines.push(`  ${optionHelp(name, def)}`);
   lines.push("", "exit codes: 0 ok · 1 ran and failed, or problems found · 2 bad usage, nothing changed · 3 controller unreachable, or not authenticated/allowed");
@@ -618,7 +621,7 @@ export function verbHelp(topic: string): string | undefined {
     lines.push("", "options:");
     for (const [name, def] of opts) lines.push(`  ${optionHelp(name, def)}`);
   }
-  lines.push("", "global options: --controller URL, --token T, --json (see flotilla help)");
+  lines.push("", "global options: --controller URL, --token T, --ca FILE, --json (see flotilla help)");
   return `${lines.join("\n")}\n`;
 }
 
@@ -731,7 +734,10 @@ function globalsFrom(values: Values, env: Readonly<Record<string, string | undef
   const envToken = env["FLOTILLA_TOKEN"];
   const token = typeof flagToken === "string" ? flagToken : envToken !== undefined && envToken !== "" ? envToken : undefined;
   if (token !== undefined && /[\s\u0000-\u001f]/.test(token)) problem("the token contains whitespace or control characters; check --token or FLOTILLA_TOKEN (a token file with a trailing newline?)");
-  return { controller, token, json: values.get("json") === true };
+  const flagCa = values.get("ca");
+  const envCa = env["FLOTILLA_CA"];
+  const ca = typeof flagCa === "string" && flagCa !== "" ? flagCa : envCa !== undefined && envCa !== "" ? envCa : undefined;
+  return { controller, token, json: values.get("json") === true, ...(ca !== undefined ? { ca } : {}) };
 }
 
 /**

@@ -8,6 +8,7 @@ import type { CallContext, ServiceImpl } from "../common/grpc-bridge.js";
 import type { Logger } from "../common/logger.js";
 import { redact, redactValue } from "../common/redact.js";
 import type { GrpcAgentPool } from "./agents/agent-pool.js";
+import { hostOf, isLoopbackHost } from "../common/tls.js";
 import type { AuditLog } from "./audit/audit-log.js";
 import type { ControllerConfig, Role } from "./config.js";
 import type { ControllerStore, RolloutDoc, ScheduleDoc } from "./core/ports.js";
@@ -89,6 +90,8 @@ export interface ControllerDeps {
   readonly log: Logger;
   /** False on a standby replica: it serves reads and refuses changes. */
   readonly isLeader: () => boolean;
+  /** Certificates that expire within 30 days (shown by `targets` and the page). */
+  readonly certificateWarnings?: () => string[];
 }
 
 /**
@@ -156,6 +159,7 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
       return {
         targets: statuses.map((s, i) => ("current" in s ? s : { targetId: s.targetId, agentId: s.agentId, error: s.error, labels: { ...targets[i]!.labels } })),
         agents: agents.map((a) => ({ id: a.id, address: a.address, state: a.state, lastSeen: a.lastSeen, error: a.error, source: a.source })),
+        warnings: d.certificateWarnings?.() ?? [],
       };
     }),
     diagnoseTarget: (req, ctx) => audited("DiagnoseTarget", ctx, req.targetId, req, async () => {
@@ -342,9 +346,22 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
     registerAgent: (req, ctx) => audited("RegisterAgent", ctx, req.agentId, req, async () => {
       if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(req.agentId)) throw new FlotillaError("INVALID_ARGUMENT", "agent_id is not valid");
       if (!/^[A-Za-z0-9.[\]:-]+:\d{1,5}$/.test(req.address)) throw new FlotillaError("INVALID_ARGUMENT", "address must be host:port");
+      if (!ctx.secure && !isLoopbackHost(peerHost(ctx.peer))) {
+        throw new FlotillaError("PERMISSION_DENIED", "agent registration is accepted only over TLS (https:// to the controller's httpTls listener) or from this machine");
+      }
+      // The host an agent registered with is its identity (its certificate must name it): fixed at registration.
+      const known = (await d.store.listAgents()).find((a) => a.id === req.agentId);
+      if (known && hostOf(known.address).toLowerCase() !== hostOf(req.address).toLowerCase()) {
+        throw new FlotillaError("PERMISSION_DENIED", `agent "${req.agentId}" registered at host ${hostOf(known.address)}; its identity is fixed at registration, so it cannot move to ${hostOf(req.address)}`);
+      }
       await d.store.upsertAgent({ id: req.agentId, address: req.address, source: "registered", lastSeen: new Date().toISOString() });
       d.pool.markHealth(req.agentId, true);
       return { heartbeatSeconds: 15 };
     }),
   };
+}
+
+/** The host of a peer as grpc-js (`ipv4:1.2.3.4:5`, `[::1]:5`) or the HTTP gateway (`1.2.3.4:5`) writes it. */
+function peerHost(peer: string): string {
+  return hostOf(peer.replace(/^ipv[46]:/, ""));
 }

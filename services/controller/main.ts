@@ -17,7 +17,7 @@ import { Inventory } from "./inventory.js";
 import { RolloutEngine } from "./rollout-engine.js";
 import { Scheduler } from "./scheduler.js";
 import { Leadership } from "./leadership.js";
-import { authenticate, controllerServiceImpl } from "./service.js";
+import { API_LEASE_PREFIX, authenticate, controllerServiceImpl } from "./service.js";
 import { openStore } from "./store/index.js";
 
 export interface RunningController {
@@ -51,6 +51,11 @@ export async function startController(config: ControllerConfig, log: Logger): Pr
     return authenticate(config, typeof auth === "string" ? auth : undefined, method);
   };
   const leadership = new Leadership(config.store, log, async () => {
+    // Leases of single API operations belong to calls of an earlier leader, gone now (the agent's
+    // journal lock still guards an operation it is finishing).
+    for (const [targetId, holder] of Object.entries(await store.listLeases())) {
+      if (holder.startsWith(API_LEASE_PREFIX)) await store.releaseLeases(holder, [targetId]);
+    }
     const resumed = await engine.resumeAll();
     if (resumed.length) log.info({ rollouts: resumed }, "resumed rollouts");
     await scheduler.reload();

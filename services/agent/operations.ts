@@ -11,7 +11,7 @@ import type { SqliteJournal } from "./adapters/sqlite-journal.js";
 import { killOrphans } from "./adapters/orphans.js";
 import type { AlembicPort, AlembicRun, DatabaseAdapter, ProgressFn } from "./core/ports.js";
 import { resolveTarget } from "./core/revisions.js";
-import { diagnose, type DiagnoseFacts, type Finding } from "./core/diagnose.js";
+import { diagnose, lastFailure, type DiagnoseFacts, type Finding } from "./core/diagnose.js";
 
 /** What an operation streams to its caller. */
 export type OpEvent =
@@ -170,6 +170,7 @@ export class AgentOperations {
     const holders = exists ? await t.db.holders().catch(() => []) : [];
     const apps = await this.appStates(t);
     const lastVerified = await t.catalog.lastVerified().catch(() => undefined);
+    const lastFailed = lastFailure(this.d.journal.list(targetId, 50));
     const integrity = exists ? await t.db.integrityCheck().catch((e: unknown) => ({ ok: false, detail: toFlotillaError(e).message })) : undefined;
     const facts: DiagnoseFacts = {
       targetId, kind: c.kind, alembicIniFound: iniFound, alembicDir: c.alembic.dir,
@@ -193,6 +194,7 @@ export class AgentOperations {
       freeBytes: await t.db.freeBytes(c.backups.dir).catch(() => Number.MAX_SAFE_INTEGER),
       ...(lastVerified ? { lastVerifiedBackupAgeMs: Date.now() - Date.parse(lastVerified.createdAt) } : {}),
       interruptedOperations: this.d.journal.interrupted(targetId),
+      ...(lastFailed ? { lastFailedOperation: lastFailed } : {}),
     };
     return diagnose(facts);
   }

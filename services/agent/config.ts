@@ -10,8 +10,8 @@ export interface TlsConfig {
   readonly cert: string;
   readonly key: string;
   readonly ca: string;
-  /** Client identities (SAN URI or DNS) that may call; empty: any certificate the CA signed. */
-  readonly allow: readonly string[];
+  /** Client identities (SAN URI or DNS) that may call (absent: as configured by default). */
+  readonly allow?: readonly string[];
 }
 
 export type { SecretRef };
@@ -192,8 +192,8 @@ export function readAgentConfig(input: LoadConfigInput): { config: AgentConfig; 
       const cert = str(doc.tls, "cert", "tls.", p, { required: true });
       const key = str(doc.tls, "key", "tls.", p, { required: true });
       const ca = str(doc.tls, "ca", "tls.", p, { required: true });
-      const allow = stringList(doc.tls, "allow", "tls.", p, "client identities (spiffe://… URIs or DNS names)") ?? [];
-      if (cert && key && ca) tls = { cert: abs(cert), key: abs(key), ca: abs(ca), allow };
+      const allow = stringList(doc.tls, "allow", "tls.", p, "client identities (spiffe://… URIs or DNS names)");
+      if (cert && key && ca) tls = { cert: abs(cert), key: abs(key), ca: abs(ca), ...(allow ? { allow } : {}) };
     }
   }
   const host = listen.replace(/:\d+$/, "");

@@ -198,7 +198,7 @@ export async function main(argv: string[]): Promise<number | undefined> {
     log.fatal({ err: fe }, "agent failed to start");
     process.stderr.write(`flotilla-agent: ${fe.message}\n`);
     // Nothing may keep a half-started daemon alive.
-    process.exit(fe.code === "CONFIG_INVALID" ? 2 : 1);
+    process.exit(1);
   }
   if (process.env.FLOTILLA_PORT_FILE) {
     const { writeFileSync } = await import("node:fs");

@@ -1,6 +1,6 @@
 import { dirname, isAbsolute, resolve } from "node:path";
 import {
-  ConfigProblems, HOST_PORT, deepFreeze, flagValue, isObj, parseConfigText, parseDuration, str,
+  ConfigProblems, HOST_PORT, checkHostPort, checkKeys, deepFreeze, flagValue, isObj, parseConfigText, parseDuration, sqlitePathProblem, str,
 } from "../common/config-helpers.js";
 import { FlotillaError } from "../common/errors.js";
 
@@ -13,7 +13,10 @@ export interface ControllerConfig {
   readonly dataDir: string;
   readonly auditKeyFile: string;
   readonly tls?: { readonly cert: string; readonly key: string; readonly ca: string };
-  readonly agents: readonly { readonly id: string; readonly address: string }[];
+  /** HTTPS for the HTTP API and web page. */
+  readonly httpTls?: { readonly cert: string; readonly key: string };
+  /** `identity`: the SAN (spiffe:// URI or DNS name) the agent's certificate must carry, when not its id. */
+  readonly agents: readonly { readonly id: string; readonly address: string; readonly identity?: string }[];
   /** Token values are read from their files; never logged. Absent: loopback only, no auth. */
   readonly tokens: readonly { readonly name: string; readonly role: Role; readonly value: string }[];
   readonly schedules: readonly {
@@ -38,7 +41,21 @@ export const STRATEGIES = ["maintenance", "job", "blue-green"] as const;
  * Loads the controller config: flag > env > file > defaults, every problem at
  * once with its key path, frozen result. Token values come from files.
  */
+const ROOT_KEYS = ["listen", "store", "dataDir", "auditKeyFile", "tls", "httpTls", "agents", "tokens", "schedules", "agentTimeoutSeconds", "logLevel"] as const;
+const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
+
 export function loadControllerConfig(input: LoadControllerConfigInput): ControllerConfig {
+  const { config, problems } = readControllerConfig(input);
+  problems.throwIfAny();
+  return config;
+}
+
+/**
+ * The loader's work without the verdict: the config from whatever is valid
+ * and every problem found (for --check-config). Throws only when there is no
+ * document to read.
+ */
+export function readControllerConfig(input: LoadControllerConfigInput): { config: ControllerConfig; problems: ConfigProblems } {
   const path = flagValue(input.argv, "config") ?? input.env.FLOTILLA_CONTROLLER_CONFIG;
   if (!path) throw new FlotillaError("CONFIG_INVALID", "no config file given: run flotilla-controller --config /etc/flotilla/controller.yaml (or set FLOTILLA_CONTROLLER_CONFIG)");
   let text: string;
@@ -51,29 +68,28 @@ export function loadControllerConfig(input: LoadControllerConfigInput): Controll
   const abs = (p: string): string => (isAbsolute(p) ? p : resolve(base, p));
   const doc = parseConfigText(text, path);
   const p = new ConfigProblems(path);
-  const known = new Set(["listen", "store", "dataDir", "auditKeyFile", "tls", "agents", "tokens", "schedules", "agentTimeoutSeconds", "logLevel"]);
-  for (const k of Object.keys(doc)) if (!known.has(k)) p.add(k, `unknown key (known: ${[...known].join(", ")})`);
+  checkKeys(doc, ROOT_KEYS, "", p);
 
   let grpc = "127.0.0.1:7440";
   let http = "127.0.0.1:7441";
   if (doc.listen !== undefined) {
     if (!isObj(doc.listen)) p.add("listen", "must be { grpc: host:port, http: host:port }");
     else {
+      checkKeys(doc.listen, ["grpc", "http"], "listen.", p);
       grpc = str(doc.listen, "grpc", "listen.", p) ?? grpc;
       http = str(doc.listen, "http", "listen.", p) ?? http;
     }
   }
   grpc = flagValue(input.argv, "grpc-listen") ?? input.env.FLOTILLA_CONTROLLER_GRPC ?? grpc;
   http = flagValue(input.argv, "http-listen") ?? input.env.FLOTILLA_CONTROLLER_HTTP ?? http;
-  if (!HOST_PORT.test(grpc)) p.add("listen.grpc", `"${grpc}" is not host:port`);
-  if (!HOST_PORT.test(http)) p.add("listen.http", `"${http}" is not host:port`);
+  checkHostPort(grpc, "listen.grpc", p, "127.0.0.1:7440");
+  checkHostPort(http, "listen.http", p, "127.0.0.1:7441");
 
   const dataDir = abs(flagValue(input.argv, "data-dir") ?? input.env.FLOTILLA_CONTROLLER_DATA_DIR ?? str(doc, "dataDir", "", p) ?? "/var/lib/flotilla");
   let store = flagValue(input.argv, "store") ?? input.env.FLOTILLA_STORE ?? str(doc, "store", "", p) ?? `sqlite:///${resolve(dataDir, "controller.db")}`;
-  if (store.startsWith("sqlite:///")) {
-    const rest = store.slice("sqlite:///".length);
-    if (rest === "") p.add("store", "sqlite URL has no path (sqlite:////var/lib/flotilla/controller.db)");
-    else store = `sqlite:///${abs(rest)}`;
+  if (store.startsWith("sqlite:")) {
+    const problem = store.startsWith("sqlite:///") ? sqlitePathProblem(store) : `"${store}" is not a SQLite URL; use sqlite:////var/lib/flotilla/controller.db (four slashes for an absolute path)`;
+    if (problem !== undefined) p.add("store", problem);
   } else if (!/^postgres(ql)?:\/\/\S+\/\S+/.test(store)) {
     p.add("store", `"${store.replace(/:[^:@/]*@/, ":***@")}" must be sqlite:///path or postgresql://user@host:5432/db`);
   }
@@ -83,6 +99,7 @@ export function loadControllerConfig(input: LoadControllerConfigInput): Controll
   if (doc.tls !== undefined) {
     if (!isObj(doc.tls)) p.add("tls", "must be { cert, key, ca }");
     else {
+      checkKeys(doc.tls, ["cert", "key", "ca"], "tls.", p);
       const cert = str(doc.tls, "cert", "tls.", p, { required: true });
       const key = str(doc.tls, "key", "tls.", p, { required: true });
       const ca = str(doc.tls, "ca", "tls.", p, { required: true });
@@ -90,15 +107,29 @@ export function loadControllerConfig(input: LoadControllerConfigInput): Controll
     }
   }
 
-  const agents: { id: string; address: string }[] = [];
+  let httpTls: ControllerConfig["httpTls"];
+  if (doc.httpTls !== undefined) {
+    if (!isObj(doc.httpTls)) p.add("httpTls", "must be { cert, key }");
+    else {
+      checkKeys(doc.httpTls, ["cert", "key"], "httpTls.", p);
+      const cert = str(doc.httpTls, "cert", "httpTls.", p, { required: true });
+      const key = str(doc.httpTls, "key", "httpTls.", p, { required: true });
+      if (cert && key) httpTls = { cert: abs(cert), key: abs(key) };
+    }
+  }
+
+  const agents: { id: string; address: string; identity?: string }[] = [];
   if (doc.agents !== undefined) {
     if (!Array.isArray(doc.agents)) p.add("agents", "must be a list of { id, address }");
     else doc.agents.forEach((a, i) => {
       if (!isObj(a)) return p.add(`agents[${i}]`, "must be { id, address }");
+      checkKeys(a, ["id", "address", "identity"], `agents[${i}].`, p);
       const id = str(a, "id", `agents[${i}].`, p, { required: true, pattern: ID });
-      const address = str(a, "address", `agents[${i}].`, p, { required: true, pattern: HOST_PORT, hint: "host:port of the agent's gRPC listener" });
+      const addressRaw = str(a, "address", `agents[${i}].`, p, { required: true, pattern: HOST_PORT, hint: "host:port of the agent's gRPC listener" });
+      const address = addressRaw === undefined ? undefined : checkHostPort(addressRaw, `agents[${i}].address`, p, "host-a:7443");
+      const identity = str(a, "identity", `agents[${i}].`, p, { pattern: /^(spiffe:\/\/\S+|[A-Za-z0-9.-]+)$/, hint: "a spiffe:// URI or a DNS name the agent's certificate carries" });
       if (id && agents.some((x) => x.id === id)) p.add(`agents[${i}].id`, `"${id}" is listed twice`);
-      if (id && address) agents.push({ id, address });
+      if (id && address) agents.push({ id, address, ...(identity ? { identity } : {}) });
     });
   }
 
@@ -108,7 +139,9 @@ export function loadControllerConfig(input: LoadControllerConfigInput): Controll
     else doc.tokens.forEach((t, i) => {
       const at = `tokens[${i}].`;
       if (!isObj(t)) return p.add(`tokens[${i}]`, "must be { name, role, file }");
+      checkKeys(t, ["name", "role", "file"], at, p);
       const name = str(t, "name", at, p, { required: true, pattern: ID });
+      if (name && tokens.some((x) => x.name === name)) p.add(`${at}name`, `"${name}" is used by two tokens; give each its own name`);
       const role = str(t, "role", at, p, { required: true, pattern: /^(viewer|operator|admin)$/, hint: "viewer, operator or admin" });
       const file = str(t, "file", at, p, { required: true });
       if (file) {
@@ -148,9 +181,11 @@ export function loadControllerConfig(input: LoadControllerConfigInput): Controll
   const agentTimeoutSeconds = doc.agentTimeoutSeconds === undefined ? 7200 : Number(doc.agentTimeoutSeconds);
   if (!Number.isFinite(agentTimeoutSeconds) || agentTimeoutSeconds <= 0) p.add("agentTimeoutSeconds", "must be a positive number");
   const logLevel = input.env.FLOTILLA_LOG_LEVEL ?? str(doc, "logLevel", "", p) ?? "info";
-  p.throwIfAny();
-  return deepFreeze({
+  if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) p.add("logLevel", `"${logLevel}" is not a log level; use one of ${LOG_LEVELS.join(", ")}`);
+  const config: ControllerConfig = deepFreeze({
     listen: { grpc, http }, store, dataDir, auditKeyFile, agents, tokens, schedules, agentTimeoutMs: agentTimeoutSeconds * 1000, logLevel,
     ...(tls ? { tls } : {}),
+    ...(httpTls ? { httpTls } : {}),
   });
+  return { config, problems: p };
 }

@@ -5,11 +5,13 @@ import { ControllerService } from "../common/gen/flotilla/v1/controller_pb.js";
 import { addService, bindServer, newServer, serverCredentials } from "../common/grpc-bridge.js";
 import { createLogger, type Logger } from "../common/logger.js";
 import { toFlotillaError } from "../common/errors.js";
+import { listenError } from "../common/listen-error.js";
 import { registerSecret } from "../common/redact.js";
 import { GrpcAgentPool } from "./agents/agent-pool.js";
 import { AuditLog } from "./audit/audit-log.js";
 import { checkpointPathFor, loadOrCreateAuditKey } from "./audit/audit-key.js";
 import { loadControllerConfig, type ControllerConfig } from "./config.js";
+import { checkControllerConfig } from "./config-host.js";
 import { createHttpGateway } from "./http/http-gateway.js";
 import { Inventory } from "./inventory.js";
 import { RolloutEngine } from "./rollout-engine.js";
@@ -61,15 +63,28 @@ export async function startController(config: ControllerConfig, log: Logger): Pr
 
   const grpcServer = newServer();
   addService(grpcServer, ControllerService, impl);
-  const tls = config.tls ? { cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key), ca: readFileSync(config.tls.ca) } : undefined;
-  const grpcPort = await bindServer(grpcServer, config.listen.grpc, config.tokens.length > 0 && tls ? serverCredentials(tls) : serverCredentials());
-
   const http = createHttpGateway(impl, { audit, log, callerOf, isLeader: () => leadership.isLeader });
-  const [host, portText] = [config.listen.http.replace(/:\d+$/, "").replace(/^\[|\]$/g, ""), config.listen.http.split(":").at(-1)!];
-  await new Promise<void>((resolve, reject) => {
-    http.once("error", reject);
-    http.listen(Number(portText), host, () => resolve());
-  });
+  let grpcPort: number;
+  try {
+    const tls = config.tls ? { cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key), ca: readFileSync(config.tls.ca) } : undefined;
+    try {
+      grpcPort = await bindServer(grpcServer, config.listen.grpc, config.tokens.length > 0 && tls ? serverCredentials(tls) : serverCredentials());
+    } catch (err) {
+      throw listenError("the gRPC API", config.listen.grpc, err);
+    }
+    const [host, portText] = [config.listen.http.replace(/:\d+$/, "").replace(/^\[|\]$/g, ""), config.listen.http.split(":").at(-1)!];
+    await new Promise<void>((resolve, reject) => {
+      http.once("error", (err) => reject(listenError("the HTTP API", config.listen.http, err)));
+      http.listen(Number(portText), host, () => resolve());
+    });
+  } catch (err) {
+    // A controller that cannot listen must not stay up half started.
+    grpcServer.forceShutdown();
+    http.close();
+    pool.close();
+    await store.close().catch(() => undefined);
+    throw err;
+  }
   const httpPort = (http.address() as AddressInfo).port;
   await audit.append({ actor: "controller", action: "controller.start", outcome: "ok", detail: `http ${httpPort}, grpc ${grpcPort}` });
   await leadership.start();
@@ -89,20 +104,25 @@ export async function startController(config: ControllerConfig, log: Logger): Pr
   };
 }
 
-/** Entry point of `flotilla-controller --config controller.yaml`. */
-export async function main(argv: string[]): Promise<void> {
+/** Entry point of `flotilla-controller --config controller.yaml`. Resolves with an exit code when it does not keep running. */
+export async function main(argv: string[]): Promise<number | undefined> {
   if (argv.includes("--help") || argv.includes("-h")) {
-    process.stdout.write("usage: flotilla-controller --config controller.yaml [--data-dir DIR] [--store URL]\n");
-    return;
+    process.stdout.write("usage: flotilla-controller --config controller.yaml [--data-dir DIR] [--store URL] [--check-config [--offline]]\n");
+    return 0;
+  }
+  const readFile = (p: string): string => readFileSync(p, "utf8");
+  if (argv.includes("--check-config")) {
+    const report = checkControllerConfig({ argv, env: process.env, readFile }, { offline: argv.includes("--offline") });
+    process.stdout.write(report.text);
+    return report.exitCode;
   }
   let config: ControllerConfig;
   try {
-    config = loadControllerConfig({ argv, env: process.env, readFile: (p) => readFileSync(p, "utf8") });
+    config = loadControllerConfig({ argv, env: process.env, readFile });
   } catch (err) {
     const fe = toFlotillaError(err);
     process.stderr.write(`flotilla-controller: ${fe.message}\n`);
-    process.exitCode = 2;
-    return;
+    return 2;
   }
   const log = createLogger({ name: "flotilla-controller", level: config.logLevel });
   let running: RunningController;
@@ -111,8 +131,8 @@ export async function main(argv: string[]): Promise<void> {
   } catch (err) {
     log.fatal({ err: toFlotillaError(err) }, "controller failed to start");
     process.stderr.write(`flotilla-controller: ${toFlotillaError(err).message}\n`);
-    process.exitCode = 1;
-    return;
+    // Nothing may keep a half-started daemon alive.
+    process.exit(1);
   }
   if (process.env.FLOTILLA_PORT_FILE) {
     const { writeFileSync } = await import("node:fs");
@@ -127,4 +147,5 @@ export async function main(argv: string[]): Promise<void> {
   };
   process.on("SIGTERM", onSignal);
   process.on("SIGINT", onSignal);
+  return undefined;
 }

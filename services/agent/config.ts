@@ -1,7 +1,8 @@
 import { dirname, isAbsolute, resolve } from "node:path";
 import {
-  ConfigProblems, argvList, checkHostPort, checkKeys, deepFreeze, flagValue, isObj, parseConfigText, sqlitePathProblem, str, stringList, type Obj,
+  ConfigProblems, argvList, checkHostPort, checkKeys, deepFreeze, flagValue, identityList, isObj, parseConfigText, sqlitePathProblem, str, stringList, type Obj,
 } from "../common/config-helpers.js";
+import { CONTROLLER_SPIFFE_ID, isLoopbackHost } from "../common/tls.js";
 import { FlotillaError } from "../common/errors.js";
 import type { DatabaseKind } from "./core/ports.js";
 import type { SecretRef } from "./core/secrets.js";
@@ -10,8 +11,8 @@ export interface TlsConfig {
   readonly cert: string;
   readonly key: string;
   readonly ca: string;
-  /** Client identities (SAN URI or DNS) that may call (absent: as configured by default). */
-  readonly allow?: readonly string[];
+  /** Client identities (SAN URI, DNS or IP) that may call this agent. */
+  readonly allow: readonly string[];
 }
 
 export type { SecretRef };
@@ -85,7 +86,7 @@ export interface AgentConfig {
   readonly dataDir: string;
   readonly targets: readonly TargetConfig[];
   readonly apps: readonly AgentApp[];
-  /** Registration: the token file is read at each heartbeat. */
+  /** Registration: the token file is read at each heartbeat; `ca` is the CA file the controller's HTTPS certificate is checked against (default tls.ca). */
   readonly controller?: { readonly address: string; readonly advertise: string; readonly heartbeatSeconds: number; readonly tokenFile?: string; readonly ca?: string };
   readonly logLevel: string;
 }
@@ -192,8 +193,9 @@ export function readAgentConfig(input: LoadConfigInput): { config: AgentConfig; 
       const cert = str(doc.tls, "cert", "tls.", p, { required: true });
       const key = str(doc.tls, "key", "tls.", p, { required: true });
       const ca = str(doc.tls, "ca", "tls.", p, { required: true });
-      const allow = stringList(doc.tls, "allow", "tls.", p, "client identities (spiffe://… URIs or DNS names)");
-      if (cert && key && ca) tls = { cert: abs(cert), key: abs(key), ca: abs(ca), ...(allow ? { allow } : {}) };
+      // Default: only the controller's identity as `flotilla certs init` issues it.
+      const allow = identityList(doc.tls, "allow", "tls.", p) ?? [CONTROLLER_SPIFFE_ID];
+      if (cert && key && ca) tls = { cert: abs(cert), key: abs(key), ca: abs(ca), allow };
     }
   }
   const host = listen.replace(/:\d+$/, "");
@@ -358,8 +360,18 @@ export function readAgentConfig(input: LoadConfigInput): { config: AgentConfig; 
       const hb = doc.controller.heartbeatSeconds === undefined ? 15 : Number(doc.controller.heartbeatSeconds);
       if (!Number.isFinite(hb) || hb < 1) p.add("controller.heartbeatSeconds", "must be a number of seconds ≥ 1");
       const tokenFile = str(doc.controller, "tokenFile", "controller.", p);
-      const ca = str(doc.controller, "ca", "controller.", p);
-      if (address) controller = { address, advertise, heartbeatSeconds: hb, ...(tokenFile ? { tokenFile: abs(tokenFile) } : {}), ...(ca ? { ca: abs(ca) } : {}) };
+      const caFile = str(doc.controller, "ca", "controller.", p);
+      const ca = caFile ? abs(caFile) : tls?.ca;
+      let addressHost: string | undefined;
+      try {
+        addressHost = address ? new URL(address).hostname : undefined;
+      } catch {
+        p.add("controller.address", `"${address}" is not a URL (e.g. https://controller:7441)`);
+      }
+      if (address && addressHost !== undefined && address.startsWith("http:") && !isLoopbackHost(addressHost)) {
+        p.add("controller.address", `"${address}" is plain HTTP to another host: registration sends a token, so use https:// (the controller's httpTls)`);
+      }
+      if (address) controller = { address, advertise, heartbeatSeconds: hb, ...(tokenFile ? { tokenFile: abs(tokenFile) } : {}), ...(ca ? { ca } : {}) };
     }
   }
   const logLevel = input.env.FLOTILLA_LOG_LEVEL ?? str(doc, "logLevel", "", p) ?? "info";

@@ -1,8 +1,11 @@
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import { AgentService } from "../common/gen/flotilla/v1/agent_pb.js";
-import { addService, bindServer, newServer, serverCredentials } from "../common/grpc-bridge.js";
+import { request as httpRequest } from "node:http";
+import { request as httpsRequest } from "node:https";
+import { ReloadableCertificates, addService, bindServer, newServer, peerIdentityGuard, serverCredentials } from "../common/grpc-bridge.js";
+import { expiryWarnings } from "../common/tls.js";
 import { createLogger, type Logger } from "../common/logger.js";
 import { NodeProcessRunner, describeRun, type ProcessRunner } from "../common/process-runner.js";
 import { registerSecret } from "../common/redact.js";
@@ -21,7 +24,7 @@ import { NodeSecretSource } from "./adapters/secret-source.js";
 import { probeTarget } from "./adapters/target-probe.js";
 import type { DatabaseAdapter } from "./core/ports.js";
 import type { SecretSource } from "./core/secrets.js";
-import { AgentOperations, type TargetRuntime } from "./operations.js";
+import { AgentOperations, type TargetRuntime } from "./operations/index.js";
 import { agentServiceImpl } from "./rpc/agent-service.js";
 import { withTargetHealth } from "./rpc/target-health-guard.js";
 import { TargetRegistry } from "./target-registry.js";
@@ -65,13 +68,15 @@ export function buildTargets(config: AgentConfig, runner: ProcessRunner, secrets
 export interface RunningAgent {
   readonly port: number;
   readonly config: AgentConfig;
+  /** Re-reads the TLS files (SIGHUP): new connections use them, open ones go on. Returns expiry warnings. */
+  reloadCertificates(): string[];
   stop(force?: boolean): Promise<void>;
 }
 
 /** Starts an agent from a loaded config (used by main and by tests in-process). */
 export async function startAgent(config: AgentConfig, log: Logger, secrets: SecretSource = new NodeSecretSource()): Promise<RunningAgent> {
   const runner = new NodeProcessRunner();
-  const tls = config.tls ? readTls(config.tls) : undefined;
+  const certs = config.tls ? new ReloadableCertificates(readTls(config.tls)) : undefined;
   const journal = new SqliteJournal(config.dataDir);
   journal.open();
   const server = newServer();
@@ -95,19 +100,24 @@ export async function startAgent(config: AgentConfig, log: Logger, secrets: Secr
     const ops = new AgentOperations({
       config, targets, journal, log, appControl: new AppControl(runner),
       heartbeatMs: Number(process.env.FLOTILLA_HEARTBEAT_MS ?? 15_000),
+      fileExists: (path) => existsSync(path), killOrphans,
       runHook: async (argv, onLine, signal) => {
         const r = await runner.run({ argv, timeoutMs: 120_000, onLine: (l) => onLine(l), ...(signal ? { signal } : {}) });
         return { ok: r.exitCode === 0, detail: r.exitCode === 0 ? `hook ${argv.join(" ")} ok` : describeRun(argv[0]!, r) + (r.stderr ? `: ${r.stderr.trim().split("\n").at(-1)}` : "") };
       },
     });
-    addService(server, AgentService, withTargetHealth(agentServiceImpl(config, ops, AGENT_VERSION), targets));
+    const guard = config.tls
+      ? peerIdentityGuard(config.tls.allow, (refusal) => log.warn({ method: refusal.method, peer: refusal.peer, names: refusal.names, allow: config.tls?.allow }, "refused a client whose certificate is not allowed"))
+      : undefined;
+    addService(server, AgentService, withTargetHealth(agentServiceImpl(config, ops, AGENT_VERSION), targets), guard);
     let port: number;
     try {
-      port = await bindServer(server, config.listen, serverCredentials(tls));
+      port = await bindServer(server, config.listen, serverCredentials(certs));
     } catch (err) {
       throw listenError("gRPC", config.listen, err);
     }
-    log.info({ port, targets: config.targets.map((t) => t.id), tls: Boolean(tls) }, "agent listening");
+    log.info({ port, targets: config.targets.map((t) => t.id), tls: Boolean(certs), allow: config.tls?.allow ?? [] }, "agent listening");
+    if (certs) for (const warning of expiryWarnings([{ what: `agent certificate ${config.tls!.cert}`, pem: certs.files.cert }], new Date())) log.warn({ warning }, "certificate expires soon");
 
     let heartbeat: NodeJS.Timeout | undefined;
     if (config.controller) {
@@ -126,11 +136,11 @@ export async function startAgent(config: AgentConfig, log: Logger, secrets: Secr
           registerSecret(token);
         }
         try {
-          const res = await fetch(new URL("/v1/RegisterAgent", c.address), {
-            method: "POST", headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) },
-            body: JSON.stringify({ agentId: config.agentId, address: advertise }), signal: AbortSignal.timeout(5000),
+          const status = await postJson(new URL("/v1/RegisterAgent", c.address), { agentId: config.agentId, address: advertise }, {
+            ...(token ? { token } : {}),
+            ...(c.ca ? { ca: readFileSync(c.ca) } : {}),
           });
-          if (!res.ok) log.warn({ status: res.status }, "controller refused registration");
+          if (status < 200 || status >= 300) log.warn({ status }, "controller refused registration");
         } catch (err) {
           log.warn({ err: toFlotillaError(err) }, "cannot reach the controller to register");
         }
@@ -143,6 +153,14 @@ export async function startAgent(config: AgentConfig, log: Logger, secrets: Secr
     return {
       port,
       config,
+      reloadCertificates() {
+        if (!certs || !config.tls) return [];
+        certs.update(readTls(config.tls));
+        const warnings = expiryWarnings([{ what: `agent certificate ${config.tls.cert}`, pem: certs.files.cert }], new Date());
+        log.info({ cert: config.tls.cert }, "reloaded certificates");
+        for (const warning of warnings) log.warn({ warning }, "certificate expires soon");
+        return warnings;
+      },
       async stop(force = false) {
         if (heartbeat) clearInterval(heartbeat);
         if (force) server.forceShutdown();
@@ -155,18 +173,6 @@ export async function startAgent(config: AgentConfig, log: Logger, secrets: Secr
     journal.close();
     throw err;
   }
-}
-
-/** Reads the TLS files; a missing one is a clear CONFIG_INVALID naming it. */
-function readTls(t: NonNullable<AgentConfig["tls"]>): { cert: Buffer; key: Buffer; ca: Buffer } {
-  const read = (path: string, key: string): Buffer => {
-    try {
-      return readFileSync(path);
-    } catch (err) {
-      throw new FlotillaError("CONFIG_INVALID", `tls.${key}: cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? "error"}); fix the path in the agent config or install the file`);
-    }
-  };
-  return { cert: read(t.cert, "cert"), key: read(t.key, "key"), ca: read(t.ca, "ca") };
 }
 
 /** Entry point of `flotilla-agent --config agent.yaml`. Resolves with an exit code when it does not keep running. */
@@ -217,5 +223,41 @@ export async function main(argv: string[]): Promise<number | undefined> {
   };
   process.on("SIGTERM", onSignal);
   process.on("SIGINT", onSignal);
+  process.on("SIGHUP", () => {
+    try {
+      agent.reloadCertificates();
+    } catch (err) {
+      log.error({ err: toFlotillaError(err) }, "cannot reload certificates; keeping the ones in use");
+    }
+  });
   return undefined;
+}
+
+/** POSTs JSON to the controller over HTTP(S) and resolves the status; the token goes only in the header. */
+function postJson(url: URL, body: unknown, opts: { token?: string; ca?: Buffer }): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const headers = { "content-type": "application/json", ...(opts.token ? { authorization: `Bearer ${opts.token}` } : {}) };
+    const req = url.protocol === "https:"
+      ? httpsRequest(url, { method: "POST", headers, agent: false, timeout: 5000, ...(opts.ca ? { ca: opts.ca } : {}) })
+      : httpRequest(url, { method: "POST", headers, agent: false, timeout: 5000 });
+    req.on("timeout", () => req.destroy(new FlotillaError("TIMEOUT", `no answer from ${url.origin} within 5s`)));
+    req.on("error", reject);
+    req.on("response", (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    });
+    req.end(JSON.stringify(body));
+  });
+}
+
+/** Reads the TLS files; a missing one is a clear CONFIG_INVALID naming it. */
+function readTls(tls: { cert: string; key: string; ca: string }): { cert: Buffer; key: Buffer; ca: Buffer } {
+  const read = (path: string, key: string): Buffer => {
+    try {
+      return readFileSync(path);
+    } catch (err) {
+      throw new FlotillaError("CONFIG_INVALID", `tls.${key}: cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? "error"}); fix the path in the agent config or install the file`);
+    }
+  };
+  return { cert: read(tls.cert, "cert"), key: read(tls.key, "key"), ca: read(tls.ca, "ca") };
 }

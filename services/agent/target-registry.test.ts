@@ -6,7 +6,7 @@ import { join } from "node:path";
 import type { AgentTarget, TargetConfig } from "./config.js";
 import { NodeSecretSource } from "./adapters/secret-source.js";
 import type { DatabaseAdapter } from "./core/ports.js";
-import type { TargetRuntime } from "./operations.js";
+import type { TargetRuntime } from "./operations/index.js";
 import { TargetRegistry } from "./target-registry.js";
 
 function targetWith(secretFile: string, passwordFile?: string): TargetConfig {

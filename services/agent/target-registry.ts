@@ -4,7 +4,7 @@ import type { AgentTarget, TargetConfig } from "./config.js";
 import type { DatabaseAdapter } from "./core/ports.js";
 import { resolveSecrets, type ResolvedSecrets, type SecretProblem, type SecretSource } from "./core/secrets.js";
 import { targetHealth, type TargetFacts, type TargetHealth } from "./core/target-health.js";
-import type { TargetRuntime } from "./operations.js";
+import type { TargetRuntime } from "./operations/index.js";
 
 export interface TargetRegistryDeps {
   /** Reads a secret now (the per-operation resolver). */

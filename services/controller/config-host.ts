@@ -13,7 +13,9 @@ export function controllerHostProblems(config: ControllerConfig): string[] {
   const out: string[] = [];
   for (const [name, files] of [["tls", config.tls], ["httpTls", config.httpTls]] as const) {
     if (files === undefined) continue;
-    for (const [key, path] of Object.entries(files)) {
+    for (const key of ["cert", "key", "ca"] as const) {
+      const path = (files as Partial<Record<typeof key, string>>)[key];
+      if (path === undefined) continue;
       const problem = fileProblem(path);
       if (problem) out.push(`${name}.${key}: ${problem} (the controller cannot start without it)`);
     }

@@ -1,8 +1,10 @@
 import { dirname, isAbsolute, resolve } from "node:path";
 import {
-  ConfigProblems, HOST_PORT, checkHostPort, checkKeys, deepFreeze, flagValue, isObj, parseConfigText, parseDuration, sqlitePathProblem, str,
+  ConfigProblems, HOST_PORT, checkHostPort, checkKeys, deepFreeze, flagValue, identityList, isObj, parseConfigText, sqlitePathProblem, str,
 } from "../common/config-helpers.js";
+import { identityProblem } from "../common/tls.js";
 import { FlotillaError } from "../common/errors.js";
+import { ROLLOUT_FIELDS, type Strategy, compileScheduleRequest } from "../common/rollout-request.js";
 
 export type Role = "viewer" | "operator" | "admin";
 
@@ -12,16 +14,18 @@ export interface ControllerConfig {
   readonly store: string;
   readonly dataDir: string;
   readonly auditKeyFile: string;
-  readonly tls?: { readonly cert: string; readonly key: string; readonly ca: string };
-  /** HTTPS for the HTTP API and web page. */
+  /** Client certificate for agents, and the gRPC API's mTLS; `allow`: client identities its gRPC API accepts. */
+  readonly tls?: { readonly cert: string; readonly key: string; readonly ca: string; readonly allow?: readonly string[] };
+  /** HTTPS for the HTTP API (and the page). */
   readonly httpTls?: { readonly cert: string; readonly key: string };
-  /** `identity`: the SAN (spiffe:// URI or DNS name) the agent's certificate must carry, when not its id. */
+  /** `identity`: what the agent's certificate must name instead of the host of `address`. */
   readonly agents: readonly { readonly id: string; readonly address: string; readonly identity?: string }[];
   /** Token values are read from their files; never logged. Absent: loopback only, no auth. */
   readonly tokens: readonly { readonly name: string; readonly role: Role; readonly value: string }[];
   readonly schedules: readonly {
-    readonly name: string; readonly cron: string; readonly selector: string; readonly strategy: string;
+    readonly name: string; readonly cron: string; readonly selector: string; readonly strategy: Strategy;
     readonly window: string; readonly toRevision: string; readonly waves: string;
+    readonly timeZone: string; readonly gate: string; readonly maxFailures: number;
   }[];
   readonly agentTimeoutMs: number;
   readonly logLevel: string;
@@ -34,14 +38,18 @@ export interface LoadControllerConfigInput {
 }
 
 const ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
-export const SELECTOR = /^([A-Za-z0-9._/-]+=[A-Za-z0-9._/-]*)(,[A-Za-z0-9._/-]+=[A-Za-z0-9._/-]*)*$/;
-export const STRATEGIES = ["maintenance", "job", "blue-green"] as const;
+
+/** How the config file spells each request field of a schedule. */
+const CONFIG_KEY_OF: Readonly<Record<string, string>> = {
+  [ROLLOUT_FIELDS.toRevision]: "to", [ROLLOUT_FIELDS.maxFailures]: "maxFailures", [ROLLOUT_FIELDS.timeZone]: "timeZone",
+};
 
 /**
  * Loads the controller config: flag > env > file > defaults, every problem at
  * once with its key path, frozen result. Token values come from files.
  */
 const ROOT_KEYS = ["listen", "store", "dataDir", "auditKeyFile", "tls", "httpTls", "agents", "tokens", "schedules", "agentTimeoutSeconds", "logLevel"] as const;
+const SCHEDULE_KEYS = ["name", "cron", "timeZone", "selector", "strategy", "window", "to", "waves", "gate", "maxFailures"] as const;
 const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
 
 export function loadControllerConfig(input: LoadControllerConfigInput): ControllerConfig {
@@ -86,7 +94,7 @@ export function readControllerConfig(input: LoadControllerConfigInput): { config
   checkHostPort(http, "listen.http", p, "127.0.0.1:7441");
 
   const dataDir = abs(flagValue(input.argv, "data-dir") ?? input.env.FLOTILLA_CONTROLLER_DATA_DIR ?? str(doc, "dataDir", "", p) ?? "/var/lib/flotilla");
-  let store = flagValue(input.argv, "store") ?? input.env.FLOTILLA_STORE ?? str(doc, "store", "", p) ?? `sqlite:///${resolve(dataDir, "controller.db")}`;
+  const store = flagValue(input.argv, "store") ?? input.env.FLOTILLA_STORE ?? str(doc, "store", "", p) ?? `sqlite:///${resolve(dataDir, "controller.db")}`;
   if (store.startsWith("sqlite:")) {
     const problem = store.startsWith("sqlite:///") ? sqlitePathProblem(store) : `"${store}" is not a SQLite URL; use sqlite:////var/lib/flotilla/controller.db (four slashes for an absolute path)`;
     if (problem !== undefined) p.add("store", problem);
@@ -99,14 +107,14 @@ export function readControllerConfig(input: LoadControllerConfigInput): { config
   if (doc.tls !== undefined) {
     if (!isObj(doc.tls)) p.add("tls", "must be { cert, key, ca }");
     else {
-      checkKeys(doc.tls, ["cert", "key", "ca"], "tls.", p);
+      checkKeys(doc.tls, ["cert", "key", "ca", "allow"], "tls.", p);
       const cert = str(doc.tls, "cert", "tls.", p, { required: true });
       const key = str(doc.tls, "key", "tls.", p, { required: true });
       const ca = str(doc.tls, "ca", "tls.", p, { required: true });
-      if (cert && key && ca) tls = { cert: abs(cert), key: abs(key), ca: abs(ca) };
+      const allow = identityList(doc.tls, "allow", "tls.", p);
+      if (cert && key && ca) tls = { cert: abs(cert), key: abs(key), ca: abs(ca), ...(allow ? { allow } : {}) };
     }
   }
-
   let httpTls: ControllerConfig["httpTls"];
   if (doc.httpTls !== undefined) {
     if (!isObj(doc.httpTls)) p.add("httpTls", "must be { cert, key }");
@@ -127,9 +135,11 @@ export function readControllerConfig(input: LoadControllerConfigInput): { config
       const id = str(a, "id", `agents[${i}].`, p, { required: true, pattern: ID });
       const addressRaw = str(a, "address", `agents[${i}].`, p, { required: true, pattern: HOST_PORT, hint: "host:port of the agent's gRPC listener" });
       const address = addressRaw === undefined ? undefined : checkHostPort(addressRaw, `agents[${i}].address`, p, "host-a:7443");
-      const identity = str(a, "identity", `agents[${i}].`, p, { pattern: /^(spiffe:\/\/\S+|[A-Za-z0-9.-]+)$/, hint: "a spiffe:// URI or a DNS name the agent's certificate carries" });
       if (id && agents.some((x) => x.id === id)) p.add(`agents[${i}].id`, `"${id}" is listed twice`);
-      if (id && address) agents.push({ id, address, ...(identity ? { identity } : {}) });
+      const identity = str(a, "identity", `agents[${i}].`, p);
+      const identityBad = identity === undefined ? undefined : identityProblem(identity);
+      if (identityBad) p.add(`agents[${i}].identity`, `${identityBad}; e.g. spiffe://flotilla/agent/${id ?? "host-a"}`);
+      if (id && address) agents.push({ id, address, ...(identity && !identityBad ? { identity } : {}) });
     });
   }
 
@@ -166,16 +176,21 @@ export function readControllerConfig(input: LoadControllerConfigInput): { config
     else doc.schedules.forEach((s, i) => {
       const at = `schedules[${i}].`;
       if (!isObj(s)) return p.add(`schedules[${i}]`, "must be a mapping");
-      const name = str(s, "name", at, p, { required: true, pattern: ID });
-      const cron = str(s, "cron", at, p, { required: true });
-      if (cron && cron.trim().split(/\s+/).length !== 5) p.add(`${at}cron`, `"${cron}" must have 5 fields (minute hour day month weekday)`);
-      const selector = str(s, "selector", at, p, { required: true, pattern: SELECTOR, hint: "k=v[,k=v]" });
-      const strategy = str(s, "strategy", at, p, { required: true, pattern: /^(maintenance|job|blue-green)$/, hint: "maintenance, job or blue-green" });
-      const window = str(s, "window", at, p) ?? "2h";
-      if (parseDuration(window) === undefined) p.add(`${at}window`, `"${window}" is not a duration like 30m or 2h`);
-      const toRevision = str(s, "to", at, p) ?? "head";
-      const waves = str(s, "waves", at, p) ?? "";
-      if (name && cron && selector && strategy) schedules.push({ name, cron, selector, strategy, window, toRevision, waves });
+      checkKeys(s, SCHEDULE_KEYS, at, p);
+      const text = (k: string): string | undefined => str(s, k, at, p);
+      const maxFailures = s.maxFailures;
+      const compiled = compileScheduleRequest({
+        name: text("name") ?? "", cron: text("cron") ?? "", timeZone: text("timeZone") ?? "", selector: text("selector") ?? "",
+        strategy: text("strategy") ?? "", window: text("window") ?? "", toRevision: text("to") ?? "", waves: text("waves") ?? "",
+        gate: text("gate") ?? "", maxFailures: typeof maxFailures === "number" || typeof maxFailures === "string" ? maxFailures : 0,
+      });
+      if (!compiled.ok) {
+        for (const problem of compiled.problems) p.add(`${at}${CONFIG_KEY_OF[problem.field] ?? problem.field}`, problem.message);
+        return;
+      }
+      const { name, cron, timeZone, rollout } = compiled.value;
+      if (schedules.some((x) => x.name === name)) return p.add(`${at}name`, `"${name}" is used by two schedules; give each its own name`);
+      schedules.push({ name, cron, timeZone, selector: rollout.selector, strategy: rollout.strategy, window: rollout.window, toRevision: rollout.toRevision, waves: rollout.waves, gate: rollout.gate, maxFailures: rollout.maxFailures });
     });
   }
   const agentTimeoutSeconds = doc.agentTimeoutSeconds === undefined ? 7200 : Number(doc.agentTimeoutSeconds);

@@ -78,6 +78,18 @@ export function withTargetHealth(impl: Impl, targets: TargetHealthSource): Impl 
       if (health?.state !== "broken") return impl.diagnose(req, ctx);
       return { targetId: req.targetId, findings: brokenFindings(req.targetId, health.problems).map((f) => ({ ...f, what: redact(f.what), fix: redact(f.fix) })), problems: true };
     },
+    move: async function* (req, ctx) {
+      // Both ends of a move must be servable: the source is read, the destination written.
+      for (const id of [req.fromTargetId, req.toTargetId]) {
+        const health = await healthOf(id);
+        if (health?.state === "broken") {
+          const err = brokenTargetError(id, health.problems);
+          yield { event: { case: "result", value: { operationId: req.operationId, kind: "move", status: "refused", errorCode: err.code, message: redact(err.message) } } };
+          return;
+        }
+      }
+      yield* impl.move(req, ctx);
+    },
     async plan(req, ctx) {
       const health = await healthOf(req.targetId);
       if (health?.state === "broken") throw brokenTargetError(req.targetId, health.problems);

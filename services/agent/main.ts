@@ -27,6 +27,7 @@ import type { DatabaseAdapter } from "./core/ports.js";
 import type { SecretSource } from "./core/secrets.js";
 import { AgentOperations, type TargetRuntime } from "./operations/index.js";
 import { agentServiceImpl } from "./rpc/agent-service.js";
+import { withFencing } from "./rpc/fencing.js";
 import { withTargetHealth } from "./rpc/target-health-guard.js";
 import { TargetRegistry } from "./target-registry.js";
 
@@ -110,7 +111,7 @@ export async function startAgent(config: AgentConfig, log: Logger, secrets: Secr
     const guard = config.tls
       ? peerIdentityGuard(config.tls.allow, (refusal) => log.warn({ method: refusal.method, peer: refusal.peer, names: refusal.names, allow: config.tls?.allow }, "refused a client whose certificate is not allowed"))
       : undefined;
-    addService(server, AgentService, withTargetHealth(agentServiceImpl(config, ops, AGENT_VERSION), targets), guard);
+    addService(server, AgentService, withFencing(withTargetHealth(agentServiceImpl(config, ops, AGENT_VERSION), targets), journal), guard);
     let port: number;
     try {
       port = await bindServer(server, config.listen, serverCredentials(certs));

@@ -4,6 +4,7 @@ import {
 } from "../common/config-helpers.js";
 import { FlotillaError } from "../common/errors.js";
 import type { DatabaseKind } from "./core/ports.js";
+import { parseAppState, type AppStateConfig } from "./config-app-state.js";
 
 export interface TlsConfig {
   readonly cert: string;
@@ -30,7 +31,10 @@ export interface AgentTarget {
     /** -c ini file (relative to dir), when not alembic.ini. */
     readonly iniFile?: string;
   };
-  readonly backups: { readonly dir: string; readonly keep: number };
+  readonly backups: { readonly dir: string; readonly keep: number; readonly keepDays?: number; readonly include: readonly string[] };
+  /** appVersion command and smoke queries (config-app-state.ts). */
+  readonly appVersion?: AppStateConfig["appVersion"];
+  readonly smoke: AppStateConfig["smoke"];
   readonly blueGreen?: { readonly green: string; readonly switch: readonly string[] };
   readonly lockTimeoutMs: number;
 }
@@ -227,8 +231,10 @@ export function loadAgentConfig(input: LoadConfigInput): AgentConfig {
         const dir = str(raw.backups, "dir", `${at}backups.`, p, { required: true });
         const keep = raw.backups.keep === undefined ? 10 : Number(raw.backups.keep);
         if (!Number.isInteger(keep) || keep < 1 || keep > 1000) p.add(`${at}backups.keep`, "must be a whole number from 1 to 1000");
-        if (dir) backups = { dir: abs(dir), keep };
+        if (dir) backups = { dir: abs(dir), keep, include: [] };
       }
+      const appState = parseAppState(raw, at, p, abs, { ...(kind === "sqlite" && display ? { sqlitePath: display.slice("sqlite:///".length) } : {}), ...(backups ? { backupsDir: backups.dir } : {}) });
+      if (backups) backups = { ...backups, include: appState.include, ...(appState.keepDays !== undefined ? { keepDays: appState.keepDays } : {}) };
       let blueGreen: AgentTarget["blueGreen"] | undefined;
       if (raw.blueGreen !== undefined) {
         if (!isObj(raw.blueGreen)) p.add(`${at}blueGreen`, "must be { green: <database URL>, switch: [command] }");
@@ -247,7 +253,8 @@ export function loadAgentConfig(input: LoadConfigInput): AgentConfig {
       if (!Number.isInteger(lockTimeoutMs) || lockTimeoutMs < 100) p.add(`${at}lockTimeoutMs`, "must be a whole number of milliseconds ≥ 100");
       if (id && dbUrl && alembic && backups) {
         targets.push({
-          id, labels, kind, database: display, alembic, backups, lockTimeoutMs,
+          id, labels, kind, database: display, alembic, backups, lockTimeoutMs, smoke: appState.smoke,
+          ...(appState.appVersion ? { appVersion: appState.appVersion } : {}),
           ...(password !== undefined ? { password } : {}),
           ...(blueGreen ? { blueGreen } : {}),
         });

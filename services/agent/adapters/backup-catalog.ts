@@ -3,6 +3,8 @@ import { mkdir, open, readFile, readdir, rename, rm, stat, writeFile } from "nod
 import { join } from "node:path";
 import { FlotillaError } from "../../common/errors.js";
 import type { BackupArtifact, DatabaseKind } from "../core/ports.js";
+import { backupsToDelete } from "../core/retention.js";
+import type { CompanionEntry } from "./companion-files.js";
 
 /** A backup as recorded beside its artifact (`<id>.json`). */
 export interface BackupManifest extends BackupArtifact {
@@ -16,6 +18,13 @@ export interface BackupManifest extends BackupArtifact {
   readonly verified: boolean;
   readonly verifiedAt: string;
   readonly verification: string;
+  /** Companion files stored in `<id>.files/` (backups.include), each with its sha256. */
+  readonly companions?: readonly CompanionEntry[];
+  /** Bytes this backup's companions hold, and the part it actually wrote (the rest is shared by hard links). */
+  readonly companionBytes?: number;
+  readonly companionNewBytes?: number;
+  /** Output of the target's appVersion command when the backup was taken. */
+  readonly appVersion?: string;
 }
 
 const BACKUP_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
@@ -65,6 +74,12 @@ export class BackupCatalog {
     return join(this.dir, `${id}.${this.kind === "sqlite" ? "db" : "dump"}`);
   }
 
+  /** Folder holding a backup's companion files. */
+  filesDir(id: string): string {
+    assertBackupId(id);
+    return join(this.dir, `${id}.files`);
+  }
+
   async save(m: BackupManifest): Promise<void> {
     assertBackupId(m.id);
     const final = join(this.dir, `${m.id}.json`);
@@ -110,12 +125,17 @@ export class BackupCatalog {
     return (await this.list()).find((m) => m.verified);
   }
 
-  /** Deletes the oldest backups beyond `keep`, never one in `protect`. Returns deleted ids. */
-  async prune(keep: number, protect: ReadonlySet<string>): Promise<string[]> {
+  /**
+   * Deletes what retention allows (core/retention.ts): beyond the newest
+   * `keep` and older than `keepDays`, never the newest verified backup nor one
+   * in `protect`. Returns deleted ids.
+   */
+  async prune(keep: number, protect: ReadonlySet<string>, keepDays?: number): Promise<string[]> {
     const all = await this.list();
     const deleted: string[] = [];
-    for (const m of all.slice(keep)) {
-      if (protect.has(m.id)) continue;
+    for (const id of backupsToDelete(all, { keep, nowMs: Date.now(), protect, ...(keepDays !== undefined ? { keepDays } : {}) })) {
+      const m = { id };
+      await rm(this.filesDir(m.id), { recursive: true, force: true });
       await rm(this.artifactPath(m.id), { recursive: true, force: true });
       await rm(join(this.dir, `${m.id}.json`), { force: true });
       deleted.push(m.id);

@@ -1,4 +1,4 @@
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import { AgentService } from "../common/gen/flotilla/v1/agent_pb.js";
@@ -16,7 +16,7 @@ import { PostgresDatabase } from "./adapters/postgres-database.js";
 import { alembicPort } from "./adapters/alembic-port.js";
 import { killOrphans } from "./adapters/orphans.js";
 import type { DatabaseAdapter } from "./core/ports.js";
-import { AgentOperations, type TargetRuntime } from "./operations.js";
+import { AgentOperations, type TargetRuntime } from "./operations/index.js";
 import { agentServiceImpl } from "./rpc/agent-service.js";
 
 export const AGENT_VERSION = "0.1.0";
@@ -77,6 +77,7 @@ export async function startAgent(config: AgentConfig, log: Logger): Promise<Runn
   const ops = new AgentOperations({
     config, targets, journal, log, appControl: new AppControl(runner),
     heartbeatMs: Number(process.env.FLOTILLA_HEARTBEAT_MS ?? 15_000),
+    fileExists: (path) => existsSync(path), killOrphans,
     runHook: async (argv, onLine, signal) => {
       const r = await runner.run({ argv, timeoutMs: 120_000, onLine: (l) => onLine(l), ...(signal ? { signal } : {}) });
       return { ok: r.exitCode === 0, detail: r.exitCode === 0 ? `hook ${argv.join(" ")} ok` : describeRun(argv[0]!, r) + (r.stderr ? `: ${r.stderr.trim().split("\n").at(-1)}` : "") };

@@ -24,36 +24,11 @@ import { createHash, randomBytes } from "node:crypto";
 import * as fsp from "node:fs/promises";
 import * as path from "node:path";
 import { FlotillaError } from "../../common/errors.js";
+import type { CompanionEntry, CompanionFile } from "../core/companions.js";
 import type { ProgressFn } from "../core/ports.js";
 import { SqliteDatabase } from "./sqlite-database.js";
 
-export type CompanionFileType = "file" | "sqlite" | "symlink" | "dir";
-
-/** One stored file (or folder, or symlink) of an entry. */
-export interface CompanionFile {
-  /** Relative to the entry ("" for an entry that is a single file). */
-  readonly path: string;
-  readonly type: CompanionFileType;
-  readonly size: number;
-  /** sha256 of the stored bytes; "" for folders and symlinks. */
-  readonly sha256: string;
-  readonly mode: number;
-  /** Symlink target. */
-  readonly link?: string;
-  /** Source identity when it was stored (`ino:size:mtimeNs`), for link-dest reuse. */
-  readonly quick?: string;
-}
-
-/** One configured include path as backed up. */
-export interface CompanionEntry {
-  /** Absolute path as configured. */
-  readonly source: string;
-  /** "missing": the path did not exist when the backup was taken (a restore removes it). */
-  readonly type: "file" | "dir" | "missing";
-  /** Name under `<id>.files/`. */
-  readonly stored: string;
-  readonly files: readonly CompanionFile[];
-}
+export type { CompanionEntry, CompanionFile, CompanionFileType } from "../core/companions.js";
 
 export interface CompanionSnapshot {
   readonly entries: CompanionEntry[];

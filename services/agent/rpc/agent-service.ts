@@ -7,7 +7,7 @@ import {
 } from "../../common/gen/flotilla/v1/agent_pb.js";
 import type { AgentConfig } from "../config.js";
 import type { BackupManifest } from "../adapters/backup-catalog.js";
-import type { AgentOperations, OpEvent, OpResult } from "../operations.js";
+import type { AgentOperations, OpEvent, OpResult } from "../operations/index.js";
 
 type EventInit = MessageInitShape<typeof OperationEventSchema>;
 
@@ -23,7 +23,16 @@ export function backupInfo(m: BackupManifest): MessageInitShape<typeof BackupInf
 function eventOf(e: OpEvent): EventInit {
   switch (e.kind) {
     case "progress":
-      return { event: { case: "progress", value: { source: e.source, line: e.line, bytesDone: BigInt(e.bytesDone ?? 0), bytesTotal: BigInt(e.bytesTotal ?? 0) } } };
+      return {
+        event: {
+          case: "progress",
+          value: {
+            source: e.source, line: e.line, bytesDone: BigInt(e.bytesDone ?? 0), bytesTotal: BigInt(e.bytesTotal ?? 0),
+            revisionIndex: e.revisionIndex ?? 0, revisionCount: e.revisionCount ?? 0, revision: e.revision ?? "",
+            elapsedMs: BigInt(Math.round(e.elapsedMs ?? 0)), etaMs: BigInt(Math.round(e.etaMs ?? 0)),
+          },
+        },
+      };
     case "step":
       return { event: { case: "step", value: { name: e.name, state: e.state, detail: e.detail, durationMs: BigInt(e.durationMs ?? 0) } } };
     case "result":
@@ -37,6 +46,7 @@ function resultOf(r: OpResult): Extract<EventInit["event"], { case: "result" }>[
     revisionBefore: r.revisionBefore, revisionAfter: r.revisionAfter, ...(r.backup ? { backup: backupInfo(r.backup) } : {}),
     timings: r.timings.map((x) => ({ fromRevision: x.from, toRevision: x.to, durationMs: BigInt(x.durationMs), message: x.message })),
     failureClass: r.failureClass, restored: r.restored, outputTail: r.outputTail, durationMs: BigInt(r.durationMs), details: r.details,
+    effect: r.effect, blockingSessions: r.blockingSessions,
   };
 }
 

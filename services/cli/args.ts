@@ -36,6 +36,8 @@ export interface ScheduleInput {
   readonly window: string;
   readonly toRevision: string;
   readonly waves: string;
+  /** A restore drill of the selected targets instead of a migration. */
+  readonly drill?: boolean;
 }
 
 /** Audit filters; times already converted to ISO 8601. */
@@ -57,6 +59,8 @@ export type Command =
   | { readonly verb: "backup"; readonly target: string }
   | { readonly verb: "backups"; readonly target: string }
   | { readonly verb: "restore"; readonly target: string; readonly backupId: string }
+  | { readonly verb: "drill"; readonly target: string; readonly backupId: string }
+  | { readonly verb: "bundle"; readonly target: string; readonly out: string }
   | { readonly verb: "plan"; readonly spec: SpecInput }
   | { readonly verb: "rollout"; readonly spec: SpecInput; readonly wait: boolean }
   | { readonly verb: "rollouts"; readonly limit: number }
@@ -396,6 +400,29 @@ const VERBS: readonly VerbDef[] = [
     },
   },
   {
+    name: "drill",
+    usage: "flotilla drill TARGET [--backup ID]",
+    summary: "restore a verified backup (the newest by default) into scratch and check it; exit 1 when it fails",
+    positionals: ["TARGET"],
+    options: { backup: { type: "string", help: "ID  the backup to drill (default: the newest verified)" } },
+    build: (ctx) => {
+      const b = str(ctx, "backup");
+      return { verb: "drill", target: target(ctx), backupId: b === undefined ? "" : parseId(b, "--backup", "an id from flotilla backups") };
+    },
+  },
+  {
+    name: "bundle",
+    usage: "flotilla bundle TARGET [--out FILE]",
+    summary: "the diagnostics bundle (.tar.gz): never the database, never a secret",
+    positionals: ["TARGET"],
+    options: { out: { type: "string", help: "FILE  where to write it (default: the bundle's name in the current folder)" } },
+    build: (ctx) => {
+      const out = str(ctx, "out");
+      if (out === "") problem("--out needs a file name, e.g. --out bundle.tar.gz");
+      return { verb: "bundle", target: target(ctx), out: out ?? "" };
+    },
+  },
+  {
     name: "plan",
     usage: "flotilla plan --selector S [--to REV] [--strategy X] [--waves W]",
     summary: "dry run: the steps and the SQL per target; changes nothing",
@@ -509,14 +536,18 @@ const VERBS: readonly VerbDef[] = [
   },
   {
     name: "schedule add",
-    usage: "flotilla schedule add NAME --cron EXPR --selector S --strategy X [--window 2h] [--to REV] [--waves W]",
-    summary: "a fleet-wide migration on a cron, within a maintenance window",
+    usage: "flotilla schedule add NAME --cron EXPR --selector S (--strategy X [--window 2h] [--to REV] [--waves W] | --drill)",
+    summary: "a fleet-wide migration (or, with --drill, a restore drill) on a cron",
     positionals: ["NAME"],
-    options: { cron: { type: "string", help: 'EXPR  five cron fields, e.g. "0 3 * * 0"' }, selector: O.selector, strategy: O.strategy, window: O.window, to: O.to, waves: O.waves },
+    options: { cron: { type: "string", help: 'EXPR  five cron fields, e.g. "0 3 * * 0"' }, selector: O.selector, strategy: O.strategy, window: O.window, to: O.to, waves: O.waves, drill: { type: "boolean", help: "drill the newest verified backup of each selected target instead of migrating" } },
     build: (ctx) => {
       const usage = "flotilla schedule add NAME --cron EXPR --selector S --strategy X [--window 2h]";
       const name = parseId(pos(ctx, 0), "NAME", "sunday-prod");
       const cron = parseCron(requireOption(ctx, "cron", usage, '"0 3 * * 0"'));
+      if (flag(ctx, "drill")) {
+        const selector = parseSelector(requireOption(ctx, "selector", "flotilla schedule add NAME --drill --cron EXPR --selector S", "env=prod"));
+        return { verb: "schedule add", schedule: { name, cron, selector, strategy: "", window: "", toRevision: "", waves: "", drill: true } };
+      }
       const spec = specFrom(ctx, usage, true);
       return {
         verb: "schedule add",
@@ -587,7 +618,7 @@ const SUBVERBS: Readonly<Record<string, readonly string[]>> = {
 
 const GROUPS: ReadonlyArray<readonly [string, readonly string[]]> = [
   ["inventory and health", ["targets", "diagnose"]],
-  ["backups", ["backup", "backups", "restore"]],
+  ["backups", ["backup", "backups", "restore", "drill", "bundle"]],
   ["migrations", ["plan", "rollout", "rollouts", "rollout show", "rollout abort", "rollout rollback", "downgrade", "stamp", "recover"]],
   ["schedules", ["schedule add", "schedules", "schedule rm"]],
   ["audit", ["audit", "audit verify", "audit export"]],

@@ -28,10 +28,11 @@ const METHOD_ROLE: Record<string, Role> = {
   ListTargets: "viewer", DiagnoseTarget: "viewer", ListTargetBackups: "viewer", PlanRollout: "viewer", GetRollout: "viewer",
   ListRollouts: "viewer", WatchRollout: "viewer", ListSchedules: "viewer", QueryAudit: "viewer", VerifyAudit: "viewer",
   BackupTarget: "operator", StartRollout: "operator", AbortRollout: "operator", RegisterAgent: "operator",
+  DrillTarget: "operator", BundleTarget: "operator",
   RestoreTarget: "admin", RecoverTarget: "admin", DowngradeTarget: "admin", StampTarget: "admin", RollbackRollout: "admin", AddSchedule: "admin", RemoveSchedule: "admin",
 };
 
-const READS = new Set(["ListTargets", "DiagnoseTarget", "ListTargetBackups", "PlanRollout", "GetRollout", "ListRollouts", "WatchRollout", "ListSchedules", "QueryAudit", "VerifyAudit"]);
+const READS = new Set(["BundleTarget", "ListTargets", "DiagnoseTarget", "ListTargetBackups", "PlanRollout", "GetRollout", "ListRollouts", "WatchRollout", "ListSchedules", "QueryAudit", "VerifyAudit"]);
 
 export interface Caller {
   readonly actor: string;
@@ -187,6 +188,15 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
       const { agentId } = await ownerOf(req.targetId);
       return runOp(agentId, (c) => c.recover({ targetId: req.targetId, operationId: req.operationId, action: req.action, newOperationId: `api.${randomUUID()}` }, timeout));
     }),
+    drillTarget: (req, ctx) => audited("DrillTarget", ctx, req.targetId, req, async () => {
+      if (req.backupId && !/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(req.backupId)) throw new FlotillaError("INVALID_ARGUMENT", `"${req.backupId}" is not a backup id (list them with: flotilla backups ${req.targetId})`);
+      const { agentId } = await ownerOf(req.targetId);
+      return runOp(agentId, (c) => c.drill({ targetId: req.targetId, backupId: req.backupId, operationId: `api.${randomUUID()}` }, timeout));
+    }),
+    bundleTarget: (req, ctx) => audited("BundleTarget", ctx, req.targetId, req, async () => {
+      const { agentId } = await ownerOf(req.targetId);
+      return (await d.pool.client(agentId)).bundle({ targetId: req.targetId }, { timeoutMs: 300_000 });
+    }),
     planRollout: (req, ctx) => audited("PlanRollout", ctx, req.selector, req, async () => {
       const plan = await d.engine.plan({ selector: req.selector, toRevision: req.toRevision, strategy: req.strategy || "maintenance", waves: req.waves, maxFailures: req.maxFailures } as Parameters<RolloutEngine["plan"]>[0]);
       const warnings = [...plan.warnings];
@@ -255,11 +265,11 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
       if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(req.name)) problems.push(`name "${req.name}" must use letters, digits, . _ -`);
       if (!Scheduler.validate(req.cron)) problems.push(`--cron "${req.cron}" is not a 5-field cron expression (e.g. "0 3 * * 0")`);
       if (!SELECTOR.test(req.selector)) problems.push(`--selector "${req.selector}" is not k=v[,k=v]`);
-      if (!["maintenance", "job", "blue-green"].includes(req.strategy)) problems.push(`--strategy must be maintenance, job or blue-green`);
+      if (!req.drill && !["maintenance", "job", "blue-green"].includes(req.strategy)) problems.push(`--strategy must be maintenance, job or blue-green`);
       const window = req.window || "2h";
       if (parseDuration(window) === undefined) problems.push(`--window "${window}" is not a duration like 2h`);
       if (problems.length) throw new FlotillaError("INVALID_ARGUMENT", problems.join("; "));
-      const s = { name: req.name, cron: req.cron, selector: req.selector, strategy: req.strategy as Strategy, window, toRevision: req.toRevision || "head", waves: req.waves, source: "api" as const };
+      const s = { name: req.name, cron: req.cron, selector: req.selector, strategy: req.strategy as Strategy, window, toRevision: req.toRevision || "head", waves: req.waves, source: "api" as const, ...(req.drill ? { drill: true } : {}) };
       await d.store.upsertSchedule(s);
       await d.scheduler.reload();
       return { ...s };

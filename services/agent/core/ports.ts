@@ -90,6 +90,12 @@ export interface DatabaseAdapter {
   freeBytes(dir: string): Promise<number>;
   /** The URL handed to Alembic as DATABASE_URL (with password, never logged). */
   alembicUrl(): string;
+  /** A backup restored into scratch (temp SQLite file, scratch PostgreSQL database) for drills; drop() removes it. */
+  scratchFromBackup?(artifact: BackupArtifact, onProgress: ProgressFn, signal?: AbortSignal): Promise<{ adapter: DatabaseAdapter; url: string; drop(): Promise<void> }>;
+  /** Engine version and a schema description per table (PRAGMA table_info, or psql \d on PostgreSQL): never rows. */
+  describe?(): Promise<{ serverVersion: string; tables: Record<string, string> }>;
+  /** One configured read-only query (drill smoke tests): row count and the first value when numeric. */
+  smokeQuery?(sql: string): Promise<{ rows: number; value: string }>;
 }
 
 /** One revision of the code's revision graph. */

@@ -75,6 +75,8 @@ export interface ScheduleDoc {
   toRevision: string;
   waves: string;
   source: "config" | "api";
+  /** A restore drill of the selected targets instead of a migration. */
+  drill?: boolean;
   lastRun?: string;
   lastResult?: string;
 }

@@ -195,7 +195,7 @@ export async function snapshotCompanions(o: SnapshotOptions): Promise<CompanionS
       }
       const files: CompanionFile[] = [];
       // One file of the entry: link it to the previous backup's copy when unchanged, else copy it.
-      const takeFile = async (abs: string, rel: string, fst: import("node:fs").BigIntStats, dest: string): Promise<void> => {
+      const takeFile = async (abs: string, rel: string, fst: import("node:fs").BigIntStats, dest: string, sqlite?: boolean): Promise<void> => {
         cancelled(o.signal);
         const mode = Number(fst.mode);
         const prev = prevFiles.get(rel);
@@ -206,7 +206,7 @@ export async function snapshotCompanions(o: SnapshotOptions): Promise<CompanionS
           files.push({ path: rel, type: "symlink", size: 0, sha256: "", mode, link });
           return;
         }
-        if (await isSqliteFile(abs)) {
+        if (sqlite ?? (fst.isFile() && (await isSqliteFile(abs)))) {
           const art = await new SqliteDatabase({ path: abs }).backup(dest, () => undefined, o.signal);
           bytes += art.sizeBytes;
           if (prev?.type === "sqlite" && prev.sha256 === art.sha256 && prevPath && (await linkOver(prevPath, dest, art.sizeBytes))) {
@@ -248,18 +248,25 @@ export async function snapshotCompanions(o: SnapshotOptions): Promise<CompanionS
         files.push({ path: "", type: "dir", size: 0, sha256: "", mode: Number(st.mode) });
         const sqliteFiles = new Set<string>();
         const list = await walk(source, isExcluded);
-        for (const f of list) if (f.st.isFile() && (await isSqliteFile(f.abs))) sqliteFiles.add(f.abs);
-        for (const f of list) {
-          const side = SQLITE_SIDE_FILES.find((s) => f.abs.endsWith(s));
-          if (side && sqliteFiles.has(f.abs.slice(0, -side.length))) continue;
-          const dest = path.join(root, f.rel);
-          if (f.st.isDirectory()) {
-            await fsp.mkdir(dest, { mode: 0o700 });
-            files.push({ path: f.rel, type: "dir", size: 0, sha256: "", mode: Number(f.st.mode) });
-          } else if (f.st.isFile() || f.st.isSymbolicLink()) {
-            await takeFile(f.abs, f.rel, f.st, dest);
-          }
+        // A file the previous backup took as a plain file, unchanged since, is not opened to look for a SQLite header.
+        const unchangedPlain = (f: (typeof list)[number]): boolean => {
+          const prev = prevFiles.get(f.rel);
+          return prev?.type === "file" && prev.quick === quickKey(f.st);
+        };
+        await eachLimited(list, 8, async (f) => {
+          if (f.st.isFile() && !unchangedPlain(f) && (await isSqliteFile(f.abs))) sqliteFiles.add(f.abs);
+        });
+        const taken = list.filter((f) => {
+          const side = SQLITE_SIDE_FILES.find((x) => f.abs.endsWith(x));
+          return !(side && sqliteFiles.has(f.abs.slice(0, -side.length))) && (f.st.isDirectory() || f.st.isFile() || f.st.isSymbolicLink());
+        });
+        // Folders first (parents before children), then the files, several at a time.
+        for (const f of taken.filter((x) => x.st.isDirectory())) {
+          await fsp.mkdir(path.join(root, f.rel), { mode: 0o700 });
+          files.push({ path: f.rel, type: "dir", size: 0, sha256: "", mode: Number(f.st.mode) });
         }
+        await eachLimited(taken.filter((x) => !x.st.isDirectory()), 8, (f) => takeFile(f.abs, f.rel, f.st, path.join(root, f.rel), sqliteFiles.has(f.abs)));
+        files.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
         entries.push({ source, type: "dir", stored, files });
       } else if (st.isFile()) {
         await takeFile(source, "", st, path.join(tmpDir, stored));
@@ -278,6 +285,18 @@ export async function snapshotCompanions(o: SnapshotOptions): Promise<CompanionS
   }
   o.onProgress({ source: "backup", line: `companion files: ${entries.length} path(s), ${copiedFiles} file(s) copied (${Math.round(newBytes / 1e6)} MB), ${linkedFiles} shared with the previous backup` });
   return { entries, bytes, newBytes, copiedFiles, linkedFiles };
+}
+
+/** Runs fn over items, at most `limit` at a time. */
+async function eachLimited<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) {
+      const item = items[next++]!;
+      await fn(item);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }
 
 /** Replaces dest by a hard link to prev when prev has the expected size. */

@@ -213,8 +213,8 @@ export class OperationContext {
     }
     const { id, path } = t.catalog.newBackup();
     const artifact = await this.step(emit, "backup", () => db.backup(path, progress, signal), (a) => `${id}: ${a.sizeBytes} bytes, sha256 ${a.sha256.slice(0, 12)}…`);
-    const companions = await this.step(emit, "backup-companions", () => takeCompanions(t, db, id, progress, signal),
-      (c) => (c.companions ? `${c.companions.length} path(s), ${c.companionBytes ?? 0} bytes, ${c.companionNewBytes ?? 0} written (the rest shared)` : "none configured"));
+    const companions = t.config.backups.include.length === 0 || db !== t.db ? {} : await this.step(emit, "backup-companions", () => takeCompanions(t, db, id, progress, signal),
+      (c) => `${c.companions?.length ?? 0} path(s), ${c.companionBytes ?? 0} bytes, ${c.companionNewBytes ?? 0} written (the rest shared with the previous backup)`);
     const appVersion = await readAppVersion(this, t, signal);
     let manifest: BackupManifest = {
       ...artifact, id, targetId: t.config.id, kind: t.config.kind, createdAt: new Date().toISOString(), source: db.displayName,

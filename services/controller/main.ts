@@ -5,6 +5,7 @@ import { ControllerService } from "../common/gen/flotilla/v1/controller_pb.js";
 import { ReloadableCertificates, addService, bindServer, newServer, peerIdentityGuard, serverCredentials } from "../common/grpc-bridge.js";
 import { expiryWarning, expiryWarnings, hostOf, isLoopbackHost } from "../common/tls.js";
 import { createLogger, type Logger } from "../common/logger.js";
+import { installProcessGuard } from "../common/process-guard.js";
 import { toFlotillaError } from "../common/errors.js";
 import { registerSecret } from "../common/redact.js";
 import { GrpcAgentPool } from "./agents/agent-pool.js";
@@ -17,7 +18,7 @@ import { RolloutEngine } from "./rollout-engine.js";
 import { Scheduler } from "./scheduler.js";
 import { drillSelected, summariseDrills } from "./drills.js";
 import { Leadership } from "./leadership.js";
-import { authenticate, controllerServiceImpl } from "./service.js";
+import { API_LEASE_PREFIX, authenticate, controllerServiceImpl } from "./service.js";
 import { openStore } from "./store/index.js";
 
 export interface RunningController {
@@ -51,6 +52,11 @@ export async function startController(config: ControllerConfig, log: Logger): Pr
     return authenticate(config, typeof auth === "string" ? auth : undefined, method);
   };
   const leadership = new Leadership(config.store, log, async () => {
+    // Leases of single API operations belong to calls of an earlier leader, gone now (the agent's
+    // journal lock still guards an operation it is finishing).
+    for (const [targetId, holder] of Object.entries(await store.listLeases())) {
+      if (holder.startsWith(API_LEASE_PREFIX)) await store.releaseLeases(holder, [targetId]);
+    }
     const resumed = await engine.resumeAll();
     if (resumed.length) log.info({ rollouts: resumed }, "resumed rollouts");
     await scheduler.reload();
@@ -139,6 +145,7 @@ export async function main(argv: string[]): Promise<void> {
     return;
   }
   const log = createLogger({ name: "flotilla-controller", level: config.logLevel });
+  installProcessGuard(log);
   let running: RunningController;
   try {
     running = await startController(config, log);

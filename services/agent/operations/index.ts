@@ -5,6 +5,7 @@ import * as apps from "./apps.js";
 import * as backups from "./backup.js";
 import * as blueGreen from "./blue-green.js";
 import * as migrations from "./migrate.js";
+import * as moving from "./move.js";
 import * as reads from "./reads.js";
 import * as recovery from "./recover.js";
 import * as stamping from "./stamp.js";
@@ -63,6 +64,8 @@ export class AgentOperations {
   drill(req: Req<typeof drills.drill>, emit: Emit, signal?: AbortSignal): Promise<OpResult> { return drills.drill(this.ctx, req, emit, signal); }
   lastDrill(targetId: string): OperationRow | undefined { return drills.lastDrill(this.ctx, targetId); }
   bundle(targetId: string, agentVersion: string): ReturnType<typeof bundles.bundle> { return bundles.bundle(this.ctx, targetId, agentVersion); }
+  // move between SQLite and PostgreSQL
+  move(req: Req<typeof moving.moveTarget>, emit: Emit, signal?: AbortSignal): Promise<OpResult> { return moving.moveTarget(this.ctx, req, emit, signal); }
 
   // recovery and the journal
   recover(req: Req<typeof recovery.recover>, emit: Emit, signal?: AbortSignal): Promise<OpResult> { return recovery.recover(this.ctx, req, emit, signal); }

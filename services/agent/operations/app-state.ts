@@ -32,10 +32,11 @@ function excluded(t: TargetRuntime): string[] {
 export async function takeCompanions(
   t: TargetRuntime, db: DatabaseAdapter, id: string, progress: ProgressFn, signal?: AbortSignal,
 ): Promise<Pick<BackupManifest, "companions" | "companionBytes" | "companionNewBytes">> {
-  if (t.config.backups.include.length === 0 || db !== t.db) return {};
+  const include = t.config.backups.include ?? [];
+  if (include.length === 0 || db !== t.db) return {};
   const previous = (await t.catalog.list()).find((m) => m.verified && m.companions && m.companions.length > 0);
   const snap = await snapshotCompanions({
-    include: t.config.backups.include, destDir: t.catalog.filesDir(id), exclude: excluded(t), onProgress: progress,
+    include, destDir: t.catalog.filesDir(id), exclude: excluded(t), onProgress: progress,
     ...(previous?.companions ? { previous: { dir: companionsDir(previous), entries: previous.companions } } : {}),
     ...(signal ? { signal } : {}),
   });

@@ -214,17 +214,25 @@ export class OperationContext {
       refuse("PRECONDITION_FAILED", `not enough free space in ${t.config.backups.dir}: ${Math.round(free / 1e6)} MB free, the database is ${Math.round(size / 1e6)} MB. Free some space or prune old backups`);
     }
     const { id, path } = t.catalog.newBackup();
-    const artifact = await this.step(emit, "backup", () => db.backup(path, progress, signal), (a) => `${id}: ${a.sizeBytes} bytes, sha256 ${a.sha256.slice(0, 12)}…`);
-    const companions = t.config.backups.include.length === 0 || db !== t.db ? {} : await this.step(emit, "backup-companions", () => takeCompanions(t, db, id, progress, signal),
-      (c) => `${c.companions?.length ?? 0} path(s), ${c.companionBytes ?? 0} bytes, ${c.companionNewBytes ?? 0} written (the rest shared with the previous backup)`);
-    const appVersion = await readAppVersion(this, t, signal);
-    let manifest: BackupManifest = {
-      ...artifact, id, targetId: t.config.id, kind: t.config.kind, createdAt: new Date().toISOString(), source: db.displayName,
-      operationId: opId, rolloutId, verified: false, verifiedAt: "", verification: "not verified yet", ...companions, ...appVersionOf(appVersion),
-    };
-    await t.catalog.save(manifest);
+    let manifest: BackupManifest;
+    try {
+      const artifact = await this.step(emit, "backup", () => db.backup(path, progress, signal), (a) => `${id}: ${a.sizeBytes} bytes, sha256 ${a.sha256.slice(0, 12)}…`);
+      const companions = (t.config.backups.include ?? []).length === 0 || db !== t.db ? {} : await this.step(emit, "backup-companions", () => takeCompanions(t, db, id, progress, signal),
+        (c) => `${c.companions?.length ?? 0} path(s), ${c.companionBytes ?? 0} bytes, ${c.companionNewBytes ?? 0} written (the rest shared with the previous backup)`);
+      const appVersion = await readAppVersion(this, t, signal);
+      manifest = {
+        ...artifact, id, targetId: t.config.id, kind: t.config.kind, createdAt: new Date().toISOString(), source: db.displayName,
+        operationId: opId, rolloutId, verified: false, verifiedAt: "", verification: "not verified yet", ...companions, ...appVersionOf(appVersion),
+      };
+      await t.catalog.save(manifest);
+      if (verify) manifest = await this.verifyManifest(t, db, manifest, emit, progress, signal, false);
+    } catch (err) {
+      // Disk full, a failed verification, a cancel: the folder keeps only complete, verified backups.
+      await t.catalog.discard(id);
+      throw err;
+    }
+    // Recorded once the backup is complete (and verified when asked): recover restores only such a backup.
     this.deps.journal.update(opId, { backupId: id });
-    if (verify) manifest = await this.verifyManifest(t, db, manifest, emit, progress, signal, false);
     const recent = this.deps.journal.list(t.config.id, 200);
     // Protected: backups of running or interrupted operations, and of the latest migration (a rollback restores it).
     const lastMigrate = recent.find((o) => o.kind === "migrate" && o.backupId !== "");

@@ -56,7 +56,7 @@ export function drill(ctx: OperationContext, req: { targetId: string; backupId: 
       });
       if (problems.length > 0) return failedWith(problems.join("; "));
       const smoke: string[] = [];
-      for (const [i, sql] of t.config.smoke.entries()) {
+      for (const [i, sql] of (t.config.smoke ?? []).entries()) {
         if (!copy.smokeQuery) break;
         try {
           const r = await ctx.step(emit, `smoke:${i + 1}`, () => copy.smokeQuery!(sql), (x) => `${x.rows} row(s)${x.value ? `, ${x.value}` : ""}`);

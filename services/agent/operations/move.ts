@@ -203,25 +203,38 @@ async function moveBody(
   const stopped = req.fromBackup ? [] : await f.controlApps(from, "stop", "", emit, progress, signal);
   let toTouched = false;
   let schema: Promise<AlembicRun> | undefined;
+  let backupP: Promise<BackupManifest> | undefined;
+  let integrityP: Promise<{ ok: boolean; detail: string }> | undefined;
   try {
     if (!req.fromBackup) await f.assertNotHeld(from, from.db, true);
-    // TO's schema is built while FROM is backed up and checked: a refusal after this point empties TO again.
+    // TO's schema is built while FROM is backed up and checked; with the app stopped, the copy reads FROM
+    // itself meanwhile. The move succeeds only once the backup is verified and the integrity check passed;
+    // any failure after this point empties TO again.
     toTouched = true;
     schema = f.step(emit, `schema:${revision}`, () => to.alembic.upgrade(revision, { timeoutMs: to.config.alembic.timeoutMs, ...(signal ? { signal } : {}), onLine: (line) => progress({ source: "alembic", line }) }),
       (r) => r.ok ? `alembic upgrade ${revision} on ${to.config.id}` : r.failure?.message ?? "alembic failed");
     schema.catch(() => undefined);
-    const [integrity, backup] = await Promise.all([
-      // SQLite: the copy reads the backup, whose verification runs PRAGMA integrity_check; PostgreSQL: a read of every table.
-      from.config.kind === "postgresql" ? f.step(emit, "integrity", () => from.db.integrityCheck(), (r) => r.detail) : Promise.resolve(undefined),
-      f.takeBackup(from, from.db, id, "", true, emit, progress, signal),
-    ]);
-    result.backup = backup;
-    const checked = integrity ?? { ok: /integrity_check ok/.test(backup.verification), detail: backup.verification };
-    if (!integrity) emit({ kind: "step", name: "integrity", state: checked.ok ? "succeeded" : "failed", detail: `integrity_check of the verified backup the copy reads: ${checked.ok ? "ok" : checked.detail}` });
-    if (!checked.ok) refuse("PRECONDITION_FAILED", `${from.config.id} fails its integrity check (${checked.detail}): restore a good backup first (flotilla backups ${from.config.id})`);
-    if (req.fromBackup) {
-      details.missed_writes_since = backup.createdAt;
-      progress({ source: "agent", line: `copying from backup ${backup.id} (taken ${backup.createdAt}) while the app runs: writes made to ${from.config.id} after that time are not in ${to.config.id}` });
+    backupP = f.takeBackup(from, from.db, id, "", true, emit, progress, signal);
+    backupP.catch(() => undefined);
+    const copyFromBackup = req.fromBackup && from.config.kind === "sqlite";
+    integrityP = copyFromBackup
+      // The copy reads the backup, whose verification runs PRAGMA integrity_check on it.
+      ? backupP.then((b) => {
+        const r = { ok: /integrity_check ok/.test(b.verification), detail: b.verification };
+        emit({ kind: "step", name: "integrity", state: r.ok ? "succeeded" : "failed", detail: `integrity_check of the verified backup the copy reads: ${r.ok ? "ok" : r.detail}` });
+        return r;
+      })
+      : f.step(emit, "integrity", () => from.db.integrityCheck(), (r) => r.detail);
+    integrityP.catch(() => undefined);
+    let sourcePath = from.config.kind === "sqlite" ? sqlitePath(from.db) : "";
+    if (copyFromBackup) {
+      const b = await backupP;
+      sourcePath = b.path;
+      details.missed_writes_since = b.createdAt;
+      progress({ source: "agent", line: `copying from backup ${b.id} (taken ${b.createdAt}) while the app runs: writes made to ${from.config.id} after that time are not in ${to.config.id}` });
+    } else if (req.fromBackup) {
+      details.missed_writes_since = new Date().toISOString();
+      progress({ source: "agent", line: `copying one consistent snapshot of ${from.config.id} while the app runs: writes after ${details.missed_writes_since} are not in ${to.config.id}` });
     }
 
     // ---------------------------------------------------------------- schema from Alembic
@@ -232,8 +245,11 @@ async function moveBody(
 
     // ---------------------------------------------------------------- copy and verify
     const copied = from.config.kind === "sqlite"
-      ? await sqliteToPg(f, emit, progress, from, to, backup, facts.orphanRows, req.skipOrphans, id, details, signal)
+      ? await sqliteToPg(f, emit, progress, from, to, sourcePath, facts.orphanRows, req.skipOrphans, id, details, signal)
       : await pgToSqlite(f, emit, progress, from, to, signal);
+    const [backup, integrity] = await Promise.all([backupP, integrityP]);
+    result.backup = backup;
+    if (!integrity.ok) refuse("PRECONDITION_FAILED", `${from.config.id} fails its integrity check (${integrity.detail}): restore a good backup first (flotilla backups ${from.config.id}); ${to.config.id} was emptied again`);
     const rows = copied.reduce((a, r) => a + r.rows, 0);
     const bytes = copied.reduce((a, r) => a + r.bytes, 0);
     details.tables = String(copied.length);
@@ -259,8 +275,9 @@ async function moveBody(
       details,
     };
   } catch (err) {
+    // Nothing may still be running when the operation ends.
+    await Promise.allSettled([schema, backupP, integrityP]);
     if (toTouched) {
-      await schema?.catch(() => undefined);
       progress({ source: "agent", line: `move failed: emptying ${to.config.id} again` });
       await emptyTarget(to, facts.toExists).catch((e: unknown) => progress({ source: "agent", line: `could not empty ${to.config.id}: ${redact(toFlotillaError(e).message)}` }));
     }
@@ -308,20 +325,24 @@ async function emptyTarget(to: TargetRuntime, existed: boolean): Promise<void> {
 }
 
 async function sqliteToPg(
-  f: MoveFrame, emit: Emit, progress: ProgressFn, from: TargetRuntime, to: TargetRuntime, backup: BackupManifest,
-  orphans: readonly OrphanRow[], skipOrphans: boolean, id: string, details: Record<string, string>, signal?: AbortSignal,
+  f: MoveFrame, emit: Emit, progress: ProgressFn, from: TargetRuntime, to: TargetRuntime, sourcePath: string,
+  preflightOrphans: readonly OrphanRow[], skipOrphans: boolean, id: string, details: Record<string, string>, signal?: AbortSignal,
 ): Promise<TableResult[]> {
-  // The verified backup is the source: a consistent snapshot equal to FROM (the app is stopped, or --from-backup).
-  const source: Database.Database = openSqlite(backup.path, true);
+  // FROM itself while its app is stopped and nothing holds it, or the verified backup (--from-backup).
+  const source: Database.Database = openSqlite(sourcePath, true);
   let client: pg.Client | undefined;
   try {
     client = await pgOf(to.db).openClient();
     const c = client;
     const fromFacts = sqliteTables(source);
-    const plan = planCopy(fromFacts, await pgTables(c), "postgresql", [...sqliteForeignKeys(source, fromFacts.map((t) => t.name)), ...(await pgForeignKeys(c))]);
+    // Row counts order the copy: the biggest table first among those whose parents are copied.
+    const weights = Object.fromEntries(fromFacts.map((t) => [t.name, (source.prepare(`SELECT count(*) AS n FROM "${t.name.replace(/"/g, '""')}"`).get() as { n: number }).n]));
+    const plan = planCopy(fromFacts, await pgTables(c), "postgresql", [...sqliteForeignKeys(source, fromFacts.map((t) => t.name)), ...(await pgForeignKeys(c))], weights);
     if (plan.problems.length > 0) throw new FlotillaError("PRECONDITION_FAILED", `the schema of ${from.config.id} does not match what Alembic builds: ${plan.problems.join("; ")}`);
     const skip = new Map<string, Set<number>>();
-    if (skipOrphans && orphans.length > 0) {
+    // Found again in the source the copy reads: a backup's rowids can differ from FROM's (VACUUM renumbers them).
+    const orphans = skipOrphans && preflightOrphans.length > 0 ? sqliteOrphans(source, fromFacts) : [];
+    if (orphans.length > 0) {
       for (const o of orphans) {
         const s = skip.get(o.table) ?? new Set<number>();
         s.add(o.rowid);

@@ -53,7 +53,17 @@ export interface AgentConfig {
   readonly apps: readonly AgentApp[];
   readonly controller?: { readonly address: string; readonly advertise: string; readonly heartbeatSeconds: number; readonly token?: string };
   readonly logLevel: string;
+  /**
+   * host:port of the small HTTP listener for /healthz, /readyz and /metrics
+   * (loopback by default); undefined when turned off with `httpListen: off`.
+   */
+  readonly httpListen?: string;
+  /** True when httpListen was set (flag, env or file): then failing to bind it stops the agent. */
+  readonly httpListenExplicit: boolean;
 }
+
+/** Default address of the agent's health and metrics listener. */
+export const DEFAULT_HTTP_LISTEN = "127.0.0.1:7444";
 
 export interface LoadConfigInput {
   readonly argv: readonly string[];
@@ -110,7 +120,7 @@ export function loadAgentConfig(input: LoadConfigInput): AgentConfig {
   const doc = parseConfigText(text, configPath);
   const p = new ConfigProblems(configPath);
 
-  const known = new Set(["agentId", "listen", "tls", "dataDir", "targets", "apps", "controller", "logLevel"]);
+  const known = new Set(["agentId", "listen", "tls", "dataDir", "targets", "apps", "controller", "logLevel", "httpListen"]);
   for (const k of Object.keys(doc)) if (!known.has(k)) p.add(k, `unknown key (known: ${[...known].join(", ")})`);
 
   const agentId = flagValue(input.argv, "agent-id") ?? input.env.FLOTILLA_AGENT_ID ?? str(doc, "agentId", "", p, { pattern: ID, hint: "letters, digits, . _ -" }) ?? input.hostname ?? "agent";
@@ -286,6 +296,12 @@ export function loadAgentConfig(input: LoadConfigInput): AgentConfig {
     }
   }
   const logLevel = input.env.FLOTILLA_LOG_LEVEL ?? str(doc, "logLevel", "", p) ?? "info";
+  const httpGiven = flagValue(input.argv, "http-listen") ?? input.env.FLOTILLA_AGENT_HTTP_LISTEN ?? str(doc, "httpListen", "", p);
+  const httpListen = httpGiven ?? DEFAULT_HTTP_LISTEN;
+  if (httpListen !== "off" && !HOST_PORT.test(httpListen)) p.add("httpListen", `"${httpListen}" is not host:port (e.g. 127.0.0.1:7444) or off`);
   p.throwIfAny();
-  return deepFreeze({ agentId, listen, dataDir, targets, apps, logLevel, ...(tls ? { tls } : {}), ...(controller ? { controller } : {}) });
+  return deepFreeze({
+    agentId, listen, dataDir, targets, apps, logLevel, ...(tls ? { tls } : {}), ...(controller ? { controller } : {}),
+    ...(httpListen !== "off" ? { httpListen } : {}), httpListenExplicit: httpGiven !== undefined,
+  });
 }

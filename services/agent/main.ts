@@ -3,6 +3,7 @@ import { hostname } from "node:os";
 import { join } from "node:path";
 import { AgentService } from "../common/gen/flotilla/v1/agent_pb.js";
 import { addService, bindServer, newServer, serverCredentials } from "../common/grpc-bridge.js";
+import { addHealthService } from "../common/grpc-health.js";
 import { createLogger, type Logger } from "../common/logger.js";
 import { NodeProcessRunner, describeRun, type ProcessRunner } from "../common/process-runner.js";
 import { registerSecret } from "../common/redact.js";
@@ -18,6 +19,8 @@ import { killOrphans } from "./adapters/orphans.js";
 import type { DatabaseAdapter } from "./core/ports.js";
 import { AgentOperations, type TargetRuntime } from "./operations.js";
 import { agentServiceImpl } from "./rpc/agent-service.js";
+import { AgentMetrics } from "./metrics.js";
+import { startHealthListener } from "./http-health.js";
 
 export const AGENT_VERSION = "0.1.0";
 
@@ -49,6 +52,8 @@ export function buildTargets(config: AgentConfig, runner: ProcessRunner): Map<st
 
 export interface RunningAgent {
   readonly port: number;
+  /** Port of the /healthz, /readyz, /metrics listener; 0 when it is off. */
+  readonly httpPort: number;
   readonly config: AgentConfig;
   stop(force?: boolean): Promise<void>;
 }
@@ -82,11 +87,34 @@ export async function startAgent(config: AgentConfig, log: Logger): Promise<Runn
       return { ok: r.exitCode === 0, detail: r.exitCode === 0 ? `hook ${argv.join(" ")} ok` : describeRun(argv[0]!, r) + (r.stderr ? `: ${r.stderr.trim().split("\n").at(-1)}` : "") };
     },
   });
+  const metrics = new AgentMetrics({
+    lastVerifiedBackups: () => Promise.all([...targets.values()].map(async (t) => {
+      const m = await t.catalog.lastVerified().catch(() => undefined);
+      return { targetId: t.config.id, ...(m ? { createdAt: m.createdAt, sizeBytes: m.sizeBytes } : {}) };
+    })),
+  });
   const server = newServer();
-  addService(server, AgentService, agentServiceImpl(config, ops, AGENT_VERSION));
+  addService(server, AgentService, metrics.instrument(agentServiceImpl(config, ops, AGENT_VERSION)));
+  const health = addHealthService(server, [AgentService.typeName]);
   const tls = config.tls ? { cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key), ca: readFileSync(config.tls.ca) } : undefined;
   const port = await bindServer(server, config.listen, serverCredentials(tls));
-  log.info({ port, targets: config.targets.map((t) => t.id), tls: Boolean(tls) }, "agent listening");
+  let draining = false;
+  let httpServer: import("node:http").Server | undefined;
+  let httpPort = 0;
+  if (config.httpListen) {
+    try {
+      ({ server: httpServer, port: httpPort } = await startHealthListener(config.httpListen, { ready: () => !draining, metrics }));
+    } catch (err) {
+      // The default address may be taken (several agents on one host); only an explicit one must work.
+      if (config.httpListenExplicit) {
+        server.forceShutdown();
+        journal.close();
+        throw err;
+      }
+      log.warn({ err: toFlotillaError(err), address: config.httpListen }, "health and metrics listener not started: set httpListen to a free address");
+    }
+  }
+  log.info({ port, httpPort, targets: config.targets.map((t) => t.id), tls: Boolean(tls) }, "agent listening");
 
   let heartbeat: NodeJS.Timeout | undefined;
   if (config.controller) {
@@ -110,9 +138,14 @@ export async function startAgent(config: AgentConfig, log: Logger): Promise<Runn
 
   return {
     port,
+    httpPort,
     config,
     async stop(force = false) {
+      draining = true;
+      health.setAll("NOT_SERVING");
       if (heartbeat) clearInterval(heartbeat);
+      httpServer?.closeAllConnections();
+      httpServer?.close();
       if (force) server.forceShutdown();
       else await new Promise<void>((r) => server.tryShutdown(() => r()));
       journal.close();

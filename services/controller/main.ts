@@ -3,6 +3,7 @@ import { mkdir } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
 import { ControllerService } from "../common/gen/flotilla/v1/controller_pb.js";
 import { addService, bindServer, newServer, serverCredentials } from "../common/grpc-bridge.js";
+import { addHealthService } from "../common/grpc-health.js";
 import { createLogger, type Logger } from "../common/logger.js";
 import { toFlotillaError } from "../common/errors.js";
 import { registerSecret } from "../common/redact.js";
@@ -15,6 +16,7 @@ import { Inventory } from "./inventory.js";
 import { RolloutEngine } from "./rollout-engine.js";
 import { Scheduler } from "./scheduler.js";
 import { Leadership } from "./leadership.js";
+import { ControllerMetrics } from "./metrics.js";
 import { authenticate, controllerServiceImpl } from "./service.js";
 import { openStore } from "./store/index.js";
 
@@ -57,14 +59,17 @@ export async function startController(config: ControllerConfig, log: Logger): Pr
     process.exitCode = 1;
     setTimeout(() => process.exit(1), 100).unref();
   });
-  const impl = controllerServiceImpl({ config, store, pool, inventory, engine, audit, scheduler, log, isLeader: () => leadership.isLeader }, callerOf);
+  const metrics = new ControllerMetrics({ store, inventory, audit, isLeader: () => leadership.isLeader });
+  const impl = controllerServiceImpl({ config, store, pool, inventory, engine, audit, scheduler, log, isLeader: () => leadership.isLeader, onCall: (m, o) => metrics.countCall(m, o) }, callerOf);
 
   const grpcServer = newServer();
   addService(grpcServer, ControllerService, impl);
+  // SERVING on a standby too: it answers reads (readiness for changes is /readyz).
+  const health = addHealthService(grpcServer, [ControllerService.typeName]);
   const tls = config.tls ? { cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key), ca: readFileSync(config.tls.ca) } : undefined;
   const grpcPort = await bindServer(grpcServer, config.listen.grpc, config.tokens.length > 0 && tls ? serverCredentials(tls) : serverCredentials());
 
-  const http = createHttpGateway(impl, { audit, log, callerOf, isLeader: () => leadership.isLeader });
+  const http = createHttpGateway(impl, { audit, log, callerOf, isLeader: () => leadership.isLeader, metrics });
   const [host, portText] = [config.listen.http.replace(/:\d+$/, "").replace(/^\[|\]$/g, ""), config.listen.http.split(":").at(-1)!];
   await new Promise<void>((resolve, reject) => {
     http.once("error", reject);
@@ -77,6 +82,7 @@ export async function startController(config: ControllerConfig, log: Logger): Pr
   return {
     httpPort, grpcPort, engine, scheduler,
     async stop() {
+      health.setAll("NOT_SERVING");
       await leadership.close();
       await scheduler.close();
       await engine.close();

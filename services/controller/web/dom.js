@@ -45,6 +45,7 @@ export function relative(iso, now = Date.now()) {
   if (Number.isNaN(t)) return "";
   const s = Math.round((t - now) / 1000);
   const a = Math.abs(s);
+  if (a < 5) return "just now";
   const text = a < 60 ? `${a} s` : a < 3600 ? `${Math.round(a / 60)} min` : a < 86400 ? `${Math.round(a / 360) / 10} h` : `${Math.round(a / 8640) / 10} d`;
   return s >= 0 ? `in ${text}` : `${text} ago`;
 }

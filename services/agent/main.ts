@@ -1,13 +1,16 @@
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import { AgentService } from "../common/gen/flotilla/v1/agent_pb.js";
-import { addService, bindServer, newServer, serverCredentials } from "../common/grpc-bridge.js";
+import { request as httpRequest } from "node:http";
+import { request as httpsRequest } from "node:https";
+import { ReloadableCertificates, addService, bindServer, newServer, peerIdentityGuard, serverCredentials } from "../common/grpc-bridge.js";
 import { addHealthService } from "../common/grpc-health.js";
+import { expiryWarnings } from "../common/tls.js";
 import { createLogger, type Logger } from "../common/logger.js";
 import { NodeProcessRunner, describeRun, type ProcessRunner } from "../common/process-runner.js";
 import { registerSecret } from "../common/redact.js";
-import { toFlotillaError } from "../common/errors.js";
+import { FlotillaError, toFlotillaError } from "../common/errors.js";
 import { loadAgentConfig, type AgentConfig, type AgentTarget } from "./config.js";
 import { AppControl } from "./adapters/app-control.js";
 import { BackupCatalog } from "./adapters/backup-catalog.js";
@@ -17,7 +20,7 @@ import { PostgresDatabase } from "./adapters/postgres-database.js";
 import { alembicPort } from "./adapters/alembic-port.js";
 import { killOrphans } from "./adapters/orphans.js";
 import type { DatabaseAdapter } from "./core/ports.js";
-import { AgentOperations, type TargetRuntime } from "./operations.js";
+import { AgentOperations, type TargetRuntime } from "./operations/index.js";
 import { agentServiceImpl } from "./rpc/agent-service.js";
 import { AgentMetrics } from "./metrics.js";
 import { startHealthListener } from "./http-health.js";
@@ -55,6 +58,8 @@ export interface RunningAgent {
   /** Port of the /healthz, /readyz, /metrics listener; 0 when it is off. */
   readonly httpPort: number;
   readonly config: AgentConfig;
+  /** Re-reads the TLS files (SIGHUP): new connections use them, open ones go on. Returns expiry warnings. */
+  reloadCertificates(): string[];
   stop(force?: boolean): Promise<void>;
 }
 
@@ -82,6 +87,7 @@ export async function startAgent(config: AgentConfig, log: Logger): Promise<Runn
   const ops = new AgentOperations({
     config, targets, journal, log, appControl: new AppControl(runner),
     heartbeatMs: Number(process.env.FLOTILLA_HEARTBEAT_MS ?? 15_000),
+    fileExists: (path) => existsSync(path), killOrphans,
     runHook: async (argv, onLine, signal) => {
       const r = await runner.run({ argv, timeoutMs: 120_000, onLine: (l) => onLine(l), ...(signal ? { signal } : {}) });
       return { ok: r.exitCode === 0, detail: r.exitCode === 0 ? `hook ${argv.join(" ")} ok` : describeRun(argv[0]!, r) + (r.stderr ? `: ${r.stderr.trim().split("\n").at(-1)}` : "") };
@@ -94,10 +100,14 @@ export async function startAgent(config: AgentConfig, log: Logger): Promise<Runn
     })),
   });
   const server = newServer();
-  addService(server, AgentService, metrics.instrument(agentServiceImpl(config, ops, AGENT_VERSION)));
+  const certs = config.tls ? new ReloadableCertificates(readTlsFiles(config.tls)) : undefined;
+  const guard = config.tls
+    ? peerIdentityGuard(config.tls.allow, (refusal) => log.warn({ method: refusal.method, peer: refusal.peer, names: refusal.names, allow: config.tls?.allow }, "refused a client whose certificate is not allowed"))
+    : undefined;
+  addService(server, AgentService, metrics.instrument(agentServiceImpl(config, ops, AGENT_VERSION)), guard);
+  // Health answers any client the TLS handshake lets in: it tells only SERVING or not.
   const health = addHealthService(server, [AgentService.typeName]);
-  const tls = config.tls ? { cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key), ca: readFileSync(config.tls.ca) } : undefined;
-  const port = await bindServer(server, config.listen, serverCredentials(tls));
+  const port = await bindServer(server, config.listen, serverCredentials(certs));
   let draining = false;
   let httpServer: import("node:http").Server | undefined;
   let httpPort = 0;
@@ -114,7 +124,8 @@ export async function startAgent(config: AgentConfig, log: Logger): Promise<Runn
       log.warn({ err: toFlotillaError(err), address: config.httpListen }, "health and metrics listener not started: set httpListen to a free address");
     }
   }
-  log.info({ port, httpPort, targets: config.targets.map((t) => t.id), tls: Boolean(tls) }, "agent listening");
+  log.info({ port, httpPort, targets: config.targets.map((t) => t.id), tls: Boolean(certs), allow: config.tls?.allow ?? [] }, "agent listening");
+  if (certs) for (const warning of expiryWarnings([{ what: `agent certificate ${config.tls!.cert}`, pem: certs.files.cert }], new Date())) log.warn({ warning }, "certificate expires soon");
 
   let heartbeat: NodeJS.Timeout | undefined;
   if (config.controller) {
@@ -122,11 +133,11 @@ export async function startAgent(config: AgentConfig, log: Logger): Promise<Runn
     const advertise = c.advertise.replace(/:0$/, `:${port}`);
     const beat = async (): Promise<void> => {
       try {
-        const res = await fetch(new URL("/v1/RegisterAgent", c.address), {
-          method: "POST", headers: { "content-type": "application/json", ...(c.token ? { authorization: `Bearer ${c.token}` } : {}) },
-          body: JSON.stringify({ agentId: config.agentId, address: advertise }), signal: AbortSignal.timeout(5000),
+        const status = await postJson(new URL("/v1/RegisterAgent", c.address), { agentId: config.agentId, address: advertise }, {
+          ...(c.token ? { token: c.token } : {}),
+          ...(c.ca ? { ca: readFileSync(c.ca) } : {}),
         });
-        if (!res.ok) log.warn({ status: res.status }, "controller refused registration");
+        if (status < 200 || status >= 300) log.warn({ status }, "controller refused registration");
       } catch (err) {
         log.warn({ err: toFlotillaError(err) }, "cannot reach the controller to register");
       }
@@ -140,6 +151,14 @@ export async function startAgent(config: AgentConfig, log: Logger): Promise<Runn
     port,
     httpPort,
     config,
+    reloadCertificates() {
+      if (!certs || !config.tls) return [];
+      certs.update(readTlsFiles(config.tls));
+      const warnings = expiryWarnings([{ what: `agent certificate ${config.tls.cert}`, pem: certs.files.cert }], new Date());
+      log.info({ cert: config.tls.cert }, "reloaded certificates");
+      for (const warning of warnings) log.warn({ warning }, "certificate expires soon");
+      return warnings;
+    },
     async stop(force = false) {
       draining = true;
       health.setAll("NOT_SERVING");
@@ -194,4 +213,32 @@ export async function main(argv: string[]): Promise<void> {
   };
   process.on("SIGTERM", onSignal);
   process.on("SIGINT", onSignal);
+  process.on("SIGHUP", () => {
+    try {
+      agent.reloadCertificates();
+    } catch (err) {
+      log.error({ err: toFlotillaError(err) }, "cannot reload certificates; keeping the ones in use");
+    }
+  });
+}
+
+/** POSTs JSON to the controller over HTTP(S) and resolves the status; the token goes only in the header. */
+function postJson(url: URL, body: unknown, opts: { token?: string; ca?: Buffer }): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const headers = { "content-type": "application/json", ...(opts.token ? { authorization: `Bearer ${opts.token}` } : {}) };
+    const req = url.protocol === "https:"
+      ? httpsRequest(url, { method: "POST", headers, agent: false, timeout: 5000, ...(opts.ca ? { ca: opts.ca } : {}) })
+      : httpRequest(url, { method: "POST", headers, agent: false, timeout: 5000 });
+    req.on("timeout", () => req.destroy(new FlotillaError("TIMEOUT", `no answer from ${url.origin} within 5s`)));
+    req.on("error", reject);
+    req.on("response", (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    });
+    req.end(JSON.stringify(body));
+  });
+}
+
+function readTlsFiles(tls: { cert: string; key: string; ca: string }): { cert: Buffer; key: Buffer; ca: Buffer } {
+  return { cert: readFileSync(tls.cert), key: readFileSync(tls.key), ca: readFileSync(tls.ca) };
 }

@@ -1,19 +1,18 @@
 import type { ProcessRunner } from "../../common/process-runner.js";
 import { describeRun } from "../../common/process-runner.js";
-import type { AgentApp } from "../config.js";
-import type { ProgressFn } from "../core/ports.js";
+import type { AppControlPort, AppInstance, AppState, ProgressFn } from "../core/ports.js";
 
-export type AppState = "running" | "stopped" | "unknown";
+export type { AppState } from "../core/ports.js";
 
 /**
  * Stops, starts and health-checks the app instances configured on this host
  * with their own commands (argv, no shell) and health URLs.
  */
-export class AppControl {
+export class AppControl implements AppControlPort {
   constructor(private readonly runner: ProcessRunner, private readonly options: { healthTimeoutMs?: number; waitMs?: number } = {}) {}
 
   /** running: health answered 2xx; stopped: connection refused or non-2xx; unknown: no health URL. */
-  async state(app: AgentApp): Promise<{ state: AppState; detail: string }> {
+  async state(app: AppInstance): Promise<{ state: AppState; detail: string }> {
     if (!app.health) return { state: "unknown", detail: "no health URL configured" };
     try {
       const res = await fetch(app.health, { signal: AbortSignal.timeout(this.options.healthTimeoutMs ?? 2000) });
@@ -24,7 +23,7 @@ export class AppControl {
     }
   }
 
-  async stop(app: AgentApp, onProgress: ProgressFn, signal?: AbortSignal): Promise<{ ok: boolean; detail: string }> {
+  async stop(app: AppInstance, onProgress: ProgressFn, signal?: AbortSignal): Promise<{ ok: boolean; detail: string }> {
     if (!app.stop) return { ok: false, detail: `app ${app.id} has no stop command configured` };
     onProgress({ source: "app", line: `stopping ${app.id}` });
     const r = await this.runner.run({ argv: app.stop, timeoutMs: 120_000, ...(signal ? { signal } : {}), onLine: (line) => onProgress({ source: "app", line }) });
@@ -33,7 +32,7 @@ export class AppControl {
     return down ? { ok: true, detail: `${app.id} stopped` } : { ok: false, detail: `${app.id} still answers its health check after the stop command` };
   }
 
-  async start(app: AgentApp, onProgress: ProgressFn, signal?: AbortSignal): Promise<{ ok: boolean; detail: string }> {
+  async start(app: AppInstance, onProgress: ProgressFn, signal?: AbortSignal): Promise<{ ok: boolean; detail: string }> {
     if (!app.start) return { ok: false, detail: `app ${app.id} has no start command configured` };
     onProgress({ source: "app", line: `starting ${app.id}` });
     const r = await this.runner.run({ argv: app.start, timeoutMs: 120_000, ...(signal ? { signal } : {}), onLine: (line) => onProgress({ source: "app", line }) });
@@ -43,7 +42,7 @@ export class AppControl {
   }
 
   /** Waits until the health check reports `want` (immediately true without a health URL). */
-  async waitFor(app: AgentApp, want: "running" | "stopped", signal?: AbortSignal): Promise<boolean> {
+  async waitFor(app: AppInstance, want: "running" | "stopped", signal?: AbortSignal): Promise<boolean> {
     if (!app.health) return true;
     const deadline = performance.now() + (this.options.waitMs ?? 60_000);
     for (;;) {

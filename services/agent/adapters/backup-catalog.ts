@@ -2,21 +2,9 @@ import { randomBytes } from "node:crypto";
 import { mkdir, open, readFile, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { FlotillaError } from "../../common/errors.js";
-import type { BackupArtifact, DatabaseKind } from "../core/ports.js";
+import type { BackupCatalogPort, BackupManifest, DatabaseKind } from "../core/ports.js";
 
-/** A backup as recorded beside its artifact (`<id>.json`). */
-export interface BackupManifest extends BackupArtifact {
-  readonly id: string;
-  readonly targetId: string;
-  readonly kind: DatabaseKind;
-  readonly createdAt: string;
-  readonly source: string;
-  readonly operationId: string;
-  readonly rolloutId: string;
-  readonly verified: boolean;
-  readonly verifiedAt: string;
-  readonly verification: string;
-}
+export type { BackupManifest } from "../core/ports.js";
 
 const BACKUP_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
@@ -37,7 +25,7 @@ async function fsyncPath(path: string): Promise<void> {
  * Paths are built here from ids; a manifest is written with temp + fsync +
  * rename, so no partial file ever carries a final name.
  */
-export class BackupCatalog {
+export class BackupCatalog implements BackupCatalogPort {
   constructor(private readonly dir: string, private readonly targetId: string, private readonly kind: DatabaseKind) {}
 
   /** Creates the folder and removes temp files left by a crash. */

@@ -2,24 +2,9 @@ import Database from "better-sqlite3";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { FlotillaError } from "../../common/errors.js";
+import type { JournalPort, OperationRow, OperationState, RevisionTiming } from "../core/ports.js";
 
-export type OperationState = "running" | "succeeded" | "failed" | "refused" | "interrupted" | "recovered";
-
-export interface OperationRow {
-  id: string;
-  targetId: string;
-  kind: string;
-  state: OperationState;
-  startedAt: string;
-  finishedAt: string;
-  backupId: string;
-  revisionBefore: string[];
-  revisionAfter: string[];
-  toRevision: string;
-  errorCode: string;
-  message: string;
-  rolloutId: string;
-}
+export type { OperationRow, OperationState } from "../core/ports.js";
 
 type Raw = {
   id: string; target_id: string; kind: string; state: OperationState; started_at: string; finished_at: string | null;
@@ -40,7 +25,7 @@ function fromRaw(r: Raw): OperationRow {
  * after a crash the target stays locked by the interrupted operation until a
  * Recover operation resolves it.
  */
-export class SqliteJournal {
+export class SqliteJournal implements JournalPort {
   private db: Database.Database | undefined;
   constructor(private readonly dataDir: string) {}
 
@@ -61,6 +46,11 @@ export class SqliteJournal {
       CREATE INDEX IF NOT EXISTS operations_target ON operations(target_id, started_at);
       CREATE TABLE IF NOT EXISTS target_locks (
         target_id TEXT PRIMARY KEY, operation_id TEXT NOT NULL, acquired_at TEXT NOT NULL
+      );
+      CREATE TABLE IF NOT EXISTS revision_timings (
+        target_id TEXT NOT NULL, revision TEXT NOT NULL, direction TEXT NOT NULL,
+        duration_ms INTEGER NOT NULL, source TEXT NOT NULL, recorded_at TEXT NOT NULL,
+        PRIMARY KEY (target_id, revision, direction)
       );`);
     this.db = db;
   }
@@ -158,5 +148,21 @@ export class SqliteJournal {
 
   interrupted(targetId: string): string[] {
     return (this.d.prepare("SELECT id FROM operations WHERE target_id = ? AND state = 'interrupted' ORDER BY started_at").all(targetId) as { id: string }[]).map((r) => r.id);
+  }
+
+  recordTimings(targetId: string, timings: readonly Omit<RevisionTiming, "recordedAt">[]): void {
+    if (timings.length === 0) return;
+    const now = new Date().toISOString();
+    const put = this.d.prepare(`INSERT INTO revision_timings (target_id, revision, direction, duration_ms, source, recorded_at) VALUES (?, ?, ?, ?, ?, ?)
+      ON CONFLICT (target_id, revision, direction) DO UPDATE SET duration_ms = excluded.duration_ms, source = excluded.source, recorded_at = excluded.recorded_at`);
+    this.d.transaction(() => {
+      for (const t of timings) put.run(targetId, t.revision, t.direction, Math.round(t.durationMs), t.source, now);
+    })();
+  }
+
+  timings(targetId: string, direction: "upgrade" | "downgrade"): Map<string, RevisionTiming> {
+    const rows = this.d.prepare("SELECT revision, direction, duration_ms, source, recorded_at FROM revision_timings WHERE target_id = ? AND direction = ?").all(targetId, direction) as
+      { revision: string; direction: "upgrade" | "downgrade"; duration_ms: number; source: "migrate" | "rehearse"; recorded_at: string }[];
+    return new Map(rows.map((r) => [r.revision, { revision: r.revision, direction: r.direction, durationMs: r.duration_ms, source: r.source, recordedAt: r.recorded_at }]));
   }
 }

@@ -155,3 +155,102 @@ export interface AlembicPort {
   /** Runs a command that imports the revision modules (env problems surface here). */
   checkEnv(): Promise<AlembicRun>;
 }
+
+// ---------------------------------------------------------------- operation ports
+
+/** A backup as recorded beside its artifact (`<id>.json`). */
+export interface BackupManifest extends BackupArtifact {
+  readonly id: string;
+  readonly targetId: string;
+  readonly kind: DatabaseKind;
+  readonly createdAt: string;
+  readonly source: string;
+  readonly operationId: string;
+  readonly rolloutId: string;
+  readonly verified: boolean;
+  readonly verifiedAt: string;
+  readonly verification: string;
+}
+
+/** The backups of one target (adapter: BackupCatalog, a folder of artifacts and manifests). */
+export interface BackupCatalogPort {
+  /** Creates the folder and removes temp files left by a crash; returns the removed names. */
+  prepare(): Promise<string[]>;
+  /** A fresh id and the artifact path it will use. */
+  newBackup(): { id: string; path: string };
+  save(m: BackupManifest): Promise<void>;
+  /** Throws NOT_FOUND for an unknown id. */
+  get(id: string): Promise<BackupManifest>;
+  /** Newest first. */
+  list(): Promise<BackupManifest[]>;
+  lastVerified(): Promise<BackupManifest | undefined>;
+  /** Deletes the oldest backups beyond `keep`, never one in `protect`. Returns deleted ids. */
+  prune(keep: number, protect: ReadonlySet<string>): Promise<string[]>;
+}
+
+export type OperationState = "running" | "succeeded" | "failed" | "refused" | "interrupted" | "recovered";
+
+export interface OperationRow {
+  id: string;
+  targetId: string;
+  kind: string;
+  state: OperationState;
+  startedAt: string;
+  finishedAt: string;
+  backupId: string;
+  revisionBefore: string[];
+  revisionAfter: string[];
+  toRevision: string;
+  errorCode: string;
+  message: string;
+  rolloutId: string;
+}
+
+/** How long one revision took on one target, as remembered for estimates. */
+export interface RevisionTiming {
+  readonly revision: string;
+  readonly direction: "upgrade" | "downgrade";
+  readonly durationMs: number;
+  /** "migrate" (a real run) or "rehearse" (a throwaway copy). */
+  readonly source: "migrate" | "rehearse";
+  readonly recordedAt: string;
+}
+
+/**
+ * The agent's durable journal (adapter: SqliteJournal): one row per
+ * operation, one lock row per busy target, and remembered revision timings.
+ */
+export interface JournalPort {
+  /** Starts an operation, taking the target's lock unless `takeLock` is false. Throws TARGET_BUSY. */
+  begin(op: { id: string; targetId: string; kind: string; toRevision?: string; rolloutId?: string; backupId?: string; revisionBefore?: string[] }, takeLock?: boolean): void;
+  update(id: string, fields: { backupId?: string; revisionBefore?: string[]; revisionAfter?: string[]; message?: string }): void;
+  finish(id: string, state: Exclude<OperationState, "running">, fields?: { errorCode?: string; message?: string; revisionAfter?: string[] }): void;
+  transferLock(targetId: string, fromOperation: string, toOperation: string): void;
+  get(id: string): OperationRow | undefined;
+  list(targetId: string | undefined, limit: number): OperationRow[];
+  lockHolder(targetId: string): string | undefined;
+  interrupted(targetId: string): string[];
+  /** Records how long revisions took (one row per revision, newest wins for estimates). */
+  recordTimings(targetId: string, timings: readonly Omit<RevisionTiming, "recordedAt">[]): void;
+  /** The latest known duration of each revision of a target, by revision id. */
+  timings(targetId: string, direction: "upgrade" | "downgrade"): Map<string, RevisionTiming>;
+}
+
+export type AppState = "running" | "stopped" | "unknown";
+
+/** One app instance configured on this host. */
+export interface AppInstance {
+  readonly id: string;
+  readonly target: string;
+  readonly color: "blue" | "green" | "";
+  readonly stop?: readonly string[];
+  readonly start?: readonly string[];
+  readonly health?: string;
+}
+
+/** Stops, starts and health-checks app instances (adapter: AppControl). */
+export interface AppControlPort {
+  state(app: AppInstance): Promise<{ state: AppState; detail: string }>;
+  stop(app: AppInstance, onProgress: ProgressFn, signal?: AbortSignal): Promise<{ ok: boolean; detail: string }>;
+  start(app: AppInstance, onProgress: ProgressFn, signal?: AbortSignal): Promise<{ ok: boolean; detail: string }>;
+}

@@ -7,7 +7,7 @@ import {
 } from "../../common/gen/flotilla/v1/agent_pb.js";
 import type { AgentConfig } from "../config.js";
 import type { BackupManifest } from "../adapters/backup-catalog.js";
-import type { AgentOperations, OpEvent, OpResult } from "../operations.js";
+import type { AgentOperations, OpEvent, OpResult } from "../operations/index.js";
 
 type EventInit = MessageInitShape<typeof OperationEventSchema>;
 
@@ -23,7 +23,20 @@ export function backupInfo(m: BackupManifest): MessageInitShape<typeof BackupInf
 function eventOf(e: OpEvent): EventInit {
   switch (e.kind) {
     case "progress":
-      return { event: { case: "progress", value: { source: e.source, line: e.line, bytesDone: BigInt(e.bytesDone ?? 0), bytesTotal: BigInt(e.bytesTotal ?? 0) } } };
+      return {
+        event: {
+          case: "progress",
+          value: {
+            source: e.source, line: e.line, bytesDone: BigInt(e.bytesDone ?? 0), bytesTotal: BigInt(e.bytesTotal ?? 0),
+            revisionIndex: e.revisionIndex ?? 0, revisionCount: e.revisionCount ?? 0, revision: e.revision ?? "",
+            elapsedMs: BigInt(Math.round(e.elapsedMs ?? 0)), etaMs: BigInt(Math.round(e.etaMs ?? 0)),
+            ...(e.tableCount !== undefined ? {
+              table: e.table ?? "", tableIndex: e.tableIndex ?? 0, tableCount: e.tableCount, rowsDone: BigInt(e.rowsDone ?? 0),
+              rowsTotal: BigInt(e.rowsTotal ?? 0), bytesPerSecond: BigInt(e.bytesPerSecond ?? 0),
+            } : {}),
+          },
+        },
+      };
     case "step":
       return { event: { case: "step", value: { name: e.name, state: e.state, detail: e.detail, durationMs: BigInt(e.durationMs ?? 0) } } };
     case "result":
@@ -37,6 +50,7 @@ function resultOf(r: OpResult): Extract<EventInit["event"], { case: "result" }>[
     revisionBefore: r.revisionBefore, revisionAfter: r.revisionAfter, ...(r.backup ? { backup: backupInfo(r.backup) } : {}),
     timings: r.timings.map((x) => ({ fromRevision: x.from, toRevision: x.to, durationMs: BigInt(x.durationMs), message: x.message })),
     failureClass: r.failureClass, restored: r.restored, outputTail: r.outputTail, durationMs: BigInt(r.durationMs), details: r.details,
+    effect: r.effect, blockingSessions: r.blockingSessions,
   };
 }
 
@@ -116,6 +130,10 @@ export function agentServiceImpl(config: AgentConfig, ops: AgentOperations, vers
     },
     clone: (req) => opStream((emit) => ops.clone({ targetId: req.targetId, operationId: req.operationId, rolloutId: req.rolloutId }, emit)),
     switch: (req) => opStream((emit) => ops.switchTraffic({ targetId: req.targetId, operationId: req.operationId, color: req.color }, emit)),
+    move: (req) => opStream((emit) => ops.move({
+      fromTargetId: need(req.fromTargetId, "from_target_id"), toTargetId: need(req.toTargetId, "to_target_id"), operationId: req.operationId,
+      yes: req.yes, skipOrphans: req.skipOrphans, fromBackup: req.fromBackup,
+    }, emit)),
     recover: (req) => opStream((emit) => ops.recover({ targetId: req.targetId, operationId: need(req.operationId, "operation_id"), action: req.action, newOperationId: req.newOperationId }, emit)),
   };
 }

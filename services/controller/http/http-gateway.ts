@@ -1,4 +1,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { createServer as createHttpsServer, type Server as HttpsServer } from "node:https";
+import type { TLSSocket } from "node:tls";
 import { create, fromJson, toJson, type DescMessage, type JsonValue } from "@bufbuild/protobuf";
 import { Metadata } from "@grpc/grpc-js";
 import { ControllerService, RolloutEventSchema } from "../../common/gen/flotilla/v1/controller_pb.js";
@@ -6,6 +8,7 @@ import { FlotillaError, httpStatusOf, toFlotillaError } from "../../common/error
 import type { CallContext, ServiceImpl } from "../../common/grpc-bridge.js";
 import type { Logger } from "../../common/logger.js";
 import { redact } from "../../common/redact.js";
+import { isLoopbackHost } from "../../common/tls.js";
 import type { AuditLog } from "../audit/audit-log.js";
 import { permittedMethods, type Caller } from "../service.js";
 import { staticAsset, type StaticAsset } from "./static-assets.js";
@@ -80,8 +83,10 @@ export function createHttpGateway(
   deps: {
     audit: AuditLog; log: Logger; callerOf: (method: string, ctx: CallContext) => Caller; isLeader: () => boolean;
     metrics?: { text(): Promise<string>; contentType: string };
+    /** Serve HTTPS with this certificate and key (`httpTls`); replace it later with setSecureContext. */
+    tls?: { cert: Buffer; key: Buffer };
   },
-): Server {
+): Server | HttpsServer {
   const methods = new Map<string, AnyMethod>();
   for (const m of ControllerService.methods as unknown as AnyMethod[]) methods.set(m.name, m);
 
@@ -98,15 +103,20 @@ export function createHttpGateway(
     }
   }
 
-  return createServer((req, res) => {
+  const handler = (req: IncomingMessage, res: ServerResponse): void => {
     void (async () => {
       const url = new URL(req.url ?? "/", "http://localhost");
       const ac = new AbortController();
       res.on("close", () => ac.abort());
       const md = new Metadata();
       if (req.headers.authorization) md.set("authorization", req.headers.authorization);
-      const ctx: CallContext = { signal: ac.signal, peer: `${req.socket.remoteAddress}:${req.socket.remotePort}`, metadata: md, peerSans: "" };
+      const secure = (req.socket as TLSSocket).encrypted === true;
+      const ctx: CallContext = { signal: ac.signal, peer: `${req.socket.remoteAddress}:${req.socket.remotePort}`, metadata: md, peerSans: "", secure };
       try {
+        // A token sent in clear text to a listener other people can reach is refused before it is even compared.
+        if (req.headers.authorization && !secure && !isLoopbackHost(req.socket.localAddress ?? "")) {
+          throw new FlotillaError("PERMISSION_DENIED", "tokens are refused over plain HTTP on a non-loopback address: configure httpTls on the controller and use https://");
+        }
         if (req.method === "GET" && (url.pathname === "/" || url.pathname === "/index.html" || url.pathname.startsWith("/web/"))) {
           const asset = await staticAsset(url.pathname === "/" ? "/index.html" : url.pathname.replace(/^\/web\//, "/"));
           if (!asset) throw new FlotillaError("NOT_FOUND", `no such page ${url.pathname}`);
@@ -220,6 +230,7 @@ export function createHttpGateway(
         sendError(res, err);
       }
     })();
-  });
+  };
+  return deps.tls ? createHttpsServer({ cert: deps.tls.cert, key: deps.tls.key }, handler) : createServer(handler);
 }
 

@@ -1,0 +1,40 @@
+import { resolveTarget } from "../core/revisions.js";
+import { refuse, tail, type Emit, type OperationContext, type OpResult } from "./context.js";
+
+const STAMP_REASONS = ["created-with-create-all", "imported-backup", "applied-by-hand"] as const;
+
+/** Stamp: records a revision without changing the schema, for the three legitimate reasons only. */
+
+export function stamp(ctx: OperationContext, req: { targetId: string; revision: string; operationId: string; reason: string }, emit: Emit, signal?: AbortSignal): Promise<OpResult> {
+  return ctx.run("stamp", req.targetId, req.operationId, emit, { toRevision: req.revision }, async ({ id, t, progress, result }) => {
+    if (!(STAMP_REASONS as readonly string[]).includes(req.reason)) {
+      refuse("STAMP_REFUSED", `stamp only records a revision without changing the schema, so it is never a repair for a failed migration (restore the pre-migration backup instead). Allowed reasons: ${STAMP_REASONS.join(", ")}`);
+    }
+    if (req.revision === "head" || req.revision === "heads") refuse("STAMP_REFUSED", "stamping \"head\" is refused: name the exact revision whose schema is provably present");
+    const graph = await t.alembic.graph();
+    const rev = resolveTarget(graph, req.revision);
+    const before = await t.db.readRevisions();
+    result.revisionBefore = before ?? [];
+    const unknown = graph.unknown(before ?? []);
+    let purge = false;
+    if (req.reason === "created-with-create-all") {
+      if (before !== null && before.length > 0) refuse("STAMP_REFUSED", `the database already records revision ${before.join(",")}: created-with-create-all is for databases without Alembic history`);
+    } else if (req.reason === "imported-backup") {
+      purge = unknown.length > 0;
+    } else {
+      // applied-by-hand: one step forward, after its objects were created by hand.
+      const node = graph.revisions.get(rev)!;
+      if (!before || !node.down.every((d) => before.includes(d))) {
+        refuse("STAMP_REFUSED", `applied-by-hand stamps exactly one revision forward: ${rev} follows ${node.down.join(",") || "base"}, but the database is at ${before?.join(",") || "no revision"}`);
+      }
+    }
+    await ctx.assertNotHeld(t, t.db, true);
+    const backup = await ctx.takeBackup(t, t.db, id, "", true, emit, progress, signal);
+    result.backup = backup;
+    const run = await t.alembic.stamp(rev, { purge, timeoutMs: 120_000, ...(signal ? { signal } : {}), onLine: (line) => progress({ source: "alembic", line }) });
+    result.outputTail = tail(run.stderr);
+    if (!run.ok) return { status: "failed", errorCode: "ALEMBIC_FAILED", failureClass: run.failure?.kind ?? "", message: `stamp failed: ${run.failure?.message ?? ""}` };
+    result.revisionAfter = (await t.db.readRevisions()) ?? [];
+    return { message: `${t.config.id} stamped at ${rev} (reason: ${req.reason}); no schema was changed; backup ${backup.id} taken first` };
+  });
+}

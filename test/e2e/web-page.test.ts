@@ -200,7 +200,7 @@ test("audit review: filter by action and outcome, page back, export JSON lines (
   await page.getByRole("button", { name: "Apply" }).click();
   await page.waitForFunction(() => [...document.querySelectorAll("#audit-entries tbody tr")].every((tr: any) => tr.children[3]?.textContent === "api.StartRollout"));
   const actions = await page.locator("#audit-entries tbody tr td:nth-child(4)").allInnerTexts();
-  assert.ok(actions.length >= 4, "intent and ok rows of the rollouts started from the page");
+  assert.ok(actions.length >= 2, "the intent and ok rows of the rollout started from the page");
   assert.equal((await api("StartRollout", { selector: "env=web", strategy: "maintenance" }, TOKENS.viewer)).status, 403);
   await page.getByLabel("Outcome").selectOption("denied");
   await page.getByRole("button", { name: "Apply" }).click();
@@ -209,7 +209,8 @@ test("audit review: filter by action and outcome, page back, export JSON lines (
     return rows.length >= 1 && rows.every((tr: any) => tr.children[5]?.textContent === "denied" && tr.children[3]?.textContent === "api.StartRollout");
   });
   await shot(page, "07-audit-filtered");
-  // Paging: the newest 50 entries, then older ones.
+  // Paging: the newest 50 entries, then older ones (refused calls are audited: enough of them make two pages).
+  for (let i = 0; i < 55; i++) assert.equal((await api("AbortRollout", { id: liveRolloutId }, TOKENS.viewer)).status, 403);
   await page.getByLabel("Action").fill("");
   await page.getByLabel("Outcome").selectOption("");
   await page.getByRole("button", { name: "Apply" }).click();
@@ -223,7 +224,7 @@ test("audit review: filter by action and outcome, page back, export JSON lines (
   const [download] = await Promise.all([page.waitForEvent("download"), page.getByRole("button", { name: "Export JSON lines" }).click()]);
   const text = readFileSync((await download.path())!, "utf8");
   const rows = text.trim().split("\n").map((l) => JSON.parse(l) as { action: string; hash: string });
-  assert.ok(rows.length >= 4 && rows.every((r) => r.action === "api.StartRollout" && r.hash.length > 0));
+  assert.ok(rows.length >= 2 && rows.every((r) => r.action === "api.StartRollout" && r.hash.length > 0));
   const exports = await api<{ entries: { actor: string }[] }>("QueryAudit", { action: "api.ExportAudit" });
   assert.deepEqual(exports.doc.entries.map((e) => e.actor), ["alice"], "the export is audited");
   await context.close();

@@ -22,6 +22,8 @@ export interface RolloutLine {
 }
 
 const TARGET_CONCURRENCY = 8;
+/** How long a step waits for its agent to come back before its outcome is called unknown. */
+const AGENT_RETURN_MS = Number(process.env.FLOTILLA_AGENT_RETURN_MS ?? 90_000);
 /** Compiles a rollout request at the edge with the shared contract (INVALID_ARGUMENT naming each field). */
 export function validateSpec(spec: RolloutRequestInput, strategyRequired = true): { spec: RolloutSpecDoc; notes: readonly string[] } {
   const { value, notes } = orInvalidArgument(compileRolloutRequest(spec, { strategyRequired }));
@@ -443,6 +445,9 @@ export class RolloutEngine {
    */
   private async resolveFromJournal(doc: RolloutDoc, t: RolloutTargetDoc, step: StepDoc): Promise<boolean | undefined> {
     const c = await this.d.pool.client(step.agentId);
+    // An agent killed mid-step usually comes back within seconds (its process manager restarts it):
+    // wait for it a bounded time before calling the outcome unknown.
+    const giveUpAt = Date.now() + AGENT_RETURN_MS;
     for (let i = 0; i < 3600; i++) {
       let rec;
       try {
@@ -452,6 +457,10 @@ export class RolloutEngine {
         if (fe.code === "NOT_FOUND") {
           step.detail = "the agent never started this step";
           return false;
+        }
+        if ((fe.code === "AGENT_UNAVAILABLE" || fe.code === "TIMEOUT") && Date.now() < giveUpAt && !this.stopped) {
+          await new Promise((r) => setTimeout(r, 1000));
+          continue;
         }
         return undefined;
       }
@@ -463,6 +472,12 @@ export class RolloutEngine {
       if (rec.revisionAfter.length) t.revisionAfter = [...rec.revisionAfter];
       step.detail = rec.message || rec.state;
       if (rec.state === "succeeded") return true;
+      if (rec.state === "interrupted" && (step.name === "stop" || step.name === "start" || step.name.startsWith("start-") || step.name.startsWith("stop-"))) {
+        // An interrupted stop/start is certain to end well by completing it: the rollout goes on.
+        const r = await this.streamOp(doc, t, { ...step, name: `${step.name}-recover` }, (cl) => cl.recover({ targetId: t.targetId, operationId: step.operationId, action: "accept", newOperationId: `${step.operationId}.recover` }, this.opts()));
+        step.detail = `interrupted on the agent; ${r.message}`;
+        return r.status === "succeeded";
+      }
       if (rec.state === "interrupted" && (step.name === "migrate" || step.name === "migrate-green" || step.name === "backup")) {
         // The agent died mid-operation: restore its pre-operation backup.
         const r = await this.streamOp(doc, t, { ...step, name: `${step.name}-recover` }, (cl) => cl.recover({ targetId: t.targetId, operationId: step.operationId, action: "restore", newOperationId: `${step.operationId}.recover` }, this.opts()));

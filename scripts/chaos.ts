@@ -177,14 +177,14 @@ async function judge(targetId: string, agentId: string, before: Snapshot, opts: 
   return { lost, twice, unaudited, stuck, appsUp, detail: `rev ${rev.join(",")}; busy ${status?.busyOperationId ?? "?"}; interrupted ${status?.interruptedOperationIds.join(",") ?? "?"}` };
 }
 
-function record(r: Row, j: Awaited<ReturnType<typeof judge>>, recoverMs: number, label: string): void {
+function record(r: Row, j: Awaited<ReturnType<typeof judge>>, recoverMs: number | undefined, label: string): void {
   r.injected++;
   if (j.lost) r.lost++;
   if (j.twice) r.twice++;
   if (j.unaudited.length) r.unaudited++;
   if (j.stuck) r.stuck++;
   const ok = !j.lost && !j.twice && !j.unaudited.length && !j.stuck && j.appsUp;
-  if (ok) { r.survived++; r.recoverMs.push(recoverMs); } else r.notes.push(`${label}: ${j.lost ? "lost " : ""}${j.twice ? "twice " : ""}${j.unaudited.length ? `unaudited(${j.unaudited.join(" ")}) ` : ""}${j.stuck ? "stuck " : ""}${j.appsUp ? "" : "apps-down "}${j.detail}`);
+  if (ok) { r.survived++; if (recoverMs !== undefined) r.recoverMs.push(recoverMs); } else r.notes.push(`${label}: ${j.lost ? "lost " : ""}${j.twice ? "twice " : ""}${j.unaudited.length ? `unaudited(${j.unaudited.join(" ")}) ` : ""}${j.stuck ? "stuck " : ""}${j.appsUp ? "" : "apps-down "}${j.detail}`);
   say(`${r.cls} ${label}: ${ok ? "survived" : "NOT survived"} (${j.detail})`);
 }
 
@@ -292,7 +292,7 @@ async function diskFull(t: string): Promise<void> {
   mkdirSync(dir, { recursive: true });
   let mounted = false;
   try {
-    execFileSync("mount", ["-t", "tmpfs", "-o", "size=24m,mode=0700", "tmpfs", dir]);
+    execFileSync("mount", ["-t", "tmpfs", "-o", "size=48m,mode=0700", "tmpfs", dir]);
     mounted = true;
   } catch (err) {
     r.notes.push(`tmpfs not available (${(err as Error).message.split("\n")[0]}): class not run`);
@@ -301,9 +301,13 @@ async function diskFull(t: string): Promise<void> {
   try {
     for (let i = 0; i < (QUICK ? 2 : 4); i++) {
       const before = await snapshot(t);
-      const backing = api("BackupTarget", { targetId: t }, 120_000);
-      // Another writer fills the disk while the copy is written.
-      await sleep(Math.round(random() * 150));
+      let finished = false;
+      const backing = api("BackupTarget", { targetId: t }, 120_000).finally(() => { finished = true; });
+      // Another writer fills the disk while the copy (or, a little later, its manifest) is written.
+      const late = Math.round(random() * 40);
+      while (!finished && !readdirSync(dir).some((n) => n.includes(".tmp-"))) await sleep(2);
+      await sleep(late);
+      if (finished) r.notes.push(`backup ${i}: finished before the disk filled (no fault landed)`);
       const filler = join(dir, `filler-${i}`);
       const fd = openSync(filler, "w");
       try { const chunk = Buffer.alloc(1 << 16, 7); for (;;) writeSync(fd, chunk); } catch { /* ENOSPC: full */ } finally { closeSync(fd); }
@@ -320,7 +324,7 @@ async function diskFull(t: string): Promise<void> {
       const clean = tmp.length === 0 && incomplete.length === 0;
       if (!clean) r.notes.push(`leftovers after backup ${i}: ${[...tmp, ...incomplete].join(", ")}`);
       // Leftover files count as a failure to survive (the folder must hold only complete, verified backups).
-      record(r, { ...j, appsUp: clean }, 0, `backup ${i}: HTTP ${res.status} ${(res.json as { code?: string }).code ?? "ok"}`);
+      record(r, { ...j, appsUp: clean }, undefined, `backup ${i}: HTTP ${res.status} ${(res.json as { code?: string }).code ?? "ok"}`);
     }
   } finally {
     if (mounted) execFileSync("umount", ["-l", dir]);
@@ -343,7 +347,7 @@ async function corruptedBackup(t: string): Promise<void> {
     const j = await judge(t, "h1", before, { terminal: true });
     const refused = res.status !== 200;
     if (!refused) r.notes.push(`restore of a corrupted backup was not refused`);
-    record(r, { ...j, lost: j.lost || !refused }, 0, `corrupt at random offset: HTTP ${res.status} ${res.json.code ?? ""}`);
+    record(r, { ...j, lost: j.lost || !refused }, undefined, `corrupt at random offset: HTTP ${res.status} ${res.json.code ?? ""}`);
   }
 }
 
@@ -357,10 +361,10 @@ async function sameRequestTwice(t: string): Promise<void> {
   const id = started[0]?.json.id;
   const done = id ? await waitRollout(id, 150_000) : undefined;
   const j = await judge(t, "h1", before, { ...(id ? { rolloutId: id } : {}), terminal: done !== undefined });
-  record(r, { ...j, twice: j.twice || started.length !== 1 }, 0, `StartRollout x2: ${a.status}/${b.status}`);
+  record(r, { ...j, twice: j.twice || started.length !== 1 }, undefined, `StartRollout x2: ${a.status}/${b.status}`);
   const [c, d] = await Promise.all([api<{ code?: string }>("BackupTarget", { targetId: t }, 120_000), api<{ code?: string }>("BackupTarget", { targetId: t }, 120_000)]);
   const j2 = await judge(t, "h1", await snapshot(t), { terminal: true });
-  record(r, { ...j2, twice: [c, d].filter((x) => x.status === 200).length !== 1 }, 0, `BackupTarget x2: ${c.status}/${d.status} ${c.json.code ?? ""}${d.json.code ?? ""}`);
+  record(r, { ...j2, twice: [c, d].filter((x) => x.status === 200).length !== 1 }, undefined, `BackupTarget x2: ${c.status}/${d.status} ${c.json.code ?? ""}${d.json.code ?? ""}`);
 }
 
 /** An app that will not stop (it keeps the database open) and one that does not come back healthy. */
@@ -377,7 +381,7 @@ async function stubbornApps(tStop: string, tHealth: string): Promise<void> {
     const done = await waitRollout(id, 150_000);
     holder.prepare("ROLLBACK").run();
     holder.close();
-    record(r, await judge(tStop, "h1", before, { rolloutId: id, terminal: done !== undefined }), 0, `${tStop} held open: ${done?.status ?? "no end"}`);
+    record(r, await judge(tStop, "h1", before, { rolloutId: id, terminal: done !== undefined }), undefined, `${tStop} held open: ${done?.status ?? "no end"}`);
   }
   // Does not come back healthy: its port is taken by a process that answers 500.
   {
@@ -400,7 +404,7 @@ async function stubbornApps(tStop: string, tHealth: string): Promise<void> {
     squat?.close();
     // With its port back, the operator's one instruction is to start the app: judge after that.
     for await (const _ of fleet.agentClient("h1").startApps({ targetId: tHealth, operationId: `chaos.start2.${Date.now()}` }, { timeoutMs: 60_000 })) { /* drain */ }
-    record(r, await judge(tHealth, "h1", before, { terminal: done !== undefined }), 0, `${tHealth} unhealthy after start: ${done?.status ?? "no end"} ${done?.targets[0]?.message.slice(0, 120) ?? ""}`);
+    record(r, await judge(tHealth, "h1", before, { terminal: done !== undefined }), undefined, `${tHealth} unhealthy after start: ${done?.status ?? "no end"} ${done?.targets[0]?.message.slice(0, 120) ?? ""}`);
   }
 }
 
@@ -416,7 +420,7 @@ async function pgIdleLock(t: string): Promise<void> {
   const done = await waitRollout(id, 240_000);
   await c.query("ROLLBACK").catch(() => undefined);
   await c.end();
-  record(r, await judge(t, "h2", before, { rolloutId: id, terminal: done !== undefined, apps: false }), 0, `${t}: ${done?.status ?? "no end"} ${done?.targets[0]?.message.slice(0, 160) ?? ""}`);
+  record(r, await judge(t, "h2", before, { rolloutId: id, terminal: done !== undefined, apps: false }), undefined, `${t}: ${done?.status ?? "no end"} ${done?.targets[0]?.message.slice(0, 160) ?? ""}`);
 }
 
 /** Audit tampering: edit, delete, reorder, cut tail (with and without a controller restart). */
@@ -488,7 +492,7 @@ async function main(): Promise<void> {
     ...kills.map((id) => ({ id, kind: "sqlite" as const, owner: "h1", labels: { chaos: "kill" }, apps: [{ agent: "h1" }], seed: { users: 10, chats: 30, msgs: 2 } })),
     ...ctl.map((id) => ({ id, kind: "sqlite" as const, owner: "h1", labels: { chaos: "ctl" }, apps: [{ agent: "h1" }], seed: { users: 10, chats: 30, msgs: 2 } })),
     ...net.map((id) => ({ id, kind: "sqlite" as const, owner: "h2", labels: { chaos: "net" }, apps: [{ agent: "h2" }], seed: { users: 10, chats: 30, msgs: 2 } })),
-    { id: "disk", kind: "sqlite", owner: "h1", labels: { chaos: "disk" }, seed: { users: 40, chats: 200, msgs: 4 } },
+    { id: "disk", kind: "sqlite", owner: "h1", labels: { chaos: "disk" }, seed: { users: 50, chats: 1500, msgs: 8 } },
     { id: "corrupt", kind: "sqlite", owner: "h1", labels: { chaos: "corrupt" }, apps: [{ agent: "h1" }] },
     { id: "twice", kind: "sqlite", owner: "h1", labels: { chaos: "twice" }, apps: [{ agent: "h1" }] },
     { id: "nostop", kind: "sqlite", owner: "h1", labels: { chaos: "app" } },

@@ -443,11 +443,11 @@ export class RolloutEngine {
    * Learns what the agent did with a step's operation from its journal:
    * true/false when finished, undefined when the agent cannot say.
    */
-  private async resolveFromJournal(doc: RolloutDoc, t: RolloutTargetDoc, step: StepDoc): Promise<boolean | undefined> {
+  private async resolveFromJournal(doc: RolloutDoc, t: RolloutTargetDoc, step: StepDoc, waitForAgentMs = AGENT_RETURN_MS): Promise<boolean | undefined> {
     const c = await this.d.pool.client(step.agentId);
     // An agent killed mid-step usually comes back within seconds (its process manager restarts it):
     // wait for it a bounded time before calling the outcome unknown.
-    const giveUpAt = Date.now() + AGENT_RETURN_MS;
+    const giveUpAt = Date.now() + waitForAgentMs;
     for (let i = 0; i < 3600; i++) {
       let rec;
       try {
@@ -502,7 +502,8 @@ export class RolloutEngine {
       for (const t of doc.targets) {
         for (const step of t.steps) {
           if (step.state !== "running") continue;
-          const resolved = await this.resolveFromJournal(doc, t, step).catch(() => undefined);
+          // At start-up, an unreachable agent does not hold back every other rollout for long.
+          const resolved = await this.resolveFromJournal(doc, t, step, Math.min(AGENT_RETURN_MS, 15_000)).catch(() => undefined);
           if (resolved === undefined) {
             step.state = "interrupted";
             t.status = "failed";

@@ -17,6 +17,8 @@ test("chaos (short form): faults of every class are survived with nothing lost, 
     assert.ok(classes.some((c) => c.includes(want)), `class ${want} ran`);
   }
   for (const x of doc.rows) {
+    // Only the tmpfs class may not run (mounting needs root), and then it says so.
+    if (x.injected === 0 && x.notes.some((n) => n.includes("tmpfs not available"))) continue;
     assert.ok(x.injected > 0, `${x.cls}: faults injected`);
     assert.deepEqual({ cls: x.cls, lost: x.lost, twice: x.twice, unaudited: x.unaudited, stuck: x.stuck, survived: x.survived },
       { cls: x.cls, lost: 0, twice: 0, unaudited: 0, stuck: 0, survived: x.injected }, x.notes.join("\n"));

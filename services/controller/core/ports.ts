@@ -103,6 +103,9 @@ export interface AuditFilter {
   target?: string;
   actor?: string;
   action?: string;
+  outcome?: AuditRow["outcome"];
+  /** Only rows with seq below this (paging back from the newest). */
+  beforeSeq?: number;
   limit?: number;
 }
 

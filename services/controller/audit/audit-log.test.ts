@@ -268,6 +268,9 @@ for (const make of [() => sqliteBackend("audit"), () => postgresBackend("audit_t
       assert.deepEqual((await log.query({ action: "rollout.step", limit: 3 })).map((r) => r.seq), [8, 9, 10]);
       await rejectsWithCode(log.query({ since: "yesterday-ish" }), "INVALID_ARGUMENT", /since/);
       await rejectsWithCode(log.query({ limit: 0 }), "INVALID_ARGUMENT", /limit/);
+      assert.deepEqual((await log.query({ beforeSeq: 4 })).map((r) => r.seq), [1, 2, 3]);
+      await rejectsWithCode(log.query({ outcome: "maybe" as "ok" }), "INVALID_ARGUMENT", /outcome/);
+      await rejectsWithCode(log.query({ beforeSeq: 0 }), "INVALID_ARGUMENT", /before/);
 
       const lines: string[] = [];
       assert.equal(await log.exportJsonLines(async (l) => { lines.push(l); }), 10);

@@ -359,6 +359,18 @@ function normaliseFilter(filter: AuditFilter): AuditFilter {
   if (filter.target !== undefined) out.target = filter.target;
   if (filter.actor !== undefined) out.actor = filter.actor;
   if (filter.action !== undefined) out.action = filter.action;
+  if (filter.outcome !== undefined) {
+    if (!["intent", "ok", "error", "denied"].includes(filter.outcome)) {
+      throw new FlotillaError("INVALID_ARGUMENT", `audit filter outcome must be intent, ok, error or denied, got ${JSON.stringify(filter.outcome)}`);
+    }
+    out.outcome = filter.outcome;
+  }
+  if (filter.beforeSeq !== undefined) {
+    if (!Number.isSafeInteger(filter.beforeSeq) || filter.beforeSeq < 1) {
+      throw new FlotillaError("INVALID_ARGUMENT", `audit filter before must be a positive entry number, got ${String(filter.beforeSeq)}`);
+    }
+    out.beforeSeq = filter.beforeSeq;
+  }
   if (filter.limit !== undefined) {
     if (!Number.isSafeInteger(filter.limit) || filter.limit < 1) {
       throw new FlotillaError("INVALID_ARGUMENT", `audit filter limit must be a positive integer, got ${String(filter.limit)}`);

@@ -74,6 +74,8 @@ export interface ScheduleDoc {
   gate?: string;
   maxFailures?: number;
   source: "config" | "api";
+  /** A restore drill of the selected targets instead of a migration. */
+  drill?: boolean;
   lastRun?: string;
   lastResult?: string;
 }
@@ -101,6 +103,9 @@ export interface AuditFilter {
   target?: string;
   actor?: string;
   action?: string;
+  outcome?: AuditRow["outcome"];
+  /** Only rows with seq below this (paging back from the newest). */
+  beforeSeq?: number;
   limit?: number;
 }
 

@@ -382,6 +382,8 @@ export class PostgresStore implements ControllerStore {
     if (filter.target !== undefined) add("target =", filter.target);
     if (filter.actor !== undefined) add("actor =", filter.actor);
     if (filter.action !== undefined) add("action =", filter.action);
+    if (filter.outcome !== undefined) add("outcome =", filter.outcome);
+    if (filter.beforeSeq !== undefined) add("seq <", String(filter.beforeSeq));
     const cond = where.length > 0 ? `WHERE ${where.join(" AND ")}` : "";
     let sql = `SELECT ${AUDIT_COLUMNS} FROM audit_log ${cond} ORDER BY seq`;
     if (filter.limit !== undefined) {

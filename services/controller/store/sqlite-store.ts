@@ -324,6 +324,8 @@ export class SqliteStore implements ControllerStore {
     if (filter.target !== undefined) { where.push("target = ?"); params.push(filter.target); }
     if (filter.actor !== undefined) { where.push("actor = ?"); params.push(filter.actor); }
     if (filter.action !== undefined) { where.push("action = ?"); params.push(filter.action); }
+    if (filter.outcome !== undefined) { where.push("outcome = ?"); params.push(filter.outcome); }
+    if (filter.beforeSeq !== undefined) { where.push("seq < ?"); params.push(filter.beforeSeq); }
     const cond = where.length > 0 ? `WHERE ${where.join(" AND ")}` : "";
     let sql = `SELECT * FROM audit_log ${cond} ORDER BY seq`;
     if (filter.limit !== undefined) {

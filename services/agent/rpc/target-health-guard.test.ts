@@ -58,7 +58,7 @@ test("an operation on a broken target is refused with TARGET_BROKEN naming the r
   assert.equal(events[0]!.operationId, "op-1");
   assert.equal(events[0]!.kind, "migrate");
   assert.match(String(events[0]!.message), /target bad is broken.*secret file \/run\/secrets\/k is empty \(fix: write/);
-  for (const name of ["backup", "restore", "downgrade", "stamp", "clone", "switch", "rehearse", "verifyBackup"] as const) {
+  for (const name of ["backup", "restore", "downgrade", "stamp", "clone", "switch", "rehearse", "verifyBackup", "drill"] as const) {
     const [r] = await drain((guarded[name] as (req: unknown, c: CallContext) => AsyncIterable<unknown>)({ targetId: "bad", operationId: "x" }, ctx));
     assert.equal(r!.errorCode, "TARGET_BROKEN", name);
   }

@@ -16,16 +16,16 @@ export interface TargetHealthSource {
 
 /**
  * Operations that need the target's config satisfied (secrets, Alembic
- * project, database). Reads (status, diagnose, backups list, journal) and app
- * control (stop, start, health) stay available on a broken target: an app
- * stopped by a rollout can always be started again.
+ * project, database). Reads (status, diagnose, backups list, journal, the
+ * diagnostics bundle) and app control (stop, start, health) stay available on
+ * a broken target: an app stopped by a rollout can always be started again.
  */
-const GUARDED_STREAMS = ["backup", "verifyBackup", "restore", "migrate", "rehearse", "downgrade", "stamp", "clone", "switch", "recover"] as const;
+const GUARDED_STREAMS = ["backup", "verifyBackup", "restore", "migrate", "rehearse", "downgrade", "stamp", "clone", "switch", "recover", "drill"] as const;
 type GuardedStream = (typeof GUARDED_STREAMS)[number];
 
 const KIND_OF: Readonly<Record<GuardedStream, string>> = {
   backup: "backup", verifyBackup: "verify-backup", restore: "restore", migrate: "migrate", rehearse: "rehearse",
-  downgrade: "downgrade", stamp: "stamp", clone: "clone", switch: "switch", recover: "recover",
+  downgrade: "downgrade", stamp: "stamp", clone: "clone", switch: "switch", recover: "recover", drill: "drill",
 };
 
 /**

@@ -57,6 +57,7 @@ test("an operation on a broken target is refused with TARGET_BROKEN naming the r
   assert.equal(events[0]!.errorCode, "TARGET_BROKEN");
   assert.equal(events[0]!.operationId, "op-1");
   assert.equal(events[0]!.kind, "migrate");
+  assert.equal(events[0]!.durationMs, 0n, "a complete result (metrics and clients read its duration)");
   assert.match(String(events[0]!.message), /target bad is broken.*secret file \/run\/secrets\/k is empty \(fix: write/);
   for (const name of ["backup", "restore", "downgrade", "stamp", "clone", "switch", "rehearse", "verifyBackup", "drill"] as const) {
     const [r] = await drain((guarded[name] as (req: unknown, c: CallContext) => AsyncIterable<unknown>)({ targetId: "bad", operationId: "x" }, ctx));

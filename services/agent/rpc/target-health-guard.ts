@@ -49,7 +49,7 @@ export function withTargetHealth(impl: Impl, targets: TargetHealthSource): Impl 
             case: "result",
             value: {
               operationId: (name === "recover" ? req.newOperationId : req.operationId) ?? "", kind: KIND_OF[name], status: "refused",
-              errorCode: err.code, message: redact(err.message),
+              errorCode: err.code, message: redact(err.message), durationMs: 0n,
             },
           },
         };
@@ -86,7 +86,7 @@ export function withTargetHealth(impl: Impl, targets: TargetHealthSource): Impl 
         const health = await healthOf(id);
         if (health?.state === "broken") {
           const err = brokenTargetError(id, health.problems);
-          yield { event: { case: "result", value: { operationId: req.operationId, kind: "move", status: "refused", errorCode: err.code, message: redact(err.message) } } };
+          yield { event: { case: "result", value: { operationId: req.operationId, kind: "move", status: "refused", errorCode: err.code, message: redact(err.message), durationMs: 0n } } };
           return;
         }
       }

@@ -23,6 +23,7 @@ interface FleetFacts {
   readonly agents: ReadonlyArray<{ id: string; up: boolean }>;
   readonly backups: ReadonlyArray<{ targetId: string; sizeBytes: number; createdAt: string }>;
   readonly targets: ReadonlyArray<{ targetId: string; state: string }>;
+  readonly drills: ReadonlyArray<{ targetId: string; ok: boolean; at: string }>;
 }
 
 /** Keeps one value fresh: refreshed at most every ttl ms, a scrape never waits long for it. */
@@ -70,6 +71,7 @@ export class ControllerMetrics {
         backups: statuses.flatMap((s) => ("lastVerifiedBackup" in s && s.lastVerifiedBackup
           ? [{ targetId: s.targetId, sizeBytes: Number(s.lastVerifiedBackup.sizeBytes), createdAt: s.lastVerifiedBackup.createdAt }] : [])),
         targets: statuses.map((s) => ({ targetId: s.targetId, state: "current" in s ? (s.state || "ok") : "unreachable" })),
+        drills: statuses.flatMap((s) => ("lastDrillAt" in s && s.lastDrillAt ? [{ targetId: s.targetId, ok: s.lastDrillOk, at: s.lastDrillAt }] : [])),
       };
     }, now);
     const chain = new Cached(AUDIT_TTL_MS, () => d.audit.verify(), now);
@@ -142,13 +144,20 @@ export class ControllerMetrics {
         }
       },
     });
-    const apiCalls = this.#apiCalls;
     new Gauge({
-      name: "flotilla_drills", help: "Restore drills asked through the API since start, by outcome", labelNames: ["outcome"], registers: [r],
+      name: "flotilla_drill_last_ok", help: "1 when each target's last restore drill passed, 0 when it failed (absent: never drilled)", labelNames: ["target"], registers: [r],
       async collect() {
         this.reset();
-        for (const m of (await apiCalls.get()).values) {
-          if (m.labels.method === "DrillTarget") this.set({ outcome: String(m.labels.outcome) }, m.value);
+        for (const dr of (await fleet.get())?.drills ?? []) this.set({ target: dr.targetId }, dr.ok ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: "flotilla_drill_last_age_seconds", help: "Age of each target's last restore drill", labelNames: ["target"], registers: [r],
+      async collect() {
+        this.reset();
+        for (const dr of (await fleet.get())?.drills ?? []) {
+          const at = Date.parse(dr.at);
+          if (Number.isFinite(at)) this.set({ target: dr.targetId }, Math.max(0, (now() - at) / 1000));
         }
       },
     });

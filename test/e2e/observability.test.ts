@@ -88,6 +88,8 @@ test("the agent answers /healthz and /readyz on its HTTP listener", async () => 
 test("/metrics on both daemons: operations, backups, rollouts, step durations, agents, audit chain, leader", async () => {
   const backup = await fleet.cli(["backup", "obs-1"]);
   assert.equal(backup.code, 0, backup.stderr);
+  const drill = await fleet.cli(["drill", "obs-1"]);
+  assert.equal(drill.code, 0, drill.stderr + drill.stdout);
   const rollout = await fleet.cli(["rollout", "--selector", "env=obs", "--strategy", "maintenance", "--wait"]);
   assert.equal(rollout.code, 0, rollout.stderr + rollout.stdout);
 
@@ -115,6 +117,8 @@ test("/metrics on both daemons: operations, backups, rollouts, step durations, a
   assert.ok((sample(ctl.samples, "flotilla_backup_last_verified_bytes", { target: "obs-1" }) ?? 0) > 0, "backup size");
   assert.ok((sample(ctl.samples, "flotilla_backup_last_verified_age_seconds", { target: "obs-1" }) ?? -1) >= 0, "backup age");
   assert.equal(sample(ctl.samples, "flotilla_targets", { state: "ok" }), 1);
+  assert.equal(sample(ctl.samples, "flotilla_drill_last_ok", { target: "obs-1" }), 1, "the drill passed");
+  assert.ok((sample(ctl.samples, "flotilla_drill_last_age_seconds", { target: "obs-1" }) ?? -1) >= 0, "drill age");
   assert.equal(sample(ctl.samples, "flotilla_api_calls_total", { method: "BackupTarget", outcome: "ok" }), 1);
   assert.equal(sample(ctl.samples, "flotilla_audit_chain_ok"), 1);
 });

@@ -68,7 +68,9 @@ export async function fleetView({ root, signal, may, fail }) {
         h("td", { class: "num", title: (t.pending ?? []).map((p) => `${p.id} ${p.message}`).join("\n") }, String((t.pending ?? []).length)),
         h("td", {}, (t.apps ?? []).length === 0 ? h("span", { class: "muted" }, "none") : h("ul", { class: "steps" }, t.apps.map((a) => h("li", {}, `${a.id} `, badge(a.state || "unknown"))))),
         h("td", {}, b ? [h("span", { class: "mono" }, b.id), h("div", { class: "muted" }, `${bytes(b.sizeBytes)} · ${relative(b.createdAt)}`)] : badge("none")),
-        h("td", {}, t.lastDrill ? [badge(t.lastDrill.ok ? "ok" : "failed"), h("div", { class: "muted" }, relative(t.lastDrill.at ?? t.lastDrill.finishedAt))] : h("span", { class: "muted" }, "—")),
+        h("td", { title: t.lastDrillMessage || "" }, t.lastDrillAt
+          ? [badge(t.lastDrillOk ? "ok" : "failed"), h("div", { class: "muted" }, `${relative(t.lastDrillAt)}${t.lastDrillBackupId ? ` · ${t.lastDrillBackupId}` : ""}`)]
+          : h("span", { class: "muted" }, "never")),
         h("td", {}, badge(state), problems.length ? h("ul", { class: "findings" }, problems.map((p) => h("li", {}, p))) : null),
         h("td", {}, diagnose)),
       findingsRow];

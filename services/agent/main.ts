@@ -28,6 +28,7 @@ import type { DatabaseAdapter } from "./core/ports.js";
 import type { SecretSource } from "./core/secrets.js";
 import { AgentOperations, type TargetRuntime } from "./operations/index.js";
 import { agentServiceImpl } from "./rpc/agent-service.js";
+import { withFencing } from "./rpc/fencing.js";
 import { withTargetHealth } from "./rpc/target-health-guard.js";
 import { TargetRegistry } from "./target-registry.js";
 import { AgentMetrics } from "./metrics.js";
@@ -121,7 +122,7 @@ export async function startAgent(config: AgentConfig, log: Logger, secrets: Secr
         return { targetId: id, ...(m ? { createdAt: m.createdAt, sizeBytes: m.sizeBytes } : {}) };
       })),
     });
-    addService(server, AgentService, metrics.instrument(withTargetHealth(agentServiceImpl(config, ops, AGENT_VERSION), targets)), guard);
+    addService(server, AgentService, withFencing(metrics.instrument(withTargetHealth(agentServiceImpl(config, ops, AGENT_VERSION), targets)), journal), guard);
     // Health answers any client the TLS handshake lets in: it tells only SERVING or not.
     const health = addHealthService(server, [AgentService.typeName]);
     let port: number;

@@ -43,7 +43,8 @@ export async function startController(config: ControllerConfig, log: Logger): Pr
   await store.init();
   const key = await loadOrCreateAuditKey(config.auditKeyFile);
   const audit = new AuditLog(store, key, { checkpointFile: checkpointPathFor(config.auditKeyFile) });
-  const pool = new GrpcAgentPool(config.agents, store, config.tls);
+  // Every command to an agent carries the leader epoch (fencing); leadership is created below.
+  const pool = new GrpcAgentPool(config.agents, store, config.tls, () => leadership.epoch);
   const inventory = new Inventory(pool, log);
   const engine = new RolloutEngine({ store, pool, inventory, audit, log, agentTimeoutMs: config.agentTimeoutMs });
   const scheduler = new Scheduler({ store, engine, audit, log, drill: async (selector, actor) => summariseDrills(await drillSelected({ inventory, pool }, selector, actor)) });
@@ -119,7 +120,10 @@ export async function startController(config: ControllerConfig, log: Logger): Pr
     throw err;
   }
   const httpPort = (http.address() as AddressInfo).port;
-  await audit.append({ actor: "controller", action: "controller.start", outcome: "ok", detail: `http ${httpPort}, grpc ${grpcPort}` });
+  // A damaged audit log (e.g. its tail cut) does not stop the controller from serving reads and
+  // `audit verify`; every change stays refused, since each one needs its audit row first.
+  await audit.append({ actor: "controller", action: "controller.start", outcome: "ok", detail: `http ${httpPort}, grpc ${grpcPort}` })
+    .catch((err: unknown) => log.error({ err: toFlotillaError(err) }, "the audit log refuses appends: changes are refused until it is repaired"));
   await leadership.start();
   log.info({ httpPort, grpcPort, https: Boolean(httpTls), store: config.store.replace(/:[^:@/]*@/, ":***@") }, "controller listening");
   if (!httpTls && config.tokens.length > 0 && !isLoopbackHost(hostOf(config.listen.http))) {

@@ -257,3 +257,13 @@ test("the bundle holds every listed item and no secret, no row of user data, no 
     }
   }
 });
+
+test("schedule add --drill needs no strategy and is listed as a drill", async () => {
+  const add = await fleet.cliJson<{ name: string; drill?: boolean }>(["schedule", "add", "weekly-drill", "--drill", "--cron", "0 4 * * 0", "--selector", "app=v"]);
+  assert.equal(add.code, 0, add.stderr);
+  assert.equal(add.doc.drill, true);
+  const human = await fleet.cli(["schedules"]);
+  assert.match(human.stdout, /weekly-drill .*app=v +drill/);
+  const noStrategy = await fleet.cli(["schedule", "add", "nightly", "--cron", "0 3 * * *", "--selector", "app=v"]);
+  assert.equal(noStrategy.code, 2, "a migration schedule still needs --strategy");
+});

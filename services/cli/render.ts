@@ -234,6 +234,8 @@ function backupLines(b: BackupInfo): string[] {
     `  sha256    ${b.sha256 || "-"}`,
     `  revision  ${revs(b.revisions)}`,
     `  verified  ${b.verified ? "✓ yes" : "✗ NO"}${b.verification === "" ? "" : ` (${b.verification})`}`,
+    ...(b.companionPaths > 0 ? [`  files     ${b.companionPaths} companion path(s), ${formatBytes(b.companionBytes)} (${formatBytes(b.companionNewBytes)} new, the rest shared with earlier backups)`] : []),
+    ...(b.appVersion !== "" ? [`  app       ${b.appVersion}`] : []),
   ];
 }
 

@@ -13,6 +13,7 @@ import { loadControllerConfig, type ControllerConfig } from "./config.js";
 import { createHttpGateway } from "./http/http-gateway.js";
 import { Inventory } from "./inventory.js";
 import { RolloutEngine } from "./rollout-engine.js";
+import { GrpcStepClient } from "./agents/grpc-step-client.js";
 import { Scheduler } from "./scheduler.js";
 import { Leadership } from "./leadership.js";
 import { authenticate, controllerServiceImpl } from "./service.js";
@@ -36,7 +37,7 @@ export async function startController(config: ControllerConfig, log: Logger): Pr
   const audit = new AuditLog(store, key, { checkpointFile: checkpointPathFor(config.auditKeyFile) });
   const pool = new GrpcAgentPool(config.agents, store, config.tls);
   const inventory = new Inventory(pool, log);
-  const engine = new RolloutEngine({ store, pool, inventory, audit, log, agentTimeoutMs: config.agentTimeoutMs });
+  const engine = new RolloutEngine({ store, pool, agents: new GrpcStepClient({ pool, agentTimeoutMs: config.agentTimeoutMs }), inventory, audit, log });
   const scheduler = new Scheduler({ store, engine, audit, log });
   for (const s of config.schedules) {
     const existing = (await store.listSchedules()).find((x) => x.name === s.name);

@@ -10,6 +10,8 @@ type OpEvent = MessageShape<typeof OperationEventSchema>;
 
 const EFFECTS: ReadonlySet<string> = new Set(["none", "changed", "restored", "needs-restore", "up-to-date"]);
 const STATUS_TIMEOUT_MS = 30_000;
+/** Steps that only read: asking again is always safe. */
+const READS: ReadonlySet<string> = new Set(["precheck", "verify", "rollback-verify", "health", "health-green"]);
 
 function codeOf(text: string, fallback: ErrorCode): ErrorCode {
   return isErrorCode(text) ? text : fallback;
@@ -46,6 +48,7 @@ export class GrpcStepClient implements AgentClient {
       return await this.perform(step, ctx, onLine);
     } catch (err) {
       const fe = toFlotillaError(err);
+      if (READS.has(step.name)) return { outcome: "failed", code: fe.code, effect: "none", detail: fe.message };
       if (fe.code === "AGENT_UNAVAILABLE" || fe.code === "TIMEOUT" || fe.code === "CANCELLED") {
         // The agent may still be working: its journal decides.
         const resolved = await this.resolveStep(step, ctx, onLine).catch(() => undefined);
@@ -57,10 +60,7 @@ export class GrpcStepClient implements AgentClient {
   }
 
   async resolveStep(step: StepDoc, ctx: StepContext, onLine: (line: StepLine) => void): Promise<StepResult> {
-    if (step.name === "precheck" || step.name === "verify" || step.name === "rollback-verify" || step.name === "health" || step.name === "health-green") {
-      // Reads: simply ask again.
-      return this.runStep({ ...step }, ctx, onLine);
-    }
+    if (READS.has(step.name)) return this.runStep(step, ctx, onLine); // a read changes nothing: ask again
     const agent = await this.d.pool.client(step.agentId);
     for (let i = 0; i < 3600; i++) {
       let rec;

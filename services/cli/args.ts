@@ -15,6 +15,8 @@ export const STAMP_REASONS = ["created-with-create-all", "imported-backup", "app
 export interface GlobalOptions {
   readonly controller: string;
   readonly token: string | undefined;
+  /** File of a private CA to trust for an https:// controller (--ca, env FLOTILLA_CA). */
+  readonly ca?: string | undefined;
   readonly json: boolean;
 }
 
@@ -73,6 +75,7 @@ export type Command =
   | { readonly verb: "downgrade"; readonly target: string; readonly toRevision: string }
   | { readonly verb: "stamp"; readonly target: string; readonly revision: string; readonly reason: string }
   | { readonly verb: "recover"; readonly target: string; readonly operationId: string; readonly action: "restore" | "accept" }
+  | { readonly verb: "move"; readonly from: string; readonly to: string; readonly yes: boolean; readonly skipOrphans: boolean; readonly fromBackup: boolean }
   | { readonly verb: "schedule add"; readonly schedule: ScheduleInput }
   | { readonly verb: "schedules" }
   | { readonly verb: "schedule rm"; readonly name: string }
@@ -206,6 +209,7 @@ interface VerbDef {
 const GLOBAL_OPTIONS: Readonly<Record<string, OptionDef>> = {
   controller: { type: "string", help: "URL  controller HTTP API (env FLOTILLA_CONTROLLER, default http://127.0.0.1:7441)" },
   token: { type: "string", help: "T  API token (env FLOTILLA_TOKEN)" },
+  ca: { type: "string", help: "FILE  CA certificate to trust for an https:// controller (env FLOTILLA_CA)" },
   json: { type: "boolean", help: "print exactly one JSON document on stdout" },
   help: { type: "boolean", short: "h", help: "show help for this verb" },
 };
@@ -509,6 +513,23 @@ const VERBS: readonly VerbDef[] = [
       return { verb: "recover", target: t, operationId: op, action: action as "restore" | "accept" };
     },
   },
+  {
+    name: "move",
+    usage: "flotilla move FROM TO [--yes] [--skip-orphans] [--from-backup]",
+    summary: "copy a target into an empty target of the other engine (SQLite <-> PostgreSQL) on the same agent at the same revision, verified; FROM is kept untouched",
+    positionals: ["FROM", "TO"],
+    options: {
+      yes: { type: "boolean", help: "moving back: go back although FROM changed since the move (those changes are lost)" },
+      "skip-orphans": { type: "boolean", help: "leave rows whose foreign key points at no row out (listed in a report file) instead of refusing" },
+      "from-backup": { type: "boolean", help: "copy from a verified backup while the app keeps running (writes after it are missed)" },
+    },
+    build: (ctx) => {
+      const from = target(ctx);
+      const to = parseId(pos(ctx, 1), "TO", "a target id from flotilla targets");
+      if (from === to) problem(`FROM and TO are both ${from}: name two targets of the same agent, one SQLite and one PostgreSQL`);
+      return { verb: "move", from, to, yes: flag(ctx, "yes"), skipOrphans: flag(ctx, "skip-orphans"), fromBackup: flag(ctx, "from-backup") };
+    },
+  },
   scheduleVerb("schedule add", "a fleet-wide migration on a cron, within a maintenance window; refused if NAME exists (use --replace)"),
   scheduleVerb("schedule replace", "replace the schedule NAME (same options as schedule add)"),
   {
@@ -575,7 +596,7 @@ const SUBVERBS: Readonly<Record<string, readonly string[]>> = {
 const GROUPS: ReadonlyArray<readonly [string, readonly string[]]> = [
   ["inventory and health", ["targets", "diagnose"]],
   ["backups", ["backup", "backups", "restore"]],
-  ["migrations", ["plan", "rollout", "rollouts", "rollout show", "rollout approve", "rollout pause", "rollout resume", "rollout abort", "rollout retry", "rollout rollback", "downgrade", "stamp", "recover"]],
+  ["migrations", ["plan", "rollout", "rollouts", "rollout show", "rollout approve", "rollout pause", "rollout resume", "rollout abort", "rollout retry", "rollout rollback", "downgrade", "stamp", "recover", "move"]],
   ["schedules", ["schedule add", "schedule replace", "schedules", "schedule rm"]],
   ["audit", ["audit", "audit verify", "audit export"]],
 ];
@@ -592,7 +613,7 @@ export function usageText(): string {
       lines.push(`      ${v.summary}`);
     }
   }
-  lines.push("other:", "  demo [--keep]      run the embedded demo end to end", "  help [VERB]        this help, or one verb's", "  --version          print the version", "");
+  lines.push("other:", "  demo [--keep]      run the embedded demo end to end", "  certs init DIR --controller HOST --agent ID=HOST …   a CA and per-host certificates; certs check PATH shows them", "  help [VERB]        this help, or one verb's", "  --version          print the version", "");
   lines.push("global options:");
   for (const [name, def] of Object.entries(GLOBAL_OPTIONS)) lines.push(`  ${optionHelp(name, def)}`);
   lines.push("", "exit codes: 0 ok · 1 ran and failed, or problems found · 2 bad usage, nothing changed · 3 controller unreachable, or not authenticated/allowed");
@@ -620,7 +641,7 @@ export function verbHelp(topic: string): string | undefined {
     lines.push("", "options:");
     for (const [name, def] of opts) lines.push(`  ${optionHelp(name, def)}`);
   }
-  lines.push("", "global options: --controller URL, --token T, --json (see flotilla help)");
+  lines.push("", "global options: --controller URL, --token T, --ca FILE, --json (see flotilla help)");
   return `${lines.join("\n")}\n`;
 }
 
@@ -733,7 +754,10 @@ function globalsFrom(values: Values, env: Readonly<Record<string, string | undef
   const envToken = env["FLOTILLA_TOKEN"];
   const token = typeof flagToken === "string" ? flagToken : envToken !== undefined && envToken !== "" ? envToken : undefined;
   if (token !== undefined && /[\s\u0000-\u001f]/.test(token)) problem("the token contains whitespace or control characters; check --token or FLOTILLA_TOKEN (a token file with a trailing newline?)");
-  return { controller, token, json: values.get("json") === true };
+  const flagCa = values.get("ca");
+  const envCa = env["FLOTILLA_CA"];
+  const ca = typeof flagCa === "string" && flagCa !== "" ? flagCa : envCa !== undefined && envCa !== "" ? envCa : undefined;
+  return { controller, token, json: values.get("json") === true, ...(ca !== undefined ? { ca } : {}) };
 }
 
 /**

@@ -1,7 +1,8 @@
 import { dirname, isAbsolute, resolve } from "node:path";
 import {
-  ConfigProblems, HOST_PORT, deepFreeze, flagValue, isObj, parseConfigText, str,
+  ConfigProblems, HOST_PORT, deepFreeze, flagValue, identityList, isObj, parseConfigText, str,
 } from "../common/config-helpers.js";
+import { identityProblem } from "../common/tls.js";
 import { FlotillaError } from "../common/errors.js";
 import { ROLLOUT_FIELDS, type Strategy, compileScheduleRequest } from "../common/rollout-request.js";
 
@@ -13,8 +14,12 @@ export interface ControllerConfig {
   readonly store: string;
   readonly dataDir: string;
   readonly auditKeyFile: string;
-  readonly tls?: { readonly cert: string; readonly key: string; readonly ca: string };
-  readonly agents: readonly { readonly id: string; readonly address: string }[];
+  /** Client certificate for agents, and the gRPC API's mTLS; `allow`: client identities its gRPC API accepts. */
+  readonly tls?: { readonly cert: string; readonly key: string; readonly ca: string; readonly allow?: readonly string[] };
+  /** HTTPS for the HTTP API (and the page). */
+  readonly httpTls?: { readonly cert: string; readonly key: string };
+  /** `identity`: what the agent's certificate must name instead of the host of `address`. */
+  readonly agents: readonly { readonly id: string; readonly address: string; readonly identity?: string }[];
   /** Token values are read from their files; never logged. Absent: loopback only, no auth. */
   readonly tokens: readonly { readonly name: string; readonly role: Role; readonly value: string }[];
   readonly schedules: readonly {
@@ -56,7 +61,7 @@ export function loadControllerConfig(input: LoadControllerConfigInput): Controll
   const abs = (p: string): string => (isAbsolute(p) ? p : resolve(base, p));
   const doc = parseConfigText(text, path);
   const p = new ConfigProblems(path);
-  const known = new Set(["listen", "store", "dataDir", "auditKeyFile", "tls", "agents", "tokens", "schedules", "agentTimeoutSeconds", "logLevel"]);
+  const known = new Set(["listen", "store", "dataDir", "auditKeyFile", "tls", "httpTls", "agents", "tokens", "schedules", "agentTimeoutSeconds", "logLevel"]);
   for (const k of Object.keys(doc)) if (!known.has(k)) p.add(k, `unknown key (known: ${[...known].join(", ")})`);
 
   let grpc = "127.0.0.1:7440";
@@ -91,11 +96,21 @@ export function loadControllerConfig(input: LoadControllerConfigInput): Controll
       const cert = str(doc.tls, "cert", "tls.", p, { required: true });
       const key = str(doc.tls, "key", "tls.", p, { required: true });
       const ca = str(doc.tls, "ca", "tls.", p, { required: true });
-      if (cert && key && ca) tls = { cert: abs(cert), key: abs(key), ca: abs(ca) };
+      const allow = identityList(doc.tls, "allow", "tls.", p);
+      if (cert && key && ca) tls = { cert: abs(cert), key: abs(key), ca: abs(ca), ...(allow ? { allow } : {}) };
+    }
+  }
+  let httpTls: ControllerConfig["httpTls"];
+  if (doc.httpTls !== undefined) {
+    if (!isObj(doc.httpTls)) p.add("httpTls", "must be { cert, key }");
+    else {
+      const cert = str(doc.httpTls, "cert", "httpTls.", p, { required: true });
+      const key = str(doc.httpTls, "key", "httpTls.", p, { required: true });
+      if (cert && key) httpTls = { cert: abs(cert), key: abs(key) };
     }
   }
 
-  const agents: { id: string; address: string }[] = [];
+  const agents: { id: string; address: string; identity?: string }[] = [];
   if (doc.agents !== undefined) {
     if (!Array.isArray(doc.agents)) p.add("agents", "must be a list of { id, address }");
     else doc.agents.forEach((a, i) => {
@@ -103,7 +118,10 @@ export function loadControllerConfig(input: LoadControllerConfigInput): Controll
       const id = str(a, "id", `agents[${i}].`, p, { required: true, pattern: ID });
       const address = str(a, "address", `agents[${i}].`, p, { required: true, pattern: HOST_PORT, hint: "host:port of the agent's gRPC listener" });
       if (id && agents.some((x) => x.id === id)) p.add(`agents[${i}].id`, `"${id}" is listed twice`);
-      if (id && address) agents.push({ id, address });
+      const identity = str(a, "identity", `agents[${i}].`, p);
+      const identityBad = identity === undefined ? undefined : identityProblem(identity);
+      if (identityBad) p.add(`agents[${i}].identity`, `${identityBad}; e.g. spiffe://flotilla/agent/${id ?? "host-a"}`);
+      if (id && address) agents.push({ id, address, ...(identity && !identityBad ? { identity } : {}) });
     });
   }
 
@@ -163,5 +181,6 @@ export function loadControllerConfig(input: LoadControllerConfigInput): Controll
   return deepFreeze({
     listen: { grpc, http }, store, dataDir, auditKeyFile, agents, tokens, schedules, agentTimeoutMs: agentTimeoutSeconds * 1000, logLevel,
     ...(tls ? { tls } : {}),
+    ...(httpTls ? { httpTls } : {}),
   });
 }

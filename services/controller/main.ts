@@ -2,8 +2,10 @@ import { readFileSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
 import { ControllerService } from "../common/gen/flotilla/v1/controller_pb.js";
-import { addService, bindServer, newServer, serverCredentials } from "../common/grpc-bridge.js";
+import { ReloadableCertificates, addService, bindServer, newServer, peerIdentityGuard, serverCredentials } from "../common/grpc-bridge.js";
+import { expiryWarning, expiryWarnings, hostOf, isLoopbackHost } from "../common/tls.js";
 import { createLogger, type Logger } from "../common/logger.js";
+import { installProcessGuard } from "../common/process-guard.js";
 import { toFlotillaError } from "../common/errors.js";
 import { registerSecret } from "../common/redact.js";
 import { GrpcAgentPool } from "./agents/agent-pool.js";
@@ -16,7 +18,7 @@ import { RolloutEngine } from "./rollout-engine.js";
 import { GrpcStepClient } from "./agents/grpc-step-client.js";
 import { Scheduler } from "./scheduler.js";
 import { Leadership } from "./leadership.js";
-import { authenticate, controllerServiceImpl } from "./service.js";
+import { API_LEASE_PREFIX, authenticate, controllerServiceImpl } from "./service.js";
 import { openStore } from "./store/index.js";
 
 export interface RunningController {
@@ -24,6 +26,8 @@ export interface RunningController {
   readonly grpcPort: number;
   readonly engine: RolloutEngine;
   readonly scheduler: Scheduler;
+  /** Re-reads every certificate (SIGHUP): new connections use them, open ones go on. Returns expiry warnings. */
+  reloadCertificates(): string[];
   stop(): Promise<void>;
 }
 
@@ -48,6 +52,11 @@ export async function startController(config: ControllerConfig, log: Logger): Pr
     return authenticate(config, typeof auth === "string" ? auth : undefined, method);
   };
   const leadership = new Leadership(config.store, log, async () => {
+    // Leases of single API operations belong to calls of an earlier leader, gone now (the agent's
+    // journal lock still guards an operation it is finishing).
+    for (const [targetId, holder] of Object.entries(await store.listLeases())) {
+      if (holder.startsWith(API_LEASE_PREFIX)) await store.releaseLeases(holder, [targetId]);
+    }
     const resumed = await engine.resumeAll();
     if (resumed.length) log.info({ rollouts: resumed }, "resumed rollouts");
     await scheduler.reload();
@@ -58,14 +67,29 @@ export async function startController(config: ControllerConfig, log: Logger): Pr
     process.exitCode = 1;
     setTimeout(() => process.exit(1), 100).unref();
   });
-  const impl = controllerServiceImpl({ config, store, pool, inventory, engine, audit, scheduler, log, isLeader: () => leadership.isLeader }, callerOf);
+  const readHttpTls = () => (config.httpTls ? { cert: readFileSync(config.httpTls.cert), key: readFileSync(config.httpTls.key) } : undefined);
+  let httpTls = readHttpTls();
+  const certs = config.tls ? new ReloadableCertificates({ cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key), ca: readFileSync(config.tls.ca) }) : undefined;
+  const certificateWarnings = (): string[] => {
+    const now = new Date();
+    const own = [
+      ...(certs && config.tls ? [{ what: `controller certificate ${config.tls.cert}`, pem: certs.files.cert }] : []),
+      ...(httpTls && config.httpTls ? [{ what: `controller HTTPS certificate ${config.httpTls.cert}`, pem: httpTls.cert }] : []),
+    ];
+    const agents = [...pool.agentCertificateExpiry()].flatMap(([id, notAfter]) => expiryWarning(`certificate of agent ${id}`, notAfter, now) ?? []);
+    return [...expiryWarnings(own, now), ...agents];
+  };
+  const impl = controllerServiceImpl({ config, store, pool, inventory, engine, audit, scheduler, log, isLeader: () => leadership.isLeader, certificateWarnings }, callerOf);
 
   const grpcServer = newServer();
-  addService(grpcServer, ControllerService, impl);
-  const tls = config.tls ? { cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key), ca: readFileSync(config.tls.ca) } : undefined;
-  const grpcPort = await bindServer(grpcServer, config.listen.grpc, config.tokens.length > 0 && tls ? serverCredentials(tls) : serverCredentials());
+  const grpcMtls = config.tokens.length > 0 && certs !== undefined;
+  const allow = config.tls?.allow;
+  addService(grpcServer, ControllerService, impl, grpcMtls && allow
+    ? peerIdentityGuard(allow, (refusal) => log.warn({ method: refusal.method, peer: refusal.peer, names: refusal.names, allow }, "refused a client whose certificate is not allowed"))
+    : undefined);
+  const grpcPort = await bindServer(grpcServer, config.listen.grpc, grpcMtls ? serverCredentials(certs) : serverCredentials());
 
-  const http = createHttpGateway(impl, { audit, log, callerOf, isLeader: () => leadership.isLeader });
+  const http = createHttpGateway(impl, { audit, log, callerOf, isLeader: () => leadership.isLeader, ...(httpTls ? { tls: httpTls } : {}) });
   const [host, portText] = [config.listen.http.replace(/:\d+$/, "").replace(/^\[|\]$/g, ""), config.listen.http.split(":").at(-1)!];
   await new Promise<void>((resolve, reject) => {
     http.once("error", reject);
@@ -74,9 +98,24 @@ export async function startController(config: ControllerConfig, log: Logger): Pr
   const httpPort = (http.address() as AddressInfo).port;
   await audit.append({ actor: "controller", action: "controller.start", outcome: "ok", detail: `http ${httpPort}, grpc ${grpcPort}` });
   await leadership.start();
-  log.info({ httpPort, grpcPort, store: config.store.replace(/:[^:@/]*@/, ":***@") }, "controller listening");
+  log.info({ httpPort, grpcPort, https: Boolean(httpTls), store: config.store.replace(/:[^:@/]*@/, ":***@") }, "controller listening");
+  if (!httpTls && config.tokens.length > 0 && !isLoopbackHost(hostOf(config.listen.http))) {
+    log.warn({ listen: config.listen.http }, "the HTTP API is plain HTTP on a non-loopback address: calls with tokens are refused there; configure httpTls");
+  }
+  for (const warning of certificateWarnings()) log.warn({ warning }, "certificate expires soon");
   return {
     httpPort, grpcPort, engine, scheduler,
+    reloadCertificates() {
+      if (certs && config.tls) certs.update({ cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key), ca: readFileSync(config.tls.ca) });
+      pool.reloadCertificates();
+      const next = readHttpTls();
+      if (next && "setSecureContext" in http) http.setSecureContext(next);
+      httpTls = next;
+      log.info({}, "reloaded certificates");
+      const warnings = certificateWarnings();
+      for (const warning of warnings) log.warn({ warning }, "certificate expires soon");
+      return warnings;
+    },
     async stop() {
       await leadership.close();
       await scheduler.close();
@@ -106,6 +145,7 @@ export async function main(argv: string[]): Promise<void> {
     return;
   }
   const log = createLogger({ name: "flotilla-controller", level: config.logLevel });
+  installProcessGuard(log);
   let running: RunningController;
   try {
     running = await startController(config, log);
@@ -128,4 +168,11 @@ export async function main(argv: string[]): Promise<void> {
   };
   process.on("SIGTERM", onSignal);
   process.on("SIGINT", onSignal);
+  process.on("SIGHUP", () => {
+    try {
+      running.reloadCertificates();
+    } catch (err) {
+      log.error({ err: toFlotillaError(err) }, "cannot reload certificates; keeping the ones in use");
+    }
+  });
 }

@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { DiagnoseResponseSchema, ListBackupsResponseSchema, OperationResultSchema, RevisionInfo, RevisionPlan, TargetStatus } from "./agent_pb.js";
+import type { DiagnoseResponseSchema, ListBackupsResponseSchema, OperationEventSchema, OperationResultSchema, RevisionInfo, RevisionPlan, TargetStatus } from "./agent_pb.js";
 import { file_flotilla_v1_agent } from "./agent_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file flotilla/v1/controller.proto.
  */
 export const file_flotilla_v1_controller: GenFile = /*@__PURE__*/
-  fileDesc("ChxmbG90aWxsYS92MS9jb250cm9sbGVyLnByb3RvEgtmbG90aWxsYS52MSImChJMaXN0VGFyZ2V0c1JlcXVlc3QSEAoIc2VsZWN0b3IYASABKAkiawoLQWdlbnRIZWFsdGgSCgoCaWQYASABKAkSDwoHYWRkcmVzcxgCIAEoCRINCgVzdGF0ZRgDIAEoCRIRCglsYXN0X3NlZW4YBCABKAkSDQoFZXJyb3IYBSABKAkSDgoGc291cmNlGAYgASgJImsKE0xpc3RUYXJnZXRzUmVzcG9uc2USKgoHdGFyZ2V0cxgBIAMoCzIZLmZsb3RpbGxhLnYxLlRhcmdldFN0YXR1cxIoCgZhZ2VudHMYAiADKAsyGC5mbG90aWxsYS52MS5BZ2VudEhlYWx0aCIeCglUYXJnZXRSZWYSEQoJdGFyZ2V0X2lkGAEgASgJIkkKFFJlc3RvcmVUYXJnZXRSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCRIRCgliYWNrdXBfaWQYAiABKAkSCwoDeWVzGAMgASgIIloKFkRvd25ncmFkZVRhcmdldFJlcXVlc3QSEQoJdGFyZ2V0X2lkGAEgASgJEhMKC3RvX3JldmlzaW9uGAIgASgJEhgKEGFjY2VwdF9kYXRhX2xvc3MYAyABKAgiSQoSU3RhbXBUYXJnZXRSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCRIQCghyZXZpc2lvbhgCIAEoCRIOCgZyZWFzb24YAyABKAkiTwoUUmVjb3ZlclRhcmdldFJlcXVlc3QSEQoJdGFyZ2V0X2lkGAEgASgJEhQKDG9wZXJhdGlvbl9pZBgCIAEoCRIOCgZhY3Rpb24YAyABKAkiswEKC1JvbGxvdXRTcGVjEhAKCHNlbGVjdG9yGAEgASgJEhMKC3RvX3JldmlzaW9uGAIgASgJEhAKCHN0cmF0ZWd5GAMgASgJEg0KBXdhdmVzGAQgASgJEhQKDG1heF9mYWlsdXJlcxgFIAEoBRIQCghzY2hlZHVsZRgGIAEoCRIOCgZ3aW5kb3cYByABKAkSDAoEZ2F0ZRgIIAEoCRIWCg5hbGxvd19icmVha2luZxgJIAEoCCI9CgtQbGFubmVkU3RlcBIMCgRuYW1lGAEgASgJEhAKCGFnZW50X2lkGAIgASgJEg4KBmRldGFpbBgDIAEoCSK2AgoNUGxhbm5lZFRhcmdldBIRCgl0YXJnZXRfaWQYASABKAkSEAoIYWdlbnRfaWQYAiABKAkSDAoEd2F2ZRgDIAEoBRIPCgdjdXJyZW50GAQgAygJEioKB3BlbmRpbmcYBSADKAsyGS5mbG90aWxsYS52MS5SZXZpc2lvbkluZm8SJwoFc3RlcHMYBiADKAsyGC5mbG90aWxsYS52MS5QbGFubmVkU3RlcBILCgNzcWwYByABKAkSFAoMc3FsX2NvbXBsZXRlGAggASgIEg0KBW5vdGVzGAkgAygJEhAKCHdhcm5pbmdzGAogAygJEiwKCXJldmlzaW9ucxgLIAMoCzIZLmZsb3RpbGxhLnYxLlJldmlzaW9uUGxhbhIaChJhbGxvd2VkX3N0cmF0ZWdpZXMYDCADKAkimQEKC1JvbGxvdXRQbGFuEiYKBHNwZWMYASABKAsyGC5mbG90aWxsYS52MS5Sb2xsb3V0U3BlYxIrCgd0YXJnZXRzGAIgAygLMhouZmxvdGlsbGEudjEuUGxhbm5lZFRhcmdldBIQCgh3YXJuaW5ncxgDIAMoCRISCgp3YXZlX2NvdW50GAQgASgFEg8KB3JlZnVzZWQYBSABKAgiiwEKC1JvbGxvdXRTdGVwEgwKBG5hbWUYASABKAkSDQoFc3RhdGUYAiABKAkSEAoIYWdlbnRfaWQYAyABKAkSFAoMb3BlcmF0aW9uX2lkGAQgASgJEg4KBmRldGFpbBgFIAEoCRISCgpzdGFydGVkX2F0GAYgASgJEhMKC2ZpbmlzaGVkX2F0GAcgASgJItABCg1Sb2xsb3V0VGFyZ2V0EhEKCXRhcmdldF9pZBgBIAEoCRIQCghhZ2VudF9pZBgCIAEoCRIMCgR3YXZlGAMgASgFEg4KBnN0YXR1cxgEIAEoCRInCgVzdGVwcxgFIAMoCzIYLmZsb3RpbGxhLnYxLlJvbGxvdXRTdGVwEhcKD3JldmlzaW9uX2JlZm9yZRgGIAMoCRIWCg5yZXZpc2lvbl9hZnRlchgHIAMoCRIRCgliYWNrdXBfaWQYCCABKAkSDwoHbWVzc2FnZRgJIAEoCSKpAgoHUm9sbG91dBIKCgJpZBgBIAEoCRIOCgZzdGF0dXMYAiABKAkSJgoEc3BlYxgDIAEoCzIYLmZsb3RpbGxhLnYxLlJvbGxvdXRTcGVjEisKB3RhcmdldHMYBCADKAsyGi5mbG90aWxsYS52MS5Sb2xsb3V0VGFyZ2V0EhIKCmNyZWF0ZWRfYXQYBSABKAkSEwoLZmluaXNoZWRfYXQYBiABKAkSDQoFYWN0b3IYByABKAkSDwoHbWVzc2FnZRgIIAEoCRIQCgh3YXJuaW5ncxgJIAMoCRIUCgxjdXJyZW50X3dhdmUYCiABKAUSEwoLd2FpdGluZ19mb3IYCyABKAkSFwoPZ2F0ZV9leHBpcmVzX2F0GAwgASgJEg4KBnBhdXNlZBgNIAEoCCIlCgpSb2xsb3V0UmVmEgoKAmlkGAEgASgJEgsKA3llcxgCIAEoCCIkChNMaXN0Um9sbG91dHNSZXF1ZXN0Eg0KBWxpbWl0GAEgASgFIj4KFExpc3RSb2xsb3V0c1Jlc3BvbnNlEiYKCHJvbGxvdXRzGAEgAygLMhQuZmxvdGlsbGEudjEuUm9sbG91dCK5AQoLUm9sbG91dExpbmUSEQoJdGFyZ2V0X2lkGAEgASgJEgwKBHN0ZXAYAiABKAkSDAoEbGluZRgDIAEoCRIWCg5yZXZpc2lvbl9pbmRleBgEIAEoBRIWCg5yZXZpc2lvbl9jb3VudBgFIAEoBRISCgplbGFwc2VkX21zGAYgASgDEg4KBmV0YV9tcxgHIAEoAxISCgpieXRlc19kb25lGAggASgDEhMKC2J5dGVzX3RvdGFsGAkgASgDImsKDFJvbGxvdXRFdmVudBIoCghzbmFwc2hvdBgBIAEoCzIULmZsb3RpbGxhLnYxLlJvbGxvdXRIABIoCgRsaW5lGAIgASgLMhguZmxvdGlsbGEudjEuUm9sbG91dExpbmVIAEIHCgVldmVudCKeAgoIU2NoZWR1bGUSDAoEbmFtZRgBIAEoCRIMCgRjcm9uGAIgASgJEhAKCHNlbGVjdG9yGAMgASgJEhAKCHN0cmF0ZWd5GAQgASgJEg4KBndpbmRvdxgFIAEoCRITCgt0b19yZXZpc2lvbhgGIAEoCRINCgV3YXZlcxgHIAEoCRIOCgZzb3VyY2UYCCABKAkSEAoIbGFzdF9ydW4YCSABKAkSEwoLbGFzdF9yZXN1bHQYCiABKAkSEQoJdGltZV96b25lGAsgASgJEhAKCG5leHRfcnVuGAwgASgJEg0KBWRyaWxsGA0gASgIEg8KB3JlcGxhY2UYDiABKAgSDAoEZ2F0ZRgPIAEoCRIUCgxtYXhfZmFpbHVyZXMYECABKAUiGwoLU2NoZWR1bGVSZWYSDAoEbmFtZRgBIAEoCSIWChRMaXN0U2NoZWR1bGVzUmVxdWVzdCJBChVMaXN0U2NoZWR1bGVzUmVzcG9uc2USKAoJc2NoZWR1bGVzGAEgAygLMhUuZmxvdGlsbGEudjEuU2NoZWR1bGUibwoRUXVlcnlBdWRpdFJlcXVlc3QSDQoFc2luY2UYASABKAkSDQoFdW50aWwYAiABKAkSDgoGdGFyZ2V0GAMgASgJEg0KBWFjdG9yGAQgASgJEg4KBmFjdGlvbhgFIAEoCRINCgVsaW1pdBgGIAEoBSKmAQoKQXVkaXRFbnRyeRILCgNzZXEYASABKAMSDAoEdGltZRgCIAEoCRINCgVhY3RvchgDIAEoCRIOCgZhY3Rpb24YBCABKAkSDgoGdGFyZ2V0GAUgASgJEgwKBGFyZ3MYBiABKAkSDwoHb3V0Y29tZRgHIAEoCRIOCgZkZXRhaWwYCCABKAkSEQoJcHJldl9oYXNoGAkgASgJEgwKBGhhc2gYCiABKAkiPgoSUXVlcnlBdWRpdFJlc3BvbnNlEigKB2VudHJpZXMYASADKAsyFy5mbG90aWxsYS52MS5BdWRpdEVudHJ5IhQKElZlcmlmeUF1ZGl0UmVxdWVzdCJZChNWZXJpZnlBdWRpdFJlc3BvbnNlEgoKAm9rGAEgASgIEg8KB2NoZWNrZWQYAiABKAMSFQoNZmlyc3RfYmFkX3NlcRgDIAEoAxIOCgZyZWFzb24YBCABKAkiOQoUUmVnaXN0ZXJBZ2VudFJlcXVlc3QSEAoIYWdlbnRfaWQYASABKAkSDwoHYWRkcmVzcxgCIAEoCSIyChVSZWdpc3RlckFnZW50UmVzcG9uc2USGQoRaGVhcnRiZWF0X3NlY29uZHMYASABKAUyxA4KEUNvbnRyb2xsZXJTZXJ2aWNlElAKC0xpc3RUYXJnZXRzEh8uZmxvdGlsbGEudjEuTGlzdFRhcmdldHNSZXF1ZXN0GiAuZmxvdGlsbGEudjEuTGlzdFRhcmdldHNSZXNwb25zZRJHCg5EaWFnbm9zZVRhcmdldBIWLmZsb3RpbGxhLnYxLlRhcmdldFJlZhodLmZsb3RpbGxhLnYxLkRpYWdub3NlUmVzcG9uc2USRAoMQmFja3VwVGFyZ2V0EhYuZmxvdGlsbGEudjEuVGFyZ2V0UmVmGhwuZmxvdGlsbGEudjEuT3BlcmF0aW9uUmVzdWx0Ek0KEUxpc3RUYXJnZXRCYWNrdXBzEhYuZmxvdGlsbGEudjEuVGFyZ2V0UmVmGiAuZmxvdGlsbGEudjEuTGlzdEJhY2t1cHNSZXNwb25zZRJQCg1SZXN0b3JlVGFyZ2V0EiEuZmxvdGlsbGEudjEuUmVzdG9yZVRhcmdldFJlcXVlc3QaHC5mbG90aWxsYS52MS5PcGVyYXRpb25SZXN1bHQSVAoPRG93bmdyYWRlVGFyZ2V0EiMuZmxvdGlsbGEudjEuRG93bmdyYWRlVGFyZ2V0UmVxdWVzdBocLmZsb3RpbGxhLnYxLk9wZXJhdGlvblJlc3VsdBJMCgtTdGFtcFRhcmdldBIfLmZsb3RpbGxhLnYxLlN0YW1wVGFyZ2V0UmVxdWVzdBocLmZsb3RpbGxhLnYxLk9wZXJhdGlvblJlc3VsdBJQCg1SZWNvdmVyVGFyZ2V0EiEuZmxvdGlsbGEudjEuUmVjb3ZlclRhcmdldFJlcXVlc3QaHC5mbG90aWxsYS52MS5PcGVyYXRpb25SZXN1bHQSQQoLUGxhblJvbGxvdXQSGC5mbG90aWxsYS52MS5Sb2xsb3V0U3BlYxoYLmZsb3RpbGxhLnYxLlJvbGxvdXRQbGFuEj4KDFN0YXJ0Um9sbG91dBIYLmZsb3RpbGxhLnYxLlJvbGxvdXRTcGVjGhQuZmxvdGlsbGEudjEuUm9sbG91dBI7CgpHZXRSb2xsb3V0EhcuZmxvdGlsbGEudjEuUm9sbG91dFJlZhoULmZsb3RpbGxhLnYxLlJvbGxvdXQSUwoMTGlzdFJvbGxvdXRzEiAuZmxvdGlsbGEudjEuTGlzdFJvbGxvdXRzUmVxdWVzdBohLmZsb3RpbGxhLnYxLkxpc3RSb2xsb3V0c1Jlc3BvbnNlEkQKDFdhdGNoUm9sbG91dBIXLmZsb3RpbGxhLnYxLlJvbGxvdXRSZWYaGS5mbG90aWxsYS52MS5Sb2xsb3V0RXZlbnQwARI9CgxBYm9ydFJvbGxvdXQSFy5mbG90aWxsYS52MS5Sb2xsb3V0UmVmGhQuZmxvdGlsbGEudjEuUm9sbG91dBJACg9Sb2xsYmFja1JvbGxvdXQSFy5mbG90aWxsYS52MS5Sb2xsb3V0UmVmGhQuZmxvdGlsbGEudjEuUm9sbG91dBI/Cg5BcHByb3ZlUm9sbG91dBIXLmZsb3RpbGxhLnYxLlJvbGxvdXRSZWYaFC5mbG90aWxsYS52MS5Sb2xsb3V0Ej0KDFBhdXNlUm9sbG91dBIXLmZsb3RpbGxhLnYxLlJvbGxvdXRSZWYaFC5mbG90aWxsYS52MS5Sb2xsb3V0Ej4KDVJlc3VtZVJvbGxvdXQSFy5mbG90aWxsYS52MS5Sb2xsb3V0UmVmGhQuZmxvdGlsbGEudjEuUm9sbG91dBI9CgxSZXRyeVJvbGxvdXQSFy5mbG90aWxsYS52MS5Sb2xsb3V0UmVmGhQuZmxvdGlsbGEudjEuUm9sbG91dBI7CgtBZGRTY2hlZHVsZRIVLmZsb3RpbGxhLnYxLlNjaGVkdWxlGhUuZmxvdGlsbGEudjEuU2NoZWR1bGUSVgoNTGlzdFNjaGVkdWxlcxIhLmZsb3RpbGxhLnYxLkxpc3RTY2hlZHVsZXNSZXF1ZXN0GiIuZmxvdGlsbGEudjEuTGlzdFNjaGVkdWxlc1Jlc3BvbnNlEk4KDlJlbW92ZVNjaGVkdWxlEhguZmxvdGlsbGEudjEuU2NoZWR1bGVSZWYaIi5mbG90aWxsYS52MS5MaXN0U2NoZWR1bGVzUmVzcG9uc2USTQoKUXVlcnlBdWRpdBIeLmZsb3RpbGxhLnYxLlF1ZXJ5QXVkaXRSZXF1ZXN0Gh8uZmxvdGlsbGEudjEuUXVlcnlBdWRpdFJlc3BvbnNlElAKC1ZlcmlmeUF1ZGl0Eh8uZmxvdGlsbGEudjEuVmVyaWZ5QXVkaXRSZXF1ZXN0GiAuZmxvdGlsbGEudjEuVmVyaWZ5QXVkaXRSZXNwb25zZRJWCg1SZWdpc3RlckFnZW50EiEuZmxvdGlsbGEudjEuUmVnaXN0ZXJBZ2VudFJlcXVlc3QaIi5mbG90aWxsYS52MS5SZWdpc3RlckFnZW50UmVzcG9uc2ViBnByb3RvMw", [file_flotilla_v1_agent]);
+  fileDesc("ChxmbG90aWxsYS92MS9jb250cm9sbGVyLnByb3RvEgtmbG90aWxsYS52MSImChJMaXN0VGFyZ2V0c1JlcXVlc3QSEAoIc2VsZWN0b3IYASABKAkiawoLQWdlbnRIZWFsdGgSCgoCaWQYASABKAkSDwoHYWRkcmVzcxgCIAEoCRINCgVzdGF0ZRgDIAEoCRIRCglsYXN0X3NlZW4YBCABKAkSDQoFZXJyb3IYBSABKAkSDgoGc291cmNlGAYgASgJIn0KE0xpc3RUYXJnZXRzUmVzcG9uc2USKgoHdGFyZ2V0cxgBIAMoCzIZLmZsb3RpbGxhLnYxLlRhcmdldFN0YXR1cxIoCgZhZ2VudHMYAiADKAsyGC5mbG90aWxsYS52MS5BZ2VudEhlYWx0aBIQCgh3YXJuaW5ncxgDIAMoCSIeCglUYXJnZXRSZWYSEQoJdGFyZ2V0X2lkGAEgASgJIkkKFFJlc3RvcmVUYXJnZXRSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCRIRCgliYWNrdXBfaWQYAiABKAkSCwoDeWVzGAMgASgIIloKFkRvd25ncmFkZVRhcmdldFJlcXVlc3QSEQoJdGFyZ2V0X2lkGAEgASgJEhMKC3RvX3JldmlzaW9uGAIgASgJEhgKEGFjY2VwdF9kYXRhX2xvc3MYAyABKAgiSQoSU3RhbXBUYXJnZXRSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCRIQCghyZXZpc2lvbhgCIAEoCRIOCgZyZWFzb24YAyABKAkieQoRTW92ZVRhcmdldFJlcXVlc3QSFgoOZnJvbV90YXJnZXRfaWQYASABKAkSFAoMdG9fdGFyZ2V0X2lkGAIgASgJEgsKA3llcxgDIAEoCBIUCgxza2lwX29ycGhhbnMYBCABKAgSEwoLZnJvbV9iYWNrdXAYBSABKAgiTwoUUmVjb3ZlclRhcmdldFJlcXVlc3QSEQoJdGFyZ2V0X2lkGAEgASgJEhQKDG9wZXJhdGlvbl9pZBgCIAEoCRIOCgZhY3Rpb24YAyABKAkiswEKC1JvbGxvdXRTcGVjEhAKCHNlbGVjdG9yGAEgASgJEhMKC3RvX3JldmlzaW9uGAIgASgJEhAKCHN0cmF0ZWd5GAMgASgJEg0KBXdhdmVzGAQgASgJEhQKDG1heF9mYWlsdXJlcxgFIAEoBRIQCghzY2hlZHVsZRgGIAEoCRIOCgZ3aW5kb3cYByABKAkSDAoEZ2F0ZRgIIAEoCRIWCg5hbGxvd19icmVha2luZxgJIAEoCCI9CgtQbGFubmVkU3RlcBIMCgRuYW1lGAEgASgJEhAKCGFnZW50X2lkGAIgASgJEg4KBmRldGFpbBgDIAEoCSK2AgoNUGxhbm5lZFRhcmdldBIRCgl0YXJnZXRfaWQYASABKAkSEAoIYWdlbnRfaWQYAiABKAkSDAoEd2F2ZRgDIAEoBRIPCgdjdXJyZW50GAQgAygJEioKB3BlbmRpbmcYBSADKAsyGS5mbG90aWxsYS52MS5SZXZpc2lvbkluZm8SJwoFc3RlcHMYBiADKAsyGC5mbG90aWxsYS52MS5QbGFubmVkU3RlcBILCgNzcWwYByABKAkSFAoMc3FsX2NvbXBsZXRlGAggASgIEg0KBW5vdGVzGAkgAygJEhAKCHdhcm5pbmdzGAogAygJEiwKCXJldmlzaW9ucxgLIAMoCzIZLmZsb3RpbGxhLnYxLlJldmlzaW9uUGxhbhIaChJhbGxvd2VkX3N0cmF0ZWdpZXMYDCADKAkimQEKC1JvbGxvdXRQbGFuEiYKBHNwZWMYASABKAsyGC5mbG90aWxsYS52MS5Sb2xsb3V0U3BlYxIrCgd0YXJnZXRzGAIgAygLMhouZmxvdGlsbGEudjEuUGxhbm5lZFRhcmdldBIQCgh3YXJuaW5ncxgDIAMoCRISCgp3YXZlX2NvdW50GAQgASgFEg8KB3JlZnVzZWQYBSABKAgiiwEKC1JvbGxvdXRTdGVwEgwKBG5hbWUYASABKAkSDQoFc3RhdGUYAiABKAkSEAoIYWdlbnRfaWQYAyABKAkSFAoMb3BlcmF0aW9uX2lkGAQgASgJEg4KBmRldGFpbBgFIAEoCRISCgpzdGFydGVkX2F0GAYgASgJEhMKC2ZpbmlzaGVkX2F0GAcgASgJItABCg1Sb2xsb3V0VGFyZ2V0EhEKCXRhcmdldF9pZBgBIAEoCRIQCghhZ2VudF9pZBgCIAEoCRIMCgR3YXZlGAMgASgFEg4KBnN0YXR1cxgEIAEoCRInCgVzdGVwcxgFIAMoCzIYLmZsb3RpbGxhLnYxLlJvbGxvdXRTdGVwEhcKD3JldmlzaW9uX2JlZm9yZRgGIAMoCRIWCg5yZXZpc2lvbl9hZnRlchgHIAMoCRIRCgliYWNrdXBfaWQYCCABKAkSDwoHbWVzc2FnZRgJIAEoCSKpAgoHUm9sbG91dBIKCgJpZBgBIAEoCRIOCgZzdGF0dXMYAiABKAkSJgoEc3BlYxgDIAEoCzIYLmZsb3RpbGxhLnYxLlJvbGxvdXRTcGVjEisKB3RhcmdldHMYBCADKAsyGi5mbG90aWxsYS52MS5Sb2xsb3V0VGFyZ2V0EhIKCmNyZWF0ZWRfYXQYBSABKAkSEwoLZmluaXNoZWRfYXQYBiABKAkSDQoFYWN0b3IYByABKAkSDwoHbWVzc2FnZRgIIAEoCRIQCgh3YXJuaW5ncxgJIAMoCRIUCgxjdXJyZW50X3dhdmUYCiABKAUSEwoLd2FpdGluZ19mb3IYCyABKAkSFwoPZ2F0ZV9leHBpcmVzX2F0GAwgASgJEg4KBnBhdXNlZBgNIAEoCCIlCgpSb2xsb3V0UmVmEgoKAmlkGAEgASgJEgsKA3llcxgCIAEoCCIkChNMaXN0Um9sbG91dHNSZXF1ZXN0Eg0KBWxpbWl0GAEgASgFIj4KFExpc3RSb2xsb3V0c1Jlc3BvbnNlEiYKCHJvbGxvdXRzGAEgAygLMhQuZmxvdGlsbGEudjEuUm9sbG91dCK5AQoLUm9sbG91dExpbmUSEQoJdGFyZ2V0X2lkGAEgASgJEgwKBHN0ZXAYAiABKAkSDAoEbGluZRgDIAEoCRIWCg5yZXZpc2lvbl9pbmRleBgEIAEoBRIWCg5yZXZpc2lvbl9jb3VudBgFIAEoBRISCgplbGFwc2VkX21zGAYgASgDEg4KBmV0YV9tcxgHIAEoAxISCgpieXRlc19kb25lGAggASgDEhMKC2J5dGVzX3RvdGFsGAkgASgDImsKDFJvbGxvdXRFdmVudBIoCghzbmFwc2hvdBgBIAEoCzIULmZsb3RpbGxhLnYxLlJvbGxvdXRIABIoCgRsaW5lGAIgASgLMhguZmxvdGlsbGEudjEuUm9sbG91dExpbmVIAEIHCgVldmVudCKeAgoIU2NoZWR1bGUSDAoEbmFtZRgBIAEoCRIMCgRjcm9uGAIgASgJEhAKCHNlbGVjdG9yGAMgASgJEhAKCHN0cmF0ZWd5GAQgASgJEg4KBndpbmRvdxgFIAEoCRITCgt0b19yZXZpc2lvbhgGIAEoCRINCgV3YXZlcxgHIAEoCRIOCgZzb3VyY2UYCCABKAkSEAoIbGFzdF9ydW4YCSABKAkSEwoLbGFzdF9yZXN1bHQYCiABKAkSEQoJdGltZV96b25lGAsgASgJEhAKCG5leHRfcnVuGAwgASgJEg0KBWRyaWxsGA0gASgIEg8KB3JlcGxhY2UYDiABKAgSDAoEZ2F0ZRgPIAEoCRIUCgxtYXhfZmFpbHVyZXMYECABKAUiGwoLU2NoZWR1bGVSZWYSDAoEbmFtZRgBIAEoCSIWChRMaXN0U2NoZWR1bGVzUmVxdWVzdCJBChVMaXN0U2NoZWR1bGVzUmVzcG9uc2USKAoJc2NoZWR1bGVzGAEgAygLMhUuZmxvdGlsbGEudjEuU2NoZWR1bGUibwoRUXVlcnlBdWRpdFJlcXVlc3QSDQoFc2luY2UYASABKAkSDQoFdW50aWwYAiABKAkSDgoGdGFyZ2V0GAMgASgJEg0KBWFjdG9yGAQgASgJEg4KBmFjdGlvbhgFIAEoCRINCgVsaW1pdBgGIAEoBSKmAQoKQXVkaXRFbnRyeRILCgNzZXEYASABKAMSDAoEdGltZRgCIAEoCRINCgVhY3RvchgDIAEoCRIOCgZhY3Rpb24YBCABKAkSDgoGdGFyZ2V0GAUgASgJEgwKBGFyZ3MYBiABKAkSDwoHb3V0Y29tZRgHIAEoCRIOCgZkZXRhaWwYCCABKAkSEQoJcHJldl9oYXNoGAkgASgJEgwKBGhhc2gYCiABKAkiPgoSUXVlcnlBdWRpdFJlc3BvbnNlEigKB2VudHJpZXMYASADKAsyFy5mbG90aWxsYS52MS5BdWRpdEVudHJ5IhQKElZlcmlmeUF1ZGl0UmVxdWVzdCJZChNWZXJpZnlBdWRpdFJlc3BvbnNlEgoKAm9rGAEgASgIEg8KB2NoZWNrZWQYAiABKAMSFQoNZmlyc3RfYmFkX3NlcRgDIAEoAxIOCgZyZWFzb24YBCABKAkiOQoUUmVnaXN0ZXJBZ2VudFJlcXVlc3QSEAoIYWdlbnRfaWQYASABKAkSDwoHYWRkcmVzcxgCIAEoCSIyChVSZWdpc3RlckFnZW50UmVzcG9uc2USGQoRaGVhcnRiZWF0X3NlY29uZHMYASABKAUykQ8KEUNvbnRyb2xsZXJTZXJ2aWNlElAKC0xpc3RUYXJnZXRzEh8uZmxvdGlsbGEudjEuTGlzdFRhcmdldHNSZXF1ZXN0GiAuZmxvdGlsbGEudjEuTGlzdFRhcmdldHNSZXNwb25zZRJHCg5EaWFnbm9zZVRhcmdldBIWLmZsb3RpbGxhLnYxLlRhcmdldFJlZhodLmZsb3RpbGxhLnYxLkRpYWdub3NlUmVzcG9uc2USRAoMQmFja3VwVGFyZ2V0EhYuZmxvdGlsbGEudjEuVGFyZ2V0UmVmGhwuZmxvdGlsbGEudjEuT3BlcmF0aW9uUmVzdWx0Ek0KEUxpc3RUYXJnZXRCYWNrdXBzEhYuZmxvdGlsbGEudjEuVGFyZ2V0UmVmGiAuZmxvdGlsbGEudjEuTGlzdEJhY2t1cHNSZXNwb25zZRJQCg1SZXN0b3JlVGFyZ2V0EiEuZmxvdGlsbGEudjEuUmVzdG9yZVRhcmdldFJlcXVlc3QaHC5mbG90aWxsYS52MS5PcGVyYXRpb25SZXN1bHQSVAoPRG93bmdyYWRlVGFyZ2V0EiMuZmxvdGlsbGEudjEuRG93bmdyYWRlVGFyZ2V0UmVxdWVzdBocLmZsb3RpbGxhLnYxLk9wZXJhdGlvblJlc3VsdBJMCgtTdGFtcFRhcmdldBIfLmZsb3RpbGxhLnYxLlN0YW1wVGFyZ2V0UmVxdWVzdBocLmZsb3RpbGxhLnYxLk9wZXJhdGlvblJlc3VsdBJQCg1SZWNvdmVyVGFyZ2V0EiEuZmxvdGlsbGEudjEuUmVjb3ZlclRhcmdldFJlcXVlc3QaHC5mbG90aWxsYS52MS5PcGVyYXRpb25SZXN1bHQSSwoKTW92ZVRhcmdldBIeLmZsb3RpbGxhLnYxLk1vdmVUYXJnZXRSZXF1ZXN0GhsuZmxvdGlsbGEudjEuT3BlcmF0aW9uRXZlbnQwARJBCgtQbGFuUm9sbG91dBIYLmZsb3RpbGxhLnYxLlJvbGxvdXRTcGVjGhguZmxvdGlsbGEudjEuUm9sbG91dFBsYW4SPgoMU3RhcnRSb2xsb3V0EhguZmxvdGlsbGEudjEuUm9sbG91dFNwZWMaFC5mbG90aWxsYS52MS5Sb2xsb3V0EjsKCkdldFJvbGxvdXQSFy5mbG90aWxsYS52MS5Sb2xsb3V0UmVmGhQuZmxvdGlsbGEudjEuUm9sbG91dBJTCgxMaXN0Um9sbG91dHMSIC5mbG90aWxsYS52MS5MaXN0Um9sbG91dHNSZXF1ZXN0GiEuZmxvdGlsbGEudjEuTGlzdFJvbGxvdXRzUmVzcG9uc2USRAoMV2F0Y2hSb2xsb3V0EhcuZmxvdGlsbGEudjEuUm9sbG91dFJlZhoZLmZsb3RpbGxhLnYxLlJvbGxvdXRFdmVudDABEj0KDEFib3J0Um9sbG91dBIXLmZsb3RpbGxhLnYxLlJvbGxvdXRSZWYaFC5mbG90aWxsYS52MS5Sb2xsb3V0EkAKD1JvbGxiYWNrUm9sbG91dBIXLmZsb3RpbGxhLnYxLlJvbGxvdXRSZWYaFC5mbG90aWxsYS52MS5Sb2xsb3V0Ej8KDkFwcHJvdmVSb2xsb3V0EhcuZmxvdGlsbGEudjEuUm9sbG91dFJlZhoULmZsb3RpbGxhLnYxLlJvbGxvdXQSPQoMUGF1c2VSb2xsb3V0EhcuZmxvdGlsbGEudjEuUm9sbG91dFJlZhoULmZsb3RpbGxhLnYxLlJvbGxvdXQSPgoNUmVzdW1lUm9sbG91dBIXLmZsb3RpbGxhLnYxLlJvbGxvdXRSZWYaFC5mbG90aWxsYS52MS5Sb2xsb3V0Ej0KDFJldHJ5Um9sbG91dBIXLmZsb3RpbGxhLnYxLlJvbGxvdXRSZWYaFC5mbG90aWxsYS52MS5Sb2xsb3V0EjsKC0FkZFNjaGVkdWxlEhUuZmxvdGlsbGEudjEuU2NoZWR1bGUaFS5mbG90aWxsYS52MS5TY2hlZHVsZRJWCg1MaXN0U2NoZWR1bGVzEiEuZmxvdGlsbGEudjEuTGlzdFNjaGVkdWxlc1JlcXVlc3QaIi5mbG90aWxsYS52MS5MaXN0U2NoZWR1bGVzUmVzcG9uc2USTgoOUmVtb3ZlU2NoZWR1bGUSGC5mbG90aWxsYS52MS5TY2hlZHVsZVJlZhoiLmZsb3RpbGxhLnYxLkxpc3RTY2hlZHVsZXNSZXNwb25zZRJNCgpRdWVyeUF1ZGl0Eh4uZmxvdGlsbGEudjEuUXVlcnlBdWRpdFJlcXVlc3QaHy5mbG90aWxsYS52MS5RdWVyeUF1ZGl0UmVzcG9uc2USUAoLVmVyaWZ5QXVkaXQSHy5mbG90aWxsYS52MS5WZXJpZnlBdWRpdFJlcXVlc3QaIC5mbG90aWxsYS52MS5WZXJpZnlBdWRpdFJlc3BvbnNlElYKDVJlZ2lzdGVyQWdlbnQSIS5mbG90aWxsYS52MS5SZWdpc3RlckFnZW50UmVxdWVzdBoiLmZsb3RpbGxhLnYxLlJlZ2lzdGVyQWdlbnRSZXNwb25zZWIGcHJvdG8z", [file_flotilla_v1_agent]);
 
 /**
  * @generated from message flotilla.v1.ListTargetsRequest
@@ -90,6 +90,13 @@ export type ListTargetsResponse = Message<"flotilla.v1.ListTargetsResponse"> & {
    * @generated from field: repeated flotilla.v1.AgentHealth agents = 2;
    */
   agents: AgentHealth[];
+
+  /**
+   * Certificates (the controller's own, and agents' as seen at their last handshake) that expire within 30 days.
+   *
+   * @generated from field: repeated string warnings = 3;
+   */
+  warnings: string[];
 };
 
 /**
@@ -198,6 +205,43 @@ export const StampTargetRequestSchema: GenMessage<StampTargetRequest> = /*@__PUR
   messageDesc(file_flotilla_v1_controller, 6);
 
 /**
+ * @generated from message flotilla.v1.MoveTargetRequest
+ */
+export type MoveTargetRequest = Message<"flotilla.v1.MoveTargetRequest"> & {
+  /**
+   * @generated from field: string from_target_id = 1;
+   */
+  fromTargetId: string;
+
+  /**
+   * @generated from field: string to_target_id = 2;
+   */
+  toTargetId: string;
+
+  /**
+   * @generated from field: bool yes = 3;
+   */
+  yes: boolean;
+
+  /**
+   * @generated from field: bool skip_orphans = 4;
+   */
+  skipOrphans: boolean;
+
+  /**
+   * @generated from field: bool from_backup = 5;
+   */
+  fromBackup: boolean;
+};
+
+/**
+ * Describes the message flotilla.v1.MoveTargetRequest.
+ * Use `create(MoveTargetRequestSchema)` to create a new message.
+ */
+export const MoveTargetRequestSchema: GenMessage<MoveTargetRequest> = /*@__PURE__*/
+  messageDesc(file_flotilla_v1_controller, 7);
+
+/**
  * @generated from message flotilla.v1.RecoverTargetRequest
  */
 export type RecoverTargetRequest = Message<"flotilla.v1.RecoverTargetRequest"> & {
@@ -224,7 +268,7 @@ export type RecoverTargetRequest = Message<"flotilla.v1.RecoverTargetRequest"> &
  * Use `create(RecoverTargetRequestSchema)` to create a new message.
  */
 export const RecoverTargetRequestSchema: GenMessage<RecoverTargetRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 7);
+  messageDesc(file_flotilla_v1_controller, 8);
 
 /**
  * @generated from message flotilla.v1.RolloutSpec
@@ -295,7 +339,7 @@ export type RolloutSpec = Message<"flotilla.v1.RolloutSpec"> & {
  * Use `create(RolloutSpecSchema)` to create a new message.
  */
 export const RolloutSpecSchema: GenMessage<RolloutSpec> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 8);
+  messageDesc(file_flotilla_v1_controller, 9);
 
 /**
  * @generated from message flotilla.v1.PlannedStep
@@ -322,7 +366,7 @@ export type PlannedStep = Message<"flotilla.v1.PlannedStep"> & {
  * Use `create(PlannedStepSchema)` to create a new message.
  */
 export const PlannedStepSchema: GenMessage<PlannedStep> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 9);
+  messageDesc(file_flotilla_v1_controller, 10);
 
 /**
  * @generated from message flotilla.v1.PlannedTarget
@@ -398,7 +442,7 @@ export type PlannedTarget = Message<"flotilla.v1.PlannedTarget"> & {
  * Use `create(PlannedTargetSchema)` to create a new message.
  */
 export const PlannedTargetSchema: GenMessage<PlannedTarget> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 10);
+  messageDesc(file_flotilla_v1_controller, 11);
 
 /**
  * @generated from message flotilla.v1.RolloutPlan
@@ -437,7 +481,7 @@ export type RolloutPlan = Message<"flotilla.v1.RolloutPlan"> & {
  * Use `create(RolloutPlanSchema)` to create a new message.
  */
 export const RolloutPlanSchema: GenMessage<RolloutPlan> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 11);
+  messageDesc(file_flotilla_v1_controller, 12);
 
 /**
  * @generated from message flotilla.v1.RolloutStep
@@ -486,7 +530,7 @@ export type RolloutStep = Message<"flotilla.v1.RolloutStep"> & {
  * Use `create(RolloutStepSchema)` to create a new message.
  */
 export const RolloutStepSchema: GenMessage<RolloutStep> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 12);
+  messageDesc(file_flotilla_v1_controller, 13);
 
 /**
  * @generated from message flotilla.v1.RolloutTarget
@@ -545,7 +589,7 @@ export type RolloutTarget = Message<"flotilla.v1.RolloutTarget"> & {
  * Use `create(RolloutTargetSchema)` to create a new message.
  */
 export const RolloutTargetSchema: GenMessage<RolloutTarget> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 13);
+  messageDesc(file_flotilla_v1_controller, 14);
 
 /**
  * @generated from message flotilla.v1.Rollout
@@ -628,7 +672,7 @@ export type Rollout = Message<"flotilla.v1.Rollout"> & {
  * Use `create(RolloutSchema)` to create a new message.
  */
 export const RolloutSchema: GenMessage<Rollout> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 14);
+  messageDesc(file_flotilla_v1_controller, 15);
 
 /**
  * @generated from message flotilla.v1.RolloutRef
@@ -652,7 +696,7 @@ export type RolloutRef = Message<"flotilla.v1.RolloutRef"> & {
  * Use `create(RolloutRefSchema)` to create a new message.
  */
 export const RolloutRefSchema: GenMessage<RolloutRef> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 15);
+  messageDesc(file_flotilla_v1_controller, 16);
 
 /**
  * @generated from message flotilla.v1.ListRolloutsRequest
@@ -669,7 +713,7 @@ export type ListRolloutsRequest = Message<"flotilla.v1.ListRolloutsRequest"> & {
  * Use `create(ListRolloutsRequestSchema)` to create a new message.
  */
 export const ListRolloutsRequestSchema: GenMessage<ListRolloutsRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 16);
+  messageDesc(file_flotilla_v1_controller, 17);
 
 /**
  * @generated from message flotilla.v1.ListRolloutsResponse
@@ -686,7 +730,7 @@ export type ListRolloutsResponse = Message<"flotilla.v1.ListRolloutsResponse"> &
  * Use `create(ListRolloutsResponseSchema)` to create a new message.
  */
 export const ListRolloutsResponseSchema: GenMessage<ListRolloutsResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 17);
+  messageDesc(file_flotilla_v1_controller, 18);
 
 /**
  * @generated from message flotilla.v1.RolloutLine
@@ -745,7 +789,7 @@ export type RolloutLine = Message<"flotilla.v1.RolloutLine"> & {
  * Use `create(RolloutLineSchema)` to create a new message.
  */
 export const RolloutLineSchema: GenMessage<RolloutLine> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 18);
+  messageDesc(file_flotilla_v1_controller, 19);
 
 /**
  * @generated from message flotilla.v1.RolloutEvent
@@ -774,7 +818,7 @@ export type RolloutEvent = Message<"flotilla.v1.RolloutEvent"> & {
  * Use `create(RolloutEventSchema)` to create a new message.
  */
 export const RolloutEventSchema: GenMessage<RolloutEvent> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 19);
+  messageDesc(file_flotilla_v1_controller, 20);
 
 /**
  * @generated from message flotilla.v1.Schedule
@@ -876,7 +920,7 @@ export type Schedule = Message<"flotilla.v1.Schedule"> & {
  * Use `create(ScheduleSchema)` to create a new message.
  */
 export const ScheduleSchema: GenMessage<Schedule> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 20);
+  messageDesc(file_flotilla_v1_controller, 21);
 
 /**
  * @generated from message flotilla.v1.ScheduleRef
@@ -893,7 +937,7 @@ export type ScheduleRef = Message<"flotilla.v1.ScheduleRef"> & {
  * Use `create(ScheduleRefSchema)` to create a new message.
  */
 export const ScheduleRefSchema: GenMessage<ScheduleRef> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 21);
+  messageDesc(file_flotilla_v1_controller, 22);
 
 /**
  * @generated from message flotilla.v1.ListSchedulesRequest
@@ -906,7 +950,7 @@ export type ListSchedulesRequest = Message<"flotilla.v1.ListSchedulesRequest"> &
  * Use `create(ListSchedulesRequestSchema)` to create a new message.
  */
 export const ListSchedulesRequestSchema: GenMessage<ListSchedulesRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 22);
+  messageDesc(file_flotilla_v1_controller, 23);
 
 /**
  * @generated from message flotilla.v1.ListSchedulesResponse
@@ -923,7 +967,7 @@ export type ListSchedulesResponse = Message<"flotilla.v1.ListSchedulesResponse">
  * Use `create(ListSchedulesResponseSchema)` to create a new message.
  */
 export const ListSchedulesResponseSchema: GenMessage<ListSchedulesResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 23);
+  messageDesc(file_flotilla_v1_controller, 24);
 
 /**
  * @generated from message flotilla.v1.QueryAuditRequest
@@ -965,7 +1009,7 @@ export type QueryAuditRequest = Message<"flotilla.v1.QueryAuditRequest"> & {
  * Use `create(QueryAuditRequestSchema)` to create a new message.
  */
 export const QueryAuditRequestSchema: GenMessage<QueryAuditRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 24);
+  messageDesc(file_flotilla_v1_controller, 25);
 
 /**
  * @generated from message flotilla.v1.AuditEntry
@@ -1031,7 +1075,7 @@ export type AuditEntry = Message<"flotilla.v1.AuditEntry"> & {
  * Use `create(AuditEntrySchema)` to create a new message.
  */
 export const AuditEntrySchema: GenMessage<AuditEntry> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 25);
+  messageDesc(file_flotilla_v1_controller, 26);
 
 /**
  * @generated from message flotilla.v1.QueryAuditResponse
@@ -1048,7 +1092,7 @@ export type QueryAuditResponse = Message<"flotilla.v1.QueryAuditResponse"> & {
  * Use `create(QueryAuditResponseSchema)` to create a new message.
  */
 export const QueryAuditResponseSchema: GenMessage<QueryAuditResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 26);
+  messageDesc(file_flotilla_v1_controller, 27);
 
 /**
  * @generated from message flotilla.v1.VerifyAuditRequest
@@ -1061,7 +1105,7 @@ export type VerifyAuditRequest = Message<"flotilla.v1.VerifyAuditRequest"> & {
  * Use `create(VerifyAuditRequestSchema)` to create a new message.
  */
 export const VerifyAuditRequestSchema: GenMessage<VerifyAuditRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 27);
+  messageDesc(file_flotilla_v1_controller, 28);
 
 /**
  * @generated from message flotilla.v1.VerifyAuditResponse
@@ -1093,7 +1137,7 @@ export type VerifyAuditResponse = Message<"flotilla.v1.VerifyAuditResponse"> & {
  * Use `create(VerifyAuditResponseSchema)` to create a new message.
  */
 export const VerifyAuditResponseSchema: GenMessage<VerifyAuditResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 28);
+  messageDesc(file_flotilla_v1_controller, 29);
 
 /**
  * @generated from message flotilla.v1.RegisterAgentRequest
@@ -1115,7 +1159,7 @@ export type RegisterAgentRequest = Message<"flotilla.v1.RegisterAgentRequest"> &
  * Use `create(RegisterAgentRequestSchema)` to create a new message.
  */
 export const RegisterAgentRequestSchema: GenMessage<RegisterAgentRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 29);
+  messageDesc(file_flotilla_v1_controller, 30);
 
 /**
  * @generated from message flotilla.v1.RegisterAgentResponse
@@ -1132,7 +1176,7 @@ export type RegisterAgentResponse = Message<"flotilla.v1.RegisterAgentResponse">
  * Use `create(RegisterAgentResponseSchema)` to create a new message.
  */
 export const RegisterAgentResponseSchema: GenMessage<RegisterAgentResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 30);
+  messageDesc(file_flotilla_v1_controller, 31);
 
 /**
  * ControllerService is the fleet's control API. The same handlers serve gRPC
@@ -1207,6 +1251,17 @@ export const ControllerService: GenService<{
     methodKind: "unary";
     input: typeof RecoverTargetRequestSchema;
     output: typeof OperationResultSchema;
+  },
+  /**
+   * Copies a target into an empty target of the other engine on the same agent (or
+   * switches back to where an earlier move came from); streams the agent's events.
+   *
+   * @generated from rpc flotilla.v1.ControllerService.MoveTarget
+   */
+  moveTarget: {
+    methodKind: "server_streaming";
+    input: typeof MoveTargetRequestSchema;
+    output: typeof OperationEventSchema;
   },
   /**
    * @generated from rpc flotilla.v1.ControllerService.PlanRollout

@@ -1,6 +1,6 @@
 import { parseArgs } from "node:util";
 import {
-  ROLLOUT_FIELDS, type Checked, checkCron, checkDuration, checkRevision, checkSelector, checkWaves, compileRolloutRequest, compileScheduleRequest, durationMs,
+  ROLLOUT_FIELDS, STRATEGIES, type Checked, checkCron, checkDuration, checkRevision, checkSelector, checkWaves, compileRolloutRequest, compileScheduleRequest, durationMs,
 } from "../common/rollout-request.js";
 
 /** Default controller HTTP address when neither --controller nor FLOTILLA_CONTROLLER is given. */
@@ -217,7 +217,7 @@ const GLOBAL_OPTIONS: Readonly<Record<string, OptionDef>> = {
 const O = {
   selector: { type: "string", help: "k=v,…  targets whose labels match all pairs" },
   to: { type: "string", help: "REV  revision to migrate to (default head)" },
-  strategy: { type: "string", help: "X  maintenance, job or blue-green" },
+  strategy: { type: "string", help: `X  ${STRATEGIES.join(", ")}` },
   waves: { type: "string", help: "W  cumulative wave sizes, e.g. 1,25%,100% (first wave is the canary)" },
   window: { type: "string", help: "D  maintenance window length, e.g. 2h, 1h30m" },
   since: { type: "string", help: "T  ISO 8601 time or an age like 1h, 7d" },

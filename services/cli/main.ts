@@ -566,6 +566,7 @@ const HINTS: Readonly<Record<string, string>> = {
   TARGET_BUSY: "another operation holds the target; see flotilla rollouts, wait, then retry",
   LEASE_HELD: "another controller replica leads; retry in a moment",
   AGENT_UNAVAILABLE: "the target's agent does not answer; check flotilla targets",
+  TARGET_BROKEN: "flotilla diagnose TARGET lists each reason with its fix",
 };
 
 function fail(ctx: Ctx, failure: CallFailure): number {

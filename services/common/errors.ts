@@ -27,6 +27,7 @@ export const ERROR_CODES = [
   "AUDIT_UNAVAILABLE",
   "LEASE_HELD",
   "PRECONDITION_FAILED",
+  "TARGET_BROKEN",
   "TIMEOUT",
   "CANCELLED",
   "INTERNAL",
@@ -82,6 +83,7 @@ export function httpStatusOf(code: ErrorCode): number {
     case "BACKUP_UNVERIFIED":
     case "PRECONDITION_FAILED":
     case "INTERRUPTED":
+    case "TARGET_BROKEN":
       return 409;
     case "AGENT_UNAVAILABLE":
     case "AUDIT_UNAVAILABLE":

@@ -402,6 +402,7 @@ const GRPC_BY_CODE: Record<ErrorCode, grpc.status> = {
   AUDIT_UNAVAILABLE: grpc.status.UNAVAILABLE,
   LEASE_HELD: grpc.status.ABORTED,
   PRECONDITION_FAILED: grpc.status.FAILED_PRECONDITION,
+  TARGET_BROKEN: grpc.status.FAILED_PRECONDITION,
   TIMEOUT: grpc.status.DEADLINE_EXCEEDED,
   CANCELLED: grpc.status.CANCELLED,
   INTERNAL: grpc.status.INTERNAL,

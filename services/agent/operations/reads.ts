@@ -2,7 +2,7 @@ import { join } from "node:path";
 import { toFlotillaError } from "../../common/errors.js";
 import type { AppState, BackupManifest } from "../core/ports.js";
 import { resolveTarget } from "../core/revisions.js";
-import { diagnose as diagnoseFacts, type DiagnoseFacts, type Finding } from "../core/diagnose.js";
+import { diagnose as diagnoseFacts, lastFailure, type DiagnoseFacts, type Finding } from "../core/diagnose.js";
 import { refuse, type OperationContext, type TargetRuntime } from "./context.js";
 
 /** Read-only verbs: status, diagnose, plan. They take no lock and change nothing. */
@@ -59,6 +59,7 @@ export async function diagnose(ctx: OperationContext, targetId: string): Promise
   const holders = exists ? await t.db.holders().catch(() => []) : [];
   const apps = await ctx.appStates(t);
   const lastVerified = await t.catalog.lastVerified().catch(() => undefined);
+  const lastFailed = lastFailure(ctx.deps.journal.list(targetId, 50));
   const integrity = exists ? await t.db.integrityCheck().catch((e: unknown) => ({ ok: false, detail: toFlotillaError(e).message })) : undefined;
   const facts: DiagnoseFacts = {
     targetId, kind: c.kind, alembicIniFound: iniFound, alembicDir: c.alembic.dir,
@@ -82,6 +83,7 @@ export async function diagnose(ctx: OperationContext, targetId: string): Promise
     freeBytes: await t.db.freeBytes(c.backups.dir).catch(() => Number.MAX_SAFE_INTEGER),
     ...(lastVerified ? { lastVerifiedBackupAgeMs: Date.now() - Date.parse(lastVerified.createdAt) } : {}),
     interruptedOperations: ctx.deps.journal.interrupted(targetId),
+    ...(lastFailed ? { lastFailedOperation: lastFailed } : {}),
   };
   return diagnoseFacts(facts);
 }

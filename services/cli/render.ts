@@ -340,11 +340,6 @@ function stepsCompact(t: RolloutTarget): string {
   return t.steps.map((s) => `${stateSymbol(s.state)}${s.name}`).join(" ");
 }
 
-function failedStep(t: RolloutTarget): string {
-  const s = t.steps.find((x) => x.state === "failed" || x.state === "interrupted");
-  return s === undefined ? "" : `${s.name} ${s.state}${s.detail === "" ? "" : `: ${s.detail}`}`;
-}
-
 /** One rollout: headline, failed targets with next steps, then every target with its step states. */
 export function renderRollout(r: Rollout, now: Date): string {
   const spec = r.spec;

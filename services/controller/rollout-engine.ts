@@ -8,7 +8,7 @@ import type { AuditLog } from "./audit/audit-log.js";
 import { type RevisionClass, checkCompatibility, classesFromPlan } from "./core/compatibility-gate.js";
 import type { AgentClient, ControllerStore, RolloutDoc, RolloutSpecDoc, RolloutTargetDoc, StepLine } from "./core/ports.js";
 import { planTargets } from "./core/rollout-plan.js";
-import { type SequencerCommand, type SequencerEvent, isTerminal, retryTargets, rollbackTargets, transition } from "./core/rollout-sequencer.js";
+import { type SequencerCommand, type SequencerEvent, type StepResult, isTerminal, retryTargets, rollbackTargets, transition } from "./core/rollout-sequencer.js";
 import type { Inventory } from "./inventory.js";
 
 export interface RolloutLine {
@@ -246,7 +246,7 @@ export class RolloutEngine {
     const onLine = (l: StepLine): void => {
       this.bus.emit(doc.id, { kind: "line", line: { targetId: t.targetId, step: c.step.name, ...l } });
     };
-    let result;
+    let result: StepResult;
     if (c.kind === "resolve-step") {
       result = await this.d.agents.resolveStep(c.step, ctx, onLine);
     } else {
@@ -254,7 +254,7 @@ export class RolloutEngine {
         await this.d.audit.append({ actor: doc.actor, action: `step.${c.step.name}`, target: t.targetId, args: auditArgs, outcome: "intent" });
         result = await this.d.agents.runStep(c.step, ctx, onLine);
       } catch (err) {
-        result = { outcome: "failed" as const, code: "AUDIT_UNAVAILABLE" as const, effect: "none" as const, detail: `not done: the audit log could not be written (${toFlotillaError(err).message})` };
+        result = { outcome: "failed", code: "AUDIT_UNAVAILABLE", effect: "none", detail: `not done: the audit log could not be written (${toFlotillaError(err).message})` };
       }
       await this.d.audit.append({ actor: doc.actor, action: `step.${c.step.name}`, target: t.targetId, args: auditArgs, outcome: result.outcome === "succeeded" ? "ok" : "error", detail: result.detail }).catch((err: unknown) => {
         this.d.log.error({ err: toFlotillaError(err) }, "audit result row could not be written");

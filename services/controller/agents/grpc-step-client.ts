@@ -63,7 +63,7 @@ export class GrpcStepClient implements AgentClient {
     if (READS.has(step.name)) return this.runStep(step, ctx, onLine); // a read changes nothing: ask again
     const agent = await this.d.pool.client(step.agentId);
     for (let i = 0; i < 3600; i++) {
-      let rec;
+      let rec: Awaited<ReturnType<GrpcAgent["getOperation"]>>;
       try {
         rec = await agent.getOperation({ operationId: step.operationId }, { timeoutMs: 5000 });
       } catch (err) {

@@ -497,6 +497,8 @@ export function renderSchedules(resp: ListSchedulesResponse, now: Date): string 
   const rows = resp.schedules.map((s) => [
     s.name,
     s.cron,
+    s.timeZone || "-",
+    s.nextRun === "" ? "-" : s.nextRun,
     s.selector,
     s.strategy,
     s.window || "-",
@@ -505,7 +507,7 @@ export function renderSchedules(resp: ListSchedulesResponse, now: Date): string 
     s.lastResult || "-",
     s.source || "-",
   ]);
-  return renderTable(["SCHEDULE", "CRON", "SELECTOR", "STRATEGY", "WINDOW", "TO", "LAST RUN", "RESULT", "SOURCE"], rows);
+  return renderTable(["SCHEDULE", "CRON", "TIME ZONE", "NEXT RUN", "SELECTOR", "STRATEGY", "WINDOW", "TO", "LAST RUN", "RESULT", "SOURCE"], rows);
 }
 
 export function renderAudit(resp: QueryAuditResponse): string {

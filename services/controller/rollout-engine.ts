@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import { EventEmitter } from "node:events";
 import { FlotillaError, toFlotillaError } from "../common/errors.js";
 import type { Logger } from "../common/logger.js";
-import { compileRolloutRequest, orInvalidArgument, type RolloutRequestInput } from "../common/rollout-request.js";
+import { SIDE_BY_SIDE_STRATEGIES, compileRolloutRequest, orInvalidArgument, type RolloutRequestInput } from "../common/rollout-request.js";
 import type { GrpcAgentPool } from "./agents/agent-pool.js";
 import type { AuditLog } from "./audit/audit-log.js";
 import { type RevisionClass, checkCompatibility, classesFromPlan } from "./core/compatibility-gate.js";
@@ -87,9 +87,17 @@ export class RolloutEngine {
   /** Each target's pending revisions with their compatibility class, from the agents' plans. */
   async classify(spec: RolloutSpecDoc, targets: readonly RolloutTargetDoc[]): Promise<Map<string, RevisionClass[]>> {
     const out = new Map<string, RevisionClass[]>();
+    const sideBySide = SIDE_BY_SIDE_STRATEGIES.includes(spec.strategy);
     await Promise.all(targets.map(async (t) => {
-      const p = await (await this.d.pool.client(t.agentId)).plan({ targetId: t.targetId, toRevision: spec.toRevision }, { timeoutMs: 120_000 });
-      out.set(t.targetId, classesFromPlan(p));
+      const agent = await this.d.pool.client(t.agentId);
+      if (sideBySide) {
+        out.set(t.targetId, classesFromPlan(await agent.plan({ targetId: t.targetId, toRevision: spec.toRevision }, { timeoutMs: 120_000 })));
+        return;
+      }
+      // The gate does not apply: the pending list is enough (and much cheaper than rendering SQL).
+      const s = await agent.getStatus({ targetId: t.targetId }, { timeoutMs: 30_000 });
+      const pending = spec.toRevision === "head" || !s.current.includes(spec.toRevision) ? s.pending : [];
+      out.set(t.targetId, pending.map((p) => ({ id: p.id, compatibility: "unknown", reason: "not classified (the strategy does not need it)" })));
     }));
     return out;
   }

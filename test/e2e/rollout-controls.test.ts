@@ -221,3 +221,31 @@ test("compatibility gate: job is refused over a revision that is not additive, a
   assert.equal(upToDate.doc.targets[0]!.status, "up-to-date");
   assert.deepEqual(upToDate.doc.targets[0]!.steps, [], "no step runs for an up-to-date target");
 });
+
+test("schedules: an existing name is refused unless replaced; the list shows each next run and time zone", async () => {
+  const add = ["schedule", "add", "weekly", "--cron", "0 3 * * 0", "--time-zone", "Europe/Berlin", "--selector", "env=gate", "--strategy", "maintenance"];
+  const first = await fleet.cli(add);
+  assert.equal(first.code, 0, first.stderr);
+  assert.match(first.stdout, /next run \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \(Europe\/Berlin\)/);
+  const again = await fleet.cli([...add.slice(0, 4), "0 4 * * 0", ...add.slice(5)]);
+  assert.equal(again.code, 2, "the same name is refused");
+  assert.match(again.stderr, /schedule replace weekly/);
+  const replaced = await fleet.cli(["schedule", "replace", "weekly", "--cron", "30 4 * * 1", "--time-zone", "UTC", "--selector", "env=gate", "--strategy", "maintenance", "--gate", "manual:1h"]);
+  assert.equal(replaced.code, 0, replaced.stderr);
+  const list = await fleet.cliJson<{ schedules: { name: string; cron: string; timeZone: string; nextRun: string; gate: string }[] }>(["schedules"]);
+  const s = list.doc.schedules.find((x) => x.name === "weekly")!;
+  assert.equal(s.cron, "30 4 * * 1");
+  assert.equal(s.timeZone, "UTC");
+  assert.equal(s.gate, "manual:1h");
+  const next = new Date(s.nextRun);
+  assert.ok(next.getTime() > Date.now(), s.nextRun);
+  assert.equal(next.getUTCDay(), 1);
+  assert.equal(`${next.getUTCHours()}:${next.getUTCMinutes()}`, "4:30");
+  const human = await fleet.cli(["schedules"]);
+  assert.match(human.stdout, /NEXT RUN/);
+  assert.match(human.stdout, /weekly\s+30 4 \* \* 1\s+UTC\s+\d{4}-/);
+  const badZone = await fleet.cli(["schedule", "add", "other", "--cron", "0 3 * * 0", "--time-zone", "Mars/Olympus", "--selector", "env=gate", "--strategy", "maintenance"]);
+  assert.equal(badZone.code, 2);
+  assert.match(badZone.stderr, /--time-zone: "Mars\/Olympus" is not a time zone/);
+  assert.equal((await fleet.cli(["schedule", "rm", "weekly"])).code, 0);
+});

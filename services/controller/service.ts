@@ -30,10 +30,19 @@ const METHOD_ROLE: Record<string, Role> = {
   ListRollouts: "viewer", WatchRollout: "viewer", ListSchedules: "viewer", QueryAudit: "viewer", VerifyAudit: "viewer",
   BackupTarget: "operator", StartRollout: "operator", AbortRollout: "operator", RegisterAgent: "operator",
   ApproveRollout: "operator", PauseRollout: "operator", ResumeRollout: "operator", RetryRollout: "operator",
+  DrillTarget: "operator", BundleTarget: "operator",
   RestoreTarget: "admin", RecoverTarget: "admin", MoveTarget: "admin", DowngradeTarget: "admin", StampTarget: "admin", RollbackRollout: "admin", AddSchedule: "admin", RemoveSchedule: "admin",
 };
 
-const READS = new Set(["ListTargets", "DiagnoseTarget", "ListTargetBackups", "PlanRollout", "GetRollout", "ListRollouts", "WatchRollout", "ListSchedules", "QueryAudit", "VerifyAudit"]);
+const READS = new Set(["BundleTarget", "ListTargets", "DiagnoseTarget", "ListTargetBackups", "PlanRollout", "GetRollout", "ListRollouts", "WatchRollout", "ListSchedules", "QueryAudit", "VerifyAudit"]);
+
+/**
+ * Methods a role may call (the page shows a button only when its method is here).
+ * Methods the table does not name need admin, like authenticate() says.
+ */
+export function permittedMethods(role: Role, methods: readonly string[]): string[] {
+  return methods.filter((m) => ROLE_RANK[role] >= ROLE_RANK[METHOD_ROLE[m] ?? "admin"]);
+}
 
 /** Holder names of leases taken by single API operations (a controller that becomes leader releases stale ones). */
 export const API_LEASE_PREFIX = "op.";
@@ -91,7 +100,7 @@ function scheduleMessage(s: ScheduleDoc): MessageInitShape<typeof ScheduleSchema
   return {
     name: s.name, cron: s.cron, selector: s.selector, strategy: s.strategy, window: s.window, toRevision: s.toRevision, waves: s.waves, source: s.source,
     lastRun: s.lastRun ?? "", lastResult: s.lastResult ?? "", timeZone: s.timeZone || Scheduler.localTimeZone(), nextRun: next === undefined ? "" : next.toISOString(),
-    gate: s.gate ?? "", maxFailures: s.maxFailures ?? 0,
+    gate: s.gate ?? "", maxFailures: s.maxFailures ?? 0, drill: s.drill ?? false,
   };
 }
 
@@ -108,14 +117,19 @@ export interface ControllerDeps {
   readonly log: Logger;
   /** False on a standby replica: it serves reads and refuses changes. */
   readonly isLeader: () => boolean;
+  /** Told the outcome of every call (metrics). */
+  readonly onCall?: (method: string, outcome: "ok" | "error" | "denied") => void;
   /** Certificates that expire within 30 days (shown by `targets` and the page). */
   readonly certificateWarnings?: () => string[];
 }
 
 /**
  * The ControllerService handlers, shared by the gRPC server and the HTTP/JSON
- * gateway. Every call is authenticated, and audited: mutating calls write an
- * intent row first and do nothing if it cannot be written (fail closed).
+ * gateway. Every call is authenticated. Changes are audited: they write an
+ * intent row first and do nothing if it cannot be written (fail closed), then
+ * their outcome. Denied calls are audited too. Routine reads are not (a page
+ * left open must not write a row per refresh); exports and sign-ins are
+ * audited by the HTTP gateway.
  */
 export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: string, ctx: CallContext) => Caller): ServiceImpl<typeof ControllerService.method> {
   async function audited<T>(method: string, ctx: CallContext, target: string, args: unknown, fn: (caller: Caller) => Promise<T>): Promise<T> {
@@ -124,26 +138,37 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
       caller = callerOf(method, ctx);
     } catch (err) {
       const fe = toFlotillaError(err);
+      d.onCall?.(method, "denied");
       await d.audit.append({ actor: "unknown", action: `api.${method}`, target, args: redactValue(args), outcome: "denied", detail: fe.message }).catch(() => undefined);
       throw fe;
     }
     const read = READS.has(method);
-    if (!read && method !== "RegisterAgent" && !d.isLeader()) {
+    if (read) {
+      try {
+        const out = await fn(caller);
+        d.onCall?.(method, "ok");
+        return out;
+      } catch (err) {
+        d.onCall?.(method, "error");
+        throw toFlotillaError(err);
+      }
+    }
+    if (method !== "RegisterAgent" && !d.isLeader()) {
       throw new FlotillaError("PRECONDITION_FAILED", "this controller replica is standing by (another replica leads): send changes to the leader; reads are served here");
     }
-    if (!read) {
-      try {
-        await d.audit.append({ actor: caller.actor, action: `api.${method}`, target, args: redactValue(args), outcome: "intent" });
-      } catch (err) {
-        throw new FlotillaError("AUDIT_UNAVAILABLE", `refused: the audit log cannot be written (${toFlotillaError(err).message}); nothing was done`);
-      }
+    try {
+      await d.audit.append({ actor: caller.actor, action: `api.${method}`, target, args: redactValue(args), outcome: "intent" });
+    } catch (err) {
+      throw new FlotillaError("AUDIT_UNAVAILABLE", `refused: the audit log cannot be written (${toFlotillaError(err).message}); nothing was done`);
     }
     try {
       const out = await fn(caller);
-      await d.audit.append({ actor: caller.actor, action: `api.${method}`, target, args: read ? redactValue(args) : undefined, outcome: "ok" }).catch((err: unknown) => d.log.error({ err: toFlotillaError(err) }, "audit write failed"));
+      d.onCall?.(method, "ok");
+      await d.audit.append({ actor: caller.actor, action: `api.${method}`, target, outcome: "ok" }).catch((err: unknown) => d.log.error({ err: toFlotillaError(err) }, "audit write failed"));
       return out;
     } catch (err) {
       const fe = toFlotillaError(err);
+      d.onCall?.(method, "error");
       await d.audit.append({ actor: caller.actor, action: `api.${method}`, target, outcome: "error", detail: `${fe.code}: ${fe.message}` }).catch(() => undefined);
       throw fe;
     }
@@ -239,6 +264,15 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
       if (!req.operationId) throw new FlotillaError("INVALID_ARGUMENT", "the interrupted operation id is required (flotilla targets / diagnose show it)");
       const { agentId } = await ownerOf(req.targetId);
       return leased("recover", [req.targetId], () => runOp(agentId, (c) => c.recover({ targetId: req.targetId, operationId: req.operationId, action: req.action, newOperationId: `api.${randomUUID()}` }, timeout)));
+    }),
+    drillTarget: (req, ctx) => audited("DrillTarget", ctx, req.targetId, req, async () => {
+      if (req.backupId && !/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(req.backupId)) throw new FlotillaError("INVALID_ARGUMENT", `"${req.backupId}" is not a backup id (list them with: flotilla backups ${req.targetId})`);
+      const { agentId } = await ownerOf(req.targetId);
+      return runOp(agentId, (c) => c.drill({ targetId: req.targetId, backupId: req.backupId, operationId: `api.${randomUUID()}` }, timeout));
+    }),
+    bundleTarget: (req, ctx) => audited("BundleTarget", ctx, req.targetId, req, async () => {
+      const { agentId } = await ownerOf(req.targetId);
+      return (await d.pool.client(agentId)).bundle({ targetId: req.targetId }, { timeoutMs: 300_000 });
     }),
     moveTarget: (req, ctx) => {
       // The agent's events are passed through as they come; every finished step is audited too.
@@ -363,7 +397,8 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
     resumeRollout: (req, ctx) => audited("ResumeRollout", ctx, req.id, req, async (caller) => rolloutMessage(await d.engine.resume(req.id, caller.actor))),
     retryRollout: (req, ctx) => audited("RetryRollout", ctx, req.id, req, async (caller) => rolloutMessage(await d.engine.retry(req.id, caller.actor))),
     addSchedule: (req, ctx) => audited("AddSchedule", ctx, req.name, req, async () => {
-      const { value: compiled } = orInvalidArgument(compileScheduleRequest(req));
+      // A drill schedule runs no migration: its strategy is only a placeholder.
+      const { value: compiled } = orInvalidArgument(compileScheduleRequest(req.drill && !req.strategy ? { ...req, strategy: "maintenance" } : req));
       const existing = (await d.store.listSchedules()).find((x) => x.name === compiled.name);
       if (existing !== undefined && !req.replace) {
         throw new FlotillaError("PRECONDITION_FAILED", `a schedule named ${compiled.name} exists already (${existing.cron} · ${existing.selector}); nothing was changed. Replace it with flotilla schedule replace ${compiled.name} … (or --replace), or pick another name`);
@@ -371,7 +406,7 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
       const r = compiled.rollout;
       const s = {
         name: compiled.name, cron: compiled.cron, timeZone: compiled.timeZone, selector: r.selector, strategy: r.strategy, window: r.window,
-        toRevision: r.toRevision, waves: r.waves, gate: r.gate, maxFailures: r.maxFailures, source: "api" as const,
+        toRevision: r.toRevision, waves: r.waves, gate: r.gate, maxFailures: r.maxFailures, source: "api" as const, ...(req.drill ? { drill: true } : {}),
       };
       await d.store.upsertSchedule(s);
       await d.scheduler.reload();
@@ -388,7 +423,8 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
     queryAudit: (req, ctx) => audited("QueryAudit", ctx, req.target, req, async () => {
       const rows = await d.audit.query({
         ...(req.since ? { since: req.since } : {}), ...(req.until ? { until: req.until } : {}), ...(req.target ? { target: req.target } : {}),
-        ...(req.actor ? { actor: req.actor } : {}), ...(req.action ? { action: req.action } : {}), limit: req.limit > 0 ? Math.min(req.limit, 10_000) : 1000,
+        ...(req.actor ? { actor: req.actor } : {}), ...(req.action ? { action: req.action } : {}),
+        ...(req.outcome ? { outcome: req.outcome as "ok" } : {}), ...(req.beforeSeq > 0n ? { beforeSeq: Number(req.beforeSeq) } : {}), limit: req.limit > 0 ? Math.min(req.limit, 10_000) : 1000,
       });
       return { entries: rows.map((r) => ({ ...r, seq: BigInt(r.seq) })) };
     }),

@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { DiagnoseResponseSchema, ListBackupsResponseSchema, OperationEventSchema, OperationResultSchema, RevisionInfo, RevisionPlan, TargetStatus } from "./agent_pb.js";
+import type { BundleResponseSchema, DiagnoseResponseSchema, ListBackupsResponseSchema, OperationEventSchema, OperationResultSchema, RevisionInfo, RevisionPlan, TargetStatus } from "./agent_pb.js";
 import { file_flotilla_v1_agent } from "./agent_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file flotilla/v1/controller.proto.
  */
 export const file_flotilla_v1_controller: GenFile = /*@__PURE__*/
-  fileDesc("ChxmbG90aWxsYS92MS9jb250cm9sbGVyLnByb3RvEgtmbG90aWxsYS52MSImChJMaXN0VGFyZ2V0c1JlcXVlc3QSEAoIc2VsZWN0b3IYASABKAkiawoLQWdlbnRIZWFsdGgSCgoCaWQYASABKAkSDwoHYWRkcmVzcxgCIAEoCRINCgVzdGF0ZRgDIAEoCRIRCglsYXN0X3NlZW4YBCABKAkSDQoFZXJyb3IYBSABKAkSDgoGc291cmNlGAYgASgJIn0KE0xpc3RUYXJnZXRzUmVzcG9uc2USKgoHdGFyZ2V0cxgBIAMoCzIZLmZsb3RpbGxhLnYxLlRhcmdldFN0YXR1cxIoCgZhZ2VudHMYAiADKAsyGC5mbG90aWxsYS52MS5BZ2VudEhlYWx0aBIQCgh3YXJuaW5ncxgDIAMoCSIeCglUYXJnZXRSZWYSEQoJdGFyZ2V0X2lkGAEgASgJIkkKFFJlc3RvcmVUYXJnZXRSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCRIRCgliYWNrdXBfaWQYAiABKAkSCwoDeWVzGAMgASgIIloKFkRvd25ncmFkZVRhcmdldFJlcXVlc3QSEQoJdGFyZ2V0X2lkGAEgASgJEhMKC3RvX3JldmlzaW9uGAIgASgJEhgKEGFjY2VwdF9kYXRhX2xvc3MYAyABKAgiSQoSU3RhbXBUYXJnZXRSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCRIQCghyZXZpc2lvbhgCIAEoCRIOCgZyZWFzb24YAyABKAkieQoRTW92ZVRhcmdldFJlcXVlc3QSFgoOZnJvbV90YXJnZXRfaWQYASABKAkSFAoMdG9fdGFyZ2V0X2lkGAIgASgJEgsKA3llcxgDIAEoCBIUCgxza2lwX29ycGhhbnMYBCABKAgSEwoLZnJvbV9iYWNrdXAYBSABKAgiTwoUUmVjb3ZlclRhcmdldFJlcXVlc3QSEQoJdGFyZ2V0X2lkGAEgASgJEhQKDG9wZXJhdGlvbl9pZBgCIAEoCRIOCgZhY3Rpb24YAyABKAkiswEKC1JvbGxvdXRTcGVjEhAKCHNlbGVjdG9yGAEgASgJEhMKC3RvX3JldmlzaW9uGAIgASgJEhAKCHN0cmF0ZWd5GAMgASgJEg0KBXdhdmVzGAQgASgJEhQKDG1heF9mYWlsdXJlcxgFIAEoBRIQCghzY2hlZHVsZRgGIAEoCRIOCgZ3aW5kb3cYByABKAkSDAoEZ2F0ZRgIIAEoCRIWCg5hbGxvd19icmVha2luZxgJIAEoCCI9CgtQbGFubmVkU3RlcBIMCgRuYW1lGAEgASgJEhAKCGFnZW50X2lkGAIgASgJEg4KBmRldGFpbBgDIAEoCSK2AgoNUGxhbm5lZFRhcmdldBIRCgl0YXJnZXRfaWQYASABKAkSEAoIYWdlbnRfaWQYAiABKAkSDAoEd2F2ZRgDIAEoBRIPCgdjdXJyZW50GAQgAygJEioKB3BlbmRpbmcYBSADKAsyGS5mbG90aWxsYS52MS5SZXZpc2lvbkluZm8SJwoFc3RlcHMYBiADKAsyGC5mbG90aWxsYS52MS5QbGFubmVkU3RlcBILCgNzcWwYByABKAkSFAoMc3FsX2NvbXBsZXRlGAggASgIEg0KBW5vdGVzGAkgAygJEhAKCHdhcm5pbmdzGAogAygJEiwKCXJldmlzaW9ucxgLIAMoCzIZLmZsb3RpbGxhLnYxLlJldmlzaW9uUGxhbhIaChJhbGxvd2VkX3N0cmF0ZWdpZXMYDCADKAkimQEKC1JvbGxvdXRQbGFuEiYKBHNwZWMYASABKAsyGC5mbG90aWxsYS52MS5Sb2xsb3V0U3BlYxIrCgd0YXJnZXRzGAIgAygLMhouZmxvdGlsbGEudjEuUGxhbm5lZFRhcmdldBIQCgh3YXJuaW5ncxgDIAMoCRISCgp3YXZlX2NvdW50GAQgASgFEg8KB3JlZnVzZWQYBSABKAgiiwEKC1JvbGxvdXRTdGVwEgwKBG5hbWUYASABKAkSDQoFc3RhdGUYAiABKAkSEAoIYWdlbnRfaWQYAyABKAkSFAoMb3BlcmF0aW9uX2lkGAQgASgJEg4KBmRldGFpbBgFIAEoCRISCgpzdGFydGVkX2F0GAYgASgJEhMKC2ZpbmlzaGVkX2F0GAcgASgJItABCg1Sb2xsb3V0VGFyZ2V0EhEKCXRhcmdldF9pZBgBIAEoCRIQCghhZ2VudF9pZBgCIAEoCRIMCgR3YXZlGAMgASgFEg4KBnN0YXR1cxgEIAEoCRInCgVzdGVwcxgFIAMoCzIYLmZsb3RpbGxhLnYxLlJvbGxvdXRTdGVwEhcKD3JldmlzaW9uX2JlZm9yZRgGIAMoCRIWCg5yZXZpc2lvbl9hZnRlchgHIAMoCRIRCgliYWNrdXBfaWQYCCABKAkSDwoHbWVzc2FnZRgJIAEoCSKpAgoHUm9sbG91dBIKCgJpZBgBIAEoCRIOCgZzdGF0dXMYAiABKAkSJgoEc3BlYxgDIAEoCzIYLmZsb3RpbGxhLnYxLlJvbGxvdXRTcGVjEisKB3RhcmdldHMYBCADKAsyGi5mbG90aWxsYS52MS5Sb2xsb3V0VGFyZ2V0EhIKCmNyZWF0ZWRfYXQYBSABKAkSEwoLZmluaXNoZWRfYXQYBiABKAkSDQoFYWN0b3IYByABKAkSDwoHbWVzc2FnZRgIIAEoCRIQCgh3YXJuaW5ncxgJIAMoCRIUCgxjdXJyZW50X3dhdmUYCiABKAUSEwoLd2FpdGluZ19mb3IYCyABKAkSFwoPZ2F0ZV9leHBpcmVzX2F0GAwgASgJEg4KBnBhdXNlZBgNIAEoCCIlCgpSb2xsb3V0UmVmEgoKAmlkGAEgASgJEgsKA3llcxgCIAEoCCIkChNMaXN0Um9sbG91dHNSZXF1ZXN0Eg0KBWxpbWl0GAEgASgFIj4KFExpc3RSb2xsb3V0c1Jlc3BvbnNlEiYKCHJvbGxvdXRzGAEgAygLMhQuZmxvdGlsbGEudjEuUm9sbG91dCK5AQoLUm9sbG91dExpbmUSEQoJdGFyZ2V0X2lkGAEgASgJEgwKBHN0ZXAYAiABKAkSDAoEbGluZRgDIAEoCRIWCg5yZXZpc2lvbl9pbmRleBgEIAEoBRIWCg5yZXZpc2lvbl9jb3VudBgFIAEoBRISCgplbGFwc2VkX21zGAYgASgDEg4KBmV0YV9tcxgHIAEoAxISCgpieXRlc19kb25lGAggASgDEhMKC2J5dGVzX3RvdGFsGAkgASgDImsKDFJvbGxvdXRFdmVudBIoCghzbmFwc2hvdBgBIAEoCzIULmZsb3RpbGxhLnYxLlJvbGxvdXRIABIoCgRsaW5lGAIgASgLMhguZmxvdGlsbGEudjEuUm9sbG91dExpbmVIAEIHCgVldmVudCKeAgoIU2NoZWR1bGUSDAoEbmFtZRgBIAEoCRIMCgRjcm9uGAIgASgJEhAKCHNlbGVjdG9yGAMgASgJEhAKCHN0cmF0ZWd5GAQgASgJEg4KBndpbmRvdxgFIAEoCRITCgt0b19yZXZpc2lvbhgGIAEoCRINCgV3YXZlcxgHIAEoCRIOCgZzb3VyY2UYCCABKAkSEAoIbGFzdF9ydW4YCSABKAkSEwoLbGFzdF9yZXN1bHQYCiABKAkSEQoJdGltZV96b25lGAsgASgJEhAKCG5leHRfcnVuGAwgASgJEg0KBWRyaWxsGA0gASgIEg8KB3JlcGxhY2UYDiABKAgSDAoEZ2F0ZRgPIAEoCRIUCgxtYXhfZmFpbHVyZXMYECABKAUiGwoLU2NoZWR1bGVSZWYSDAoEbmFtZRgBIAEoCSIWChRMaXN0U2NoZWR1bGVzUmVxdWVzdCJBChVMaXN0U2NoZWR1bGVzUmVzcG9uc2USKAoJc2NoZWR1bGVzGAEgAygLMhUuZmxvdGlsbGEudjEuU2NoZWR1bGUibwoRUXVlcnlBdWRpdFJlcXVlc3QSDQoFc2luY2UYASABKAkSDQoFdW50aWwYAiABKAkSDgoGdGFyZ2V0GAMgASgJEg0KBWFjdG9yGAQgASgJEg4KBmFjdGlvbhgFIAEoCRINCgVsaW1pdBgGIAEoBSKmAQoKQXVkaXRFbnRyeRILCgNzZXEYASABKAMSDAoEdGltZRgCIAEoCRINCgVhY3RvchgDIAEoCRIOCgZhY3Rpb24YBCABKAkSDgoGdGFyZ2V0GAUgASgJEgwKBGFyZ3MYBiABKAkSDwoHb3V0Y29tZRgHIAEoCRIOCgZkZXRhaWwYCCABKAkSEQoJcHJldl9oYXNoGAkgASgJEgwKBGhhc2gYCiABKAkiPgoSUXVlcnlBdWRpdFJlc3BvbnNlEigKB2VudHJpZXMYASADKAsyFy5mbG90aWxsYS52MS5BdWRpdEVudHJ5IhQKElZlcmlmeUF1ZGl0UmVxdWVzdCJZChNWZXJpZnlBdWRpdFJlc3BvbnNlEgoKAm9rGAEgASgIEg8KB2NoZWNrZWQYAiABKAMSFQoNZmlyc3RfYmFkX3NlcRgDIAEoAxIOCgZyZWFzb24YBCABKAkiOQoUUmVnaXN0ZXJBZ2VudFJlcXVlc3QSEAoIYWdlbnRfaWQYASABKAkSDwoHYWRkcmVzcxgCIAEoCSIyChVSZWdpc3RlckFnZW50UmVzcG9uc2USGQoRaGVhcnRiZWF0X3NlY29uZHMYASABKAUykQ8KEUNvbnRyb2xsZXJTZXJ2aWNlElAKC0xpc3RUYXJnZXRzEh8uZmxvdGlsbGEudjEuTGlzdFRhcmdldHNSZXF1ZXN0GiAuZmxvdGlsbGEudjEuTGlzdFRhcmdldHNSZXNwb25zZRJHCg5EaWFnbm9zZVRhcmdldBIWLmZsb3RpbGxhLnYxLlRhcmdldFJlZhodLmZsb3RpbGxhLnYxLkRpYWdub3NlUmVzcG9uc2USRAoMQmFja3VwVGFyZ2V0EhYuZmxvdGlsbGEudjEuVGFyZ2V0UmVmGhwuZmxvdGlsbGEudjEuT3BlcmF0aW9uUmVzdWx0Ek0KEUxpc3RUYXJnZXRCYWNrdXBzEhYuZmxvdGlsbGEudjEuVGFyZ2V0UmVmGiAuZmxvdGlsbGEudjEuTGlzdEJhY2t1cHNSZXNwb25zZRJQCg1SZXN0b3JlVGFyZ2V0EiEuZmxvdGlsbGEudjEuUmVzdG9yZVRhcmdldFJlcXVlc3QaHC5mbG90aWxsYS52MS5PcGVyYXRpb25SZXN1bHQSVAoPRG93bmdyYWRlVGFyZ2V0EiMuZmxvdGlsbGEudjEuRG93bmdyYWRlVGFyZ2V0UmVxdWVzdBocLmZsb3RpbGxhLnYxLk9wZXJhdGlvblJlc3VsdBJMCgtTdGFtcFRhcmdldBIfLmZsb3RpbGxhLnYxLlN0YW1wVGFyZ2V0UmVxdWVzdBocLmZsb3RpbGxhLnYxLk9wZXJhdGlvblJlc3VsdBJQCg1SZWNvdmVyVGFyZ2V0EiEuZmxvdGlsbGEudjEuUmVjb3ZlclRhcmdldFJlcXVlc3QaHC5mbG90aWxsYS52MS5PcGVyYXRpb25SZXN1bHQSSwoKTW92ZVRhcmdldBIeLmZsb3RpbGxhLnYxLk1vdmVUYXJnZXRSZXF1ZXN0GhsuZmxvdGlsbGEudjEuT3BlcmF0aW9uRXZlbnQwARJBCgtQbGFuUm9sbG91dBIYLmZsb3RpbGxhLnYxLlJvbGxvdXRTcGVjGhguZmxvdGlsbGEudjEuUm9sbG91dFBsYW4SPgoMU3RhcnRSb2xsb3V0EhguZmxvdGlsbGEudjEuUm9sbG91dFNwZWMaFC5mbG90aWxsYS52MS5Sb2xsb3V0EjsKCkdldFJvbGxvdXQSFy5mbG90aWxsYS52MS5Sb2xsb3V0UmVmGhQuZmxvdGlsbGEudjEuUm9sbG91dBJTCgxMaXN0Um9sbG91dHMSIC5mbG90aWxsYS52MS5MaXN0Um9sbG91dHNSZXF1ZXN0GiEuZmxvdGlsbGEudjEuTGlzdFJvbGxvdXRzUmVzcG9uc2USRAoMV2F0Y2hSb2xsb3V0EhcuZmxvdGlsbGEudjEuUm9sbG91dFJlZhoZLmZsb3RpbGxhLnYxLlJvbGxvdXRFdmVudDABEj0KDEFib3J0Um9sbG91dBIXLmZsb3RpbGxhLnYxLlJvbGxvdXRSZWYaFC5mbG90aWxsYS52MS5Sb2xsb3V0EkAKD1JvbGxiYWNrUm9sbG91dBIXLmZsb3RpbGxhLnYxLlJvbGxvdXRSZWYaFC5mbG90aWxsYS52MS5Sb2xsb3V0Ej8KDkFwcHJvdmVSb2xsb3V0EhcuZmxvdGlsbGEudjEuUm9sbG91dFJlZhoULmZsb3RpbGxhLnYxLlJvbGxvdXQSPQoMUGF1c2VSb2xsb3V0EhcuZmxvdGlsbGEudjEuUm9sbG91dFJlZhoULmZsb3RpbGxhLnYxLlJvbGxvdXQSPgoNUmVzdW1lUm9sbG91dBIXLmZsb3RpbGxhLnYxLlJvbGxvdXRSZWYaFC5mbG90aWxsYS52MS5Sb2xsb3V0Ej0KDFJldHJ5Um9sbG91dBIXLmZsb3RpbGxhLnYxLlJvbGxvdXRSZWYaFC5mbG90aWxsYS52MS5Sb2xsb3V0EjsKC0FkZFNjaGVkdWxlEhUuZmxvdGlsbGEudjEuU2NoZWR1bGUaFS5mbG90aWxsYS52MS5TY2hlZHVsZRJWCg1MaXN0U2NoZWR1bGVzEiEuZmxvdGlsbGEudjEuTGlzdFNjaGVkdWxlc1JlcXVlc3QaIi5mbG90aWxsYS52MS5MaXN0U2NoZWR1bGVzUmVzcG9uc2USTgoOUmVtb3ZlU2NoZWR1bGUSGC5mbG90aWxsYS52MS5TY2hlZHVsZVJlZhoiLmZsb3RpbGxhLnYxLkxpc3RTY2hlZHVsZXNSZXNwb25zZRJNCgpRdWVyeUF1ZGl0Eh4uZmxvdGlsbGEudjEuUXVlcnlBdWRpdFJlcXVlc3QaHy5mbG90aWxsYS52MS5RdWVyeUF1ZGl0UmVzcG9uc2USUAoLVmVyaWZ5QXVkaXQSHy5mbG90aWxsYS52MS5WZXJpZnlBdWRpdFJlcXVlc3QaIC5mbG90aWxsYS52MS5WZXJpZnlBdWRpdFJlc3BvbnNlElYKDVJlZ2lzdGVyQWdlbnQSIS5mbG90aWxsYS52MS5SZWdpc3RlckFnZW50UmVxdWVzdBoiLmZsb3RpbGxhLnYxLlJlZ2lzdGVyQWdlbnRSZXNwb25zZWIGcHJvdG8z", [file_flotilla_v1_agent]);
+  fileDesc("ChxmbG90aWxsYS92MS9jb250cm9sbGVyLnByb3RvEgtmbG90aWxsYS52MSImChJMaXN0VGFyZ2V0c1JlcXVlc3QSEAoIc2VsZWN0b3IYASABKAkiawoLQWdlbnRIZWFsdGgSCgoCaWQYASABKAkSDwoHYWRkcmVzcxgCIAEoCRINCgVzdGF0ZRgDIAEoCRIRCglsYXN0X3NlZW4YBCABKAkSDQoFZXJyb3IYBSABKAkSDgoGc291cmNlGAYgASgJIn0KE0xpc3RUYXJnZXRzUmVzcG9uc2USKgoHdGFyZ2V0cxgBIAMoCzIZLmZsb3RpbGxhLnYxLlRhcmdldFN0YXR1cxIoCgZhZ2VudHMYAiADKAsyGC5mbG90aWxsYS52MS5BZ2VudEhlYWx0aBIQCgh3YXJuaW5ncxgDIAMoCSIeCglUYXJnZXRSZWYSEQoJdGFyZ2V0X2lkGAEgASgJIkkKFFJlc3RvcmVUYXJnZXRSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCRIRCgliYWNrdXBfaWQYAiABKAkSCwoDeWVzGAMgASgIIloKFkRvd25ncmFkZVRhcmdldFJlcXVlc3QSEQoJdGFyZ2V0X2lkGAEgASgJEhMKC3RvX3JldmlzaW9uGAIgASgJEhgKEGFjY2VwdF9kYXRhX2xvc3MYAyABKAgiSQoSU3RhbXBUYXJnZXRSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCRIQCghyZXZpc2lvbhgCIAEoCRIOCgZyZWFzb24YAyABKAkiOgoSRHJpbGxUYXJnZXRSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCRIRCgliYWNrdXBfaWQYAiABKAkieQoRTW92ZVRhcmdldFJlcXVlc3QSFgoOZnJvbV90YXJnZXRfaWQYASABKAkSFAoMdG9fdGFyZ2V0X2lkGAIgASgJEgsKA3llcxgDIAEoCBIUCgxza2lwX29ycGhhbnMYBCABKAgSEwoLZnJvbV9iYWNrdXAYBSABKAgiTwoUUmVjb3ZlclRhcmdldFJlcXVlc3QSEQoJdGFyZ2V0X2lkGAEgASgJEhQKDG9wZXJhdGlvbl9pZBgCIAEoCRIOCgZhY3Rpb24YAyABKAkiswEKC1JvbGxvdXRTcGVjEhAKCHNlbGVjdG9yGAEgASgJEhMKC3RvX3JldmlzaW9uGAIgASgJEhAKCHN0cmF0ZWd5GAMgASgJEg0KBXdhdmVzGAQgASgJEhQKDG1heF9mYWlsdXJlcxgFIAEoBRIQCghzY2hlZHVsZRgGIAEoCRIOCgZ3aW5kb3cYByABKAkSDAoEZ2F0ZRgIIAEoCRIWCg5hbGxvd19icmVha2luZxgJIAEoCCI9CgtQbGFubmVkU3RlcBIMCgRuYW1lGAEgASgJEhAKCGFnZW50X2lkGAIgASgJEg4KBmRldGFpbBgDIAEoCSK2AgoNUGxhbm5lZFRhcmdldBIRCgl0YXJnZXRfaWQYASABKAkSEAoIYWdlbnRfaWQYAiABKAkSDAoEd2F2ZRgDIAEoBRIPCgdjdXJyZW50GAQgAygJEioKB3BlbmRpbmcYBSADKAsyGS5mbG90aWxsYS52MS5SZXZpc2lvbkluZm8SJwoFc3RlcHMYBiADKAsyGC5mbG90aWxsYS52MS5QbGFubmVkU3RlcBILCgNzcWwYByABKAkSFAoMc3FsX2NvbXBsZXRlGAggASgIEg0KBW5vdGVzGAkgAygJEhAKCHdhcm5pbmdzGAogAygJEiwKCXJldmlzaW9ucxgLIAMoCzIZLmZsb3RpbGxhLnYxLlJldmlzaW9uUGxhbhIaChJhbGxvd2VkX3N0cmF0ZWdpZXMYDCADKAkimQEKC1JvbGxvdXRQbGFuEiYKBHNwZWMYASABKAsyGC5mbG90aWxsYS52MS5Sb2xsb3V0U3BlYxIrCgd0YXJnZXRzGAIgAygLMhouZmxvdGlsbGEudjEuUGxhbm5lZFRhcmdldBIQCgh3YXJuaW5ncxgDIAMoCRISCgp3YXZlX2NvdW50GAQgASgFEg8KB3JlZnVzZWQYBSABKAgiiwEKC1JvbGxvdXRTdGVwEgwKBG5hbWUYASABKAkSDQoFc3RhdGUYAiABKAkSEAoIYWdlbnRfaWQYAyABKAkSFAoMb3BlcmF0aW9uX2lkGAQgASgJEg4KBmRldGFpbBgFIAEoCRISCgpzdGFydGVkX2F0GAYgASgJEhMKC2ZpbmlzaGVkX2F0GAcgASgJItABCg1Sb2xsb3V0VGFyZ2V0EhEKCXRhcmdldF9pZBgBIAEoCRIQCghhZ2VudF9pZBgCIAEoCRIMCgR3YXZlGAMgASgFEg4KBnN0YXR1cxgEIAEoCRInCgVzdGVwcxgFIAMoCzIYLmZsb3RpbGxhLnYxLlJvbGxvdXRTdGVwEhcKD3JldmlzaW9uX2JlZm9yZRgGIAMoCRIWCg5yZXZpc2lvbl9hZnRlchgHIAMoCRIRCgliYWNrdXBfaWQYCCABKAkSDwoHbWVzc2FnZRgJIAEoCSKpAgoHUm9sbG91dBIKCgJpZBgBIAEoCRIOCgZzdGF0dXMYAiABKAkSJgoEc3BlYxgDIAEoCzIYLmZsb3RpbGxhLnYxLlJvbGxvdXRTcGVjEisKB3RhcmdldHMYBCADKAsyGi5mbG90aWxsYS52MS5Sb2xsb3V0VGFyZ2V0EhIKCmNyZWF0ZWRfYXQYBSABKAkSEwoLZmluaXNoZWRfYXQYBiABKAkSDQoFYWN0b3IYByABKAkSDwoHbWVzc2FnZRgIIAEoCRIQCgh3YXJuaW5ncxgJIAMoCRIUCgxjdXJyZW50X3dhdmUYCiABKAUSEwoLd2FpdGluZ19mb3IYCyABKAkSFwoPZ2F0ZV9leHBpcmVzX2F0GAwgASgJEg4KBnBhdXNlZBgNIAEoCCIlCgpSb2xsb3V0UmVmEgoKAmlkGAEgASgJEgsKA3llcxgCIAEoCCIkChNMaXN0Um9sbG91dHNSZXF1ZXN0Eg0KBWxpbWl0GAEgASgFIj4KFExpc3RSb2xsb3V0c1Jlc3BvbnNlEiYKCHJvbGxvdXRzGAEgAygLMhQuZmxvdGlsbGEudjEuUm9sbG91dCK5AQoLUm9sbG91dExpbmUSEQoJdGFyZ2V0X2lkGAEgASgJEgwKBHN0ZXAYAiABKAkSDAoEbGluZRgDIAEoCRIWCg5yZXZpc2lvbl9pbmRleBgEIAEoBRIWCg5yZXZpc2lvbl9jb3VudBgFIAEoBRISCgplbGFwc2VkX21zGAYgASgDEg4KBmV0YV9tcxgHIAEoAxISCgpieXRlc19kb25lGAggASgDEhMKC2J5dGVzX3RvdGFsGAkgASgDImsKDFJvbGxvdXRFdmVudBIoCghzbmFwc2hvdBgBIAEoCzIULmZsb3RpbGxhLnYxLlJvbGxvdXRIABIoCgRsaW5lGAIgASgLMhguZmxvdGlsbGEudjEuUm9sbG91dExpbmVIAEIHCgVldmVudCKeAgoIU2NoZWR1bGUSDAoEbmFtZRgBIAEoCRIMCgRjcm9uGAIgASgJEhAKCHNlbGVjdG9yGAMgASgJEhAKCHN0cmF0ZWd5GAQgASgJEg4KBndpbmRvdxgFIAEoCRITCgt0b19yZXZpc2lvbhgGIAEoCRINCgV3YXZlcxgHIAEoCRIOCgZzb3VyY2UYCCABKAkSEAoIbGFzdF9ydW4YCSABKAkSEwoLbGFzdF9yZXN1bHQYCiABKAkSEQoJdGltZV96b25lGAsgASgJEhAKCG5leHRfcnVuGAwgASgJEg0KBWRyaWxsGA0gASgIEg8KB3JlcGxhY2UYDiABKAgSDAoEZ2F0ZRgPIAEoCRIUCgxtYXhfZmFpbHVyZXMYECABKAUiGwoLU2NoZWR1bGVSZWYSDAoEbmFtZRgBIAEoCSIWChRMaXN0U2NoZWR1bGVzUmVxdWVzdCJBChVMaXN0U2NoZWR1bGVzUmVzcG9uc2USKAoJc2NoZWR1bGVzGAEgAygLMhUuZmxvdGlsbGEudjEuU2NoZWR1bGUilAEKEVF1ZXJ5QXVkaXRSZXF1ZXN0Eg0KBXNpbmNlGAEgASgJEg0KBXVudGlsGAIgASgJEg4KBnRhcmdldBgDIAEoCRINCgVhY3RvchgEIAEoCRIOCgZhY3Rpb24YBSABKAkSDQoFbGltaXQYBiABKAUSDwoHb3V0Y29tZRgHIAEoCRISCgpiZWZvcmVfc2VxGAggASgDIqYBCgpBdWRpdEVudHJ5EgsKA3NlcRgBIAEoAxIMCgR0aW1lGAIgASgJEg0KBWFjdG9yGAMgASgJEg4KBmFjdGlvbhgEIAEoCRIOCgZ0YXJnZXQYBSABKAkSDAoEYXJncxgGIAEoCRIPCgdvdXRjb21lGAcgASgJEg4KBmRldGFpbBgIIAEoCRIRCglwcmV2X2hhc2gYCSABKAkSDAoEaGFzaBgKIAEoCSI+ChJRdWVyeUF1ZGl0UmVzcG9uc2USKAoHZW50cmllcxgBIAMoCzIXLmZsb3RpbGxhLnYxLkF1ZGl0RW50cnkiFAoSVmVyaWZ5QXVkaXRSZXF1ZXN0IlkKE1ZlcmlmeUF1ZGl0UmVzcG9uc2USCgoCb2sYASABKAgSDwoHY2hlY2tlZBgCIAEoAxIVCg1maXJzdF9iYWRfc2VxGAMgASgDEg4KBnJlYXNvbhgEIAEoCSI5ChRSZWdpc3RlckFnZW50UmVxdWVzdBIQCghhZ2VudF9pZBgBIAEoCRIPCgdhZGRyZXNzGAIgASgJIjIKFVJlZ2lzdGVyQWdlbnRSZXNwb25zZRIZChFoZWFydGJlYXRfc2Vjb25kcxgBIAEoBTKkEAoRQ29udHJvbGxlclNlcnZpY2USUAoLTGlzdFRhcmdldHMSHy5mbG90aWxsYS52MS5MaXN0VGFyZ2V0c1JlcXVlc3QaIC5mbG90aWxsYS52MS5MaXN0VGFyZ2V0c1Jlc3BvbnNlEkcKDkRpYWdub3NlVGFyZ2V0EhYuZmxvdGlsbGEudjEuVGFyZ2V0UmVmGh0uZmxvdGlsbGEudjEuRGlhZ25vc2VSZXNwb25zZRJECgxCYWNrdXBUYXJnZXQSFi5mbG90aWxsYS52MS5UYXJnZXRSZWYaHC5mbG90aWxsYS52MS5PcGVyYXRpb25SZXN1bHQSTQoRTGlzdFRhcmdldEJhY2t1cHMSFi5mbG90aWxsYS52MS5UYXJnZXRSZWYaIC5mbG90aWxsYS52MS5MaXN0QmFja3Vwc1Jlc3BvbnNlElAKDVJlc3RvcmVUYXJnZXQSIS5mbG90aWxsYS52MS5SZXN0b3JlVGFyZ2V0UmVxdWVzdBocLmZsb3RpbGxhLnYxLk9wZXJhdGlvblJlc3VsdBJUCg9Eb3duZ3JhZGVUYXJnZXQSIy5mbG90aWxsYS52MS5Eb3duZ3JhZGVUYXJnZXRSZXF1ZXN0GhwuZmxvdGlsbGEudjEuT3BlcmF0aW9uUmVzdWx0EkwKC1N0YW1wVGFyZ2V0Eh8uZmxvdGlsbGEudjEuU3RhbXBUYXJnZXRSZXF1ZXN0GhwuZmxvdGlsbGEudjEuT3BlcmF0aW9uUmVzdWx0ElAKDVJlY292ZXJUYXJnZXQSIS5mbG90aWxsYS52MS5SZWNvdmVyVGFyZ2V0UmVxdWVzdBocLmZsb3RpbGxhLnYxLk9wZXJhdGlvblJlc3VsdBJMCgtEcmlsbFRhcmdldBIfLmZsb3RpbGxhLnYxLkRyaWxsVGFyZ2V0UmVxdWVzdBocLmZsb3RpbGxhLnYxLk9wZXJhdGlvblJlc3VsdBJDCgxCdW5kbGVUYXJnZXQSFi5mbG90aWxsYS52MS5UYXJnZXRSZWYaGy5mbG90aWxsYS52MS5CdW5kbGVSZXNwb25zZRJLCgpNb3ZlVGFyZ2V0Eh4uZmxvdGlsbGEudjEuTW92ZVRhcmdldFJlcXVlc3QaGy5mbG90aWxsYS52MS5PcGVyYXRpb25FdmVudDABEkEKC1BsYW5Sb2xsb3V0EhguZmxvdGlsbGEudjEuUm9sbG91dFNwZWMaGC5mbG90aWxsYS52MS5Sb2xsb3V0UGxhbhI+CgxTdGFydFJvbGxvdXQSGC5mbG90aWxsYS52MS5Sb2xsb3V0U3BlYxoULmZsb3RpbGxhLnYxLlJvbGxvdXQSOwoKR2V0Um9sbG91dBIXLmZsb3RpbGxhLnYxLlJvbGxvdXRSZWYaFC5mbG90aWxsYS52MS5Sb2xsb3V0ElMKDExpc3RSb2xsb3V0cxIgLmZsb3RpbGxhLnYxLkxpc3RSb2xsb3V0c1JlcXVlc3QaIS5mbG90aWxsYS52MS5MaXN0Um9sbG91dHNSZXNwb25zZRJECgxXYXRjaFJvbGxvdXQSFy5mbG90aWxsYS52MS5Sb2xsb3V0UmVmGhkuZmxvdGlsbGEudjEuUm9sbG91dEV2ZW50MAESPQoMQWJvcnRSb2xsb3V0EhcuZmxvdGlsbGEudjEuUm9sbG91dFJlZhoULmZsb3RpbGxhLnYxLlJvbGxvdXQSQAoPUm9sbGJhY2tSb2xsb3V0EhcuZmxvdGlsbGEudjEuUm9sbG91dFJlZhoULmZsb3RpbGxhLnYxLlJvbGxvdXQSPwoOQXBwcm92ZVJvbGxvdXQSFy5mbG90aWxsYS52MS5Sb2xsb3V0UmVmGhQuZmxvdGlsbGEudjEuUm9sbG91dBI9CgxQYXVzZVJvbGxvdXQSFy5mbG90aWxsYS52MS5Sb2xsb3V0UmVmGhQuZmxvdGlsbGEudjEuUm9sbG91dBI+Cg1SZXN1bWVSb2xsb3V0EhcuZmxvdGlsbGEudjEuUm9sbG91dFJlZhoULmZsb3RpbGxhLnYxLlJvbGxvdXQSPQoMUmV0cnlSb2xsb3V0EhcuZmxvdGlsbGEudjEuUm9sbG91dFJlZhoULmZsb3RpbGxhLnYxLlJvbGxvdXQSOwoLQWRkU2NoZWR1bGUSFS5mbG90aWxsYS52MS5TY2hlZHVsZRoVLmZsb3RpbGxhLnYxLlNjaGVkdWxlElYKDUxpc3RTY2hlZHVsZXMSIS5mbG90aWxsYS52MS5MaXN0U2NoZWR1bGVzUmVxdWVzdBoiLmZsb3RpbGxhLnYxLkxpc3RTY2hlZHVsZXNSZXNwb25zZRJOCg5SZW1vdmVTY2hlZHVsZRIYLmZsb3RpbGxhLnYxLlNjaGVkdWxlUmVmGiIuZmxvdGlsbGEudjEuTGlzdFNjaGVkdWxlc1Jlc3BvbnNlEk0KClF1ZXJ5QXVkaXQSHi5mbG90aWxsYS52MS5RdWVyeUF1ZGl0UmVxdWVzdBofLmZsb3RpbGxhLnYxLlF1ZXJ5QXVkaXRSZXNwb25zZRJQCgtWZXJpZnlBdWRpdBIfLmZsb3RpbGxhLnYxLlZlcmlmeUF1ZGl0UmVxdWVzdBogLmZsb3RpbGxhLnYxLlZlcmlmeUF1ZGl0UmVzcG9uc2USVgoNUmVnaXN0ZXJBZ2VudBIhLmZsb3RpbGxhLnYxLlJlZ2lzdGVyQWdlbnRSZXF1ZXN0GiIuZmxvdGlsbGEudjEuUmVnaXN0ZXJBZ2VudFJlc3BvbnNlYgZwcm90bzM", [file_flotilla_v1_agent]);
 
 /**
  * @generated from message flotilla.v1.ListTargetsRequest
@@ -205,6 +205,30 @@ export const StampTargetRequestSchema: GenMessage<StampTargetRequest> = /*@__PUR
   messageDesc(file_flotilla_v1_controller, 6);
 
 /**
+ * @generated from message flotilla.v1.DrillTargetRequest
+ */
+export type DrillTargetRequest = Message<"flotilla.v1.DrillTargetRequest"> & {
+  /**
+   * @generated from field: string target_id = 1;
+   */
+  targetId: string;
+
+  /**
+   * Empty: the newest verified backup.
+   *
+   * @generated from field: string backup_id = 2;
+   */
+  backupId: string;
+};
+
+/**
+ * Describes the message flotilla.v1.DrillTargetRequest.
+ * Use `create(DrillTargetRequestSchema)` to create a new message.
+ */
+export const DrillTargetRequestSchema: GenMessage<DrillTargetRequest> = /*@__PURE__*/
+  messageDesc(file_flotilla_v1_controller, 7);
+
+/**
  * @generated from message flotilla.v1.MoveTargetRequest
  */
 export type MoveTargetRequest = Message<"flotilla.v1.MoveTargetRequest"> & {
@@ -239,7 +263,7 @@ export type MoveTargetRequest = Message<"flotilla.v1.MoveTargetRequest"> & {
  * Use `create(MoveTargetRequestSchema)` to create a new message.
  */
 export const MoveTargetRequestSchema: GenMessage<MoveTargetRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 7);
+  messageDesc(file_flotilla_v1_controller, 8);
 
 /**
  * @generated from message flotilla.v1.RecoverTargetRequest
@@ -268,7 +292,7 @@ export type RecoverTargetRequest = Message<"flotilla.v1.RecoverTargetRequest"> &
  * Use `create(RecoverTargetRequestSchema)` to create a new message.
  */
 export const RecoverTargetRequestSchema: GenMessage<RecoverTargetRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 8);
+  messageDesc(file_flotilla_v1_controller, 9);
 
 /**
  * @generated from message flotilla.v1.RolloutSpec
@@ -339,7 +363,7 @@ export type RolloutSpec = Message<"flotilla.v1.RolloutSpec"> & {
  * Use `create(RolloutSpecSchema)` to create a new message.
  */
 export const RolloutSpecSchema: GenMessage<RolloutSpec> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 9);
+  messageDesc(file_flotilla_v1_controller, 10);
 
 /**
  * @generated from message flotilla.v1.PlannedStep
@@ -366,7 +390,7 @@ export type PlannedStep = Message<"flotilla.v1.PlannedStep"> & {
  * Use `create(PlannedStepSchema)` to create a new message.
  */
 export const PlannedStepSchema: GenMessage<PlannedStep> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 10);
+  messageDesc(file_flotilla_v1_controller, 11);
 
 /**
  * @generated from message flotilla.v1.PlannedTarget
@@ -442,7 +466,7 @@ export type PlannedTarget = Message<"flotilla.v1.PlannedTarget"> & {
  * Use `create(PlannedTargetSchema)` to create a new message.
  */
 export const PlannedTargetSchema: GenMessage<PlannedTarget> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 11);
+  messageDesc(file_flotilla_v1_controller, 12);
 
 /**
  * @generated from message flotilla.v1.RolloutPlan
@@ -481,7 +505,7 @@ export type RolloutPlan = Message<"flotilla.v1.RolloutPlan"> & {
  * Use `create(RolloutPlanSchema)` to create a new message.
  */
 export const RolloutPlanSchema: GenMessage<RolloutPlan> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 12);
+  messageDesc(file_flotilla_v1_controller, 13);
 
 /**
  * @generated from message flotilla.v1.RolloutStep
@@ -530,7 +554,7 @@ export type RolloutStep = Message<"flotilla.v1.RolloutStep"> & {
  * Use `create(RolloutStepSchema)` to create a new message.
  */
 export const RolloutStepSchema: GenMessage<RolloutStep> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 13);
+  messageDesc(file_flotilla_v1_controller, 14);
 
 /**
  * @generated from message flotilla.v1.RolloutTarget
@@ -589,7 +613,7 @@ export type RolloutTarget = Message<"flotilla.v1.RolloutTarget"> & {
  * Use `create(RolloutTargetSchema)` to create a new message.
  */
 export const RolloutTargetSchema: GenMessage<RolloutTarget> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 14);
+  messageDesc(file_flotilla_v1_controller, 15);
 
 /**
  * @generated from message flotilla.v1.Rollout
@@ -672,7 +696,7 @@ export type Rollout = Message<"flotilla.v1.Rollout"> & {
  * Use `create(RolloutSchema)` to create a new message.
  */
 export const RolloutSchema: GenMessage<Rollout> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 15);
+  messageDesc(file_flotilla_v1_controller, 16);
 
 /**
  * @generated from message flotilla.v1.RolloutRef
@@ -696,7 +720,7 @@ export type RolloutRef = Message<"flotilla.v1.RolloutRef"> & {
  * Use `create(RolloutRefSchema)` to create a new message.
  */
 export const RolloutRefSchema: GenMessage<RolloutRef> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 16);
+  messageDesc(file_flotilla_v1_controller, 17);
 
 /**
  * @generated from message flotilla.v1.ListRolloutsRequest
@@ -713,7 +737,7 @@ export type ListRolloutsRequest = Message<"flotilla.v1.ListRolloutsRequest"> & {
  * Use `create(ListRolloutsRequestSchema)` to create a new message.
  */
 export const ListRolloutsRequestSchema: GenMessage<ListRolloutsRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 17);
+  messageDesc(file_flotilla_v1_controller, 18);
 
 /**
  * @generated from message flotilla.v1.ListRolloutsResponse
@@ -730,7 +754,7 @@ export type ListRolloutsResponse = Message<"flotilla.v1.ListRolloutsResponse"> &
  * Use `create(ListRolloutsResponseSchema)` to create a new message.
  */
 export const ListRolloutsResponseSchema: GenMessage<ListRolloutsResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 18);
+  messageDesc(file_flotilla_v1_controller, 19);
 
 /**
  * @generated from message flotilla.v1.RolloutLine
@@ -789,7 +813,7 @@ export type RolloutLine = Message<"flotilla.v1.RolloutLine"> & {
  * Use `create(RolloutLineSchema)` to create a new message.
  */
 export const RolloutLineSchema: GenMessage<RolloutLine> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 19);
+  messageDesc(file_flotilla_v1_controller, 20);
 
 /**
  * @generated from message flotilla.v1.RolloutEvent
@@ -818,7 +842,7 @@ export type RolloutEvent = Message<"flotilla.v1.RolloutEvent"> & {
  * Use `create(RolloutEventSchema)` to create a new message.
  */
 export const RolloutEventSchema: GenMessage<RolloutEvent> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 20);
+  messageDesc(file_flotilla_v1_controller, 21);
 
 /**
  * @generated from message flotilla.v1.Schedule
@@ -920,7 +944,7 @@ export type Schedule = Message<"flotilla.v1.Schedule"> & {
  * Use `create(ScheduleSchema)` to create a new message.
  */
 export const ScheduleSchema: GenMessage<Schedule> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 21);
+  messageDesc(file_flotilla_v1_controller, 22);
 
 /**
  * @generated from message flotilla.v1.ScheduleRef
@@ -937,7 +961,7 @@ export type ScheduleRef = Message<"flotilla.v1.ScheduleRef"> & {
  * Use `create(ScheduleRefSchema)` to create a new message.
  */
 export const ScheduleRefSchema: GenMessage<ScheduleRef> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 22);
+  messageDesc(file_flotilla_v1_controller, 23);
 
 /**
  * @generated from message flotilla.v1.ListSchedulesRequest
@@ -950,7 +974,7 @@ export type ListSchedulesRequest = Message<"flotilla.v1.ListSchedulesRequest"> &
  * Use `create(ListSchedulesRequestSchema)` to create a new message.
  */
 export const ListSchedulesRequestSchema: GenMessage<ListSchedulesRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 23);
+  messageDesc(file_flotilla_v1_controller, 24);
 
 /**
  * @generated from message flotilla.v1.ListSchedulesResponse
@@ -967,7 +991,7 @@ export type ListSchedulesResponse = Message<"flotilla.v1.ListSchedulesResponse">
  * Use `create(ListSchedulesResponseSchema)` to create a new message.
  */
 export const ListSchedulesResponseSchema: GenMessage<ListSchedulesResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 24);
+  messageDesc(file_flotilla_v1_controller, 25);
 
 /**
  * @generated from message flotilla.v1.QueryAuditRequest
@@ -1002,6 +1026,20 @@ export type QueryAuditRequest = Message<"flotilla.v1.QueryAuditRequest"> & {
    * @generated from field: int32 limit = 6;
    */
   limit: number;
+
+  /**
+   * intent | ok | error | denied
+   *
+   * @generated from field: string outcome = 7;
+   */
+  outcome: string;
+
+  /**
+   * Only entries with seq below this (page back from the newest); 0: no bound.
+   *
+   * @generated from field: int64 before_seq = 8;
+   */
+  beforeSeq: bigint;
 };
 
 /**
@@ -1009,7 +1047,7 @@ export type QueryAuditRequest = Message<"flotilla.v1.QueryAuditRequest"> & {
  * Use `create(QueryAuditRequestSchema)` to create a new message.
  */
 export const QueryAuditRequestSchema: GenMessage<QueryAuditRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 25);
+  messageDesc(file_flotilla_v1_controller, 26);
 
 /**
  * @generated from message flotilla.v1.AuditEntry
@@ -1075,7 +1113,7 @@ export type AuditEntry = Message<"flotilla.v1.AuditEntry"> & {
  * Use `create(AuditEntrySchema)` to create a new message.
  */
 export const AuditEntrySchema: GenMessage<AuditEntry> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 26);
+  messageDesc(file_flotilla_v1_controller, 27);
 
 /**
  * @generated from message flotilla.v1.QueryAuditResponse
@@ -1092,7 +1130,7 @@ export type QueryAuditResponse = Message<"flotilla.v1.QueryAuditResponse"> & {
  * Use `create(QueryAuditResponseSchema)` to create a new message.
  */
 export const QueryAuditResponseSchema: GenMessage<QueryAuditResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 27);
+  messageDesc(file_flotilla_v1_controller, 28);
 
 /**
  * @generated from message flotilla.v1.VerifyAuditRequest
@@ -1105,7 +1143,7 @@ export type VerifyAuditRequest = Message<"flotilla.v1.VerifyAuditRequest"> & {
  * Use `create(VerifyAuditRequestSchema)` to create a new message.
  */
 export const VerifyAuditRequestSchema: GenMessage<VerifyAuditRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 28);
+  messageDesc(file_flotilla_v1_controller, 29);
 
 /**
  * @generated from message flotilla.v1.VerifyAuditResponse
@@ -1137,7 +1175,7 @@ export type VerifyAuditResponse = Message<"flotilla.v1.VerifyAuditResponse"> & {
  * Use `create(VerifyAuditResponseSchema)` to create a new message.
  */
 export const VerifyAuditResponseSchema: GenMessage<VerifyAuditResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 29);
+  messageDesc(file_flotilla_v1_controller, 30);
 
 /**
  * @generated from message flotilla.v1.RegisterAgentRequest
@@ -1159,7 +1197,7 @@ export type RegisterAgentRequest = Message<"flotilla.v1.RegisterAgentRequest"> &
  * Use `create(RegisterAgentRequestSchema)` to create a new message.
  */
 export const RegisterAgentRequestSchema: GenMessage<RegisterAgentRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 30);
+  messageDesc(file_flotilla_v1_controller, 31);
 
 /**
  * @generated from message flotilla.v1.RegisterAgentResponse
@@ -1176,7 +1214,7 @@ export type RegisterAgentResponse = Message<"flotilla.v1.RegisterAgentResponse">
  * Use `create(RegisterAgentResponseSchema)` to create a new message.
  */
 export const RegisterAgentResponseSchema: GenMessage<RegisterAgentResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 31);
+  messageDesc(file_flotilla_v1_controller, 32);
 
 /**
  * ControllerService is the fleet's control API. The same handlers serve gRPC
@@ -1251,6 +1289,26 @@ export const ControllerService: GenService<{
     methodKind: "unary";
     input: typeof RecoverTargetRequestSchema;
     output: typeof OperationResultSchema;
+  },
+  /**
+   * Restore a verified backup into scratch and check it; the target is untouched.
+   *
+   * @generated from rpc flotilla.v1.ControllerService.DrillTarget
+   */
+  drillTarget: {
+    methodKind: "unary";
+    input: typeof DrillTargetRequestSchema;
+    output: typeof OperationResultSchema;
+  },
+  /**
+   * The diagnostics bundle of a target (.tar.gz): never the database, never a secret.
+   *
+   * @generated from rpc flotilla.v1.ControllerService.BundleTarget
+   */
+  bundleTarget: {
+    methodKind: "unary";
+    input: typeof TargetRefSchema;
+    output: typeof BundleResponseSchema;
   },
   /**
    * Copies a target into an empty target of the other engine on the same agent (or

@@ -237,7 +237,9 @@ async function run(ctx: Ctx, command: Command): Promise<number> {
       if (!r.ok) return fail(ctx, r.failure);
       const v = r.value;
       output(ctx, ScheduleSchema, v, () =>
-        `✓ schedule ${v.name} ${s.replace ? "saved" : "added"}: ${v.cron} · ${v.selector} · ${v.strategy}${v.window === "" ? "" : ` · window ${v.window}`} · to ${v.toRevision || "head"}${v.waves === "" ? "" : ` · waves ${v.waves}`}${v.nextRun === "" ? "" : ` · next run ${v.nextRun} (${v.timeZone})`}\n`,
+        v.drill
+          ? `✓ schedule ${v.name} ${s.replace ? "saved" : "added"}: ${v.cron} · ${v.selector} · restore drill of the newest verified backup${v.nextRun === "" ? "" : ` · next run ${v.nextRun} (${v.timeZone})`}\n`
+          : `✓ schedule ${v.name} ${s.replace ? "saved" : "added"}: ${v.cron} · ${v.selector} · ${v.strategy}${v.window === "" ? "" : ` · window ${v.window}`} · to ${v.toRevision || "head"}${v.waves === "" ? "" : ` · waves ${v.waves}`}${v.nextRun === "" ? "" : ` · next run ${v.nextRun} (${v.timeZone})`}\n`,
       );
       return EXIT.ok;
     }

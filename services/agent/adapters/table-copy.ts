@@ -1,4 +1,3 @@
-import { hash } from "node:crypto";
 import { once } from "node:events";
 import Database from "better-sqlite3";
 import type pg from "pg";
@@ -44,10 +43,6 @@ export interface OrphanRow {
   readonly parent: string;
   readonly rowid: number;
   readonly key: string;
-}
-
-function rowDigest(row: string): Buffer {
-  return hash("md5", row, "buffer");
 }
 
 // ---------------------------------------------------------------- SQLite facts
@@ -171,6 +166,23 @@ export async function pgDropSecondaryIndexes(client: pg.Client, table: string): 
   return r.rows;
 }
 
+/**
+ * Drops the table's primary-key and unique constraints that no foreign key
+ * references (those must stay: the references need their index); returns
+ * them to be added again after the load.
+ */
+async function pgDropUnreferencedKeys(client: pg.Client, table: string): Promise<SecondaryIndex[]> {
+  const r = await client.query<{ name: string; definition: string }>(
+    `SELECT k.conname AS name, pg_get_constraintdef(k.oid) AS definition
+       FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_class c ON c.oid = k.conrelid
+      WHERE c.relname = $1 AND c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = current_schema())
+        AND k.contype IN ('p', 'u')
+        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint f WHERE f.contype = 'f' AND f.conindid = k.conindid)
+      ORDER BY k.contype, k.conname`, [table]);
+  for (const k of r.rows) await client.query(`ALTER TABLE ${qi(table)} DROP CONSTRAINT ${qi(k.name)}`);
+  return r.rows;
+}
+
 export async function pgCreateIndexes(client: pg.Client, indexes: readonly SecondaryIndex[]): Promise<void> {
   for (const idx of indexes) await client.query(idx.definition);
 }
@@ -206,6 +218,7 @@ export async function copySqliteTable(
     // TRUNCATE, so no FREEZE either.
     if (!position.inCycle) await client.query(`TRUNCATE ${qi(t.name)} CASCADE`);
     if (total > 0) indexes = await pgDropSecondaryIndexes(client, t.name);
+    const keys = total > 0 ? await pgDropUnreferencedKeys(client, t.name) : [];
     const stream = client.query(copyStreams.from(`COPY ${qi(t.name)} (${t.columns.map((c) => qi(c.name)).join(", ")}) FROM STDIN${position.inCycle ? "" : " WITH (FREEZE)"}`));
     let streamError: Error | undefined;
     stream.on("error", (e: Error) => { streamError = e; });
@@ -228,7 +241,7 @@ export async function copySqliteTable(
           canon[i] = canonicalFromSqlite(kind, v);
         }
         buf += line + "\n";
-        sum.add(rowDigest(canonicalRow(canon)));
+        sum.add(canonicalRow(canon));
         if (buf.length >= CHUNK) {
           bytes += Buffer.byteLength(buf);
           await writeChunk(stream, buf, () => streamError);
@@ -249,6 +262,8 @@ export async function copySqliteTable(
       if (!stream.destroyed) stream.destroy();
       throw err;
     }
+    // The primary key and unique constraints come back as one sorted index build each, same names and definitions.
+    for (const k of keys) await client.query(`ALTER TABLE ${qi(t.name)} ADD CONSTRAINT ${qi(k.name)} ${k.definition}`);
     await client.query("COMMIT");
   } catch (err) {
     await client.query("ROLLBACK").catch(() => undefined);
@@ -306,7 +321,7 @@ export async function pgChecksum(client: pg.Client, t: TableCopy): Promise<{ row
   const sum = new RowChecksum();
   const kinds = t.columns.map((c) => c.kind);
   await pgRows(client, `SELECT ${t.columns.map((c) => qi(c.name)).join(", ")} FROM ${qi(t.name)}`, (f) => {
-    sum.add(rowDigest(canonicalRow(f.map((v, i) => canonicalFromPg(kinds[i]!, v)))));
+    sum.add(canonicalRow(f.map((v, i) => canonicalFromPg(kinds[i]!, v))));
   });
   return { rows: sum.rows, checksum: sum.hex() };
 }
@@ -321,7 +336,7 @@ export function sqliteChecksum(db: Database.Database, t: TableCopy, skip?: Reado
     if (withRowid && skip.has(Number(raw[0]))) continue;
     const f: (string | null)[] = [];
     for (let i = 0; i < kinds.length; i++) f.push(canonicalFromSqlite(kinds[i]!, raw[i + off]!));
-    sum.add(rowDigest(canonicalRow(f)));
+    sum.add(canonicalRow(f));
   }
   return { rows: sum.rows, checksum: sum.hex() };
 }
@@ -377,7 +392,7 @@ export async function copyPgToSqlite(
       let lastReport = performance.now();
       onProgress({ table: t.name, tableIndex: index + 1, tableCount: tables.length, rowsDone: 0, rowsTotal: total, bytesDone: 0 });
       await pgRows(client, `SELECT ${t.columns.map((c) => qi(c.name)).join(", ")} FROM ${qi(t.name)}`, (fields) => {
-        sum.add(rowDigest(canonicalRow(fields.map((v, i) => canonicalFromPg(kinds[i]!, v)))));
+        sum.add(canonicalRow(fields.map((v, i) => canonicalFromPg(kinds[i]!, v))));
         insert.run(fields.map((v, i) => sqliteValueFromPg(kinds[i]!, v)));
         for (const v of fields) bytes += v === null ? 2 : v.length + 1;
         const now = performance.now();

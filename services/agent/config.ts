@@ -1,6 +1,6 @@
 import { dirname, isAbsolute, resolve } from "node:path";
 import {
-  ConfigProblems, HOST_PORT, argvList, deepFreeze, flagValue, identityList, isObj, parseConfigText, str,
+  ConfigProblems, HOST_PORT, argvList, deepFreeze, flagValue, identityList, numberOf, isObj, parseConfigText, str,
 } from "../common/config-helpers.js";
 import { CONTROLLER_SPIFFE_ID, isLoopbackHost } from "../common/tls.js";
 import { FlotillaError } from "../common/errors.js";
@@ -222,7 +222,7 @@ export function loadAgentConfig(input: LoadConfigInput): AgentConfig {
             } else p.add(kp, "must be a string, { file: path } or { env: NAME }");
           }
         }
-        const timeoutMin = al.timeoutMinutes === undefined ? 120 : Number(al.timeoutMinutes);
+        const timeoutMin = al.timeoutMinutes === undefined ? 120 : numberOf(al.timeoutMinutes);
         if (!Number.isFinite(timeoutMin) || timeoutMin <= 0) p.add(`${at}alembic.timeoutMinutes`, "must be a positive number of minutes");
         const iniFile = str(al, "config", `${at}alembic.`, p, { pattern: /^[A-Za-z0-9._/-]+\.ini$/, hint: "an .ini file name, e.g. alembic.ini" });
         if (dir) alembic = { dir: abs(dir), command, env, secretEnvNames, timeoutMs: Math.round(timeoutMin * 60_000), ...(iniFile ? { iniFile } : {}) };
@@ -231,7 +231,7 @@ export function loadAgentConfig(input: LoadConfigInput): AgentConfig {
       if (!isObj(raw.backups)) p.add(`${at}backups`, "is required: { dir: /backups/<target>, keep: 10 }");
       else {
         const dir = str(raw.backups, "dir", `${at}backups.`, p, { required: true });
-        const keep = raw.backups.keep === undefined ? 10 : Number(raw.backups.keep);
+        const keep = raw.backups.keep === undefined ? 10 : numberOf(raw.backups.keep);
         if (!Number.isInteger(keep) || keep < 1 || keep > 1000) p.add(`${at}backups.keep`, "must be a whole number from 1 to 1000");
         if (dir) backups = { dir: abs(dir), keep };
       }
@@ -249,7 +249,7 @@ export function loadAgentConfig(input: LoadConfigInput): AgentConfig {
           }
         }
       }
-      const lockTimeoutMs = raw.lockTimeoutMs === undefined ? 5000 : Number(raw.lockTimeoutMs);
+      const lockTimeoutMs = raw.lockTimeoutMs === undefined ? 5000 : numberOf(raw.lockTimeoutMs);
       if (!Number.isInteger(lockTimeoutMs) || lockTimeoutMs < 100) p.add(`${at}lockTimeoutMs`, "must be a whole number of milliseconds ≥ 100");
       if (id && dbUrl && alembic && backups) {
         targets.push({
@@ -284,7 +284,7 @@ export function loadAgentConfig(input: LoadConfigInput): AgentConfig {
     else {
       const address = str(doc.controller, "address", "controller.", p, { required: true, pattern: /^https?:\/\/\S+$/, hint: "the controller's HTTP URL, e.g. http://controller:7441" });
       const advertise = str(doc.controller, "advertise", "controller.", p) ?? listen;
-      const hb = doc.controller.heartbeatSeconds === undefined ? 15 : Number(doc.controller.heartbeatSeconds);
+      const hb = doc.controller.heartbeatSeconds === undefined ? 15 : numberOf(doc.controller.heartbeatSeconds);
       if (!Number.isFinite(hb) || hb < 1) p.add("controller.heartbeatSeconds", "must be a number of seconds ≥ 1");
       const tokenFile = str(doc.controller, "tokenFile", "controller.", p);
       const token = tokenFile ? readSecret(tokenFile, "controller.tokenFile") : undefined;

@@ -1,6 +1,6 @@
 import { dirname, isAbsolute, resolve } from "node:path";
 import {
-  ConfigProblems, HOST_PORT, deepFreeze, flagValue, identityList, isObj, parseConfigText, str,
+  ConfigProblems, HOST_PORT, deepFreeze, flagValue, identityList, numberOf, isObj, parseConfigText, str,
 } from "../common/config-helpers.js";
 import { identityProblem } from "../common/tls.js";
 import { FlotillaError } from "../common/errors.js";
@@ -174,7 +174,7 @@ export function loadControllerConfig(input: LoadControllerConfigInput): Controll
       schedules.push({ name, cron, timeZone, selector: rollout.selector, strategy: rollout.strategy, window: rollout.window, toRevision: rollout.toRevision, waves: rollout.waves, gate: rollout.gate, maxFailures: rollout.maxFailures });
     });
   }
-  const agentTimeoutSeconds = doc.agentTimeoutSeconds === undefined ? 7200 : Number(doc.agentTimeoutSeconds);
+  const agentTimeoutSeconds = doc.agentTimeoutSeconds === undefined ? 7200 : numberOf(doc.agentTimeoutSeconds);
   if (!Number.isFinite(agentTimeoutSeconds) || agentTimeoutSeconds <= 0) p.add("agentTimeoutSeconds", "must be a positive number");
   const logLevel = input.env.FLOTILLA_LOG_LEVEL ?? str(doc, "logLevel", "", p) ?? "info";
   p.throwIfAny();

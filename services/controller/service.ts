@@ -6,7 +6,7 @@ import { AsyncQueue } from "../common/async-queue.js";
 import { FlotillaError, toFlotillaError } from "../common/errors.js";
 import type { CallContext, ServiceImpl } from "../common/grpc-bridge.js";
 import type { Logger } from "../common/logger.js";
-import { redactValue } from "../common/redact.js";
+import { redact, redactValue } from "../common/redact.js";
 import type { GrpcAgentPool } from "./agents/agent-pool.js";
 import { hostOf, isLoopbackHost } from "../common/tls.js";
 import type { AuditLog } from "./audit/audit-log.js";
@@ -28,7 +28,7 @@ const METHOD_ROLE: Record<string, Role> = {
   ListTargets: "viewer", DiagnoseTarget: "viewer", ListTargetBackups: "viewer", PlanRollout: "viewer", GetRollout: "viewer",
   ListRollouts: "viewer", WatchRollout: "viewer", ListSchedules: "viewer", QueryAudit: "viewer", VerifyAudit: "viewer",
   BackupTarget: "operator", StartRollout: "operator", AbortRollout: "operator", RegisterAgent: "operator",
-  RestoreTarget: "admin", RecoverTarget: "admin", DowngradeTarget: "admin", StampTarget: "admin", RollbackRollout: "admin", AddSchedule: "admin", RemoveSchedule: "admin",
+  RestoreTarget: "admin", RecoverTarget: "admin", MoveTarget: "admin", DowngradeTarget: "admin", StampTarget: "admin", RollbackRollout: "admin", AddSchedule: "admin", RemoveSchedule: "admin",
 };
 
 const READS = new Set(["ListTargets", "DiagnoseTarget", "ListTargetBackups", "PlanRollout", "GetRollout", "ListRollouts", "WatchRollout", "ListSchedules", "QueryAudit", "VerifyAudit"]);
@@ -201,6 +201,52 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
       const { agentId } = await ownerOf(req.targetId);
       return runOp(agentId, (c) => c.recover({ targetId: req.targetId, operationId: req.operationId, action: req.action, newOperationId: `api.${randomUUID()}` }, timeout));
     }),
+    moveTarget: (req, ctx) => {
+      // The agent's events are passed through as they come; every finished step is audited too.
+      const q = new AsyncQueue<MessageInitShape<typeof OperationEventSchema>>();
+      let resultSent = false;
+      void (async () => {
+        try {
+          await audited("MoveTarget", ctx, req.fromTargetId, req, async (caller) => {
+            const from = await ownerOf(req.fromTargetId);
+            const to = await ownerOf(req.toTargetId);
+            if (from.agentId !== to.agentId) {
+              throw new FlotillaError("INVALID_ARGUMENT", `${req.fromTargetId} (agent ${from.agentId}) and ${req.toTargetId} (agent ${to.agentId}) are on different agents: a move copies between two targets of the same agent`);
+            }
+            const holder = `move.${randomUUID()}`;
+            const lease = await d.store.acquireLeases(holder, [req.fromTargetId, req.toTargetId]);
+            if (!lease.ok) throw new FlotillaError("TARGET_BUSY", `${lease.targetId} is held by ${lease.heldBy}; wait for it to finish`);
+            try {
+              const c = await d.pool.client(from.agentId);
+              let result: OpResultShape | undefined;
+              const stream = c.move({ fromTargetId: req.fromTargetId, toTargetId: req.toTargetId, operationId: `api.${randomUUID()}`, yes: req.yes, skipOrphans: req.skipOrphans, fromBackup: req.fromBackup }, { timeoutMs: 24 * 3600_000 });
+              for await (const ev of stream) {
+                if (ev.event.case === "step" && ev.event.value.state !== "running") {
+                  const s = ev.event.value;
+                  await d.audit.append({ actor: caller.actor, action: `move.${s.name.split(":")[0]}`, target: req.fromTargetId, outcome: s.state === "failed" ? "error" : "ok", detail: redact(`${s.name} ${s.state}: ${s.detail}`) })
+                    .catch((err: unknown) => d.log.error({ err: toFlotillaError(err) }, "audit write failed"));
+                }
+                if (ev.event.case === "result") {
+                  result = ev.event.value;
+                  resultSent = true;
+                }
+                q.push(ev);
+              }
+              if (!result) throw new FlotillaError("AGENT_UNAVAILABLE", `agent ${from.agentId} ended without a result`);
+              if (result.status !== "succeeded") throw new FlotillaError((result.errorCode || "INTERNAL") as FlotillaError["code"], result.message);
+            } finally {
+              await d.store.releaseLeases(holder).catch(() => undefined);
+            }
+          });
+          q.end();
+        } catch (err) {
+          // A refusal or failure the agent reported already travelled as the result event.
+          if (resultSent) q.end();
+          else q.fail(err);
+        }
+      })();
+      return q;
+    },
     planRollout: (req, ctx) => audited("PlanRollout", ctx, req.selector, req, async () => {
       const plan = await d.engine.plan(req, false);
       const warnings = [...plan.warnings];

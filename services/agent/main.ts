@@ -7,6 +7,7 @@ import { request as httpsRequest } from "node:https";
 import { ReloadableCertificates, addService, bindServer, newServer, peerIdentityGuard, serverCredentials } from "../common/grpc-bridge.js";
 import { expiryWarnings } from "../common/tls.js";
 import { createLogger, type Logger } from "../common/logger.js";
+import { installProcessGuard } from "../common/process-guard.js";
 import { NodeProcessRunner, describeRun, type ProcessRunner } from "../common/process-runner.js";
 import { registerSecret } from "../common/redact.js";
 import { FlotillaError, toFlotillaError } from "../common/errors.js";
@@ -154,6 +155,7 @@ export async function main(argv: string[]): Promise<void> {
     return;
   }
   const log = createLogger({ name: "flotilla-agent", level: config.logLevel });
+  installProcessGuard(log);
   let agent: RunningAgent;
   try {
     agent = await startAgent(config, log);

@@ -5,6 +5,7 @@ import { ControllerService } from "../common/gen/flotilla/v1/controller_pb.js";
 import { ReloadableCertificates, addService, bindServer, newServer, peerIdentityGuard, serverCredentials } from "../common/grpc-bridge.js";
 import { expiryWarning, expiryWarnings, hostOf, isLoopbackHost } from "../common/tls.js";
 import { createLogger, type Logger } from "../common/logger.js";
+import { installProcessGuard } from "../common/process-guard.js";
 import { toFlotillaError } from "../common/errors.js";
 import { registerSecret } from "../common/redact.js";
 import { GrpcAgentPool } from "./agents/agent-pool.js";
@@ -138,6 +139,7 @@ export async function main(argv: string[]): Promise<void> {
     return;
   }
   const log = createLogger({ name: "flotilla-controller", level: config.logLevel });
+  installProcessGuard(log);
   let running: RunningController;
   try {
     running = await startController(config, log);

@@ -187,11 +187,13 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
       }
     }),
     downgradeTarget: (req, ctx) => audited("DowngradeTarget", ctx, req.targetId, req, async () => {
+      if (!req.toRevision) throw new FlotillaError("INVALID_ARGUMENT", "the revision to downgrade to is required (--to REVISION, or base)");
       if (!req.acceptDataLoss) throw new FlotillaError("DATA_LOSS_NOT_ACCEPTED", "a downgrade drops data added by later revisions: confirm with --accept-data-loss");
       const { agentId } = await ownerOf(req.targetId);
       return runOp(agentId, (c) => c.downgrade({ targetId: req.targetId, toRevision: req.toRevision, acceptDataLoss: true, operationId: `api.${randomUUID()}` }, timeout));
     }),
     stampTarget: (req, ctx) => audited("StampTarget", ctx, req.targetId, req, async () => {
+      if (!req.revision) throw new FlotillaError("INVALID_ARGUMENT", "the revision to stamp is required (flotilla stamp TARGET REVISION --reason ...)");
       const { agentId } = await ownerOf(req.targetId);
       return runOp(agentId, (c) => c.stamp({ targetId: req.targetId, revision: req.revision, reason: req.reason, operationId: `api.${randomUUID()}` }, timeout));
     }),

@@ -21,6 +21,7 @@ import {
   DowngradeTargetRequestSchema,
   StampTargetRequestSchema,
   RecoverTargetRequestSchema,
+  DrillTargetRequestSchema,
   MoveTargetRequestSchema,
   RolloutEventSchema,
   RolloutPlanSchema,
@@ -34,7 +35,7 @@ import {
   VerifyAuditResponseSchema,
 } from "../common/gen/flotilla/v1/controller_pb.js";
 import type { AuditEntry, Rollout } from "../common/gen/flotilla/v1/controller_pb.js";
-import { DiagnoseResponseSchema, ListBackupsResponseSchema, OperationEventSchema, OperationResultSchema } from "../common/gen/flotilla/v1/agent_pb.js";
+import { BundleResponseSchema, DiagnoseResponseSchema, ListBackupsResponseSchema, OperationEventSchema, OperationResultSchema } from "../common/gen/flotilla/v1/agent_pb.js";
 import type { OperationResult } from "../common/gen/flotilla/v1/agent_pb.js";
 import { parseCommandLine, usageText, verbHelp } from "./args.js";
 import type { AuditQuery, Command, GlobalOptions, SpecInput } from "./args.js";
@@ -49,6 +50,7 @@ import {
   renderBackups,
   renderDiagnosis,
   renderOperationResult,
+  renderFinalLines,
   renderPlan,
   renderRollout,
   renderRollouts,
@@ -170,6 +172,14 @@ async function run(ctx: Ctx, command: Command): Promise<number> {
       output(ctx, OperationResultSchema, r.value, () => renderOperationResult("restore", command.target, r.value));
       return operationExit(r.value);
     }
+    case "drill": {
+      const r = await client.unary("DrillTarget", DrillTargetRequestSchema, { targetId: command.target, backupId: command.backupId }, OperationResultSchema, { timeoutMs: OPERATION_TIMEOUT_MS });
+      if (!r.ok) return fail(ctx, r.failure);
+      output(ctx, OperationResultSchema, r.value, () => renderOperationResult("drill", command.target, r.value));
+      return operationExit(r.value);
+    }
+    case "bundle":
+      return writeBundle(ctx, command.target, command.out);
     case "downgrade": {
       const req = { targetId: command.target, toRevision: command.toRevision, acceptDataLoss: true };
       const r = await client.unary("DowngradeTarget", DowngradeTargetRequestSchema, req, OperationResultSchema, { timeoutMs: OPERATION_TIMEOUT_MS });
@@ -208,27 +218,28 @@ async function run(ctx: Ctx, command: Command): Promise<number> {
       return EXIT.ok;
     }
     case "rollout show": {
-      if (command.follow) return followToEnd(ctx, command.id, undefined);
+      if (command.follow) return followToEnd(ctx, command.id, undefined, SUCCESS.show);
       const r = await client.unary("GetRollout", RolloutRefSchema, { id: command.id }, RolloutSchema);
       if (!r.ok) return fail(ctx, r.failure);
       output(ctx, RolloutSchema, r.value, () => renderRollout(r.value, ctx.now));
       return EXIT.ok;
     }
     case "rollout abort":
-    case "rollout rollback": {
-      const method = command.verb === "rollout abort" ? "AbortRollout" : "RollbackRollout";
-      const r = await client.unary(method, RolloutRefSchema, { id: command.id }, RolloutSchema, { timeoutMs: OPERATION_TIMEOUT_MS });
-      if (!r.ok) return fail(ctx, r.failure);
-      output(ctx, RolloutSchema, r.value, () => renderRollout(r.value, ctx.now));
-      return r.value.status === "failed" ? EXIT.failed : EXIT.ok;
-    }
+    case "rollout approve":
+    case "rollout pause":
+    case "rollout resume":
+    case "rollout retry":
+    case "rollout rollback":
+      return control(ctx, command);
     case "schedule add": {
       const s = command.schedule;
       const r = await client.unary("AddSchedule", ScheduleSchema, s, ScheduleSchema);
       if (!r.ok) return fail(ctx, r.failure);
       const v = r.value;
       output(ctx, ScheduleSchema, v, () =>
-        `✓ schedule ${v.name} added: ${v.cron} · ${v.selector} · ${v.strategy}${v.window === "" ? "" : ` · window ${v.window}`} · to ${v.toRevision || "head"}${v.waves === "" ? "" : ` · waves ${v.waves}`}\n`,
+        v.drill
+          ? `✓ schedule ${v.name} ${s.replace ? "saved" : "added"}: ${v.cron} · ${v.selector} · restore drill of the newest verified backup${v.nextRun === "" ? "" : ` · next run ${v.nextRun} (${v.timeZone})`}\n`
+          : `✓ schedule ${v.name} ${s.replace ? "saved" : "added"}: ${v.cron} · ${v.selector} · ${v.strategy}${v.window === "" ? "" : ` · window ${v.window}`} · to ${v.toRevision || "head"}${v.waves === "" ? "" : ` · waves ${v.waves}`}${v.nextRun === "" ? "" : ` · next run ${v.nextRun} (${v.timeZone})`}\n`,
       );
       return EXIT.ok;
     }
@@ -280,7 +291,37 @@ async function startRollout(ctx: Ctx, s: SpecInput, wait: boolean): Promise<numb
         `(Ctrl-C stops following only; the rollout goes on. Stop it with: flotilla rollout abort ${started.id})\n`,
     );
   }
-  return followToEnd(ctx, started.id, started);
+  return followToEnd(ctx, started.id, started, SUCCESS.rollout);
+}
+
+/** The end states each follow counts as success. */
+const SUCCESS = {
+  rollout: ["succeeded"],
+  show: ["succeeded", "rolled-back"],
+  "rollout abort": ["aborted"],
+  "rollout approve": ["succeeded"],
+  "rollout retry": ["succeeded"],
+  "rollout rollback": ["rolled-back"],
+} as const satisfies Record<string, readonly string[]>;
+
+const CONTROL_METHOD = {
+  "rollout abort": "AbortRollout", "rollout approve": "ApproveRollout", "rollout pause": "PauseRollout",
+  "rollout resume": "ResumeRollout", "rollout retry": "RetryRollout", "rollout rollback": "RollbackRollout",
+} as const;
+
+/** abort, approve, pause, resume, retry, rollback: one call; with --wait, follow the rollout to its end. */
+async function control(ctx: Ctx, command: Extract<Command, { verb: keyof typeof CONTROL_METHOD }>): Promise<number> {
+  const yes = command.verb === "rollout rollback";
+  const r = await ctx.client.unary(CONTROL_METHOD[command.verb], RolloutRefSchema, { id: command.id, yes }, RolloutSchema, { timeoutMs: PLAN_TIMEOUT_MS });
+  if (!r.ok) return fail(ctx, r.failure);
+  const doc = r.value;
+  const wait = "wait" in command && command.wait;
+  if (!wait) {
+    output(ctx, RolloutSchema, doc, () => renderRollout(doc, ctx.now));
+    return doc.status === "failed" ? EXIT.failed : EXIT.ok;
+  }
+  if (command.verb === "rollout retry") human(ctx, `rollout ${doc.id} retries ${command.id} over ${doc.targets.map((t) => t.targetId).join(", ")}\n`);
+  return followToEnd(ctx, doc.id, doc, SUCCESS[command.verb], command.verb === "rollout approve");
 }
 
 /**
@@ -288,7 +329,7 @@ async function startRollout(ctx: Ctx, s: SpecInput, wait: boolean): Promise<numb
  * and Alembic lines as they come; reconnects when the stream breaks. Exit 0
  * only when the rollout succeeded.
  */
-async function followToEnd(ctx: Ctx, id: string, started: Rollout | undefined): Promise<number> {
+async function followToEnd(ctx: Ctx, id: string, started: Rollout | undefined, success: readonly string[], stopAtGate = false): Promise<number> {
   const follower = new RolloutFollower();
   let last: Rollout | undefined = started;
   let shownFull = started !== undefined;
@@ -306,15 +347,18 @@ async function followToEnd(ctx: Ctx, id: string, started: Rollout | undefined): 
           for (const line of follower.snapshot(snap)) human(ctx, `${line}\n`);
         }
         last = snap;
+        if (stopAtGate && snap.waitingFor !== "") return false;
       } else if (ev.event.case === "line") {
         human(ctx, `${follower.line(ev.event.value)}\n`);
       }
     });
     const final: Rollout | undefined = last;
-    if (streamed.ok && final !== undefined && !isRolloutActive(final.status)) {
+    const atGate = stopAtGate && final !== undefined && final.waitingFor !== "";
+    if ((streamed.ok || atGate) && final !== undefined && (!isRolloutActive(final.status) || atGate)) {
       if (ctx.globals.json) printJson(ctx.io, toDoc(RolloutSchema, final));
-      else human(ctx, `\n${renderRollout(final, new Date())}`);
-      return final.status === "succeeded" ? EXIT.ok : EXIT.failed;
+      else human(ctx, `\n${renderRollout(final, new Date())}\n${renderFinalLines(final)}`);
+      if (atGate) return EXIT.ok;
+      return success.includes(final.status) ? EXIT.ok : EXIT.failed;
     }
     if (!streamed.ok && streamed.failure.kind === "rejected") return fail(ctx, streamed.failure);
     attempts++;
@@ -392,6 +436,26 @@ async function verifyAudit(ctx: Ctx): Promise<number> {
     human(ctx, renderAuditVerify(verdict, firstBad));
   }
   return verdict.ok ? EXIT.ok : EXIT.failed;
+}
+
+/** Fetches a target's diagnostics bundle and writes it (temp name, then rename). */
+async function writeBundle(ctx: Ctx, targetId: string, out: string): Promise<number> {
+  const r = await ctx.client.unary("BundleTarget", TargetRefSchema, { targetId }, BundleResponseSchema, { timeoutMs: PLAN_TIMEOUT_MS });
+  if (!r.ok) return fail(ctx, r.failure);
+  const file = out || r.value.fileName;
+  const tmp = `${file}.partial-${process.pid}`;
+  try {
+    const fd = openSync(tmp, "wx", 0o600);
+    try { writeSync(fd, r.value.data); } finally { closeSync(fd); }
+    renameSync(tmp, file);
+  } catch (err) {
+    rmSync(tmp, { force: true });
+    say(ctx.io, `--out: cannot write ${file}: ${(err as Error).message}; choose a writable path`);
+    return EXIT.usage;
+  }
+  if (ctx.globals.json) printJson(ctx.io, { file, bytes: r.value.data.length, entries: r.value.entries });
+  else human(ctx, `✓ diagnostics bundle of ${targetId} written to ${file} (${r.value.data.length} bytes, ${r.value.entries.length} files; no database, no secrets)\n`);
+  return EXIT.ok;
 }
 
 async function exportAudit(ctx: Ctx, q: AuditQuery, out: string): Promise<number> {
@@ -533,6 +597,7 @@ const HINTS: Readonly<Record<string, string>> = {
   TARGET_BUSY: "another operation holds the target; see flotilla rollouts, wait, then retry",
   LEASE_HELD: "another controller replica leads; retry in a moment",
   AGENT_UNAVAILABLE: "the target's agent does not answer; check flotilla targets",
+  TARGET_BROKEN: "flotilla diagnose TARGET lists each reason with its fix",
 };
 
 function fail(ctx: Ctx, failure: CallFailure): number {

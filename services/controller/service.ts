@@ -14,6 +14,7 @@ import type { ControllerConfig, Role } from "./config.js";
 import type { ControllerStore, RolloutDoc, ScheduleDoc } from "./core/ports.js";
 import type { Inventory } from "./inventory.js";
 import type { RolloutEngine } from "./rollout-engine.js";
+import { type RevisionClass, checkCompatibility, classesFromPlan, strategiesAllowed } from "./core/compatibility-gate.js";
 import { Scheduler } from "./scheduler.js";
 import { checkSelector, compileScheduleRequest, describeProblems, orInvalidArgument } from "../common/rollout-request.js";
 
@@ -28,10 +29,32 @@ const METHOD_ROLE: Record<string, Role> = {
   ListTargets: "viewer", DiagnoseTarget: "viewer", ListTargetBackups: "viewer", PlanRollout: "viewer", GetRollout: "viewer",
   ListRollouts: "viewer", WatchRollout: "viewer", ListSchedules: "viewer", QueryAudit: "viewer", VerifyAudit: "viewer",
   BackupTarget: "operator", StartRollout: "operator", AbortRollout: "operator", RegisterAgent: "operator",
+  ApproveRollout: "operator", PauseRollout: "operator", ResumeRollout: "operator", RetryRollout: "operator",
+  DrillTarget: "operator", BundleTarget: "operator",
   RestoreTarget: "admin", RecoverTarget: "admin", MoveTarget: "admin", DowngradeTarget: "admin", StampTarget: "admin", RollbackRollout: "admin", AddSchedule: "admin", RemoveSchedule: "admin",
 };
 
-const READS = new Set(["ListTargets", "DiagnoseTarget", "ListTargetBackups", "PlanRollout", "GetRollout", "ListRollouts", "WatchRollout", "ListSchedules", "QueryAudit", "VerifyAudit"]);
+const READS = new Set(["BundleTarget", "ListTargets", "DiagnoseTarget", "ListTargetBackups", "PlanRollout", "GetRollout", "ListRollouts", "WatchRollout", "ListSchedules", "QueryAudit", "VerifyAudit"]);
+
+/**
+ * Methods a role may call (the page shows a button only when its method is here).
+ * Methods the table does not name need admin, like authenticate() says.
+ */
+export function permittedMethods(role: Role, methods: readonly string[]): string[] {
+  return methods.filter((m) => ROLE_RANK[role] >= ROLE_RANK[METHOD_ROLE[m] ?? "admin"]);
+}
+
+/** Holder names of leases taken by single API operations (a controller that becomes leader releases stale ones). */
+export const API_LEASE_PREFIX = "op.";
+
+/** The refusal for a target another rollout or operation holds, naming the holder and what to do. */
+export function leaseRefusal(verb: string, targetId: string, heldBy: string): FlotillaError {
+  const what = heldBy.startsWith(API_LEASE_PREFIX)
+    ? `a ${heldBy.slice(API_LEASE_PREFIX.length).split(".")[0]} operation (${heldBy})`
+    : `rollout ${heldBy}`;
+  const todo = heldBy.startsWith(API_LEASE_PREFIX) ? "wait for it to finish" : `wait for it to finish (flotilla rollout show ${heldBy}) or abort it`;
+  return new FlotillaError("LEASE_HELD", `refused: ${verb} of ${targetId} while ${what} holds it; ${todo}, then try again`);
+}
 
 export interface Caller {
   readonly actor: string;
@@ -57,13 +80,17 @@ export function authenticate(config: ControllerConfig, authorization: string | u
 export function rolloutMessage(d: RolloutDoc): RolloutInit {
   return {
     id: d.id, status: d.status,
-    spec: { selector: d.spec.selector, toRevision: d.spec.toRevision, strategy: d.spec.strategy, waves: d.spec.waves, maxFailures: d.spec.maxFailures, schedule: d.spec.schedule ?? "", window: d.spec.window ?? "" },
+    spec: {
+      selector: d.spec.selector, toRevision: d.spec.toRevision, strategy: d.spec.strategy, waves: d.spec.waves, maxFailures: d.spec.maxFailures,
+      schedule: d.spec.schedule ?? "", window: d.spec.window ?? "", gate: d.spec.gate ?? "", allowBreaking: d.spec.allowBreaking ?? false,
+    },
     targets: d.targets.map((t) => ({
       targetId: t.targetId, agentId: t.agentId, wave: t.wave, status: t.status, revisionBefore: t.revisionBefore, revisionAfter: t.revisionAfter,
       backupId: t.backupId, message: t.message,
       steps: t.steps.map((s) => ({ name: s.name, state: s.state, agentId: s.agentId, operationId: s.operationId, detail: s.detail, startedAt: s.startedAt ?? "", finishedAt: s.finishedAt ?? "" })),
     })),
     createdAt: d.createdAt, finishedAt: d.finishedAt ?? "", actor: d.actor, message: d.message, warnings: d.warnings, currentWave: d.currentWave,
+    waitingFor: d.waitingFor ?? "", gateExpiresAt: d.gateExpiresAt ?? "", paused: d.paused ?? false,
   };
 }
 
@@ -73,7 +100,7 @@ function scheduleMessage(s: ScheduleDoc): MessageInitShape<typeof ScheduleSchema
   return {
     name: s.name, cron: s.cron, selector: s.selector, strategy: s.strategy, window: s.window, toRevision: s.toRevision, waves: s.waves, source: s.source,
     lastRun: s.lastRun ?? "", lastResult: s.lastResult ?? "", timeZone: s.timeZone || Scheduler.localTimeZone(), nextRun: next === undefined ? "" : next.toISOString(),
-    gate: s.gate ?? "", maxFailures: s.maxFailures ?? 0,
+    gate: s.gate ?? "", maxFailures: s.maxFailures ?? 0, drill: s.drill ?? false,
   };
 }
 
@@ -90,14 +117,19 @@ export interface ControllerDeps {
   readonly log: Logger;
   /** False on a standby replica: it serves reads and refuses changes. */
   readonly isLeader: () => boolean;
+  /** Told the outcome of every call (metrics). */
+  readonly onCall?: (method: string, outcome: "ok" | "error" | "denied") => void;
   /** Certificates that expire within 30 days (shown by `targets` and the page). */
   readonly certificateWarnings?: () => string[];
 }
 
 /**
  * The ControllerService handlers, shared by the gRPC server and the HTTP/JSON
- * gateway. Every call is authenticated, and audited: mutating calls write an
- * intent row first and do nothing if it cannot be written (fail closed).
+ * gateway. Every call is authenticated. Changes are audited: they write an
+ * intent row first and do nothing if it cannot be written (fail closed), then
+ * their outcome. Denied calls are audited too. Routine reads are not (a page
+ * left open must not write a row per refresh); exports and sign-ins are
+ * audited by the HTTP gateway.
  */
 export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: string, ctx: CallContext) => Caller): ServiceImpl<typeof ControllerService.method> {
   async function audited<T>(method: string, ctx: CallContext, target: string, args: unknown, fn: (caller: Caller) => Promise<T>): Promise<T> {
@@ -106,26 +138,37 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
       caller = callerOf(method, ctx);
     } catch (err) {
       const fe = toFlotillaError(err);
+      d.onCall?.(method, "denied");
       await d.audit.append({ actor: "unknown", action: `api.${method}`, target, args: redactValue(args), outcome: "denied", detail: fe.message }).catch(() => undefined);
       throw fe;
     }
     const read = READS.has(method);
-    if (!read && method !== "RegisterAgent" && !d.isLeader()) {
+    if (read) {
+      try {
+        const out = await fn(caller);
+        d.onCall?.(method, "ok");
+        return out;
+      } catch (err) {
+        d.onCall?.(method, "error");
+        throw toFlotillaError(err);
+      }
+    }
+    if (method !== "RegisterAgent" && !d.isLeader()) {
       throw new FlotillaError("PRECONDITION_FAILED", "this controller replica is standing by (another replica leads): send changes to the leader; reads are served here");
     }
-    if (!read) {
-      try {
-        await d.audit.append({ actor: caller.actor, action: `api.${method}`, target, args: redactValue(args), outcome: "intent" });
-      } catch (err) {
-        throw new FlotillaError("AUDIT_UNAVAILABLE", `refused: the audit log cannot be written (${toFlotillaError(err).message}); nothing was done`);
-      }
+    try {
+      await d.audit.append({ actor: caller.actor, action: `api.${method}`, target, args: redactValue(args), outcome: "intent" });
+    } catch (err) {
+      throw new FlotillaError("AUDIT_UNAVAILABLE", `refused: the audit log cannot be written (${toFlotillaError(err).message}); nothing was done`);
     }
     try {
       const out = await fn(caller);
-      await d.audit.append({ actor: caller.actor, action: `api.${method}`, target, args: read ? redactValue(args) : undefined, outcome: "ok" }).catch((err: unknown) => d.log.error({ err: toFlotillaError(err) }, "audit write failed"));
+      d.onCall?.(method, "ok");
+      await d.audit.append({ actor: caller.actor, action: `api.${method}`, target, outcome: "ok" }).catch((err: unknown) => d.log.error({ err: toFlotillaError(err) }, "audit write failed"));
       return out;
     } catch (err) {
       const fe = toFlotillaError(err);
+      d.onCall?.(method, "error");
       await d.audit.append({ actor: caller.actor, action: `api.${method}`, target, outcome: "error", detail: `${fe.code}: ${fe.message}` }).catch(() => undefined);
       throw fe;
     }
@@ -150,6 +193,23 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
 
   const timeout = { timeoutMs: d.config.agentTimeoutMs };
 
+  /**
+   * Runs a change to targets under the same per-target lease rollouts take in
+   * the store (the agent's journal lock guards the same target on its side):
+   * a restore, downgrade, stamp, backup or recover sent while a rollout or
+   * another such operation holds the target is refused, naming the holder.
+   */
+  async function leased<T>(verb: string, targetIds: readonly string[], fn: () => Promise<T>): Promise<T> {
+    const holder = `${API_LEASE_PREFIX}${verb}.${randomUUID()}`;
+    const lease = await d.store.acquireLeases(holder, targetIds);
+    if (!lease.ok) throw leaseRefusal(verb, lease.targetId, lease.heldBy);
+    try {
+      return await fn();
+    } finally {
+      await d.store.releaseLeases(holder).catch((err: unknown) => d.log.error({ err: toFlotillaError(err), holder }, "could not release a lease"));
+    }
+  }
+
   return {
     listTargets: (req, ctx) => audited("ListTargets", ctx, req.selector, req, async () => {
       const selector = req.selector === "" ? undefined : checkSelector(req.selector);
@@ -168,7 +228,7 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
     }),
     backupTarget: (req, ctx) => audited("BackupTarget", ctx, req.targetId, req, async () => {
       const { agentId } = await ownerOf(req.targetId);
-      return runOp(agentId, (c) => c.backup({ targetId: req.targetId, operationId: `api.${randomUUID()}`, verify: true }, timeout));
+      return leased("backup", [req.targetId], () => runOp(agentId, (c) => c.backup({ targetId: req.targetId, operationId: `api.${randomUUID()}`, verify: true }, timeout)));
     }),
     listTargetBackups: (req, ctx) => audited("ListTargetBackups", ctx, req.targetId, req, async () => {
       const { agentId } = await ownerOf(req.targetId);
@@ -179,29 +239,40 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
       if (!req.backupId) throw new FlotillaError("INVALID_ARGUMENT", "a backup id is required (list them with: flotilla backups TARGET)");
       const { agentId, appAgents } = await ownerOf(req.targetId);
       const others = appAgents.filter((a) => a !== agentId);
-      for (const a of others) await runOp(a, (c) => c.stopApps({ targetId: req.targetId, operationId: `api.${randomUUID()}` }, timeout));
-      try {
-        return await runOp(agentId, (c) => c.restore({ targetId: req.targetId, backupId: req.backupId, operationId: `api.${randomUUID()}`, manageApps: true }, timeout));
-      } finally {
-        for (const a of others) await runOp(a, (c) => c.startApps({ targetId: req.targetId, operationId: `api.${randomUUID()}` }, timeout)).catch(() => undefined);
-      }
+      return leased("restore", [req.targetId], async () => {
+        for (const a of others) await runOp(a, (c) => c.stopApps({ targetId: req.targetId, operationId: `api.${randomUUID()}` }, timeout));
+        try {
+          return await runOp(agentId, (c) => c.restore({ targetId: req.targetId, backupId: req.backupId, operationId: `api.${randomUUID()}`, manageApps: true }, timeout));
+        } finally {
+          for (const a of others) await runOp(a, (c) => c.startApps({ targetId: req.targetId, operationId: `api.${randomUUID()}` }, timeout)).catch(() => undefined);
+        }
+      });
     }),
     downgradeTarget: (req, ctx) => audited("DowngradeTarget", ctx, req.targetId, req, async () => {
       if (!req.toRevision) throw new FlotillaError("INVALID_ARGUMENT", "the revision to downgrade to is required (--to REVISION, or base)");
       if (!req.acceptDataLoss) throw new FlotillaError("DATA_LOSS_NOT_ACCEPTED", "a downgrade drops data added by later revisions: confirm with --accept-data-loss");
       const { agentId } = await ownerOf(req.targetId);
-      return runOp(agentId, (c) => c.downgrade({ targetId: req.targetId, toRevision: req.toRevision, acceptDataLoss: true, operationId: `api.${randomUUID()}` }, timeout));
+      return leased("downgrade", [req.targetId], () => runOp(agentId, (c) => c.downgrade({ targetId: req.targetId, toRevision: req.toRevision, acceptDataLoss: true, operationId: `api.${randomUUID()}` }, timeout)));
     }),
     stampTarget: (req, ctx) => audited("StampTarget", ctx, req.targetId, req, async () => {
       if (!req.revision) throw new FlotillaError("INVALID_ARGUMENT", "the revision to stamp is required (flotilla stamp TARGET REVISION --reason ...)");
       const { agentId } = await ownerOf(req.targetId);
-      return runOp(agentId, (c) => c.stamp({ targetId: req.targetId, revision: req.revision, reason: req.reason, operationId: `api.${randomUUID()}` }, timeout));
+      return leased("stamp", [req.targetId], () => runOp(agentId, (c) => c.stamp({ targetId: req.targetId, revision: req.revision, reason: req.reason, operationId: `api.${randomUUID()}` }, timeout)));
     }),
     recoverTarget: (req, ctx) => audited("RecoverTarget", ctx, req.targetId, req, async () => {
       if (req.action !== "restore" && req.action !== "accept") throw new FlotillaError("INVALID_ARGUMENT", `--action must be restore or accept, not "${req.action}"`);
       if (!req.operationId) throw new FlotillaError("INVALID_ARGUMENT", "the interrupted operation id is required (flotilla targets / diagnose show it)");
       const { agentId } = await ownerOf(req.targetId);
-      return runOp(agentId, (c) => c.recover({ targetId: req.targetId, operationId: req.operationId, action: req.action, newOperationId: `api.${randomUUID()}` }, timeout));
+      return leased("recover", [req.targetId], () => runOp(agentId, (c) => c.recover({ targetId: req.targetId, operationId: req.operationId, action: req.action, newOperationId: `api.${randomUUID()}` }, timeout)));
+    }),
+    drillTarget: (req, ctx) => audited("DrillTarget", ctx, req.targetId, req, async () => {
+      if (req.backupId && !/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(req.backupId)) throw new FlotillaError("INVALID_ARGUMENT", `"${req.backupId}" is not a backup id (list them with: flotilla backups ${req.targetId})`);
+      const { agentId } = await ownerOf(req.targetId);
+      return runOp(agentId, (c) => c.drill({ targetId: req.targetId, backupId: req.backupId, operationId: `api.${randomUUID()}` }, timeout));
+    }),
+    bundleTarget: (req, ctx) => audited("BundleTarget", ctx, req.targetId, req, async () => {
+      const { agentId } = await ownerOf(req.targetId);
+      return (await d.pool.client(agentId)).bundle({ targetId: req.targetId }, { timeoutMs: 300_000 });
     }),
     moveTarget: (req, ctx) => {
       // The agent's events are passed through as they come; every finished step is audited too.
@@ -215,9 +286,9 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
             if (from.agentId !== to.agentId) {
               throw new FlotillaError("INVALID_ARGUMENT", `${req.fromTargetId} (agent ${from.agentId}) and ${req.toTargetId} (agent ${to.agentId}) are on different agents: a move copies between two targets of the same agent`);
             }
-            const holder = `move.${randomUUID()}`;
+            const holder = `${API_LEASE_PREFIX}move.${randomUUID()}`;
             const lease = await d.store.acquireLeases(holder, [req.fromTargetId, req.toTargetId]);
-            if (!lease.ok) throw new FlotillaError("TARGET_BUSY", `${lease.targetId} is held by ${lease.heldBy}; wait for it to finish`);
+            if (!lease.ok) throw leaseRefusal("move", lease.targetId, lease.heldBy);
             try {
               const c = await d.pool.client(from.agentId);
               let result: OpResultShape | undefined;
@@ -252,6 +323,7 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
     planRollout: (req, ctx) => audited("PlanRollout", ctx, req.selector, req, async () => {
       const plan = await d.engine.plan(req, false);
       const warnings = [...plan.warnings];
+      const classes = new Map<string, RevisionClass[]>();
       const targets = await Promise.all(plan.targets.map(async (t) => {
         const notes: string[] = [];
         const tw: string[] = [];
@@ -259,19 +331,22 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
         try {
           p = await (await d.pool.client(t.agentId)).plan({ targetId: t.targetId, toRevision: plan.spec.toRevision }, { timeoutMs: 120_000 });
           notes.push(...p.notes);
-          if (plan.spec.strategy === "job" && !p.additiveOnly && p.pending.length > 0) {
-            tw.push("the job strategy migrates while old app instances keep running, but these revisions are not purely additive: use maintenance or blue-green");
-          }
         } catch (err) {
           tw.push(`cannot plan: ${toFlotillaError(err).message}`);
         }
+        const revs = p === undefined ? [] : classesFromPlan(p);
+        if (p !== undefined) classes.set(t.targetId, revs);
         return {
           targetId: t.targetId, agentId: t.agentId, wave: t.wave, current: p?.current ?? [], pending: p?.pending ?? [],
-          steps: t.steps.map((s) => ({ name: s.name, agentId: s.agentId, detail: s.detail })), sql: p?.sql ?? "", sqlComplete: p?.sqlComplete ?? false,
-          notes, warnings: tw,
+          steps: p !== undefined && p.pending.length === 0 && plan.spec.strategy !== "blue-green" ? [] : t.steps.map((s) => ({ name: s.name, agentId: s.agentId, detail: s.detail })),
+          sql: p?.sql ?? "", sqlComplete: p?.sqlComplete ?? false, notes, warnings: tw,
+          revisions: revs.map((r) => ({ ...(p?.revisions.find((x) => x.id === r.id) ?? { id: r.id }), compatibility: r.compatibility, compatibilityReason: r.reason })),
+          allowedStrategies: strategiesAllowed(revs),
         };
       }));
-      return { spec: { ...plan.spec, schedule: plan.spec.schedule ?? "", window: plan.spec.window ?? "" }, targets, warnings, waveCount: new Set(plan.targets.map((t) => t.wave)).size };
+      const gate = checkCompatibility(plan.spec.strategy, classes, plan.spec.allowBreaking);
+      if (!gate.ok) warnings.push(gate.message);
+      return { spec: { ...plan.spec }, targets, warnings, waveCount: new Set(plan.targets.map((t) => t.wave)).size, refused: !gate.ok };
     }),
     startRollout: (req, ctx) => audited("StartRollout", ctx, req.selector, req, async (caller) => {
       const doc = await d.engine.start({ ...req, schedule: "" }, caller.actor);
@@ -291,7 +366,10 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
         try {
           await audited("WatchRollout", ctx, req.id, req, async () => {
             const unsubscribe = d.engine.onEvent(req.id, (e) => {
-              if (e.kind === "line") q.push({ event: { case: "line", value: e.line } });
+              if (e.kind === "line") {
+                const l = e.line;
+                q.push({ event: { case: "line", value: { targetId: l.targetId, step: l.step, line: l.line, revisionIndex: l.revisionIndex ?? 0, revisionCount: l.revisionCount ?? 0, elapsedMs: BigInt(l.elapsedMs ?? 0), etaMs: BigInt(l.etaMs ?? 0) } } });
+              }
               else {
                 q.push({ event: { case: "snapshot", value: rolloutMessage(e.doc) } });
                 if (TERMINAL.has(e.doc.status)) { unsubscribe(); q.end(); }
@@ -310,9 +388,17 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
       return q;
     },
     abortRollout: (req, ctx) => audited("AbortRollout", ctx, req.id, req, async (caller) => rolloutMessage(await d.engine.abort(req.id, caller.actor))),
-    rollbackRollout: (req, ctx) => audited("RollbackRollout", ctx, req.id, req, async (caller) => rolloutMessage(await d.engine.rollback(req.id, caller.actor))),
+    rollbackRollout: (req, ctx) => audited("RollbackRollout", ctx, req.id, req, async (caller) => {
+      if (!req.yes) throw new FlotillaError("INVALID_ARGUMENT", `yes: rollback restores the pre-migration backups and loses data written since; confirm with flotilla rollout rollback ${req.id} --yes`);
+      return rolloutMessage(await d.engine.rollback(req.id, caller.actor));
+    }),
+    approveRollout: (req, ctx) => audited("ApproveRollout", ctx, req.id, req, async (caller) => rolloutMessage(await d.engine.approve(req.id, caller.actor))),
+    pauseRollout: (req, ctx) => audited("PauseRollout", ctx, req.id, req, async (caller) => rolloutMessage(await d.engine.pause(req.id, caller.actor))),
+    resumeRollout: (req, ctx) => audited("ResumeRollout", ctx, req.id, req, async (caller) => rolloutMessage(await d.engine.resume(req.id, caller.actor))),
+    retryRollout: (req, ctx) => audited("RetryRollout", ctx, req.id, req, async (caller) => rolloutMessage(await d.engine.retry(req.id, caller.actor))),
     addSchedule: (req, ctx) => audited("AddSchedule", ctx, req.name, req, async () => {
-      const { value: compiled } = orInvalidArgument(compileScheduleRequest(req));
+      // A drill schedule runs no migration: its strategy is only a placeholder.
+      const { value: compiled } = orInvalidArgument(compileScheduleRequest(req.drill && !req.strategy ? { ...req, strategy: "maintenance" } : req));
       const existing = (await d.store.listSchedules()).find((x) => x.name === compiled.name);
       if (existing !== undefined && !req.replace) {
         throw new FlotillaError("PRECONDITION_FAILED", `a schedule named ${compiled.name} exists already (${existing.cron} · ${existing.selector}); nothing was changed. Replace it with flotilla schedule replace ${compiled.name} … (or --replace), or pick another name`);
@@ -320,7 +406,7 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
       const r = compiled.rollout;
       const s = {
         name: compiled.name, cron: compiled.cron, timeZone: compiled.timeZone, selector: r.selector, strategy: r.strategy, window: r.window,
-        toRevision: r.toRevision, waves: r.waves, gate: r.gate, maxFailures: r.maxFailures, source: "api" as const,
+        toRevision: r.toRevision, waves: r.waves, gate: r.gate, maxFailures: r.maxFailures, source: "api" as const, ...(req.drill ? { drill: true } : {}),
       };
       await d.store.upsertSchedule(s);
       await d.scheduler.reload();
@@ -337,7 +423,8 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
     queryAudit: (req, ctx) => audited("QueryAudit", ctx, req.target, req, async () => {
       const rows = await d.audit.query({
         ...(req.since ? { since: req.since } : {}), ...(req.until ? { until: req.until } : {}), ...(req.target ? { target: req.target } : {}),
-        ...(req.actor ? { actor: req.actor } : {}), ...(req.action ? { action: req.action } : {}), limit: req.limit > 0 ? Math.min(req.limit, 10_000) : 1000,
+        ...(req.actor ? { actor: req.actor } : {}), ...(req.action ? { action: req.action } : {}),
+        ...(req.outcome ? { outcome: req.outcome as "ok" } : {}), ...(req.beforeSeq > 0n ? { beforeSeq: Number(req.beforeSeq) } : {}), limit: req.limit > 0 ? Math.min(req.limit, 10_000) : 1000,
       });
       return { entries: rows.map((r) => ({ ...r, seq: BigInt(r.seq) })) };
     }),

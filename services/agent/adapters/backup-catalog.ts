@@ -5,6 +5,7 @@ import { FlotillaError } from "../../common/errors.js";
 import type { BackupCatalogPort, BackupManifest, DatabaseKind } from "../core/ports.js";
 
 export type { BackupManifest } from "../core/ports.js";
+import { backupsToDelete } from "../core/retention.js";
 
 const BACKUP_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
@@ -28,17 +29,38 @@ async function fsyncPath(path: string): Promise<void> {
 export class BackupCatalog implements BackupCatalogPort {
   constructor(private readonly dir: string, private readonly targetId: string, private readonly kind: DatabaseKind) {}
 
-  /** Creates the folder and removes temp files left by a crash. */
+  /**
+   * Creates the folder and removes what a crash or a full disk left behind:
+   * temp files, and backup artifacts without a manifest (a manifest is written
+   * only for a complete backup, so an artifact without one is not a backup).
+   * Runs under the target's lock, so no backup of this target is being written.
+   */
   async prepare(): Promise<string[]> {
     await mkdir(this.dir, { recursive: true, mode: 0o700 });
     const removed: string[] = [];
-    for (const name of await readdir(this.dir)) {
-      if (name.includes(".tmp-") || name.includes(".restore-")) {
+    const names = await readdir(this.dir);
+    const manifests = new Set(names.filter((n) => n.endsWith(".json") && !n.includes(".tmp-")).map((n) => n.slice(0, -".json".length)));
+    const ext = `.${this.kind === "sqlite" ? "db" : "dump"}`;
+    for (const name of names) {
+      const orphan = name.endsWith(ext) && !manifests.has(name.slice(0, -ext.length));
+      if (name.includes(".tmp-") || name.includes(".restore-") || orphan) {
         await rm(join(this.dir, name), { recursive: true, force: true });
         removed.push(name);
       }
     }
     return removed;
+  }
+
+  /** Removes a backup that did not complete: its artifact, manifest and temp files. Never throws. */
+  async discard(id: string): Promise<void> {
+    assertBackupId(id);
+    const names = await readdir(this.dir).catch(() => [] as string[]);
+    const artifact = this.artifactPath(id);
+    const mine = names.filter((n) => n.startsWith(`${id}.`) && (n.includes(".tmp-") || join(this.dir, n) === artifact || n === `${id}.json` || n === `${id}.files`));
+    // The manifest goes first: a folder never shows a manifest whose artifact is gone.
+    mine.sort((a, b) => Number(b === `${id}.json`) - Number(a === `${id}.json`));
+    for (const n of mine) await rm(join(this.dir, n), { recursive: true, force: true }).catch(() => undefined);
+    await fsyncPath(this.dir).catch(() => undefined);
   }
 
   /** A fresh id and the artifact path it will use. */
@@ -53,13 +75,25 @@ export class BackupCatalog implements BackupCatalogPort {
     return join(this.dir, `${id}.${this.kind === "sqlite" ? "db" : "dump"}`);
   }
 
+  /** Folder holding a backup's companion files. */
+  filesDir(id: string): string {
+    assertBackupId(id);
+    return join(this.dir, `${id}.files`);
+  }
+
   async save(m: BackupManifest): Promise<void> {
     assertBackupId(m.id);
     const final = join(this.dir, `${m.id}.json`);
     const tmp = `${final}.tmp-${randomBytes(4).toString("hex")}`;
-    await writeFile(tmp, JSON.stringify(m, null, 2), { mode: 0o600, flag: "wx" });
-    await fsyncPath(tmp);
-    await rename(tmp, final);
+    try {
+      await writeFile(tmp, JSON.stringify(m, null, 2), { mode: 0o600, flag: "wx" });
+      await fsyncPath(tmp);
+      await rename(tmp, final);
+    } catch (err) {
+      // A full disk must not leave a half-written manifest behind.
+      await rm(tmp, { force: true }).catch(() => undefined);
+      throw err;
+    }
     await fsyncPath(this.dir);
   }
 
@@ -98,12 +132,17 @@ export class BackupCatalog implements BackupCatalogPort {
     return (await this.list()).find((m) => m.verified);
   }
 
-  /** Deletes the oldest backups beyond `keep`, never one in `protect`. Returns deleted ids. */
-  async prune(keep: number, protect: ReadonlySet<string>): Promise<string[]> {
+  /**
+   * Deletes what retention allows (core/retention.ts): beyond the newest
+   * `keep` and older than `keepDays`, never the newest verified backup nor one
+   * in `protect`. Returns deleted ids.
+   */
+  async prune(keep: number, protect: ReadonlySet<string>, keepDays?: number): Promise<string[]> {
     const all = await this.list();
     const deleted: string[] = [];
-    for (const m of all.slice(keep)) {
-      if (protect.has(m.id)) continue;
+    for (const id of backupsToDelete(all, { keep, nowMs: Date.now(), protect, ...(keepDays !== undefined ? { keepDays } : {}) })) {
+      const m = { id };
+      await rm(this.filesDir(m.id), { recursive: true, force: true });
       await rm(this.artifactPath(m.id), { recursive: true, force: true });
       await rm(join(this.dir, `${m.id}.json`), { force: true });
       deleted.push(m.id);

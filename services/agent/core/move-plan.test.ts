@@ -1,9 +1,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { hash } from "node:crypto";
 import {
   RowChecksum, canonicalFromPg, canonicalFromSqlite, canonicalRow, copyFieldFromSqlite, decideMove, foreignKeyOrder, kindOfPgType, kindOfSqliteType,
-  planCopy, sqliteValueFromPg, unescapeCopyField, MoveValueError, type MovePreflightFacts, type TableFact, type ValueKind,
+  nextReadyTable, planCopy, sqliteValueFromPg, unescapeCopyField, MoveValueError, type MovePreflightFacts, type TableFact, type ValueKind,
 } from "./move-plan.js";
 
 test("foreign-key order puts parents first, keeps self-references, reports cycles", () => {
@@ -18,6 +17,12 @@ test("foreign-key order puts parents first, keeps self-references, reports cycle
   assert.ok(order.indexOf("chat") < order.indexOf("message"));
   assert.deepEqual(cycles, ["a", "b"]);
   assert.equal(order.length, 6);
+});
+
+test("among tables that are ready, the heaviest is copied first", () => {
+  const fks = [{ table: "message", columns: ["chat_id"], parent: "chat", parentColumns: ["id"] }];
+  assert.deepEqual(foreignKeyOrder(["auth", "chat", "message", "user"], fks, { message: 900, chat: 50, user: 10 }).order, ["chat", "message", "user", "auth"]);
+  assert.deepEqual(foreignKeyOrder(["auth", "chat", "message", "user"], [], { message: 900, chat: 50, user: 10 }).order, ["message", "chat", "user", "auth"]);
 });
 
 test("column kinds come from the destination's type", () => {
@@ -75,15 +80,21 @@ test("PostgreSQL text values become SQLite values exactly", () => {
 });
 
 test("the row checksum does not depend on row order and sees every change", () => {
-  const rows = [["1", "a"], ["2", null], ["3", "c"]].map((r) => hash("md5", canonicalRow(r), "buffer"));
+  const rows = [["1", "a"], ["2", null], ["3", "c"]].map((r) => canonicalRow(r));
   const a = new RowChecksum();
   const b = new RowChecksum();
   for (const r of rows) a.add(r);
   for (const r of [...rows].reverse()) b.add(r);
   assert.equal(a.hex(), b.hex());
   const c = new RowChecksum();
-  for (const r of [rows[0]!, rows[1]!, hash("md5", canonicalRow(["3", "C"]), "buffer")]) c.add(r);
+  for (const r of [rows[0]!, rows[1]!, canonicalRow(["3", "C"])]) c.add(r);
   assert.notEqual(a.hex(), c.hex());
+  const d = new RowChecksum();
+  for (const r of [rows[0]!, rows[1]!]) d.add(r);
+  assert.notEqual(a.hex(), d.hex(), "a missing row changes the checksum");
+  const swapped = new RowChecksum();
+  for (const r of [canonicalRow(["1", "c"]), rows[1]!, canonicalRow(["3", "a"])]) swapped.add(r);
+  assert.notEqual(a.hex(), swapped.hex(), "values moved between rows change it");
   assert.notEqual(canonicalRow(["", null]), canonicalRow([null, ""]));
 });
 
@@ -104,6 +115,10 @@ test("the copy plan converts by TO's types and names schema drift", () => {
   assert.deepEqual(plan.tables[0]!.columns.map((c) => c.kind), ["text", "boolean"]);
   assert.equal(plan.tables[1]!.serial, "id");
   assert.equal(plan.tables[0]!.serial, undefined);
+  assert.deepEqual(plan.tables[1]!.parents, ["chat"]);
+  assert.equal(nextReadyTable(plan, new Set(), new Set())?.name, "chat");
+  assert.equal(nextReadyTable(plan, new Set(["chat"]), new Set()), undefined, "message waits for chat to be copied");
+  assert.equal(nextReadyTable(plan, new Set(["chat"]), new Set(["chat"]))?.name, "message");
   assert.equal(plan.problems.length, 2);
   assert.match(plan.problems.join(";"), /table migratehistory exists in FROM/);
   assert.match(plan.problems.join(";"), /column message\.stray/);

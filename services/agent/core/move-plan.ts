@@ -89,6 +89,8 @@ export interface TableCopy {
   readonly key: readonly string[];
   /** Integer primary key column whose PostgreSQL sequence must be moved past the highest id. */
   readonly serial?: string;
+  /** Other tables of the plan this one references: copied (and committed) before it. */
+  readonly parents: readonly string[];
 }
 
 export interface CopyPlan {
@@ -102,11 +104,13 @@ export interface CopyPlan {
 const SKIP_TABLES = new Set(["alembic_version", "sqlite_sequence", "sqlite_stat1", "sqlite_stat4"]);
 
 /**
- * Orders tables so every parent comes before its children. Tables caught in
- * a cycle keep their alphabetical place and are reported; self-references
- * are not cycles (one COPY statement checks them at its end).
+ * Orders tables so every parent comes before its children; among the tables
+ * whose parents are placed, the heaviest (`weights`, e.g. row counts) goes
+ * first, so checking a big table overlaps copying the smaller ones. Tables
+ * caught in a cycle come last, alphabetically, and are reported;
+ * self-references are not cycles (one COPY statement checks them at its end).
  */
-export function foreignKeyOrder(tables: readonly string[], fks: readonly ForeignKeyFact[]): { order: string[]; cycles: string[] } {
+export function foreignKeyOrder(tables: readonly string[], fks: readonly ForeignKeyFact[], weights: Readonly<Record<string, number>> = {}): { order: string[]; cycles: string[] } {
   const names = [...tables].sort();
   const known = new Set(names);
   const parents = new Map<string, Set<string>>(names.map((n) => [n, new Set<string>()]));
@@ -116,17 +120,12 @@ export function foreignKeyOrder(tables: readonly string[], fks: readonly Foreign
   }
   const order: string[] = [];
   const placed = new Set<string>();
-  let progress = true;
-  while (progress && order.length < names.length) {
-    progress = false;
-    for (const n of names) {
-      if (placed.has(n)) continue;
-      if ([...parents.get(n)!].every((p) => placed.has(p))) {
-        order.push(n);
-        placed.add(n);
-        progress = true;
-      }
-    }
+  for (;;) {
+    const ready = names.filter((n) => !placed.has(n) && [...parents.get(n)!].every((p) => placed.has(p)));
+    if (ready.length === 0) break;
+    const next = ready.reduce((best, n) => ((weights[n] ?? 0) > (weights[best] ?? 0) ? n : best));
+    order.push(next);
+    placed.add(next);
   }
   const cycles = names.filter((n) => !placed.has(n));
   return { order: [...order, ...cycles], cycles };
@@ -142,6 +141,7 @@ export function planCopy(
   to: readonly TableFact[],
   toEngine: EngineKind,
   fks: readonly ForeignKeyFact[],
+  weights: Readonly<Record<string, number>> = {},
 ): CopyPlan {
   const problems: string[] = [];
   const toByName = new Map(to.map((t) => [t.name, t]));
@@ -149,7 +149,7 @@ export function planCopy(
   for (const n of fromNames) {
     if (!toByName.has(n)) problems.push(`table ${n} exists in FROM but not in the schema Alembic builds at this revision (created outside the migrations?)`);
   }
-  const { order, cycles } = foreignKeyOrder(fromNames.filter((n) => toByName.has(n)), fks);
+  const { order, cycles } = foreignKeyOrder(fromNames.filter((n) => toByName.has(n)), fks, weights);
   const kindOf = toEngine === "postgresql" ? kindOfPgType : kindOfSqliteType;
   const tables: TableCopy[] = [];
   for (const name of order) {
@@ -170,9 +170,20 @@ export function planCopy(
     }
     const key = [...dst.columns].filter((c) => c.pk > 0).sort((a, b) => a.pk - b.pk).map((c) => c.name);
     const serialCol = key.length === 1 ? columns.find((c) => c.name === key[0] && c.kind === "integer") : undefined;
-    tables.push({ name, columns, key: key.length > 0 ? key : columns.map((c) => c.name), ...(serialCol ? { serial: serialCol.name } : {}) });
+    const parents = [...new Set(fks.filter((fk) => fk.table === name && fk.parent !== name && order.includes(fk.parent)).map((fk) => fk.parent))].sort();
+    tables.push({ name, columns, key: key.length > 0 ? key : columns.map((c) => c.name), ...(serialCol ? { serial: serialCol.name } : {}), parents });
   }
   return { tables, problems, cycles };
+}
+
+/**
+ * The next table a copy worker may start: the first in plan order that is
+ * neither started nor waiting on a parent still being copied. Tables in a
+ * cycle start only when nothing else runs. Undefined when none may start now.
+ */
+export function nextReadyTable(plan: CopyPlan, started: ReadonlySet<string>, done: ReadonlySet<string>): TableCopy | undefined {
+  const running = [...started].some((n) => !done.has(n));
+  return plan.tables.find((t) => !started.has(t.name) && t.parents.every((p) => done.has(p)) && !(plan.cycles.includes(t.name) && running));
 }
 
 // ---------------------------------------------------------------- values
@@ -383,27 +394,45 @@ export function canonicalRow(fields: readonly (string | null)[]): string {
 }
 
 /**
- * An order-independent checksum over a table's rows: four 32-bit lane sums of
- * each row's 128-bit digest. Equal multisets of rows give equal checksums
- * whatever order each engine returns them in.
+ * An order-independent checksum over a table's rows: the row count and two
+ * 32-bit lane sums of each row's 64-bit hash. Equal multisets of rows give
+ * equal checksums whatever order each engine returns them in; a changed row
+ * goes unseen with a chance of about 2^-64. Not a defence against someone
+ * crafting collisions: it checks a copy, it does not authenticate one.
  */
 export class RowChecksum {
-  private lanes = [0, 0, 0, 0];
+  private a = 0;
+  private b = 0;
   rows = 0;
 
-  /** Adds a 16-byte row digest. */
-  add(digest: Uint8Array): void {
-    const l = this.lanes;
-    for (let i = 0; i < 4; i++) {
-      const o = i * 4;
-      l[i] = (l[i]! + ((digest[o]! << 24) | (digest[o + 1]! << 16) | (digest[o + 2]! << 8) | digest[o + 3]!)) >>> 0;
+  /** Adds one canonical row (see canonicalRow). */
+  add(row: string): void {
+    // Two multiplicative hashes over the UTF-16 code units, each finished with murmur3's fmix32.
+    let h1 = 0x811c9dc5;
+    let h2 = 0x9747b28c ^ row.length;
+    for (let i = 0; i < row.length; i++) {
+      const c = row.charCodeAt(i);
+      h1 = Math.imul(h1 ^ c, 0x01000193);
+      h2 = Math.imul(h2 ^ c, 0x5bd1e995);
+      h2 ^= h2 >>> 13;
     }
+    this.a = (this.a + fmix32(h1)) >>> 0;
+    this.b = (this.b + fmix32(h2 ^ h1)) >>> 0;
     this.rows++;
   }
 
   hex(): string {
-    return this.lanes.map((x) => x.toString(16).padStart(8, "0")).join("");
+    return `${this.rows.toString(16)}:${this.a.toString(16).padStart(8, "0")}${this.b.toString(16).padStart(8, "0")}`;
   }
+}
+
+function fmix32(h: number): number {
+  let x = h ^ (h >>> 16);
+  x = Math.imul(x, 0x85ebca6b);
+  x ^= x >>> 13;
+  x = Math.imul(x, 0xc2b2ae35);
+  x ^= x >>> 16;
+  return x >>> 0;
 }
 
 // ---------------------------------------------------------------- preflight

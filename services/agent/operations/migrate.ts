@@ -1,3 +1,4 @@
+import { restoreCompanionsIfChanged } from "./app-state.js";
 import { FlotillaError, toFlotillaError } from "../../common/errors.js";
 import type { AlembicRun, BackupManifest } from "../core/ports.js";
 import { resolveTarget } from "../core/revisions.js";
@@ -104,6 +105,7 @@ export function migrate(ctx: OperationContext, req: { targetId: string; toRevisi
       } else {
         result.revisionAfter = now;
         progress({ source: "agent", line: "the database is unchanged (the failed revision rolled back): no restore needed" });
+        if (db === t.db) await restoreCompanionsIfChanged(t, backup, progress, signal);
       }
       return {
         status: "failed", errorCode: "MIGRATION_FAILED", restored, failureClass: result.failureClass,
@@ -132,7 +134,7 @@ export function migrate(ctx: OperationContext, req: { targetId: string; toRevisi
     result.revisionAfter = after;
     ctx.deps.journal.update(id, { revisionAfter: after });
     const total = timings.reduce((a, b) => a + b.durationMs, 0);
-    return { message: `${t.config.id} migrated ${before.join(",") || "base"} → ${target} (${timings.length} revision(s), ${(total / 1000).toFixed(1)}s); backup ${backup.id} kept` };
+    return { message: `${t.config.id} migrated ${before.join(",") || "base"} → ${target} (${timings.length} revision(s), ${(total / 1000).toFixed(1)}s); backup ${backup.id} kept${backup.appVersion ? `; app version ${backup.appVersion}` : ""}` };
   });
 }
 

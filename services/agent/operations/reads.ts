@@ -2,7 +2,7 @@ import { join } from "node:path";
 import { toFlotillaError } from "../../common/errors.js";
 import type { AppState, BackupManifest } from "../core/ports.js";
 import { resolveTarget } from "../core/revisions.js";
-import { diagnose as diagnoseFacts, type DiagnoseFacts, type Finding } from "../core/diagnose.js";
+import { diagnose as diagnoseFacts, lastFailure, type DiagnoseFacts, type Finding } from "../core/diagnose.js";
 import { refuse, type OperationContext, type TargetRuntime } from "./context.js";
 
 /** Read-only verbs: status, diagnose, plan. They take no lock and change nothing. */
@@ -59,6 +59,7 @@ export async function diagnose(ctx: OperationContext, targetId: string): Promise
   const holders = exists ? await t.db.holders().catch(() => []) : [];
   const apps = await ctx.appStates(t);
   const lastVerified = await t.catalog.lastVerified().catch(() => undefined);
+  const lastFailed = lastFailure(ctx.deps.journal.list(targetId, 50));
   const integrity = exists ? await t.db.integrityCheck().catch((e: unknown) => ({ ok: false, detail: toFlotillaError(e).message })) : undefined;
   const facts: DiagnoseFacts = {
     targetId, kind: c.kind, alembicIniFound: iniFound, alembicDir: c.alembic.dir,
@@ -82,6 +83,8 @@ export async function diagnose(ctx: OperationContext, targetId: string): Promise
     freeBytes: await t.db.freeBytes(c.backups.dir).catch(() => Number.MAX_SAFE_INTEGER),
     ...(lastVerified ? { lastVerifiedBackupAgeMs: Date.now() - Date.parse(lastVerified.createdAt) } : {}),
     interruptedOperations: ctx.deps.journal.interrupted(targetId),
+    drill: drillFacts(ctx, targetId, await t.catalog.list().catch(() => [])),
+    ...(lastFailed ? { lastFailedOperation: lastFailed } : {}),
   };
   return diagnoseFacts(facts);
 }
@@ -159,4 +162,16 @@ export async function plan(ctx: OperationContext, targetId: string, to: string):
       : "not every pending revision could be rendered, so Flotilla cannot tell whether they are purely additive: treat them as not additive");
   }
   return { current, to: target, pending: pending.map((id) => { const n = graph.revisions.get(id)!; return { id, down: [...n.down], message: n.message }; }), sql, sqlComplete, notes, additiveOnly };
+}
+
+/** Facts for the restore-drill check: the last passing drill and the oldest verified backup. */
+function drillFacts(ctx: OperationContext, targetId: string, backups: readonly BackupManifest[]): NonNullable<DiagnoseFacts["drill"]> {
+  const drills = ctx.deps.journal.list(targetId, 500).filter((o) => o.kind === "drill" && (o.state === "succeeded" || o.state === "failed"));
+  const pass = drills.find((o) => o.state === "succeeded");
+  const oldest = backups.filter((m) => m.verified).at(-1);
+  return {
+    lastFailed: drills[0]?.state === "failed",
+    ...(pass ? { lastPassAgeMs: Date.now() - Date.parse(pass.finishedAt || pass.startedAt) } : {}),
+    ...(oldest ? { oldestVerifiedBackupAgeMs: Date.now() - Date.parse(oldest.createdAt) } : {}),
+  };
 }

@@ -7,7 +7,7 @@ import { AgentService } from "../../common/gen/flotilla/v1/agent_pb.js";
 import { addService, bindServer, channelCredentials, createClient, newServer, serverCredentials, type ServiceClient } from "../../common/grpc-bridge.js";
 import { FlotillaError } from "../../common/errors.js";
 import type { AgentConfig } from "../config.js";
-import type { AgentOperations } from "../operations.js";
+import type { AgentOperations } from "../operations/index.js";
 import { agentServiceImpl } from "./agent-service.js";
 
 let server: Server;

@@ -191,3 +191,28 @@ test("a client that sends its headers too slowly is cut off with 408 before anyt
   assert.ok(r.status === 408 || r.status === 0, r.head);
   await healthy();
 });
+
+test("leases: restore, downgrade, stamp, backup and recover of a target a rollout holds are refused naming the rollout", async () => {
+  const lease = await store.acquireLeases("r-20260101-abcdef", ["t1"]);
+  assert.equal(lease.ok, true);
+  try {
+    const calls: [string, object][] = [
+      ["RestoreTarget", { targetId: "t1", backupId: "b1", yes: true }],
+      ["DowngradeTarget", { targetId: "t1", toRevision: "abc", acceptDataLoss: true }],
+      ["StampTarget", { targetId: "t1", revision: "abc", reason: "imported-backup" }],
+      ["BackupTarget", { targetId: "t1" }],
+      ["RecoverTarget", { targetId: "t1", operationId: "op-1", action: "restore" }],
+    ];
+    for (const [method, body] of calls) {
+      const r = await post(method, JSON.stringify(body));
+      assert.equal(r.status, 409, `${method}: ${JSON.stringify(r.json)}`);
+      assert.equal(r.json.code, "LEASE_HELD");
+      assert.match(r.json.message, /rollout r-20260101-abcdef/);
+    }
+    assert.deepEqual(agentCalls, []);
+  } finally {
+    await store.releaseLeases("r-20260101-abcdef");
+  }
+  // Free again: the operation takes its own lease, which a rollout then meets (and it is released afterwards).
+  assert.deepEqual(await store.listLeases(), {});
+});

@@ -183,8 +183,8 @@ test("a viewer sees no action buttons, and the API refuses the actions anyway", 
     assert.equal(r.status, 403, `${method} refused for a viewer`);
     assert.equal(r.doc.code, "PERMISSION_DENIED");
   }
-  const denied = await api<{ entries: { action: string }[] }>("QueryAudit", { outcome: "denied", action: "api.RollbackRollout" });
-  assert.equal(denied.doc.entries.length, 1, "the refused call is audited");
+  const denied = await api<{ entries: { actor: string }[] }>("QueryAudit", { outcome: "denied", action: "api.RollbackRollout" });
+  assert.deepEqual(denied.doc.entries.map((e) => e.actor), ["victor"], "the refused call is audited, naming the token");
   const rollout = await api<{ status: string }>("GetRollout", { id: liveRolloutId });
   assert.equal(rollout.doc.status, "succeeded", "nothing happened to the rollout");
 });

@@ -237,7 +237,9 @@ async function run(ctx: Ctx, command: Command): Promise<number> {
       if (!r.ok) return fail(ctx, r.failure);
       const v = r.value;
       output(ctx, ScheduleSchema, v, () =>
-        `✓ schedule ${v.name} added: ${v.cron} · ${v.selector} · ${v.strategy}${v.window === "" ? "" : ` · window ${v.window}`} · to ${v.toRevision || "head"}${v.waves === "" ? "" : ` · waves ${v.waves}`}\n`,
+        v.drill
+          ? `✓ schedule ${v.name} added: ${v.cron} · ${v.selector} · restore drill of the newest verified backup\n`
+          : `✓ schedule ${v.name} added: ${v.cron} · ${v.selector} · ${v.strategy}${v.window === "" ? "" : ` · window ${v.window}`} · to ${v.toRevision || "head"}${v.waves === "" ? "" : ` · waves ${v.waves}`}\n`,
       );
       return EXIT.ok;
     }

@@ -234,6 +234,8 @@ function backupLines(b: BackupInfo): string[] {
     `  sha256    ${b.sha256 || "-"}`,
     `  revision  ${revs(b.revisions)}`,
     `  verified  ${b.verified ? "✓ yes" : "✗ NO"}${b.verification === "" ? "" : ` (${b.verification})`}`,
+    ...(b.companionPaths > 0 ? [`  files     ${b.companionPaths} companion path(s), ${formatBytes(b.companionBytes)} (${formatBytes(b.companionNewBytes)} new, the rest shared with earlier backups)`] : []),
+    ...(b.appVersion !== "" ? [`  app       ${b.appVersion}`] : []),
   ];
 }
 
@@ -491,9 +493,9 @@ export function renderSchedules(resp: ListSchedulesResponse, now: Date): string 
     s.name,
     s.cron,
     s.selector,
-    s.strategy,
-    s.window || "-",
-    s.toRevision || "head",
+    s.drill ? "drill" : s.strategy,
+    s.drill ? "-" : s.window || "-",
+    s.drill ? "-" : s.toRevision || "head",
     s.lastRun === "" ? "never" : formatAge(s.lastRun, now),
     s.lastResult || "-",
     s.source || "-",

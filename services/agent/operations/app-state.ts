@@ -77,7 +77,9 @@ export async function readAppVersion(ctx: OperationContext, t: TargetRuntime, si
   const argv = t.config.appVersion;
   if (!argv || argv.length === 0) return "";
   const lines: string[] = [];
-  const r = await ctx.deps.runHook(argv, (l) => lines.push(l), signal).catch(() => ({ ok: false, detail: "" }));
+  // A hung version command (a stopped Docker daemon) must not hold a backup up: 15 s at most.
+  const limit = AbortSignal.timeout(15_000);
+  const r = await ctx.deps.runHook(argv, (l) => lines.push(l), signal ? AbortSignal.any([signal, limit]) : limit).catch(() => ({ ok: false, detail: "" }));
   if (!r.ok) return "";
   return (lines.map((l) => l.trim()).find((l) => l.length > 0) ?? "").slice(0, 200);
 }

@@ -1,6 +1,6 @@
 import { dirname, join } from "node:path";
 import type { BackupManifest, DatabaseAdapter, ProgressFn } from "../core/ports.js";
-import { companionsChanged, restoreCompanions, snapshotCompanions, verifyCompanions } from "../adapters/companion-files.js";
+import { companionsChanged, repairInterruptedRestore, restoreCompanions, snapshotCompanions, verifyCompanions } from "../adapters/companion-files.js";
 import type { OperationContext, TargetRuntime } from "./context.js";
 
 /**
@@ -34,6 +34,7 @@ export async function takeCompanions(
 ): Promise<Pick<BackupManifest, "companions" | "companionBytes" | "companionNewBytes">> {
   const include = t.config.backups.include ?? [];
   if (include.length === 0 || db !== t.db) return {};
+  for (const line of await repairInterruptedRestore(include)) progress({ source: "backup", line: `companion files: ${line} (left by an interrupted restore)` });
   const previous = (await t.catalog.list()).find((m) => m.verified && m.companions && m.companions.length > 0);
   const snap = await snapshotCompanions({
     include, destDir: t.catalog.filesDir(id), exclude: excluded(t), onProgress: progress,
@@ -52,6 +53,7 @@ export async function verifyCompanionsOf(m: BackupManifest, full: boolean, signa
 /** Restores a manifest's companions (staged, checked, renamed in). */
 export async function restoreCompanionsOf(m: BackupManifest, progress: ProgressFn, signal?: AbortSignal): Promise<void> {
   if (!m.companions || m.companions.length === 0) return;
+  for (const line of await repairInterruptedRestore(m.companions.map((e) => e.source))) progress({ source: "backup", line: `companion files: ${line} (left by an interrupted restore)` });
   await restoreCompanions(companionsDir(m), m.companions, progress, signal);
 }
 

@@ -30,6 +30,9 @@ const QUICK = argv.includes("--quick");
 const JSON_OUT = argv.includes("--json");
 const SEED = Number(argv[argv.indexOf("--seed") + 1] ?? "") || 20261126;
 const KILL_POINTS = QUICK ? 4 : 24;
+/** `--only WORD`: run only the classes whose function name contains WORD (for working on one class). */
+const ONLY = argv.includes("--only") ? argv[argv.indexOf("--only") + 1] ?? "" : "";
+const wanted = (name: string): boolean => ONLY === "" || name.toLowerCase().includes(ONLY.toLowerCase());
 const TERMINAL = new Set(["succeeded", "failed", "halted", "aborted", "rolled-back"]);
 
 /** mulberry32: a small seeded generator, so every run with one seed injects at the same points. */
@@ -301,18 +304,25 @@ async function diskFull(t: string): Promise<void> {
   try {
     for (let i = 0; i < (QUICK ? 2 : 4); i++) {
       const before = await snapshot(t);
+      // Leave just what the agent's free-space check asks for (database x 1.1 + 16 MiB) and a little
+      // more, then another writer takes the rest while the backup runs: the disk fills mid-backup.
+      const dbBytes = readFileSync(fleet.urls.get(t)!.slice("sqlite:///".length)).length;
+      const prefill = join(dir, `filler-pre-${i}`);
+      const avail = Number(execFileSync("df", ["-B1", "--output=avail", dir]).toString().trim().split("\n")[1]);
+      const keep = Math.ceil(dbBytes * 1.1) + 16 * 1024 * 1024 + 256 * 1024;
+      writeFileSync(prefill, Buffer.alloc(Math.max(0, avail - keep)));
       let finished = false;
-      const backing = api("BackupTarget", { targetId: t }, 120_000).finally(() => { finished = true; });
-      // Another writer fills the disk while the copy (or, a little later, its manifest) is written.
-      const late = Math.round(random() * 40);
-      while (!finished && !readdirSync(dir).some((n) => n.includes(".tmp-"))) await sleep(2);
-      await sleep(late);
-      if (finished) r.notes.push(`backup ${i}: finished before the disk filled (no fault landed)`);
+      const backing = api<{ code?: string; message?: string }>("BackupTarget", { targetId: t }, 120_000).finally(() => { finished = true; });
+      // Once the copy has started (its temp file exists), with a seeded delay of 0-20 ms.
+      while (!finished && !readdirSync(dir).some((n) => n.includes(".tmp-"))) await sleep(1);
+      await sleep(Math.round(random() * 20));
       const filler = join(dir, `filler-${i}`);
       const fd = openSync(filler, "w");
       try { const chunk = Buffer.alloc(1 << 16, 7); for (;;) writeSync(fd, chunk); } catch { /* ENOSPC: full */ } finally { closeSync(fd); }
       const res = await backing;
-      execFileSync("rm", ["-f", filler]);
+      if (finished && res.status === 200) r.notes.push(`backup ${i}: completed before the disk filled (fault landed after it)`);
+      else r.notes.push(`backup ${i}: HTTP ${res.status} ${res.json.code ?? ""}: ${(res.json.message ?? "").slice(0, 120)}`);
+      execFileSync("rm", ["-f", filler, prefill]);
       const names = readdirSync(dir).filter((n) => !n.startsWith("filler"));
       const tmp = names.filter((n) => n.includes(".tmp-"));
       const artifacts = names.filter((n) => n.endsWith(".db"));
@@ -515,20 +525,20 @@ async function main(): Promise<void> {
 
     // Calibrate: how long an undisturbed maintenance rollout takes here (faults land inside it).
     const t0 = Date.now();
-    const cal = await startRollout(kills[0]!);
-    const calDone = await waitRollout(cal, 150_000);
+    const cal = ONLY === "" || /kill|fault|cut/i.test(ONLY) ? await startRollout(kills[0]!) : "";
+    const calDone = cal ? await waitRollout(cal, 150_000) : undefined;
     const window = Math.max(1000, Date.now() - t0);
     say(`an undisturbed rollout takes ${(window / 1000).toFixed(1)} s here (${calDone?.status}); faults are injected inside that window`);
     // The calibration target migrated; later kill trials use the others.
-    await agentKills(kills.slice(1), window);
-    await controllerFaults(ctl, window);
-    await networkCuts(net, window, proxy);
-    await diskFull("disk");
-    await corruptedBackup("corrupt");
-    await sameRequestTwice("twice");
-    await stubbornApps("nostop", "unhealthy");
-    await pgIdleLock("pglock");
-    await auditTamper();
+    if (wanted("agentKills")) await agentKills(kills.slice(1), window);
+    if (wanted("controllerFaults")) await controllerFaults(ctl, window);
+    if (wanted("networkCuts")) await networkCuts(net, window, proxy);
+    if (wanted("diskFull")) await diskFull("disk");
+    if (wanted("corruptedBackup")) await corruptedBackup("corrupt");
+    if (wanted("sameRequestTwice")) await sameRequestTwice("twice");
+    if (wanted("stubbornApps")) await stubbornApps("nostop", "unhealthy");
+    if (wanted("pgIdleLock")) await pgIdleLock("pglock");
+    if (wanted("auditTamper")) await auditTamper();
   } finally {
     proxy?.close();
     await fleet.stop();

@@ -494,14 +494,14 @@ const VERBS: readonly VerbDef[] = [
   },
   {
     name: "recover",
-    usage: "flotilla recover TARGET OPERATION --action restore|accept",
-    summary: "resolve an operation interrupted by an agent crash: restore its pre-operation backup, or accept a database verifiably at its target revision",
-    positionals: ["TARGET", "OPERATION"],
+    usage: "flotilla recover TARGET [OPERATION] --action restore|accept",
+    summary: "resolve an operation interrupted by an agent crash or left needs-restore (default: the one holding the target): restore its pre-operation backup, or accept a database verifiably at its target revision",
+    positionals: ["TARGET", "[OPERATION]"],
     options: { action: { type: "string", help: "A  restore (put back the backup taken before it) or accept (keep the database if it is verifiably at the target revision)" } },
     build: (ctx) => {
       const t = target(ctx);
       const op = pos(ctx, 1);
-      if (!/^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/.test(op)) problem(`"${op}" is not an operation id: flotilla diagnose ${t} names the interrupted operation`);
+      if (op !== "" && !/^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/.test(op)) problem(`"${op}" is not an operation id: flotilla diagnose ${t} names the interrupted operation`);
       const action = str(ctx, "action");
       if (action !== "restore" && action !== "accept") problem(`recover needs --action restore or --action accept${action === undefined ? "" : ` (not ${JSON.stringify(action)})`}`);
       return { verb: "recover", target: t, operationId: op, action: action as "restore" | "accept" };
@@ -714,8 +714,10 @@ function parseOrThrow(argv: readonly string[], env: Readonly<Record<string, stri
   }
   if (values.get("help") === true) return ok(globalsFrom(values, env), { verb: "help", topic: def.name }, []);
 
-  if (positionals.length < def.positionals.length) {
-    const missing = def.positionals.slice(positionals.length).join(" ");
+  // Positionals written "[NAME]" are optional (only at the end).
+  const required = def.positionals.filter((p) => !p.startsWith("[")).length;
+  if (positionals.length < required) {
+    const missing = def.positionals.slice(positionals.length, required).join(" ");
     problem(`${def.name}: missing ${missing}; usage: ${def.usage}`);
   }
   if (positionals.length > def.positionals.length) {

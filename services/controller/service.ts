@@ -183,7 +183,6 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
     }),
     recoverTarget: (req, ctx) => audited("RecoverTarget", ctx, req.targetId, req, async () => {
       if (req.action !== "restore" && req.action !== "accept") throw new FlotillaError("INVALID_ARGUMENT", `--action must be restore or accept, not "${req.action}"`);
-      if (!req.operationId) throw new FlotillaError("INVALID_ARGUMENT", "the interrupted operation id is required (flotilla targets / diagnose show it)");
       const { agentId } = await ownerOf(req.targetId);
       return runOp(agentId, (c) => c.recover({ targetId: req.targetId, operationId: req.operationId, action: req.action, newOperationId: `api.${randomUUID()}` }, timeout));
     }),

@@ -188,7 +188,12 @@ export interface BackupCatalogPort {
   prune(keep: number, protect: ReadonlySet<string>): Promise<string[]>;
 }
 
-export type OperationState = "running" | "succeeded" | "failed" | "refused" | "interrupted" | "recovered";
+/**
+ * `interrupted`: the agent stopped while it ran; `needs-restore`: it failed
+ * with the database changed and could not restore it (other sessions held it).
+ * Both keep the target locked until Recover resolves them.
+ */
+export type OperationState = "running" | "succeeded" | "failed" | "refused" | "interrupted" | "needs-restore" | "recovered";
 
 export interface OperationRow {
   id: string;
@@ -225,10 +230,13 @@ export interface JournalPort {
   begin(op: { id: string; targetId: string; kind: string; toRevision?: string; rolloutId?: string; backupId?: string; revisionBefore?: string[] }, takeLock?: boolean): void;
   update(id: string, fields: { backupId?: string; revisionBefore?: string[]; revisionAfter?: string[]; message?: string }): void;
   finish(id: string, state: Exclude<OperationState, "running">, fields?: { errorCode?: string; message?: string; revisionAfter?: string[] }): void;
+  /** Ends an operation as needs-restore, keeping the target's lock until Recover. */
+  hold(id: string, fields: { errorCode?: string; message?: string; revisionAfter?: string[] }): void;
   transferLock(targetId: string, fromOperation: string, toOperation: string): void;
   get(id: string): OperationRow | undefined;
   list(targetId: string | undefined, limit: number): OperationRow[];
   lockHolder(targetId: string): string | undefined;
+  /** Operations of a target waiting for Recover (interrupted or needs-restore), oldest first. */
   interrupted(targetId: string): string[];
   /** Records how long revisions took (one row per revision, newest wins for estimates). */
   recordTimings(targetId: string, timings: readonly Omit<RevisionTiming, "recordedAt">[]): void;

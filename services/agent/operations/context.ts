@@ -174,7 +174,9 @@ export class OperationContext {
       const extra = await body({ id, t, progress, result: partial });
       const r: OpResult = { ...base, ...partial, ...(extra ?? {}) };
       const state = r.status === "succeeded" ? "succeeded" : r.status === "refused" ? "refused" : "failed";
-      this.deps.journal.finish(id, state, { errorCode: r.errorCode, message: redact(r.message), revisionAfter: r.revisionAfter });
+      // A changed database that could not be restored keeps the target locked until Recover.
+      if (r.effect === "needs-restore") this.deps.journal.hold(id, { errorCode: r.errorCode, message: redact(r.message), revisionAfter: r.revisionAfter });
+      else this.deps.journal.finish(id, state, { errorCode: r.errorCode, message: redact(r.message), revisionAfter: r.revisionAfter });
       log.info({ status: r.status, code: r.errorCode, effect: r.effect }, "operation finished");
       return finish(r);
     } catch (err) {

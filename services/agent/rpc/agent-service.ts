@@ -95,7 +95,10 @@ export function agentServiceImpl(config: AgentConfig, ops: AgentOperations, vers
     },
     async plan(req) {
       const p = await ops.plan(need(req.targetId, "target_id"), req.toRevision);
-      return { targetId: req.targetId, current: p.current, toRevision: p.to, pending: p.pending, sql: p.sql, sqlComplete: p.sqlComplete, notes: p.notes, additiveOnly: p.additiveOnly };
+      return {
+        targetId: req.targetId, current: p.current, toRevision: p.to, pending: p.pending, sql: p.sql, sqlComplete: p.sqlComplete, notes: p.notes, additiveOnly: p.additiveOnly,
+        revisions: p.revisions.map((r) => ({ ...r, estimateMs: BigInt(Math.round(r.estimateMs)) })),
+      };
     },
     async listBackups(req) {
       return { backups: (await ops.listBackups(need(req.targetId, "target_id"))).map(backupInfo) };
@@ -126,6 +129,6 @@ export function agentServiceImpl(config: AgentConfig, ops: AgentOperations, vers
     },
     clone: (req) => opStream((emit) => ops.clone({ targetId: req.targetId, operationId: req.operationId, rolloutId: req.rolloutId }, emit)),
     switch: (req) => opStream((emit) => ops.switchTraffic({ targetId: req.targetId, operationId: req.operationId, color: req.color }, emit)),
-    recover: (req) => opStream((emit) => ops.recover({ targetId: req.targetId, operationId: need(req.operationId, "operation_id"), action: req.action, newOperationId: req.newOperationId }, emit)),
+    recover: (req) => opStream((emit) => ops.recover({ targetId: req.targetId, operationId: req.operationId, action: req.action, newOperationId: req.newOperationId }, emit)),
   };
 }

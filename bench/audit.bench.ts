@@ -1,9 +1,9 @@
 // Audit log append rate against a raw single-row insert on the same engine, in the same run.
 //
-//   P11: AuditLog.append on SqliteStore (WAL, synchronous=FULL) ÷ raw better-sqlite3 single-row
+//   P8s: AuditLog.append on SqliteStore (WAL, synchronous=FULL) ÷ raw better-sqlite3 single-row
 //        autocommit INSERT (WAL, synchronous=FULL). Goal ≥ 0.9.
-//   P13: AuditLog.append on PostgresStore ÷ raw node-postgres single-row autocommit INSERT, same
-//        server. Goal ≥ 0.4.
+//   P8p: AuditLog.append on PostgresStore ÷ raw node-postgres single-row autocommit INSERT, same
+//        server. Goal ≥ 0.9.
 //
 // Each side writes ROWS rows one at a time (each row committed before the next starts). The
 // two sides alternate in chunks of CHUNK rows and each side's time is summed, so both see the
@@ -22,18 +22,7 @@ import { AuditLog } from "../services/controller/audit/audit-log.js";
 import { checkpointPathFor, loadOrCreateAuditKey } from "../services/controller/audit/audit-key.js";
 import { PostgresStore } from "../services/controller/store/postgres-store.js";
 import { SqliteStore } from "../services/controller/store/sqlite-store.js";
-
-/** One measured figure; `value` and `baseline` in the same unit, measured in the same run. */
-export interface BenchResult {
-  name: string;
-  value: number;
-  unit: string;
-  baseline: number;
-  /** value ÷ baseline. */
-  ratio: number;
-  /** The goal for the ratio. */
-  target: string;
-}
+import { type BenchOptions, type Figure, ratioFigure } from "./figure.js";
 
 const ROWS = 2000;
 const CHUNK = 50;
@@ -118,21 +107,17 @@ async function postgresRates(dir: string): Promise<{ audit: number; raw: number 
   }
 }
 
-/** Runs P11 and P13 and returns their figures (rows/s, with the same-run baseline). */
-export async function run(): Promise<BenchResult[]> {
+/** P8s and P8p: rows/s of the audit append ÷ rows/s of a plain insert, same engine, same run. */
+export async function measure(opts: BenchOptions): Promise<Figure[]> {
   const dir = mkdtempSync(path.join(os.tmpdir(), "flotilla-bench-audit-"));
   try {
+    opts.log(`SQLite: ${ROWS} appends against ${ROWS} plain inserts, interleaved`);
     const s = await sqliteRates(dir);
+    opts.log(`PostgreSQL: ${ROWS} appends against ${ROWS} plain inserts, interleaved`);
     const p = await postgresRates(dir);
     return [
-      {
-        name: "P11 audit append rate, SqliteStore WAL+FULL ÷ raw better-sqlite3 single-row insert WAL+FULL",
-        value: s.audit, unit: "rows/s", baseline: s.raw, ratio: s.audit / s.raw, target: ">= 0.9",
-      },
-      {
-        name: "P13 audit append rate, PostgresStore ÷ raw node-postgres single-row insert, same server",
-        value: p.audit, unit: "rows/s", baseline: p.raw, ratio: p.audit / p.raw, target: ">= 0.4",
-      },
+      ratioFigure("P8s", "audit append with the HMAC chain ÷ plain insert (WAL, synchronous=FULL), SQLite", s.audit, s.raw, "rows/s"),
+      ratioFigure("P8p", "audit append with the HMAC chain ÷ plain autocommit insert, PostgreSQL", p.audit, p.raw, "rows/s"),
     ];
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -140,10 +125,5 @@ export async function run(): Promise<BenchResult[]> {
 }
 
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(path.resolve(process.argv[1])).href) {
-  const results = await run();
-  for (const r of results) {
-    process.stdout.write(
-      `${r.name}\n  ${r.value.toFixed(0)} ${r.unit} vs ${r.baseline.toFixed(0)} ${r.unit}: ratio ${r.ratio.toFixed(2)} (target ${r.target})\n`,
-    );
-  }
+  for (const f of await measure({ quick: false, log: (l) => process.stderr.write(`${l}\n`) })) process.stdout.write(`${JSON.stringify(f)}\n`);
 }

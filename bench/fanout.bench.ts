@@ -1,5 +1,5 @@
 /**
- * Controller fan-out benchmark (P9, P10): the controller's real gRPC client side
+ * Controller fan-out benchmark (P7, P7t): the controller's real gRPC client side
  * (`createClient` from services/common/grpc-bridge.ts, with the channel options
  * of the controller's GrpcAgentPool) against N simulated agents.
  *
@@ -11,17 +11,14 @@
  * step event, sleeps 100 ms and streams a step and a result event; `GetInfo`
  * answers the agent id; every other method answers at once.
  *
- *   P9   (fan-out wall − ideal) ÷ N, with ideal = ceil(N ÷ 20) × 100 ms: Migrate
- *        on all N agents over connected channels, 20 calls in flight
- *        (goal on mTLS RSA-2048; P-256 and plaintext reported)
- *   P9   fan-out wall ÷ ideal
- *   P10  cold connect to all N: fresh channels (own subchannel pool, so no
- *        connection is reused), GetInfo on every agent at once (goal on both
- *        mTLS key types; plaintext reported)
- *   plus the controller process's CPU time per host, which the background
- *   load of a shared machine disturbs less than wall time.
+ *   P7   (fan-out wall − ideal) ÷ N ÷ 2.5 ms, with ideal = ceil(N ÷ 20) × 100 ms:
+ *        Migrate on all N agents over connected channels, 20 calls in flight
+ *        (mTLS RSA-2048; P-256 and plaintext reported as details)
+ *   P7t  fan-out wall ÷ ideal
+ *   details: cold connect to all N (fresh channels, GetInfo on every agent at
+ *   once) and the controller process's CPU time per target.
  *
- * One warm-up round, then 3 measured rounds rotating the order of the three
+ * One warm-up round, then 3 measured rounds (2 in --quick) rotating the order of the three
  * modes; medians. Certificates are made with `openssl req -x509` in a
  * temporary folder that is removed afterwards. N = FLOTILLA_BENCH_AGENTS
  * (default 200).
@@ -41,15 +38,7 @@ import {
   type ServiceClient, type ServiceImpl, type TlsFiles,
 } from "../services/common/grpc-bridge.js";
 import { NodeProcessRunner, describeRun } from "../services/common/process-runner.js";
-
-/** One measured figure, with an optional goal `run.ts` checks. */
-export interface BenchFigure {
-  name: string;
-  value: number;
-  unit: string;
-  baseline: string;
-  goal?: { op: "<=" | ">="; value: number; id: string };
-}
+import { type BenchOptions, type Figure, detailFigure, median, ratioFigure, round } from "./figure.js";
 
 type AgentMethods = typeof AgentService.method;
 type AgentClient = ServiceClient<AgentMethods>;
@@ -72,14 +61,6 @@ const LABEL: Record<Mode, string> = { plain: "plaintext", rsa: "mTLS RSA-2048", 
 interface SimAgent { id: string; ports: Record<Mode, number> }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-function median(xs: readonly number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
-
-const round = (x: number, digits = 3): number => Number(x.toFixed(digits));
 
 // ------------------------------------------------------------------ simulated agents (child side)
 
@@ -266,8 +247,9 @@ async function measureMode(agents: readonly SimAgent[], mode: Mode, tls: TlsFile
   await sleep(200); // let the servers see the closed connections before the next round
 }
 
-/** Runs P9 and P10 and returns their figures. */
-export async function run(): Promise<BenchFigure[]> {
+/** P7 and P7t (sizes: FLOTILLA_BENCH_AGENTS, default 200). */
+export async function measure(opts: BenchOptions): Promise<Figure[]> {
+  const rounds = opts.quick ? 2 : ROUNDS;
   const n = Number(process.env.FLOTILLA_BENCH_AGENTS ?? 200);
   if (!Number.isInteger(n) || n < 1) throw new Error(`FLOTILLA_BENCH_AGENTS must be a positive whole number, not ${process.env.FLOTILLA_BENCH_AGENTS}`);
   const dir = mkdtempSync(join(tmpdir(), "flotilla-bench-fanout-"));
@@ -289,59 +271,28 @@ export async function run(): Promise<BenchFigure[]> {
     const empty = (): ModeSamples => ({ coldMs: [], warmMs: [], fanOutMs: [], coldCpuMs: [], fanOutCpuMs: [] });
     const samples: Record<Mode, ModeSamples> = { plain: empty(), rsa: empty(), ec: empty() };
     for (const mode of MODES) await measureMode(agents, mode, tls[mode], 0, null); // warm-up
-    for (let r = 1; r <= ROUNDS; r++) {
+    for (let r = 1; r <= rounds; r++) {
       // Rotate the order so drift in the background load does not favour one mode.
       const order = MODES.map((_, i) => MODES[(i + r) % MODES.length]!);
       for (const mode of order) await measureMode(agents, mode, tls[mode], r, samples[mode]);
     }
 
     const ideal = Math.ceil(n / CONCURRENCY) * TASK_MS;
-    const setup = `${n} simulated agents in ${sizes.length} processes on loopback, ${TASK_MS} ms task, concurrency ${CONCURRENCY}, warm channels`;
-    const ms = (x: number): string => `${Math.round(x)} ms`;
-    const runs = (xs: readonly number[]): string => `runs ${xs.map(ms).join(", ")}`;
-    const perHost = (xs: readonly number[]): number => round(median(xs) / n, 3);
-    const figures: BenchFigure[] = [];
-    for (const mode of ["rsa", "ec", "plain"] as const) {
-      const wall = median(samples[mode].fanOutMs);
-      const gated = mode === "rsa";
-      figures.push(
-        {
-          name: `P9 controller fan-out overhead per host, ${LABEL[mode]}`, value: round((wall - ideal) / n, 2), unit: "ms/host",
-          baseline: `ideal ${ideal} ms = ceil(${n}/${CONCURRENCY}) × ${TASK_MS} ms; wall ${ms(wall)}, median of ${ROUNDS}; ${setup}`,
-          ...(gated ? { goal: { op: "<=" as const, value: 2.5, id: "P9" } } : {}),
-        },
-        {
-          name: `P9 controller fan-out wall ÷ ideal, ${LABEL[mode]}`, value: round(wall / ideal), unit: "ratio",
-          baseline: `ideal ${ideal} ms; wall ${ms(wall)} (${runs(samples[mode].fanOutMs)})`,
-          ...(gated ? { goal: { op: "<=" as const, value: 1.1, id: "P9" } } : {}),
-        },
-      );
-    }
-    const coldPlain = median(samples.plain.coldMs);
-    for (const mode of MODES) {
-      const cold = median(samples[mode].coldMs);
-      figures.push({
-        name: `P10 cold connect + GetInfo to all ${n} agents, ${LABEL[mode]}`, value: round(cold / 1000), unit: "s",
-        baseline: `fresh channels, all ${n} at once, median of ${ROUNDS} (${runs(samples[mode].coldMs)})` +
-          (mode === "plain" ? "" : `; ${round(cold / coldPlain, 2)}× plaintext`),
-        ...(mode === "plain" ? {} : { goal: { op: "<=" as const, value: 1, id: "P10" } }),
-      });
-    }
-    figures.push(
-      {
-        name: `P9 controller CPU per host during the fan-out, ${LABEL.rsa}`, value: perHost(samples.rsa.fanOutCpuMs), unit: "ms/host",
-        baseline: `user+system CPU of the controller process ÷ ${n} (less sensitive to other load than wall time); P-256 ${perHost(samples.ec.fanOutCpuMs)}, plaintext ${perHost(samples.plain.fanOutCpuMs)} ms/host`,
-      },
-      {
-        name: `P10 controller CPU per host during the cold connect, ${LABEL.rsa}`, value: perHost(samples.rsa.coldCpuMs), unit: "ms/host",
-        baseline: `user+system CPU of the controller process ÷ ${n}; P-256 ${perHost(samples.ec.coldCpuMs)}, plaintext ${perHost(samples.plain.coldCpuMs)} ms/host`,
-      },
-      {
-        name: `warm GetInfo to all ${n} agents at once, ${LABEL.rsa}`, value: perHost(samples.rsa.warmMs), unit: "ms/host",
-        baseline: `connected channels, concurrency ${n}; P-256 ${perHost(samples.ec.warmMs)}, plaintext ${perHost(samples.plain.warmMs)} ms/host`,
-      },
-    );
-    return figures;
+    const setup = `${n} simulated agents in ${sizes.length} processes on loopback, ${TASK_MS} ms task, ${CONCURRENCY} at a time, warm channels, median of ${rounds}`;
+    const wall = (mode: Mode): number => median(samples[mode].fanOutMs);
+    const overhead = (mode: Mode): number => (wall(mode) - ideal) / n;
+    const perHost = (xs: readonly number[]): number => median(xs) / n;
+    return [
+      { id: "P7", name: `controller overhead per target at ${n} agents over mTLS (${LABEL.rsa}), ${CONCURRENCY} at a time ÷ 2.5 ms`,
+        ratio: round(overhead("rsa") / 2.5), value: round(overhead("rsa"), 3), baseline: 2.5, unit: "ms",
+        detail: `(wall ${Math.round(wall("rsa"))} ms − ideal ${ideal} ms) ÷ ${n}; ${setup}` },
+      ratioFigure("P7t", `controller fan-out total ÷ ideal at ${n} agents over mTLS (${LABEL.rsa})`, wall("rsa"), ideal, "ms",
+        `ideal = ceil(${n}/${CONCURRENCY}) × ${TASK_MS} ms`),
+      detailFigure(`overhead per target, ${LABEL.ec}`, overhead("ec"), "ms"),
+      detailFigure("overhead per target, plaintext", overhead("plain"), "ms"),
+      ...MODES.map((mode) => detailFigure(`cold connect + GetInfo to all ${n} agents, ${LABEL[mode]}`, median(samples[mode].coldMs), "ms")),
+      detailFigure(`controller CPU per target during the fan-out, ${LABEL.rsa}`, perHost(samples.rsa.fanOutCpuMs), "ms"),
+    ];
   } finally {
     await Promise.all(hosts.map(stopHost));
     rmSync(dir, { recursive: true, force: true });
@@ -352,8 +303,6 @@ const direct = process.argv[1] !== undefined && import.meta.url === pathToFileUR
 if (direct && process.argv[2] === "--serve") {
   await serve(Number(process.argv[3]), process.argv[4] ?? "sim", process.argv[5] ?? "");
 } else if (direct) {
-  for (const f of await run()) {
-    process.stdout.write(`${f.name}: ${f.value} ${f.unit}  [baseline: ${f.baseline}]${f.goal ? `  (goal ${f.goal.op} ${f.goal.value})` : ""}\n`);
-  }
+  for (const f of await measure({ quick: false, log: (l) => process.stderr.write(`${l}\n`) })) process.stdout.write(`${JSON.stringify(f)}\n`);
 }
 

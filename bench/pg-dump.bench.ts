@@ -1,13 +1,10 @@
 /**
- * PostgreSQL backup benchmark: ratios against baselines measured in the same run.
- *
- *   P7  adapter backup wall time ÷ the same `pg_dump -Fc -Z1` argv run bare (target ≤ 1.05)
- *   P8  default `-Fc` (gzip level 6) time ÷ `-Fc -Z1` time, i.e. the -Z1 throughput gain (target ≥ 2.5)
- *   P6  verification (sha256 + `pg_restore -f /dev/null`) time ÷ backup time (target ≤ 0.5)
- *
- * Builds a ~100 MB database with generate_series on FLOTILLA_TEST_PG_URL (default
- * postgresql://postgres@127.0.0.1:5432/postgres), takes the median of 3 runs of each (after one
- * warm-up), and drops the database afterwards. Run: `npx tsx bench/pg-dump.bench.ts`.
+ * PostgreSQL backup benchmark (P4): the agent's whole backup (pg_dump -Fc -Z1 under one
+ * exported snapshot, fsync, sha256, manifest) plus its full-read verification (sha256 +
+ * `pg_restore -f /dev/null`) ÷ a bare `pg_dump -Fc` at default compression — what an operator
+ * following the guide would run — on the same ~100 MB database (FLOTILLA_TEST_PG_URL), same run,
+ * medians after a warm-up, the order of the sides alternating. Details: the adapter ÷ bare -Z1,
+ * dump start-up, throughput. Run alone: `npx tsx bench/pg-dump.bench.ts`.
  */
 import { randomBytes } from "node:crypto";
 import { mkdtemp, rm, stat } from "node:fs/promises";
@@ -18,25 +15,10 @@ import pg from "pg";
 import { NodeProcessRunner, describeRun, type ProcessRunner } from "../services/common/process-runner.js";
 import { libpqEnv, parsePgUrl, withDatabase } from "../services/agent/adapters/pg-url.js";
 import { PostgresDatabase } from "../services/agent/adapters/postgres-database.js";
-
-export interface BenchResult {
-  readonly name: string;
-  readonly value: number;
-  readonly unit: string;
-  /** What the value is compared against, with that baseline's own measurement. */
-  readonly baseline: string;
-}
+import { type BenchOptions, type Figure, detailFigure, median, ratioFigure } from "./figure.js";
 
 const RUNS = 3;
 const ROWS = 190_000;
-
-function median(xs: readonly number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-}
-
-const round = (x: number, digits = 3): number => Number(x.toFixed(digits));
 
 async function timed<T>(fn: () => Promise<T>): Promise<{ ms: number; value: T }> {
   const t0 = performance.now();
@@ -44,7 +26,9 @@ async function timed<T>(fn: () => Promise<T>): Promise<{ ms: number; value: T }>
   return { ms: performance.now() - t0, value };
 }
 
-export async function run(): Promise<BenchResult[]> {
+/** P4 on a ~100 MB Open WebUI-like database (FLOTILLA_TEST_PG_URL). */
+export async function measure(opts: BenchOptions): Promise<Figure[]> {
+  const runs = opts.quick ? 2 : RUNS;
   const adminUrl = process.env.FLOTILLA_TEST_PG_URL || "postgresql://postgres@127.0.0.1:5432/postgres";
   const adminParts = parsePgUrl(adminUrl);
   const name = `flotilla_bench_pgdump_${process.pid}_${randomBytes(3).toString("hex")}`;
@@ -131,7 +115,7 @@ export async function run(): Promise<BenchResult[]> {
     const verifyMs: number[] = [];
     let z1Bytes = 0;
     let defaultBytes = 0;
-    for (let i = 0; i <= RUNS; i++) {
+    for (let i = 0; i <= runs; i++) {
       const warmup = i === 0;
       const a = join(work, `adapter-${i}.dump`);
       const b = join(work, `bare-z1-${i}.dump`);
@@ -173,14 +157,11 @@ export async function run(): Promise<BenchResult[]> {
     const mS = median(schemaOnlyMs);
     const mb = (bytes: number): string => `${(bytes / 1e6).toFixed(1)} MB`;
     return [
-      { name: "P7 adapter backup ÷ bare pg_dump -Fc -Z1 (wall time)", value: round(mA / mB), unit: "ratio", baseline: `bare pg_dump -Fc -Z1 median ${Math.round(mB)} ms; adapter ${Math.round(mA)} ms (target ≤ 1.05)` },
-      { name: "P7a pg_dump child inside the adapter ÷ bare (slowdown from the concurrent snapshot counts)", value: round(mC / mB), unit: "ratio", baseline: `bare -Z1 median ${Math.round(mB)} ms; child in adapter ${Math.round(mC)} ms` },
-      { name: "P7b adapter serial overhead around pg_dump (connect, snapshot, fsync+sha256, rename)", value: Math.round(mA - mC), unit: "ms", baseline: `adapter total ${Math.round(mA)} ms − its pg_dump child ${Math.round(mC)} ms` },
-      { name: "P8 default -Fc time ÷ -Fc -Z1 time (= -Z1 throughput gain)", value: round(mD / mB), unit: "ratio", baseline: `-Fc default median ${Math.round(mD)} ms, ${mb(defaultBytes)}; -Z1 ${Math.round(mB)} ms, ${mb(z1Bytes)} (target ≥ 2.5)` },
-      { name: "P8b same, start-up excluded (each minus a --schema-only dump)", value: round((mD - mS) / (mB - mS)), unit: "ratio", baseline: `--schema-only -Fc -Z1 median ${Math.round(mS)} ms` },
-      { name: "P6 verify (sha256 + pg_restore -f /dev/null) ÷ adapter backup", value: round(mV / mA), unit: "ratio", baseline: `verify median ${Math.round(mV)} ms vs backup ${Math.round(mA)} ms (target ≤ 0.5)` },
-      { name: "database size", value: round(dbBytes / 1e6, 1), unit: "MB", baseline: `${ROWS} chat rows; pg_database_size` },
-      { name: "pg_dump -Fc -Z1 throughput", value: round(dbBytes / 1e6 / (mB / 1000), 1), unit: "MB/s", baseline: "database size ÷ bare -Z1 median time" },
+      ratioFigure("P4", `PostgreSQL backup + full-read verification ÷ pg_dump -Fc at default compression, ${mb(dbBytes)} database`, mA + mV, mD, "ms",
+        `adapter backup ${Math.round(mA)} ms (pg_dump -Fc -Z1 under one snapshot, fsync, sha256) + verification ${Math.round(mV)} ms (sha256 + pg_restore -f /dev/null); default -Fc ${Math.round(mD)} ms, ${mb(defaultBytes)} vs -Z1 ${mb(z1Bytes)}; median of ${runs}`),
+      detailFigure("adapter backup ÷ bare pg_dump -Fc -Z1", mA / mB, "ratio", `bare ${Math.round(mB)} ms; the adapter's pg_dump child ${Math.round(mC)} ms`),
+      detailFigure("dump start-up (--schema-only)", mS, "ms"),
+      detailFigure("pg_dump -Fc -Z1 throughput", dbBytes / 1e6 / (mB / 1000), "MB/s"),
     ];
   } finally {
     await admin.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", [name]).catch(() => undefined);
@@ -191,6 +172,5 @@ export async function run(): Promise<BenchResult[]> {
 }
 
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {
-  const results = await run();
-  for (const r of results) process.stdout.write(`${r.name}: ${r.value} ${r.unit}  [baseline: ${r.baseline}]\n`);
+  for (const f of await measure({ quick: process.argv.includes("--quick"), log: (l) => process.stderr.write(`${l}\n`) })) process.stdout.write(`${JSON.stringify(f)}\n`);
 }

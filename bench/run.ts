@@ -1,57 +1,66 @@
 /**
- * Runs the benchmarks: every `bench/*.bench.ts`, one after another (never
- * concurrently: the CI machine has 2 cores), or only those named on the
- * command line (`npm run bench -- sqlite fanout`; a name matches a module
- * whose file name contains it). Each module exports
- * `run(): Promise<figure[]>`; each figure is printed on one line with its
- * same-run baseline and, where the goal is known (the figure's own `goal`, or
- * the table below for modules that do not carry one), PASS or MISS.
+ * Runs the benchmarks and checks them against the performance contract.
  *
- * Writes bench/results/latest.json. Exit status: 0 when every bench ran, even
- * if goals were missed (benchmarks report, tests assert); 1 when a bench
- * crashed; 2 for an unknown bench name.
+ *   npm run bench                      every module, full sizes
+ *   npm run bench -- --quick           the short form (under ten minutes on 2 cores)
+ *   npm run bench -- --json [--quick]  stdout: only the JSON array of contract figures
+ *   npm run bench -- migrate fanout    only the modules whose file name contains a word
+ *
+ * Every module `bench/<topic>.bench.ts` exports `measure(opts)` returning figures
+ * (bench/figure.ts). Modules run one after another, never concurrently (2 cores).
+ * Each contract figure below must be reported by some module: a figure that could not be
+ * measured is an error (exit 1), except one whose feature does not exist yet, which a
+ * module reports with `ratio: null` and a `reason`.
+ *
+ * Results also go to bench/results/latest.json. Exit status: 0 when every contract figure
+ * was measured (goals missed or not: benchmarks report, tests assert); 1 when a module
+ * crashed or a figure is missing; 2 for bad arguments.
  */
 import { mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import { cpus, loadavg } from "node:os";
 import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
+import type { BenchOptions, Figure } from "./figure.js";
 
-/** A goal of the performance notes (A8): the figure's value must be `op` `value`. */
-export interface Goal {
-  op: "<=" | ">=";
-  value: number;
-  /** The goal's id in A8 (P1–P18). */
-  id: string;
-}
+/** The performance contract: one entry per figure, in the order they are printed. */
+export const CONTRACT = [
+  { id: "P1", goal: 0.05, better: "lower", name: "target status ÷ alembic current -v, heads, history, branches by hand" },
+  { id: "P2", goal: 1.5, better: "lower", name: "SQLite backup + sha256 + verification ÷ cp of the same file" },
+  { id: "P3", goal: 3, better: "lower", name: "SQLite backup while another process commits every 50 ms ÷ the same backup idle" },
+  { id: "P4", goal: 0.6, better: "lower", name: "PostgreSQL backup + full-read verification ÷ pg_dump -Fc at default compression" },
+  { id: "P5", goal: 1, better: "lower", name: "longest agent event-loop stall during backup, verification and migration ÷ 50 ms" },
+  { id: "P6s", goal: 1.15, better: "lower", name: "agent migrate of a 16-revision chain ÷ bare alembic upgrade head, SQLite" },
+  { id: "P6p", goal: 1.15, better: "lower", name: "agent migrate of a 16-revision chain ÷ bare alembic upgrade head, PostgreSQL" },
+  { id: "P7", goal: 1, better: "lower", name: "controller overhead per target at 200 agents over mTLS, 20 at a time ÷ 2.5 ms" },
+  { id: "P7t", goal: 1.1, better: "lower", name: "controller fan-out total ÷ ideal at 200 agents over mTLS" },
+  { id: "P8s", goal: 0.9, better: "higher", name: "audit append with the HMAC chain ÷ plain insert at the same durability, SQLite" },
+  { id: "P8p", goal: 0.9, better: "higher", name: "audit append with the HMAC chain ÷ plain insert at the same durability, PostgreSQL" },
+  { id: "P9", goal: 1, better: "lower", name: "agent idle RSS ÷ 64 MiB" },
+  { id: "P10", goal: 1.1, better: "lower", name: "app downtime of a one-target maintenance rollout ÷ stop + backup + migrate + start alone" },
+  { id: "P11", goal: 1, better: "lower", name: "SQLite → PostgreSQL move ÷ pgloader on the same database" },
+  { id: "P12", goal: 0.1, better: "lower", name: "second backup with an unchanged 200 MB companion folder ÷ the first" },
+] as const satisfies readonly { id: string; goal: number; better: "lower" | "higher"; name: string }[];
 
-/** What a bench module's run() returns. `goal` is optional; `ratio`/`target` is the audit bench's older shape. */
-export interface BenchFigure {
+type ContractId = (typeof CONTRACT)[number]["id"];
+
+/** One contract figure as `--json` prints it. */
+export interface ContractFigure {
+  id: ContractId;
   name: string;
-  value: number;
+  ratio: number | null;
+  goal: number;
+  better: "lower" | "higher";
+  baseline: number | null;
+  value: number | null;
   unit: string;
-  baseline: string | number;
-  goal?: Goal;
-  ratio?: number;
-  target?: string;
+  reason?: string;
 }
 
-interface Figure {
-  id: string;
-  name: string;
-  value: number;
-  unit: string;
-  baseline: string;
-  goal: Goal | null;
-  status: "PASS" | "MISS" | "";
-}
-
-interface BenchReport {
+interface ModuleReport {
   module: string;
-  file: string;
   ok: boolean;
   durationMs: number;
-  loadavgStart: number[];
-  loadavgEnd: number[];
+  loadavg: number[];
   figures: Figure[];
   error?: string;
 }
@@ -60,34 +69,7 @@ const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
 const REPO = resolve(BENCH_DIR, "..");
 const RESULTS = join(BENCH_DIR, "results", "latest.json");
 
-/**
- * Goals of figures whose module does not attach one, keyed by module and exact
- * figure name. The SQLite bench reports P1 as a time ratio: MB/s ≥ 0.8 × cp is
- * time ≤ 1.25 × cp.
- */
-const GOALS: Record<string, Record<string, Goal>> = {
-  "sqlite-backup": {
-    "P1 backup() time ÷ cp time": { op: "<=", value: 1.25, id: "P1" },
-    "P2 busy backup() time ÷ idle backup() time": { op: "<=", value: 3, id: "P2" },
-    "P3 max event-loop stall during backup()": { op: "<=", value: 50, id: "P3" },
-    "P3 max event-loop stall during verifyBackup()": { op: "<=", value: 50, id: "P3" },
-    "P3 max event-loop stall during integrityCheck()": { op: "<=", value: 50, id: "P3" },
-    "P6 verifyBackup() time ÷ backup() time": { op: "<=", value: 0.5, id: "P6" },
-    "P5 quick_check": { op: "<=", value: 1.5, id: "P5" },
-  },
-  "pg-dump": {
-    "P7 adapter backup ÷ bare pg_dump -Fc -Z1 (wall time)": { op: "<=", value: 1.05, id: "P7" },
-    "P8 default -Fc time ÷ -Fc -Z1 time (= -Z1 throughput gain)": { op: ">=", value: 2.5, id: "P8" },
-    "P6 verify (sha256 + pg_restore -f /dev/null) ÷ adapter backup": { op: "<=", value: 0.5, id: "P6" },
-  },
-  audit: {
-    "P11 audit append rate, SqliteStore WAL+FULL ÷ raw better-sqlite3 single-row insert WAL+FULL": { op: ">=", value: 0.9, id: "P11" },
-    "P13 audit append rate, PostgresStore ÷ raw node-postgres single-row insert, same server": { op: ">=", value: 0.4, id: "P13" },
-  },
-};
-
-const fmt = (x: number): string => (Number.isFinite(x) ? String(Number(x.toFixed(3))) : String(x));
-const sym = (op: Goal["op"]): string => (op === "<=" ? "≤" : "≥");
+const fmt = (x: number | null): string => (x === null ? "—" : String(Number(x.toFixed(3))));
 
 function discover(): { module: string; file: string }[] {
   return readdirSync(BENCH_DIR)
@@ -96,110 +78,111 @@ function discover(): { module: string; file: string }[] {
     .map((f) => ({ module: f.slice(0, -".bench.ts".length), file: join(BENCH_DIR, f) }));
 }
 
-function isFigure(x: unknown): x is BenchFigure {
-  const f = x as BenchFigure;
-  return typeof f === "object" && f !== null && typeof f.name === "string" && typeof f.value === "number" && typeof f.unit === "string" &&
-    (typeof f.baseline === "string" || typeof f.baseline === "number");
+function isFigure(x: unknown): x is Figure {
+  const f = x as Figure;
+  return typeof f === "object" && f !== null && typeof f.id === "string" && typeof f.name === "string" && typeof f.unit === "string" &&
+    (f.ratio === null || typeof f.ratio === "number") && (f.ratio !== null || typeof f.reason === "string" || f.id === "");
 }
 
-/** One figure in the common shape, with its goal and verdict. */
-function normalize(module: string, raw: BenchFigure): Figure {
-  let { name, value, unit } = raw;
-  let baseline = String(raw.baseline);
-  // The audit bench's shape: value and baseline are rates, the goal is on their ratio.
-  if (typeof raw.baseline === "number" && typeof raw.ratio === "number") {
-    baseline = `${Math.round(raw.value)} vs ${Math.round(raw.baseline)} ${raw.unit}, same run`;
-    value = raw.ratio;
-    unit = "ratio";
-  }
-  const goal = raw.goal ?? GOALS[module]?.[name] ?? null;
-  const id = goal?.id ?? /^(P\d+[a-z]?)\s/.exec(name)?.[1] ?? "";
-  if (id !== "" && name.startsWith(`${id} `)) name = name.slice(id.length + 1);
-  const status = goal === null ? "" : (goal.op === "<=" ? value <= goal.value : value >= goal.value) ? "PASS" : "MISS";
-  return { id, name, value, unit, baseline, goal, status };
+/** PASS / MISS / "n/a" of a contract figure. */
+export function verdict(f: Pick<ContractFigure, "ratio" | "goal" | "better">): "PASS" | "MISS" | "n/a" {
+  if (f.ratio === null) return "n/a";
+  return (f.better === "lower" ? f.ratio <= f.goal : f.ratio >= f.goal) ? "PASS" : "MISS";
 }
 
-function printFigures(figures: readonly Figure[]): void {
-  const w = (f: (x: Figure) => string): number => Math.max(0, ...figures.map((x) => f(x).length));
-  const cols = {
-    id: w((x) => x.id),
-    name: w((x) => x.name),
-    value: w((x) => fmt(x.value)),
-    unit: w((x) => x.unit),
-    baseline: w((x) => `(baseline: ${x.baseline})`),
-    target: w((x) => (x.goal ? `target ${sym(x.goal.op)} ${x.goal.value}` : "")),
-  };
-  for (const f of figures) {
-    const target = f.goal ? `target ${sym(f.goal.op)} ${f.goal.value}` : "";
-    const line = [
-      f.id.padEnd(cols.id), f.name.padEnd(cols.name), fmt(f.value).padStart(cols.value), f.unit.padEnd(cols.unit),
-      `(baseline: ${f.baseline})`.padEnd(cols.baseline), target.padEnd(cols.target), f.status,
-    ].join("  ");
-    process.stdout.write(`  ${line.trimEnd()}\n`);
-  }
-}
-
-async function runOne(module: string, file: string): Promise<BenchReport> {
-  const loadavgStart = loadavg().map((x) => Number(x.toFixed(2)));
-  process.stdout.write(`\n== ${module} (${relative(REPO, file)}), load average ${loadavgStart.join(" ")}\n`);
+async function runModule(module: string, file: string, opts: BenchOptions): Promise<ModuleReport> {
+  const load = loadavg().map((x) => Number(x.toFixed(2)));
+  opts.log(`\n== ${module} (${relative(REPO, file)}), load average ${load.join(" ")}`);
   const t0 = performance.now();
-  const report: BenchReport = { module, file: relative(REPO, file), ok: false, durationMs: 0, loadavgStart, loadavgEnd: [], figures: [] };
+  const report: ModuleReport = { module, ok: false, durationMs: 0, loadavg: load, figures: [] };
   try {
-    const mod = (await import(pathToFileURL(file).href)) as { run?: () => Promise<unknown> };
-    if (typeof mod.run !== "function") throw new Error(`${relative(REPO, file)} exports no run() function`);
-    const out = await mod.run();
-    if (!Array.isArray(out) || !out.every(isFigure)) throw new Error("run() did not return an array of { name, value, unit, baseline } figures");
-    report.figures = out.map((f) => normalize(module, f));
-    for (const name of Object.keys(GOALS[module] ?? {})) {
-      if (!out.some((f) => f.name === name)) process.stdout.write(`  (note: the goal table names "${name}", which ${module} no longer reports)\n`);
-    }
+    const mod = (await import(pathToFileURL(file).href)) as { measure?: (o: BenchOptions) => Promise<unknown> };
+    if (typeof mod.measure !== "function") throw new Error(`${relative(REPO, file)} exports no measure() function`);
+    const out = await mod.measure(opts);
+    if (!Array.isArray(out) || !out.every(isFigure)) throw new Error("measure() did not return an array of figures (bench/figure.ts)");
+    report.figures = out;
     report.ok = true;
-    printFigures(report.figures);
+    for (const f of out) {
+      const head = f.id === "" ? "   " : f.id.padEnd(3);
+      const ratio = f.id === "" ? `${fmt(f.value)} ${f.unit}` : f.ratio === null ? `n/a (${f.reason ?? ""})` : `${fmt(f.ratio)}  (${fmt(f.value)} vs ${fmt(f.baseline)} ${f.unit})`;
+      opts.log(`  ${head}  ${f.name}: ${ratio}${f.detail ? `  [${f.detail}]` : ""}`);
+    }
   } catch (err) {
     report.error = err instanceof Error ? (err.stack ?? err.message) : String(err);
-    process.stdout.write(`  CRASHED: ${report.error}\n`);
+    opts.log(`  CRASHED: ${report.error}`);
   }
   report.durationMs = Math.round(performance.now() - t0);
-  report.loadavgEnd = loadavg().map((x) => Number(x.toFixed(2)));
-  process.stdout.write(`  (${(report.durationMs / 1000).toFixed(1)} s, load average ${report.loadavgEnd.join(" ")})\n`);
+  opts.log(`  (${(report.durationMs / 1000).toFixed(1)} s)`);
   return report;
+}
+
+/** The contract figures from every module's output; missing ones are listed. */
+export function collect(figures: readonly Figure[]): { contract: ContractFigure[]; missing: string[] } {
+  const contract: ContractFigure[] = [];
+  const missing: string[] = [];
+  for (const c of CONTRACT) {
+    const f = figures.find((x) => x.id === c.id);
+    if (f === undefined) {
+      missing.push(c.id);
+      continue;
+    }
+    contract.push({
+      id: c.id, name: f.name || c.name, ratio: f.ratio, goal: c.goal, better: c.better,
+      baseline: f.baseline, value: f.value, unit: f.unit, ...(f.ratio === null && f.reason ? { reason: f.reason } : {}),
+    });
+  }
+  return { contract, missing };
 }
 
 async function main(argv: string[]): Promise<number> {
   const all = discover();
-  if (argv.includes("--help") || argv.includes("-h")) {
-    process.stdout.write(`usage: npm run bench [-- NAME...]\nbenches: ${all.map((b) => b.module).join(", ")}\n`);
+  const flags = argv.filter((a) => a.startsWith("-"));
+  const words = argv.filter((a) => !a.startsWith("-"));
+  const unknownFlags = flags.filter((f) => !["--quick", "--json", "--help", "-h"].includes(f));
+  if (flags.includes("--help") || flags.includes("-h")) {
+    process.stdout.write(`usage: npm run bench -- [--quick] [--json] [MODULE...]\nmodules: ${all.map((b) => b.module).join(", ")}\n`);
     return 0;
   }
-  let selected = all;
-  if (argv.length > 0) {
-    const unknown = argv.filter((a) => !all.some((b) => b.module.includes(a)));
-    if (unknown.length > 0) {
-      process.stderr.write(`bench: no benchmark matches ${unknown.join(", ")} (benches: ${all.map((b) => b.module).join(", ")})\n`);
-      return 2;
-    }
-    selected = all.filter((b) => argv.some((a) => b.module.includes(a)));
+  if (unknownFlags.length > 0) {
+    process.stderr.write(`bench: unknown option ${unknownFlags.join(", ")} (options: --quick, --json)\n`);
+    return 2;
   }
+  const unknown = words.filter((a) => !all.some((b) => b.module.includes(a)));
+  if (unknown.length > 0) {
+    process.stderr.write(`bench: no module matches ${unknown.join(", ")} (modules: ${all.map((b) => b.module).join(", ")})\n`);
+    return 2;
+  }
+  const json = flags.includes("--json");
+  const quick = flags.includes("--quick");
+  const selected = words.length > 0 ? all.filter((b) => words.some((a) => b.module.includes(a))) : all;
+  // In the JSON view stdout carries the array only; everything else goes to stderr.
+  const log = (line: string): void => void (json ? process.stderr : process.stdout).write(`${line}\n`);
   const startedAt = new Date().toISOString();
-  process.stdout.write(`flotilla bench: ${selected.map((b) => b.module).join(", ")} on ${cpus().length} CPUs, Node ${process.version}\n`);
-  const benches: BenchReport[] = [];
-  for (const b of selected) benches.push(await runOne(b.module, b.file));
+  log(`flotilla bench${quick ? " --quick" : ""}: ${selected.map((b) => b.module).join(", ")} on ${cpus().length} CPUs, Node ${process.version}`);
 
-  const figures = benches.flatMap((b) => b.figures);
-  const pass = figures.filter((f) => f.status === "PASS").length;
-  const missed = figures.filter((f) => f.status === "MISS");
-  const crashed = benches.filter((b) => !b.ok).map((b) => b.module);
+  const reports: ModuleReport[] = [];
+  for (const b of selected) reports.push(await runModule(b.module, b.file, { quick, log }));
+  const { contract, missing } = collect(reports.flatMap((r) => r.figures));
+  const crashed = reports.filter((r) => !r.ok).map((r) => r.module);
+  const partial = words.length > 0;
+
   mkdirSync(dirname(RESULTS), { recursive: true });
   writeFileSync(RESULTS, `${JSON.stringify({
-    startedAt, finishedAt: new Date().toISOString(),
+    startedAt, finishedAt: new Date().toISOString(), quick,
     machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model ?? "", node: process.version },
-    benches,
-    summary: { figures: figures.length, pass, miss: missed.length, crashed },
+    contract, modules: reports,
   }, null, 2)}\n`);
-  process.stdout.write(`\n${figures.length} figures: ${pass} PASS, ${missed.length} MISS` +
-    (missed.length > 0 ? ` (${missed.map((f) => `${f.id} ${f.name}`).join("; ")})` : "") +
-    (crashed.length > 0 ? `; crashed: ${crashed.join(", ")}` : "") + `\nreport: ${relative(REPO, RESULTS)}\n`);
-  return crashed.length > 0 ? 1 : 0;
+
+  log("\n== contract");
+  for (const f of contract) {
+    const goal = `${f.better === "lower" ? "≤" : "≥"} ${f.goal}`;
+    log(`  ${f.id.padEnd(4)} ${fmt(f.ratio).padStart(7)}  goal ${goal.padEnd(7)} ${verdict(f).padEnd(4)}  ${f.name}${f.reason ? ` (${f.reason})` : ""}`);
+  }
+  if (missing.length > 0) log(`  not measured: ${missing.join(", ")}${partial ? " (not in the selected modules)" : ""}`);
+  if (crashed.length > 0) log(`  crashed: ${crashed.join(", ")}`);
+  log(`report: ${relative(REPO, RESULTS)}`);
+  if (json) process.stdout.write(`${JSON.stringify(contract, null, 2)}\n`);
+  return crashed.length > 0 || (!partial && missing.length > 0) ? 1 : 0;
 }
 
 // Benches may leave library timers behind (pools, keepalives): exit explicitly once the report is written.

@@ -1,17 +1,12 @@
 /**
- * SQLite backup benchmark: the agent's SqliteDatabase adapter against
- * same-run baselines on a ~200 MB WAL database (medians of 3, warm cache).
+ * SQLite backup benchmark: the agent's SqliteDatabase adapter against same-run baselines on an
+ * Open WebUI-like WAL database (200 MB in --quick, 1 GB otherwise).
  *
- *   P1  adapter backup() time ÷ `cp --reflink=never` time of the same file
- *       (backup() includes VACUUM INTO, fsync, row counts, sha256, rename)
- *   P2  backup() time while another process commits every 50 ms ÷ idle backup() time
- *   P3  max event-loop stall during backup(), 5 ms setInterval probe (ms)
- *   P6  verifyBackup() time ÷ backup() time
- *   P5  quick_check and integrity_check s/GiB, and their ratio
+ *   P2  backup() + verifyBackup() ÷ `cp --reflink=never` of the same file (warm page cache;
+ *       cold reported as a detail)
+ *   P3  backup() while another process commits every 50 ms ÷ idle backup()
  *
- * `run()` returns the metrics; running the file directly prints them.
- * Everything lives in a temp directory (FLOTILLA_BENCH_DIR to choose where)
- * that is removed afterwards.
+ * Everything lives in a temp directory (FLOTILLA_BENCH_DIR to choose where), removed afterwards.
  */
 import { spawn } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
@@ -23,32 +18,13 @@ import { fileURLToPath } from "node:url";
 import Database from "better-sqlite3";
 import { NodeProcessRunner, describeRun } from "../services/common/process-runner.js";
 import { SqliteDatabase } from "../services/agent/adapters/sqlite-database.js";
-
-export interface BenchMetric {
-  name: string;
-  value: number;
-  unit: string;
-  baseline: string;
-}
+import { type BenchOptions, type Figure, detailFigure, median, ratioFigure, round } from "./figure.js";
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-const TARGET_BYTES = 200 * 1024 * 1024;
 const RUNS = 3;
-const GIB = 1024 ** 3;
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
-
-function round(x: number, digits = 3): number {
-  const f = 10 ** digits;
-  return Math.round(x * f) / f;
-}
 
 /** ~200 MB Open WebUI-like database in WAL mode: users, chats (indexed title), messages. */
-function generateDatabase(file: string): void {
+function generateDatabase(file: string, targetBytes: number): void {
   const db = new Database(file);
   try {
     db.pragma("journal_mode = WAL");
@@ -70,7 +46,7 @@ function generateDatabase(file: string): void {
     const m = db.prepare("INSERT INTO message (chat_id, role, content) VALUES (?, ?, ?)");
     const users = 1000;
     const chats = 20_000;
-    const msgsPerChat = Math.ceil(TARGET_BYTES / (chats * 1100));
+    const msgsPerChat = Math.ceil(targetBytes / (chats * 1100));
     db.transaction(() => {
       for (let i = 0; i < users; i++) u.run(`user${i}@example.test`, `User ${i}`);
       let k = 0;
@@ -82,27 +58,6 @@ function generateDatabase(file: string): void {
     db.pragma("wal_checkpoint(TRUNCATE)");
   } finally {
     db.close();
-  }
-}
-
-/** Runs fn while a 5 ms interval measures the longest gap beyond its period. */
-async function withStallProbe<T>(fn: () => Promise<T>): Promise<{ value: T; maxStallMs: number; ms: number }> {
-  let last = performance.now();
-  let maxStall = 0;
-  const probe = setInterval(() => {
-    const now = performance.now();
-    maxStall = Math.max(maxStall, now - last - 5);
-    last = now;
-  }, 5);
-  const t0 = performance.now();
-  try {
-    const value = await fn();
-    const ms = performance.now() - t0;
-    const now = performance.now();
-    maxStall = Math.max(maxStall, now - last - 5);
-    return { value, maxStallMs: Math.max(0, maxStall), ms };
-  } finally {
-    clearInterval(probe);
   }
 }
 
@@ -139,132 +94,102 @@ async function startWriter(dbPath: string): Promise<{ child: ChildProcess; stop:
   };
 }
 
-function timeSync(fn: () => void): number {
-  const t0 = performance.now();
-  fn();
-  return performance.now() - t0;
+/** Empties the kernel's page cache (root only); false when the machine does not allow it. */
+function dropPageCache(): boolean {
+  try {
+    fs.writeFileSync("/proc/sys/vm/drop_caches", "3\n");
+    return true;
+  } catch {
+    return false;
+  }
 }
 
-/** Measures and returns the metrics; creates and removes its own temp directory. */
-export async function run(): Promise<BenchMetric[]> {
+/**
+ * P2: the agent's whole SQLite backup (VACUUM INTO in a worker, fsync, row counts, sha256,
+ * rename) plus its verification ÷ `cp --reflink=never` of the same file, warm page cache (the
+ * figure) and cold (a detail: both sides start from an emptied cache). P3: the same backup
+ * while another process commits every 50 ms ÷ idle. 200 MB in --quick, 1 GB otherwise.
+ */
+export async function measure(opts: BenchOptions): Promise<Figure[]> {
   const base = process.env.FLOTILLA_BENCH_DIR ?? os.tmpdir();
   const dir = fs.mkdtempSync(path.join(base, "flotilla-bench-sqlite-"));
-  const say = (s: string): void => void process.stderr.write(`sqlite-backup bench: ${s}\n`);
+  const runs = opts.quick ? 3 : RUNS;
   try {
     const dbPath = path.join(dir, "webui.db");
-    say("generating the database");
-    generateDatabase(dbPath);
+    const bytes = opts.quick ? 200 * 1024 * 1024 : 1024 * 1024 * 1024;
+    opts.log(`generating a ${Math.round(bytes / 1024 / 1024)} MiB database`);
+    generateDatabase(dbPath, bytes);
     const size = fs.statSync(dbPath).size;
-    say(`database is ${(size / 1024 / 1024).toFixed(1)} MiB`);
     const adapter = new SqliteDatabase({ path: dbPath });
     const runner = new NodeProcessRunner();
     const noProgress = (): void => undefined;
-    // The adapter's final line carries its phase timings: "(worker start 250 ms, vacuum 900 ms, …)".
-    const phases: Record<string, number[]> = {};
-    const recordPhases = (p: { line: string }): void => {
-      const m = /^backup: done, .*\(([^()]*)\)$/.exec(p.line);
-      for (const part of m?.[1]?.split(", ") ?? []) {
-        const pm = /^(.*) (\d+) ms$/.exec(part);
-        if (pm?.[1] !== undefined) (phases[pm[1]] ??= []).push(Number(pm[2]));
-      }
-    };
     let seq = 0;
     const dest = (): string => path.join(dir, `copy-${++seq}.db`);
-
     const cp = async (): Promise<number> => {
       const to = dest();
-      const r = await runner.run({ argv: ["cp", "--reflink=never", dbPath, to], timeoutMs: 120_000 });
+      const r = await runner.run({ argv: ["cp", "--reflink=never", dbPath, to], timeoutMs: 600_000 });
       if (r.exitCode !== 0) throw new Error(describeRun("cp", r));
       fs.rmSync(to);
       return r.durationMs;
     };
-    await cp(); // warm the page cache
+    const backupAndVerify = async (): Promise<number> => {
+      const t0 = performance.now();
+      const b = await adapter.backup(dest(), noProgress);
+      const v = await adapter.verifyBackup(b, noProgress);
+      if (!v.ok) throw new Error(`verification failed: ${v.detail}`);
+      const ms = performance.now() - t0;
+      fs.rmSync(b.path);
+      return ms;
+    };
+    opts.log("cp and backup + verification, warm page cache");
+    await cp();
+    await backupAndVerify();
     const cpMs: number[] = [];
-    for (let i = 0; i < RUNS; i++) cpMs.push(await cp());
-
-    say("idle backups");
-    const backupMs: number[] = [];
-    const stallMs: number[] = [];
-    const verifyMs: number[] = [];
-    const verifyStallMs: number[] = [];
-    for (let i = 0; i < RUNS; i++) {
-      const b = await withStallProbe(() => adapter.backup(dest(), recordPhases));
-      backupMs.push(b.ms);
-      stallMs.push(b.maxStallMs);
-      const v = await withStallProbe(() => adapter.verifyBackup(b.value, noProgress));
-      if (!v.value.ok) throw new Error(`verification failed: ${v.value.detail}`);
-      verifyMs.push(v.ms);
-      verifyStallMs.push(v.maxStallMs);
-      fs.rmSync(b.value.path);
+    const fullMs: number[] = [];
+    for (let i = 0; i < runs; i++) {
+      cpMs.push(await cp());
+      fullMs.push(await backupAndVerify());
     }
-
-    say("raw VACUUM INTO (no fsync, hash or counts)");
-    const rawMs: number[] = [];
-    for (let i = 0; i < RUNS; i++) {
-      const to = dest();
-      const src = new Database(dbPath, { readonly: true });
-      rawMs.push(timeSync(() => src.prepare("VACUUM INTO ?").run(to)));
-      src.close();
-      fs.rmSync(to);
+    opts.log("cold page cache");
+    const coldCp: number[] = [];
+    const coldFull: number[] = [];
+    let cold = true;
+    for (let i = 0; i < Math.min(runs, 2) && cold; i++) {
+      cold = dropPageCache();
+      if (cold) coldCp.push(await cp());
+      cold = cold && dropPageCache();
+      if (cold) coldFull.push(await backupAndVerify());
     }
-
-    say("backups while another process commits every 50 ms");
+    opts.log("idle and busy backups (a writer commits every 50 ms)");
+    const idleMs: number[] = [];
+    for (let i = 0; i < runs; i++) {
+      const t0 = performance.now();
+      fs.rmSync((await adapter.backup(dest(), noProgress)).path);
+      idleMs.push(performance.now() - t0);
+    }
     const busyMs: number[] = [];
     const writer = await startWriter(dbPath);
     let commits: number;
     try {
-      for (let i = 0; i < RUNS; i++) {
-        const b = await withStallProbe(() => adapter.backup(dest(), noProgress));
-        busyMs.push(b.ms);
-        fs.rmSync(b.value.path);
+      for (let i = 0; i < runs; i++) {
+        const t0 = performance.now();
+        fs.rmSync((await adapter.backup(dest(), noProgress)).path);
+        busyMs.push(performance.now() - t0);
       }
     } finally {
       commits = await writer.stop();
     }
-
-    say("quick_check and integrity_check");
-    const gib = fs.statSync(dbPath).size / GIB;
-    const quickMs: number[] = [];
-    const fullMs: number[] = [];
-    for (let i = 0; i < RUNS; i++) {
-      const db = new Database(dbPath, { readonly: true });
-      quickMs.push(timeSync(() => db.pragma("quick_check")));
-      fullMs.push(timeSync(() => db.pragma("integrity_check")));
-      db.close();
-    }
-    const checkStallMs: number[] = [];
-    for (let i = 0; i < RUNS; i++) {
-      const c = await withStallProbe(() => adapter.integrityCheck());
-      if (!c.value.ok) throw new Error(`integrity check failed: ${c.value.detail}`);
-      checkStallMs.push(c.maxStallMs);
-    }
-
-    const mb = size / 1e6;
-    const cpMed = median(cpMs);
-    const backupMed = median(backupMs);
-    const busyMed = median(busyMs);
-    const sameRun = "same file, same run, median of 3";
+    const mb = round(size / 1e6, 1);
     return [
-      { name: "P1 backup() time ÷ cp time", value: round(backupMed / cpMed), unit: "ratio", baseline: `cp --reflink=never, ${sameRun}` },
-      { name: "P1 raw VACUUM INTO time ÷ cp time", value: round(median(rawMs) / cpMed), unit: "ratio", baseline: `cp --reflink=never, ${sameRun}` },
-      { name: "P2 busy backup() time ÷ idle backup() time", value: round(busyMed / backupMed), unit: "ratio", baseline: `idle backup(), ${sameRun}; writer committed ${commits} times` },
-      { name: "P3 max event-loop stall during backup()", value: round(median(stallMs), 1), unit: "ms", baseline: "5 ms setInterval probe, median of 3 runs' maxima" },
-      { name: "P3 max event-loop stall during verifyBackup()", value: round(median(verifyStallMs), 1), unit: "ms", baseline: "5 ms setInterval probe, median of 3 runs' maxima" },
-      { name: "P3 max event-loop stall during integrityCheck()", value: round(median(checkStallMs), 1), unit: "ms", baseline: "5 ms setInterval probe, median of 3 runs' maxima" },
-      { name: "P6 verifyBackup() time ÷ backup() time", value: round(median(verifyMs) / backupMed), unit: "ratio", baseline: `idle backup(), ${sameRun}` },
-      { name: "P5 quick_check", value: round(median(quickMs) / 1000 / gib), unit: "s/GiB", baseline: "warm cache, median of 3" },
-      { name: "P5 integrity_check", value: round(median(fullMs) / 1000 / gib), unit: "s/GiB", baseline: "warm cache, median of 3" },
-      { name: "P5 integrity_check ÷ quick_check", value: round(median(fullMs) / median(quickMs)), unit: "ratio", baseline: "same file, same run, median of 3" },
-      ...Object.entries(phases).map(([phase, ms]) => ({ name: `backup() phase: ${phase}`, value: Math.round(median(ms)), unit: "ms", baseline: "absolute, idle, median of 3" })),
-      { name: "backup() throughput", value: round(mb / (backupMed / 1000), 1), unit: "MB/s", baseline: `absolute; database ${round(mb, 1)} MB` },
-      { name: "cp throughput", value: round(mb / (cpMed / 1000), 1), unit: "MB/s", baseline: "absolute" },
+      ratioFigure("P2", `SQLite backup + sha256 + verification ÷ cp, ${mb} MB, warm cache`, median(fullMs), median(cpMs), "ms", `median of ${runs}`),
+      coldFull.length > 0
+        ? detailFigure("P2 cold cache: backup + verification ÷ cp", median(coldFull) / median(coldCp), "ratio", `${Math.round(median(coldFull))} vs ${Math.round(median(coldCp))} ms`)
+        : detailFigure("P2 cold cache not measured (cannot write /proc/sys/vm/drop_caches)", 0, ""),
+      ratioFigure("P3", "SQLite backup while a writer commits every 50 ms ÷ idle backup", median(busyMs), median(idleMs), "ms", `writer committed ${commits} times; median of ${runs}`),
+      detailFigure("backup + verification throughput", mb / (median(fullMs) / 1000), "MB/s"),
+      detailFigure("cp throughput", mb / (median(cpMs) / 1000), "MB/s"),
     ];
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
-}
-
-if (import.meta.url === `file://${process.argv[1]}`) {
-  const metrics = await run();
-  for (const m of metrics) console.log(`${m.name.padEnd(50)} ${String(m.value).padStart(9)} ${m.unit.padEnd(6)} (${m.baseline})`);
 }

@@ -87,7 +87,7 @@ function ensureNodeModules() {
   const reason = nodeModulesStaleReason();
   if (reason) {
     const hasLock = existsSync(path.join(ROOT, 'package-lock.json'));
-    const args = hasLock ? ['ci', '--no-audit', '--no-fund'] : ['install', '--no-audit', '--no-fund'];
+    const args = hasLock ? ['ci', '--no-audit', '--no-fund', '--loglevel=notice'] : ['install', '--no-audit', '--no-fund', '--loglevel=notice'];
     say(`${reason}; running npm ${args[0]} ...`);
     const r = run('npm', args);
     if (!r.ok) {

@@ -1,7 +1,8 @@
 import { dirname, isAbsolute, resolve } from "node:path";
 import {
-  ConfigProblems, HOST_PORT, argvList, deepFreeze, flagValue, isObj, parseConfigText, str,
+  ConfigProblems, HOST_PORT, argvList, deepFreeze, flagValue, identityList, isObj, parseConfigText, str,
 } from "../common/config-helpers.js";
+import { CONTROLLER_SPIFFE_ID, isLoopbackHost } from "../common/tls.js";
 import { FlotillaError } from "../common/errors.js";
 import type { DatabaseKind } from "./core/ports.js";
 
@@ -9,6 +10,8 @@ export interface TlsConfig {
   readonly cert: string;
   readonly key: string;
   readonly ca: string;
+  /** Client identities (SAN URI, DNS or IP) that may call this agent. */
+  readonly allow: readonly string[];
 }
 
 export interface AgentTarget {
@@ -51,7 +54,8 @@ export interface AgentConfig {
   readonly dataDir: string;
   readonly targets: readonly AgentTarget[];
   readonly apps: readonly AgentApp[];
-  readonly controller?: { readonly address: string; readonly advertise: string; readonly heartbeatSeconds: number; readonly token?: string };
+  /** Registration with a controller: `ca` is the CA file its HTTPS certificate is checked against (default tls.ca). */
+  readonly controller?: { readonly address: string; readonly advertise: string; readonly heartbeatSeconds: number; readonly token?: string; readonly ca?: string };
   readonly logLevel: string;
 }
 
@@ -126,7 +130,9 @@ export function loadAgentConfig(input: LoadConfigInput): AgentConfig {
       const cert = str(doc.tls, "cert", "tls.", p, { required: true });
       const key = str(doc.tls, "key", "tls.", p, { required: true });
       const ca = str(doc.tls, "ca", "tls.", p, { required: true });
-      if (cert && key && ca) tls = { cert: abs(cert), key: abs(key), ca: abs(ca) };
+      // Default: only the controller's identity as `flotilla certs init` issues it.
+      const allow = identityList(doc.tls, "allow", "tls.", p) ?? [CONTROLLER_SPIFFE_ID];
+      if (cert && key && ca) tls = { cert: abs(cert), key: abs(key), ca: abs(ca), allow };
     }
   }
   const host = listen.replace(/:\d+$/, "");
@@ -282,7 +288,18 @@ export function loadAgentConfig(input: LoadConfigInput): AgentConfig {
       if (!Number.isFinite(hb) || hb < 1) p.add("controller.heartbeatSeconds", "must be a number of seconds ≥ 1");
       const tokenFile = str(doc.controller, "tokenFile", "controller.", p);
       const token = tokenFile ? readSecret(tokenFile, "controller.tokenFile") : undefined;
-      if (address) controller = { address, advertise, heartbeatSeconds: hb, ...(token ? { token } : {}) };
+      const caFile = str(doc.controller, "ca", "controller.", p);
+      const ca = caFile ? abs(caFile) : tls?.ca;
+      let addressHost: string | undefined;
+      try {
+        addressHost = address ? new URL(address).hostname : undefined;
+      } catch {
+        p.add("controller.address", `"${address}" is not a URL (e.g. https://controller:7441)`);
+      }
+      if (address && addressHost !== undefined && address.startsWith("http:") && !isLoopbackHost(addressHost)) {
+        p.add("controller.address", `"${address}" is plain HTTP to another host: registration sends a token, so use https:// (the controller's httpTls)`);
+      }
+      if (address) controller = { address, advertise, heartbeatSeconds: hb, ...(token ? { token } : {}), ...(ca ? { ca } : {}) };
     }
   }
   const logLevel = input.env.FLOTILLA_LOG_LEVEL ?? str(doc, "logLevel", "", p) ?? "info";

@@ -2,11 +2,14 @@ import { existsSync, readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import { AgentService } from "../common/gen/flotilla/v1/agent_pb.js";
-import { addService, bindServer, newServer, serverCredentials } from "../common/grpc-bridge.js";
+import { request as httpRequest } from "node:http";
+import { request as httpsRequest } from "node:https";
+import { ReloadableCertificates, addService, bindServer, newServer, peerIdentityGuard, serverCredentials } from "../common/grpc-bridge.js";
+import { expiryWarnings } from "../common/tls.js";
 import { createLogger, type Logger } from "../common/logger.js";
 import { NodeProcessRunner, describeRun, type ProcessRunner } from "../common/process-runner.js";
 import { registerSecret } from "../common/redact.js";
-import { toFlotillaError } from "../common/errors.js";
+import { FlotillaError, toFlotillaError } from "../common/errors.js";
 import { loadAgentConfig, type AgentConfig, type AgentTarget } from "./config.js";
 import { AppControl } from "./adapters/app-control.js";
 import { BackupCatalog } from "./adapters/backup-catalog.js";
@@ -50,6 +53,8 @@ export function buildTargets(config: AgentConfig, runner: ProcessRunner): Map<st
 export interface RunningAgent {
   readonly port: number;
   readonly config: AgentConfig;
+  /** Re-reads the TLS files (SIGHUP): new connections use them, open ones go on. Returns expiry warnings. */
+  reloadCertificates(): string[];
   stop(force?: boolean): Promise<void>;
 }
 
@@ -84,10 +89,14 @@ export async function startAgent(config: AgentConfig, log: Logger): Promise<Runn
     },
   });
   const server = newServer();
-  addService(server, AgentService, agentServiceImpl(config, ops, AGENT_VERSION));
-  const tls = config.tls ? { cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key), ca: readFileSync(config.tls.ca) } : undefined;
-  const port = await bindServer(server, config.listen, serverCredentials(tls));
-  log.info({ port, targets: config.targets.map((t) => t.id), tls: Boolean(tls) }, "agent listening");
+  const certs = config.tls ? new ReloadableCertificates(readTlsFiles(config.tls)) : undefined;
+  const guard = config.tls
+    ? peerIdentityGuard(config.tls.allow, (refusal) => log.warn({ method: refusal.method, peer: refusal.peer, names: refusal.names, allow: config.tls?.allow }, "refused a client whose certificate is not allowed"))
+    : undefined;
+  addService(server, AgentService, agentServiceImpl(config, ops, AGENT_VERSION), guard);
+  const port = await bindServer(server, config.listen, serverCredentials(certs));
+  log.info({ port, targets: config.targets.map((t) => t.id), tls: Boolean(certs), allow: config.tls?.allow ?? [] }, "agent listening");
+  if (certs) for (const warning of expiryWarnings([{ what: `agent certificate ${config.tls!.cert}`, pem: certs.files.cert }], new Date())) log.warn({ warning }, "certificate expires soon");
 
   let heartbeat: NodeJS.Timeout | undefined;
   if (config.controller) {
@@ -95,11 +104,11 @@ export async function startAgent(config: AgentConfig, log: Logger): Promise<Runn
     const advertise = c.advertise.replace(/:0$/, `:${port}`);
     const beat = async (): Promise<void> => {
       try {
-        const res = await fetch(new URL("/v1/RegisterAgent", c.address), {
-          method: "POST", headers: { "content-type": "application/json", ...(c.token ? { authorization: `Bearer ${c.token}` } : {}) },
-          body: JSON.stringify({ agentId: config.agentId, address: advertise }), signal: AbortSignal.timeout(5000),
+        const status = await postJson(new URL("/v1/RegisterAgent", c.address), { agentId: config.agentId, address: advertise }, {
+          ...(c.token ? { token: c.token } : {}),
+          ...(c.ca ? { ca: readFileSync(c.ca) } : {}),
         });
-        if (!res.ok) log.warn({ status: res.status }, "controller refused registration");
+        if (status < 200 || status >= 300) log.warn({ status }, "controller refused registration");
       } catch (err) {
         log.warn({ err: toFlotillaError(err) }, "cannot reach the controller to register");
       }
@@ -112,6 +121,14 @@ export async function startAgent(config: AgentConfig, log: Logger): Promise<Runn
   return {
     port,
     config,
+    reloadCertificates() {
+      if (!certs || !config.tls) return [];
+      certs.update(readTlsFiles(config.tls));
+      const warnings = expiryWarnings([{ what: `agent certificate ${config.tls.cert}`, pem: certs.files.cert }], new Date());
+      log.info({ cert: config.tls.cert }, "reloaded certificates");
+      for (const warning of warnings) log.warn({ warning }, "certificate expires soon");
+      return warnings;
+    },
     async stop(force = false) {
       if (heartbeat) clearInterval(heartbeat);
       if (force) server.forceShutdown();
@@ -162,4 +179,32 @@ export async function main(argv: string[]): Promise<void> {
   };
   process.on("SIGTERM", onSignal);
   process.on("SIGINT", onSignal);
+  process.on("SIGHUP", () => {
+    try {
+      agent.reloadCertificates();
+    } catch (err) {
+      log.error({ err: toFlotillaError(err) }, "cannot reload certificates; keeping the ones in use");
+    }
+  });
+}
+
+/** POSTs JSON to the controller over HTTP(S) and resolves the status; the token goes only in the header. */
+function postJson(url: URL, body: unknown, opts: { token?: string; ca?: Buffer }): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const headers = { "content-type": "application/json", ...(opts.token ? { authorization: `Bearer ${opts.token}` } : {}) };
+    const req = url.protocol === "https:"
+      ? httpsRequest(url, { method: "POST", headers, agent: false, timeout: 5000, ...(opts.ca ? { ca: opts.ca } : {}) })
+      : httpRequest(url, { method: "POST", headers, agent: false, timeout: 5000 });
+    req.on("timeout", () => req.destroy(new FlotillaError("TIMEOUT", `no answer from ${url.origin} within 5s`)));
+    req.on("error", reject);
+    req.on("response", (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    });
+    req.end(JSON.stringify(body));
+  });
+}
+
+function readTlsFiles(tls: { cert: string; key: string; ca: string }): { cert: Buffer; key: Buffer; ca: Buffer } {
+  return { cert: readFileSync(tls.cert), key: readFileSync(tls.key), ca: readFileSync(tls.ca) };
 }

@@ -60,7 +60,7 @@ test("revision, duration, cron", () => {
   assert.equal(parseCron(" */5  1-3 * * MON "), "*/5 1-3 * * MON");
   throwsUsage(() => parseCron("0 3 * *"), "has 4 fields; a cron expression has 5");
   throwsUsage(() => parseCron("0 3 * * 0; reboot"), "has 6 fields");
-  throwsUsage(() => parseCron("0 3 * * $(id)"), "is not a cron field");
+  throwsUsage(() => parseCron("0 3 * * $(id)"), "is not a valid day-of-week field");
 });
 
 test("times: ISO 8601 or an age before now, always returned as ISO", () => {
@@ -94,7 +94,7 @@ test("command line: verb, sub-verb, global options anywhere, env fallbacks", () 
   assert.ok(d.ok);
   assert.deepEqual(d.command, {
     verb: "rollout",
-    spec: { selector: "env=prod", toRevision: "", strategy: "blue-green", waves: "1,50%,100%", maxFailures: 2, window: "" },
+    spec: { selector: "env=prod", toRevision: "head", strategy: "blue-green", waves: "1,50%,100%", maxFailures: 2, window: "", gate: "", allowBreaking: false },
     wait: true,
   });
   assert.equal(d.notes.length, 1);

@@ -1,11 +1,12 @@
 import { parseArgs } from "node:util";
+import {
+  ROLLOUT_FIELDS, type Checked, checkCron, checkDuration, checkRevision, checkSelector, checkWaves, compileRolloutRequest, compileScheduleRequest, durationMs,
+} from "../common/rollout-request.js";
 
 /** Default controller HTTP address when neither --controller nor FLOTILLA_CONTROLLER is given. */
 export const DEFAULT_CONTROLLER = "http://127.0.0.1:7441";
 
-/** The rollout strategies the controller knows. */
-export const STRATEGIES = ["maintenance", "job", "blue-green"] as const;
-export type Strategy = (typeof STRATEGIES)[number];
+export { STRATEGIES, type Strategy } from "../common/rollout-request.js";
 
 /** The only legitimate reasons to stamp (from the Open WebUI migration guide). */
 export const STAMP_REASONS = ["created-with-create-all", "imported-backup", "applied-by-hand"] as const;
@@ -14,6 +15,8 @@ export const STAMP_REASONS = ["created-with-create-all", "imported-backup", "app
 export interface GlobalOptions {
   readonly controller: string;
   readonly token: string | undefined;
+  /** File of a private CA to trust for an https:// controller (--ca, env FLOTILLA_CA). */
+  readonly ca?: string | undefined;
   readonly json: boolean;
 }
 
@@ -25,17 +28,23 @@ export interface SpecInput {
   readonly waves: string;
   readonly maxFailures: number;
   readonly window: string;
+  readonly gate: string;
+  readonly allowBreaking: boolean;
 }
 
 /** A schedule as the wire wants it: empty string means "not given". */
 export interface ScheduleInput {
   readonly name: string;
   readonly cron: string;
+  readonly timeZone: string;
   readonly selector: string;
   readonly strategy: string;
   readonly window: string;
   readonly toRevision: string;
   readonly waves: string;
+  readonly gate: string;
+  readonly maxFailures: number;
+  readonly replace: boolean;
 }
 
 /** Audit filters; times already converted to ISO 8601. */
@@ -94,89 +103,31 @@ function problem(message: string): never {
 // Value validators. Each returns the normalized value or throws a UsageProblem whose message says
 // what was wrong and what to use instead. Exported for tests.
 
-const SELECTOR_PART = /^[A-Za-z0-9._/-]+$/;
-
-/** `k=v[,k=v]`, keys and values [A-Za-z0-9._/-]+, no key twice. Returns the trimmed selector. */
-export function parseSelector(raw: string, flag = "--selector"): string {
-  const parts = raw.split(",").map((p) => p.trim());
-  const seen = new Set<string>();
-  for (const part of parts) {
-    const eq = part.indexOf("=");
-    const key = eq < 0 ? part : part.slice(0, eq);
-    const value = eq < 0 ? "" : part.slice(eq + 1);
-    if (eq < 0 || !SELECTOR_PART.test(key) || !SELECTOR_PART.test(value)) {
-      problem(`${flag}: ${JSON.stringify(raw)} is not a selector; use key=value pairs separated by commas, like env=prod,region=eu (letters, digits and . _ / - only)`);
-    }
-    if (seen.has(key)) problem(`${flag}: ${JSON.stringify(raw)} gives ${key} twice; give each label once`);
-    seen.add(key);
-  }
-  return parts.join(",");
+/** The request rules live in services/common/rollout-request.ts; these wrap them with the flag's name. */
+function checked<T>(flagName: string, c: Checked<T>): T {
+  if (!c.ok) problem(`${flagName}: ${c.problem}`);
+  return c.value;
 }
 
-/**
- * Wave sizes: positive counts or 1–100%, cumulative, each list ascending.
- * The last wave must cover every target: "100%" is appended (with a note)
- * when absent. Returns the normalized list and the note, if any.
- */
+/** `k=v[,k=v]` (see checkSelector). Returns the normalized selector. */
+export function parseSelector(raw: string, flagName = "--selector"): string {
+  return checked(flagName, checkSelector(raw));
+}
+
+/** Cumulative waves (see checkWaves); "100%" appended with a note when absent. */
 export function parseWaves(raw: string): { value: string; note: string | undefined } {
-  const hint = "use counts or percentages like 1,25%,100%";
-  const items = raw.split(",").map((w) => w.trim());
-  let lastCount = 0;
-  let lastPercent = 0;
-  for (const item of items) {
-    const pct = /^(\d{1,3})%$/.exec(item);
-    if (pct !== null) {
-      const n = Number(pct[1]);
-      if (n < 1 || n > 100) problem(`--waves: ${JSON.stringify(raw)} has ${item}; a percentage must be 1% to 100%; ${hint}`);
-      if (n <= lastPercent) problem(`--waves: ${JSON.stringify(raw)} is not ascending (${item} after ${lastPercent}%); waves are cumulative, ${hint}`);
-      lastPercent = n;
-    } else if (/^\d{1,6}$/.test(item)) {
-      const n = Number(item);
-      if (n < 1) problem(`--waves: ${JSON.stringify(raw)} has an empty wave (0); ${hint}`);
-      if (n <= lastCount) problem(`--waves: ${JSON.stringify(raw)} is not ascending (${item} after ${lastCount}); waves are cumulative, ${hint}`);
-      lastCount = n;
-    } else {
-      problem(`--waves: ${JSON.stringify(raw)} is not a wave list; ${hint}`);
-    }
-  }
-  if (items[items.length - 1] === "100%") return { value: items.join(","), note: undefined };
-  const value = [...items, "100%"].join(",");
-  return { value, note: `--waves ${raw}: added a last wave of 100% so every selected target is included (${value})` };
+  const c = checkWaves(raw);
+  return { value: checked("--waves", c), note: c.ok && c.note !== undefined ? `--${c.note}` : undefined };
 }
 
-/** One of STRATEGIES. */
-export function parseStrategy(raw: string): Strategy {
-  if ((STRATEGIES as readonly string[]).includes(raw)) return raw as Strategy;
-  return problem(`--strategy: ${JSON.stringify(raw)} is not a strategy; use one of ${STRATEGIES.join(", ")}`);
-}
-
-/** `head`, or an Alembic revision id [A-Za-z0-9_]{1,64}. */
-export function parseRevision(raw: string, flag = "--to"): string {
-  if (raw === "head" || /^[A-Za-z0-9_]{1,64}$/.test(raw)) return raw;
-  return problem(`${flag}: ${JSON.stringify(raw)} is not a revision; use head or a revision id like 1b8c9d0e1f2a (letters, digits, _; at most 64)`);
-}
-
-const DURATION = /^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$/;
-
-/** `30m`, `2h`, `1h30m`, `1d`, `90s` → milliseconds (> 0). */
-export function durationMs(raw: string): number | undefined {
-  const m = DURATION.exec(raw);
-  if (m === null || raw === "") return undefined;
-  const [d, h, min, s] = [m[1], m[2], m[3], m[4]].map((x) => (x === undefined ? 0 : Number(x))) as [number, number, number, number];
-  const ms = (((d * 24 + h) * 60 + min) * 60 + s) * 1000;
-  return ms > 0 ? ms : undefined;
+/** `head` or a revision id (see checkRevision). */
+export function parseRevision(raw: string, flagName = "--to"): string {
+  return checked(flagName, checkRevision(raw));
 }
 
 /** A duration flag (--window): validated, returned as given for the controller. */
-export function parseDuration(raw: string, flag = "--window"): string {
-  if (durationMs(raw) === undefined) problem(`${flag}: ${JSON.stringify(raw)} is not a duration; use forms like 30m, 2h, 1h30m`);
-  return raw;
-}
-
-/** ≥ 0 integer (for --max-failures). */
-export function parseNonNegativeInt(raw: string, flag: string): number {
-  if (!/^\d{1,9}$/.test(raw)) problem(`${flag}: ${JSON.stringify(raw)} is not a whole number ≥ 0; use e.g. ${flag} 0`);
-  return Number(raw);
+export function parseDuration(raw: string, flagName = "--window"): string {
+  return checked(flagName, checkDuration(raw));
 }
 
 /** ≥ 1 integer (for --limit). */
@@ -185,17 +136,9 @@ export function parsePositiveInt(raw: string, flag: string): number {
   return Number(raw);
 }
 
-const CRON_FIELD = /^[0-9A-Za-z*?,/#LW-]+$/;
-
-/** Five cron fields (the controller does the full check). */
+/** Five cron fields (see checkCron). */
 export function parseCron(raw: string): string {
-  const fields = raw.trim().split(/\s+/).filter((f) => f !== "");
-  const example = 'e.g. "0 3 * * 0" (Sundays at 03:00); quote it';
-  if (fields.length !== 5) {
-    problem(`--cron: ${JSON.stringify(raw)} has ${fields.length} field${fields.length === 1 ? "" : "s"}; a cron expression has 5: minute hour day-of-month month day-of-week, ${example}`);
-  }
-  for (const f of fields) if (!CRON_FIELD.test(f)) problem(`--cron: ${JSON.stringify(f)} is not a cron field; ${example}`);
-  return fields.join(" ");
+  return checked("--cron", checkCron(raw));
 }
 
 const ISO_TIME = /^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?$/;
@@ -265,6 +208,7 @@ interface VerbDef {
 const GLOBAL_OPTIONS: Readonly<Record<string, OptionDef>> = {
   controller: { type: "string", help: "URL  controller HTTP API (env FLOTILLA_CONTROLLER, default http://127.0.0.1:7441)" },
   token: { type: "string", help: "T  API token (env FLOTILLA_TOKEN)" },
+  ca: { type: "string", help: "FILE  CA certificate to trust for an https:// controller (env FLOTILLA_CA)" },
   json: { type: "boolean", help: "print exactly one JSON document on stdout" },
   help: { type: "boolean", short: "h", help: "show help for this verb" },
 };
@@ -281,6 +225,9 @@ const O = {
   actor: { type: "string", help: "X  only entries by this actor" },
   action: { type: "string", help: "X  only entries of this action" },
   limit: { type: "string", help: "N  at most N entries" },
+  gate: { type: "string", help: "G  manual (wait for flotilla rollout approve after each wave) or manual:30m (halt if not approved in time)" },
+  "max-failures": { type: "string", help: "N  failed targets tolerated before the rollout halts (default 0)" },
+  "allow-breaking": { type: "boolean", help: "let job/blue-green run revisions that are not additive (old and new code side by side; audited)" },
 } as const satisfies Record<string, OptionDef>;
 
 function str(ctx: BuildContext, name: string): string | undefined {
@@ -302,26 +249,31 @@ function requireOption(ctx: BuildContext, name: string, usage: string, example: 
   return v;
 }
 
+/** How the CLI spells each request field. */
+const FLAG_OF: Readonly<Record<string, string>> = {
+  [ROLLOUT_FIELDS.selector]: "--selector", [ROLLOUT_FIELDS.toRevision]: "--to", [ROLLOUT_FIELDS.strategy]: "--strategy",
+  [ROLLOUT_FIELDS.waves]: "--waves", [ROLLOUT_FIELDS.maxFailures]: "--max-failures", [ROLLOUT_FIELDS.window]: "--window",
+  [ROLLOUT_FIELDS.gate]: "--gate", [ROLLOUT_FIELDS.cron]: "--cron", [ROLLOUT_FIELDS.timeZone]: "--time-zone", [ROLLOUT_FIELDS.name]: "NAME",
+};
+
+/** Compiles the rollout flags with the shared request contract; the first problem becomes the usage error. */
 function specFrom(ctx: BuildContext, usage: string, strategyRequired: boolean): SpecInput {
-  const selector = parseSelector(requireOption(ctx, "selector", usage, "env=prod"));
-  const to = str(ctx, "to");
-  const strategyRaw = strategyRequired ? requireOption(ctx, "strategy", usage, "maintenance") : str(ctx, "strategy");
-  const wavesRaw = str(ctx, "waves");
-  let waves = "";
-  if (wavesRaw !== undefined) {
-    const w = parseWaves(wavesRaw);
-    waves = w.value;
-    if (w.note !== undefined) ctx.notes.push(w.note);
+  const selector = requireOption(ctx, "selector", usage, "env=prod");
+  const strategy = strategyRequired ? requireOption(ctx, "strategy", usage, "maintenance") : str(ctx, "strategy");
+  const compiled = compileRolloutRequest({
+    selector, strategy: strategy ?? "", toRevision: str(ctx, "to") ?? "", waves: str(ctx, "waves") ?? "",
+    maxFailures: str(ctx, "max-failures") ?? 0, window: str(ctx, "window") ?? "", gate: str(ctx, "gate") ?? "",
+    allowBreaking: flag(ctx, "allow-breaking"),
+  }, { strategyRequired });
+  if (!compiled.ok) {
+    const first = compiled.problems[0]!;
+    return problem(`${FLAG_OF[first.field] ?? first.field}: ${first.message}`);
   }
-  const mf = str(ctx, "max-failures");
-  const window = str(ctx, "window");
+  for (const note of compiled.notes) ctx.notes.push(`--${note}`);
+  const spec = compiled.value;
   return {
-    selector,
-    toRevision: to === undefined ? "" : parseRevision(to),
-    strategy: strategyRaw === undefined ? "" : parseStrategy(strategyRaw),
-    waves,
-    maxFailures: mf === undefined ? 0 : parseNonNegativeInt(mf, "--max-failures"),
-    window: window === undefined ? "" : parseDuration(window),
+    selector: spec.selector, toRevision: spec.toRevision, strategy: spec.strategy, waves: spec.waves, maxFailures: spec.maxFailures,
+    window: spec.window, gate: spec.gate, allowBreaking: spec.allowBreaking,
   };
 }
 
@@ -343,6 +295,39 @@ function auditQueryFrom(ctx: BuildContext): AuditQuery {
 }
 
 const target = (ctx: BuildContext): string => parseId(pos(ctx, 0), "TARGET", "webui-1");
+
+function scheduleVerb(name: "schedule add" | "schedule replace", summary: string): VerbDef {
+  const usage = `flotilla ${name} NAME --cron EXPR --selector S --strategy X [--time-zone TZ] [--window 2h] [--to REV] [--waves W] [--gate manual[:D]] [--max-failures N]${name === "schedule add" ? " [--replace]" : ""}`;
+  return {
+    name,
+    usage,
+    summary,
+    positionals: ["NAME"],
+    options: {
+      cron: { type: "string", help: 'EXPR  five cron fields, e.g. "0 3 * * 0"' }, "time-zone": { type: "string", help: "TZ  IANA time zone the cron is read in (default: the controller's)" },
+      selector: O.selector, strategy: O.strategy, window: O.window, to: O.to, waves: O.waves, gate: O.gate, "max-failures": O["max-failures"],
+      ...(name === "schedule add" ? { replace: { type: "boolean", help: "replace a schedule of the same name instead of refusing" } } : {}),
+    } as Record<string, OptionDef>,
+    build: (ctx) => {
+      const cronRaw = requireOption(ctx, "cron", usage, '"0 3 * * 0"');
+      const spec = specFrom(ctx, usage, true);
+      const compiled = compileScheduleRequest({ ...spec, name: pos(ctx, 0), cron: cronRaw, timeZone: str(ctx, "time-zone") ?? "" });
+      if (!compiled.ok) {
+        const first = compiled.problems[0]!;
+        return problem(`${FLAG_OF[first.field] ?? first.field}: ${first.message}`);
+      }
+      const v = compiled.value;
+      return {
+        verb: "schedule add",
+        schedule: {
+          name: v.name, cron: v.cron, timeZone: v.timeZone, selector: v.rollout.selector, strategy: v.rollout.strategy, window: v.rollout.window,
+          toRevision: v.rollout.toRevision, waves: v.rollout.waves, gate: v.rollout.gate, maxFailures: v.rollout.maxFailures,
+          replace: name === "schedule replace" || flag(ctx, "replace"),
+        },
+      };
+    },
+  };
+}
 
 const VERBS: readonly VerbDef[] = [
   {
@@ -507,23 +492,8 @@ const VERBS: readonly VerbDef[] = [
       return { verb: "recover", target: t, operationId: op, action: action as "restore" | "accept" };
     },
   },
-  {
-    name: "schedule add",
-    usage: "flotilla schedule add NAME --cron EXPR --selector S --strategy X [--window 2h] [--to REV] [--waves W]",
-    summary: "a fleet-wide migration on a cron, within a maintenance window",
-    positionals: ["NAME"],
-    options: { cron: { type: "string", help: 'EXPR  five cron fields, e.g. "0 3 * * 0"' }, selector: O.selector, strategy: O.strategy, window: O.window, to: O.to, waves: O.waves },
-    build: (ctx) => {
-      const usage = "flotilla schedule add NAME --cron EXPR --selector S --strategy X [--window 2h]";
-      const name = parseId(pos(ctx, 0), "NAME", "sunday-prod");
-      const cron = parseCron(requireOption(ctx, "cron", usage, '"0 3 * * 0"'));
-      const spec = specFrom(ctx, usage, true);
-      return {
-        verb: "schedule add",
-        schedule: { name, cron, selector: spec.selector, strategy: spec.strategy, window: spec.window, toRevision: spec.toRevision, waves: spec.waves },
-      };
-    },
-  },
+  scheduleVerb("schedule add", "a fleet-wide migration on a cron, within a maintenance window; refused if NAME exists (use --replace)"),
+  scheduleVerb("schedule replace", "replace the schedule NAME (same options as schedule add)"),
   {
     name: "schedules",
     usage: "flotilla schedules",
@@ -581,7 +551,7 @@ const VERBS: readonly VerbDef[] = [
 const BY_NAME = new Map(VERBS.map((v) => [v.name, v]));
 const SUBVERBS: Readonly<Record<string, readonly string[]>> = {
   rollout: ["show", "abort", "rollback"],
-  schedule: ["add", "rm"],
+  schedule: ["add", "replace", "rm"],
   audit: ["verify", "export"],
 };
 
@@ -589,7 +559,7 @@ const GROUPS: ReadonlyArray<readonly [string, readonly string[]]> = [
   ["inventory and health", ["targets", "diagnose"]],
   ["backups", ["backup", "backups", "restore"]],
   ["migrations", ["plan", "rollout", "rollouts", "rollout show", "rollout abort", "rollout rollback", "downgrade", "stamp", "recover"]],
-  ["schedules", ["schedule add", "schedules", "schedule rm"]],
+  ["schedules", ["schedule add", "schedule replace", "schedules", "schedule rm"]],
   ["audit", ["audit", "audit verify", "audit export"]],
 ];
 
@@ -605,7 +575,7 @@ export function usageText(): string {
       lines.push(`      ${v.summary}`);
     }
   }
-  lines.push("other:", "  demo [--keep]      run the embedded demo end to end", "  help [VERB]        this help, or one verb's", "  --version          print the version", "");
+  lines.push("other:", "  demo [--keep]      run the embedded demo end to end", "  certs init DIR --controller HOST --agent ID=HOST …   a CA and per-host certificates; certs check PATH shows them", "  help [VERB]        this help, or one verb's", "  --version          print the version", "");
   lines.push("global options:");
   for (const [name, def] of Object.entries(GLOBAL_OPTIONS)) lines.push(`  ${optionHelp(name, def)}`);
   lines.push("", "exit codes: 0 ok · 1 ran and failed, or problems found · 2 bad usage, nothing changed · 3 controller unreachable, or not authenticated/allowed");
@@ -633,7 +603,7 @@ export function verbHelp(topic: string): string | undefined {
     lines.push("", "options:");
     for (const [name, def] of opts) lines.push(`  ${optionHelp(name, def)}`);
   }
-  lines.push("", "global options: --controller URL, --token T, --json (see flotilla help)");
+  lines.push("", "global options: --controller URL, --token T, --ca FILE, --json (see flotilla help)");
   return `${lines.join("\n")}\n`;
 }
 
@@ -748,7 +718,10 @@ function globalsFrom(values: Values, env: Readonly<Record<string, string | undef
   const envToken = env["FLOTILLA_TOKEN"];
   const token = typeof flagToken === "string" ? flagToken : envToken !== undefined && envToken !== "" ? envToken : undefined;
   if (token !== undefined && /[\s\u0000-\u001f]/.test(token)) problem("the token contains whitespace or control characters; check --token or FLOTILLA_TOKEN (a token file with a trailing newline?)");
-  return { controller, token, json: values.get("json") === true };
+  const flagCa = values.get("ca");
+  const envCa = env["FLOTILLA_CA"];
+  const ca = typeof flagCa === "string" && flagCa !== "" ? flagCa : envCa !== undefined && envCa !== "" ? envCa : undefined;
+  return { controller, token, json: values.get("json") === true, ...(ca !== undefined ? { ca } : {}) };
 }
 
 /**

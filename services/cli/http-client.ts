@@ -1,5 +1,7 @@
 import http from "node:http";
 import https from "node:https";
+import tls from "node:tls";
+import { isLoopbackHost } from "../common/tls.js";
 import type { IncomingMessage } from "node:http";
 import { create, fromJson, toJson } from "@bufbuild/protobuf";
 import type { DescMessage, JsonValue, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
@@ -29,6 +31,8 @@ export interface ControllerClientOptions {
   readonly timeoutMs?: number;
   /** Sent as User-Agent. */
   readonly userAgent?: string;
+  /** PEM of a private CA to trust for https:// (besides the system's). */
+  readonly ca?: Buffer | undefined;
 }
 
 /** Per-call overrides. */
@@ -54,8 +58,10 @@ export class ControllerHttpClient {
   readonly #connectTimeoutMs: number;
   readonly #timeoutMs: number;
   readonly #userAgent: string;
+  readonly #ca: Buffer | undefined;
 
   constructor(options: ControllerClientOptions) {
+    this.#ca = options.ca;
     this.baseUrl = new URL(options.baseUrl);
     this.#token = options.token === undefined || options.token === "" ? undefined : options.token;
     this.#connectTimeoutMs = options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
@@ -196,7 +202,13 @@ export class ControllerHttpClient {
       headers["content-type"] = "application/json";
       headers["content-length"] = String(Buffer.byteLength(body));
     }
-    if (this.#token !== undefined) headers["authorization"] = `Bearer ${this.#token}`;
+    if (this.#token !== undefined) {
+      // Never put a token on the wire in clear text to another machine.
+      if (url.protocol === "http:" && !isLoopbackHost(url.hostname)) {
+        return Promise.resolve(unreachable(`refusing to send the token over plain HTTP to ${url.origin}: use https:// (the controller's httpTls), with --ca FILE or FLOTILLA_CA for a private CA`));
+      }
+      headers["authorization"] = `Bearer ${this.#token}`;
+    }
     const transport = url.protocol === "https:" ? https : http;
 
     return new Promise((resolve) => {
@@ -213,7 +225,7 @@ export class ControllerHttpClient {
         resolve(outcome);
       };
 
-      const req = transport.request(url, { method: verb, headers, agent: false });
+      const req = transport.request(url, { method: verb, headers, agent: false, ...(url.protocol === "https:" && this.#ca ? { ca: [...tls.rootCertificates, this.#ca.toString()] } : {}) });
       connectTimer = setTimeout(() => {
         req.destroy(Object.assign(new Error("connect timeout"), { code: "ETIMEDOUT" }));
       }, this.#connectTimeoutMs);
@@ -271,6 +283,15 @@ export class ControllerHttpClient {
       case "ECONNRESET":
       case "EPIPE":
         return `lost the connection to the controller at ${where} while ${doing}`;
+      case "UNABLE_TO_VERIFY_LEAF_SIGNATURE":
+      case "UNABLE_TO_GET_ISSUER_CERT_LOCALLY":
+      case "SELF_SIGNED_CERT_IN_CHAIN":
+      case "DEPTH_ZERO_SELF_SIGNED_CERT":
+        return `cannot trust the controller's certificate at ${where}: it is not signed by a known CA; pass the CA with --ca FILE or FLOTILLA_CA`;
+      case "CERT_HAS_EXPIRED":
+        return `the controller's certificate at ${where} has expired; renew it (flotilla certs init) and send the controller SIGHUP`;
+      case "ERR_TLS_CERT_ALTNAME_INVALID":
+        return `the controller's certificate does not name ${this.baseUrl.hostname}: ${e.message}`;
       case "EHOSTUNREACH":
       case "ENETUNREACH":
         return `cannot reach the controller at ${where}: no route to host`;

@@ -38,6 +38,7 @@ import type { OperationResult } from "../common/gen/flotilla/v1/agent_pb.js";
 import { parseCommandLine, usageText, verbHelp } from "./args.js";
 import type { AuditQuery, Command, GlobalOptions, SpecInput } from "./args.js";
 import { ControllerHttpClient } from "./http-client.js";
+import { certsMain } from "./certs.js";
 import type { CallFailure, CallOutcome } from "./http-client.js";
 import {
   RolloutFollower,
@@ -89,6 +90,8 @@ interface Ctx {
  */
 export async function main(argv: string[], io: CliIo): Promise<number> {
   const now = new Date();
+  // `certs` is local work (no controller): its own small parser, where --controller names a host.
+  if (argv[0] === "certs") return certsMain(argv.slice(1), io);
   const parsed = parseCommandLine(argv, io.env, now);
   if (!parsed.ok) {
     say(io, parsed.message);
@@ -109,7 +112,16 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
     default:
       break;
   }
-  const client = new ControllerHttpClient({ baseUrl: globals.controller, token: globals.token, userAgent: "flotilla-cli" });
+  let ca: Buffer | undefined;
+  if (globals.ca !== undefined) {
+    try {
+      ca = await readFile(globals.ca);
+    } catch (err) {
+      say(io, `cannot read the CA file ${globals.ca} (--ca / FLOTILLA_CA): ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+      return EXIT.usage;
+    }
+  }
+  const client = new ControllerHttpClient({ baseUrl: globals.controller, token: globals.token, userAgent: "flotilla-cli", ca });
   const ctx: Ctx = { io, globals, client, now };
   try {
     return await run(ctx, command);

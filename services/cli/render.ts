@@ -151,6 +151,7 @@ function targetProblems(t: TargetStatus): string[] {
 /** The inventory: problems first, then one row per target, then a one-line summary. */
 export function renderTargets(resp: ListTargetsResponse, now: Date): string {
   const out: string[] = [];
+  for (const w of resp.warnings) out.push(`${stateSymbol("warning")} ${w}`);
   for (const a of resp.agents) {
     if (a.state !== "up") {
       const seen = a.lastSeen === "" ? "" : ` (last seen ${formatAge(a.lastSeen, now)})`;

@@ -1,5 +1,6 @@
 import { parse as parseYaml } from "yaml";
 import { FlotillaError } from "./errors.js";
+import { identityProblem } from "./tls.js";
 
 /**
  * Helpers for the pure config loaders: every problem is collected with its key
@@ -96,11 +97,26 @@ export function deepFreeze<T>(v: T): T {
   return v;
 }
 
-/** "90s", "30m", "2h", "1h30m", "1d" → milliseconds; undefined when malformed. */
-export function parseDuration(text: string): number | undefined {
-  const m = /^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$/.exec(text.trim());
-  if (!m || text.trim() === "") return undefined;
-  const [, d, h, mi, s] = m;
-  const ms = ((Number(d ?? 0) * 24 + Number(h ?? 0)) * 60 + Number(mi ?? 0)) * 60_000 + Number(s ?? 0) * 1000;
-  return ms > 0 ? ms : undefined;
+/** "90s", "30m", "2h", "1h30m", "1d" → milliseconds; undefined when malformed (the grammar lives in rollout-request.ts). */
+export { durationMs as parseDuration } from "./rollout-request.js";
+
+/**
+ * A list of certificate identities (`tls.allow`): each a URI such as
+ * spiffe://flotilla/controller, a DNS name or an IP address.
+ */
+export function identityList(o: Obj, key: string, path: string, p: ConfigProblems): string[] | undefined {
+  const v = o[key];
+  if (v === undefined || v === null) return undefined;
+  if (!Array.isArray(v) || v.length === 0) {
+    p.add(`${path}${key}`, "must be a non-empty list of identities (e.g. [spiffe://flotilla/controller])");
+    return undefined;
+  }
+  const out: string[] = [];
+  v.forEach((item, i) => {
+    if (typeof item !== "string") return p.add(`${path}${key}[${i}]`, "must be a string");
+    const problem = identityProblem(item);
+    if (problem) p.add(`${path}${key}[${i}]`, problem);
+    else out.push(item);
+  });
+  return out;
 }

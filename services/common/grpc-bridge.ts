@@ -8,6 +8,9 @@ import { create, fromBinary, toBinary, type DescMessage, type MessageInitShape, 
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
 import { FlotillaError, codeOfGrpcStatus, grpcStatusOf, isErrorCode, toFlotillaError } from "./errors.js";
 import { redact } from "./redact.js";
+import { isIP } from "node:net";
+import { checkServerIdentity as checkTlsServerIdentity, type PeerCertificate } from "node:tls";
+import { describeNames, namesInclude, parseSubjectAltName } from "./tls.js";
 
 /** Largest message either side accepts (explicit, not grpc-js' implicit 4 MiB). */
 export const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
@@ -18,6 +21,8 @@ export interface CallContext {
   readonly metadata: grpc.Metadata;
   /** Subject alternative names of the client certificate, when mTLS is on. */
   readonly peerSans: string;
+  /** Whether the call came over TLS (gRPC with certificates, or HTTPS). */
+  readonly secure?: boolean;
 }
 
 type UnaryMethod = { methodKind: "unary"; input: DescMessage; output: DescMessage };
@@ -90,14 +95,16 @@ function contextOf(call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWri
   const onCancel = (): void => ac.abort(new FlotillaError("CANCELLED", "the caller cancelled the call"));
   call.on("cancelled", onCancel);
   let sans = "";
+  let secure = false;
   try {
-    const auth = (call as unknown as { getAuthContext?: () => { sslPeerCertificate?: { subjectaltname?: string } } }).getAuthContext?.();
+    const auth = (call as unknown as { getAuthContext?: () => { transportSecurityType?: string; sslPeerCertificate?: { subjectaltname?: string } } }).getAuthContext?.();
     sans = auth?.sslPeerCertificate?.subjectaltname ?? "";
+    secure = auth?.transportSecurityType === "ssl";
   } catch {
     sans = "";
   }
   return {
-    ctx: { signal: ac.signal, peer: call.getPeer(), metadata: call.metadata, peerSans: sans },
+    ctx: { signal: ac.signal, peer: call.getPeer(), metadata: call.metadata, peerSans: sans, secure },
     done: () => call.removeListener("cancelled", onCancel),
   };
 }
@@ -232,16 +239,126 @@ export interface TlsFiles {
   readonly ca: Buffer;
 }
 
-/** Server credentials: mTLS (client certificate required) when files are given, else insecure. */
-export function serverCredentials(tls?: TlsFiles): grpc.ServerCredentials {
-  if (!tls) return grpc.ServerCredentials.createInsecure();
-  return grpc.ServerCredentials.createSsl(tls.ca, [{ private_key: tls.key, cert_chain: tls.cert }], true);
+type CaListener = (update: { caCertificate: Buffer } | null) => void;
+type IdentityListener = (update: { certificate: Buffer; privateKey: Buffer } | null) => void;
+
+/**
+ * Certificate, key and CA that can be replaced while the process runs (SIGHUP):
+ * servers and channels built on it use the new files for new connections;
+ * connections already open, and the calls on them, go on undisturbed.
+ */
+export class ReloadableCertificates {
+  #files: TlsFiles;
+  readonly #ca = new Set<CaListener>();
+  readonly #identity = new Set<IdentityListener>();
+
+  constructor(files: TlsFiles) {
+    this.#files = files;
+  }
+
+  get files(): TlsFiles {
+    return this.#files;
+  }
+
+  /** Swaps in new files; new handshakes use them from now on. */
+  update(files: TlsFiles): void {
+    this.#files = files;
+    for (const l of this.#ca) l({ caCertificate: files.ca });
+    for (const l of this.#identity) l({ certificate: files.cert, privateKey: files.key });
+  }
+
+  // grpc-js registers its own watcher only after adding these listeners: answer on the next tick so it hears it.
+  addCaCertificateListener(listener: CaListener): void {
+    this.#ca.add(listener);
+    queueMicrotask(() => {
+      if (this.#ca.has(listener)) listener({ caCertificate: this.#files.ca });
+    });
+  }
+
+  removeCaCertificateListener(listener: CaListener): void {
+    this.#ca.delete(listener);
+  }
+
+  addIdentityCertificateListener(listener: IdentityListener): void {
+    this.#identity.add(listener);
+    queueMicrotask(() => {
+      if (this.#identity.has(listener)) listener({ certificate: this.#files.cert, privateKey: this.#files.key });
+    });
+  }
+
+  removeIdentityCertificateListener(listener: IdentityListener): void {
+    this.#identity.delete(listener);
+  }
 }
 
-/** Client credentials: mTLS with our certificate when files are given, else insecure. */
-export function channelCredentials(tls?: TlsFiles): grpc.ChannelCredentials {
+function reloadable(tls: TlsFiles | ReloadableCertificates): ReloadableCertificates {
+  return tls instanceof ReloadableCertificates ? tls : new ReloadableCertificates(tls);
+}
+
+/**
+ * Server credentials: mTLS when certificates are given (a client certificate
+ * signed by the CA is required at the handshake; who may call is checked per
+ * call by `peerIdentityGuard`), else insecure.
+ */
+export function serverCredentials(tls?: TlsFiles | ReloadableCertificates): grpc.ServerCredentials {
+  if (!tls) return grpc.ServerCredentials.createInsecure();
+  const provider = reloadable(tls);
+  // The same provider for CA and identity (grpc-js' factory names its two arguments in the opposite order of its class).
+  return grpc.experimental.createCertificateProviderServerCredentials(provider, provider, true);
+}
+
+/** What a channel must see in the server's certificate. */
+export interface ServerIdentity {
+  /**
+   * An explicit identity (SAN URI such as spiffe://flotilla/agent/host-a, DNS
+   * name or IP). Absent: standard hostname verification against the host of
+   * the address the channel dials.
+   */
+  readonly identity?: string;
+  /** Told the server certificate's expiry at every handshake (for warnings). */
+  readonly onCertificate?: (notAfter: Date) => void;
+}
+
+/**
+ * Client credentials: mTLS with our certificate when given, checking the
+ * server's certificate as `expect` says (never a shared override name); else
+ * insecure. A mismatch fails the connection with a message naming the
+ * expected name and the names the certificate carries.
+ */
+export function channelCredentials(tls?: TlsFiles | ReloadableCertificates, expect: ServerIdentity = {}): grpc.ChannelCredentials {
   if (!tls) return grpc.credentials.createInsecure();
-  return grpc.credentials.createSsl(tls.ca, tls.key, tls.cert);
+  const provider = reloadable(tls);
+  const checkServerIdentity = (host: string, cert: PeerCertificate): Error | undefined => {
+    if (cert.valid_to) expect.onCertificate?.(new Date(cert.valid_to));
+    const names = parseSubjectAltName(cert.subjectaltname);
+    if (expect.identity !== undefined) {
+      if (namesInclude(names, expect.identity)) return undefined;
+      return new Error(`the server's certificate does not name the expected identity ${expect.identity} (it names ${describeNames(names)})`);
+    }
+    if (!checkTlsServerIdentity(host, cert)) return undefined;
+    const expected = isIP(host) ? `IP:${host}` : `DNS:${host}`;
+    return new Error(`the server's certificate does not match the host of its address: expected ${expected} in its subject alternative names, it names ${describeNames(names)} (or set identity: for this agent)`);
+  };
+  return grpc.experimental.createCertificateProviderChannelCredentials(provider, provider, { checkServerIdentity });
+}
+
+/**
+ * An interceptor for `addService` that lets a call through only when the
+ * client's certificate names one of `allow` (SAN URI, DNS or IP). Any other
+ * client, even one whose certificate the CA signed, gets PERMISSION_DENIED and
+ * `onRefused` is told who it was.
+ */
+export function peerIdentityGuard(
+  allow: readonly string[],
+  onRefused: (refusal: { method: string; peer: string; names: string }) => void,
+): (method: string, ctx: CallContext) => void {
+  return (method, ctx) => {
+    const names = parseSubjectAltName(ctx.peerSans);
+    if (allow.some((identity) => namesInclude(names, identity))) return;
+    const described = describeNames(names);
+    onRefused({ method, peer: ctx.peer, names: described });
+    throw new FlotillaError("PERMISSION_DENIED", `this client's certificate (${described}) is not allowed to call; allowed: ${allow.join(", ")}`);
+  };
 }
 
 /** Binds a server and resolves the port actually bound (port 0 picks a free one). */

@@ -1,8 +1,10 @@
 import { dirname, isAbsolute, resolve } from "node:path";
 import {
-  ConfigProblems, HOST_PORT, deepFreeze, flagValue, isObj, parseConfigText, parseDuration, str,
+  ConfigProblems, HOST_PORT, deepFreeze, flagValue, identityList, isObj, parseConfigText, str,
 } from "../common/config-helpers.js";
+import { identityProblem } from "../common/tls.js";
 import { FlotillaError } from "../common/errors.js";
+import { ROLLOUT_FIELDS, type Strategy, compileScheduleRequest } from "../common/rollout-request.js";
 
 export type Role = "viewer" | "operator" | "admin";
 
@@ -12,13 +14,18 @@ export interface ControllerConfig {
   readonly store: string;
   readonly dataDir: string;
   readonly auditKeyFile: string;
-  readonly tls?: { readonly cert: string; readonly key: string; readonly ca: string };
-  readonly agents: readonly { readonly id: string; readonly address: string }[];
+  /** Client certificate for agents, and the gRPC API's mTLS; `allow`: client identities its gRPC API accepts. */
+  readonly tls?: { readonly cert: string; readonly key: string; readonly ca: string; readonly allow?: readonly string[] };
+  /** HTTPS for the HTTP API (and the page). */
+  readonly httpTls?: { readonly cert: string; readonly key: string };
+  /** `identity`: what the agent's certificate must name instead of the host of `address`. */
+  readonly agents: readonly { readonly id: string; readonly address: string; readonly identity?: string }[];
   /** Token values are read from their files; never logged. Absent: loopback only, no auth. */
   readonly tokens: readonly { readonly name: string; readonly role: Role; readonly value: string }[];
   readonly schedules: readonly {
-    readonly name: string; readonly cron: string; readonly selector: string; readonly strategy: string;
+    readonly name: string; readonly cron: string; readonly selector: string; readonly strategy: Strategy;
     readonly window: string; readonly toRevision: string; readonly waves: string;
+    readonly timeZone: string; readonly gate: string; readonly maxFailures: number;
   }[];
   readonly agentTimeoutMs: number;
   readonly logLevel: string;
@@ -31,8 +38,11 @@ export interface LoadControllerConfigInput {
 }
 
 const ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
-export const SELECTOR = /^([A-Za-z0-9._/-]+=[A-Za-z0-9._/-]*)(,[A-Za-z0-9._/-]+=[A-Za-z0-9._/-]*)*$/;
-export const STRATEGIES = ["maintenance", "job", "blue-green"] as const;
+
+/** How the config file spells each request field of a schedule. */
+const CONFIG_KEY_OF: Readonly<Record<string, string>> = {
+  [ROLLOUT_FIELDS.toRevision]: "to", [ROLLOUT_FIELDS.maxFailures]: "maxFailures", [ROLLOUT_FIELDS.timeZone]: "timeZone",
+};
 
 /**
  * Loads the controller config: flag > env > file > defaults, every problem at
@@ -51,7 +61,7 @@ export function loadControllerConfig(input: LoadControllerConfigInput): Controll
   const abs = (p: string): string => (isAbsolute(p) ? p : resolve(base, p));
   const doc = parseConfigText(text, path);
   const p = new ConfigProblems(path);
-  const known = new Set(["listen", "store", "dataDir", "auditKeyFile", "tls", "agents", "tokens", "schedules", "agentTimeoutSeconds", "logLevel"]);
+  const known = new Set(["listen", "store", "dataDir", "auditKeyFile", "tls", "httpTls", "agents", "tokens", "schedules", "agentTimeoutSeconds", "logLevel"]);
   for (const k of Object.keys(doc)) if (!known.has(k)) p.add(k, `unknown key (known: ${[...known].join(", ")})`);
 
   let grpc = "127.0.0.1:7440";
@@ -86,11 +96,21 @@ export function loadControllerConfig(input: LoadControllerConfigInput): Controll
       const cert = str(doc.tls, "cert", "tls.", p, { required: true });
       const key = str(doc.tls, "key", "tls.", p, { required: true });
       const ca = str(doc.tls, "ca", "tls.", p, { required: true });
-      if (cert && key && ca) tls = { cert: abs(cert), key: abs(key), ca: abs(ca) };
+      const allow = identityList(doc.tls, "allow", "tls.", p);
+      if (cert && key && ca) tls = { cert: abs(cert), key: abs(key), ca: abs(ca), ...(allow ? { allow } : {}) };
+    }
+  }
+  let httpTls: ControllerConfig["httpTls"];
+  if (doc.httpTls !== undefined) {
+    if (!isObj(doc.httpTls)) p.add("httpTls", "must be { cert, key }");
+    else {
+      const cert = str(doc.httpTls, "cert", "httpTls.", p, { required: true });
+      const key = str(doc.httpTls, "key", "httpTls.", p, { required: true });
+      if (cert && key) httpTls = { cert: abs(cert), key: abs(key) };
     }
   }
 
-  const agents: { id: string; address: string }[] = [];
+  const agents: { id: string; address: string; identity?: string }[] = [];
   if (doc.agents !== undefined) {
     if (!Array.isArray(doc.agents)) p.add("agents", "must be a list of { id, address }");
     else doc.agents.forEach((a, i) => {
@@ -98,7 +118,10 @@ export function loadControllerConfig(input: LoadControllerConfigInput): Controll
       const id = str(a, "id", `agents[${i}].`, p, { required: true, pattern: ID });
       const address = str(a, "address", `agents[${i}].`, p, { required: true, pattern: HOST_PORT, hint: "host:port of the agent's gRPC listener" });
       if (id && agents.some((x) => x.id === id)) p.add(`agents[${i}].id`, `"${id}" is listed twice`);
-      if (id && address) agents.push({ id, address });
+      const identity = str(a, "identity", `agents[${i}].`, p);
+      const identityBad = identity === undefined ? undefined : identityProblem(identity);
+      if (identityBad) p.add(`agents[${i}].identity`, `${identityBad}; e.g. spiffe://flotilla/agent/${id ?? "host-a"}`);
+      if (id && address) agents.push({ id, address, ...(identity && !identityBad ? { identity } : {}) });
     });
   }
 
@@ -133,16 +156,22 @@ export function loadControllerConfig(input: LoadControllerConfigInput): Controll
     else doc.schedules.forEach((s, i) => {
       const at = `schedules[${i}].`;
       if (!isObj(s)) return p.add(`schedules[${i}]`, "must be a mapping");
-      const name = str(s, "name", at, p, { required: true, pattern: ID });
-      const cron = str(s, "cron", at, p, { required: true });
-      if (cron && cron.trim().split(/\s+/).length !== 5) p.add(`${at}cron`, `"${cron}" must have 5 fields (minute hour day month weekday)`);
-      const selector = str(s, "selector", at, p, { required: true, pattern: SELECTOR, hint: "k=v[,k=v]" });
-      const strategy = str(s, "strategy", at, p, { required: true, pattern: /^(maintenance|job|blue-green)$/, hint: "maintenance, job or blue-green" });
-      const window = str(s, "window", at, p) ?? "2h";
-      if (parseDuration(window) === undefined) p.add(`${at}window`, `"${window}" is not a duration like 30m or 2h`);
-      const toRevision = str(s, "to", at, p) ?? "head";
-      const waves = str(s, "waves", at, p) ?? "";
-      if (name && cron && selector && strategy) schedules.push({ name, cron, selector, strategy, window, toRevision, waves });
+      const keys = new Set(["name", "cron", "timeZone", "selector", "strategy", "window", "to", "waves", "gate", "maxFailures"]);
+      for (const k of Object.keys(s)) if (!keys.has(k)) p.add(`${at}${k}`, `unknown key (known: ${[...keys].join(", ")})`);
+      const text = (k: string): string | undefined => str(s, k, at, p);
+      const maxFailures = s.maxFailures;
+      const compiled = compileScheduleRequest({
+        name: text("name") ?? "", cron: text("cron") ?? "", timeZone: text("timeZone") ?? "", selector: text("selector") ?? "",
+        strategy: text("strategy") ?? "", window: text("window") ?? "", toRevision: text("to") ?? "", waves: text("waves") ?? "",
+        gate: text("gate") ?? "", maxFailures: typeof maxFailures === "number" || typeof maxFailures === "string" ? maxFailures : 0,
+      });
+      if (!compiled.ok) {
+        for (const problem of compiled.problems) p.add(`${at}${CONFIG_KEY_OF[problem.field] ?? problem.field}`, problem.message);
+        return;
+      }
+      const { name, cron, timeZone, rollout } = compiled.value;
+      if (schedules.some((x) => x.name === name)) return p.add(`${at}name`, `"${name}" is used by two schedules; give each its own name`);
+      schedules.push({ name, cron, timeZone, selector: rollout.selector, strategy: rollout.strategy, window: rollout.window, toRevision: rollout.toRevision, waves: rollout.waves, gate: rollout.gate, maxFailures: rollout.maxFailures });
     });
   }
   const agentTimeoutSeconds = doc.agentTimeoutSeconds === undefined ? 7200 : Number(doc.agentTimeoutSeconds);
@@ -152,5 +181,6 @@ export function loadControllerConfig(input: LoadControllerConfigInput): Controll
   return deepFreeze({
     listen: { grpc, http }, store, dataDir, auditKeyFile, agents, tokens, schedules, agentTimeoutMs: agentTimeoutSeconds * 1000, logLevel,
     ...(tls ? { tls } : {}),
+    ...(httpTls ? { httpTls } : {}),
   });
 }

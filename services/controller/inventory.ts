@@ -1,9 +1,10 @@
 import type { MessageShape } from "@bufbuild/protobuf";
 import type { GetInfoResponseSchema, TargetStatusSchema } from "../common/gen/flotilla/v1/agent_pb.js";
-import { toFlotillaError } from "../common/errors.js";
+import { FlotillaError, toFlotillaError } from "../common/errors.js";
 import type { Logger } from "../common/logger.js";
 import type { GrpcAgentPool } from "./agents/agent-pool.js";
-import { matchesSelector, parseSelector, type InventoryTarget } from "./core/rollout-plan.js";
+import { matchesSelector, selectorPairs, type InventoryTarget } from "./core/rollout-plan.js";
+import { checkSelector, describeProblems } from "../common/rollout-request.js";
 
 type Info = MessageShape<typeof GetInfoResponseSchema>;
 export type TargetStatus = MessageShape<typeof TargetStatusSchema>;
@@ -46,7 +47,12 @@ export class Inventory {
   /** Targets matching the selector (all when empty). */
   async targets(selector: string): Promise<{ targets: InventoryTarget[]; agents: AgentView[] }> {
     const { agents, infos } = await this.describe();
-    const pairs = selector.trim() === "" ? [] : parseSelector(selector);
+    let pairs: Array<[string, string]> = [];
+    if (selector.trim() !== "") {
+      const checked = checkSelector(selector);
+      if (!checked.ok) throw new FlotillaError("INVALID_ARGUMENT", describeProblems([{ field: "selector", message: checked.problem }]));
+      pairs = selectorPairs(checked.value);
+    }
     const byId = new Map<string, { owner: string; labels: Record<string, string>; blueGreen: boolean; appAgents: Set<string>; greenAgents: Set<string> }>();
     for (const [agentId, info] of infos) {
       for (const t of info.targets) {

@@ -2,7 +2,8 @@ import { readFileSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
 import { ControllerService } from "../common/gen/flotilla/v1/controller_pb.js";
-import { addService, bindServer, newServer, serverCredentials } from "../common/grpc-bridge.js";
+import { ReloadableCertificates, addService, bindServer, newServer, peerIdentityGuard, serverCredentials } from "../common/grpc-bridge.js";
+import { expiryWarning, expiryWarnings, hostOf, isLoopbackHost } from "../common/tls.js";
 import { createLogger, type Logger } from "../common/logger.js";
 import { toFlotillaError } from "../common/errors.js";
 import { registerSecret } from "../common/redact.js";
@@ -23,6 +24,8 @@ export interface RunningController {
   readonly grpcPort: number;
   readonly engine: RolloutEngine;
   readonly scheduler: Scheduler;
+  /** Re-reads every certificate (SIGHUP): new connections use them, open ones go on. Returns expiry warnings. */
+  reloadCertificates(): string[];
   stop(): Promise<void>;
 }
 
@@ -40,7 +43,7 @@ export async function startController(config: ControllerConfig, log: Logger): Pr
   const scheduler = new Scheduler({ store, engine, audit, log });
   for (const s of config.schedules) {
     const existing = (await store.listSchedules()).find((x) => x.name === s.name);
-    await store.upsertSchedule({ ...s, strategy: s.strategy as "maintenance", source: "config", ...(existing?.lastRun ? { lastRun: existing.lastRun } : {}), ...(existing?.lastResult ? { lastResult: existing.lastResult } : {}) });
+    await store.upsertSchedule({ ...s, source: "config", ...(existing?.lastRun ? { lastRun: existing.lastRun } : {}), ...(existing?.lastResult ? { lastResult: existing.lastResult } : {}) });
   }
   const callerOf = (method: string, ctx: { metadata: { get(k: string): unknown[] } }) => {
     const auth = ctx.metadata.get("authorization")[0];
@@ -57,14 +60,29 @@ export async function startController(config: ControllerConfig, log: Logger): Pr
     process.exitCode = 1;
     setTimeout(() => process.exit(1), 100).unref();
   });
-  const impl = controllerServiceImpl({ config, store, pool, inventory, engine, audit, scheduler, log, isLeader: () => leadership.isLeader }, callerOf);
+  const readHttpTls = () => (config.httpTls ? { cert: readFileSync(config.httpTls.cert), key: readFileSync(config.httpTls.key) } : undefined);
+  let httpTls = readHttpTls();
+  const certs = config.tls ? new ReloadableCertificates({ cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key), ca: readFileSync(config.tls.ca) }) : undefined;
+  const certificateWarnings = (): string[] => {
+    const now = new Date();
+    const own = [
+      ...(certs && config.tls ? [{ what: `controller certificate ${config.tls.cert}`, pem: certs.files.cert }] : []),
+      ...(httpTls && config.httpTls ? [{ what: `controller HTTPS certificate ${config.httpTls.cert}`, pem: httpTls.cert }] : []),
+    ];
+    const agents = [...pool.agentCertificateExpiry()].flatMap(([id, notAfter]) => expiryWarning(`certificate of agent ${id}`, notAfter, now) ?? []);
+    return [...expiryWarnings(own, now), ...agents];
+  };
+  const impl = controllerServiceImpl({ config, store, pool, inventory, engine, audit, scheduler, log, isLeader: () => leadership.isLeader, certificateWarnings }, callerOf);
 
   const grpcServer = newServer();
-  addService(grpcServer, ControllerService, impl);
-  const tls = config.tls ? { cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key), ca: readFileSync(config.tls.ca) } : undefined;
-  const grpcPort = await bindServer(grpcServer, config.listen.grpc, config.tokens.length > 0 && tls ? serverCredentials(tls) : serverCredentials());
+  const grpcMtls = config.tokens.length > 0 && certs !== undefined;
+  const allow = config.tls?.allow;
+  addService(grpcServer, ControllerService, impl, grpcMtls && allow
+    ? peerIdentityGuard(allow, (refusal) => log.warn({ method: refusal.method, peer: refusal.peer, names: refusal.names, allow }, "refused a client whose certificate is not allowed"))
+    : undefined);
+  const grpcPort = await bindServer(grpcServer, config.listen.grpc, grpcMtls ? serverCredentials(certs) : serverCredentials());
 
-  const http = createHttpGateway(impl, { audit, log, callerOf, isLeader: () => leadership.isLeader });
+  const http = createHttpGateway(impl, { audit, log, callerOf, isLeader: () => leadership.isLeader, ...(httpTls ? { tls: httpTls } : {}) });
   const [host, portText] = [config.listen.http.replace(/:\d+$/, "").replace(/^\[|\]$/g, ""), config.listen.http.split(":").at(-1)!];
   await new Promise<void>((resolve, reject) => {
     http.once("error", reject);
@@ -73,9 +91,24 @@ export async function startController(config: ControllerConfig, log: Logger): Pr
   const httpPort = (http.address() as AddressInfo).port;
   await audit.append({ actor: "controller", action: "controller.start", outcome: "ok", detail: `http ${httpPort}, grpc ${grpcPort}` });
   await leadership.start();
-  log.info({ httpPort, grpcPort, store: config.store.replace(/:[^:@/]*@/, ":***@") }, "controller listening");
+  log.info({ httpPort, grpcPort, https: Boolean(httpTls), store: config.store.replace(/:[^:@/]*@/, ":***@") }, "controller listening");
+  if (!httpTls && config.tokens.length > 0 && !isLoopbackHost(hostOf(config.listen.http))) {
+    log.warn({ listen: config.listen.http }, "the HTTP API is plain HTTP on a non-loopback address: calls with tokens are refused there; configure httpTls");
+  }
+  for (const warning of certificateWarnings()) log.warn({ warning }, "certificate expires soon");
   return {
     httpPort, grpcPort, engine, scheduler,
+    reloadCertificates() {
+      if (certs && config.tls) certs.update({ cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key), ca: readFileSync(config.tls.ca) });
+      pool.reloadCertificates();
+      const next = readHttpTls();
+      if (next && "setSecureContext" in http) http.setSecureContext(next);
+      httpTls = next;
+      log.info({}, "reloaded certificates");
+      const warnings = certificateWarnings();
+      for (const warning of warnings) log.warn({ warning }, "certificate expires soon");
+      return warnings;
+    },
     async stop() {
       await leadership.close();
       await scheduler.close();
@@ -127,4 +160,11 @@ export async function main(argv: string[]): Promise<void> {
   };
   process.on("SIGTERM", onSignal);
   process.on("SIGINT", onSignal);
+  process.on("SIGHUP", () => {
+    try {
+      running.reloadCertificates();
+    } catch (err) {
+      log.error({ err: toFlotillaError(err) }, "cannot reload certificates; keeping the ones in use");
+    }
+  });
 }

@@ -7,7 +7,8 @@ import type { Logger } from "../common/logger.js";
 import type { AgentClient, GrpcAgentPool } from "./agents/agent-pool.js";
 import type { AuditLog } from "./audit/audit-log.js";
 import type { ControllerStore, RolloutDoc, RolloutSpecDoc, RolloutTargetDoc, StepDoc } from "./core/ports.js";
-import { isStrategy, parseWaves, planTargets } from "./core/rollout-plan.js";
+import { planTargets } from "./core/rollout-plan.js";
+import { compileRolloutRequest, orInvalidArgument, type RolloutRequestInput } from "../common/rollout-request.js";
 import type { Inventory } from "./inventory.js";
 import { parseDuration } from "../common/config-helpers.js";
 
@@ -21,22 +22,10 @@ export interface RolloutLine {
 }
 
 const TARGET_CONCURRENCY = 8;
-const REVISION = /^(head|[A-Za-z0-9_]{1,64})$/;
-
-/** Validates a rollout spec at the edge. */
-export function validateSpec(spec: Partial<RolloutSpecDoc> & { strategy?: string }): RolloutSpecDoc {
-  const strategy = spec.strategy ?? "";
-  if (!isStrategy(strategy)) throw new FlotillaError("INVALID_ARGUMENT", `--strategy must be maintenance, job or blue-green, not "${strategy}"`);
-  const toRevision = spec.toRevision || "head";
-  if (!REVISION.test(toRevision)) throw new FlotillaError("INVALID_ARGUMENT", `--to "${toRevision}" is not a revision: use head or a revision id`);
-  const maxFailures = spec.maxFailures ?? 0;
-  if (!Number.isInteger(maxFailures) || maxFailures < 0) throw new FlotillaError("INVALID_ARGUMENT", "--max-failures must be 0 or more");
-  parseWaves(spec.waves ?? "", 10); // syntax check
-  if (spec.window && parseDuration(spec.window) === undefined) throw new FlotillaError("INVALID_ARGUMENT", `--window "${spec.window}" is not a duration like 30m or 2h`);
-  return {
-    selector: spec.selector ?? "", toRevision, strategy, waves: spec.waves ?? "", maxFailures,
-    ...(spec.schedule ? { schedule: spec.schedule } : {}), ...(spec.window ? { window: spec.window } : {}),
-  };
+/** Compiles a rollout request at the edge with the shared contract (INVALID_ARGUMENT naming each field). */
+export function validateSpec(spec: RolloutRequestInput, strategyRequired = true): { spec: RolloutSpecDoc; notes: readonly string[] } {
+  const { value, notes } = orInvalidArgument(compileRolloutRequest(spec, { strategyRequired }));
+  return { spec: value, notes };
 }
 
 /**
@@ -84,21 +73,21 @@ export class RolloutEngine {
 
   // ------------------------------------------------------------ planning
 
-  async plan(specIn: Partial<RolloutSpecDoc> & { strategy?: string }): Promise<{ spec: RolloutSpecDoc; targets: RolloutTargetDoc[]; warnings: string[] }> {
-    const spec = validateSpec(specIn);
+  async plan(specIn: RolloutRequestInput, strategyRequired = true): Promise<{ spec: RolloutSpecDoc; targets: RolloutTargetDoc[]; warnings: string[] }> {
+    const { spec, notes } = validateSpec(specIn, strategyRequired);
     const { targets, agents } = await this.d.inventory.targets(spec.selector);
     if (targets.length === 0) {
       const down = agents.filter((a) => a.state !== "up").map((a) => a.id);
       throw new FlotillaError("INVALID_ARGUMENT", `no target matches selector "${spec.selector}"${down.length ? ` (agents not answering: ${down.join(", ")})` : ""}; list targets with: flotilla targets`);
     }
-    const warnings: string[] = [];
+    const warnings: string[] = [...notes];
     for (const a of agents.filter((x) => x.state !== "up")) warnings.push(`agent ${a.id} is not answering (${a.error || a.state}): its targets are not in this plan`);
     return { spec, targets: planTargets(spec.strategy, targets, spec.waves, spec.toRevision), warnings };
   }
 
   // ------------------------------------------------------------ start
 
-  async start(specIn: Partial<RolloutSpecDoc> & { strategy?: string }, actor: string): Promise<RolloutDoc> {
+  async start(specIn: RolloutRequestInput, actor: string): Promise<RolloutDoc> {
     const { spec, targets, warnings } = await this.plan(specIn);
     const id = `r-${new Date().toISOString().replace(/[-:T]/g, "").slice(0, 14)}-${randomUUID().slice(0, 6)}`;
     const lease = await this.d.store.acquireLeases(id, targets.map((t) => t.targetId));

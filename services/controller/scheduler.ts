@@ -15,8 +15,21 @@ export class Scheduler {
   private readonly tasks = new Map<string, ScheduledTask>();
   constructor(private readonly d: { store: ControllerStore; engine: RolloutEngine; audit: AuditLog; log: Logger }) {}
 
-  static validate(expr: string): boolean {
-    return expr.trim().split(/\s+/).length === 5 && cron.validate(expr);
+  /** When a cron expression fires next after `from`, read in `timeZone` ("" = the controller's); undefined if never. */
+  static nextRun(expr: string, timeZone: string, from = new Date()): Date | undefined {
+    try {
+      const task = cron.createTask(expr, () => undefined, timeZone === "" ? {} : { timezone: timeZone });
+      const next = task.getNextRuns(1)[0];
+      void task.destroy();
+      return next !== undefined && next.getTime() > from.getTime() - 60_000 ? next : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** The controller's own IANA time zone. */
+  static localTimeZone(): string {
+    return Intl.DateTimeFormat().resolvedOptions().timeZone;
   }
 
   async reload(): Promise<void> {
@@ -29,7 +42,7 @@ export class Scheduler {
     const task = cron.schedule(s.cron, async (ctx) => {
       const slot = new Date(Math.floor(ctx.date.getTime() / 60_000) * 60_000).toISOString();
       await this.fire(s.name, slot);
-    }, { name: s.name, noOverlap: true });
+    }, { name: s.name, noOverlap: true, ...(s.timeZone ? { timezone: s.timeZone } : {}) });
     task.on("execution:missed", () => {
       void this.d.audit.append({ actor: `schedule:${s.name}`, action: "schedule.missed", target: s.selector, outcome: "error", detail: "the scheduled time passed while the controller could not run it; not run late" }).catch(() => undefined);
     });
@@ -43,7 +56,7 @@ export class Scheduler {
     if (!(await this.d.store.claimScheduleFire(name, slot))) return "already-fired";
     let result: string;
     try {
-      const doc = await this.d.engine.start({ selector: s.selector, strategy: s.strategy, toRevision: s.toRevision, waves: s.waves, maxFailures: 0, schedule: s.name, window: s.window }, `schedule:${s.name}`);
+      const doc = await this.d.engine.start({ selector: s.selector, strategy: s.strategy, toRevision: s.toRevision, waves: s.waves, maxFailures: s.maxFailures ?? 0, gate: s.gate ?? "", schedule: s.name, window: s.window }, `schedule:${s.name}`);
       result = `started ${doc.id}`;
     } catch (err) {
       const fe = toFlotillaError(err);

@@ -1,21 +1,21 @@
 import { randomUUID, timingSafeEqual } from "node:crypto";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { OperationEventSchema, OperationResultSchema } from "../common/gen/flotilla/v1/agent_pb.js";
-import type { ControllerService, RolloutSchema, RolloutEventSchema } from "../common/gen/flotilla/v1/controller_pb.js";
+import type { ControllerService, RolloutSchema, RolloutEventSchema, ScheduleSchema } from "../common/gen/flotilla/v1/controller_pb.js";
 import { AsyncQueue } from "../common/async-queue.js";
 import { FlotillaError, toFlotillaError } from "../common/errors.js";
 import type { CallContext, ServiceImpl } from "../common/grpc-bridge.js";
 import type { Logger } from "../common/logger.js";
 import { redactValue } from "../common/redact.js";
 import type { GrpcAgentPool } from "./agents/agent-pool.js";
+import { hostOf, isLoopbackHost } from "../common/tls.js";
 import type { AuditLog } from "./audit/audit-log.js";
 import type { ControllerConfig, Role } from "./config.js";
-import { SELECTOR } from "./config.js";
-import type { ControllerStore, RolloutDoc, Strategy } from "./core/ports.js";
+import type { ControllerStore, RolloutDoc, ScheduleDoc } from "./core/ports.js";
 import type { Inventory } from "./inventory.js";
 import type { RolloutEngine } from "./rollout-engine.js";
 import { Scheduler } from "./scheduler.js";
-import { parseDuration } from "../common/config-helpers.js";
+import { checkSelector, compileScheduleRequest, describeProblems, orInvalidArgument } from "../common/rollout-request.js";
 
 type RolloutInit = MessageInitShape<typeof RolloutSchema>;
 type OpResultShape = import("@bufbuild/protobuf").MessageShape<typeof OperationResultSchema>;
@@ -67,6 +67,16 @@ export function rolloutMessage(d: RolloutDoc): RolloutInit {
   };
 }
 
+/** A stored schedule as the API shows it, with its next run computed now. */
+function scheduleMessage(s: ScheduleDoc): MessageInitShape<typeof ScheduleSchema> {
+  const next = Scheduler.nextRun(s.cron, s.timeZone ?? "");
+  return {
+    name: s.name, cron: s.cron, selector: s.selector, strategy: s.strategy, window: s.window, toRevision: s.toRevision, waves: s.waves, source: s.source,
+    lastRun: s.lastRun ?? "", lastResult: s.lastResult ?? "", timeZone: s.timeZone || Scheduler.localTimeZone(), nextRun: next === undefined ? "" : next.toISOString(),
+    gate: s.gate ?? "", maxFailures: s.maxFailures ?? 0,
+  };
+}
+
 const TERMINAL = new Set(["succeeded", "failed", "halted", "aborted", "rolled-back"]);
 
 export interface ControllerDeps {
@@ -80,6 +90,8 @@ export interface ControllerDeps {
   readonly log: Logger;
   /** False on a standby replica: it serves reads and refuses changes. */
   readonly isLeader: () => boolean;
+  /** Certificates that expire within 30 days (shown by `targets` and the page). */
+  readonly certificateWarnings?: () => string[];
 }
 
 /**
@@ -140,12 +152,14 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
 
   return {
     listTargets: (req, ctx) => audited("ListTargets", ctx, req.selector, req, async () => {
-      if (req.selector && !SELECTOR.test(req.selector)) throw new FlotillaError("INVALID_ARGUMENT", `selector "${req.selector}" is not k=v[,k=v] (e.g. env=prod)`);
+      const selector = req.selector === "" ? undefined : checkSelector(req.selector);
+      if (selector !== undefined && !selector.ok) throw new FlotillaError("INVALID_ARGUMENT", describeProblems([{ field: "selector", message: selector.problem }]));
       const { targets, agents } = await d.inventory.targets(req.selector);
       const statuses = await Promise.all(targets.map((t) => d.inventory.status(t)));
       return {
         targets: statuses.map((s, i) => ("current" in s ? s : { targetId: s.targetId, agentId: s.agentId, error: s.error, labels: { ...targets[i]!.labels } })),
         agents: agents.map((a) => ({ id: a.id, address: a.address, state: a.state, lastSeen: a.lastSeen, error: a.error, source: a.source })),
+        warnings: d.certificateWarnings?.() ?? [],
       };
     }),
     diagnoseTarget: (req, ctx) => audited("DiagnoseTarget", ctx, req.targetId, req, async () => {
@@ -187,7 +201,7 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
       return runOp(agentId, (c) => c.recover({ targetId: req.targetId, operationId: req.operationId, action: req.action, newOperationId: `api.${randomUUID()}` }, timeout));
     }),
     planRollout: (req, ctx) => audited("PlanRollout", ctx, req.selector, req, async () => {
-      const plan = await d.engine.plan({ selector: req.selector, toRevision: req.toRevision, strategy: req.strategy || "maintenance", waves: req.waves, maxFailures: req.maxFailures } as Parameters<RolloutEngine["plan"]>[0]);
+      const plan = await d.engine.plan(req, false);
       const warnings = [...plan.warnings];
       const targets = await Promise.all(plan.targets.map(async (t) => {
         const notes: string[] = [];
@@ -211,8 +225,7 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
       return { spec: { ...plan.spec, schedule: plan.spec.schedule ?? "", window: plan.spec.window ?? "" }, targets, warnings, waveCount: new Set(plan.targets.map((t) => t.wave)).size };
     }),
     startRollout: (req, ctx) => audited("StartRollout", ctx, req.selector, req, async (caller) => {
-      if (req.window && parseDuration(req.window) === undefined) throw new FlotillaError("INVALID_ARGUMENT", `--window "${req.window}" is not a duration like 2h`);
-      const doc = await d.engine.start({ selector: req.selector, toRevision: req.toRevision, strategy: req.strategy, waves: req.waves, maxFailures: req.maxFailures, window: req.window } as Parameters<RolloutEngine["start"]>[0], caller.actor);
+      const doc = await d.engine.start({ ...req, schedule: "" }, caller.actor);
       return rolloutMessage(doc);
     }),
     getRollout: (req, ctx) => audited("GetRollout", ctx, req.id, req, async () => {
@@ -250,26 +263,27 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
     abortRollout: (req, ctx) => audited("AbortRollout", ctx, req.id, req, async (caller) => rolloutMessage(await d.engine.abort(req.id, caller.actor))),
     rollbackRollout: (req, ctx) => audited("RollbackRollout", ctx, req.id, req, async (caller) => rolloutMessage(await d.engine.rollback(req.id, caller.actor))),
     addSchedule: (req, ctx) => audited("AddSchedule", ctx, req.name, req, async () => {
-      const problems: string[] = [];
-      if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(req.name)) problems.push(`name "${req.name}" must use letters, digits, . _ -`);
-      if (!Scheduler.validate(req.cron)) problems.push(`--cron "${req.cron}" is not a 5-field cron expression (e.g. "0 3 * * 0")`);
-      if (!SELECTOR.test(req.selector)) problems.push(`--selector "${req.selector}" is not k=v[,k=v]`);
-      if (!["maintenance", "job", "blue-green"].includes(req.strategy)) problems.push(`--strategy must be maintenance, job or blue-green`);
-      const window = req.window || "2h";
-      if (parseDuration(window) === undefined) problems.push(`--window "${window}" is not a duration like 2h`);
-      if (problems.length) throw new FlotillaError("INVALID_ARGUMENT", problems.join("; "));
-      const s = { name: req.name, cron: req.cron, selector: req.selector, strategy: req.strategy as Strategy, window, toRevision: req.toRevision || "head", waves: req.waves, source: "api" as const };
+      const { value: compiled } = orInvalidArgument(compileScheduleRequest(req));
+      const existing = (await d.store.listSchedules()).find((x) => x.name === compiled.name);
+      if (existing !== undefined && !req.replace) {
+        throw new FlotillaError("PRECONDITION_FAILED", `a schedule named ${compiled.name} exists already (${existing.cron} · ${existing.selector}); nothing was changed. Replace it with flotilla schedule replace ${compiled.name} … (or --replace), or pick another name`);
+      }
+      const r = compiled.rollout;
+      const s = {
+        name: compiled.name, cron: compiled.cron, timeZone: compiled.timeZone, selector: r.selector, strategy: r.strategy, window: r.window,
+        toRevision: r.toRevision, waves: r.waves, gate: r.gate, maxFailures: r.maxFailures, source: "api" as const,
+      };
       await d.store.upsertSchedule(s);
       await d.scheduler.reload();
-      return { ...s };
+      return scheduleMessage(s);
     }),
     listSchedules: (req, ctx) => audited("ListSchedules", ctx, "", req, async () => ({
-      schedules: (await d.store.listSchedules()).map((s) => ({ ...s, lastRun: s.lastRun ?? "", lastResult: s.lastResult ?? "" })),
+      schedules: (await d.store.listSchedules()).map(scheduleMessage),
     })),
     removeSchedule: (req, ctx) => audited("RemoveSchedule", ctx, req.name, req, async () => {
       if (!(await d.store.removeSchedule(req.name))) throw new FlotillaError("NOT_FOUND", `no schedule "${req.name}" (list them with: flotilla schedules)`);
       await d.scheduler.reload();
-      return { schedules: (await d.store.listSchedules()).map((s) => ({ ...s, lastRun: s.lastRun ?? "", lastResult: s.lastResult ?? "" })) };
+      return { schedules: (await d.store.listSchedules()).map(scheduleMessage) };
     }),
     queryAudit: (req, ctx) => audited("QueryAudit", ctx, req.target, req, async () => {
       const rows = await d.audit.query({
@@ -285,9 +299,22 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
     registerAgent: (req, ctx) => audited("RegisterAgent", ctx, req.agentId, req, async () => {
       if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(req.agentId)) throw new FlotillaError("INVALID_ARGUMENT", "agent_id is not valid");
       if (!/^[A-Za-z0-9.[\]:-]+:\d{1,5}$/.test(req.address)) throw new FlotillaError("INVALID_ARGUMENT", "address must be host:port");
+      if (!ctx.secure && !isLoopbackHost(peerHost(ctx.peer))) {
+        throw new FlotillaError("PERMISSION_DENIED", "agent registration is accepted only over TLS (https:// to the controller's httpTls listener) or from this machine");
+      }
+      // The host an agent registered with is its identity (its certificate must name it): fixed at registration.
+      const known = (await d.store.listAgents()).find((a) => a.id === req.agentId);
+      if (known && hostOf(known.address).toLowerCase() !== hostOf(req.address).toLowerCase()) {
+        throw new FlotillaError("PERMISSION_DENIED", `agent "${req.agentId}" registered at host ${hostOf(known.address)}; its identity is fixed at registration, so it cannot move to ${hostOf(req.address)}`);
+      }
       await d.store.upsertAgent({ id: req.agentId, address: req.address, source: "registered", lastSeen: new Date().toISOString() });
       d.pool.markHealth(req.agentId, true);
       return { heartbeatSeconds: 15 };
     }),
   };
+}
+
+/** The host of a peer as grpc-js (`ipv4:1.2.3.4:5`, `[::1]:5`) or the HTTP gateway (`1.2.3.4:5`) writes it. */
+function peerHost(peer: string): string {
+  return hostOf(peer.replace(/^ipv[46]:/, ""));
 }

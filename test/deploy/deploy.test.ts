@@ -752,7 +752,7 @@ test("examples: the agent configs load with the real loader", () => {
   const sqlite = byFile.get("agent-sqlite.yaml")!;
   assert.equal(sqlite.config.agentId, "webui-host-1");
   assert.equal(sqlite.config.listen, "0.0.0.0:7443");
-  assert.deepEqual(sqlite.config.tls, { cert: "/etc/flotilla/tls/agent.pem", key: "/etc/flotilla/tls/agent-key.pem", ca: "/etc/flotilla/tls/ca.pem" });
+  assert.deepEqual(sqlite.config.tls, { cert: "/etc/flotilla/tls/agent.pem", key: "/etc/flotilla/tls/agent-key.pem", ca: "/etc/flotilla/tls/ca.pem", allow: ["spiffe://flotilla/controller"] });
   assert.deepEqual(sqlite.config.targets.map((t) => [t.id, t.kind, t.database]), [["webui-1", "sqlite", "sqlite:////var/lib/open-webui/webui.db"]]);
   assert.deepEqual(sqlite.config.targets[0]!.alembic.command, ["/opt/open-webui/venv/bin/python", "-m", "alembic"]);
   assert.deepEqual(sqlite.config.apps.map((a) => [a.id, a.target, a.health]), [["webui-1-app", "webui-1", "http://127.0.0.1:8080/health"]]);

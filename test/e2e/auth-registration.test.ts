@@ -83,7 +83,7 @@ test("mTLS: the agent accepts the controller's certificate and rejects clients w
   };
   makeCa("ca");
   makeCa("rogue");
-  makeCert("ca", "agent", "DNS:flotilla-agent,IP:127.0.0.1");
+  makeCert("ca", "agent", "DNS:localhost,IP:127.0.0.1");
   makeCert("ca", "controller", "DNS:flotilla-controller");
   makeCert("rogue", "intruder", "DNS:flotilla-controller");
   writeFileSync(join(dir, "secret"), "x".repeat(32), { mode: 0o600 });
@@ -91,7 +91,7 @@ test("mTLS: the agent accepts the controller's certificate and rejects clients w
   const cfg = join(dir, "agent.yaml");
   writeFileSync(cfg, stringify({
     agentId: "tls-1", listen: `127.0.0.1:${port}`, dataDir: join(dir, "data"),
-    tls: { cert: join(dir, "agent.pem"), key: join(dir, "agent.key"), ca: join(dir, "ca.pem") },
+    tls: { cert: join(dir, "agent.pem"), key: join(dir, "agent.key"), ca: join(dir, "ca.pem"), allow: ["flotilla-controller"] },
     targets: [{ id: "tls-target", database: `sqlite:///${join(dir, "t.db")}`, alembic: { dir: FIXTURE_DIR, env: { WEBUI_SECRET_KEY: { file: join(dir, "secret") } } }, backups: { dir: join(dir, "backups") } }],
   }));
   const p = spawn(process.execPath, [join(ROOT, "bin/flotilla-agent.mjs"), "--config", cfg], { stdio: "ignore", env: { ...process.env, FLOTILLA_PORT_FILE: join(dir, "port") } });
@@ -101,8 +101,7 @@ test("mTLS: the agent accepts the controller's certificate and rejects clients w
     try { readFileSync(join(dir, "port")); break; } catch { await new Promise((r) => setTimeout(r, 100)); }
   }
   const files = (cert: string, ca = "ca") => ({ cert: readFileSync(join(dir, `${cert}.pem`)), key: readFileSync(join(dir, `${cert}.key`)), ca: readFileSync(join(dir, `${ca}.pem`)) });
-  const opts = { "grpc.ssl_target_name_override": "flotilla-agent" };
-  const good = createClient(AgentService, `127.0.0.1:${port}`, channelCredentials(files("controller")), opts);
+  const good = createClient(AgentService, `127.0.0.1:${port}`, channelCredentials(files("controller")));
   const info = await good.getInfo({}, { timeoutMs: 10_000 });
   assert.equal(info.agentId, "tls-1");
   good.close();
@@ -110,10 +109,10 @@ test("mTLS: the agent accepts the controller's certificate and rejects clients w
   await assert.rejects(plain.getInfo({}, { timeoutMs: 5000 }));
   plain.close();
   const { credentials } = await import("@grpc/grpc-js");
-  const noCert = createClient(AgentService, `127.0.0.1:${port}`, credentials.createSsl(readFileSync(join(dir, "ca.pem"))), opts);
+  const noCert = createClient(AgentService, `127.0.0.1:${port}`, credentials.createSsl(readFileSync(join(dir, "ca.pem"))));
   await assert.rejects(noCert.getInfo({}, { timeoutMs: 5000 }), "a client without a certificate is rejected");
   noCert.close();
-  const rogue = createClient(AgentService, `127.0.0.1:${port}`, channelCredentials({ ...files("intruder", "rogue"), ca: readFileSync(join(dir, "ca.pem")) }), opts);
+  const rogue = createClient(AgentService, `127.0.0.1:${port}`, channelCredentials({ ...files("intruder", "rogue"), ca: readFileSync(join(dir, "ca.pem")) }));
   await assert.rejects(rogue.getInfo({}, { timeoutMs: 5000 }), "a certificate from another CA is rejected");
   rogue.close();
 });

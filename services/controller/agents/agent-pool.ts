@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { AgentService } from "../../common/gen/flotilla/v1/agent_pb.js";
-import { channelCredentials, createClient, type ServiceClient, type TlsFiles } from "../../common/grpc-bridge.js";
+import { ReloadableCertificates, channelCredentials, createClient, type ServiceClient } from "../../common/grpc-bridge.js";
 import { FlotillaError } from "../../common/errors.js";
 import type { ControllerStore } from "../core/ports.js";
 
@@ -10,6 +10,8 @@ export interface AgentEndpoint {
   readonly id: string;
   readonly address: string;
   readonly source: "config" | "registered";
+  /** What its certificate must name; absent: the host of `address`. */
+  readonly identity?: string;
 }
 
 /**
@@ -17,16 +19,29 @@ export interface AgentEndpoint {
  * use. Addresses come from the config and from agent registration (stored).
  */
 export class GrpcAgentPool {
-  private readonly clients = new Map<string, { address: string; client: AgentClient }>();
-  private readonly tls: TlsFiles | undefined;
+  private readonly clients = new Map<string, { address: string; identity: string; client: AgentClient }>();
+  /** Clients replaced while calls may still run on them; closed with the pool. */
+  private readonly retired: AgentClient[] = [];
+  private readonly certs: ReloadableCertificates | undefined;
+  private readonly certExpiry = new Map<string, Date>();
   private readonly health = new Map<string, { state: "up" | "down"; lastSeen: string; error: string }>();
 
   constructor(
-    private readonly configured: readonly { id: string; address: string }[],
+    private readonly configured: readonly { id: string; address: string; identity?: string }[],
     private readonly store: ControllerStore,
-    tls?: { cert: string; key: string; ca: string },
+    private readonly tls?: { cert: string; key: string; ca: string },
   ) {
-    this.tls = tls ? { cert: readFileSync(tls.cert), key: readFileSync(tls.key), ca: readFileSync(tls.ca) } : undefined;
+    this.certs = tls ? new ReloadableCertificates(readTls(tls)) : undefined;
+  }
+
+  /** Re-reads the client certificate, key and CA (SIGHUP): new connections use them, calls in flight go on. */
+  reloadCertificates(): void {
+    if (this.certs && this.tls) this.certs.update(readTls(this.tls));
+  }
+
+  /** Expiry of each agent's certificate as last seen at a handshake. */
+  agentCertificateExpiry(): ReadonlyMap<string, Date> {
+    return this.certExpiry;
   }
 
   /** Every known agent: config first, then registered ones not in the config. */
@@ -42,13 +57,17 @@ export class GrpcAgentPool {
     const ep = (await this.endpoints()).find((e) => e.id === agentId);
     if (!ep) throw new FlotillaError("NOT_FOUND", `no agent "${agentId}" in the inventory`);
     const existing = this.clients.get(agentId);
-    if (existing && existing.address === ep.address) return existing.client;
-    existing?.client.close();
-    const client = createClient(AgentService, ep.address, channelCredentials(this.tls), {
-      "grpc.keepalive_time_ms": 30_000,
-      ...(this.tls ? { "grpc.ssl_target_name_override": "flotilla-agent" } : {}),
-    }) as unknown as AgentClient;
-    this.clients.set(agentId, { address: ep.address, client });
+    const identity = ep.identity ?? "";
+    if (existing && existing.address === ep.address && existing.identity === identity) return existing.client;
+    // A running operation may still stream on the old channel: keep it open until the pool closes.
+    if (existing) this.retired.push(existing.client);
+    // Each agent's certificate must name its own host (or its configured identity): no shared name.
+    const creds = channelCredentials(this.certs, {
+      ...(ep.identity !== undefined ? { identity: ep.identity } : {}),
+      onCertificate: (notAfter) => this.certExpiry.set(agentId, notAfter),
+    });
+    const client = createClient(AgentService, ep.address, creds, { "grpc.keepalive_time_ms": 30_000 }) as unknown as AgentClient;
+    this.clients.set(agentId, { address: ep.address, identity, client });
     return client;
   }
 
@@ -63,6 +82,11 @@ export class GrpcAgentPool {
 
   close(): void {
     for (const c of this.clients.values()) c.client.close();
+    for (const c of this.retired.splice(0)) c.close();
     this.clients.clear();
   }
+}
+
+function readTls(tls: { cert: string; key: string; ca: string }): { cert: Buffer; key: Buffer; ca: Buffer } {
+  return { cert: readFileSync(tls.cert), key: readFileSync(tls.key), ca: readFileSync(tls.ca) };
 }

@@ -7,17 +7,12 @@
 export type RolloutStatus = "pending" | "running" | "succeeded" | "failed" | "halted" | "aborted" | "rolled-back";
 export type TargetRunStatus = "pending" | "running" | "succeeded" | "failed" | "restored" | "skipped" | "aborted" | "rolled-back";
 export type StepState = "pending" | "running" | "succeeded" | "failed" | "skipped" | "interrupted";
-export type Strategy = "maintenance" | "job" | "blue-green";
+import type { RolloutSpec, Strategy } from "../../common/rollout-request.js";
 
-export interface RolloutSpecDoc {
-  readonly selector: string;
-  readonly toRevision: string;
-  readonly strategy: Strategy;
-  readonly waves: string;
-  readonly maxFailures: number;
-  readonly schedule?: string;
-  readonly window?: string;
-}
+export type { Strategy };
+
+/** The compiled request a rollout runs (frozen; see services/common/rollout-request.ts). */
+export type RolloutSpecDoc = RolloutSpec;
 
 export interface StepDoc {
   name: string;
@@ -74,6 +69,10 @@ export interface ScheduleDoc {
   window: string;
   toRevision: string;
   waves: string;
+  /** IANA zone the cron is read in ("" or absent: the controller's). */
+  timeZone?: string;
+  gate?: string;
+  maxFailures?: number;
   source: "config" | "api";
   lastRun?: string;
   lastResult?: string;

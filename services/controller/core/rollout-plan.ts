@@ -3,6 +3,7 @@
  * per target. No I/O; the engine executes what this produces.
  */
 import { FlotillaError } from "../../common/errors.js";
+import { waveSizes } from "../../common/rollout-request.js";
 import type { RolloutTargetDoc, StepDoc, Strategy } from "./ports.js";
 
 export interface InventoryTarget {
@@ -17,53 +18,8 @@ export interface InventoryTarget {
   readonly greenAgents?: readonly string[];
 }
 
-/** Parses `env=prod,region=eu`. Every pair must match; `id=X` matches the target id. */
-export function parseSelector(selector: string): Array<[string, string]> {
-  const s = selector.trim();
-  if (s === "") throw new FlotillaError("INVALID_ARGUMENT", "a selector is required, e.g. --selector env=prod (use id=TARGET for one target)");
-  return s.split(",").map((pair) => {
-    const m = /^([A-Za-z0-9._/-]+)=([A-Za-z0-9._/-]*)$/.exec(pair.trim());
-    if (!m) throw new FlotillaError("INVALID_ARGUMENT", `selector part "${pair}" is not key=value (e.g. env=prod,region=eu)`);
-    return [m[1]!, m[2]!];
-  });
-}
-
-export function matchesSelector(t: { id: string; labels: Readonly<Record<string, string>> }, pairs: Array<[string, string]>): boolean {
-  return pairs.every(([k, v]) => (k === "id" ? t.id === v : t.labels[k] === v));
-}
-
-/**
- * Wave sizes from a spec like `1,25%,100%`: each entry is a cumulative count or
- * a cumulative percentage of all targets. The last wave always takes the rest.
- */
-export function parseWaves(spec: string, total: number): number[] {
-  const text = spec.trim() === "" ? "100%" : spec.trim();
-  const cumulative: number[] = [];
-  for (const part of text.split(",")) {
-    const p = part.trim();
-    let n: number;
-    if (/^\d+%$/.test(p)) {
-      const pct = Number(p.slice(0, -1));
-      if (pct < 1 || pct > 100) throw new FlotillaError("INVALID_ARGUMENT", `wave "${p}" must be between 1% and 100%`);
-      n = Math.ceil((total * pct) / 100);
-    } else if (/^\d+$/.test(p) && Number(p) > 0) {
-      n = Number(p);
-    } else {
-      throw new FlotillaError("INVALID_ARGUMENT", `--waves "${spec}": "${p}" is neither a count nor a percentage (use e.g. 1,25%,100%)`);
-    }
-    cumulative.push(Math.min(n, total));
-  }
-  const sizes: number[] = [];
-  let done = 0;
-  for (const c of cumulative) {
-    if (c > done) {
-      sizes.push(c - done);
-      done = c;
-    }
-  }
-  if (done < total) sizes.push(total - done);
-  return sizes;
-}
+/** Wave sizes for `total` targets (the grammar and its checks live in services/common/rollout-request.ts). */
+export { waveSizes, matchesSelector, selectorPairs } from "../../common/rollout-request.js";
 
 function step(name: string, agentId: string, detail = ""): StepDoc {
   return { name, state: "pending", agentId, operationId: "", detail };
@@ -103,7 +59,7 @@ export function stepsFor(strategy: Strategy, t: InventoryTarget, toRevision: str
 /** Targets in stable order, assigned to waves, with their steps. */
 export function planTargets(strategy: Strategy, targets: readonly InventoryTarget[], waves: string, toRevision: string): RolloutTargetDoc[] {
   const sorted = [...targets].sort((a, b) => a.id.localeCompare(b.id));
-  const sizes = parseWaves(waves, sorted.length);
+  const sizes = waveSizes(waves, sorted.length);
   const out: RolloutTargetDoc[] = [];
   let i = 0;
   sizes.forEach((size, wave) => {
@@ -116,8 +72,4 @@ export function planTargets(strategy: Strategy, targets: readonly InventoryTarge
     }
   });
   return out;
-}
-
-export function isStrategy(s: string): s is Strategy {
-  return s === "maintenance" || s === "job" || s === "blue-green";
 }

@@ -1,4 +1,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { createServer as createHttpsServer, type Server as HttpsServer } from "node:https";
+import type { TLSSocket } from "node:tls";
 import { create, fromJson, toJson, type DescMessage, type JsonValue } from "@bufbuild/protobuf";
 import { Metadata } from "@grpc/grpc-js";
 import { ControllerService } from "../../common/gen/flotilla/v1/controller_pb.js";
@@ -6,6 +8,7 @@ import { FlotillaError, httpStatusOf, toFlotillaError } from "../../common/error
 import type { CallContext, ServiceImpl } from "../../common/grpc-bridge.js";
 import type { Logger } from "../../common/logger.js";
 import { redact } from "../../common/redact.js";
+import { isLoopbackHost } from "../../common/tls.js";
 import type { AuditLog } from "../audit/audit-log.js";
 import type { Caller } from "../service.js";
 import { WEB_PAGE } from "./web-page.js";
@@ -50,20 +53,29 @@ function sendError(res: ServerResponse, err: unknown): void {
  */
 export function createHttpGateway(
   impl: ServiceImpl<typeof ControllerService.method>,
-  deps: { audit: AuditLog; log: Logger; callerOf: (method: string, ctx: CallContext) => Caller; isLeader: () => boolean },
-): Server {
+  deps: {
+    audit: AuditLog; log: Logger; callerOf: (method: string, ctx: CallContext) => Caller; isLeader: () => boolean;
+    /** Serve HTTPS with this certificate and key (`httpTls`); replace it later with setSecureContext. */
+    tls?: { cert: Buffer; key: Buffer };
+  },
+): Server | HttpsServer {
   const methods = new Map<string, AnyMethod>();
   for (const m of ControllerService.methods as unknown as AnyMethod[]) methods.set(m.name, m);
 
-  return createServer((req, res) => {
+  const handler = (req: IncomingMessage, res: ServerResponse): void => {
     void (async () => {
       const url = new URL(req.url ?? "/", "http://localhost");
       const ac = new AbortController();
       res.on("close", () => ac.abort());
       const md = new Metadata();
       if (req.headers.authorization) md.set("authorization", req.headers.authorization);
-      const ctx: CallContext = { signal: ac.signal, peer: `${req.socket.remoteAddress}:${req.socket.remotePort}`, metadata: md, peerSans: "" };
+      const secure = (req.socket as TLSSocket).encrypted === true;
+      const ctx: CallContext = { signal: ac.signal, peer: `${req.socket.remoteAddress}:${req.socket.remotePort}`, metadata: md, peerSans: "", secure };
       try {
+        // A token sent in clear text to a listener other people can reach is refused before it is even compared.
+        if (req.headers.authorization && !secure && !isLoopbackHost(req.socket.localAddress ?? "")) {
+          throw new FlotillaError("PERMISSION_DENIED", "tokens are refused over plain HTTP on a non-loopback address: configure httpTls on the controller and use https://");
+        }
         if (req.method === "GET" && (url.pathname === "/" || url.pathname === "/index.html")) {
           res.writeHead(200, { "content-type": "text/html; charset=utf-8", "content-security-policy": "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'" });
           res.end(WEB_PAGE);
@@ -135,6 +147,7 @@ export function createHttpGateway(
         sendError(res, err);
       }
     })();
-  });
+  };
+  return deps.tls ? createHttpsServer({ cert: deps.tls.cert, key: deps.tls.key }, handler) : createServer(handler);
 }
 

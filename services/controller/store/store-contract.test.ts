@@ -14,7 +14,7 @@ function rollout(id: string, over: Partial<RolloutDoc> = {}): RolloutDoc {
   return {
     id,
     status: "pending",
-    spec: { selector: "env=prod", toRevision: "head", strategy: "maintenance", waves: "1,100%", maxFailures: 0 },
+    spec: { selector: "env=prod", toRevision: "head", strategy: "maintenance", waves: "1,100%", maxFailures: 0, window: "", gate: "", allowBreaking: false, schedule: "" },
     targets: [
       {
         targetId: "webui-1", agentId: "host-a", wave: 0, status: "pending",
@@ -67,7 +67,7 @@ for (const make of [() => sqliteBackend("store"), () => postgresBackend("store_t
 
     test("createRollout then getRollout returns the same document; unknown id is null; duplicate id refused", async () => {
       const { store } = await backend.fresh();
-      const doc = rollout("r1", { spec: { selector: "a=b", toRevision: "c3d2e1f00d42", strategy: "job", waves: "1", maxFailures: 2, window: "2h" } });
+      const doc = rollout("r1", { spec: { selector: "a=b", toRevision: "c3d2e1f00d42", strategy: "job", waves: "1", maxFailures: 2, window: "2h", gate: "manual:30m", allowBreaking: true, schedule: "" } });
       await store.createRollout(doc);
       assert.deepEqual(await store.getRollout("r1"), doc);
       assert.equal(await store.getRollout("nope"), null);

@@ -1,0 +1,80 @@
+/**
+ * What every bench module returns, and the small measuring tools they share.
+ *
+ * A module `bench/<topic>.bench.ts` exports
+ * `measure(opts: BenchOptions): Promise<Figure[]>`. Figures whose `id` is one
+ * of the contract ids (P1 … P12, see `CONTRACT` in run.ts) are the product's
+ * performance contract; figures with `id: ""` are details printed in the human
+ * view only (phases, throughput, the parts of a figure).
+ */
+
+export interface BenchOptions {
+  /** The short form: smaller data, fewer runs (the whole bench under ten minutes on 2 cores). */
+  readonly quick: boolean;
+  /** Progress lines for the human view; the JSON view sends them to stderr. */
+  readonly log: (line: string) => void;
+}
+
+export interface Figure {
+  /** Contract id (P1, P6s, P7t, …) or "" for a detail line. */
+  readonly id: string;
+  readonly name: string;
+  /** value ÷ baseline (or the figure's own ratio); null only with a `reason`. */
+  readonly ratio: number | null;
+  /** The measured value and its same-run baseline, both in `unit`. */
+  readonly value: number | null;
+  readonly baseline: number | null;
+  readonly unit: string;
+  /** How the baseline was measured, runs, sizes: printed in the human view. */
+  readonly detail?: string;
+  /** Why the ratio is null (a feature the bench cannot measure yet). */
+  readonly reason?: string;
+}
+
+export function median(xs: readonly number[]): number {
+  if (xs.length === 0) throw new Error("median of no values");
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+export const round = (x: number, digits = 3): number => Number(x.toFixed(digits));
+
+/** A ratio figure from a measured value and its baseline. */
+export function ratioFigure(id: string, name: string, value: number, baseline: number, unit: string, detail?: string): Figure {
+  return { id, name, ratio: round(value / baseline), value: round(value, 2), baseline: round(baseline, 2), unit, ...(detail ? { detail } : {}) };
+}
+
+/** A detail line (no contract id). */
+export function detailFigure(name: string, value: number, unit: string, detail?: string): Figure {
+  return { id: "", name, ratio: null, value: round(value, 2), baseline: null, unit, ...(detail ? { detail } : {}) };
+}
+
+/**
+ * The longest event-loop stall while `work` runs: a 5 ms interval timer
+ * measures how late each tick fires.
+ */
+export async function withStallProbe<T>(work: () => Promise<T>): Promise<{ result: T; maxStallMs: number }> {
+  const period = 5;
+  let last = performance.now();
+  let worst = 0;
+  const timer = setInterval(() => {
+    const now = performance.now();
+    worst = Math.max(worst, now - last - period);
+    last = now;
+  }, period);
+  try {
+    const result = await work();
+    return { result, maxStallMs: Math.max(0, worst) };
+  } finally {
+    clearInterval(timer);
+  }
+}
+
+/** Runs `fn` once as a warm-up, then `runs` times; returns the measured values (ms). */
+export async function timed(runs: number, fn: (i: number) => Promise<number>): Promise<number[]> {
+  await fn(0);
+  const out: number[] = [];
+  for (let i = 1; i <= runs; i++) out.push(await fn(i));
+  return out;
+}

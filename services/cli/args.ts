@@ -75,6 +75,7 @@ export type Command =
   | { readonly verb: "downgrade"; readonly target: string; readonly toRevision: string }
   | { readonly verb: "stamp"; readonly target: string; readonly revision: string; readonly reason: string }
   | { readonly verb: "recover"; readonly target: string; readonly operationId: string; readonly action: "restore" | "accept" }
+  | { readonly verb: "rehearse"; readonly target: string; readonly toRevision: string }
   | { readonly verb: "schedule add"; readonly schedule: ScheduleInput }
   | { readonly verb: "schedules" }
   | { readonly verb: "schedule rm"; readonly name: string }
@@ -478,6 +479,18 @@ const VERBS: readonly VerbDef[] = [
     },
   },
   {
+    name: "rehearse",
+    usage: "flotilla rehearse TARGET [--to REV]",
+    summary: "migrate a throwaway copy of the target (never the target itself): per-revision timings and go/no-go; exit 1 on no-go",
+    positionals: ["TARGET"],
+    options: { to: { type: "string", help: "REV  revision to rehearse up to (default head)" } },
+    build: (ctx) => {
+      const t = target(ctx);
+      const to = str(ctx, "to");
+      return { verb: "rehearse", target: t, toRevision: to === undefined ? "head" : parseRevision(to) };
+    },
+  },
+  {
     name: "recover",
     usage: "flotilla recover TARGET [OPERATION] --action restore|accept",
     summary: "resolve an operation interrupted by an agent crash or left needs-restore (default: the one holding the target): restore its pre-operation backup, or accept a database verifiably at its target revision",
@@ -558,7 +571,7 @@ const SUBVERBS: Readonly<Record<string, readonly string[]>> = {
 const GROUPS: ReadonlyArray<readonly [string, readonly string[]]> = [
   ["inventory and health", ["targets", "diagnose"]],
   ["backups", ["backup", "backups", "restore"]],
-  ["migrations", ["plan", "rollout", "rollouts", "rollout show", "rollout abort", "rollout rollback", "downgrade", "stamp", "recover"]],
+  ["migrations", ["plan", "rehearse", "rollout", "rollouts", "rollout show", "rollout abort", "rollout rollback", "downgrade", "stamp", "recover"]],
   ["schedules", ["schedule add", "schedule replace", "schedules", "schedule rm"]],
   ["audit", ["audit", "audit verify", "audit export"]],
 ];

@@ -14,6 +14,7 @@ import type { ControllerConfig, Role } from "./config.js";
 import type { ControllerStore, RolloutDoc, ScheduleDoc } from "./core/ports.js";
 import type { Inventory } from "./inventory.js";
 import type { RolloutEngine } from "./rollout-engine.js";
+import { preflightVerdict, type PreflightAnswer } from "./core/rollout-plan.js";
 import { Scheduler } from "./scheduler.js";
 import { checkSelector, compileScheduleRequest, describeProblems, orInvalidArgument } from "../common/rollout-request.js";
 
@@ -27,7 +28,7 @@ const ROLE_RANK: Record<Role, number> = { viewer: 0, operator: 1, admin: 2 };
 const METHOD_ROLE: Record<string, Role> = {
   ListTargets: "viewer", DiagnoseTarget: "viewer", ListTargetBackups: "viewer", PlanRollout: "viewer", GetRollout: "viewer",
   ListRollouts: "viewer", WatchRollout: "viewer", ListSchedules: "viewer", QueryAudit: "viewer", VerifyAudit: "viewer",
-  BackupTarget: "operator", StartRollout: "operator", AbortRollout: "operator", RegisterAgent: "operator",
+  BackupTarget: "operator", RehearseTarget: "operator", StartRollout: "operator", AbortRollout: "operator", RegisterAgent: "operator",
   RestoreTarget: "admin", RecoverTarget: "admin", DowngradeTarget: "admin", StampTarget: "admin", RollbackRollout: "admin", AddSchedule: "admin", RemoveSchedule: "admin",
 };
 
@@ -150,6 +151,25 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
 
   const timeout = { timeoutMs: d.config.agentTimeoutMs };
 
+  /**
+   * Asks every selected target's agent for its Plan (where the agent applies
+   * its safety policy) and refuses the whole request when any target refuses
+   * the wanted revision: nothing is stopped, backed up or recorded.
+   */
+  async function preflight(req: Parameters<RolloutEngine["plan"]>[0]): Promise<ReturnType<typeof preflightVerdict>> {
+    const plan = await d.engine.plan(req, false);
+    const answers = await Promise.all(plan.targets.map(async (t): Promise<PreflightAnswer> => {
+      try {
+        const p = await (await d.pool.client(t.agentId)).plan({ targetId: t.targetId, toRevision: plan.spec.toRevision }, { timeoutMs: 120_000 });
+        return { targetId: t.targetId, ok: true, pending: p.pending.length };
+      } catch (err) {
+        const fe = toFlotillaError(err);
+        return { targetId: t.targetId, ok: false, code: fe.code, message: fe.message };
+      }
+    }));
+    return preflightVerdict(answers);
+  }
+
   return {
     listTargets: (req, ctx) => audited("ListTargets", ctx, req.selector, req, async () => {
       const selector = req.selector === "" ? undefined : checkSelector(req.selector);
@@ -200,9 +220,14 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
       const { agentId } = await ownerOf(req.targetId);
       return runOp(agentId, (c) => c.recover({ targetId: req.targetId, operationId: req.operationId, action: req.action, newOperationId: `api.${randomUUID()}` }, timeout));
     }),
+    rehearseTarget: (req, ctx) => audited("RehearseTarget", ctx, req.targetId, req, async () => {
+      const { agentId } = await ownerOf(req.targetId);
+      return runOp(agentId, (c) => c.rehearse({ targetId: req.targetId, toRevision: req.toRevision, operationId: `api.${randomUUID()}` }, timeout));
+    }),
     planRollout: (req, ctx) => audited("PlanRollout", ctx, req.selector, req, async () => {
       const plan = await d.engine.plan(req, false);
       const warnings = [...plan.warnings];
+      const refusals: PreflightAnswer[] = [];
       const targets = await Promise.all(plan.targets.map(async (t) => {
         const notes: string[] = [];
         const tw: string[] = [];
@@ -214,17 +239,26 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
             tw.push("the job strategy migrates while old app instances keep running, but these revisions are not purely additive: use maintenance or blue-green");
           }
         } catch (err) {
-          tw.push(`cannot plan: ${toFlotillaError(err).message}`);
+          const fe = toFlotillaError(err);
+          // A wanted revision the target refuses (unknown, behind, another branch, ambiguous) refuses the plan.
+          if (preflightVerdict([{ targetId: t.targetId, ok: false, code: fe.code, message: fe.message }]).refusal) {
+            refusals.push({ targetId: t.targetId, ok: false, code: fe.code, message: fe.message });
+          }
+          tw.push(`cannot plan: ${fe.message}`);
         }
         return {
           targetId: t.targetId, agentId: t.agentId, wave: t.wave, current: p?.current ?? [], pending: p?.pending ?? [],
           steps: t.steps.map((s) => ({ name: s.name, agentId: s.agentId, detail: s.detail })), sql: p?.sql ?? "", sqlComplete: p?.sqlComplete ?? false,
-          notes, warnings: tw,
+          notes, warnings: tw, revisions: p?.revisions ?? [],
         };
       }));
+      const refusal = preflightVerdict(refusals).refusal;
+      if (refusal) throw new FlotillaError(refusal.code as FlotillaError["code"], refusal.message);
       return { spec: { ...plan.spec, schedule: plan.spec.schedule ?? "", window: plan.spec.window ?? "" }, targets, warnings, waveCount: new Set(plan.targets.map((t) => t.wave)).size };
     }),
     startRollout: (req, ctx) => audited("StartRollout", ctx, req.selector, req, async (caller) => {
+      const { refusal } = await preflight({ ...req, schedule: "" });
+      if (refusal) throw new FlotillaError(refusal.code as FlotillaError["code"], refusal.message);
       const doc = await d.engine.start({ ...req, schedule: "" }, caller.actor);
       return rolloutMessage(doc);
     }),
@@ -269,6 +303,10 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
         throw new FlotillaError("PRECONDITION_FAILED", `a schedule named ${compiled.name} exists already (${existing.cron} · ${existing.selector}); nothing was changed. Replace it with flotilla schedule replace ${compiled.name} … (or --replace), or pick another name`);
       }
       const r = compiled.rollout;
+      // The wanted revision is checked against the targets' agents now, not when the schedule fires.
+      // A selector with no reachable target yet cannot be checked: the schedule is accepted then.
+      const verdict = await preflight({ selector: r.selector, toRevision: r.toRevision, strategy: r.strategy, waves: r.waves }).catch(() => undefined);
+      if (verdict?.refusal) throw new FlotillaError(verdict.refusal.code as FlotillaError["code"], verdict.refusal.message);
       const s = {
         name: compiled.name, cron: compiled.cron, timeZone: compiled.timeZone, selector: r.selector, strategy: r.strategy, window: r.window,
         toRevision: r.toRevision, waves: r.waves, gate: r.gate, maxFailures: r.maxFailures, source: "api" as const,

@@ -281,6 +281,11 @@ export class SqliteDatabase implements DatabaseAdapter {
     return this.readOnly("list columns", (db) => listTableColumns(db, table));
   }
 
+  listIndexes(): Promise<string[]> {
+    return this.readOnly("list indexes", (db) =>
+      (db.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%' ORDER BY name").all() as { name: string }[]).map((r) => r.name));
+  }
+
   /** sha256 over sqlite_master (type, name, tbl_name, sql), sorted, sqlite_* objects excluded. */
   schemaHash(): Promise<string> {
     return this.readOnly("schema hash", (db) => computeSchemaHash(db));

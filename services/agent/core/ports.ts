@@ -58,6 +58,8 @@ export interface DatabaseAdapter {
   /** User tables (excluding sqlite internal tables). */
   listTables(): Promise<string[]>;
   listColumns(table: string): Promise<string[]>;
+  /** Names of the user indexes (SQLite: named ones in sqlite_master; PostgreSQL: pg_indexes of the current schema). */
+  listIndexes(): Promise<string[]>;
   /** Row count of every user table. */
   tableCounts(): Promise<Record<string, number>>;
   /** sha256 of a normalised description of the schema (tables, columns, indexes). */

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { classifySql } from "./sql-compat.js";
+import { classifySql, missingObjects, objectsCreatedBy } from "./sql-compat.js";
 
 const bump = "UPDATE alembic_version SET version_num='e5f4a3b2c1d0' WHERE alembic_version.version_num = 'd4c3b2a1e5f6';";
 
@@ -44,5 +44,21 @@ describe("classifySql", () => {
 
   it("ignores comments, the transaction wrapper and semicolons inside string literals", () => {
     assert.equal(classifySql("BEGIN;\n-- DROP TABLE x;\nALTER TABLE chat ADD COLUMN meta JSON DEFAULT 'a;b';\nCOMMIT;").compatibility, "additive");
+  });
+});
+
+describe("objectsCreatedBy / missingObjects (stamp --reason applied-by-hand)", () => {
+  const sql = `ALTER TABLE "user" ADD COLUMN settings JSON;\n\nCREATE INDEX chat_user_updated_idx ON chat (user_id, updated_at);\n\n` +
+    `CREATE TABLE shared_chat (\n    id VARCHAR NOT NULL, \n    PRIMARY KEY (id)\n);\n\nALTER TABLE "user" ADD CONSTRAINT uq UNIQUE (email);\n\n${bump}`;
+
+  it("reads the tables, columns and indexes a revision creates", () => {
+    assert.deepEqual(objectsCreatedBy(sql), { tables: ["shared_chat"], columns: [{ table: "user", column: "settings" }], indexes: ["chat_user_updated_idx"] });
+  });
+
+  it("names what the database lacks", () => {
+    const present = { tables: ["user", "chat"], indexes: [], columnsOf: (t: string) => (t === "user" ? ["id", "email"] : []) };
+    assert.deepEqual(missingObjects(objectsCreatedBy(sql), present), ["table shared_chat", "column user.settings", "index chat_user_updated_idx"]);
+    const all = { tables: ["user", "chat", "shared_chat"], indexes: ["chat_user_updated_idx"], columnsOf: () => ["id", "email", "settings"] };
+    assert.deepEqual(missingObjects(objectsCreatedBy(sql), all), []);
   });
 });

@@ -109,3 +109,55 @@ export function classifySql(sql: string): CompatibilityVerdict {
   if (verdicts.length === 0) return { compatibility: "additive", reason: "no schema change" };
   return { compatibility: "additive", reason: [...new Set(verdicts.map((v) => v.why))].slice(0, 3).join("; ") };
 }
+
+/** Tables, columns and indexes a revision's offline SQL creates (what `stamp --reason applied-by-hand` must find). */
+export interface CreatedObjects {
+  readonly tables: readonly string[];
+  readonly columns: readonly { readonly table: string; readonly column: string }[];
+  readonly indexes: readonly string[];
+}
+
+/** Reads CREATE TABLE, ALTER TABLE … ADD [COLUMN] and CREATE [UNIQUE] INDEX from offline SQL. Tables a later statement drops are left out. */
+export function objectsCreatedBy(sql: string): CreatedObjects {
+  const tables: string[] = [];
+  const columns: { table: string; column: string }[] = [];
+  const indexes: string[] = [];
+  const dropped = new Set<string>();
+  for (const stmt of statements(sql)) {
+    let m = new RegExp(`^CREATE TABLE (?:IF NOT EXISTS )?(${IDENT})`, "i").exec(stmt);
+    if (m) {
+      const table = unquote(m[1]!);
+      if (table !== "alembic_version") tables.push(table);
+      continue;
+    }
+    m = new RegExp(`^ALTER TABLE (?:ONLY )?(${IDENT}) ADD (?:COLUMN )?(?:IF NOT EXISTS )?(${IDENT})`, "i").exec(stmt);
+    if (m && !/^(CONSTRAINT|PRIMARY|UNIQUE|FOREIGN|CHECK)$/i.test(m[2]!)) {
+      columns.push({ table: unquote(m[1]!), column: unquote(m[2]!) });
+      continue;
+    }
+    m = new RegExp(`^CREATE (?:UNIQUE )?INDEX (?:CONCURRENTLY )?(?:IF NOT EXISTS )?(${IDENT})`, "i").exec(stmt);
+    if (m) {
+      indexes.push(unquote(m[1]!));
+      continue;
+    }
+    m = new RegExp(`^DROP TABLE (?:IF EXISTS )?(${IDENT})`, "i").exec(stmt);
+    if (m) dropped.add(unquote(m[1]!));
+  }
+  return { tables: tables.filter((t) => !dropped.has(t)), columns: columns.filter((c) => !dropped.has(c.table)), indexes };
+}
+
+/** What of `created` the database lacks, one phrase each (`columnsOf` gives a table's columns; absent tables have none). */
+export function missingObjects(
+  created: CreatedObjects,
+  present: { readonly tables: readonly string[]; readonly indexes: readonly string[]; readonly columnsOf: (table: string) => readonly string[] },
+): string[] {
+  const tables = new Set(present.tables.map((t) => t.toLowerCase()));
+  const indexes = new Set(present.indexes.map((i) => i.toLowerCase()));
+  const missing: string[] = [];
+  for (const t of created.tables) if (!tables.has(t)) missing.push(`table ${t}`);
+  for (const c of created.columns) {
+    if (!present.columnsOf(c.table).map((x) => x.toLowerCase()).includes(c.column)) missing.push(`column ${c.table}.${c.column}`);
+  }
+  for (const i of created.indexes) if (!indexes.has(i)) missing.push(`index ${i}`);
+  return missing;
+}

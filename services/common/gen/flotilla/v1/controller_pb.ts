@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { DiagnoseResponseSchema, ListBackupsResponseSchema, OperationResultSchema, RevisionInfo, TargetStatus } from "./agent_pb.js";
+import type { DiagnoseResponseSchema, ListBackupsResponseSchema, OperationResultSchema, RevisionInfo, RevisionPlan, TargetStatus } from "./agent_pb.js";
 import { file_flotilla_v1_agent } from "./agent_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file flotilla/v1/controller.proto.
  */
 export const file_flotilla_v1_controller: GenFile = /*@__PURE__*/
-  fileDesc("ChxmbG90aWxsYS92MS9jb250cm9sbGVyLnByb3RvEgtmbG90aWxsYS52MSImChJMaXN0VGFyZ2V0c1JlcXVlc3QSEAoIc2VsZWN0b3IYASABKAkiawoLQWdlbnRIZWFsdGgSCgoCaWQYASABKAkSDwoHYWRkcmVzcxgCIAEoCRINCgVzdGF0ZRgDIAEoCRIRCglsYXN0X3NlZW4YBCABKAkSDQoFZXJyb3IYBSABKAkSDgoGc291cmNlGAYgASgJIn0KE0xpc3RUYXJnZXRzUmVzcG9uc2USKgoHdGFyZ2V0cxgBIAMoCzIZLmZsb3RpbGxhLnYxLlRhcmdldFN0YXR1cxIoCgZhZ2VudHMYAiADKAsyGC5mbG90aWxsYS52MS5BZ2VudEhlYWx0aBIQCgh3YXJuaW5ncxgDIAMoCSIeCglUYXJnZXRSZWYSEQoJdGFyZ2V0X2lkGAEgASgJIkkKFFJlc3RvcmVUYXJnZXRSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCRIRCgliYWNrdXBfaWQYAiABKAkSCwoDeWVzGAMgASgIIloKFkRvd25ncmFkZVRhcmdldFJlcXVlc3QSEQoJdGFyZ2V0X2lkGAEgASgJEhMKC3RvX3JldmlzaW9uGAIgASgJEhgKEGFjY2VwdF9kYXRhX2xvc3MYAyABKAgiSQoSU3RhbXBUYXJnZXRSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCRIQCghyZXZpc2lvbhgCIAEoCRIOCgZyZWFzb24YAyABKAkiTwoUUmVjb3ZlclRhcmdldFJlcXVlc3QSEQoJdGFyZ2V0X2lkGAEgASgJEhQKDG9wZXJhdGlvbl9pZBgCIAEoCRIOCgZhY3Rpb24YAyABKAkiswEKC1JvbGxvdXRTcGVjEhAKCHNlbGVjdG9yGAEgASgJEhMKC3RvX3JldmlzaW9uGAIgASgJEhAKCHN0cmF0ZWd5GAMgASgJEg0KBXdhdmVzGAQgASgJEhQKDG1heF9mYWlsdXJlcxgFIAEoBRIQCghzY2hlZHVsZRgGIAEoCRIOCgZ3aW5kb3cYByABKAkSDAoEZ2F0ZRgIIAEoCRIWCg5hbGxvd19icmVha2luZxgJIAEoCCI9CgtQbGFubmVkU3RlcBIMCgRuYW1lGAEgASgJEhAKCGFnZW50X2lkGAIgASgJEg4KBmRldGFpbBgDIAEoCSLsAQoNUGxhbm5lZFRhcmdldBIRCgl0YXJnZXRfaWQYASABKAkSEAoIYWdlbnRfaWQYAiABKAkSDAoEd2F2ZRgDIAEoBRIPCgdjdXJyZW50GAQgAygJEioKB3BlbmRpbmcYBSADKAsyGS5mbG90aWxsYS52MS5SZXZpc2lvbkluZm8SJwoFc3RlcHMYBiADKAsyGC5mbG90aWxsYS52MS5QbGFubmVkU3RlcBILCgNzcWwYByABKAkSFAoMc3FsX2NvbXBsZXRlGAggASgIEg0KBW5vdGVzGAkgAygJEhAKCHdhcm5pbmdzGAogAygJIogBCgtSb2xsb3V0UGxhbhImCgRzcGVjGAEgASgLMhguZmxvdGlsbGEudjEuUm9sbG91dFNwZWMSKwoHdGFyZ2V0cxgCIAMoCzIaLmZsb3RpbGxhLnYxLlBsYW5uZWRUYXJnZXQSEAoId2FybmluZ3MYAyADKAkSEgoKd2F2ZV9jb3VudBgEIAEoBSKLAQoLUm9sbG91dFN0ZXASDAoEbmFtZRgBIAEoCRINCgVzdGF0ZRgCIAEoCRIQCghhZ2VudF9pZBgDIAEoCRIUCgxvcGVyYXRpb25faWQYBCABKAkSDgoGZGV0YWlsGAUgASgJEhIKCnN0YXJ0ZWRfYXQYBiABKAkSEwoLZmluaXNoZWRfYXQYByABKAki0AEKDVJvbGxvdXRUYXJnZXQSEQoJdGFyZ2V0X2lkGAEgASgJEhAKCGFnZW50X2lkGAIgASgJEgwKBHdhdmUYAyABKAUSDgoGc3RhdHVzGAQgASgJEicKBXN0ZXBzGAUgAygLMhguZmxvdGlsbGEudjEuUm9sbG91dFN0ZXASFwoPcmV2aXNpb25fYmVmb3JlGAYgAygJEhYKDnJldmlzaW9uX2FmdGVyGAcgAygJEhEKCWJhY2t1cF9pZBgIIAEoCRIPCgdtZXNzYWdlGAkgASgJIqkCCgdSb2xsb3V0EgoKAmlkGAEgASgJEg4KBnN0YXR1cxgCIAEoCRImCgRzcGVjGAMgASgLMhguZmxvdGlsbGEudjEuUm9sbG91dFNwZWMSKwoHdGFyZ2V0cxgEIAMoCzIaLmZsb3RpbGxhLnYxLlJvbGxvdXRUYXJnZXQSEgoKY3JlYXRlZF9hdBgFIAEoCRITCgtmaW5pc2hlZF9hdBgGIAEoCRINCgVhY3RvchgHIAEoCRIPCgdtZXNzYWdlGAggASgJEhAKCHdhcm5pbmdzGAkgAygJEhQKDGN1cnJlbnRfd2F2ZRgKIAEoBRITCgt3YWl0aW5nX2ZvchgLIAEoCRIXCg9nYXRlX2V4cGlyZXNfYXQYDCABKAkSDgoGcGF1c2VkGA0gASgIIiUKClJvbGxvdXRSZWYSCgoCaWQYASABKAkSCwoDeWVzGAIgASgIIiQKE0xpc3RSb2xsb3V0c1JlcXVlc3QSDQoFbGltaXQYASABKAUiPgoUTGlzdFJvbGxvdXRzUmVzcG9uc2USJgoIcm9sbG91dHMYASADKAsyFC5mbG90aWxsYS52MS5Sb2xsb3V0IrkBCgtSb2xsb3V0TGluZRIRCgl0YXJnZXRfaWQYASABKAkSDAoEc3RlcBgCIAEoCRIMCgRsaW5lGAMgASgJEhYKDnJldmlzaW9uX2luZGV4GAQgASgFEhYKDnJldmlzaW9uX2NvdW50GAUgASgFEhIKCmVsYXBzZWRfbXMYBiABKAMSDgoGZXRhX21zGAcgASgDEhIKCmJ5dGVzX2RvbmUYCCABKAMSEwoLYnl0ZXNfdG90YWwYCSABKAMiawoMUm9sbG91dEV2ZW50EigKCHNuYXBzaG90GAEgASgLMhQuZmxvdGlsbGEudjEuUm9sbG91dEgAEigKBGxpbmUYAiABKAsyGC5mbG90aWxsYS52MS5Sb2xsb3V0TGluZUgAQgcKBWV2ZW50Ip4CCghTY2hlZHVsZRIMCgRuYW1lGAEgASgJEgwKBGNyb24YAiABKAkSEAoIc2VsZWN0b3IYAyABKAkSEAoIc3RyYXRlZ3kYBCABKAkSDgoGd2luZG93GAUgASgJEhMKC3RvX3JldmlzaW9uGAYgASgJEg0KBXdhdmVzGAcgASgJEg4KBnNvdXJjZRgIIAEoCRIQCghsYXN0X3J1bhgJIAEoCRITCgtsYXN0X3Jlc3VsdBgKIAEoCRIRCgl0aW1lX3pvbmUYCyABKAkSEAoIbmV4dF9ydW4YDCABKAkSDQoFZHJpbGwYDSABKAgSDwoHcmVwbGFjZRgOIAEoCBIMCgRnYXRlGA8gASgJEhQKDG1heF9mYWlsdXJlcxgQIAEoBSIbCgtTY2hlZHVsZVJlZhIMCgRuYW1lGAEgASgJIhYKFExpc3RTY2hlZHVsZXNSZXF1ZXN0IkEKFUxpc3RTY2hlZHVsZXNSZXNwb25zZRIoCglzY2hlZHVsZXMYASADKAsyFS5mbG90aWxsYS52MS5TY2hlZHVsZSJvChFRdWVyeUF1ZGl0UmVxdWVzdBINCgVzaW5jZRgBIAEoCRINCgV1bnRpbBgCIAEoCRIOCgZ0YXJnZXQYAyABKAkSDQoFYWN0b3IYBCABKAkSDgoGYWN0aW9uGAUgASgJEg0KBWxpbWl0GAYgASgFIqYBCgpBdWRpdEVudHJ5EgsKA3NlcRgBIAEoAxIMCgR0aW1lGAIgASgJEg0KBWFjdG9yGAMgASgJEg4KBmFjdGlvbhgEIAEoCRIOCgZ0YXJnZXQYBSABKAkSDAoEYXJncxgGIAEoCRIPCgdvdXRjb21lGAcgASgJEg4KBmRldGFpbBgIIAEoCRIRCglwcmV2X2hhc2gYCSABKAkSDAoEaGFzaBgKIAEoCSI+ChJRdWVyeUF1ZGl0UmVzcG9uc2USKAoHZW50cmllcxgBIAMoCzIXLmZsb3RpbGxhLnYxLkF1ZGl0RW50cnkiFAoSVmVyaWZ5QXVkaXRSZXF1ZXN0IlkKE1ZlcmlmeUF1ZGl0UmVzcG9uc2USCgoCb2sYASABKAgSDwoHY2hlY2tlZBgCIAEoAxIVCg1maXJzdF9iYWRfc2VxGAMgASgDEg4KBnJlYXNvbhgEIAEoCSI5ChRSZWdpc3RlckFnZW50UmVxdWVzdBIQCghhZ2VudF9pZBgBIAEoCRIPCgdhZGRyZXNzGAIgASgJIjIKFVJlZ2lzdGVyQWdlbnRSZXNwb25zZRIZChFoZWFydGJlYXRfc2Vjb25kcxgBIAEoBTLFDAoRQ29udHJvbGxlclNlcnZpY2USUAoLTGlzdFRhcmdldHMSHy5mbG90aWxsYS52MS5MaXN0VGFyZ2V0c1JlcXVlc3QaIC5mbG90aWxsYS52MS5MaXN0VGFyZ2V0c1Jlc3BvbnNlEkcKDkRpYWdub3NlVGFyZ2V0EhYuZmxvdGlsbGEudjEuVGFyZ2V0UmVmGh0uZmxvdGlsbGEudjEuRGlhZ25vc2VSZXNwb25zZRJECgxCYWNrdXBUYXJnZXQSFi5mbG90aWxsYS52MS5UYXJnZXRSZWYaHC5mbG90aWxsYS52MS5PcGVyYXRpb25SZXN1bHQSTQoRTGlzdFRhcmdldEJhY2t1cHMSFi5mbG90aWxsYS52MS5UYXJnZXRSZWYaIC5mbG90aWxsYS52MS5MaXN0QmFja3Vwc1Jlc3BvbnNlElAKDVJlc3RvcmVUYXJnZXQSIS5mbG90aWxsYS52MS5SZXN0b3JlVGFyZ2V0UmVxdWVzdBocLmZsb3RpbGxhLnYxLk9wZXJhdGlvblJlc3VsdBJUCg9Eb3duZ3JhZGVUYXJnZXQSIy5mbG90aWxsYS52MS5Eb3duZ3JhZGVUYXJnZXRSZXF1ZXN0GhwuZmxvdGlsbGEudjEuT3BlcmF0aW9uUmVzdWx0EkwKC1N0YW1wVGFyZ2V0Eh8uZmxvdGlsbGEudjEuU3RhbXBUYXJnZXRSZXF1ZXN0GhwuZmxvdGlsbGEudjEuT3BlcmF0aW9uUmVzdWx0ElAKDVJlY292ZXJUYXJnZXQSIS5mbG90aWxsYS52MS5SZWNvdmVyVGFyZ2V0UmVxdWVzdBocLmZsb3RpbGxhLnYxLk9wZXJhdGlvblJlc3VsdBJBCgtQbGFuUm9sbG91dBIYLmZsb3RpbGxhLnYxLlJvbGxvdXRTcGVjGhguZmxvdGlsbGEudjEuUm9sbG91dFBsYW4SPgoMU3RhcnRSb2xsb3V0EhguZmxvdGlsbGEudjEuUm9sbG91dFNwZWMaFC5mbG90aWxsYS52MS5Sb2xsb3V0EjsKCkdldFJvbGxvdXQSFy5mbG90aWxsYS52MS5Sb2xsb3V0UmVmGhQuZmxvdGlsbGEudjEuUm9sbG91dBJTCgxMaXN0Um9sbG91dHMSIC5mbG90aWxsYS52MS5MaXN0Um9sbG91dHNSZXF1ZXN0GiEuZmxvdGlsbGEudjEuTGlzdFJvbGxvdXRzUmVzcG9uc2USRAoMV2F0Y2hSb2xsb3V0EhcuZmxvdGlsbGEudjEuUm9sbG91dFJlZhoZLmZsb3RpbGxhLnYxLlJvbGxvdXRFdmVudDABEj0KDEFib3J0Um9sbG91dBIXLmZsb3RpbGxhLnYxLlJvbGxvdXRSZWYaFC5mbG90aWxsYS52MS5Sb2xsb3V0EkAKD1JvbGxiYWNrUm9sbG91dBIXLmZsb3RpbGxhLnYxLlJvbGxvdXRSZWYaFC5mbG90aWxsYS52MS5Sb2xsb3V0EjsKC0FkZFNjaGVkdWxlEhUuZmxvdGlsbGEudjEuU2NoZWR1bGUaFS5mbG90aWxsYS52MS5TY2hlZHVsZRJWCg1MaXN0U2NoZWR1bGVzEiEuZmxvdGlsbGEudjEuTGlzdFNjaGVkdWxlc1JlcXVlc3QaIi5mbG90aWxsYS52MS5MaXN0U2NoZWR1bGVzUmVzcG9uc2USTgoOUmVtb3ZlU2NoZWR1bGUSGC5mbG90aWxsYS52MS5TY2hlZHVsZVJlZhoiLmZsb3RpbGxhLnYxLkxpc3RTY2hlZHVsZXNSZXNwb25zZRJNCgpRdWVyeUF1ZGl0Eh4uZmxvdGlsbGEudjEuUXVlcnlBdWRpdFJlcXVlc3QaHy5mbG90aWxsYS52MS5RdWVyeUF1ZGl0UmVzcG9uc2USUAoLVmVyaWZ5QXVkaXQSHy5mbG90aWxsYS52MS5WZXJpZnlBdWRpdFJlcXVlc3QaIC5mbG90aWxsYS52MS5WZXJpZnlBdWRpdFJlc3BvbnNlElYKDVJlZ2lzdGVyQWdlbnQSIS5mbG90aWxsYS52MS5SZWdpc3RlckFnZW50UmVxdWVzdBoiLmZsb3RpbGxhLnYxLlJlZ2lzdGVyQWdlbnRSZXNwb25zZWIGcHJvdG8z", [file_flotilla_v1_agent]);
+  fileDesc("ChxmbG90aWxsYS92MS9jb250cm9sbGVyLnByb3RvEgtmbG90aWxsYS52MSImChJMaXN0VGFyZ2V0c1JlcXVlc3QSEAoIc2VsZWN0b3IYASABKAkiawoLQWdlbnRIZWFsdGgSCgoCaWQYASABKAkSDwoHYWRkcmVzcxgCIAEoCRINCgVzdGF0ZRgDIAEoCRIRCglsYXN0X3NlZW4YBCABKAkSDQoFZXJyb3IYBSABKAkSDgoGc291cmNlGAYgASgJIn0KE0xpc3RUYXJnZXRzUmVzcG9uc2USKgoHdGFyZ2V0cxgBIAMoCzIZLmZsb3RpbGxhLnYxLlRhcmdldFN0YXR1cxIoCgZhZ2VudHMYAiADKAsyGC5mbG90aWxsYS52MS5BZ2VudEhlYWx0aBIQCgh3YXJuaW5ncxgDIAMoCSIeCglUYXJnZXRSZWYSEQoJdGFyZ2V0X2lkGAEgASgJIkkKFFJlc3RvcmVUYXJnZXRSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCRIRCgliYWNrdXBfaWQYAiABKAkSCwoDeWVzGAMgASgIIloKFkRvd25ncmFkZVRhcmdldFJlcXVlc3QSEQoJdGFyZ2V0X2lkGAEgASgJEhMKC3RvX3JldmlzaW9uGAIgASgJEhgKEGFjY2VwdF9kYXRhX2xvc3MYAyABKAgiSQoSU3RhbXBUYXJnZXRSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCRIQCghyZXZpc2lvbhgCIAEoCRIOCgZyZWFzb24YAyABKAkiPwoVUmVoZWFyc2VUYXJnZXRSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCRITCgt0b19yZXZpc2lvbhgCIAEoCSJPChRSZWNvdmVyVGFyZ2V0UmVxdWVzdBIRCgl0YXJnZXRfaWQYASABKAkSFAoMb3BlcmF0aW9uX2lkGAIgASgJEg4KBmFjdGlvbhgDIAEoCSKzAQoLUm9sbG91dFNwZWMSEAoIc2VsZWN0b3IYASABKAkSEwoLdG9fcmV2aXNpb24YAiABKAkSEAoIc3RyYXRlZ3kYAyABKAkSDQoFd2F2ZXMYBCABKAkSFAoMbWF4X2ZhaWx1cmVzGAUgASgFEhAKCHNjaGVkdWxlGAYgASgJEg4KBndpbmRvdxgHIAEoCRIMCgRnYXRlGAggASgJEhYKDmFsbG93X2JyZWFraW5nGAkgASgIIj0KC1BsYW5uZWRTdGVwEgwKBG5hbWUYASABKAkSEAoIYWdlbnRfaWQYAiABKAkSDgoGZGV0YWlsGAMgASgJIpoCCg1QbGFubmVkVGFyZ2V0EhEKCXRhcmdldF9pZBgBIAEoCRIQCghhZ2VudF9pZBgCIAEoCRIMCgR3YXZlGAMgASgFEg8KB2N1cnJlbnQYBCADKAkSKgoHcGVuZGluZxgFIAMoCzIZLmZsb3RpbGxhLnYxLlJldmlzaW9uSW5mbxInCgVzdGVwcxgGIAMoCzIYLmZsb3RpbGxhLnYxLlBsYW5uZWRTdGVwEgsKA3NxbBgHIAEoCRIUCgxzcWxfY29tcGxldGUYCCABKAgSDQoFbm90ZXMYCSADKAkSEAoId2FybmluZ3MYCiADKAkSLAoJcmV2aXNpb25zGAsgAygLMhkuZmxvdGlsbGEudjEuUmV2aXNpb25QbGFuIogBCgtSb2xsb3V0UGxhbhImCgRzcGVjGAEgASgLMhguZmxvdGlsbGEudjEuUm9sbG91dFNwZWMSKwoHdGFyZ2V0cxgCIAMoCzIaLmZsb3RpbGxhLnYxLlBsYW5uZWRUYXJnZXQSEAoId2FybmluZ3MYAyADKAkSEgoKd2F2ZV9jb3VudBgEIAEoBSKLAQoLUm9sbG91dFN0ZXASDAoEbmFtZRgBIAEoCRINCgVzdGF0ZRgCIAEoCRIQCghhZ2VudF9pZBgDIAEoCRIUCgxvcGVyYXRpb25faWQYBCABKAkSDgoGZGV0YWlsGAUgASgJEhIKCnN0YXJ0ZWRfYXQYBiABKAkSEwoLZmluaXNoZWRfYXQYByABKAki0AEKDVJvbGxvdXRUYXJnZXQSEQoJdGFyZ2V0X2lkGAEgASgJEhAKCGFnZW50X2lkGAIgASgJEgwKBHdhdmUYAyABKAUSDgoGc3RhdHVzGAQgASgJEicKBXN0ZXBzGAUgAygLMhguZmxvdGlsbGEudjEuUm9sbG91dFN0ZXASFwoPcmV2aXNpb25fYmVmb3JlGAYgAygJEhYKDnJldmlzaW9uX2FmdGVyGAcgAygJEhEKCWJhY2t1cF9pZBgIIAEoCRIPCgdtZXNzYWdlGAkgASgJIqkCCgdSb2xsb3V0EgoKAmlkGAEgASgJEg4KBnN0YXR1cxgCIAEoCRImCgRzcGVjGAMgASgLMhguZmxvdGlsbGEudjEuUm9sbG91dFNwZWMSKwoHdGFyZ2V0cxgEIAMoCzIaLmZsb3RpbGxhLnYxLlJvbGxvdXRUYXJnZXQSEgoKY3JlYXRlZF9hdBgFIAEoCRITCgtmaW5pc2hlZF9hdBgGIAEoCRINCgVhY3RvchgHIAEoCRIPCgdtZXNzYWdlGAggASgJEhAKCHdhcm5pbmdzGAkgAygJEhQKDGN1cnJlbnRfd2F2ZRgKIAEoBRITCgt3YWl0aW5nX2ZvchgLIAEoCRIXCg9nYXRlX2V4cGlyZXNfYXQYDCABKAkSDgoGcGF1c2VkGA0gASgIIiUKClJvbGxvdXRSZWYSCgoCaWQYASABKAkSCwoDeWVzGAIgASgIIiQKE0xpc3RSb2xsb3V0c1JlcXVlc3QSDQoFbGltaXQYASABKAUiPgoUTGlzdFJvbGxvdXRzUmVzcG9uc2USJgoIcm9sbG91dHMYASADKAsyFC5mbG90aWxsYS52MS5Sb2xsb3V0IrkBCgtSb2xsb3V0TGluZRIRCgl0YXJnZXRfaWQYASABKAkSDAoEc3RlcBgCIAEoCRIMCgRsaW5lGAMgASgJEhYKDnJldmlzaW9uX2luZGV4GAQgASgFEhYKDnJldmlzaW9uX2NvdW50GAUgASgFEhIKCmVsYXBzZWRfbXMYBiABKAMSDgoGZXRhX21zGAcgASgDEhIKCmJ5dGVzX2RvbmUYCCABKAMSEwoLYnl0ZXNfdG90YWwYCSABKAMiawoMUm9sbG91dEV2ZW50EigKCHNuYXBzaG90GAEgASgLMhQuZmxvdGlsbGEudjEuUm9sbG91dEgAEigKBGxpbmUYAiABKAsyGC5mbG90aWxsYS52MS5Sb2xsb3V0TGluZUgAQgcKBWV2ZW50Ip4CCghTY2hlZHVsZRIMCgRuYW1lGAEgASgJEgwKBGNyb24YAiABKAkSEAoIc2VsZWN0b3IYAyABKAkSEAoIc3RyYXRlZ3kYBCABKAkSDgoGd2luZG93GAUgASgJEhMKC3RvX3JldmlzaW9uGAYgASgJEg0KBXdhdmVzGAcgASgJEg4KBnNvdXJjZRgIIAEoCRIQCghsYXN0X3J1bhgJIAEoCRITCgtsYXN0X3Jlc3VsdBgKIAEoCRIRCgl0aW1lX3pvbmUYCyABKAkSEAoIbmV4dF9ydW4YDCABKAkSDQoFZHJpbGwYDSABKAgSDwoHcmVwbGFjZRgOIAEoCBIMCgRnYXRlGA8gASgJEhQKDG1heF9mYWlsdXJlcxgQIAEoBSIbCgtTY2hlZHVsZVJlZhIMCgRuYW1lGAEgASgJIhYKFExpc3RTY2hlZHVsZXNSZXF1ZXN0IkEKFUxpc3RTY2hlZHVsZXNSZXNwb25zZRIoCglzY2hlZHVsZXMYASADKAsyFS5mbG90aWxsYS52MS5TY2hlZHVsZSJvChFRdWVyeUF1ZGl0UmVxdWVzdBINCgVzaW5jZRgBIAEoCRINCgV1bnRpbBgCIAEoCRIOCgZ0YXJnZXQYAyABKAkSDQoFYWN0b3IYBCABKAkSDgoGYWN0aW9uGAUgASgJEg0KBWxpbWl0GAYgASgFIqYBCgpBdWRpdEVudHJ5EgsKA3NlcRgBIAEoAxIMCgR0aW1lGAIgASgJEg0KBWFjdG9yGAMgASgJEg4KBmFjdGlvbhgEIAEoCRIOCgZ0YXJnZXQYBSABKAkSDAoEYXJncxgGIAEoCRIPCgdvdXRjb21lGAcgASgJEg4KBmRldGFpbBgIIAEoCRIRCglwcmV2X2hhc2gYCSABKAkSDAoEaGFzaBgKIAEoCSI+ChJRdWVyeUF1ZGl0UmVzcG9uc2USKAoHZW50cmllcxgBIAMoCzIXLmZsb3RpbGxhLnYxLkF1ZGl0RW50cnkiFAoSVmVyaWZ5QXVkaXRSZXF1ZXN0IlkKE1ZlcmlmeUF1ZGl0UmVzcG9uc2USCgoCb2sYASABKAgSDwoHY2hlY2tlZBgCIAEoAxIVCg1maXJzdF9iYWRfc2VxGAMgASgDEg4KBnJlYXNvbhgEIAEoCSI5ChRSZWdpc3RlckFnZW50UmVxdWVzdBIQCghhZ2VudF9pZBgBIAEoCRIPCgdhZGRyZXNzGAIgASgJIjIKFVJlZ2lzdGVyQWdlbnRSZXNwb25zZRIZChFoZWFydGJlYXRfc2Vjb25kcxgBIAEoBTKZDQoRQ29udHJvbGxlclNlcnZpY2USUAoLTGlzdFRhcmdldHMSHy5mbG90aWxsYS52MS5MaXN0VGFyZ2V0c1JlcXVlc3QaIC5mbG90aWxsYS52MS5MaXN0VGFyZ2V0c1Jlc3BvbnNlEkcKDkRpYWdub3NlVGFyZ2V0EhYuZmxvdGlsbGEudjEuVGFyZ2V0UmVmGh0uZmxvdGlsbGEudjEuRGlhZ25vc2VSZXNwb25zZRJECgxCYWNrdXBUYXJnZXQSFi5mbG90aWxsYS52MS5UYXJnZXRSZWYaHC5mbG90aWxsYS52MS5PcGVyYXRpb25SZXN1bHQSTQoRTGlzdFRhcmdldEJhY2t1cHMSFi5mbG90aWxsYS52MS5UYXJnZXRSZWYaIC5mbG90aWxsYS52MS5MaXN0QmFja3Vwc1Jlc3BvbnNlElAKDVJlc3RvcmVUYXJnZXQSIS5mbG90aWxsYS52MS5SZXN0b3JlVGFyZ2V0UmVxdWVzdBocLmZsb3RpbGxhLnYxLk9wZXJhdGlvblJlc3VsdBJUCg9Eb3duZ3JhZGVUYXJnZXQSIy5mbG90aWxsYS52MS5Eb3duZ3JhZGVUYXJnZXRSZXF1ZXN0GhwuZmxvdGlsbGEudjEuT3BlcmF0aW9uUmVzdWx0EkwKC1N0YW1wVGFyZ2V0Eh8uZmxvdGlsbGEudjEuU3RhbXBUYXJnZXRSZXF1ZXN0GhwuZmxvdGlsbGEudjEuT3BlcmF0aW9uUmVzdWx0ElAKDVJlY292ZXJUYXJnZXQSIS5mbG90aWxsYS52MS5SZWNvdmVyVGFyZ2V0UmVxdWVzdBocLmZsb3RpbGxhLnYxLk9wZXJhdGlvblJlc3VsdBJSCg5SZWhlYXJzZVRhcmdldBIiLmZsb3RpbGxhLnYxLlJlaGVhcnNlVGFyZ2V0UmVxdWVzdBocLmZsb3RpbGxhLnYxLk9wZXJhdGlvblJlc3VsdBJBCgtQbGFuUm9sbG91dBIYLmZsb3RpbGxhLnYxLlJvbGxvdXRTcGVjGhguZmxvdGlsbGEudjEuUm9sbG91dFBsYW4SPgoMU3RhcnRSb2xsb3V0EhguZmxvdGlsbGEudjEuUm9sbG91dFNwZWMaFC5mbG90aWxsYS52MS5Sb2xsb3V0EjsKCkdldFJvbGxvdXQSFy5mbG90aWxsYS52MS5Sb2xsb3V0UmVmGhQuZmxvdGlsbGEudjEuUm9sbG91dBJTCgxMaXN0Um9sbG91dHMSIC5mbG90aWxsYS52MS5MaXN0Um9sbG91dHNSZXF1ZXN0GiEuZmxvdGlsbGEudjEuTGlzdFJvbGxvdXRzUmVzcG9uc2USRAoMV2F0Y2hSb2xsb3V0EhcuZmxvdGlsbGEudjEuUm9sbG91dFJlZhoZLmZsb3RpbGxhLnYxLlJvbGxvdXRFdmVudDABEj0KDEFib3J0Um9sbG91dBIXLmZsb3RpbGxhLnYxLlJvbGxvdXRSZWYaFC5mbG90aWxsYS52MS5Sb2xsb3V0EkAKD1JvbGxiYWNrUm9sbG91dBIXLmZsb3RpbGxhLnYxLlJvbGxvdXRSZWYaFC5mbG90aWxsYS52MS5Sb2xsb3V0EjsKC0FkZFNjaGVkdWxlEhUuZmxvdGlsbGEudjEuU2NoZWR1bGUaFS5mbG90aWxsYS52MS5TY2hlZHVsZRJWCg1MaXN0U2NoZWR1bGVzEiEuZmxvdGlsbGEudjEuTGlzdFNjaGVkdWxlc1JlcXVlc3QaIi5mbG90aWxsYS52MS5MaXN0U2NoZWR1bGVzUmVzcG9uc2USTgoOUmVtb3ZlU2NoZWR1bGUSGC5mbG90aWxsYS52MS5TY2hlZHVsZVJlZhoiLmZsb3RpbGxhLnYxLkxpc3RTY2hlZHVsZXNSZXNwb25zZRJNCgpRdWVyeUF1ZGl0Eh4uZmxvdGlsbGEudjEuUXVlcnlBdWRpdFJlcXVlc3QaHy5mbG90aWxsYS52MS5RdWVyeUF1ZGl0UmVzcG9uc2USUAoLVmVyaWZ5QXVkaXQSHy5mbG90aWxsYS52MS5WZXJpZnlBdWRpdFJlcXVlc3QaIC5mbG90aWxsYS52MS5WZXJpZnlBdWRpdFJlc3BvbnNlElYKDVJlZ2lzdGVyQWdlbnQSIS5mbG90aWxsYS52MS5SZWdpc3RlckFnZW50UmVxdWVzdBoiLmZsb3RpbGxhLnYxLlJlZ2lzdGVyQWdlbnRSZXNwb25zZWIGcHJvdG8z", [file_flotilla_v1_agent]);
 
 /**
  * @generated from message flotilla.v1.ListTargetsRequest
@@ -205,6 +205,30 @@ export const StampTargetRequestSchema: GenMessage<StampTargetRequest> = /*@__PUR
   messageDesc(file_flotilla_v1_controller, 6);
 
 /**
+ * @generated from message flotilla.v1.RehearseTargetRequest
+ */
+export type RehearseTargetRequest = Message<"flotilla.v1.RehearseTargetRequest"> & {
+  /**
+   * @generated from field: string target_id = 1;
+   */
+  targetId: string;
+
+  /**
+   * default head
+   *
+   * @generated from field: string to_revision = 2;
+   */
+  toRevision: string;
+};
+
+/**
+ * Describes the message flotilla.v1.RehearseTargetRequest.
+ * Use `create(RehearseTargetRequestSchema)` to create a new message.
+ */
+export const RehearseTargetRequestSchema: GenMessage<RehearseTargetRequest> = /*@__PURE__*/
+  messageDesc(file_flotilla_v1_controller, 7);
+
+/**
  * @generated from message flotilla.v1.RecoverTargetRequest
  */
 export type RecoverTargetRequest = Message<"flotilla.v1.RecoverTargetRequest"> & {
@@ -231,7 +255,7 @@ export type RecoverTargetRequest = Message<"flotilla.v1.RecoverTargetRequest"> &
  * Use `create(RecoverTargetRequestSchema)` to create a new message.
  */
 export const RecoverTargetRequestSchema: GenMessage<RecoverTargetRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 7);
+  messageDesc(file_flotilla_v1_controller, 8);
 
 /**
  * @generated from message flotilla.v1.RolloutSpec
@@ -302,7 +326,7 @@ export type RolloutSpec = Message<"flotilla.v1.RolloutSpec"> & {
  * Use `create(RolloutSpecSchema)` to create a new message.
  */
 export const RolloutSpecSchema: GenMessage<RolloutSpec> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 8);
+  messageDesc(file_flotilla_v1_controller, 9);
 
 /**
  * @generated from message flotilla.v1.PlannedStep
@@ -329,7 +353,7 @@ export type PlannedStep = Message<"flotilla.v1.PlannedStep"> & {
  * Use `create(PlannedStepSchema)` to create a new message.
  */
 export const PlannedStepSchema: GenMessage<PlannedStep> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 9);
+  messageDesc(file_flotilla_v1_controller, 10);
 
 /**
  * @generated from message flotilla.v1.PlannedTarget
@@ -384,6 +408,13 @@ export type PlannedTarget = Message<"flotilla.v1.PlannedTarget"> & {
    * @generated from field: repeated string warnings = 10;
    */
   warnings: string[];
+
+  /**
+   * Per pending revision: offline SQL where renderable, compatibility, estimate.
+   *
+   * @generated from field: repeated flotilla.v1.RevisionPlan revisions = 11;
+   */
+  revisions: RevisionPlan[];
 };
 
 /**
@@ -391,7 +422,7 @@ export type PlannedTarget = Message<"flotilla.v1.PlannedTarget"> & {
  * Use `create(PlannedTargetSchema)` to create a new message.
  */
 export const PlannedTargetSchema: GenMessage<PlannedTarget> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 10);
+  messageDesc(file_flotilla_v1_controller, 11);
 
 /**
  * @generated from message flotilla.v1.RolloutPlan
@@ -423,7 +454,7 @@ export type RolloutPlan = Message<"flotilla.v1.RolloutPlan"> & {
  * Use `create(RolloutPlanSchema)` to create a new message.
  */
 export const RolloutPlanSchema: GenMessage<RolloutPlan> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 11);
+  messageDesc(file_flotilla_v1_controller, 12);
 
 /**
  * @generated from message flotilla.v1.RolloutStep
@@ -472,7 +503,7 @@ export type RolloutStep = Message<"flotilla.v1.RolloutStep"> & {
  * Use `create(RolloutStepSchema)` to create a new message.
  */
 export const RolloutStepSchema: GenMessage<RolloutStep> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 12);
+  messageDesc(file_flotilla_v1_controller, 13);
 
 /**
  * @generated from message flotilla.v1.RolloutTarget
@@ -531,7 +562,7 @@ export type RolloutTarget = Message<"flotilla.v1.RolloutTarget"> & {
  * Use `create(RolloutTargetSchema)` to create a new message.
  */
 export const RolloutTargetSchema: GenMessage<RolloutTarget> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 13);
+  messageDesc(file_flotilla_v1_controller, 14);
 
 /**
  * @generated from message flotilla.v1.Rollout
@@ -614,7 +645,7 @@ export type Rollout = Message<"flotilla.v1.Rollout"> & {
  * Use `create(RolloutSchema)` to create a new message.
  */
 export const RolloutSchema: GenMessage<Rollout> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 14);
+  messageDesc(file_flotilla_v1_controller, 15);
 
 /**
  * @generated from message flotilla.v1.RolloutRef
@@ -638,7 +669,7 @@ export type RolloutRef = Message<"flotilla.v1.RolloutRef"> & {
  * Use `create(RolloutRefSchema)` to create a new message.
  */
 export const RolloutRefSchema: GenMessage<RolloutRef> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 15);
+  messageDesc(file_flotilla_v1_controller, 16);
 
 /**
  * @generated from message flotilla.v1.ListRolloutsRequest
@@ -655,7 +686,7 @@ export type ListRolloutsRequest = Message<"flotilla.v1.ListRolloutsRequest"> & {
  * Use `create(ListRolloutsRequestSchema)` to create a new message.
  */
 export const ListRolloutsRequestSchema: GenMessage<ListRolloutsRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 16);
+  messageDesc(file_flotilla_v1_controller, 17);
 
 /**
  * @generated from message flotilla.v1.ListRolloutsResponse
@@ -672,7 +703,7 @@ export type ListRolloutsResponse = Message<"flotilla.v1.ListRolloutsResponse"> &
  * Use `create(ListRolloutsResponseSchema)` to create a new message.
  */
 export const ListRolloutsResponseSchema: GenMessage<ListRolloutsResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 17);
+  messageDesc(file_flotilla_v1_controller, 18);
 
 /**
  * @generated from message flotilla.v1.RolloutLine
@@ -731,7 +762,7 @@ export type RolloutLine = Message<"flotilla.v1.RolloutLine"> & {
  * Use `create(RolloutLineSchema)` to create a new message.
  */
 export const RolloutLineSchema: GenMessage<RolloutLine> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 18);
+  messageDesc(file_flotilla_v1_controller, 19);
 
 /**
  * @generated from message flotilla.v1.RolloutEvent
@@ -760,7 +791,7 @@ export type RolloutEvent = Message<"flotilla.v1.RolloutEvent"> & {
  * Use `create(RolloutEventSchema)` to create a new message.
  */
 export const RolloutEventSchema: GenMessage<RolloutEvent> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 19);
+  messageDesc(file_flotilla_v1_controller, 20);
 
 /**
  * @generated from message flotilla.v1.Schedule
@@ -862,7 +893,7 @@ export type Schedule = Message<"flotilla.v1.Schedule"> & {
  * Use `create(ScheduleSchema)` to create a new message.
  */
 export const ScheduleSchema: GenMessage<Schedule> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 20);
+  messageDesc(file_flotilla_v1_controller, 21);
 
 /**
  * @generated from message flotilla.v1.ScheduleRef
@@ -879,7 +910,7 @@ export type ScheduleRef = Message<"flotilla.v1.ScheduleRef"> & {
  * Use `create(ScheduleRefSchema)` to create a new message.
  */
 export const ScheduleRefSchema: GenMessage<ScheduleRef> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 21);
+  messageDesc(file_flotilla_v1_controller, 22);
 
 /**
  * @generated from message flotilla.v1.ListSchedulesRequest
@@ -892,7 +923,7 @@ export type ListSchedulesRequest = Message<"flotilla.v1.ListSchedulesRequest"> &
  * Use `create(ListSchedulesRequestSchema)` to create a new message.
  */
 export const ListSchedulesRequestSchema: GenMessage<ListSchedulesRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 22);
+  messageDesc(file_flotilla_v1_controller, 23);
 
 /**
  * @generated from message flotilla.v1.ListSchedulesResponse
@@ -909,7 +940,7 @@ export type ListSchedulesResponse = Message<"flotilla.v1.ListSchedulesResponse">
  * Use `create(ListSchedulesResponseSchema)` to create a new message.
  */
 export const ListSchedulesResponseSchema: GenMessage<ListSchedulesResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 23);
+  messageDesc(file_flotilla_v1_controller, 24);
 
 /**
  * @generated from message flotilla.v1.QueryAuditRequest
@@ -951,7 +982,7 @@ export type QueryAuditRequest = Message<"flotilla.v1.QueryAuditRequest"> & {
  * Use `create(QueryAuditRequestSchema)` to create a new message.
  */
 export const QueryAuditRequestSchema: GenMessage<QueryAuditRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 24);
+  messageDesc(file_flotilla_v1_controller, 25);
 
 /**
  * @generated from message flotilla.v1.AuditEntry
@@ -1017,7 +1048,7 @@ export type AuditEntry = Message<"flotilla.v1.AuditEntry"> & {
  * Use `create(AuditEntrySchema)` to create a new message.
  */
 export const AuditEntrySchema: GenMessage<AuditEntry> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 25);
+  messageDesc(file_flotilla_v1_controller, 26);
 
 /**
  * @generated from message flotilla.v1.QueryAuditResponse
@@ -1034,7 +1065,7 @@ export type QueryAuditResponse = Message<"flotilla.v1.QueryAuditResponse"> & {
  * Use `create(QueryAuditResponseSchema)` to create a new message.
  */
 export const QueryAuditResponseSchema: GenMessage<QueryAuditResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 26);
+  messageDesc(file_flotilla_v1_controller, 27);
 
 /**
  * @generated from message flotilla.v1.VerifyAuditRequest
@@ -1047,7 +1078,7 @@ export type VerifyAuditRequest = Message<"flotilla.v1.VerifyAuditRequest"> & {
  * Use `create(VerifyAuditRequestSchema)` to create a new message.
  */
 export const VerifyAuditRequestSchema: GenMessage<VerifyAuditRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 27);
+  messageDesc(file_flotilla_v1_controller, 28);
 
 /**
  * @generated from message flotilla.v1.VerifyAuditResponse
@@ -1079,7 +1110,7 @@ export type VerifyAuditResponse = Message<"flotilla.v1.VerifyAuditResponse"> & {
  * Use `create(VerifyAuditResponseSchema)` to create a new message.
  */
 export const VerifyAuditResponseSchema: GenMessage<VerifyAuditResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 28);
+  messageDesc(file_flotilla_v1_controller, 29);
 
 /**
  * @generated from message flotilla.v1.RegisterAgentRequest
@@ -1101,7 +1132,7 @@ export type RegisterAgentRequest = Message<"flotilla.v1.RegisterAgentRequest"> &
  * Use `create(RegisterAgentRequestSchema)` to create a new message.
  */
 export const RegisterAgentRequestSchema: GenMessage<RegisterAgentRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 29);
+  messageDesc(file_flotilla_v1_controller, 30);
 
 /**
  * @generated from message flotilla.v1.RegisterAgentResponse
@@ -1118,7 +1149,7 @@ export type RegisterAgentResponse = Message<"flotilla.v1.RegisterAgentResponse">
  * Use `create(RegisterAgentResponseSchema)` to create a new message.
  */
 export const RegisterAgentResponseSchema: GenMessage<RegisterAgentResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 30);
+  messageDesc(file_flotilla_v1_controller, 31);
 
 /**
  * ControllerService is the fleet's control API. The same handlers serve gRPC
@@ -1192,6 +1223,16 @@ export const ControllerService: GenService<{
   recoverTarget: {
     methodKind: "unary";
     input: typeof RecoverTargetRequestSchema;
+    output: typeof OperationResultSchema;
+  },
+  /**
+   * Migrates a throwaway copy of the target (never the target) and reports per-revision timings and go/no-go.
+   *
+   * @generated from rpc flotilla.v1.ControllerService.RehearseTarget
+   */
+  rehearseTarget: {
+    methodKind: "unary";
+    input: typeof RehearseTargetRequestSchema;
     output: typeof OperationResultSchema;
   },
   /**

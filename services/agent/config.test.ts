@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { FlotillaError } from "../common/errors.js";
-import { loadAgentConfig } from "./config.js";
+import { loadAgentConfig, parseDatabaseUrl } from "./config.js";
 
 const files: Record<string, string> = {
   "/etc/flotilla/secret": "s3cret-value\n",
@@ -44,17 +44,22 @@ apps:
   - { id: a, target: webui-1, stop: [systemctl, stop, open-webui], start: [systemctl, start, open-webui], health: "http://127.0.0.1:8080/health" }
 `;
 
-test("a valid config loads complete, with secrets read from files, and frozen", () => {
-  const c = load(GOOD);
+test("a valid config loads complete, secrets as references (read per operation, not at load), and frozen", () => {
+  const reads: string[] = [];
+  const c = loadAgentConfig({
+    argv: ["--config", "/etc/flotilla/agent.yaml"], env: {}, hostname: "host-x",
+    readFile: (p) => { reads.push(p); if (p === "/etc/flotilla/agent.yaml") return GOOD; throw Object.assign(new Error("ENOENT"), { code: "ENOENT" }); },
+  });
+  assert.deepEqual(reads, ["/etc/flotilla/agent.yaml"], "the loader reads only the config file");
   assert.equal(c.agentId, "host-x");
   assert.equal(c.targets.length, 2);
   assert.equal(c.targets[0]!.kind, "sqlite");
-  assert.equal(c.targets[0]!.alembic.env.WEBUI_SECRET_KEY, "s3cret-value");
-  assert.deepEqual(c.targets[0]!.alembic.secretEnvNames, ["WEBUI_SECRET_KEY"]);
-  assert.equal(c.targets[1]!.password, "pg-pass");
+  assert.deepEqual(c.targets[0]!.alembic.secrets, { WEBUI_SECRET_KEY: { file: "/etc/flotilla/secret" } });
+  assert.equal("WEBUI_SECRET_KEY" in c.targets[0]!.alembic.env, false);
+  assert.equal(c.targets[1]!.passwordFile, "/etc/flotilla/pg");
   assert.equal(c.targets[1]!.backups.keep, 10);
   assert.deepEqual(c.targets[1]!.alembic.command, ["alembic"]);
-  assert.ok(Object.isFrozen(c) && Object.isFrozen(c.targets[0]!.alembic.env));
+  assert.ok(Object.isFrozen(c) && Object.isFrozen(c.targets[0]!.alembic.secrets));
 });
 
 test("flag > env > file for the listen address", () => {
@@ -69,7 +74,7 @@ bogus: 1
 targets:
   - id: "bad id!"
     database: mysql://x
-    alembic: { dir: /x, env: { DATABASE_URL: nope, WEBUI_SECRET_KEY: { file: /missing } } }
+    alembic: { dir: /x, env: { DATABASE_URL: nope, WEBUI_SECRET_KEY: { fil: /missing } } }
     backups: { dir: /b, keep: 0 }
   - id: ok
     database: postgresql://u:hunter2@h/db
@@ -81,10 +86,113 @@ targets:
   } catch (err) {
     assert.ok(err instanceof FlotillaError);
     assert.equal(err.code, "CONFIG_INVALID");
-    for (const path of ["bogus", "tls", "targets[0].id", "targets[0].database", "targets[0].alembic.env.DATABASE_URL", "targets[0].alembic.env.WEBUI_SECRET_KEY.file", "targets[0].backups.keep", "targets[1].database", "targets[1].backups"]) {
+    for (const path of ["bogus", "tls", "targets[0].id", "targets[0].database", "targets[0].alembic.env.DATABASE_URL", "targets[0].alembic.env.WEBUI_SECRET_KEY.fil", "targets[0].backups.keep", "targets[1].database", "targets[1].backups"]) {
       assert.ok(err.message.includes(path), `mentions ${path}:\n${err.message}`);
     }
     assert.equal(err.message.includes("hunter2"), false, "a password in a URL is never echoed");
+  }
+});
+
+/** The problems of a config, one per line (what --check-config prints). */
+function problemsOf(yaml: string): string[] {
+  try {
+    load(yaml);
+    return [];
+  } catch (err) {
+    assert.ok(err instanceof FlotillaError && err.code === "CONFIG_INVALID", String(err));
+    return err.message.split("\n").slice(1).map((l) => l.replace(/^\s*- /, ""));
+  }
+}
+
+test("a dozen mistakes at every depth are all reported in one report, unknown keys with the nearest known key", () => {
+  const problems = problemsOf(`
+listen: 127.0.0.1:70000
+logLevel: chatty
+tls: { cert: a.pem, key: k.pem, ca: ca.pem, alow: [x] }
+controller: { address: "http://127.0.0.1:7441", advertize: "127.0.0.1:7443" }
+targets:
+  - id: webui-1
+    databse: sqlite:////x.db
+    alembic: { dir: /app, comand: [alembic] }
+    backups: { dir: /b, kep: 3 }
+  - id: webui-1
+    database: sqlite:///data/webui.db
+    alembic: { dir: /app, env: { KEY: { file: /k, extra: 1 } } }
+    backups: { dir: /b }
+    blueGreen: { green: sqlite:////g.db, swich: [x] }
+apps:
+  - { id: a, target: webui-1, stopp: [x] }
+  - { id: a, target: webui-1, health: "http://127.0.0.1:99999/health" }
+`);
+  const expect: [string, RegExp][] = [
+    ["listen", /port 70000 is out of range/],
+    ["logLevel", /not a log level/],
+    ["tls.alow", /did you mean "allow"/],
+    ["controller.advertize", /did you mean "advertise"/],
+    ["targets[0].databse", /did you mean "database"/],
+    ["targets[0].database", /is required/],
+    ["targets[0].alembic.comand", /did you mean "command"/],
+    ["targets[0].backups.kep", /did you mean "keep"/],
+    ["targets[1].id", /used by two targets/],
+    ["targets[1].database", /relative path.*sqlite:\/\/\/\/data\/webui\.db/],
+    ["targets[1].alembic.env.KEY.extra", /unknown key/],
+    ["targets[1].blueGreen.swich", /did you mean "switch"/],
+    ["apps[0].stopp", /did you mean "stop"/],
+    ["apps[1].id", /used by two apps/],
+    ["apps[1].health", /port 99999 is out of range/],
+  ];
+  for (const [path, re] of expect) {
+    assert.ok(problems.some((p) => p.startsWith(`${path}: `) && re.test(p)), `expected ${path} ${re}; got:\n${problems.join("\n")}`);
+  }
+  assert.ok(problems.length >= expect.length, problems.join("\n"));
+});
+
+test("keys other helpers build on are accepted and type-checked: tls.allow, backups.keepDays/include, appVersion, smoke, controller.ca", () => {
+  const c = load(`
+listen: 127.0.0.1:7443
+tls: { cert: /t/a.pem, key: /t/k.pem, ca: /t/ca.pem, allow: [spiffe://flotilla/controller] }
+controller: { address: "http://127.0.0.1:7441", ca: /t/ca.pem }
+targets:
+  - id: w
+    database: sqlite:////d/w.db
+    alembic: { dir: /app }
+    backups: { dir: /b, keep: 3, keepDays: 14, include: [/d/uploads, /d/vector_db] }
+    appVersion: [docker, inspect, -f, "{{.Config.Image}}", open-webui]
+    smoke: ["SELECT count(*) FROM user"]
+`);
+  assert.deepEqual(c.tls?.allow, ["spiffe://flotilla/controller"]);
+  assert.equal(c.controller?.ca, "/t/ca.pem");
+  const t = c.targets[0]!;
+  assert.equal(t.backups.keepDays, 14);
+  assert.deepEqual(t.backups.include, ["/d/uploads", "/d/vector_db"]);
+  assert.deepEqual(t.appVersion, ["docker", "inspect", "-f", "{{.Config.Image}}", "open-webui"]);
+  assert.deepEqual(t.smoke, ["SELECT count(*) FROM user"]);
+  const problems = problemsOf(`
+targets:
+  - id: w
+    database: sqlite:////d/w.db
+    alembic: { dir: /app }
+    backups: { dir: /b, keepDays: -1, include: [relative/path] }
+    appVersion: "docker inspect"
+    smoke: [1]
+`);
+  for (const path of ["targets[0].backups.keepDays", "targets[0].backups.include[0]", "targets[0].appVersion", "targets[0].smoke"]) {
+    assert.ok(problems.some((p) => p.startsWith(`${path}: `)), `expected ${path}; got:\n${problems.join("\n")}`);
+  }
+});
+
+test("SQLite URLs: four slashes (absolute) load; three (relative), none and :memory: are refused with the fix", () => {
+  assert.equal(parseDatabaseUrl("sqlite:////app/backend/data/webui.db").toString(), "[object Object]");
+  for (const [url, re] of [
+    ["sqlite:///data/webui.db", /relative path.*sqlite:\/\/\/\/data\/webui\.db/],
+    ["sqlite:///", /no file path.*four slashes/],
+    ["sqlite:///:memory:", /in-memory/],
+    ["sqlite://x.db", /four slashes/],
+    ["postgresql://u@h:99999/db", /out of range/],
+  ] as const) {
+    const r = parseDatabaseUrl(url);
+    assert.equal(typeof r, "string", url);
+    assert.match(r as string, re);
   }
 });
 

@@ -76,6 +76,7 @@ export type Command =
   | { readonly verb: "stamp"; readonly target: string; readonly revision: string; readonly reason: string }
   | { readonly verb: "recover"; readonly target: string; readonly operationId: string; readonly action: "restore" | "accept" }
   | { readonly verb: "rehearse"; readonly target: string; readonly toRevision: string }
+  | { readonly verb: "move"; readonly from: string; readonly to: string; readonly yes: boolean; readonly skipOrphans: boolean; readonly fromBackup: boolean }
   | { readonly verb: "schedule add"; readonly schedule: ScheduleInput }
   | { readonly verb: "schedules" }
   | { readonly verb: "schedule rm"; readonly name: string }
@@ -505,6 +506,23 @@ const VERBS: readonly VerbDef[] = [
       return { verb: "recover", target: t, operationId: op, action: action as "restore" | "accept" };
     },
   },
+  {
+    name: "move",
+    usage: "flotilla move FROM TO [--yes] [--skip-orphans] [--from-backup]",
+    summary: "copy a target into an empty target of the other engine (SQLite <-> PostgreSQL) on the same agent at the same revision, verified; FROM is kept untouched",
+    positionals: ["FROM", "TO"],
+    options: {
+      yes: { type: "boolean", help: "moving back: go back although FROM changed since the move (those changes are lost)" },
+      "skip-orphans": { type: "boolean", help: "leave rows whose foreign key points at no row out (listed in a report file) instead of refusing" },
+      "from-backup": { type: "boolean", help: "copy from a verified backup while the app keeps running (writes after it are missed)" },
+    },
+    build: (ctx) => {
+      const from = target(ctx);
+      const to = parseId(pos(ctx, 1), "TO", "a target id from flotilla targets");
+      if (from === to) problem(`FROM and TO are both ${from}: name two targets of the same agent, one SQLite and one PostgreSQL`);
+      return { verb: "move", from, to, yes: flag(ctx, "yes"), skipOrphans: flag(ctx, "skip-orphans"), fromBackup: flag(ctx, "from-backup") };
+    },
+  },
   scheduleVerb("schedule add", "a fleet-wide migration on a cron, within a maintenance window; refused if NAME exists (use --replace)"),
   scheduleVerb("schedule replace", "replace the schedule NAME (same options as schedule add)"),
   {
@@ -571,7 +589,7 @@ const SUBVERBS: Readonly<Record<string, readonly string[]>> = {
 const GROUPS: ReadonlyArray<readonly [string, readonly string[]]> = [
   ["inventory and health", ["targets", "diagnose"]],
   ["backups", ["backup", "backups", "restore"]],
-  ["migrations", ["plan", "rehearse", "rollout", "rollouts", "rollout show", "rollout abort", "rollout rollback", "downgrade", "stamp", "recover"]],
+  ["migrations", ["plan", "rehearse", "rollout", "rollouts", "rollout show", "rollout abort", "rollout rollback", "downgrade", "stamp", "recover", "move"]],
   ["schedules", ["schedule add", "schedule replace", "schedules", "schedule rm"]],
   ["audit", ["audit", "audit verify", "audit export"]],
 ];

@@ -22,6 +22,7 @@ import {
   StampTargetRequestSchema,
   RecoverTargetRequestSchema,
   RehearseTargetRequestSchema,
+  MoveTargetRequestSchema,
   RolloutEventSchema,
   RolloutPlanSchema,
   RolloutRefSchema,
@@ -34,7 +35,7 @@ import {
   VerifyAuditResponseSchema,
 } from "../common/gen/flotilla/v1/controller_pb.js";
 import type { AuditEntry, Rollout } from "../common/gen/flotilla/v1/controller_pb.js";
-import { DiagnoseResponseSchema, ListBackupsResponseSchema, OperationResultSchema } from "../common/gen/flotilla/v1/agent_pb.js";
+import { DiagnoseResponseSchema, ListBackupsResponseSchema, OperationEventSchema, OperationResultSchema } from "../common/gen/flotilla/v1/agent_pb.js";
 import type { OperationResult } from "../common/gen/flotilla/v1/agent_pb.js";
 import { parseCommandLine, usageText, verbHelp } from "./args.js";
 import type { AuditQuery, Command, GlobalOptions, SpecInput } from "./args.js";
@@ -198,6 +199,8 @@ async function run(ctx: Ctx, command: Command): Promise<number> {
       output(ctx, OperationResultSchema, r.value, () => renderOperationResult("recover", command.target, r.value));
       return operationExit(r.value);
     }
+    case "move":
+      return moveTarget(ctx, command);
     case "plan": {
       const r = await client.unary("PlanRollout", RolloutSpecSchema, command.spec, RolloutPlanSchema, { timeoutMs: PLAN_TIMEOUT_MS });
       if (!r.ok) return fail(ctx, r.failure);
@@ -330,6 +333,40 @@ async function followToEnd(ctx: Ctx, id: string, started: Rollout | undefined): 
     say(ctx.io, `note: ${why}; reconnecting (${attempts}/${MAX_RECONNECTS})`);
     await sleep(Math.min(1000 * 2 ** (attempts - 1), 10_000));
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// move
+
+/** Streams a move: each step and progress line as it comes, then the result. */
+async function moveTarget(ctx: Ctx, c: Extract<Command, { verb: "move" }>): Promise<number> {
+  let result: OperationResult | undefined;
+  const req = { fromTargetId: c.from, toTargetId: c.to, yes: c.yes, skipOrphans: c.skipOrphans, fromBackup: c.fromBackup };
+  human(ctx, `move ${c.from} → ${c.to}${c.fromBackup ? " (from a verified backup, the app keeps running)" : ""}\n`);
+  const streamed = await ctx.client.serverStream("MoveTarget", MoveTargetRequestSchema, req, OperationEventSchema, (ev) => {
+    if (ev.event.case === "step") {
+      const s = ev.event.value;
+      const took = s.durationMs > 0n ? ` (${(Number(s.durationMs) / 1000).toFixed(1)}s)` : "";
+      human(ctx, s.state === "running" ? `  … ${s.name}\n` : `  ${s.state === "succeeded" ? "✓" : s.state === "skipped" ? "–" : "✗"} ${s.name}${took}${s.detail === "" ? "" : `: ${s.detail}`}\n`);
+    } else if (ev.event.case === "progress") {
+      if (ev.event.value.source !== "alembic") human(ctx, `      ${ev.event.value.line}\n`);
+    } else if (ev.event.case === "result") {
+      result = ev.event.value;
+    }
+  });
+  if (!streamed.ok) return fail(ctx, streamed.failure);
+  const r = result;
+  if (r === undefined) return fail(ctx, { kind: "unreachable", message: `the move stream ended without a result; see flotilla audit --target ${c.from}` });
+  output(ctx, OperationResultSchema, r, () => {
+    const d = r.details;
+    const extra = [
+      d["rows"] !== undefined ? `  copied    ${d["tables"]} tables, ${d["rows"]} rows, ${(Number(d["bytes"] ?? 0) / 1e6).toFixed(1)} MB` : "",
+      d["orphans_report"] !== undefined ? `  orphans   ${d["skipped_rows"]} row(s) left out: ${d["orphans_report"]}` : "",
+      d["missed_writes_since"] !== undefined ? `  note      writes to ${c.from} after ${d["missed_writes_since"]} are not in ${c.to}` : "",
+    ].filter((x) => x !== "");
+    return renderOperationResult("move", c.from, r) + (extra.length > 0 ? `${extra.join("\n")}\n` : "");
+  });
+  return operationExit(r);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -504,6 +541,7 @@ const HINTS: Readonly<Record<string, string>> = {
   TARGET_BUSY: "another operation holds the target; see flotilla rollouts, wait, then retry",
   LEASE_HELD: "another controller replica leads; retry in a moment",
   AGENT_UNAVAILABLE: "the target's agent does not answer; check flotilla targets",
+  TARGET_BROKEN: "flotilla diagnose TARGET lists each reason with its fix",
 };
 
 function fail(ctx: Ctx, failure: CallFailure): number {

@@ -142,6 +142,10 @@ function clip(s: string, n: number): string {
 
 function targetProblems(t: TargetStatus): string[] {
   const out: string[] = [];
+  if (t.state === "broken") {
+    for (const p of t.problems) out.push(`broken: ${p}`);
+    if (t.problems.length === 0) out.push(`broken; run flotilla diagnose ${t.targetId}`);
+  }
   if (t.error !== "") out.push(t.error);
   for (const op of t.interruptedOperationIds) out.push(`operation ${op} was interrupted; run flotilla diagnose ${t.targetId}`);
   if (t.heads.length > 1) out.push(`${t.heads.length} Alembic heads (${t.heads.join(", ")}); merge them before migrating`);
@@ -173,7 +177,7 @@ export function renderTargets(resp: ListTargetsResponse, now: Date): string {
     const b = t.lastVerifiedBackup;
     const backup = b === undefined || b.id === "" ? "none" : `✓ ${formatAge(b.verifiedAt || b.createdAt, now)}`;
     const pending = t.error !== "" && !known ? "?" : t.pending.length === 0 ? "up to date" : String(t.pending.length);
-    const state = t.busyOperationId !== "" ? `busy (${t.busyOperationId})` : "";
+    const state = t.state === "broken" ? "BROKEN" : t.busyOperationId !== "" ? `busy (${t.busyOperationId})` : "";
     return [t.targetId, t.agentId || "-", t.kind || "-", revs(t.current, known), t.heads.length === 0 ? "?" : t.heads.join("+"), pending, app, backup, state];
   });
   out.push(renderTable(["TARGET", "AGENT", "DB", "CURRENT", "HEAD", "PENDING", "APP", "LAST BACKUP", ""], rows).trimEnd());

@@ -15,6 +15,10 @@ export class ConfigProblems {
   get count(): number {
     return this.problems.length;
   }
+  /** Every problem so far, as `path: message` lines. */
+  list(): readonly string[] {
+    return [...this.problems];
+  }
   throwIfAny(): void {
     if (this.problems.length === 0) return;
     throw new FlotillaError(
@@ -77,6 +81,93 @@ export function argvList(o: Obj, key: string, path: string, p: ConfigProblems, r
 
 /** `host:port` with a numeric port (0 allowed: pick a free one). */
 export const HOST_PORT = /^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/;
+
+/**
+ * Checks `host:port` (port 0–65535; 0 picks a free one) and reports what is
+ * wrong under `path`. Returns the value when it is usable.
+ */
+export function checkHostPort(value: string, path: string, p: ConfigProblems, example = "127.0.0.1:7443"): string | undefined {
+  const m = HOST_PORT.exec(value);
+  if (!m) {
+    p.add(path, `"${value}" is not host:port (e.g. ${example})`);
+    return undefined;
+  }
+  const port = Number(m[2]);
+  if (port > 65535) {
+    p.add(path, `port ${port} is out of range: use 1-65535 (or 0 to pick a free port)`);
+    return undefined;
+  }
+  return value;
+}
+
+/** Edit distance of two short strings (case-insensitive), for "did you mean" hints. */
+function distance(a: string, b: string): number {
+  const x = a.toLowerCase();
+  const y = b.toLowerCase();
+  let prev = Array.from({ length: y.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= x.length; i++) {
+    const row = [i];
+    for (let j = 1; j <= y.length; j++) {
+      row.push(Math.min(prev[j]! + 1, row[j - 1]! + 1, prev[j - 1]! + (x[i - 1] === y[j - 1] ? 0 : 1)));
+    }
+    prev = row;
+  }
+  return prev[y.length]!;
+}
+
+/** The known word closest to `word`, when it is close enough to be a likely typo. */
+export function nearestKey(word: string, known: readonly string[]): string | undefined {
+  let best: string | undefined;
+  let bestDistance = Number.POSITIVE_INFINITY;
+  for (const k of known) {
+    const d = distance(word, k);
+    if (d < bestDistance) {
+      best = k;
+      bestDistance = d;
+    }
+  }
+  const lw = word.toLowerCase();
+  const close = best !== undefined && (bestDistance <= Math.max(2, Math.floor(word.length / 3)) || best.toLowerCase().startsWith(lw) || lw.startsWith(best.toLowerCase()));
+  return close ? best : undefined;
+}
+
+/**
+ * Reports every key of `o` that is not in `known`, naming the nearest known key
+ * (a typo such as `pasword` would otherwise be ignored silently).
+ */
+export function checkKeys(o: Obj, known: readonly string[], path: string, p: ConfigProblems): void {
+  for (const k of Object.keys(o)) {
+    if (known.includes(k)) continue;
+    const near = nearestKey(k, known);
+    p.add(`${path}${k}`, near !== undefined ? `unknown key; did you mean "${near}"?` : `unknown key (known here: ${known.join(", ")})`);
+  }
+}
+
+/**
+ * What is wrong with a sqlite:/// URL's path, or undefined when it is absolute.
+ * `sqlite:///rel/x.db` is relative to whatever directory the process starts in,
+ * which is never what an operator meant.
+ */
+export function sqlitePathProblem(url: string): string | undefined {
+  const rest = url.slice("sqlite:///".length).replace(/\?.*$/, "");
+  if (rest === "") return "sqlite URL has no file path (use sqlite:////abs/path/file.db: four slashes for an absolute path)";
+  if (rest === ":memory:") return "an in-memory SQLite database cannot be migrated or backed up; use a file (sqlite:////abs/path/file.db)";
+  if (!rest.startsWith("/")) {
+    return `"${url}" is a relative path (three slashes); use four slashes for an absolute path: sqlite:////${rest}`;
+  }
+  return undefined;
+}
+
+/** Checks an optional list of strings (e.g. companion paths, smoke queries). */
+export function stringList(o: Obj, key: string, path: string, p: ConfigProblems, what: string): string[] | undefined {
+  const v = o[key];
+  if (v === undefined || v === null) return undefined;
+  if (!Array.isArray(v) || !v.every((x) => typeof x === "string" && x !== "")) {
+    p.add(`${path}${key}`, `must be a list of ${what}`);
+    return undefined;
+  }
+  return v as string[];
+}
 
 /** Reads `--flag value` / `--flag=value` from argv. */
 export function flagValue(argv: readonly string[], name: string): string | undefined {

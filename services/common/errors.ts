@@ -28,6 +28,7 @@ export const ERROR_CODES = [
   "AUDIT_UNAVAILABLE",
   "LEASE_HELD",
   "PRECONDITION_FAILED",
+  "TARGET_BROKEN",
   "TIMEOUT",
   "CANCELLED",
   "INTERNAL",
@@ -87,6 +88,7 @@ const GRPC_BY_CODE: Record<ErrorCode, GrpcStatus> = {
   AUDIT_UNAVAILABLE: GrpcStatus.UNAVAILABLE,
   LEASE_HELD: GrpcStatus.ABORTED,
   PRECONDITION_FAILED: GrpcStatus.FAILED_PRECONDITION,
+  TARGET_BROKEN: GrpcStatus.FAILED_PRECONDITION,
   TIMEOUT: GrpcStatus.DEADLINE_EXCEEDED,
   CANCELLED: GrpcStatus.CANCELLED,
   INTERNAL: GrpcStatus.INTERNAL,
@@ -132,6 +134,7 @@ export function httpStatusOf(code: ErrorCode): number {
     case "BACKUP_UNVERIFIED":
     case "PRECONDITION_FAILED":
     case "INTERRUPTED":
+    case "TARGET_BROKEN":
       return 409;
     case "AGENT_UNAVAILABLE":
     case "AUDIT_UNAVAILABLE":

@@ -153,7 +153,9 @@ export function addService<S extends GenServiceMethods>(
             }
             call.end();
           } catch (err) {
-            call.destroy(toServiceError(err) as unknown as Error);
+            // Ends the call with a status (destroy() would drop the stream without one and
+            // leave the caller waiting for its deadline).
+            if (!call.cancelled) call.emit("error", toServiceError(err));
           } finally {
             done();
           }

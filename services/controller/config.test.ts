@@ -49,3 +49,58 @@ schedules: [{ name: s, cron: "* *", selector: "env", strategy: fast, window: for
     }
   }
 });
+
+/** Every problem line of a config (what --check-config prints). */
+function problemsOf(yaml: string, files: Record<string, string> = {}): string[] {
+  try {
+    load(yaml, files);
+    return [];
+  } catch (err) {
+    assert.ok(err instanceof FlotillaError && err.code === "CONFIG_INVALID", String(err));
+    return err.message.split("\n").slice(1).map((l) => l.replace(/^\s*- /, ""));
+  }
+}
+
+test("a dozen mistakes at every depth in one report: unknown keys with the nearest known key, relative SQLite store, ports, duplicates", () => {
+  const problems = problemsOf(`
+listen: { grpc: "127.0.0.1:99999", htp: "127.0.0.1:7441" }
+store: sqlite:///var/lib/flotilla/controller.db
+auditKeyFiel: /x
+logLevel: loud
+tls: { cert: c.pem, key: k.pem, ca: ca.pem, cA: x }
+httpTls: { cert: h.pem }
+agents:
+  - { id: a, address: "host-a:7443", identty: spiffe://flotilla/agent/a }
+  - { id: a, address: "host-b:70000" }
+tokens:
+  - { name: t, role: admin, file: /t1 }
+  - { name: t, role: viewer, file: /t2, rol: admin }
+`, { "/t1": "0123456789abcdef0123", "/t2": "fedcba9876543210fedc" });
+  const expect: [string, RegExp][] = [
+    ["listen.grpc", /port 99999 is out of range/],
+    ["listen.htp", /did you mean "http"/],
+    ["store", /relative path.*sqlite:\/\/\/\/var\/lib\/flotilla\/controller\.db/],
+    ["auditKeyFiel", /did you mean "auditKeyFile"/],
+    ["logLevel", /not a log level/],
+    ["tls.cA", /did you mean "ca"/],
+    ["httpTls.key", /is required/],
+    ["agents[0].identty", /did you mean "identity"/],
+    ["agents[1].id", /listed twice/],
+    ["agents[1].address", /port 70000 is out of range/],
+    ["tokens[1].name", /used by two tokens/],
+    ["tokens[1].rol", /did you mean "role"/],
+  ];
+  for (const [path, re] of expect) {
+    assert.ok(problems.some((p) => p.startsWith(`${path}: `) && re.test(p)), `expected ${path} ${re}; got:\n${problems.join("\n")}`);
+  }
+});
+
+test("keys other helpers build on are accepted: httpTls and agents[].identity", () => {
+  const c = load(`
+httpTls: { cert: /t/http.pem, key: /t/http-key.pem }
+agents: [{ id: host-b, address: "10.0.0.7:7443", identity: "spiffe://flotilla/agent/host-b" }]
+`);
+  assert.deepEqual(c.httpTls, { cert: "/t/http.pem", key: "/t/http-key.pem" });
+  assert.equal(c.agents[0]!.identity, "spiffe://flotilla/agent/host-b");
+  assert.equal(load("store: sqlite:////srv/c.db\n").store, "sqlite:////srv/c.db");
+});

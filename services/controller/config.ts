@@ -1,6 +1,6 @@
 import { dirname, isAbsolute, resolve } from "node:path";
 import {
-  ConfigProblems, HOST_PORT, deepFreeze, flagValue, identityList, isObj, parseConfigText, str,
+  ConfigProblems, HOST_PORT, checkHostPort, checkKeys, deepFreeze, flagValue, identityList, isObj, parseConfigText, sqlitePathProblem, str,
 } from "../common/config-helpers.js";
 import { identityProblem } from "../common/tls.js";
 import { FlotillaError } from "../common/errors.js";
@@ -48,7 +48,22 @@ const CONFIG_KEY_OF: Readonly<Record<string, string>> = {
  * Loads the controller config: flag > env > file > defaults, every problem at
  * once with its key path, frozen result. Token values come from files.
  */
+const ROOT_KEYS = ["listen", "store", "dataDir", "auditKeyFile", "tls", "httpTls", "agents", "tokens", "schedules", "agentTimeoutSeconds", "logLevel"] as const;
+const SCHEDULE_KEYS = ["name", "cron", "timeZone", "selector", "strategy", "window", "to", "waves", "gate", "maxFailures"] as const;
+const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
+
 export function loadControllerConfig(input: LoadControllerConfigInput): ControllerConfig {
+  const { config, problems } = readControllerConfig(input);
+  problems.throwIfAny();
+  return config;
+}
+
+/**
+ * The loader's work without the verdict: the config from whatever is valid
+ * and every problem found (for --check-config). Throws only when there is no
+ * document to read.
+ */
+export function readControllerConfig(input: LoadControllerConfigInput): { config: ControllerConfig; problems: ConfigProblems } {
   const path = flagValue(input.argv, "config") ?? input.env.FLOTILLA_CONTROLLER_CONFIG;
   if (!path) throw new FlotillaError("CONFIG_INVALID", "no config file given: run flotilla-controller --config /etc/flotilla/controller.yaml (or set FLOTILLA_CONTROLLER_CONFIG)");
   let text: string;
@@ -61,29 +76,28 @@ export function loadControllerConfig(input: LoadControllerConfigInput): Controll
   const abs = (p: string): string => (isAbsolute(p) ? p : resolve(base, p));
   const doc = parseConfigText(text, path);
   const p = new ConfigProblems(path);
-  const known = new Set(["listen", "store", "dataDir", "auditKeyFile", "tls", "httpTls", "agents", "tokens", "schedules", "agentTimeoutSeconds", "logLevel"]);
-  for (const k of Object.keys(doc)) if (!known.has(k)) p.add(k, `unknown key (known: ${[...known].join(", ")})`);
+  checkKeys(doc, ROOT_KEYS, "", p);
 
   let grpc = "127.0.0.1:7440";
   let http = "127.0.0.1:7441";
   if (doc.listen !== undefined) {
     if (!isObj(doc.listen)) p.add("listen", "must be { grpc: host:port, http: host:port }");
     else {
+      checkKeys(doc.listen, ["grpc", "http"], "listen.", p);
       grpc = str(doc.listen, "grpc", "listen.", p) ?? grpc;
       http = str(doc.listen, "http", "listen.", p) ?? http;
     }
   }
   grpc = flagValue(input.argv, "grpc-listen") ?? input.env.FLOTILLA_CONTROLLER_GRPC ?? grpc;
   http = flagValue(input.argv, "http-listen") ?? input.env.FLOTILLA_CONTROLLER_HTTP ?? http;
-  if (!HOST_PORT.test(grpc)) p.add("listen.grpc", `"${grpc}" is not host:port`);
-  if (!HOST_PORT.test(http)) p.add("listen.http", `"${http}" is not host:port`);
+  checkHostPort(grpc, "listen.grpc", p, "127.0.0.1:7440");
+  checkHostPort(http, "listen.http", p, "127.0.0.1:7441");
 
   const dataDir = abs(flagValue(input.argv, "data-dir") ?? input.env.FLOTILLA_CONTROLLER_DATA_DIR ?? str(doc, "dataDir", "", p) ?? "/var/lib/flotilla");
-  let store = flagValue(input.argv, "store") ?? input.env.FLOTILLA_STORE ?? str(doc, "store", "", p) ?? `sqlite:///${resolve(dataDir, "controller.db")}`;
-  if (store.startsWith("sqlite:///")) {
-    const rest = store.slice("sqlite:///".length);
-    if (rest === "") p.add("store", "sqlite URL has no path (sqlite:////var/lib/flotilla/controller.db)");
-    else store = `sqlite:///${abs(rest)}`;
+  const store = flagValue(input.argv, "store") ?? input.env.FLOTILLA_STORE ?? str(doc, "store", "", p) ?? `sqlite:///${resolve(dataDir, "controller.db")}`;
+  if (store.startsWith("sqlite:")) {
+    const problem = store.startsWith("sqlite:///") ? sqlitePathProblem(store) : `"${store}" is not a SQLite URL; use sqlite:////var/lib/flotilla/controller.db (four slashes for an absolute path)`;
+    if (problem !== undefined) p.add("store", problem);
   } else if (!/^postgres(ql)?:\/\/\S+\/\S+/.test(store)) {
     p.add("store", `"${store.replace(/:[^:@/]*@/, ":***@")}" must be sqlite:///path or postgresql://user@host:5432/db`);
   }
@@ -93,6 +107,7 @@ export function loadControllerConfig(input: LoadControllerConfigInput): Controll
   if (doc.tls !== undefined) {
     if (!isObj(doc.tls)) p.add("tls", "must be { cert, key, ca }");
     else {
+      checkKeys(doc.tls, ["cert", "key", "ca", "allow"], "tls.", p);
       const cert = str(doc.tls, "cert", "tls.", p, { required: true });
       const key = str(doc.tls, "key", "tls.", p, { required: true });
       const ca = str(doc.tls, "ca", "tls.", p, { required: true });
@@ -104,6 +119,7 @@ export function loadControllerConfig(input: LoadControllerConfigInput): Controll
   if (doc.httpTls !== undefined) {
     if (!isObj(doc.httpTls)) p.add("httpTls", "must be { cert, key }");
     else {
+      checkKeys(doc.httpTls, ["cert", "key"], "httpTls.", p);
       const cert = str(doc.httpTls, "cert", "httpTls.", p, { required: true });
       const key = str(doc.httpTls, "key", "httpTls.", p, { required: true });
       if (cert && key) httpTls = { cert: abs(cert), key: abs(key) };
@@ -115,8 +131,10 @@ export function loadControllerConfig(input: LoadControllerConfigInput): Controll
     if (!Array.isArray(doc.agents)) p.add("agents", "must be a list of { id, address }");
     else doc.agents.forEach((a, i) => {
       if (!isObj(a)) return p.add(`agents[${i}]`, "must be { id, address }");
+      checkKeys(a, ["id", "address", "identity"], `agents[${i}].`, p);
       const id = str(a, "id", `agents[${i}].`, p, { required: true, pattern: ID });
-      const address = str(a, "address", `agents[${i}].`, p, { required: true, pattern: HOST_PORT, hint: "host:port of the agent's gRPC listener" });
+      const addressRaw = str(a, "address", `agents[${i}].`, p, { required: true, pattern: HOST_PORT, hint: "host:port of the agent's gRPC listener" });
+      const address = addressRaw === undefined ? undefined : checkHostPort(addressRaw, `agents[${i}].address`, p, "host-a:7443");
       if (id && agents.some((x) => x.id === id)) p.add(`agents[${i}].id`, `"${id}" is listed twice`);
       const identity = str(a, "identity", `agents[${i}].`, p);
       const identityBad = identity === undefined ? undefined : identityProblem(identity);
@@ -131,7 +149,9 @@ export function loadControllerConfig(input: LoadControllerConfigInput): Controll
     else doc.tokens.forEach((t, i) => {
       const at = `tokens[${i}].`;
       if (!isObj(t)) return p.add(`tokens[${i}]`, "must be { name, role, file }");
+      checkKeys(t, ["name", "role", "file"], at, p);
       const name = str(t, "name", at, p, { required: true, pattern: ID });
+      if (name && tokens.some((x) => x.name === name)) p.add(`${at}name`, `"${name}" is used by two tokens; give each its own name`);
       const role = str(t, "role", at, p, { required: true, pattern: /^(viewer|operator|admin)$/, hint: "viewer, operator or admin" });
       const file = str(t, "file", at, p, { required: true });
       if (file) {
@@ -156,8 +176,7 @@ export function loadControllerConfig(input: LoadControllerConfigInput): Controll
     else doc.schedules.forEach((s, i) => {
       const at = `schedules[${i}].`;
       if (!isObj(s)) return p.add(`schedules[${i}]`, "must be a mapping");
-      const keys = new Set(["name", "cron", "timeZone", "selector", "strategy", "window", "to", "waves", "gate", "maxFailures"]);
-      for (const k of Object.keys(s)) if (!keys.has(k)) p.add(`${at}${k}`, `unknown key (known: ${[...keys].join(", ")})`);
+      checkKeys(s, SCHEDULE_KEYS, at, p);
       const text = (k: string): string | undefined => str(s, k, at, p);
       const maxFailures = s.maxFailures;
       const compiled = compileScheduleRequest({
@@ -177,10 +196,11 @@ export function loadControllerConfig(input: LoadControllerConfigInput): Controll
   const agentTimeoutSeconds = doc.agentTimeoutSeconds === undefined ? 7200 : Number(doc.agentTimeoutSeconds);
   if (!Number.isFinite(agentTimeoutSeconds) || agentTimeoutSeconds <= 0) p.add("agentTimeoutSeconds", "must be a positive number");
   const logLevel = input.env.FLOTILLA_LOG_LEVEL ?? str(doc, "logLevel", "", p) ?? "info";
-  p.throwIfAny();
-  return deepFreeze({
+  if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) p.add("logLevel", `"${logLevel}" is not a log level; use one of ${LOG_LEVELS.join(", ")}`);
+  const config: ControllerConfig = deepFreeze({
     listen: { grpc, http }, store, dataDir, auditKeyFile, agents, tokens, schedules, agentTimeoutMs: agentTimeoutSeconds * 1000, logLevel,
     ...(tls ? { tls } : {}),
     ...(httpTls ? { httpTls } : {}),
   });
+  return { config, problems: p };
 }

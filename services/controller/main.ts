@@ -5,18 +5,21 @@ import { ControllerService } from "../common/gen/flotilla/v1/controller_pb.js";
 import { ReloadableCertificates, addService, bindServer, newServer, peerIdentityGuard, serverCredentials } from "../common/grpc-bridge.js";
 import { expiryWarning, expiryWarnings, hostOf, isLoopbackHost } from "../common/tls.js";
 import { createLogger, type Logger } from "../common/logger.js";
+import { installProcessGuard } from "../common/process-guard.js";
 import { toFlotillaError } from "../common/errors.js";
+import { listenError } from "../common/listen-error.js";
 import { registerSecret } from "../common/redact.js";
 import { GrpcAgentPool } from "./agents/agent-pool.js";
 import { AuditLog } from "./audit/audit-log.js";
 import { checkpointPathFor, loadOrCreateAuditKey } from "./audit/audit-key.js";
 import { loadControllerConfig, type ControllerConfig } from "./config.js";
+import { checkControllerConfig } from "./config-host.js";
 import { createHttpGateway } from "./http/http-gateway.js";
 import { Inventory } from "./inventory.js";
 import { RolloutEngine } from "./rollout-engine.js";
 import { Scheduler } from "./scheduler.js";
 import { Leadership } from "./leadership.js";
-import { authenticate, controllerServiceImpl } from "./service.js";
+import { API_LEASE_PREFIX, authenticate, controllerServiceImpl } from "./service.js";
 import { openStore } from "./store/index.js";
 
 export interface RunningController {
@@ -50,6 +53,11 @@ export async function startController(config: ControllerConfig, log: Logger): Pr
     return authenticate(config, typeof auth === "string" ? auth : undefined, method);
   };
   const leadership = new Leadership(config.store, log, async () => {
+    // Leases of single API operations belong to calls of an earlier leader, gone now (the agent's
+    // journal lock still guards an operation it is finishing).
+    for (const [targetId, holder] of Object.entries(await store.listLeases())) {
+      if (holder.startsWith(API_LEASE_PREFIX)) await store.releaseLeases(holder, [targetId]);
+    }
     const resumed = await engine.resumeAll();
     if (resumed.length) log.info({ rollouts: resumed }, "resumed rollouts");
     await scheduler.reload();
@@ -80,14 +88,27 @@ export async function startController(config: ControllerConfig, log: Logger): Pr
   addService(grpcServer, ControllerService, impl, grpcMtls && allow
     ? peerIdentityGuard(allow, (refusal) => log.warn({ method: refusal.method, peer: refusal.peer, names: refusal.names, allow }, "refused a client whose certificate is not allowed"))
     : undefined);
-  const grpcPort = await bindServer(grpcServer, config.listen.grpc, grpcMtls ? serverCredentials(certs) : serverCredentials());
-
   const http = createHttpGateway(impl, { audit, log, callerOf, isLeader: () => leadership.isLeader, ...(httpTls ? { tls: httpTls } : {}) });
-  const [host, portText] = [config.listen.http.replace(/:\d+$/, "").replace(/^\[|\]$/g, ""), config.listen.http.split(":").at(-1)!];
-  await new Promise<void>((resolve, reject) => {
-    http.once("error", reject);
-    http.listen(Number(portText), host, () => resolve());
-  });
+  let grpcPort: number;
+  try {
+    try {
+      grpcPort = await bindServer(grpcServer, config.listen.grpc, grpcMtls ? serverCredentials(certs) : serverCredentials());
+    } catch (err) {
+      throw listenError("the gRPC API", config.listen.grpc, err);
+    }
+    const [host, portText] = [config.listen.http.replace(/:\d+$/, "").replace(/^\[|\]$/g, ""), config.listen.http.split(":").at(-1)!];
+    await new Promise<void>((resolve, reject) => {
+      http.once("error", (err) => reject(listenError("the HTTP API", config.listen.http, err)));
+      http.listen(Number(portText), host, () => resolve());
+    });
+  } catch (err) {
+    // A controller that cannot listen must not stay up half started.
+    grpcServer.forceShutdown();
+    http.close();
+    pool.close();
+    await store.close().catch(() => undefined);
+    throw err;
+  }
   const httpPort = (http.address() as AddressInfo).port;
   await audit.append({ actor: "controller", action: "controller.start", outcome: "ok", detail: `http ${httpPort}, grpc ${grpcPort}` });
   await leadership.start();
@@ -122,30 +143,36 @@ export async function startController(config: ControllerConfig, log: Logger): Pr
   };
 }
 
-/** Entry point of `flotilla-controller --config controller.yaml`. */
-export async function main(argv: string[]): Promise<void> {
+/** Entry point of `flotilla-controller --config controller.yaml`. Resolves with an exit code when it does not keep running. */
+export async function main(argv: string[]): Promise<number | undefined> {
   if (argv.includes("--help") || argv.includes("-h")) {
-    process.stdout.write("usage: flotilla-controller --config controller.yaml [--data-dir DIR] [--store URL]\n");
-    return;
+    process.stdout.write("usage: flotilla-controller --config controller.yaml [--data-dir DIR] [--store URL] [--check-config [--offline]]\n");
+    return 0;
+  }
+  const readFile = (p: string): string => readFileSync(p, "utf8");
+  if (argv.includes("--check-config")) {
+    const report = checkControllerConfig({ argv, env: process.env, readFile }, { offline: argv.includes("--offline") });
+    process.stdout.write(report.text);
+    return report.exitCode;
   }
   let config: ControllerConfig;
   try {
-    config = loadControllerConfig({ argv, env: process.env, readFile: (p) => readFileSync(p, "utf8") });
+    config = loadControllerConfig({ argv, env: process.env, readFile });
   } catch (err) {
     const fe = toFlotillaError(err);
     process.stderr.write(`flotilla-controller: ${fe.message}\n`);
-    process.exitCode = 2;
-    return;
+    return 2;
   }
   const log = createLogger({ name: "flotilla-controller", level: config.logLevel });
+  installProcessGuard(log);
   let running: RunningController;
   try {
     running = await startController(config, log);
   } catch (err) {
     log.fatal({ err: toFlotillaError(err) }, "controller failed to start");
     process.stderr.write(`flotilla-controller: ${toFlotillaError(err).message}\n`);
-    process.exitCode = 1;
-    return;
+    // Nothing may keep a half-started daemon alive.
+    process.exit(1);
   }
   if (process.env.FLOTILLA_PORT_FILE) {
     const { writeFileSync } = await import("node:fs");
@@ -167,4 +194,5 @@ export async function main(argv: string[]): Promise<void> {
       log.error({ err: toFlotillaError(err) }, "cannot reload certificates; keeping the ones in use");
     }
   });
+  return undefined;
 }

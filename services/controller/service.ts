@@ -6,7 +6,7 @@ import { AsyncQueue } from "../common/async-queue.js";
 import { FlotillaError, toFlotillaError } from "../common/errors.js";
 import type { CallContext, ServiceImpl } from "../common/grpc-bridge.js";
 import type { Logger } from "../common/logger.js";
-import { redactValue } from "../common/redact.js";
+import { redact, redactValue } from "../common/redact.js";
 import type { GrpcAgentPool } from "./agents/agent-pool.js";
 import { hostOf, isLoopbackHost } from "../common/tls.js";
 import type { AuditLog } from "./audit/audit-log.js";
@@ -29,10 +29,22 @@ const METHOD_ROLE: Record<string, Role> = {
   ListTargets: "viewer", DiagnoseTarget: "viewer", ListTargetBackups: "viewer", PlanRollout: "viewer", GetRollout: "viewer",
   ListRollouts: "viewer", WatchRollout: "viewer", ListSchedules: "viewer", QueryAudit: "viewer", VerifyAudit: "viewer",
   BackupTarget: "operator", RehearseTarget: "operator", StartRollout: "operator", AbortRollout: "operator", RegisterAgent: "operator",
-  RestoreTarget: "admin", RecoverTarget: "admin", DowngradeTarget: "admin", StampTarget: "admin", RollbackRollout: "admin", AddSchedule: "admin", RemoveSchedule: "admin",
+  RestoreTarget: "admin", RecoverTarget: "admin", MoveTarget: "admin", DowngradeTarget: "admin", StampTarget: "admin", RollbackRollout: "admin", AddSchedule: "admin", RemoveSchedule: "admin",
 };
 
 const READS = new Set(["ListTargets", "DiagnoseTarget", "ListTargetBackups", "PlanRollout", "GetRollout", "ListRollouts", "WatchRollout", "ListSchedules", "QueryAudit", "VerifyAudit"]);
+
+/** Holder names of leases taken by single API operations (a controller that becomes leader releases stale ones). */
+export const API_LEASE_PREFIX = "op.";
+
+/** The refusal for a target another rollout or operation holds, naming the holder and what to do. */
+export function leaseRefusal(verb: string, targetId: string, heldBy: string): FlotillaError {
+  const what = heldBy.startsWith(API_LEASE_PREFIX)
+    ? `a ${heldBy.slice(API_LEASE_PREFIX.length).split(".")[0]} operation (${heldBy})`
+    : `rollout ${heldBy}`;
+  const todo = heldBy.startsWith(API_LEASE_PREFIX) ? "wait for it to finish" : `wait for it to finish (flotilla rollout show ${heldBy}) or abort it`;
+  return new FlotillaError("LEASE_HELD", `refused: ${verb} of ${targetId} while ${what} holds it; ${todo}, then try again`);
+}
 
 export interface Caller {
   readonly actor: string;
@@ -170,6 +182,23 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
     return preflightVerdict(answers);
   }
 
+  /**
+   * Runs a change to targets under the same per-target lease rollouts take in
+   * the store (the agent's journal lock guards the same target on its side):
+   * a restore, downgrade, stamp, backup or recover sent while a rollout or
+   * another such operation holds the target is refused, naming the holder.
+   */
+  async function leased<T>(verb: string, targetIds: readonly string[], fn: () => Promise<T>): Promise<T> {
+    const holder = `${API_LEASE_PREFIX}${verb}.${randomUUID()}`;
+    const lease = await d.store.acquireLeases(holder, targetIds);
+    if (!lease.ok) throw leaseRefusal(verb, lease.targetId, lease.heldBy);
+    try {
+      return await fn();
+    } finally {
+      await d.store.releaseLeases(holder).catch((err: unknown) => d.log.error({ err: toFlotillaError(err), holder }, "could not release a lease"));
+    }
+  }
+
   return {
     listTargets: (req, ctx) => audited("ListTargets", ctx, req.selector, req, async () => {
       const selector = req.selector === "" ? undefined : checkSelector(req.selector);
@@ -188,7 +217,7 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
     }),
     backupTarget: (req, ctx) => audited("BackupTarget", ctx, req.targetId, req, async () => {
       const { agentId } = await ownerOf(req.targetId);
-      return runOp(agentId, (c) => c.backup({ targetId: req.targetId, operationId: `api.${randomUUID()}`, verify: true }, timeout));
+      return leased("backup", [req.targetId], () => runOp(agentId, (c) => c.backup({ targetId: req.targetId, operationId: `api.${randomUUID()}`, verify: true }, timeout)));
     }),
     listTargetBackups: (req, ctx) => audited("ListTargetBackups", ctx, req.targetId, req, async () => {
       const { agentId } = await ownerOf(req.targetId);
@@ -199,31 +228,81 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
       if (!req.backupId) throw new FlotillaError("INVALID_ARGUMENT", "a backup id is required (list them with: flotilla backups TARGET)");
       const { agentId, appAgents } = await ownerOf(req.targetId);
       const others = appAgents.filter((a) => a !== agentId);
-      for (const a of others) await runOp(a, (c) => c.stopApps({ targetId: req.targetId, operationId: `api.${randomUUID()}` }, timeout));
-      try {
-        return await runOp(agentId, (c) => c.restore({ targetId: req.targetId, backupId: req.backupId, operationId: `api.${randomUUID()}`, manageApps: true }, timeout));
-      } finally {
-        for (const a of others) await runOp(a, (c) => c.startApps({ targetId: req.targetId, operationId: `api.${randomUUID()}` }, timeout)).catch(() => undefined);
-      }
+      return leased("restore", [req.targetId], async () => {
+        for (const a of others) await runOp(a, (c) => c.stopApps({ targetId: req.targetId, operationId: `api.${randomUUID()}` }, timeout));
+        try {
+          return await runOp(agentId, (c) => c.restore({ targetId: req.targetId, backupId: req.backupId, operationId: `api.${randomUUID()}`, manageApps: true }, timeout));
+        } finally {
+          for (const a of others) await runOp(a, (c) => c.startApps({ targetId: req.targetId, operationId: `api.${randomUUID()}` }, timeout)).catch(() => undefined);
+        }
+      });
     }),
     downgradeTarget: (req, ctx) => audited("DowngradeTarget", ctx, req.targetId, req, async () => {
+      if (!req.toRevision) throw new FlotillaError("INVALID_ARGUMENT", "the revision to downgrade to is required (--to REVISION, or base)");
       if (!req.acceptDataLoss) throw new FlotillaError("DATA_LOSS_NOT_ACCEPTED", "a downgrade drops data added by later revisions: confirm with --accept-data-loss");
       const { agentId } = await ownerOf(req.targetId);
-      return runOp(agentId, (c) => c.downgrade({ targetId: req.targetId, toRevision: req.toRevision, acceptDataLoss: true, operationId: `api.${randomUUID()}` }, timeout));
+      return leased("downgrade", [req.targetId], () => runOp(agentId, (c) => c.downgrade({ targetId: req.targetId, toRevision: req.toRevision, acceptDataLoss: true, operationId: `api.${randomUUID()}` }, timeout)));
     }),
     stampTarget: (req, ctx) => audited("StampTarget", ctx, req.targetId, req, async () => {
+      if (!req.revision) throw new FlotillaError("INVALID_ARGUMENT", "the revision to stamp is required (flotilla stamp TARGET REVISION --reason ...)");
       const { agentId } = await ownerOf(req.targetId);
-      return runOp(agentId, (c) => c.stamp({ targetId: req.targetId, revision: req.revision, reason: req.reason, operationId: `api.${randomUUID()}` }, timeout));
+      return leased("stamp", [req.targetId], () => runOp(agentId, (c) => c.stamp({ targetId: req.targetId, revision: req.revision, reason: req.reason, operationId: `api.${randomUUID()}` }, timeout)));
     }),
     recoverTarget: (req, ctx) => audited("RecoverTarget", ctx, req.targetId, req, async () => {
       if (req.action !== "restore" && req.action !== "accept") throw new FlotillaError("INVALID_ARGUMENT", `--action must be restore or accept, not "${req.action}"`);
       const { agentId } = await ownerOf(req.targetId);
-      return runOp(agentId, (c) => c.recover({ targetId: req.targetId, operationId: req.operationId, action: req.action, newOperationId: `api.${randomUUID()}` }, timeout));
+      return leased("recover", [req.targetId], () => runOp(agentId, (c) => c.recover({ targetId: req.targetId, operationId: req.operationId, action: req.action, newOperationId: `api.${randomUUID()}` }, timeout)));
     }),
     rehearseTarget: (req, ctx) => audited("RehearseTarget", ctx, req.targetId, req, async () => {
       const { agentId } = await ownerOf(req.targetId);
       return runOp(agentId, (c) => c.rehearse({ targetId: req.targetId, toRevision: req.toRevision, operationId: `api.${randomUUID()}` }, timeout));
     }),
+    moveTarget: (req, ctx) => {
+      // The agent's events are passed through as they come; every finished step is audited too.
+      const q = new AsyncQueue<MessageInitShape<typeof OperationEventSchema>>();
+      let resultSent = false;
+      void (async () => {
+        try {
+          await audited("MoveTarget", ctx, req.fromTargetId, req, async (caller) => {
+            const from = await ownerOf(req.fromTargetId);
+            const to = await ownerOf(req.toTargetId);
+            if (from.agentId !== to.agentId) {
+              throw new FlotillaError("INVALID_ARGUMENT", `${req.fromTargetId} (agent ${from.agentId}) and ${req.toTargetId} (agent ${to.agentId}) are on different agents: a move copies between two targets of the same agent`);
+            }
+            const holder = `${API_LEASE_PREFIX}move.${randomUUID()}`;
+            const lease = await d.store.acquireLeases(holder, [req.fromTargetId, req.toTargetId]);
+            if (!lease.ok) throw leaseRefusal("move", lease.targetId, lease.heldBy);
+            try {
+              const c = await d.pool.client(from.agentId);
+              let result: OpResultShape | undefined;
+              const stream = c.move({ fromTargetId: req.fromTargetId, toTargetId: req.toTargetId, operationId: `api.${randomUUID()}`, yes: req.yes, skipOrphans: req.skipOrphans, fromBackup: req.fromBackup }, { timeoutMs: 24 * 3600_000 });
+              for await (const ev of stream) {
+                if (ev.event.case === "step" && ev.event.value.state !== "running") {
+                  const s = ev.event.value;
+                  await d.audit.append({ actor: caller.actor, action: `move.${s.name.split(":")[0]}`, target: req.fromTargetId, outcome: s.state === "failed" ? "error" : "ok", detail: redact(`${s.name} ${s.state}: ${s.detail}`) })
+                    .catch((err: unknown) => d.log.error({ err: toFlotillaError(err) }, "audit write failed"));
+                }
+                if (ev.event.case === "result") {
+                  result = ev.event.value;
+                  resultSent = true;
+                }
+                q.push(ev);
+              }
+              if (!result) throw new FlotillaError("AGENT_UNAVAILABLE", `agent ${from.agentId} ended without a result`);
+              if (result.status !== "succeeded") throw new FlotillaError((result.errorCode || "INTERNAL") as FlotillaError["code"], result.message);
+            } finally {
+              await d.store.releaseLeases(holder).catch(() => undefined);
+            }
+          });
+          q.end();
+        } catch (err) {
+          // A refusal or failure the agent reported already travelled as the result event.
+          if (resultSent) q.end();
+          else q.fail(err);
+        }
+      })();
+      return q;
+    },
     planRollout: (req, ctx) => audited("PlanRollout", ctx, req.selector, req, async () => {
       const plan = await d.engine.plan(req, false);
       const warnings = [...plan.warnings];

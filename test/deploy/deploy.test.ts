@@ -12,7 +12,10 @@ import { fileURLToPath } from "node:url";
 import vm from "node:vm";
 import { test } from "node:test";
 import { isMap, parseAllDocuments } from "yaml";
-import { loadAgentConfig, type AgentConfig } from "../../services/agent/config.js";
+import { loadAgentConfig, type AgentConfig, type AgentTarget } from "../../services/agent/config.js";
+import { NodeSecretSource } from "../../services/agent/adapters/secret-source.js";
+import { resolveSecrets } from "../../services/agent/core/secrets.js";
+import { resolvedTarget } from "../../services/agent/target-registry.js";
 import { loadControllerConfig, type ControllerConfig } from "../../services/controller/config.js";
 import { parseCommandLine } from "../../services/cli/args.js";
 
@@ -88,14 +91,21 @@ function fakeFiles(configPath: string, text: string): { readFile: (p: string) =>
 
 interface Loaded<T> {
   readonly config: T;
-  /** Secret files the loader read (tokens, passwords, env files). */
+  /** Secret files the loader (controller) or the agent's per-operation resolver read (tokens, passwords, env files). */
   readonly reads: readonly string[];
 }
 
-function loadAgent(configPath: string, text: string, env: Record<string, string> = {}): Loaded<AgentConfig> {
+interface LoadedAgent extends Loaded<AgentConfig> {
+  /** Each target as an operation sees it: secrets read through the agent's own resolver. */
+  readonly resolved: readonly AgentTarget[];
+}
+
+function loadAgent(configPath: string, text: string, env: Record<string, string> = {}): LoadedAgent {
   const f = fakeFiles(configPath, text);
   const config = loadAgentConfig({ argv: ["--config", configPath], env, readFile: f.readFile, hostname: "test-host" });
-  return { config, reads: f.reads };
+  const source = new NodeSecretSource(env, f.readFile);
+  const resolved = config.targets.map((t) => resolvedTarget(t, resolveSecrets(t, source)));
+  return { config, reads: f.reads, resolved };
 }
 
 function loadController(configPath: string, text: string, env: Record<string, string> = {}): Loaded<ControllerConfig> {
@@ -123,13 +133,13 @@ function agentPaths(c: AgentConfig): { secrets: string[]; writable: string[] } {
 }
 
 /** Rules every agent config in deploy/ follows, whatever the deployment. */
-function assertAgentConventions(where: string, l: Loaded<AgentConfig>): void {
+function assertAgentConventions(where: string, l: LoadedAgent): void {
   const c = l.config;
   assert.ok(l.reads.length > 0, `${where}: reads no secret file (WEBUI_SECRET_KEY at least)`);
   for (const p of [...l.reads, ...agentPaths(c).secrets]) assert.match(p, SECRET_ROOT, `${where}: secret file ${p} is outside /etc/flotilla and /run/secrets`);
   const host = c.listen.replace(/:\d+$/, "");
   if (!["127.0.0.1", "localhost", "[::1]"].includes(host)) assert.ok(c.tls, `${where}: listens on ${host} without TLS`);
-  for (const t of c.targets) {
+  for (const t of l.resolved) {
     // Open WebUI's env.py needs the key; importing open_webui must not migrate by itself.
     assert.equal(t.alembic.env.WEBUI_SECRET_KEY, FAKE_SECRET, `${where}: target ${t.id} has no WEBUI_SECRET_KEY from a file`);
     assert.ok(t.alembic.secretEnvNames.includes("WEBUI_SECRET_KEY"), `${where}: WEBUI_SECRET_KEY of ${t.id} is not marked secret`);
@@ -659,7 +669,7 @@ const HARDENING: Record<string, string> = {
   Restart: "on-failure",
 };
 
-function exampleAgents(): { file: string; loaded: Loaded<AgentConfig> }[] {
+function exampleAgents(): { file: string; loaded: LoadedAgent }[] {
   return ["agent-sqlite.yaml", "agent-postgres.yaml", "agent-blue-green.yaml"].map((f) => ({
     file: f,
     loaded: loadAgent("/etc/flotilla/agent.yaml", readFileSync(path.join(DEPLOY, "examples", f), "utf8")),

@@ -46,6 +46,8 @@ export interface TargetSpec {
   ini?: string;
   /** Omit WEBUI_SECRET_KEY from the target's config. */
   noSecret?: boolean;
+  /** Give the target its own WEBUI_SECRET_KEY file with this content ("" = empty); see Fleet.secretFile. */
+  secret?: string;
   /** alembic.dir override (e.g. a folder without alembic.ini). */
   alembicDir?: string;
   /** seed.py --dup-emails. */
@@ -128,6 +130,12 @@ export class Fleet {
     this.dir = mkdtempSync(join(tmpdir(), "flotilla-fleet-"));
   }
 
+  /** The WEBUI_SECRET_KEY file a target's config names (its own when TargetSpec.secret is set, else the shared one). */
+  secretFile(targetId: string): string {
+    const own = this.spec.targets.find((t) => t.id === targetId)?.secret !== undefined;
+    return join(this.dir, own ? `webui_secret_key-${targetId}` : "webui_secret_key");
+  }
+
   get controllerUrl(): string {
     return `http://127.0.0.1:${this.httpPort}`;
   }
@@ -144,12 +152,13 @@ export class Fleet {
     const agentCfg = new Map<string, { targets: unknown[]; apps: unknown[] }>();
     for (const a of this.spec.agents) agentCfg.set(a, { targets: [], apps: [] });
     for (const t of this.spec.targets) {
+      if (t.secret !== undefined) writeFileSync(this.secretFile(t.id), t.secret, { mode: 0o600 });
       const url = this.urls.get(t.id)!;
       const target: Record<string, unknown> = {
         id: t.id, labels: t.labels ?? {}, database: url,
         alembic: {
           dir: t.alembicDir ?? FIXTURE_DIR, command: ["alembic"], ...(t.ini ? { config: t.ini } : {}),
-          env: { ...(t.noSecret ? {} : { WEBUI_SECRET_KEY: { file: join(this.dir, "webui_secret_key") } }), ...(t.failAt ? { FIXTURE_FAIL_AT: t.failAt } : {}), ...(t.alembicEnv ?? {}) },
+          env: { ...(t.noSecret ? {} : { WEBUI_SECRET_KEY: { file: this.secretFile(t.id) } }), ...(t.failAt ? { FIXTURE_FAIL_AT: t.failAt } : {}), ...(t.alembicEnv ?? {}) },
         },
         backups: { dir: join(this.dir, "backups", t.id), keep: 5 },
       };

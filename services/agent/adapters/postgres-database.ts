@@ -445,6 +445,19 @@ export class PostgresDatabase implements DatabaseAdapter {
     return formatPgUrl(this.parts, { withPassword: true });
   }
 
+  /**
+   * A connected client on this database for a bulk copy (`flotilla move`):
+   * no statement timeout, TimeZone UTC. The caller ends it. Errors never carry the password.
+   */
+  async openClient(): Promise<pg.Client> {
+    try {
+      const client = await this.connect(this.parts.database, 0, { options: "-c TimeZone=UTC" });
+      return client;
+    } catch (err) {
+      throw this.dbError("connecting for a copy", err);
+    }
+  }
+
   // ---------------------------------------------------------------- backup
 
   /**

@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { diagnose, DISK_MARGIN_BYTES, BACKUP_MAX_AGE_MS } from "./diagnose.js";
-import type { DiagnoseFacts, Finding, Severity } from "./diagnose.js";
+import { diagnose, lastFailure, DISK_MARGIN_BYTES, BACKUP_MAX_AGE_MS } from "./diagnose.js";
+import type { DiagnoseFacts, Finding, JournalRow, Severity } from "./diagnose.js";
 
 const CHAIN = [
   "a1f0c0de0001",
@@ -295,9 +295,9 @@ test("integrity check failed: error, restore the last verified backup", () => {
   assert.doesNotMatch(f.what, /\n/);
 });
 
-test("app instance running: warning naming it, fix is the maintenance strategy", () => {
+test("app instance running with a migration pending: warning naming it, fix is the maintenance strategy", () => {
   const f = expectFinding(
-    healthy({ appInstances: [{ id: "webui-1-a", state: "running" }, { id: "webui-1-b", state: "stopped" }] }),
+    atRev6({ appInstances: [{ id: "webui-1-a", state: "running" }, { id: "webui-1-b", state: "stopped" }] }),
     "app-running",
     "warning",
     /--strategy maintenance/,
@@ -309,9 +309,19 @@ test("app instance running: warning naming it, fix is the maintenance strategy",
   assert.equal(diagnose(unknown).problems, false);
 });
 
-test("processes holding the SQLite file: warning naming pids, fix stops them", () => {
+test("a healthy, up-to-date target with its app running and holding the file has no problems (the app is information)", () => {
+  const facts = healthy({ appInstances: [{ id: "webui-1-a", state: "running" }], holders: [{ pid: 4242, description: "python3 -m open_webui.main" }] });
+  const result = diagnose(facts);
+  assert.equal(result.problems, false, JSON.stringify(result.findings.filter((x) => x.severity !== "ok")));
+  expectFinding(facts, "app-running", "info", /nothing to do/);
+  expectFinding(facts, "database-in-use", "info", /kill 4242/);
+  // The same app with a revision pending is a warning again.
+  assert.equal(diagnose(atRev6({ appInstances: [{ id: "webui-1-a", state: "running" }] })).problems, true);
+});
+
+test("processes holding the SQLite file with a migration pending: warning naming pids, fix stops them", () => {
   const f = expectFinding(
-    healthy({ holders: [{ pid: 4242, description: "python3 -m open_webui.main" }] }),
+    atRev6({ holders: [{ pid: 4242, description: "python3 -m open_webui.main" }] }),
     "database-in-use",
     "warning",
     /kill 4242/,
@@ -320,9 +330,9 @@ test("processes holding the SQLite file: warning naming pids, fix stops them", (
   assert.match(f.why, /refused/);
 });
 
-test("other PostgreSQL sessions: warning naming pids, fix uses pg_stat_activity", () => {
+test("other PostgreSQL sessions with a migration pending: warning naming pids, fix uses pg_stat_activity", () => {
   const f = expectFinding(
-    healthy({ kind: "postgresql", holders: [{ pid: 777, description: "open-webui@10.0.0.5", state: "idle" }] }),
+    atRev6({ kind: "postgresql", holders: [{ pid: 777, description: "open-webui@10.0.0.5", state: "idle" }] }),
     "database-in-use",
     "warning",
     /pg_stat_activity.*pg_terminate_backend\(777\)/,
@@ -331,7 +341,8 @@ test("other PostgreSQL sessions: warning naming pids, fix uses pg_stat_activity"
 });
 
 test("idle in transaction on PostgreSQL: warning, fix names pg_stat_activity and pg_blocking_pids", () => {
-  const f = expectFinding(healthy({ kind: "postgresql", idleInTransaction: 2 }), "idle-in-transaction", "warning", /pg_stat_activity/);
+  const f = expectFinding(atRev6({ kind: "postgresql", idleInTransaction: 2 }), "idle-in-transaction", "warning", /pg_stat_activity/);
+  expectFinding(healthy({ kind: "postgresql", idleInTransaction: 2 }), "idle-in-transaction", "info", /pg_stat_activity/);
   assert.match(f.fix, /pg_blocking_pids/);
   assert.match(f.why, /lock_timeout/);
   assert.match(f.what, /^2 sessions are idle in transaction$/);
@@ -395,4 +406,48 @@ test("any stamp advice carries a legitimate reason and never targets head blindl
       }
     }
   }
+});
+
+function row(over: Partial<JournalRow>): JournalRow {
+  return { id: "op", kind: "migrate", state: "succeeded", startedAt: "2026-11-26T03:00:00.000Z", errorCode: "", message: "", revisionBefore: [], revisionAfter: [], toRevision: "", backupId: "", ...over };
+}
+
+test("lastFailure picks the newest failed or interrupted operation from the journal and notes a later success that settled it", () => {
+  assert.equal(lastFailure([row({ id: "a" }), row({ id: "b", state: "refused" })]), undefined);
+  const rows = [
+    row({ id: "op-3", kind: "backup", state: "succeeded" }),
+    row({ id: "op-2", state: "failed", errorCode: "MIGRATION_FAILED", revisionBefore: ["f6a5b4c3d2e1"], revisionAfter: ["0a7b8c9d0e1f"], toRevision: HEAD, backupId: "b-1" }),
+    row({ id: "op-1", state: "interrupted" }),
+  ];
+  const last = lastFailure(rows);
+  assert.equal(last?.id, "op-2");
+  assert.equal(last?.supersededBy, undefined, "a backup does not settle a half-migrated database");
+  const settled = lastFailure([row({ id: "op-4", kind: "restore", state: "succeeded" }), ...rows]);
+  assert.deepEqual(settled?.supersededBy, { id: "op-4", kind: "restore" });
+});
+
+test("last failed migration that left the database between revisions: warning naming it, what it left and the restore of its backup", () => {
+  const op = lastFailure([row({ id: "op-2", state: "failed", errorCode: "MIGRATION_FAILED", message: "duplicate column", revisionBefore: ["f6a5b4c3d2e1"], revisionAfter: ["0a7b8c9d0e1f"], toRevision: HEAD, backupId: "b-1" })])!;
+  const f = expectFinding(atRev6({ current: ["0a7b8c9d0e1f"], lastFailedOperation: op }), "last-failed-operation", "warning", /flotilla restore webui-1 b-1 --yes/);
+  assert.match(f.what, /migrate op-2 .*MIGRATION_FAILED: duplicate column/);
+  assert.match(f.why, /left the database at 0a7b8c9d0e1f, not at its old revision f6a5b4c3d2e1/);
+  assert.match(f.why, /backup b-1 holds the data from before/);
+});
+
+test("last failed migration that left nothing behind, or one settled since, is information and keeps diagnose at exit 0", () => {
+  const restored = lastFailure([row({ id: "op-2", state: "failed", errorCode: "MIGRATION_FAILED", revisionBefore: [HEAD], revisionAfter: [HEAD], backupId: "b-1" })])!;
+  const f = expectFinding(healthy({ lastFailedOperation: restored }), "last-failed-operation", "info", /nothing is left to repair/);
+  assert.match(f.why, /left the database at its old revision 1b8c9d0e1f2a/);
+  assert.equal(diagnose(healthy({ lastFailedOperation: restored })).problems, false);
+  const settled = lastFailure([row({ id: "op-9", kind: "migrate" }), row({ id: "op-2", state: "failed", revisionBefore: ["x"], revisionAfter: ["y"] })])!;
+  const s2 = expectFinding(healthy({ lastFailedOperation: settled }), "last-failed-operation", "info", /nothing to do/);
+  assert.match(s2.why, /migrate op-9 succeeded since/);
+});
+
+test("an interrupted operation still holding the target is named with what it left behind in the interrupted finding", () => {
+  const op = lastFailure([row({ id: "op-17", state: "interrupted", revisionBefore: ["f6a5b4c3d2e1"], toRevision: HEAD, backupId: "b-7" })])!;
+  const facts = atRev6({ interruptedOperations: ["op-17"], lastFailedOperation: op });
+  const f = expectFinding(facts, "interrupted-operation", "error", /flotilla recover webui-1 op-17 --action restore/);
+  assert.match(f.why, /migrate op-17 started .* towards 1b8c9d0e1f2a from f6a5b4c3d2e1 after taking backup b-7/);
+  assert.equal(diagnose(facts).findings.some((x) => x.code === "last-failed-operation"), false, "named once");
 });

@@ -57,9 +57,63 @@ export interface DiagnoseFacts {
   lastVerifiedBackupAgeMs?: number;
   /** Journal: operations interrupted by an agent crash. */
   interruptedOperations: string[];
+  /** Journal: the most recent failed or interrupted operation on the target (see lastFailure). */
+  lastFailedOperation?: FailedOperation;
   /** 'wal', 'delete', … (SQLite). */
   sqliteJournalMode?: string;
   onNetworkFilesystem?: boolean;
+}
+
+/** A failed or interrupted operation as the journal recorded it, and whether a later one replaced its outcome. */
+export interface FailedOperation {
+  id: string;
+  kind: string;
+  state: "failed" | "interrupted";
+  startedAt: string;
+  errorCode: string;
+  message: string;
+  revisionBefore: string[];
+  /** [] when the operation never recorded where it left the database. */
+  revisionAfter: string[];
+  toRevision: string;
+  /** The backup it took before changing anything ("" when it had not taken one). */
+  backupId: string;
+  /** A later operation that changes the database (migrate, restore, downgrade, recover…) succeeded since. */
+  supersededBy?: { id: string; kind: string };
+}
+
+/** The journal rows diagnose reads (newest first, as the journal lists them). */
+export interface JournalRow {
+  id: string;
+  kind: string;
+  state: string;
+  startedAt: string;
+  errorCode: string;
+  message: string;
+  revisionBefore: string[];
+  revisionAfter: string[];
+  toRevision: string;
+  backupId: string;
+}
+
+/** Operations whose success means the database is in a known state again. */
+const SETTLING_KINDS = new Set(["migrate", "restore", "downgrade", "recover", "stamp"]);
+
+/**
+ * The most recent failed or interrupted operation of a target from its
+ * journal rows (newest first), with the later successful operation that
+ * settled the database since, if any. Refusals changed nothing and are skipped.
+ */
+export function lastFailure(rows: readonly JournalRow[]): FailedOperation | undefined {
+  const i = rows.findIndex((r) => r.state === "failed" || r.state === "interrupted");
+  if (i < 0) return undefined;
+  const r = rows[i]!;
+  const later = rows.slice(0, i).reverse().find((x) => x.state === "succeeded" && SETTLING_KINDS.has(x.kind));
+  return {
+    id: r.id, kind: r.kind, state: r.state as FailedOperation["state"], startedAt: r.startedAt, errorCode: r.errorCode, message: r.message,
+    revisionBefore: [...r.revisionBefore], revisionAfter: [...r.revisionAfter], toRevision: r.toRevision, backupId: r.backupId,
+    ...(later ? { supersededBy: { id: later.id, kind: later.kind } } : {}),
+  };
 }
 
 /** Head room kept on top of one database copy before the free-space check turns into an error. */
@@ -94,6 +148,7 @@ export function diagnose(f: DiagnoseFacts): { findings: Finding[]; problems: boo
     ...checkDisk(f),
     ...checkBackup(f),
     ...checkInterrupted(f),
+    ...checkLastFailure(f),
     ...checkStorage(f),
   ];
   const problems = findings.some((x) => x.severity === "error" || x.severity === "warning");
@@ -466,20 +521,34 @@ function checkIntegrity(f: DiagnoseFacts): Finding[] {
   ];
 }
 
+/**
+ * A running app and the sessions it holds are what a healthy target looks
+ * like; they matter (warning) only when a migration is pending, because a
+ * migration is refused while they hold the database.
+ */
 function checkHolders(f: DiagnoseFacts): Finding[] {
   const t = f.targetId;
   const out: Finding[] = [];
+  const pending = f.pending.length > 0;
   const running = f.appInstances.filter((a) => a.state === "running").map((a) => a.id);
   const unknown = f.appInstances.filter((a) => a.state === "unknown").map((a) => a.id);
   if (running.length > 0) {
     out.push(
-      finding(
-        "app-running",
-        "warning",
-        `app ${running.length === 1 ? "instance" : "instances"} running: ${list(running)}`,
-        "a migration is refused while the app uses the database (it would read a half-changed schema)",
-        `use \`flotilla rollout --selector S --strategy maintenance\`, which stops and restarts them, or stop them with their configured stop command`,
-      ),
+      pending
+        ? finding(
+            "app-running",
+            "warning",
+            `app ${running.length === 1 ? "instance" : "instances"} running: ${list(running)}`,
+            "a migration is pending, and it is refused while the app uses the database (it would read a half-changed schema)",
+            `use \`flotilla rollout --selector S --strategy maintenance\`, which stops and restarts them, or stop them with their configured stop command`,
+          )
+        : finding(
+            "app-running",
+            "info",
+            `app ${running.length === 1 ? "instance" : "instances"} running: ${list(running)}`,
+            "nothing is pending, so a running app is how a healthy target looks",
+            "nothing to do; a later rollout with `--strategy maintenance` stops and restarts them itself",
+          ),
     );
   }
   if (unknown.length > 0) {
@@ -507,10 +576,12 @@ function checkHolders(f: DiagnoseFacts): Finding[] {
     out.push(
       finding(
         "database-in-use",
-        "warning",
+        pending ? "warning" : "info",
         `${f.kind === "sqlite" ? "processes hold" : "other sessions use"} the database: ${named}`,
-        "a migration is refused until they stop: their locks make it fail or wait, and they see a half-changed schema",
-        fix,
+        pending
+          ? "a migration is pending and is refused until they stop: their locks make it fail or wait, and they see a half-changed schema"
+          : "nothing is pending; a later migration is refused until they stop (the maintenance strategy stops the configured app instances)",
+        pending ? fix : `nothing to do now; before migrating: ${fix}`,
       ),
     );
   }
@@ -525,7 +596,7 @@ function checkIdleInTransaction(f: DiagnoseFacts): Finding[] {
   return [
     finding(
       "idle-in-transaction",
-      "warning",
+      f.pending.length > 0 ? "warning" : "info",
       `${plural(f.idleInTransaction, "session is", "sessions are")} idle in transaction`,
       "they hold locks that ALTER TABLE waits on; Flotilla sets lock_timeout, so the migration fails instead of hanging",
       "find them with `SELECT pid, usename, application_name, xact_start FROM pg_stat_activity WHERE datname = current_database() AND state = 'idle in transaction';` " +
@@ -580,14 +651,57 @@ function checkBackup(f: DiagnoseFacts): Finding[] {
 function checkInterrupted(f: DiagnoseFacts): Finding[] {
   const t = f.targetId;
   if (f.interruptedOperations.length === 0) return [ok("no-interrupted-operations", "no operation was interrupted by an agent crash")];
+  const op = f.lastFailedOperation;
+  const latest = op !== undefined && op.state === "interrupted" && f.interruptedOperations.includes(op.id)
+    ? `; ${op.kind} ${op.id} started ${op.startedAt}${op.toRevision ? ` towards ${op.toRevision}` : ""} from ${op.revisionBefore.join(",") || "no revision"}` +
+      (op.backupId ? ` after taking backup ${op.backupId}, which holds the data from before it` : " before taking its backup, so it had changed nothing")
+    : "";
   return [
     finding(
       "interrupted-operation",
       "error",
       `${plural(f.interruptedOperations.length, "operation was", "operations were")} interrupted by an agent crash: ${list(f.interruptedOperations)}`,
-      "the database may be half-migrated (SQLite DDL is not transactional); new operations on the target wait until it is recovered",
+      `the database may be half-migrated (SQLite DDL is not transactional); new operations on the target wait until it is recovered${latest}`,
       `run \`flotilla recover ${t} ${f.interruptedOperations[0] ?? "OPERATION"} --action restore\` (puts back its pre-operation backup and verifies it), ` +
         `or \`--action accept\` when the database is verifiably at the operation's target revision; then \`flotilla diagnose ${t}\``,
+    ),
+  ];
+}
+
+/** "at X (it was at Y before)" — what a failed operation left the database at, from its journal row. */
+function leftBehind(op: FailedOperation): string {
+  const before = op.revisionBefore.join(",") || "no revision";
+  if (op.revisionAfter.length === 0) return `the revision it left was not recorded (it started at ${before})`;
+  const after = op.revisionAfter.join(",");
+  const same = [...op.revisionAfter].sort().join(",") === [...op.revisionBefore].sort().join(",");
+  return same ? `it left the database at its old revision ${after}` : `it left the database at ${after}, not at its old revision ${before}${op.toRevision ? ` nor at ${op.toRevision}` : ""}`;
+}
+
+function checkLastFailure(f: DiagnoseFacts): Finding[] {
+  const op = f.lastFailedOperation;
+  // Interrupted operations that still hold the target are reported (with their fix) by checkInterrupted.
+  if (op === undefined || (op.state === "interrupted" && f.interruptedOperations.includes(op.id))) return [];
+  const t = f.targetId;
+  const backup = op.backupId ? `; its backup ${op.backupId} holds the data from before it` : "; it had taken no backup yet, so it changed nothing";
+  const what = `the last failed operation was ${op.kind} ${op.id} (${op.startedAt})${op.errorCode ? ` with ${op.errorCode}` : ""}${op.message ? `: ${clip(op.message, 160)}` : ""}`;
+  if (op.supersededBy !== undefined) {
+    return [finding("last-failed-operation", "info", what, `${op.supersededBy.kind} ${op.supersededBy.id} succeeded since, so the database is in a known state again`, NOTHING_TO_DO)];
+  }
+  const same = op.revisionAfter.length > 0 && [...op.revisionAfter].sort().join(",") === [...op.revisionBefore].sort().join(",");
+  const current = f.current ?? [];
+  const stillThere = op.revisionAfter.length === 0 || [...op.revisionAfter].sort().join(",") === [...current].sort().join(",");
+  if (same || (op.kind !== "migrate" && op.kind !== "downgrade" && op.kind !== "restore")) {
+    return [finding("last-failed-operation", "info", what, `${leftBehind(op)}${backup}`, `nothing is left to repair; see the cause above, then retry (\`flotilla plan --selector id=${t}\` shows the steps)`)];
+  }
+  return [
+    finding(
+      "last-failed-operation",
+      "warning",
+      what,
+      `${leftBehind(op)}${backup}${stillThere ? "" : `; the database is now at ${current.join(",") || "no revision"}`}`,
+      op.backupId
+        ? `put the data from before it back: \`flotilla restore ${t} ${op.backupId} --yes\`, then \`flotilla diagnose ${t}\`; never stamp over it`
+        : `compare the schema with the revision it reports, then \`flotilla diagnose ${t}\`; never stamp over it`,
     ),
   ];
 }

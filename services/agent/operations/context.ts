@@ -13,6 +13,8 @@ export type OpEvent =
     kind: "progress"; source: string; line: string; bytesDone?: number; bytesTotal?: number;
     /** Alembic progress: revision n of N (1-based), the revision, elapsed and estimated remaining time. */
     revisionIndex?: number; revisionCount?: number; revision?: string; elapsedMs?: number; etaMs?: number;
+    /** Move progress: table n of N (1-based), rows of that table, copy rate. */
+    table?: string; tableIndex?: number; tableCount?: number; rowsDone?: number; rowsTotal?: number; bytesPerSecond?: number;
   }
   | { kind: "step"; name: string; state: "running" | "succeeded" | "failed" | "skipped"; detail: string; durationMs?: number }
   | { kind: "result"; result: OpResult };

@@ -5,6 +5,7 @@ import * as apps from "./apps.js";
 import * as backups from "./backup.js";
 import * as blueGreen from "./blue-green.js";
 import * as migrations from "./migrate.js";
+import * as moving from "./move.js";
 import * as reads from "./reads.js";
 import * as recovery from "./recover.js";
 import * as stamping from "./stamp.js";
@@ -56,6 +57,9 @@ export class AgentOperations {
   // blue-green
   clone(req: Req<typeof blueGreen.clone>, emit: Emit, signal?: AbortSignal): Promise<OpResult> { return blueGreen.clone(this.ctx, req, emit, signal); }
   switchTraffic(req: Req<typeof blueGreen.switchTraffic>, emit: Emit, signal?: AbortSignal): Promise<OpResult> { return blueGreen.switchTraffic(this.ctx, req, emit, signal); }
+
+  // move between SQLite and PostgreSQL
+  move(req: Req<typeof moving.moveTarget>, emit: Emit, signal?: AbortSignal): Promise<OpResult> { return moving.moveTarget(this.ctx, req, emit, signal); }
 
   // recovery and the journal
   recover(req: Req<typeof recovery.recover>, emit: Emit, signal?: AbortSignal): Promise<OpResult> { return recovery.recover(this.ctx, req, emit, signal); }

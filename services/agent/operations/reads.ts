@@ -5,7 +5,7 @@ import { estimateMs } from "../core/migration-progress.js";
 import { resolveMigration } from "../core/safety-policy.js";
 import { classifySql, type Compatibility } from "../core/sql-compat.js";
 import type { AppState, BackupManifest, GraphView } from "../core/ports.js";
-import { diagnose as diagnoseFacts, type DiagnoseFacts, type Finding } from "../core/diagnose.js";
+import { diagnose as diagnoseFacts, lastFailure, type DiagnoseFacts, type Finding } from "../core/diagnose.js";
 import type { OperationContext, TargetRuntime } from "./context.js";
 
 /** Read-only verbs: status, diagnose, plan. They take no lock and change nothing. */
@@ -62,6 +62,7 @@ export async function diagnose(ctx: OperationContext, targetId: string): Promise
   const holders = exists ? await t.db.holders().catch(() => []) : [];
   const apps = await ctx.appStates(t);
   const lastVerified = await t.catalog.lastVerified().catch(() => undefined);
+  const lastFailed = lastFailure(ctx.deps.journal.list(targetId, 50));
   const integrity = exists ? await t.db.integrityCheck().catch((e: unknown) => ({ ok: false, detail: toFlotillaError(e).message })) : undefined;
   const facts: DiagnoseFacts = {
     targetId, kind: c.kind, alembicIniFound: iniFound, alembicDir: c.alembic.dir,
@@ -85,6 +86,7 @@ export async function diagnose(ctx: OperationContext, targetId: string): Promise
     freeBytes: await t.db.freeBytes(c.backups.dir).catch(() => Number.MAX_SAFE_INTEGER),
     ...(lastVerified ? { lastVerifiedBackupAgeMs: Date.now() - Date.parse(lastVerified.createdAt) } : {}),
     interruptedOperations: ctx.deps.journal.interrupted(targetId),
+    ...(lastFailed ? { lastFailedOperation: lastFailed } : {}),
   };
   return diagnoseFacts(facts);
 }

@@ -30,6 +30,10 @@ function eventOf(e: OpEvent): EventInit {
             source: e.source, line: e.line, bytesDone: BigInt(e.bytesDone ?? 0), bytesTotal: BigInt(e.bytesTotal ?? 0),
             revisionIndex: e.revisionIndex ?? 0, revisionCount: e.revisionCount ?? 0, revision: e.revision ?? "",
             elapsedMs: BigInt(Math.round(e.elapsedMs ?? 0)), etaMs: BigInt(Math.round(e.etaMs ?? 0)),
+            ...(e.tableCount !== undefined ? {
+              table: e.table ?? "", tableIndex: e.tableIndex ?? 0, tableCount: e.tableCount, rowsDone: BigInt(e.rowsDone ?? 0),
+              rowsTotal: BigInt(e.rowsTotal ?? 0), bytesPerSecond: BigInt(e.bytesPerSecond ?? 0),
+            } : {}),
           },
         },
       };
@@ -129,6 +133,10 @@ export function agentServiceImpl(config: AgentConfig, ops: AgentOperations, vers
     },
     clone: (req) => opStream((emit) => ops.clone({ targetId: req.targetId, operationId: req.operationId, rolloutId: req.rolloutId }, emit)),
     switch: (req) => opStream((emit) => ops.switchTraffic({ targetId: req.targetId, operationId: req.operationId, color: req.color }, emit)),
+    move: (req) => opStream((emit) => ops.move({
+      fromTargetId: need(req.fromTargetId, "from_target_id"), toTargetId: need(req.toTargetId, "to_target_id"), operationId: req.operationId,
+      yes: req.yes, skipOrphans: req.skipOrphans, fromBackup: req.fromBackup,
+    }, emit)),
     recover: (req) => opStream((emit) => ops.recover({ targetId: req.targetId, operationId: req.operationId, action: req.action, newOperationId: req.newOperationId }, emit)),
   };
 }

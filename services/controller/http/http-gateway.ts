@@ -13,36 +13,77 @@ import type { AuditLog } from "../audit/audit-log.js";
 import type { Caller } from "../service.js";
 import { WEB_PAGE } from "./web-page.js";
 
-const MAX_BODY = 1024 * 1024;
+/** Largest request body accepted; larger ones are answered 413 without being read. */
+export const MAX_BODY = 1024 * 1024;
+
+/** Bounds on how long a client may take to send its request (slow clients are cut off before any parsing). */
+export interface GatewayLimits {
+  readonly maxBodyBytes?: number;
+  /** Time to receive the request headers. */
+  readonly headersTimeoutMs?: number;
+  /** Time to receive the whole request (headers and body). */
+  readonly requestTimeoutMs?: number;
+}
 
 type AnyMethod = { name: string; localName: string; methodKind: string; input: DescMessage; output: DescMessage };
 
-function readBody(req: IncomingMessage): Promise<string> {
+/** Reads the body up to `max` bytes; beyond that it stops reading and fails with PAYLOAD_TOO_LARGE. */
+function readBody(req: IncomingMessage, max: number): Promise<string> {
   return new Promise((resolve, reject) => {
     let size = 0;
     const chunks: Buffer[] = [];
-    req.on("data", (c: Buffer) => {
+    const onData = (c: Buffer): void => {
       size += c.length;
-      if (size > MAX_BODY) {
-        reject(new FlotillaError("INVALID_ARGUMENT", `request body larger than ${MAX_BODY} bytes`));
-        req.destroy();
+      if (size > max) {
+        req.off("data", onData);
+        chunks.length = 0;
+        reject(tooLarge(max));
         return;
       }
       chunks.push(c);
-    });
+    };
+    req.on("data", onData);
     req.on("end", () => resolve(Buffer.concat(chunks).toString("utf8")));
     req.on("error", reject);
+    req.on("aborted", () => reject(new FlotillaError("CANCELLED", "the client went away while sending the request")));
   });
+}
+
+class TooLarge extends FlotillaError {}
+
+function tooLarge(max: number): FlotillaError {
+  return new TooLarge("INVALID_ARGUMENT", `request body larger than ${max} bytes: send less (one request per change)`);
+}
+
+/** HTTP status of an error; a body over the limit is 413. */
+function statusOf(err: unknown): number {
+  return err instanceof TooLarge ? 413 : httpStatusOf(toFlotillaError(err).code);
 }
 
 function sendError(res: ServerResponse, err: unknown): void {
   const fe = toFlotillaError(err);
+  const body = JSON.stringify({ code: fe.code, message: redact(fe.message) });
+  if (res.writableEnded || res.destroyed) return;
   if (res.headersSent) {
-    res.end(`${JSON.stringify({ code: fe.code, message: redact(fe.message) })}\n`);
+    res.end(`${body}\n`);
     return;
   }
-  res.writeHead(httpStatusOf(fe.code), { "content-type": "application/json" });
-  res.end(JSON.stringify({ code: fe.code, message: redact(fe.message) }));
+  const headers: Record<string, string> = { "content-type": "application/json", "content-length": String(Buffer.byteLength(body)) };
+  // The rest of an oversized body is not read: close the connection after answering.
+  if (err instanceof TooLarge) headers.connection = "close";
+  res.writeHead(statusOf(err), headers);
+  res.end(body);
+}
+
+/** A header value a bearer token can be carried in: printable ASCII only (grpc metadata rejects the rest). */
+const PRINTABLE = /^[\x20-\x7e]*$/;
+
+/** Validates the time filters of ExportAudit before any output is written. */
+function auditTime(name: string, v: string): string {
+  if (v.length > 64 || Number.isNaN(Date.parse(v))) {
+    throw new FlotillaError("INVALID_ARGUMENT", `${name} is not a time: use an ISO time like 2026-01-31T12:00:00Z`);
+  }
+  return v;
 }
 
 /**
@@ -57,97 +98,141 @@ export function createHttpGateway(
     audit: AuditLog; log: Logger; callerOf: (method: string, ctx: CallContext) => Caller; isLeader: () => boolean;
     /** Serve HTTPS with this certificate and key (`httpTls`); replace it later with setSecureContext. */
     tls?: { cert: Buffer; key: Buffer };
+    limits?: GatewayLimits;
   },
 ): Server | HttpsServer {
+  const maxBody = deps.limits?.maxBodyBytes ?? MAX_BODY;
   const methods = new Map<string, AnyMethod>();
   for (const m of ControllerService.methods as unknown as AnyMethod[]) methods.set(m.name, m);
 
-  const handler = (req: IncomingMessage, res: ServerResponse): void => {
-    void (async () => {
-      const url = new URL(req.url ?? "/", "http://localhost");
-      const ac = new AbortController();
-      res.on("close", () => ac.abort());
+  const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const ac = new AbortController();
+    res.on("close", () => ac.abort());
+    try {
+      // Everything the client sent is parsed inside this boundary: a bad request target or
+      // header is answered 400/401, never thrown past the handler.
+      let url: URL;
+      try {
+        url = new URL(req.url ?? "/", "http://localhost");
+      } catch {
+        throw new FlotillaError("INVALID_ARGUMENT", "the request target is not a valid path: use POST /v1/<Method>");
+      }
       const md = new Metadata();
-      if (req.headers.authorization) md.set("authorization", req.headers.authorization);
+      const auth = req.headers.authorization;
+      if (auth !== undefined) {
+        if (auth.length > 8192 || !PRINTABLE.test(auth)) {
+          throw new FlotillaError("UNAUTHENTICATED", "the Authorization header holds characters no token has: send \"Bearer <token>\"");
+        }
+        md.set("authorization", auth);
+      }
       const secure = (req.socket as TLSSocket).encrypted === true;
       const ctx: CallContext = { signal: ac.signal, peer: `${req.socket.remoteAddress}:${req.socket.remotePort}`, metadata: md, peerSans: "", secure };
-      try {
-        // A token sent in clear text to a listener other people can reach is refused before it is even compared.
-        if (req.headers.authorization && !secure && !isLoopbackHost(req.socket.localAddress ?? "")) {
-          throw new FlotillaError("PERMISSION_DENIED", "tokens are refused over plain HTTP on a non-loopback address: configure httpTls on the controller and use https://");
-        }
-        if (req.method === "GET" && (url.pathname === "/" || url.pathname === "/index.html")) {
-          res.writeHead(200, { "content-type": "text/html; charset=utf-8", "content-security-policy": "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'" });
-          res.end(WEB_PAGE);
-          return;
-        }
-        if (req.method === "GET" && url.pathname === "/healthz") {
-          res.writeHead(200, { "content-type": "text/plain" });
-          res.end("ok\n");
-          return;
-        }
-        if (req.method === "GET" && url.pathname === "/readyz") {
-          // Ready = this replica leads: a load balancer then sends every call to the leader.
-          const leading = deps.isLeader();
-          res.writeHead(leading ? 200 : 503, { "content-type": "text/plain" });
-          res.end(leading ? "leader\n" : "standby\n");
-          return;
-        }
-        if (req.method === "GET" && url.pathname === "/v1/ExportAudit") {
-          const caller = deps.callerOf("QueryAudit", ctx);
-          const filter: Record<string, string> = {};
-          for (const k of ["since", "until", "target", "actor", "action"]) {
-            const v = url.searchParams.get(k);
-            if (v) filter[k] = v;
-          }
-          await deps.audit.append({ actor: caller.actor, action: "api.ExportAudit", args: filter, outcome: "ok" });
-          res.writeHead(200, { "content-type": "application/x-ndjson" });
-          await deps.audit.exportJsonLines((line) => {
-            res.write(line.endsWith("\n") ? line : `${line}\n`);
-          }, filter);
-          res.end();
-          return;
-        }
-        const name = url.pathname.startsWith("/v1/") ? url.pathname.slice(4) : "";
-        const m = methods.get(name);
-        if (!m || req.method !== "POST") {
-          throw new FlotillaError("NOT_FOUND", `no such endpoint ${req.method} ${url.pathname}: use POST /v1/<Method> (e.g. /v1/ListTargets)`);
-        }
-        const text = await readBody(req);
-        let body: unknown = {};
-        if (text.trim() !== "") {
-          try {
-            body = JSON.parse(text);
-          } catch {
-            throw new FlotillaError("INVALID_ARGUMENT", "request body is not valid JSON");
-          }
-        }
-        let input;
-        try {
-          input = fromJson(m.input, body as JsonValue, { ignoreUnknownFields: true });
-        } catch (err) {
-          throw new FlotillaError("INVALID_ARGUMENT", `request does not match ${m.input.typeName}: ${(err as Error).message}`);
-        }
-        const fn = (impl as unknown as Record<string, (req: unknown, ctx: CallContext) => unknown>)[m.localName]!;
-        if (m.methodKind === "unary") {
-          const out = await (fn.call(impl, input, ctx) as Promise<object>);
-          const json = toJson(m.output, create(m.output, out as never), { alwaysEmitImplicit: true });
-          res.writeHead(200, { "content-type": "application/json" });
-          res.end(JSON.stringify(json));
-          return;
-        }
-        const stream = fn.call(impl, input, ctx) as AsyncIterable<object>;
-        for await (const item of stream) {
-          if (!res.headersSent) res.writeHead(200, { "content-type": "application/x-ndjson" });
-          res.write(`${JSON.stringify(toJson(m.output, create(m.output, item as never), { alwaysEmitImplicit: true }))}\n`);
-        }
-        if (!res.headersSent) res.writeHead(200, { "content-type": "application/x-ndjson" });
-        res.end();
-      } catch (err) {
-        sendError(res, err);
+      // A token sent in clear text to a listener other people can reach is refused before it is even compared.
+      if (req.headers.authorization && !secure && !isLoopbackHost(req.socket.localAddress ?? "")) {
+        throw new FlotillaError("PERMISSION_DENIED", "tokens are refused over plain HTTP on a non-loopback address: configure httpTls on the controller and use https://");
       }
-    })();
+      if (req.method === "GET" && (url.pathname === "/" || url.pathname === "/index.html")) {
+        res.writeHead(200, { "content-type": "text/html; charset=utf-8", "content-security-policy": "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'" });
+        res.end(WEB_PAGE);
+        return;
+      }
+      if (req.method === "GET" && url.pathname === "/healthz") {
+        res.writeHead(200, { "content-type": "text/plain" });
+        res.end("ok\n");
+        return;
+      }
+      if (req.method === "GET" && url.pathname === "/readyz") {
+        // Ready = this replica leads: a load balancer then sends every call to the leader.
+        const leading = deps.isLeader();
+        res.writeHead(leading ? 200 : 503, { "content-type": "text/plain" });
+        res.end(leading ? "leader\n" : "standby\n");
+        return;
+      }
+      if (req.method === "GET" && url.pathname === "/v1/ExportAudit") {
+        const caller = deps.callerOf("QueryAudit", ctx);
+        const filter: Record<string, string> = {};
+        for (const k of ["since", "until", "target", "actor", "action"]) {
+          const v = url.searchParams.get(k);
+          if (v) filter[k] = k === "since" || k === "until" ? auditTime(k, v) : v;
+        }
+        await deps.audit.append({ actor: caller.actor, action: "api.ExportAudit", args: filter, outcome: "ok" });
+        res.writeHead(200, { "content-type": "application/x-ndjson" });
+        await deps.audit.exportJsonLines((line) => {
+          res.write(line.endsWith("\n") ? line : `${line}\n`);
+        }, filter);
+        res.end();
+        return;
+      }
+      const name = url.pathname.startsWith("/v1/") ? url.pathname.slice(4) : "";
+      const m = methods.get(name);
+      if (!m || req.method !== "POST") {
+        throw new FlotillaError("NOT_FOUND", `no such endpoint ${req.method} ${url.pathname}: use POST /v1/<Method> (e.g. /v1/ListTargets)`);
+      }
+      // Who is calling is settled before a byte of the body is read or parsed.
+      try {
+        deps.callerOf(m.name, ctx);
+      } catch (err) {
+        const fe = toFlotillaError(err);
+        await deps.audit.append({ actor: "unknown", action: `api.${m.name}`, outcome: "denied", detail: fe.message }).catch(() => undefined);
+        throw fe;
+      }
+      const declared = Number(req.headers["content-length"] ?? "0");
+      if (Number.isFinite(declared) && declared > maxBody) throw tooLarge(maxBody);
+      const text = await readBody(req, maxBody);
+      let body: unknown = {};
+      if (text.trim() !== "") {
+        try {
+          body = JSON.parse(text);
+        } catch {
+          throw new FlotillaError("INVALID_ARGUMENT", "request body is not valid JSON");
+        }
+      }
+      let input;
+      try {
+        input = fromJson(m.input, body as JsonValue, { ignoreUnknownFields: true });
+      } catch (err) {
+        throw new FlotillaError("INVALID_ARGUMENT", `request does not match ${m.input.typeName}: ${(err as Error).message}`);
+      }
+      const fn = (impl as unknown as Record<string, (req: unknown, ctx: CallContext) => unknown>)[m.localName]!;
+      if (m.methodKind === "unary") {
+        const out = await (fn.call(impl, input, ctx) as Promise<object>);
+        const json = toJson(m.output, create(m.output, out as never), { alwaysEmitImplicit: true });
+        res.writeHead(200, { "content-type": "application/json" });
+        res.end(JSON.stringify(json));
+        return;
+      }
+      const stream = fn.call(impl, input, ctx) as AsyncIterable<object>;
+      for await (const item of stream) {
+        if (!res.headersSent) res.writeHead(200, { "content-type": "application/x-ndjson" });
+        res.write(`${JSON.stringify(toJson(m.output, create(m.output, item as never), { alwaysEmitImplicit: true }))}\n`);
+      }
+      if (!res.headersSent) res.writeHead(200, { "content-type": "application/x-ndjson" });
+      res.end();
+    } catch (err) {
+      sendError(res, err);
+    }
   };
-  return deps.tls ? createHttpsServer({ cert: deps.tls.cert, key: deps.tls.key }, handler) : createServer(handler);
-}
 
+  const handler = (req: IncomingMessage, res: ServerResponse): void => {
+    handle(req, res).catch((err: unknown) => {
+      deps.log.error({ err: toFlotillaError(err) }, "HTTP handler failed");
+      try { sendError(res, err); } catch { res.destroy(); }
+    });
+  };
+  // Slow clients are cut off before their request is parsed: headers and the whole request have deadlines.
+  const bounds = {
+    headersTimeout: deps.limits?.headersTimeoutMs ?? 15_000,
+    requestTimeout: deps.limits?.requestTimeoutMs ?? 60_000,
+    connectionsCheckingInterval: Math.min(1_000, deps.limits?.headersTimeoutMs ?? 1_000),
+    maxHeaderSize: 32 * 1024,
+  };
+  const server = deps.tls ? createHttpsServer({ cert: deps.tls.cert, key: deps.tls.key, ...bounds }, handler) : createServer(bounds, handler);
+  // A malformed request (bad header bytes, a timeout) is answered 400/408 by Node; never an exception.
+  server.on("clientError", (err: NodeJS.ErrnoException, socket) => {
+    if (!socket.writable) { socket.destroy(); return; }
+    const status = err.code === "ERR_HTTP_REQUEST_TIMEOUT" ? 408 : err.code === "HPE_HEADER_OVERFLOW" ? 431 : 400;
+    const body = JSON.stringify({ code: status === 408 ? "DEADLINE_EXCEEDED" : "INVALID_ARGUMENT", message: status === 408 ? "request not received in time" : "malformed HTTP request" });
+    socket.end(`HTTP/1.1 ${status} ${status === 408 ? "Request Timeout" : status === 431 ? "Request Header Fields Too Large" : "Bad Request"}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+  });
+  return server;
+}

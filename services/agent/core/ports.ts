@@ -66,6 +66,12 @@ export interface DatabaseAdapter {
   schemaHash(): Promise<string>;
   /** SQLite: PRAGMA integrity_check off the main thread; PostgreSQL: a read of every table (and amcheck when present). */
   integrityCheck(): Promise<IntegrityResult>;
+  /**
+   * Optional: prepares an integrity check now (SQLite starts its worker thread)
+   * and runs it when `when` resolves true; null when it resolves false. Lets
+   * the check's start-up overlap a migration that runs meanwhile.
+   */
+  integrityCheckAfter?(when: Promise<boolean>): Promise<IntegrityResult | null>;
   /** Database size in bytes (file + WAL, or pg_database_size). */
   sizeBytes(): Promise<number>;
   /** Other processes / sessions holding the database. */

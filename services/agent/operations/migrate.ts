@@ -76,11 +76,9 @@ async function runAlembic(ctx: OperationContext, o: {
   return { run, done: timeline.done, failedAt: timeline.failedAt };
 }
 
-function timingsOf(steps: readonly TimedStep[], direction: "upgrade" | "downgrade"): OpResult["timings"] {
-  return steps.map((s) => ({
-    from: direction === "upgrade" ? (s.from.join(",") || "base") : (s.from.join(",") || "base"),
-    to: s.to, durationMs: Math.round(s.durationMs), message: s.message,
-  }));
+/** Per-revision timings as Alembic's Running lines give them: `from` → `to` (a downgrade's `to` is the revision below). */
+function timingsOf(steps: readonly TimedStep[]): OpResult["timings"] {
+  return steps.map((s) => ({ from: s.from.join(",") || "base", to: s.to, durationMs: Math.round(s.durationMs), message: s.message }));
 }
 
 /** The revision a timed step applied (upgrade) or removed (downgrade). */
@@ -177,8 +175,20 @@ export function migrate(ctx: OperationContext, req: { targetId: string; toRevisi
       [OPERATION_ENV]: id,
       ...(t.config.kind === "postgresql" ? { PGOPTIONS: `-c lock_timeout=${req.lockTimeoutMs > 0 ? req.lockTimeoutMs : t.config.lockTimeoutMs}` } : {}),
     };
-    const tracked = await runAlembic(ctx, { t, db, alembic, graph, direction: "upgrade", target, pending, emit, progress, signal, extraEnv });
-    result.timings = timingsOf(tracked.done, "upgrade");
+    // The post-migration integrity check gets ready while Alembic runs (SQLite: its worker thread starts now).
+    let startVerify: (go: boolean) => void = () => undefined;
+    const verifyGate = new Promise<boolean>((resolve) => { startVerify = resolve; });
+    const earlyCheck = db.integrityCheckAfter?.(verifyGate).catch(() => null);
+    let tracked: TrackedRun;
+    let succeeded = false;
+    try {
+      tracked = await runAlembic(ctx, { t, db, alembic, graph, direction: "upgrade", target, pending, emit, progress, signal, extraEnv });
+      succeeded = tracked.run.ok;
+    } finally {
+      // The check reads the database only after Alembic has exited, and only after a successful run.
+      startVerify(succeeded);
+    }
+    result.timings = timingsOf(tracked.done);
     result.outputTail = tail(tracked.run.stderr);
     ctx.deps.journal.recordTimings(t.config.id, tracked.done.map((s) => ({ revision: s.to, direction: "upgrade" as const, durationMs: s.durationMs, source: "migrate" as const })));
 
@@ -197,7 +207,7 @@ export function migrate(ctx: OperationContext, req: { targetId: string; toRevisi
     let after: string[];
     try {
       after = await ctx.step(emit, "verify", async () => {
-        const [revs, ic] = await Promise.all([db.readRevisions(), db.integrityCheck()]);
+        const [revs, ic] = await Promise.all([db.readRevisions(), earlyCheck?.then((r) => r ?? db.integrityCheck()) ?? db.integrityCheck()]);
         if (!(revs ?? []).includes(target)) throw new FlotillaError("MIGRATION_FAILED", `after the migration the database reports ${(revs ?? []).join(",") || "no revision"}, not ${target}`);
         if (!ic.ok) throw new FlotillaError("MIGRATION_FAILED", `integrity check failed after the migration: ${ic.detail}`);
         return revs ?? [];
@@ -239,7 +249,7 @@ export function rehearse(ctx: OperationContext, req: { targetId: string; toRevis
       if (!onCopy.ok) refuse(onCopy.code, onCopy.message);
       const pending = onCopy.ok && onCopy.action === "upgrade" ? onCopy.pending : [];
       const tracked = await runAlembic(ctx, { t, db: copy.adapter, alembic, graph, direction: "upgrade", target: decision.target, pending, emit, progress, signal, extraEnv: {} });
-      result.timings = timingsOf(tracked.done, "upgrade");
+      result.timings = timingsOf(tracked.done);
       ctx.deps.journal.recordTimings(t.config.id, tracked.done.map((s) => ({ revision: s.to, direction: "upgrade" as const, durationMs: s.durationMs, source: "rehearse" as const })));
       const total = tracked.done.reduce((a, b) => a + b.durationMs, 0);
       if (!tracked.run.ok) {
@@ -283,7 +293,7 @@ export function downgrade(ctx: OperationContext, req: { targetId: string; toRevi
       t, db: t.db, alembic: t.alembic, graph, direction: "downgrade", target: decision.target, pending: decision.pending, emit, progress, signal,
       extraEnv: { [OPERATION_ENV]: id, ...(t.config.kind === "postgresql" ? { PGOPTIONS: `-c lock_timeout=${t.config.lockTimeoutMs}` } : {}) },
     });
-    result.timings = timingsOf(tracked.done, "downgrade");
+    result.timings = timingsOf(tracked.done);
     result.outputTail = tail(tracked.run.stderr);
     ctx.deps.journal.recordTimings(t.config.id, tracked.done.map((s) => ({ revision: revisionOf(s, "downgrade"), direction: "downgrade" as const, durationMs: s.durationMs, source: "migrate" as const })));
     if (!tracked.run.ok) {

@@ -10,7 +10,8 @@
  * in a real agent over gRPC on loopback. pgloader only copies (it builds its own
  * schema from the SQLite one and verifies nothing). Runs alternate
  * (pgloader, move, pgloader, move) so load drift hits both; the figure is the
- * ratio of the medians. `--quick` uses a ~30 MB file and one run each.
+ * ratio of the medians; the move's steps are detail lines. `--quick` uses a
+ * ~30 MB file and one run each.
  *
  * Run alone: `npx tsx bench/move.bench.ts [--quick]`.
  */
@@ -28,32 +29,14 @@ import { AgentService } from "../services/common/gen/flotilla/v1/agent_pb.js";
 import { channelCredentials, createClient } from "../services/common/grpc-bridge.js";
 import { loadAgentConfig } from "../services/agent/config.js";
 import { startAgent } from "../services/agent/main.js";
-
-export interface Figure {
-  readonly id: string;
-  readonly name: string;
-  readonly ratio: number;
-  readonly goal: number;
-  readonly better: "lower" | "higher";
-  readonly baseline: number;
-  readonly value: number;
-  readonly unit: string;
-}
+import { detailFigure, median, ratioFigure, type BenchOptions, type Figure } from "./figure.js";
 
 const ROOT = resolve(fileURLToPath(new URL(".", import.meta.url)), "..");
 const FIXTURE = join(ROOT, "test/fixtures/webui");
 const SECRET = "bench-secret";
 const PGLOADER = "/usr/bin/pgloader";
 
-function median(xs: readonly number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-}
-
-const round = (x: number, digits = 3): number => Number(x.toFixed(digits));
-
-export async function measure(opts: { quick: boolean }): Promise<Figure[]> {
+export async function measure(opts: BenchOptions): Promise<Figure[]> {
   const adminUrl = process.env.FLOTILLA_TEST_PG_URL || "postgresql://postgres@127.0.0.1:5432/postgres";
   const runner = new NodeProcessRunner();
   const work = await mkdtemp(join(tmpdir(), "flotilla-move-bench-"));
@@ -119,11 +102,11 @@ export async function measure(opts: { quick: boolean }): Promise<Figure[]> {
     client.close();
     const move = median(moveMs);
     const loader = median(pgloaderMs);
-    const stepNote = Object.entries(steps).map(([k, v]) => `${k} ${Math.round(median(v))}ms`).join(", ");
-    process.stderr.write(`move bench: ${(bytes / 1e6).toFixed(0)} MB; pgloader ${pgloaderMs.map(Math.round).join("/")} ms; move ${moveMs.map(Math.round).join("/")} ms (${stepNote})\n`);
+    const detail = `${(bytes / 1e6).toFixed(0)} MB SQLite file, ${runs} run(s) each, alternating; pgloader ${pgloaderMs.map(Math.round).join("/")} ms; move ${moveMs.map(Math.round).join("/")} ms`;
+    opts.log(`move: ${detail}`);
     return [
-      { id: "P11", name: `move SQLite → PostgreSQL (${(bytes / 1e6).toFixed(0)} MB, verified) ÷ pgloader on the same file`, ratio: round(move / loader), goal: 1.0, better: "lower", baseline: Math.round(loader), value: Math.round(move), unit: "ms" },
-      { id: "P11b", name: "move copy step alone (COPY + sequences) ÷ pgloader", ratio: round(median(steps.copy ?? [0]) / loader), goal: 1.0, better: "lower", baseline: Math.round(loader), value: Math.round(median(steps.copy ?? [0])), unit: "ms" },
+      ratioFigure("P11", `SQLite → PostgreSQL move (${(bytes / 1e6).toFixed(0)} MB: backup, schema, COPY, per-table checksums) ÷ pgloader on the same database`, move, loader, "ms", detail),
+      ...Object.entries(steps).map(([name, v]) => detailFigure(`move step ${name}`, median(v), "ms")),
     ];
   } finally {
     await agent?.stop(true).catch(() => undefined);
@@ -137,7 +120,7 @@ export async function measure(opts: { quick: boolean }): Promise<Figure[]> {
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
-  measure({ quick: process.argv.includes("--quick") }).then((figures) => {
+  measure({ quick: process.argv.includes("--quick"), log: (line) => process.stderr.write(`${line}\n`) }).then((figures) => {
     process.stdout.write(`${JSON.stringify(figures, null, 2)}\n`);
   }, (err: unknown) => {
     process.stderr.write(`${err instanceof Error ? err.stack : String(err)}\n`);

@@ -143,10 +143,10 @@ function clip(s: string, n: number): string {
 function targetProblems(t: TargetStatus): string[] {
   const out: string[] = [];
   if (t.state === "broken") {
+    // The problems say it all, each with its fix (`error` repeats them for older readers).
     for (const p of t.problems) out.push(`broken: ${p}`);
     if (t.problems.length === 0) out.push(`broken; run flotilla diagnose ${t.targetId}`);
-  }
-  if (t.error !== "") out.push(t.error);
+  } else if (t.error !== "") out.push(t.error);
   for (const op of t.interruptedOperationIds) out.push(`operation ${op} was interrupted; run flotilla diagnose ${t.targetId}`);
   if (t.heads.length > 1) out.push(`${t.heads.length} Alembic heads (${t.heads.join(", ")}); merge them before migrating`);
   return out;

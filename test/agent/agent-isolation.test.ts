@@ -7,7 +7,7 @@
  */
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, readdirSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { CANARY_SECRET, FIXTURE_DIR, Fleet, HEAD_REVISION, OLD_REVISION, type AgentClient } from "../helpers/fleet.js";
 import { collect } from "../helpers/ops.js";
@@ -25,7 +25,7 @@ before(async () => {
     agents: ["a1"],
     targets: [
       { id: "iso-ok", kind: "sqlite", owner: "a1" },
-      { id: "iso-broken", kind: "sqlite", owner: "a1", secret: "" },
+      { id: "iso-broken", kind: "sqlite", owner: "a1", secret: "", apps: [{ agent: "a1" }] },
       { id: "iso-noini", kind: "sqlite", owner: "a1", alembicDir: join(FIXTURE_DIR, "migrations") },
       { id: "iso-head", kind: "sqlite", owner: "a1", revision: HEAD_REVISION, apps: [{ agent: "a1" }] },
     ],
@@ -113,6 +113,22 @@ test("writing the key into the empty secret file takes effect without a restart"
   writeFileSync(fleet.secretFile("iso-broken"), "\n");
   assert.equal(byId((await fleet.cliJson<TargetsDoc>(["targets"])).doc, "iso-broken").state, "broken");
   assert.equal(byId((await fleet.cliJson<TargetsDoc>(["targets"])).doc, "iso-ok").state, "ok");
+});
+
+test("a rollout over the broken target stops at precheck with the reason: its app is never stopped", async () => {
+  const pidFile = join(fleet.dir, "run", "iso-broken-app-1.pid");
+  const pidBefore = readFileSync(pidFile, "utf8");
+  const r = await fleet.cliJson<{ status: string; targets: { targetId: string; status: string; steps: { name: string; state: string; detail: string }[] }[] }>(
+    ["rollout", "--selector", "id=iso-broken", "--strategy", "maintenance", "--wait"]);
+  assert.equal(r.code, 1, r.stderr);
+  const t = r.doc.targets.find((x) => x.targetId === "iso-broken");
+  const precheck = t?.steps.find((x) => x.name.startsWith("precheck"));
+  assert.equal(precheck?.state, "failed", JSON.stringify(t));
+  assert.match(precheck?.detail ?? "", /target is broken \(alembic\.env\.WEBUI_SECRET_KEY: secret file .* is empty\)/);
+  assert.ok(t!.steps.filter((x) => x.name.startsWith("stop")).every((x) => x.state !== "succeeded" && x.state !== "running"), JSON.stringify(t!.steps));
+  assert.equal(readFileSync(pidFile, "utf8"), pidBefore, "the app kept running");
+  const app = (await a1.getStatus({ targetId: "iso-broken" })).apps[0];
+  assert.equal(app?.state, "running");
 });
 
 test("diagnose exits 0 on a healthy, up-to-date target whose app is running (the running app is information)", async () => {

@@ -88,6 +88,7 @@ let alembicDir = "";
 let srcFile = "";
 let back = "";
 let dst: TestDatabase;
+let dst2: TestDatabase;
 let full: TestDatabase;
 let pgsrc: TestDatabase;
 let sqdstFile = "";
@@ -172,7 +173,7 @@ before(async () => {
   // Another SQLite file for the way back and a PostgreSQL source for the other direction.
   back = join(dir, "data", "back.db");
   sqdstFile = join(dir, "data", "from-pg.db");
-  [dst, full, pgsrc] = await Promise.all([createTestDatabase("move_dst"), createTestDatabase("move_full"), createTestDatabase("move_pgsrc")]);
+  [dst, dst2, full, pgsrc] = await Promise.all([createTestDatabase("move_dst"), createTestDatabase("move_dst2"), createTestDatabase("move_full"), createTestDatabase("move_pgsrc")]);
   await pgQuery(full.url, "CREATE TABLE keep_me (id int primary key); INSERT INTO keep_me VALUES (1), (2)");
   r = await alembicIn(pgsrc.url, ["upgrade", OLD_REVISION]);
   assert.equal(r.code, 0, r.stderr);
@@ -193,7 +194,7 @@ before(async () => {
   writeFileSync(agentConfig, stringify({
     agentId: "host-a", listen: "127.0.0.1:0", dataDir: join(dir, "agent"),
     targets: [
-      target("src", srcUrl, { blueGreen: hook }), target("dst", dst.url), target("full", full.url), target("back", `sqlite:///${back}`),
+      target("src", srcUrl, { blueGreen: hook }), target("dst", dst.url), target("dst2", dst2.url), target("full", full.url), target("back", `sqlite:///${back}`),
       target("pgsrc", pgsrc.url), target("sqdst", `sqlite:///${sqdstFile}`),
     ],
     apps: [],
@@ -227,7 +228,7 @@ after(async () => {
       await exited;
     }
   }
-  for (const d of [dst, full, pgsrc]) await d?.drop().catch(() => undefined);
+  for (const d of [dst, dst2, full, pgsrc]) await d?.drop().catch(() => undefined);
   rmSync(dir, { recursive: true, force: true });
 });
 
@@ -335,6 +336,17 @@ test("after the move, a rollout on TO to head works; moving back is refused whil
   assert.equal(yes.code, 0, JSON.stringify(yes.doc) + yes.stderr);
   assert.equal(readFileSync(switchFile, "utf8"), "src");
   assert.equal(srcDump(), before, "the way back only switches: src is untouched");
+});
+
+test("--from-backup copies the verified backup and says which writes it misses", async () => {
+  const before = srcDump();
+  const r = await cliJson(["move", "src", "dst2", "--from-backup", "--skip-orphans"]);
+  assert.equal(r.code, 0, JSON.stringify(r.doc) + r.stderr);
+  const doc = r.doc as { details: Record<string, string>; backup: { id: string; createdAt: string } };
+  assert.equal(doc.details.missed_writes_since, doc.backup.createdAt);
+  assert.equal(doc.details.skipped_rows, "1");
+  assert.deepEqual((await pgQuery<{ id: number }>(dst2.url, "SELECT id FROM typed ORDER BY id")).map((x) => x.id), [1, 2, 3]);
+  assert.equal(srcDump(), before);
 });
 
 test("PostgreSQL → SQLite: an empty SQLite target gets the schema from Alembic and the same rows", async () => {

@@ -28,17 +28,38 @@ async function fsyncPath(path: string): Promise<void> {
 export class BackupCatalog implements BackupCatalogPort {
   constructor(private readonly dir: string, private readonly targetId: string, private readonly kind: DatabaseKind) {}
 
-  /** Creates the folder and removes temp files left by a crash. */
+  /**
+   * Creates the folder and removes what a crash or a full disk left behind:
+   * temp files, and backup artifacts without a manifest (a manifest is written
+   * only for a complete backup, so an artifact without one is not a backup).
+   * Runs under the target's lock, so no backup of this target is being written.
+   */
   async prepare(): Promise<string[]> {
     await mkdir(this.dir, { recursive: true, mode: 0o700 });
     const removed: string[] = [];
-    for (const name of await readdir(this.dir)) {
-      if (name.includes(".tmp-") || name.includes(".restore-")) {
+    const names = await readdir(this.dir);
+    const manifests = new Set(names.filter((n) => n.endsWith(".json") && !n.includes(".tmp-")).map((n) => n.slice(0, -".json".length)));
+    const ext = `.${this.kind === "sqlite" ? "db" : "dump"}`;
+    for (const name of names) {
+      const orphan = name.endsWith(ext) && !manifests.has(name.slice(0, -ext.length));
+      if (name.includes(".tmp-") || name.includes(".restore-") || orphan) {
         await rm(join(this.dir, name), { recursive: true, force: true });
         removed.push(name);
       }
     }
     return removed;
+  }
+
+  /** Removes a backup that did not complete: its artifact, manifest and temp files. Never throws. */
+  async discard(id: string): Promise<void> {
+    assertBackupId(id);
+    const names = await readdir(this.dir).catch(() => [] as string[]);
+    const artifact = this.artifactPath(id);
+    const mine = names.filter((n) => n.startsWith(`${id}.`) && (n.includes(".tmp-") || join(this.dir, n) === artifact || n === `${id}.json`));
+    // The manifest goes first: a folder never shows a manifest whose artifact is gone.
+    mine.sort((a, b) => Number(b === `${id}.json`) - Number(a === `${id}.json`));
+    for (const n of mine) await rm(join(this.dir, n), { recursive: true, force: true }).catch(() => undefined);
+    await fsyncPath(this.dir).catch(() => undefined);
   }
 
   /** A fresh id and the artifact path it will use. */
@@ -57,9 +78,15 @@ export class BackupCatalog implements BackupCatalogPort {
     assertBackupId(m.id);
     const final = join(this.dir, `${m.id}.json`);
     const tmp = `${final}.tmp-${randomBytes(4).toString("hex")}`;
-    await writeFile(tmp, JSON.stringify(m, null, 2), { mode: 0o600, flag: "wx" });
-    await fsyncPath(tmp);
-    await rename(tmp, final);
+    try {
+      await writeFile(tmp, JSON.stringify(m, null, 2), { mode: 0o600, flag: "wx" });
+      await fsyncPath(tmp);
+      await rename(tmp, final);
+    } catch (err) {
+      // A full disk must not leave a half-written manifest behind.
+      await rm(tmp, { force: true }).catch(() => undefined);
+      throw err;
+    }
     await fsyncPath(this.dir);
   }
 

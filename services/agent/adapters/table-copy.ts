@@ -153,29 +153,60 @@ async function writeChunk(stream: NodeJS.WritableStream, chunk: string, failed: 
   if (err) throw err;
 }
 
+/** An index that is not a constraint's, dropped for a bulk load and built again after it (same definition). */
+export interface SecondaryIndex {
+  readonly name: string;
+  readonly definition: string;
+}
+
+/** Drops the table's indexes that back no constraint; returns their definitions for `pgCreateIndexes`. */
+export async function pgDropSecondaryIndexes(client: pg.Client, table: string): Promise<SecondaryIndex[]> {
+  const r = await client.query<{ name: string; definition: string }>(
+    `SELECT ic.relname AS name, pg_get_indexdef(i.indexrelid) AS definition
+       FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indrelid JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+      WHERE c.relname = $1 AND c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = current_schema())
+        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.conindid = i.indexrelid)
+      ORDER BY ic.relname`, [table]);
+  for (const idx of r.rows) await client.query(`DROP INDEX ${qi(idx.name)}`);
+  return r.rows;
+}
+
+export async function pgCreateIndexes(client: pg.Client, indexes: readonly SecondaryIndex[]): Promise<void> {
+  for (const idx of indexes) await client.query(idx.definition);
+}
+
 /**
- * Copies every table of `plan` from the SQLite file into PostgreSQL with one
- * COPY per table, inside the caller's transaction, computing the source
- * checksum of what it sends. Rows whose rowid is in `skip` are left out.
+ * Copies one table from the SQLite file into PostgreSQL in its own
+ * transaction: TRUNCATE (rows a migration may have inserted give way to
+ * FROM's), secondary indexes dropped, one COPY … FREEZE (no re-write of
+ * every page for hint bits when it is read next), commit. Computes the
+ * source checksum of what it sends; rows whose rowid is in `skip` are left
+ * out. Returns the result and the indexes still to build.
  */
-export async function copySqliteToPg(
-  db: Database.Database, client: pg.Client, tables: readonly TableCopy[], skip: ReadonlyMap<string, ReadonlySet<number>>,
+export async function copySqliteTable(
+  db: Database.Database, client: pg.Client, t: TableCopy, position: { index: number; count: number; inCycle: boolean }, skipIds: ReadonlySet<number> | undefined,
   onProgress: (p: CopyProgress) => void, signal?: AbortSignal,
-): Promise<TableResult[]> {
-  const results: TableResult[] = [];
-  for (const [index, t] of tables.entries()) {
-    const total = (db.prepare(`SELECT count(*) AS n FROM ${qi(t.name)}`).get() as { n: number }).n;
-    const skipIds = skip.get(t.name);
-    const withRowid = skipIds !== undefined && skipIds.size > 0;
-    const off = withRowid ? 1 : 0;
-    const kinds = t.columns.map((c) => c.kind);
-    const width = kinds.length;
-    const sum = new RowChecksum();
-    let bytes = 0;
-    let skipped = 0;
-    let lastReport = performance.now();
-    onProgress({ table: t.name, tableIndex: index + 1, tableCount: tables.length, rowsDone: 0, rowsTotal: total, bytesDone: 0 });
-    const stream = client.query(copyStreams.from(`COPY ${qi(t.name)} (${t.columns.map((c) => qi(c.name)).join(", ")}) FROM STDIN`));
+): Promise<{ result: TableResult; indexes: SecondaryIndex[] }> {
+  const total = (db.prepare(`SELECT count(*) AS n FROM ${qi(t.name)}`).get() as { n: number }).n;
+  const withRowid = skipIds !== undefined && skipIds.size > 0;
+  const off = withRowid ? 1 : 0;
+  const kinds = t.columns.map((c) => c.kind);
+  const width = kinds.length;
+  const sum = new RowChecksum();
+  let bytes = 0;
+  let skipped = 0;
+  let lastReport = performance.now();
+  const report = (): void => onProgress({ table: t.name, tableIndex: position.index, tableCount: position.count, rowsDone: sum.rows + skipped, rowsTotal: total, bytesDone: bytes });
+  report();
+  await client.query("BEGIN");
+  let indexes: SecondaryIndex[] = [];
+  try {
+    // Tables copied later in foreign-key order reference this one: CASCADE empties them too (they are
+    // still to be copied). A table in a reference cycle could empty one already copied: it gets no
+    // TRUNCATE, so no FREEZE either.
+    if (!position.inCycle) await client.query(`TRUNCATE ${qi(t.name)} CASCADE`);
+    if (total > 0) indexes = await pgDropSecondaryIndexes(client, t.name);
+    const stream = client.query(copyStreams.from(`COPY ${qi(t.name)} (${t.columns.map((c) => qi(c.name)).join(", ")}) FROM STDIN${position.inCycle ? "" : " WITH (FREEZE)"}`));
     let streamError: Error | undefined;
     stream.on("error", (e: Error) => { streamError = e; });
     const stmt = db.prepare(sqliteSelect(t, withRowid)).raw(true);
@@ -206,7 +237,7 @@ export async function copySqliteToPg(
           const now = performance.now();
           if (now - lastReport > 500) {
             lastReport = now;
-            onProgress({ table: t.name, tableIndex: index + 1, tableCount: tables.length, rowsDone: sum.rows + skipped, rowsTotal: total, bytesDone: bytes });
+            report();
           }
         }
       }
@@ -216,13 +247,16 @@ export async function copySqliteToPg(
       if (streamError) throw streamError;
     } catch (err) {
       if (!stream.destroyed) stream.destroy();
-      if (err instanceof FlotillaError) throw err;
-      throw new FlotillaError("MIGRATION_FAILED", `copying ${t.name} into PostgreSQL failed: ${(err as Error).message}`, { cause: err });
+      throw err;
     }
-    results.push({ table: t.name, rows: sum.rows, skipped, checksum: sum.hex(), bytes });
-    onProgress({ table: t.name, tableIndex: index + 1, tableCount: tables.length, rowsDone: sum.rows + skipped, rowsTotal: total, bytesDone: bytes });
+    await client.query("COMMIT");
+  } catch (err) {
+    await client.query("ROLLBACK").catch(() => undefined);
+    if (err instanceof FlotillaError) throw err;
+    throw new FlotillaError("MIGRATION_FAILED", `copying ${t.name} into PostgreSQL failed: ${(err as Error).message}`, { cause: err });
   }
-  return results;
+  report();
+  return { result: { table: t.name, rows: sum.rows, skipped, checksum: sum.hex(), bytes }, indexes };
 }
 
 /** Moves each integer primary key's sequence past the highest id copied (identity and serial columns alike). */

@@ -20,6 +20,12 @@ test("foreign-key order puts parents first, keeps self-references, reports cycle
   assert.equal(order.length, 6);
 });
 
+test("among tables that are ready, the heaviest is copied first", () => {
+  const fks = [{ table: "message", columns: ["chat_id"], parent: "chat", parentColumns: ["id"] }];
+  assert.deepEqual(foreignKeyOrder(["auth", "chat", "message", "user"], fks, { message: 900, chat: 50, user: 10 }).order, ["chat", "message", "user", "auth"]);
+  assert.deepEqual(foreignKeyOrder(["auth", "chat", "message", "user"], [], { message: 900, chat: 50, user: 10 }).order, ["message", "chat", "user", "auth"]);
+});
+
 test("column kinds come from the destination's type", () => {
   const pg: [string, ValueKind][] = [["boolean", "boolean"], ["bigint", "integer"], ["integer", "integer"], ["double precision", "float"], ["numeric(14,4)", "numeric"],
     ["json", "json"], ["jsonb", "jsonb"], ["bytea", "bytes"], ["timestamp without time zone", "timestamp"], ["timestamp with time zone", "timestamptz"],

@@ -102,11 +102,13 @@ export interface CopyPlan {
 const SKIP_TABLES = new Set(["alembic_version", "sqlite_sequence", "sqlite_stat1", "sqlite_stat4"]);
 
 /**
- * Orders tables so every parent comes before its children. Tables caught in
- * a cycle keep their alphabetical place and are reported; self-references
- * are not cycles (one COPY statement checks them at its end).
+ * Orders tables so every parent comes before its children; among the tables
+ * whose parents are placed, the heaviest (`weights`, e.g. row counts) goes
+ * first, so checking a big table overlaps copying the smaller ones. Tables
+ * caught in a cycle come last, alphabetically, and are reported;
+ * self-references are not cycles (one COPY statement checks them at its end).
  */
-export function foreignKeyOrder(tables: readonly string[], fks: readonly ForeignKeyFact[]): { order: string[]; cycles: string[] } {
+export function foreignKeyOrder(tables: readonly string[], fks: readonly ForeignKeyFact[], weights: Readonly<Record<string, number>> = {}): { order: string[]; cycles: string[] } {
   const names = [...tables].sort();
   const known = new Set(names);
   const parents = new Map<string, Set<string>>(names.map((n) => [n, new Set<string>()]));
@@ -116,17 +118,12 @@ export function foreignKeyOrder(tables: readonly string[], fks: readonly Foreign
   }
   const order: string[] = [];
   const placed = new Set<string>();
-  let progress = true;
-  while (progress && order.length < names.length) {
-    progress = false;
-    for (const n of names) {
-      if (placed.has(n)) continue;
-      if ([...parents.get(n)!].every((p) => placed.has(p))) {
-        order.push(n);
-        placed.add(n);
-        progress = true;
-      }
-    }
+  for (;;) {
+    const ready = names.filter((n) => !placed.has(n) && [...parents.get(n)!].every((p) => placed.has(p)));
+    if (ready.length === 0) break;
+    const next = ready.reduce((best, n) => ((weights[n] ?? 0) > (weights[best] ?? 0) ? n : best));
+    order.push(next);
+    placed.add(next);
   }
   const cycles = names.filter((n) => !placed.has(n));
   return { order: [...order, ...cycles], cycles };
@@ -142,6 +139,7 @@ export function planCopy(
   to: readonly TableFact[],
   toEngine: EngineKind,
   fks: readonly ForeignKeyFact[],
+  weights: Readonly<Record<string, number>> = {},
 ): CopyPlan {
   const problems: string[] = [];
   const toByName = new Map(to.map((t) => [t.name, t]));
@@ -149,7 +147,7 @@ export function planCopy(
   for (const n of fromNames) {
     if (!toByName.has(n)) problems.push(`table ${n} exists in FROM but not in the schema Alembic builds at this revision (created outside the migrations?)`);
   }
-  const { order, cycles } = foreignKeyOrder(fromNames.filter((n) => toByName.has(n)), fks);
+  const { order, cycles } = foreignKeyOrder(fromNames.filter((n) => toByName.has(n)), fks, weights);
   const kindOf = toEngine === "postgresql" ? kindOfPgType : kindOfSqliteType;
   const tables: TableCopy[] = [];
   for (const name of order) {

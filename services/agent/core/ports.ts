@@ -187,6 +187,8 @@ export interface BackupCatalogPort {
   /** A fresh id and the artifact path it will use. */
   newBackup(): { id: string; path: string };
   save(m: BackupManifest): Promise<void>;
+  /** Removes a backup that did not complete (artifact, manifest, temp files); never throws. */
+  discard(id: string): Promise<void>;
   /** Throws NOT_FOUND for an unknown id. */
   get(id: string): Promise<BackupManifest>;
   /** Newest first. */

@@ -213,14 +213,22 @@ export class OperationContext {
       refuse("PRECONDITION_FAILED", `not enough free space in ${t.config.backups.dir}: ${Math.round(free / 1e6)} MB free, the database is ${Math.round(size / 1e6)} MB. Free some space or prune old backups`);
     }
     const { id, path } = t.catalog.newBackup();
-    const artifact = await this.step(emit, "backup", () => db.backup(path, progress, signal), (a) => `${id}: ${a.sizeBytes} bytes, sha256 ${a.sha256.slice(0, 12)}…`);
-    let manifest: BackupManifest = {
-      ...artifact, id, targetId: t.config.id, kind: t.config.kind, createdAt: new Date().toISOString(), source: db.displayName,
-      operationId: opId, rolloutId, verified: false, verifiedAt: "", verification: "not verified yet",
-    };
-    await t.catalog.save(manifest);
+    let manifest: BackupManifest;
+    try {
+      const artifact = await this.step(emit, "backup", () => db.backup(path, progress, signal), (a) => `${id}: ${a.sizeBytes} bytes, sha256 ${a.sha256.slice(0, 12)}…`);
+      manifest = {
+        ...artifact, id, targetId: t.config.id, kind: t.config.kind, createdAt: new Date().toISOString(), source: db.displayName,
+        operationId: opId, rolloutId, verified: false, verifiedAt: "", verification: "not verified yet",
+      };
+      await t.catalog.save(manifest);
+      if (verify) manifest = await this.verifyManifest(t, db, manifest, emit, progress, signal);
+    } catch (err) {
+      // Disk full, a failed verification, a cancel: the folder keeps only complete, verified backups.
+      await t.catalog.discard(id);
+      throw err;
+    }
+    // Recorded once the backup is complete (and verified when asked): recover restores only such a backup.
     this.deps.journal.update(opId, { backupId: id });
-    if (verify) manifest = await this.verifyManifest(t, db, manifest, emit, progress, signal);
     const protect = new Set<string>([id, ...this.deps.journal.list(t.config.id, 200).filter((o) => o.state === "interrupted" || o.state === "running").map((o) => o.backupId)]);
     const pruned = await t.catalog.prune(t.config.backups.keep, protect);
     if (pruned.length > 0) progress({ source: "backup", line: `retention: removed ${pruned.length} old backup(s) (keep ${t.config.backups.keep})` });

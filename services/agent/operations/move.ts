@@ -7,11 +7,11 @@ import { redact } from "../../common/redact.js";
 import { PostgresDatabase } from "../adapters/postgres-database.js";
 import { SqliteDatabase } from "../adapters/sqlite-database.js";
 import {
-  copyPgToSqlite, copySqliteToPg, firstDifference, openSqlite, pgChecksum, pgDropAll, pgForeignKeys, pgResetSequences, pgTables,
-  sqliteChecksum, sqliteForeignKeys, sqliteOrphans, sqliteTables, type CopyProgress, type OrphanRow, type TableResult,
+  copyPgToSqlite, copySqliteTable, firstDifference, pgCreateIndexes, openSqlite, pgChecksum, pgDropAll, pgForeignKeys, pgResetSequences, pgTables,
+  sqliteChecksum, sqliteForeignKeys, sqliteOrphans, sqliteTables, type CopyProgress, type OrphanRow, type SecondaryIndex, type TableResult,
 } from "../adapters/table-copy.js";
-import { decideMove, planCopy, type CopyPlan, type MovePreflightFacts } from "../core/move-plan.js";
-import type { BackupManifest, DatabaseAdapter, ProgressFn } from "../core/ports.js";
+import { decideMove, planCopy, type CopyPlan, type MovePreflightFacts, type TableCopy } from "../core/move-plan.js";
+import type { AlembicRun, BackupManifest, DatabaseAdapter, ProgressFn } from "../core/ports.js";
 import type { Emit, OperationContext, OpResult, OperationsDeps, TargetRuntime } from "./context.js";
 
 type MoveFrame = OperationContext;
@@ -132,12 +132,16 @@ async function moveBody(
 
   // ---------------------------------------------------------------- preflight: nothing changes
   const facts = await f.step(emit, "preflight", async () => {
-    const graph = await from.alembic.graph();
-    const fromRevisions = await from.db.readRevisions();
-    const toExists = await to.db.exists().catch(() => false);
-    const toTables = toExists ? await to.db.listTables() : [];
-    const toVersionRows = toExists && toTables.includes("alembic_version") ? ((await to.db.readRevisions()) ?? []).length : 0;
-    const record = await readRecord(f.deps, from.config.id);
+    // Independent reads at once: the revision graph costs a Python start-up.
+    const readTo = async (): Promise<{ toExists: boolean; toTables: string[]; toVersionRows: number }> => {
+      const toExists = await to.db.exists().catch(() => false);
+      const toTables = toExists ? await to.db.listTables() : [];
+      const toVersionRows = toExists && toTables.includes("alembic_version") ? ((await to.db.readRevisions()) ?? []).length : 0;
+      return { toExists, toTables, toVersionRows };
+    };
+    const [graph, fromRevisions, { toExists, toTables, toVersionRows }, record] = await Promise.all([
+      from.alembic.graph(), from.db.readRevisions(), readTo(), readRecord(f.deps, from.config.id),
+    ]);
     let moveBack: MovePreflightFacts["moveBack"];
     if (record && record.from === to.config.id && from.config.kind !== to.config.kind) {
       // FROM was filled by a move from TO: this is the way back. Is FROM newer than what it received?
@@ -198,31 +202,54 @@ async function moveBody(
   // ---------------------------------------------------------------- stop, back up (with integrity), verify
   const stopped = req.fromBackup ? [] : await f.controlApps(from, "stop", "", emit, progress, signal);
   let toTouched = false;
+  let schema: Promise<AlembicRun> | undefined;
+  let backupP: Promise<BackupManifest> | undefined;
+  let integrityP: Promise<{ ok: boolean; detail: string }> | undefined;
   try {
     if (!req.fromBackup) await f.assertNotHeld(from, from.db, true);
-    const [integrity, backup] = await Promise.all([
-      f.step(emit, "integrity", () => from.db.integrityCheck(), (r) => r.detail),
-      f.takeBackup(from, from.db, id, "", true, emit, progress, signal),
-    ]);
-    result.backup = backup;
-    if (!integrity.ok) refuse("PRECONDITION_FAILED", `${from.config.id} fails its integrity check (${integrity.detail}): restore a good backup first (flotilla backups ${from.config.id})`);
-    if (req.fromBackup) {
-      details.missed_writes_since = backup.createdAt;
-      progress({ source: "agent", line: `copying from backup ${backup.id} (taken ${backup.createdAt}) while the app runs: writes made to ${from.config.id} after that time are not in ${to.config.id}` });
+    // TO's schema is built while FROM is backed up and checked; with the app stopped, the copy reads FROM
+    // itself meanwhile. The move succeeds only once the backup is verified and the integrity check passed;
+    // any failure after this point empties TO again.
+    toTouched = true;
+    schema = f.step(emit, `schema:${revision}`, () => to.alembic.upgrade(revision, { timeoutMs: to.config.alembic.timeoutMs, ...(signal ? { signal } : {}), onLine: (line) => progress({ source: "alembic", line }) }),
+      (r) => r.ok ? `alembic upgrade ${revision} on ${to.config.id}` : r.failure?.message ?? "alembic failed");
+    schema.catch(() => undefined);
+    backupP = f.takeBackup(from, from.db, id, "", true, emit, progress, signal);
+    backupP.catch(() => undefined);
+    const copyFromBackup = req.fromBackup && from.config.kind === "sqlite";
+    integrityP = copyFromBackup
+      // The copy reads the backup, whose verification runs PRAGMA integrity_check on it.
+      ? backupP.then((b) => {
+        const r = { ok: /integrity_check ok/.test(b.verification), detail: b.verification };
+        emit({ kind: "step", name: "integrity", state: r.ok ? "succeeded" : "failed", detail: `integrity_check of the verified backup the copy reads: ${r.ok ? "ok" : r.detail}` });
+        return r;
+      })
+      : f.step(emit, "integrity", () => from.db.integrityCheck(), (r) => r.detail);
+    integrityP.catch(() => undefined);
+    let sourcePath = from.config.kind === "sqlite" ? sqlitePath(from.db) : "";
+    if (copyFromBackup) {
+      const b = await backupP;
+      sourcePath = b.path;
+      details.missed_writes_since = b.createdAt;
+      progress({ source: "agent", line: `copying from backup ${b.id} (taken ${b.createdAt}) while the app runs: writes made to ${from.config.id} after that time are not in ${to.config.id}` });
+    } else if (req.fromBackup) {
+      details.missed_writes_since = new Date().toISOString();
+      progress({ source: "agent", line: `copying one consistent snapshot of ${from.config.id} while the app runs: writes after ${details.missed_writes_since} are not in ${to.config.id}` });
     }
 
     // ---------------------------------------------------------------- schema from Alembic
-    toTouched = true;
-    const up = await f.step(emit, `schema:${revision}`, () => to.alembic.upgrade(revision, { timeoutMs: to.config.alembic.timeoutMs, ...(signal ? { signal } : {}), onLine: (line) => progress({ source: "alembic", line }) }),
-      (r) => r.ok ? `alembic upgrade ${revision} on ${to.config.id}` : r.failure?.message ?? "alembic failed");
+    const up = await schema;
     if (!up.ok) throw new FlotillaError("ALEMBIC_FAILED", `building the schema on ${to.config.id} with alembic upgrade ${revision} failed: ${up.failure?.message ?? "alembic failed"}`);
     const toRevs = (await to.db.readRevisions()) ?? [];
     if (toRevs.join(",") !== revision) throw new FlotillaError("MIGRATION_FAILED", `after alembic upgrade ${revision}, ${to.config.id} reports ${toRevs.join(",") || "no revision"}`);
 
     // ---------------------------------------------------------------- copy and verify
     const copied = from.config.kind === "sqlite"
-      ? await sqliteToPg(f, emit, progress, from, to, backup, facts.orphanRows, req.skipOrphans, id, details, signal)
+      ? await sqliteToPg(f, emit, progress, from, to, sourcePath, facts.orphanRows, req.skipOrphans, id, details, signal)
       : await pgToSqlite(f, emit, progress, from, to, signal);
+    const [backup, integrity] = await Promise.all([backupP, integrityP]);
+    result.backup = backup;
+    if (!integrity.ok) refuse("PRECONDITION_FAILED", `${from.config.id} fails its integrity check (${integrity.detail}): restore a good backup first (flotilla backups ${from.config.id}); ${to.config.id} was emptied again`);
     const rows = copied.reduce((a, r) => a + r.rows, 0);
     const bytes = copied.reduce((a, r) => a + r.bytes, 0);
     details.tables = String(copied.length);
@@ -248,6 +275,8 @@ async function moveBody(
       details,
     };
   } catch (err) {
+    // Nothing may still be running when the operation ends.
+    await Promise.allSettled([schema, backupP, integrityP]);
     if (toTouched) {
       progress({ source: "agent", line: `move failed: emptying ${to.config.id} again` });
       await emptyTarget(to, facts.toExists).catch((e: unknown) => progress({ source: "agent", line: `could not empty ${to.config.id}: ${redact(toFlotillaError(e).message)}` }));
@@ -296,20 +325,24 @@ async function emptyTarget(to: TargetRuntime, existed: boolean): Promise<void> {
 }
 
 async function sqliteToPg(
-  f: MoveFrame, emit: Emit, progress: ProgressFn, from: TargetRuntime, to: TargetRuntime, backup: BackupManifest,
-  orphans: readonly OrphanRow[], skipOrphans: boolean, id: string, details: Record<string, string>, signal?: AbortSignal,
+  f: MoveFrame, emit: Emit, progress: ProgressFn, from: TargetRuntime, to: TargetRuntime, sourcePath: string,
+  preflightOrphans: readonly OrphanRow[], skipOrphans: boolean, id: string, details: Record<string, string>, signal?: AbortSignal,
 ): Promise<TableResult[]> {
-  // The verified backup is the source: a consistent snapshot equal to FROM (the app is stopped, or --from-backup).
-  const source: Database.Database = openSqlite(backup.path, true);
+  // FROM itself while its app is stopped and nothing holds it, or the verified backup (--from-backup).
+  const source: Database.Database = openSqlite(sourcePath, true);
   let client: pg.Client | undefined;
   try {
     client = await pgOf(to.db).openClient();
     const c = client;
     const fromFacts = sqliteTables(source);
-    const plan = planCopy(fromFacts, await pgTables(c), "postgresql", [...sqliteForeignKeys(source, fromFacts.map((t) => t.name)), ...(await pgForeignKeys(c))]);
+    // Row counts order the copy: the biggest table first among those whose parents are copied.
+    const weights = Object.fromEntries(fromFacts.map((t) => [t.name, (source.prepare(`SELECT count(*) AS n FROM "${t.name.replace(/"/g, '""')}"`).get() as { n: number }).n]));
+    const plan = planCopy(fromFacts, await pgTables(c), "postgresql", [...sqliteForeignKeys(source, fromFacts.map((t) => t.name)), ...(await pgForeignKeys(c))], weights);
     if (plan.problems.length > 0) throw new FlotillaError("PRECONDITION_FAILED", `the schema of ${from.config.id} does not match what Alembic builds: ${plan.problems.join("; ")}`);
     const skip = new Map<string, Set<number>>();
-    if (skipOrphans && orphans.length > 0) {
+    // Found again in the source the copy reads: a backup's rowids can differ from FROM's (VACUUM renumbers them).
+    const orphans = skipOrphans && preflightOrphans.length > 0 ? sqliteOrphans(source, fromFacts) : [];
+    if (orphans.length > 0) {
       for (const o of orphans) {
         const s = skip.get(o.table) ?? new Set<number>();
         s.add(o.rowid);
@@ -323,32 +356,48 @@ async function sqliteToPg(
       details.skipped_rows = String(orphans.length);
       progress({ source: "agent", line: `${orphans.length} orphaned row(s) left out, listed in ${report}` });
     }
+    // Copy table after table on one connection; on a second one, as each table is committed,
+    // build its indexes again and verify it, so the checks overlap the next table's copy.
+    const checker = await pgOf(to.db).openClient();
     const started = performance.now();
-    const copied = await f.step(emit, "copy", async () => {
-      await c.query("BEGIN");
-      // Rows a migration may have inserted are replaced by FROM's rows.
-      const names = plan.tables.map((t) => `"${t.name.replace(/"/g, '""')}"`);
-      if (names.length > 0) await c.query(`TRUNCATE ${names.join(", ")}`);
-      const res = await copySqliteToPg(source, c, plan.tables, skip, (p) => {
-        const { line, rate } = progressLine(p, started);
-        emit({ kind: "progress", source: "agent", line, bytesDone: p.bytesDone, table: p.table, tableIndex: p.tableIndex, tableCount: p.tableCount, rowsDone: p.rowsDone, rowsTotal: p.rowsTotal, bytesPerSecond: rate });
-      }, signal);
-      const seqs = await pgResetSequences(c, plan.tables);
-      if (seqs.length > 0) progress({ source: "agent", line: `sequences moved past the highest id: ${seqs.join(", ")}` });
-      await c.query("COMMIT");
-      return res;
-    }, (r) => `${r.length} tables, ${r.reduce((a, x) => a + x.rows, 0)} rows, ${(r.reduce((a, x) => a + x.bytes, 0) / 1e6).toFixed(1)} MB in ${((performance.now() - started) / 1000).toFixed(1)}s`);
-    await f.step(emit, "verify", async () => {
-      for (const [i, t] of plan.tables.entries()) {
-        const want = copied[i]!;
-        const got = await pgChecksum(c, t);
-        if (got.rows !== want.rows || got.checksum !== want.checksum) {
-          const sample = await firstDifference(source, c, t, skip.get(t.name));
-          throw new FlotillaError("VERIFY_FAILED", `table ${t.name} differs after the copy (${want.rows} rows sent, ${got.rows} in ${to.config.id}); first difference at ${sample}`);
-        }
+    let checks: Promise<void> = Promise.resolve();
+    let checkFailure: unknown;
+    let verified = 0;
+    const check = async (t: TableCopy, sent: TableResult, indexes: SecondaryIndex[]): Promise<void> => {
+      await pgCreateIndexes(checker, indexes);
+      const got = await pgChecksum(checker, t);
+      if (got.rows !== sent.rows || got.checksum !== sent.checksum) {
+        const sample = await firstDifference(source, checker, t, skip.get(t.name));
+        throw new FlotillaError("VERIFY_FAILED", `table ${t.name} differs after the copy (${sent.rows} rows sent, ${got.rows} in ${to.config.id}); first difference at ${sample}`);
       }
-    }, () => `${plan.tables.length} tables: row counts and content checksums equal on both sides`);
-    return copied;
+      verified++;
+    };
+    try {
+      const copied = await f.step(emit, "copy", async () => {
+        const res: TableResult[] = [];
+        for (const [i, t] of plan.tables.entries()) {
+          if (checkFailure !== undefined) break;
+          const { result: sent, indexes } = await copySqliteTable(source, c, t, { index: i + 1, count: plan.tables.length, inCycle: plan.cycles.includes(t.name) }, skip.get(t.name), (p) => {
+            const { line, rate } = progressLine(p, started);
+            emit({ kind: "progress", source: "agent", line, bytesDone: p.bytesDone, table: p.table, tableIndex: p.tableIndex, tableCount: p.tableCount, rowsDone: p.rowsDone, rowsTotal: p.rowsTotal, bytesPerSecond: rate });
+          }, signal);
+          res.push(sent);
+          checks = checks.then(() => (checkFailure === undefined ? check(t, sent, indexes) : undefined)).catch((err: unknown) => { checkFailure ??= err; });
+        }
+        const seqs = await pgResetSequences(c, plan.tables);
+        if (seqs.length > 0) progress({ source: "agent", line: `sequences moved past the highest id: ${seqs.join(", ")}` });
+        return res;
+      }, (r) => `${r.length} tables, ${r.reduce((a, x) => a + x.rows, 0)} rows, ${(r.reduce((a, x) => a + x.bytes, 0) / 1e6).toFixed(1)} MB in ${((performance.now() - started) / 1000).toFixed(1)}s`);
+      await f.step(emit, "verify", async () => {
+        await checks;
+        if (checkFailure !== undefined) throw checkFailure;
+        if (verified !== plan.tables.length) throw new FlotillaError("VERIFY_FAILED", `only ${verified} of ${plan.tables.length} tables were verified`);
+      }, () => `${plan.tables.length} tables: indexes built, row counts and content checksums equal on both sides`);
+      return copied;
+    } finally {
+      await checks;
+      await checker.end().catch(() => undefined);
+    }
   } finally {
     source.close();
     await client?.end().catch(() => undefined);

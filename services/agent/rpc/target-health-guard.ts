@@ -71,7 +71,9 @@ export function withTargetHealth(impl: Impl, targets: TargetHealthSource): Impl 
       if (health?.state !== "broken") return { ...(await impl.getStatus(req, ctx)), state: health?.state ?? "ok" };
       // Show what can still be read (revision, apps, journal); the problems say why nothing else works.
       const base = await impl.getStatus(req, ctx).catch((err: unknown) => ({ targetId: req.targetId, error: toFlotillaError(err).message }));
-      return { ...base, error: "", state: "broken", problems: problemLines(health.problems).map(redact) };
+      // `error` too, so every reader that only knows that field (rollout precheck, older clients) stops here.
+      const error = redact(`target is broken (${health.problems.map((p) => p.what).join("; ")}); every operation on it is refused: flotilla diagnose ${req.targetId}`);
+      return { ...base, error, state: "broken", problems: problemLines(health.problems).map(redact) };
     },
     async diagnose(req, ctx) {
       const health = await healthOf(req.targetId);

@@ -229,7 +229,7 @@ export class OperationContext {
     }
     // Recorded once the backup is complete (and verified when asked): recover restores only such a backup.
     this.deps.journal.update(opId, { backupId: id });
-    const protect = new Set<string>([id, ...this.deps.journal.list(t.config.id, 200).filter((o) => o.state === "interrupted" || o.state === "running").map((o) => o.backupId)]);
+    const protect = new Set<string>([id, ...this.deps.journal.list(t.config.id, 200).filter((o) => o.state === "interrupted" || o.state === "needs-restore" || o.state === "running").map((o) => o.backupId)]);
     const pruned = await t.catalog.prune(t.config.backups.keep, protect);
     if (pruned.length > 0) progress({ source: "backup", line: `retention: removed ${pruned.length} old backup(s) (keep ${t.config.backups.keep})` });
     return manifest;

@@ -6,6 +6,7 @@ import { CONTROLLER_SPIFFE_ID, isLoopbackHost } from "../common/tls.js";
 import { FlotillaError } from "../common/errors.js";
 import type { DatabaseKind } from "./core/ports.js";
 import type { SecretRef } from "./core/secrets.js";
+import { checkAppState } from "./config-app-state.js";
 
 export interface TlsConfig {
   readonly cert: string;
@@ -295,6 +296,7 @@ export function readAgentConfig(input: LoadConfigInput): { config: AgentConfig; 
       }
       const appVersion = argvList(raw, "appVersion", at, p);
       const smoke = stringList(raw, "smoke", at, p, "SQL queries (e.g. SELECT count(*) FROM user)");
+      checkAppState(at, p, { ...(backups?.include ? { include: backups.include } : {}), ...(smoke ? { smoke } : {}), ...(kind === "sqlite" && display ? { sqlitePath: display.slice("sqlite:///".length) } : {}), ...(backups ? { backupsDir: backups.dir } : {}) });
       let blueGreen: TargetConfig["blueGreen"] | undefined;
       if (raw.blueGreen !== undefined) {
         if (!isObj(raw.blueGreen)) p.add(`${at}blueGreen`, "must be { green: <database URL>, switch: [command] }");

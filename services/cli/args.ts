@@ -45,6 +45,8 @@ export interface ScheduleInput {
   readonly gate: string;
   readonly maxFailures: number;
   readonly replace: boolean;
+  /** A restore drill of the selected targets instead of a migration. */
+  readonly drill?: boolean;
 }
 
 /** Audit filters; times already converted to ISO 8601. */
@@ -66,6 +68,8 @@ export type Command =
   | { readonly verb: "backup"; readonly target: string }
   | { readonly verb: "backups"; readonly target: string }
   | { readonly verb: "restore"; readonly target: string; readonly backupId: string }
+  | { readonly verb: "drill"; readonly target: string; readonly backupId: string }
+  | { readonly verb: "bundle"; readonly target: string; readonly out: string }
   | { readonly verb: "plan"; readonly spec: SpecInput }
   | { readonly verb: "rollout"; readonly spec: SpecInput; readonly wait: boolean }
   | { readonly verb: "rollouts"; readonly limit: number }
@@ -309,11 +313,13 @@ function scheduleVerb(name: "schedule add" | "schedule replace", summary: string
       cron: { type: "string", help: 'EXPR  five cron fields, e.g. "0 3 * * 0"' }, "time-zone": { type: "string", help: "TZ  IANA time zone the cron is read in (default: the controller's)" },
       selector: O.selector, strategy: O.strategy, window: O.window, to: O.to, waves: O.waves, gate: O.gate, "max-failures": O["max-failures"],
       ...(name === "schedule add" ? { replace: { type: "boolean", help: "replace a schedule of the same name instead of refusing" } } : {}),
+      drill: { type: "boolean", help: "a restore drill of each selected target (its newest verified backup) instead of a migration; --strategy not needed" },
     } as Record<string, OptionDef>,
     build: (ctx) => {
       const cronRaw = requireOption(ctx, "cron", usage, '"0 3 * * 0"');
-      const spec = specFrom(ctx, usage, true);
-      const compiled = compileScheduleRequest({ ...spec, name: pos(ctx, 0), cron: cronRaw, timeZone: str(ctx, "time-zone") ?? "" });
+      const drill = flag(ctx, "drill");
+      const spec = specFrom(ctx, usage, !drill);
+      const compiled = compileScheduleRequest({ ...spec, strategy: drill && !spec.strategy ? "maintenance" : spec.strategy, name: pos(ctx, 0), cron: cronRaw, timeZone: str(ctx, "time-zone") ?? "" });
       if (!compiled.ok) {
         const first = compiled.problems[0]!;
         return problem(`${FLAG_OF[first.field] ?? first.field}: ${first.message}`);
@@ -325,6 +331,7 @@ function scheduleVerb(name: "schedule add" | "schedule replace", summary: string
           name: v.name, cron: v.cron, timeZone: v.timeZone, selector: v.rollout.selector, strategy: v.rollout.strategy, window: v.rollout.window,
           toRevision: v.rollout.toRevision, waves: v.rollout.waves, gate: v.rollout.gate, maxFailures: v.rollout.maxFailures,
           replace: name === "schedule replace" || flag(ctx, "replace"),
+          ...(drill ? { drill: true } : {}),
         },
       };
     },
@@ -380,6 +387,29 @@ const VERBS: readonly VerbDef[] = [
         problem(`restore replaces the database of ${t} with backup ${b} (its app is stopped meanwhile; changes since the backup are lost). Nothing was done; to go ahead, run: flotilla restore ${t} ${b} --yes`);
       }
       return { verb: "restore", target: t, backupId: b };
+    },
+  },
+  {
+    name: "drill",
+    usage: "flotilla drill TARGET [--backup ID]",
+    summary: "restore a verified backup (the newest by default) into scratch and check it; exit 1 when it fails",
+    positionals: ["TARGET"],
+    options: { backup: { type: "string", help: "ID  the backup to drill (default: the newest verified)" } },
+    build: (ctx) => {
+      const b = str(ctx, "backup");
+      return { verb: "drill", target: target(ctx), backupId: b === undefined ? "" : parseId(b, "--backup", "an id from flotilla backups") };
+    },
+  },
+  {
+    name: "bundle",
+    usage: "flotilla bundle TARGET [--out FILE]",
+    summary: "the diagnostics bundle (.tar.gz): never the database, never a secret",
+    positionals: ["TARGET"],
+    options: { out: { type: "string", help: "FILE  where to write it (default: the bundle's name in the current folder)" } },
+    build: (ctx) => {
+      const out = str(ctx, "out");
+      if (out === "") problem("--out needs a file name, e.g. --out bundle.tar.gz");
+      return { verb: "bundle", target: target(ctx), out: out ?? "" };
     },
   },
   {
@@ -588,7 +618,7 @@ const SUBVERBS: Readonly<Record<string, readonly string[]>> = {
 
 const GROUPS: ReadonlyArray<readonly [string, readonly string[]]> = [
   ["inventory and health", ["targets", "diagnose"]],
-  ["backups", ["backup", "backups", "restore"]],
+  ["backups", ["backup", "backups", "restore", "drill", "bundle"]],
   ["migrations", ["plan", "rehearse", "rollout", "rollouts", "rollout show", "rollout abort", "rollout rollback", "downgrade", "stamp", "recover", "move"]],
   ["schedules", ["schedule add", "schedule replace", "schedules", "schedule rm"]],
   ["audit", ["audit", "audit verify", "audit export"]],

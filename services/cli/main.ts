@@ -22,6 +22,7 @@ import {
   StampTargetRequestSchema,
   RecoverTargetRequestSchema,
   RehearseTargetRequestSchema,
+  DrillTargetRequestSchema,
   MoveTargetRequestSchema,
   RolloutEventSchema,
   RolloutPlanSchema,
@@ -35,7 +36,7 @@ import {
   VerifyAuditResponseSchema,
 } from "../common/gen/flotilla/v1/controller_pb.js";
 import type { AuditEntry, Rollout } from "../common/gen/flotilla/v1/controller_pb.js";
-import { DiagnoseResponseSchema, ListBackupsResponseSchema, OperationEventSchema, OperationResultSchema } from "../common/gen/flotilla/v1/agent_pb.js";
+import { BundleResponseSchema, DiagnoseResponseSchema, ListBackupsResponseSchema, OperationEventSchema, OperationResultSchema } from "../common/gen/flotilla/v1/agent_pb.js";
 import type { OperationResult } from "../common/gen/flotilla/v1/agent_pb.js";
 import { parseCommandLine, usageText, verbHelp } from "./args.js";
 import type { AuditQuery, Command, GlobalOptions, SpecInput } from "./args.js";
@@ -171,6 +172,14 @@ async function run(ctx: Ctx, command: Command): Promise<number> {
       output(ctx, OperationResultSchema, r.value, () => renderOperationResult("restore", command.target, r.value));
       return operationExit(r.value);
     }
+    case "drill": {
+      const r = await client.unary("DrillTarget", DrillTargetRequestSchema, { targetId: command.target, backupId: command.backupId }, OperationResultSchema, { timeoutMs: OPERATION_TIMEOUT_MS });
+      if (!r.ok) return fail(ctx, r.failure);
+      output(ctx, OperationResultSchema, r.value, () => renderOperationResult("drill", command.target, r.value));
+      return operationExit(r.value);
+    }
+    case "bundle":
+      return writeBundle(ctx, command.target, command.out);
     case "downgrade": {
       const req = { targetId: command.target, toRevision: command.toRevision, acceptDataLoss: true };
       const r = await client.unary("DowngradeTarget", DowngradeTargetRequestSchema, req, OperationResultSchema, { timeoutMs: OPERATION_TIMEOUT_MS });
@@ -400,6 +409,26 @@ async function verifyAudit(ctx: Ctx): Promise<number> {
     human(ctx, renderAuditVerify(verdict, firstBad));
   }
   return verdict.ok ? EXIT.ok : EXIT.failed;
+}
+
+/** Fetches a target's diagnostics bundle and writes it (temp name, then rename). */
+async function writeBundle(ctx: Ctx, targetId: string, out: string): Promise<number> {
+  const r = await ctx.client.unary("BundleTarget", TargetRefSchema, { targetId }, BundleResponseSchema, { timeoutMs: PLAN_TIMEOUT_MS });
+  if (!r.ok) return fail(ctx, r.failure);
+  const file = out || r.value.fileName;
+  const tmp = `${file}.partial-${process.pid}`;
+  try {
+    const fd = openSync(tmp, "wx", 0o600);
+    try { writeSync(fd, r.value.data); } finally { closeSync(fd); }
+    renameSync(tmp, file);
+  } catch (err) {
+    rmSync(tmp, { force: true });
+    say(ctx.io, `--out: cannot write ${file}: ${(err as Error).message}; choose a writable path`);
+    return EXIT.usage;
+  }
+  if (ctx.globals.json) printJson(ctx.io, { file, bytes: r.value.data.length, entries: r.value.entries });
+  else human(ctx, `✓ diagnostics bundle of ${targetId} written to ${file} (${r.value.data.length} bytes, ${r.value.entries.length} files; no database, no secrets)\n`);
+  return EXIT.ok;
 }
 
 async function exportAudit(ctx: Ctx, q: AuditQuery, out: string): Promise<number> {

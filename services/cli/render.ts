@@ -178,9 +178,10 @@ export function renderTargets(resp: ListTargetsResponse, now: Date): string {
     const backup = b === undefined || b.id === "" ? "none" : `✓ ${formatAge(b.verifiedAt || b.createdAt, now)}`;
     const pending = t.error !== "" && !known ? "?" : t.pending.length === 0 ? "up to date" : String(t.pending.length);
     const state = t.state === "broken" ? "BROKEN" : t.busyOperationId !== "" ? `busy (${t.busyOperationId})` : "";
-    return [t.targetId, t.agentId || "-", t.kind || "-", revs(t.current, known), t.heads.length === 0 ? "?" : t.heads.join("+"), pending, app, backup, state];
+    const drill = t.lastDrillAt === "" ? "never" : `${t.lastDrillOk ? "✓" : "✗"} ${formatAge(t.lastDrillAt, now)}`;
+    return [t.targetId, t.agentId || "-", t.kind || "-", revs(t.current, known), t.heads.length === 0 ? "?" : t.heads.join("+"), pending, app, backup, drill, state];
   });
-  out.push(renderTable(["TARGET", "AGENT", "DB", "CURRENT", "HEAD", "PENDING", "APP", "LAST BACKUP", ""], rows).trimEnd());
+  out.push(renderTable(["TARGET", "AGENT", "DB", "CURRENT", "HEAD", "PENDING", "APP", "LAST BACKUP", "LAST DRILL", ""], rows).trimEnd());
   const behind = targets.filter((t) => t.pending.length > 0).length;
   const problems = targets.filter((t) => targetProblems(t).length > 0).length;
   const parts = [`${targets.length} target${targets.length === 1 ? "" : "s"}`];

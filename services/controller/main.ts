@@ -18,6 +18,7 @@ import { createHttpGateway } from "./http/http-gateway.js";
 import { Inventory } from "./inventory.js";
 import { RolloutEngine } from "./rollout-engine.js";
 import { Scheduler } from "./scheduler.js";
+import { drillSelected, summariseDrills } from "./drills.js";
 import { Leadership } from "./leadership.js";
 import { API_LEASE_PREFIX, authenticate, controllerServiceImpl } from "./service.js";
 import { openStore } from "./store/index.js";
@@ -43,7 +44,7 @@ export async function startController(config: ControllerConfig, log: Logger): Pr
   const pool = new GrpcAgentPool(config.agents, store, config.tls);
   const inventory = new Inventory(pool, log);
   const engine = new RolloutEngine({ store, pool, inventory, audit, log, agentTimeoutMs: config.agentTimeoutMs });
-  const scheduler = new Scheduler({ store, engine, audit, log });
+  const scheduler = new Scheduler({ store, engine, audit, log, drill: async (selector, actor) => summariseDrills(await drillSelected({ inventory, pool }, selector, actor)) });
   for (const s of config.schedules) {
     const existing = (await store.listSchedules()).find((x) => x.name === s.name);
     await store.upsertSchedule({ ...s, source: "config", ...(existing?.lastRun ? { lastRun: existing.lastRun } : {}), ...(existing?.lastResult ? { lastResult: existing.lastResult } : {}) });

@@ -13,7 +13,11 @@ import type { RolloutEngine } from "./rollout-engine.js";
  */
 export class Scheduler {
   private readonly tasks = new Map<string, ScheduledTask>();
-  constructor(private readonly d: { store: ControllerStore; engine: RolloutEngine; audit: AuditLog; log: Logger }) {}
+  constructor(private readonly d: {
+    store: ControllerStore; engine: RolloutEngine; audit: AuditLog; log: Logger;
+    /** Runs restore drills for a drill schedule; returns a one-line result. */
+    drill?: (selector: string, actor: string) => Promise<string>;
+  }) {}
 
   /** When a cron expression fires next after `from`, read in `timeZone` ("" = the controller's); undefined if never. */
   static nextRun(expr: string, timeZone: string, from = new Date()): Date | undefined {
@@ -56,6 +60,12 @@ export class Scheduler {
     if (!(await this.d.store.claimScheduleFire(name, slot))) return "already-fired";
     let result: string;
     try {
+      if (s.drill && this.d.drill) {
+        result = await this.d.drill(s.selector, `schedule:${s.name}`);
+        await this.d.store.upsertSchedule({ ...s, lastRun: slot, lastResult: result });
+        await this.d.audit.append({ actor: `schedule:${name}`, action: "schedule.drill", target: s.selector, args: { slot }, outcome: result.startsWith("passed") ? "ok" : "error", detail: result }).catch(() => undefined);
+        return result;
+      }
       const doc = await this.d.engine.start({ selector: s.selector, strategy: s.strategy, toRevision: s.toRevision, waves: s.waves, maxFailures: s.maxFailures ?? 0, gate: s.gate ?? "", schedule: s.name, window: s.window }, `schedule:${s.name}`);
       result = `started ${doc.id}`;
     } catch (err) {

@@ -29,10 +29,11 @@ const METHOD_ROLE: Record<string, Role> = {
   ListTargets: "viewer", DiagnoseTarget: "viewer", ListTargetBackups: "viewer", PlanRollout: "viewer", GetRollout: "viewer",
   ListRollouts: "viewer", WatchRollout: "viewer", ListSchedules: "viewer", QueryAudit: "viewer", VerifyAudit: "viewer",
   BackupTarget: "operator", RehearseTarget: "operator", StartRollout: "operator", AbortRollout: "operator", RegisterAgent: "operator",
+  DrillTarget: "operator", BundleTarget: "operator",
   RestoreTarget: "admin", RecoverTarget: "admin", MoveTarget: "admin", DowngradeTarget: "admin", StampTarget: "admin", RollbackRollout: "admin", AddSchedule: "admin", RemoveSchedule: "admin",
 };
 
-const READS = new Set(["ListTargets", "DiagnoseTarget", "ListTargetBackups", "PlanRollout", "GetRollout", "ListRollouts", "WatchRollout", "ListSchedules", "QueryAudit", "VerifyAudit"]);
+const READS = new Set(["BundleTarget", "ListTargets", "DiagnoseTarget", "ListTargetBackups", "PlanRollout", "GetRollout", "ListRollouts", "WatchRollout", "ListSchedules", "QueryAudit", "VerifyAudit"]);
 
 /** Holder names of leases taken by single API operations (a controller that becomes leader releases stale ones). */
 export const API_LEASE_PREFIX = "op.";
@@ -86,7 +87,7 @@ function scheduleMessage(s: ScheduleDoc): MessageInitShape<typeof ScheduleSchema
   return {
     name: s.name, cron: s.cron, selector: s.selector, strategy: s.strategy, window: s.window, toRevision: s.toRevision, waves: s.waves, source: s.source,
     lastRun: s.lastRun ?? "", lastResult: s.lastResult ?? "", timeZone: s.timeZone || Scheduler.localTimeZone(), nextRun: next === undefined ? "" : next.toISOString(),
-    gate: s.gate ?? "", maxFailures: s.maxFailures ?? 0,
+    gate: s.gate ?? "", maxFailures: s.maxFailures ?? 0, drill: s.drill ?? false,
   };
 }
 
@@ -257,6 +258,15 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
       const { agentId } = await ownerOf(req.targetId);
       return runOp(agentId, (c) => c.rehearse({ targetId: req.targetId, toRevision: req.toRevision, operationId: `api.${randomUUID()}` }, timeout));
     }),
+    drillTarget: (req, ctx) => audited("DrillTarget", ctx, req.targetId, req, async () => {
+      if (req.backupId && !/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(req.backupId)) throw new FlotillaError("INVALID_ARGUMENT", `"${req.backupId}" is not a backup id (list them with: flotilla backups ${req.targetId})`);
+      const { agentId } = await ownerOf(req.targetId);
+      return runOp(agentId, (c) => c.drill({ targetId: req.targetId, backupId: req.backupId, operationId: `api.${randomUUID()}` }, timeout));
+    }),
+    bundleTarget: (req, ctx) => audited("BundleTarget", ctx, req.targetId, req, async () => {
+      const { agentId } = await ownerOf(req.targetId);
+      return (await d.pool.client(agentId)).bundle({ targetId: req.targetId }, { timeoutMs: 300_000 });
+    }),
     moveTarget: (req, ctx) => {
       // The agent's events are passed through as they come; every finished step is audited too.
       const q = new AsyncQueue<MessageInitShape<typeof OperationEventSchema>>();
@@ -376,7 +386,8 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
     abortRollout: (req, ctx) => audited("AbortRollout", ctx, req.id, req, async (caller) => rolloutMessage(await d.engine.abort(req.id, caller.actor))),
     rollbackRollout: (req, ctx) => audited("RollbackRollout", ctx, req.id, req, async (caller) => rolloutMessage(await d.engine.rollback(req.id, caller.actor))),
     addSchedule: (req, ctx) => audited("AddSchedule", ctx, req.name, req, async () => {
-      const { value: compiled } = orInvalidArgument(compileScheduleRequest(req));
+      // A drill schedule runs no migration: its strategy is only a placeholder.
+      const { value: compiled } = orInvalidArgument(compileScheduleRequest(req.drill && !req.strategy ? { ...req, strategy: "maintenance" } : req));
       const existing = (await d.store.listSchedules()).find((x) => x.name === compiled.name);
       if (existing !== undefined && !req.replace) {
         throw new FlotillaError("PRECONDITION_FAILED", `a schedule named ${compiled.name} exists already (${existing.cron} · ${existing.selector}); nothing was changed. Replace it with flotilla schedule replace ${compiled.name} … (or --replace), or pick another name`);
@@ -388,7 +399,7 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
       if (verdict?.refusal) throw new FlotillaError(verdict.refusal.code as FlotillaError["code"], verdict.refusal.message);
       const s = {
         name: compiled.name, cron: compiled.cron, timeZone: compiled.timeZone, selector: r.selector, strategy: r.strategy, window: r.window,
-        toRevision: r.toRevision, waves: r.waves, gate: r.gate, maxFailures: r.maxFailures, source: "api" as const,
+        toRevision: r.toRevision, waves: r.waves, gate: r.gate, maxFailures: r.maxFailures, source: "api" as const, ...(req.drill ? { drill: true } : {}),
       };
       await d.store.upsertSchedule(s);
       await d.scheduler.reload();

@@ -52,6 +52,8 @@ export interface TargetSpec {
   alembicDir?: string;
   /** seed.py --dup-emails. */
   dupEmails?: number;
+  /** More target config keys (e.g. appVersion, smoke); `backups` is merged into the default backups. */
+  extra?: Record<string, unknown>;
 }
 
 export interface FleetSpec {
@@ -163,6 +165,11 @@ export class Fleet {
         backups: { dir: join(this.dir, "backups", t.id), keep: 5 },
       };
       if (t.kind === "postgresql") target.passwordFile = join(this.dir, "pg_password");
+      if (t.extra) {
+        const { backups, ...rest } = t.extra;
+        Object.assign(target, rest);
+        if (backups && typeof backups === "object") target.backups = { ...(target.backups as object), ...backups };
+      }
       if (t.blueGreen) {
         const sw = join(this.dir, `${t.id}.lb`);
         writeFileSync(sw, "blue");

@@ -5,6 +5,7 @@ import { FlotillaError } from "../../common/errors.js";
 import type { BackupCatalogPort, BackupManifest, DatabaseKind } from "../core/ports.js";
 
 export type { BackupManifest } from "../core/ports.js";
+import { backupsToDelete } from "../core/retention.js";
 
 const BACKUP_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
@@ -55,7 +56,7 @@ export class BackupCatalog implements BackupCatalogPort {
     assertBackupId(id);
     const names = await readdir(this.dir).catch(() => [] as string[]);
     const artifact = this.artifactPath(id);
-    const mine = names.filter((n) => n.startsWith(`${id}.`) && (n.includes(".tmp-") || join(this.dir, n) === artifact || n === `${id}.json`));
+    const mine = names.filter((n) => n.startsWith(`${id}.`) && (n.includes(".tmp-") || join(this.dir, n) === artifact || n === `${id}.json` || n === `${id}.files`));
     // The manifest goes first: a folder never shows a manifest whose artifact is gone.
     mine.sort((a, b) => Number(b === `${id}.json`) - Number(a === `${id}.json`));
     for (const n of mine) await rm(join(this.dir, n), { recursive: true, force: true }).catch(() => undefined);
@@ -72,6 +73,12 @@ export class BackupCatalog implements BackupCatalogPort {
   artifactPath(id: string): string {
     assertBackupId(id);
     return join(this.dir, `${id}.${this.kind === "sqlite" ? "db" : "dump"}`);
+  }
+
+  /** Folder holding a backup's companion files. */
+  filesDir(id: string): string {
+    assertBackupId(id);
+    return join(this.dir, `${id}.files`);
   }
 
   async save(m: BackupManifest): Promise<void> {
@@ -125,12 +132,17 @@ export class BackupCatalog implements BackupCatalogPort {
     return (await this.list()).find((m) => m.verified);
   }
 
-  /** Deletes the oldest backups beyond `keep`, never one in `protect`. Returns deleted ids. */
-  async prune(keep: number, protect: ReadonlySet<string>): Promise<string[]> {
+  /**
+   * Deletes what retention allows (core/retention.ts): beyond the newest
+   * `keep` and older than `keepDays`, never the newest verified backup nor one
+   * in `protect`. Returns deleted ids.
+   */
+  async prune(keep: number, protect: ReadonlySet<string>, keepDays?: number): Promise<string[]> {
     const all = await this.list();
     const deleted: string[] = [];
-    for (const m of all.slice(keep)) {
-      if (protect.has(m.id)) continue;
+    for (const id of backupsToDelete(all, { keep, nowMs: Date.now(), protect, ...(keepDays !== undefined ? { keepDays } : {}) })) {
+      const m = { id };
+      await rm(this.filesDir(m.id), { recursive: true, force: true });
       await rm(this.artifactPath(m.id), { recursive: true, force: true });
       await rm(join(this.dir, `${m.id}.json`), { force: true });
       deleted.push(m.id);

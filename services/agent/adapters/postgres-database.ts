@@ -864,6 +864,65 @@ export class PostgresDatabase implements DatabaseAdapter {
     });
     return { adapter, url: adapter.alembicUrl(), drop: () => this.dropDatabase(name) };
   }
+
+  /**
+   * Restores a backup archive into a fresh `<db>_flotilla_scratch_<hex>` (restore
+   * drills); the live database is untouched; drop() removes the copy.
+   */
+  async scratchFromBackup(artifact: BackupArtifact, onProgress: ProgressFn, signal?: AbortSignal): Promise<{ adapter: DatabaseAdapter; url: string; drop(): Promise<void> }> {
+    const name = tempDatabaseName(this.parts.database, "scratch");
+    await this.createDatabase(name, await this.databaseProps(this.parts.database).catch(() => null), false);
+    try {
+      await this.restoreInto(name, resolve(artifact.path), onProgress, signal);
+    } catch (err) {
+      await this.dropDatabase(name).catch(() => undefined);
+      throw err;
+    }
+    const adapter = new PostgresDatabase({
+      url: displayPgUrl(withDatabase(this.parts, name)),
+      ...(this.parts.password !== undefined ? { password: this.parts.password } : {}),
+      runner: this.runner,
+      scratchDir: this.scratchDir,
+    });
+    return { adapter, url: adapter.alembicUrl(), drop: () => this.dropDatabase(name) };
+  }
+
+  /** Server version and a psql-\d-like description of every table (columns, types, defaults, indexes): schema only, never rows. */
+  async describe(): Promise<{ serverVersion: string; tables: Record<string, string> }> {
+    return this.withClient("describing the schema", {}, async (c) => {
+      const version = (await c.query<{ v: string }>("SELECT version() AS v")).rows[0]?.v ?? "";
+      const { schema, tables } = await queryTables(c);
+      const out: Record<string, string> = {};
+      for (const table of tables) {
+        const cols = await c.query<{ column_name: string; data_type: string; is_nullable: string; column_default: string | null }>(
+          "SELECT column_name, data_type, is_nullable, column_default FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
+          [schema, table],
+        );
+        const idx = await c.query<{ indexdef: string }>("SELECT indexdef FROM pg_indexes WHERE schemaname = $1 AND tablename = $2 ORDER BY indexname", [schema, table]);
+        out[table] = [
+          `Table "${schema}.${table}"`,
+          "column | type | nullable | default",
+          ...cols.rows.map((r) => `${r.column_name} | ${r.data_type} | ${r.is_nullable === "YES" ? "" : "not null"} | ${r.column_default ?? ""}`),
+          ...(idx.rows.length ? ["Indexes:", ...idx.rows.map((r) => `  ${r.indexdef}`)] : []),
+        ].join("\n");
+      }
+      return { serverVersion: version, tables: out };
+    });
+  }
+
+  /** One configured query in a READ ONLY transaction: its row count, and the first value when it is a number (never row data). */
+  async smokeQuery(sql: string): Promise<{ rows: number; value: string }> {
+    return this.withClient("running a smoke query", { statementTimeoutMs: 60_000 }, async (c) => {
+      await c.query("BEGIN READ ONLY");
+      try {
+        const r = await c.query({ text: sql, rowMode: "array" });
+        const first = (r.rows[0] as unknown[] | undefined)?.[0];
+        return { rows: r.rows.length, value: typeof first === "number" || (typeof first === "string" && /^-?\d+(\.\d+)?$/.test(first)) || typeof first === "bigint" ? String(first) : "" };
+      } finally {
+        await c.query("ROLLBACK").catch(() => undefined);
+      }
+    });
+  }
 }
 
 // ------------------------------------------------------------------ queries (take an open client)

@@ -538,6 +538,52 @@ export class SqliteDatabase implements DatabaseAdapter {
     }
   }
 
+  /** The backup file copied into a fresh temp folder (restore drills); drop() removes the folder. */
+  async scratchFromBackup(artifact: BackupArtifact, onProgress: ProgressFn): Promise<{ adapter: DatabaseAdapter; url: string; drop(): Promise<void> }> {
+    assertUsablePath(artifact.path, "backup path");
+    const dir = await fsp.mkdtemp(path.join(os.tmpdir(), "flotilla-drill-"));
+    const drop = async (): Promise<void> => {
+      await fsp.rm(dir, { recursive: true, force: true });
+    };
+    try {
+      const adapter = new SqliteDatabase({ path: path.join(dir, path.basename(this.path)), ...(this.runner !== undefined ? { runner: this.runner } : {}) });
+      await fsp.copyFile(artifact.path, adapter.path, fsp.constants.COPYFILE_EXCL);
+      safeProgress(onProgress, { line: `scratch: ${path.basename(artifact.path)} copied to a temporary file`, source: "backup" });
+      return { adapter, url: adapter.alembicUrl(), drop };
+    } catch (err) {
+      await drop();
+      throw mapFailure(err, "RESTORE_FAILED", "scratch restore");
+    }
+  }
+
+  /** SQLite version and `PRAGMA table_info` (plus index list) of every table: schema only, never rows. */
+  describe(): Promise<{ serverVersion: string; tables: Record<string, string> }> {
+    return this.readOnly("describe schema", (db) => {
+      const version = String(db.prepare("SELECT sqlite_version()").pluck().get());
+      const out: Record<string, string> = {};
+      for (const table of listUserTables(db)) {
+        const quoted = `"${table.replace(/"/g, '""')}"`;
+        const cols = db.prepare(`PRAGMA table_info(${quoted})`).all() as { cid: number; name: string; type: string; notnull: number; dflt_value: unknown; pk: number }[];
+        const idx = db.prepare(`PRAGMA index_list(${quoted})`).all() as { name: string; unique: number; origin: string }[];
+        out[table] = [
+          "cid | name | type | notnull | dflt_value | pk",
+          ...cols.map((c) => `${c.cid} | ${c.name} | ${c.type} | ${c.notnull} | ${c.dflt_value === null ? "" : String(c.dflt_value)} | ${c.pk}`),
+          ...(idx.length ? ["indexes:", ...idx.map((i) => `  ${i.name}${i.unique ? " (unique)" : ""} [${i.origin}]`)] : []),
+        ].join("\n");
+      }
+      return { serverVersion: `SQLite ${version}`, tables: out };
+    });
+  }
+
+  /** One configured query on a read-only connection: its row count, and the first value when it is a number (never row data). */
+  smokeQuery(sql: string): Promise<{ rows: number; value: string }> {
+    return this.readOnly("smoke query", (db) => {
+      const rows = db.prepare(sql).raw().all() as unknown[][];
+      const first = rows[0]?.[0];
+      return { rows: rows.length, value: typeof first === "number" || typeof first === "bigint" ? String(first) : "" };
+    });
+  }
+
   private async copyTo(destPath: string, onProgress: ProgressFn, signal: AbortSignal | undefined, what: string): Promise<void> {
     if (!(await this.exists())) throw new FlotillaError("NOT_FOUND", `${what} failed: database file ${this.path} does not exist`);
     await fsp.mkdir(path.dirname(destPath), { recursive: true });

@@ -55,6 +55,12 @@ export interface DiagnoseFacts {
   freeBytes: number;
   /** undefined = no verified backup. */
   lastVerifiedBackupAgeMs?: number;
+  /**
+   * Restore drills: age of the last passing drill (undefined: none passed) and
+   * of the oldest verified backup (how long the target has had something to
+   * drill). Absent: drills are not checked.
+   */
+  drill?: { lastPassAgeMs?: number; lastFailed: boolean; oldestVerifiedBackupAgeMs?: number };
   /** Journal: operations interrupted by an agent crash. */
   interruptedOperations: string[];
   /** Journal: the most recent failed or interrupted operation on the target (see lastFailure). */
@@ -147,6 +153,7 @@ export function diagnose(f: DiagnoseFacts): { findings: Finding[]; problems: boo
     ...checkIdleInTransaction(f),
     ...checkDisk(f),
     ...checkBackup(f),
+    ...checkDrill(f),
     ...checkInterrupted(f),
     ...checkLastFailure(f),
     ...checkStorage(f),
@@ -646,6 +653,31 @@ function checkBackup(f: DiagnoseFacts): Finding[] {
     ];
   }
   return [ok("backup-recent", `last verified backup ${formatAge(age)} old`)];
+}
+
+/** A target should have a passing restore drill within this long (once it has had a verified backup for that long). */
+export const DRILL_MAX_AGE_MS = 30 * 24 * 60 * 60 * 1000;
+
+function checkDrill(f: DiagnoseFacts): Finding[] {
+  const d = f.drill;
+  if (!d) return [];
+  const t = f.targetId;
+  const fix = `\`flotilla drill ${t}\`, and schedule it: \`flotilla schedule add drill-${t} --drill --cron "0 4 * * 0" --selector id=${t}\``;
+  if (d.lastPassAgeMs !== undefined && d.lastPassAgeMs <= DRILL_MAX_AGE_MS && !d.lastFailed) {
+    return [ok("drill-recent", `last restore drill passed ${formatAge(d.lastPassAgeMs)} ago`)];
+  }
+  if (d.lastFailed) {
+    return [finding("drill-failed", "warning", "the last restore drill failed", "the backup it drilled could not be restored and checked: it may not be usable when needed", `see the failure with \`flotilla targets\`, take a fresh backup, then ${fix}`)];
+  }
+  // A young target has had no time to drill: say nothing until its first backup is older than the limit.
+  if (d.oldestVerifiedBackupAgeMs === undefined || d.oldestVerifiedBackupAgeMs <= DRILL_MAX_AGE_MS) return [];
+  return [finding(
+    "drill-missing",
+    "warning",
+    d.lastPassAgeMs === undefined ? "no restore drill has ever passed" : `the last passing restore drill is ${formatAge(d.lastPassAgeMs)} old`,
+    `a backup nobody has restored is a hope, not a backup: without a passing drill in ${DRILL_MAX_AGE_MS / 86_400_000} days nobody knows whether it restores`,
+    fix,
+  )];
 }
 
 function checkInterrupted(f: DiagnoseFacts): Finding[] {

@@ -3,6 +3,7 @@
  * (services/agent/adapters/) implement them with real SQLite, PostgreSQL,
  * Alembic and app commands; core code never imports those technologies.
  */
+import type { CompanionEntry } from "./companions.js";
 
 export type DatabaseKind = "sqlite" | "postgresql";
 
@@ -97,6 +98,12 @@ export interface DatabaseAdapter {
   freeBytes(dir: string): Promise<number>;
   /** The URL handed to Alembic as DATABASE_URL (with password, never logged). */
   alembicUrl(): string;
+  /** A backup restored into scratch (temp SQLite file, scratch PostgreSQL database) for drills; drop() removes it. */
+  scratchFromBackup?(artifact: BackupArtifact, onProgress: ProgressFn, signal?: AbortSignal): Promise<{ adapter: DatabaseAdapter; url: string; drop(): Promise<void> }>;
+  /** Engine version and a schema description per table (PRAGMA table_info, or psql \d on PostgreSQL): never rows. */
+  describe?(): Promise<{ serverVersion: string; tables: Record<string, string> }>;
+  /** One configured read-only query (drill smoke tests): row count and the first value when numeric. */
+  smokeQuery?(sql: string): Promise<{ rows: number; value: string }>;
 }
 
 /** One revision of the code's revision graph. */
@@ -178,6 +185,13 @@ export interface BackupManifest extends BackupArtifact {
   readonly verified: boolean;
   readonly verifiedAt: string;
   readonly verification: string;
+  /** Companion files stored in `<id>.files/` (backups.include), each with its sha256. */
+  readonly companions?: readonly CompanionEntry[];
+  /** Bytes this backup's companions hold, and the part it actually wrote (the rest is shared by hard links). */
+  readonly companionBytes?: number;
+  readonly companionNewBytes?: number;
+  /** Output of the target's appVersion command when the backup was taken. */
+  readonly appVersion?: string;
 }
 
 /** The backups of one target (adapter: BackupCatalog, a folder of artifacts and manifests). */
@@ -194,8 +208,10 @@ export interface BackupCatalogPort {
   /** Newest first. */
   list(): Promise<BackupManifest[]>;
   lastVerified(): Promise<BackupManifest | undefined>;
-  /** Deletes the oldest backups beyond `keep`, never one in `protect`. Returns deleted ids. */
-  prune(keep: number, protect: ReadonlySet<string>): Promise<string[]>;
+  /** Deletes what retention allows (core/retention.ts: keep ∪ keepDays, never the newest verified or a protected one). Returns deleted ids. */
+  prune(keep: number, protect: ReadonlySet<string>, keepDays?: number): Promise<string[]>;
+  /** Folder holding a backup's companion files. */
+  filesDir(id: string): string;
 }
 
 /**

@@ -1,5 +1,6 @@
+import { appVersionNotes, readAppVersion } from "./app-state.js";
 import type { BackupManifest } from "../core/ports.js";
-import { refuse, type Emit, type OperationContext, type OpResult } from "./context.js";
+import { refuse, sameSet, type Emit, type OperationContext, type OpResult, type TargetRuntime } from "./context.js";
 
 /** Backup verbs: take, verify, list and restore backups. */
 
@@ -7,7 +8,7 @@ export function backup(ctx: OperationContext, req: { targetId: string; operation
   return ctx.run("backup", req.targetId, req.operationId, emit, { rolloutId: req.rolloutId }, async ({ id, t, progress }) => {
     const before = (await t.db.readRevisions()) ?? [];
     const m = await ctx.takeBackup(t, t.db, id, req.rolloutId, req.verify, emit, progress, signal);
-    return { backup: m, revisionBefore: before, revisionAfter: before, message: `backup ${m.id} taken${m.verified ? " and verified" : ""}` };
+    return { backup: m, revisionBefore: before, revisionAfter: before, message: `backup ${m.id} taken${m.verified ? " and verified" : ""}${m.companions?.length ? ` with ${m.companions.length} companion path(s)` : ""}${m.appVersion ? ` (app version ${m.appVersion})` : ""}` };
   });
 }
 
@@ -33,7 +34,24 @@ export function restore(ctx: OperationContext, req: { targetId: string; backupId
     await ctx.assertNotHeld(t, t.db, !req.manageApps);
     const after = await ctx.restoreAndProve(t.db, m, emit, progress, signal);
     result.revisionAfter = after;
+    const notes = await restoreNotes(ctx, t, m, result.revisionBefore, signal);
+    for (const line of notes) progress({ source: "agent", line: `warning: ${line}` });
     if (stopped.length > 0) await ctx.controlApps(t, "start", "", emit, progress, signal);
-    return { backup: m, message: `restored ${t.config.id} from ${m.id}; database verified at ${after.join(", ") || "no revision"}`, restored: true };
+    return {
+      backup: m, restored: true, details: { ...(m.appVersion ? { appVersion: m.appVersion } : {}), ...(notes.length ? { warnings: notes.join("\n") } : {}) },
+      message: `restored ${t.config.id} from ${m.id}${m.companions?.length ? " with its companion files" : ""}; database verified at ${after.join(", ") || "no revision"}${notes.length ? `. ${notes.join(". ")}` : ""}`,
+    };
   });
+}
+
+/** App-version warnings for a restore of `m` over a database that was at `before`. */
+async function restoreNotes(ctx: OperationContext, t: TargetRuntime, m: BackupManifest, before: readonly string[], signal?: AbortSignal): Promise<string[]> {
+  const current = await readAppVersion(ctx, t, signal);
+  let older = false;
+  if (before.length > 0 && !sameSet(before, m.revisions)) {
+    const graph = await t.alembic.graph().catch(() => undefined);
+    older = graph !== undefined && graph.unknown(before).length === 0 && graph.unknown(m.revisions).length === 0 &&
+      m.revisions.every((r) => graph.ancestorsOrSelf(before).has(r));
+  }
+  return appVersionNotes(m, current, older);
 }

@@ -6,6 +6,8 @@ import type { AgentConfig, AgentTarget } from "../config.js";
 import type {
   AlembicPort, AppControlPort, AppInstance, AppState, BackupCatalogPort, BackupManifest, DatabaseAdapter, JournalPort, ProgressFn,
 } from "../core/ports.js";
+import { saveOutput } from "./output-log.js";
+import { appVersionOf, readAppVersion, restoreCompanionsOf, takeCompanions, verifyCompanionsOf } from "./app-state.js";
 
 /** What an operation streams to its caller. */
 export type OpEvent =
@@ -156,6 +158,7 @@ export class OperationContext {
       r.durationMs = Math.round(performance.now() - started);
       r.message = redact(r.message);
       r.outputTail = redact(r.outputTail);
+      saveOutput(this.deps.config.dataDir, r.operationId, r.outputTail);
       emit({ kind: "result", result: r });
       return r;
     };
@@ -216,12 +219,15 @@ export class OperationContext {
     let manifest: BackupManifest;
     try {
       const artifact = await this.step(emit, "backup", () => db.backup(path, progress, signal), (a) => `${id}: ${a.sizeBytes} bytes, sha256 ${a.sha256.slice(0, 12)}…`);
+      const companions = (t.config.backups.include ?? []).length === 0 || db !== t.db ? {} : await this.step(emit, "backup-companions", () => takeCompanions(t, db, id, progress, signal),
+        (c) => `${c.companions?.length ?? 0} path(s), ${c.companionBytes ?? 0} bytes, ${c.companionNewBytes ?? 0} written (the rest shared with the previous backup)`);
+      const appVersion = await readAppVersion(this, t, signal);
       manifest = {
         ...artifact, id, targetId: t.config.id, kind: t.config.kind, createdAt: new Date().toISOString(), source: db.displayName,
-        operationId: opId, rolloutId, verified: false, verifiedAt: "", verification: "not verified yet",
+        operationId: opId, rolloutId, verified: false, verifiedAt: "", verification: "not verified yet", ...companions, ...appVersionOf(appVersion),
       };
       await t.catalog.save(manifest);
-      if (verify) manifest = await this.verifyManifest(t, db, manifest, emit, progress, signal);
+      if (verify) manifest = await this.verifyManifest(t, db, manifest, emit, progress, signal, false);
     } catch (err) {
       // Disk full, a failed verification, a cancel: the folder keeps only complete, verified backups.
       await t.catalog.discard(id);
@@ -229,14 +235,22 @@ export class OperationContext {
     }
     // Recorded once the backup is complete (and verified when asked): recover restores only such a backup.
     this.deps.journal.update(opId, { backupId: id });
-    const protect = new Set<string>([id, ...this.deps.journal.list(t.config.id, 200).filter((o) => o.state === "interrupted" || o.state === "needs-restore" || o.state === "running").map((o) => o.backupId)]);
-    const pruned = await t.catalog.prune(t.config.backups.keep, protect);
+    const recent = this.deps.journal.list(t.config.id, 200);
+    // Protected: backups of running or interrupted operations, and of the latest migration (a rollback restores it).
+    const lastMigrate = recent.find((o) => o.kind === "migrate" && o.backupId !== "");
+    const protect = new Set<string>([id, ...recent.filter((o) => o.state === "interrupted" || o.state === "needs-restore" || o.state === "running").map((o) => o.backupId), ...(lastMigrate ? [lastMigrate.backupId] : [])]);
+    const pruned = await t.catalog.prune(t.config.backups.keep, protect, t.config.backups.keepDays);
     if (pruned.length > 0) progress({ source: "backup", line: `retention: removed ${pruned.length} old backup(s) (keep ${t.config.backups.keep})` });
     return manifest;
   }
 
-  async verifyManifest(t: TargetRuntime, db: DatabaseAdapter, m: BackupManifest, emit: Emit, progress: ProgressFn, signal?: AbortSignal): Promise<BackupManifest> {
-    const v = await this.step(emit, "verify-backup", () => db.verifyBackup(m, progress, signal), (r) => r.detail);
+  /** `full`: companion files shared with earlier backups are re-hashed too (explicit verifications, drills). */
+  async verifyManifest(t: TargetRuntime, db: DatabaseAdapter, m: BackupManifest, emit: Emit, progress: ProgressFn, signal?: AbortSignal, full = true): Promise<BackupManifest> {
+    const v = await this.step(emit, "verify-backup", async () => {
+      const main = await db.verifyBackup(m, progress, signal);
+      const files = await verifyCompanionsOf(m, full, signal);
+      return { ok: main.ok && files.ok, detail: [main.detail, files.detail].filter((x) => x !== "").join("; ") };
+    }, (r) => r.detail);
     const updated: BackupManifest = { ...m, verified: v.ok, verifiedAt: new Date().toISOString(), verification: v.detail };
     await t.catalog.save(updated);
     if (!v.ok) throw new FlotillaError("VERIFY_FAILED", `backup ${m.id} failed verification: ${v.detail}`);
@@ -245,7 +259,10 @@ export class OperationContext {
 
   /** Restores a verified backup and proves the database equals it. */
   async restoreAndProve(db: DatabaseAdapter, m: BackupManifest, emit: Emit, progress: ProgressFn, signal?: AbortSignal): Promise<string[]> {
-    await this.step(emit, "restore", () => db.restore(m, progress, signal), () => `from ${m.id}`);
+    await this.step(emit, "restore", async () => {
+      await db.restore(m, progress, signal);
+      await restoreCompanionsOf(m, progress, signal);
+    }, () => `from ${m.id}${m.companions?.length ? ` with ${m.companions.length} companion path(s)` : ""}`);
     return this.step(emit, "verify-restore", async () => {
       const [revs, hash, counts] = await Promise.all([db.readRevisions(), db.schemaHash(), db.tableCounts()]);
       const problems: string[] = [];

@@ -9,6 +9,8 @@ import * as moving from "./move.js";
 import * as reads from "./reads.js";
 import * as recovery from "./recover.js";
 import * as stamping from "./stamp.js";
+import * as drills from "./drill.js";
+import * as bundles from "./bundle.js";
 
 export { OPERATION_ENV, type Emit, type OpEffect, type OpEvent, type OpResult, type OperationsDeps, type TargetRuntime } from "./context.js";
 
@@ -58,6 +60,10 @@ export class AgentOperations {
   clone(req: Req<typeof blueGreen.clone>, emit: Emit, signal?: AbortSignal): Promise<OpResult> { return blueGreen.clone(this.ctx, req, emit, signal); }
   switchTraffic(req: Req<typeof blueGreen.switchTraffic>, emit: Emit, signal?: AbortSignal): Promise<OpResult> { return blueGreen.switchTraffic(this.ctx, req, emit, signal); }
 
+  // app state: restore drills and the diagnostics bundle
+  drill(req: Req<typeof drills.drill>, emit: Emit, signal?: AbortSignal): Promise<OpResult> { return drills.drill(this.ctx, req, emit, signal); }
+  lastDrill(targetId: string): OperationRow | undefined { return drills.lastDrill(this.ctx, targetId); }
+  bundle(targetId: string, agentVersion: string): ReturnType<typeof bundles.bundle> { return bundles.bundle(this.ctx, targetId, agentVersion); }
   // move between SQLite and PostgreSQL
   move(req: Req<typeof moving.moveTarget>, emit: Emit, signal?: AbortSignal): Promise<OpResult> { return moving.moveTarget(this.ctx, req, emit, signal); }
 

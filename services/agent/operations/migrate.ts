@@ -1,3 +1,4 @@
+import { restoreCompanionsIfChanged } from "./app-state.js";
 import { FlotillaError, toFlotillaError } from "../../common/errors.js";
 import { redact } from "../../common/redact.js";
 import { revisionTimeline, type TimedStep } from "../core/alembic-output.js";
@@ -109,6 +110,8 @@ async function settleFailure(ctx: OperationContext, o: {
   if (decision.action === "none") {
     o.result.revisionAfter = after?.revisions ? [...after.revisions] : [];
     progress({ source: "agent", line: `${o.what} failed and left the database unchanged (revision, schema and row counts as before): no restore needed` });
+    // Files beside the database (backups.include) are not transactional: put them back if the run touched them.
+    if (db === t.db) await restoreCompanionsIfChanged(t, backup, progress, o.signal);
     return { effect: "none", restored: false, sentence: "The database is unchanged (the failed run rolled back); no restore was needed." };
   }
   const hold = (sessions: readonly string[], why: string): { effect: OpResult["effect"]; restored: boolean; sentence: string } => {
@@ -222,7 +225,7 @@ export function migrate(ctx: OperationContext, req: { targetId: string; toRevisi
     result.revisionAfter = after;
     ctx.deps.journal.update(id, { revisionAfter: after });
     const total = tracked.done.reduce((a, b) => a + b.durationMs, 0);
-    return { effect: "changed", message: `${t.config.id} migrated ${before.join(",") || "base"} → ${target} (${tracked.done.length} revision(s), ${(total / 1000).toFixed(1)}s); backup ${backup.id} kept` };
+    return { effect: "changed", message: `${t.config.id} migrated ${before.join(",") || "base"} → ${target} (${tracked.done.length} revision(s), ${(total / 1000).toFixed(1)}s); backup ${backup.id} kept${backup.appVersion ? `; app version ${backup.appVersion}` : ""}` };
   });
 }
 

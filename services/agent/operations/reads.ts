@@ -86,6 +86,7 @@ export async function diagnose(ctx: OperationContext, targetId: string): Promise
     freeBytes: await t.db.freeBytes(c.backups.dir).catch(() => Number.MAX_SAFE_INTEGER),
     ...(lastVerified ? { lastVerifiedBackupAgeMs: Date.now() - Date.parse(lastVerified.createdAt) } : {}),
     interruptedOperations: ctx.deps.journal.interrupted(targetId),
+    drill: drillFacts(ctx, targetId, await t.catalog.list().catch(() => [])),
     ...(lastFailed ? { lastFailedOperation: lastFailed } : {}),
   };
   return diagnoseFacts(facts);
@@ -226,5 +227,17 @@ export async function plan(ctx: OperationContext, targetId: string, to: string):
   return {
     current, to: decision.target, pending: pending.map((id) => { const n = graph.revisions.get(id)!; return { id, down: [...n.down], message: n.message }; }),
     sql, sqlComplete, notes, additiveOnly, revisions, upToDate: false,
+  };
+}
+
+/** Facts for the restore-drill check: the last passing drill and the oldest verified backup. */
+function drillFacts(ctx: OperationContext, targetId: string, backups: readonly BackupManifest[]): NonNullable<DiagnoseFacts["drill"]> {
+  const drills = ctx.deps.journal.list(targetId, 500).filter((o) => o.kind === "drill" && (o.state === "succeeded" || o.state === "failed"));
+  const pass = drills.find((o) => o.state === "succeeded");
+  const oldest = backups.filter((m) => m.verified).at(-1);
+  return {
+    lastFailed: drills[0]?.state === "failed",
+    ...(pass ? { lastPassAgeMs: Date.now() - Date.parse(pass.finishedAt || pass.startedAt) } : {}),
+    ...(oldest ? { oldestVerifiedBackupAgeMs: Date.now() - Date.parse(oldest.createdAt) } : {}),
   };
 }

@@ -7,6 +7,7 @@ import {
 } from "../../common/gen/flotilla/v1/agent_pb.js";
 import type { AgentConfig } from "../config.js";
 import type { BackupManifest } from "../adapters/backup-catalog.js";
+import type { OperationRow } from "../core/ports.js";
 import type { AgentOperations, OpEvent, OpResult } from "../operations/index.js";
 
 type EventInit = MessageInitShape<typeof OperationEventSchema>;
@@ -16,7 +17,8 @@ export function backupInfo(m: BackupManifest): MessageInitShape<typeof BackupInf
   return {
     id: m.id, targetId: m.targetId, kind: m.kind, sizeBytes: BigInt(m.sizeBytes), sha256: m.sha256, revisions: [...m.revisions],
     createdAt: m.createdAt, verified: m.verified, verifiedAt: m.verifiedAt, verification: m.verification, operationId: m.operationId,
-    source: m.source, path: m.path,
+    source: m.source, path: m.path, appVersion: m.appVersion ?? "", companionPaths: m.companions?.length ?? 0,
+    companionBytes: BigInt(m.companionBytes ?? 0), companionNewBytes: BigInt(m.companionNewBytes ?? 0),
   };
 }
 
@@ -60,6 +62,12 @@ function opStream(run: (emit: (e: OpEvent) => void) => Promise<OpResult>): Async
   });
 }
 
+/** TargetStatus fields of the last restore drill. */
+function drillStatus(o: OperationRow | undefined): { lastDrillAt?: string; lastDrillOk?: boolean; lastDrillBackupId?: string; lastDrillMessage?: string } {
+  if (!o) return {};
+  return { lastDrillAt: o.finishedAt || o.startedAt, lastDrillOk: o.state === "succeeded", lastDrillBackupId: o.backupId, lastDrillMessage: o.message };
+}
+
 function need(value: string, what: string): string {
   if (value === "") throw new FlotillaError("INVALID_ARGUMENT", `${what} is required`);
   return value;
@@ -82,6 +90,7 @@ export function agentServiceImpl(config: AgentConfig, ops: AgentOperations, vers
       ...(s.lastVerified ? { lastVerifiedBackup: backupInfo(s.lastVerified) } : {}),
       busyOperationId: s.busy, interruptedOperationIds: s.interrupted, error: s.error, currentKnown: s.currentKnown,
       agentId: config.agentId, database: t.config.database,
+      ...drillStatus(ops.lastDrill(targetId)),
     };
   };
   return {
@@ -133,6 +142,11 @@ export function agentServiceImpl(config: AgentConfig, ops: AgentOperations, vers
     },
     clone: (req) => opStream((emit) => ops.clone({ targetId: req.targetId, operationId: req.operationId, rolloutId: req.rolloutId }, emit)),
     switch: (req) => opStream((emit) => ops.switchTraffic({ targetId: req.targetId, operationId: req.operationId, color: req.color }, emit)),
+    drill: (req) => opStream((emit) => ops.drill({ targetId: req.targetId, backupId: req.backupId, operationId: req.operationId }, emit)),
+    async bundle(req) {
+      const b = await ops.bundle(need(req.targetId, "target_id"), version);
+      return { fileName: b.fileName, data: b.data, entries: b.entries };
+    },
     move: (req) => opStream((emit) => ops.move({
       fromTargetId: need(req.fromTargetId, "from_target_id"), toTargetId: need(req.toTargetId, "to_target_id"), operationId: req.operationId,
       yes: req.yes, skipOrphans: req.skipOrphans, fromBackup: req.fromBackup,

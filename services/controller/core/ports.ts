@@ -74,6 +74,8 @@ export interface ScheduleDoc {
   gate?: string;
   maxFailures?: number;
   source: "config" | "api";
+  /** A restore drill of the selected targets instead of a migration. */
+  drill?: boolean;
   lastRun?: string;
   lastResult?: string;
 }

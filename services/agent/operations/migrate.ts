@@ -110,8 +110,10 @@ async function settleFailure(ctx: OperationContext, o: {
   if (decision.action === "none") {
     o.result.revisionAfter = after?.revisions ? [...after.revisions] : [];
     progress({ source: "agent", line: `${o.what} failed and left the database unchanged (revision, schema and row counts as before): no restore needed` });
-    // Files beside the database (backups.include) are not transactional: put them back if the run touched them.
-    if (db === t.db) await restoreCompanionsIfChanged(t, backup, progress, o.signal);
+    // Files beside the database (backups.include) are not transactional: put them back if they changed.
+    if (db === t.db && await restoreCompanionsIfChanged(t, backup, progress, o.signal)) {
+      return { effect: "restored", restored: true, sentence: `The database is unchanged (the failed run rolled back); the companion files that changed were restored from backup ${backup.id}.` };
+    }
     return { effect: "none", restored: false, sentence: "The database is unchanged (the failed run rolled back); no restore was needed." };
   }
   const hold = (sessions: readonly string[], why: string): { effect: OpResult["effect"]; restored: boolean; sentence: string } => {
@@ -203,7 +205,9 @@ export function migrate(ctx: OperationContext, req: { targetId: string; toRevisi
       return {
         status: "failed", errorCode: "MIGRATION_FAILED", restored: settled.restored, effect: settled.effect, failureClass: result.failureClass,
         details: { failedRevision: tracked.failedAt?.to ?? "" },
-        message: `migration of ${t.config.id} failed at ${where} (${f?.kind ?? "unknown"}): ${f?.message ?? "alembic failed"}. ${settled.sentence}` + (f?.hint ? ` ${f.hint}` : ""),
+        // The generic hint of an unclassified failure says to check and restore: already done here.
+        message: `migration of ${t.config.id} failed at ${where} (${f?.kind ?? "unknown"}): ${f?.message ?? "alembic failed"}. ${settled.sentence}` +
+          (f?.hint && (f.kind !== "unknown" || settled.effect === "needs-restore") ? ` ${f.hint}` : ""),
       };
     }
 

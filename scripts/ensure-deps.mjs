@@ -4,7 +4,7 @@
 // the PostgreSQL client, and with --need-pg-server the PostgreSQL server binaries).
 // Plain JavaScript with no dependencies: it runs before node_modules exists.
 //
-// Usage: node scripts/ensure-deps.mjs [--need-pg-server] [--quiet]
+// Usage: node scripts/ensure-deps.mjs [--need-pg-server] [--need-browser] [--quiet]
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, accessSync, constants } from 'node:fs';
 import path from 'node:path';
@@ -144,7 +144,7 @@ export function pgServerBinDirs() {
 }
 
 /** Missing system tools as [{ what, pkgs }]. */
-function missingTools(needPgServer) {
+function missingTools(needPgServer, needBrowser) {
   const missing = [];
   const alembic = which('alembic');
   if (!alembic) {
@@ -160,14 +160,16 @@ function missingTools(needPgServer) {
   if (!which('sqlite3')) missing.push({ what: 'sqlite3', pkgs: ['sqlite3'] });
   const pgClient = ['psql', 'pg_dump', 'pg_restore'].filter((b) => !which(b));
   if (pgClient.length) missing.push({ what: pgClient.join(', '), pkgs: ['postgresql-client'] });
+  // The web page's browser tests drive Debian's Chromium through playwright-core (never a downloaded browser).
+  if (needBrowser && !which('chromium')) missing.push({ what: 'chromium (for the web page tests)', pkgs: ['chromium'] });
   if (needPgServer && pgServerBinDirs().length === 0) {
     missing.push({ what: 'PostgreSQL server (initdb, postgres)', pkgs: ['postgresql'] });
   }
   return missing;
 }
 
-function ensureSystemTools(needPgServer) {
-  let missing = missingTools(needPgServer);
+function ensureSystemTools(needPgServer, needBrowser) {
+  let missing = missingTools(needPgServer, needBrowser);
   if (missing.length === 0) return;
   const pkgs = [...new Set(missing.flatMap((m) => m.pkgs))];
   for (const m of missing) say(`missing: ${m.what}`);
@@ -189,7 +191,7 @@ function ensureSystemTools(needPgServer) {
     say(`apt-get install failed; try: apt-get install -y ${pkgs.join(' ')}`);
     process.exit(1);
   }
-  missing = missingTools(needPgServer);
+  missing = missingTools(needPgServer, needBrowser);
   if (missing.length) {
     for (const m of missing) say(`still missing after install: ${m.what}`);
     process.exit(1);
@@ -199,18 +201,18 @@ function ensureSystemTools(needPgServer) {
 
 // ---------------------------------------------------------------------------------------------
 
-export function ensureDeps({ needPgServer = false, quietOk = false } = {}) {
+export function ensureDeps({ needPgServer = false, needBrowser = false, quietOk = false } = {}) {
   ensureNodeModules();
-  ensureSystemTools(needPgServer);
+  ensureSystemTools(needPgServer, needBrowser);
   if (!quietOk) say('dependencies ok');
 }
 
 if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
   const args = process.argv.slice(2);
-  const unknown = args.filter((a) => a !== '--need-pg-server' && a !== '--quiet');
+  const unknown = args.filter((a) => a !== '--need-pg-server' && a !== '--need-browser' && a !== '--quiet');
   if (unknown.length) {
-    say(`unknown argument(s): ${unknown.join(' ')} (usage: ensure-deps.mjs [--need-pg-server] [--quiet])`);
+    say(`unknown argument(s): ${unknown.join(' ')} (usage: ensure-deps.mjs [--need-pg-server] [--need-browser] [--quiet])`);
     process.exit(2);
   }
-  ensureDeps({ needPgServer: args.includes('--need-pg-server'), quietOk: args.includes('--quiet') });
+  ensureDeps({ needPgServer: args.includes('--need-pg-server'), needBrowser: args.includes('--need-browser'), quietOk: args.includes('--quiet') });
 }

@@ -153,7 +153,7 @@ async function main() {
     }
   }
 
-  if (runSync(process.execPath, [path.join(ROOT, 'scripts', 'ensure-deps.mjs'), '--need-pg-server', '--quiet']) !== 0) return 1;
+  if (runSync(process.execPath, [path.join(ROOT, 'scripts', 'ensure-deps.mjs'), '--need-pg-server', '--need-browser', '--quiet']) !== 0) return 1;
 
   let files;
   if (given.length) {

@@ -205,3 +205,16 @@ apps:
   assert.equal(c.apps[0]!.target, "shared-db");
   assert.throws(() => load("listen: 127.0.0.1:1\n"), /at least one target/);
 });
+
+test("httpListen: loopback 7444 by default, settable by file, env and flag, off turns it off, bad values refused", () => {
+  const def = load(GOOD);
+  assert.equal(def.httpListen, "127.0.0.1:7444");
+  assert.equal(def.httpListenExplicit, false);
+  assert.equal(load(`${GOOD}\nhttpListen: 0.0.0.0:9000\n`).httpListen, "0.0.0.0:9000");
+  assert.equal(load(GOOD, { env: { FLOTILLA_AGENT_HTTP_LISTEN: "127.0.0.1:0" } }).httpListen, "127.0.0.1:0");
+  const flag = load(GOOD, { argv: ["--http-listen", "127.0.0.1:9100"] });
+  assert.equal(flag.httpListen, "127.0.0.1:9100");
+  assert.equal(flag.httpListenExplicit, true);
+  assert.equal(load(`${GOOD}\nhttpListen: "off"\n`).httpListen, undefined);
+  assert.throws(() => load(`${GOOD}\nhttpListen: nowhere\n`), (err: FlotillaError) => err.code === "CONFIG_INVALID" && /httpListen/.test(err.message));
+});

@@ -90,7 +90,17 @@ export interface AgentConfig {
   /** Registration: the token file is read at each heartbeat; `ca` is the CA file the controller's HTTPS certificate is checked against (default tls.ca). */
   readonly controller?: { readonly address: string; readonly advertise: string; readonly heartbeatSeconds: number; readonly tokenFile?: string; readonly ca?: string };
   readonly logLevel: string;
+  /**
+   * host:port of the small HTTP listener for /healthz, /readyz and /metrics
+   * (loopback by default); undefined when turned off with `httpListen: off`.
+   */
+  readonly httpListen?: string;
+  /** True when httpListen was set (flag, env or file): then failing to bind it stops the agent. */
+  readonly httpListenExplicit: boolean;
 }
+
+/** Default address of the agent's health and metrics listener. */
+export const DEFAULT_HTTP_LISTEN = "127.0.0.1:7444";
 
 export interface LoadConfigInput {
   readonly argv: readonly string[];
@@ -130,7 +140,7 @@ export function parseDatabaseUrl(url: string): { kind: DatabaseKind; display: st
   return "must start with sqlite:/// or postgresql:// (e.g. sqlite:////app/backend/data/webui.db)";
 }
 
-const ROOT_KEYS = ["agentId", "listen", "tls", "dataDir", "targets", "apps", "controller", "logLevel"] as const;
+const ROOT_KEYS = ["agentId", "listen", "tls", "dataDir", "targets", "apps", "controller", "logLevel", "httpListen"] as const;
 const TLS_KEYS = ["cert", "key", "ca", "allow"] as const;
 const TARGET_KEYS = ["id", "labels", "database", "passwordFile", "alembic", "backups", "appVersion", "smoke", "blueGreen", "lockTimeoutMs"] as const;
 const ALEMBIC_KEYS = ["dir", "command", "config", "env", "timeoutMinutes"] as const;
@@ -378,6 +388,12 @@ export function readAgentConfig(input: LoadConfigInput): { config: AgentConfig; 
   }
   const logLevel = input.env.FLOTILLA_LOG_LEVEL ?? str(doc, "logLevel", "", p) ?? "info";
   if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) p.add("logLevel", `"${logLevel}" is not a log level; use one of ${LOG_LEVELS.join(", ")}`);
-  const config: AgentConfig = deepFreeze({ source: configPath, agentId, listen, dataDir, targets, apps, logLevel, ...(tls ? { tls } : {}), ...(controller ? { controller } : {}) });
+  const httpGiven = flagValue(input.argv, "http-listen") ?? input.env.FLOTILLA_AGENT_HTTP_LISTEN ?? str(doc, "httpListen", "", p);
+  const httpListen = httpGiven ?? DEFAULT_HTTP_LISTEN;
+  if (httpListen !== "off") checkHostPort(httpListen, "httpListen", p, "127.0.0.1:7444, or off");
+  const config: AgentConfig = deepFreeze({
+    source: configPath, agentId, listen, dataDir, targets, apps, logLevel, ...(tls ? { tls } : {}), ...(controller ? { controller } : {}),
+    ...(httpListen !== "off" ? { httpListen } : {}), httpListenExplicit: httpGiven !== undefined,
+  });
   return { config, problems: p };
 }

@@ -6,6 +6,7 @@ import { request as httpRequest } from "node:http";
 import { request as httpsRequest } from "node:https";
 import { ReloadableCertificates, addService, bindServer, newServer, peerIdentityGuard, serverCredentials } from "../common/grpc-bridge.js";
 import { expiryWarnings } from "../common/tls.js";
+import { addHealthService } from "../common/grpc-health.js";
 import { createLogger, type Logger } from "../common/logger.js";
 import { installProcessGuard } from "../common/process-guard.js";
 import { NodeProcessRunner, describeRun, type ProcessRunner } from "../common/process-runner.js";
@@ -27,8 +28,11 @@ import type { DatabaseAdapter } from "./core/ports.js";
 import type { SecretSource } from "./core/secrets.js";
 import { AgentOperations, type TargetRuntime } from "./operations/index.js";
 import { agentServiceImpl } from "./rpc/agent-service.js";
+import { withFencing } from "./rpc/fencing.js";
 import { withTargetHealth } from "./rpc/target-health-guard.js";
 import { TargetRegistry } from "./target-registry.js";
+import { AgentMetrics } from "./metrics.js";
+import { startHealthListener } from "./http-health.js";
 
 export const AGENT_VERSION = "0.1.0";
 
@@ -68,6 +72,8 @@ export function buildTargets(config: AgentConfig, runner: ProcessRunner, secrets
 
 export interface RunningAgent {
   readonly port: number;
+  /** Port of the /healthz, /readyz, /metrics listener; 0 when it is off. */
+  readonly httpPort: number;
   readonly config: AgentConfig;
   /** Re-reads the TLS files (SIGHUP): new connections use them, open ones go on. Returns expiry warnings. */
   reloadCertificates(): string[];
@@ -110,14 +116,34 @@ export async function startAgent(config: AgentConfig, log: Logger, secrets: Secr
     const guard = config.tls
       ? peerIdentityGuard(config.tls.allow, (refusal) => log.warn({ method: refusal.method, peer: refusal.peer, names: refusal.names, allow: config.tls?.allow }, "refused a client whose certificate is not allowed"))
       : undefined;
-    addService(server, AgentService, withTargetHealth(agentServiceImpl(config, ops, AGENT_VERSION), targets), guard);
+    const metrics = new AgentMetrics({
+      lastVerifiedBackups: () => Promise.all([...targets.keys()].map(async (id) => {
+        const m = await targets.get(id)?.catalog.lastVerified().catch(() => undefined);
+        return { targetId: id, ...(m ? { createdAt: m.createdAt, sizeBytes: m.sizeBytes } : {}) };
+      })),
+    });
+    addService(server, AgentService, withFencing(metrics.instrument(withTargetHealth(agentServiceImpl(config, ops, AGENT_VERSION), targets)), journal), guard);
+    // Health answers any client the TLS handshake lets in: it tells only SERVING or not.
+    const health = addHealthService(server, [AgentService.typeName]);
     let port: number;
     try {
       port = await bindServer(server, config.listen, serverCredentials(certs));
     } catch (err) {
       throw listenError("gRPC", config.listen, err);
     }
-    log.info({ port, targets: config.targets.map((t) => t.id), tls: Boolean(certs), allow: config.tls?.allow ?? [] }, "agent listening");
+    let draining = false;
+    let httpServer: import("node:http").Server | undefined;
+    let httpPort = 0;
+    if (config.httpListen) {
+      try {
+        ({ server: httpServer, port: httpPort } = await startHealthListener(config.httpListen, { ready: () => !draining, metrics }));
+      } catch (err) {
+        // The default address may be taken (several agents on one host); only an explicit one must work.
+        if (config.httpListenExplicit) throw listenError("HTTP (httpListen)", config.httpListen, err);
+        log.warn({ err: toFlotillaError(err), address: config.httpListen }, "health and metrics listener not started: set httpListen to a free address");
+      }
+    }
+    log.info({ port, httpPort, targets: config.targets.map((t) => t.id), tls: Boolean(certs), allow: config.tls?.allow ?? [] }, "agent listening");
     if (certs) for (const warning of expiryWarnings([{ what: `agent certificate ${config.tls!.cert}`, pem: certs.files.cert }], new Date())) log.warn({ warning }, "certificate expires soon");
 
     let heartbeat: NodeJS.Timeout | undefined;
@@ -153,6 +179,7 @@ export async function startAgent(config: AgentConfig, log: Logger, secrets: Secr
 
     return {
       port,
+      httpPort,
       config,
       reloadCertificates() {
         if (!certs || !config.tls) return [];
@@ -163,7 +190,11 @@ export async function startAgent(config: AgentConfig, log: Logger, secrets: Secr
         return warnings;
       },
       async stop(force = false) {
+        draining = true;
+        health.setAll("NOT_SERVING");
         if (heartbeat) clearInterval(heartbeat);
+        httpServer?.closeAllConnections();
+        httpServer?.close();
         if (force) server.forceShutdown();
         else await new Promise<void>((r) => server.tryShutdown(() => r()));
         journal.close();

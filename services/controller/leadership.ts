@@ -30,8 +30,22 @@ export class Leadership {
     return this.leader;
   }
 
+  /**
+   * The fencing epoch of this replica's leadership: 1 with the SQLite store;
+   * with PostgreSQL, one more than the previous leader's, taken while holding
+   * the leader lock. 0 while not leading. Every command to an agent carries it
+   * (`flotilla-epoch`): an agent refuses an epoch lower than one it has seen,
+   * so a replica paused past the loss of its leadership cannot act.
+   */
+  get epoch(): number {
+    return this.leader ? this.currentEpoch : 0;
+  }
+
+  private currentEpoch = 0;
+
   async start(): Promise<void> {
     if (!/^postgres(ql)?:\/\//.test(this.storeUrl)) {
+      this.currentEpoch = 1;
       this.leader = true;
       await this.onElected();
       return;
@@ -52,8 +66,14 @@ export class Leadership {
       }
       const r = await this.client.query<{ ok: boolean }>("SELECT pg_try_advisory_lock($1) AS ok", [LEADER_LOCK_KEY]);
       if (r.rows[0]?.ok) {
+        await this.client.query("CREATE TABLE IF NOT EXISTS leader_epoch (id INTEGER PRIMARY KEY CHECK (id = 1), epoch BIGINT NOT NULL)");
+        const e = await this.client.query<{ epoch: string }>(
+          // Never below the clock in seconds: epochs keep rising even if the store is replaced by a fresh one.
+          "INSERT INTO leader_epoch (id, epoch) VALUES (1, extract(epoch from now())::bigint) " +
+          "ON CONFLICT (id) DO UPDATE SET epoch = GREATEST(leader_epoch.epoch + 1, extract(epoch from now())::bigint) RETURNING epoch");
+        this.currentEpoch = Number(e.rows[0]!.epoch);
         this.leader = true;
-        this.log.info("this controller replica now leads");
+        this.log.info({ epoch: this.currentEpoch }, "this controller replica now leads");
         await this.onElected();
         return;
       }

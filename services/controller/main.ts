@@ -3,6 +3,7 @@ import { mkdir } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
 import { ControllerService } from "../common/gen/flotilla/v1/controller_pb.js";
 import { ReloadableCertificates, addService, bindServer, newServer, peerIdentityGuard, serverCredentials } from "../common/grpc-bridge.js";
+import { addHealthService } from "../common/grpc-health.js";
 import { expiryWarning, expiryWarnings, hostOf, isLoopbackHost } from "../common/tls.js";
 import { createLogger, type Logger } from "../common/logger.js";
 import { installProcessGuard } from "../common/process-guard.js";
@@ -20,6 +21,7 @@ import { RolloutEngine } from "./rollout-engine.js";
 import { Scheduler } from "./scheduler.js";
 import { drillSelected, summariseDrills } from "./drills.js";
 import { Leadership } from "./leadership.js";
+import { ControllerMetrics } from "./metrics.js";
 import { API_LEASE_PREFIX, authenticate, controllerServiceImpl } from "./service.js";
 import { openStore } from "./store/index.js";
 
@@ -41,7 +43,8 @@ export async function startController(config: ControllerConfig, log: Logger): Pr
   await store.init();
   const key = await loadOrCreateAuditKey(config.auditKeyFile);
   const audit = new AuditLog(store, key, { checkpointFile: checkpointPathFor(config.auditKeyFile) });
-  const pool = new GrpcAgentPool(config.agents, store, config.tls);
+  // Every command to an agent carries the leader epoch (fencing); leadership is created below.
+  const pool = new GrpcAgentPool(config.agents, store, config.tls, () => leadership.epoch);
   const inventory = new Inventory(pool, log);
   const engine = new RolloutEngine({ store, pool, inventory, audit, log, agentTimeoutMs: config.agentTimeoutMs });
   const scheduler = new Scheduler({ store, engine, audit, log, drill: async (selector, actor) => summariseDrills(await drillSelected({ inventory, pool }, selector, actor)) });
@@ -81,7 +84,11 @@ export async function startController(config: ControllerConfig, log: Logger): Pr
     const agents = [...pool.agentCertificateExpiry()].flatMap(([id, notAfter]) => expiryWarning(`certificate of agent ${id}`, notAfter, now) ?? []);
     return [...expiryWarnings(own, now), ...agents];
   };
-  const impl = controllerServiceImpl({ config, store, pool, inventory, engine, audit, scheduler, log, isLeader: () => leadership.isLeader, certificateWarnings }, callerOf);
+  const metrics = new ControllerMetrics({ store, inventory, audit, isLeader: () => leadership.isLeader });
+  const impl = controllerServiceImpl({
+    config, store, pool, inventory, engine, audit, scheduler, log, isLeader: () => leadership.isLeader, certificateWarnings,
+    onCall: (method, outcome) => metrics.countCall(method, outcome),
+  }, callerOf);
 
   const grpcServer = newServer();
   const grpcMtls = config.tokens.length > 0 && certs !== undefined;
@@ -89,7 +96,9 @@ export async function startController(config: ControllerConfig, log: Logger): Pr
   addService(grpcServer, ControllerService, impl, grpcMtls && allow
     ? peerIdentityGuard(allow, (refusal) => log.warn({ method: refusal.method, peer: refusal.peer, names: refusal.names, allow }, "refused a client whose certificate is not allowed"))
     : undefined);
-  const http = createHttpGateway(impl, { audit, log, callerOf, isLeader: () => leadership.isLeader, ...(httpTls ? { tls: httpTls } : {}) });
+  // SERVING on a standby too: it answers reads (readiness for changes is /readyz).
+  const health = addHealthService(grpcServer, [ControllerService.typeName]);
+  const http = createHttpGateway(impl, { audit, log, callerOf, isLeader: () => leadership.isLeader, metrics, ...(httpTls ? { tls: httpTls } : {}) });
   let grpcPort: number;
   try {
     try {
@@ -111,7 +120,10 @@ export async function startController(config: ControllerConfig, log: Logger): Pr
     throw err;
   }
   const httpPort = (http.address() as AddressInfo).port;
-  await audit.append({ actor: "controller", action: "controller.start", outcome: "ok", detail: `http ${httpPort}, grpc ${grpcPort}` });
+  // A damaged audit log (e.g. its tail cut) does not stop the controller from serving reads and
+  // `audit verify`; every change stays refused, since each one needs its audit row first.
+  await audit.append({ actor: "controller", action: "controller.start", outcome: "ok", detail: `http ${httpPort}, grpc ${grpcPort}` })
+    .catch((err: unknown) => log.error({ err: toFlotillaError(err) }, "the audit log refuses appends: changes are refused until it is repaired"));
   await leadership.start();
   log.info({ httpPort, grpcPort, https: Boolean(httpTls), store: config.store.replace(/:[^:@/]*@/, ":***@") }, "controller listening");
   if (!httpTls && config.tokens.length > 0 && !isLoopbackHost(hostOf(config.listen.http))) {
@@ -132,6 +144,7 @@ export async function startController(config: ControllerConfig, log: Logger): Pr
       return warnings;
     },
     async stop() {
+      health.setAll("NOT_SERVING");
       await leadership.close();
       await scheduler.close();
       await engine.close();

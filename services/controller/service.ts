@@ -35,6 +35,14 @@ const METHOD_ROLE: Record<string, Role> = {
 
 const READS = new Set(["BundleTarget", "ListTargets", "DiagnoseTarget", "ListTargetBackups", "PlanRollout", "GetRollout", "ListRollouts", "WatchRollout", "ListSchedules", "QueryAudit", "VerifyAudit"]);
 
+/**
+ * Methods a role may call (the page shows a button only when its method is here).
+ * Methods the table does not name need admin, like authenticate() says.
+ */
+export function permittedMethods(role: Role, methods: readonly string[]): string[] {
+  return methods.filter((m) => ROLE_RANK[role] >= ROLE_RANK[METHOD_ROLE[m] ?? "admin"]);
+}
+
 /** Holder names of leases taken by single API operations (a controller that becomes leader releases stale ones). */
 export const API_LEASE_PREFIX = "op.";
 
@@ -104,14 +112,19 @@ export interface ControllerDeps {
   readonly log: Logger;
   /** False on a standby replica: it serves reads and refuses changes. */
   readonly isLeader: () => boolean;
+  /** Told the outcome of every call (metrics). */
+  readonly onCall?: (method: string, outcome: "ok" | "error" | "denied") => void;
   /** Certificates that expire within 30 days (shown by `targets` and the page). */
   readonly certificateWarnings?: () => string[];
 }
 
 /**
  * The ControllerService handlers, shared by the gRPC server and the HTTP/JSON
- * gateway. Every call is authenticated, and audited: mutating calls write an
- * intent row first and do nothing if it cannot be written (fail closed).
+ * gateway. Every call is authenticated. Changes are audited: they write an
+ * intent row first and do nothing if it cannot be written (fail closed), then
+ * their outcome. Denied calls are audited too. Routine reads are not (a page
+ * left open must not write a row per refresh); exports and sign-ins are
+ * audited by the HTTP gateway.
  */
 export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: string, ctx: CallContext) => Caller): ServiceImpl<typeof ControllerService.method> {
   async function audited<T>(method: string, ctx: CallContext, target: string, args: unknown, fn: (caller: Caller) => Promise<T>): Promise<T> {
@@ -120,26 +133,37 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
       caller = callerOf(method, ctx);
     } catch (err) {
       const fe = toFlotillaError(err);
+      d.onCall?.(method, "denied");
       await d.audit.append({ actor: "unknown", action: `api.${method}`, target, args: redactValue(args), outcome: "denied", detail: fe.message }).catch(() => undefined);
       throw fe;
     }
     const read = READS.has(method);
-    if (!read && method !== "RegisterAgent" && !d.isLeader()) {
+    if (read) {
+      try {
+        const out = await fn(caller);
+        d.onCall?.(method, "ok");
+        return out;
+      } catch (err) {
+        d.onCall?.(method, "error");
+        throw toFlotillaError(err);
+      }
+    }
+    if (method !== "RegisterAgent" && !d.isLeader()) {
       throw new FlotillaError("PRECONDITION_FAILED", "this controller replica is standing by (another replica leads): send changes to the leader; reads are served here");
     }
-    if (!read) {
-      try {
-        await d.audit.append({ actor: caller.actor, action: `api.${method}`, target, args: redactValue(args), outcome: "intent" });
-      } catch (err) {
-        throw new FlotillaError("AUDIT_UNAVAILABLE", `refused: the audit log cannot be written (${toFlotillaError(err).message}); nothing was done`);
-      }
+    try {
+      await d.audit.append({ actor: caller.actor, action: `api.${method}`, target, args: redactValue(args), outcome: "intent" });
+    } catch (err) {
+      throw new FlotillaError("AUDIT_UNAVAILABLE", `refused: the audit log cannot be written (${toFlotillaError(err).message}); nothing was done`);
     }
     try {
       const out = await fn(caller);
-      await d.audit.append({ actor: caller.actor, action: `api.${method}`, target, args: read ? redactValue(args) : undefined, outcome: "ok" }).catch((err: unknown) => d.log.error({ err: toFlotillaError(err) }, "audit write failed"));
+      d.onCall?.(method, "ok");
+      await d.audit.append({ actor: caller.actor, action: `api.${method}`, target, outcome: "ok" }).catch((err: unknown) => d.log.error({ err: toFlotillaError(err) }, "audit write failed"));
       return out;
     } catch (err) {
       const fe = toFlotillaError(err);
+      d.onCall?.(method, "error");
       await d.audit.append({ actor: caller.actor, action: `api.${method}`, target, outcome: "error", detail: `${fe.code}: ${fe.message}` }).catch(() => undefined);
       throw fe;
     }
@@ -416,7 +440,8 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
     queryAudit: (req, ctx) => audited("QueryAudit", ctx, req.target, req, async () => {
       const rows = await d.audit.query({
         ...(req.since ? { since: req.since } : {}), ...(req.until ? { until: req.until } : {}), ...(req.target ? { target: req.target } : {}),
-        ...(req.actor ? { actor: req.actor } : {}), ...(req.action ? { action: req.action } : {}), limit: req.limit > 0 ? Math.min(req.limit, 10_000) : 1000,
+        ...(req.actor ? { actor: req.actor } : {}), ...(req.action ? { action: req.action } : {}),
+        ...(req.outcome ? { outcome: req.outcome as "ok" } : {}), ...(req.beforeSeq > 0n ? { beforeSeq: Number(req.beforeSeq) } : {}), limit: req.limit > 0 ? Math.min(req.limit, 10_000) : 1000,
       });
       return { entries: rows.map((r) => ({ ...r, seq: BigInt(r.seq) })) };
     }),

@@ -28,6 +28,7 @@ before(async () => {
       { id: "iso-broken", kind: "sqlite", owner: "a1", secret: "", apps: [{ agent: "a1" }] },
       { id: "iso-noini", kind: "sqlite", owner: "a1", alembicDir: join(FIXTURE_DIR, "migrations") },
       { id: "iso-head", kind: "sqlite", owner: "a1", revision: HEAD_REVISION, apps: [{ agent: "a1" }] },
+      { id: "iso-fail", kind: "sqlite", owner: "a1", failAt: "0a7b8c9d0e1f" },
     ],
   });
   await fleet.start();
@@ -138,6 +139,19 @@ test("diagnose exits 0 on a healthy, up-to-date target whose app is running (the
   const app = d.doc.findings.find((f) => f.code === "app-running");
   assert.equal(app?.severity, "info");
   assert.match(app?.what ?? "", /iso-head/);
+});
+
+test("diagnose names the last failed operation and what it left behind, from the journal", async () => {
+  const m = await collect(a1.migrate({ targetId: "iso-fail", toRevision: "head", operationId: "iso-fail-m1", takeBackup: true }));
+  assert.equal(m.result.status, "failed");
+  const d = await fleet.cliJson<{ problems: boolean; findings: { code: string; severity: string; what: string; why: string }[] }>(["diagnose", "iso-fail"]);
+  const last = d.doc.findings.find((f) => f.code === "last-failed-operation");
+  assert.ok(last, JSON.stringify(d.doc.findings.map((f) => f.code)));
+  assert.match(last.what, /the last failed operation was migrate iso-fail-m1 .* with MIGRATION_FAILED/);
+  assert.match(last.why, /it left the database at its old revision c3d2e1f00d42; its backup \S+ holds the data from before it/);
+  // Restored to where it was: information, not a problem that fails diagnose.
+  assert.equal(last.severity, "info");
+  assert.equal(d.code, 0, JSON.stringify(d.doc.findings.filter((f) => f.severity !== "ok" && f.severity !== "info")));
 });
 
 test("no secret appears in any log", () => {

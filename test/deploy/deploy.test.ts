@@ -503,6 +503,13 @@ test("kubernetes: the configs in the ConfigMaps load with the real loaders and m
         assert.equal(l.config.apps.length, 0, "an agent in a pod cannot stop its neighbour");
         const port = optList(c.raw.ports).map((p) => obj(p, "port")).find((p) => p.containerPort === 7443);
         assert.ok(port, `${where}: declares port 7443`);
+        // The kubelet probes the agent's HTTP listener: it must listen beyond loopback, on the probed port.
+        assert.equal(l.config.httpListen, "0.0.0.0:7444", `${where}: httpListen on the pod network for the kubelet's probes`);
+        assert.ok(optList(c.raw.ports).some((p) => obj(p, "port").containerPort === 7444), `${where}: declares port 7444`);
+        for (const [probe, probePath] of [["readinessProbe", "/readyz"], ["livenessProbe", "/healthz"]] as const) {
+          const get = obj(obj(c.raw[probe], `${where} ${probe}`).httpGet, `${where} ${probe}.httpGet`);
+          assert.deepEqual([get.path, get.port], [probePath, 7444], `${where}: ${probe} on the agent's ${probePath}`);
+        }
       } else if (command[0] === "flotilla-controller") {
         controllers++;
         const l = loadController(configPath, text, env);

@@ -30,7 +30,7 @@ export interface StoreBackend {
   cleanup(): Promise<void>;
 }
 
-export const STORE_TABLES = "rollouts, leases, agents, schedules, schedule_fires, audit_log";
+export const STORE_TABLES = "rollouts, leases, agents, schedules, schedule_fires, audit_log, audit_anchor";
 
 export function sqliteBackend(prefix: string): StoreBackend {
   let dir = "";

@@ -47,6 +47,9 @@ export class SqliteJournal implements JournalPort {
       CREATE TABLE IF NOT EXISTS target_locks (
         target_id TEXT PRIMARY KEY, operation_id TEXT NOT NULL, acquired_at TEXT NOT NULL
       );
+      CREATE TABLE IF NOT EXISTS target_epochs (
+        target_id TEXT PRIMARY KEY, epoch INTEGER NOT NULL, seen_at TEXT NOT NULL
+      );
       CREATE TABLE IF NOT EXISTS revision_timings (
         target_id TEXT NOT NULL, revision TEXT NOT NULL, direction TEXT NOT NULL,
         duration_ms INTEGER NOT NULL, source TEXT NOT NULL, recorded_at TEXT NOT NULL,
@@ -134,6 +137,30 @@ export class SqliteJournal implements JournalPort {
   transferLock(targetId: string, fromOperation: string, toOperation: string): void {
     const r = this.d.prepare("UPDATE target_locks SET operation_id = ? WHERE target_id = ? AND operation_id = ?").run(toOperation, targetId, fromOperation);
     if (r.changes !== 1) throw new FlotillaError("PRECONDITION_FAILED", `operation ${fromOperation} does not hold the lock of ${targetId}`);
+  }
+
+  /**
+   * Fencing: records that a controller at `epoch` commands `targetId`. Throws
+   * FENCED-style PRECONDITION_FAILED when a higher epoch was already seen
+   * (a replica that lost its leadership), else remembers the highest one.
+   */
+  observeEpoch(targetId: string, epoch: number): void {
+    const tx = this.d.transaction(() => {
+      const seen = this.d.prepare("SELECT epoch FROM target_epochs WHERE target_id = ?").pluck().get(targetId) as number | undefined;
+      if (seen !== undefined && epoch < seen) {
+        throw new FlotillaError("PRECONDITION_FAILED", `refused: this command comes from controller epoch ${epoch}, but ${targetId} already obeys epoch ${seen} (a newer leader): the sending controller replica is no longer the leader and must not act; send changes to the current leader`);
+      }
+      if (seen === undefined || epoch > seen) {
+        this.d.prepare("INSERT INTO target_epochs (target_id, epoch, seen_at) VALUES (?, ?, ?) ON CONFLICT (target_id) DO UPDATE SET epoch = excluded.epoch, seen_at = excluded.seen_at")
+          .run(targetId, epoch, new Date().toISOString());
+      }
+    });
+    tx.immediate();
+  }
+
+  /** The highest controller epoch seen for a target (0: none). */
+  epochOf(targetId: string): number {
+    return (this.d.prepare("SELECT epoch FROM target_epochs WHERE target_id = ?").pluck().get(targetId) as number | undefined) ?? 0;
   }
 
   get(id: string): OperationRow | undefined {

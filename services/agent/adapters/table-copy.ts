@@ -1,4 +1,3 @@
-import { hash } from "node:crypto";
 import { once } from "node:events";
 import Database from "better-sqlite3";
 import type pg from "pg";
@@ -44,10 +43,6 @@ export interface OrphanRow {
   readonly parent: string;
   readonly rowid: number;
   readonly key: string;
-}
-
-function rowDigest(row: string): Buffer {
-  return hash("md5", row, "buffer");
 }
 
 // ---------------------------------------------------------------- SQLite facts
@@ -228,7 +223,7 @@ export async function copySqliteTable(
           canon[i] = canonicalFromSqlite(kind, v);
         }
         buf += line + "\n";
-        sum.add(rowDigest(canonicalRow(canon)));
+        sum.add(canonicalRow(canon));
         if (buf.length >= CHUNK) {
           bytes += Buffer.byteLength(buf);
           await writeChunk(stream, buf, () => streamError);
@@ -306,7 +301,7 @@ export async function pgChecksum(client: pg.Client, t: TableCopy): Promise<{ row
   const sum = new RowChecksum();
   const kinds = t.columns.map((c) => c.kind);
   await pgRows(client, `SELECT ${t.columns.map((c) => qi(c.name)).join(", ")} FROM ${qi(t.name)}`, (f) => {
-    sum.add(rowDigest(canonicalRow(f.map((v, i) => canonicalFromPg(kinds[i]!, v)))));
+    sum.add(canonicalRow(f.map((v, i) => canonicalFromPg(kinds[i]!, v))));
   });
   return { rows: sum.rows, checksum: sum.hex() };
 }
@@ -321,7 +316,7 @@ export function sqliteChecksum(db: Database.Database, t: TableCopy, skip?: Reado
     if (withRowid && skip.has(Number(raw[0]))) continue;
     const f: (string | null)[] = [];
     for (let i = 0; i < kinds.length; i++) f.push(canonicalFromSqlite(kinds[i]!, raw[i + off]!));
-    sum.add(rowDigest(canonicalRow(f)));
+    sum.add(canonicalRow(f));
   }
   return { rows: sum.rows, checksum: sum.hex() };
 }
@@ -377,7 +372,7 @@ export async function copyPgToSqlite(
       let lastReport = performance.now();
       onProgress({ table: t.name, tableIndex: index + 1, tableCount: tables.length, rowsDone: 0, rowsTotal: total, bytesDone: 0 });
       await pgRows(client, `SELECT ${t.columns.map((c) => qi(c.name)).join(", ")} FROM ${qi(t.name)}`, (fields) => {
-        sum.add(rowDigest(canonicalRow(fields.map((v, i) => canonicalFromPg(kinds[i]!, v)))));
+        sum.add(canonicalRow(fields.map((v, i) => canonicalFromPg(kinds[i]!, v))));
         insert.run(fields.map((v, i) => sqliteValueFromPg(kinds[i]!, v)));
         for (const v of fields) bytes += v === null ? 2 : v.length + 1;
         const now = performance.now();

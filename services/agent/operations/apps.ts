@@ -3,15 +3,20 @@ import type { Emit, OperationContext, OpResult } from "./context.js";
 
 /** App-instance verbs: stop, start, health. */
 
+/** Prefix of the journaled to_revision of an apps operation that names a color. */
+export const APPS_COLOR = "color:";
+
 export function stopApps(ctx: OperationContext, req: { targetId: string; operationId: string; color: string }, emit: Emit, signal?: AbortSignal): Promise<OpResult> {
-  return ctx.run("stop-apps", req.targetId, req.operationId, emit, { lock: false, appsOnly: true }, async ({ t, progress }) => {
+  // Under the target's lock like every change, so an interrupted stop is found and resolved by Recover
+  // (the color is journaled in to_revision, the one free field of an apps operation, for Recover to redo or undo it).
+  return ctx.run("stop-apps", req.targetId, req.operationId, emit, { appsOnly: true, ...(req.color ? { toRevision: `${APPS_COLOR}${req.color}` } : {}) }, async ({ t, progress }) => {
     const done = await ctx.controlApps(t, "stop", req.color, emit, progress, signal);
     return { message: done.length ? `stopped ${done.join(", ")}` : "no app instances of this target on this host", details: { apps: done.join(",") } };
   });
 }
 
 export function startApps(ctx: OperationContext, req: { targetId: string; operationId: string; color: string }, emit: Emit, signal?: AbortSignal): Promise<OpResult> {
-  return ctx.run("start-apps", req.targetId, req.operationId, emit, { lock: false, appsOnly: true }, async ({ t, progress }) => {
+  return ctx.run("start-apps", req.targetId, req.operationId, emit, { appsOnly: true, ...(req.color ? { toRevision: `${APPS_COLOR}${req.color}` } : {}) }, async ({ t, progress }) => {
     const done = await ctx.controlApps(t, "start", req.color, emit, progress, signal);
     return { message: done.length ? `started ${done.join(", ")}` : "no app instances of this target on this host", details: { apps: done.join(",") } };
   });

@@ -16,16 +16,16 @@ export interface TargetHealthSource {
 
 /**
  * Operations that need the target's config satisfied (secrets, Alembic
- * project, database). Reads (status, diagnose, backups list, journal) and app
- * control (stop, start, health) stay available on a broken target: an app
- * stopped by a rollout can always be started again.
+ * project, database). Reads (status, diagnose, backups list, journal, the
+ * diagnostics bundle) and app control (stop, start, health) stay available on
+ * a broken target: an app stopped by a rollout can always be started again.
  */
-const GUARDED_STREAMS = ["backup", "verifyBackup", "restore", "migrate", "rehearse", "downgrade", "stamp", "clone", "switch", "recover"] as const;
+const GUARDED_STREAMS = ["backup", "verifyBackup", "restore", "migrate", "rehearse", "downgrade", "stamp", "clone", "switch", "recover", "drill"] as const;
 type GuardedStream = (typeof GUARDED_STREAMS)[number];
 
 const KIND_OF: Readonly<Record<GuardedStream, string>> = {
   backup: "backup", verifyBackup: "verify-backup", restore: "restore", migrate: "migrate", rehearse: "rehearse",
-  downgrade: "downgrade", stamp: "stamp", clone: "clone", switch: "switch", recover: "recover",
+  downgrade: "downgrade", stamp: "stamp", clone: "clone", switch: "switch", recover: "recover", drill: "drill",
 };
 
 /**
@@ -49,7 +49,7 @@ export function withTargetHealth(impl: Impl, targets: TargetHealthSource): Impl 
             case: "result",
             value: {
               operationId: (name === "recover" ? req.newOperationId : req.operationId) ?? "", kind: KIND_OF[name], status: "refused",
-              errorCode: err.code, message: redact(err.message),
+              errorCode: err.code, message: redact(err.message), durationMs: 0n,
             },
           },
         };
@@ -86,7 +86,7 @@ export function withTargetHealth(impl: Impl, targets: TargetHealthSource): Impl 
         const health = await healthOf(id);
         if (health?.state === "broken") {
           const err = brokenTargetError(id, health.problems);
-          yield { event: { case: "result", value: { operationId: req.operationId, kind: "move", status: "refused", errorCode: err.code, message: redact(err.message) } } };
+          yield { event: { case: "result", value: { operationId: req.operationId, kind: "move", status: "refused", errorCode: err.code, message: redact(err.message), durationMs: 0n } } };
           return;
         }
       }

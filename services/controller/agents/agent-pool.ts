@@ -30,6 +30,8 @@ export class GrpcAgentPool {
     private readonly configured: readonly { id: string; address: string; identity?: string }[],
     private readonly store: ControllerStore,
     private readonly tls?: { cert: string; key: string; ca: string },
+    /** The leader's fencing epoch, sent with every call as `flotilla-epoch` (0: none sent). */
+    private readonly epoch: () => number = () => 0,
   ) {
     this.certs = tls ? new ReloadableCertificates(readTls(tls)) : undefined;
   }
@@ -66,7 +68,7 @@ export class GrpcAgentPool {
       ...(ep.identity !== undefined ? { identity: ep.identity } : {}),
       onCertificate: (notAfter) => this.certExpiry.set(agentId, notAfter),
     });
-    const client = createClient(AgentService, ep.address, creds, { "grpc.keepalive_time_ms": 30_000 }) as unknown as AgentClient;
+    const client = withEpoch(createClient(AgentService, ep.address, creds, { "grpc.keepalive_time_ms": 30_000 }) as unknown as AgentClient, this.epoch);
     this.clients.set(agentId, { address: ep.address, identity, client });
     return client;
   }
@@ -89,4 +91,22 @@ export class GrpcAgentPool {
 
 function readTls(tls: { cert: string; key: string; ca: string }): { cert: Buffer; key: Buffer; ca: Buffer } {
   return { cert: readFileSync(tls.cert), key: readFileSync(tls.key), ca: readFileSync(tls.ca) };
+}
+
+/** Metadata key of the fencing epoch on every controller → agent call. */
+export const EPOCH_METADATA = "flotilla-epoch";
+
+/** A client whose every call carries the current epoch as gRPC metadata. */
+function withEpoch(client: AgentClient, epoch: () => number): AgentClient {
+  return new Proxy(client, {
+    get(target, name, receiver) {
+      const value = Reflect.get(target, name, receiver) as unknown;
+      if (typeof value !== "function" || name === "close") return value;
+      return (req: unknown, options?: { metadata?: Record<string, string> }) => {
+        const e = epoch();
+        const opts = e > 0 ? { ...options, metadata: { ...options?.metadata, [EPOCH_METADATA]: String(e) } } : options;
+        return (value as (r: unknown, o?: unknown) => unknown).call(target, req, opts);
+      };
+    },
+  });
 }

@@ -156,10 +156,41 @@ for (const make of [() => sqliteBackend("audit"), () => postgresBackend("audit_t
       assert.deepEqual(await log.verify(), {
         ok: false, checked: 17, firstBadSeq: 18, reason: "tail truncated: checkpoint says seq 20, store ends at 17",
       });
-      // Without the checkpoint the chain itself looks whole, and verify says what it could not check.
+      // Without the checkpoint file the store's own anchor still finds it.
       assert.deepEqual(await new AuditLog(store, key).verify(), {
-        ok: true, checked: 17, firstBadSeq: 0, reason: "no checkpoint file configured: tail truncation not checked",
+        ok: false, checked: 17, firstBadSeq: 18, reason: "tail truncated: the store's audit anchor says seq 20, store ends at 17",
       });
+    });
+
+    test("a cut tail is detected forever: appends are refused (the anchors never follow the new tail), also after a restart", async () => {
+      const { log, sql, checkpointFile, key, store } = await twentyRows();
+      await sql("DELETE FROM audit_log WHERE seq > 17");
+      await rejectsWithCode(log.append({ actor: "alice", action: "rollout.step", outcome: "ok" }), "AUDIT_UNAVAILABLE", /tail truncated: .* says seq 20, the log ends at 17/);
+      assert.equal((await log.verify()).reason, "tail truncated: checkpoint says seq 20, store ends at 17");
+      assert.equal(JSON.parse(readFileSync(checkpointFile, "utf8")).seq, 20, "the checkpoint did not move");
+      // A restarted controller (new AuditLog, same store and key folder) refuses too.
+      const again = new AuditLog(store, key, { checkpointFile });
+      await rejectsWithCode(again.append({ actor: "controller", action: "controller.start", outcome: "ok" }), "AUDIT_UNAVAILABLE", /tail truncated/);
+      assert.equal((await again.verify()).ok, false);
+      const rows = await sql("SELECT max(seq) AS m FROM audit_log");
+      assert.equal(Number(rows[0]!.m), 17, "nothing was appended");
+    });
+
+    test("each anchor covers the other: cutting the tail and resetting one anchor is still refused", async () => {
+      // The store's anchor reset with the cut: the checkpoint file beside the key refuses.
+      const a = await twentyRows();
+      await a.sql("DELETE FROM audit_log WHERE seq > 15");
+      await a.sql("DELETE FROM audit_anchor");
+      await rejectsWithCode(new AuditLog(a.store, a.key, { checkpointFile: a.checkpointFile }).append({ actor: "x", action: "y", outcome: "ok" }), "AUDIT_UNAVAILABLE", /checkpoint .* says seq 20, the log ends at 15/);
+      // The checkpoint file removed with the cut: the store's anchor refuses.
+      const b = await twentyRows();
+      await b.sql("DELETE FROM audit_log WHERE seq > 15");
+      rmSync(b.checkpointFile);
+      await rejectsWithCode(new AuditLog(b.store, b.key, { checkpointFile: b.checkpointFile }).append({ actor: "x", action: "y", outcome: "ok" }), "AUDIT_UNAVAILABLE", /store's audit anchor says seq 20, the log ends at 15/);
+      // The last row replaced by a forged one with a valid-looking chain position: refused as rewritten.
+      const c = await twentyRows();
+      await c.sql(`UPDATE audit_log SET hash = '${"ef".repeat(32)}' WHERE seq = 20`);
+      await rejectsWithCode(c.log.append({ actor: "x", action: "y", outcome: "ok" }), "AUDIT_UNAVAILABLE", /rewritten/);
     });
 
     test("an edited or foreign checkpoint file fails verification", async () => {
@@ -268,6 +299,9 @@ for (const make of [() => sqliteBackend("audit"), () => postgresBackend("audit_t
       assert.deepEqual((await log.query({ action: "rollout.step", limit: 3 })).map((r) => r.seq), [8, 9, 10]);
       await rejectsWithCode(log.query({ since: "yesterday-ish" }), "INVALID_ARGUMENT", /since/);
       await rejectsWithCode(log.query({ limit: 0 }), "INVALID_ARGUMENT", /limit/);
+      assert.deepEqual((await log.query({ beforeSeq: 4 })).map((r) => r.seq), [1, 2, 3]);
+      await rejectsWithCode(log.query({ outcome: "maybe" as "ok" }), "INVALID_ARGUMENT", /outcome/);
+      await rejectsWithCode(log.query({ beforeSeq: 0 }), "INVALID_ARGUMENT", /before/);
 
       const lines: string[] = [];
       assert.equal(await log.exportJsonLines(async (l) => { lines.push(l); }), 10);

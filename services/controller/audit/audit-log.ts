@@ -4,6 +4,7 @@ import { FlotillaError } from "../../common/errors.js";
 import { redact, redactValue } from "../../common/redact.js";
 import type { AuditFilter, AuditRow, ControllerStore, NewAuditRow } from "../core/ports.js";
 import { AUDIT_KEY_BYTES } from "./audit-key.js";
+import { truncatedAuditError } from "../core/audit-anchor.js";
 
 /** prev_hash of the first row. */
 export const GENESIS_HASH = "0".repeat(64);
@@ -125,6 +126,8 @@ export class AuditLog {
   readonly #checkpointFile: string | undefined;
   readonly #pageSize: number;
   #checkpointSeq = 0;
+  /** The checkpoint file's (seq, hash), read at the first append, then the last row this process appended. */
+  #fileAnchor: Checkpoint | null | undefined;
 
   constructor(store: ControllerStore, key: Buffer, options: AuditLogOptions = {}) {
     if (key.length < AUDIT_KEY_BYTES) {
@@ -160,11 +163,21 @@ export class AuditLog {
       outcome: e.outcome,
       detail: clean(e.detail ?? ""),
     };
+    // The checkpoint file beside the key is the second anchor (the store keeps the first): a tail
+    // cut from the store is refused here even if the store's own anchor was reset with it.
+    if (this.#fileAnchor === undefined) {
+      const cp = this.#readCheckpoint();
+      this.#fileAnchor = cp.kind === "ok" ? { seq: cp.seq, hash: cp.hash } : null;
+    }
+    const fileAnchor = this.#fileAnchor;
     let stored: AuditRow;
     try {
-      stored = await this.#store.appendAudit(row, (prevSeq, prevHash) =>
-        sealAuditRow(this.#key, prevHash, { ...row, seq: prevSeq + 1 }),
-      );
+      stored = await this.#store.appendAudit(row, (prevSeq, prevHash) => {
+        if (fileAnchor !== null && (prevSeq < fileAnchor.seq || (prevSeq === fileAnchor.seq && !sameHex(prevHash, fileAnchor.hash)))) {
+          throw truncatedAuditError(`checkpoint ${this.#checkpointFile ?? ""}`, fileAnchor.seq, prevSeq);
+        }
+        return sealAuditRow(this.#key, prevHash, { ...row, seq: prevSeq + 1 });
+      });
     } catch (err) {
       throw unavailable("cannot append", err);
     }
@@ -176,6 +189,7 @@ export class AuditLog {
       }
       this.#checkpointSeq = stored.seq;
     }
+    if (this.#fileAnchor === null || (this.#fileAnchor !== undefined && stored.seq > this.#fileAnchor.seq)) this.#fileAnchor = { seq: stored.seq, hash: stored.hash };
     return stored;
   }
 
@@ -215,6 +229,13 @@ export class AuditLog {
     // Read the checkpoint first: rows appended while we walk only make the
     // store longer than it, never shorter.
     const cp = this.#readCheckpoint();
+    let anchorBefore: { seq: number; hash: string } | null;
+    try {
+      anchorBefore = await this.#store.auditAnchor();
+    } catch (err) {
+      throw unavailable("cannot read", err);
+    }
+    let hashAtAnchor: string | undefined;
     let prevSeq = 0;
     let prevHash = GENESIS_HASH;
     let checked = 0;
@@ -241,11 +262,21 @@ export class AuditLog {
           return fail(row.seq, `row ${row.seq}: hash mismatch (row was edited or forged)`);
         }
         if (cp.kind === "ok" && row.seq === cp.seq) hashAtCheckpoint = row.hash;
+        if (anchorBefore !== null && row.seq === anchorBefore.seq) hashAtAnchor = row.hash;
         prevSeq = row.seq;
         prevHash = row.hash;
         checked++;
       }
       if (page.length < this.#pageSize) break;
+    }
+    if (cp.kind === "ok" && prevSeq < cp.seq) return fail(prevSeq + 1, `tail truncated: checkpoint says seq ${cp.seq}, store ends at ${prevSeq}`);
+    // The store's own anchor: moved forward by every append, never back; a shorter chain was cut.
+    const anchor = anchorBefore;
+    if (anchor !== null) {
+      if (prevSeq < anchor.seq) return fail(prevSeq + 1, `tail truncated: the store's audit anchor says seq ${anchor.seq}, store ends at ${prevSeq}`);
+      if (anchor.seq > 0 && hashAtAnchor !== undefined && !sameHex(hashAtAnchor, anchor.hash)) {
+        return fail(anchor.seq, `row ${anchor.seq}: hash differs from the store's audit anchor (chain rewritten)`);
+      }
     }
     switch (cp.kind) {
       case "none":
@@ -359,6 +390,18 @@ function normaliseFilter(filter: AuditFilter): AuditFilter {
   if (filter.target !== undefined) out.target = filter.target;
   if (filter.actor !== undefined) out.actor = filter.actor;
   if (filter.action !== undefined) out.action = filter.action;
+  if (filter.outcome !== undefined) {
+    if (!["intent", "ok", "error", "denied"].includes(filter.outcome)) {
+      throw new FlotillaError("INVALID_ARGUMENT", `audit filter outcome must be intent, ok, error or denied, got ${JSON.stringify(filter.outcome)}`);
+    }
+    out.outcome = filter.outcome;
+  }
+  if (filter.beforeSeq !== undefined) {
+    if (!Number.isSafeInteger(filter.beforeSeq) || filter.beforeSeq < 1) {
+      throw new FlotillaError("INVALID_ARGUMENT", `audit filter before must be a positive entry number, got ${String(filter.beforeSeq)}`);
+    }
+    out.beforeSeq = filter.beforeSeq;
+  }
   if (filter.limit !== undefined) {
     if (!Number.isSafeInteger(filter.limit) || filter.limit < 1) {
       throw new FlotillaError("INVALID_ARGUMENT", `audit filter limit must be a positive integer, got ${String(filter.limit)}`);

@@ -103,6 +103,9 @@ export interface AuditFilter {
   target?: string;
   actor?: string;
   action?: string;
+  outcome?: AuditRow["outcome"];
+  /** Only rows with seq below this (paging back from the newest). */
+  beforeSeq?: number;
   limit?: number;
 }
 
@@ -146,6 +149,13 @@ export interface ControllerStore {
    * inserts, commits. Throws if it cannot write (callers fail closed).
    */
   appendAudit(row: NewAuditRow, seal: (seq: number, prevHash: string) => string): Promise<AuditRow>;
+  /**
+   * The chain's anchor: seq and hash of the last row Flotilla appended, kept in
+   * the store's own table and moved only forward by appendAudit. appendAudit
+   * refuses (AUDIT_UNAVAILABLE) when the chain's tail is behind its anchor or
+   * differs from it: rows were cut from the tail outside Flotilla.
+   */
+  auditAnchor(): Promise<{ seq: number; hash: string } | null>;
   /** Rows in seq order from `afterSeq` (exclusive), at most `limit`. */
   readAudit(afterSeq: number, limit: number): Promise<AuditRow[]>;
   queryAudit(filter: AuditFilter): Promise<AuditRow[]>;

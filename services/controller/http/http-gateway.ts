@@ -3,15 +3,15 @@ import { createServer as createHttpsServer, type Server as HttpsServer } from "n
 import type { TLSSocket } from "node:tls";
 import { create, fromJson, toJson, type DescMessage, type JsonValue } from "@bufbuild/protobuf";
 import { Metadata } from "@grpc/grpc-js";
-import { ControllerService } from "../../common/gen/flotilla/v1/controller_pb.js";
+import { ControllerService, RolloutEventSchema } from "../../common/gen/flotilla/v1/controller_pb.js";
 import { FlotillaError, httpStatusOf, toFlotillaError } from "../../common/errors.js";
 import type { CallContext, ServiceImpl } from "../../common/grpc-bridge.js";
 import type { Logger } from "../../common/logger.js";
 import { redact } from "../../common/redact.js";
 import { isLoopbackHost } from "../../common/tls.js";
 import type { AuditLog } from "../audit/audit-log.js";
-import type { Caller } from "../service.js";
-import { WEB_PAGE } from "./web-page.js";
+import { permittedMethods, type Caller } from "../service.js";
+import { staticAsset, type StaticAsset } from "./static-assets.js";
 
 /** Largest request body accepted; larger ones are answered 413 without being read. */
 export const MAX_BODY = 1024 * 1024;
@@ -86,11 +86,38 @@ function auditTime(name: string, v: string): string {
   return v;
 }
 
+/** Every ControllerService method name (the page asks which of them the caller may use). */
+const METHOD_NAMES = (ControllerService.methods as unknown as AnyMethod[]).map((m) => m.name);
+
+/** Milliseconds between comment lines on an idle event stream (keeps proxies from closing it). */
+const SSE_KEEPALIVE_MS = 15_000;
+
+function sendAsset(res: ServerResponse, asset: StaticAsset): void {
+  res.writeHead(200, {
+    "content-type": asset.contentType,
+    "cache-control": "no-cache",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "x-frame-options": "DENY",
+    "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+  });
+  res.end(asset.body);
+}
+
+function sendJson(res: ServerResponse, body: unknown): void {
+  res.writeHead(200, { "content-type": "application/json", "cache-control": "no-store" });
+  res.end(JSON.stringify(body));
+}
+
 /**
  * HTTP/JSON gateway over the same ControllerService handlers as gRPC:
  * `POST /v1/<Method>` with the proto3 JSON mapping; server-streaming methods
- * answer NDJSON. `GET /v1/ExportAudit` streams audit rows as JSON lines, `GET /`
- * serves the web page.
+ * answer NDJSON. Besides: `GET /v1/ExportAudit` streams audit rows as JSON
+ * lines (audited); `GET /v1/rollouts/ID/events` is a server-sent event stream
+ * of WatchRollout (the page's live view; not audited, it only reads);
+ * `GET /v1/whoami` names the caller's role and permitted methods, `POST
+ * /v1/SignIn` does the same and is audited; `GET /metrics` is the Prometheus
+ * exposition; `GET /` and `/web/*` serve the page.
  */
 export function createHttpGateway(
   impl: ServiceImpl<typeof ControllerService.method>,
@@ -99,11 +126,25 @@ export function createHttpGateway(
     /** Serve HTTPS with this certificate and key (`httpTls`); replace it later with setSecureContext. */
     tls?: { cert: Buffer; key: Buffer };
     limits?: GatewayLimits;
+    metrics?: { text(): Promise<string>; contentType: string };
   },
 ): Server | HttpsServer {
   const maxBody = deps.limits?.maxBodyBytes ?? MAX_BODY;
   const methods = new Map<string, AnyMethod>();
   for (const m of ControllerService.methods as unknown as AnyMethod[]) methods.set(m.name, m);
+
+  /** Authenticates any valid token (every role may read); a refused token is audited. */
+  async function reader(ctx: CallContext, action: string): Promise<Caller> {
+    try {
+      return deps.callerOf("ListTargets", ctx);
+    } catch (err) {
+      const fe = toFlotillaError(err);
+      // A page asking "am I signed in?" without any token is not a denied call, just the sign-in form coming up.
+      const anonymousQuestion = action === "api.WhoAmI" && ctx.metadata.get("authorization").length === 0;
+      if (!anonymousQuestion) await deps.audit.append({ actor: "unknown", action, outcome: "denied", detail: fe.message }).catch(() => undefined);
+      throw fe;
+    }
+  }
 
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const ac = new AbortController();
@@ -131,9 +172,51 @@ export function createHttpGateway(
       if (req.headers.authorization && !secure && !isLoopbackHost(req.socket.localAddress ?? "")) {
         throw new FlotillaError("PERMISSION_DENIED", "tokens are refused over plain HTTP on a non-loopback address: configure httpTls on the controller and use https://");
       }
-      if (req.method === "GET" && (url.pathname === "/" || url.pathname === "/index.html")) {
-        res.writeHead(200, { "content-type": "text/html; charset=utf-8", "content-security-policy": "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'" });
-        res.end(WEB_PAGE);
+      if (req.method === "GET" && (url.pathname === "/" || url.pathname === "/index.html" || url.pathname.startsWith("/web/"))) {
+        const asset = await staticAsset(url.pathname === "/" ? "/index.html" : url.pathname.replace(/^\/web\//, "/"));
+        if (!asset) throw new FlotillaError("NOT_FOUND", `no such page ${url.pathname}`);
+        sendAsset(res, asset);
+        return;
+      }
+      if (req.method === "GET" && url.pathname === "/metrics" && deps.metrics) {
+        await reader(ctx, "api.Metrics");
+        const text = await deps.metrics.text();
+        res.writeHead(200, { "content-type": deps.metrics.contentType });
+        res.end(text);
+        return;
+      }
+      if ((req.method === "GET" && url.pathname === "/v1/whoami") || (req.method === "POST" && url.pathname === "/v1/SignIn")) {
+        const signIn = req.method === "POST";
+        const caller = await reader(ctx, signIn ? "api.SignIn" : "api.WhoAmI");
+        if (signIn) {
+          await deps.audit.append({ actor: caller.actor, action: "api.SignIn", outcome: "ok", detail: `role ${caller.role}, from ${req.socket.remoteAddress ?? "?"}` });
+        }
+        sendJson(res, { actor: caller.actor, role: caller.role, methods: permittedMethods(caller.role, METHOD_NAMES), leader: deps.isLeader() });
+        return;
+      }
+      const events = req.method === "GET" ? /^\/v1\/rollouts\/([^/]{1,128})\/events$/.exec(url.pathname) : null;
+      if (events) {
+        const stream = impl.watchRollout(create(ControllerService.method.watchRollout.input, { id: decodeURIComponent(events[1]!) }), ctx);
+        const it = stream[Symbol.asyncIterator]();
+        // The first event answers authentication and NOT_FOUND before the stream is committed.
+        const first = await it.next();
+        res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-store", "x-accel-buffering": "no" });
+        const keepalive = setInterval(() => res.write(": keepalive\n\n"), SSE_KEEPALIVE_MS);
+        try {
+          for (let item = first; !item.done; item = await it.next()) {
+            const ev = create(RolloutEventSchema, item.value);
+            const json = toJson(RolloutEventSchema, ev, { alwaysEmitImplicit: true }) as Record<string, unknown>;
+            const kind = ev.event.case ?? "snapshot";
+            res.write(`event: ${kind}\ndata: ${JSON.stringify(json[kind] ?? json)}\n\n`);
+          }
+          res.write("event: end\ndata: {}\n\n");
+        } catch (err) {
+          const fe = toFlotillaError(err);
+          res.write(`event: failure\ndata: ${JSON.stringify({ code: fe.code, message: redact(fe.message) })}\n\n`);
+        } finally {
+          clearInterval(keepalive);
+          res.end();
+        }
         return;
       }
       if (req.method === "GET" && url.pathname === "/healthz") {
@@ -151,7 +234,7 @@ export function createHttpGateway(
       if (req.method === "GET" && url.pathname === "/v1/ExportAudit") {
         const caller = deps.callerOf("QueryAudit", ctx);
         const filter: Record<string, string> = {};
-        for (const k of ["since", "until", "target", "actor", "action"]) {
+        for (const k of ["since", "until", "target", "actor", "action", "outcome"]) {
           const v = url.searchParams.get(k);
           if (v) filter[k] = k === "since" || k === "until" ? auditTime(k, v) : v;
         }

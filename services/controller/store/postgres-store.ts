@@ -1,5 +1,6 @@
 import pg from "pg";
 import { FlotillaError } from "../../common/errors.js";
+import { truncatedAuditError } from "../core/audit-anchor.js";
 import { redact } from "../../common/redact.js";
 import type {
   AgentRecord,
@@ -37,6 +38,11 @@ CREATE TABLE IF NOT EXISTS rollouts (
 );
 CREATE INDEX IF NOT EXISTS rollouts_status ON rollouts (status);
 CREATE INDEX IF NOT EXISTS rollouts_created ON rollouts (created_at, n);
+CREATE TABLE IF NOT EXISTS audit_anchor (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  seq BIGINT NOT NULL,
+  hash TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS leases (
   target_id TEXT PRIMARY KEY,
   rollout_id TEXT NOT NULL
@@ -336,11 +342,15 @@ export class PostgresStore implements ControllerStore {
       // statements: under READ COMMITTED each takes a fresh snapshot, so the
       // tail read after the lock sees every row the previous holder committed.
       const results = (await c.query(
-        `BEGIN; SELECT pg_advisory_xact_lock(${AUDIT_CHAIN_LOCK}); SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1`,
+        `BEGIN; SELECT pg_advisory_xact_lock(${AUDIT_CHAIN_LOCK}); SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1; SELECT seq, hash FROM audit_anchor WHERE id = 1`,
       )) as unknown as Array<pg.QueryResult<{ seq: string; hash: string }>>;
       const last = results[2]?.rows[0];
       const prevSeq = last === undefined ? 0 : Number(last.seq);
       const prevHash = last?.hash ?? GENESIS_HASH;
+      const anchor = results[3]?.rows[0];
+      if (anchor !== undefined && (prevSeq < Number(anchor.seq) || (prevSeq === Number(anchor.seq) && prevHash !== anchor.hash))) {
+        throw truncatedAuditError("store's audit anchor", Number(anchor.seq), prevSeq);
+      }
       const hash = seal(prevSeq, prevHash);
       const seq = prevSeq + 1;
       // INSERT and COMMIT in one round trip too. A multi-statement query
@@ -349,7 +359,8 @@ export class PostgresStore implements ControllerStore {
       // integer we computed. If the INSERT fails the COMMIT is not run.
       const texts = [row.time, row.actor, row.action, row.target, row.args, row.outcome, row.detail, prevHash, hash];
       const values = [String(seq), ...texts.map((t) => c.escapeLiteral(t))].join(", ");
-      await c.query(`INSERT INTO audit_log (${AUDIT_COLUMNS}) VALUES (${values}); COMMIT`);
+      await c.query(`INSERT INTO audit_log (${AUDIT_COLUMNS}) VALUES (${values}); ` +
+        `INSERT INTO audit_anchor (id, seq, hash) VALUES (1, ${seq}, ${c.escapeLiteral(hash)}) ON CONFLICT (id) DO UPDATE SET seq = EXCLUDED.seq, hash = EXCLUDED.hash WHERE EXCLUDED.seq > audit_anchor.seq; COMMIT`);
       return { seq, ...row, prevHash, hash };
     } catch (err) {
       try {
@@ -361,6 +372,12 @@ export class PostgresStore implements ControllerStore {
     } finally {
       c.release(broken);
     }
+  }
+
+  async auditAnchor(): Promise<{ seq: number; hash: string } | null> {
+    const r = await this.#query<{ seq: string; hash: string }>("SELECT seq, hash FROM audit_anchor WHERE id = 1");
+    const row = r.rows[0];
+    return row === undefined ? null : { seq: Number(row.seq), hash: row.hash };
   }
 
   async readAudit(afterSeq: number, limit: number): Promise<AuditRow[]> {
@@ -382,6 +399,8 @@ export class PostgresStore implements ControllerStore {
     if (filter.target !== undefined) add("target =", filter.target);
     if (filter.actor !== undefined) add("actor =", filter.actor);
     if (filter.action !== undefined) add("action =", filter.action);
+    if (filter.outcome !== undefined) add("outcome =", filter.outcome);
+    if (filter.beforeSeq !== undefined) add("seq <", String(filter.beforeSeq));
     const cond = where.length > 0 ? `WHERE ${where.join(" AND ")}` : "";
     let sql = `SELECT ${AUDIT_COLUMNS} FROM audit_log ${cond} ORDER BY seq`;
     if (filter.limit !== undefined) {

@@ -2,6 +2,7 @@ import { mkdirSync } from "node:fs";
 import path from "node:path";
 import Database from "better-sqlite3";
 import { FlotillaError } from "../../common/errors.js";
+import { truncatedAuditError } from "../core/audit-anchor.js";
 import type {
   AgentRecord,
   AuditFilter,
@@ -29,6 +30,11 @@ CREATE TABLE IF NOT EXISTS rollouts (
 );
 CREATE INDEX IF NOT EXISTS rollouts_status ON rollouts (status);
 CREATE INDEX IF NOT EXISTS rollouts_created ON rollouts (created_at);
+CREATE TABLE IF NOT EXISTS audit_anchor (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  seq INTEGER NOT NULL,
+  hash TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS leases (
   target_id TEXT PRIMARY KEY,
   rollout_id TEXT NOT NULL
@@ -101,6 +107,8 @@ function prepare(db: Database.Database) {
     listSchedules: db.prepare("SELECT doc FROM schedules ORDER BY name").pluck(),
     claimFire: db.prepare("INSERT OR IGNORE INTO schedule_fires (name, slot, fired_at) VALUES (?, ?, ?)"),
     auditTail: db.prepare("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1"),
+    auditAnchor: db.prepare("SELECT seq, hash FROM audit_anchor WHERE id = 1"),
+    auditAnchorSet: db.prepare("INSERT INTO audit_anchor (id, seq, hash) VALUES (1, ?, ?) ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash WHERE excluded.seq > audit_anchor.seq"),
     auditInsert: db.prepare(
       "INSERT INTO audit_log (seq, time, actor, action, target, args, outcome, detail, prev_hash, hash) " +
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -120,9 +128,14 @@ function transactions(st: Statements, db: Database.Database) {
       const tail = st.auditTail.get() as { seq: number; hash: string } | undefined;
       const prevSeq = tail?.seq ?? 0;
       const prevHash = tail?.hash ?? GENESIS_HASH;
+      const anchor = st.auditAnchor.get() as { seq: number; hash: string } | undefined;
+      if (anchor !== undefined && (prevSeq < anchor.seq || (prevSeq === anchor.seq && prevHash !== anchor.hash))) {
+        throw truncatedAuditError("store's audit anchor", anchor.seq, prevSeq);
+      }
       const hash = seal(prevSeq, prevHash);
       const seq = prevSeq + 1;
       st.auditInsert.run(seq, row.time, row.actor, row.action, row.target, row.args, row.outcome, row.detail, prevHash, hash);
+      st.auditAnchorSet.run(seq, hash);
       return { seq, ...row, prevHash, hash };
     }),
     acquireLeases: db.transaction((rolloutId: string, ids: readonly string[]): LeaseResult => {
@@ -309,6 +322,11 @@ export class SqliteStore implements ControllerStore {
     return this.#open().tx.appendAudit.immediate(row, seal);
   }
 
+  async auditAnchor(): Promise<{ seq: number; hash: string } | null> {
+    const r = this.#open().st.auditAnchor.get() as { seq: number; hash: string } | undefined;
+    return r === undefined ? null : { seq: Number(r.seq), hash: r.hash };
+  }
+
   async readAudit(afterSeq: number, limit: number): Promise<AuditRow[]> {
     checkLimit(limit);
     return (this.#open().st.auditRead.all(afterSeq, limit) as AuditRowDb[]).map(toAudit);
@@ -324,6 +342,8 @@ export class SqliteStore implements ControllerStore {
     if (filter.target !== undefined) { where.push("target = ?"); params.push(filter.target); }
     if (filter.actor !== undefined) { where.push("actor = ?"); params.push(filter.actor); }
     if (filter.action !== undefined) { where.push("action = ?"); params.push(filter.action); }
+    if (filter.outcome !== undefined) { where.push("outcome = ?"); params.push(filter.outcome); }
+    if (filter.beforeSeq !== undefined) { where.push("seq < ?"); params.push(filter.beforeSeq); }
     const cond = where.length > 0 ? `WHERE ${where.join(" AND ")}` : "";
     let sql = `SELECT * FROM audit_log ${cond} ORDER BY seq`;
     if (filter.limit !== undefined) {

@@ -265,6 +265,18 @@ for (const make of [() => sqliteBackend("store"), () => postgresBackend("store_t
       assert.deepEqual(await seqs({ actor: "nobody" }), []);
     });
 
+    test("queryAudit filters by outcome and pages back with beforeSeq", async () => {
+      const { store } = await backend.fresh();
+      for (const outcome of ["intent", "ok", "denied", "error", "ok", "denied"] as const) await store.appendAudit(auditRow({ outcome }), fakeSeal);
+      const seqs = async (f: Parameters<ControllerStore["queryAudit"]>[0]): Promise<number[]> =>
+        (await store.queryAudit(f)).map((r) => r.seq);
+      assert.deepEqual(await seqs({ outcome: "denied" }), [3, 6]);
+      assert.deepEqual(await seqs({ outcome: "ok" }), [2, 5]);
+      assert.deepEqual(await seqs({ beforeSeq: 4 }), [1, 2, 3]);
+      assert.deepEqual(await seqs({ beforeSeq: 6, limit: 2 }), [4, 5]);
+      assert.deepEqual(await seqs({ outcome: "ok", beforeSeq: 5 }), [2]);
+    });
+
     test("data survives closing and reopening the store", async () => {
       const { store, reopen } = await backend.fresh();
       await store.createRollout(rollout("r1"));

@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 // Runs the Flotilla test suite.
 //
-//   node scripts/run-tests.mjs                 typecheck, generated-code drift check, all tests
-//   node scripts/run-tests.mjs a.test.ts ...   only the given test files (no typecheck/drift)
+//   node scripts/run-tests.mjs                 typecheck, biome lint, generated-code drift check, all tests
+//   node scripts/run-tests.mjs a.test.ts ...   only the given test files (no typecheck/lint/drift)
 //
 // It makes sure dependencies (including the PostgreSQL server binaries) are installed, finds a
 // PostgreSQL server (FLOTILLA_TEST_PG_URL or the default) or starts a throwaway cluster, and
@@ -54,6 +54,21 @@ function listFiles(dir, base = dir) {
 }
 
 /** Regenerates the protobuf code and fails if it differs from what is checked in. */
+/**
+ * Biome's linter (biome.json): the recommended rules plus the import boundaries —
+ * core/ free of I/O modules, database drivers, grpc-js and cron; agent, controller
+ * and CLI never importing each other. The formatter is off: no mass reformat.
+ */
+function lint() {
+  say('lint: biome lint');
+  const [cmd, args] = tool('biome', ['lint', '--max-diagnostics=50']);
+  if (runSync(cmd, args) !== 0) {
+    say('lint failed: fix the errors above (biome.json says why each import is not allowed)');
+    return false;
+  }
+  return true;
+}
+
 function generatedCodeDrift() {
   const gen = path.join(ROOT, 'services', 'common', 'gen');
   if (!existsSync(path.join(ROOT, 'buf.gen.yaml')) || !existsSync(gen)) {
@@ -160,6 +175,7 @@ async function main() {
     files = given.map((f) => path.relative(ROOT, path.resolve(f)));
   } else {
     if (!typecheck()) return 1;
+    if (!lint()) return 1;
     if (!generatedCodeDrift()) return 1;
     // The end-to-end tests start the bins, which run the compiled dist/ as production does.
     say('build: npm run build (dist/, used by bin/ when newer than the sources)');

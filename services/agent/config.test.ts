@@ -218,3 +218,18 @@ test("httpListen: loopback 7444 by default, settable by file, env and flag, off 
   assert.equal(load(`${GOOD}\nhttpListen: "off"\n`).httpListen, undefined);
   assert.throws(() => load(`${GOOD}\nhttpListen: nowhere\n`), (err: FlotillaError) => err.code === "CONFIG_INVALID" && /httpListen/.test(err.message));
 });
+
+test("YAML syntax errors stop the load with every one of them listed by line, duplicate keys included", () => {
+  try {
+    load("listen: 127.0.0.1:7443\nlisten: 127.0.0.1:7444\ntargets: [1, 2\napps: {x: 1\n");
+    assert.fail("should throw");
+  } catch (err) {
+    assert.ok(err instanceof FlotillaError && err.code === "CONFIG_INVALID", String(err));
+    assert.match(err.message, /^\/etc\/flotilla\/agent\.yaml is not valid YAML \(3 problems\):/);
+    const lines = err.message.split("\n").slice(1);
+    assert.equal(lines.length, 3, err.message);
+    assert.match(lines[0]!, /line 2: Map keys must be unique/);
+    assert.match(lines[1]!, /line \d+: Flow sequence/);
+    assert.match(lines[2]!, /line \d+: Flow map/);
+  }
+});

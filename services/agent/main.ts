@@ -95,15 +95,16 @@ export async function startAgent(config: AgentConfig, log: Logger, secrets: Secr
       log.warn({ op: op.id, target: op.targetId, kind: op.kind }, "operation was interrupted by an agent stop; the target stays locked until Recover");
     }
     const targets = buildTargets(config, runner, secrets);
-    for (const id of targets.keys()) {
+    // In parallel: one unreachable database must not hold up the start of the others.
+    await Promise.all([...targets.keys()].map(async (id) => {
       const health = await targets.check(id);
       if (health?.state === "broken") {
         log.warn({ target: id, problems: health.problems.map((p) => p.code) }, "target is broken: it is served with its problems and operations on it are refused until they are fixed");
-        continue;
+        return;
       }
       const removed = await targets.get(id)!.catalog.prepare().catch(() => [] as string[]);
       if (removed.length > 0) log.info({ target: id, files: removed.length }, "removed temporary backup files left by a crash");
-    }
+    }));
     const ops = new AgentOperations({
       config, targets, journal, log, appControl: new AppControl(runner),
       heartbeatMs: Number(process.env.FLOTILLA_HEARTBEAT_MS ?? 15_000),

@@ -50,11 +50,12 @@ export class AgentMetrics {
     });
   }
 
-  /** Records one finished operation. */
-  observe(result: ResultLike): void {
+  /** Records one finished operation. Never throws: metrics must not fail an operation. */
+  observe(result: Partial<ResultLike>): void {
     const labels = { kind: result.kind || "unknown", status: result.status || "unknown" };
+    const seconds = Number(result.durationMs ?? 0) / 1000;
     this.#ops.inc(labels);
-    this.#durations.observe(labels, Number(result.durationMs) / 1000);
+    this.#durations.observe(labels, Number.isFinite(seconds) && seconds >= 0 ? seconds : 0);
   }
 
   /**
@@ -69,11 +70,17 @@ export class AgentMetrics {
         const value: unknown = (fn as (...a: unknown[]) => unknown).apply(impl, args);
         if (value === null || typeof value !== "object" || !(Symbol.asyncIterator in value)) return value;
         const source = value as AsyncIterable<{ event?: { case?: string; value?: unknown } }>;
-        const observe = (r: ResultLike): void => this.observe(r);
+        const observe = (r: Partial<ResultLike>): void => this.observe(r);
         return {
           async *[Symbol.asyncIterator]() {
             for await (const item of source) {
-              if (item.event?.case === "result") observe(item.event.value as ResultLike);
+              if (item.event?.case === "result") {
+                try {
+                  observe(item.event.value as Partial<ResultLike>);
+                } catch {
+                  // a metrics bug must never fail the call it watches
+                }
+              }
               yield item;
             }
           },

@@ -1,6 +1,6 @@
 import { parseArgs } from "node:util";
 import {
-  ROLLOUT_FIELDS, type Checked, checkCron, checkDuration, checkRevision, checkSelector, checkWaves, compileRolloutRequest, compileScheduleRequest, durationMs,
+  ROLLOUT_FIELDS, STRATEGIES, type Checked, checkCron, checkDuration, checkRevision, checkSelector, checkWaves, compileRolloutRequest, compileScheduleRequest, durationMs,
 } from "../common/rollout-request.js";
 
 /** Default controller HTTP address when neither --controller nor FLOTILLA_CONTROLLER is given. */
@@ -74,8 +74,8 @@ export type Command =
   | { readonly verb: "rollout"; readonly spec: SpecInput; readonly wait: boolean }
   | { readonly verb: "rollouts"; readonly limit: number }
   | { readonly verb: "rollout show"; readonly id: string; readonly follow: boolean }
-  | { readonly verb: "rollout abort"; readonly id: string }
-  | { readonly verb: "rollout rollback"; readonly id: string }
+  | { readonly verb: "rollout abort" | "rollout approve" | "rollout retry" | "rollout rollback"; readonly id: string; readonly wait: boolean }
+  | { readonly verb: "rollout pause" | "rollout resume"; readonly id: string }
   | { readonly verb: "downgrade"; readonly target: string; readonly toRevision: string }
   | { readonly verb: "stamp"; readonly target: string; readonly revision: string; readonly reason: string }
   | { readonly verb: "recover"; readonly target: string; readonly operationId: string; readonly action: "restore" | "accept" }
@@ -222,7 +222,7 @@ const GLOBAL_OPTIONS: Readonly<Record<string, OptionDef>> = {
 const O = {
   selector: { type: "string", help: "k=v,…  targets whose labels match all pairs" },
   to: { type: "string", help: "REV  revision to migrate to (default head)" },
-  strategy: { type: "string", help: "X  maintenance, job or blue-green" },
+  strategy: { type: "string", help: `X  ${STRATEGIES.join(", ")}` },
   waves: { type: "string", help: "W  cumulative wave sizes, e.g. 1,25%,100% (first wave is the canary)" },
   window: { type: "string", help: "D  maintenance window length, e.g. 2h, 1h30m" },
   since: { type: "string", help: "T  ISO 8601 time or an age like 1h, 7d" },
@@ -301,6 +301,23 @@ function auditQueryFrom(ctx: BuildContext): AuditQuery {
 }
 
 const target = (ctx: BuildContext): string => parseId(pos(ctx, 0), "TARGET", "webui-1");
+
+const WAIT: OptionDef = { type: "boolean", help: "follow the rollout to its end; exit 0 only if it ended as asked" };
+
+function control(name: "rollout abort" | "rollout approve" | "rollout pause" | "rollout resume" | "rollout retry", summary: string, wait: boolean): VerbDef {
+  return {
+    name,
+    usage: `flotilla ${name} ID${wait ? " [--wait]" : ""}`,
+    summary,
+    positionals: ["ID"],
+    options: wait ? { wait: WAIT } : {},
+    build: (ctx) => {
+      const id = parseId(pos(ctx, 0), "ID", "r-0001");
+      if (name === "rollout pause" || name === "rollout resume") return { verb: name, id };
+      return { verb: name, id, wait: flag(ctx, "wait") };
+    },
+  };
+}
 
 function scheduleVerb(name: "schedule add" | "schedule replace", summary: string): VerbDef {
   const usage = `flotilla ${name} NAME --cron EXPR --selector S --strategy X [--time-zone TZ] [--window 2h] [--to REV] [--waves W] [--gate manual[:D]] [--max-failures N]${name === "schedule add" ? " [--replace]" : ""}`;
@@ -417,12 +434,12 @@ const VERBS: readonly VerbDef[] = [
     usage: "flotilla plan --selector S [--to REV] [--strategy X] [--waves W]",
     summary: "dry run: the steps and the SQL per target; changes nothing",
     positionals: [],
-    options: { selector: O.selector, to: O.to, strategy: O.strategy, waves: O.waves, window: O.window },
+    options: { selector: O.selector, to: O.to, strategy: O.strategy, waves: O.waves, window: O.window, "allow-breaking": O["allow-breaking"] },
     build: (ctx) => ({ verb: "plan", spec: specFrom(ctx, "flotilla plan --selector S [--to REV] [--strategy X] [--waves W]", false) }),
   },
   {
     name: "rollout",
-    usage: "flotilla rollout --selector S --strategy maintenance|job|blue-green [--to REV] [--waves 1,25%,100%] [--max-failures N] [--window D] [--wait]",
+    usage: "flotilla rollout --selector S --strategy X [--to REV] [--waves 1,25%,100%] [--max-failures N] [--window D] [--gate manual[:D]] [--allow-breaking] [--wait]",
     summary: "start a rollout (REV defaults to head); --wait follows it and exits 0 only if it succeeded",
     positionals: [],
     options: {
@@ -430,8 +447,10 @@ const VERBS: readonly VerbDef[] = [
       to: O.to,
       strategy: O.strategy,
       waves: O.waves,
-      "max-failures": { type: "string", help: "N  failed targets tolerated before the rollout halts (default 0)" },
+      "max-failures": O["max-failures"],
       window: O.window,
+      gate: O.gate,
+      "allow-breaking": O["allow-breaking"],
       wait: { type: "boolean", help: "follow the rollout to its end; exit 0 only if it succeeded" },
     },
     build: (ctx) => ({
@@ -459,21 +478,22 @@ const VERBS: readonly VerbDef[] = [
     options: { follow: { type: "boolean", help: "keep printing step changes and Alembic output until it ends" } },
     build: (ctx) => ({ verb: "rollout show", id: parseId(pos(ctx, 0), "ID", "r-0001"), follow: flag(ctx, "follow") }),
   },
-  {
-    name: "rollout abort",
-    usage: "flotilla rollout abort ID",
-    summary: "stop a rollout before its next step",
-    positionals: ["ID"],
-    options: {},
-    build: (ctx) => ({ verb: "rollout abort", id: parseId(pos(ctx, 0), "ID", "r-0001") }),
-  },
+  control("rollout abort", "stop a rollout: running steps finish, no new step starts; stopped apps are started again", true),
+  control("rollout approve", "let a rollout waiting at a manual gate start its next wave", true),
+  control("rollout pause", "running steps finish, no new step starts; leases are kept (resume with rollout resume)", false),
+  control("rollout resume", "continue a paused rollout", false),
+  control("rollout retry", "a new rollout with the same spec over exactly the targets that failed, were restored or were skipped", true),
   {
     name: "rollout rollback",
-    usage: "flotilla rollout rollback ID",
-    summary: "undo a finished rollout (switch blue-green back, or restore the pre-migration backups)",
+    usage: "flotilla rollout rollback ID --yes [--wait]",
+    summary: "undo a finished rollout (switch blue-green back, or restore the pre-migration backups: data written since is lost)",
     positionals: ["ID"],
-    options: {},
-    build: (ctx) => ({ verb: "rollout rollback", id: parseId(pos(ctx, 0), "ID", "r-0001") }),
+    options: { yes: { type: "boolean", help: "confirm: data written since the pre-migration backups is lost" }, wait: WAIT },
+    build: (ctx) => {
+      const id = parseId(pos(ctx, 0), "ID", "r-0001");
+      if (!flag(ctx, "yes")) problem(`rollback restores each target's pre-migration backup (blue-green: switches back to blue); data written since is lost. Nothing was done; to go ahead, run: flotilla rollout rollback ${id} --yes`);
+      return { verb: "rollout rollback", id, wait: flag(ctx, "wait") };
+    },
   },
   {
     name: "downgrade",
@@ -611,7 +631,7 @@ const VERBS: readonly VerbDef[] = [
 
 const BY_NAME = new Map(VERBS.map((v) => [v.name, v]));
 const SUBVERBS: Readonly<Record<string, readonly string[]>> = {
-  rollout: ["show", "abort", "rollback"],
+  rollout: ["show", "abort", "approve", "pause", "resume", "retry", "rollback"],
   schedule: ["add", "replace", "rm"],
   audit: ["verify", "export"],
 };
@@ -619,7 +639,7 @@ const SUBVERBS: Readonly<Record<string, readonly string[]>> = {
 const GROUPS: ReadonlyArray<readonly [string, readonly string[]]> = [
   ["inventory and health", ["targets", "diagnose"]],
   ["backups", ["backup", "backups", "restore", "drill", "bundle"]],
-  ["migrations", ["plan", "rehearse", "rollout", "rollouts", "rollout show", "rollout abort", "rollout rollback", "downgrade", "stamp", "recover", "move"]],
+  ["migrations", ["plan", "rehearse", "rollout", "rollouts", "rollout show", "rollout approve", "rollout pause", "rollout resume", "rollout abort", "rollout retry", "rollout rollback", "downgrade", "stamp", "recover", "move"]],
   ["schedules", ["schedule add", "schedule replace", "schedules", "schedule rm"]],
   ["audit", ["audit", "audit verify", "audit export"]],
 ];

@@ -105,7 +105,8 @@ export class ControllerHttpClient {
   }
 
   /**
-   * A server stream as NDJSON: `onMessage` gets each message in order. Resolves
+   * A server stream as NDJSON: `onMessage` gets each message in order (and may
+   * return false to stop reading). Resolves
    * when the stream ends; `ok: false` with `unreachable` when the connection was
    * lost before the end (the caller may reconnect).
    */
@@ -114,7 +115,7 @@ export class ControllerHttpClient {
     input: I,
     request: MessageInitShape<I>,
     output: O,
-    onMessage: (message: MessageShape<O>) => void,
+    onMessage: (message: MessageShape<O>) => boolean | void,
   ): Promise<CallOutcome<number>> {
     const body = JSON.stringify(toJson(input, create(input, request)));
     const opened = await this.#open("POST", `/v1/${method}`, body, "application/x-ndjson", undefined);
@@ -144,8 +145,7 @@ export class ControllerHttpClient {
         return false;
       }
       count++;
-      onMessage(message);
-      return true;
+      return onMessage(message) !== false;
     });
     if (refused !== undefined) return { ok: false, failure: refused };
     if (bad !== undefined) return unreachable(bad);

@@ -279,7 +279,7 @@ test("human views: failed targets first with what to do; plan SQL indented", asy
         ...rollout("halted", []),
         targets: [
           { targetId: "webui-1", wave: 1, status: "succeeded", revisionBefore: ["c3d2e1f00d42"], revisionAfter: ["1b8c9d0e1f2a"], steps: [{ name: "migrate", state: "succeeded" }] },
-          { targetId: "webui-9", wave: 1, status: "restored", backupId: "bk-9", revisionBefore: ["c3d2e1f00d42"], steps: [{ name: "migrate", state: "failed", detail: "duplicate column name: x" }] },
+          { targetId: "webui-9", wave: 1, status: "restored", backupId: "bk-9", revisionBefore: ["c3d2e1f00d42"], steps: [{ name: "migrate", state: "failed", detail: "duplicate column name: x" }], message: "migrate failed (ALEMBIC_FAILED) and the database was restored to c3d2e1f00d42; fix the cause, then: flotilla rollout retry r-1" },
         ],
       }),
     "/v1/PlanRollout": (_r, res) =>
@@ -291,9 +291,11 @@ test("human views: failed targets first with what to do; plan SQL indented", asy
   };
   const show = await cli(["rollout", "show", "r-1"]);
   assert.equal(show.code, 0);
-  const failedAt = show.stdout.indexOf("webui-9: migrate failed: duplicate column name: x");
+  const failedAt = show.stdout.indexOf("webui-9: migrate failed (ALEMBIC_FAILED) and the database was restored to c3d2e1f00d42");
   assert.ok(failedAt > 0 && failedAt < show.stdout.indexOf("TARGET"), show.stdout);
-  assert.match(show.stdout, /flotilla rollout rollback r-1/);
+  assert.equal(show.stdout.split("restored to c3d2e1f00d42").length, 2, "the outcome is said once");
+  assert.match(show.stdout, /retry what did not complete: flotilla rollout retry r-1/);
+  assert.match(show.stdout, /flotilla rollout rollback r-1 --yes/);
 
   const plan = await cli(["plan", "--selector", "env=prod"]);
   assert.equal(plan.code, 0);

@@ -51,6 +51,7 @@ import {
   renderBackups,
   renderDiagnosis,
   renderOperationResult,
+  renderFinalLines,
   renderPlan,
   renderRollout,
   renderRollouts,
@@ -225,27 +226,28 @@ async function run(ctx: Ctx, command: Command): Promise<number> {
       return EXIT.ok;
     }
     case "rollout show": {
-      if (command.follow) return followToEnd(ctx, command.id, undefined);
+      if (command.follow) return followToEnd(ctx, command.id, undefined, SUCCESS.show);
       const r = await client.unary("GetRollout", RolloutRefSchema, { id: command.id }, RolloutSchema);
       if (!r.ok) return fail(ctx, r.failure);
       output(ctx, RolloutSchema, r.value, () => renderRollout(r.value, ctx.now));
       return EXIT.ok;
     }
     case "rollout abort":
-    case "rollout rollback": {
-      const method = command.verb === "rollout abort" ? "AbortRollout" : "RollbackRollout";
-      const r = await client.unary(method, RolloutRefSchema, { id: command.id }, RolloutSchema, { timeoutMs: OPERATION_TIMEOUT_MS });
-      if (!r.ok) return fail(ctx, r.failure);
-      output(ctx, RolloutSchema, r.value, () => renderRollout(r.value, ctx.now));
-      return r.value.status === "failed" ? EXIT.failed : EXIT.ok;
-    }
+    case "rollout approve":
+    case "rollout pause":
+    case "rollout resume":
+    case "rollout retry":
+    case "rollout rollback":
+      return control(ctx, command);
     case "schedule add": {
       const s = command.schedule;
       const r = await client.unary("AddSchedule", ScheduleSchema, s, ScheduleSchema);
       if (!r.ok) return fail(ctx, r.failure);
       const v = r.value;
       output(ctx, ScheduleSchema, v, () =>
-        `✓ schedule ${v.name} added: ${v.cron} · ${v.selector} · ${v.strategy}${v.window === "" ? "" : ` · window ${v.window}`} · to ${v.toRevision || "head"}${v.waves === "" ? "" : ` · waves ${v.waves}`}\n`,
+        v.drill
+          ? `✓ schedule ${v.name} ${s.replace ? "saved" : "added"}: ${v.cron} · ${v.selector} · restore drill of the newest verified backup${v.nextRun === "" ? "" : ` · next run ${v.nextRun} (${v.timeZone})`}\n`
+          : `✓ schedule ${v.name} ${s.replace ? "saved" : "added"}: ${v.cron} · ${v.selector} · ${v.strategy}${v.window === "" ? "" : ` · window ${v.window}`} · to ${v.toRevision || "head"}${v.waves === "" ? "" : ` · waves ${v.waves}`}${v.nextRun === "" ? "" : ` · next run ${v.nextRun} (${v.timeZone})`}\n`,
       );
       return EXIT.ok;
     }
@@ -297,7 +299,37 @@ async function startRollout(ctx: Ctx, s: SpecInput, wait: boolean): Promise<numb
         `(Ctrl-C stops following only; the rollout goes on. Stop it with: flotilla rollout abort ${started.id})\n`,
     );
   }
-  return followToEnd(ctx, started.id, started);
+  return followToEnd(ctx, started.id, started, SUCCESS.rollout);
+}
+
+/** The end states each follow counts as success. */
+const SUCCESS = {
+  rollout: ["succeeded"],
+  show: ["succeeded", "rolled-back"],
+  "rollout abort": ["aborted"],
+  "rollout approve": ["succeeded"],
+  "rollout retry": ["succeeded"],
+  "rollout rollback": ["rolled-back"],
+} as const satisfies Record<string, readonly string[]>;
+
+const CONTROL_METHOD = {
+  "rollout abort": "AbortRollout", "rollout approve": "ApproveRollout", "rollout pause": "PauseRollout",
+  "rollout resume": "ResumeRollout", "rollout retry": "RetryRollout", "rollout rollback": "RollbackRollout",
+} as const;
+
+/** abort, approve, pause, resume, retry, rollback: one call; with --wait, follow the rollout to its end. */
+async function control(ctx: Ctx, command: Extract<Command, { verb: keyof typeof CONTROL_METHOD }>): Promise<number> {
+  const yes = command.verb === "rollout rollback";
+  const r = await ctx.client.unary(CONTROL_METHOD[command.verb], RolloutRefSchema, { id: command.id, yes }, RolloutSchema, { timeoutMs: PLAN_TIMEOUT_MS });
+  if (!r.ok) return fail(ctx, r.failure);
+  const doc = r.value;
+  const wait = "wait" in command && command.wait;
+  if (!wait) {
+    output(ctx, RolloutSchema, doc, () => renderRollout(doc, ctx.now));
+    return doc.status === "failed" ? EXIT.failed : EXIT.ok;
+  }
+  if (command.verb === "rollout retry") human(ctx, `rollout ${doc.id} retries ${command.id} over ${doc.targets.map((t) => t.targetId).join(", ")}\n`);
+  return followToEnd(ctx, doc.id, doc, SUCCESS[command.verb], command.verb === "rollout approve");
 }
 
 /**
@@ -305,7 +337,7 @@ async function startRollout(ctx: Ctx, s: SpecInput, wait: boolean): Promise<numb
  * and Alembic lines as they come; reconnects when the stream breaks. Exit 0
  * only when the rollout succeeded.
  */
-async function followToEnd(ctx: Ctx, id: string, started: Rollout | undefined): Promise<number> {
+async function followToEnd(ctx: Ctx, id: string, started: Rollout | undefined, success: readonly string[], stopAtGate = false): Promise<number> {
   const follower = new RolloutFollower();
   let last: Rollout | undefined = started;
   let shownFull = started !== undefined;
@@ -323,15 +355,18 @@ async function followToEnd(ctx: Ctx, id: string, started: Rollout | undefined): 
           for (const line of follower.snapshot(snap)) human(ctx, `${line}\n`);
         }
         last = snap;
+        if (stopAtGate && snap.waitingFor !== "") return false;
       } else if (ev.event.case === "line") {
         human(ctx, `${follower.line(ev.event.value)}\n`);
       }
     });
     const final: Rollout | undefined = last;
-    if (streamed.ok && final !== undefined && !isRolloutActive(final.status)) {
+    const atGate = stopAtGate && final !== undefined && final.waitingFor !== "";
+    if ((streamed.ok || atGate) && final !== undefined && (!isRolloutActive(final.status) || atGate)) {
       if (ctx.globals.json) printJson(ctx.io, toDoc(RolloutSchema, final));
-      else human(ctx, `\n${renderRollout(final, new Date())}`);
-      return final.status === "succeeded" ? EXIT.ok : EXIT.failed;
+      else human(ctx, `\n${renderRollout(final, new Date())}\n${renderFinalLines(final)}`);
+      if (atGate) return EXIT.ok;
+      return success.includes(final.status) ? EXIT.ok : EXIT.failed;
     }
     if (!streamed.ok && streamed.failure.kind === "rejected") return fail(ctx, streamed.failure);
     attempts++;

@@ -234,6 +234,8 @@ function backupLines(b: BackupInfo): string[] {
     `  sha256    ${b.sha256 || "-"}`,
     `  revision  ${revs(b.revisions)}`,
     `  verified  ${b.verified ? "✓ yes" : "✗ NO"}${b.verification === "" ? "" : ` (${b.verification})`}`,
+    ...(b.companionPaths > 0 ? [`  files     ${b.companionPaths} companion path(s), ${formatBytes(b.companionBytes)} (${formatBytes(b.companionNewBytes)} new, the rest shared with earlier backups)`] : []),
+    ...(b.appVersion !== "" ? [`  app       ${b.appVersion}`] : []),
   ];
 }
 
@@ -302,8 +304,13 @@ export function renderPlan(plan: RolloutPlan): string {
     out.push(t.pending.length === 0 ? `  revision  ${revs(t.current)} (up to date)` : `  revision  ${revs(t.current)} → ${dest}  (${t.pending.length} pending)`);
     for (const w of t.warnings) out.push(`  ! ${w}`);
     if (t.pending.length > 0) {
-      const rows = t.pending.map((p) => [p.id, p.message]);
-      out.push(indent(renderTable(["PENDING", "MESSAGE"], rows), "  "));
+      const cls = new Map(t.revisions.map((r) => [r.id, r]));
+      const rows = t.pending.map((p) => {
+        const c = cls.get(p.id);
+        return [p.id, c === undefined ? "-" : `${c.compatibility}${c.compatibilityReason === "" ? "" : ` (${c.compatibilityReason})`}`, p.message];
+      });
+      out.push(indent(renderTable(["PENDING", "COMPATIBILITY", "MESSAGE"], rows), "  "));
+      if (t.allowedStrategies.length > 0) out.push(`  allows    ${t.allowedStrategies.join(", ")}${t.allowedStrategies.length < 3 ? " (job and blue-green run old and new code side by side: they need additive revisions, or --allow-breaking)" : ""}`);
     }
     if (t.steps.length > 0) out.push(`  steps     ${t.steps.map((s) => s.name).join(" → ")}`);
     for (const n of t.notes) out.push(`  note: ${n}`);
@@ -312,7 +319,10 @@ export function renderPlan(plan: RolloutPlan): string {
       out.push(indent(t.sql, "      "));
     }
   }
-  out.push("", `to run it: flotilla rollout --selector ${spec?.selector || "…"} --strategy ${spec?.strategy || "maintenance"}${to === "head" ? "" : ` --to ${to}`}${spec?.waves ? ` --waves ${spec.waves}` : ""} --wait`);
+  const strategy = plan.refused ? "maintenance" : spec?.strategy || "maintenance";
+  const allow = !plan.refused && spec?.allowBreaking ? " --allow-breaking" : "";
+  const lead = plan.refused ? `${spec?.strategy ?? "this strategy"} is refused for these revisions (see above); with maintenance` : "to run it";
+  out.push("", `${lead}: flotilla rollout --selector ${spec?.selector || "…"} --strategy ${strategy}${to === "head" ? "" : ` --to ${to}`}${spec?.waves ? ` --waves ${spec.waves}` : ""}${allow} --wait`);
   return `${out.join("\n")}\n`;
 }
 
@@ -339,11 +349,6 @@ function stepsCompact(t: RolloutTarget): string {
   return t.steps.map((s) => `${stateSymbol(s.state)}${s.name}`).join(" ");
 }
 
-function failedStep(t: RolloutTarget): string {
-  const s = t.steps.find((x) => x.state === "failed" || x.state === "interrupted");
-  return s === undefined ? "" : `${s.name} ${s.state}${s.detail === "" ? "" : `: ${s.detail}`}`;
-}
-
 /** One rollout: headline, failed targets with next steps, then every target with its step states. */
 export function renderRollout(r: Rollout, now: Date): string {
   const spec = r.spec;
@@ -353,17 +358,15 @@ export function renderRollout(r: Rollout, now: Date): string {
   if (waves > 1) head.push(`wave ${r.currentWave + 1}/${waves}`);
   if (r.createdAt !== "") head.push(`started ${formatAge(r.createdAt, now)}${r.actor === "" ? "" : ` by ${r.actor}`}`);
   const out = [head.join(" · ")];
+  if (r.paused) out.push(`paused: running steps finish, no new step starts · resume: flotilla rollout resume ${r.id}`);
+  if (r.waitingFor !== "") out.push(`waiting for ${r.waitingFor}${r.gateExpiresAt === "" ? "" : ` (the gate expires ${r.gateExpiresAt}; then the rollout halts)`}`);
   if (r.message !== "") out.push(r.message);
   for (const w of r.warnings) out.push(`! ${w}`);
 
-  const failed = r.targets.filter((t) => t.status === "failed" || t.status === "restored");
-  if (failed.length > 0) {
-    out.push("", "failed:");
-    for (const t of failed) {
-      const detail = [failedStep(t), t.message].filter((s) => s !== "").join(" — ");
-      const restored = t.status === "restored" ? `; restored from backup ${t.backupId || "(pre-migration)"}, back at ${revs(t.revisionBefore)}` : "";
-      out.push(`  ${stateSymbol(t.status)} ${t.targetId}: ${detail || t.status}${restored}`);
-    }
+  const told = r.targets.filter((t) => t.message !== "");
+  if (told.length > 0) {
+    out.push("");
+    for (const t of told) out.push(`  ${stateSymbol(t.status)} ${t.targetId}: ${t.message}`);
   }
   if (r.targets.length > 0) {
     const targets = [...r.targets].sort((a, b) => targetRank(a) - targetRank(b) || a.wave - b.wave || a.targetId.localeCompare(b.targetId));
@@ -385,23 +388,29 @@ function nextSteps(r: Rollout): string {
   switch (r.status) {
     case "pending":
     case "running":
-      return `follow: flotilla rollout show ${r.id} --follow · stop before the next step: flotilla rollout abort ${r.id}`;
+      if (r.waitingFor !== "") return `approve: flotilla rollout approve ${r.id} · stop: flotilla rollout abort ${r.id}`;
+      return `follow: flotilla rollout show ${r.id} --follow · pause: flotilla rollout pause ${r.id} · stop: flotilla rollout abort ${r.id}`;
     case "failed":
     case "halted": {
       const migrated = r.targets.some((t) => t.status === "succeeded");
-      const failed = r.targets.filter((t) => t.status === "failed" || t.status === "restored").map((t) => t.targetId);
-      const diagnose = failed.length === 0 ? "" : failed.length === 1 ? `flotilla diagnose ${failed[0] ?? ""}` : `flotilla diagnose TARGET for ${failed.join(", ")}`;
-      const undo = migrated ? `undo the migrated ones: flotilla rollout rollback ${r.id}` : "";
-      const steps = [diagnose, undo].filter((x) => x !== "").join(" · ");
+      const retryable = r.targets.some((t) => t.status === "failed" || t.status === "restored" || t.status === "skipped");
+      const steps = [retryable ? `retry what did not complete: flotilla rollout retry ${r.id}` : "", migrated ? `undo the migrated ones: flotilla rollout rollback ${r.id} --yes` : ""].filter((x) => x !== "").join(" · ");
       return steps === "" ? "" : `next: ${steps}`;
     }
     case "aborted":
-      return `aborted; targets already migrated stay migrated · undo them: flotilla rollout rollback ${r.id}`;
+      return `targets already migrated stay migrated · undo them: flotilla rollout rollback ${r.id} --yes`;
     case "succeeded":
-      return r.spec?.strategy === "blue-green" ? `undo within the rollback window: flotilla rollout rollback ${r.id}` : "";
+      return r.spec?.strategy === "blue-green" ? `undo within the rollback window: flotilla rollout rollback ${r.id} --yes` : "";
     default:
       return "";
   }
+}
+
+/** The last lines of a followed rollout: where each target's database really is now. */
+export function renderFinalLines(r: Rollout): string {
+  if (r.targets.length === 0) return "";
+  const rows = r.targets.map((t) => [t.targetId, t.revisionAfter.length > 0 ? revs(t.revisionAfter) : revs(t.revisionBefore), t.status || "pending"]);
+  return `where each database is now:\n${renderTable(["TARGET", "REVISION", "STATUS"], rows)}`;
 }
 
 /** Recent rollouts, one line each. */
@@ -411,7 +420,8 @@ export function renderRollouts(resp: ListRolloutsResponse, now: Date): string {
     const ok = r.targets.filter((t) => t.status === "succeeded").length;
     const bad = r.targets.filter((t) => t.status === "failed" || t.status === "restored").length;
     const counts = `${ok}✓${bad > 0 ? ` ${bad}✗` : ""} /${r.targets.length}`;
-    return [r.id, `${stateSymbol(r.status)} ${r.status}`, r.spec?.strategy ?? "", r.spec?.toRevision || "head", r.spec?.selector ?? "", counts, formatAge(r.createdAt, now), r.actor || "-"];
+    const state = r.paused ? `${r.status}, paused` : r.waitingFor !== "" ? `${r.status}, waiting for ${r.waitingFor.split(":")[0]}` : r.status;
+    return [r.id, `${stateSymbol(r.status)} ${state}`, r.spec?.strategy ?? "", r.spec?.toRevision || "head", r.spec?.selector ?? "", counts, formatAge(r.createdAt, now), r.actor || "-"];
   });
   return renderTable(["ROLLOUT", "STATUS", "STRATEGY", "TO", "SELECTOR", "TARGETS", "STARTED", "BY"], rows);
 }
@@ -496,15 +506,17 @@ export function renderSchedules(resp: ListSchedulesResponse, now: Date): string 
   const rows = resp.schedules.map((s) => [
     s.name,
     s.cron,
+    s.timeZone || "-",
+    s.nextRun === "" ? "-" : s.nextRun,
     s.selector,
-    s.strategy,
-    s.window || "-",
-    s.toRevision || "head",
+    s.drill ? "drill" : s.strategy,
+    s.drill ? "-" : s.window || "-",
+    s.drill ? "-" : s.toRevision || "head",
     s.lastRun === "" ? "never" : formatAge(s.lastRun, now),
     s.lastResult || "-",
     s.source || "-",
   ]);
-  return renderTable(["SCHEDULE", "CRON", "SELECTOR", "STRATEGY", "WINDOW", "TO", "LAST RUN", "RESULT", "SOURCE"], rows);
+  return renderTable(["SCHEDULE", "CRON", "TIME ZONE", "NEXT RUN", "SELECTOR", "STRATEGY", "WINDOW", "TO", "LAST RUN", "RESULT", "SOURCE"], rows);
 }
 
 export function renderAudit(resp: QueryAuditResponse): string {

@@ -1,4 +1,4 @@
-import { parse as parseYaml } from "yaml";
+import { parseDocument } from "yaml";
 import { FlotillaError } from "./errors.js";
 import { identityProblem } from "./tls.js";
 
@@ -35,14 +35,21 @@ export function isObj(v: unknown): v is Obj {
   return v !== null && typeof v === "object" && !Array.isArray(v);
 }
 
-/** Parses YAML text; a syntax error becomes CONFIG_INVALID naming the file and line. */
+/**
+ * Parses YAML text. Syntax errors (and keys given twice in one mapping) become
+ * one CONFIG_INVALID listing every one of them with its line, the same shape
+ * as the content problems.
+ */
 export function parseConfigText(text: string, source: string): Obj {
-  let doc: unknown;
-  try {
-    doc = parseYaml(text);
-  } catch (err) {
-    throw new FlotillaError("CONFIG_INVALID", `${source}: not valid YAML: ${(err as Error).message}`);
+  const parsed = parseDocument(text, { uniqueKeys: true });
+  if (parsed.errors.length > 0) {
+    const lines = parsed.errors.map((e) => {
+      const line = e.linePos?.[0]?.line;
+      return `  - ${line !== undefined ? `line ${line}: ` : ""}${e.message.split("\n")[0]!.replace(/ at line \d+, column \d+:?$/, "")}`;
+    });
+    throw new FlotillaError("CONFIG_INVALID", `${source} is not valid YAML (${parsed.errors.length} problem${parsed.errors.length === 1 ? "" : "s"}):\n${lines.join("\n")}`);
   }
+  const doc: unknown = parsed.toJS();
   if (doc === null || doc === undefined) return {};
   if (!isObj(doc)) throw new FlotillaError("CONFIG_INVALID", `${source}: the top level must be a mapping of keys to values`);
   return doc;

@@ -1,9 +1,8 @@
-import { status as GrpcStatus } from "@grpc/grpc-js";
-
 /**
  * The closed set of error codes Flotilla reports. Every refusal and failure a
  * user can meet carries one of these; the CLI maps them to exit codes, the
- * gRPC and HTTP layers map them to status codes in exactly one place each.
+ * gRPC layer (grpc-bridge.ts) and the HTTP layer (httpStatusOf) map them to
+ * status codes in exactly one place each.
  */
 export const ERROR_CODES = [
   "INVALID_ARGUMENT",
@@ -63,56 +62,6 @@ export function toFlotillaError(err: unknown): FlotillaError {
     return new FlotillaError("INTERNAL", err.message, { cause: err });
   }
   return new FlotillaError("INTERNAL", String(err));
-}
-
-const GRPC_BY_CODE: Record<ErrorCode, GrpcStatus> = {
-  INVALID_ARGUMENT: GrpcStatus.INVALID_ARGUMENT,
-  NOT_FOUND: GrpcStatus.NOT_FOUND,
-  TARGET_BUSY: GrpcStatus.ABORTED,
-  APP_STILL_RUNNING: GrpcStatus.FAILED_PRECONDITION,
-  MULTIPLE_HEADS: GrpcStatus.FAILED_PRECONDITION,
-  UNKNOWN_REVISION: GrpcStatus.FAILED_PRECONDITION,
-  BACKUP_UNVERIFIED: GrpcStatus.FAILED_PRECONDITION,
-  BACKUP_FAILED: GrpcStatus.INTERNAL,
-  VERIFY_FAILED: GrpcStatus.DATA_LOSS,
-  RESTORE_FAILED: GrpcStatus.INTERNAL,
-  ALEMBIC_FAILED: GrpcStatus.INTERNAL,
-  MIGRATION_FAILED: GrpcStatus.INTERNAL,
-  DATA_LOSS_NOT_ACCEPTED: GrpcStatus.FAILED_PRECONDITION,
-  STAMP_REFUSED: GrpcStatus.FAILED_PRECONDITION,
-  INTERRUPTED: GrpcStatus.ABORTED,
-  CONFIG_INVALID: GrpcStatus.INVALID_ARGUMENT,
-  AGENT_UNAVAILABLE: GrpcStatus.UNAVAILABLE,
-  UNAUTHENTICATED: GrpcStatus.UNAUTHENTICATED,
-  PERMISSION_DENIED: GrpcStatus.PERMISSION_DENIED,
-  AUDIT_UNAVAILABLE: GrpcStatus.UNAVAILABLE,
-  LEASE_HELD: GrpcStatus.ABORTED,
-  PRECONDITION_FAILED: GrpcStatus.FAILED_PRECONDITION,
-  TARGET_BROKEN: GrpcStatus.FAILED_PRECONDITION,
-  TIMEOUT: GrpcStatus.DEADLINE_EXCEEDED,
-  CANCELLED: GrpcStatus.CANCELLED,
-  INTERNAL: GrpcStatus.INTERNAL,
-};
-
-/** FlotillaError → gRPC status. The only such mapping. */
-export function grpcStatusOf(code: ErrorCode): GrpcStatus {
-  return GRPC_BY_CODE[code];
-}
-
-/** gRPC status → FlotillaError code, for errors that carry no Flotilla code. */
-export function codeOfGrpcStatus(status: number): ErrorCode {
-  switch (status) {
-    case GrpcStatus.INVALID_ARGUMENT: return "INVALID_ARGUMENT";
-    case GrpcStatus.NOT_FOUND: return "NOT_FOUND";
-    case GrpcStatus.UNAVAILABLE: return "AGENT_UNAVAILABLE";
-    case GrpcStatus.DEADLINE_EXCEEDED: return "TIMEOUT";
-    case GrpcStatus.CANCELLED: return "CANCELLED";
-    case GrpcStatus.UNAUTHENTICATED: return "UNAUTHENTICATED";
-    case GrpcStatus.PERMISSION_DENIED: return "PERMISSION_DENIED";
-    case GrpcStatus.FAILED_PRECONDITION: return "PRECONDITION_FAILED";
-    case GrpcStatus.ABORTED: return "TARGET_BUSY";
-    default: return "INTERNAL";
-  }
 }
 
 /** FlotillaError → HTTP status. The only such mapping. */

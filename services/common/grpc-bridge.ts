@@ -6,7 +6,7 @@
 import * as grpc from "@grpc/grpc-js";
 import { create, fromBinary, toBinary, type DescMessage, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
-import { FlotillaError, codeOfGrpcStatus, grpcStatusOf, isErrorCode, toFlotillaError } from "./errors.js";
+import { type ErrorCode, FlotillaError, isErrorCode, toFlotillaError } from "./errors.js";
 import { redact } from "./redact.js";
 import { isIP } from "node:net";
 import { checkServerIdentity as checkTlsServerIdentity, type PeerCertificate } from "node:tls";
@@ -375,4 +375,56 @@ export function newServer(): grpc.Server {
     "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
     "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
   });
+}
+
+// ------------------------------------------------------------ status codes
+
+const GRPC_BY_CODE: Record<ErrorCode, grpc.status> = {
+  INVALID_ARGUMENT: grpc.status.INVALID_ARGUMENT,
+  NOT_FOUND: grpc.status.NOT_FOUND,
+  TARGET_BUSY: grpc.status.ABORTED,
+  APP_STILL_RUNNING: grpc.status.FAILED_PRECONDITION,
+  MULTIPLE_HEADS: grpc.status.FAILED_PRECONDITION,
+  UNKNOWN_REVISION: grpc.status.FAILED_PRECONDITION,
+  BACKUP_UNVERIFIED: grpc.status.FAILED_PRECONDITION,
+  BACKUP_FAILED: grpc.status.INTERNAL,
+  VERIFY_FAILED: grpc.status.DATA_LOSS,
+  RESTORE_FAILED: grpc.status.INTERNAL,
+  ALEMBIC_FAILED: grpc.status.INTERNAL,
+  MIGRATION_FAILED: grpc.status.INTERNAL,
+  DATA_LOSS_NOT_ACCEPTED: grpc.status.FAILED_PRECONDITION,
+  STAMP_REFUSED: grpc.status.FAILED_PRECONDITION,
+  INTERRUPTED: grpc.status.ABORTED,
+  CONFIG_INVALID: grpc.status.INVALID_ARGUMENT,
+  AGENT_UNAVAILABLE: grpc.status.UNAVAILABLE,
+  UNAUTHENTICATED: grpc.status.UNAUTHENTICATED,
+  PERMISSION_DENIED: grpc.status.PERMISSION_DENIED,
+  AUDIT_UNAVAILABLE: grpc.status.UNAVAILABLE,
+  LEASE_HELD: grpc.status.ABORTED,
+  PRECONDITION_FAILED: grpc.status.FAILED_PRECONDITION,
+  TARGET_BROKEN: grpc.status.FAILED_PRECONDITION,
+  TIMEOUT: grpc.status.DEADLINE_EXCEEDED,
+  CANCELLED: grpc.status.CANCELLED,
+  INTERNAL: grpc.status.INTERNAL,
+};
+
+/** FlotillaError → gRPC status. The only such mapping. */
+export function grpcStatusOf(code: ErrorCode): grpc.status {
+  return GRPC_BY_CODE[code];
+}
+
+/** gRPC status → FlotillaError code, for errors that carry no Flotilla code. */
+export function codeOfGrpcStatus(status: number): ErrorCode {
+  switch (status) {
+    case grpc.status.INVALID_ARGUMENT: return "INVALID_ARGUMENT";
+    case grpc.status.NOT_FOUND: return "NOT_FOUND";
+    case grpc.status.UNAVAILABLE: return "AGENT_UNAVAILABLE";
+    case grpc.status.DEADLINE_EXCEEDED: return "TIMEOUT";
+    case grpc.status.CANCELLED: return "CANCELLED";
+    case grpc.status.UNAUTHENTICATED: return "UNAUTHENTICATED";
+    case grpc.status.PERMISSION_DENIED: return "PERMISSION_DENIED";
+    case grpc.status.FAILED_PRECONDITION: return "PRECONDITION_FAILED";
+    case grpc.status.ABORTED: return "TARGET_BUSY";
+    default: return "INTERNAL";
+  }
 }

@@ -211,7 +211,7 @@ export function checkCron(raw: string): Checked<string> {
           if (lo === undefined || hi === undefined || hi < lo) okItem = false;
         }
       }
-      if (!okItem) return bad(`${q(text)} is not a valid ${field.name} field (${field.min}-${field.max}${field.names.length ? " or names like " + field.names.slice(0, 3).join(",") : ""}; *, lists, ranges and /steps allowed); ${example}`);
+      if (!okItem) return bad(`${q(text)} is not a valid ${field.name} field (${field.min}-${field.max}${field.names.length ? ` or names like ${field.names.slice(0, 3).join(",")}` : ""}; *, lists, ranges and /steps allowed); ${example}`);
     }
   }
   return good(fields.join(" "));

@@ -18,6 +18,7 @@ import { checkControllerConfig } from "./config-host.js";
 import { createHttpGateway } from "./http/http-gateway.js";
 import { Inventory } from "./inventory.js";
 import { RolloutEngine } from "./rollout-engine.js";
+import { GrpcStepClient } from "./agents/grpc-step-client.js";
 import { Scheduler } from "./scheduler.js";
 import { drillSelected, summariseDrills } from "./drills.js";
 import { Leadership } from "./leadership.js";
@@ -46,7 +47,7 @@ export async function startController(config: ControllerConfig, log: Logger): Pr
   // Every command to an agent carries the leader epoch (fencing); leadership is created below.
   const pool = new GrpcAgentPool(config.agents, store, config.tls, () => leadership.epoch);
   const inventory = new Inventory(pool, log);
-  const engine = new RolloutEngine({ store, pool, inventory, audit, log, agentTimeoutMs: config.agentTimeoutMs });
+  const engine = new RolloutEngine({ store, pool, agents: new GrpcStepClient({ pool, agentTimeoutMs: config.agentTimeoutMs }), inventory, audit, log });
   const scheduler = new Scheduler({ store, engine, audit, log, drill: async (selector, actor) => summariseDrills(await drillSelected({ inventory, pool }, selector, actor)) });
   for (const s of config.schedules) {
     const existing = (await store.listSchedules()).find((x) => x.name === s.name);

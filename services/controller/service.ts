@@ -15,6 +15,7 @@ import type { ControllerStore, RolloutDoc, ScheduleDoc } from "./core/ports.js";
 import type { Inventory } from "./inventory.js";
 import type { RolloutEngine } from "./rollout-engine.js";
 import { preflightVerdict, type PreflightAnswer } from "./core/rollout-plan.js";
+import { type RevisionClass, checkCompatibility, classesFromPlan, strategiesAllowed } from "./core/compatibility-gate.js";
 import { Scheduler } from "./scheduler.js";
 import { checkSelector, compileScheduleRequest, describeProblems, orInvalidArgument } from "../common/rollout-request.js";
 
@@ -29,6 +30,7 @@ const METHOD_ROLE: Record<string, Role> = {
   ListTargets: "viewer", DiagnoseTarget: "viewer", ListTargetBackups: "viewer", PlanRollout: "viewer", GetRollout: "viewer",
   ListRollouts: "viewer", WatchRollout: "viewer", ListSchedules: "viewer", QueryAudit: "viewer", VerifyAudit: "viewer",
   BackupTarget: "operator", RehearseTarget: "operator", StartRollout: "operator", AbortRollout: "operator", RegisterAgent: "operator",
+  ApproveRollout: "operator", PauseRollout: "operator", ResumeRollout: "operator", RetryRollout: "operator",
   DrillTarget: "operator", BundleTarget: "operator",
   RestoreTarget: "admin", RecoverTarget: "admin", MoveTarget: "admin", DowngradeTarget: "admin", StampTarget: "admin", RollbackRollout: "admin", AddSchedule: "admin", RemoveSchedule: "admin",
 };
@@ -79,13 +81,17 @@ export function authenticate(config: ControllerConfig, authorization: string | u
 export function rolloutMessage(d: RolloutDoc): RolloutInit {
   return {
     id: d.id, status: d.status,
-    spec: { selector: d.spec.selector, toRevision: d.spec.toRevision, strategy: d.spec.strategy, waves: d.spec.waves, maxFailures: d.spec.maxFailures, schedule: d.spec.schedule ?? "", window: d.spec.window ?? "" },
+    spec: {
+      selector: d.spec.selector, toRevision: d.spec.toRevision, strategy: d.spec.strategy, waves: d.spec.waves, maxFailures: d.spec.maxFailures,
+      schedule: d.spec.schedule ?? "", window: d.spec.window ?? "", gate: d.spec.gate ?? "", allowBreaking: d.spec.allowBreaking ?? false,
+    },
     targets: d.targets.map((t) => ({
       targetId: t.targetId, agentId: t.agentId, wave: t.wave, status: t.status, revisionBefore: t.revisionBefore, revisionAfter: t.revisionAfter,
       backupId: t.backupId, message: t.message,
       steps: t.steps.map((s) => ({ name: s.name, state: s.state, agentId: s.agentId, operationId: s.operationId, detail: s.detail, startedAt: s.startedAt ?? "", finishedAt: s.finishedAt ?? "" })),
     })),
     createdAt: d.createdAt, finishedAt: d.finishedAt ?? "", actor: d.actor, message: d.message, warnings: d.warnings, currentWave: d.currentWave,
+    waitingFor: d.waitingFor ?? "", gateExpiresAt: d.gateExpiresAt ?? "", paused: d.paused ?? false,
   };
 }
 
@@ -341,6 +347,7 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
       const plan = await d.engine.plan(req, false);
       const warnings = [...plan.warnings];
       const refusals: PreflightAnswer[] = [];
+      const classes = new Map<string, RevisionClass[]>();
       const targets = await Promise.all(plan.targets.map(async (t) => {
         const notes: string[] = [];
         const tw: string[] = [];
@@ -348,9 +355,6 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
         try {
           p = await (await d.pool.client(t.agentId)).plan({ targetId: t.targetId, toRevision: plan.spec.toRevision }, { timeoutMs: 120_000 });
           notes.push(...p.notes);
-          if (plan.spec.strategy === "job" && !p.additiveOnly && p.pending.length > 0) {
-            tw.push("the job strategy migrates while old app instances keep running, but these revisions are not purely additive: use maintenance or blue-green");
-          }
         } catch (err) {
           const fe = toFlotillaError(err);
           // A wanted revision the target refuses (unknown, behind, another branch, ambiguous) refuses the plan.
@@ -359,15 +363,21 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
           }
           tw.push(`cannot plan: ${fe.message}`);
         }
+        const revs = p === undefined ? [] : classesFromPlan(p);
+        if (p !== undefined) classes.set(t.targetId, revs);
         return {
           targetId: t.targetId, agentId: t.agentId, wave: t.wave, current: p?.current ?? [], pending: p?.pending ?? [],
-          steps: t.steps.map((s) => ({ name: s.name, agentId: s.agentId, detail: s.detail })), sql: p?.sql ?? "", sqlComplete: p?.sqlComplete ?? false,
-          notes, warnings: tw, revisions: p?.revisions ?? [],
+          steps: p !== undefined && p.pending.length === 0 && plan.spec.strategy !== "blue-green" ? [] : t.steps.map((s) => ({ name: s.name, agentId: s.agentId, detail: s.detail })),
+          sql: p?.sql ?? "", sqlComplete: p?.sqlComplete ?? false, notes, warnings: tw,
+          revisions: revs.map((r) => ({ ...(p?.revisions.find((x) => x.id === r.id) ?? { id: r.id }), compatibility: r.compatibility, compatibilityReason: r.reason })),
+          allowedStrategies: strategiesAllowed(revs),
         };
       }));
       const refusal = preflightVerdict(refusals).refusal;
       if (refusal) throw new FlotillaError(refusal.code as FlotillaError["code"], refusal.message);
-      return { spec: { ...plan.spec, schedule: plan.spec.schedule ?? "", window: plan.spec.window ?? "" }, targets, warnings, waveCount: new Set(plan.targets.map((t) => t.wave)).size };
+      const gate = checkCompatibility(plan.spec.strategy, classes, plan.spec.allowBreaking);
+      if (!gate.ok) warnings.push(gate.message);
+      return { spec: { ...plan.spec }, targets, warnings, waveCount: new Set(plan.targets.map((t) => t.wave)).size, refused: !gate.ok };
     }),
     startRollout: (req, ctx) => audited("StartRollout", ctx, req.selector, req, async (caller) => {
       const { refusal } = await preflight({ ...req, schedule: "" });
@@ -389,7 +399,10 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
         try {
           await audited("WatchRollout", ctx, req.id, req, async () => {
             const unsubscribe = d.engine.onEvent(req.id, (e) => {
-              if (e.kind === "line") q.push({ event: { case: "line", value: e.line } });
+              if (e.kind === "line") {
+                const l = e.line;
+                q.push({ event: { case: "line", value: { targetId: l.targetId, step: l.step, line: l.line, revisionIndex: l.revisionIndex ?? 0, revisionCount: l.revisionCount ?? 0, elapsedMs: BigInt(l.elapsedMs ?? 0), etaMs: BigInt(l.etaMs ?? 0) } } });
+              }
               else {
                 q.push({ event: { case: "snapshot", value: rolloutMessage(e.doc) } });
                 if (TERMINAL.has(e.doc.status)) { unsubscribe(); q.end(); }
@@ -408,7 +421,14 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
       return q;
     },
     abortRollout: (req, ctx) => audited("AbortRollout", ctx, req.id, req, async (caller) => rolloutMessage(await d.engine.abort(req.id, caller.actor))),
-    rollbackRollout: (req, ctx) => audited("RollbackRollout", ctx, req.id, req, async (caller) => rolloutMessage(await d.engine.rollback(req.id, caller.actor))),
+    rollbackRollout: (req, ctx) => audited("RollbackRollout", ctx, req.id, req, async (caller) => {
+      if (!req.yes) throw new FlotillaError("INVALID_ARGUMENT", `yes: rollback restores the pre-migration backups and loses data written since; confirm with flotilla rollout rollback ${req.id} --yes`);
+      return rolloutMessage(await d.engine.rollback(req.id, caller.actor));
+    }),
+    approveRollout: (req, ctx) => audited("ApproveRollout", ctx, req.id, req, async (caller) => rolloutMessage(await d.engine.approve(req.id, caller.actor))),
+    pauseRollout: (req, ctx) => audited("PauseRollout", ctx, req.id, req, async (caller) => rolloutMessage(await d.engine.pause(req.id, caller.actor))),
+    resumeRollout: (req, ctx) => audited("ResumeRollout", ctx, req.id, req, async (caller) => rolloutMessage(await d.engine.resume(req.id, caller.actor))),
+    retryRollout: (req, ctx) => audited("RetryRollout", ctx, req.id, req, async (caller) => rolloutMessage(await d.engine.retry(req.id, caller.actor))),
     addSchedule: (req, ctx) => audited("AddSchedule", ctx, req.name, req, async () => {
       // A drill schedule runs no migration: its strategy is only a placeholder.
       const { value: compiled } = orInvalidArgument(compileScheduleRequest(req.drill && !req.strategy ? { ...req, strategy: "maintenance" } : req));

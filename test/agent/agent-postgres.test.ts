@@ -108,7 +108,7 @@ test("the database password and WEBUI_SECRET_KEY never appear in logs or results
   assert.equal(logs.includes(CANARY_PASSWORD), false);
   assert.equal(logs.includes(CANARY_SECRET), false);
   const list = await a1.listBackups({ targetId: "p-shared" });
-  assert.equal(JSON.stringify(list.backups.map((b) => ({ ...b, sizeBytes: String(b.sizeBytes) }))).includes(CANARY_PASSWORD), false);
+  assert.equal(JSON.stringify(list.backups, (_k, v: unknown) => (typeof v === "bigint" ? String(v) : v)).includes(CANARY_PASSWORD), false);
   const d = await a1.diagnose({ targetId: "p-shared" });
   assert.equal(JSON.stringify(d.findings).includes(CANARY_PASSWORD), false);
 });

@@ -91,6 +91,7 @@ before(async () => {
       { id: "p-app", kind: "postgresql", owner: "a1", labels: { app: "p" }, failAt: "0a7b8c9d0e1f", seed: { users: 20, chats: 60, msgs: 2 }, alembicEnv: slow,
         extra: { backups: { include: pApp.include }, appVersion: ["cat", pApp.version], smoke } },
       { id: "s-ver", kind: "sqlite", owner: "a1", labels: { app: "v" }, extra: { backups: { include: vApp.include }, appVersion: ["cat", vApp.version] } },
+      { id: "s-keep", kind: "sqlite", owner: "a1", labels: { app: "k" }, extra: { backups: { keep: 1 } } },
     ],
   });
   await fleet.start();
@@ -256,4 +257,31 @@ test("the bundle holds every listed item and no secret, no row of user data, no 
       for (const canary of [CANARY_SECRET, CANARY_PASSWORD, USER_CANARY, FILE_CANARY]) assert.ok(!text.includes(canary), `${f} must not contain ${canary}`);
     }
   }
+});
+
+test("schedule add --drill needs no strategy and is listed as a drill", async () => {
+  const add = await fleet.cliJson<{ name: string; drill?: boolean }>(["schedule", "add", "weekly-drill", "--drill", "--cron", "0 4 * * 0", "--selector", "app=v"]);
+  assert.equal(add.code, 0, add.stderr);
+  assert.equal(add.doc.drill, true);
+  const human = await fleet.cli(["schedules"]);
+  assert.match(human.stdout, /weekly-drill .*app=v +drill/);
+  const noStrategy = await fleet.cli(["schedule", "add", "nightly", "--cron", "0 3 * * *", "--selector", "app=v"]);
+  assert.equal(noStrategy.code, 2, "a migration schedule still needs --strategy");
+});
+
+test("retention (keep: 1) keeps the backup of a rollout that has not migrated yet, and deletes the rest", async () => {
+  const a1 = fleet.agentClient("a1");
+  const take = async (op: string, rolloutId = ""): Promise<string> => {
+    const r = await collect(a1.backup({ targetId: "s-keep", operationId: op, rolloutId, verify: true }));
+    assert.equal(r.result.status, "succeeded", r.result.message);
+    return r.result.backup!.id;
+  };
+  const ids = async (): Promise<string[]> => (await a1.listBackups({ targetId: "s-keep" })).backups.map((b) => b.id);
+  const first = await take("keep-1");
+  const gated = await take("keep-2", "rollout-gated");
+  assert.deepEqual(await ids(), [gated], `${first} went: beyond keep, not needed`);
+  const third = await take("keep-3");
+  assert.deepEqual(await ids(), [third, gated], "the gated rollout's backup stays");
+  const fourth = await take("keep-4");
+  assert.deepEqual(await ids(), [fourth, gated]);
 });

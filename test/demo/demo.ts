@@ -83,15 +83,15 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     expect(before === after, "chat-lab is exactly as before: every table, every row (the agent restored its verified backup)");
 
     head("5. Blue-green: migrate a copy, switch traffic, keep blue for rollback");
-    const r3 = await fleet.cliJson<{ id: string; status: string }>(["rollout", "--selector", "env=staging", "--strategy", "blue-green", "--wait"]);
+    note("blue-green runs old and new code side by side: the compatibility gate wants additive revisions, or --allow-breaking (audited)\n");
+    const r3 = await fleet.cliJson<{ id: string; status: string }>(["rollout", "--selector", "env=staging", "--strategy", "blue-green", "--allow-breaking", "--wait"]);
     const bgShow = await fleet.cli(["rollout", "show", r3.doc.id]);
     o.stdout.write(bgShow.stdout);
     const lb = fleet.switchFiles.get("chat-stage")!;
     note(`load balancer now sends traffic to: ${readFileSync(lb, "utf8")}`);
     expect(r3.code === 0 && readFileSync(lb, "utf8") === "green", "green migrated and serving; blue kept untouched");
-    note(`\n$ flotilla rollout rollback ${r3.doc.id}`);
-    await fleet.cliLive(["rollout", "rollback", r3.doc.id], o.stdout);
-    await fleet.cliLive(["rollout", "show", r3.doc.id, "--follow"], o.stdout);
+    note(`\n$ flotilla rollout rollback ${r3.doc.id} --yes --wait`);
+    await fleet.cliLive(["rollout", "rollback", r3.doc.id, "--yes", "--wait"], o.stdout);
     const rolled = await fleet.cliJson<{ status: string }>(["rollout", "show", r3.doc.id]);
     note(`load balancer now sends traffic to: ${readFileSync(lb, "utf8")}`);
     expect(rolled.doc.status === "rolled-back" && readFileSync(lb, "utf8") === "blue", "rollback switched traffic back to blue and stopped green");

@@ -81,8 +81,10 @@ test("plan is a dry run with steps and SQL per target and changes nothing", asyn
   const pgPlan = r.doc.targets.find((t) => t.targetId === "prod-pg")!;
   assert.equal(pgPlan.steps.filter((s) => s.name === "stop").length, 2, "both app hosts are stopped");
   assert.equal(await dumpDatabase(fleet.urls.get("prod-a")!), before);
-  const job = await fleet.cliJson<{ targets: { warnings: string[] }[] }>(["plan", "--selector", "env=job", "--strategy", "job"]);
-  assert.ok(job.doc.targets[0]!.warnings.some((w) => /not purely additive/.test(w)), "job strategy warns on non-additive revisions");
+  const job = await fleet.cliJson<{ refused: boolean; warnings: string[]; targets: { allowedStrategies: string[] }[] }>(["plan", "--selector", "env=job", "--strategy", "job"]);
+  assert.equal(job.doc.refused, true, "the compatibility gate refuses job over revisions not known to be additive");
+  assert.ok(job.doc.warnings.some((w) => /not every pending revision is additive/.test(w)), JSON.stringify(job.doc.warnings));
+  assert.deepEqual(job.doc.targets[0]!.allowedStrategies, ["maintenance"]);
 });
 
 test("maintenance rollout in waves with a canary migrates every target and starts every app again", async () => {
@@ -110,7 +112,7 @@ test("a migration failing in the second wave is restored exactly and the rollout
   const by = new Map(r.doc.targets.map((t) => [t.targetId, t]));
   assert.equal(by.get("wave-1")!.status, "succeeded");
   assert.equal(by.get("wave-2")!.status, "restored");
-  assert.equal(by.get("wave-3")!.status, "pending");
+  assert.equal(by.get("wave-3")!.status, "skipped");
   assert.deepEqual(await fleet.revisionOf("wave-1"), [HEAD_REVISION]);
   assert.equal(await dumpDatabase(fleet.urls.get("wave-2")!), before2, "wave-2 is exactly as before");
   assert.equal(await dumpDatabase(fleet.urls.get("wave-3")!), before3, "wave-3 was never touched");
@@ -122,12 +124,12 @@ test("a migration failing in the second wave is restored exactly and the rollout
 
 test("job strategy: backup, migrate while running, rolling restart; rollback restores the pre-migration backup exactly", async () => {
   const before = await dumpDatabase(fleet.urls.get("job-1")!);
-  const r = await fleet.cliJson<RolloutJson>(["rollout", "--selector", "env=job", "--strategy", "job", "--wait"]);
+  const r = await fleet.cliJson<RolloutJson>(["rollout", "--selector", "env=job", "--strategy", "job", "--allow-breaking", "--wait"]);
   assert.equal(r.code, 0, JSON.stringify(r.doc).slice(0, 2000));
   const t = r.doc.targets[0]!;
   assert.deepEqual(t.steps.map((s) => s.name), ["precheck", "backup", "migrate", "verify", "restart", "restart", "health", "health"]);
   assert.deepEqual(await fleet.revisionOf("job-1"), [HEAD_REVISION]);
-  const rb = await fleet.cliJson<RolloutJson>(["rollout", "rollback", r.doc.id]);
+  const rb = await fleet.cliJson<RolloutJson>(["rollout", "rollback", r.doc.id, "--yes"]);
   assert.equal(rb.code, 0, rb.stderr);
   const done = await waitForRollout(r.doc.id, (d) => d.status !== "running");
   assert.equal(done.status, "rolled-back", JSON.stringify(done).slice(0, 2000));
@@ -146,7 +148,8 @@ test("abort stops before the next step: the running target finishes safely, late
   const done = await waitForRollout(start.doc.id, (d) => !["running", "pending"].includes(d.status));
   assert.equal(done.status, "aborted");
   const by = new Map(done.targets.map((t) => [t.targetId, t]));
-  assert.equal(by.get("ab2")!.status, "pending", "the second wave never started");
+  assert.equal(by.get("ab2")!.status, "skipped", "the second wave never started");
+  assert.ok(by.get("ab2")!.steps.every((s) => s.state === "skipped"));
   assert.ok(["aborted", "skipped"].includes(by.get("ab1-slow")!.status));
   assert.equal(await dumpDatabase(fleet.urls.get("ab2")!), before2);
   const s1 = by.get("ab1-slow")!;
@@ -159,12 +162,12 @@ test("abort stops before the next step: the running target finishes safely, late
 
 test("blue-green: clone, migrate green, start green, switch; blue kept; rollback switches back and stops green", async () => {
   const blueBefore = await dumpDatabase(fleet.urls.get("bg-1")!);
-  const r = await fleet.cliJson<RolloutJson>(["rollout", "--selector", "env=bg", "--strategy", "blue-green", "--wait"]);
+  const r = await fleet.cliJson<RolloutJson>(["rollout", "--selector", "env=bg", "--strategy", "blue-green", "--allow-breaking", "--wait"]);
   assert.equal(r.code, 0, JSON.stringify(r.doc).slice(0, 3000));
   assert.equal(readFileSync(fleet.switchFiles.get("bg-1")!, "utf8"), "green");
   assert.deepEqual(await fleet.revisionOf("bg-1", true), [HEAD_REVISION]);
   assert.equal(await dumpDatabase(fleet.urls.get("bg-1")!), blueBefore, "blue is kept untouched");
-  const rb = await fleet.cliJson<RolloutJson>(["rollout", "rollback", r.doc.id]);
+  const rb = await fleet.cliJson<RolloutJson>(["rollout", "rollback", r.doc.id, "--yes"]);
   assert.equal(rb.code, 0, rb.stderr);
   const done = await waitForRollout(r.doc.id, (d) => d.status !== "running");
   assert.equal(done.status, "rolled-back", JSON.stringify(done).slice(0, 2000));

@@ -243,6 +243,8 @@ test("schedules show their next run and time zone", async () => {
   const at = new Date(next);
   assert.ok(at.getTime() > Date.now() && at.getTime() <= Date.now() + 25 * 3600_000, `next run within a day: ${next}`);
   assert.match(await row.locator(".next-run").innerText(), /^in /m);
+  assert.match(await row.locator(".next-run time").innerText(), /UTC|GMT|[A-Z]{3}/, "shown in the schedule's time zone, named");
+  assert.doesNotMatch(await row.locator(".next-run time").innerText(), /T\d\d:/, "a readable time, not the raw ISO string");
   assert.notEqual((await row.locator("td").nth(2).innerText()).trim(), "", "time zone shown");
   await shot(page, "08-schedules");
   await context.close();

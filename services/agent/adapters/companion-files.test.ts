@@ -6,7 +6,7 @@ import { mkdtempSync, mkdirSync, writeFileSync, readFileSync, readdirSync, lstat
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Database from "better-sqlite3";
-import { companionsChanged, restoreCompanions, snapshotCompanions, verifyCompanions, type CompanionEntry } from "./companion-files.js";
+import { companionsChanged, repairInterruptedRestore, restoreCompanions, snapshotCompanions, verifyCompanions, type CompanionEntry } from "./companion-files.js";
 
 const root = mkdtempSync(join(tmpdir(), "flotilla-companions-"));
 after(() => rmSync(root, { recursive: true, force: true }));
@@ -154,4 +154,21 @@ test("an unchanged SQLite companion is shared with the previous backup", async (
   const two = await snapshotCompanions({ include: [file], destDir: join(base, "two.files"), exclude: [], onProgress: quiet, previous: { dir: join(base, "one.files"), entries: one.entries } });
   assert.equal(two.linkedFiles, 1);
   assert.equal(lstatSync(join(base, "two.files", "0")).ino, lstatSync(join(base, "one.files", "0")).ino);
+});
+
+test("a restore interrupted between its two renames is put right: the live folder goes back, staged copies go", async () => {
+  const base = join(root, "interrupted");
+  const uploads = join(base, "uploads");
+  mkdirSync(join(base, "uploads.old-ab12"), { recursive: true });
+  writeFileSync(join(base, "uploads.old-ab12", "kept.txt"), "live data");
+  mkdirSync(join(base, "uploads.restore-cd34"));
+  mkdirSync(join(base, "other.restore-ee"), { recursive: true });
+  const done = await repairInterruptedRestore([uploads]);
+  assert.equal(readFileSync(join(uploads, "kept.txt"), "utf8"), "live data");
+  assert.deepEqual(readdirSync(base).sort(), ["other.restore-ee", "uploads"], "only this path's leftovers are touched");
+  assert.equal(done.length, 2);
+  mkdirSync(join(base, "uploads.old-ff"));
+  await repairInterruptedRestore([uploads]);
+  assert.equal(existsSync(join(base, "uploads.old-ff")), false, "with the path present, the aside copy is the stale one");
+  assert.equal(readFileSync(join(uploads, "kept.txt"), "utf8"), "live data");
 });

@@ -455,3 +455,38 @@ export async function companionsChanged(entries: readonly CompanionEntry[], excl
   }
   return false;
 }
+
+/**
+ * Puts right what an agent crash in the middle of restoreCompanions() left
+ * beside the include paths: staged copies (`<path>.restore-*`) are removed;
+ * a live copy renamed aside (`<path>.old-*`) goes back when the path itself is
+ * missing (the crash fell between the two renames), and is removed otherwise.
+ * Returns what it did, one phrase each.
+ */
+export async function repairInterruptedRestore(include: readonly string[]): Promise<string[]> {
+  const done: string[] = [];
+  for (const source of include) {
+    const parent = path.dirname(source);
+    const base = path.basename(source);
+    let names: string[];
+    try {
+      names = await fsp.readdir(parent);
+    } catch {
+      continue;
+    }
+    for (const n of names.filter((x) => x.startsWith(`${base}.old-`))) {
+      if (!(await lstatOrNull(source))) {
+        await fsp.rename(path.join(parent, n), source);
+        done.push(`${source} put back from ${n}`);
+      } else {
+        await fsp.rm(path.join(parent, n), { recursive: true, force: true });
+        done.push(`${n} removed`);
+      }
+    }
+    for (const n of names.filter((x) => x.startsWith(`${base}.restore-`))) {
+      await fsp.rm(path.join(parent, n), { recursive: true, force: true });
+      done.push(`${n} removed`);
+    }
+  }
+  return done;
+}

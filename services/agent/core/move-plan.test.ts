@@ -2,7 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
   RowChecksum, canonicalFromPg, canonicalFromSqlite, canonicalRow, copyFieldFromSqlite, decideMove, foreignKeyOrder, kindOfPgType, kindOfSqliteType,
-  planCopy, sqliteValueFromPg, unescapeCopyField, MoveValueError, type MovePreflightFacts, type TableFact, type ValueKind,
+  nextReadyTable, planCopy, sqliteValueFromPg, unescapeCopyField, MoveValueError, type MovePreflightFacts, type TableFact, type ValueKind,
 } from "./move-plan.js";
 
 test("foreign-key order puts parents first, keeps self-references, reports cycles", () => {
@@ -115,6 +115,10 @@ test("the copy plan converts by TO's types and names schema drift", () => {
   assert.deepEqual(plan.tables[0]!.columns.map((c) => c.kind), ["text", "boolean"]);
   assert.equal(plan.tables[1]!.serial, "id");
   assert.equal(plan.tables[0]!.serial, undefined);
+  assert.deepEqual(plan.tables[1]!.parents, ["chat"]);
+  assert.equal(nextReadyTable(plan, new Set(), new Set())?.name, "chat");
+  assert.equal(nextReadyTable(plan, new Set(["chat"]), new Set()), undefined, "message waits for chat to be copied");
+  assert.equal(nextReadyTable(plan, new Set(["chat"]), new Set(["chat"]))?.name, "message");
   assert.equal(plan.problems.length, 2);
   assert.match(plan.problems.join(";"), /table migratehistory exists in FROM/);
   assert.match(plan.problems.join(";"), /column message\.stray/);

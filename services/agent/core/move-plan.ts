@@ -89,6 +89,8 @@ export interface TableCopy {
   readonly key: readonly string[];
   /** Integer primary key column whose PostgreSQL sequence must be moved past the highest id. */
   readonly serial?: string;
+  /** Other tables of the plan this one references: copied (and committed) before it. */
+  readonly parents: readonly string[];
 }
 
 export interface CopyPlan {
@@ -168,9 +170,20 @@ export function planCopy(
     }
     const key = [...dst.columns].filter((c) => c.pk > 0).sort((a, b) => a.pk - b.pk).map((c) => c.name);
     const serialCol = key.length === 1 ? columns.find((c) => c.name === key[0] && c.kind === "integer") : undefined;
-    tables.push({ name, columns, key: key.length > 0 ? key : columns.map((c) => c.name), ...(serialCol ? { serial: serialCol.name } : {}) });
+    const parents = [...new Set(fks.filter((fk) => fk.table === name && fk.parent !== name && order.includes(fk.parent)).map((fk) => fk.parent))].sort();
+    tables.push({ name, columns, key: key.length > 0 ? key : columns.map((c) => c.name), ...(serialCol ? { serial: serialCol.name } : {}), parents });
   }
   return { tables, problems, cycles };
+}
+
+/**
+ * The next table a copy worker may start: the first in plan order that is
+ * neither started nor waiting on a parent still being copied. Tables in a
+ * cycle start only when nothing else runs. Undefined when none may start now.
+ */
+export function nextReadyTable(plan: CopyPlan, started: ReadonlySet<string>, done: ReadonlySet<string>): TableCopy | undefined {
+  const running = [...started].some((n) => !done.has(n));
+  return plan.tables.find((t) => !started.has(t.name) && t.parents.every((p) => done.has(p)) && !(plan.cycles.includes(t.name) && running));
 }
 
 // ---------------------------------------------------------------- values

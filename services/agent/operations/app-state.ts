@@ -1,6 +1,6 @@
 import { dirname, join } from "node:path";
 import type { BackupManifest, DatabaseAdapter, ProgressFn } from "../core/ports.js";
-import { companionsChanged, restoreCompanions, snapshotCompanions, verifyCompanions } from "../adapters/companion-files.js";
+import { companionsChanged, repairInterruptedRestore, restoreCompanions, snapshotCompanions, verifyCompanions } from "../adapters/companion-files.js";
 import type { OperationContext, TargetRuntime } from "./context.js";
 
 /**
@@ -34,6 +34,7 @@ export async function takeCompanions(
 ): Promise<Pick<BackupManifest, "companions" | "companionBytes" | "companionNewBytes">> {
   const include = t.config.backups.include ?? [];
   if (include.length === 0 || db !== t.db) return {};
+  for (const line of await repairInterruptedRestore(include)) progress({ source: "backup", line: `companion files: ${line} (left by an interrupted restore)` });
   const previous = (await t.catalog.list()).find((m) => m.verified && m.companions && m.companions.length > 0);
   const snap = await snapshotCompanions({
     include, destDir: t.catalog.filesDir(id), exclude: excluded(t), onProgress: progress,
@@ -52,6 +53,7 @@ export async function verifyCompanionsOf(m: BackupManifest, full: boolean, signa
 /** Restores a manifest's companions (staged, checked, renamed in). */
 export async function restoreCompanionsOf(m: BackupManifest, progress: ProgressFn, signal?: AbortSignal): Promise<void> {
   if (!m.companions || m.companions.length === 0) return;
+  for (const line of await repairInterruptedRestore(m.companions.map((e) => e.source))) progress({ source: "backup", line: `companion files: ${line} (left by an interrupted restore)` });
   await restoreCompanions(companionsDir(m), m.companions, progress, signal);
 }
 
@@ -77,7 +79,9 @@ export async function readAppVersion(ctx: OperationContext, t: TargetRuntime, si
   const argv = t.config.appVersion;
   if (!argv || argv.length === 0) return "";
   const lines: string[] = [];
-  const r = await ctx.deps.runHook(argv, (l) => lines.push(l), signal).catch(() => ({ ok: false, detail: "" }));
+  // A hung version command (a stopped Docker daemon) must not hold a backup up: 15 s at most.
+  const limit = AbortSignal.timeout(15_000);
+  const r = await ctx.deps.runHook(argv, (l) => lines.push(l), signal ? AbortSignal.any([signal, limit]) : limit).catch(() => ({ ok: false, detail: "" }));
   if (!r.ok) return "";
   return (lines.map((l) => l.trim()).find((l) => l.length > 0) ?? "").slice(0, 200);
 }

@@ -236,9 +236,12 @@ export class OperationContext {
     // Recorded once the backup is complete (and verified when asked): recover restores only such a backup.
     this.deps.journal.update(opId, { backupId: id });
     const recent = this.deps.journal.list(t.config.id, 200);
-    // Protected: backups of running or interrupted operations, and of the latest migration (a rollback restores it).
+    // Protected: backups of running or interrupted operations, of the latest migration (a rollback restores it),
+    // and a rollout's backups until that rollout has migrated this target (a gated or paused rollout still needs them; 7 days at most).
     const lastMigrate = recent.find((o) => o.kind === "migrate" && o.backupId !== "");
-    const protect = new Set<string>([id, ...recent.filter((o) => o.state === "interrupted" || o.state === "needs-restore" || o.state === "running").map((o) => o.backupId), ...(lastMigrate ? [lastMigrate.backupId] : [])]);
+    const migrated = new Set(recent.filter((o) => o.kind === "migrate" && o.rolloutId !== "" && o.state !== "running").map((o) => o.rolloutId));
+    const awaiting = (await t.catalog.list()).filter((m) => m.rolloutId !== "" && !migrated.has(m.rolloutId) && Date.now() - Date.parse(m.createdAt) < 7 * 86_400_000).map((m) => m.id);
+    const protect = new Set<string>([id, ...recent.filter((o) => o.state === "interrupted" || o.state === "needs-restore" || o.state === "running").map((o) => o.backupId), ...(lastMigrate ? [lastMigrate.backupId] : []), ...awaiting]);
     const pruned = await t.catalog.prune(t.config.backups.keep, protect, t.config.backups.keepDays);
     if (pruned.length > 0) progress({ source: "backup", line: `retention: removed ${pruned.length} old backup(s) (keep ${t.config.backups.keep})` });
     return manifest;

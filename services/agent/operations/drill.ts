@@ -65,6 +65,7 @@ export function drill(ctx: OperationContext, req: { targetId: string; backupId: 
           return failedWith(`smoke query ${i + 1} failed: ${toFlotillaError(err).message}`);
         }
       }
+      result.revisionBefore = [...m.revisions];
       result.revisionAfter = [...m.revisions];
       return {
         effect: "none", details: { backupId: m.id, smoke: String(smoke.length) },

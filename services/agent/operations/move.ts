@@ -10,7 +10,7 @@ import {
   copyPgToSqlite, copySqliteTable, firstDifference, pgCreateIndexes, openSqlite, pgChecksum, pgDropAll, pgForeignKeys, pgResetSequences, pgTables,
   sqliteChecksum, sqliteForeignKeys, sqliteOrphans, sqliteTables, type CopyProgress, type OrphanRow, type SecondaryIndex, type TableResult,
 } from "../adapters/table-copy.js";
-import { decideMove, planCopy, type CopyPlan, type MovePreflightFacts, type TableCopy } from "../core/move-plan.js";
+import { decideMove, nextReadyTable, planCopy, type CopyPlan, type MovePreflightFacts, type TableCopy } from "../core/move-plan.js";
 import type { AlembicRun, BackupManifest, DatabaseAdapter, ProgressFn } from "../core/ports.js";
 import type { Emit, OperationContext, OpResult, OperationsDeps, TargetRuntime } from "./context.js";
 
@@ -358,47 +358,81 @@ async function sqliteToPg(
       details.skipped_rows = String(orphans.length);
       progress({ source: "agent", line: `${orphans.length} orphaned row(s) left out, listed in ${report}` });
     }
-    // Copy table after table on one connection; on a second one, as each table is committed,
-    // build its indexes again and verify it, so the checks overlap the next table's copy.
-    const checker = await pgOf(to.db).openClient();
+    // Two copy workers, each with its own SQLite handle and PostgreSQL connection, take tables whose
+    // parents are committed (biggest first); as each table is committed its indexes are built and its
+    // checksum is read on connections of their own, so checks overlap the copy of the others.
     const started = performance.now();
-    let checks: Promise<void> = Promise.resolve();
-    let checkFailure: unknown;
-    let verified = 0;
+    const startedTables = new Set<string>();
+    const doneTables = new Set<string>();
+    const results = new Map<string, TableResult>();
+    const checks: Promise<void>[] = [];
+    let failure: unknown;
+    let wake: () => void = () => undefined;
+    const withTo = async <T>(fn: (client: pg.Client) => Promise<T>): Promise<T> => {
+      const cl = await pgOf(to.db).openClient();
+      try { return await fn(cl); } finally { await cl.end().catch(() => undefined); }
+    };
     const check = async (t: TableCopy, sent: TableResult, indexes: SecondaryIndex[]): Promise<void> => {
-      await pgCreateIndexes(checker, indexes);
-      const got = await pgChecksum(checker, t);
+      const [, got] = await Promise.all([
+        indexes.length > 0 ? withTo((cl) => pgCreateIndexes(cl, indexes)) : Promise.resolve(),
+        withTo((cl) => pgChecksum(cl, t)),
+      ]);
       if (got.rows !== sent.rows || got.checksum !== sent.checksum) {
-        const sample = await firstDifference(source, checker, t, skip.get(t.name));
+        const sample = await withTo((cl) => firstDifference(source, cl, t, skip.get(t.name)));
         throw new FlotillaError("VERIFY_FAILED", `table ${t.name} differs after the copy (${sent.rows} rows sent, ${got.rows} in ${to.config.id}); first difference at ${sample}`);
       }
-      verified++;
     };
-    try {
-      const copied = await f.step(emit, "copy", async () => {
-        const res: TableResult[] = [];
-        for (const [i, t] of plan.tables.entries()) {
-          if (checkFailure !== undefined) break;
-          const { result: sent, indexes } = await copySqliteTable(source, c, t, { index: i + 1, count: plan.tables.length, inCycle: plan.cycles.includes(t.name) }, skip.get(t.name), (p) => {
+    const worker = async (): Promise<void> => {
+      const db = openSqlite(sourcePath, true);
+      const cl = await pgOf(to.db).openClient();
+      try {
+        for (;;) {
+          if (failure !== undefined || signal?.aborted) return;
+          const t = nextReadyTable(plan, startedTables, doneTables);
+          if (!t) {
+            if (startedTables.size === plan.tables.length) return;
+            await new Promise<void>((r) => { const prev = wake; wake = () => { prev(); r(); }; });
+            continue;
+          }
+          startedTables.add(t.name);
+          const { result: sent, indexes } = await copySqliteTable(db, cl, t, { index: startedTables.size, count: plan.tables.length, inCycle: plan.cycles.includes(t.name) }, skip.get(t.name), (p) => {
             const { line, rate } = progressLine(p, started);
             emit({ kind: "progress", source: "agent", line, bytesDone: p.bytesDone, table: p.table, tableIndex: p.tableIndex, tableCount: p.tableCount, rowsDone: p.rowsDone, rowsTotal: p.rowsTotal, bytesPerSecond: rate });
           }, signal);
-          res.push(sent);
-          checks = checks.then(() => (checkFailure === undefined ? check(t, sent, indexes) : undefined)).catch((err: unknown) => { checkFailure ??= err; });
+          results.set(t.name, sent);
+          doneTables.add(t.name);
+          const w = wake;
+          wake = () => undefined;
+          w();
+          const p = check(t, sent, indexes);
+          p.catch((err: unknown) => { failure ??= err; });
+          checks.push(p);
         }
+      } catch (err) {
+        failure ??= err;
+      } finally {
+        const w = wake;
+        wake = () => undefined;
+        w();
+        db.close();
+        await cl.end().catch(() => undefined);
+      }
+    };
+    try {
+      const copied = await f.step(emit, "copy", async () => {
+        await Promise.all([worker(), worker()]);
+        if (failure !== undefined) throw failure;
+        if (signal?.aborted) throw new FlotillaError("CANCELLED", "move cancelled");
         const seqs = await pgResetSequences(c, plan.tables);
         if (seqs.length > 0) progress({ source: "agent", line: `sequences moved past the highest id: ${seqs.join(", ")}` });
-        return res;
+        return plan.tables.map((t) => results.get(t.name)!);
       }, (r) => `${r.length} tables, ${r.reduce((a, x) => a + x.rows, 0)} rows, ${(r.reduce((a, x) => a + x.bytes, 0) / 1e6).toFixed(1)} MB in ${((performance.now() - started) / 1000).toFixed(1)}s`);
       await f.step(emit, "verify", async () => {
-        await checks;
-        if (checkFailure !== undefined) throw checkFailure;
-        if (verified !== plan.tables.length) throw new FlotillaError("VERIFY_FAILED", `only ${verified} of ${plan.tables.length} tables were verified`);
+        await Promise.all(checks);
       }, () => `${plan.tables.length} tables: indexes built, row counts and content checksums equal on both sides`);
       return copied;
     } finally {
-      await checks;
-      await checker.end().catch(() => undefined);
+      await Promise.allSettled(checks);
     }
   } finally {
     source.close();

@@ -4,8 +4,10 @@
  * adapter per database (better-sqlite3, pg), checked by one contract suite.
  */
 
-export type RolloutStatus = "pending" | "running" | "succeeded" | "failed" | "halted" | "aborted" | "rolled-back";
-export type TargetRunStatus = "pending" | "running" | "succeeded" | "failed" | "restored" | "skipped" | "aborted" | "rolled-back";
+import type { RolloutState, StepName, StepResult, TargetState } from "./rollout-sequencer.js";
+
+export type RolloutStatus = RolloutState;
+export type TargetRunStatus = TargetState;
 export type StepState = "pending" | "running" | "succeeded" | "failed" | "skipped" | "interrupted";
 import type { RolloutSpec, Strategy } from "../../common/rollout-request.js";
 
@@ -15,13 +17,15 @@ export type { Strategy };
 export type RolloutSpecDoc = RolloutSpec;
 
 export interface StepDoc {
-  name: string;
+  name: StepName;
   state: StepState;
   agentId: string;
   operationId: string;
   detail: string;
   startedAt?: string;
   finishedAt?: string;
+  /** A clean-up step added after a failure or abort (restart stopped apps, stop unswitched green). */
+  compensation?: boolean;
 }
 
 export interface RolloutTargetDoc {
@@ -33,7 +37,12 @@ export interface RolloutTargetDoc {
   revisionBefore: string[];
   revisionAfter: string[];
   backupId: string;
+  /** One line: what happened, where the database is now, what to do next. */
   message: string;
+  /** The abort's clean-up steps were added. */
+  abortHandled?: boolean;
+  /** Part of the rollback (phase "rollback"). */
+  rollback?: boolean;
 }
 
 /** A rollout as persisted: the whole document is rewritten on every change. */
@@ -50,6 +59,18 @@ export interface RolloutDoc {
   currentWave: number;
   /** Set by abort; the engine stops before its next step. */
   abortRequested: boolean;
+  /** "rollback" once a rollback of this rollout started (absent: the rollout itself). */
+  phase?: "rollout" | "rollback";
+  /** No new step starts while paused; leases are kept. */
+  paused?: boolean;
+  /** What the rollout waits for, in words ("" when it does not wait). */
+  waitingFor?: string;
+  /** When the manual gate it waits at expires (ISO). */
+  gateExpiresAt?: string;
+  /** Waves approved at a manual gate. */
+  approvedWaves?: number[];
+  /** The rollout this one retries. */
+  retryOf?: string;
   /** Monotonic revision of the document, bumped by every save (optimistic concurrency). */
   version: number;
 }
@@ -159,4 +180,32 @@ export interface ControllerStore {
   /** Rows in seq order from `afterSeq` (exclusive), at most `limit`. */
   readAudit(afterSeq: number, limit: number): Promise<AuditRow[]>;
   queryAudit(filter: AuditFilter): Promise<AuditRow[]>;
+}
+
+/** What a step needs to know about its rollout and target. */
+export interface StepContext {
+  readonly rolloutId: string;
+  readonly spec: RolloutSpecDoc;
+  readonly targetId: string;
+  readonly backupId: string;
+  readonly revisionAfter: readonly string[];
+}
+
+/** A line of agent output or progress for the rollout's watchers. */
+export interface StepLine {
+  readonly line: string;
+  readonly revisionIndex?: number;
+  readonly revisionCount?: number;
+  readonly elapsedMs?: number;
+  readonly etaMs?: number;
+}
+
+/**
+ * The sequencer driver's port to the agents: runs one step and answers with
+ * a typed result (never throws for an agent's failure), or asks the agent's
+ * journal how a step that was running when the controller stopped ended.
+ */
+export interface AgentClient {
+  runStep(step: StepDoc, ctx: StepContext, onLine: (line: StepLine) => void): Promise<StepResult>;
+  resolveStep(step: StepDoc, ctx: StepContext, onLine: (line: StepLine) => void): Promise<StepResult>;
 }

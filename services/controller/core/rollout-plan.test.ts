@@ -1,7 +1,6 @@
 import { describe, it, test } from "node:test";
 import assert from "node:assert/strict";
 import { matchesSelector, planTargets, preflightVerdict, selectorPairs, stepsFor, waveSizes, type InventoryTarget } from "./rollout-plan.js";
-import { FlotillaError } from "../../common/errors.js";
 
 const t = (id: string, labels: Record<string, string> = {}, appAgents = ["a1"], blueGreen = false): InventoryTarget =>
   ({ id, ownerAgent: "a1", appAgents, labels, blueGreen });

@@ -5,6 +5,7 @@
 import { FlotillaError } from "../../common/errors.js";
 import { waveSizes } from "../../common/rollout-request.js";
 import type { RolloutTargetDoc, StepDoc, Strategy } from "./ports.js";
+import type { StepName } from "./rollout-sequencer.js";
 
 export interface InventoryTarget {
   readonly id: string;
@@ -21,7 +22,7 @@ export interface InventoryTarget {
 /** Wave sizes for `total` targets (the grammar and its checks live in services/common/rollout-request.ts). */
 export { waveSizes, matchesSelector, selectorPairs } from "../../common/rollout-request.js";
 
-function step(name: string, agentId: string, detail = ""): StepDoc {
+function step(name: StepName, agentId: string, detail = ""): StepDoc {
   return { name, state: "pending", agentId, operationId: "", detail };
 }
 

@@ -40,7 +40,8 @@ export async function fleetView({ root, signal, may, fail }) {
       const unreachable = Boolean(t.error) && !("current" in t && t.currentKnown) && agent?.state !== "up";
       const state = unreachable ? "unreachable" : t.state === "broken" ? "broken" : t.error ? "error" : "ok";
       const b = t.lastVerifiedBackup;
-      const problems = [...(t.problems ?? []), ...(t.error ? [t.error] : []), ...((t.interruptedOperationIds ?? []).map((id) => `interrupted operation ${id}: recover it (flotilla diagnose ${t.targetId})`))];
+      // A broken target repeats its problems in error (for older readers): show them once.
+      const problems = [...(t.problems ?? []), ...(t.error && t.state !== "broken" ? [t.error] : []), ...((t.interruptedOperationIds ?? []).map((id) => `interrupted operation ${id}: recover it (flotilla diagnose ${t.targetId})`))];
       const findings = h("td", { colspan: 11 });
       const findingsRow = h("tr", { hidden: true }, findings);
       const diagnose = may("DiagnoseTarget")

@@ -7,7 +7,8 @@ export async function schedulesView({ root, signal, fail }) {
   const inZone = (iso, zone) => {
     if (!iso) return "";
     try {
-      return new Date(iso).toLocaleString(undefined, { timeZone: zone || undefined, dateStyle: "medium", timeStyle: "short", timeZoneName: "short" });
+      // dateStyle cannot be combined with timeZoneName: spell the parts out.
+      return new Date(iso).toLocaleString(undefined, { timeZone: zone || undefined, weekday: "short", year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", timeZoneName: "short" });
     } catch {
       return iso;
     }

@@ -1,6 +1,6 @@
 import { dirname, isAbsolute, resolve } from "node:path";
 import {
-  ConfigProblems, HOST_PORT, checkHostPort, checkKeys, deepFreeze, flagValue, identityList, isObj, parseConfigText, sqlitePathProblem, str,
+  ConfigProblems, HOST_PORT, checkHostPort, checkKeys, deepFreeze, flagValue, identityList, isObj, numberOf, parseConfigText, sqlitePathProblem, str,
 } from "../common/config-helpers.js";
 import { identityProblem } from "../common/tls.js";
 import { FlotillaError } from "../common/errors.js";
@@ -193,7 +193,7 @@ export function readControllerConfig(input: LoadControllerConfigInput): { config
       schedules.push({ name, cron, timeZone, selector: rollout.selector, strategy: rollout.strategy, window: rollout.window, toRevision: rollout.toRevision, waves: rollout.waves, gate: rollout.gate, maxFailures: rollout.maxFailures });
     });
   }
-  const agentTimeoutSeconds = doc.agentTimeoutSeconds === undefined ? 7200 : Number(doc.agentTimeoutSeconds);
+  const agentTimeoutSeconds = doc.agentTimeoutSeconds === undefined ? 7200 : numberOf(doc.agentTimeoutSeconds);
   if (!Number.isFinite(agentTimeoutSeconds) || agentTimeoutSeconds <= 0) p.add("agentTimeoutSeconds", "must be a positive number");
   const logLevel = input.env.FLOTILLA_LOG_LEVEL ?? str(doc, "logLevel", "", p) ?? "info";
   if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) p.add("logLevel", `"${logLevel}" is not a log level; use one of ${LOG_LEVELS.join(", ")}`);

@@ -89,6 +89,7 @@ let srcFile = "";
 let back = "";
 let dst: TestDatabase;
 let dst2: TestDatabase;
+let ref: TestDatabase;
 let full: TestDatabase;
 let pgsrc: TestDatabase;
 let sqdstFile = "";
@@ -136,6 +137,17 @@ async function pgQuery<T extends pg.QueryResultRow>(url: string, sql: string): P
   }
 }
 
+/** Columns, indexes and constraints, as PostgreSQL describes them. */
+async function pgSchema(url: string): Promise<string[]> {
+  const rows = await pgQuery<{ line: string }>(url, `
+    SELECT 'column ' || table_name || '.' || column_name || ' ' || data_type || ' ' || is_nullable || ' ' || coalesce(column_default, '') AS line
+      FROM information_schema.columns WHERE table_schema = 'public'
+    UNION ALL SELECT 'index ' || indexname || ': ' || indexdef FROM pg_indexes WHERE schemaname = 'public'
+    UNION ALL SELECT 'constraint ' || conrelid::regclass::text || ' ' || conname || ': ' || pg_get_constraintdef(oid) FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+    ORDER BY 1`);
+  return rows.map((x) => x.line);
+}
+
 async function pgTableNames(url: string): Promise<string[]> {
   return (await pgQuery<{ t: string }>(url, "SELECT tablename AS t FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")).map((r) => r.t);
 }
@@ -173,7 +185,10 @@ before(async () => {
   // Another SQLite file for the way back and a PostgreSQL source for the other direction.
   back = join(dir, "data", "back.db");
   sqdstFile = join(dir, "data", "from-pg.db");
-  [dst, dst2, full, pgsrc] = await Promise.all([createTestDatabase("move_dst"), createTestDatabase("move_dst2"), createTestDatabase("move_full"), createTestDatabase("move_pgsrc")]);
+  [dst, dst2, full, pgsrc, ref] = await Promise.all([createTestDatabase("move_dst"), createTestDatabase("move_dst2"), createTestDatabase("move_full"), createTestDatabase("move_pgsrc"), createTestDatabase("move_ref")]);
+  // What Alembic alone builds at FROM's revision: the moved database must have exactly this schema.
+  r = await alembicIn(ref.url, ["upgrade", TYPES_REV]);
+  assert.equal(r.code, 0, r.stderr);
   await pgQuery(full.url, "CREATE TABLE keep_me (id int primary key); INSERT INTO keep_me VALUES (1), (2)");
   r = await alembicIn(pgsrc.url, ["upgrade", OLD_REVISION]);
   assert.equal(r.code, 0, r.stderr);
@@ -228,7 +243,7 @@ after(async () => {
       await exited;
     }
   }
-  for (const d of [dst, dst2, full, pgsrc]) await d?.drop().catch(() => undefined);
+  for (const d of [dst, dst2, full, pgsrc, ref]) await d?.drop().catch(() => undefined);
   rmSync(dir, { recursive: true, force: true });
 });
 
@@ -279,6 +294,7 @@ test("an orphaned row is refused with the list, then left out with --skip-orphan
 });
 
 test("every column type round-trips exactly, counts match, the sequence is past the highest id", async () => {
+  assert.deepEqual(await pgSchema(dst.url), await pgSchema(ref.url), "the schema is exactly what Alembic builds");
   assert.deepEqual((await pgQuery<{ v: string }>(dst.url, "SELECT version_num AS v FROM alembic_version")).map((x) => x.v), [TYPES_REV]);
   const rows = await pgQuery<Record<string, unknown>>(dst.url,
     "SELECT id, chat_id, flag, big::text AS big, ratio, amount::text AS amount, created::text AS created, day::text AS day, payload::text AS payload, blob, note FROM typed ORDER BY id");
@@ -346,6 +362,7 @@ test("--from-backup copies the verified backup and says which writes it misses",
   assert.equal(doc.details.missed_writes_since, doc.backup.createdAt);
   assert.equal(doc.details.skipped_rows, "1");
   assert.deepEqual((await pgQuery<{ id: number }>(dst2.url, "SELECT id FROM typed ORDER BY id")).map((x) => x.id), [1, 2, 3]);
+  assert.deepEqual(await pgSchema(dst2.url), await pgSchema(ref.url));
   assert.equal(srcDump(), before);
 });
 

@@ -166,6 +166,23 @@ export async function pgDropSecondaryIndexes(client: pg.Client, table: string): 
   return r.rows;
 }
 
+/**
+ * Drops the table's primary-key and unique constraints that no foreign key
+ * references (those must stay: the references need their index); returns
+ * them to be added again after the load.
+ */
+async function pgDropUnreferencedKeys(client: pg.Client, table: string): Promise<SecondaryIndex[]> {
+  const r = await client.query<{ name: string; definition: string }>(
+    `SELECT k.conname AS name, pg_get_constraintdef(k.oid) AS definition
+       FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_class c ON c.oid = k.conrelid
+      WHERE c.relname = $1 AND c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = current_schema())
+        AND k.contype IN ('p', 'u')
+        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint f WHERE f.contype = 'f' AND f.conindid = k.conindid)
+      ORDER BY k.contype, k.conname`, [table]);
+  for (const k of r.rows) await client.query(`ALTER TABLE ${qi(table)} DROP CONSTRAINT ${qi(k.name)}`);
+  return r.rows;
+}
+
 export async function pgCreateIndexes(client: pg.Client, indexes: readonly SecondaryIndex[]): Promise<void> {
   for (const idx of indexes) await client.query(idx.definition);
 }
@@ -201,6 +218,7 @@ export async function copySqliteTable(
     // TRUNCATE, so no FREEZE either.
     if (!position.inCycle) await client.query(`TRUNCATE ${qi(t.name)} CASCADE`);
     if (total > 0) indexes = await pgDropSecondaryIndexes(client, t.name);
+    const keys = total > 0 ? await pgDropUnreferencedKeys(client, t.name) : [];
     const stream = client.query(copyStreams.from(`COPY ${qi(t.name)} (${t.columns.map((c) => qi(c.name)).join(", ")}) FROM STDIN${position.inCycle ? "" : " WITH (FREEZE)"}`));
     let streamError: Error | undefined;
     stream.on("error", (e: Error) => { streamError = e; });
@@ -244,6 +262,8 @@ export async function copySqliteTable(
       if (!stream.destroyed) stream.destroy();
       throw err;
     }
+    // The primary key and unique constraints come back as one sorted index build each, same names and definitions.
+    for (const k of keys) await client.query(`ALTER TABLE ${qi(t.name)} ADD CONSTRAINT ${qi(k.name)} ${k.definition}`);
     await client.query("COMMIT");
   } catch (err) {
     await client.query("ROLLBACK").catch(() => undefined);

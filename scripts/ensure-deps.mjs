@@ -4,7 +4,8 @@
 // the PostgreSQL client, and with --need-pg-server the PostgreSQL server binaries).
 // Plain JavaScript with no dependencies: it runs before node_modules exists.
 //
-// Usage: node scripts/ensure-deps.mjs [--need-pg-server] [--need-browser] [--quiet]
+// Usage: node scripts/ensure-deps.mjs [--need-pg-server] [--need-browser] [--need-pgloader] [--quiet]
+// (--need-pgloader: the move benchmark's baseline, `npm run bench` only.)
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, accessSync, constants } from 'node:fs';
 import path from 'node:path';
@@ -144,7 +145,7 @@ export function pgServerBinDirs() {
 }
 
 /** Missing system tools as [{ what, pkgs }]. */
-function missingTools(needPgServer, needBrowser) {
+function missingTools(needPgServer, needBrowser, needPgloader = false) {
   const missing = [];
   const alembic = which('alembic');
   if (!alembic) {
@@ -162,14 +163,16 @@ function missingTools(needPgServer, needBrowser) {
   if (pgClient.length) missing.push({ what: pgClient.join(', '), pkgs: ['postgresql-client'] });
   // The web page's browser tests drive Debian's Chromium through playwright-core (never a downloaded browser).
   if (needBrowser && !which('chromium')) missing.push({ what: 'chromium (for the web page tests)', pkgs: ['chromium'] });
+  // The move benchmark compares `flotilla move` with pgloader on the same database.
+  if (needPgloader && !which('pgloader')) missing.push({ what: 'pgloader (baseline of the move benchmark)', pkgs: ['pgloader'] });
   if (needPgServer && pgServerBinDirs().length === 0) {
     missing.push({ what: 'PostgreSQL server (initdb, postgres)', pkgs: ['postgresql'] });
   }
   return missing;
 }
 
-function ensureSystemTools(needPgServer, needBrowser) {
-  let missing = missingTools(needPgServer, needBrowser);
+function ensureSystemTools(needPgServer, needBrowser, needPgloader = false) {
+  let missing = missingTools(needPgServer, needBrowser, needPgloader);
   if (missing.length === 0) return;
   const pkgs = [...new Set(missing.flatMap((m) => m.pkgs))];
   for (const m of missing) say(`missing: ${m.what}`);
@@ -201,18 +204,18 @@ function ensureSystemTools(needPgServer, needBrowser) {
 
 // ---------------------------------------------------------------------------------------------
 
-export function ensureDeps({ needPgServer = false, needBrowser = false, quietOk = false } = {}) {
+export function ensureDeps({ needPgServer = false, needBrowser = false, needPgloader = false, quietOk = false } = {}) {
   ensureNodeModules();
-  ensureSystemTools(needPgServer, needBrowser);
+  ensureSystemTools(needPgServer, needBrowser, needPgloader);
   if (!quietOk) say('dependencies ok');
 }
 
 if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
   const args = process.argv.slice(2);
-  const unknown = args.filter((a) => a !== '--need-pg-server' && a !== '--need-browser' && a !== '--quiet');
+  const unknown = args.filter((a) => a !== '--need-pg-server' && a !== '--need-browser' && a !== '--need-pgloader' && a !== '--quiet');
   if (unknown.length) {
-    say(`unknown argument(s): ${unknown.join(' ')} (usage: ensure-deps.mjs [--need-pg-server] [--need-browser] [--quiet])`);
+    say(`unknown argument(s): ${unknown.join(' ')} (usage: ensure-deps.mjs [--need-pg-server] [--need-browser] [--need-pgloader] [--quiet])`);
     process.exit(2);
   }
-  ensureDeps({ needPgServer: args.includes('--need-pg-server'), needBrowser: args.includes('--need-browser'), quietOk: args.includes('--quiet') });
+  ensureDeps({ needPgServer: args.includes('--need-pg-server'), needBrowser: args.includes('--need-browser'), needPgloader: args.includes('--need-pgloader'), quietOk: args.includes('--quiet') });
 }

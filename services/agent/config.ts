@@ -1,6 +1,6 @@
 import { dirname, isAbsolute, resolve } from "node:path";
 import {
-  ConfigProblems, argvList, checkHostPort, checkKeys, deepFreeze, flagValue, identityList, isObj, parseConfigText, sqlitePathProblem, str, stringList, type Obj,
+  ConfigProblems, argvList, checkHostPort, checkKeys, deepFreeze, flagValue, identityList, isObj, numberOf, parseConfigText, sqlitePathProblem, str, stringList, type Obj,
 } from "../common/config-helpers.js";
 import { CONTROLLER_SPIFFE_ID, isLoopbackHost } from "../common/tls.js";
 import { FlotillaError } from "../common/errors.js";
@@ -286,7 +286,7 @@ export function readAgentConfig(input: LoadConfigInput): { config: AgentConfig; 
             } else p.add(kp, "must be a string, { file: path } or { env: NAME }");
           }
         }
-        const timeoutMin = al.timeoutMinutes === undefined ? 120 : Number(al.timeoutMinutes);
+        const timeoutMin = al.timeoutMinutes === undefined ? 120 : numberOf(al.timeoutMinutes);
         if (!Number.isFinite(timeoutMin) || timeoutMin <= 0) p.add(`${at}alembic.timeoutMinutes`, "must be a positive number of minutes");
         const iniFile = str(al, "config", `${at}alembic.`, p, { pattern: /^[A-Za-z0-9._/-]+\.ini$/, hint: "an .ini file name, e.g. alembic.ini" });
         if (dir) alembic = { dir: abs(dir), command, env, secrets, timeoutMs: Math.round(timeoutMin * 60_000), ...(iniFile ? { iniFile } : {}) };
@@ -296,9 +296,9 @@ export function readAgentConfig(input: LoadConfigInput): { config: AgentConfig; 
       else {
         checkKeys(raw.backups, BACKUP_KEYS, `${at}backups.`, p);
         const dir = str(raw.backups, "dir", `${at}backups.`, p, { required: true });
-        const keep = raw.backups.keep === undefined ? 10 : Number(raw.backups.keep);
+        const keep = raw.backups.keep === undefined ? 10 : numberOf(raw.backups.keep);
         if (!Number.isInteger(keep) || keep < 1 || keep > 1000) p.add(`${at}backups.keep`, "must be a whole number from 1 to 1000");
-        const keepDays = raw.backups.keepDays === undefined ? undefined : Number(raw.backups.keepDays);
+        const keepDays = raw.backups.keepDays === undefined ? undefined : numberOf(raw.backups.keepDays);
         if (keepDays !== undefined && (!Number.isFinite(keepDays) || keepDays <= 0 || keepDays > 3650)) p.add(`${at}backups.keepDays`, "must be a number of days from 1 to 3650");
         const include = stringList(raw.backups, "include", `${at}backups.`, p, "absolute paths of companion files or folders");
         if (include) for (const [j, path] of include.entries()) if (!isAbsolute(path)) p.add(`${at}backups.include[${j}]`, `"${path}" must be an absolute path`);
@@ -323,7 +323,7 @@ export function readAgentConfig(input: LoadConfigInput): { config: AgentConfig; 
           }
         }
       }
-      const lockTimeoutMs = raw.lockTimeoutMs === undefined ? 5000 : Number(raw.lockTimeoutMs);
+      const lockTimeoutMs = raw.lockTimeoutMs === undefined ? 5000 : numberOf(raw.lockTimeoutMs);
       if (!Number.isInteger(lockTimeoutMs) || lockTimeoutMs < 100) p.add(`${at}lockTimeoutMs`, "must be a whole number of milliseconds ≥ 100");
       if (id && dbUrl && display && alembic && backups) {
         targets.push({
@@ -369,7 +369,7 @@ export function readAgentConfig(input: LoadConfigInput): { config: AgentConfig; 
       const advertised = str(doc.controller, "advertise", "controller.", p);
       if (advertised !== undefined) checkHostPort(advertised, "controller.advertise", p);
       const advertise = advertised ?? listen;
-      const hb = doc.controller.heartbeatSeconds === undefined ? 15 : Number(doc.controller.heartbeatSeconds);
+      const hb = doc.controller.heartbeatSeconds === undefined ? 15 : numberOf(doc.controller.heartbeatSeconds);
       if (!Number.isFinite(hb) || hb < 1) p.add("controller.heartbeatSeconds", "must be a number of seconds ≥ 1");
       const tokenFile = str(doc.controller, "tokenFile", "controller.", p);
       const caFile = str(doc.controller, "ca", "controller.", p);

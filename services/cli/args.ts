@@ -674,7 +674,7 @@ function optionHelp(name: string, def: OptionDef): string {
 export function verbHelp(topic: string): string | undefined {
   const v = BY_NAME.get(topic);
   if (v === undefined) {
-    const subs = SUBVERBS[topic];
+    const subs = Object.hasOwn(SUBVERBS, topic) ? SUBVERBS[topic] : undefined;
     if (subs === undefined) return topic === "demo" ? "usage: flotilla demo [--keep]\n  run the embedded demo end to end; --keep leaves the fleet running so you can explore it\n" : undefined;
     return `${subs.map((s) => verbHelp(`${topic} ${s}`) ?? "").join("\n")}`;
   }
@@ -722,7 +722,7 @@ function parseOrThrow(argv: readonly string[], env: Readonly<Record<string, stri
     const a = argv[i] ?? "";
     if (!a.startsWith("-") || a === "-" || a === "--") break;
     const name = a.replace(/^--?/, "").split("=")[0] ?? "";
-    const takesValue = GLOBAL_OPTIONS[name]?.type === "string" && !a.includes("=");
+    const takesValue = Object.hasOwn(GLOBAL_OPTIONS, name) && GLOBAL_OPTIONS[name]?.type === "string" && !a.includes("=");
     lead.push(a);
     if (takesValue && argv[i + 1] !== undefined) lead.push(argv[i + 1] ?? "");
     i += takesValue ? 2 : 1;
@@ -742,7 +742,7 @@ function parseOrThrow(argv: readonly string[], env: Readonly<Record<string, stri
 
   let name = first;
   let rest = argv.slice(i + 1);
-  const subs = SUBVERBS[first];
+  const subs = Object.hasOwn(SUBVERBS, first) ? SUBVERBS[first] : undefined;
   if (subs !== undefined && rest[0] !== undefined && subs.includes(rest[0])) {
     name = `${first} ${rest[0]}`;
     rest = rest.slice(1);
@@ -821,7 +821,8 @@ function scan(args: readonly string[], options: Readonly<Record<string, OptionDe
       continue;
     }
     if (token.kind !== "option") continue;
-    const def = options[token.name];
+    // Own keys only: `--constructor` is not an option because every object has one.
+    const def = Object.hasOwn(options, token.name) ? options[token.name] : undefined;
     if (def === undefined) {
       problem(verb === "flotilla" ? `unknown option ${token.rawName}; run flotilla help` : `${verb}: unknown option ${token.rawName}; run flotilla ${verb} --help for its options`);
     }

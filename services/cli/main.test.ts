@@ -520,3 +520,41 @@ test("bin/flotilla.mjs runs the CLI and passes its exit code to the process", ()
   assert.match(bad.stderr, /^flotilla: diagnose: missing TARGET/);
   assert.equal(bad.stdout, "");
 });
+
+test("rollout controls: rollback needs --yes (nothing sent); --wait follows to the end with the exit code of what was asked", async () => {
+  const noYes = await cli(["rollout", "rollback", "r-1"]);
+  assert.equal(noYes.code, 2);
+  assert.match(noYes.stderr, /flotilla rollout rollback r-1 --yes/);
+  assert.equal(requests.length, 0);
+
+  const rolledBack = { ...rollout("rolled-back", [["rollback-restore", "succeeded"], ["rollback-verify", "succeeded"]], "rolled-back"), targets: [{ targetId: "webui-1", wave: 1, status: "rolled-back", revisionBefore: ["c3d2e1f00d42"], revisionAfter: ["c3d2e1f00d42"], steps: [] }] };
+  routes = {
+    "/v1/RollbackRollout": (r, res) => {
+      assert.deepEqual(JSON.parse(r.body), { id: "r-1", yes: true });
+      sendJson(res, 200, rollout("running", [["rollback-restore", "running"]]));
+    },
+    "/v1/WatchRollout": (_r, res) => streamEvents(res, [{ snapshot: rolledBack }]),
+  };
+  const rb = await cli(["rollout", "rollback", "r-1", "--yes", "--wait"]);
+  assert.equal(rb.code, 0, rb.stderr);
+  assert.match(rb.stdout, /where each database is now:\n.*\n\s*webui-1\s+c3d2e1f00d42\s+rolled-back/);
+
+  routes = {
+    "/v1/AbortRollout": (_r, res) => sendJson(res, 200, rollout("running", [["migrate", "running"]])),
+    "/v1/WatchRollout": (_r, res) => streamEvents(res, [{ snapshot: rollout("aborted", [["migrate", "succeeded"]], "aborted") }]),
+  };
+  assert.equal((await cli(["rollout", "abort", "r-1", "--wait"])).code, 0, "an abort that ends aborted did what was asked");
+
+  routes = {
+    "/v1/ApproveRollout": (_r, res) => sendJson(res, 200, rollout("running", [["precheck", "pending"]])),
+    "/v1/WatchRollout": (_r, res) => streamEvents(res, [{ snapshot: { ...rollout("running", [["precheck", "succeeded"]]), waitingFor: "approval of wave 3: flotilla rollout approve r-1" } }]),
+  };
+  const approved = await cli(["rollout", "approve", "r-1", "--wait"]);
+  assert.equal(approved.code, 0, "approve --wait stops at the next gate");
+  assert.match(approved.stdout, /waiting for approval of wave 3/);
+
+  routes = { "/v1/PauseRollout": (_r, res) => sendJson(res, 200, { ...rollout("running", [["migrate", "running"]]), paused: true }) };
+  const paused = await cli(["rollout", "pause", "r-1"]);
+  assert.equal(paused.code, 0);
+  assert.match(paused.stdout, /paused: running steps finish, no new step starts · resume: flotilla rollout resume r-1/);
+});

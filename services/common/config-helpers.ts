@@ -218,3 +218,10 @@ export function identityList(o: Obj, key: string, path: string, p: ConfigProblem
   });
   return out;
 }
+
+/** A number from a YAML value: numbers and numeric strings only (NaN otherwise; never calls an object's toString). */
+export function numberOf(v: unknown): number {
+  if (typeof v === "number") return v;
+  if (typeof v === "string" && v.trim() !== "") return Number(v);
+  return Number.NaN;
+}

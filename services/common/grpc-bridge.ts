@@ -63,6 +63,25 @@ function pathOf(service: GenService<GenServiceMethods>, m: AnyMethod): string {
   return `/${service.typeName}/${m.name}`;
 }
 
+/** A request that did not decode: handed to the handler wrapper, which answers INVALID_ARGUMENT (grpc-js would say INTERNAL). */
+class UndecodableRequest {
+  constructor(readonly reason: string) {}
+}
+
+function decodeRequest(schema: DescMessage, bytes: Buffer): unknown {
+  try {
+    return fromBinary(schema, bytes);
+  } catch (err) {
+    return new UndecodableRequest((err as Error).message);
+  }
+}
+
+function assertDecoded(request: unknown, typeName: string): void {
+  if (request instanceof UndecodableRequest) {
+    throw new FlotillaError("INVALID_ARGUMENT", `the request is not a valid ${typeName} message: ${request.reason}`);
+  }
+}
+
 /** grpc-js service definition for a protobuf-es service. */
 export function serviceDefinition(service: GenService<GenServiceMethods>): grpc.ServiceDefinition {
   const def: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
@@ -75,7 +94,7 @@ export function serviceDefinition(service: GenService<GenServiceMethods>): grpc.
       requestStream: false,
       responseStream: m.methodKind === "server_streaming",
       requestSerialize: (v: unknown) => Buffer.from(toBinary(m.input, v as never)),
-      requestDeserialize: (b: Buffer) => fromBinary(m.input, b),
+      requestDeserialize: (b: Buffer) => decodeRequest(m.input, b),
       responseSerialize: (v: unknown) => Buffer.from(toBinary(m.output, v as never)),
       responseDeserialize: (b: Buffer) => fromBinary(m.output, b),
     };
@@ -83,11 +102,19 @@ export function serviceDefinition(service: GenService<GenServiceMethods>): grpc.
   return def as grpc.ServiceDefinition;
 }
 
+/**
+ * Longest status message sent. The message travels in an HTTP/2 trailer: one
+ * echoing a 70 kB hostile value exceeded the peer's header-list limit and made
+ * it drop the whole connection, failing every other call on it.
+ */
+const MAX_DETAILS_CHARS = 2000;
+
 function toServiceError(err: unknown): Partial<grpc.StatusObject> {
   const fe = toFlotillaError(err);
   const md = new grpc.Metadata();
   md.set("flotilla-code", fe.code);
-  return { code: grpcStatusOf(fe.code), details: redact(fe.message), metadata: md };
+  const details = redact(fe.message);
+  return { code: grpcStatusOf(fe.code), details: details.length > MAX_DETAILS_CHARS ? `${details.slice(0, MAX_DETAILS_CHARS)}… (cut)` : details, metadata: md };
 }
 
 function contextOf(call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>): { ctx: CallContext; done: () => void } {
@@ -130,6 +157,7 @@ export function addService<S extends GenServiceMethods>(
         void (async () => {
           try {
             if (intercept) await intercept(m.name, ctx);
+            assertDecoded(call.request, m.input.typeName);
             const res = await (fn.call(impl, call.request, ctx) as Promise<MessageInitShape<DescMessage>>);
             callback(null, create(m.output, res));
           } catch (err) {
@@ -145,6 +173,7 @@ export function addService<S extends GenServiceMethods>(
         void (async () => {
           try {
             if (intercept) await intercept(m.name, ctx);
+            assertDecoded(call.request, m.input.typeName);
             const it = fn.call(impl, call.request, ctx) as AsyncIterable<MessageInitShape<DescMessage>>;
             for await (const item of it) {
               if (call.cancelled) break;

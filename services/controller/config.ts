@@ -1,6 +1,6 @@
 import { dirname, isAbsolute, resolve } from "node:path";
 import {
-  ConfigProblems, HOST_PORT, checkHostPort, checkKeys, deepFreeze, flagValue, identityList, isObj, parseConfigText, sqlitePathProblem, str,
+  ConfigProblems, HOST_PORT, checkHostPort, checkKeys, deepFreeze, flagValue, identityList, isObj, numberOf, parseConfigText, sqlitePathProblem, str,
 } from "../common/config-helpers.js";
 import { identityProblem } from "../common/tls.js";
 import { FlotillaError } from "../common/errors.js";
@@ -96,7 +96,9 @@ export function readControllerConfig(input: LoadControllerConfigInput): { config
   const dataDir = abs(flagValue(input.argv, "data-dir") ?? input.env.FLOTILLA_CONTROLLER_DATA_DIR ?? str(doc, "dataDir", "", p) ?? "/var/lib/flotilla");
   const store = flagValue(input.argv, "store") ?? input.env.FLOTILLA_STORE ?? str(doc, "store", "", p) ?? `sqlite:///${resolve(dataDir, "controller.db")}`;
   if (store.startsWith("sqlite:")) {
-    const problem = store.startsWith("sqlite:///") ? sqlitePathProblem(store) : `"${store}" is not a SQLite URL; use sqlite:////var/lib/flotilla/controller.db (four slashes for an absolute path)`;
+    // The store is Flotilla's own file, not an Alembic URL: openStore reads sqlite:///var/lib/x.db
+    // and sqlite:////var/lib/x.db alike as the absolute path (CONTRACT.md spells it with three).
+    const problem = store.startsWith("sqlite:///") ? sqlitePathProblem(store.replace(/^sqlite:\/\/\/(?!\/)(?=.)/, "sqlite:////")) : `"${store}" is not a SQLite URL; use sqlite:////var/lib/flotilla/controller.db (four slashes for an absolute path)`;
     if (problem !== undefined) p.add("store", problem);
   } else if (!/^postgres(ql)?:\/\/\S+\/\S+/.test(store)) {
     p.add("store", `"${store.replace(/:[^:@/]*@/, ":***@")}" must be sqlite:///path or postgresql://user@host:5432/db`);
@@ -193,7 +195,7 @@ export function readControllerConfig(input: LoadControllerConfigInput): { config
       schedules.push({ name, cron, timeZone, selector: rollout.selector, strategy: rollout.strategy, window: rollout.window, toRevision: rollout.toRevision, waves: rollout.waves, gate: rollout.gate, maxFailures: rollout.maxFailures });
     });
   }
-  const agentTimeoutSeconds = doc.agentTimeoutSeconds === undefined ? 7200 : Number(doc.agentTimeoutSeconds);
+  const agentTimeoutSeconds = doc.agentTimeoutSeconds === undefined ? 7200 : numberOf(doc.agentTimeoutSeconds);
   if (!Number.isFinite(agentTimeoutSeconds) || agentTimeoutSeconds <= 0) p.add("agentTimeoutSeconds", "must be a positive number");
   const logLevel = input.env.FLOTILLA_LOG_LEVEL ?? str(doc, "logLevel", "", p) ?? "info";
   if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) p.add("logLevel", `"${logLevel}" is not a log level; use one of ${LOG_LEVELS.join(", ")}`);

@@ -57,6 +57,18 @@ export function leaseRefusal(verb: string, targetId: string, heldBy: string): Fl
   return new FlotillaError("LEASE_HELD", `refused: ${verb} of ${targetId} while ${what} holds it; ${todo}, then try again`);
 }
 
+/** A valid token whose role may not call the method: the audit row names who was refused. */
+export class RoleDenied extends FlotillaError {
+  constructor(readonly actor: string, message: string) {
+    super("PERMISSION_DENIED", message);
+  }
+}
+
+/** Who a refused call came from, for its audit row: the token's name when it was valid, else "unknown". */
+export function deniedActor(err: unknown): string {
+  return err instanceof RoleDenied ? err.actor : "unknown";
+}
+
 export interface Caller {
   readonly actor: string;
   readonly role: Role;
@@ -74,7 +86,7 @@ export function authenticate(config: ControllerConfig, authorization: string | u
   });
   if (!tok) throw new FlotillaError("UNAUTHENTICATED", "the token is not valid for this controller");
   const need = METHOD_ROLE[method] ?? "admin";
-  if (ROLE_RANK[tok.role] < ROLE_RANK[need]) throw new FlotillaError("PERMISSION_DENIED", `${method} needs the ${need} role; token ${tok.name} has ${tok.role}`);
+  if (ROLE_RANK[tok.role] < ROLE_RANK[need]) throw new RoleDenied(tok.name, `${method} needs the ${need} role; token ${tok.name} has ${tok.role}`);
   return { actor: tok.name, role: tok.role };
 }
 
@@ -140,7 +152,7 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
     } catch (err) {
       const fe = toFlotillaError(err);
       d.onCall?.(method, "denied");
-      await d.audit.append({ actor: "unknown", action: `api.${method}`, target, args: redactValue(args), outcome: "denied", detail: fe.message }).catch(() => undefined);
+      await d.audit.append({ actor: deniedActor(err), action: `api.${method}`, target, args: redactValue(args), outcome: "denied", detail: fe.message }).catch(() => undefined);
       throw fe;
     }
     const read = READS.has(method);

@@ -273,6 +273,16 @@ test("flotilla certs init: a CA and per-host certificates that work as made, HTT
   assert.ok(seen && seen.getTime() - Date.now() < 21 * 86_400_000, `a new connection sees the re-issued certificate (${seen?.toISOString()})`);
   assert.notEqual(new X509Certificate(readFileSync(join(pki, "agent-b1.pem"))).serialNumber, before);
   assert.equal(b1!.proc.exitCode, null, "the agent kept running");
+
+  // SIGHUP on the controller: its HTTPS listener and agent channels take the re-issued 20-day certificate.
+  ctl.proc.kill("SIGHUP");
+  const until = Date.now() + 30_000;
+  while (Date.now() < until && !/reloaded certificates/.test(readFileSync(ctl.log, "utf8"))) await new Promise((r) => setTimeout(r, 100));
+  assert.match(readFileSync(ctl.log, "utf8"), /reloaded certificates/);
+  const after = await targets(env, ["b1", "b2"]);
+  assert.equal(agentState(after, "b1").state, "up", "agents still answer after the reload");
+  assert.ok(after.warnings.some((w) => /controller HTTPS certificate .* expires in 1\d day/.test(w)), `targets warns of the controller's new certificate: ${JSON.stringify(after.warnings)}`);
+  assert.equal(ctl.proc.exitCode, null, "the controller kept running");
 });
 
 test("tokens never cross plain HTTP to another machine; registration needs TLS or loopback", async () => {

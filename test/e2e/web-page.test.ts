@@ -1,7 +1,7 @@
 /**
  * The operator page in a real browser: Debian's Chromium driven by
  * playwright-core against a real controller and agents on loopback. Sign-in,
- * fleet, a rollout watched live to its end, the audit
+ * fleet, a rollout watched live to its end, a gated wave approved, the audit
  * log filtered and exported, schedules with their next run, a plan, a viewer
  * who sees no controls (and whom the API refuses anyway), and a page left
  * open that writes no audit rows. Screenshots go to test-results/web-page/.
@@ -155,6 +155,31 @@ test("a rollout started from the page streams its live Alembic lines and finishe
   await context.close();
 });
 
+test("approve a gated wave from the page", async () => {
+  const { context, page } = await newPage();
+  await signIn(page, TOKENS.admin);
+  await page.goto(`${fleet.controllerUrl}/#/rollouts`);
+  await page.locator("#start-selector").fill("env=gate");
+  await page.locator("#start-waves").fill("1,100%");
+  await page.locator("#start-gate").fill("manual");
+  await page.getByRole("button", { name: "Start…" }).click();
+  await confirm(page);
+  await page.waitForURL(/#\/rollouts\/[^/]+$/);
+  await page.locator("#gate").waitFor({ state: "visible", timeout: 180_000 });
+  assert.match(await page.locator("#gate").innerText(), /approval/i);
+  const approve = page.locator('[data-action="ApproveRollout"]');
+  await approve.waitFor();
+  await shot(page, "04-gate-waiting");
+  await approve.click();
+  await confirm(page);
+  await page.waitForFunction(() => /succeeded/.test(document.getElementById("rollout-status")?.textContent ?? ""), undefined, { timeout: 300_000 });
+  assert.equal(await page.locator("#gate").count(), 0, "no longer waiting");
+  const approvals = await api<{ entries: { actor: string; outcome: string }[] }>("QueryAudit", { action: "api.ApproveRollout" });
+  assert.deepEqual(approvals.doc.entries.map((e) => [e.actor, e.outcome]), [["alice", "intent"], ["alice", "ok"]]);
+  await shot(page, "05-gate-approved");
+  await context.close();
+});
+
 test("a viewer sees no action buttons, and the API refuses the actions anyway", async () => {
   assert.ok(liveRolloutId, "the live rollout test ran first");
   const { context, page } = await newPage();
@@ -178,13 +203,13 @@ test("a viewer sees no action buttons, and the API refuses the actions anyway", 
   await admin.page.locator('[data-action="RollbackRollout"]').waitFor();
   await admin.context.close();
 
-  for (const [method, body] of [["AbortRollout", { id: liveRolloutId }], ["RollbackRollout", { id: liveRolloutId, yes: true }], ["StartRollout", { selector: "env=web", strategy: "maintenance" }]] as const) {
+  for (const [method, body] of [["AbortRollout", { id: liveRolloutId }], ["RollbackRollout", { id: liveRolloutId, yes: true }], ["ApproveRollout", { id: liveRolloutId }], ["StartRollout", { selector: "env=web", strategy: "maintenance" }]] as const) {
     const r = await api<{ code: string }>(method, body, TOKENS.viewer);
     assert.equal(r.status, 403, `${method} refused for a viewer`);
     assert.equal(r.doc.code, "PERMISSION_DENIED");
   }
-  const denied = await api<{ entries: { action: string }[] }>("QueryAudit", { outcome: "denied", action: "api.RollbackRollout" });
-  assert.equal(denied.doc.entries.length, 1, "the refused call is audited");
+  const denied = await api<{ entries: { actor: string }[] }>("QueryAudit", { outcome: "denied", action: "api.RollbackRollout" });
+  assert.deepEqual(denied.doc.entries.map((e) => e.actor), ["victor"], "the refused call is audited, naming the token");
   const rollout = await api<{ status: string }>("GetRollout", { id: liveRolloutId });
   assert.equal(rollout.doc.status, "succeeded", "nothing happened to the rollout");
 });

@@ -98,7 +98,8 @@ export function parsePgUrl(url: string): PgUrlParts {
       const key = decode(eq < 0 ? pair : pair.slice(0, eq), "query key");
       const value = eq < 0 ? "" : decode(pair.slice(eq + 1).replace(/\+/g, " "), "query value");
       if (!(QUERY_KEYS as readonly string[]).includes(key)) {
-        throw invalid(`query parameter "${key.slice(0, 40)}" is not supported (supported: ${QUERY_KEYS.join(", ")})`);
+        // Never echo the key: a '?' inside a password makes the rest of the password look like a query.
+        throw invalid(`it has a query parameter that is not supported (supported: ${QUERY_KEYS.join(", ")}); percent-encode '?' in a password as %3F`);
       }
       query.set(key as QueryKey, value);
     }

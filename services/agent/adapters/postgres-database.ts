@@ -447,11 +447,11 @@ export class PostgresDatabase implements DatabaseAdapter {
 
   /**
    * A connected client on this database for a bulk copy (`flotilla move`):
-   * no statement timeout, TimeZone UTC. The caller ends it. Errors never carry the password.
+   * no statement timeout, TimeZone UTC, 256 MB for index builds after the load. The caller ends it. Errors never carry the password.
    */
   async openClient(): Promise<pg.Client> {
     try {
-      const client = await this.connect(this.parts.database, 0, { options: "-c TimeZone=UTC" });
+      const client = await this.connect(this.parts.database, 0, { options: "-c TimeZone=UTC -c maintenance_work_mem=256MB" });
       return client;
     } catch (err) {
       throw this.dbError("connecting for a copy", err);

@@ -28,6 +28,9 @@ export function restore(ctx: OperationContext, req: { targetId: string; backupId
   return ctx.run("restore", req.targetId, req.operationId, emit, {}, async ({ id, t, progress, result }) => {
     const m = await t.catalog.get(req.backupId);
     if (!m.verified) refuse("BACKUP_UNVERIFIED", `backup ${m.id} has not passed verification (${m.verification}); verify it first or pick a verified one (flotilla backups ${t.config.id})`);
+    // Verified once is not enough: the file may have been damaged since. Check it again before anything changes.
+    const now = await ctx.step(emit, "verify-backup", () => t.db.verifyBackup(m, progress, signal), (v) => v.detail);
+    if (!now.ok) refuse("BACKUP_UNVERIFIED", `backup ${m.id} no longer verifies (${now.detail}): it was damaged after it was taken; the database was not touched. Pick another backup (flotilla backups ${t.config.id})`);
     ctx.deps.journal.update(id, { backupId: m.id });
     result.revisionBefore = (await t.db.readRevisions().catch(() => null)) ?? [];
     const stopped = req.manageApps ? await ctx.controlApps(t, "stop", "", emit, progress, signal) : [];

@@ -4,7 +4,7 @@
 // holding the target lock, marked interrupted at the next start).
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { closeSync, mkdtempSync, openSync, readdirSync, rmSync, statSync, writeSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import Database from "better-sqlite3";
@@ -15,7 +15,7 @@ import { SqliteJournal } from "../adapters/sqlite-journal.js";
 import type { AgentConfig } from "../config.js";
 import type { AppInstance, DatabaseAdapter } from "../core/ports.js";
 import { OperationContext, type OpEvent, type OpResult, type TargetRuntime } from "./context.js";
-import { backup } from "./backup.js";
+import { backup, restore as restoreOp } from "./backup.js";
 import { startApps, stopApps } from "./apps.js";
 import { recover } from "./recover.js";
 
@@ -159,4 +159,22 @@ test("an interrupted backup is discarded, never restored: rows written since are
     assert.equal(h.journal.lockHolder("t1"), undefined);
   }
   assert.equal(readdirSync(path.join(dir, "backup-backups")).some((n) => n.startsWith(b.backup!.id)), false, "the interrupted backup is gone");
+});
+
+test("a backup damaged after it was verified is refused by restore, and the database is not touched", async () => {
+  const h = harness("corrupt");
+  const b = await result((emit) => backup(h.ctx, { targetId: "t1", operationId: "b-5", rolloutId: "", verify: true }, emit));
+  assert.equal(b.status, "succeeded", b.message);
+  const sq = new Database(h.dbFile);
+  sq.exec("INSERT INTO chat (body) VALUES ('three')");
+  sq.close();
+  const fd = openSync(b.backup!.path, "r+");
+  writeSync(fd, Buffer.alloc(32, 0x5a), 0, 32, Math.floor(statSync(b.backup!.path).size / 2));
+  closeSync(fd);
+  h.apps.set("app-1", "stopped");
+  const r = await result((emit) => restoreOp(h.ctx, { targetId: "t1", backupId: b.backup!.id, operationId: "r-1", manageApps: false }, emit));
+  assert.equal(r.status, "refused");
+  assert.equal(r.errorCode, "BACKUP_UNVERIFIED");
+  assert.deepEqual(rows(h.dbFile), ["one", "two", "three"]);
+  assert.equal(h.journal.lockHolder("t1"), undefined);
 });

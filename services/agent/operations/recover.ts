@@ -89,7 +89,8 @@ async function resolve(ctx: OperationContext, op: OperationRow, action: "restore
     return { effect: "none", message: `interrupted ${op.kind} ${op.id} had not taken its backup yet, so it had changed nothing; lock released` };
   }
   const m = await t.catalog.get(op.backupId);
-  if (!m.verified) {
+  {
+    // Checked again right before use: a backup damaged since it was taken is never restored.
     const v = await t.db.verifyBackup(m, progress, signal);
     if (!v.ok) refuse("BACKUP_UNVERIFIED", `the backup of interrupted operation ${op.id} (${m.id}) does not verify: ${v.detail}. Restore another backup by hand (flotilla restore)`);
   }

@@ -62,6 +62,30 @@ function opStream(run: (emit: (e: OpEvent) => void) => Promise<OpResult>): Async
   });
 }
 
+const WIRE_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
+
+/** An optional id from the wire (rollout id): empty, or letters, digits, . _ : - (never a path, NUL or newline). */
+function optionalId(value: string, what: string): string {
+  if (value !== "" && !WIRE_ID.test(value)) throw new FlotillaError("INVALID_ARGUMENT", `${what} "${value.slice(0, 80)}" is not valid (letters, digits, . _ : -)`);
+  return value;
+}
+
+/** An app color from the wire: "" (all), blue or green. */
+function colorOf(value: string): string {
+  if (value !== "" && value !== "blue" && value !== "green") throw new FlotillaError("INVALID_ARGUMENT", `color "${value.slice(0, 40)}" is not blue or green`);
+  return value;
+}
+
+/**
+ * A revision from the wire, checked for shape before any operation looks at the
+ * graph (which may start `alembic history`): "" (head), head, base where the
+ * verb allows it, or an id of letters, digits and _ — never `-N`, `+N`, a path or an option.
+ */
+function revisionOf(value: string, what: string, allowBase = false): string {
+  if (value === "" || value === "head" || (allowBase && value === "base") || /^[A-Za-z0-9_]{1,64}$/.test(value)) return value;
+  throw new FlotillaError("INVALID_ARGUMENT", `${what} "${value.slice(0, 80)}" is not a revision: use head${allowBase ? ", base" : ""} or a revision id from the app's history`);
+}
+
 /** TargetStatus fields of the last restore drill. */
 function drillStatus(o: OperationRow | undefined): { lastDrillAt?: string; lastDrillOk?: boolean; lastDrillBackupId?: string; lastDrillMessage?: string } {
   if (!o) return {};
@@ -107,7 +131,7 @@ export function agentServiceImpl(config: AgentConfig, ops: AgentOperations, vers
       return { targetId: req.targetId, findings: r.findings, problems: r.problems };
     },
     async plan(req) {
-      const p = await ops.plan(need(req.targetId, "target_id"), req.toRevision);
+      const p = await ops.plan(need(req.targetId, "target_id"), revisionOf(req.toRevision, "to_revision"));
       return {
         targetId: req.targetId, current: p.current, toRevision: p.to, pending: p.pending, sql: p.sql, sqlComplete: p.sqlComplete, notes: p.notes, additiveOnly: p.additiveOnly,
         revisions: p.revisions.map((r) => ({ ...r, estimateMs: BigInt(Math.round(r.estimateMs)) })),
@@ -122,25 +146,27 @@ export function agentServiceImpl(config: AgentConfig, ops: AgentOperations, vers
       return { ...o };
     },
     async listOperations(req) {
+      if (req.targetId !== "") ops.target(req.targetId);
       return { operations: ops.listOperations(req.targetId || undefined, req.limit > 0 ? Math.min(req.limit, 500) : 50).map((o) => ({ ...o })) };
     },
-    backup: (req) => opStream((emit) => ops.backup({ targetId: req.targetId, operationId: req.operationId, rolloutId: req.rolloutId, verify: req.verify }, emit)),
+    backup: (req) => opStream((emit) => ops.backup({ targetId: req.targetId, operationId: req.operationId, rolloutId: optionalId(req.rolloutId, "rollout_id"), verify: req.verify }, emit)),
     verifyBackup: (req) => opStream((emit) => ops.verifyBackup({ targetId: req.targetId, backupId: need(req.backupId, "backup_id"), operationId: req.operationId }, emit)),
     restore: (req) => opStream((emit) => ops.restore({ targetId: req.targetId, backupId: need(req.backupId, "backup_id"), operationId: req.operationId, manageApps: req.manageApps }, emit)),
     migrate: (req) => opStream((emit) => ops.migrate({
-      targetId: req.targetId, toRevision: req.toRevision, operationId: req.operationId, rolloutId: req.rolloutId, backupId: req.backupId,
+      targetId: req.targetId, toRevision: revisionOf(req.toRevision, "to_revision"), operationId: req.operationId, rolloutId: optionalId(req.rolloutId, "rollout_id"), backupId: req.backupId,
       takeBackup: req.takeBackup, online: req.online, green: req.green, lockTimeoutMs: req.lockTimeoutMs,
     }, emit)),
-    rehearse: (req) => opStream((emit) => ops.rehearse({ targetId: req.targetId, toRevision: req.toRevision, operationId: req.operationId }, emit)),
-    downgrade: (req) => opStream((emit) => ops.downgrade({ targetId: req.targetId, toRevision: need(req.toRevision, "to_revision"), operationId: req.operationId, acceptDataLoss: req.acceptDataLoss }, emit)),
-    stamp: (req) => opStream((emit) => ops.stamp({ targetId: req.targetId, revision: need(req.revision, "revision"), operationId: req.operationId, reason: req.reason }, emit)),
-    stopApps: (req) => opStream((emit) => ops.stopApps({ targetId: req.targetId, operationId: req.operationId, color: req.color }, emit)),
-    startApps: (req) => opStream((emit) => ops.startApps({ targetId: req.targetId, operationId: req.operationId, color: req.color }, emit)),
+    rehearse: (req) => opStream((emit) => ops.rehearse({ targetId: req.targetId, toRevision: revisionOf(req.toRevision, "to_revision"), operationId: req.operationId }, emit)),
+    downgrade: (req) => opStream((emit) => ops.downgrade({ targetId: req.targetId, toRevision: revisionOf(need(req.toRevision, "to_revision"), "to_revision", true), operationId: req.operationId, acceptDataLoss: req.acceptDataLoss }, emit)),
+    stamp: (req) => opStream((emit) => ops.stamp({ targetId: req.targetId, revision: revisionOf(need(req.revision, "revision"), "revision"), operationId: req.operationId, reason: req.reason }, emit)),
+    stopApps: (req) => opStream((emit) => ops.stopApps({ targetId: req.targetId, operationId: req.operationId, color: colorOf(req.color) }, emit)),
+    startApps: (req) => opStream((emit) => ops.startApps({ targetId: req.targetId, operationId: req.operationId, color: colorOf(req.color) }, emit)),
     async checkHealth(req) {
-      const h = await ops.health(need(req.targetId, "target_id"), req.color);
+      optionalId(req.operationId, "operation_id");
+      const h = await ops.health(need(req.targetId, "target_id"), colorOf(req.color));
       return { apps: h.apps.map((a) => ({ id: a.id, targetId: req.targetId, color: a.color, state: a.state, detail: a.detail })), healthy: h.healthy };
     },
-    clone: (req) => opStream((emit) => ops.clone({ targetId: req.targetId, operationId: req.operationId, rolloutId: req.rolloutId }, emit)),
+    clone: (req) => opStream((emit) => ops.clone({ targetId: req.targetId, operationId: req.operationId, rolloutId: optionalId(req.rolloutId, "rollout_id") }, emit)),
     switch: (req) => opStream((emit) => ops.switchTraffic({ targetId: req.targetId, operationId: req.operationId, color: req.color }, emit)),
     drill: (req) => opStream((emit) => ops.drill({ targetId: req.targetId, backupId: req.backupId, operationId: req.operationId }, emit)),
     async bundle(req) {

@@ -11,6 +11,10 @@ type OpEvent = MessageShape<typeof OperationEventSchema>;
 const EFFECTS: ReadonlySet<string> = new Set(["none", "changed", "restored", "needs-restore", "up-to-date"]);
 const STATUS_TIMEOUT_MS = 30_000;
 /** Steps that only read: asking again is always safe. */
+/** How long a step waits for its agent to come back before its outcome is called unknown. */
+const AGENT_RETURN_MS = Number(process.env.FLOTILLA_AGENT_RETURN_MS ?? 60_000);
+/** Steps that are one stop or start operation on the agent. */
+const APPS_STEPS: ReadonlySet<string> = new Set(["stop", "start", "start-green", "stop-green", "rollback-stop", "rollback-start"]);
 const READS: ReadonlySet<string> = new Set(["precheck", "verify", "rollback-verify", "health", "health-green"]);
 
 function codeOf(text: string, fallback: ErrorCode): ErrorCode {
@@ -62,6 +66,9 @@ export class GrpcStepClient implements AgentClient {
   async resolveStep(step: StepDoc, ctx: StepContext, onLine: (line: StepLine) => void): Promise<StepResult> {
     if (READS.has(step.name)) return this.runStep(step, ctx, onLine); // a read changes nothing: ask again
     const agent = await this.d.pool.client(step.agentId);
+    // An agent killed mid-step usually comes back within seconds (its process manager restarts it):
+    // wait for it a bounded time before calling the outcome unknown.
+    const giveUpAt = Date.now() + AGENT_RETURN_MS;
     for (let i = 0; i < 3600; i++) {
       let rec: Awaited<ReturnType<GrpcAgent["getOperation"]>>;
       try {
@@ -69,6 +76,10 @@ export class GrpcStepClient implements AgentClient {
       } catch (err) {
         const fe = toFlotillaError(err);
         if (fe.code === "NOT_FOUND") return { outcome: "not-started", detail: "the agent never started this step" };
+        if ((fe.code === "AGENT_UNAVAILABLE" || fe.code === "TIMEOUT") && Date.now() < giveUpAt) {
+          await new Promise((r) => setTimeout(r, 1000));
+          continue;
+        }
         return { outcome: "unknown", code: fe.code, detail: fe.message };
       }
       if (rec.state === "running") {
@@ -77,6 +88,13 @@ export class GrpcStepClient implements AgentClient {
       }
       const after = rec.revisionAfter.length ? { revisionAfter: [...rec.revisionAfter] } : {};
       if (rec.state === "succeeded") return { outcome: "succeeded", effect: "changed", detail: rec.message || "succeeded", ...after, ...(rec.backupId ? { backupId: rec.backupId } : {}) };
+      if (rec.state === "interrupted" && APPS_STEPS.has(step.name)) {
+        // An interrupted stop/start is certain to end well by completing it: the rollout goes on.
+        const r = await this.stream(step.agentId, onLine, (c) => c.recover({ targetId: ctx.targetId, operationId: step.operationId, action: "accept", newOperationId: `${step.operationId}.recover` }, this.opts()));
+        return r.status === "succeeded"
+          ? { outcome: "succeeded", effect: "none", detail: `interrupted on the agent; ${r.message}` }
+          : { outcome: "failed", code: codeOf(r.errorCode, "INTERRUPTED"), effect: "none", detail: `interrupted on the agent; ${r.message}` };
+      }
       if (rec.state === "interrupted" && (step.name === "migrate" || step.name === "migrate-green" || step.name === "backup")) {
         // The agent died mid-operation: put back its pre-operation backup.
         const r = await this.stream(step.agentId, onLine, (c) => c.recover({ targetId: ctx.targetId, operationId: step.operationId, action: "restore", newOperationId: `${step.operationId}.recover` }, this.opts()));

@@ -378,10 +378,13 @@ export class AuditLog {
   }
 }
 
+const ISO_TIME = /^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}:?\d{2})?)?$/;
+
 function normaliseFilter(filter: AuditFilter): AuditFilter {
   const out: AuditFilter = {};
   const time = (name: string, v: string): string => {
-    const ms = Date.parse(v);
+    // ISO 8601 only: Date.parse alone takes junk such as "x;2020" for a year.
+    const ms = ISO_TIME.test(v) ? Date.parse(v) : Number.NaN;
     if (Number.isNaN(ms)) throw new FlotillaError("INVALID_ARGUMENT", `audit filter ${name} is not a time: ${JSON.stringify(v)}`);
     return new Date(ms).toISOString();
   };

@@ -10,7 +10,7 @@ import type { Logger } from "../../common/logger.js";
 import { redact } from "../../common/redact.js";
 import { isLoopbackHost } from "../../common/tls.js";
 import type { AuditLog } from "../audit/audit-log.js";
-import { permittedMethods, type Caller } from "../service.js";
+import { deniedActor, permittedMethods, type Caller } from "../service.js";
 import { staticAsset, type StaticAsset } from "./static-assets.js";
 
 /** Largest request body accepted; larger ones are answered 413 without being read. */
@@ -141,7 +141,7 @@ export function createHttpGateway(
       const fe = toFlotillaError(err);
       // A page asking "am I signed in?" without any token is not a denied call, just the sign-in form coming up.
       const anonymousQuestion = action === "api.WhoAmI" && ctx.metadata.get("authorization").length === 0;
-      if (!anonymousQuestion) await deps.audit.append({ actor: "unknown", action, outcome: "denied", detail: fe.message }).catch(() => undefined);
+      if (!anonymousQuestion) await deps.audit.append({ actor: deniedActor(err), action, outcome: "denied", detail: fe.message }).catch(() => undefined);
       throw fe;
     }
   }
@@ -256,7 +256,7 @@ export function createHttpGateway(
         deps.callerOf(m.name, ctx);
       } catch (err) {
         const fe = toFlotillaError(err);
-        await deps.audit.append({ actor: "unknown", action: `api.${m.name}`, outcome: "denied", detail: fe.message }).catch(() => undefined);
+        await deps.audit.append({ actor: deniedActor(err), action: `api.${m.name}`, outcome: "denied", detail: fe.message }).catch(() => undefined);
         throw fe;
       }
       const declared = Number(req.headers["content-length"] ?? "0");

@@ -5,6 +5,8 @@ import { badge, bytes, fill, h, relative, timeEl } from "../dom.js";
 export async function fleetView({ root, signal, may, fail }) {
   const selector = h("input", { id: "fleet-selector", name: "selector", placeholder: "env=prod,region=eu", value: sessionStorage.getItem("flotilla.selector") ?? "" });
   const agentsBox = h("div", { id: "agents" });
+  // Certificates expiring within 30 days (the controller's own, and agents' as last seen).
+  const warningsBox = h("div", { id: "cert-warnings" });
   const table = h("div", { id: "targets" });
   const stamp = h("span", { class: "muted", role: "status" });
   const form = h("form", { class: "row", role: "search", "aria-label": "Filter targets" },
@@ -13,7 +15,7 @@ export async function fleetView({ root, signal, may, fail }) {
     h("button", { type: "button", onclick: () => { selector.value = ""; load(); } }, "Clear"),
     stamp);
   form.addEventListener("submit", (ev) => { ev.preventDefault(); load(); });
-  fill(root, h("h1", {}, "Fleet"), form, h("h2", {}, "Agents"), agentsBox, h("h2", {}, "Targets"), table);
+  fill(root, h("h1", {}, "Fleet"), form, warningsBox, h("h2", {}, "Agents"), agentsBox, h("h2", {}, "Targets"), table);
 
   async function load() {
     sessionStorage.setItem("flotilla.selector", selector.value.trim());
@@ -28,7 +30,8 @@ export async function fleetView({ root, signal, may, fail }) {
     }
   }
 
-  function render({ targets = [], agents = [] }) {
+  function render({ targets = [], agents = [], warnings = [] }) {
+    fill(warningsBox, ...warnings.map((w) => h("p", { class: "notice", role: "status" }, w)));
     const health = new Map(agents.map((a) => [a.id, a]));
     fill(agentsBox, h("table", { "aria-label": "Agents" },
       h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Agent"), h("th", { scope: "col" }, "Health"), h("th", { scope: "col" }, "Address"), h("th", { scope: "col" }, "Last seen"), h("th", { scope: "col" }, "Error"))),

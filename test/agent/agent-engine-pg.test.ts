@@ -57,12 +57,11 @@ test("a session idle in transaction holding a lock: the target ends marked needs
   const before = await pgDump(url);
   const blocker = new pg.Client({ connectionString: url, application_name: "lock-holder" });
   await blocker.connect();
-  let m;
   try {
     await blocker.query("BEGIN");
     // Revision 3 (f6a5b4c3d2e1) alters "user": it waits for this lock and hits lock_timeout after 1 and 2 committed.
     await blocker.query('LOCK TABLE "user" IN ACCESS SHARE MODE');
-    m = await collect(agent.migrate({ targetId: "e-txn-lock", toRevision: "head", operationId: "e-lock-1", takeBackup: true, online: true, lockTimeoutMs: 800 }));
+    const m = await collect(agent.migrate({ targetId: "e-txn-lock", toRevision: "head", operationId: "e-lock-1", takeBackup: true, online: true, lockTimeoutMs: 800 }));
     assert.equal(m.result.status, "failed");
     assert.equal(m.result.failureClass, "lock", m.result.message);
     assert.equal(m.result.effect, "needs-restore", m.result.message);

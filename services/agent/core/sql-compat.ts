@@ -32,7 +32,7 @@ function statements(sql: string): string[] {
   return out;
 }
 
-const IDENT = String.raw`(?:"[^"]+"|[A-Za-z_][A-Za-z0-9_$.]*)`;
+const IDENT = `(?:"[^"]+"|[A-Za-z_][A-Za-z0-9_$.]*)`;
 const unquote = (name: string): string => name.replace(/"/g, "").toLowerCase();
 
 /** Verdict of one statement; `createdHere` holds the tables this revision itself creates. */

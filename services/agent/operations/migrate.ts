@@ -143,7 +143,15 @@ export function migrate(ctx: OperationContext, req: { targetId: string; toRevisi
     const side = req.green ? t.green : { db: t.db, alembic: t.alembic };
     if (!side) refuse("PRECONDITION_FAILED", `target ${t.config.id} has no blueGreen.green database configured`);
     const { db, alembic } = side;
-    // Preconditions: every refusal happens before anything changes.
+    // Preconditions: every refusal happens before anything changes. The facts are read at once (the
+    // guards' reads are cheap and wasted only when the revision check refuses or finds nothing to do).
+    const guardFacts = Promise.all([
+      db.listTables(),
+      req.online ? Promise.resolve([]) : db.holders(),
+      req.online || req.green ? Promise.resolve([]) : ctx.appStates(t),
+      req.backupId ? t.catalog.get(req.backupId) : Promise.resolve(undefined),
+    ]);
+    guardFacts.catch(() => undefined);
     const [graph, current] = await Promise.all([alembic.graph(), db.readRevisions()]);
     const before = current ?? [];
     result.revisionBefore = before;
@@ -153,12 +161,7 @@ export function migrate(ctx: OperationContext, req: { targetId: string; toRevisi
     if (decision.action === "up-to-date") return { revisionAfter: before, effect: "up-to-date", message: decision.message };
     const { target, pending } = decision;
 
-    const [tables, holders, apps, given] = await Promise.all([
-      db.listTables(),
-      req.online ? Promise.resolve([]) : db.holders(),
-      req.online || req.green ? Promise.resolve([]) : ctx.appStates(t),
-      req.backupId ? t.catalog.get(req.backupId) : Promise.resolve(undefined),
-    ]);
+    const [tables, holders, apps, given] = await guardFacts;
     const refusal = guardMigration({
       targetId: t.config.id, kind: t.config.kind, online: req.online,
       runningApps: apps.filter((a) => a.state === "running" && (t.green === undefined || a.app.color !== "green")).map((a) => a.app.id),

@@ -79,6 +79,7 @@ export type Command =
   | { readonly verb: "downgrade"; readonly target: string; readonly toRevision: string }
   | { readonly verb: "stamp"; readonly target: string; readonly revision: string; readonly reason: string }
   | { readonly verb: "recover"; readonly target: string; readonly operationId: string; readonly action: "restore" | "accept" }
+  | { readonly verb: "rehearse"; readonly target: string; readonly toRevision: string }
   | { readonly verb: "move"; readonly from: string; readonly to: string; readonly yes: boolean; readonly skipOrphans: boolean; readonly fromBackup: boolean }
   | { readonly verb: "schedule add"; readonly schedule: ScheduleInput }
   | { readonly verb: "schedules" }
@@ -529,15 +530,27 @@ const VERBS: readonly VerbDef[] = [
     },
   },
   {
+    name: "rehearse",
+    usage: "flotilla rehearse TARGET [--to REV]",
+    summary: "migrate a throwaway copy of the target (never the target itself): per-revision timings and go/no-go; exit 1 on no-go",
+    positionals: ["TARGET"],
+    options: { to: { type: "string", help: "REV  revision to rehearse up to (default head)" } },
+    build: (ctx) => {
+      const t = target(ctx);
+      const to = str(ctx, "to");
+      return { verb: "rehearse", target: t, toRevision: to === undefined ? "head" : parseRevision(to) };
+    },
+  },
+  {
     name: "recover",
-    usage: "flotilla recover TARGET OPERATION --action restore|accept",
-    summary: "resolve an operation interrupted by an agent crash: restore its pre-operation backup, or accept a database verifiably at its target revision",
-    positionals: ["TARGET", "OPERATION"],
+    usage: "flotilla recover TARGET [OPERATION] --action restore|accept",
+    summary: "resolve an operation interrupted by an agent crash or left needs-restore (default: the one holding the target): restore its pre-operation backup, or accept a database verifiably at its target revision",
+    positionals: ["TARGET", "[OPERATION]"],
     options: { action: { type: "string", help: "A  restore (put back the backup taken before it) or accept (keep the database if it is verifiably at the target revision)" } },
     build: (ctx) => {
       const t = target(ctx);
       const op = pos(ctx, 1);
-      if (!/^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/.test(op)) problem(`"${op}" is not an operation id: flotilla diagnose ${t} names the interrupted operation`);
+      if (op !== "" && !/^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/.test(op)) problem(`"${op}" is not an operation id: flotilla diagnose ${t} names the interrupted operation`);
       const action = str(ctx, "action");
       if (action !== "restore" && action !== "accept") problem(`recover needs --action restore or --action accept${action === undefined ? "" : ` (not ${JSON.stringify(action)})`}`);
       return { verb: "recover", target: t, operationId: op, action: action as "restore" | "accept" };
@@ -626,7 +639,7 @@ const SUBVERBS: Readonly<Record<string, readonly string[]>> = {
 const GROUPS: ReadonlyArray<readonly [string, readonly string[]]> = [
   ["inventory and health", ["targets", "diagnose"]],
   ["backups", ["backup", "backups", "restore", "drill", "bundle"]],
-  ["migrations", ["plan", "rollout", "rollouts", "rollout show", "rollout approve", "rollout pause", "rollout resume", "rollout abort", "rollout retry", "rollout rollback", "downgrade", "stamp", "recover", "move"]],
+  ["migrations", ["plan", "rehearse", "rollout", "rollouts", "rollout show", "rollout approve", "rollout pause", "rollout resume", "rollout abort", "rollout retry", "rollout rollback", "downgrade", "stamp", "recover", "move"]],
   ["schedules", ["schedule add", "schedule replace", "schedules", "schedule rm"]],
   ["audit", ["audit", "audit verify", "audit export"]],
 ];
@@ -752,8 +765,10 @@ function parseOrThrow(argv: readonly string[], env: Readonly<Record<string, stri
   }
   if (values.get("help") === true) return ok(globalsFrom(values, env), { verb: "help", topic: def.name }, []);
 
-  if (positionals.length < def.positionals.length) {
-    const missing = def.positionals.slice(positionals.length).join(" ");
+  // Positionals written "[NAME]" are optional (only at the end).
+  const required = def.positionals.filter((p) => !p.startsWith("[")).length;
+  if (positionals.length < required) {
+    const missing = def.positionals.slice(positionals.length, required).join(" ");
     problem(`${def.name}: missing ${missing}; usage: ${def.usage}`);
   }
   if (positionals.length > def.positionals.length) {

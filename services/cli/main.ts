@@ -21,6 +21,7 @@ import {
   DowngradeTargetRequestSchema,
   StampTargetRequestSchema,
   RecoverTargetRequestSchema,
+  RehearseTargetRequestSchema,
   DrillTargetRequestSchema,
   MoveTargetRequestSchema,
   RolloutEventSchema,
@@ -192,6 +193,13 @@ async function run(ctx: Ctx, command: Command): Promise<number> {
       const r = await client.unary("StampTarget", StampTargetRequestSchema, req, OperationResultSchema, { timeoutMs: OPERATION_TIMEOUT_MS });
       if (!r.ok) return fail(ctx, r.failure);
       output(ctx, OperationResultSchema, r.value, () => renderOperationResult("stamp", command.target, r.value));
+      return operationExit(r.value);
+    }
+    case "rehearse": {
+      const req = { targetId: command.target, toRevision: command.toRevision };
+      const r = await client.unary("RehearseTarget", RehearseTargetRequestSchema, req, OperationResultSchema, { timeoutMs: OPERATION_TIMEOUT_MS });
+      if (!r.ok) return fail(ctx, r.failure);
+      output(ctx, OperationResultSchema, r.value, () => renderOperationResult("rehearsal", command.target, r.value));
       return operationExit(r.value);
     }
     case "recover": {

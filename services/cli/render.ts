@@ -251,6 +251,12 @@ export function renderOperationResult(what: string, targetId: string, r: Operati
   const out = [`${stateSymbol(r.status || "failed")} ${what} of ${targetId} ${r.status || "failed"}${why === "" ? "" : ` (${why})`}${took}`];
   if (r.message !== "") out.push(`  ${r.message}`);
   if (r.restored) out.push(`  ↺ the database was restored from the backup taken before; it is at its old revision with its old data`);
+  if (r.effect === "none" && !ok && r.status !== "refused") out.push("  the database is unchanged: the failed run rolled back, no restore was needed");
+  if (r.effect === "needs-restore") {
+    out.push(`  ⚠ NEEDS RESTORE: the database changed and could not be restored yet; ${targetId} stays locked`);
+    for (const s of r.blockingSessions) out.push(`    blocking: ${s}`);
+    out.push(`  end those sessions, then run: flotilla recover ${targetId} --action restore`);
+  }
   if (r.revisionBefore.length > 0 || r.revisionAfter.length > 0) out.push(`  revision  ${revs(r.revisionBefore)} → ${revs(r.revisionAfter)}`);
   if (r.backup !== undefined && r.backup.id !== "") {
     out.push(...backupLines(r.backup));

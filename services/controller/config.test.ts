@@ -2,6 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { FlotillaError } from "../common/errors.js";
 import { loadControllerConfig } from "./config.js";
+import { SqliteStore, openStore } from "./store/index.js";
 
 function load(yaml: string, files: Record<string, string> = {}, env: Record<string, string> = {}) {
   return loadControllerConfig({
@@ -61,10 +62,10 @@ function problemsOf(yaml: string, files: Record<string, string> = {}): string[] 
   }
 }
 
-test("a dozen mistakes at every depth in one report: unknown keys with the nearest known key, relative SQLite store, ports, duplicates", () => {
+test("a dozen mistakes at every depth in one report: unknown keys with the nearest known key, a store URL without a file, ports, duplicates", () => {
   const problems = problemsOf(`
 listen: { grpc: "127.0.0.1:99999", htp: "127.0.0.1:7441" }
-store: sqlite:///var/lib/flotilla/controller.db
+store: "sqlite:///"
 auditKeyFiel: /x
 logLevel: loud
 tls: { cert: c.pem, key: k.pem, ca: ca.pem, cA: x }
@@ -79,7 +80,7 @@ tokens:
   const expect: [string, RegExp][] = [
     ["listen.grpc", /port 99999 is out of range/],
     ["listen.htp", /did you mean "http"/],
-    ["store", /relative path.*sqlite:\/\/\/\/var\/lib\/flotilla\/controller\.db/],
+    ["store", /no file path/],
     ["auditKeyFiel", /did you mean "auditKeyFile"/],
     ["logLevel", /not a log level/],
     ["tls.cA", /did you mean "ca"/],
@@ -103,4 +104,9 @@ agents: [{ id: host-b, address: "10.0.0.7:7443", identity: "spiffe://flotilla/ag
   assert.deepEqual(c.httpTls, { cert: "/t/http.pem", key: "/t/http-key.pem" });
   assert.equal(c.agents[0]!.identity, "spiffe://flotilla/agent/host-b");
   assert.equal(load("store: sqlite:////srv/c.db\n").store, "sqlite:////srv/c.db");
+});
+
+test("the store URL keeps the contract's spelling: sqlite:///var/lib/… is the absolute file, as openStore reads it", () => {
+  assert.equal(load("store: sqlite:///var/lib/flotilla/controller.db\n").store, "sqlite:///var/lib/flotilla/controller.db");
+  assert.equal(openStore("sqlite:///var/lib/flotilla/controller.db") instanceof SqliteStore, true);
 });

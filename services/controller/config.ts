@@ -96,7 +96,9 @@ export function readControllerConfig(input: LoadControllerConfigInput): { config
   const dataDir = abs(flagValue(input.argv, "data-dir") ?? input.env.FLOTILLA_CONTROLLER_DATA_DIR ?? str(doc, "dataDir", "", p) ?? "/var/lib/flotilla");
   const store = flagValue(input.argv, "store") ?? input.env.FLOTILLA_STORE ?? str(doc, "store", "", p) ?? `sqlite:///${resolve(dataDir, "controller.db")}`;
   if (store.startsWith("sqlite:")) {
-    const problem = store.startsWith("sqlite:///") ? sqlitePathProblem(store) : `"${store}" is not a SQLite URL; use sqlite:////var/lib/flotilla/controller.db (four slashes for an absolute path)`;
+    // The store is Flotilla's own file, not an Alembic URL: openStore reads sqlite:///var/lib/x.db
+    // and sqlite:////var/lib/x.db alike as the absolute path (CONTRACT.md spells it with three).
+    const problem = store.startsWith("sqlite:///") ? sqlitePathProblem(store.replace(/^sqlite:\/\/\/(?!\/)(?=.)/, "sqlite:////")) : `"${store}" is not a SQLite URL; use sqlite:////var/lib/flotilla/controller.db (four slashes for an absolute path)`;
     if (problem !== undefined) p.add("store", problem);
   } else if (!/^postgres(ql)?:\/\/\S+\/\S+/.test(store)) {
     p.add("store", `"${store.replace(/:[^:@/]*@/, ":***@")}" must be sqlite:///path or postgresql://user@host:5432/db`);

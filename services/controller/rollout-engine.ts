@@ -96,6 +96,9 @@ export class RolloutEngine {
       }
       // The gate does not apply: the pending list is enough (and much cheaper than rendering SQL).
       const s = await agent.getStatus({ targetId: t.targetId }, { timeoutMs: 30_000 });
+      // A status that could not be read fully (a broken target, Alembic failing) proves nothing is
+      // pending: leave it unclassified, so its precheck runs and stops it with the reason.
+      if (s.error !== "" || s.state === "broken") return;
       const pending = spec.toRevision === "head" || !s.current.includes(spec.toRevision) ? s.pending : [];
       out.set(t.targetId, pending.map((p) => ({ id: p.id, compatibility: "unknown", reason: "not classified (the strategy does not need it)" })));
     }));

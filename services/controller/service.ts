@@ -14,6 +14,7 @@ import type { ControllerConfig, Role } from "./config.js";
 import type { ControllerStore, RolloutDoc, ScheduleDoc } from "./core/ports.js";
 import type { Inventory } from "./inventory.js";
 import type { RolloutEngine } from "./rollout-engine.js";
+import { preflightVerdict, type PreflightAnswer } from "./core/rollout-plan.js";
 import { type RevisionClass, checkCompatibility, classesFromPlan, strategiesAllowed } from "./core/compatibility-gate.js";
 import { Scheduler } from "./scheduler.js";
 import { checkSelector, compileScheduleRequest, describeProblems, orInvalidArgument } from "../common/rollout-request.js";
@@ -28,7 +29,7 @@ const ROLE_RANK: Record<Role, number> = { viewer: 0, operator: 1, admin: 2 };
 const METHOD_ROLE: Record<string, Role> = {
   ListTargets: "viewer", DiagnoseTarget: "viewer", ListTargetBackups: "viewer", PlanRollout: "viewer", GetRollout: "viewer",
   ListRollouts: "viewer", WatchRollout: "viewer", ListSchedules: "viewer", QueryAudit: "viewer", VerifyAudit: "viewer",
-  BackupTarget: "operator", StartRollout: "operator", AbortRollout: "operator", RegisterAgent: "operator",
+  BackupTarget: "operator", RehearseTarget: "operator", StartRollout: "operator", AbortRollout: "operator", RegisterAgent: "operator",
   ApproveRollout: "operator", PauseRollout: "operator", ResumeRollout: "operator", RetryRollout: "operator",
   DrillTarget: "operator", BundleTarget: "operator",
   RestoreTarget: "admin", RecoverTarget: "admin", MoveTarget: "admin", DowngradeTarget: "admin", StampTarget: "admin", RollbackRollout: "admin", AddSchedule: "admin", RemoveSchedule: "admin",
@@ -206,6 +207,25 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
   const timeout = { timeoutMs: d.config.agentTimeoutMs };
 
   /**
+   * Asks every selected target's agent for its Plan (where the agent applies
+   * its safety policy) and refuses the whole request when any target refuses
+   * the wanted revision: nothing is stopped, backed up or recorded.
+   */
+  async function preflight(req: Parameters<RolloutEngine["plan"]>[0]): Promise<ReturnType<typeof preflightVerdict>> {
+    const plan = await d.engine.plan(req, false);
+    const answers = await Promise.all(plan.targets.map(async (t): Promise<PreflightAnswer> => {
+      try {
+        const p = await (await d.pool.client(t.agentId)).plan({ targetId: t.targetId, toRevision: plan.spec.toRevision }, { timeoutMs: 120_000 });
+        return { targetId: t.targetId, ok: true, pending: p.pending.length };
+      } catch (err) {
+        const fe = toFlotillaError(err);
+        return { targetId: t.targetId, ok: false, code: fe.code, message: fe.message };
+      }
+    }));
+    return preflightVerdict(answers);
+  }
+
+  /**
    * Runs a change to targets under the same per-target lease rollouts take in
    * the store (the agent's journal lock guards the same target on its side):
    * a restore, downgrade, stamp, backup or recover sent while a rollout or
@@ -273,9 +293,12 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
     }),
     recoverTarget: (req, ctx) => audited("RecoverTarget", ctx, req.targetId, req, async () => {
       if (req.action !== "restore" && req.action !== "accept") throw new FlotillaError("INVALID_ARGUMENT", `--action must be restore or accept, not "${req.action}"`);
-      if (!req.operationId) throw new FlotillaError("INVALID_ARGUMENT", "the interrupted operation id is required (flotilla targets / diagnose show it)");
       const { agentId } = await ownerOf(req.targetId);
       return leased("recover", [req.targetId], () => runOp(agentId, (c) => c.recover({ targetId: req.targetId, operationId: req.operationId, action: req.action, newOperationId: `api.${randomUUID()}` }, timeout)));
+    }),
+    rehearseTarget: (req, ctx) => audited("RehearseTarget", ctx, req.targetId, req, async () => {
+      const { agentId } = await ownerOf(req.targetId);
+      return runOp(agentId, (c) => c.rehearse({ targetId: req.targetId, toRevision: req.toRevision, operationId: `api.${randomUUID()}` }, timeout));
     }),
     drillTarget: (req, ctx) => audited("DrillTarget", ctx, req.targetId, req, async () => {
       if (req.backupId && !/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(req.backupId)) throw new FlotillaError("INVALID_ARGUMENT", `"${req.backupId}" is not a backup id (list them with: flotilla backups ${req.targetId})`);
@@ -335,6 +358,7 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
     planRollout: (req, ctx) => audited("PlanRollout", ctx, req.selector, req, async () => {
       const plan = await d.engine.plan(req, false);
       const warnings = [...plan.warnings];
+      const refusals: PreflightAnswer[] = [];
       const classes = new Map<string, RevisionClass[]>();
       const targets = await Promise.all(plan.targets.map(async (t) => {
         const notes: string[] = [];
@@ -344,7 +368,12 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
           p = await (await d.pool.client(t.agentId)).plan({ targetId: t.targetId, toRevision: plan.spec.toRevision }, { timeoutMs: 120_000 });
           notes.push(...p.notes);
         } catch (err) {
-          tw.push(`cannot plan: ${toFlotillaError(err).message}`);
+          const fe = toFlotillaError(err);
+          // A wanted revision the target refuses (unknown, behind, another branch, ambiguous) refuses the plan.
+          if (preflightVerdict([{ targetId: t.targetId, ok: false, code: fe.code, message: fe.message }]).refusal) {
+            refusals.push({ targetId: t.targetId, ok: false, code: fe.code, message: fe.message });
+          }
+          tw.push(`cannot plan: ${fe.message}`);
         }
         const revs = p === undefined ? [] : classesFromPlan(p);
         if (p !== undefined) classes.set(t.targetId, revs);
@@ -356,11 +385,15 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
           allowedStrategies: strategiesAllowed(revs),
         };
       }));
+      const refusal = preflightVerdict(refusals).refusal;
+      if (refusal) throw new FlotillaError(refusal.code as FlotillaError["code"], refusal.message);
       const gate = checkCompatibility(plan.spec.strategy, classes, plan.spec.allowBreaking);
       if (!gate.ok) warnings.push(gate.message);
       return { spec: { ...plan.spec }, targets, warnings, waveCount: new Set(plan.targets.map((t) => t.wave)).size, refused: !gate.ok };
     }),
     startRollout: (req, ctx) => audited("StartRollout", ctx, req.selector, req, async (caller) => {
+      const { refusal } = await preflight({ ...req, schedule: "" });
+      if (refusal) throw new FlotillaError(refusal.code as FlotillaError["code"], refusal.message);
       const doc = await d.engine.start({ ...req, schedule: "" }, caller.actor);
       return rolloutMessage(doc);
     }),
@@ -416,6 +449,10 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
         throw new FlotillaError("PRECONDITION_FAILED", `a schedule named ${compiled.name} exists already (${existing.cron} · ${existing.selector}); nothing was changed. Replace it with flotilla schedule replace ${compiled.name} … (or --replace), or pick another name`);
       }
       const r = compiled.rollout;
+      // The wanted revision is checked against the targets' agents now, not when the schedule fires.
+      // A selector with no reachable target yet cannot be checked: the schedule is accepted then.
+      const verdict = await preflight({ selector: r.selector, toRevision: r.toRevision, strategy: r.strategy, waves: r.waves }).catch(() => undefined);
+      if (verdict?.refusal) throw new FlotillaError(verdict.refusal.code as FlotillaError["code"], verdict.refusal.message);
       const s = {
         name: compiled.name, cron: compiled.cron, timeZone: compiled.timeZone, selector: r.selector, strategy: r.strategy, window: r.window,
         toRevision: r.toRevision, waves: r.waves, gate: r.gate, maxFailures: r.maxFailures, source: "api" as const, ...(req.drill ? { drill: true } : {}),

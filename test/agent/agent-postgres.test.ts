@@ -5,10 +5,18 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import pg from "pg";
-import { CANARY_PASSWORD, CANARY_SECRET, Fleet, HEAD_REVISION, OLD_REVISION, dumpDatabase, type AgentClient } from "../helpers/fleet.js";
+import { CANARY_PASSWORD, CANARY_SECRET, Fleet, HEAD_REVISION, OLD_REVISION, dumpDatabase, run, type AgentClient } from "../helpers/fleet.js";
 import { collect } from "../helpers/ops.js";
 
 let fleet: Fleet;
+
+/** Plain-text pg_dump of a database (schema and data). */
+async function pgDump(url: string): Promise<string> {
+  const r = await run(["pg_dump", "--no-owner", "--no-privileges", url]);
+  assert.equal(r.code, 0, r.stderr);
+  // pg_dump 17.6+ wraps the dump in \restrict/\unrestrict with a random key: not part of the database.
+  return r.stdout.split("\n").filter((l) => !/^\\(un)?restrict /.test(l)).join("\n");
+}
 let a1: AgentClient;
 let a2: AgentClient;
 
@@ -56,14 +64,23 @@ test("sessions of app instances on two hosts block the migration until both are 
   assert.deepEqual(await fleet.revisionOf("p-shared"), [HEAD_REVISION]);
 });
 
-test("a failure after earlier revisions committed is restored from the pg_dump backup, exactly", async () => {
+test("a failure at revision 4 of 5 leaves the database byte-for-byte at its old revision, without a restore (one Alembic run, one transaction)", async () => {
   const url = fleet.urls.get("p-fail")!;
   const before = await dumpDatabase(url);
+  const pgBefore = await pgDump(url);
   const m = await collect(a1.migrate({ targetId: "p-fail", toRevision: "head", operationId: "pg-fail", takeBackup: true }));
   assert.equal(m.result.status, "failed");
-  assert.equal(m.result.restored, true, m.result.message);
+  assert.equal(m.result.effect, "none", m.result.message);
+  assert.equal(m.result.restored, false, m.result.message);
+  assert.match(m.result.message, /failed at revision 0a7b8c9d0e1f \(4 of 5\)/);
+  assert.equal(m.result.details["failedRevision"], "0a7b8c9d0e1f");
   assert.deepEqual(m.result.revisionAfter, [OLD_REVISION]);
+  assert.equal(m.steps.filter((x) => x.name === "restore").length, 0, "no restore step ran");
   assert.equal(await dumpDatabase(url), before);
+  assert.equal(await pgDump(url), pgBefore, "pg_dump before = after");
+  // Progress named the revisions n/N as they started.
+  assert.deepEqual([...new Set(m.revisionProgress.map((p) => `${p.index}/${p.count} ${p.revision}`))],
+    ["1/5 d4c3b2a1e5f6", "2/5 e5f4a3b2c1d0", "3/5 f6a5b4c3d2e1", "4/5 0a7b8c9d0e1f"]);
 });
 
 test("lock_timeout: a session holding a lock makes the migration fail fast instead of hanging", async () => {
@@ -78,6 +95,7 @@ test("lock_timeout: a session holding a lock makes the migration fail fast inste
     assert.equal(m.result.status, "failed");
     assert.equal(m.result.failureClass, "lock", m.result.message);
     assert.equal(m.result.restored, false, "nothing committed, nothing to restore");
+    assert.equal(m.result.effect, "none", m.result.message);
   } finally {
     await blocker.query("ROLLBACK").catch(() => undefined);
     await blocker.end();

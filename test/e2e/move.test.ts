@@ -13,12 +13,13 @@ import assert from "node:assert/strict";
 import Database from "better-sqlite3";
 import pg from "pg";
 import { stringify } from "yaml";
-import { CANARY_PASSWORD, CANARY_SECRET, FIXTURE_DIR, HEAD_REVISION, OLD_REVISION, ROOT, run, type RunResult } from "../helpers/fleet.js";
+import { CANARY_PASSWORD, CANARY_SECRET, FIXTURE_DIR, HEAD_REVISION, OLD_REVISION, ROOT, freePort, run, type RunResult } from "../helpers/fleet.js";
 import { createTestDatabase, type TestDatabase } from "../helpers/pg.js";
 
 const TYPES_REV = "2c0ffee0a001";
 const NEXT_REV = "3d0ffee0a002";
 const DB_SWITCH = join(ROOT, "test/fixtures/app/db-switch.mjs");
+const APP_CTL = join(ROOT, "test/fixtures/app/app-ctl.mjs");
 
 const TYPES_REVISION = `"""typed table for move tests
 
@@ -97,6 +98,9 @@ let switchFile = "";
 let agentProc: ChildProcess | undefined;
 let controllerProc: ChildProcess | undefined;
 let controllerUrl = "";
+let appHealth = "";
+let appStop: string[] = [];
+let appPidfile = "";
 const outputs: string[] = [];
 
 function alembicIn(url: string, args: string[]): Promise<RunResult> {
@@ -205,6 +209,15 @@ before(async () => {
     ...(database.startsWith("postgresql") ? { passwordFile: join(dir, "pg_password") } : {}), ...extra,
   });
   const hook = { green: `sqlite:///${join(dir, "data", "unused-green.db")}`, switch: [process.execPath, DB_SWITCH, switchFile] };
+  // A stand-in app instance of FROM, running (it holds the SQLite file open) like a live install.
+  const appPort = await freePort();
+  const pidfile = join(dir, "src-app.pid");
+  appPidfile = pidfile;
+  const appStart = [process.execPath, APP_CTL, "start", "--db", srcFile, "--port", String(appPort), "--pidfile", pidfile, "--name", "src-app", "--log", join(dir, "src-app.log")];
+  appStop = [process.execPath, APP_CTL, "stop", "--pidfile", pidfile];
+  appHealth = `http://127.0.0.1:${appPort}/health`;
+  r = await run(appStart);
+  assert.equal(r.code, 0, r.stderr);
   const agentConfig = join(dir, "agent.yaml");
   writeFileSync(agentConfig, stringify({
     agentId: "host-a", listen: "127.0.0.1:0", dataDir: join(dir, "agent"),
@@ -212,7 +225,7 @@ before(async () => {
       target("src", srcUrl, { blueGreen: hook }), target("dst", dst.url), target("dst2", dst2.url), target("full", full.url), target("back", `sqlite:///${back}`),
       target("pgsrc", pgsrc.url), target("sqdst", `sqlite:///${sqdstFile}`),
     ],
-    apps: [],
+    apps: [{ id: "src-app", target: "src", start: appStart, stop: appStop, health: appHealth }],
   }));
   const agentLog = join(dir, "agent.log");
   const agentPortFile = join(dir, "agent.port");
@@ -243,6 +256,7 @@ after(async () => {
       await exited;
     }
   }
+  if (appStop.length > 0) await run(appStop).catch(() => undefined);
   for (const d of [dst, dst2, full, pgsrc, ref]) await d?.drop().catch(() => undefined);
   rmSync(dir, { recursive: true, force: true });
 });
@@ -285,6 +299,9 @@ test("an orphaned row is refused with the list, then left out with --skip-orphan
   assert.match(moved.stdout, /table \d+\/\d+ \w+: \d+\/\d+ rows/);
   assert.match(moved.stdout, /✓ verify/);
   assert.match(moved.stdout, /✓ switch:dst/);
+  assert.ok(moved.stdout.indexOf("✓ stop:src-app") < moved.stdout.indexOf("✓ copy"), "FROM's app is stopped before the copy");
+  assert.ok(moved.stdout.indexOf("✓ start:src-app") > moved.stdout.indexOf("✓ switch:dst"), "and started again after the switch");
+  assert.equal((await fetch(appHealth)).status, 200);
   assert.equal(readFileSync(switchFile, "utf8"), "dst");
   const report = /orphans\s+1 row\(s\) left out: (\S+)/.exec(moved.stdout)?.[1];
   assert.ok(report, moved.stdout);
@@ -356,6 +373,7 @@ test("after the move, a rollout on TO to head works; moving back is refused whil
 
 test("--from-backup copies the verified backup and says which writes it misses", async () => {
   const before = srcDump();
+  const pid = readFileSync(appPidfile, "utf8");
   const r = await cliJson(["move", "src", "dst2", "--from-backup", "--skip-orphans"]);
   assert.equal(r.code, 0, JSON.stringify(r.doc) + r.stderr);
   const doc = r.doc as { details: Record<string, string>; backup: { id: string; createdAt: string } };
@@ -363,6 +381,8 @@ test("--from-backup copies the verified backup and says which writes it misses",
   assert.equal(doc.details.skipped_rows, "1");
   assert.deepEqual((await pgQuery<{ id: number }>(dst2.url, "SELECT id FROM typed ORDER BY id")).map((x) => x.id), [1, 2, 3]);
   assert.deepEqual(await pgSchema(dst2.url), await pgSchema(ref.url));
+  assert.equal((await fetch(appHealth)).status, 200, "the app kept running");
+  assert.equal(readFileSync(appPidfile, "utf8"), pid, "the same app process: never stopped");
   assert.equal(srcDump(), before);
 });
 

@@ -324,6 +324,13 @@ export class PostgresDatabase implements DatabaseAdapter {
     return this.withClient("listing tables", {}, async (c) => (await queryTables(c)).tables);
   }
 
+  async listIndexes(): Promise<string[]> {
+    return this.withClient("listing indexes", {}, async (c) => {
+      const r = await c.query<{ indexname: string }>("SELECT indexname FROM pg_catalog.pg_indexes WHERE schemaname = current_schema() ORDER BY indexname");
+      return r.rows.map((row) => row.indexname);
+    });
+  }
+
   /** Columns of `table` in the current schema, in table order; [] when there is no such table. */
   async listColumns(table: string): Promise<string[]> {
     return this.withClient("listing columns", {}, async (c) => {

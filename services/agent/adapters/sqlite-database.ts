@@ -144,11 +144,12 @@ function startWorker(envelope: WorkerEnvelope): Worker {
  * sets a shared flag the worker checks between steps (a running VACUUM INTO
  * cannot be interrupted; the worker stops right after it).
  */
-function runInWorker<T>(request: WorkerRequest, onMessage?: (m: Extract<WorkerMessage, { type: "progress" }>) => void, signal?: AbortSignal): Promise<T> {
+function runInWorker<T>(request: WorkerRequest, onMessage?: (m: Extract<WorkerMessage, { type: "progress" }>) => void, signal?: AbortSignal, gate?: Promise<boolean>): Promise<T> {
   if (signal?.aborted) return Promise.reject(new WorkerFailure("aborted before start", undefined, undefined, true, undefined));
   const cancel = new SharedArrayBuffer(4);
   const flag = new Int32Array(cancel);
-  const worker = startWorker({ kind: WORKER_ENVELOPE, request, cancel, requestedAt: performance.timeOrigin + performance.now() });
+  const worker = startWorker({ kind: WORKER_ENVELOPE, request, cancel, requestedAt: performance.timeOrigin + performance.now(), ...(gate ? { gated: true } : {}) });
+  gate?.then((go) => worker.postMessage(go ? "go" : "stop"), () => worker.postMessage("stop"));
   return new Promise<T>((resolve, reject) => {
     let outcome: { ok: true; value: T } | { ok: false; err: Error } | undefined;
     const onAbort = (): void => {
@@ -281,6 +282,11 @@ export class SqliteDatabase implements DatabaseAdapter {
     return this.readOnly("list columns", (db) => listTableColumns(db, table));
   }
 
+  listIndexes(): Promise<string[]> {
+    return this.readOnly("list indexes", (db) =>
+      (db.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%' ORDER BY name").all() as { name: string }[]).map((r) => r.name));
+  }
+
   /** sha256 over sqlite_master (type, name, tbl_name, sql), sorted, sqlite_* objects excluded. */
   schemaHash(): Promise<string> {
     return this.readOnly("schema hash", (db) => computeSchemaHash(db));
@@ -301,6 +307,25 @@ export class SqliteDatabase implements DatabaseAdapter {
       const r = await runInWorker<IntegrityOutcome>({ op: "integrity", path: this.path, maxLines: INTEGRITY_MAX_LINES, busyTimeoutMs: BUSY_TIMEOUT_MS });
       return { ok: r.ok, detail: r.detail };
     } catch (err) {
+      throw mapFailure(err, "INTERNAL", "integrity check");
+    }
+  }
+
+  /**
+   * Starts the check's worker thread now; it runs when `when` resolves true
+   * (null when false). This is the post-migration check: `PRAGMA quick_check`
+   * (page structure and records, without cross-checking every index against
+   * its table: the verified backup taken just before had the full
+   * integrity_check, and a migration's own DDL rebuilds the indexes it touches).
+   */
+  async integrityCheckAfter(when: Promise<boolean>): Promise<IntegrityResult | null> {
+    let go = false;
+    const gate = when.then((v) => (go = v), () => false);
+    try {
+      const r = await runInWorker<IntegrityOutcome>({ op: "integrity", path: this.path, maxLines: INTEGRITY_MAX_LINES, busyTimeoutMs: BUSY_TIMEOUT_MS, quick: true }, undefined, undefined, gate);
+      return { ok: r.ok, detail: r.detail };
+    } catch (err) {
+      if (!go) return null;
       throw mapFailure(err, "INTERNAL", "integrity check");
     }
   }

@@ -92,6 +92,8 @@ export class SqliteJournal implements JournalPort {
           const what = holder ? `${holder.kind} operation ${held.operation_id} (${holder.state})` : `operation ${held.operation_id}`;
           const hint = holder?.state === "interrupted"
             ? "; it was interrupted: resolve it with Recover (restore its backup, or accept the database at its target revision)"
+            : holder?.state === "needs-restore"
+            ? "; it failed with the database changed and needs its backup restored: flotilla recover TARGET --action restore"
             : "; wait for it to finish";
           throw new FlotillaError("TARGET_BUSY", `target ${op.targetId} is busy with ${what}${hint}`);
         }
@@ -124,6 +126,11 @@ export class SqliteJournal implements JournalPort {
       this.d.prepare("DELETE FROM target_locks WHERE operation_id = ?").run(id);
     });
     tx.immediate();
+  }
+
+  hold(id: string, fields: { errorCode?: string; message?: string; revisionAfter?: string[] }): void {
+    this.d.prepare("UPDATE operations SET state = 'needs-restore', finished_at = ?, error_code = ?, message = ?, revision_after = COALESCE(?, revision_after) WHERE id = ?").run(
+      new Date().toISOString(), fields.errorCode ?? "", fields.message ?? "", fields.revisionAfter ? JSON.stringify(fields.revisionAfter) : null, id);
   }
 
   /** Moves a target's lock from an interrupted operation to the recovering one. */
@@ -174,7 +181,7 @@ export class SqliteJournal implements JournalPort {
   }
 
   interrupted(targetId: string): string[] {
-    return (this.d.prepare("SELECT id FROM operations WHERE target_id = ? AND state = 'interrupted' ORDER BY started_at").all(targetId) as { id: string }[]).map((r) => r.id);
+    return (this.d.prepare("SELECT id FROM operations WHERE target_id = ? AND state IN ('interrupted', 'needs-restore') ORDER BY started_at").all(targetId) as { id: string }[]).map((r) => r.id);
   }
 
   recordTimings(targetId: string, timings: readonly Omit<RevisionTiming, "recordedAt">[]): void {

@@ -35,7 +35,7 @@ export type WorkerRequest =
   | { readonly op: "copy-into"; readonly source: string; readonly tmpPath: string; readonly destPath: string; readonly busyTimeoutMs: number }
   | { readonly op: "verify"; readonly path: string; readonly expected: ExpectedArtifact }
   | { readonly op: "restore"; readonly backupPath: string; readonly expected: ExpectedArtifact; readonly dbPath: string; readonly stagingPath: string }
-  | { readonly op: "integrity"; readonly path: string; readonly maxLines: number; readonly busyTimeoutMs: number }
+  | { readonly op: "integrity"; readonly path: string; readonly maxLines: number; readonly busyTimeoutMs: number; readonly quick?: boolean }
   | { readonly op: "table-counts"; readonly path: string; readonly busyTimeoutMs: number };
 
 export interface WorkerEnvelope {
@@ -45,6 +45,12 @@ export interface WorkerEnvelope {
   readonly cancel: SharedArrayBuffer;
   /** performance.timeOrigin + performance.now() when the caller started the worker. */
   readonly requestedAt: number;
+  /**
+   * Started ahead of time: wait for a "go" message before running (a "stop"
+   * message ends the worker without a result). Hides the thread's start-up
+   * behind work the caller does meanwhile.
+   */
+  readonly gated?: boolean;
 }
 
 /** Facts about a finished copy, read from the copy itself. */
@@ -449,7 +455,7 @@ function runRestore(ctx: Ctx, r: Extract<WorkerRequest, { op: "restore" }>): { s
 function runIntegrity(r: Extract<WorkerRequest, { op: "integrity" }>): IntegrityOutcome {
   const db = openReadOnly(r.path, r.busyTimeoutMs);
   try {
-    const rows = db.prepare(`PRAGMA integrity_check(${Math.max(1, Math.floor(r.maxLines))})`).pluck().all() as string[];
+    const rows = db.prepare(`PRAGMA ${r.quick === true ? "quick_check" : "integrity_check"}(${Math.max(1, Math.floor(r.maxLines))})`).pluck().all() as string[];
     if (rows.length === 1 && rows[0] === "ok") return { ok: true, detail: "ok" };
     return { ok: false, detail: rows.slice(0, r.maxLines).join("\n") };
   } catch (err) {
@@ -505,4 +511,15 @@ function main(port: NonNullable<typeof parentPort>, env: WorkerEnvelope): void {
   }
 }
 
-if (parentPort !== null && isEnvelope(workerData)) main(parentPort, workerData);
+if (parentPort !== null && isEnvelope(workerData)) {
+  const port = parentPort;
+  const env = workerData;
+  if (env.gated === true) {
+    port.once("message", (m: unknown) => {
+      if (m === "go") main(port, { ...env, requestedAt: performance.timeOrigin + performance.now() });
+      else port.close();
+    });
+  } else {
+    main(port, env);
+  }
+}

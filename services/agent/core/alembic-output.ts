@@ -410,3 +410,75 @@ export function classifyFailure(
   if (DB_ERROR.test(msg)) return failure("sql-error", msg, mayBePartial);
   return failure("unknown", msg, mayBePartial);
 }
+
+/** One revision of a run, placed in time by its `Running …` line. */
+export interface TimedStep extends RevisionStep {
+  /** When its `Running …` line was seen (caller's clock, ms). */
+  readonly startedAtMs: number;
+  /** Until the next step's line, or the end of the run for the last one. */
+  readonly durationMs: number;
+}
+
+/**
+ * Places the `Running …` lines of one Alembic run in time: each revision
+ * lasts from its own line to the next one's, the last one until the process
+ * ended. When the run failed, the last revision that started is where it
+ * failed (`failedAt`); when it failed before any revision started (env.py,
+ * connection, lock), `failedAt` is null and `done` is empty. On a
+ * transactional database "done" means "ran", not "committed": the caller
+ * reads the database to know what stayed.
+ */
+export function revisionTimeline(
+  lines: readonly { readonly line: string; readonly atMs: number }[],
+  end: { readonly atMs: number; readonly ok: boolean },
+  knownIds?: ReadonlySet<string>,
+): { done: TimedStep[]; failedAt: TimedStep | null } {
+  const started: { step: RevisionStep; atMs: number }[] = [];
+  for (const l of lines) {
+    const step = parseRunningLine(l.line, knownIds);
+    if (step && step.direction !== "stamp") started.push({ step, atMs: l.atMs });
+  }
+  const timed = started.map((s, i): TimedStep => ({
+    ...s.step, startedAtMs: s.atMs, durationMs: Math.max(0, (started[i + 1]?.atMs ?? end.atMs) - s.atMs),
+  }));
+  if (end.ok) return { done: timed, failedAt: null };
+  const failedAt = timed.pop() ?? null;
+  return { done: timed, failedAt };
+}
+
+/** The offline SQL of one revision, cut out of an `upgrade A:B --sql` output. */
+export interface RevisionSql {
+  readonly from: readonly string[];
+  readonly to: string;
+  readonly sql: string;
+}
+
+/**
+ * Cuts `alembic upgrade A:B --sql` output into one piece per revision at its
+ * `-- Running upgrade A -> B` comments. What comes before the first comment
+ * (`BEGIN;`, the alembic_version table) is the preamble; a trailing `COMMIT;`
+ * is left out of the last piece. Output that stopped half-way (a revision
+ * that offline mode cannot render) still yields every piece before the
+ * stopping one, and the stopping one as `partial`.
+ */
+export function splitOfflineSql(stdout: string, knownIds?: ReadonlySet<string>): { preamble: string; revisions: RevisionSql[] } {
+  const out: { from: readonly string[]; to: string; body: string[] }[] = [];
+  const preamble: string[] = [];
+  for (const raw of lines(stdout)) {
+    const step = /^-- Running upgrade /.test(raw) ? parseRunningLine(raw, knownIds) : null;
+    if (step) {
+      out.push({ from: step.from, to: step.to, body: [] });
+      continue;
+    }
+    (out.at(-1)?.body ?? preamble).push(raw);
+  }
+  const last = out.at(-1);
+  if (last) {
+    while (last.body.length > 0 && /^\s*$/.test(last.body.at(-1)!)) last.body.pop();
+    if (/^COMMIT;\s*$/.test(last.body.at(-1) ?? "")) last.body.pop();
+  }
+  return {
+    preamble: preamble.join("\n").trim(),
+    revisions: out.map((r) => ({ from: r.from, to: r.to, sql: r.body.join("\n").trim() })),
+  };
+}

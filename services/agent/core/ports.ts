@@ -59,12 +59,20 @@ export interface DatabaseAdapter {
   /** User tables (excluding sqlite internal tables). */
   listTables(): Promise<string[]>;
   listColumns(table: string): Promise<string[]>;
+  /** Names of the user indexes (SQLite: named ones in sqlite_master; PostgreSQL: pg_indexes of the current schema). */
+  listIndexes(): Promise<string[]>;
   /** Row count of every user table. */
   tableCounts(): Promise<Record<string, number>>;
   /** sha256 of a normalised description of the schema (tables, columns, indexes). */
   schemaHash(): Promise<string>;
   /** SQLite: PRAGMA integrity_check off the main thread; PostgreSQL: a read of every table (and amcheck when present). */
   integrityCheck(): Promise<IntegrityResult>;
+  /**
+   * Optional: prepares an integrity check now (SQLite starts its worker thread)
+   * and runs it when `when` resolves true; null when it resolves false. Lets
+   * the check's start-up overlap a migration that runs meanwhile.
+   */
+  integrityCheckAfter?(when: Promise<boolean>): Promise<IntegrityResult | null>;
   /** Database size in bytes (file + WAL, or pg_database_size). */
   sizeBytes(): Promise<number>;
   /** Other processes / sessions holding the database. */
@@ -206,7 +214,12 @@ export interface BackupCatalogPort {
   filesDir(id: string): string;
 }
 
-export type OperationState = "running" | "succeeded" | "failed" | "refused" | "interrupted" | "recovered";
+/**
+ * `interrupted`: the agent stopped while it ran; `needs-restore`: it failed
+ * with the database changed and could not restore it (other sessions held it).
+ * Both keep the target locked until Recover resolves them.
+ */
+export type OperationState = "running" | "succeeded" | "failed" | "refused" | "interrupted" | "needs-restore" | "recovered";
 
 export interface OperationRow {
   id: string;
@@ -243,10 +256,13 @@ export interface JournalPort {
   begin(op: { id: string; targetId: string; kind: string; toRevision?: string; rolloutId?: string; backupId?: string; revisionBefore?: string[] }, takeLock?: boolean): void;
   update(id: string, fields: { backupId?: string; revisionBefore?: string[]; revisionAfter?: string[]; message?: string }): void;
   finish(id: string, state: Exclude<OperationState, "running">, fields?: { errorCode?: string; message?: string; revisionAfter?: string[] }): void;
+  /** Ends an operation as needs-restore, keeping the target's lock until Recover. */
+  hold(id: string, fields: { errorCode?: string; message?: string; revisionAfter?: string[] }): void;
   transferLock(targetId: string, fromOperation: string, toOperation: string): void;
   get(id: string): OperationRow | undefined;
   list(targetId: string | undefined, limit: number): OperationRow[];
   lockHolder(targetId: string): string | undefined;
+  /** Operations of a target waiting for Recover (interrupted or needs-restore), oldest first. */
   interrupted(targetId: string): string[];
   /** Records how long revisions took (one row per revision, newest wins for estimates). */
   recordTimings(targetId: string, timings: readonly Omit<RevisionTiming, "recordedAt">[]): void;

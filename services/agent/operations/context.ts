@@ -179,7 +179,9 @@ export class OperationContext {
       const extra = await body({ id, t, progress, result: partial });
       const r: OpResult = { ...base, ...partial, ...(extra ?? {}) };
       const state = r.status === "succeeded" ? "succeeded" : r.status === "refused" ? "refused" : "failed";
-      this.deps.journal.finish(id, state, { errorCode: r.errorCode, message: redact(r.message), revisionAfter: r.revisionAfter });
+      // A changed database that could not be restored keeps the target locked until Recover.
+      if (r.effect === "needs-restore") this.deps.journal.hold(id, { errorCode: r.errorCode, message: redact(r.message), revisionAfter: r.revisionAfter });
+      else this.deps.journal.finish(id, state, { errorCode: r.errorCode, message: redact(r.message), revisionAfter: r.revisionAfter });
       log.info({ status: r.status, code: r.errorCode, effect: r.effect }, "operation finished");
       return finish(r);
     } catch (err) {
@@ -239,7 +241,7 @@ export class OperationContext {
     const lastMigrate = recent.find((o) => o.kind === "migrate" && o.backupId !== "");
     const migrated = new Set(recent.filter((o) => o.kind === "migrate" && o.rolloutId !== "" && o.state !== "running").map((o) => o.rolloutId));
     const awaiting = (await t.catalog.list()).filter((m) => m.rolloutId !== "" && !migrated.has(m.rolloutId) && Date.now() - Date.parse(m.createdAt) < 7 * 86_400_000).map((m) => m.id);
-    const protect = new Set<string>([id, ...recent.filter((o) => o.state === "interrupted" || o.state === "running").map((o) => o.backupId), ...(lastMigrate ? [lastMigrate.backupId] : []), ...awaiting]);
+    const protect = new Set<string>([id, ...recent.filter((o) => o.state === "interrupted" || o.state === "needs-restore" || o.state === "running").map((o) => o.backupId), ...(lastMigrate ? [lastMigrate.backupId] : []), ...awaiting]);
     const pruned = await t.catalog.prune(t.config.backups.keep, protect, t.config.backups.keepDays);
     if (pruned.length > 0) progress({ source: "backup", line: `retention: removed ${pruned.length} old backup(s) (keep ${t.config.backups.keep})` });
     return manifest;

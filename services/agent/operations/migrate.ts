@@ -1,169 +1,283 @@
 import { restoreCompanionsIfChanged } from "./app-state.js";
 import { FlotillaError, toFlotillaError } from "../../common/errors.js";
-import type { AlembicRun, BackupManifest } from "../core/ports.js";
-import { resolveTarget } from "../core/revisions.js";
-import { OPERATION_ENV, refuse, sameSet, tail, type Emit, type OperationContext, type OpResult } from "./context.js";
+import { redact } from "../../common/redact.js";
+import { revisionTimeline, type TimedStep } from "../core/alembic-output.js";
+import { MigrationProgress } from "../core/migration-progress.js";
+import type { AlembicPort, AlembicRun, BackupManifest, DatabaseAdapter, GraphView, ProgressFn } from "../core/ports.js";
+import { afterFailure, guardMigration, resolveMigration, snapshotChanges, type DatabaseSnapshot } from "../core/safety-policy.js";
+import { OPERATION_ENV, refuse, tail, type Emit, type OperationContext, type OpResult, type TargetRuntime } from "./context.js";
 
-/** Schema-moving verbs: migrate, rehearse, downgrade. */
+/** Schema-moving verbs: migrate, rehearse, downgrade. Each runs Alembic once for the whole range. */
+
+interface TrackedRun {
+  readonly run: AlembicRun;
+  readonly done: TimedStep[];
+  readonly failedAt: TimedStep | null;
+}
+
+/**
+ * One `alembic upgrade|downgrade TARGET` process for the whole range. Its
+ * `Running …` lines become per-revision steps, revision n/N progress with an
+ * estimate (from remembered durations), timings and the failure point. A
+ * heartbeat says the run is alive when a revision prints nothing for a while.
+ */
+async function runAlembic(ctx: OperationContext, o: {
+  t: TargetRuntime; db: DatabaseAdapter; alembic: AlembicPort; graph: GraphView; direction: "upgrade" | "downgrade";
+  target: string; pending: readonly string[]; emit: Emit; progress: ProgressFn; signal: AbortSignal | undefined; extraEnv: Record<string, string>;
+}): Promise<TrackedRun> {
+  const { emit, progress, direction, pending } = o;
+  const estimates = new Map([...ctx.deps.journal.timings(o.t.config.id, direction)].map(([id, timing]) => [id, timing.durationMs]));
+  const started = performance.now();
+  const tracker = new MigrationProgress(pending, direction, estimates, started);
+  const lines: { line: string; atMs: number }[] = [];
+  let running: { revision: string; at: number } | null = null;
+  let lastLine = started;
+  let lastSize: number | undefined;
+  const heartbeat = setInterval(() => {
+    const now = performance.now();
+    if (now - lastLine < ctx.deps.heartbeatMs) return;
+    // Long data migrations print nothing for minutes: say that they are alive, and whether the database is moving.
+    void o.db.sizeBytes().catch(() => 0).then((size) => {
+      const moved = lastSize === undefined ? `database size ${Math.round(size / 1e6)} MB` : size !== lastSize ? `database size ${Math.round(size / 1e6)} MB (changing)` : "database size unchanged";
+      lastSize = size;
+      const at = tracker.now(performance.now());
+      const what = at ? at.revision : `alembic ${direction}`;
+      emit({
+        kind: "progress", source: "agent",
+        line: `still running ${what}: ${Math.round((performance.now() - (running?.at ?? started)) / 1000)}s elapsed, no output for ${Math.round((performance.now() - lastLine) / 1000)}s; ${moved}${at ? ` (revision ${at.index}/${at.count})` : ""}`,
+        ...(at ? { revisionIndex: at.index, revisionCount: at.count, revision: at.revision, elapsedMs: Math.round(at.elapsedMs), etaMs: at.etaMs } : {}),
+      });
+    });
+  }, ctx.deps.heartbeatMs);
+  heartbeat.unref();
+  const onLine = (line: string): void => {
+    const now = performance.now();
+    lastLine = now;
+    lines.push({ line, atMs: now });
+    const p = tracker.onLine(line, now);
+    if (p) {
+      if (running) emit({ kind: "step", name: `${direction}:${running.revision}`, state: "succeeded", detail: "", durationMs: Math.round(now - running.at) });
+      running = { revision: p.revision, at: now };
+      emit({ kind: "step", name: `${direction}:${p.revision}`, state: "running", detail: p.message });
+      emit({ kind: "progress", source: "alembic", line: redact(line), revisionIndex: p.index, revisionCount: p.count, revision: p.revision, elapsedMs: Math.round(p.elapsedMs), etaMs: p.etaMs });
+      return;
+    }
+    progress({ source: "alembic", line });
+  };
+  const opts = { extraEnv: o.extraEnv, timeoutMs: o.t.config.alembic.timeoutMs, ...(o.signal ? { signal: o.signal } : {}), onLine };
+  const run = await (direction === "upgrade" ? o.alembic.upgrade(o.target, opts) : o.alembic.downgrade(o.target, opts)).finally(() => clearInterval(heartbeat));
+  const end = performance.now();
+  const timeline = revisionTimeline(lines, { atMs: end, ok: run.ok }, new Set(o.graph.revisions.keys()));
+  const last = running as { revision: string; at: number } | null;
+  if (last) {
+    emit({ kind: "step", name: `${direction}:${last.revision}`, state: run.ok ? "succeeded" : "failed", detail: run.ok ? "" : run.failure?.message ?? "", durationMs: Math.round(end - last.at) });
+  } else if (!run.ok) {
+    emit({ kind: "step", name: `${direction}:${o.target}`, state: "failed", detail: run.failure?.message ?? "", durationMs: Math.round(end - started) });
+  }
+  return { run, done: timeline.done, failedAt: timeline.failedAt };
+}
+
+/** Per-revision timings as Alembic's Running lines give them: `from` → `to` (a downgrade's `to` is the revision below). */
+function timingsOf(steps: readonly TimedStep[]): OpResult["timings"] {
+  return steps.map((s) => ({ from: s.from.join(",") || "base", to: s.to, durationMs: Math.round(s.durationMs), message: s.message }));
+}
+
+/** The revision a timed step applied (upgrade) or removed (downgrade). */
+function revisionOf(s: TimedStep, direction: "upgrade" | "downgrade"): string {
+  return direction === "upgrade" ? s.to : (s.from[0] ?? s.to);
+}
+
+async function snapshot(db: DatabaseAdapter, withCounts: boolean): Promise<DatabaseSnapshot> {
+  const [revisions, schemaHash, tableCounts] = await Promise.all([db.readRevisions(), db.schemaHash(), withCounts ? db.tableCounts() : Promise.resolve(undefined)]);
+  return { revisions: revisions ?? [], schemaHash, ...(tableCounts ? { tableCounts } : {}) };
+}
+
+/**
+ * After a failed run: read the database, and restore only when the run left
+ * a change behind. When PostgreSQL sessions would block the restore, the
+ * operation is held as needs-restore (the target stays locked) naming them.
+ */
+async function settleFailure(ctx: OperationContext, o: {
+  id: string; t: TargetRuntime; db: DatabaseAdapter; backup: BackupManifest; pre: DatabaseSnapshot; online: boolean;
+  emit: Emit; progress: ProgressFn; signal: AbortSignal | undefined; result: Partial<OpResult>; what: string;
+}): Promise<{ effect: OpResult["effect"]; restored: boolean; sentence: string }> {
+  const { t, db, backup, progress } = o;
+  const after = await snapshot(db, o.pre.tableCounts !== undefined).catch(() => undefined);
+  const changes = after ? snapshotChanges(o.pre, after) : ["the database could not be read after the failure"];
+  const holders = t.config.kind === "postgresql" && changes.length > 0 ? await db.holders().catch(() => []) : [];
+  const described = holders.map((h) => `pid ${h.pid} (${h.description}${h.state ? `, ${h.state}` : ""})`);
+  const decision = afterFailure({ changes, kind: t.config.kind, holders: described });
+  if (decision.action === "none") {
+    o.result.revisionAfter = after?.revisions ? [...after.revisions] : [];
+    progress({ source: "agent", line: `${o.what} failed and left the database unchanged (revision, schema and row counts as before): no restore needed` });
+    // Files beside the database (backups.include) are not transactional: put them back if they changed.
+    if (db === t.db && await restoreCompanionsIfChanged(t, backup, progress, o.signal)) {
+      return { effect: "restored", restored: true, sentence: `The database is unchanged (the failed run rolled back); the companion files that changed were restored from backup ${backup.id}.` };
+    }
+    return { effect: "none", restored: false, sentence: "The database is unchanged (the failed run rolled back); no restore was needed." };
+  }
+  const hold = (sessions: readonly string[], why: string): { effect: OpResult["effect"]; restored: boolean; sentence: string } => {
+    o.result.blockingSessions = [...sessions];
+    o.result.revisionAfter = after?.revisions ? [...after.revisions] : [];
+    progress({ source: "agent", line: `the database changed (${changes.join("; ")}) but cannot be restored now: ${why}` });
+    return {
+      effect: "needs-restore", restored: false,
+      sentence: `The database changed (${changes.join("; ")}) and must be restored from backup ${backup.id}, but ${why}. ` +
+        `The target stays locked as needs-restore: end those sessions, then run flotilla recover ${t.config.id} --action restore.`,
+    };
+  };
+  if (decision.action === "hold") return hold(decision.blockingSessions, `other sessions hold it: ${decision.blockingSessions.join("; ")}`);
+  progress({ source: "agent", line: `${o.what} failed with the database changed (${changes.join("; ")}); restoring backup ${backup.id}` });
+  try {
+    o.result.revisionAfter = await ctx.restoreAndProve(db, backup, o.emit, progress, o.signal);
+    return { effect: "restored", restored: true, sentence: `The database was restored from backup ${backup.id} and verified identical to it.` };
+  } catch (err) {
+    const again = t.config.kind === "postgresql" ? await db.holders().catch(() => []) : [];
+    if (again.length > 0) return hold(again.map((h) => `pid ${h.pid} (${h.description}${h.state ? `, ${h.state}` : ""})`), "other sessions hold it");
+    return hold([], `the restore failed: ${toFlotillaError(err).message}`);
+  }
+}
 
 export function migrate(ctx: OperationContext, req: { targetId: string; toRevision: string; operationId: string; rolloutId: string; backupId: string; takeBackup: boolean; online: boolean; green: boolean; lockTimeoutMs: number }, emit: Emit, signal?: AbortSignal): Promise<OpResult> {
   return ctx.run("migrate", req.targetId, req.operationId, emit, { toRevision: req.toRevision || "head", rolloutId: req.rolloutId }, async ({ id, t, progress, result }) => {
     const side = req.green ? t.green : { db: t.db, alembic: t.alembic };
     if (!side) refuse("PRECONDITION_FAILED", `target ${t.config.id} has no blueGreen.green database configured`);
     const { db, alembic } = side;
-    // Preconditions: every refusal happens before anything changes.
-    const graph = await alembic.graph();
-    const target = resolveTarget(graph, req.toRevision);
-    const before = (await db.readRevisions()) ?? [];
+    // Preconditions: every refusal happens before anything changes. The facts are read at once (the
+    // guards' reads are cheap and wasted only when the revision check refuses or finds nothing to do).
+    const guardFacts = Promise.all([
+      db.listTables(),
+      req.online ? Promise.resolve([]) : db.holders(),
+      req.online || req.green ? Promise.resolve([]) : ctx.appStates(t),
+      req.backupId ? t.catalog.get(req.backupId) : Promise.resolve(undefined),
+    ]);
+    guardFacts.catch(() => undefined);
+    const [graph, current] = await Promise.all([alembic.graph(), db.readRevisions()]);
+    const before = current ?? [];
     result.revisionBefore = before;
     ctx.deps.journal.update(id, { revisionBefore: before });
-    const unknown = graph.unknown(before);
-    if (unknown.length > 0) refuse("UNKNOWN_REVISION", ctx.skewMessage(t.config.id, unknown));
-    if (before.length > 0 && graph.ancestorsOrSelf(before).has(target) && !before.includes(target)) {
-      refuse("INVALID_ARGUMENT", `${target} is older than the database's revision ${before.join(", ")}: use flotilla downgrade ${t.config.id} --to ${target} --accept-data-loss`);
-    }
-    const pending = graph.pending(before, target);
-    if (pending.length === 0) {
-      return { revisionAfter: before, message: `${t.config.id} is already at ${target}; nothing to do` };
-    }
-    if (!req.backupId && !req.takeBackup) {
-      refuse("BACKUP_UNVERIFIED", "no verified backup was taken in this operation: pass the id of a verified backup taken in this rollout, or ask the agent to take one (take_backup)");
-    }
-    const leftovers = (await db.listTables()).filter((n) => n.startsWith("_alembic_tmp_"));
-    if (leftovers.length > 0) {
-      refuse("PRECONDITION_FAILED", `leftover batch table(s) ${leftovers.join(", ")} from an earlier failed migration: the next attempt would fail with "table ... already exists". Restore the pre-migration backup (flotilla backups ${t.config.id}; flotilla restore) or run flotilla diagnose ${t.config.id}`);
-    }
-    if (!req.online) await ctx.assertNotHeld(t, db, !req.green);
-    let backup: BackupManifest;
-    if (req.backupId) {
-      backup = await t.catalog.get(req.backupId);
-      if (!backup.verified) refuse("BACKUP_UNVERIFIED", `backup ${backup.id} is not verified (${backup.verification}); a migration needs a verified backup taken in the same rollout`);
-      if (req.rolloutId && backup.rolloutId !== req.rolloutId) refuse("BACKUP_UNVERIFIED", `backup ${backup.id} was taken outside rollout ${req.rolloutId}; take a fresh one in this rollout`);
-      if (!sameSet(backup.revisions, before)) refuse("BACKUP_UNVERIFIED", `backup ${backup.id} is at revision ${backup.revisions.join(",") || "none"} but the database is at ${before.join(",") || "none"}: take a fresh backup`);
-      if (backup.source !== db.displayName) refuse("BACKUP_UNVERIFIED", `backup ${backup.id} is of ${backup.source}, not of ${db.displayName}`);
-    } else if (req.takeBackup) {
-      backup = await ctx.takeBackup(t, db, id, req.rolloutId, true, emit, progress, signal);
-    } else {
-      refuse("BACKUP_UNVERIFIED", "no verified backup was taken in this operation: pass the id of a verified backup taken in this rollout, or ask the agent to take one (take_backup)");
-    }
+    const decision = resolveMigration({ targetId: t.config.id, graph, requested: req.toRevision, current, direction: "upgrade" });
+    if (!decision.ok) refuse(decision.code, decision.message);
+    if (decision.action === "up-to-date") return { revisionAfter: before, effect: "up-to-date", message: decision.message };
+    const { target, pending } = decision;
+
+    const [tables, holders, apps, given] = await guardFacts;
+    const refusal = guardMigration({
+      targetId: t.config.id, kind: t.config.kind, online: req.online,
+      runningApps: apps.filter((a) => a.state === "running" && (t.green === undefined || a.app.color !== "green")).map((a) => a.app.id),
+      holders: holders.map((h) => `pid ${h.pid} (${h.description}${h.state ? `, ${h.state}` : ""})`),
+      leftoverTables: tables.filter((n) => n.startsWith("_alembic_tmp_")),
+      backup: given ? { kind: "given", id: given.id, verified: given.verified, verification: given.verification, rolloutId: given.rolloutId, revisions: given.revisions, source: given.source }
+        : req.takeBackup ? { kind: "take" } : { kind: "none" },
+      rolloutId: req.rolloutId, current: before, displayName: db.displayName,
+    });
+    if (refusal) refuse(refusal.code, refusal.message);
+    const backup = given ?? await ctx.takeBackup(t, db, id, req.rolloutId, true, emit, progress, signal);
     ctx.deps.journal.update(id, { backupId: backup.id });
     result.backup = backup;
-    const preSchema = await db.schemaHash();
+    // What the database looks like now is what the verified backup holds (taken with the app stopped);
+    // under the job strategy the app keeps writing, so row counts are not compared then.
+    const pre: DatabaseSnapshot = { revisions: backup.revisions, schemaHash: backup.schemaHash, ...(req.online ? {} : { tableCounts: backup.tableCounts }) };
 
-    // Apply one revision at a time: per-revision timing and a precise failure point.
     const extraEnv: Record<string, string> = {
       [OPERATION_ENV]: id,
       ...(t.config.kind === "postgresql" ? { PGOPTIONS: `-c lock_timeout=${req.lockTimeoutMs > 0 ? req.lockTimeoutMs : t.config.lockTimeoutMs}` } : {}),
     };
-    const timings: OpResult["timings"] = [];
-    let failed: { run: AlembicRun; rev: string } | undefined;
-    let outputTail = "";
-    for (const rev of pending) {
-      const msg = graph.revisions.get(rev)?.message ?? "";
-      emit({ kind: "step", name: `upgrade:${rev}`, state: "running", detail: msg });
-      // Long data migrations print nothing for minutes: say that they are alive, and whether the database is moving.
-      const stepStart = performance.now();
-      let lastLine = stepStart;
-      let lastSize = await db.sizeBytes().catch(() => 0);
-      const heartbeat = setInterval(() => {
-        if (performance.now() - lastLine < ctx.deps.heartbeatMs) return;
-        void db.sizeBytes().catch(() => 0).then((size) => {
-          const moved = size !== lastSize ? `database size ${Math.round(size / 1e6)} MB (changing)` : "database size unchanged";
-          lastSize = size;
-          progress({ source: "agent", line: `still running ${rev}: ${Math.round((performance.now() - stepStart) / 1000)}s elapsed, no output for ${Math.round((performance.now() - lastLine) / 1000)}s; ${moved}` });
-        });
-      }, ctx.deps.heartbeatMs);
-      heartbeat.unref();
-      const run = await alembic.upgrade(rev, {
-        extraEnv, timeoutMs: t.config.alembic.timeoutMs, ...(signal ? { signal } : {}),
-        onLine: (line) => { lastLine = performance.now(); progress({ source: "alembic", line }); },
-      }).finally(() => clearInterval(heartbeat));
-      outputTail = tail(run.stderr);
-      const from = timings.at(-1)?.to ?? (before.join(",") || "base");
-      if (!run.ok) {
-        emit({ kind: "step", name: `upgrade:${rev}`, state: "failed", detail: run.failure?.message ?? "", durationMs: run.durationMs });
-        failed = { run, rev };
-        break;
-      }
-      timings.push({ from, to: rev, durationMs: run.durationMs, message: msg });
-      emit({ kind: "step", name: `upgrade:${rev}`, state: "succeeded", detail: msg, durationMs: run.durationMs });
+    // The post-migration integrity check gets ready while Alembic runs (SQLite: its worker thread starts now).
+    let startVerify: (go: boolean) => void = () => undefined;
+    const verifyGate = new Promise<boolean>((resolve) => { startVerify = resolve; });
+    const earlyCheck = db.integrityCheckAfter?.(verifyGate).catch(() => null);
+    let tracked: TrackedRun;
+    let succeeded = false;
+    try {
+      tracked = await runAlembic(ctx, { t, db, alembic, graph, direction: "upgrade", target, pending, emit, progress, signal, extraEnv });
+      succeeded = tracked.run.ok;
+    } finally {
+      // The check reads the database only after Alembic has exited, and only after a successful run.
+      startVerify(succeeded);
     }
-    result.timings = timings;
-    result.outputTail = outputTail;
+    result.timings = timingsOf(tracked.done);
+    result.outputTail = tail(tracked.run.stderr);
+    ctx.deps.journal.recordTimings(t.config.id, tracked.done.map((s) => ({ revision: s.to, direction: "upgrade" as const, durationMs: s.durationMs, source: "migrate" as const })));
 
-    if (failed) {
-      const f = failed.run.failure;
+    if (!tracked.run.ok) {
+      const f = tracked.run.failure;
       result.failureClass = f?.kind ?? "unknown";
-      const now = (await db.readRevisions().catch(() => null)) ?? [];
-      const schemaNow = await db.schemaHash().catch(() => "");
-      const untouched = sameSet(now, before) && schemaNow === preSchema;
-      let restored = false;
-      if (!untouched) {
-        progress({ source: "agent", line: `migration failed at ${failed.rev} with the database changed (${t.config.kind === "sqlite" ? "SQLite DDL is not transactional" : "earlier revisions committed"}); restoring backup ${backup.id}` });
-        result.revisionAfter = await ctx.restoreAndProve(db, backup, emit, progress, signal);
-        restored = true;
-      } else {
-        result.revisionAfter = now;
-        progress({ source: "agent", line: "the database is unchanged (the failed revision rolled back): no restore needed" });
-        if (db === t.db) await restoreCompanionsIfChanged(t, backup, progress, signal);
-      }
+      const where = tracked.failedAt ? `revision ${tracked.failedAt.to} (${pending.indexOf(tracked.failedAt.to) + 1} of ${pending.length})` : "before the first revision started";
+      const settled = await settleFailure(ctx, { id, t, db, backup, pre, online: req.online, emit, progress, signal, result, what: "the migration" });
       return {
-        status: "failed", errorCode: "MIGRATION_FAILED", restored, failureClass: result.failureClass,
-        message: `migration of ${t.config.id} failed at revision ${failed.rev} (${f?.kind ?? "unknown"}): ${f?.message ?? "alembic failed"}. ` +
-          (restored ? `The database was restored from backup ${backup.id} and verified identical to it.` : "The database is unchanged.") +
-          (f?.hint ? ` ${f.hint}` : ""),
+        status: "failed", errorCode: "MIGRATION_FAILED", restored: settled.restored, effect: settled.effect, failureClass: result.failureClass,
+        details: { failedRevision: tracked.failedAt?.to ?? "" },
+        // The generic hint of an unclassified failure says to check and restore: already done here.
+        message: `migration of ${t.config.id} failed at ${where} (${f?.kind ?? "unknown"}): ${f?.message ?? "alembic failed"}. ${settled.sentence}` +
+          (f?.hint && (f.kind !== "unknown" || settled.effect === "needs-restore") ? ` ${f.hint}` : ""),
       };
     }
 
     let after: string[];
     try {
       after = await ctx.step(emit, "verify", async () => {
-        const revs = (await db.readRevisions()) ?? [];
-        if (!revs.includes(target)) throw new FlotillaError("MIGRATION_FAILED", `after the migration the database reports ${revs.join(",") || "no revision"}, not ${target}`);
-        const ic = await db.integrityCheck();
+        const [revs, ic] = await Promise.all([db.readRevisions(), earlyCheck?.then((r) => r ?? db.integrityCheck()) ?? db.integrityCheck()]);
+        if (!(revs ?? []).includes(target)) throw new FlotillaError("MIGRATION_FAILED", `after the migration the database reports ${(revs ?? []).join(",") || "no revision"}, not ${target}`);
         if (!ic.ok) throw new FlotillaError("MIGRATION_FAILED", `integrity check failed after the migration: ${ic.detail}`);
-        return revs;
+        return revs ?? [];
       }, (revs) => `at ${revs.join(",")}, integrity ok`);
     } catch (err) {
       // Alembic said yes but the database does not prove it: go back to the verified backup.
       const why = toFlotillaError(err).message;
       progress({ source: "agent", line: `post-migration verification failed (${why}); restoring backup ${backup.id}` });
       result.revisionAfter = await ctx.restoreAndProve(db, backup, emit, progress, signal);
-      return { status: "failed", errorCode: "MIGRATION_FAILED", restored: true, failureClass: "verify", message: `${why}. The database was restored from backup ${backup.id} and verified identical to it.` };
+      return { status: "failed", errorCode: "MIGRATION_FAILED", restored: true, effect: "restored", failureClass: "verify", message: `${why}. The database was restored from backup ${backup.id} and verified identical to it.` };
     }
     result.revisionAfter = after;
     ctx.deps.journal.update(id, { revisionAfter: after });
-    const total = timings.reduce((a, b) => a + b.durationMs, 0);
-    return { message: `${t.config.id} migrated ${before.join(",") || "base"} → ${target} (${timings.length} revision(s), ${(total / 1000).toFixed(1)}s); backup ${backup.id} kept${backup.appVersion ? `; app version ${backup.appVersion}` : ""}` };
+    const total = tracked.done.reduce((a, b) => a + b.durationMs, 0);
+    return { effect: "changed", message: `${t.config.id} migrated ${before.join(",") || "base"} → ${target} (${tracked.done.length} revision(s), ${(total / 1000).toFixed(1)}s); backup ${backup.id} kept${backup.appVersion ? `; app version ${backup.appVersion}` : ""}` };
   });
 }
 
+/**
+ * Migrates a throwaway copy of the target (SQLite copy; PostgreSQL scratch
+ * database) and reports per-revision timings and go/no-go. The target itself
+ * is never touched; the timings are remembered for later estimates.
+ */
 export function rehearse(ctx: OperationContext, req: { targetId: string; toRevision: string; operationId: string }, emit: Emit, signal?: AbortSignal): Promise<OpResult> {
   return ctx.run("rehearse", req.targetId, req.operationId, emit, { toRevision: req.toRevision || "head", lock: false }, async ({ t, progress, result }) => {
-    const graph = await t.alembic.graph();
-    const target = resolveTarget(graph, req.toRevision);
+    const [graph, current] = await Promise.all([t.alembic.graph(), t.db.readRevisions()]);
+    result.revisionBefore = current ?? [];
+    const decision = resolveMigration({ targetId: t.config.id, graph, requested: req.toRevision, current, direction: "upgrade" });
+    if (!decision.ok) refuse(decision.code, decision.message);
+    if (decision.action === "up-to-date") {
+      return { revisionAfter: current ?? [], effect: "up-to-date", details: { verdict: "go" }, message: `${decision.message}: there is nothing to rehearse` };
+    }
     const copy = await ctx.step(emit, "copy", () => t.db.scratchCopy(progress, signal), () => "throwaway copy made");
     try {
       const alembic = t.alembicFor(copy.url);
       const before = (await copy.adapter.readRevisions()) ?? [];
-      result.revisionBefore = before;
-      const unknown = graph.unknown(before);
-      if (unknown.length > 0) refuse("UNKNOWN_REVISION", ctx.skewMessage(t.config.id, unknown));
-      const timings: OpResult["timings"] = [];
-      for (const rev of graph.pending(before, target)) {
-        const run = await alembic.upgrade(rev, { timeoutMs: t.config.alembic.timeoutMs, ...(signal ? { signal } : {}), onLine: (line) => progress({ source: "alembic", line }) });
-        if (!run.ok) {
-          result.timings = timings;
-          return { status: "failed", errorCode: "MIGRATION_FAILED", failureClass: run.failure?.kind ?? "unknown", outputTail: tail(run.stderr),
-            message: `rehearsal failed at ${rev}: ${run.failure?.message ?? "alembic failed"} (the live database was not touched)` };
-        }
-        timings.push({ from: timings.at(-1)?.to ?? (before.join(",") || "base"), to: rev, durationMs: run.durationMs, message: graph.revisions.get(rev)?.message ?? "" });
+      // The copy may have moved on since the target was read; plan for the copy itself.
+      const onCopy = resolveMigration({ targetId: t.config.id, graph, requested: decision.target, current: before, direction: "upgrade" });
+      if (!onCopy.ok) refuse(onCopy.code, onCopy.message);
+      const pending = onCopy.ok && onCopy.action === "upgrade" ? onCopy.pending : [];
+      const tracked = await runAlembic(ctx, { t, db: copy.adapter, alembic, graph, direction: "upgrade", target: decision.target, pending, emit, progress, signal, extraEnv: {} });
+      result.timings = timingsOf(tracked.done);
+      ctx.deps.journal.recordTimings(t.config.id, tracked.done.map((s) => ({ revision: s.to, direction: "upgrade" as const, durationMs: s.durationMs, source: "rehearse" as const })));
+      const total = tracked.done.reduce((a, b) => a + b.durationMs, 0);
+      if (!tracked.run.ok) {
+        const f = tracked.run.failure;
+        return {
+          status: "failed", errorCode: "MIGRATION_FAILED", effect: "none", failureClass: f?.kind ?? "unknown", outputTail: tail(tracked.run.stderr),
+          details: { verdict: "no-go", failedRevision: tracked.failedAt?.to ?? "" },
+          message: `no-go: the rehearsal failed at ${tracked.failedAt?.to ?? "the start"}: ${f?.message ?? "alembic failed"} (the target was not touched)`,
+        };
       }
-      const ic = await copy.adapter.integrityCheck();
-      result.revisionAfter = (await copy.adapter.readRevisions()) ?? [];
-      const total = timings.reduce((a, b) => a + b.durationMs, 0);
-      return { timings, status: ic.ok ? "succeeded" : "failed", errorCode: ic.ok ? "" : "MIGRATION_FAILED",
-        message: `rehearsal on a throwaway copy reached ${target} in ${(total / 1000).toFixed(1)}s over ${timings.length} revision(s); integrity ${ic.ok ? "ok" : ic.detail}` };
+      const [ic, after] = await Promise.all([copy.adapter.integrityCheck(), copy.adapter.readRevisions()]);
+      result.revisionAfter = after ?? [];
+      const reached = (after ?? []).includes(decision.target);
+      const go = ic.ok && reached;
+      return {
+        status: go ? "succeeded" : "failed", errorCode: go ? "" : "MIGRATION_FAILED", effect: "none", details: { verdict: go ? "go" : "no-go" },
+        message: `${go ? "go" : "no-go"}: the rehearsal on a throwaway copy ${reached ? "reached" : "did not reach"} ${decision.target} in ${(total / 1000).toFixed(1)}s over ${tracked.done.length} revision(s); integrity ${ic.ok ? "ok" : ic.detail} (the target was not touched)`,
+      };
     } finally {
       await copy.drop().catch(() => undefined);
     }
@@ -175,28 +289,30 @@ export function downgrade(ctx: OperationContext, req: { targetId: string; toRevi
     if (!req.acceptDataLoss) {
       refuse("DATA_LOSS_NOT_ACCEPTED", "a downgrade drops the columns and tables later revisions added, with their data; confirm with --accept-data-loss (a backup is taken first)");
     }
-    const graph = await t.alembic.graph();
-    const before = (await t.db.readRevisions()) ?? [];
+    const [graph, current] = await Promise.all([t.alembic.graph(), t.db.readRevisions()]);
+    const before = current ?? [];
     result.revisionBefore = before;
-    const unknown = graph.unknown(before);
-    if (unknown.length > 0) refuse("UNKNOWN_REVISION", ctx.skewMessage(t.config.id, unknown));
-    const target = req.toRevision === "base" ? "base" : resolveTarget(graph, req.toRevision);
-    if (target !== "base" && !graph.ancestorsOrSelf(before).has(target)) refuse("INVALID_ARGUMENT", `${target} is not older than the database's revision ${before.join(",")}; to move forward use a rollout`);
-    if (target !== "base" && before.includes(target)) return { revisionAfter: before, message: `${t.config.id} is already at ${target}` };
+    const decision = resolveMigration({ targetId: t.config.id, graph, requested: req.toRevision, current, direction: "downgrade" });
+    if (!decision.ok) refuse(decision.code, decision.message);
+    if (decision.action === "up-to-date") return { revisionAfter: before, effect: "up-to-date", message: decision.message };
     await ctx.assertNotHeld(t, t.db, true);
     const backup = await ctx.takeBackup(t, t.db, id, "", true, emit, progress, signal);
     result.backup = backup;
-    emit({ kind: "step", name: `downgrade:${target}`, state: "running", detail: "" });
-    const run = await t.alembic.downgrade(target, { extraEnv: { [OPERATION_ENV]: id }, timeoutMs: t.config.alembic.timeoutMs, ...(signal ? { signal } : {}), onLine: (line) => progress({ source: "alembic", line }) });
-    result.outputTail = tail(run.stderr);
-    if (!run.ok) {
-      emit({ kind: "step", name: `downgrade:${target}`, state: "failed", detail: run.failure?.message ?? "", durationMs: run.durationMs });
-      result.revisionAfter = await ctx.restoreAndProve(t.db, backup, emit, progress, signal);
-      return { status: "failed", errorCode: "MIGRATION_FAILED", failureClass: run.failure?.kind ?? "unknown", restored: true,
-        message: `downgrade failed: ${run.failure?.message ?? "alembic failed"}; the database was restored from ${backup.id} and verified` };
+    const pre: DatabaseSnapshot = { revisions: backup.revisions, schemaHash: backup.schemaHash, tableCounts: backup.tableCounts };
+    const tracked = await runAlembic(ctx, {
+      t, db: t.db, alembic: t.alembic, graph, direction: "downgrade", target: decision.target, pending: decision.pending, emit, progress, signal,
+      extraEnv: { [OPERATION_ENV]: id, ...(t.config.kind === "postgresql" ? { PGOPTIONS: `-c lock_timeout=${t.config.lockTimeoutMs}` } : {}) },
+    });
+    result.timings = timingsOf(tracked.done);
+    result.outputTail = tail(tracked.run.stderr);
+    ctx.deps.journal.recordTimings(t.config.id, tracked.done.map((s) => ({ revision: revisionOf(s, "downgrade"), direction: "downgrade" as const, durationMs: s.durationMs, source: "migrate" as const })));
+    if (!tracked.run.ok) {
+      const f = tracked.run.failure;
+      const settled = await settleFailure(ctx, { id, t, db: t.db, backup, pre, online: false, emit, progress, signal, result, what: "the downgrade" });
+      return { status: "failed", errorCode: "MIGRATION_FAILED", failureClass: f?.kind ?? "unknown", restored: settled.restored, effect: settled.effect,
+        message: `downgrade failed${tracked.failedAt ? ` at ${revisionOf(tracked.failedAt, "downgrade")}` : ""}: ${f?.message ?? "alembic failed"}. ${settled.sentence}` };
     }
-    emit({ kind: "step", name: `downgrade:${target}`, state: "succeeded", detail: "", durationMs: run.durationMs });
     result.revisionAfter = (await t.db.readRevisions()) ?? [];
-    return { message: `${t.config.id} downgraded to ${target}; backup ${backup.id} holds the data from before` };
+    return { effect: "changed", message: `${t.config.id} downgraded to ${decision.target}; backup ${backup.id} holds the data from before` };
   });
 }

@@ -1,9 +1,12 @@
 import { join } from "node:path";
-import { toFlotillaError } from "../../common/errors.js";
-import type { AppState, BackupManifest } from "../core/ports.js";
-import { resolveTarget } from "../core/revisions.js";
+import { FlotillaError, toFlotillaError } from "../../common/errors.js";
+import { splitOfflineSql } from "../core/alembic-output.js";
+import { estimateMs } from "../core/migration-progress.js";
+import { resolveMigration } from "../core/safety-policy.js";
+import { classifySql, type Compatibility } from "../core/sql-compat.js";
+import type { AppState, BackupManifest, GraphView } from "../core/ports.js";
 import { diagnose as diagnoseFacts, lastFailure, type DiagnoseFacts, type Finding } from "../core/diagnose.js";
-import { refuse, type OperationContext, type TargetRuntime } from "./context.js";
+import type { OperationContext, TargetRuntime } from "./context.js";
 
 /** Read-only verbs: status, diagnose, plan. They take no lock and change nothing. */
 
@@ -115,53 +118,116 @@ async function preexistingObjects(ctx: OperationContext, t: TargetRuntime, curre
   return found;
 }
 
-export async function plan(ctx: OperationContext, targetId: string, to: string): Promise<{ current: string[]; to: string; pending: { id: string; down: string[]; message: string }[]; sql: string; sqlComplete: boolean; notes: string[]; additiveOnly: boolean }> {
-  const t = ctx.target(targetId);
-  const graph = await t.alembic.graph();
-  const target = resolveTarget(graph, to);
-  const current = (await t.db.readRevisions()) ?? [];
-  const unknown = graph.unknown(current);
-  if (unknown.length > 0) refuse("UNKNOWN_REVISION", ctx.skewMessage(targetId, unknown));
-  const notes: string[] = [];
-  if (graph.ancestorsOrSelf(current).has(target) && !current.includes(target)) {
-    notes.push(`${target} is older than the database's revision ${current.join(", ")}: that is a downgrade (flotilla downgrade ${targetId} --to ${target} --accept-data-loss)`);
-  }
-  const pending = graph.pending(current, target);
-  const parts: string[] = [];
-  let sqlComplete = true;
-  let from: string | null = current.length === 1 ? current[0]! : null;
+/** One pending revision as plan shows it (PlanResponse.revisions). */
+export interface RevisionPlanView {
+  id: string;
+  downRevision: string;
+  message: string;
+  sql: string;
+  rendered: boolean;
+  notRenderedReason: string;
+  compatibility: Compatibility;
+  compatibilityReason: string;
+  estimateMs: number;
+}
+
+export interface PlanView {
+  current: string[];
+  to: string;
+  pending: { id: string; down: string[]; message: string }[];
+  sql: string;
+  sqlComplete: boolean;
+  notes: string[];
+  additiveOnly: boolean;
+  revisions: RevisionPlanView[];
+  upToDate: boolean;
+}
+
+/**
+ * Offline SQL per revision, rendered per renderable stretch: one
+ * `alembic upgrade A:B --sql` for the whole range, and when a revision
+ * cannot be rendered offline, one more run starting after it. A failure
+ * before any revision started (env.py) is not a revision's: every
+ * remaining revision gets that reason and no further run is made.
+ */
+async function renderStretches(t: TargetRuntime, graph: GraphView, current: readonly string[], pending: readonly string[]): Promise<Map<string, { sql: string } | { reason: string }>> {
+  const out = new Map<string, { sql: string } | { reason: string }>();
   if (current.length > 1) {
-    sqlComplete = false;
-    notes.push("the database has several revisions applied (a branched history): offline SQL is shown only for linear histories");
-  } else if (pending.length > 0) {
-    const whole = await t.alembic.offlineSql(from, target);
-    if (whole.ok) parts.push(whole.stdout.trim());
-    else {
-      // Render revision by revision, and say plainly where it becomes impossible.
-      for (const rev of pending) {
-        const one = await t.alembic.offlineSql(from, rev);
-        if (!one.ok) {
-          sqlComplete = false;
-          const why = one.failure?.kind === "offline-unsupported"
-            ? `revision ${rev} uses a batch operation that needs a live database connection on ${t.config.kind} (SQLite rebuilds tables by reflection), so Alembic cannot render it offline`
-            : `Alembic could not render revision ${rev} offline: ${one.failure?.message ?? "unknown error"}`;
-          notes.push(`${why}; SQL is shown up to ${from ?? "base"}. The migration itself runs online and is not affected.`);
-          break;
-        }
-        parts.push(one.stdout.trim());
-        from = rev;
-      }
+    for (const id of pending) out.set(id, { reason: "the database has several revisions applied (a branched history): offline SQL is rendered only for linear histories" });
+    return out;
+  }
+  const known = new Set(graph.revisions.keys());
+  const last = pending.at(-1);
+  let from: string | null = current[0] ?? null;
+  let i = 0;
+  while (last !== undefined && i < pending.length) {
+    const run = await t.alembic.offlineSql(from, last);
+    const pieces = new Map(splitOfflineSql(run.stdout, known).revisions.map((r) => [r.to, r.sql]));
+    if (run.ok) {
+      for (const id of pending.slice(i)) out.set(id, { sql: pieces.get(id) ?? "" });
+      break;
     }
+    // The revision offline mode stopped in is the last one it started.
+    const started = pending.slice(i).filter((id) => pieces.has(id));
+    const stopped = started.at(-1);
+    const why = run.failure?.kind === "offline-unsupported"
+      ? `it uses a batch operation that needs a live database connection on ${t.config.kind} (SQLite rebuilds tables by reflection), so Alembic cannot render it offline`
+      : `Alembic could not render it offline: ${run.failure?.message ?? "unknown error"}`;
+    if (stopped === undefined) {
+      for (const id of pending.slice(i)) out.set(id, { reason: why });
+      break;
+    }
+    for (const id of started.slice(0, -1)) out.set(id, { sql: pieces.get(id) ?? "" });
+    out.set(stopped, { reason: why });
+    from = stopped;
+    i = pending.indexOf(stopped) + 1;
   }
-  const sql = parts.join("\n\n");
-  const destructive = /\b(DROP\s+(TABLE|COLUMN|INDEX)|RENAME|ALTER\s+COLUMN|ALTER\s+TABLE\s+\S+\s+ALTER|UPDATE\s|DELETE\s)/i;
-  const additiveOnly = sqlComplete && !destructive.test(sql.replace(/UPDATE alembic_version[^;]*;/gi, ""));
-  if (!additiveOnly && pending.length > 0) {
-    notes.push(sqlComplete
-      ? "some pending revisions change or move existing data (UPDATE/ALTER/DROP/RENAME): old app instances may break while they run; prefer the maintenance strategy"
-      : "not every pending revision could be rendered, so Flotilla cannot tell whether they are purely additive: treat them as not additive");
+  return out;
+}
+
+/**
+ * Dry run of an upgrade: the safety policy's verdict on the wanted revision
+ * (refusals are thrown as FlotillaErrors: INVALID_ARGUMENT and friends exit
+ * 2 in the CLI), then every pending revision with its offline SQL where
+ * Alembic can render it, its compatibility and its expected duration.
+ */
+export async function plan(ctx: OperationContext, targetId: string, to: string): Promise<PlanView> {
+  const t = ctx.target(targetId);
+  const [graph, revs] = await Promise.all([t.alembic.graph(), t.db.readRevisions()]);
+  const current = revs ?? [];
+  const decision = resolveMigration({ targetId, graph, requested: to, current: revs, direction: "upgrade" });
+  if (!decision.ok) throw new FlotillaError(decision.code, decision.message);
+  if (decision.action === "up-to-date") {
+    return { current, to: decision.target, pending: [], sql: "", sqlComplete: true, notes: [decision.message], additiveOnly: true, revisions: [], upToDate: true };
   }
-  return { current, to: target, pending: pending.map((id) => { const n = graph.revisions.get(id)!; return { id, down: [...n.down], message: n.message }; }), sql, sqlComplete, notes, additiveOnly };
+  const pending = [...decision.pending];
+  const estimates = new Map([...ctx.deps.journal.timings(targetId, "upgrade")].map(([id, timing]) => [id, timing.durationMs]));
+  const rendered = await renderStretches(t, graph, current, pending);
+  const notes: string[] = [];
+  const revisions = pending.map((id): RevisionPlanView => {
+    const node = graph.revisions.get(id)!;
+    const r = rendered.get(id) ?? { reason: "not rendered" };
+    const verdict = "sql" in r ? classifySql(r.sql) : { compatibility: "unknown" as const, reason: `not rendered offline: ${r.reason}` };
+    if ("reason" in r) notes.push(`revision ${id} cannot be shown as SQL: ${r.reason}. The migration itself runs online and is not affected.`);
+    return {
+      id, downRevision: node.down.join(","), message: node.message, sql: "sql" in r ? r.sql : "", rendered: "sql" in r,
+      notRenderedReason: "reason" in r ? r.reason : "", compatibility: verdict.compatibility, compatibilityReason: verdict.reason, estimateMs: estimates.get(id) ?? 0,
+    };
+  });
+  const sql = revisions.map((r) => `-- ${r.id}: ${r.message}\n${r.rendered ? r.sql : `-- not rendered: ${r.notRenderedReason}`}`).join("\n\n");
+  const sqlComplete = revisions.every((r) => r.rendered);
+  const additiveOnly = revisions.every((r) => r.compatibility === "additive");
+  const breaking = revisions.filter((r) => r.compatibility === "breaking");
+  if (breaking.length > 0) {
+    notes.push(`breaking for old app instances: ${breaking.map((r) => `${r.id} (${r.compatibilityReason})`).join("; ")}; prefer the maintenance strategy`);
+  }
+  if (!sqlComplete) notes.push("not every pending revision could be rendered, so Flotilla cannot tell whether they are all additive: treat the unrendered ones as not additive");
+  const total = estimateMs(pending, estimates);
+  if (total !== undefined) notes.push(`expected duration ${(total / 1000).toFixed(1)}s (from earlier runs or rehearsals of these revisions)`);
+  return {
+    current, to: decision.target, pending: pending.map((id) => { const n = graph.revisions.get(id)!; return { id, down: [...n.down], message: n.message }; }),
+    sql, sqlComplete, notes, additiveOnly, revisions, upToDate: false,
+  };
 }
 
 /** Facts for the restore-drill check: the last passing drill and the oldest verified backup. */

@@ -22,13 +22,16 @@ const READ_ONLY_KINDS = new Set(["backup", "verify-backup", "rehearse"]);
 const APPS_KINDS = new Set(["stop-apps", "start-apps"]);
 
 export function recover(ctx: OperationContext, req: { targetId: string; operationId: string; action: string; newOperationId: string }, emit: Emit, signal?: AbortSignal): Promise<OpResult> {
-  const peek = ctx.deps.journal.get(req.operationId);
+  // Without an operation id: the one holding the target's lock (an interrupted or needs-restore operation).
+  const opId = req.operationId || ctx.deps.journal.lockHolder(req.targetId) || "";
+  const peek = ctx.deps.journal.get(opId);
   const appsOnly = peek !== undefined && APPS_KINDS.has(peek.kind);
   return ctx.run("recover", req.targetId, req.newOperationId, emit, { lock: false, appsOnly }, async (run) => {
     const { id, t } = run;
-    const op = ctx.deps.journal.get(req.operationId);
-    if (!op || op.targetId !== t.config.id) refuse("NOT_FOUND", `operation ${req.operationId} is not in this agent's journal for ${t.config.id}`);
-    if (op.state !== "interrupted") refuse("PRECONDITION_FAILED", `operation ${op.id} is ${op.state}, not interrupted: nothing to recover`);
+    if (!opId) refuse("PRECONDITION_FAILED", `${t.config.id} has no interrupted or needs-restore operation: nothing to recover`);
+    const op = ctx.deps.journal.get(opId);
+    if (!op || op.targetId !== t.config.id) refuse("NOT_FOUND", `operation ${opId} is not in this agent's journal for ${t.config.id}`);
+    if (op.state !== "interrupted" && op.state !== "needs-restore") refuse("PRECONDITION_FAILED", `operation ${op.id} is ${op.state}, not interrupted or needs-restore: nothing to recover`);
     if (req.action !== "restore" && req.action !== "accept") refuse("INVALID_ARGUMENT", `recover action must be "restore" or "accept", not "${req.action}"`);
     const holder = ctx.deps.journal.lockHolder(t.config.id);
     const heldByOp = holder === op.id;
@@ -95,5 +98,5 @@ async function resolve(ctx: OperationContext, op: OperationRow, action: "restore
   result.backup = m;
   result.revisionAfter = await ctx.restoreAndProve(t.db, m, emit, progress, signal);
   release();
-  return { restored: true, effect: "restored", message: `restored ${t.config.id} from ${m.id} after interrupted ${op.kind} ${op.id}; verified identical to the backup` };
+  return { restored: true, effect: "restored", message: `restored ${t.config.id} from ${m.id} after ${op.state} ${op.kind} ${op.id}; verified identical to the backup` };
 }

@@ -1,4 +1,6 @@
+import { splitOfflineSql } from "../core/alembic-output.js";
 import { resolveTarget } from "../core/revisions.js";
+import { missingObjects, objectsCreatedBy } from "../core/sql-compat.js";
 import { refuse, tail, type Emit, type OperationContext, type OpResult } from "./context.js";
 
 const STAMP_REASONS = ["created-with-create-all", "imported-backup", "applied-by-hand"] as const;
@@ -26,6 +28,22 @@ export function stamp(ctx: OperationContext, req: { targetId: string; revision: 
       const node = graph.revisions.get(rev)!;
       if (!before || !node.down.every((d) => before.includes(d))) {
         refuse("STAMP_REFUSED", `applied-by-hand stamps exactly one revision forward: ${rev} follows ${node.down.join(",") || "base"}, but the database is at ${before?.join(",") || "no revision"}`);
+      }
+      // Every object the revision creates must be there already: read them from its offline SQL.
+      const sql = await t.alembic.offlineSql(node.down.length === 1 ? node.down[0]! : null, rev);
+      if (!sql.ok || node.down.length > 1) {
+        refuse("STAMP_REFUSED", `cannot check that ${rev}'s objects exist: Alembic cannot render it offline (${sql.failure?.message ?? "a merge revision"}). ` +
+          "Apply it with a migration instead, or restore a backup");
+      }
+      const piece = splitOfflineSql(sql.stdout, new Set(graph.revisions.keys())).revisions.find((r) => r.to === rev);
+      const created = objectsCreatedBy(piece?.sql ?? "");
+      const [tables, indexes] = await Promise.all([t.db.listTables(), t.db.listIndexes()]);
+      const columns = new Map<string, string[]>();
+      for (const table of new Set(created.columns.map((c) => c.table))) columns.set(table, await t.db.listColumns(table));
+      const missing = missingObjects(created, { tables, indexes, columnsOf: (table) => columns.get(table) ?? [] });
+      if (missing.length > 0) {
+        refuse("STAMP_REFUSED", `${rev} creates objects the database does not have: ${missing.join(", ")}. Stamping would record a schema that is not there; ` +
+          `create them by hand first, or run the migration (flotilla rollout --to ${rev})`);
       }
     }
     await ctx.assertNotHeld(t, t.db, true);

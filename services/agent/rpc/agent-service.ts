@@ -132,7 +132,10 @@ export function agentServiceImpl(config: AgentConfig, ops: AgentOperations, vers
     },
     async plan(req) {
       const p = await ops.plan(need(req.targetId, "target_id"), revisionOf(req.toRevision, "to_revision"));
-      return { targetId: req.targetId, current: p.current, toRevision: p.to, pending: p.pending, sql: p.sql, sqlComplete: p.sqlComplete, notes: p.notes, additiveOnly: p.additiveOnly };
+      return {
+        targetId: req.targetId, current: p.current, toRevision: p.to, pending: p.pending, sql: p.sql, sqlComplete: p.sqlComplete, notes: p.notes, additiveOnly: p.additiveOnly,
+        revisions: p.revisions.map((r) => ({ ...r, estimateMs: BigInt(Math.round(r.estimateMs)) })),
+      };
     },
     async listBackups(req) {
       return { backups: (await ops.listBackups(need(req.targetId, "target_id"))).map(backupInfo) };
@@ -174,6 +177,6 @@ export function agentServiceImpl(config: AgentConfig, ops: AgentOperations, vers
       fromTargetId: need(req.fromTargetId, "from_target_id"), toTargetId: need(req.toTargetId, "to_target_id"), operationId: req.operationId,
       yes: req.yes, skipOrphans: req.skipOrphans, fromBackup: req.fromBackup,
     }, emit)),
-    recover: (req) => opStream((emit) => ops.recover({ targetId: req.targetId, operationId: need(req.operationId, "operation_id"), action: req.action, newOperationId: req.newOperationId }, emit)),
+    recover: (req) => opStream((emit) => ops.recover({ targetId: req.targetId, operationId: req.operationId, action: req.action, newOperationId: req.newOperationId }, emit)),
   };
 }

@@ -1,6 +1,6 @@
-import { test } from "node:test";
+import { describe, it, test } from "node:test";
 import assert from "node:assert/strict";
-import { matchesSelector, planTargets, selectorPairs, stepsFor, waveSizes, type InventoryTarget } from "./rollout-plan.js";
+import { matchesSelector, planTargets, preflightVerdict, selectorPairs, stepsFor, waveSizes, type InventoryTarget } from "./rollout-plan.js";
 
 const t = (id: string, labels: Record<string, string> = {}, appAgents = ["a1"], blueGreen = false): InventoryTarget =>
   ({ id, ownerAgent: "a1", appAgents, labels, blueGreen });
@@ -35,4 +35,33 @@ test("planTargets assigns sorted targets to waves", () => {
   const plan = planTargets("job", [t("c"), t("a"), t("b")], "1,100%", "head");
   assert.deepEqual(plan.map((p) => [p.targetId, p.wave]), [["a", 0], ["b", 1], ["c", 1]]);
   assert.ok(plan.every((p) => p.steps.every((s) => s.state === "pending")));
+});
+
+describe("preflightVerdict", () => {
+  it("refuses the whole rollout when any target's plan refused the wanted revision, naming it", () => {
+    const v = preflightVerdict([
+      { targetId: "a", ok: true, pending: 3 },
+      { targetId: "b", ok: false, code: "INVALID_ARGUMENT", message: "revision nosuchrev is not in the app's migration history" },
+    ]);
+    assert.equal(v.refusal?.code, "INVALID_ARGUMENT");
+    assert.match(v.refusal?.message ?? "", /before anything was stopped.*b: revision nosuchrev/);
+  });
+
+  it("keeps a single refusal code, and falls back to INVALID_ARGUMENT for mixed ones", () => {
+    assert.equal(preflightVerdict([{ targetId: "a", ok: false, code: "MULTIPLE_HEADS", message: "two heads" }]).refusal?.code, "MULTIPLE_HEADS");
+    assert.equal(preflightVerdict([
+      { targetId: "a", ok: false, code: "MULTIPLE_HEADS", message: "x" },
+      { targetId: "b", ok: false, code: "UNKNOWN_REVISION", message: "y" },
+    ]).refusal?.code, "INVALID_ARGUMENT");
+  });
+
+  it("an unreachable agent is not a refusal; up-to-date targets are named", () => {
+    const v = preflightVerdict([
+      { targetId: "a", ok: false, code: "AGENT_UNAVAILABLE", message: "down" },
+      { targetId: "b", ok: true, pending: 0 },
+      { targetId: "c", ok: true, pending: 2 },
+    ]);
+    assert.equal(v.refusal, null);
+    assert.deepEqual(v.upToDate, ["b"]);
+  });
 });

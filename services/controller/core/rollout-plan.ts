@@ -74,3 +74,30 @@ export function planTargets(strategy: Strategy, targets: readonly InventoryTarge
   });
   return out;
 }
+
+/** One agent's answer to Plan for one target of a rollout about to start. */
+export type PreflightAnswer =
+  | { readonly targetId: string; readonly ok: true; readonly pending: number }
+  | { readonly targetId: string; readonly ok: false; readonly code: string; readonly message: string };
+
+/** Codes of a Plan refusal that the request itself caused: the whole rollout is refused. */
+const REQUEST_REFUSALS = new Set(["INVALID_ARGUMENT", "MULTIPLE_HEADS", "UNKNOWN_REVISION"]);
+
+/**
+ * Whether a rollout may start, from every target's Plan answer (the agents
+ * apply their safety policy there): a wanted revision that is unknown, behind,
+ * on another branch or ambiguous for any target refuses the whole rollout
+ * before any app is stopped. An agent that cannot answer is not a refusal
+ * here (the rollout's own precheck reports it). Also names the targets that
+ * are already at the wanted revision.
+ */
+export function preflightVerdict(answers: readonly PreflightAnswer[]): { refusal: { code: string; message: string } | null; upToDate: string[] } {
+  const refused = answers.filter((a): a is Extract<PreflightAnswer, { ok: false }> => !a.ok && REQUEST_REFUSALS.has(a.code));
+  const upToDate = answers.filter((a) => a.ok && a.pending === 0).map((a) => a.targetId);
+  if (refused.length === 0) return { refusal: null, upToDate };
+  const codes = new Set(refused.map((a) => a.code));
+  const code = codes.size === 1 ? refused[0]!.code : "INVALID_ARGUMENT";
+  const shown = refused.slice(0, 5).map((a) => `${a.targetId}: ${a.message}`).join("; ");
+  const more = refused.length > 5 ? ` (and ${refused.length - 5} more)` : "";
+  return { refusal: { code, message: `refused before anything was stopped or changed: ${shown}${more}` }, upToDate };
+}

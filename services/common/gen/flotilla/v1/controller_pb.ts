@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file flotilla/v1/controller.proto.
  */
 export const file_flotilla_v1_controller: GenFile = /*@__PURE__*/
-  fileDesc("ChxmbG90aWxsYS92MS9jb250cm9sbGVyLnByb3RvEgtmbG90aWxsYS52MSImChJMaXN0VGFyZ2V0c1JlcXVlc3QSEAoIc2VsZWN0b3IYASABKAkiawoLQWdlbnRIZWFsdGgSCgoCaWQYASABKAkSDwoHYWRkcmVzcxgCIAEoCRINCgVzdGF0ZRgDIAEoCRIRCglsYXN0X3NlZW4YBCABKAkSDQoFZXJyb3IYBSABKAkSDgoGc291cmNlGAYgASgJIn0KE0xpc3RUYXJnZXRzUmVzcG9uc2USKgoHdGFyZ2V0cxgBIAMoCzIZLmZsb3RpbGxhLnYxLlRhcmdldFN0YXR1cxIoCgZhZ2VudHMYAiADKAsyGC5mbG90aWxsYS52MS5BZ2VudEhlYWx0aBIQCgh3YXJuaW5ncxgDIAMoCSIeCglUYXJnZXRSZWYSEQoJdGFyZ2V0X2lkGAEgASgJIkkKFFJlc3RvcmVUYXJnZXRSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCRIRCgliYWNrdXBfaWQYAiABKAkSCwoDeWVzGAMgASgIIloKFkRvd25ncmFkZVRhcmdldFJlcXVlc3QSEQoJdGFyZ2V0X2lkGAEgASgJEhMKC3RvX3JldmlzaW9uGAIgASgJEhgKEGFjY2VwdF9kYXRhX2xvc3MYAyABKAgiSQoSU3RhbXBUYXJnZXRSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCRIQCghyZXZpc2lvbhgCIAEoCRIOCgZyZWFzb24YAyABKAkiOgoSRHJpbGxUYXJnZXRSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCRIRCgliYWNrdXBfaWQYAiABKAkieQoRTW92ZVRhcmdldFJlcXVlc3QSFgoOZnJvbV90YXJnZXRfaWQYASABKAkSFAoMdG9fdGFyZ2V0X2lkGAIgASgJEgsKA3llcxgDIAEoCBIUCgxza2lwX29ycGhhbnMYBCABKAgSEwoLZnJvbV9iYWNrdXAYBSABKAgiTwoUUmVjb3ZlclRhcmdldFJlcXVlc3QSEQoJdGFyZ2V0X2lkGAEgASgJEhQKDG9wZXJhdGlvbl9pZBgCIAEoCRIOCgZhY3Rpb24YAyABKAkiswEKC1JvbGxvdXRTcGVjEhAKCHNlbGVjdG9yGAEgASgJEhMKC3RvX3JldmlzaW9uGAIgASgJEhAKCHN0cmF0ZWd5GAMgASgJEg0KBXdhdmVzGAQgASgJEhQKDG1heF9mYWlsdXJlcxgFIAEoBRIQCghzY2hlZHVsZRgGIAEoCRIOCgZ3aW5kb3cYByABKAkSDAoEZ2F0ZRgIIAEoCRIWCg5hbGxvd19icmVha2luZxgJIAEoCCI9CgtQbGFubmVkU3RlcBIMCgRuYW1lGAEgASgJEhAKCGFnZW50X2lkGAIgASgJEg4KBmRldGFpbBgDIAEoCSK2AgoNUGxhbm5lZFRhcmdldBIRCgl0YXJnZXRfaWQYASABKAkSEAoIYWdlbnRfaWQYAiABKAkSDAoEd2F2ZRgDIAEoBRIPCgdjdXJyZW50GAQgAygJEioKB3BlbmRpbmcYBSADKAsyGS5mbG90aWxsYS52MS5SZXZpc2lvbkluZm8SJwoFc3RlcHMYBiADKAsyGC5mbG90aWxsYS52MS5QbGFubmVkU3RlcBILCgNzcWwYByABKAkSFAoMc3FsX2NvbXBsZXRlGAggASgIEg0KBW5vdGVzGAkgAygJEhAKCHdhcm5pbmdzGAogAygJEiwKCXJldmlzaW9ucxgLIAMoCzIZLmZsb3RpbGxhLnYxLlJldmlzaW9uUGxhbhIaChJhbGxvd2VkX3N0cmF0ZWdpZXMYDCADKAkimQEKC1JvbGxvdXRQbGFuEiYKBHNwZWMYASABKAsyGC5mbG90aWxsYS52MS5Sb2xsb3V0U3BlYxIrCgd0YXJnZXRzGAIgAygLMhouZmxvdGlsbGEudjEuUGxhbm5lZFRhcmdldBIQCgh3YXJuaW5ncxgDIAMoCRISCgp3YXZlX2NvdW50GAQgASgFEg8KB3JlZnVzZWQYBSABKAgiiwEKC1JvbGxvdXRTdGVwEgwKBG5hbWUYASABKAkSDQoFc3RhdGUYAiABKAkSEAoIYWdlbnRfaWQYAyABKAkSFAoMb3BlcmF0aW9uX2lkGAQgASgJEg4KBmRldGFpbBgFIAEoCRISCgpzdGFydGVkX2F0GAYgASgJEhMKC2ZpbmlzaGVkX2F0GAcgASgJItABCg1Sb2xsb3V0VGFyZ2V0EhEKCXRhcmdldF9pZBgBIAEoCRIQCghhZ2VudF9pZBgCIAEoCRIMCgR3YXZlGAMgASgFEg4KBnN0YXR1cxgEIAEoCRInCgVzdGVwcxgFIAMoCzIYLmZsb3RpbGxhLnYxLlJvbGxvdXRTdGVwEhcKD3JldmlzaW9uX2JlZm9yZRgGIAMoCRIWCg5yZXZpc2lvbl9hZnRlchgHIAMoCRIRCgliYWNrdXBfaWQYCCABKAkSDwoHbWVzc2FnZRgJIAEoCSKpAgoHUm9sbG91dBIKCgJpZBgBIAEoCRIOCgZzdGF0dXMYAiABKAkSJgoEc3BlYxgDIAEoCzIYLmZsb3RpbGxhLnYxLlJvbGxvdXRTcGVjEisKB3RhcmdldHMYBCADKAsyGi5mbG90aWxsYS52MS5Sb2xsb3V0VGFyZ2V0EhIKCmNyZWF0ZWRfYXQYBSABKAkSEwoLZmluaXNoZWRfYXQYBiABKAkSDQoFYWN0b3IYByABKAkSDwoHbWVzc2FnZRgIIAEoCRIQCgh3YXJuaW5ncxgJIAMoCRIUCgxjdXJyZW50X3dhdmUYCiABKAUSEwoLd2FpdGluZ19mb3IYCyABKAkSFwoPZ2F0ZV9leHBpcmVzX2F0GAwgASgJEg4KBnBhdXNlZBgNIAEoCCIlCgpSb2xsb3V0UmVmEgoKAmlkGAEgASgJEgsKA3llcxgCIAEoCCIkChNMaXN0Um9sbG91dHNSZXF1ZXN0Eg0KBWxpbWl0GAEgASgFIj4KFExpc3RSb2xsb3V0c1Jlc3BvbnNlEiYKCHJvbGxvdXRzGAEgAygLMhQuZmxvdGlsbGEudjEuUm9sbG91dCK5AQoLUm9sbG91dExpbmUSEQoJdGFyZ2V0X2lkGAEgASgJEgwKBHN0ZXAYAiABKAkSDAoEbGluZRgDIAEoCRIWCg5yZXZpc2lvbl9pbmRleBgEIAEoBRIWCg5yZXZpc2lvbl9jb3VudBgFIAEoBRISCgplbGFwc2VkX21zGAYgASgDEg4KBmV0YV9tcxgHIAEoAxISCgpieXRlc19kb25lGAggASgDEhMKC2J5dGVzX3RvdGFsGAkgASgDImsKDFJvbGxvdXRFdmVudBIoCghzbmFwc2hvdBgBIAEoCzIULmZsb3RpbGxhLnYxLlJvbGxvdXRIABIoCgRsaW5lGAIgASgLMhguZmxvdGlsbGEudjEuUm9sbG91dExpbmVIAEIHCgVldmVudCKeAgoIU2NoZWR1bGUSDAoEbmFtZRgBIAEoCRIMCgRjcm9uGAIgASgJEhAKCHNlbGVjdG9yGAMgASgJEhAKCHN0cmF0ZWd5GAQgASgJEg4KBndpbmRvdxgFIAEoCRITCgt0b19yZXZpc2lvbhgGIAEoCRINCgV3YXZlcxgHIAEoCRIOCgZzb3VyY2UYCCABKAkSEAoIbGFzdF9ydW4YCSABKAkSEwoLbGFzdF9yZXN1bHQYCiABKAkSEQoJdGltZV96b25lGAsgASgJEhAKCG5leHRfcnVuGAwgASgJEg0KBWRyaWxsGA0gASgIEg8KB3JlcGxhY2UYDiABKAgSDAoEZ2F0ZRgPIAEoCRIUCgxtYXhfZmFpbHVyZXMYECABKAUiGwoLU2NoZWR1bGVSZWYSDAoEbmFtZRgBIAEoCSIWChRMaXN0U2NoZWR1bGVzUmVxdWVzdCJBChVMaXN0U2NoZWR1bGVzUmVzcG9uc2USKAoJc2NoZWR1bGVzGAEgAygLMhUuZmxvdGlsbGEudjEuU2NoZWR1bGUilAEKEVF1ZXJ5QXVkaXRSZXF1ZXN0Eg0KBXNpbmNlGAEgASgJEg0KBXVudGlsGAIgASgJEg4KBnRhcmdldBgDIAEoCRINCgVhY3RvchgEIAEoCRIOCgZhY3Rpb24YBSABKAkSDQoFbGltaXQYBiABKAUSDwoHb3V0Y29tZRgHIAEoCRISCgpiZWZvcmVfc2VxGAggASgDIqYBCgpBdWRpdEVudHJ5EgsKA3NlcRgBIAEoAxIMCgR0aW1lGAIgASgJEg0KBWFjdG9yGAMgASgJEg4KBmFjdGlvbhgEIAEoCRIOCgZ0YXJnZXQYBSABKAkSDAoEYXJncxgGIAEoCRIPCgdvdXRjb21lGAcgASgJEg4KBmRldGFpbBgIIAEoCRIRCglwcmV2X2hhc2gYCSABKAkSDAoEaGFzaBgKIAEoCSI+ChJRdWVyeUF1ZGl0UmVzcG9uc2USKAoHZW50cmllcxgBIAMoCzIXLmZsb3RpbGxhLnYxLkF1ZGl0RW50cnkiFAoSVmVyaWZ5QXVkaXRSZXF1ZXN0IlkKE1ZlcmlmeUF1ZGl0UmVzcG9uc2USCgoCb2sYASABKAgSDwoHY2hlY2tlZBgCIAEoAxIVCg1maXJzdF9iYWRfc2VxGAMgASgDEg4KBnJlYXNvbhgEIAEoCSI5ChRSZWdpc3RlckFnZW50UmVxdWVzdBIQCghhZ2VudF9pZBgBIAEoCRIPCgdhZGRyZXNzGAIgASgJIjIKFVJlZ2lzdGVyQWdlbnRSZXNwb25zZRIZChFoZWFydGJlYXRfc2Vjb25kcxgBIAEoBTKkEAoRQ29udHJvbGxlclNlcnZpY2USUAoLTGlzdFRhcmdldHMSHy5mbG90aWxsYS52MS5MaXN0VGFyZ2V0c1JlcXVlc3QaIC5mbG90aWxsYS52MS5MaXN0VGFyZ2V0c1Jlc3BvbnNlEkcKDkRpYWdub3NlVGFyZ2V0EhYuZmxvdGlsbGEudjEuVGFyZ2V0UmVmGh0uZmxvdGlsbGEudjEuRGlhZ25vc2VSZXNwb25zZRJECgxCYWNrdXBUYXJnZXQSFi5mbG90aWxsYS52MS5UYXJnZXRSZWYaHC5mbG90aWxsYS52MS5PcGVyYXRpb25SZXN1bHQSTQoRTGlzdFRhcmdldEJhY2t1cHMSFi5mbG90aWxsYS52MS5UYXJnZXRSZWYaIC5mbG90aWxsYS52MS5MaXN0QmFja3Vwc1Jlc3BvbnNlElAKDVJlc3RvcmVUYXJnZXQSIS5mbG90aWxsYS52MS5SZXN0b3JlVGFyZ2V0UmVxdWVzdBocLmZsb3RpbGxhLnYxLk9wZXJhdGlvblJlc3VsdBJUCg9Eb3duZ3JhZGVUYXJnZXQSIy5mbG90aWxsYS52MS5Eb3duZ3JhZGVUYXJnZXRSZXF1ZXN0GhwuZmxvdGlsbGEudjEuT3BlcmF0aW9uUmVzdWx0EkwKC1N0YW1wVGFyZ2V0Eh8uZmxvdGlsbGEudjEuU3RhbXBUYXJnZXRSZXF1ZXN0GhwuZmxvdGlsbGEudjEuT3BlcmF0aW9uUmVzdWx0ElAKDVJlY292ZXJUYXJnZXQSIS5mbG90aWxsYS52MS5SZWNvdmVyVGFyZ2V0UmVxdWVzdBocLmZsb3RpbGxhLnYxLk9wZXJhdGlvblJlc3VsdBJMCgtEcmlsbFRhcmdldBIfLmZsb3RpbGxhLnYxLkRyaWxsVGFyZ2V0UmVxdWVzdBocLmZsb3RpbGxhLnYxLk9wZXJhdGlvblJlc3VsdBJDCgxCdW5kbGVUYXJnZXQSFi5mbG90aWxsYS52MS5UYXJnZXRSZWYaGy5mbG90aWxsYS52MS5CdW5kbGVSZXNwb25zZRJLCgpNb3ZlVGFyZ2V0Eh4uZmxvdGlsbGEudjEuTW92ZVRhcmdldFJlcXVlc3QaGy5mbG90aWxsYS52MS5PcGVyYXRpb25FdmVudDABEkEKC1BsYW5Sb2xsb3V0EhguZmxvdGlsbGEudjEuUm9sbG91dFNwZWMaGC5mbG90aWxsYS52MS5Sb2xsb3V0UGxhbhI+CgxTdGFydFJvbGxvdXQSGC5mbG90aWxsYS52MS5Sb2xsb3V0U3BlYxoULmZsb3RpbGxhLnYxLlJvbGxvdXQSOwoKR2V0Um9sbG91dBIXLmZsb3RpbGxhLnYxLlJvbGxvdXRSZWYaFC5mbG90aWxsYS52MS5Sb2xsb3V0ElMKDExpc3RSb2xsb3V0cxIgLmZsb3RpbGxhLnYxLkxpc3RSb2xsb3V0c1JlcXVlc3QaIS5mbG90aWxsYS52MS5MaXN0Um9sbG91dHNSZXNwb25zZRJECgxXYXRjaFJvbGxvdXQSFy5mbG90aWxsYS52MS5Sb2xsb3V0UmVmGhkuZmxvdGlsbGEudjEuUm9sbG91dEV2ZW50MAESPQoMQWJvcnRSb2xsb3V0EhcuZmxvdGlsbGEudjEuUm9sbG91dFJlZhoULmZsb3RpbGxhLnYxLlJvbGxvdXQSQAoPUm9sbGJhY2tSb2xsb3V0EhcuZmxvdGlsbGEudjEuUm9sbG91dFJlZhoULmZsb3RpbGxhLnYxLlJvbGxvdXQSPwoOQXBwcm92ZVJvbGxvdXQSFy5mbG90aWxsYS52MS5Sb2xsb3V0UmVmGhQuZmxvdGlsbGEudjEuUm9sbG91dBI9CgxQYXVzZVJvbGxvdXQSFy5mbG90aWxsYS52MS5Sb2xsb3V0UmVmGhQuZmxvdGlsbGEudjEuUm9sbG91dBI+Cg1SZXN1bWVSb2xsb3V0EhcuZmxvdGlsbGEudjEuUm9sbG91dFJlZhoULmZsb3RpbGxhLnYxLlJvbGxvdXQSPQoMUmV0cnlSb2xsb3V0EhcuZmxvdGlsbGEudjEuUm9sbG91dFJlZhoULmZsb3RpbGxhLnYxLlJvbGxvdXQSOwoLQWRkU2NoZWR1bGUSFS5mbG90aWxsYS52MS5TY2hlZHVsZRoVLmZsb3RpbGxhLnYxLlNjaGVkdWxlElYKDUxpc3RTY2hlZHVsZXMSIS5mbG90aWxsYS52MS5MaXN0U2NoZWR1bGVzUmVxdWVzdBoiLmZsb3RpbGxhLnYxLkxpc3RTY2hlZHVsZXNSZXNwb25zZRJOCg5SZW1vdmVTY2hlZHVsZRIYLmZsb3RpbGxhLnYxLlNjaGVkdWxlUmVmGiIuZmxvdGlsbGEudjEuTGlzdFNjaGVkdWxlc1Jlc3BvbnNlEk0KClF1ZXJ5QXVkaXQSHi5mbG90aWxsYS52MS5RdWVyeUF1ZGl0UmVxdWVzdBofLmZsb3RpbGxhLnYxLlF1ZXJ5QXVkaXRSZXNwb25zZRJQCgtWZXJpZnlBdWRpdBIfLmZsb3RpbGxhLnYxLlZlcmlmeUF1ZGl0UmVxdWVzdBogLmZsb3RpbGxhLnYxLlZlcmlmeUF1ZGl0UmVzcG9uc2USVgoNUmVnaXN0ZXJBZ2VudBIhLmZsb3RpbGxhLnYxLlJlZ2lzdGVyQWdlbnRSZXF1ZXN0GiIuZmxvdGlsbGEudjEuUmVnaXN0ZXJBZ2VudFJlc3BvbnNlYgZwcm90bzM", [file_flotilla_v1_agent]);
+  fileDesc("ChxmbG90aWxsYS92MS9jb250cm9sbGVyLnByb3RvEgtmbG90aWxsYS52MSImChJMaXN0VGFyZ2V0c1JlcXVlc3QSEAoIc2VsZWN0b3IYASABKAkiawoLQWdlbnRIZWFsdGgSCgoCaWQYASABKAkSDwoHYWRkcmVzcxgCIAEoCRINCgVzdGF0ZRgDIAEoCRIRCglsYXN0X3NlZW4YBCABKAkSDQoFZXJyb3IYBSABKAkSDgoGc291cmNlGAYgASgJIn0KE0xpc3RUYXJnZXRzUmVzcG9uc2USKgoHdGFyZ2V0cxgBIAMoCzIZLmZsb3RpbGxhLnYxLlRhcmdldFN0YXR1cxIoCgZhZ2VudHMYAiADKAsyGC5mbG90aWxsYS52MS5BZ2VudEhlYWx0aBIQCgh3YXJuaW5ncxgDIAMoCSIeCglUYXJnZXRSZWYSEQoJdGFyZ2V0X2lkGAEgASgJIkkKFFJlc3RvcmVUYXJnZXRSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCRIRCgliYWNrdXBfaWQYAiABKAkSCwoDeWVzGAMgASgIIloKFkRvd25ncmFkZVRhcmdldFJlcXVlc3QSEQoJdGFyZ2V0X2lkGAEgASgJEhMKC3RvX3JldmlzaW9uGAIgASgJEhgKEGFjY2VwdF9kYXRhX2xvc3MYAyABKAgiSQoSU3RhbXBUYXJnZXRSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCRIQCghyZXZpc2lvbhgCIAEoCRIOCgZyZWFzb24YAyABKAkiPwoVUmVoZWFyc2VUYXJnZXRSZXF1ZXN0EhEKCXRhcmdldF9pZBgBIAEoCRITCgt0b19yZXZpc2lvbhgCIAEoCSI6ChJEcmlsbFRhcmdldFJlcXVlc3QSEQoJdGFyZ2V0X2lkGAEgASgJEhEKCWJhY2t1cF9pZBgCIAEoCSJ5ChFNb3ZlVGFyZ2V0UmVxdWVzdBIWCg5mcm9tX3RhcmdldF9pZBgBIAEoCRIUCgx0b190YXJnZXRfaWQYAiABKAkSCwoDeWVzGAMgASgIEhQKDHNraXBfb3JwaGFucxgEIAEoCBITCgtmcm9tX2JhY2t1cBgFIAEoCCJPChRSZWNvdmVyVGFyZ2V0UmVxdWVzdBIRCgl0YXJnZXRfaWQYASABKAkSFAoMb3BlcmF0aW9uX2lkGAIgASgJEg4KBmFjdGlvbhgDIAEoCSKzAQoLUm9sbG91dFNwZWMSEAoIc2VsZWN0b3IYASABKAkSEwoLdG9fcmV2aXNpb24YAiABKAkSEAoIc3RyYXRlZ3kYAyABKAkSDQoFd2F2ZXMYBCABKAkSFAoMbWF4X2ZhaWx1cmVzGAUgASgFEhAKCHNjaGVkdWxlGAYgASgJEg4KBndpbmRvdxgHIAEoCRIMCgRnYXRlGAggASgJEhYKDmFsbG93X2JyZWFraW5nGAkgASgIIj0KC1BsYW5uZWRTdGVwEgwKBG5hbWUYASABKAkSEAoIYWdlbnRfaWQYAiABKAkSDgoGZGV0YWlsGAMgASgJIrYCCg1QbGFubmVkVGFyZ2V0EhEKCXRhcmdldF9pZBgBIAEoCRIQCghhZ2VudF9pZBgCIAEoCRIMCgR3YXZlGAMgASgFEg8KB2N1cnJlbnQYBCADKAkSKgoHcGVuZGluZxgFIAMoCzIZLmZsb3RpbGxhLnYxLlJldmlzaW9uSW5mbxInCgVzdGVwcxgGIAMoCzIYLmZsb3RpbGxhLnYxLlBsYW5uZWRTdGVwEgsKA3NxbBgHIAEoCRIUCgxzcWxfY29tcGxldGUYCCABKAgSDQoFbm90ZXMYCSADKAkSEAoId2FybmluZ3MYCiADKAkSLAoJcmV2aXNpb25zGAsgAygLMhkuZmxvdGlsbGEudjEuUmV2aXNpb25QbGFuEhoKEmFsbG93ZWRfc3RyYXRlZ2llcxgMIAMoCSKZAQoLUm9sbG91dFBsYW4SJgoEc3BlYxgBIAEoCzIYLmZsb3RpbGxhLnYxLlJvbGxvdXRTcGVjEisKB3RhcmdldHMYAiADKAsyGi5mbG90aWxsYS52MS5QbGFubmVkVGFyZ2V0EhAKCHdhcm5pbmdzGAMgAygJEhIKCndhdmVfY291bnQYBCABKAUSDwoHcmVmdXNlZBgFIAEoCCKLAQoLUm9sbG91dFN0ZXASDAoEbmFtZRgBIAEoCRINCgVzdGF0ZRgCIAEoCRIQCghhZ2VudF9pZBgDIAEoCRIUCgxvcGVyYXRpb25faWQYBCABKAkSDgoGZGV0YWlsGAUgASgJEhIKCnN0YXJ0ZWRfYXQYBiABKAkSEwoLZmluaXNoZWRfYXQYByABKAki0AEKDVJvbGxvdXRUYXJnZXQSEQoJdGFyZ2V0X2lkGAEgASgJEhAKCGFnZW50X2lkGAIgASgJEgwKBHdhdmUYAyABKAUSDgoGc3RhdHVzGAQgASgJEicKBXN0ZXBzGAUgAygLMhguZmxvdGlsbGEudjEuUm9sbG91dFN0ZXASFwoPcmV2aXNpb25fYmVmb3JlGAYgAygJEhYKDnJldmlzaW9uX2FmdGVyGAcgAygJEhEKCWJhY2t1cF9pZBgIIAEoCRIPCgdtZXNzYWdlGAkgASgJIqkCCgdSb2xsb3V0EgoKAmlkGAEgASgJEg4KBnN0YXR1cxgCIAEoCRImCgRzcGVjGAMgASgLMhguZmxvdGlsbGEudjEuUm9sbG91dFNwZWMSKwoHdGFyZ2V0cxgEIAMoCzIaLmZsb3RpbGxhLnYxLlJvbGxvdXRUYXJnZXQSEgoKY3JlYXRlZF9hdBgFIAEoCRITCgtmaW5pc2hlZF9hdBgGIAEoCRINCgVhY3RvchgHIAEoCRIPCgdtZXNzYWdlGAggASgJEhAKCHdhcm5pbmdzGAkgAygJEhQKDGN1cnJlbnRfd2F2ZRgKIAEoBRITCgt3YWl0aW5nX2ZvchgLIAEoCRIXCg9nYXRlX2V4cGlyZXNfYXQYDCABKAkSDgoGcGF1c2VkGA0gASgIIiUKClJvbGxvdXRSZWYSCgoCaWQYASABKAkSCwoDeWVzGAIgASgIIiQKE0xpc3RSb2xsb3V0c1JlcXVlc3QSDQoFbGltaXQYASABKAUiPgoUTGlzdFJvbGxvdXRzUmVzcG9uc2USJgoIcm9sbG91dHMYASADKAsyFC5mbG90aWxsYS52MS5Sb2xsb3V0IrkBCgtSb2xsb3V0TGluZRIRCgl0YXJnZXRfaWQYASABKAkSDAoEc3RlcBgCIAEoCRIMCgRsaW5lGAMgASgJEhYKDnJldmlzaW9uX2luZGV4GAQgASgFEhYKDnJldmlzaW9uX2NvdW50GAUgASgFEhIKCmVsYXBzZWRfbXMYBiABKAMSDgoGZXRhX21zGAcgASgDEhIKCmJ5dGVzX2RvbmUYCCABKAMSEwoLYnl0ZXNfdG90YWwYCSABKAMiawoMUm9sbG91dEV2ZW50EigKCHNuYXBzaG90GAEgASgLMhQuZmxvdGlsbGEudjEuUm9sbG91dEgAEigKBGxpbmUYAiABKAsyGC5mbG90aWxsYS52MS5Sb2xsb3V0TGluZUgAQgcKBWV2ZW50Ip4CCghTY2hlZHVsZRIMCgRuYW1lGAEgASgJEgwKBGNyb24YAiABKAkSEAoIc2VsZWN0b3IYAyABKAkSEAoIc3RyYXRlZ3kYBCABKAkSDgoGd2luZG93GAUgASgJEhMKC3RvX3JldmlzaW9uGAYgASgJEg0KBXdhdmVzGAcgASgJEg4KBnNvdXJjZRgIIAEoCRIQCghsYXN0X3J1bhgJIAEoCRITCgtsYXN0X3Jlc3VsdBgKIAEoCRIRCgl0aW1lX3pvbmUYCyABKAkSEAoIbmV4dF9ydW4YDCABKAkSDQoFZHJpbGwYDSABKAgSDwoHcmVwbGFjZRgOIAEoCBIMCgRnYXRlGA8gASgJEhQKDG1heF9mYWlsdXJlcxgQIAEoBSIbCgtTY2hlZHVsZVJlZhIMCgRuYW1lGAEgASgJIhYKFExpc3RTY2hlZHVsZXNSZXF1ZXN0IkEKFUxpc3RTY2hlZHVsZXNSZXNwb25zZRIoCglzY2hlZHVsZXMYASADKAsyFS5mbG90aWxsYS52MS5TY2hlZHVsZSKUAQoRUXVlcnlBdWRpdFJlcXVlc3QSDQoFc2luY2UYASABKAkSDQoFdW50aWwYAiABKAkSDgoGdGFyZ2V0GAMgASgJEg0KBWFjdG9yGAQgASgJEg4KBmFjdGlvbhgFIAEoCRINCgVsaW1pdBgGIAEoBRIPCgdvdXRjb21lGAcgASgJEhIKCmJlZm9yZV9zZXEYCCABKAMipgEKCkF1ZGl0RW50cnkSCwoDc2VxGAEgASgDEgwKBHRpbWUYAiABKAkSDQoFYWN0b3IYAyABKAkSDgoGYWN0aW9uGAQgASgJEg4KBnRhcmdldBgFIAEoCRIMCgRhcmdzGAYgASgJEg8KB291dGNvbWUYByABKAkSDgoGZGV0YWlsGAggASgJEhEKCXByZXZfaGFzaBgJIAEoCRIMCgRoYXNoGAogASgJIj4KElF1ZXJ5QXVkaXRSZXNwb25zZRIoCgdlbnRyaWVzGAEgAygLMhcuZmxvdGlsbGEudjEuQXVkaXRFbnRyeSIUChJWZXJpZnlBdWRpdFJlcXVlc3QiWQoTVmVyaWZ5QXVkaXRSZXNwb25zZRIKCgJvaxgBIAEoCBIPCgdjaGVja2VkGAIgASgDEhUKDWZpcnN0X2JhZF9zZXEYAyABKAMSDgoGcmVhc29uGAQgASgJIjkKFFJlZ2lzdGVyQWdlbnRSZXF1ZXN0EhAKCGFnZW50X2lkGAEgASgJEg8KB2FkZHJlc3MYAiABKAkiMgoVUmVnaXN0ZXJBZ2VudFJlc3BvbnNlEhkKEWhlYXJ0YmVhdF9zZWNvbmRzGAEgASgFMvgQChFDb250cm9sbGVyU2VydmljZRJQCgtMaXN0VGFyZ2V0cxIfLmZsb3RpbGxhLnYxLkxpc3RUYXJnZXRzUmVxdWVzdBogLmZsb3RpbGxhLnYxLkxpc3RUYXJnZXRzUmVzcG9uc2USRwoORGlhZ25vc2VUYXJnZXQSFi5mbG90aWxsYS52MS5UYXJnZXRSZWYaHS5mbG90aWxsYS52MS5EaWFnbm9zZVJlc3BvbnNlEkQKDEJhY2t1cFRhcmdldBIWLmZsb3RpbGxhLnYxLlRhcmdldFJlZhocLmZsb3RpbGxhLnYxLk9wZXJhdGlvblJlc3VsdBJNChFMaXN0VGFyZ2V0QmFja3VwcxIWLmZsb3RpbGxhLnYxLlRhcmdldFJlZhogLmZsb3RpbGxhLnYxLkxpc3RCYWNrdXBzUmVzcG9uc2USUAoNUmVzdG9yZVRhcmdldBIhLmZsb3RpbGxhLnYxLlJlc3RvcmVUYXJnZXRSZXF1ZXN0GhwuZmxvdGlsbGEudjEuT3BlcmF0aW9uUmVzdWx0ElQKD0Rvd25ncmFkZVRhcmdldBIjLmZsb3RpbGxhLnYxLkRvd25ncmFkZVRhcmdldFJlcXVlc3QaHC5mbG90aWxsYS52MS5PcGVyYXRpb25SZXN1bHQSTAoLU3RhbXBUYXJnZXQSHy5mbG90aWxsYS52MS5TdGFtcFRhcmdldFJlcXVlc3QaHC5mbG90aWxsYS52MS5PcGVyYXRpb25SZXN1bHQSUAoNUmVjb3ZlclRhcmdldBIhLmZsb3RpbGxhLnYxLlJlY292ZXJUYXJnZXRSZXF1ZXN0GhwuZmxvdGlsbGEudjEuT3BlcmF0aW9uUmVzdWx0ElIKDlJlaGVhcnNlVGFyZ2V0EiIuZmxvdGlsbGEudjEuUmVoZWFyc2VUYXJnZXRSZXF1ZXN0GhwuZmxvdGlsbGEudjEuT3BlcmF0aW9uUmVzdWx0EkwKC0RyaWxsVGFyZ2V0Eh8uZmxvdGlsbGEudjEuRHJpbGxUYXJnZXRSZXF1ZXN0GhwuZmxvdGlsbGEudjEuT3BlcmF0aW9uUmVzdWx0EkMKDEJ1bmRsZVRhcmdldBIWLmZsb3RpbGxhLnYxLlRhcmdldFJlZhobLmZsb3RpbGxhLnYxLkJ1bmRsZVJlc3BvbnNlEksKCk1vdmVUYXJnZXQSHi5mbG90aWxsYS52MS5Nb3ZlVGFyZ2V0UmVxdWVzdBobLmZsb3RpbGxhLnYxLk9wZXJhdGlvbkV2ZW50MAESQQoLUGxhblJvbGxvdXQSGC5mbG90aWxsYS52MS5Sb2xsb3V0U3BlYxoYLmZsb3RpbGxhLnYxLlJvbGxvdXRQbGFuEj4KDFN0YXJ0Um9sbG91dBIYLmZsb3RpbGxhLnYxLlJvbGxvdXRTcGVjGhQuZmxvdGlsbGEudjEuUm9sbG91dBI7CgpHZXRSb2xsb3V0EhcuZmxvdGlsbGEudjEuUm9sbG91dFJlZhoULmZsb3RpbGxhLnYxLlJvbGxvdXQSUwoMTGlzdFJvbGxvdXRzEiAuZmxvdGlsbGEudjEuTGlzdFJvbGxvdXRzUmVxdWVzdBohLmZsb3RpbGxhLnYxLkxpc3RSb2xsb3V0c1Jlc3BvbnNlEkQKDFdhdGNoUm9sbG91dBIXLmZsb3RpbGxhLnYxLlJvbGxvdXRSZWYaGS5mbG90aWxsYS52MS5Sb2xsb3V0RXZlbnQwARI9CgxBYm9ydFJvbGxvdXQSFy5mbG90aWxsYS52MS5Sb2xsb3V0UmVmGhQuZmxvdGlsbGEudjEuUm9sbG91dBJACg9Sb2xsYmFja1JvbGxvdXQSFy5mbG90aWxsYS52MS5Sb2xsb3V0UmVmGhQuZmxvdGlsbGEudjEuUm9sbG91dBI/Cg5BcHByb3ZlUm9sbG91dBIXLmZsb3RpbGxhLnYxLlJvbGxvdXRSZWYaFC5mbG90aWxsYS52MS5Sb2xsb3V0Ej0KDFBhdXNlUm9sbG91dBIXLmZsb3RpbGxhLnYxLlJvbGxvdXRSZWYaFC5mbG90aWxsYS52MS5Sb2xsb3V0Ej4KDVJlc3VtZVJvbGxvdXQSFy5mbG90aWxsYS52MS5Sb2xsb3V0UmVmGhQuZmxvdGlsbGEudjEuUm9sbG91dBI9CgxSZXRyeVJvbGxvdXQSFy5mbG90aWxsYS52MS5Sb2xsb3V0UmVmGhQuZmxvdGlsbGEudjEuUm9sbG91dBI7CgtBZGRTY2hlZHVsZRIVLmZsb3RpbGxhLnYxLlNjaGVkdWxlGhUuZmxvdGlsbGEudjEuU2NoZWR1bGUSVgoNTGlzdFNjaGVkdWxlcxIhLmZsb3RpbGxhLnYxLkxpc3RTY2hlZHVsZXNSZXF1ZXN0GiIuZmxvdGlsbGEudjEuTGlzdFNjaGVkdWxlc1Jlc3BvbnNlEk4KDlJlbW92ZVNjaGVkdWxlEhguZmxvdGlsbGEudjEuU2NoZWR1bGVSZWYaIi5mbG90aWxsYS52MS5MaXN0U2NoZWR1bGVzUmVzcG9uc2USTQoKUXVlcnlBdWRpdBIeLmZsb3RpbGxhLnYxLlF1ZXJ5QXVkaXRSZXF1ZXN0Gh8uZmxvdGlsbGEudjEuUXVlcnlBdWRpdFJlc3BvbnNlElAKC1ZlcmlmeUF1ZGl0Eh8uZmxvdGlsbGEudjEuVmVyaWZ5QXVkaXRSZXF1ZXN0GiAuZmxvdGlsbGEudjEuVmVyaWZ5QXVkaXRSZXNwb25zZRJWCg1SZWdpc3RlckFnZW50EiEuZmxvdGlsbGEudjEuUmVnaXN0ZXJBZ2VudFJlcXVlc3QaIi5mbG90aWxsYS52MS5SZWdpc3RlckFnZW50UmVzcG9uc2ViBnByb3RvMw", [file_flotilla_v1_agent]);
 
 /**
  * @generated from message flotilla.v1.ListTargetsRequest
@@ -205,6 +205,30 @@ export const StampTargetRequestSchema: GenMessage<StampTargetRequest> = /*@__PUR
   messageDesc(file_flotilla_v1_controller, 6);
 
 /**
+ * @generated from message flotilla.v1.RehearseTargetRequest
+ */
+export type RehearseTargetRequest = Message<"flotilla.v1.RehearseTargetRequest"> & {
+  /**
+   * @generated from field: string target_id = 1;
+   */
+  targetId: string;
+
+  /**
+   * default head
+   *
+   * @generated from field: string to_revision = 2;
+   */
+  toRevision: string;
+};
+
+/**
+ * Describes the message flotilla.v1.RehearseTargetRequest.
+ * Use `create(RehearseTargetRequestSchema)` to create a new message.
+ */
+export const RehearseTargetRequestSchema: GenMessage<RehearseTargetRequest> = /*@__PURE__*/
+  messageDesc(file_flotilla_v1_controller, 7);
+
+/**
  * @generated from message flotilla.v1.DrillTargetRequest
  */
 export type DrillTargetRequest = Message<"flotilla.v1.DrillTargetRequest"> & {
@@ -226,7 +250,7 @@ export type DrillTargetRequest = Message<"flotilla.v1.DrillTargetRequest"> & {
  * Use `create(DrillTargetRequestSchema)` to create a new message.
  */
 export const DrillTargetRequestSchema: GenMessage<DrillTargetRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 7);
+  messageDesc(file_flotilla_v1_controller, 8);
 
 /**
  * @generated from message flotilla.v1.MoveTargetRequest
@@ -263,7 +287,7 @@ export type MoveTargetRequest = Message<"flotilla.v1.MoveTargetRequest"> & {
  * Use `create(MoveTargetRequestSchema)` to create a new message.
  */
 export const MoveTargetRequestSchema: GenMessage<MoveTargetRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 8);
+  messageDesc(file_flotilla_v1_controller, 9);
 
 /**
  * @generated from message flotilla.v1.RecoverTargetRequest
@@ -292,7 +316,7 @@ export type RecoverTargetRequest = Message<"flotilla.v1.RecoverTargetRequest"> &
  * Use `create(RecoverTargetRequestSchema)` to create a new message.
  */
 export const RecoverTargetRequestSchema: GenMessage<RecoverTargetRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 9);
+  messageDesc(file_flotilla_v1_controller, 10);
 
 /**
  * @generated from message flotilla.v1.RolloutSpec
@@ -363,7 +387,7 @@ export type RolloutSpec = Message<"flotilla.v1.RolloutSpec"> & {
  * Use `create(RolloutSpecSchema)` to create a new message.
  */
 export const RolloutSpecSchema: GenMessage<RolloutSpec> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 10);
+  messageDesc(file_flotilla_v1_controller, 11);
 
 /**
  * @generated from message flotilla.v1.PlannedStep
@@ -390,7 +414,7 @@ export type PlannedStep = Message<"flotilla.v1.PlannedStep"> & {
  * Use `create(PlannedStepSchema)` to create a new message.
  */
 export const PlannedStepSchema: GenMessage<PlannedStep> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 11);
+  messageDesc(file_flotilla_v1_controller, 12);
 
 /**
  * @generated from message flotilla.v1.PlannedTarget
@@ -466,7 +490,7 @@ export type PlannedTarget = Message<"flotilla.v1.PlannedTarget"> & {
  * Use `create(PlannedTargetSchema)` to create a new message.
  */
 export const PlannedTargetSchema: GenMessage<PlannedTarget> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 12);
+  messageDesc(file_flotilla_v1_controller, 13);
 
 /**
  * @generated from message flotilla.v1.RolloutPlan
@@ -505,7 +529,7 @@ export type RolloutPlan = Message<"flotilla.v1.RolloutPlan"> & {
  * Use `create(RolloutPlanSchema)` to create a new message.
  */
 export const RolloutPlanSchema: GenMessage<RolloutPlan> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 13);
+  messageDesc(file_flotilla_v1_controller, 14);
 
 /**
  * @generated from message flotilla.v1.RolloutStep
@@ -554,7 +578,7 @@ export type RolloutStep = Message<"flotilla.v1.RolloutStep"> & {
  * Use `create(RolloutStepSchema)` to create a new message.
  */
 export const RolloutStepSchema: GenMessage<RolloutStep> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 14);
+  messageDesc(file_flotilla_v1_controller, 15);
 
 /**
  * @generated from message flotilla.v1.RolloutTarget
@@ -613,7 +637,7 @@ export type RolloutTarget = Message<"flotilla.v1.RolloutTarget"> & {
  * Use `create(RolloutTargetSchema)` to create a new message.
  */
 export const RolloutTargetSchema: GenMessage<RolloutTarget> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 15);
+  messageDesc(file_flotilla_v1_controller, 16);
 
 /**
  * @generated from message flotilla.v1.Rollout
@@ -696,7 +720,7 @@ export type Rollout = Message<"flotilla.v1.Rollout"> & {
  * Use `create(RolloutSchema)` to create a new message.
  */
 export const RolloutSchema: GenMessage<Rollout> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 16);
+  messageDesc(file_flotilla_v1_controller, 17);
 
 /**
  * @generated from message flotilla.v1.RolloutRef
@@ -720,7 +744,7 @@ export type RolloutRef = Message<"flotilla.v1.RolloutRef"> & {
  * Use `create(RolloutRefSchema)` to create a new message.
  */
 export const RolloutRefSchema: GenMessage<RolloutRef> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 17);
+  messageDesc(file_flotilla_v1_controller, 18);
 
 /**
  * @generated from message flotilla.v1.ListRolloutsRequest
@@ -737,7 +761,7 @@ export type ListRolloutsRequest = Message<"flotilla.v1.ListRolloutsRequest"> & {
  * Use `create(ListRolloutsRequestSchema)` to create a new message.
  */
 export const ListRolloutsRequestSchema: GenMessage<ListRolloutsRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 18);
+  messageDesc(file_flotilla_v1_controller, 19);
 
 /**
  * @generated from message flotilla.v1.ListRolloutsResponse
@@ -754,7 +778,7 @@ export type ListRolloutsResponse = Message<"flotilla.v1.ListRolloutsResponse"> &
  * Use `create(ListRolloutsResponseSchema)` to create a new message.
  */
 export const ListRolloutsResponseSchema: GenMessage<ListRolloutsResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 19);
+  messageDesc(file_flotilla_v1_controller, 20);
 
 /**
  * @generated from message flotilla.v1.RolloutLine
@@ -813,7 +837,7 @@ export type RolloutLine = Message<"flotilla.v1.RolloutLine"> & {
  * Use `create(RolloutLineSchema)` to create a new message.
  */
 export const RolloutLineSchema: GenMessage<RolloutLine> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 20);
+  messageDesc(file_flotilla_v1_controller, 21);
 
 /**
  * @generated from message flotilla.v1.RolloutEvent
@@ -842,7 +866,7 @@ export type RolloutEvent = Message<"flotilla.v1.RolloutEvent"> & {
  * Use `create(RolloutEventSchema)` to create a new message.
  */
 export const RolloutEventSchema: GenMessage<RolloutEvent> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 21);
+  messageDesc(file_flotilla_v1_controller, 22);
 
 /**
  * @generated from message flotilla.v1.Schedule
@@ -944,7 +968,7 @@ export type Schedule = Message<"flotilla.v1.Schedule"> & {
  * Use `create(ScheduleSchema)` to create a new message.
  */
 export const ScheduleSchema: GenMessage<Schedule> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 22);
+  messageDesc(file_flotilla_v1_controller, 23);
 
 /**
  * @generated from message flotilla.v1.ScheduleRef
@@ -961,7 +985,7 @@ export type ScheduleRef = Message<"flotilla.v1.ScheduleRef"> & {
  * Use `create(ScheduleRefSchema)` to create a new message.
  */
 export const ScheduleRefSchema: GenMessage<ScheduleRef> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 23);
+  messageDesc(file_flotilla_v1_controller, 24);
 
 /**
  * @generated from message flotilla.v1.ListSchedulesRequest
@@ -974,7 +998,7 @@ export type ListSchedulesRequest = Message<"flotilla.v1.ListSchedulesRequest"> &
  * Use `create(ListSchedulesRequestSchema)` to create a new message.
  */
 export const ListSchedulesRequestSchema: GenMessage<ListSchedulesRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 24);
+  messageDesc(file_flotilla_v1_controller, 25);
 
 /**
  * @generated from message flotilla.v1.ListSchedulesResponse
@@ -991,7 +1015,7 @@ export type ListSchedulesResponse = Message<"flotilla.v1.ListSchedulesResponse">
  * Use `create(ListSchedulesResponseSchema)` to create a new message.
  */
 export const ListSchedulesResponseSchema: GenMessage<ListSchedulesResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 25);
+  messageDesc(file_flotilla_v1_controller, 26);
 
 /**
  * @generated from message flotilla.v1.QueryAuditRequest
@@ -1047,7 +1071,7 @@ export type QueryAuditRequest = Message<"flotilla.v1.QueryAuditRequest"> & {
  * Use `create(QueryAuditRequestSchema)` to create a new message.
  */
 export const QueryAuditRequestSchema: GenMessage<QueryAuditRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 26);
+  messageDesc(file_flotilla_v1_controller, 27);
 
 /**
  * @generated from message flotilla.v1.AuditEntry
@@ -1113,7 +1137,7 @@ export type AuditEntry = Message<"flotilla.v1.AuditEntry"> & {
  * Use `create(AuditEntrySchema)` to create a new message.
  */
 export const AuditEntrySchema: GenMessage<AuditEntry> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 27);
+  messageDesc(file_flotilla_v1_controller, 28);
 
 /**
  * @generated from message flotilla.v1.QueryAuditResponse
@@ -1130,7 +1154,7 @@ export type QueryAuditResponse = Message<"flotilla.v1.QueryAuditResponse"> & {
  * Use `create(QueryAuditResponseSchema)` to create a new message.
  */
 export const QueryAuditResponseSchema: GenMessage<QueryAuditResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 28);
+  messageDesc(file_flotilla_v1_controller, 29);
 
 /**
  * @generated from message flotilla.v1.VerifyAuditRequest
@@ -1143,7 +1167,7 @@ export type VerifyAuditRequest = Message<"flotilla.v1.VerifyAuditRequest"> & {
  * Use `create(VerifyAuditRequestSchema)` to create a new message.
  */
 export const VerifyAuditRequestSchema: GenMessage<VerifyAuditRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 29);
+  messageDesc(file_flotilla_v1_controller, 30);
 
 /**
  * @generated from message flotilla.v1.VerifyAuditResponse
@@ -1175,7 +1199,7 @@ export type VerifyAuditResponse = Message<"flotilla.v1.VerifyAuditResponse"> & {
  * Use `create(VerifyAuditResponseSchema)` to create a new message.
  */
 export const VerifyAuditResponseSchema: GenMessage<VerifyAuditResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 30);
+  messageDesc(file_flotilla_v1_controller, 31);
 
 /**
  * @generated from message flotilla.v1.RegisterAgentRequest
@@ -1197,7 +1221,7 @@ export type RegisterAgentRequest = Message<"flotilla.v1.RegisterAgentRequest"> &
  * Use `create(RegisterAgentRequestSchema)` to create a new message.
  */
 export const RegisterAgentRequestSchema: GenMessage<RegisterAgentRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 31);
+  messageDesc(file_flotilla_v1_controller, 32);
 
 /**
  * @generated from message flotilla.v1.RegisterAgentResponse
@@ -1214,7 +1238,7 @@ export type RegisterAgentResponse = Message<"flotilla.v1.RegisterAgentResponse">
  * Use `create(RegisterAgentResponseSchema)` to create a new message.
  */
 export const RegisterAgentResponseSchema: GenMessage<RegisterAgentResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_controller, 32);
+  messageDesc(file_flotilla_v1_controller, 33);
 
 /**
  * ControllerService is the fleet's control API. The same handlers serve gRPC
@@ -1288,6 +1312,16 @@ export const ControllerService: GenService<{
   recoverTarget: {
     methodKind: "unary";
     input: typeof RecoverTargetRequestSchema;
+    output: typeof OperationResultSchema;
+  },
+  /**
+   * Migrates a throwaway copy of the target (never the target) and reports per-revision timings and go/no-go.
+   *
+   * @generated from rpc flotilla.v1.ControllerService.RehearseTarget
+   */
+  rehearseTarget: {
+    methodKind: "unary";
+    input: typeof RehearseTargetRequestSchema;
     output: typeof OperationResultSchema;
   },
   /**

@@ -12,6 +12,7 @@ import { isLoopbackHost } from "../../common/tls.js";
 import type { AuditLog } from "../audit/audit-log.js";
 import { deniedActor, permittedMethods, type Caller } from "../service.js";
 import { staticAsset, type StaticAsset } from "./static-assets.js";
+import { STRATEGIES } from "../../common/rollout-request.js";
 
 /** Largest request body accepted; larger ones are answered 413 without being read. */
 export const MAX_BODY = 1024 * 1024;
@@ -191,7 +192,8 @@ export function createHttpGateway(
         if (signIn) {
           await deps.audit.append({ actor: caller.actor, action: "api.SignIn", outcome: "ok", detail: `role ${caller.role}, from ${req.socket.remoteAddress ?? "?"}` });
         }
-        sendJson(res, { actor: caller.actor, role: caller.role, methods: permittedMethods(caller.role, METHOD_NAMES), leader: deps.isLeader() });
+        // The page builds its strategy choices from this list: the rules live in rollout-request.ts only.
+        sendJson(res, { actor: caller.actor, role: caller.role, methods: permittedMethods(caller.role, METHOD_NAMES), leader: deps.isLeader(), strategies: STRATEGIES });
         return;
       }
       const events = req.method === "GET" ? /^\/v1\/rollouts\/([^/]{1,128})\/events$/.exec(url.pathname) : null;

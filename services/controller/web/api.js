@@ -36,7 +36,7 @@ export async function call(method, body = {}, signal) {
   return res.json();
 }
 
-/** Who the token belongs to: { actor, role, methods, leader }. signIn=true records a sign-in in the audit log. */
+/** Who the token belongs to: { actor, role, methods, leader, strategies }. signIn=true records a sign-in in the audit log. */
 export async function whoami(signIn = false) {
   const res = signIn
     ? await fetch("/v1/SignIn", { method: "POST", headers: headers() })

@@ -7,7 +7,7 @@ import { rolloutView, rolloutsView } from "./views/rollouts.js";
 import { schedulesView } from "./views/schedules.js";
 
 /** What every view gets: who is signed in, what they may do, and the shared page parts. */
-const session = { actor: "", role: "", methods: new Set(), leader: true };
+const session = { actor: "", role: "", methods: new Set(), leader: true, strategies: [] };
 
 const $ = (id) => document.getElementById(id);
 
@@ -82,6 +82,7 @@ function showSignedIn(who) {
   session.role = who.role;
   session.methods = new Set(who.methods);
   session.leader = who.leader;
+  session.strategies = who.strategies ?? [];
   $("sign-in").hidden = true;
   $("nav").hidden = false;
   $("who").hidden = false;

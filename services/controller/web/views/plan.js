@@ -2,9 +2,9 @@ import { call } from "../api.js";
 import { badge, fill, h } from "../dom.js";
 
 /** A dry run for a selector: per target the steps and the SQL that would run. Changes nothing. */
-export async function planView({ root, signal, fail }) {
+export async function planView({ root, signal, fail, session }) {
   const input = (id, label, attrs = {}) => h("div", {}, h("label", { for: id }, label), h("input", { id, name: id, ...attrs }));
-  const strategy = h("select", { id: "plan-strategy", name: "strategy" }, ["maintenance", "job", "blue-green"].map((s) => h("option", { value: s }, s)));
+  const strategy = h("select", { id: "plan-strategy", name: "strategy" }, session.strategies.map((s) => h("option", { value: s }, s)));
   const out = h("div", { id: "plan-result", "aria-live": "polite" });
   const form = h("form", { class: "card", "aria-label": "Plan a rollout" },
     h("div", { class: "row" },

@@ -12,7 +12,7 @@ function counts(r) {
 }
 
 /** Rollouts, newest first, and a form to start one. */
-export async function rolloutsView({ root, signal, may, fail, confirmAction }) {
+export async function rolloutsView({ root, signal, may, fail, confirmAction, session }) {
   const list = h("div", { id: "rollout-list" });
   const parts = [h("h1", {}, "Rollouts")];
   if (may("StartRollout")) parts.push(startForm());
@@ -21,7 +21,7 @@ export async function rolloutsView({ root, signal, may, fail, confirmAction }) {
 
   function startForm() {
     const field = (id, label, attrs = {}) => h("div", {}, h("label", { for: id }, label), h("input", { id, name: id, ...attrs }));
-    const strategy = h("select", { id: "start-strategy", name: "strategy" }, ["maintenance", "job", "blue-green"].map((s) => h("option", { value: s }, s)));
+    const strategy = h("select", { id: "start-strategy", name: "strategy" }, session.strategies.map((s) => h("option", { value: s }, s)));
     const form = h("form", { class: "card", "aria-labelledby": "start-title" },
       h("h2", { id: "start-title" }, "Start a rollout"),
       h("div", { class: "row" },

@@ -148,6 +148,7 @@ test("a rollout started from the page streams its live Alembic lines and finishe
   assert.match(lines, /Running upgrade .*1b8c9d0e1f2a/, "the last revision's line arrived");
   const row = page.locator('#waves tr[data-target="web-slow"]');
   assert.match(await row.innerText(), /migrate\s+succeeded/);
+  assert.match(await row.innerText(), /revision [1-5]\/5/, "Alembic progress n/N from the agent's single run reaches the page");
   assert.match(await row.innerText(), /\d+(\.\d)? s|\d+ ms|\d+ min/, "step durations shown");
   assert.match(await page.locator("#rollout-head").innerText(), /alice/, "who started it");
   assert.equal(await page.locator("#live-state").innerText(), "ended: succeeded");

@@ -4,7 +4,7 @@ import {
 } from "../common/config-helpers.js";
 import { CONTROLLER_SPIFFE_ID, isLoopbackHost } from "../common/tls.js";
 import { FlotillaError } from "../common/errors.js";
-import type { DatabaseKind } from "./core/ports.js";
+import type { AppInstance, DatabaseKind } from "./core/ports.js";
 import type { SecretRef } from "./core/secrets.js";
 import { checkAppState } from "./config-app-state.js";
 
@@ -69,14 +69,8 @@ export interface AgentTarget extends Omit<TargetConfig, "alembic" | "passwordFil
   };
 }
 
-export interface AgentApp {
-  readonly id: string;
-  readonly target: string;
-  readonly color: "blue" | "green" | "";
-  readonly stop?: readonly string[];
-  readonly start?: readonly string[];
-  readonly health?: string;
-}
+/** An app instance as configured: the same shape the operations drive through AppControlPort. */
+export type AgentApp = AppInstance;
 
 export interface AgentConfig {
   /** The config file this came from (for messages). */

@@ -1,4 +1,5 @@
 import { existsSync, readFileSync } from "node:fs";
+import { readdir, rm } from "node:fs/promises";
 import { hostname, userInfo } from "node:os";
 import { join } from "node:path";
 import { AgentService } from "../common/gen/flotilla/v1/agent_pb.js";
@@ -39,7 +40,7 @@ import { startHealthListener } from "./http-health.js";
 export const AGENT_VERSION = "0.1.0";
 
 function databaseFor(url: string, t: AgentTarget, runner: ProcessRunner, scratchDir: string): DatabaseAdapter {
-  if (t.kind === "sqlite") return SqliteDatabase.fromUrl(url);
+  if (t.kind === "sqlite") return SqliteDatabase.fromUrl(url, { scratchDir });
   return new PostgresDatabase({ url, ...(t.password !== undefined ? { password: t.password } : {}), runner, scratchDir });
 }
 
@@ -82,6 +83,17 @@ export interface RunningAgent {
   stop(force?: boolean): Promise<void>;
 }
 
+/**
+ * Empties the scratch folder (rehearsal copies, drill restores, clone dumps).
+ * Only at start, before any operation can run: whatever is there was left by
+ * a process that died mid-operation. Returns how many entries were removed.
+ */
+export async function clearScratch(dir: string): Promise<number> {
+  const entries = await readdir(dir).catch(() => [] as string[]);
+  await Promise.all(entries.map((e) => rm(join(dir, e), { recursive: true, force: true })));
+  return entries.length;
+}
+
 /** Starts an agent from a loaded config (used by main and by tests in-process). */
 export async function startAgent(config: AgentConfig, log: Logger, secrets: SecretSource = new NodeSecretSource()): Promise<RunningAgent> {
   const runner = new NodeProcessRunner();
@@ -96,6 +108,8 @@ export async function startAgent(config: AgentConfig, log: Logger, secrets: Secr
     for (const op of interrupted) {
       log.warn({ op: op.id, target: op.targetId, kind: op.kind }, "operation was interrupted by an agent stop; the target stays locked until Recover");
     }
+    const leftovers = await clearScratch(join(config.dataDir, "scratch"));
+    if (leftovers > 0) log.info({ entries: leftovers }, "removed scratch copies left by a crash (rehearsals, drills, clones)");
     const targets = buildTargets(config, runner, secrets);
     // In parallel: one unreachable database must not hold up the start of the others.
     await Promise.all([...targets.keys()].map(async (id) => {

@@ -1,6 +1,6 @@
 import { parseArgs } from "node:util";
 import {
-  ROLLOUT_FIELDS, STRATEGIES, type Checked, checkCron, checkDuration, checkRevision, checkSelector, checkWaves, compileRolloutRequest, compileScheduleRequest, durationMs,
+  ROLLOUT_FIELDS, STRATEGIES, type RolloutSpec, type Strategy, type Checked, checkCron, checkDuration, checkRevision, checkSelector, checkWaves, compileRolloutRequest, compileScheduleRequest, durationMs,
 } from "../common/rollout-request.js";
 
 /** Default controller HTTP address when neither --controller nor FLOTILLA_CONTROLLER is given. */
@@ -20,17 +20,8 @@ export interface GlobalOptions {
   readonly json: boolean;
 }
 
-/** A rollout request as the wire wants it: empty string / 0 means "not given". */
-export interface SpecInput {
-  readonly selector: string;
-  readonly toRevision: string;
-  readonly strategy: string;
-  readonly waves: string;
-  readonly maxFailures: number;
-  readonly window: string;
-  readonly gate: string;
-  readonly allowBreaking: boolean;
-}
+/** A compiled rollout request as the CLI sends it (a schedule name is only set by the controller). */
+export type SpecInput = Omit<RolloutSpec, "schedule">;
 
 /** A schedule as the wire wants it: empty string means "not given". */
 export interface ScheduleInput {
@@ -38,7 +29,8 @@ export interface ScheduleInput {
   readonly cron: string;
   readonly timeZone: string;
   readonly selector: string;
-  readonly strategy: string;
+  /** Ignored for a drill (it runs no migration). */
+  readonly strategy: Strategy;
   readonly window: string;
   readonly toRevision: string;
   readonly waves: string;
@@ -276,11 +268,8 @@ function specFrom(ctx: BuildContext, usage: string, strategyRequired: boolean): 
     return problem(`${FLAG_OF[first.field] ?? first.field}: ${first.message}`);
   }
   for (const note of compiled.notes) ctx.notes.push(`--${note}`);
-  const spec = compiled.value;
-  return {
-    selector: spec.selector, toRevision: spec.toRevision, strategy: spec.strategy, waves: spec.waves, maxFailures: spec.maxFailures,
-    window: spec.window, gate: spec.gate, allowBreaking: spec.allowBreaking,
-  };
+  const { schedule: _schedule, ...spec } = compiled.value;
+  return spec;
 }
 
 function auditQueryFrom(ctx: BuildContext): AuditQuery {
@@ -336,7 +325,7 @@ function scheduleVerb(name: "schedule add" | "schedule replace", summary: string
       const cronRaw = requireOption(ctx, "cron", usage, '"0 3 * * 0"');
       const drill = flag(ctx, "drill");
       const spec = specFrom(ctx, usage, !drill);
-      const compiled = compileScheduleRequest({ ...spec, strategy: drill && !spec.strategy ? "maintenance" : spec.strategy, name: pos(ctx, 0), cron: cronRaw, timeZone: str(ctx, "time-zone") ?? "" });
+      const compiled = compileScheduleRequest({ ...spec, name: pos(ctx, 0), cron: cronRaw, timeZone: str(ctx, "time-zone") ?? "" });
       if (!compiled.ok) {
         const first = compiled.problems[0]!;
         return problem(`${FLAG_OF[first.field] ?? first.field}: ${first.message}`);

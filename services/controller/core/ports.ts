@@ -26,6 +26,10 @@ export interface StepDoc {
   finishedAt?: string;
   /** A clean-up step added after a failure or abort (restart stopped apps, stop unswitched green). */
   compensation?: boolean;
+  /** Which run of the step this is (1 when absent). A step re-run after its agent was interrupted gets a new run, and so a new operation id. */
+  attempt?: number;
+  /** Agent operations an earlier run of this step left interrupted: this run completes them (Recover "accept") before its own work. */
+  resumes?: string[];
 }
 
 export interface RolloutTargetDoc {

@@ -42,15 +42,3 @@ test("last backup age per target, none for a target without a verified backup", 
   assert.equal(value(text, /^flotilla_agent_last_backup_bytes\{target="a"\}/), 42);
   assert.equal(value(text, /target="b"/), undefined);
 });
-
-test("operations finished before and after the first scrape are all counted", async () => {
-  const metrics = new AgentMetrics({ lastVerifiedBackups: async () => [], now: () => 0 });
-  metrics.observe({ kind: "backup", status: "succeeded", durationMs: 100n });
-  assert.equal(value(await metrics.text(), /^flotilla_agent_operations_total\{kind="backup",status="succeeded"\}/), 1);
-  metrics.observe({ kind: "backup", status: "succeeded", durationMs: 100n });
-  metrics.observe({ kind: "migrate", status: "failed", durationMs: 2000n });
-  const text = await metrics.text();
-  assert.equal(value(text, /^flotilla_agent_operations_total\{kind="backup",status="succeeded"\}/), 2);
-  assert.equal(value(text, /^flotilla_agent_operations_total\{kind="migrate",status="failed"\}/), 1);
-  assert.match(metrics.contentType, /^text\/plain; version=0\.0\.4/);
-});

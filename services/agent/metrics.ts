@@ -1,4 +1,4 @@
-import type { Counter, Histogram, Registry } from "prom-client";
+import { Counter, Gauge, Histogram, Registry } from "prom-client";
 
 /** What the agent's metrics read when scraped: each target's last verified backup time (ISO), if any. */
 export interface AgentMetricsDeps {
@@ -13,85 +13,49 @@ interface ResultLike {
   readonly durationMs: bigint | number;
 }
 
-/** The registry and the two instruments that operations update. */
-interface Instruments {
-  readonly registry: Registry;
-  readonly ops: Counter<"kind" | "status">;
-  readonly durations: Histogram<"kind" | "status">;
-}
-
-/** Prometheus' text exposition format, as prom-client names it (Registry.PROMETHEUS_CONTENT_TYPE). */
-const PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8";
-
 /**
  * The agent's Prometheus registry: operations by kind and outcome, their
  * durations, and the age of each target's last verified backup (read from
  * the backup catalog when scraped).
- *
- * prom-client is loaded by the first finished operation or the first scrape,
- * not at start: an idle agent that nobody scrapes never pays for it (about
- * 1 MiB). Operations finished while it loads are recorded once it has loaded.
  */
 export class AgentMetrics {
-  readonly #deps: AgentMetricsDeps;
-  #instruments: Instruments | undefined;
-  #loading: Promise<Instruments> | undefined;
-  readonly #pending: Partial<ResultLike>[] = [];
+  readonly registry = new Registry();
+  readonly #ops: Counter<"kind" | "status">;
+  readonly #durations: Histogram<"kind" | "status">;
 
   constructor(d: AgentMetricsDeps) {
-    this.#deps = d;
-  }
-
-  #load(): Promise<Instruments> {
-    this.#loading ??= import("prom-client").then(({ Counter, Gauge, Histogram, Registry }) => {
-      const d = this.#deps;
-      const now = d.now ?? Date.now;
-      const r = new Registry();
-      const ops = new Counter({ name: "flotilla_agent_operations_total", help: "Operations finished since start, by kind (migrate, backup, restore, …) and status", labelNames: ["kind", "status"], registers: [r] });
-      const durations = new Histogram({
-        name: "flotilla_agent_operation_duration_seconds", help: "Duration of finished operations by kind and status",
-        labelNames: ["kind", "status"], buckets: [0.05, 0.25, 1, 5, 15, 60, 300, 900, 3600], registers: [r],
-      });
-      new Gauge({
-        name: "flotilla_agent_last_backup_age_seconds", help: "Age of each target's last verified backup (absent: none)", labelNames: ["target"], registers: [r],
-        async collect() {
-          this.reset();
-          for (const b of await d.lastVerifiedBackups()) {
-            const at = b.createdAt ? Date.parse(b.createdAt) : Number.NaN;
-            if (Number.isFinite(at)) this.set({ target: b.targetId }, Math.max(0, (now() - at) / 1000));
-          }
-        },
-      });
-      new Gauge({
-        name: "flotilla_agent_last_backup_bytes", help: "Size of each target's last verified backup", labelNames: ["target"], registers: [r],
-        async collect() {
-          this.reset();
-          for (const b of await d.lastVerifiedBackups()) if (b.sizeBytes !== undefined && b.createdAt) this.set({ target: b.targetId }, b.sizeBytes);
-        },
-      });
-      const instruments: Instruments = { registry: r, ops, durations };
-      this.#instruments = instruments;
-      for (const result of this.#pending.splice(0)) this.#record(instruments, result);
-      return instruments;
+    const now = d.now ?? Date.now;
+    const r = this.registry;
+    this.#ops = new Counter({ name: "flotilla_agent_operations_total", help: "Operations finished since start, by kind (migrate, backup, restore, …) and status", labelNames: ["kind", "status"], registers: [r] });
+    this.#durations = new Histogram({
+      name: "flotilla_agent_operation_duration_seconds", help: "Duration of finished operations by kind and status",
+      labelNames: ["kind", "status"], buckets: [0.05, 0.25, 1, 5, 15, 60, 300, 900, 3600], registers: [r],
     });
-    return this.#loading;
-  }
-
-  #record(i: Instruments, result: Partial<ResultLike>): void {
-    const labels = { kind: result.kind || "unknown", status: result.status || "unknown" };
-    const seconds = Number(result.durationMs ?? 0) / 1000;
-    i.ops.inc(labels);
-    i.durations.observe(labels, Number.isFinite(seconds) && seconds >= 0 ? seconds : 0);
+    new Gauge({
+      name: "flotilla_agent_last_backup_age_seconds", help: "Age of each target's last verified backup (absent: none)", labelNames: ["target"], registers: [r],
+      async collect() {
+        this.reset();
+        for (const b of await d.lastVerifiedBackups()) {
+          const at = b.createdAt ? Date.parse(b.createdAt) : Number.NaN;
+          if (Number.isFinite(at)) this.set({ target: b.targetId }, Math.max(0, (now() - at) / 1000));
+        }
+      },
+    });
+    new Gauge({
+      name: "flotilla_agent_last_backup_bytes", help: "Size of each target's last verified backup", labelNames: ["target"], registers: [r],
+      async collect() {
+        this.reset();
+        for (const b of await d.lastVerifiedBackups()) if (b.sizeBytes !== undefined && b.createdAt) this.set({ target: b.targetId }, b.sizeBytes);
+      },
+    });
   }
 
   /** Records one finished operation. Never throws: metrics must not fail an operation. */
   observe(result: Partial<ResultLike>): void {
-    if (this.#instruments) {
-      this.#record(this.#instruments, result);
-      return;
-    }
-    this.#pending.push(result);
-    this.#load().catch(() => undefined);
+    const labels = { kind: result.kind || "unknown", status: result.status || "unknown" };
+    const seconds = Number(result.durationMs ?? 0) / 1000;
+    this.#ops.inc(labels);
+    this.#durations.observe(labels, Number.isFinite(seconds) && seconds >= 0 ? seconds : 0);
   }
 
   /**
@@ -126,12 +90,11 @@ export class AgentMetrics {
     return out as T;
   }
 
-  /** The exposition text; loads prom-client on first use. */
-  async text(): Promise<string> {
-    return (await this.#load()).registry.metrics();
+  text(): Promise<string> {
+    return this.registry.metrics();
   }
 
   get contentType(): string {
-    return this.#instruments?.registry.contentType ?? PROMETHEUS_TEXT;
+    return this.registry.contentType;
   }
 }

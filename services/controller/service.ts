@@ -216,18 +216,9 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
    * its safety policy) and refuses the whole request when any target refuses
    * the wanted revision: nothing is stopped, backed up or recorded.
    */
-  async function preflight(req: Parameters<RolloutEngine["plan"]>[0]): Promise<ReturnType<typeof preflightVerdict>> {
+  async function preflight(req: Parameters<RolloutEngine["plan"]>[0]): Promise<{ refusal: { code: string; message: string } | null }> {
     const plan = await d.engine.plan(req, false);
-    const answers = await Promise.all(plan.targets.map(async (t): Promise<PreflightAnswer> => {
-      try {
-        const p = await (await d.pool.client(t.agentId)).plan({ targetId: t.targetId, toRevision: plan.spec.toRevision }, { timeoutMs: 120_000 });
-        return { targetId: t.targetId, ok: true, pending: p.pending.length };
-      } catch (err) {
-        const fe = toFlotillaError(err);
-        return { targetId: t.targetId, ok: false, code: fe.code, message: fe.message };
-      }
-    }));
-    return preflightVerdict(answers);
+    return d.engine.survey(plan.spec, plan.targets);
   }
 
   /**
@@ -397,8 +388,7 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
       return { spec: { ...plan.spec, strategy: strategyToProto(plan.spec.strategy) }, targets, warnings, waveCount: new Set(plan.targets.map((t) => t.wave)).size, refused: !gate.ok };
     }),
     startRollout: (req, ctx) => audited("StartRollout", ctx, req.selector, auditedSpec(req), async (caller) => {
-      const { refusal } = await preflight({ ...req, schedule: "" });
-      if (refusal) throw new FlotillaError(refusal.code as FlotillaError["code"], refusal.message);
+      // The engine asks each target's Plan once and refuses before anything is stopped.
       const doc = await d.engine.start({ ...req, schedule: "" }, caller.actor);
       return rolloutMessage(doc);
     }),

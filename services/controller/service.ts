@@ -9,7 +9,7 @@ import type { Logger } from "../common/logger.js";
 import { redact, redactValue } from "../common/redact.js";
 import type { GrpcAgentPool } from "./agents/agent-pool.js";
 import { hostOf, isLoopbackHost } from "../common/tls.js";
-import type { AuditLog } from "./audit/audit-log.js";
+import { type AuditLog, outcomeFilter } from "./audit/audit-log.js";
 import type { ControllerConfig, Role } from "./config.js";
 import type { ControllerStore, RolloutDoc, ScheduleDoc } from "./core/ports.js";
 import type { Inventory } from "./inventory.js";
@@ -465,10 +465,11 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
       return { schedules: (await d.store.listSchedules()).map(scheduleMessage) };
     }),
     queryAudit: (req, ctx) => audited("QueryAudit", ctx, req.target, req, async () => {
+      const outcome = outcomeFilter(req.outcome);
       const rows = await d.audit.query({
         ...(req.since ? { since: req.since } : {}), ...(req.until ? { until: req.until } : {}), ...(req.target ? { target: req.target } : {}),
         ...(req.actor ? { actor: req.actor } : {}), ...(req.action ? { action: req.action } : {}),
-        ...(req.outcome ? { outcome: req.outcome as "ok" } : {}), ...(req.beforeSeq > 0n ? { beforeSeq: Number(req.beforeSeq) } : {}), limit: req.limit > 0 ? Math.min(req.limit, 10_000) : 1000,
+        ...(outcome !== undefined ? { outcome } : {}), ...(req.beforeSeq > 0n ? { beforeSeq: Number(req.beforeSeq) } : {}), limit: req.limit > 0 ? Math.min(req.limit, 10_000) : 1000,
       });
       return { entries: rows.map((r) => ({ ...r, seq: BigInt(r.seq) })) };
     }),

@@ -168,10 +168,15 @@ export interface ControllerStore {
   claimScheduleFire(name: string, slot: string): Promise<boolean>;
 
   /**
-   * Appends one audit row atomically at the chain's tail: reads the last
-   * (seq, hash) under a lock (SQLite: BEGIN IMMEDIATE; PostgreSQL:
-   * pg_advisory_xact_lock), calls `seal(prevSeq, prevHash)` for the new hash,
-   * inserts, commits. Throws if it cannot write (callers fail closed).
+   * Appends one audit row atomically at the chain's tail and moves the anchor
+   * to it in the same commit. Fast path: one statement that inserts on top of
+   * the row this store last appended only if the anchor and the tail still
+   * name that row. Otherwise it reads the last (seq, hash) under a lock
+   * (SQLite: BEGIN IMMEDIATE; PostgreSQL: pg_advisory_xact_lock and the
+   * anchor row's lock), checks it against the anchor, seals and inserts.
+   * `seal(prevSeq, prevHash)` gives the new hash; it may be called twice (a
+   * stale guess, then the real tail) and must have no other effect. Throws if
+   * it cannot write (callers fail closed).
    */
   appendAudit(row: NewAuditRow, seal: (seq: number, prevHash: string) => string): Promise<AuditRow>;
   /**

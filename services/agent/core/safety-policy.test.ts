@@ -2,7 +2,9 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { HistoryRevision } from "./alembic-output.js";
 import { RevisionGraph } from "./revision-graph.js";
-import { afterFailure, guardMigration, resolveMigration, snapshotChanges, type MigrateGuardFacts } from "./safety-policy.js";
+import {
+  afterFailure, decideInterruptedMigration, guardMigration, onUpgradePath, resolveMigration, snapshotChanges, type InterruptedMigrationFacts, type MigrateGuardFacts,
+} from "./safety-policy.js";
 
 function rev(id: string, down: string[], message = ""): HistoryRevision {
   return { id, down, message, isHead: false, isBranchpoint: false, isMergepoint: false, branchLabels: [], dependsOn: [] };
@@ -136,5 +138,58 @@ describe("after a failed run", () => {
     assert.deepEqual(afterFailure({ changes: ["schema changed"], kind: "postgresql", holders: ["pid 7 (psql, idle in transaction)"] }),
       { action: "hold", effect: "needs-restore", blockingSessions: ["pid 7 (psql, idle in transaction)"] });
     assert.deepEqual(afterFailure({ changes: ["schema changed"], kind: "sqlite", holders: ["pid 7"] }), { action: "restore", effect: "restored" });
+  });
+});
+
+describe("onUpgradePath", () => {
+  it("is true from where the run started up to the wanted revision, inclusive", () => {
+    for (const now of [["bbbb"], ["cccc"], ["dddd"]]) assert.equal(onUpgradePath(linear, ["bbbb"], now, "dddd"), true, now.join());
+    assert.equal(onUpgradePath(linear, [], [], "dddd"), true, "from base, nothing applied yet");
+    assert.equal(onUpgradePath(linear, [], ["aaaa"], "dddd"), true);
+  });
+
+  it("is false below the start, past the wanted revision, on another branch, or at a revision the code does not know", () => {
+    assert.equal(onUpgradePath(linear, ["bbbb"], ["aaaa"], "dddd"), false);
+    assert.equal(onUpgradePath(linear, ["aaaa"], ["dddd"], "cccc"), false);
+    assert.equal(onUpgradePath(branched, ["bbbb"], ["xxxx"], "dddd"), false);
+    assert.equal(onUpgradePath(linear, ["bbbb"], ["zzzz"], "dddd"), false);
+    assert.equal(onUpgradePath(linear, ["bbbb"], [], "dddd"), false, "revision table emptied");
+  });
+});
+
+describe("decideInterruptedMigration", () => {
+  const facts = (over: Partial<InterruptedMigrationFacts> = {}): InterruptedMigrationFacts => ({
+    targetId: "t1", operation: "migrate", online: true, before: ["bbbb"], wanted: "dddd", now: ["cccc"], onPath: true,
+    partial: false, intact: true, runningApps: ["t1-a"], backupId: "bk1", ...over,
+  });
+
+  it("an online migration at a revision on its path goes forward, whether it got past the first revision or not", () => {
+    assert.equal(decideInterruptedMigration(facts()).action, "resume-forward");
+    const none = decideInterruptedMigration(facts({ now: ["bbbb"] }));
+    assert.equal(none.action, "resume-forward");
+    assert.match(none.message, /nothing the app wrote is lost/);
+  });
+
+  it("a database already at the wanted revision and intact is accepted", () => {
+    assert.equal(decideInterruptedMigration(facts({ now: ["dddd"] })).action, "accept");
+    assert.equal(decideInterruptedMigration(facts({ now: ["dddd"], online: false })).action, "accept");
+  });
+
+  it("an online migration not at a known revision on its path is restored, saying plainly that the app's writes are lost", () => {
+    for (const over of [{ partial: true }, { intact: false }, { onPath: false, now: ["xxxx"] }, { operation: "downgrade" }, { intact: false, now: ["dddd"] }]) {
+      const d = decideInterruptedMigration(facts(over));
+      assert.equal(d.action, "restore", JSON.stringify(over));
+      assert.equal(d.action === "restore" && d.losesWrites, true);
+      assert.match(d.message, /backup bk1/);
+      assert.match(d.message, /LOSES every row the app wrote to t1 since that backup/);
+      assert.match(d.message, /stop the app instances \(t1-a\) first, then run flotilla recover t1 --action restore/);
+    }
+  });
+
+  it("an offline migration (maintenance: apps stopped) is restored as before, and the restore loses nothing", () => {
+    const d = decideInterruptedMigration(facts({ online: false, runningApps: [] }));
+    assert.equal(d.action, "restore");
+    assert.equal(d.action === "restore" && d.losesWrites, false);
+    assert.match(d.message, /the backup holds every row and nothing is lost/);
   });
 });

@@ -222,3 +222,90 @@ export function afterFailure(facts: { readonly changes: readonly string[]; reado
   if (facts.kind === "postgresql" && facts.holders.length > 0) return { action: "hold", effect: "needs-restore", blockingSessions: facts.holders };
   return { action: "restore", effect: "restored" };
 }
+
+/**
+ * Whether `now` lies on the upgrade path from `before` to `wanted`: every
+ * revision of `now` is known, at or below `wanted`, and at or above `before`
+ * (a database an interrupted upgrade left part-way). False for anything else:
+ * revisions the code does not know, another branch, or below where it started.
+ */
+export function onUpgradePath(graph: GraphView, before: readonly string[], now: readonly string[], wanted: string): boolean {
+  if (!graph.revisions.has(wanted) || graph.unknown(before).length > 0 || graph.unknown(now).length > 0) return false;
+  const upToWanted = graph.ancestorsOrSelf([wanted]);
+  if (!now.every((id) => upToWanted.has(id))) return false;
+  const belowNow = graph.ancestorsOrSelf(now);
+  return before.every((id) => belowNow.has(id));
+}
+
+/** The facts about a migration the agent was cut off in (kill -9, crash, reboot), read after it came back. */
+export interface InterruptedMigrationFacts {
+  readonly targetId: string;
+  /** The interrupted operation's kind; only `migrate` is ever resumed forward. */
+  readonly operation: string;
+  /** The migration ran with the app instances serving (job strategy): they may have written since the backup. */
+  readonly online: boolean;
+  /** The database's revisions when the operation started, the revision it was going to, and now. */
+  readonly before: readonly string[];
+  readonly wanted: string;
+  readonly now: readonly string[];
+  /** `now` is on the upgrade path from `before` to `wanted` (see onUpgradePath). */
+  readonly onPath: boolean;
+  /**
+   * The revision is still `before` but the schema is not the backup's: the cut-off
+   * revision left some of its DDL behind (SQLite under pysqlite commits DDL as it
+   * runs), so the database is at no revision at all and re-running would collide.
+   */
+  readonly partial: boolean;
+  /** Integrity check passed and no `_alembic_tmp_*` batch tables were left. */
+  readonly intact: boolean;
+  /** App instances of the target that are running now. */
+  readonly runningApps: readonly string[];
+  /** The verified backup the operation took before changing anything ('' when it took none). */
+  readonly backupId: string;
+}
+
+export type InterruptedMigrationDecision =
+  /** Already at the wanted revision and intact: keep it, nothing to run. */
+  | { readonly action: "accept"; readonly message: string }
+  /** At a known revision on the path: run `alembic upgrade <wanted>` again from there; nothing is lost. */
+  | { readonly action: "resume-forward"; readonly message: string }
+  /**
+   * Not at a known revision on the path (or an offline migration, whose backup
+   * is exact): restore. `losesWrites`: the app wrote since the backup, and a
+   * restore discards those rows; the message says so plainly.
+   */
+  | { readonly action: "restore"; readonly losesWrites: boolean; readonly message: string };
+
+/**
+ * What to do with an interrupted migration. An online migration (job
+ * strategy) goes forward whenever the database is provably at a revision on
+ * its path — Alembic commits each revision, so the run can continue from
+ * there and the rows the app wrote meanwhile survive. Restore is the answer
+ * only when that is not so (partial revision, damaged database, off path, not
+ * a migrate), and for an offline migration (maintenance: the apps were
+ * stopped, so the backup holds everything and restoring loses nothing).
+ * Never decides anything by itself: the caller carries it out.
+ */
+export function decideInterruptedMigration(facts: InterruptedMigrationFacts): InterruptedMigrationDecision {
+  const at = facts.now.join(",") || "no revision";
+  const losesWrites = facts.online || facts.runningApps.length > 0;
+  const restore = (why: string): InterruptedMigrationDecision => ({
+    action: "restore", losesWrites,
+    message: `${why}; it must be restored from backup ${facts.backupId || "(none taken)"}` + (losesWrites
+      ? `. Restoring LOSES every row the app wrote to ${facts.targetId} since that backup was taken (the app kept running during the migration)` +
+        `${facts.runningApps.length > 0 ? `; stop the app instances (${facts.runningApps.join(", ")}) first` : ""}, then run flotilla recover ${facts.targetId} --action restore`
+      : ": the app was stopped for the migration, so the backup holds every row and nothing is lost"),
+  });
+  if (facts.intact && facts.now.includes(facts.wanted)) {
+    return { action: "accept", message: `${facts.targetId} is at the wanted revision ${facts.wanted} and intact: kept as it is` };
+  }
+  if (facts.operation !== "migrate") return restore(`an interrupted ${facts.operation} left ${facts.targetId} at ${at}`);
+  if (!facts.online) return restore(`the offline migration of ${facts.targetId} was interrupted at ${at}`);
+  if (!facts.intact) return restore(`the interrupted migration left ${facts.targetId} damaged (integrity check failed or batch tables left behind) at ${at}`);
+  if (facts.partial) return restore(`the interrupted migration left part of a revision's changes in ${facts.targetId} (schema differs from revision ${at})`);
+  if (!facts.onPath) return restore(`${facts.targetId} is at ${at}, which is not on the path from ${facts.before.join(",") || "base"} to ${facts.wanted}`);
+  return {
+    action: "resume-forward",
+    message: `${facts.targetId} is at ${at}, on the path from ${facts.before.join(",") || "base"} to ${facts.wanted}: the migration goes on from there (nothing the app wrote is lost)`,
+  };
+}

@@ -3,9 +3,11 @@ import { FlotillaError, toFlotillaError } from "../../common/errors.js";
 import { redact } from "../../common/redact.js";
 import { revisionTimeline, type TimedStep } from "../core/alembic-output.js";
 import { MigrationProgress } from "../core/migration-progress.js";
-import type { AlembicPort, AlembicRun, BackupManifest, DatabaseAdapter, GraphView, ProgressFn } from "../core/ports.js";
-import { afterFailure, guardMigration, resolveMigration, snapshotChanges, type DatabaseSnapshot } from "../core/safety-policy.js";
-import { OPERATION_ENV, refuse, tail, type Emit, type OperationContext, type OpResult, type TargetRuntime } from "./context.js";
+import type { AlembicPort, AlembicRun, BackupManifest, DatabaseAdapter, GraphView, OperationRow, ProgressFn } from "../core/ports.js";
+import {
+  afterFailure, decideInterruptedMigration, guardMigration, onUpgradePath, resolveMigration, snapshotChanges, type DatabaseSnapshot,
+} from "../core/safety-policy.js";
+import { OPERATION_ENV, refuse, sameSet, tail, type Emit, type OperationContext, type OpResult, type RunContext, type TargetRuntime } from "./context.js";
 
 /** Schema-moving verbs: migrate, rehearse, downgrade. Each runs Alembic once for the whole range. */
 
@@ -234,6 +236,80 @@ export function migrate(ctx: OperationContext, req: { targetId: string; toRevisi
     const total = tracked.done.reduce((a, b) => a + b.durationMs, 0);
     return { effect: "changed", message: `${t.config.id} migrated ${before.join(",") || "base"} → ${target} (${tracked.done.length} revision(s), ${(total / 1000).toFixed(1)}s); backup ${backup.id} kept${backup.appVersion ? `; app version ${backup.appVersion}` : ""}` };
   });
+}
+
+/**
+ * Recover action "forward": an online migration (job strategy) the agent was
+ * cut off in goes on from the revision the database reached, so the rows the
+ * app wrote meanwhile are kept. The facts are read here and the decision is
+ * `decideInterruptedMigration`'s: "accept" when already at the wanted revision,
+ * "resume-forward" runs `alembic upgrade <wanted>` again and verifies it, and
+ * "restore" (or a forward run that fails or does not verify) is never carried
+ * out here — a restore would drop the app's writes — but thrown with effect
+ * needs-restore and the policy's plain message, so the caller gives the target's
+ * lock back to the interrupted operation for a person to decide.
+ * Call only with the interrupted operation's lock held and its orphans killed.
+ */
+export async function resumeMigrationForward(ctx: OperationContext, op: OperationRow, run: RunContext, emit: Emit, signal?: AbortSignal): Promise<Partial<OpResult>> {
+  const { id, t, progress, result } = run;
+  const { db, alembic } = t;
+  const graph = await alembic.graph();
+  const decided = resolveMigration({ targetId: t.config.id, graph, requested: op.toRevision, current: op.revisionBefore, direction: "upgrade" });
+  const wanted = decided.ok ? decided.target : op.toRevision;
+  const [nowRead, backup, ic, tables, apps, schemaHash] = await Promise.all([
+    db.readRevisions(), op.backupId ? t.catalog.get(op.backupId) : Promise.resolve(undefined), db.integrityCheck(), db.listTables(), ctx.appStates(t), db.schemaHash(),
+  ]);
+  const now = nowRead ?? [];
+  result.revisionBefore = now;
+  result.revisionAfter = now;
+  if (backup) result.backup = backup;
+  const decision = decideInterruptedMigration({
+    targetId: t.config.id, operation: op.kind, online: true, before: op.revisionBefore, wanted, now,
+    onPath: decided.ok && onUpgradePath(graph, op.revisionBefore, now, wanted),
+    partial: backup !== undefined && sameSet(now, backup.revisions) && schemaHash !== backup.schemaHash,
+    intact: ic.ok && !tables.some((n) => n.startsWith("_alembic_tmp_")),
+    runningApps: apps.filter((a) => a.state === "running" && a.app.color !== "green").map((a) => a.app.id),
+    backupId: op.backupId,
+  });
+  // Before anything runs this is a refusal; after a forward run it is a failure. Either way nothing is restored here.
+  const needsRestore = (message: string, ran = false): never => {
+    result.effect = "needs-restore";
+    progress({ source: "agent", line: message });
+    if (ran) throw new FlotillaError("MIGRATION_FAILED", message);
+    refuse("PRECONDITION_FAILED", message);
+  };
+  if (decision.action === "restore") needsRestore(`interrupted ${op.kind} ${op.id}: ${decision.message}`);
+  if (decision.action === "accept") return { effect: "changed", revisionAfter: now, message: `interrupted ${op.kind} ${op.id}: ${decision.message}; integrity verified` };
+
+  progress({ source: "agent", line: `interrupted ${op.kind} ${op.id}: ${decision.message}` });
+  const pending = graph.pending(now, wanted);
+  const extraEnv: Record<string, string> = {
+    [OPERATION_ENV]: id,
+    ...(t.config.kind === "postgresql" ? { PGOPTIONS: `-c lock_timeout=${t.config.lockTimeoutMs}` } : {}),
+  };
+  const tracked = await runAlembic(ctx, { t, db, alembic, graph, direction: "upgrade", target: wanted, pending, emit, progress, signal, extraEnv });
+  result.timings = timingsOf(tracked.done);
+  result.outputTail = tail(tracked.run.stderr);
+  ctx.deps.journal.recordTimings(t.config.id, tracked.done.map((s) => ({ revision: s.to, direction: "upgrade" as const, durationMs: s.durationMs, source: "migrate" as const })));
+  const [revs, check] = await Promise.all([db.readRevisions(), tracked.run.ok ? db.integrityCheck() : Promise.resolve({ ok: false, detail: "not checked" })]);
+  const after = revs ?? [];
+  result.revisionAfter = after;
+  if (!tracked.run.ok || !after.includes(wanted) || !check.ok) {
+    const why = !tracked.run.ok
+      ? `going forward from ${now.join(",") || "base"} failed${tracked.failedAt ? ` at ${tracked.failedAt.to}` : ""}: ${tracked.run.failure?.message ?? "alembic failed"}`
+      : `after going forward the database reports ${after.join(",") || "no revision"}, integrity ${check.ok ? "ok" : check.detail}`;
+    const restore = decideInterruptedMigration({
+      targetId: t.config.id, operation: op.kind, online: true, before: op.revisionBefore, wanted, now: after, onPath: false, partial: false, intact: false,
+      runningApps: apps.filter((a) => a.state === "running").map((a) => a.app.id), backupId: op.backupId,
+    });
+    needsRestore(`interrupted ${op.kind} ${op.id}: ${why}; ${restore.message}`, true);
+  }
+  const total = tracked.done.reduce((a, b) => a + b.durationMs, 0);
+  return {
+    effect: "changed", revisionAfter: after,
+    message: `${t.config.id} migrated forward ${now.join(",") || "base"} → ${wanted} after interrupted ${op.kind} ${op.id} ` +
+      `(${tracked.done.length} revision(s), ${(total / 1000).toFixed(1)}s; verified; the app's writes kept${backup ? `; backup ${backup.id} kept` : ""})`,
+  };
 }
 
 /**

@@ -18,6 +18,8 @@ import { OperationContext, type OpEvent, type OpResult, type TargetRuntime } fro
 import { backup, restore as restoreOp } from "./backup.js";
 import { startApps, stopApps } from "./apps.js";
 import { recover } from "./recover.js";
+import { RevisionGraph } from "../core/revision-graph.js";
+import type { AlembicPort } from "../core/ports.js";
 
 let dir: string;
 
@@ -38,6 +40,8 @@ interface Harness {
   apps: Map<string, "running" | "stopped">;
   /** Pids the fake database reports as holding it. */
   holders: number[];
+  /** Revisions the fake Alembic was asked to upgrade to. */
+  upgrades: string[];
   /** Set to hold app stops until released. */
   gate?: Promise<void>;
 }
@@ -58,7 +62,22 @@ function harness(name: string): Harness {
   const journal = new SqliteJournal(path.join(dir, `${name}-journal`));
   journal.open();
   const apps: AppInstance[] = [{ id: "app-1", target: "t1", color: "" } as unknown as AppInstance];
-  const t = { config: { id: "t1", kind: "sqlite", backups: { dir: path.join(dir, `${name}-backups`), keep: 5 } }, db, catalog, apps } as unknown as TargetRuntime;
+  // A fake Alembic over the real database: abc → def → ghi; an upgrade writes the revision it reaches.
+  const graph = RevisionGraph.fromHistory(["abc", "def", "ghi"].map((id, i, all) => ({
+    id, down: i === 0 ? [] : [all[i - 1]!], message: "", isHead: false, isBranchpoint: false, isMergepoint: false, branchLabels: [], dependsOn: [],
+  })));
+  h.upgrades = [];
+  const alembic = {
+    graph: async () => graph,
+    upgrade: async (to: string) => {
+      h.upgrades.push(to);
+      const sq2 = new Database(dbFile);
+      sq2.prepare("UPDATE alembic_version SET version_num = ?").run(to);
+      sq2.close();
+      return { ok: true, exitCode: 0, stdout: "", stderr: "", durationMs: 1, steps: [] };
+    },
+  } as unknown as AlembicPort;
+  const t = { alembic, config: { id: "t1", kind: "sqlite", lockTimeoutMs: 1000, alembic: { timeoutMs: 60_000 }, backups: { dir: path.join(dir, `${name}-backups`), keep: 5 } }, db, catalog, apps } as unknown as TargetRuntime;
   const appControl = {
     state: async (a: AppInstance) => ({ state: h.apps.get(a.id) ?? "stopped", detail: "" }),
     stop: async (a: AppInstance) => { await h.gate; h.apps.set(a.id, "stopped"); return { ok: true, detail: "stopped" }; },
@@ -211,4 +230,67 @@ test("a backup damaged after it was verified is refused by restore, and the data
   assert.equal(r.errorCode, "BACKUP_UNVERIFIED");
   assert.deepEqual(rows(h.dbFile), ["one", "two", "three"]);
   assert.equal(h.journal.lockHolder("t1"), undefined);
+});
+
+function sql(dbFile: string, text: string): void {
+  const sq = new Database(dbFile);
+  sq.exec(text);
+  sq.close();
+}
+
+test("forward: an online migrate cut off at a revision on its path goes on to the wanted revision; the app's rows are kept", async () => {
+  const h = harness("forward");
+  const b = await result((emit) => backup(h.ctx, { targetId: "t1", operationId: "b-f", rolloutId: "", verify: true }, emit));
+  assert.equal(b.status, "succeeded", b.message);
+  killedDuring(h, { id: "mig-f", kind: "migrate", toRevision: "ghi", backupId: b.backup!.id });
+  h.journal.update("mig-f", { revisionBefore: ["abc"] });
+  // Revision def was committed before the kill, and the running app wrote a row since the backup.
+  sql(h.dbFile, "UPDATE alembic_version SET version_num = 'def'; INSERT INTO chat (body) VALUES ('written by the app')");
+  const done = await result((emit) => recover(h.ctx, { targetId: "t1", operationId: "mig-f", action: "forward", newOperationId: "rec-f" }, emit));
+  assert.equal(done.status, "succeeded", done.message);
+  assert.equal(done.effect, "changed");
+  assert.equal(done.restored, false);
+  assert.deepEqual(h.upgrades, ["ghi"]);
+  assert.deepEqual(done.revisionAfter, ["ghi"]);
+  assert.deepEqual(rows(h.dbFile), ["one", "two", "written by the app"]);
+  assert.equal(h.journal.lockHolder("t1"), undefined);
+  assert.equal(h.journal.get("mig-f")?.state, "recovered");
+});
+
+test("forward: a database already at the wanted revision is accepted without running anything", async () => {
+  const h = harness("forward-at");
+  const b = await result((emit) => backup(h.ctx, { targetId: "t1", operationId: "b-a", rolloutId: "", verify: true }, emit));
+  killedDuring(h, { id: "mig-a", kind: "migrate", toRevision: "ghi", backupId: b.backup!.id });
+  h.journal.update("mig-a", { revisionBefore: ["abc"] });
+  sql(h.dbFile, "UPDATE alembic_version SET version_num = 'ghi'");
+  const done = await result((emit) => recover(h.ctx, { targetId: "t1", operationId: "mig-a", action: "forward", newOperationId: "rec-a" }, emit));
+  assert.equal(done.status, "succeeded", done.message);
+  assert.deepEqual(h.upgrades, []);
+  assert.equal(h.journal.lockHolder("t1"), undefined);
+});
+
+test("forward: a revision left half-applied is not resumed; needs-restore says the app's writes would be lost and nothing is touched", async () => {
+  const h = harness("forward-partial");
+  const b = await result((emit) => backup(h.ctx, { targetId: "t1", operationId: "b-p", rolloutId: "", verify: true }, emit));
+  killedDuring(h, { id: "mig-p", kind: "migrate", toRevision: "ghi", backupId: b.backup!.id });
+  h.journal.update("mig-p", { revisionBefore: ["abc"] });
+  // Revision def's DDL committed (pysqlite commits DDL as it runs) but its version row did not.
+  sql(h.dbFile, "ALTER TABLE chat ADD COLUMN pinned BOOLEAN; INSERT INTO chat (body) VALUES ('written by the app')");
+  const refused = await result((emit) => recover(h.ctx, { targetId: "t1", operationId: "mig-p", action: "forward", newOperationId: "rec-p" }, emit));
+  assert.equal(refused.status, "refused", refused.message);
+  assert.equal(refused.effect, "needs-restore");
+  assert.match(refused.message, /LOSES every row the app wrote to t1 since that backup/);
+  assert.deepEqual(h.upgrades, [], "nothing ran");
+  assert.deepEqual(rows(h.dbFile), ["one", "two", "written by the app"], "nothing was restored");
+  assert.equal(h.journal.lockHolder("t1"), "mig-p", "the interrupted migrate keeps the lock for a person");
+  assert.equal(h.journal.get("mig-p")?.state, "interrupted");
+});
+
+test("forward applies only to an interrupted migrate", async () => {
+  const h = harness("forward-kind");
+  killedDuring(h, { id: "stop-f", kind: "stop-apps" });
+  const refused = await result((emit) => recover(h.ctx, { targetId: "t1", operationId: "stop-f", action: "forward", newOperationId: "rec-k" }, emit));
+  assert.equal(refused.status, "refused");
+  assert.equal(refused.errorCode, "INVALID_ARGUMENT");
+  assert.equal(h.journal.lockHolder("t1"), "stop-f");
 });

@@ -1,6 +1,7 @@
 import { resolveTarget } from "../core/revisions.js";
 import type { OperationRow } from "../core/ports.js";
 import { APPS_COLOR } from "./apps.js";
+import { resumeMigrationForward } from "./migrate.js";
 import { refuse, type Emit, type OperationContext, type OpResult, type RunContext } from "./context.js";
 
 /**
@@ -12,6 +13,10 @@ import { refuse, type Emit, type OperationContext, type OpResult, type RunContex
  * - backup, verify-backup, rehearse: the database was never touched, so both
  *   actions discard what the interrupted operation left (never restore it: the
  *   app may have written rows since).
+ * - migrate, "forward": an online migration (job strategy) goes on from the
+ *   revision the database reached, keeping the app's writes, when the safety
+ *   policy finds it on its path (see resumeMigrationForward); otherwise it is
+ *   refused with effect needs-restore, saying what a restore would lose.
  * - stop-apps, start-apps: "accept" completes the interrupted action, "restore"
  *   reverts it (starts what a stop stopped, stops what a start started).
  *
@@ -47,7 +52,8 @@ export function recover(ctx: OperationContext, req: { targetId: string; operatio
     const op = ctx.deps.journal.get(opId);
     if (!op || op.targetId !== t.config.id) refuse("NOT_FOUND", `operation ${opId} is not in this agent's journal for ${t.config.id}`);
     if (op.state !== "interrupted" && op.state !== "needs-restore") refuse("PRECONDITION_FAILED", `operation ${op.id} is ${op.state}, not interrupted or needs-restore: nothing to recover`);
-    if (req.action !== "restore" && req.action !== "accept") refuse("INVALID_ARGUMENT", `recover action must be "restore" or "accept", not "${req.action}"`);
+    if (req.action !== "restore" && req.action !== "accept" && req.action !== "forward") refuse("INVALID_ARGUMENT", `recover action must be "restore", "accept" or "forward", not "${req.action}"`);
+    if (req.action === "forward" && op.kind !== "migrate") refuse("INVALID_ARGUMENT", `recover action "forward" resumes an interrupted migrate; ${op.id} is a ${op.kind}`);
     const holder = ctx.deps.journal.lockHolder(t.config.id);
     // An earlier recover of this same operation, cut off by the agent stopping, holds the lock on its behalf.
     const cut = holder !== undefined && cutRecoverSubject(ctx.deps.journal.get(holder)) === op.id ? holder : undefined;
@@ -61,7 +67,13 @@ export function recover(ctx: OperationContext, req: { targetId: string; operatio
     }
     try {
       await ctx.deps.killOrphans(cut !== undefined ? [op.id, cut] : [op.id]);
-      return await resolve(ctx, op, req.action as "restore" | "accept", run, emit, signal);
+      // Without its backup journaled the migrate never ran Alembic: nothing to go forward from (resolve releases it).
+      if (req.action === "forward" && op.backupId) {
+        const done = await resumeMigrationForward(ctx, op, run, emit, signal);
+        ctx.deps.journal.finish(op.id, "recovered", { message: `resolved by ${id} (forward)`, revisionAfter: done.revisionAfter ?? [] });
+        return done;
+      }
+      return await resolve(ctx, op, req.action === "accept" ? "accept" : "restore", run, emit, signal);
     } catch (err) {
       // Refused or failed: the interrupted operation keeps the lock (and stays recoverable).
       if (heldByOp && ctx.deps.journal.lockHolder(t.config.id) === id) ctx.deps.journal.transferLock(t.config.id, id, op.id);

@@ -107,6 +107,10 @@ export class GrpcStepClient implements AgentClient {
           ? { outcome: "succeeded", effect: "none", detail: `interrupted on the agent; ${r.message}` }
           : { outcome: "failed", code: codeOf(r.errorCode, "INTERRUPTED"), effect: "none", detail: `interrupted on the agent; ${r.message}` };
       }
+      if (rec.state === "interrupted" && step.name === "migrate" && ctx.spec.strategy === "job") {
+        // An online migration: report the facts; the sequencer re-runs the step, which goes forward (Recover "forward").
+        return { outcome: "interrupted", code: "INTERRUPTED", detail: "the agent stopped during the online migration", operations: [step.operationId] };
+      }
       if (rec.state === "interrupted" && (step.name === "migrate" || step.name === "migrate-green" || step.name === "backup")) {
         // The agent died mid-operation: put back its pre-operation backup.
         const r = await this.stream(step.agentId, onLine, (c) => c.recover({ targetId: ctx.targetId, operationId: step.operationId, action: "restore", newOperationId: `${step.operationId}.recover` }, this.opts()));
@@ -259,6 +263,14 @@ export class GrpcStepClient implements AgentClient {
       case "migrate":
       case "migrate-green": {
         const green = step.name === "migrate-green";
+        const interrupted = step.resumes?.[0];
+        if (interrupted !== undefined && !green) {
+          // A re-run of an online migration the agent was cut off in: go on from where the database is. The recover
+          // takes this run's own operation id, so a cut-off re-run is found (and taken over) by the next one.
+          const r = await this.stream(step.agentId, onLine, (c) => c.recover({ targetId: ctx.targetId, operationId: interrupted, action: "forward", newOperationId: step.operationId }, this.opts()));
+          const result = fromOperation(r);
+          return { ...result, detail: `going forward after interrupted ${interrupted}: ${r.message}` };
+        }
         return this.op(step, onLine, (c) => c.migrate({
           ...base, toRevision: spec.toRevision, rolloutId: ctx.rolloutId, backupId: green ? "" : ctx.backupId, takeBackup: green,
           online: spec.strategy === "job", green,

@@ -441,3 +441,54 @@ test("an interrupted step that is not safe to repeat is not re-run: the target f
   assert.match(t.message, /verify .* was interrupted on agent a1/);
   assert.ok(run.ran.includes("t1:start"), "the stopped apps are started again");
 });
+
+// ------------------------------------------------------------------ an interrupted online migration (job strategy)
+
+test("job: a migrate the agent was killed in is re-run forward with a new operation id, resuming the interrupted one; the rollout succeeds", () => {
+  let runs = 0;
+  const run = drive(rollout(1, { strategy: "job" }), { kind: "start", now: at(0) }, (c) => {
+    if (c.step.name !== "migrate") return ok(c);
+    runs++;
+    return runs === 1 ? interruptedAt(1, [c.step.operationId]) : ok(c);
+  });
+  assert.equal(run.doc.status, "succeeded", run.doc.message);
+  assert.deepEqual(run.ran, ["t1:precheck", "t1:backup", "t1:migrate", "t1:migrate", "t1:verify", "t1:restart", "t1:health"]);
+  const migrate = run.doc.targets[0]!.steps.find((s) => s.name === "migrate")!;
+  assert.equal(migrate.attempt, 2);
+  assert.equal(migrate.operationId, "r-1.t1.2.migrate.a1.a2");
+  assert.deepEqual(migrate.resumes, ["r-1.t1.2.migrate.a1"], "the re-run resumes the interrupted migrate");
+  assert.equal(migrate.detail, "migrated (run 2: the agent was interrupted in the earlier run)");
+  assert.equal(run.doc.targets[0]!.status, "succeeded");
+  assert.deepEqual(run.doc.targets[0]!.revisionAfter, [NEW]);
+});
+
+test("job: the re-run of an interrupted migrate says it goes forward", () => {
+  const first = drive(rollout(1, { strategy: "job" }), { kind: "start", now: at(0) }, (c) => (c.step.name === "migrate" ? "hold" : ok(c)));
+  const held = first.held[0]!;
+  const next = transition(first.doc, { kind: "step-finished", now: at(2), targetId: "t1", index: held.index, result: interruptedAt(1, [held.step.operationId]) });
+  const rerun = next.commands.find((c) => c.kind === "run-step");
+  assert.ok(rerun && rerun.kind === "run-step" && rerun.step.name === "migrate");
+  assert.deepEqual(rerun.step.resumes, [held.step.operationId]);
+  assert.match(next.doc.targets[0]!.steps[held.index]!.detail, /online migration goes forward from the revision the database reached: run 2 of at most 3/);
+});
+
+test("job: a forward re-run that finds the database off its path ends needs-restore, saying a restore loses the app's writes", () => {
+  let runs = 0;
+  const run = drive(rollout(1, { strategy: "job" }), { kind: "start", now: at(0) }, (c) => {
+    if (c.step.name !== "migrate") return ok(c);
+    runs++;
+    return runs === 1 ? interruptedAt(1, [c.step.operationId]) : { outcome: "failed", code: "PRECONDITION_FAILED", effect: "needs-restore", detail: "part of a revision left behind" };
+  });
+  const t = run.doc.targets[0]!;
+  assert.equal(t.status, "needs-restore");
+  assert.match(t.message, /NOT restored: restore it with flotilla restore t1 bk-t1 --yes \(the app kept writing during the migration: restoring loses every row it wrote since backup bk-t1\)$/);
+  assert.equal(run.doc.status, "failed");
+});
+
+test("maintenance: an interrupted migrate is never re-run (its apps were stopped: the backup is exact)", () => {
+  const run = drive(rollout(1), { kind: "start", now: at(0) }, (c) => (c.step.name === "migrate" ? interruptedAt(1, [c.step.operationId]) : ok(c)));
+  const t = run.doc.targets[0]!;
+  assert.equal(run.ran.filter((r) => r === "t1:migrate").length, 1);
+  assert.equal(t.status, "failed");
+  assert.ok(run.ran.includes("t1:start"), "the stopped apps are started again");
+});

@@ -96,10 +96,22 @@ const CHANGING_STEPS: ReadonlySet<string> = new Set(["migrate", "migrate-green",
  * reached, and it never touches the database. So an interrupted restart is
  * re-run — after the agent completes the operations the cut-off run left
  * interrupted — instead of failing the target and waiting for a person.
- * Database-changing steps are never here: their interruption is resolved by
- * restoring the backup taken before them.
+ * Database-changing steps are not here: see `isRerunnable`.
  */
 const RERUNNABLE_STEPS: ReadonlySet<string> = new Set(["restart"]);
+
+/**
+ * Whether an interrupted step runs again. Besides RERUNNABLE_STEPS, the `migrate`
+ * of a job rollout: it ran online, so the app kept writing and restoring the
+ * backup would drop those rows; the re-run goes forward instead (the agent's
+ * Recover "forward": from the revision the database reached, when its safety
+ * policy finds it on the path, else needs-restore naming what a restore loses).
+ * A maintenance migrate is never re-run: the apps were stopped, and its
+ * interruption is resolved by restoring the backup taken before it.
+ */
+function isRerunnable(doc: RolloutDoc, s: StepDoc): boolean {
+  return RERUNNABLE_STEPS.has(s.name) || (s.name === "migrate" && doc.spec.strategy === "job");
+}
 /** Runs of one step at most (the first and two re-runs), so an agent that dies every time cannot loop a rollout forever. */
 export const MAX_STEP_ATTEMPTS = 3;
 
@@ -191,13 +203,14 @@ function applyResult(doc: RolloutDoc, t: RolloutTargetDoc, s: StepDoc, result: S
     delete s.finishedAt;
     return;
   }
-  if (result.outcome === "interrupted" && RERUNNABLE_STEPS.has(s.name) && (s.attempt ?? 1) < MAX_STEP_ATTEMPTS) {
-    // Safe to repeat (see RERUNNABLE_STEPS): run it again, completing what the cut-off run left first.
+  if (result.outcome === "interrupted" && isRerunnable(doc, s) && (s.attempt ?? 1) < MAX_STEP_ATTEMPTS) {
+    // Safe to repeat (see isRerunnable): run it again, completing what the cut-off run left first.
     const attempt = (s.attempt ?? 1) + 1;
     s.state = "pending";
     s.attempt = attempt;
     s.resumes = [...result.operations];
-    s.detail = `run ${attempt - 1} was interrupted on agent ${s.agentId} (${result.detail}); ${s.name} is safe to repeat: run ${attempt} of at most ${MAX_STEP_ATTEMPTS}${result.operations.length ? `, completing ${result.operations.join(", ")} first` : ""}`;
+    const how = s.name === "migrate" ? "the online migration goes forward from the revision the database reached" : `${s.name} is safe to repeat`;
+    s.detail = `run ${attempt - 1} was interrupted on agent ${s.agentId} (${result.detail}); ${how}: run ${attempt} of at most ${MAX_STEP_ATTEMPTS}${result.operations.length ? `, completing ${result.operations.join(", ")} first` : ""}`;
     delete s.startedAt;
     delete s.finishedAt;
     return;
@@ -240,7 +253,9 @@ function applyResult(doc: RolloutDoc, t: RolloutTargetDoc, s: StepDoc, result: S
     t.revisionAfter = [...t.revisionBefore];
   } else if (effect === "needs-restore") {
     t.status = "needs-restore";
-    t.message = `${s.name} failed (${code}) and the database is NOT restored${t.backupId ? `: restore it with flotilla restore ${t.targetId} ${t.backupId} --yes` : `: run flotilla diagnose ${t.targetId}`}`;
+    t.message = `${s.name} failed (${code}) and the database is NOT restored${t.backupId ? `: restore it with flotilla restore ${t.targetId} ${t.backupId} --yes` : `: run flotilla diagnose ${t.targetId}`}` +
+      // The job strategy migrates while the app serves: say what a restore costs.
+      (doc.spec.strategy === "job" && t.backupId ? ` (the app kept writing during the migration: restoring loses every row it wrote since backup ${t.backupId})` : "");
   } else {
     t.status = "failed";
     t.message = `${s.name} failed (${code}): ${result.detail}; database at ${revs(where)}`;

@@ -289,12 +289,12 @@ export type InterruptedMigrationDecision =
 export function decideInterruptedMigration(facts: InterruptedMigrationFacts): InterruptedMigrationDecision {
   const at = facts.now.join(",") || "no revision";
   const losesWrites = facts.online || facts.runningApps.length > 0;
+  const cost = losesWrites
+    ? `. Restoring LOSES every row the app wrote to ${facts.targetId} since that backup was taken (the app ${facts.online ? "kept running during the migration" : "is running now"})` +
+      `${facts.runningApps.length > 0 ? `; stop the app instances (${facts.runningApps.join(", ")}) first` : ""}, then run flotilla recover ${facts.targetId} --action restore`
+    : ": the app was stopped for the migration, so the backup holds every row and nothing is lost";
   const restore = (why: string): InterruptedMigrationDecision => ({
-    action: "restore", losesWrites,
-    message: `${why}; it must be restored from backup ${facts.backupId || "(none taken)"}` + (losesWrites
-      ? `. Restoring LOSES every row the app wrote to ${facts.targetId} since that backup was taken (the app kept running during the migration)` +
-        `${facts.runningApps.length > 0 ? `; stop the app instances (${facts.runningApps.join(", ")}) first` : ""}, then run flotilla recover ${facts.targetId} --action restore`
-      : ": the app was stopped for the migration, so the backup holds every row and nothing is lost"),
+    action: "restore", losesWrites, message: `${why}; it must be restored from backup ${facts.backupId || "(none taken)"}${cost}`,
   });
   if (facts.intact && facts.now.includes(facts.wanted)) {
     return { action: "accept", message: `${facts.targetId} is at the wanted revision ${facts.wanted} and intact: kept as it is` };

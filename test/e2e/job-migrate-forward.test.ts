@@ -46,13 +46,16 @@ before(async () => {
     agents: ["h1"],
     targets: [
       { id: "fwd-pg", kind: "postgresql", owner: "h1", labels: { env: "fwd-pg" }, apps: [{ agent: "h1" }], alembicEnv: { ...SLOW, FIXTURE_TXN: "per-migration" } },
+      { id: "fwd-pg2", kind: "postgresql", owner: "h1", labels: { env: "fwd-pg2" }, apps: [{ agent: "h1" }], alembicEnv: { ...SLOW, FIXTURE_TXN: "per-migration" } },
       { id: "fwd-lite", kind: "sqlite", owner: "h1", labels: { env: "fwd-lite" }, apps: [{ agent: "h1" }], alembicEnv: SLOW },
     ],
   });
   await fleet.start();
   // Start the PostgreSQL target one revision lower, so the kill leaves it at a revision past where it started.
-  const down = await alembic(fleet.urls.get("fwd-pg")!, ["downgrade", REV2]);
-  assert.equal(down.code, 0, down.stderr);
+  for (const id of ["fwd-pg", "fwd-pg2"]) {
+    const down = await alembic(fleet.urls.get(id)!, ["downgrade", REV2]);
+    assert.equal(down.code, 0, down.stderr);
+  }
 });
 
 after(async () => {
@@ -75,7 +78,7 @@ async function untilEnd(id: string): Promise<RolloutJson> {
   return done;
 }
 
-/** Processes started by the agent for this rollout's operations (Alembic), found by the id the agent puts in their environment. */
+/** Processes the agent started for operations whose id contains `rolloutId` (Alembic), found by the id the agent puts in their environment. */
 function childrenOf(rolloutId: string): number[] {
   const pids: number[] = [];
   for (const name of readdirSync("/proc")) {
@@ -138,6 +141,20 @@ async function appRowsOf(targetId: string): Promise<string[]> {
   }
 }
 
+/**
+ * Waits until revision 3 is committed and revision 4 holds chat exclusively, run
+ * by an Alembic whose operation id contains `op`: the kill then lands inside revision 4.
+ */
+async function inRevision4(watch: pg.Client, rolloutId: string, op: string): Promise<void> {
+  for (let i = 0; ; i++) {
+    const r = await watch.query(`SELECT (SELECT string_agg(version_num, ',') FROM alembic_version) AS v,
+      EXISTS (SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 'chat' AND l.mode = 'AccessExclusiveLock' AND l.granted) AS busy`);
+    if (r.rows[0].v === OLD_REVISION && r.rows[0].busy === true && childrenOf(op).length > 0) return;
+    if (i > 1200) assert.fail(`revision 4 never ran: ${JSON.stringify(await show(rolloutId)).slice(0, 2000)}`);
+    await sleep(50);
+  }
+}
+
 const expectedRows = (n: number): string[] => Array.from({ length: n }, (_, i) => `app-write-${i}`).sort();
 
 async function startJobRollout(env: string): Promise<string> {
@@ -155,14 +172,7 @@ test("PostgreSQL: killed in revision 4 of an online migration, the rollout goes 
   try {
     await pgWrite(app, 0, 5); // before the rollout (and its backup)
     const id = await startJobRollout("fwd-pg");
-    // Revision 3 committed and revision 4 holding chat exclusively: the kill lands inside revision 4.
-    for (let i = 0; ; i++) {
-      const r = await watch.query(`SELECT (SELECT string_agg(version_num, ',') FROM alembic_version) AS v,
-        EXISTS (SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 'chat' AND l.mode = 'AccessExclusiveLock' AND l.granted) AS busy`);
-      if (r.rows[0].v === OLD_REVISION && r.rows[0].busy === true) break;
-      if (i > 1200) assert.fail(`revision 4 never ran: ${JSON.stringify(await show(id)).slice(0, 2000)}`);
-      await sleep(50);
-    }
+    await inRevision4(watch, id, id);
     await pgWrite(app, 5, 10); // during the migration
     await crashAgent(id);
     assert.deepEqual(await fleet.revisionOf("fwd-pg"), [OLD_REVISION], "the kill left the database at revision 3: past where it started, short of the wanted one");
@@ -202,6 +212,44 @@ test("PostgreSQL: killed in revision 4 of an online migration, the rollout goes 
     assert.equal(finishes[0]!.outcome, "ok");
     const forward = ops.find((o) => o.kind === "recover" && o.state === "succeeded")!;
     assert.ok(audit.doc.entries.some((e) => e.args.includes(forward.id)), `the forward run ${forward.id} is named in the audit log`);
+  } finally {
+    await app.end();
+    await watch.end();
+  }
+});
+
+test("PostgreSQL: killed again while the re-run goes forward, the next run takes over and the rollout still succeeds", { timeout: 300_000 }, async () => {
+  const url = fleet.urls.get("fwd-pg2")!;
+  const app = new pg.Client({ connectionString: url, application_name: "test-app-writer" });
+  await app.connect();
+  const watch = new pg.Client({ connectionString: url });
+  await watch.connect();
+  try {
+    await pgWrite(app, 0, 5);
+    const id = await startJobRollout("fwd-pg2");
+    await inRevision4(watch, id, id);
+    await crashAgent(id);
+    await pgWrite(app, 5, 10);
+    await fleet.startAgent("h1");
+    // The re-run (run 2) goes forward from revision 3 and is inside revision 4 again: kill it too.
+    await inRevision4(watch, id, ".migrate.h1.a2");
+    await pgWrite(app, 10, 15);
+    await crashAgent(id);
+    assert.deepEqual(await fleet.revisionOf("fwd-pg2"), [OLD_REVISION]);
+    await fleet.startAgent("h1");
+    const done = await untilEnd(id);
+
+    const t = done.targets[0]!;
+    assert.equal(done.status, "succeeded", `${done.message}: ${t.message} ${JSON.stringify(t.steps)}`);
+    const migrate = t.steps.find((s) => s.name === "migrate")!;
+    assert.match(migrate.detail ?? "", /migrated forward c3d2e1f00d42 → 1b8c9d0e1f2a .*\(run 3: the agent was interrupted in the earlier runs\)$/);
+    assert.deepEqual(await fleet.revisionOf("fwd-pg2"), [HEAD_REVISION]);
+    assert.deepEqual(await appRowsOf("fwd-pg2"), expectedRows(15), "no row the app wrote was lost");
+    const agent = fleet.agentClient("h1");
+    const status = await agent.getStatus({ targetId: "fwd-pg2" }, { timeoutMs: 30_000 });
+    assert.deepEqual(status.interruptedOperationIds, []);
+    const ops = (await agent.listOperations({ targetId: "fwd-pg2", limit: 200 }, { timeoutMs: 30_000 })).operations.filter((o) => o.id.includes(id));
+    assert.ok(ops.some((o) => o.kind === "recover" && o.state === "recovered" && /taken over/.test(o.message)), JSON.stringify(ops.map((o) => [o.id, o.kind, o.state])));
   } finally {
     await app.end();
     await watch.end();

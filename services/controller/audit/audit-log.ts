@@ -216,17 +216,19 @@ export class AuditLog {
     const fileAnchor = this.#fileAnchor;
     const checkpointFile = this.#checkpointFile;
     // The checkpoint record of the row being sealed, signed while the store's round trip is in
-    // flight (setImmediate runs once the query is sent; a synchronous store has answered before it
-    // runs, and then the record is signed below). Only the write has to wait for the commit.
+    // flight (setImmediate runs once the query is sent); for a synchronous store, which seals and
+    // commits inside the appendAudit() call, it is signed below. Only the write waits for the commit.
     let early: { seq: number; hash: string; record?: string | undefined; timer?: NodeJS.Immediate | undefined } | undefined;
+    let storeReturned = false;
     let stored: AuditRow;
     try {
-      stored = await this.#store.appendAudit(row, (prevSeq, prevHash) => {
+      const storing = this.#store.appendAudit(row, (prevSeq, prevHash) => {
         if (fileAnchor !== null && (prevSeq < fileAnchor.seq || (prevSeq === fileAnchor.seq && !sameHex(prevHash, fileAnchor.hash)))) {
           throw truncatedAuditError(`checkpoint ${checkpointFile ?? ""}`, fileAnchor.seq, prevSeq);
         }
         const hash = sealFields(this.#key, prevHash, prevSeq + 1, row);
-        if (checkpointFile !== undefined) {
+        // Sealed before appendAudit() returned: a synchronous store, which commits before a timer could fire.
+        if (checkpointFile !== undefined && storeReturned) {
           if (early?.timer !== undefined) clearImmediate(early.timer);
           const next: NonNullable<typeof early> = { seq: prevSeq + 1, hash };
           next.timer = setImmediate(() => {
@@ -237,6 +239,8 @@ export class AuditLog {
         }
         return hash;
       });
+      storeReturned = true;
+      stored = await storing;
     } catch (err) {
       throw unavailable("cannot append", err);
     } finally {

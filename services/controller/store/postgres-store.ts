@@ -79,6 +79,9 @@ CREATE TABLE IF NOT EXISTS audit_log (
 CREATE INDEX IF NOT EXISTS audit_log_time ON audit_log (time);
 `;
 
+/** application_name of the audit fast path's connection (pg_stat_activity tells it from the pool's). */
+const AUDIT_APPLICATION_NAME = "flotilla-controller-audit";
+
 const AUDIT_COLUMNS = "seq, time, actor, action, target, args, outcome, detail, prev_hash, hash";
 
 /**
@@ -183,7 +186,7 @@ export class PostgresStore implements ControllerStore {
   #auditConnection(): Promise<pg.Client> {
     if (this.#closed) return Promise.reject(new FlotillaError("INTERNAL", "the PostgreSQL store is closed"));
     if (this.#auditClient === undefined) {
-      const client = new pg.Client(this.#connection);
+      const client = new pg.Client({ ...this.#connection, application_name: AUDIT_APPLICATION_NAME });
       const connecting = client.connect().then(
         () => client,
         (err: unknown) => {

@@ -48,6 +48,8 @@ export interface AuditQuery {
   readonly target: string;
   readonly actor: string;
   readonly action: string;
+  /** intent | ok | error | denied ("" = any); the controller checks it. */
+  readonly outcome: string;
   readonly limit: number;
 }
 
@@ -223,6 +225,7 @@ const O = {
   actor: { type: "string", help: "X  only entries by this actor" },
   action: { type: "string", help: "X  only entries of this action" },
   limit: { type: "string", help: "N  at most N entries" },
+  outcome: { type: "string", help: "O  intent, ok, error or denied (e.g. denied: refused callers)" },
   gate: { type: "string", help: "G  manual (wait for flotilla rollout approve after each wave) or manual:30m (halt if not approved in time)" },
   "max-failures": { type: "string", help: "N  failed targets tolerated before the rollout halts (default 0)" },
   "allow-breaking": { type: "boolean", help: "let job/blue-green run revisions that are not additive (old and new code side by side; audited)" },
@@ -281,6 +284,7 @@ function auditQueryFrom(ctx: BuildContext): AuditQuery {
     target: str(ctx, "target") ?? "",
     actor: str(ctx, "actor") ?? "",
     action: str(ctx, "action") ?? "",
+    outcome: str(ctx, "outcome") ?? "",
     limit: str(ctx, "limit") === undefined ? 0 : parsePositiveInt(str(ctx, "limit") ?? "", "--limit"),
   };
   if (q.since !== "" && q.until !== "" && q.since > q.until) {
@@ -582,10 +586,10 @@ const VERBS: readonly VerbDef[] = [
   },
   {
     name: "audit",
-    usage: "flotilla audit [--since T] [--until T] [--target X] [--actor X] [--action X] [--limit N]",
+    usage: "flotilla audit [--since T] [--until T] [--target X] [--actor X] [--action X] [--outcome O] [--limit N]",
     summary: "review the audit log",
     positionals: [],
-    options: { since: O.since, until: O.until, target: O.target, actor: O.actor, action: O.action, limit: O.limit },
+    options: { since: O.since, until: O.until, target: O.target, actor: O.actor, action: O.action, outcome: O.outcome, limit: O.limit },
     build: (ctx) => ({ verb: "audit", query: auditQueryFrom(ctx) }),
   },
   {
@@ -598,10 +602,10 @@ const VERBS: readonly VerbDef[] = [
   },
   {
     name: "audit export",
-    usage: "flotilla audit export [--out FILE] [--since T] [--until T] [--target X] [--actor X] [--action X]",
+    usage: "flotilla audit export [--out FILE] [--since T] [--until T] [--target X] [--actor X] [--action X] [--outcome O]",
     summary: "export the audit log as JSON lines (to stdout without --out)",
     positionals: [],
-    options: { out: { type: "string", help: "FILE  write here instead of stdout" }, since: O.since, until: O.until, target: O.target, actor: O.actor, action: O.action },
+    options: { out: { type: "string", help: "FILE  write here instead of stdout" }, since: O.since, until: O.until, target: O.target, actor: O.actor, action: O.action, outcome: O.outcome },
     build: (ctx) => {
       const out = str(ctx, "out");
       if (out === "") problem("--out needs a file name, e.g. --out audit.jsonl");

@@ -468,7 +468,7 @@ async function writeBundle(ctx: Ctx, targetId: string, out: string): Promise<num
 }
 
 async function exportAudit(ctx: Ctx, q: AuditQuery, out: string): Promise<number> {
-  const query = { since: q.since, until: q.until, target: q.target, actor: q.actor, action: q.action };
+  const query = { since: q.since, until: q.until, target: q.target, actor: q.actor, action: q.action, outcome: q.outcome };
   if (out === "") {
     if (ctx.globals.json) {
       const entries: JsonValue[] = [];

@@ -7,7 +7,7 @@ import type { GrpcAgentPool } from "./agents/agent-pool.js";
 import type { AuditLog } from "./audit/audit-log.js";
 import { type RevisionClass, checkCompatibility, classesFromPlan } from "./core/compatibility-gate.js";
 import type { AgentClient, ControllerStore, RolloutDoc, RolloutSpecDoc, RolloutTargetDoc, StepLine } from "./core/ports.js";
-import { type PreflightAnswer, planTargets, preflightVerdict } from "./core/rollout-plan.js";
+import { type PreflightAnswer, planTargets, preflightVerdict, upToDateWhenNothingPending } from "./core/rollout-plan.js";
 import { type SequencerCommand, type SequencerEvent, type StepResult, isTerminal, retryTargets, rollbackTargets, transition } from "./core/rollout-sequencer.js";
 import type { Inventory } from "./inventory.js";
 
@@ -123,7 +123,7 @@ export class RolloutEngine {
     // Nothing pending: up to date, and no step runs for it.
     for (const t of targets) {
       const pending = classes.get(t.targetId);
-      if (pending !== undefined && pending.length === 0 && spec.strategy !== "blue-green") {
+      if (pending !== undefined && pending.length === 0 && upToDateWhenNothingPending(spec.strategy)) {
         t.status = "up-to-date";
         t.steps = [];
         t.message = "already at the target revision: nothing to do";

@@ -9,12 +9,12 @@ import type { Logger } from "../common/logger.js";
 import { redact, redactValue } from "../common/redact.js";
 import type { GrpcAgentPool } from "./agents/agent-pool.js";
 import { hostOf, isLoopbackHost } from "../common/tls.js";
-import type { AuditLog } from "./audit/audit-log.js";
+import { type AuditLog, outcomeFilter } from "./audit/audit-log.js";
 import type { ControllerConfig, Role } from "./config.js";
 import type { ControllerStore, RolloutDoc, ScheduleDoc } from "./core/ports.js";
 import type { Inventory } from "./inventory.js";
 import type { RolloutEngine } from "./rollout-engine.js";
-import { preflightVerdict, type PreflightAnswer } from "./core/rollout-plan.js";
+import { preflightVerdict, type PreflightAnswer, upToDateWhenNothingPending } from "./core/rollout-plan.js";
 import { type RevisionClass, checkCompatibility, classesFromPlan, strategiesAllowed } from "./core/compatibility-gate.js";
 import { Scheduler } from "./scheduler.js";
 import { DEFAULT_STRATEGY, ProtoStrategy, checkSelector, compileScheduleRequest, describeProblems, orInvalidArgument, strategyName, strategyToProto } from "../common/rollout-request.js";
@@ -375,7 +375,7 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
         if (p !== undefined) classes.set(t.targetId, revs);
         return {
           targetId: t.targetId, agentId: t.agentId, wave: t.wave, current: p?.current ?? [], pending: p?.pending ?? [],
-          steps: p !== undefined && p.pending.length === 0 && plan.spec.strategy !== "blue-green" ? [] : t.steps.map((s) => ({ name: s.name, agentId: s.agentId, detail: s.detail })),
+          steps: p !== undefined && p.pending.length === 0 && upToDateWhenNothingPending(plan.spec.strategy) ? [] : t.steps.map((s) => ({ name: s.name, agentId: s.agentId, detail: s.detail })),
           sql: p?.sql ?? "", sqlComplete: p?.sqlComplete ?? false, notes, warnings: tw,
           revisions: revs.map((r) => ({ ...(p?.revisions.find((x) => x.id === r.id) ?? { id: r.id }), compatibility: r.compatibility, compatibilityReason: r.reason })),
           allowedStrategies: strategiesAllowed(revs).map(strategyToProto),
@@ -465,10 +465,11 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
       return { schedules: (await d.store.listSchedules()).map(scheduleMessage) };
     }),
     queryAudit: (req, ctx) => audited("QueryAudit", ctx, req.target, req, async () => {
+      const outcome = outcomeFilter(req.outcome);
       const rows = await d.audit.query({
         ...(req.since ? { since: req.since } : {}), ...(req.until ? { until: req.until } : {}), ...(req.target ? { target: req.target } : {}),
         ...(req.actor ? { actor: req.actor } : {}), ...(req.action ? { action: req.action } : {}),
-        ...(req.outcome ? { outcome: req.outcome as "ok" } : {}), ...(req.beforeSeq > 0n ? { beforeSeq: Number(req.beforeSeq) } : {}), limit: req.limit > 0 ? Math.min(req.limit, 10_000) : 1000,
+        ...(outcome !== undefined ? { outcome } : {}), ...(req.beforeSeq > 0n ? { beforeSeq: Number(req.beforeSeq) } : {}), limit: req.limit > 0 ? Math.min(req.limit, 10_000) : 1000,
       });
       return { entries: rows.map((r) => ({ ...r, seq: BigInt(r.seq) })) };
     }),

@@ -285,3 +285,20 @@ test("schedules: an existing name is refused unless replaced; the list shows eac
   assert.match(badZone.stderr, /--time-zone: "Mars\/Olympus" is not a time zone/);
   assert.equal((await fleet.cli(["schedule", "rm", "weekly"])).code, 0);
 });
+
+test("audit --outcome lists only entries of that outcome (the refused rollback above is an error); a bad outcome is exit 2", async () => {
+  const errors = await fleet.cliJson<{ entries: { action: string; outcome: string }[] }>(["audit", "--outcome", "error"]);
+  assert.equal(errors.code, 0, errors.stderr);
+  assert.ok(errors.doc.entries.length > 0);
+  assert.ok(errors.doc.entries.every((e) => e.outcome === "error"), JSON.stringify(errors.doc.entries.slice(0, 3)));
+  assert.ok(errors.doc.entries.some((e) => e.action === "api.RollbackRollout"), "the rollback refused without --yes");
+  const exported = await fleet.cli(["audit", "export", "--outcome", "error"]);
+  assert.equal(exported.code, 0, exported.stderr);
+  const lines = exported.stdout.trim().split("\n").map((l) => JSON.parse(l) as { outcome: string });
+  assert.equal(lines.length, errors.doc.entries.length);
+  for (const args of [["audit", "--outcome", "failed"], ["audit", "export", "--outcome", "failed"]]) {
+    const bad = await fleet.cli(args);
+    assert.equal(bad.code, 2, `${args.join(" ")}: ${bad.stderr}`);
+    assert.match(bad.stderr, /"failed" is not an outcome; use intent, ok, error or denied/);
+  }
+});

@@ -3,6 +3,7 @@ import type { OperationEventSchema, OperationResultSchema } from "../../common/g
 import { type ErrorCode, FlotillaError, isErrorCode, toFlotillaError } from "../../common/errors.js";
 import type { AgentClient, StepContext, StepDoc, StepLine } from "../core/ports.js";
 import type { Effect, StepResult } from "../core/rollout-sequencer.js";
+import { upToDateWhenNothingPending } from "../core/rollout-plan.js";
 import type { AgentClient as GrpcAgent, GrpcAgentPool } from "./agent-pool.js";
 
 type OpResult = MessageShape<typeof OperationResultSchema>;
@@ -217,7 +218,7 @@ export class GrpcStepClient implements AgentClient {
         if (problems.length > 0) return { outcome: "failed", code: "PRECONDITION_FAILED", effect: "none", detail: problems.join("; ") };
         const atTarget = spec.toRevision === "head" ? s.pending.length === 0 : s.current.includes(spec.toRevision);
         return {
-          outcome: "succeeded", effect: atTarget && spec.strategy !== "blue-green" ? "up-to-date" : "none",
+          outcome: "succeeded", effect: atTarget && upToDateWhenNothingPending(spec.strategy) ? "up-to-date" : "none",
           detail: `at ${s.current.join(",") || "no revision"}; ${s.pending.length} pending`, revisionBefore: [...s.current],
         };
       }

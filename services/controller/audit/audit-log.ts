@@ -10,6 +10,13 @@ import { truncatedAuditError } from "../core/audit-anchor.js";
 export const GENESIS_HASH = "0".repeat(64);
 
 const OUTCOMES: ReadonlySet<string> = new Set(["intent", "ok", "error", "denied"]);
+
+/** An outcome filter from a request ("" = any): the outcome, or INVALID_ARGUMENT naming the four. */
+export function outcomeFilter(raw: string): AuditRow["outcome"] | undefined {
+  if (raw === "") return undefined;
+  if (OUTCOMES.has(raw)) return raw as AuditRow["outcome"];
+  throw new FlotillaError("INVALID_ARGUMENT", `outcome: ${JSON.stringify(raw)} is not an outcome; use intent, ok, error or denied`);
+}
 const CHECKPOINT_DOMAIN = "flotilla-audit-checkpoint\n";
 const DEFAULT_PAGE_SIZE = 1000;
 /** Checkpoint record length: JSON padded with spaces, then a newline; under one 512-byte sector. */

@@ -10,7 +10,7 @@ import type { CallContext, ServiceImpl } from "../../common/grpc-bridge.js";
 import type { Logger } from "../../common/logger.js";
 import { redact } from "../../common/redact.js";
 import { isLoopbackHost } from "../../common/tls.js";
-import type { AuditLog } from "../audit/audit-log.js";
+import { type AuditLog, outcomeFilter } from "../audit/audit-log.js";
 import { deniedActor, permittedMethods, type Caller } from "../service.js";
 import { staticAsset, type StaticAsset } from "./static-assets.js";
 import { STRATEGIES } from "../../common/rollout-request.js";
@@ -239,7 +239,7 @@ export function createHttpGateway(
         const filter: Record<string, string> = {};
         for (const k of ["since", "until", "target", "actor", "action", "outcome"]) {
           const v = url.searchParams.get(k);
-          if (v) filter[k] = k === "since" || k === "until" ? auditTime(k, v) : v;
+          if (v) filter[k] = k === "since" || k === "until" ? auditTime(k, v) : k === "outcome" ? (outcomeFilter(v) ?? "") : v;
         }
         await deps.audit.append({ actor: caller.actor, action: "api.ExportAudit", args: filter, outcome: "ok" });
         res.writeHead(200, { "content-type": "application/x-ndjson" });

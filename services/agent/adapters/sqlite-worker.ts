@@ -501,20 +501,28 @@ function snapshotCopy(ctx: Ctx, label: string, source: string, tmpPath: string, 
     src.close();
   }
   checkCancel(ctx);
-  if (walFrames > 0) {
-    progress(ctx, `${label}: applying ${walFrames} WAL frame(s) of the snapshot to the copy`);
+  // Header bytes 18-19 are 2 in a WAL database. Like VACUUM INTO's output, the backup is made a
+  // rollback-journal database (journal_mode=DELETE on the copy), so opening it read-only later
+  // (verify, drills) never leaves a -wal and -shm beside it; a restored database is what
+  // VACUUM INTO backups gave, and the app turns WAL on again as it always did.
+  if (walFrames > 0 || readHead(tmpPath, 20)?.[18] === 2) {
+    if (walFrames > 0) progress(ctx, `${label}: applying ${walFrames} WAL frame(s) of the snapshot to the copy`);
     const copy = new Database(tmpPath, { fileMustExist: true, timeout: 0 });
     try {
       // The first read opens the copied WAL and recovers its frames; the checkpoint writes them into the file.
       if (Number(copy.pragma("page_count", { simple: true })) !== facts.pageCount) return "the copy's page count differs from the snapshot's";
-      // FULL reports the frames it found and wrote (TRUNCATE would report the emptied WAL's 0/0); closing removes the WAL.
-      const r = copy.pragma("wal_checkpoint(FULL)") as Array<{ busy: number; log: number; checkpointed: number }>;
-      const c = r[0];
-      if (c === undefined || c.busy !== 0 || c.log !== walFrames || c.checkpointed !== walFrames) return `the copy recovered ${c?.log ?? 0} of ${walFrames} WAL frames`;
+      if (walFrames > 0) {
+        // FULL reports the frames it found and wrote (TRUNCATE would report the emptied WAL's 0/0).
+        const r = copy.pragma("wal_checkpoint(FULL)") as Array<{ busy: number; log: number; checkpointed: number }>;
+        const c = r[0];
+        if (c === undefined || c.busy !== 0 || c.log !== walFrames || c.checkpointed !== walFrames) return `the copy recovered ${c?.log ?? 0} of ${walFrames} WAL frames`;
+      }
+      const mode = String(copy.pragma("journal_mode = DELETE", { simple: true })).toLowerCase();
+      if (mode !== "delete") return `the copy stayed in journal_mode ${mode}`;
     } finally {
       copy.close();
     }
-    for (const suffix of ["-wal", "-shm"]) unlinkQuiet(tmpPath + suffix);
+    for (const suffix of ["-wal", "-shm", "-journal"]) unlinkQuiet(tmpPath + suffix);
     if (fs.statSync(tmpPath).size !== facts.pageCount * facts.pageSize) return "the copy's size differs from the snapshot's";
   }
   return { facts, walFrames };

@@ -8,6 +8,7 @@
  * view only (phases, throughput, the parts of a figure).
  */
 import { readFileSync } from "node:fs";
+import { PerformanceObserver } from "node:perf_hooks";
 
 export interface BenchOptions {
   /** The short form: smaller data, fewer runs (the whole bench under ten minutes on 2 cores). */
@@ -66,18 +67,31 @@ function mainThreadRunNs(): number | undefined {
  * waiting for a CPU, which says nothing about the code; so `maxStallMs` is the time the main
  * thread itself spent running between two ticks (from its schedstat), the part of a stall the
  * design is responsible for. Without schedstat both are the wall figure.
+ *
+ * `gcMsInMaxStall` is how much of the interval holding that longest stall this thread's V8
+ * spent in garbage collection (wall time, from `gc` performance entries): a rare long stall is most often
+ * a major GC (V8's memory reducer starts one when the process looks idle, which is just when
+ * the agent waits for a worker or for Alembic), and this tells it from a slow synchronous call.
  */
-export async function withStallProbe<T>(work: () => Promise<T>): Promise<{ result: T; maxStallMs: number; maxWallStallMs: number }> {
+export async function withStallProbe<T>(work: () => Promise<T>): Promise<{ result: T; maxStallMs: number; maxWallStallMs: number; gcMsInMaxStall: number }> {
   const period = 5;
   let last = performance.now();
   let lastRun = mainThreadRunNs();
   let worstWall = 0;
   let worstRun = 0;
+  let worstAt: [number, number] = [last, last];
+  const gcs: [number, number][] = [];
+  const gcObserver = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) gcs.push([e.startTime, e.startTime + e.duration]);
+  });
+  gcObserver.observe({ entryTypes: ["gc"] });
   const tick = (): void => {
     const now = performance.now();
     const run = mainThreadRunNs();
+    const stall = run !== undefined && lastRun !== undefined ? (run - lastRun) / 1e6 : now - last - period;
+    if (stall > worstRun) worstAt = [last, now];
     worstWall = Math.max(worstWall, now - last - period);
-    if (run !== undefined && lastRun !== undefined) worstRun = Math.max(worstRun, (run - lastRun) / 1e6);
+    worstRun = Math.max(worstRun, stall);
     last = now;
     lastRun = run;
   };
@@ -85,10 +99,23 @@ export async function withStallProbe<T>(work: () => Promise<T>): Promise<{ resul
   try {
     const result = await work();
     tick();
+    // gc entries are delivered after the GC, from the event loop: let them arrive.
+    await new Promise((r) => setTimeout(r, 20));
+    // Entries can overlap (a major GC and its weak callbacks): merge them, then clip to the interval.
+    const [from, to] = worstAt;
+    let gcMsInMaxStall = 0;
+    let reach = from;
+    for (const [start, end] of gcs.sort((a, b) => a[0] - b[0])) {
+      const lo = Math.max(start, reach);
+      const hi = Math.min(end, to);
+      if (hi > lo) gcMsInMaxStall += hi - lo;
+      reach = Math.max(reach, end);
+    }
     const wall = Math.max(0, worstWall);
-    return { result, maxWallStallMs: wall, maxStallMs: lastRun === undefined ? wall : worstRun };
+    return { result, maxWallStallMs: wall, maxStallMs: lastRun === undefined ? wall : Math.max(0, worstRun), gcMsInMaxStall };
   } finally {
     clearInterval(timer);
+    gcObserver.disconnect();
   }
 }
 

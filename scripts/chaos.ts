@@ -17,7 +17,7 @@
  * Exit code 1 when any lost/twice/unaudited/stuck figure is not 0.
  */
 import { execFileSync } from "node:child_process";
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, writeFileSync, writeSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, watch, writeFileSync, writeSync } from "node:fs";
 import { createServer, connect, type Server, type Socket } from "node:net";
 import { join } from "node:path";
 import { parse } from "yaml";
@@ -304,24 +304,47 @@ async function diskFull(t: string): Promise<void> {
   try {
     for (let i = 0; i < (QUICK ? 2 : 4); i++) {
       const before = await snapshot(t);
-      // Leave just what the agent's free-space check asks for (database x 1.1 + 16 MiB) and a little
-      // more, then another writer takes the rest while the backup runs: the disk fills mid-backup.
-      const dbBytes = readFileSync(fleet.urls.get(t)!.slice("sqlite:///".length)).length;
+      // Leave just what the agent's free-space check asks for ((database + WAL) x 1.1 + 16 MiB, its own
+      // formula) and a little more, then another writer takes the rest while the backup runs.
+      const dbFile = fleet.urls.get(t)!.slice("sqlite:///".length);
+      const dbBytes = readFileSync(dbFile).length + (existsSync(`${dbFile}-wal`) ? readFileSync(`${dbFile}-wal`).length : 0);
       const prefill = join(dir, `filler-pre-${i}`);
       const avail = Number(execFileSync("df", ["-B1", "--output=avail", dir]).toString().trim().split("\n")[1]);
       const keep = Math.ceil(dbBytes * 1.1) + 16 * 1024 * 1024 + 256 * 1024;
       writeFileSync(prefill, Buffer.alloc(Math.max(0, avail - keep)));
       let finished = false;
-      const backing = api<{ code?: string; message?: string }>("BackupTarget", { targetId: t }, 120_000).finally(() => { finished = true; });
-      // Once the copy has started (its temp file exists), with a seeded delay of 0-20 ms.
-      while (!finished && !readdirSync(dir).some((n) => n.includes(".tmp-"))) await sleep(1);
-      await sleep(Math.round(random() * 20));
+      // Two landing points, alternately. Even trials: the moment the copy creates its temp file
+      // (inotify), the agent is frozen (SIGSTOP) while the disk is filled, then let go, so the copy
+      // itself meets the full disk (filling the 16 MiB the free-space check keeps spare takes longer
+      // than copying this database, so without the freeze it rarely does). Odd trials: the disk
+      // fills a seeded 0-20 ms after the copy started, which mostly lands in the writes after it
+      // (manifest, verification).
+      const freeze = i % 2 === 0;
+      const agentProc = fleet.agents.get("h1")!.proc!;
+      let frozen = false;
+      const watcher = freeze ? watch(dir, (_event, name) => {
+        if (!frozen && !finished && name?.includes(".tmp-")) frozen = agentProc.kill("SIGSTOP");
+      }) : undefined;
+      const backing = api<{ code?: string; message?: string; status?: string; errorCode?: string }>("BackupTarget", { targetId: t }, 120_000).finally(() => { finished = true; });
+      if (freeze) {
+        while (!finished && !frozen) await sleep(1);
+        watcher?.close();
+      } else {
+        while (!finished && !readdirSync(dir).some((n) => n.includes(".tmp-"))) await sleep(1);
+        await sleep(Math.round(random() * 20));
+      }
       const filler = join(dir, `filler-${i}`);
       const fd = openSync(filler, "w");
-      try { const chunk = Buffer.alloc(1 << 16, 7); for (;;) writeSync(fd, chunk); } catch { /* ENOSPC: full */ } finally { closeSync(fd); }
+      try { const chunk = Buffer.alloc(1 << 16, 7); for (;;) writeSync(fd, chunk); } catch { /* ENOSPC: full */ } finally {
+        closeSync(fd);
+        if (frozen) agentProc.kill("SIGCONT");
+      }
       const res = await backing;
-      if (finished && res.status === 200) r.notes.push(`backup ${i}: completed before the disk filled (fault landed after it)`);
-      else r.notes.push(`backup ${i}: HTTP ${res.status} ${res.json.code ?? ""}: ${(res.json.message ?? "").slice(0, 120)}`);
+      // BackupTarget streams: HTTP 200 carries the operation's own result (succeeded, failed, refused) as its last line.
+      const landed = res.status !== 200 ? `HTTP ${res.status} ${res.json.code ?? ""}: ${(res.json.message ?? "").slice(0, 120)}`
+        : res.json.status === "succeeded" ? "the backup completed: the fault landed after the copy"
+        : `${res.json.status} ${res.json.errorCode ?? ""}: ${(res.json.message ?? "").slice(0, 120)}${frozen ? " (copy frozen, the disk filled under it)" : ""}`;
+      r.notes.push(`backup ${i}: ${landed}`);
       execFileSync("rm", ["-f", filler, prefill]);
       const names = readdirSync(dir).filter((n) => !n.startsWith("filler"));
       const tmp = names.filter((n) => n.includes(".tmp-"));
@@ -334,7 +357,7 @@ async function diskFull(t: string): Promise<void> {
       const clean = tmp.length === 0 && incomplete.length === 0;
       if (!clean) r.notes.push(`leftovers after backup ${i}: ${[...tmp, ...incomplete].join(", ")}`);
       // Leftover files count as a failure to survive (the folder must hold only complete, verified backups).
-      record(r, { ...j, appsUp: clean }, undefined, `backup ${i}: HTTP ${res.status} ${(res.json as { code?: string }).code ?? "ok"}`);
+      record(r, { ...j, appsUp: clean }, undefined, `backup ${i}: ${landed}`);
     }
   } finally {
     if (mounted) execFileSync("umount", ["-l", dir]);

@@ -38,7 +38,7 @@ export async function agentHostProblems(config: AgentConfig, secrets: SecretSour
   for (const t of config.targets) {
     const resolved = resolveSecrets(t, secrets);
     const db = t.kind === "sqlite"
-      ? SqliteDatabase.fromUrl(t.database)
+      ? SqliteDatabase.fromUrl(t.database, { scratchDir: join(config.dataDir, "scratch") })
       : new PostgresDatabase({ url: t.database, ...(resolved.password !== undefined ? { password: resolved.password } : {}), runner, scratchDir: join(config.dataDir, "scratch") });
     const facts = await probeTarget(t, resolved.problems, db);
     for (const p of targetProblems(facts)) out.push(`target ${t.id}: ${p.what} (the agent would serve it as broken); fix: ${p.fix}`);

@@ -1,5 +1,6 @@
 import { existsSync, readFileSync } from "node:fs";
-import { hostname } from "node:os";
+import { readdir, rm } from "node:fs/promises";
+import { hostname, userInfo } from "node:os";
 import { join } from "node:path";
 import { AgentService } from "../common/gen/flotilla/v1/agent_pb.js";
 import { request as httpRequest } from "node:http";
@@ -18,6 +19,7 @@ import { checkAgentConfig } from "./config-host.js";
 import { AppControl } from "./adapters/app-control.js";
 import { BackupCatalog } from "./adapters/backup-catalog.js";
 import { SqliteJournal } from "./adapters/sqlite-journal.js";
+import { InstanceLock } from "./adapters/instance-lock.js";
 import { SqliteDatabase } from "./adapters/sqlite-database.js";
 import { PostgresDatabase } from "./adapters/postgres-database.js";
 import { alembicPort } from "./adapters/alembic-port.js";
@@ -29,6 +31,7 @@ import type { SecretSource } from "./core/secrets.js";
 import { AgentOperations, type TargetRuntime } from "./operations/index.js";
 import { agentServiceImpl } from "./rpc/agent-service.js";
 import { withFencing } from "./rpc/fencing.js";
+import { RESET_FENCING_USAGE, resetFencingCommand } from "./reset-fencing-command.js";
 import { withTargetHealth } from "./rpc/target-health-guard.js";
 import { TargetRegistry } from "./target-registry.js";
 import { AgentMetrics } from "./metrics.js";
@@ -37,7 +40,7 @@ import { startHealthListener } from "./http-health.js";
 export const AGENT_VERSION = "0.1.0";
 
 function databaseFor(url: string, t: AgentTarget, runner: ProcessRunner, scratchDir: string): DatabaseAdapter {
-  if (t.kind === "sqlite") return SqliteDatabase.fromUrl(url);
+  if (t.kind === "sqlite") return SqliteDatabase.fromUrl(url, { scratchDir });
   return new PostgresDatabase({ url, ...(t.password !== undefined ? { password: t.password } : {}), runner, scratchDir });
 }
 
@@ -80,6 +83,17 @@ export interface RunningAgent {
   stop(force?: boolean): Promise<void>;
 }
 
+/**
+ * Empties the scratch folder (rehearsal copies, drill restores, clone dumps).
+ * Only at start, before any operation can run: whatever is there was left by
+ * a process that died mid-operation. Returns how many entries were removed.
+ */
+export async function clearScratch(dir: string): Promise<number> {
+  const entries = await readdir(dir).catch(() => [] as string[]);
+  await Promise.all(entries.map((e) => rm(join(dir, e), { recursive: true, force: true })));
+  return entries.length;
+}
+
 /** Starts an agent from a loaded config (used by main and by tests in-process). */
 export async function startAgent(config: AgentConfig, log: Logger, secrets: SecretSource = new NodeSecretSource()): Promise<RunningAgent> {
   const runner = new NodeProcessRunner();
@@ -94,6 +108,8 @@ export async function startAgent(config: AgentConfig, log: Logger, secrets: Secr
     for (const op of interrupted) {
       log.warn({ op: op.id, target: op.targetId, kind: op.kind }, "operation was interrupted by an agent stop; the target stays locked until Recover");
     }
+    const leftovers = await clearScratch(join(config.dataDir, "scratch"));
+    if (leftovers > 0) log.info({ entries: leftovers }, "removed scratch copies left by a crash (rehearsals, drills, clones)");
     const targets = buildTargets(config, runner, secrets);
     // In parallel: one unreachable database must not hold up the start of the others.
     await Promise.all([...targets.keys()].map(async (id) => {
@@ -208,13 +224,19 @@ export async function startAgent(config: AgentConfig, log: Logger, secrets: Secr
   }
 }
 
+let instanceLock: InstanceLock | undefined;
+
 /** Entry point of `flotilla-agent --config agent.yaml`. Resolves with an exit code when it does not keep running. */
 export async function main(argv: string[]): Promise<number | undefined> {
   if (argv.includes("--help") || argv.includes("-h")) {
-    process.stdout.write("usage: flotilla-agent --config agent.yaml [--listen host:port] [--data-dir DIR] [--check-config [--offline]]\n");
+    process.stdout.write(`usage: flotilla-agent --config agent.yaml [--listen host:port] [--data-dir DIR] [--check-config [--offline]]\n       ${RESET_FENCING_USAGE}`);
     return 0;
   }
   const readFile = (p: string): string => readFileSync(p, "utf8");
+  if (argv.includes("--reset-fencing")) {
+    const actor = (() => { try { return userInfo().username; } catch { return `uid ${process.getuid?.() ?? "?"}`; } })();
+    return resetFencingCommand(argv, { env: process.env, readFile, hostname: hostname(), actor, out: (t) => process.stdout.write(t), err: (t) => process.stderr.write(t) });
+  }
   if (argv.includes("--check-config")) {
     const report = await checkAgentConfig({ argv, env: process.env, readFile, hostname: hostname() }, { offline: argv.includes("--offline") });
     process.stdout.write(report.text);
@@ -227,6 +249,14 @@ export async function main(argv: string[]): Promise<number | undefined> {
     const fe = toFlotillaError(err);
     process.stderr.write(`flotilla-agent: ${fe.message}\n`);
     return fe.code === "CONFIG_INVALID" || fe.code === "INVALID_ARGUMENT" ? 2 : 1;
+  }
+  // One daemon per data dir, and offline tools (--reset-fencing) never beside it; released by the OS when the process ends.
+  try {
+    // Kept referenced for the life of the process (a collected connection would drop the lock).
+    instanceLock = InstanceLock.acquire(config.dataDir);
+  } catch (err) {
+    process.stderr.write(`flotilla-agent: ${toFlotillaError(err).message}: refusing to start a second one\n`);
+    return 1;
   }
   const log = createLogger({ name: "flotilla-agent", level: config.logLevel });
   installProcessGuard(log);
@@ -253,7 +283,10 @@ export async function main(argv: string[]): Promise<number | undefined> {
     }
     stopping = true;
     log.info({ signal: sig }, "draining: finishing running operations, then stopping");
-    void agent.stop(false).then(() => process.exit(0));
+    void agent.stop(false).then(() => {
+      instanceLock?.release();
+      process.exit(0);
+    });
   };
   process.on("SIGTERM", onSignal);
   process.on("SIGINT", onSignal);

@@ -103,7 +103,7 @@ test("command line: verb, sub-verb, global options anywhere, env fallbacks", () 
   assert.ok(e.ok);
   assert.deepEqual(e.command, {
     verb: "audit",
-    query: { since: "2024-05-01T10:00:00.000Z", until: "", target: "", actor: "alice", action: "", limit: 20 },
+    query: { since: "2024-05-01T10:00:00.000Z", until: "", target: "", actor: "alice", action: "", outcome: "", limit: 20 },
   });
 
   const f = parseCommandLine(["rollout", "--help"], {}, NOW);

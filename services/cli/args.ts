@@ -1,6 +1,6 @@
 import { parseArgs } from "node:util";
 import {
-  ROLLOUT_FIELDS, STRATEGIES, type Checked, checkCron, checkDuration, checkRevision, checkSelector, checkWaves, compileRolloutRequest, compileScheduleRequest, durationMs,
+  ROLLOUT_FIELDS, STRATEGIES, type RolloutSpec, type Strategy, type Checked, checkCron, checkDuration, checkRevision, checkSelector, checkWaves, compileRolloutRequest, compileScheduleRequest, durationMs,
 } from "../common/rollout-request.js";
 
 /** Default controller HTTP address when neither --controller nor FLOTILLA_CONTROLLER is given. */
@@ -20,17 +20,8 @@ export interface GlobalOptions {
   readonly json: boolean;
 }
 
-/** A rollout request as the wire wants it: empty string / 0 means "not given". */
-export interface SpecInput {
-  readonly selector: string;
-  readonly toRevision: string;
-  readonly strategy: string;
-  readonly waves: string;
-  readonly maxFailures: number;
-  readonly window: string;
-  readonly gate: string;
-  readonly allowBreaking: boolean;
-}
+/** A compiled rollout request as the CLI sends it (a schedule name is only set by the controller). */
+export type SpecInput = Omit<RolloutSpec, "schedule">;
 
 /** A schedule as the wire wants it: empty string means "not given". */
 export interface ScheduleInput {
@@ -38,7 +29,8 @@ export interface ScheduleInput {
   readonly cron: string;
   readonly timeZone: string;
   readonly selector: string;
-  readonly strategy: string;
+  /** Ignored for a drill (it runs no migration). */
+  readonly strategy: Strategy;
   readonly window: string;
   readonly toRevision: string;
   readonly waves: string;
@@ -56,6 +48,8 @@ export interface AuditQuery {
   readonly target: string;
   readonly actor: string;
   readonly action: string;
+  /** intent | ok | error | denied ("" = any); the controller checks it. */
+  readonly outcome: string;
   readonly limit: number;
 }
 
@@ -231,6 +225,7 @@ const O = {
   actor: { type: "string", help: "X  only entries by this actor" },
   action: { type: "string", help: "X  only entries of this action" },
   limit: { type: "string", help: "N  at most N entries" },
+  outcome: { type: "string", help: "O  intent, ok, error or denied (e.g. denied: refused callers)" },
   gate: { type: "string", help: "G  manual (wait for flotilla rollout approve after each wave) or manual:30m (halt if not approved in time)" },
   "max-failures": { type: "string", help: "N  failed targets tolerated before the rollout halts (default 0)" },
   "allow-breaking": { type: "boolean", help: "let job/blue-green run revisions that are not additive (old and new code side by side; audited)" },
@@ -276,11 +271,8 @@ function specFrom(ctx: BuildContext, usage: string, strategyRequired: boolean): 
     return problem(`${FLAG_OF[first.field] ?? first.field}: ${first.message}`);
   }
   for (const note of compiled.notes) ctx.notes.push(`--${note}`);
-  const spec = compiled.value;
-  return {
-    selector: spec.selector, toRevision: spec.toRevision, strategy: spec.strategy, waves: spec.waves, maxFailures: spec.maxFailures,
-    window: spec.window, gate: spec.gate, allowBreaking: spec.allowBreaking,
-  };
+  const { schedule: _schedule, ...spec } = compiled.value;
+  return spec;
 }
 
 function auditQueryFrom(ctx: BuildContext): AuditQuery {
@@ -292,6 +284,7 @@ function auditQueryFrom(ctx: BuildContext): AuditQuery {
     target: str(ctx, "target") ?? "",
     actor: str(ctx, "actor") ?? "",
     action: str(ctx, "action") ?? "",
+    outcome: str(ctx, "outcome") ?? "",
     limit: str(ctx, "limit") === undefined ? 0 : parsePositiveInt(str(ctx, "limit") ?? "", "--limit"),
   };
   if (q.since !== "" && q.until !== "" && q.since > q.until) {
@@ -336,7 +329,7 @@ function scheduleVerb(name: "schedule add" | "schedule replace", summary: string
       const cronRaw = requireOption(ctx, "cron", usage, '"0 3 * * 0"');
       const drill = flag(ctx, "drill");
       const spec = specFrom(ctx, usage, !drill);
-      const compiled = compileScheduleRequest({ ...spec, strategy: drill && !spec.strategy ? "maintenance" : spec.strategy, name: pos(ctx, 0), cron: cronRaw, timeZone: str(ctx, "time-zone") ?? "" });
+      const compiled = compileScheduleRequest({ ...spec, name: pos(ctx, 0), cron: cronRaw, timeZone: str(ctx, "time-zone") ?? "" });
       if (!compiled.ok) {
         const first = compiled.problems[0]!;
         return problem(`${FLAG_OF[first.field] ?? first.field}: ${first.message}`);
@@ -593,10 +586,10 @@ const VERBS: readonly VerbDef[] = [
   },
   {
     name: "audit",
-    usage: "flotilla audit [--since T] [--until T] [--target X] [--actor X] [--action X] [--limit N]",
+    usage: "flotilla audit [--since T] [--until T] [--target X] [--actor X] [--action X] [--outcome O] [--limit N]",
     summary: "review the audit log",
     positionals: [],
-    options: { since: O.since, until: O.until, target: O.target, actor: O.actor, action: O.action, limit: O.limit },
+    options: { since: O.since, until: O.until, target: O.target, actor: O.actor, action: O.action, outcome: O.outcome, limit: O.limit },
     build: (ctx) => ({ verb: "audit", query: auditQueryFrom(ctx) }),
   },
   {
@@ -609,10 +602,10 @@ const VERBS: readonly VerbDef[] = [
   },
   {
     name: "audit export",
-    usage: "flotilla audit export [--out FILE] [--since T] [--until T] [--target X] [--actor X] [--action X]",
+    usage: "flotilla audit export [--out FILE] [--since T] [--until T] [--target X] [--actor X] [--action X] [--outcome O]",
     summary: "export the audit log as JSON lines (to stdout without --out)",
     positionals: [],
-    options: { out: { type: "string", help: "FILE  write here instead of stdout" }, since: O.since, until: O.until, target: O.target, actor: O.actor, action: O.action },
+    options: { out: { type: "string", help: "FILE  write here instead of stdout" }, since: O.since, until: O.until, target: O.target, actor: O.actor, action: O.action, outcome: O.outcome },
     build: (ctx) => {
       const out = str(ctx, "out");
       if (out === "") problem("--out needs a file name, e.g. --out audit.jsonl");

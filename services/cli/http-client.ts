@@ -3,7 +3,8 @@ import https from "node:https";
 import tls from "node:tls";
 import { isLoopbackHost } from "../common/tls.js";
 import type { IncomingMessage } from "node:http";
-import { create, fromJson, toJson } from "@bufbuild/protobuf";
+import { create } from "@bufbuild/protobuf";
+import { fromApiJson, toApiJson } from "../common/proto-json.js";
 import type { DescMessage, JsonValue, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
 import { isErrorCode } from "../common/errors.js";
 import type { ErrorCode } from "../common/errors.js";
@@ -77,7 +78,7 @@ export class ControllerHttpClient {
     output: O,
     options: CallOptions = {},
   ): Promise<CallOutcome<MessageShape<O>>> {
-    const body = JSON.stringify(toJson(input, create(input, request)));
+    const body = JSON.stringify(toApiJson(input, create(input, request), { alwaysEmitImplicit: false }));
     const deadlineMs = options.timeoutMs ?? this.#timeoutMs;
     const opened = await this.#open("POST", `/v1/${method}`, body, "application/json", deadlineMs);
     if (!opened.ok) return opened;
@@ -93,7 +94,7 @@ export class ControllerHttpClient {
         return unreachable(`the controller answered ${method} with something that is not JSON; is ${this.baseUrl.origin} a Flotilla controller?`);
       }
       try {
-        return { ok: true, value: fromJson(output, json as JsonValue, { ignoreUnknownFields: true }) };
+        return { ok: true, value: fromApiJson(output, json as JsonValue) };
       } catch (err) {
         return unreachable(`the controller's answer to ${method} does not match the API: ${(err as Error).message}`);
       }
@@ -117,7 +118,7 @@ export class ControllerHttpClient {
     output: O,
     onMessage: (message: MessageShape<O>) => boolean | void,
   ): Promise<CallOutcome<number>> {
-    const body = JSON.stringify(toJson(input, create(input, request)));
+    const body = JSON.stringify(toApiJson(input, create(input, request), { alwaysEmitImplicit: false }));
     const opened = await this.#open("POST", `/v1/${method}`, body, "application/x-ndjson", undefined);
     if (!opened.ok) return opened;
     let count = 0;
@@ -139,7 +140,7 @@ export class ControllerHttpClient {
       }
       let message: MessageShape<O>;
       try {
-        message = fromJson(output, json as JsonValue, { ignoreUnknownFields: true });
+        message = fromApiJson(output, json as JsonValue);
       } catch (err) {
         bad = `a message of ${method} does not match the API: ${(err as Error).message}`;
         return false;

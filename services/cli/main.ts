@@ -3,7 +3,8 @@ import { pathToFileURL } from "node:url";
 import { packageRoot } from "../common/package-root.js";
 import { closeSync, openSync, renameSync, rmSync, writeSync } from "node:fs";
 import { readFile } from "node:fs/promises";
-import { fromJson, toJson } from "@bufbuild/protobuf";
+import { fromApiJson, toApiJson } from "../common/proto-json.js";
+import { ProtoStrategy, strategyName, strategyToProto } from "../common/rollout-request.js";
 import type { DescMessage, JsonValue, MessageShape } from "@bufbuild/protobuf";
 import { isUsageError } from "../common/errors.js";
 import { redact, registerSecret } from "../common/redact.js";
@@ -212,7 +213,7 @@ async function run(ctx: Ctx, command: Command): Promise<number> {
     case "move":
       return moveTarget(ctx, command);
     case "plan": {
-      const r = await client.unary("PlanRollout", RolloutSpecSchema, command.spec, RolloutPlanSchema, { timeoutMs: PLAN_TIMEOUT_MS });
+      const r = await client.unary("PlanRollout", RolloutSpecSchema, { ...command.spec, strategy: strategyToProto(command.spec.strategy) }, RolloutPlanSchema, { timeoutMs: PLAN_TIMEOUT_MS });
       if (!r.ok) return fail(ctx, r.failure);
       output(ctx, RolloutPlanSchema, r.value, () => renderPlan(r.value));
       return EXIT.ok;
@@ -241,13 +242,13 @@ async function run(ctx: Ctx, command: Command): Promise<number> {
       return control(ctx, command);
     case "schedule add": {
       const s = command.schedule;
-      const r = await client.unary("AddSchedule", ScheduleSchema, s, ScheduleSchema);
+      const r = await client.unary("AddSchedule", ScheduleSchema, { ...s, strategy: strategyToProto(s.strategy) }, ScheduleSchema);
       if (!r.ok) return fail(ctx, r.failure);
       const v = r.value;
       output(ctx, ScheduleSchema, v, () =>
         v.drill
           ? `✓ schedule ${v.name} ${s.replace ? "saved" : "added"}: ${v.cron} · ${v.selector} · restore drill of the newest verified backup${v.nextRun === "" ? "" : ` · next run ${v.nextRun} (${v.timeZone})`}\n`
-          : `✓ schedule ${v.name} ${s.replace ? "saved" : "added"}: ${v.cron} · ${v.selector} · ${v.strategy}${v.window === "" ? "" : ` · window ${v.window}`} · to ${v.toRevision || "head"}${v.waves === "" ? "" : ` · waves ${v.waves}`}${v.nextRun === "" ? "" : ` · next run ${v.nextRun} (${v.timeZone})`}\n`,
+          : `✓ schedule ${v.name} ${s.replace ? "saved" : "added"}: ${v.cron} · ${v.selector} · ${strategyName(v.strategy)}${v.window === "" ? "" : ` · window ${v.window}`} · to ${v.toRevision || "head"}${v.waves === "" ? "" : ` · waves ${v.waves}`}${v.nextRun === "" ? "" : ` · next run ${v.nextRun} (${v.timeZone})`}\n`,
       );
       return EXIT.ok;
     }
@@ -284,7 +285,7 @@ async function run(ctx: Ctx, command: Command): Promise<number> {
 // rollouts
 
 async function startRollout(ctx: Ctx, s: SpecInput, wait: boolean): Promise<number> {
-  const r = await ctx.client.unary("StartRollout", RolloutSpecSchema, s, RolloutSchema, { timeoutMs: PLAN_TIMEOUT_MS });
+  const r = await ctx.client.unary("StartRollout", RolloutSpecSchema, { ...s, strategy: strategyToProto(s.strategy) }, RolloutSchema, { timeoutMs: PLAN_TIMEOUT_MS });
   if (!r.ok) return fail(ctx, r.failure);
   const started = r.value;
   if (!wait) {
@@ -295,7 +296,7 @@ async function startRollout(ctx: Ctx, s: SpecInput, wait: boolean): Promise<numb
     const waves = Math.max(0, ...started.targets.map((t) => t.wave)) + 1;
     human(
       ctx,
-      `rollout ${started.id} started: ${started.targets.length} target${started.targets.length === 1 ? "" : "s"} in ${waves} wave${waves === 1 ? "" : "s"} · ${started.spec?.strategy || s.strategy} → ${started.spec?.toRevision || s.toRevision || "head"}\n` +
+      `rollout ${started.id} started: ${started.targets.length} target${started.targets.length === 1 ? "" : "s"} in ${waves} wave${waves === 1 ? "" : "s"} · ${strategyName(started.spec?.strategy ?? ProtoStrategy.UNSPECIFIED) || s.strategy} → ${started.spec?.toRevision || s.toRevision || "head"}\n` +
         `(Ctrl-C stops following only; the rollout goes on. Stop it with: flotilla rollout abort ${started.id})\n`,
     );
   }
@@ -425,7 +426,7 @@ async function verifyAudit(ctx: Ctx): Promise<number> {
     // Best effort: show the broken entry itself, found by streaming the export.
     await ctx.client.exportAudit({}, (line) => {
       try {
-        const entry = fromJson(AuditEntrySchema, JSON.parse(line) as JsonValue, { ignoreUnknownFields: true });
+        const entry = fromApiJson(AuditEntrySchema, JSON.parse(line) as JsonValue);
         if (entry.seq === verdict.firstBadSeq) {
           firstBad = entry;
           return false;
@@ -467,7 +468,7 @@ async function writeBundle(ctx: Ctx, targetId: string, out: string): Promise<num
 }
 
 async function exportAudit(ctx: Ctx, q: AuditQuery, out: string): Promise<number> {
-  const query = { since: q.since, until: q.until, target: q.target, actor: q.actor, action: q.action };
+  const query = { since: q.since, until: q.until, target: q.target, actor: q.actor, action: q.action, outcome: q.outcome };
   if (out === "") {
     if (ctx.globals.json) {
       const entries: JsonValue[] = [];
@@ -572,7 +573,7 @@ function hideToken(ctx: Ctx, text: string): string {
 }
 
 function toDoc<D extends DescMessage>(schema: D, message: MessageShape<D>): JsonValue {
-  return toJson(schema, message, { alwaysEmitImplicit: true });
+  return toApiJson(schema, message);
 }
 
 function printJson(io: CliIo, doc: JsonValue): void {

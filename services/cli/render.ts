@@ -10,6 +10,10 @@ import type {
   RolloutTarget,
   VerifyAuditResponse,
 } from "../common/gen/flotilla/v1/controller_pb.js";
+import { DEFAULT_STRATEGY, type ProtoStrategy, SIDE_BY_SIDE_STRATEGIES, STRATEGIES, strategyName } from "../common/rollout-request.js";
+
+/** A strategy from the API by name ("" when not given). */
+const nameOf = (s: ProtoStrategy | undefined): string => strategyName(s ?? 0);
 import type { BackupInfo, DiagnoseResponse, ListBackupsResponse, OperationResult, TargetStatus } from "../common/gen/flotilla/v1/agent_pb.js";
 
 /**
@@ -290,7 +294,7 @@ export function renderPlan(plan: RolloutPlan): string {
   const to = spec?.toRevision || "head";
   const waves = plan.waveCount || new Set(plan.targets.map((t) => t.wave)).size;
   const out = [
-    `plan: ${plan.targets.length} target${plan.targets.length === 1 ? "" : "s"} in ${waves} wave${waves === 1 ? "" : "s"} · strategy ${spec?.strategy || "maintenance"} · to ${to} · nothing was changed`,
+    `plan: ${plan.targets.length} target${plan.targets.length === 1 ? "" : "s"} in ${waves} wave${waves === 1 ? "" : "s"} · strategy ${nameOf(spec?.strategy) || DEFAULT_STRATEGY} · to ${to} · nothing was changed`,
   ];
   for (const w of plan.warnings) out.push(`! ${w}`);
   if (plan.targets.length === 0) {
@@ -310,7 +314,7 @@ export function renderPlan(plan: RolloutPlan): string {
         return [p.id, c === undefined ? "-" : `${c.compatibility}${c.compatibilityReason === "" ? "" : ` (${c.compatibilityReason})`}`, p.message];
       });
       out.push(indent(renderTable(["PENDING", "COMPATIBILITY", "MESSAGE"], rows), "  "));
-      if (t.allowedStrategies.length > 0) out.push(`  allows    ${t.allowedStrategies.join(", ")}${t.allowedStrategies.length < 3 ? " (job and blue-green run old and new code side by side: they need additive revisions, or --allow-breaking)" : ""}`);
+      if (t.allowedStrategies.length > 0) out.push(`  allows    ${t.allowedStrategies.map(nameOf).join(", ")}${t.allowedStrategies.length < STRATEGIES.length ? ` (${SIDE_BY_SIDE_STRATEGIES.join(" and ")} run old and new code side by side: they need additive revisions, or --allow-breaking)` : ""}`);
     }
     if (t.steps.length > 0) out.push(`  steps     ${t.steps.map((s) => s.name).join(" → ")}`);
     for (const n of t.notes) out.push(`  note: ${n}`);
@@ -319,9 +323,9 @@ export function renderPlan(plan: RolloutPlan): string {
       out.push(indent(t.sql, "      "));
     }
   }
-  const strategy = plan.refused ? "maintenance" : spec?.strategy || "maintenance";
+  const strategy = plan.refused ? DEFAULT_STRATEGY : nameOf(spec?.strategy) || DEFAULT_STRATEGY;
   const allow = !plan.refused && spec?.allowBreaking ? " --allow-breaking" : "";
-  const lead = plan.refused ? `${spec?.strategy ?? "this strategy"} is refused for these revisions (see above); with maintenance` : "to run it";
+  const lead = plan.refused ? `${nameOf(spec?.strategy) || "this strategy"} is refused for these revisions (see above); with ${DEFAULT_STRATEGY}` : "to run it";
   out.push("", `${lead}: flotilla rollout --selector ${spec?.selector || "…"} --strategy ${strategy}${to === "head" ? "" : ` --to ${to}`}${spec?.waves ? ` --waves ${spec.waves}` : ""}${allow} --wait`);
   return `${out.join("\n")}\n`;
 }
@@ -354,7 +358,7 @@ export function renderRollout(r: Rollout, now: Date): string {
   const spec = r.spec;
   const waves = Math.max(0, ...r.targets.map((t) => t.wave)) + 1;
   const head = [`rollout ${r.id}  ${stateSymbol(r.status)} ${r.status || "pending"}`];
-  if (spec !== undefined) head.push(`${spec.strategy || "maintenance"} → ${spec.toRevision || "head"}`, `selector ${spec.selector}`);
+  if (spec !== undefined) head.push(`${nameOf(spec.strategy) || DEFAULT_STRATEGY} → ${spec.toRevision || "head"}`, `selector ${spec.selector}`);
   if (waves > 1) head.push(`wave ${r.currentWave + 1}/${waves}`);
   if (r.createdAt !== "") head.push(`started ${formatAge(r.createdAt, now)}${r.actor === "" ? "" : ` by ${r.actor}`}`);
   const out = [head.join(" · ")];
@@ -400,7 +404,7 @@ function nextSteps(r: Rollout): string {
     case "aborted":
       return `targets already migrated stay migrated · undo them: flotilla rollout rollback ${r.id} --yes`;
     case "succeeded":
-      return r.spec?.strategy === "blue-green" ? `undo within the rollback window: flotilla rollout rollback ${r.id} --yes` : "";
+      return nameOf(r.spec?.strategy) === "blue-green" ? `undo within the rollback window: flotilla rollout rollback ${r.id} --yes` : "";
     default:
       return "";
   }
@@ -421,7 +425,7 @@ export function renderRollouts(resp: ListRolloutsResponse, now: Date): string {
     const bad = r.targets.filter((t) => t.status === "failed" || t.status === "restored").length;
     const counts = `${ok}✓${bad > 0 ? ` ${bad}✗` : ""} /${r.targets.length}`;
     const state = r.paused ? `${r.status}, paused` : r.waitingFor !== "" ? `${r.status}, waiting for ${r.waitingFor.split(":")[0]}` : r.status;
-    return [r.id, `${stateSymbol(r.status)} ${state}`, r.spec?.strategy ?? "", r.spec?.toRevision || "head", r.spec?.selector ?? "", counts, formatAge(r.createdAt, now), r.actor || "-"];
+    return [r.id, `${stateSymbol(r.status)} ${state}`, nameOf(r.spec?.strategy), r.spec?.toRevision || "head", r.spec?.selector ?? "", counts, formatAge(r.createdAt, now), r.actor || "-"];
   });
   return renderTable(["ROLLOUT", "STATUS", "STRATEGY", "TO", "SELECTOR", "TARGETS", "STARTED", "BY"], rows);
 }
@@ -509,7 +513,7 @@ export function renderSchedules(resp: ListSchedulesResponse, now: Date): string 
     s.timeZone || "-",
     s.nextRun === "" ? "-" : s.nextRun,
     s.selector,
-    s.drill ? "drill" : s.strategy,
+    s.drill ? "drill" : nameOf(s.strategy),
     s.drill ? "-" : s.window || "-",
     s.drill ? "-" : s.toRevision || "head",
     s.lastRun === "" ? "never" : formatAge(s.lastRun, now),

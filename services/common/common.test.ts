@@ -99,3 +99,12 @@ test("grpc bridge: unary and server-streaming calls, FlotillaError codes cross t
     server.forceShutdown();
   }
 });
+
+test("process runner: the kept output is exactly the last maxOutputBytes, whatever the chunk sizes", async () => {
+  const r = new NodeProcessRunner();
+  // Chunks of 600 bytes with pauses: the cap of 1000 falls inside a chunk, not on a boundary.
+  const script = "for i in 1 2 3 4 5; do head -c 600 /dev/zero | tr '\\0' $i; sleep 0.05; done";
+  const out = await r.run({ argv: ["/bin/sh", "-c", script], maxOutputBytes: 1000 });
+  assert.equal(out.truncated, true);
+  assert.equal(out.stdout, "4".repeat(400) + "5".repeat(600));
+});

@@ -17,6 +17,8 @@ export const ERROR_CODES = [
   "RESTORE_FAILED",
   "ALEMBIC_FAILED",
   "MIGRATION_FAILED",
+  /** An operator's hook (a switch script) exited non-zero: an outside failure, not a bad request. */
+  "HOOK_FAILED",
   "DATA_LOSS_NOT_ACCEPTED",
   "STAMP_REFUSED",
   "INTERRUPTED",

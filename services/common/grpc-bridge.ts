@@ -421,6 +421,7 @@ const GRPC_BY_CODE: Record<ErrorCode, grpc.status> = {
   RESTORE_FAILED: grpc.status.INTERNAL,
   ALEMBIC_FAILED: grpc.status.INTERNAL,
   MIGRATION_FAILED: grpc.status.INTERNAL,
+  HOOK_FAILED: grpc.status.INTERNAL,
   DATA_LOSS_NOT_ACCEPTED: grpc.status.FAILED_PRECONDITION,
   STAMP_REFUSED: grpc.status.FAILED_PRECONDITION,
   INTERRUPTED: grpc.status.ABORTED,

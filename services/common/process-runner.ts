@@ -63,13 +63,14 @@ class TailBuffer {
   push(s: string): void {
     this.chunks.push(s);
     this.size += s.length;
-    while (this.size > this.cap && this.chunks.length > 1) {
+    // Keep exactly the last `cap` characters: drop whole chunks while the rest still fills the cap, then cut the oldest one.
+    while (this.chunks.length > 1 && this.size - this.chunks[0]!.length >= this.cap) {
       this.size -= this.chunks.shift()!.length;
       this.truncated = true;
     }
     if (this.size > this.cap) {
-      const only = this.chunks[0]!;
-      this.chunks = [only.slice(only.length - this.cap)];
+      const first = this.chunks[0]!;
+      this.chunks[0] = first.slice(this.size - this.cap);
       this.size = this.cap;
       this.truncated = true;
     }

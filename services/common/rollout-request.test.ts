@@ -3,8 +3,9 @@ import assert from "node:assert/strict";
 import { FlotillaError } from "./errors.js";
 import {
   STRATEGIES, checkCron, checkGate, checkMaxFailures, checkSelector, checkTimeZone, checkWaves, compileRolloutRequest, compileScheduleRequest,
-  gateTimeoutMs, orInvalidArgument, waveSizes,
+  gateTimeoutMs, orInvalidArgument, waveSizes, checkStrategy, describeProblems, strategyName, strategyToProto,
 } from "./rollout-request.js";
+import { Strategy as ProtoStrategy, StrategySchema } from "./gen/flotilla/v1/controller_pb.js";
 
 test("one request: every field compiled, normalized and frozen", () => {
   const r = compileRolloutRequest({ selector: "env=prod, region=eu", strategy: "job", waves: "1,25%", maxFailures: "2", window: "1h30m", gate: "manual:30m", allowBreaking: true }, { strategyRequired: true });
@@ -69,4 +70,25 @@ test("schedule: name, cron and zone, with a 2h window by default", () => {
   const bad = compileScheduleRequest({ name: "-x", cron: "0 3 * *", selector: "env=prod", strategy: "job" });
   assert.ok(!bad.ok);
   assert.deepEqual(bad.problems.map((p) => p.field), ["name", "cron"]);
+});
+
+test("the strategy names come from the proto enum Strategy: one per value, in its order, both ways", () => {
+  assert.equal(STRATEGIES.length, StrategySchema.values.length - 1, "every enum value but UNSPECIFIED is a strategy");
+  for (const name of STRATEGIES) assert.equal(strategyName(strategyToProto(name)), name);
+  assert.equal(strategyToProto("blue-green"), ProtoStrategy.BLUE_GREEN);
+  assert.equal(strategyName(ProtoStrategy.UNSPECIFIED), "");
+  assert.equal(strategyName(42 as ProtoStrategy), "");
+});
+
+test("strategy by enum number (gRPC): known numbers compile to the name, UNSPECIFIED means not given, others are refused", () => {
+  assert.deepEqual(checkStrategy(ProtoStrategy.JOB), { ok: true, value: "job" });
+  const r = compileRolloutRequest({ selector: "env=prod", strategy: ProtoStrategy.BLUE_GREEN }, { strategyRequired: true });
+  assert.ok(r.ok);
+  assert.equal(r.value.strategy, "blue-green");
+  const none = compileRolloutRequest({ selector: "env=prod", strategy: ProtoStrategy.UNSPECIFIED }, { strategyRequired: true });
+  assert.ok(!none.ok);
+  assert.match(describeProblems(none.problems), /^strategy: is required; use one of maintenance, job, blue-green$/);
+  const odd = compileRolloutRequest({ selector: "env=prod", strategy: 7 as ProtoStrategy }, { strategyRequired: true });
+  assert.ok(!odd.ok);
+  assert.match(describeProblems(odd.problems), /^strategy: 7 is not a strategy number; use one of maintenance \(1\), job \(2\), blue-green \(3\)$/);
 });

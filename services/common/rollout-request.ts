@@ -10,10 +10,25 @@
  * (`--to` in the CLI, `to_revision` on the API, `schedules[0].to` in config).
  */
 import { FlotillaError } from "./errors.js";
+import { Strategy as ProtoStrategy, StrategySchema } from "./gen/flotilla/v1/controller_pb.js";
+import { enumShortName, enumShortNames } from "./proto-json.js";
 
-/** The rollout strategies. The only list of their names. */
-export const STRATEGIES = ["maintenance", "job", "blue-green"] as const;
-export type Strategy = (typeof STRATEGIES)[number];
+export { ProtoStrategy };
+
+type Kebab<S extends string> = S extends `${infer A}_${infer B}` ? `${A}-${Kebab<B>}` : S;
+
+/**
+ * A strategy as users write it. The names come from the proto enum
+ * flotilla.v1.Strategy, the only list of them: STRATEGY_BLUE_GREEN is
+ * "blue-green" (proto-json.ts's short name), here and in the HTTP API.
+ */
+export type Strategy = Kebab<Lowercase<Exclude<keyof typeof ProtoStrategy, "UNSPECIFIED">>>;
+
+/** The rollout strategies' names, in the proto's order. */
+export const STRATEGIES: readonly Strategy[] = Object.freeze(enumShortNames(StrategySchema) as Strategy[]);
+
+/** What a plan (or a drill schedule, which runs no migration) assumes when no strategy is given. */
+export const DEFAULT_STRATEGY: Strategy = "maintenance";
 
 /** Strategies that run old and new application code side by side (need additive revisions). */
 export const SIDE_BY_SIDE_STRATEGIES: readonly Strategy[] = ["job", "blue-green"];
@@ -116,7 +131,23 @@ export function isStrategy(raw: string): raw is Strategy {
   return (STRATEGIES as readonly string[]).includes(raw);
 }
 
-export function checkStrategy(raw: string): Checked<Strategy> {
+/** The proto enum value of a strategy name. */
+export function strategyToProto(name: Strategy): ProtoStrategy {
+  return StrategySchema.values.find((v) => enumShortName(v) === name)?.number ?? ProtoStrategy.UNSPECIFIED;
+}
+
+/** The name of a proto enum value; "" for UNSPECIFIED or a number this build does not know. */
+export function strategyName(value: ProtoStrategy): Strategy | "" {
+  const v = StrategySchema.values.find((x) => x.number === value);
+  return v === undefined ? "" : (enumShortName(v) as Strategy | "");
+}
+
+/** A strategy by name (CLI, config, HTTP) or by proto enum number (gRPC). */
+export function checkStrategy(raw: string | ProtoStrategy): Checked<Strategy> {
+  if (typeof raw === "number") {
+    const name = strategyName(raw);
+    return name === "" ? bad(`${raw} is not a strategy number; use one of ${STRATEGIES.map((s) => `${s} (${strategyToProto(s)})`).join(", ")}`) : good(name);
+  }
   return isStrategy(raw) ? good(raw) : bad(`${q(raw)} is not a strategy; use one of ${STRATEGIES.join(", ")}`);
 }
 
@@ -234,7 +265,8 @@ export function checkTimeZone(raw: string): Checked<string> {
 export interface RolloutRequestInput {
   readonly selector?: string;
   readonly toRevision?: string;
-  readonly strategy?: string;
+  /** A name (CLI, config, HTTP JSON) or the proto enum (gRPC); "" / UNSPECIFIED: not given. */
+  readonly strategy?: string | ProtoStrategy;
   readonly waves?: string;
   readonly maxFailures?: number | string;
   readonly window?: string;
@@ -291,8 +323,8 @@ function collectSpec(c: Collector, input: RolloutRequestInput, opts: { strategyR
   const selector = selectorRaw.trim() === "" ? c.missing(F.selector, "is required, e.g. env=prod (use id=TARGET for one target)") : c.take(F.selector, checkSelector(selectorRaw));
   const toRevision = c.take(F.toRevision, checkRevision(input.toRevision || "head"));
   const strategyRaw = input.strategy ?? "";
-  const strategy = strategyRaw === ""
-    ? (opts.strategyRequired ? c.missing(F.strategy, `is required; use one of ${STRATEGIES.join(", ")}`) : "maintenance" as const)
+  const strategy = strategyRaw === "" || strategyRaw === ProtoStrategy.UNSPECIFIED
+    ? (opts.strategyRequired ? c.missing(F.strategy, `is required; use one of ${STRATEGIES.join(", ")}`) : DEFAULT_STRATEGY)
     : c.take(F.strategy, checkStrategy(strategyRaw));
   const waves = input.waves ? c.take(F.waves, checkWaves(input.waves)) : "";
   const maxFailures = c.take(F.maxFailures, checkMaxFailures(input.maxFailures ?? 0));

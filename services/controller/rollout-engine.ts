@@ -2,12 +2,12 @@ import { randomUUID } from "node:crypto";
 import { EventEmitter } from "node:events";
 import { FlotillaError, toFlotillaError } from "../common/errors.js";
 import type { Logger } from "../common/logger.js";
-import { SIDE_BY_SIDE_STRATEGIES, compileRolloutRequest, orInvalidArgument, type RolloutRequestInput } from "../common/rollout-request.js";
+import { compileRolloutRequest, orInvalidArgument, type RolloutRequestInput } from "../common/rollout-request.js";
 import type { GrpcAgentPool } from "./agents/agent-pool.js";
 import type { AuditLog } from "./audit/audit-log.js";
 import { type RevisionClass, checkCompatibility, classesFromPlan } from "./core/compatibility-gate.js";
 import type { AgentClient, ControllerStore, RolloutDoc, RolloutSpecDoc, RolloutTargetDoc, StepLine } from "./core/ports.js";
-import { planTargets } from "./core/rollout-plan.js";
+import { type PreflightAnswer, planTargets, preflightVerdict, upToDateWhenNothingPending } from "./core/rollout-plan.js";
 import { type SequencerCommand, type SequencerEvent, type StepResult, isTerminal, retryTargets, rollbackTargets, transition } from "./core/rollout-sequencer.js";
 import type { Inventory } from "./inventory.js";
 
@@ -84,32 +84,36 @@ export class RolloutEngine {
     return { spec, targets: planTargets(spec.strategy, targets, spec.waves, spec.toRevision), warnings };
   }
 
-  /** Each target's pending revisions with their compatibility class, from the agents' plans. */
-  async classify(spec: RolloutSpecDoc, targets: readonly RolloutTargetDoc[]): Promise<Map<string, RevisionClass[]>> {
-    const out = new Map<string, RevisionClass[]>();
-    const sideBySide = SIDE_BY_SIDE_STRATEGIES.includes(spec.strategy);
-    await Promise.all(targets.map(async (t) => {
-      const agent = await this.d.pool.client(t.agentId);
-      if (sideBySide) {
-        out.set(t.targetId, classesFromPlan(await agent.plan({ targetId: t.targetId, toRevision: spec.toRevision }, { timeoutMs: 120_000 })));
-        return;
+  /**
+   * Asks every target's agent for its Plan, once per target and all at once.
+   * The answers decide before anything is stopped: a wanted revision any
+   * target refuses (unknown, behind, another branch, ambiguous) refuses the
+   * whole rollout (preflightVerdict), and each answered target's pending
+   * revisions with their compatibility class feed the gate and the up-to-date
+   * check. An agent that cannot answer leaves its target unclassified: its
+   * precheck step runs and stops it with the reason.
+   */
+  async survey(spec: RolloutSpecDoc, targets: readonly { targetId: string; agentId: string }[]): Promise<{ refusal: { code: string; message: string } | null; classes: Map<string, RevisionClass[]> }> {
+    const classes = new Map<string, RevisionClass[]>();
+    const answers = await Promise.all(targets.map(async (t): Promise<PreflightAnswer> => {
+      try {
+        const p = await (await this.d.pool.client(t.agentId)).plan({ targetId: t.targetId, toRevision: spec.toRevision }, { timeoutMs: 120_000 });
+        classes.set(t.targetId, classesFromPlan(p));
+        return { targetId: t.targetId, ok: true, pending: p.pending.length };
+      } catch (err) {
+        const fe = toFlotillaError(err);
+        return { targetId: t.targetId, ok: false, code: fe.code, message: fe.message };
       }
-      // The gate does not apply: the pending list is enough (and much cheaper than rendering SQL).
-      const s = await agent.getStatus({ targetId: t.targetId }, { timeoutMs: 30_000 });
-      // A status that could not be read fully (a broken target, Alembic failing) proves nothing is
-      // pending: leave it unclassified, so its precheck runs and stops it with the reason.
-      if (s.error !== "" || s.state === "broken") return;
-      const pending = spec.toRevision === "head" || !s.current.includes(spec.toRevision) ? s.pending : [];
-      out.set(t.targetId, pending.map((p) => ({ id: p.id, compatibility: "unknown", reason: "not classified (the strategy does not need it)" })));
     }));
-    return out;
+    return { refusal: preflightVerdict(answers).refusal, classes };
   }
 
   // ------------------------------------------------------------ start, retry
 
   async start(specIn: RolloutRequestInput, actor: string, opts: { onlyTargets?: ReadonlySet<string>; retryOf?: string } = {}): Promise<RolloutDoc> {
     const { spec, targets, warnings } = await this.plan(specIn, true, opts.onlyTargets);
-    const classes = await this.classify(spec, targets);
+    const { refusal, classes } = await this.survey(spec, targets);
+    if (refusal) throw new FlotillaError(refusal.code as FlotillaError["code"], refusal.message);
     const gate = checkCompatibility(spec.strategy, classes, spec.allowBreaking);
     if (!gate.ok) throw new FlotillaError("PRECONDITION_FAILED", gate.message);
     if (gate.overridden.length > 0) {
@@ -119,7 +123,7 @@ export class RolloutEngine {
     // Nothing pending: up to date, and no step runs for it.
     for (const t of targets) {
       const pending = classes.get(t.targetId);
-      if (pending !== undefined && pending.length === 0 && spec.strategy !== "blue-green") {
+      if (pending !== undefined && pending.length === 0 && upToDateWhenNothingPending(spec.strategy)) {
         t.status = "up-to-date";
         t.steps = [];
         t.message = "already at the target revision: nothing to do";

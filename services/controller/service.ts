@@ -9,15 +9,15 @@ import type { Logger } from "../common/logger.js";
 import { redact, redactValue } from "../common/redact.js";
 import type { GrpcAgentPool } from "./agents/agent-pool.js";
 import { hostOf, isLoopbackHost } from "../common/tls.js";
-import type { AuditLog } from "./audit/audit-log.js";
+import { type AuditLog, outcomeFilter } from "./audit/audit-log.js";
 import type { ControllerConfig, Role } from "./config.js";
 import type { ControllerStore, RolloutDoc, ScheduleDoc } from "./core/ports.js";
 import type { Inventory } from "./inventory.js";
 import type { RolloutEngine } from "./rollout-engine.js";
-import { preflightVerdict, type PreflightAnswer } from "./core/rollout-plan.js";
+import { preflightVerdict, type PreflightAnswer, upToDateWhenNothingPending } from "./core/rollout-plan.js";
 import { type RevisionClass, checkCompatibility, classesFromPlan, strategiesAllowed } from "./core/compatibility-gate.js";
 import { Scheduler } from "./scheduler.js";
-import { checkSelector, compileScheduleRequest, describeProblems, orInvalidArgument } from "../common/rollout-request.js";
+import { DEFAULT_STRATEGY, ProtoStrategy, checkSelector, compileScheduleRequest, describeProblems, orInvalidArgument, strategyName, strategyToProto } from "../common/rollout-request.js";
 
 type RolloutInit = MessageInitShape<typeof RolloutSchema>;
 type OpResultShape = import("@bufbuild/protobuf").MessageShape<typeof OperationResultSchema>;
@@ -94,7 +94,7 @@ export function rolloutMessage(d: RolloutDoc): RolloutInit {
   return {
     id: d.id, status: d.status,
     spec: {
-      selector: d.spec.selector, toRevision: d.spec.toRevision, strategy: d.spec.strategy, waves: d.spec.waves, maxFailures: d.spec.maxFailures,
+      selector: d.spec.selector, toRevision: d.spec.toRevision, strategy: strategyToProto(d.spec.strategy), waves: d.spec.waves, maxFailures: d.spec.maxFailures,
       schedule: d.spec.schedule ?? "", window: d.spec.window ?? "", gate: d.spec.gate ?? "", allowBreaking: d.spec.allowBreaking ?? false,
     },
     targets: d.targets.map((t) => ({
@@ -111,10 +111,15 @@ export function rolloutMessage(d: RolloutDoc): RolloutInit {
 function scheduleMessage(s: ScheduleDoc): MessageInitShape<typeof ScheduleSchema> {
   const next = Scheduler.nextRun(s.cron, s.timeZone ?? "");
   return {
-    name: s.name, cron: s.cron, selector: s.selector, strategy: s.strategy, window: s.window, toRevision: s.toRevision, waves: s.waves, source: s.source,
+    name: s.name, cron: s.cron, selector: s.selector, strategy: strategyToProto(s.strategy), window: s.window, toRevision: s.toRevision, waves: s.waves, source: s.source,
     lastRun: s.lastRun ?? "", lastResult: s.lastResult ?? "", timeZone: s.timeZone || Scheduler.localTimeZone(), nextRun: next === undefined ? "" : next.toISOString(),
     gate: s.gate ?? "", maxFailures: s.maxFailures ?? 0, drill: s.drill ?? false,
   };
+}
+
+/** A request with a strategy as the audit log records it: the strategy by name, as the operator wrote it. */
+function auditedSpec<T extends { strategy: ProtoStrategy }>(req: T): Omit<T, "strategy"> & { strategy: string } {
+  return { ...req, strategy: strategyName(req.strategy) };
 }
 
 const TERMINAL = new Set(["succeeded", "failed", "halted", "aborted", "rolled-back"]);
@@ -211,18 +216,9 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
    * its safety policy) and refuses the whole request when any target refuses
    * the wanted revision: nothing is stopped, backed up or recorded.
    */
-  async function preflight(req: Parameters<RolloutEngine["plan"]>[0]): Promise<ReturnType<typeof preflightVerdict>> {
+  async function preflight(req: Parameters<RolloutEngine["plan"]>[0]): Promise<{ refusal: { code: string; message: string } | null }> {
     const plan = await d.engine.plan(req, false);
-    const answers = await Promise.all(plan.targets.map(async (t): Promise<PreflightAnswer> => {
-      try {
-        const p = await (await d.pool.client(t.agentId)).plan({ targetId: t.targetId, toRevision: plan.spec.toRevision }, { timeoutMs: 120_000 });
-        return { targetId: t.targetId, ok: true, pending: p.pending.length };
-      } catch (err) {
-        const fe = toFlotillaError(err);
-        return { targetId: t.targetId, ok: false, code: fe.code, message: fe.message };
-      }
-    }));
-    return preflightVerdict(answers);
+    return d.engine.survey(plan.spec, plan.targets);
   }
 
   /**
@@ -355,7 +351,7 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
       })();
       return q;
     },
-    planRollout: (req, ctx) => audited("PlanRollout", ctx, req.selector, req, async () => {
+    planRollout: (req, ctx) => audited("PlanRollout", ctx, req.selector, auditedSpec(req), async () => {
       const plan = await d.engine.plan(req, false);
       const warnings = [...plan.warnings];
       const refusals: PreflightAnswer[] = [];
@@ -379,21 +375,20 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
         if (p !== undefined) classes.set(t.targetId, revs);
         return {
           targetId: t.targetId, agentId: t.agentId, wave: t.wave, current: p?.current ?? [], pending: p?.pending ?? [],
-          steps: p !== undefined && p.pending.length === 0 && plan.spec.strategy !== "blue-green" ? [] : t.steps.map((s) => ({ name: s.name, agentId: s.agentId, detail: s.detail })),
+          steps: p !== undefined && p.pending.length === 0 && upToDateWhenNothingPending(plan.spec.strategy) ? [] : t.steps.map((s) => ({ name: s.name, agentId: s.agentId, detail: s.detail })),
           sql: p?.sql ?? "", sqlComplete: p?.sqlComplete ?? false, notes, warnings: tw,
           revisions: revs.map((r) => ({ ...(p?.revisions.find((x) => x.id === r.id) ?? { id: r.id }), compatibility: r.compatibility, compatibilityReason: r.reason })),
-          allowedStrategies: strategiesAllowed(revs),
+          allowedStrategies: strategiesAllowed(revs).map(strategyToProto),
         };
       }));
       const refusal = preflightVerdict(refusals).refusal;
       if (refusal) throw new FlotillaError(refusal.code as FlotillaError["code"], refusal.message);
       const gate = checkCompatibility(plan.spec.strategy, classes, plan.spec.allowBreaking);
       if (!gate.ok) warnings.push(gate.message);
-      return { spec: { ...plan.spec }, targets, warnings, waveCount: new Set(plan.targets.map((t) => t.wave)).size, refused: !gate.ok };
+      return { spec: { ...plan.spec, strategy: strategyToProto(plan.spec.strategy) }, targets, warnings, waveCount: new Set(plan.targets.map((t) => t.wave)).size, refused: !gate.ok };
     }),
-    startRollout: (req, ctx) => audited("StartRollout", ctx, req.selector, req, async (caller) => {
-      const { refusal } = await preflight({ ...req, schedule: "" });
-      if (refusal) throw new FlotillaError(refusal.code as FlotillaError["code"], refusal.message);
+    startRollout: (req, ctx) => audited("StartRollout", ctx, req.selector, auditedSpec(req), async (caller) => {
+      // The engine asks each target's Plan once and refuses before anything is stopped.
       const doc = await d.engine.start({ ...req, schedule: "" }, caller.actor);
       return rolloutMessage(doc);
     }),
@@ -441,9 +436,9 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
     pauseRollout: (req, ctx) => audited("PauseRollout", ctx, req.id, req, async (caller) => rolloutMessage(await d.engine.pause(req.id, caller.actor))),
     resumeRollout: (req, ctx) => audited("ResumeRollout", ctx, req.id, req, async (caller) => rolloutMessage(await d.engine.resume(req.id, caller.actor))),
     retryRollout: (req, ctx) => audited("RetryRollout", ctx, req.id, req, async (caller) => rolloutMessage(await d.engine.retry(req.id, caller.actor))),
-    addSchedule: (req, ctx) => audited("AddSchedule", ctx, req.name, req, async () => {
+    addSchedule: (req, ctx) => audited("AddSchedule", ctx, req.name, auditedSpec(req), async () => {
       // A drill schedule runs no migration: its strategy is only a placeholder.
-      const { value: compiled } = orInvalidArgument(compileScheduleRequest(req.drill && !req.strategy ? { ...req, strategy: "maintenance" } : req));
+      const { value: compiled } = orInvalidArgument(compileScheduleRequest(req.drill && req.strategy === ProtoStrategy.UNSPECIFIED ? { ...req, strategy: DEFAULT_STRATEGY } : req));
       const existing = (await d.store.listSchedules()).find((x) => x.name === compiled.name);
       if (existing !== undefined && !req.replace) {
         throw new FlotillaError("PRECONDITION_FAILED", `a schedule named ${compiled.name} exists already (${existing.cron} · ${existing.selector}); nothing was changed. Replace it with flotilla schedule replace ${compiled.name} … (or --replace), or pick another name`);
@@ -470,10 +465,11 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
       return { schedules: (await d.store.listSchedules()).map(scheduleMessage) };
     }),
     queryAudit: (req, ctx) => audited("QueryAudit", ctx, req.target, req, async () => {
+      const outcome = outcomeFilter(req.outcome);
       const rows = await d.audit.query({
         ...(req.since ? { since: req.since } : {}), ...(req.until ? { until: req.until } : {}), ...(req.target ? { target: req.target } : {}),
         ...(req.actor ? { actor: req.actor } : {}), ...(req.action ? { action: req.action } : {}),
-        ...(req.outcome ? { outcome: req.outcome as "ok" } : {}), ...(req.beforeSeq > 0n ? { beforeSeq: Number(req.beforeSeq) } : {}), limit: req.limit > 0 ? Math.min(req.limit, 10_000) : 1000,
+        ...(outcome !== undefined ? { outcome } : {}), ...(req.beforeSeq > 0n ? { beforeSeq: Number(req.beforeSeq) } : {}), limit: req.limit > 0 ? Math.min(req.limit, 10_000) : 1000,
       });
       return { entries: rows.map((r) => ({ ...r, seq: BigInt(r.seq) })) };
     }),

@@ -94,6 +94,7 @@ let ref: TestDatabase;
 let full: TestDatabase;
 let pgsrc: TestDatabase;
 let sqdstFile = "";
+let sqfailFile = "";
 let switchFile = "";
 let agentProc: ChildProcess | undefined;
 let controllerProc: ChildProcess | undefined;
@@ -189,6 +190,7 @@ before(async () => {
   // Another SQLite file for the way back and a PostgreSQL source for the other direction.
   back = join(dir, "data", "back.db");
   sqdstFile = join(dir, "data", "from-pg.db");
+  sqfailFile = join(dir, "data", "switch-fails.db");
   [dst, dst2, full, pgsrc, ref] = await Promise.all([createTestDatabase("move_dst"), createTestDatabase("move_dst2"), createTestDatabase("move_full"), createTestDatabase("move_pgsrc"), createTestDatabase("move_ref")]);
   // What Alembic alone builds at FROM's revision: the moved database must have exactly this schema.
   r = await alembicIn(ref.url, ["upgrade", TYPES_REV]);
@@ -224,6 +226,8 @@ before(async () => {
     targets: [
       target("src", srcUrl, { blueGreen: hook }), target("dst", dst.url), target("dst2", dst2.url), target("full", full.url), target("back", `sqlite:///${back}`),
       target("pgsrc", pgsrc.url), target("sqdst", `sqlite:///${sqdstFile}`),
+      // Its switch hook always fails (exit 3), after the copy has been verified.
+      target("sqfail", `sqlite:///${sqfailFile}`, { blueGreen: { green: `sqlite:///${join(dir, "data", "unused-green-2.db")}`, switch: [process.execPath, "-e", "console.log('switching…'); process.exit(3)"] } }),
     ],
     apps: [{ id: "src-app", target: "src", start: appStart, stop: appStop, health: appHealth }],
   }));
@@ -384,6 +388,27 @@ test("--from-backup copies the verified backup and says which writes it misses",
   assert.equal((await fetch(appHealth)).status, 200, "the app kept running");
   assert.equal(readFileSync(appPidfile, "utf8"), pid, "the same app process: never stopped");
   assert.equal(srcDump(), before);
+});
+
+test("a switch hook that fails after the verified copy: the move fails, FROM is untouched, TO is emptied again and no move is recorded", async () => {
+  const counts = async () => Promise.all(["user", "chat", "message", "typed"].map(async (t) => (await pgQuery<{ n: string }>(pgsrc.url, `SELECT count(*)::text AS n FROM "${t}"`))[0]!.n));
+  const before = await counts();
+  const r = await cliJson(["move", "pgsrc", "sqfail"]);
+  assert.equal(r.code, 1, JSON.stringify(r.doc) + r.stderr);
+  assert.equal(r.doc.status, "failed", "an outside failure after real work, not a refusal of the request");
+  assert.equal(r.doc.errorCode, "HOOK_FAILED");
+  assert.match(String(r.doc.message), /switch hook failed: .*exited with code 3; the app was not switched: sqfail is emptied again/);
+  assert.deepEqual(await counts(), before, "FROM is never written");
+  if (existsSync(sqfailFile)) {
+    const db = new Database(sqfailFile, { readonly: true });
+    try {
+      assert.equal((db.prepare("SELECT count(*) AS n FROM sqlite_master WHERE type = 'table'").get() as { n: number }).n, 0, "TO is emptied again");
+    } finally {
+      db.close();
+    }
+  }
+  assert.equal(existsSync(join(dir, "agent", "moves", "sqfail.json")), false, "no record of a move that did not happen");
+  // Nothing is left locked or half-done: the same move to a working target goes through (next test).
 });
 
 test("PostgreSQL → SQLite: an empty SQLite target gets the schema from Alembic and the same rows", async () => {

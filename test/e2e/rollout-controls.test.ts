@@ -5,6 +5,8 @@
  */
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
+import { ControllerService, Strategy } from "../../services/common/gen/flotilla/v1/controller_pb.js";
+import { channelCredentials, createClient } from "../../services/common/grpc-bridge.js";
 import { Fleet, HEAD_REVISION, OLD_REVISION } from "../helpers/fleet.js";
 
 interface RolloutJson {
@@ -40,6 +42,7 @@ before(async () => {
       { id: "rb-2", kind: "postgresql", owner: "c2", labels: { env: "rb" }, apps: [{ agent: "c2" }] },
       { id: "cp-1", kind: "sqlite", owner: "c1", labels: { env: "compat" }, apps: [{ agent: "c1" }] },
       { id: "cp-2", kind: "sqlite", owner: "c2", labels: { env: "compat-add" }, revision: BACKFILL, apps: [{ agent: "c2" }] },
+      { id: "en-1", kind: "sqlite", owner: "c1", labels: { env: "enum" } },
     ],
   });
   await fleet.start();
@@ -227,6 +230,34 @@ test("compatibility gate: job is refused over a revision that is not additive, a
   assert.deepEqual(upToDate.doc.targets[0]!.steps, [], "no step runs for an up-to-date target");
 });
 
+test("strategy is the proto enum on gRPC and its short name on HTTP; every spelling of a bad one is refused naming the choices", async () => {
+  const grpc = createClient(ControllerService, `127.0.0.1:${fleet.grpcPort}`, channelCredentials());
+  try {
+    const plan = await grpc.planRollout({ selector: "env=enum", strategy: Strategy.JOB }, { timeoutMs: 120_000 });
+    assert.equal(plan.spec?.strategy, Strategy.JOB);
+    assert.equal(plan.refused, true, "the compatibility gate refuses job over a revision that is not additive");
+    assert.deepEqual(plan.targets[0]?.allowedStrategies, [Strategy.MAINTENANCE]);
+    const unspecified = await grpc.planRollout({ selector: "env=enum" }, { timeoutMs: 120_000 });
+    assert.equal(unspecified.spec?.strategy, Strategy.MAINTENANCE, "a plan without a strategy plans maintenance");
+    await assert.rejects(grpc.startRollout({ selector: "env=enum" }), (e: Error & { code?: string }) => e.code === "INVALID_ARGUMENT" && /strategy: is required; use one of maintenance, job, blue-green/.test(e.message));
+    await assert.rejects(grpc.startRollout({ selector: "env=enum", strategy: 9 as Strategy }), (e: Error & { code?: string }) => e.code === "INVALID_ARGUMENT" && /strategy: 9 is not a strategy number; use one of maintenance \(1\), job \(2\), blue-green \(3\)/.test(e.message));
+  } finally {
+    grpc.close();
+  }
+  const post = (body: unknown) => fetch(`${fleet.controllerUrl}/v1/PlanRollout`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+  for (const spelling of ["job", "STRATEGY_JOB", 2]) {
+    const res = await post({ selector: "env=enum", strategy: spelling });
+    assert.equal(res.status, 200, String(spelling));
+    const json = (await res.json()) as { spec: { strategy: string }; refused: boolean; targets: { allowedStrategies: string[] }[] };
+    assert.equal(json.spec.strategy, "job", `${spelling} is answered as job`);
+    assert.deepEqual(json.targets[0]?.allowedStrategies, ["maintenance"]);
+  }
+  const bad = await post({ selector: "env=enum", strategy: "canary" });
+  assert.equal(bad.status, 400);
+  assert.match(JSON.stringify(await bad.json()), /strategy: \\"canary\\" is not a Strategy value; use one of maintenance, job, blue-green/);
+  assert.deepEqual(await fleet.revisionOf("en-1"), [OLD_REVISION], "nothing was started by any of these");
+});
+
 test("schedules: an existing name is refused unless replaced; the list shows each next run and time zone", async () => {
   const add = ["schedule", "add", "weekly", "--cron", "0 3 * * 0", "--time-zone", "Europe/Berlin", "--selector", "env=gate", "--strategy", "maintenance"];
   const first = await fleet.cli(add);
@@ -253,4 +284,21 @@ test("schedules: an existing name is refused unless replaced; the list shows eac
   assert.equal(badZone.code, 2);
   assert.match(badZone.stderr, /--time-zone: "Mars\/Olympus" is not a time zone/);
   assert.equal((await fleet.cli(["schedule", "rm", "weekly"])).code, 0);
+});
+
+test("audit --outcome lists only entries of that outcome (the refused rollback above is an error); a bad outcome is exit 2", async () => {
+  const errors = await fleet.cliJson<{ entries: { action: string; outcome: string }[] }>(["audit", "--outcome", "error"]);
+  assert.equal(errors.code, 0, errors.stderr);
+  assert.ok(errors.doc.entries.length > 0);
+  assert.ok(errors.doc.entries.every((e) => e.outcome === "error"), JSON.stringify(errors.doc.entries.slice(0, 3)));
+  assert.ok(errors.doc.entries.some((e) => e.action === "api.RollbackRollout"), "the rollback refused without --yes");
+  const exported = await fleet.cli(["audit", "export", "--outcome", "error"]);
+  assert.equal(exported.code, 0, exported.stderr);
+  const lines = exported.stdout.trim().split("\n").map((l) => JSON.parse(l) as { outcome: string });
+  assert.equal(lines.length, errors.doc.entries.length);
+  for (const args of [["audit", "--outcome", "failed"], ["audit", "export", "--outcome", "failed"]]) {
+    const bad = await fleet.cli(args);
+    assert.equal(bad.code, 2, `${args.join(" ")}: ${bad.stderr}`);
+    assert.match(bad.stderr, /"failed" is not an outcome; use intent, ok, error or denied/);
+  }
 });

@@ -125,6 +125,8 @@ export class Fleet {
   controllerProc: ChildProcess | undefined;
   controllerConfig = "";
   httpPort = 0;
+  /** The controller's gRPC API port (plain gRPC on loopback in these tests). */
+  grpcPort = 0;
   private appPidFiles: string[] = [];
   private readonly clients: AgentClient[] = [];
 
@@ -278,8 +280,9 @@ export class Fleet {
       env: { ...process.env, FLOTILLA_PORT_FILE: portFile }, stdio: ["ignore", out, out], detached: this.spec.detached === true,
     });
     if (this.spec.detached) this.controllerProc.unref();
-    const ports = JSON.parse(await waitForFile(portFile, this.controllerProc, 60_000, logFile)) as { http: number };
+    const ports = JSON.parse(await waitForFile(portFile, this.controllerProc, 60_000, logFile)) as { http: number; grpc: number };
     this.httpPort = ports.http;
+    this.grpcPort = ports.grpc;
   }
 
   async killController(signal: NodeJS.Signals = "SIGKILL"): Promise<void> {

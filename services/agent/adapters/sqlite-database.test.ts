@@ -8,6 +8,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import Database from "better-sqlite3";
+import { clearScratch } from "../main.js";
 import type { BackupArtifact, DatabaseAdapter } from "../core/ports.js";
 import { FlotillaError } from "../../common/errors.js";
 import { SqliteDatabase } from "./sqlite-database.js";
@@ -558,6 +559,24 @@ describe("SqliteDatabase copies", () => {
     assert.equal((await db.tableCounts()).chat, 40, "the source is untouched by changes to the copy");
     await scratch.drop();
     assert.equal(fs.existsSync(path.dirname(scratchPath)), false);
+  });
+  it("scratch copies and drill restores go under scratchDir (not the system temp folder); the agent empties it at start", async () => {
+    const dir = freshDir();
+    const src = path.join(dir, "webui.db");
+    makeDb(src, { chats: 10 });
+    const scratchDir = path.join(dir, "data", "scratch");
+    const db = SqliteDatabase.fromUrl(`sqlite:///${src}`, { scratchDir });
+    const scratch = await db.scratchCopy(noProgress);
+    const scratchPath = (scratch.adapter as SqliteDatabase).path;
+    assert.equal(path.dirname(path.dirname(scratchPath)), scratchDir, "the copy lives in a folder of its own under scratchDir");
+    assert.equal(fs.statSync(scratchDir).mode & 0o777, 0o700, "scratch holds copies of user data: owner only");
+    const art = await db.backup(path.join(dir, "b.db"), noProgress);
+    const drill = await db.scratchFromBackup(art, noProgress);
+    assert.equal(path.dirname(path.dirname((drill.adapter as SqliteDatabase).path)), scratchDir);
+    // A crash leaves both behind; the next agent start removes them.
+    assert.equal(await clearScratch(scratchDir), 2);
+    assert.deepEqual(fs.readdirSync(scratchDir), []);
+    assert.equal(await clearScratch(path.join(dir, "no-such-folder")), 0);
   });
 });
 

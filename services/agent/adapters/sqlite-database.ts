@@ -41,6 +41,13 @@ export interface SqliteDatabaseOptions {
   readonly path: string;
   /** For external tools; the SQLite adapter itself needs none today. */
   readonly runner?: ProcessRunner;
+  /**
+   * Where scratch copies (rehearsals) and drill restores go: the agent's
+   * dataDir/scratch, a disk the operator sized for Flotilla. Default: the
+   * system temp folder, which is often a small RAM-backed tmpfs that a
+   * database-sized copy would fill.
+   */
+  readonly scratchDir?: string;
 }
 
 /** How long a read waits for a writer's lock before giving up. */
@@ -271,6 +278,7 @@ export class SqliteDatabase implements DatabaseAdapter {
   readonly path: string;
   readonly displayName: string;
   private readonly runner: ProcessRunner | undefined;
+  private readonly scratchDir: string | undefined;
 
   constructor(options: SqliteDatabaseOptions) {
     if (options.path.length === 0) throw new FlotillaError("INVALID_ARGUMENT", "database path must not be empty");
@@ -278,6 +286,19 @@ export class SqliteDatabase implements DatabaseAdapter {
     this.path = path.resolve(options.path);
     this.displayName = this.path;
     this.runner = options.runner;
+    this.scratchDir = options.scratchDir;
+  }
+
+  /** A fresh folder for one scratch copy, under scratchDir (created when missing) or the system temp folder. */
+  private async scratchFolder(prefix: string): Promise<string> {
+    const base = this.scratchDir ?? os.tmpdir();
+    await fsp.mkdir(base, { recursive: true, mode: 0o700 });
+    return fsp.mkdtemp(path.join(base, prefix));
+  }
+
+  /** Options for an adapter of a scratch copy: the same runner, no scratch folder of its own. */
+  private scratchOptions(file: string): SqliteDatabaseOptions {
+    return { path: file, ...(this.runner !== undefined ? { runner: this.runner } : {}) };
   }
 
   /**
@@ -286,14 +307,14 @@ export class SqliteDatabase implements DatabaseAdapter {
    * (`sqlite+pysqlite:`) and a query string are accepted and ignored. In-memory
    * URLs are refused with INVALID_ARGUMENT.
    */
-  static fromUrl(url: string, options: { runner?: ProcessRunner } = {}): SqliteDatabase {
+  static fromUrl(url: string, options: { runner?: ProcessRunner; scratchDir?: string } = {}): SqliteDatabase {
     const m = /^sqlite(?:\+[a-z0-9_]+)?:\/\/\/([^?#]*)(?:[?#].*)?$/i.exec(url);
     const rest = m?.[1];
     if (rest === undefined) {
       throw new FlotillaError("INVALID_ARGUMENT", `not a SQLite file URL (want sqlite:////abs/path or sqlite:///rel/path): ${redact(url)}`);
     }
     if (rest === "" || rest === ":memory:") throw new FlotillaError("INVALID_ARGUMENT", "in-memory SQLite URLs have no file to manage");
-    return new SqliteDatabase({ path: rest, ...(options.runner !== undefined ? { runner: options.runner } : {}) });
+    return new SqliteDatabase({ path: rest, ...(options.runner !== undefined ? { runner: options.runner } : {}), ...(options.scratchDir !== undefined ? { scratchDir: options.scratchDir } : {}) });
   }
 
   /** The process runner this adapter was given, if any. */
@@ -638,12 +659,12 @@ export class SqliteDatabase implements DatabaseAdapter {
 
   /** VACUUM INTO a file in a fresh temp directory; drop() removes the directory. */
   async scratchCopy(onProgress: ProgressFn, signal?: AbortSignal): Promise<{ adapter: DatabaseAdapter; url: string; drop(): Promise<void> }> {
-    const dir = await fsp.mkdtemp(path.join(os.tmpdir(), "flotilla-scratch-"));
+    const dir = await this.scratchFolder("flotilla-scratch-");
     const drop = async (): Promise<void> => {
       await fsp.rm(dir, { recursive: true, force: true });
     };
     try {
-      const adapter = new SqliteDatabase({ path: path.join(dir, path.basename(this.path)), ...(this.runner !== undefined ? { runner: this.runner } : {}) });
+      const adapter = new SqliteDatabase(this.scratchOptions(path.join(dir, path.basename(this.path))));
       await this.copyTo(adapter.path, onProgress, signal, "scratch copy");
       return { adapter, url: adapter.alembicUrl(), drop };
     } catch (err) {
@@ -655,12 +676,12 @@ export class SqliteDatabase implements DatabaseAdapter {
   /** The backup file copied into a fresh temp folder (restore drills); drop() removes the folder. */
   async scratchFromBackup(artifact: BackupArtifact, onProgress: ProgressFn): Promise<{ adapter: DatabaseAdapter; url: string; drop(): Promise<void> }> {
     assertUsablePath(artifact.path, "backup path");
-    const dir = await fsp.mkdtemp(path.join(os.tmpdir(), "flotilla-drill-"));
+    const dir = await this.scratchFolder("flotilla-drill-");
     const drop = async (): Promise<void> => {
       await fsp.rm(dir, { recursive: true, force: true });
     };
     try {
-      const adapter = new SqliteDatabase({ path: path.join(dir, path.basename(this.path)), ...(this.runner !== undefined ? { runner: this.runner } : {}) });
+      const adapter = new SqliteDatabase(this.scratchOptions(path.join(dir, path.basename(this.path))));
       await fsp.copyFile(artifact.path, adapter.path, fsp.constants.COPYFILE_EXCL);
       safeProgress(onProgress, { line: `scratch: ${path.basename(artifact.path)} copied to a temporary file`, source: "backup" });
       return { adapter, url: adapter.alembicUrl(), drop };

@@ -158,6 +158,33 @@ export class SqliteJournal implements JournalPort {
     tx.immediate();
   }
 
+  /** Every target's highest controller epoch seen, and when (for the offline reset). */
+  epochs(): { targetId: string; epoch: number; seenAt: string }[] {
+    return (this.d.prepare("SELECT target_id, epoch, seen_at FROM target_epochs ORDER BY target_id").all() as { target_id: string; epoch: number; seen_at: string }[])
+      .map((r) => ({ targetId: r.target_id, epoch: r.epoch, seenAt: r.seen_at }));
+  }
+
+  /**
+   * Forgets a target's controller epoch and records it as a finished
+   * `reset-fencing` operation, in one transaction (never one without the
+   * other). Returns the epoch forgotten; 0 when none was recorded (then
+   * nothing is written). Only the offline reset calls this.
+   */
+  resetEpoch(targetId: string, op: { id: string; message: string }): number {
+    let cleared = 0;
+    const tx = this.d.transaction(() => {
+      const seen = this.d.prepare("SELECT epoch FROM target_epochs WHERE target_id = ?").pluck().get(targetId) as number | undefined;
+      if (seen === undefined) return;
+      const now = new Date().toISOString();
+      this.d.prepare("DELETE FROM target_epochs WHERE target_id = ?").run(targetId);
+      this.d.prepare(`INSERT INTO operations (id, target_id, kind, state, started_at, finished_at, message) VALUES (?, ?, 'reset-fencing', 'succeeded', ?, ?, ?)`)
+        .run(op.id, targetId, now, now, op.message.replaceAll("{epoch}", String(seen)));
+      cleared = seen;
+    });
+    tx.immediate();
+    return cleared;
+  }
+
   /** The highest controller epoch seen for a target (0: none). */
   epochOf(targetId: string): number {
     return (this.d.prepare("SELECT epoch FROM target_epochs WHERE target_id = ?").pluck().get(targetId) as number | undefined) ?? 0;

@@ -1,7 +1,8 @@
 import { once } from "node:events";
+import { createRequire } from "node:module";
 import Database from "better-sqlite3";
 import type pg from "pg";
-import copyStreams from "pg-copy-streams";
+import type copyStreamsModule from "pg-copy-streams";
 import { FlotillaError } from "../../common/errors.js";
 import {
   MoveValueError, RowChecksum, canonicalFromPg, canonicalFromSqlite, canonicalRow, copyFieldFromSqlite, sqliteValueFromPg, unescapeCopyField,
@@ -15,6 +16,11 @@ import {
  * the same way on both engines. Conversions and normalisation are the pure
  * functions of core/move-plan.ts; this file only moves bytes.
  */
+
+const requireCjs = createRequire(import.meta.url);
+let copyStreamsCache: typeof copyStreamsModule | undefined;
+/** `pg-copy-streams`, loaded by the first move: an agent that never moves a database never loads it. */
+const copyStreams = (): typeof copyStreamsModule => (copyStreamsCache ??= requireCjs("pg-copy-streams") as typeof copyStreamsModule);
 
 const qi = (name: string): string => `"${name.replace(/"/g, '""')}"`;
 /** COPY text is flushed to the server in chunks of about this many characters. */
@@ -219,7 +225,7 @@ export async function copySqliteTable(
     if (!position.inCycle) await client.query(`TRUNCATE ${qi(t.name)} CASCADE`);
     if (total > 0) indexes = await pgDropSecondaryIndexes(client, t.name);
     const keys = total > 0 ? await pgDropUnreferencedKeys(client, t.name) : [];
-    const stream = client.query(copyStreams.from(`COPY ${qi(t.name)} (${t.columns.map((c) => qi(c.name)).join(", ")}) FROM STDIN${position.inCycle ? "" : " WITH (FREEZE)"}`));
+    const stream = client.query(copyStreams().from(`COPY ${qi(t.name)} (${t.columns.map((c) => qi(c.name)).join(", ")}) FROM STDIN${position.inCycle ? "" : " WITH (FREEZE)"}`));
     let streamError: Error | undefined;
     stream.on("error", (e: Error) => { streamError = e; });
     const stmt = db.prepare(sqliteSelect(t, withRowid)).raw(true);
@@ -292,7 +298,7 @@ export async function pgResetSequences(client: pg.Client, tables: readonly Table
 
 /** Reads COPY TO STDOUT text and calls `onRow` with the decoded fields of each line. */
 async function pgRows(client: pg.Client, sql: string, onRow: (fields: (string | null)[]) => void): Promise<void> {
-  const stream = client.query(copyStreams.to(`COPY (${sql}) TO STDOUT`));
+  const stream = client.query(copyStreams().to(`COPY (${sql}) TO STDOUT`));
   let rest = "";
   for await (const chunk of stream as AsyncIterable<Buffer>) {
     const text = rest + chunk.toString("utf8");

@@ -202,6 +202,7 @@ async function moveBody(
   // ---------------------------------------------------------------- stop, back up (with integrity), verify
   const stopped = req.fromBackup ? [] : await f.controlApps(from, "stop", "", emit, progress, signal);
   let toTouched = false;
+  let recordWritten = false;
   let schema: Promise<AlembicRun> | undefined;
   let backupP: Promise<BackupManifest> | undefined;
   let integrityP: Promise<{ ok: boolean; detail: string }> | undefined;
@@ -262,6 +263,7 @@ async function moveBody(
     const record: MoveRecord = { from: from.config.id, to: to.config.id, revision, at: new Date().toISOString(), operationId: id, checksums: Object.fromEntries(copied.map((r) => [r.table, r.checksum])) };
     await mkdir(join(f.deps.config.dataDir, "moves"), { recursive: true, mode: 0o700 });
     await writeFile(recordPath(f.deps, to.config.id), JSON.stringify(record, null, 2));
+    recordWritten = true;
 
     // ---------------------------------------------------------------- switch
     const sw = switchHook(from, to);
@@ -279,6 +281,8 @@ async function moveBody(
   } catch (err) {
     // Nothing may still be running when the operation ends.
     await Promise.allSettled([schema, backupP, integrityP]);
+    // No move happened: the record must not say one did (a later move would take TO for FROM's copy).
+    if (recordWritten) await rm(recordPath(f.deps, to.config.id), { force: true }).catch(() => undefined);
     if (toTouched) {
       progress({ source: "agent", line: `move failed: emptying ${to.config.id} again` });
       await emptyTarget(to, facts.toExists).catch((e: unknown) => progress({ source: "agent", line: `could not empty ${to.config.id}: ${redact(toFlotillaError(e).message)}` }));
@@ -294,7 +298,8 @@ function switchHook(from: TargetRuntime, to: TargetRuntime): readonly string[] |
 
 async function runSwitch(f: MoveFrame, emit: Emit, progress: ProgressFn, sw: readonly string[], toId: string, signal?: AbortSignal): Promise<void> {
   const r = await f.step(emit, `switch:${toId}`, () => f.deps.runHook([...sw, toId], (line) => progress({ source: "hook", line }), signal), (x) => x.detail);
-  if (!r.ok) throw new FlotillaError("PRECONDITION_FAILED", `switch hook failed: ${r.detail}`);
+  // The copy was done and verified: a failing hook is an outside failure (exit 1), not a refusal.
+  if (!r.ok) throw new FlotillaError("HOOK_FAILED", `switch hook failed: ${r.detail}; the app was not switched: ${toId} is emptied again and the source keeps serving`);
 }
 
 function sqliteTablesOf(t: TargetRuntime): ReturnType<typeof sqliteTables> {

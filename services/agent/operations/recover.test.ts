@@ -123,6 +123,40 @@ test("an interrupted stop is completed by accept and reverted by restore; the lo
   assert.equal(h.journal.lockHolder("t1"), undefined);
 });
 
+test("a recover cut off by a second kill is taken over: recovering its operation again (or the recover itself) resolves it", async () => {
+  for (const asked of ["stop-4", "rec-5", ""]) {
+    const h = harness(`cut-${asked || "holder"}`);
+    killedDuring(h, { id: "stop-4", kind: "stop-apps" });
+    // The first recover started (journaled with its subject, holding the lock) and the agent was killed again.
+    h.journal.begin({ id: "rec-5", targetId: "t1", kind: "recover", toRevision: "recovers:stop-4" }, false);
+    h.journal.transferLock("t1", "stop-4", "rec-5");
+    h.journal.markInterrupted();
+    const done = await result((emit) => recover(h.ctx, { targetId: "t1", operationId: asked, action: "accept", newOperationId: "rec-6" }, emit));
+    assert.equal(done.status, "succeeded", `${asked}: ${done.message}`);
+    assert.equal(h.apps.get("app-1"), "stopped", "the interrupted stop was completed");
+    assert.equal(h.journal.lockHolder("t1"), undefined);
+    assert.equal(h.journal.get("stop-4")?.state, "recovered");
+    assert.equal(h.journal.get("rec-5")?.state, "recovered");
+    assert.match(h.journal.get("rec-5")?.message ?? "", /taken over by rec-6/);
+    assert.equal(h.journal.get("rec-6")?.toRevision, "recovers:stop-4", "a recover journals what it resolves");
+    assert.deepEqual(h.journal.interrupted("t1"), []);
+  }
+});
+
+test("a recover refuses when the lock is held by another operation's recover", async () => {
+  const h = harness("cut-other");
+  killedDuring(h, { id: "stop-7", kind: "stop-apps" });
+  h.journal.begin({ id: "rec-7", targetId: "t1", kind: "recover", toRevision: "recovers:stop-7" }, false);
+  h.journal.transferLock("t1", "stop-7", "rec-7");
+  h.journal.markInterrupted();
+  h.journal.begin({ id: "stop-8", targetId: "t1", kind: "stop-apps" }, false);
+  h.journal.markInterrupted();
+  const refused = await result((emit) => recover(h.ctx, { targetId: "t1", operationId: "stop-8", action: "accept", newOperationId: "rec-8" }, emit));
+  assert.equal(refused.status, "refused");
+  assert.equal(refused.errorCode, "TARGET_BUSY");
+  assert.equal(h.journal.lockHolder("t1"), "rec-7");
+});
+
 test("a refused recover leaves the lock with the interrupted operation, and a later recover succeeds", async () => {
   const h = harness("refused");
   const b = await result((emit) => backup(h.ctx, { targetId: "t1", operationId: "b-1", rolloutId: "", verify: true }, emit));

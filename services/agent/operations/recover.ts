@@ -17,16 +17,31 @@ import { refuse, type Emit, type OperationContext, type OpResult, type RunContex
  *
  * A refused recover gives the target's lock back to the interrupted operation,
  * so it can be recovered again.
+ *
+ * A recover is journaled with the operation it resolves (`to_revision`
+ * "recovers:ID"). When the agent is itself stopped during a recover, that
+ * recover is left interrupted holding the lock; recovering it (or its
+ * subject) again takes the lock over from it and resolves the subject, so a
+ * second interruption needs no more than the first.
  */
 const READ_ONLY_KINDS = new Set(["backup", "verify-backup", "rehearse"]);
 const APPS_KINDS = new Set(["stop-apps", "start-apps"]);
+/** Prefix of the journaled to_revision of a recover: the operation it resolves. */
+export const RECOVERS = "recovers:";
+
+/** The operation an interrupted recover was resolving, if `op` is one. */
+function cutRecoverSubject(op: OperationRow | undefined): string | undefined {
+  return op !== undefined && op.kind === "recover" && op.state === "interrupted" && op.toRevision.startsWith(RECOVERS) ? op.toRevision.slice(RECOVERS.length) : undefined;
+}
 
 export function recover(ctx: OperationContext, req: { targetId: string; operationId: string; action: string; newOperationId: string }, emit: Emit, signal?: AbortSignal): Promise<OpResult> {
   // Without an operation id: the one holding the target's lock (an interrupted or needs-restore operation).
-  const opId = req.operationId || ctx.deps.journal.lockHolder(req.targetId) || "";
+  const asked = req.operationId || ctx.deps.journal.lockHolder(req.targetId) || "";
+  // Recovering a recover that was cut off means recovering what it was resolving.
+  const opId = cutRecoverSubject(ctx.deps.journal.get(asked)) ?? asked;
   const peek = ctx.deps.journal.get(opId);
   const appsOnly = peek !== undefined && APPS_KINDS.has(peek.kind);
-  return ctx.run("recover", req.targetId, req.newOperationId, emit, { lock: false, appsOnly }, async (run) => {
+  return ctx.run("recover", req.targetId, req.newOperationId, emit, { lock: false, appsOnly, ...(opId ? { toRevision: `${RECOVERS}${opId}` } : {}) }, async (run) => {
     const { id, t } = run;
     if (!opId) refuse("PRECONDITION_FAILED", `${t.config.id} has no interrupted or needs-restore operation: nothing to recover`);
     const op = ctx.deps.journal.get(opId);
@@ -34,11 +49,18 @@ export function recover(ctx: OperationContext, req: { targetId: string; operatio
     if (op.state !== "interrupted" && op.state !== "needs-restore") refuse("PRECONDITION_FAILED", `operation ${op.id} is ${op.state}, not interrupted or needs-restore: nothing to recover`);
     if (req.action !== "restore" && req.action !== "accept") refuse("INVALID_ARGUMENT", `recover action must be "restore" or "accept", not "${req.action}"`);
     const holder = ctx.deps.journal.lockHolder(t.config.id);
-    const heldByOp = holder === op.id;
+    // An earlier recover of this same operation, cut off by the agent stopping, holds the lock on its behalf.
+    const cut = holder !== undefined && cutRecoverSubject(ctx.deps.journal.get(holder)) === op.id ? holder : undefined;
+    const heldByOp = holder === op.id || cut !== undefined;
     if (holder !== undefined && !heldByOp) refuse("TARGET_BUSY", `target ${t.config.id} is locked by operation ${holder}, not by ${op.id}: resolve that one first`);
-    if (heldByOp) ctx.deps.journal.transferLock(t.config.id, op.id, id);
+    if (cut !== undefined) {
+      ctx.deps.journal.transferLock(t.config.id, cut, id);
+      ctx.deps.journal.finish(cut, "recovered", { message: `cut off by the agent stopping; taken over by ${id}` });
+    } else if (heldByOp) {
+      ctx.deps.journal.transferLock(t.config.id, op.id, id);
+    }
     try {
-      await ctx.deps.killOrphans([op.id]);
+      await ctx.deps.killOrphans(cut !== undefined ? [op.id, cut] : [op.id]);
       return await resolve(ctx, op, req.action as "restore" | "accept", run, emit, signal);
     } catch (err) {
       // Refused or failed: the interrupted operation keeps the lock (and stays recoverable).

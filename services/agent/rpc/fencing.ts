@@ -39,3 +39,52 @@ export function withFencing<S extends ServiceImpl<typeof AgentService.method>>(
   }
   return out as S;
 }
+
+/** What the offline reset needs of the journal. */
+export interface FencingJournal {
+  epochs(): { targetId: string; epoch: number; seenAt: string }[];
+  resetEpoch(targetId: string, op: { id: string; message: string }): number;
+}
+
+export interface FencingResetResult {
+  /** Targets whose epoch was forgotten, each recorded as a `reset-fencing` journal operation. */
+  readonly cleared: readonly { targetId: string; epoch: number; seenAt: string; operationId: string }[];
+  /** Named targets that had no epoch: nothing to forget. */
+  readonly unfenced: readonly string[];
+}
+
+/**
+ * The operator's way out when a controller was legitimately replaced by one
+ * with a lower epoch (moved to a fresh store, which starts again at 1): the
+ * agent forgets the highest epoch it saw for the named targets (or all), so
+ * the next controller to command them sets it afresh.
+ *
+ * It never runs beside a live agent (the caller holds the agent's instance
+ * lock: see adapters/instance-lock.ts), is never reachable over the network
+ * (no RPC, no HTTP: only someone who can already stop the agent and write its
+ * data dir can do it), and is never silent: each forgotten epoch is a
+ * finished `reset-fencing` operation in the target's journal naming the
+ * epoch, who and why. A stale leader stays fenced everywhere this was not
+ * done; where it was, the operator states that the old controller is gone.
+ */
+export function resetFencing(
+  journal: FencingJournal,
+  req: { readonly targets: readonly string[] | "all"; readonly reason: string; readonly actor: string },
+  newId: () => string,
+): FencingResetResult {
+  const known = journal.epochs();
+  const wanted = req.targets === "all" ? known.map((k) => k.targetId) : [...new Set(req.targets)];
+  const cleared: { targetId: string; epoch: number; seenAt: string; operationId: string }[] = [];
+  const unfenced: string[] = [];
+  for (const targetId of wanted) {
+    const before = known.find((k) => k.targetId === targetId);
+    const operationId = newId();
+    const epoch = before === undefined ? 0 : journal.resetEpoch(targetId, {
+      id: operationId,
+      message: `fencing reset by ${req.actor} (offline, flotilla-agent --reset-fencing): forgot controller epoch {epoch}; the next controller to command ${targetId} sets it afresh. Reason: ${req.reason}`,
+    });
+    if (epoch === 0) unfenced.push(targetId);
+    else cleared.push({ targetId, epoch, seenAt: before?.seenAt ?? "", operationId });
+  }
+  return { cleared, unfenced };
+}

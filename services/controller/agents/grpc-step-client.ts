@@ -3,6 +3,7 @@ import type { OperationEventSchema, OperationResultSchema } from "../../common/g
 import { type ErrorCode, FlotillaError, isErrorCode, toFlotillaError } from "../../common/errors.js";
 import type { AgentClient, StepContext, StepDoc, StepLine } from "../core/ports.js";
 import type { Effect, StepResult } from "../core/rollout-sequencer.js";
+import { upToDateWhenNothingPending } from "../core/rollout-plan.js";
 import type { AgentClient as GrpcAgent, GrpcAgentPool } from "./agent-pool.js";
 
 type OpResult = MessageShape<typeof OperationResultSchema>;
@@ -10,12 +11,22 @@ type OpEvent = MessageShape<typeof OperationEventSchema>;
 
 const EFFECTS: ReadonlySet<string> = new Set(["none", "changed", "restored", "needs-restore", "up-to-date"]);
 const STATUS_TIMEOUT_MS = 30_000;
-/** Steps that only read: asking again is always safe. */
 /** How long a step waits for its agent to come back before its outcome is called unknown. */
 const AGENT_RETURN_MS = Number(process.env.FLOTILLA_AGENT_RETURN_MS ?? 60_000);
 /** Steps that are one stop or start operation on the agent. */
 const APPS_STEPS: ReadonlySet<string> = new Set(["stop", "start", "start-green", "stop-green", "rollback-stop", "rollback-start"]);
+/** Steps that only read: asking again is always safe. */
 const READS: ReadonlySet<string> = new Set(["precheck", "verify", "rollback-verify", "health", "health-green"]);
+/** App operations an interrupted restart can leave holding the target (the re-run completes them). */
+const APPS_KINDS: ReadonlySet<string> = new Set(["stop-apps", "start-apps"]);
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+type OpRecord = Awaited<ReturnType<GrpcAgent["getOperation"]>>;
+
+/** The agent operations one run of a restart step is made of, by deterministic id. */
+function restartOps(step: StepDoc): { stop: string; start: string; resume: (i: number) => string } {
+  return { stop: `${step.operationId}.stop`, start: `${step.operationId}.start`, resume: (i) => `${step.operationId}.resume.${i}` };
+}
 
 function codeOf(text: string, fallback: ErrorCode): ErrorCode {
   return isErrorCode(text) ? text : fallback;
@@ -65,6 +76,7 @@ export class GrpcStepClient implements AgentClient {
 
   async resolveStep(step: StepDoc, ctx: StepContext, onLine: (line: StepLine) => void): Promise<StepResult> {
     if (READS.has(step.name)) return this.runStep(step, ctx, onLine); // a read changes nothing: ask again
+    if (step.name === "restart") return this.resolveRestart(step);
     const agent = await this.d.pool.client(step.agentId);
     // An agent killed mid-step usually comes back within seconds (its process manager restarts it):
     // wait for it a bounded time before calling the outcome unknown.
@@ -107,6 +119,54 @@ export class GrpcStepClient implements AgentClient {
       return { outcome: "failed", code: codeOf(rec.errorCode, "INTERRUPTED"), effect, detail: rec.message || rec.state, ...after };
     }
     return { outcome: "unknown", code: "TIMEOUT", detail: "the agent kept reporting the operation as running" };
+  }
+
+  /**
+   * How one run of a restart ended, from the agent's journal: a restart is
+   * several agent operations (completing what an earlier run left interrupted,
+   * then stop, then start), none named by the step's own id. Reports the facts
+   * only: succeeded, failed, never started, or interrupted with the operations
+   * still holding the target — the sequencer decides what follows.
+   */
+  private async resolveRestart(step: StepDoc): Promise<StepResult> {
+    const ids = restartOps(step);
+    const resumes = step.resumes ?? [];
+    const wanted = [ids.stop, ids.start, ...resumes.map((_, i) => ids.resume(i)), ...resumes];
+    const agent = await this.d.pool.client(step.agentId);
+    const giveUpAt = Date.now() + AGENT_RETURN_MS;
+    for (let i = 0; i < 3600; i++) {
+      const found = new Map<string, OpRecord>();
+      try {
+        for (const id of wanted) {
+          const rec = await agent.getOperation({ operationId: id }, { timeoutMs: 5000 }).catch((err: unknown) => {
+            if (toFlotillaError(err).code === "NOT_FOUND") return undefined;
+            throw err;
+          });
+          if (rec !== undefined) found.set(id, rec);
+        }
+      } catch (err) {
+        const fe = toFlotillaError(err);
+        if ((fe.code === "AGENT_UNAVAILABLE" || fe.code === "TIMEOUT") && Date.now() < giveUpAt) {
+          await sleep(1000);
+          continue;
+        }
+        return { outcome: "unknown", code: fe.code, detail: fe.message };
+      }
+      const mine = [...found.values()].filter((o) => o.id.startsWith(`${step.operationId}.`));
+      if (mine.some((o) => o.state === "running")) {
+        await sleep(1000);
+        continue;
+      }
+      if (mine.length === 0) return { outcome: "not-started", detail: "the agent never started this run of the restart" };
+      const started = found.get(ids.start);
+      if (started?.state === "succeeded") return { outcome: "succeeded", effect: "none", detail: `${started.message} (read from the agent's journal)` };
+      const failed = mine.find((o) => o.state === "failed" || o.state === "refused" || o.state === "needs-restore");
+      if (failed !== undefined) return { outcome: "failed", code: codeOf(failed.errorCode, "INTERRUPTED"), effect: "none", detail: failed.message || `${failed.kind} ${failed.state}` };
+      const holding = [...found.values()].filter((o) => o.state === "interrupted" && APPS_KINDS.has(o.kind)).map((o) => o.id);
+      const reached = found.has(ids.start) ? "while starting the app instances" : found.has(ids.stop) ? found.get(ids.stop)!.state === "succeeded" ? "after stopping the app instances" : "while stopping the app instances" : "while completing the earlier run";
+      return { outcome: "interrupted", code: "INTERRUPTED", detail: `the agent stopped ${reached}`, operations: holding };
+    }
+    return { outcome: "unknown", code: "TIMEOUT", detail: "the agent kept reporting the restart as running" };
   }
 
   private opts(): { timeoutMs: number } {
@@ -158,7 +218,7 @@ export class GrpcStepClient implements AgentClient {
         if (problems.length > 0) return { outcome: "failed", code: "PRECONDITION_FAILED", effect: "none", detail: problems.join("; ") };
         const atTarget = spec.toRevision === "head" ? s.pending.length === 0 : s.current.includes(spec.toRevision);
         return {
-          outcome: "succeeded", effect: atTarget && spec.strategy !== "blue-green" ? "up-to-date" : "none",
+          outcome: "succeeded", effect: atTarget && upToDateWhenNothingPending(spec.strategy) ? "up-to-date" : "none",
           detail: `at ${s.current.join(",") || "no revision"}; ${s.pending.length} pending`, revisionBefore: [...s.current],
         };
       }
@@ -173,6 +233,11 @@ export class GrpcStepClient implements AgentClient {
       case "stop-green":
         return this.op(step, onLine, (c) => c.stopApps({ ...base, color: "green" }, this.opts()));
       case "restart": {
+        // A re-run first completes what the interrupted run left (Recover "accept": finish the stop or the start).
+        for (const [i, interrupted] of (step.resumes ?? []).entries()) {
+          const r = await this.stream(step.agentId, onLine, (c) => c.recover({ targetId: ctx.targetId, operationId: interrupted, action: "accept", newOperationId: restartOps(step).resume(i) }, this.opts()));
+          if (r.status !== "succeeded") return { ...fromOperation(r), detail: `completing interrupted ${interrupted}: ${r.message}` };
+        }
         const stopped = await this.stream(step.agentId, onLine, (c) => c.stopApps({ targetId: ctx.targetId, operationId: `${step.operationId}.stop` }, this.opts()));
         if (stopped.status !== "succeeded") return fromOperation(stopped);
         return this.op(step, onLine, (c) => c.startApps({ targetId: ctx.targetId, operationId: `${step.operationId}.start` }, this.opts()));

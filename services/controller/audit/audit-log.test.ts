@@ -6,7 +6,8 @@ import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync }
 import os from "node:os";
 import path from "node:path";
 import { FlotillaError } from "../../common/errors.js";
-import { registerSecret } from "../../common/redact.js";
+import { createHmac } from "node:crypto";
+import { redactValue, registerSecret } from "../../common/redact.js";
 import type { ControllerStore } from "../core/ports.js";
 import { AuditLog, canonicalJson, GENESIS_HASH, sealAuditRow } from "./audit-log.js";
 import { checkpointPathFor, loadOrCreateAuditKey } from "./audit-key.js";
@@ -285,6 +286,35 @@ for (const make of [() => sqliteBackend("audit"), () => postgresBackend("audit_t
       await rejectsWithCode(log.append({ actor: "a", action: "x", outcome: "intent" }), "AUDIT_UNAVAILABLE", /checkpoint/);
     });
 
+    test("a checkpoint file removed while the log runs is written again at its path; a folder gone makes appends fail closed", async () => {
+      const { store } = await backend.fresh();
+      const { key, checkpointFile } = await keyAndCheckpoint();
+      const log = new AuditLog(store, key, { checkpointFile });
+      await appendN(log, 3);
+      rmSync(checkpointFile);
+      await appendN(log, 64);
+      assert.equal(JSON.parse(readFileSync(checkpointFile, "utf8")).seq, 67);
+      assert.equal(statSync(checkpointFile).mode & 0o777, 0o600);
+      assert.deepEqual(await log.verify(), { ok: true, checked: 67, firstBadSeq: 0, reason: "" });
+      rmSync(path.dirname(checkpointFile), { recursive: true, force: true });
+      await rejectsWithCode(appendN(log, 64), "AUDIT_UNAVAILABLE", /checkpoint could not be saved/);
+    });
+
+    test("args are stored as the canonical JSON of the redacted value (sorted keys at every depth, secret-named members masked)", async () => {
+      const { store } = await backend.fresh();
+      const { key } = await keyAndCheckpoint();
+      const log = new AuditLog(store, key);
+      const args = {
+        "10": "ten", "9": "nine", b: [1, "x", null, { token: { deep: 1 }, z: "", y: null, a: "postgresql://u:pw-canary-1@h/db" }], a: true,
+        nested: { apiKey: "k", private_key: "", password: null, when: new Date(0), big: 12n }, "é": -0, list: [[], {}],
+      };
+      const row = await log.append({ actor: "a", action: "x", args, outcome: "ok" });
+      const plain = JSON.parse(JSON.stringify(args, (_k, v: unknown) => (typeof v === "bigint" ? v.toString() : v))) as unknown;
+      assert.equal(row.args, canonicalJson(redactValue(plain)));
+      assert.match(row.args, /^\{"10":"ten","9":"nine","a":true,"b":\[1,"x",null,\{"a":"postgresql:\/\/u:\*\*\*@h\/db","token":"\*\*\*","y":null,"z":""\}\]/);
+      assert.ok(!row.args.includes("pw-canary-1"));
+    });
+
     test("query normalises times and filters; exportJsonLines writes every row, or the filtered ones", async () => {
       const { store } = await backend.fresh();
       const { key, checkpointFile } = await keyAndCheckpoint();
@@ -317,6 +347,19 @@ describe("canonicalJson", () => {
   test("sorts keys at every depth, drops undefined members, keeps array order", () => {
     assert.equal(canonicalJson({ b: 1, a: [3, { d: undefined, c: "x" }], "é": true }), '{"a":[3,{"c":"x"}],"b":1,"é":true}');
     assert.equal(canonicalJson([1, "a\n", null]), '[1,"a\\n",null]');
+  });
+});
+
+describe("sealAuditRow", () => {
+  test("is HMAC-SHA256 over prev_hash, a newline and the canonical JSON of the row's fields (rows sealed before still verify)", () => {
+    const key = Buffer.alloc(32, 9);
+    const row = {
+      seq: 42, time: "2030-01-01T00:00:00.000Z", actor: "ünï \"q\" \\ 🚀", action: "rollout.step", target: "t\n1",
+      args: '{"a":"\\u0000"}', outcome: "ok" as const, detail: "\u2028 line",
+    };
+    const prev = "ab".repeat(32);
+    const body = canonicalJson([row.seq, row.time, row.actor, row.action, row.target, row.args, row.outcome, row.detail]);
+    assert.equal(sealAuditRow(key, prev, row), createHmac("sha256", key).update(`${prev}\n${body}`).digest("hex"));
   });
 });
 

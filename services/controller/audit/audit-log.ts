@@ -1,7 +1,7 @@
 import { createHmac, timingSafeEqual } from "node:crypto";
 import { closeSync, constants, openSync, readFileSync, writeSync } from "node:fs";
 import { FlotillaError } from "../../common/errors.js";
-import { redact, redactValue } from "../../common/redact.js";
+import { isSecretKey, redact, redactValue } from "../../common/redact.js";
 import type { AuditFilter, AuditRow, ControllerStore, NewAuditRow } from "../core/ports.js";
 import { AUDIT_KEY_BYTES } from "./audit-key.js";
 import { truncatedAuditError } from "../core/audit-anchor.js";
@@ -10,10 +10,19 @@ import { truncatedAuditError } from "../core/audit-anchor.js";
 export const GENESIS_HASH = "0".repeat(64);
 
 const OUTCOMES: ReadonlySet<string> = new Set(["intent", "ok", "error", "denied"]);
+
+/** An outcome filter from a request ("" = any): the outcome, or INVALID_ARGUMENT naming the four. */
+export function outcomeFilter(raw: string): AuditRow["outcome"] | undefined {
+  if (raw === "") return undefined;
+  if (OUTCOMES.has(raw)) return raw as AuditRow["outcome"];
+  throw new FlotillaError("INVALID_ARGUMENT", `outcome: ${JSON.stringify(raw)} is not an outcome; use intent, ok, error or denied`);
+}
 const CHECKPOINT_DOMAIN = "flotilla-audit-checkpoint\n";
 const DEFAULT_PAGE_SIZE = 1000;
 /** Checkpoint record length: JSON padded with spaces, then a newline; under one 512-byte sector. */
 const CHECKPOINT_RECORD_BYTES = 256;
+/** The checkpoint file is opened again by its path after this many writes through one descriptor. */
+const CHECKPOINT_REOPEN_EVERY = 64;
 
 /** What a caller records. */
 export interface AuditEntry {
@@ -50,6 +59,15 @@ export interface VerifyResult {
 
 interface Checkpoint { seq: number; hash: string }
 
+/** Closes the checkpoint file of an AuditLog nobody holds any more. */
+const checkpointFds = new FinalizationRegistry<number>((fd) => {
+  try {
+    closeSync(fd);
+  } catch {
+    // Already closed.
+  }
+});
+
 /**
  * JSON text with object keys sorted (by UTF-16 code unit), no whitespace.
  * The input must be JSON-safe (see toJsonValue).
@@ -79,9 +97,39 @@ function toJsonValue(value: unknown): unknown {
   return text === undefined ? null : (JSON.parse(text) as unknown);
 }
 
+/** What redactValue() puts in place of a secret-named member's value. */
+const SECRET_MASK = (redactValue({ password: "-" }) as { password: string }).password;
+
+/**
+ * canonicalJson(redactValue(value)) in one walk, without the intermediate copy.
+ * The input must be JSON-safe (see toJsonValue).
+ */
+function redactedCanonicalJson(value: unknown): string {
+  if (typeof value === "string") return JSON.stringify(redact(value));
+  if (Array.isArray(value)) return `[${value.map(redactedCanonicalJson).join(",")}]`;
+  if (value !== null && typeof value === "object") {
+    const obj = value as Record<string, unknown>;
+    const parts: string[] = [];
+    for (const k of Object.keys(obj).sort()) {
+      const v = obj[k];
+      if (v === undefined) continue;
+      const text = isSecretKey(k) && v !== "" && v !== null ? JSON.stringify(SECRET_MASK) : redactedCanonicalJson(v);
+      parts.push(`${JSON.stringify(k)}:${text}`);
+    }
+    return `{${parts.join(",")}}`;
+  }
+  return JSON.stringify(value) ?? "null";
+}
+
 /** HMAC-SHA256(key, prevHash + "\n" + canonical JSON of [seq, time, actor, action, target, args, outcome, detail]), hex. */
 export function sealAuditRow(key: Buffer, prevHash: string, row: NewAuditRow & { seq: number }): string {
-  const body = canonicalJson([row.seq, row.time, row.actor, row.action, row.target, row.args, row.outcome, row.detail]);
+  return sealFields(key, prevHash, row.seq, row);
+}
+
+function sealFields(key: Buffer, prevHash: string, seq: number, row: NewAuditRow): string {
+  // Every member is a number or a string, so plain JSON.stringify is the canonical JSON
+  // (no keys to sort), at half the cost of canonicalJson().
+  const body = JSON.stringify([seq, row.time, row.actor, row.action, row.target, row.args, row.outcome, row.detail]);
   return createHmac("sha256", key).update(`${prevHash}\n${body}`).digest("hex");
 }
 
@@ -126,6 +174,9 @@ export class AuditLog {
   readonly #checkpointFile: string | undefined;
   readonly #pageSize: number;
   #checkpointSeq = 0;
+  /** The checkpoint file, kept open between appends (closed when this log is garbage-collected). */
+  #checkpointFd: number | undefined;
+  #checkpointWrites = 0;
   /** The checkpoint file's (seq, hash), read at the first append, then the last row this process appended. */
   #fileAnchor: Checkpoint | null | undefined;
 
@@ -159,7 +210,7 @@ export class AuditLog {
       actor: clean(e.actor),
       action: clean(e.action),
       target: clean(e.target ?? ""),
-      args: e.args === undefined ? "{}" : canonicalJson(redactValue(toJsonValue(e.args))),
+      args: e.args === undefined ? "{}" : redactedCanonicalJson(toJsonValue(e.args)),
       outcome: e.outcome,
       detail: clean(e.detail ?? ""),
     };
@@ -176,7 +227,7 @@ export class AuditLog {
         if (fileAnchor !== null && (prevSeq < fileAnchor.seq || (prevSeq === fileAnchor.seq && !sameHex(prevHash, fileAnchor.hash)))) {
           throw truncatedAuditError(`checkpoint ${this.#checkpointFile ?? ""}`, fileAnchor.seq, prevSeq);
         }
-        return sealAuditRow(this.#key, prevHash, { ...row, seq: prevSeq + 1 });
+        return sealFields(this.#key, prevHash, prevSeq + 1, row);
       });
     } catch (err) {
       throw unavailable("cannot append", err);
@@ -337,17 +388,45 @@ export class AuditLog {
 
   #writeCheckpoint(file: string, cp: Checkpoint): void {
     // One fixed-size record overwritten in place with a single write: it is
-    // smaller than a disk sector, so it lands whole, and it costs ~30 µs.
-    // Write-temp-then-rename was measured at ~2.6 ms per append on ext4
-    // (auto_da_alloc forces writeback when a rename or truncate replaces a
-    // file), as much as the commit itself. Synchronous on purpose: the
-    // checkpoints of concurrent appends never interleave.
+    // smaller than a disk sector, so it lands whole. Write-temp-then-rename was
+    // measured at ~2.6 ms per append on ext4 (auto_da_alloc forces writeback
+    // when a rename or truncate replaces a file), as much as the commit itself.
+    // Synchronous on purpose: the checkpoints of concurrent appends never
+    // interleave, and the file names the row before append() returns.
+    //
+    // The file stays open between appends: one pwrite, measured under load at
+    // 17 µs median against 37 µs for open, write, close. It is opened again by
+    // its path every CHECKPOINT_REOPEN_EVERY writes, so a file removed or
+    // replaced behind our back is back at its path within that many appends.
+    // Not an fstat per write to notice that sooner: with multigrain timestamps
+    // (Linux 6.13+) a stat makes the next write stamp a fine-grained mtime, so
+    // every append dirtied the inode and the next commit's journal flush paid
+    // for it (measured +70 µs per append against +39 µs without).
     const record = JSON.stringify({ seq: cp.seq, hash: cp.hash, mac: this.#checkpointMac(cp) });
-    const fd = openSync(file, constants.O_WRONLY | constants.O_CREAT, 0o600);
     try {
-      writeSync(fd, `${record.padEnd(CHECKPOINT_RECORD_BYTES - 1)}\n`, 0);
-    } finally {
+      if (this.#checkpointFd === undefined || this.#checkpointWrites % CHECKPOINT_REOPEN_EVERY === 0) {
+        const fd = openSync(file, constants.O_WRONLY | constants.O_CREAT, 0o600);
+        this.#closeCheckpointFd();
+        this.#checkpointFd = fd;
+        checkpointFds.register(this, fd, this);
+      }
+      writeSync(this.#checkpointFd, `${record.padEnd(CHECKPOINT_RECORD_BYTES - 1)}\n`, 0);
+      this.#checkpointWrites++;
+    } catch (err) {
+      this.#closeCheckpointFd();
+      throw err;
+    }
+  }
+
+  #closeCheckpointFd(): void {
+    const fd = this.#checkpointFd;
+    if (fd === undefined) return;
+    this.#checkpointFd = undefined;
+    checkpointFds.unregister(this);
+    try {
       closeSync(fd);
+    } catch {
+      // Already unusable; nothing more to release.
     }
   }
 

@@ -26,6 +26,10 @@ export interface StepDoc {
   finishedAt?: string;
   /** A clean-up step added after a failure or abort (restart stopped apps, stop unswitched green). */
   compensation?: boolean;
+  /** Which run of the step this is (1 when absent). A step re-run after its agent was interrupted gets a new run, and so a new operation id. */
+  attempt?: number;
+  /** Agent operations an earlier run of this step left interrupted: this run completes them (Recover "accept") before its own work. */
+  resumes?: string[];
 }
 
 export interface RolloutTargetDoc {
@@ -164,10 +168,15 @@ export interface ControllerStore {
   claimScheduleFire(name: string, slot: string): Promise<boolean>;
 
   /**
-   * Appends one audit row atomically at the chain's tail: reads the last
-   * (seq, hash) under a lock (SQLite: BEGIN IMMEDIATE; PostgreSQL:
-   * pg_advisory_xact_lock), calls `seal(prevSeq, prevHash)` for the new hash,
-   * inserts, commits. Throws if it cannot write (callers fail closed).
+   * Appends one audit row atomically at the chain's tail and moves the anchor
+   * to it in the same commit. Fast path: one statement that inserts on top of
+   * the row this store last appended only if the anchor and the tail still
+   * name that row. Otherwise it reads the last (seq, hash) under a lock
+   * (SQLite: BEGIN IMMEDIATE; PostgreSQL: pg_advisory_xact_lock and the
+   * anchor row's lock), checks it against the anchor, seals and inserts.
+   * `seal(prevSeq, prevHash)` gives the new hash; it may be called twice (a
+   * stale guess, then the real tail) and must have no other effect. Throws if
+   * it cannot write (callers fail closed).
    */
   appendAudit(row: NewAuditRow, seal: (seq: number, prevHash: string) => string): Promise<AuditRow>;
   /**

@@ -1,6 +1,7 @@
 import { describe, it, test } from "node:test";
 import assert from "node:assert/strict";
-import { matchesSelector, planTargets, preflightVerdict, selectorPairs, stepsFor, waveSizes, type InventoryTarget } from "./rollout-plan.js";
+import { STRATEGIES } from "../../common/rollout-request.js";
+import { matchesSelector, planTargets, preflightVerdict, selectorPairs, stepsFor, upToDateWhenNothingPending, waveSizes, type InventoryTarget } from "./rollout-plan.js";
 
 const t = (id: string, labels: Record<string, string> = {}, appAgents = ["a1"], blueGreen = false): InventoryTarget =>
   ({ id, ownerAgent: "a1", appAgents, labels, blueGreen });
@@ -64,4 +65,8 @@ describe("preflightVerdict", () => {
     assert.equal(v.refusal, null);
     assert.deepEqual(v.upToDate, ["b"]);
   });
+});
+
+test("nothing pending means up to date, except for blue-green (green is still cloned, started and switched to)", () => {
+  assert.deepEqual(STRATEGIES.filter((s) => !upToDateWhenNothingPending(s)), ["blue-green"]);
 });

@@ -26,6 +26,15 @@ function step(name: StepName, agentId: string, detail = ""): StepDoc {
   return { name, state: "pending", agentId, operationId: "", detail };
 }
 
+/**
+ * Whether a target with nothing pending is simply up to date under this
+ * strategy (no step runs). Blue-green still has work: green is cloned from
+ * blue, started and switched to, even when blue is at the wanted revision.
+ */
+export function upToDateWhenNothingPending(strategy: Strategy): boolean {
+  return strategy !== "blue-green";
+}
+
 /** The ordered steps one target takes under a strategy. */
 export function stepsFor(strategy: Strategy, t: InventoryTarget, toRevision: string): StepDoc[] {
   const owner = t.ownerAgent;

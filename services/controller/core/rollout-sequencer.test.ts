@@ -4,7 +4,7 @@ import type { RolloutSpec } from "../../common/rollout-request.js";
 import type { RolloutDoc } from "./ports.js";
 import { type InventoryTarget, planTargets } from "./rollout-plan.js";
 import {
-  type SequencerCommand, type SequencerEvent, type StepResult, TARGET_CONCURRENCY, type Transition, retryTargets, rollbackTargets, transition,
+  MAX_STEP_ATTEMPTS, type SequencerCommand, type SequencerEvent, type StepResult, TARGET_CONCURRENCY, type Transition, retryTargets, rollbackTargets, transition,
 } from "./rollout-sequencer.js";
 
 const T0 = Date.parse("2026-01-01T03:00:00.000Z");
@@ -361,4 +361,83 @@ test("retry covers exactly the failed, restored and skipped targets", () => {
 test("a step result for a step that is not running is refused", () => {
   const r = transition(rollout(1), { kind: "step-finished", now: at(0), targetId: "t1", index: 0, result: { outcome: "succeeded", effect: "none", detail: "" } });
   assert.equal(r.refusal?.code, "PRECONDITION_FAILED");
+});
+
+// ------------------------------------------------------------------ an interrupted restart (job strategy)
+
+const interruptedAt = (run: number, ops: string[]): StepResult => ({ outcome: "interrupted", code: "INTERRUPTED", detail: `the agent stopped during run ${run}`, operations: ops });
+
+test("job: a restart the agent was killed in is re-run with a new operation id, completing the interrupted operations first; the rollout succeeds", () => {
+  const doc = rollout(1, { strategy: "job" });
+  let runs = 0;
+  const run = drive(doc, { kind: "start", now: at(0) }, (c) => {
+    if (c.step.name !== "restart") return ok(c);
+    runs++;
+    return runs === 1 ? interruptedAt(1, [`${c.step.operationId}.stop`]) : ok(c);
+  });
+  assert.equal(run.doc.status, "succeeded", run.doc.message);
+  assert.deepEqual(run.ran, ["t1:precheck", "t1:backup", "t1:migrate", "t1:verify", "t1:restart", "t1:restart", "t1:health"]);
+  const restart = run.doc.targets[0]!.steps.find((s) => s.name === "restart")!;
+  assert.equal(restart.state, "succeeded");
+  assert.equal(restart.attempt, 2);
+  assert.equal(restart.operationId, "r-1.t1.4.restart.a1.a2", "a new id: the first run's operations are never reused");
+  assert.deepEqual(restart.resumes, ["r-1.t1.4.restart.a1.stop"]);
+  assert.equal(restart.detail, "done (run 2: the agent was interrupted in the earlier run)", "the step says it was re-run");
+  assert.deepEqual(run.other, [{ kind: "finish", status: "succeeded" }], "finished once");
+  assert.equal(run.doc.targets[0]!.message, `migrated ${OLD} → ${NEW} (verified); app instances started and healthy`);
+});
+
+test("job: the re-run carries the interrupted operations in its run-step command, and is resolved like any step after a controller restart", () => {
+  const first = drive(rollout(1, { strategy: "job" }), { kind: "start", now: at(0) }, (c) => (c.step.name === "restart" ? "hold" : ok(c)));
+  const held = first.held[0]!;
+  const next = transition(first.doc, { kind: "step-finished", now: at(2), targetId: "t1", index: held.index, result: interruptedAt(1, ["op.stop"]) });
+  const rerun = next.commands.find((c) => c.kind === "run-step");
+  assert.ok(rerun && rerun.kind === "run-step");
+  assert.equal(rerun.step.name, "restart");
+  assert.equal(rerun.step.attempt, 2);
+  assert.deepEqual(rerun.step.resumes, ["op.stop"]);
+  assert.match(next.doc.targets[0]!.steps[held.index]!.detail, /run 1 was interrupted on agent a1 .*restart is safe to repeat: run 2 of at most 3, completing op\.stop first/);
+  // The controller dies too: on restart the re-run is resolved by its own id.
+  const restarted = transition(next.doc, { kind: "restarted", now: at(3) });
+  assert.deepEqual(restarted.commands.map((c) => (c.kind === "resolve-step" ? c.step.operationId : c.kind)), ["r-1.t1.4.restart.a1.a2"]);
+});
+
+test("job: a restart interrupted on every run fails the target after MAX_STEP_ATTEMPTS runs, naming diagnose", () => {
+  const run = drive(rollout(1, { strategy: "job" }), { kind: "start", now: at(0) }, (c) => (c.step.name === "restart" ? interruptedAt(c.step.attempt ?? 1, []) : ok(c)));
+  assert.equal(MAX_STEP_ATTEMPTS, 3);
+  assert.deepEqual(run.ran.filter((r) => r === "t1:restart").length, MAX_STEP_ATTEMPTS);
+  const t = run.doc.targets[0]!;
+  assert.equal(t.status, "failed");
+  assert.equal(t.steps.find((s) => s.name === "restart")!.state, "interrupted");
+  assert.match(t.message, /restart \(operation r-1\.t1\.4\.restart\.a1\.a3\) was interrupted on agent a1 in each of 3 runs .*flotilla diagnose t1/);
+  assert.equal(run.doc.status, "failed");
+});
+
+test("job: an interrupted restart is re-run even when the rollout is paused or aborted meanwhile (instances may be down); nothing new starts", () => {
+  for (const control of ["pause", "abort"] as const) {
+    const first = drive(rollout(2, { strategy: "job", waves: "1,100%" }), { kind: "start", now: at(0) }, (c) => (c.step.name === "restart" ? "hold" : ok(c)));
+    const held = first.held[0]!;
+    const controlled = transition(first.doc, { kind: control, now: at(2), actor: "bob" });
+    const after = drive(controlled.doc, { kind: "step-finished", now: at(3), targetId: "t1", index: held.index, result: interruptedAt(1, []) });
+    assert.deepEqual(after.ran, ["t1:restart"], `${control}: the re-run runs; no health check, no second wave`);
+    const restart = after.doc.targets[0]!.steps[held.index]!;
+    assert.equal(restart.state, "succeeded");
+    assert.equal(restart.attempt, 2);
+    assert.equal(after.doc.targets[1]!.status, control === "abort" ? "skipped" : "pending");
+    if (control === "abort") {
+      assert.equal(after.doc.status, "aborted");
+      assert.equal(after.doc.targets[0]!.status, "aborted");
+    } else {
+      assert.equal(after.doc.status, "running");
+    }
+  }
+});
+
+test("an interrupted step that is not safe to repeat is not re-run: the target fails", () => {
+  const run = drive(rollout(1), { kind: "start", now: at(0) }, (c) => (c.step.name === "verify" ? interruptedAt(1, ["x"]) : ok(c)));
+  const t = run.doc.targets[0]!;
+  assert.equal(run.ran.filter((r) => r === "t1:verify").length, 1);
+  assert.equal(t.status, "failed");
+  assert.match(t.message, /verify .* was interrupted on agent a1/);
+  assert.ok(run.ran.includes("t1:start"), "the stopped apps are started again");
 });

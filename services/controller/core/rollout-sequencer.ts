@@ -38,6 +38,12 @@ export type StepResult =
   | { readonly outcome: "failed"; readonly code: ErrorCode; readonly effect: Effect; readonly detail: string; readonly revisionAfter?: readonly string[] }
   /** The agent cannot say how the step ended (unreachable, journal lost). */
   | { readonly outcome: "unknown"; readonly code: ErrorCode; readonly detail: string }
+  /**
+   * The agent's journal proves the step started and was cut off by the agent
+   * stopping (kill -9, a crash, a reboot). `operations` are the agent
+   * operations it left interrupted, holding the target's lock.
+   */
+  | { readonly outcome: "interrupted"; readonly code: ErrorCode; readonly detail: string; readonly operations: readonly string[] }
   /** The agent's journal has no record: the step never started and may run again. */
   | { readonly outcome: "not-started"; readonly detail: string };
 
@@ -82,14 +88,34 @@ const TARGET_DONE: ReadonlySet<string> = new Set(["succeeded", "up-to-date", "fa
 const TARGET_BAD: ReadonlySet<string> = new Set(["failed", "restored", "needs-restore"]);
 /** Steps after which the target's database (or its traffic) has changed. */
 const CHANGING_STEPS: ReadonlySet<string> = new Set(["migrate", "migrate-green", "switch"]);
+/**
+ * Steps that are safe to run again from the start after their agent was
+ * interrupted in them. `restart` (the job strategy's rolling stop + start of
+ * app instances) is idempotent: stopping stopped instances and starting them
+ * again leaves them running on the new code, whatever point the previous run
+ * reached, and it never touches the database. So an interrupted restart is
+ * re-run — after the agent completes the operations the cut-off run left
+ * interrupted — instead of failing the target and waiting for a person.
+ * Database-changing steps are never here: their interruption is resolved by
+ * restoring the backup taken before them.
+ */
+const RERUNNABLE_STEPS: ReadonlySet<string> = new Set(["restart"]);
+/** Runs of one step at most (the first and two re-runs), so an agent that dies every time cannot loop a rollout forever. */
+export const MAX_STEP_ATTEMPTS = 3;
 
 export function isTerminal(status: string): boolean {
   return TERMINAL.has(status);
 }
 
-/** Deterministic operation id of a step (journal key on the agent). */
+/** Deterministic operation id of a step's run (journal key on the agent); every re-run gets its own. */
 export function operationIdOf(rolloutId: string, targetId: string, index: number, step: StepDoc): string {
-  return `${rolloutId}.${targetId}.${index}.${step.name}.${step.agentId}`;
+  const attempt = step.attempt ?? 1;
+  return `${rolloutId}.${targetId}.${index}.${step.name}.${step.agentId}${attempt > 1 ? `.a${attempt}` : ""}`;
+}
+
+/** A re-run of an interrupted step: it finishes what a started step began, so it runs even when paused or aborting. */
+function isRerun(s: StepDoc): boolean {
+  return (s.attempt ?? 1) > 1;
 }
 
 /** The one transition function. The input is not modified. */
@@ -165,9 +191,21 @@ function applyResult(doc: RolloutDoc, t: RolloutTargetDoc, s: StepDoc, result: S
     delete s.finishedAt;
     return;
   }
+  if (result.outcome === "interrupted" && RERUNNABLE_STEPS.has(s.name) && (s.attempt ?? 1) < MAX_STEP_ATTEMPTS) {
+    // Safe to repeat (see RERUNNABLE_STEPS): run it again, completing what the cut-off run left first.
+    const attempt = (s.attempt ?? 1) + 1;
+    s.state = "pending";
+    s.attempt = attempt;
+    s.resumes = [...result.operations];
+    s.detail = `run ${attempt - 1} was interrupted on agent ${s.agentId} (${result.detail}); ${s.name} is safe to repeat: run ${attempt} of at most ${MAX_STEP_ATTEMPTS}${result.operations.length ? `, completing ${result.operations.join(", ")} first` : ""}`;
+    delete s.startedAt;
+    delete s.finishedAt;
+    return;
+  }
   s.detail = result.detail;
   if (result.outcome === "succeeded") {
     s.state = "succeeded";
+    if (isRerun(s)) s.detail = `${result.detail} (run ${s.attempt}: the agent was interrupted in the earlier run${(s.attempt ?? 1) > 2 ? "s" : ""})`;
     if (result.revisionBefore !== undefined && s.name === "precheck") t.revisionBefore = [...result.revisionBefore];
     if (result.revisionAfter !== undefined) t.revisionAfter = [...result.revisionAfter];
     if (result.backupId) t.backupId = result.backupId;
@@ -180,7 +218,7 @@ function applyResult(doc: RolloutDoc, t: RolloutTargetDoc, s: StepDoc, result: S
     }
     return;
   }
-  s.state = result.outcome === "unknown" ? "interrupted" : "failed";
+  s.state = result.outcome === "unknown" || result.outcome === "interrupted" ? "interrupted" : "failed";
   if (result.outcome === "failed" && result.revisionAfter !== undefined && result.revisionAfter.length > 0) t.revisionAfter = [...result.revisionAfter];
   if (s.compensation) return; // a failed clean-up step is reported in its detail; the target keeps its outcome
   for (const x of t.steps) if (x.state === "pending") x.state = "skipped";
@@ -193,6 +231,9 @@ function applyResult(doc: RolloutDoc, t: RolloutTargetDoc, s: StepDoc, result: S
   } else if (result.outcome === "unknown") {
     t.status = "failed";
     t.message = `${s.name} (operation ${s.operationId}) ended unseen: agent ${s.agentId} cannot say how (${result.detail}); run flotilla diagnose ${t.targetId}`;
+  } else if (result.outcome === "interrupted") {
+    t.status = "failed";
+    t.message = `${s.name} (operation ${s.operationId}) was interrupted on agent ${s.agentId}${(s.attempt ?? 1) > 1 ? ` in each of ${s.attempt} runs` : ""} (${result.detail}); run flotilla diagnose ${t.targetId}`;
   } else if (effect === "restored") {
     t.status = "restored";
     t.message = `${s.name} failed (${code}) and the database was restored to ${revs(t.revisionBefore)}; fix the cause, then: flotilla rollout retry ${doc.id}`;
@@ -257,7 +298,7 @@ function advance(doc: RolloutDoc, now: string): SequencerCommand[] {
       if (t.status !== "running" || hasRunning(t)) continue;
       const changed = t.steps.some((s) => CHANGING_STEPS.has(s.name) && s.state === "succeeded");
       const last = t.steps.filter((s) => s.state === "succeeded" && !s.compensation).at(-1)?.name ?? "";
-      for (const s of t.steps) if (s.state === "pending" && !s.compensation) s.state = "skipped";
+      for (const s of t.steps) if (s.state === "pending" && !s.compensation && !isRerun(s)) s.state = "skipped";
       if (!t.abortHandled) {
         t.abortHandled = true;
         compensate(t, "after the abort");
@@ -283,7 +324,7 @@ function advance(doc: RolloutDoc, now: string): SequencerCommand[] {
       return;
     }
     const s = t.steps[index]!;
-    if (!s.compensation && (doc.paused || doc.abortRequested || t.status !== "running")) return;
+    if (!s.compensation && !(isRerun(s) && t.status === "running") && (doc.paused || doc.abortRequested || t.status !== "running")) return;
     s.state = "running";
     s.operationId = operationIdOf(doc.id, t.targetId, index, s);
     s.startedAt = now;

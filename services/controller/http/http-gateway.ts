@@ -1,7 +1,8 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { createServer as createHttpsServer, type Server as HttpsServer } from "node:https";
 import type { TLSSocket } from "node:tls";
-import { create, fromJson, toJson, type DescMessage, type JsonValue } from "@bufbuild/protobuf";
+import { create, type DescMessage, type JsonValue } from "@bufbuild/protobuf";
+import { EnumValueError, fromApiJson, toApiJson } from "../../common/proto-json.js";
 import { Metadata } from "@grpc/grpc-js";
 import { ControllerService, RolloutEventSchema } from "../../common/gen/flotilla/v1/controller_pb.js";
 import { FlotillaError, httpStatusOf, toFlotillaError } from "../../common/errors.js";
@@ -9,7 +10,7 @@ import type { CallContext, ServiceImpl } from "../../common/grpc-bridge.js";
 import type { Logger } from "../../common/logger.js";
 import { redact } from "../../common/redact.js";
 import { isLoopbackHost } from "../../common/tls.js";
-import type { AuditLog } from "../audit/audit-log.js";
+import { type AuditLog, outcomeFilter } from "../audit/audit-log.js";
 import { deniedActor, permittedMethods, type Caller } from "../service.js";
 import { staticAsset, type StaticAsset } from "./static-assets.js";
 import { STRATEGIES } from "../../common/rollout-request.js";
@@ -192,7 +193,7 @@ export function createHttpGateway(
         if (signIn) {
           await deps.audit.append({ actor: caller.actor, action: "api.SignIn", outcome: "ok", detail: `role ${caller.role}, from ${req.socket.remoteAddress ?? "?"}` });
         }
-        // The page builds its strategy choices from this list: the rules live in rollout-request.ts only.
+        // The page builds its strategy choices from this list (the proto enum Strategy, by short name).
         sendJson(res, { actor: caller.actor, role: caller.role, methods: permittedMethods(caller.role, METHOD_NAMES), leader: deps.isLeader(), strategies: STRATEGIES });
         return;
       }
@@ -207,7 +208,7 @@ export function createHttpGateway(
         try {
           for (let item = first; !item.done; item = await it.next()) {
             const ev = create(RolloutEventSchema, item.value);
-            const json = toJson(RolloutEventSchema, ev, { alwaysEmitImplicit: true }) as Record<string, unknown>;
+            const json = toApiJson(RolloutEventSchema, ev) as Record<string, unknown>;
             const kind = ev.event.case ?? "snapshot";
             res.write(`event: ${kind}\ndata: ${JSON.stringify(json[kind] ?? json)}\n\n`);
           }
@@ -238,7 +239,7 @@ export function createHttpGateway(
         const filter: Record<string, string> = {};
         for (const k of ["since", "until", "target", "actor", "action", "outcome"]) {
           const v = url.searchParams.get(k);
-          if (v) filter[k] = k === "since" || k === "until" ? auditTime(k, v) : v;
+          if (v) filter[k] = k === "since" || k === "until" ? auditTime(k, v) : k === "outcome" ? (outcomeFilter(v) ?? "") : v;
         }
         await deps.audit.append({ actor: caller.actor, action: "api.ExportAudit", args: filter, outcome: "ok" });
         res.writeHead(200, { "content-type": "application/x-ndjson" });
@@ -274,14 +275,15 @@ export function createHttpGateway(
       }
       let input;
       try {
-        input = fromJson(m.input, body as JsonValue, { ignoreUnknownFields: true });
+        input = fromApiJson(m.input, body as JsonValue);
       } catch (err) {
+        if (err instanceof EnumValueError) throw new FlotillaError("INVALID_ARGUMENT", `${err.message}; nothing was changed`);
         throw new FlotillaError("INVALID_ARGUMENT", `request does not match ${m.input.typeName}: ${(err as Error).message}`);
       }
       const fn = (impl as unknown as Record<string, (req: unknown, ctx: CallContext) => unknown>)[m.localName]!;
       if (m.methodKind === "unary") {
         const out = await (fn.call(impl, input, ctx) as Promise<object>);
-        const json = toJson(m.output, create(m.output, out as never), { alwaysEmitImplicit: true });
+        const json = toApiJson(m.output, create(m.output, out as never));
         res.writeHead(200, { "content-type": "application/json" });
         res.end(JSON.stringify(json));
         return;
@@ -289,7 +291,7 @@ export function createHttpGateway(
       const stream = fn.call(impl, input, ctx) as AsyncIterable<object>;
       for await (const item of stream) {
         if (!res.headersSent) res.writeHead(200, { "content-type": "application/x-ndjson" });
-        res.write(`${JSON.stringify(toJson(m.output, create(m.output, item as never), { alwaysEmitImplicit: true }))}\n`);
+        res.write(`${JSON.stringify(toApiJson(m.output, create(m.output, item as never)))}\n`);
       }
       if (!res.headersSent) res.writeHead(200, { "content-type": "application/x-ndjson" });
       res.end();

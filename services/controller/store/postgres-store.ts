@@ -81,6 +81,21 @@ CREATE INDEX IF NOT EXISTS audit_log_time ON audit_log (time);
 
 const AUDIT_COLUMNS = "seq, time, actor, action, target, args, outcome, detail, prev_hash, hash";
 
+/**
+ * Appends row $1 on top of row $1 - 1 whose hash is $9, in one statement: the anchor moves
+ * from exactly (that row) to (the new row) only if that row is still in the log, and the row
+ * is inserted only if the anchor moved. A data-modifying WITH always runs to completion, so
+ * every condition sits in the UPDATE; if the INSERT fails, the statement (and the UPDATE) is
+ * rolled back whole.
+ */
+const APPEND_AFTER_SQL = `WITH moved AS (
+  UPDATE audit_anchor SET seq = $1::bigint, hash = $10::text
+  WHERE id = 1 AND seq = $1::bigint - 1 AND hash = $9::text
+    AND EXISTS (SELECT 1 FROM audit_log AS prev WHERE prev.seq = $1::bigint - 1 AND prev.hash = $9::text)
+  RETURNING seq)
+INSERT INTO audit_log (${AUDIT_COLUMNS})
+SELECT moved.seq, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text, $9::text, $10::text FROM moved`;
+
 interface RolloutRowDb { doc: RolloutDoc; version: number }
 interface AuditRowDb {
   seq: string; time: string; actor: string; action: string; target: string; args: string;
@@ -121,6 +136,10 @@ function isUniqueViolation(err: unknown): boolean {
 export class PostgresStore implements ControllerStore {
   readonly #pool: pg.Pool;
   #closed = false;
+  /** Audit appends of this process, one after another (see appendAudit). */
+  #auditQueue: Promise<unknown> = Promise.resolve();
+  /** (seq, hash) of the audit row this process last appended: the fast path's guess at the tail. */
+  #auditTail: { seq: number; hash: string } | undefined;
 
   /** `url` is a `postgresql://` connection URL; it is never logged or put in an error. */
   constructor(url: string) {
@@ -162,10 +181,10 @@ export class PostgresStore implements ControllerStore {
     }
   }
 
-  async #query<R extends pg.QueryResultRow>(sql: string, params: unknown[] = []): Promise<pg.QueryResult<R>> {
+  async #query<R extends pg.QueryResultRow>(sql: string | pg.QueryConfig, params: unknown[] = []): Promise<pg.QueryResult<R>> {
     const c = await this.#client();
     try {
-      return await c.query<R>(sql, params);
+      return await (typeof sql === "string" ? c.query<R>(sql, params) : c.query<R>(sql));
     } finally {
       c.release();
     }
@@ -333,21 +352,82 @@ export class PostgresStore implements ControllerStore {
     return r.rowCount === 1;
   }
 
-  async appendAudit(row: NewAuditRow, seal: (seq: number, prevHash: string) => string): Promise<AuditRow> {
+  appendAudit(row: NewAuditRow, seal: (seq: number, prevHash: string) => string): Promise<AuditRow> {
+    // One append at a time per process: they would only queue on the chain anyway, and in order
+    // each one finds the tail its predecessor left, so the one-round-trip fast path keeps hitting.
+    const run = this.#auditQueue.then(() => this.#appendAudit(row, seal));
+    this.#auditQueue = run.catch(() => undefined);
+    return run;
+  }
+
+  async #appendAudit(row: NewAuditRow, seal: (seq: number, prevHash: string) => string): Promise<AuditRow> {
+    const tail = this.#auditTail;
+    this.#auditTail = undefined;
+    if (tail !== undefined) {
+      const stored = await this.#appendAuditAfter(tail, row, seal);
+      if (stored !== undefined) {
+        this.#auditTail = { seq: stored.seq, hash: stored.hash };
+        return stored;
+      }
+    }
+    const stored = await this.#appendAuditLocked(row, seal);
+    this.#auditTail = { seq: stored.seq, hash: stored.hash };
+    return stored;
+  }
+
+  /**
+   * The fast path: one prepared statement, one round trip, one commit, guessing that the tail is
+   * still the row this process last appended. It moves the anchor from exactly that row to the
+   * new one and inserts the new row, or does neither (undefined) when the guess is wrong: another
+   * replica appended (the anchor moved), or rows were cut or changed (the tail row is not the
+   * guessed one). The anchor row is the compare-and-swap: of two replicas holding the same guess
+   * one updates it and the other, waiting on its row lock, finds it moved. seq is the primary key.
+   */
+  async #appendAuditAfter(
+    tail: { seq: number; hash: string },
+    row: NewAuditRow,
+    seal: (seq: number, prevHash: string) => string,
+  ): Promise<AuditRow | undefined> {
+    let hash: string;
+    try {
+      hash = seal(tail.seq, tail.hash);
+    } catch {
+      // The caller refused this tail (its own anchor is ahead): the locked path decides on the store's real tail.
+      return undefined;
+    }
+    const seq = tail.seq + 1;
+    try {
+      const r = await this.#query({
+        name: "flotilla_audit_append_after",
+        text: APPEND_AFTER_SQL,
+        values: [String(seq), row.time, row.actor, row.action, row.target, row.args, row.outcome, row.detail, tail.hash, hash],
+      });
+      return r.rowCount === 1 ? { seq, ...row, prevHash: tail.hash, hash } : undefined;
+    } catch (err) {
+      // Row n+1 exists although the anchor named row n: the anchor is behind the log (rows
+      // written by a replica that does not move it); the locked path sorts that out.
+      if (isUniqueViolation(err)) return undefined;
+      throw err;
+    }
+  }
+
+  /** The slow path: reads the real tail under the chain lock and checks it against the anchor. */
+  async #appendAuditLocked(row: NewAuditRow, seal: (seq: number, prevHash: string) => string): Promise<AuditRow> {
     const c = await this.#client();
     let broken = false;
     try {
-      // One round trip for BEGIN, the chain lock and the tail read (simple
-      // query protocol, several statements). They must stay separate
-      // statements: under READ COMMITTED each takes a fresh snapshot, so the
-      // tail read after the lock sees every row the previous holder committed.
+      // One round trip for BEGIN, the chain lock, the anchor row lock and the tail read (simple
+      // query protocol, several statements). They must stay separate statements: under READ
+      // COMMITTED each takes a fresh snapshot, so the tail read after the locks sees every row
+      // the previous holder committed. Locking the anchor row makes a concurrent fast path wait
+      // and then find the anchor moved.
       const results = (await c.query(
-        `BEGIN; SELECT pg_advisory_xact_lock(${AUDIT_CHAIN_LOCK}); SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1; SELECT seq, hash FROM audit_anchor WHERE id = 1`,
+        `BEGIN; SELECT pg_advisory_xact_lock(${AUDIT_CHAIN_LOCK}); SELECT seq, hash FROM audit_anchor WHERE id = 1 FOR UPDATE; SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1`,
       )) as unknown as Array<pg.QueryResult<{ seq: string; hash: string }>>;
-      const last = results[2]?.rows[0];
+      const last = results[3]?.rows[0];
       const prevSeq = last === undefined ? 0 : Number(last.seq);
       const prevHash = last?.hash ?? GENESIS_HASH;
-      const anchor = results[3]?.rows[0];
+      const anchor = results[2]?.rows[0];
       if (anchor !== undefined && (prevSeq < Number(anchor.seq) || (prevSeq === Number(anchor.seq) && prevHash !== anchor.hash))) {
         throw truncatedAuditError("store's audit anchor", Number(anchor.seq), prevSeq);
       }

@@ -69,6 +69,13 @@ CREATE TABLE IF NOT EXISTS audit_log (
   hash TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_log_time ON audit_log (time);
+-- The anchor moves forward in the same statement as the row it names, whoever inserts it
+-- (so an append is one statement, one commit); it never moves back, so a tail cut later
+-- leaves the anchor ahead of the log.
+CREATE TRIGGER IF NOT EXISTS audit_log_anchor AFTER INSERT ON audit_log BEGIN
+  INSERT INTO audit_anchor (id, seq, hash) VALUES (1, NEW.seq, NEW.hash)
+    ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash WHERE excluded.seq > audit_anchor.seq;
+END;
 `;
 
 interface RolloutRowDb { doc: string; version: number }
@@ -113,6 +120,15 @@ function prepare(db: Database.Database) {
       "INSERT INTO audit_log (seq, time, actor, action, target, args, outcome, detail, prev_hash, hash) " +
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     ),
+    // The fast path: one autocommit statement (SQLite takes the write lock before it reads, like
+    // BEGIN IMMEDIATE) that inserts row n+1 only if the anchor and the tail are still the row
+    // (n, prev) this connection last wrote or read; the trigger moves the anchor with it.
+    auditInsertAfter: db.prepare(
+      "INSERT INTO audit_log (seq, time, actor, action, target, args, outcome, detail, prev_hash, hash) " +
+        "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ? " +
+        "WHERE EXISTS (SELECT 1 FROM audit_anchor WHERE id = 1 AND seq = ? AND hash = ?) " +
+        "AND EXISTS (SELECT 1 FROM audit_log WHERE seq = ? AND hash = ?)",
+    ),
     auditRead: db.prepare("SELECT * FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?"),
   };
 }
@@ -135,6 +151,7 @@ function transactions(st: Statements, db: Database.Database) {
       const hash = seal(prevSeq, prevHash);
       const seq = prevSeq + 1;
       st.auditInsert.run(seq, row.time, row.actor, row.action, row.target, row.args, row.outcome, row.detail, prevHash, hash);
+      // The trigger audit_log_anchor has moved the anchor already; this covers a database whose trigger was dropped.
       st.auditAnchorSet.run(seq, hash);
       return { seq, ...row, prevHash, hash };
     }),
@@ -196,6 +213,8 @@ export class SqliteStore implements ControllerStore {
   #st: Statements | undefined;
   #tx: Transactions | undefined;
   #closed = false;
+  /** (seq, hash) of the audit row this connection last appended: the fast path's guess at the tail. */
+  #auditTail: { seq: number; hash: string } | undefined;
 
   /** `file` is the database file path (absolute, or relative to the working directory). */
   constructor(file: string) {
@@ -319,7 +338,39 @@ export class SqliteStore implements ControllerStore {
   }
 
   async appendAudit(row: NewAuditRow, seal: (seq: number, prevHash: string) => string): Promise<AuditRow> {
-    return this.#open().tx.appendAudit.immediate(row, seal);
+    const { st, tx } = this.#open();
+    const tail = this.#auditTail;
+    this.#auditTail = undefined;
+    if (tail !== undefined) {
+      // Fast path: guess that the tail is still the row this connection last saw. The statement
+      // checks the guess against the anchor and the tail row itself and inserts nothing when it
+      // is wrong (another connection appended, or rows were cut or changed): then the slow path
+      // reads the truth under the write lock. A guess cannot fork the chain: row n+1 is
+      // inserted only on top of the row n it was sealed with, and seq is the primary key.
+      let hash: string | undefined;
+      try {
+        hash = seal(tail.seq, tail.hash);
+      } catch {
+        // The caller refused this tail (its own anchor is ahead): let the slow path decide on the store's real tail.
+      }
+      if (hash !== undefined) {
+        const seq = tail.seq + 1;
+        let inserted = 0;
+        try {
+          inserted = st.auditInsertAfter.run(seq, row.time, row.actor, row.action, row.target, row.args, row.outcome, row.detail, tail.hash, hash,
+            tail.seq, tail.hash, tail.seq, tail.hash).changes;
+        } catch (err) {
+          if (!isConstraintError(err)) throw err;
+        }
+        if (inserted === 1) {
+          this.#auditTail = { seq, hash };
+          return { seq, ...row, prevHash: tail.hash, hash };
+        }
+      }
+    }
+    const stored = tx.appendAudit.immediate(row, seal);
+    this.#auditTail = { seq: stored.seq, hash: stored.hash };
+    return stored;
   }
 
   async auditAnchor(): Promise<{ seq: number; hash: string } | null> {

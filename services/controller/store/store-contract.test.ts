@@ -239,6 +239,91 @@ for (const make of [() => sqliteBackend("store"), () => postgresBackend("store_t
       }
     });
 
+    test("appendAudit from two stores taking turns (each one's tail guess stale every time) links every row to the real tail", async () => {
+      const { store, another } = await backend.fresh();
+      const other = await another();
+      for (let i = 0; i < 12; i++) {
+        const r = await (i % 3 === 0 ? other : store).appendAudit(auditRow({ detail: `t${i}` }), fakeSeal);
+        // The anchor names every new row as soon as it is committed (the fast path moves it too).
+        assert.deepEqual(await store.auditAnchor(), { seq: r.seq, hash: r.hash });
+      }
+      const rows = await store.readAudit(0, 100);
+      assert.deepEqual(rows.map((r) => r.seq), Array.from({ length: 12 }, (_, i) => i + 1));
+      let prev = "0".repeat(64);
+      for (const r of rows) {
+        assert.equal(r.prevHash, prev, `row ${r.seq}`);
+        prev = r.hash;
+      }
+      assert.deepEqual(await store.auditAnchor(), { seq: 12, hash: prev });
+    });
+
+    test("two stores appending flat out at once never fork the chain", async () => {
+      const { store, another } = await backend.fresh();
+      const other = await another();
+      const burst = (s: ControllerStore, tag: string) => Promise.all(Array.from({ length: 60 }, (_, i) => s.appendAudit(auditRow({ detail: `${tag}${i}` }), fakeSeal)));
+      const [a, b] = await Promise.all([burst(store, "a"), burst(other, "b")]);
+      assert.deepEqual([...a, ...b].map((r) => r.seq).sort((x, y) => x - y), Array.from({ length: 120 }, (_, i) => i + 1));
+      const rows = await store.readAudit(0, 200);
+      assert.equal(rows.length, 120);
+      let prev = "0".repeat(64);
+      for (const r of rows) {
+        assert.equal(r.prevHash, prev, `row ${r.seq}`);
+        assert.equal(r.hash, fakeSeal(r.seq - 1, prev));
+        prev = r.hash;
+      }
+      assert.deepEqual(await store.auditAnchor(), { seq: 120, hash: prev });
+    });
+
+    test("appendAudit after the tail it last wrote was cut or changed refuses and writes nothing", async () => {
+      const cut = await backend.fresh();
+      for (let i = 0; i < 5; i++) await cut.store.appendAudit(auditRow(), fakeSeal);
+      await cut.sql("DELETE FROM audit_log WHERE seq > 3");
+      await rejectsWith(cut.store.appendAudit(auditRow(), fakeSeal), "AUDIT_UNAVAILABLE", /tail truncated: .* says seq 5, the log ends at 3/);
+      assert.deepEqual((await cut.store.readAudit(0, 10)).map((r) => r.seq), [1, 2, 3]);
+      assert.equal((await cut.store.auditAnchor())?.seq, 5);
+
+      const changed = await backend.fresh();
+      for (let i = 0; i < 5; i++) await changed.store.appendAudit(auditRow(), fakeSeal);
+      await changed.sql(`UPDATE audit_log SET hash = '${"ef".repeat(32)}' WHERE seq = 5`);
+      await rejectsWith(changed.store.appendAudit(auditRow(), fakeSeal), "AUDIT_UNAVAILABLE", /rewritten/);
+      assert.equal((await changed.store.readAudit(0, 10)).length, 5);
+
+      // Cut and refilled with a row 5 of the right seq but another hash: refused too.
+      const refilled = await backend.fresh();
+      for (let i = 0; i < 5; i++) await refilled.store.appendAudit(auditRow(), fakeSeal);
+      await refilled.sql("DELETE FROM audit_log WHERE seq = 5");
+      await refilled.sql(`INSERT INTO audit_log (seq, time, actor, action, target, args, outcome, detail, prev_hash, hash) SELECT 5, time, 'm', 'x', '', '{}', 'ok', '', hash, '${"ab".repeat(32)}' FROM audit_log WHERE seq = 4`);
+      await assert.rejects(refilled.store.appendAudit(auditRow(), fakeSeal));
+      assert.equal((await refilled.store.readAudit(0, 10)).length, 5);
+    });
+
+    test("appendAudit after the anchor was removed or moved back appends on the real tail and moves the anchor to it", async () => {
+      const { store, sql } = await backend.fresh();
+      for (let i = 0; i < 3; i++) await store.appendAudit(auditRow(), fakeSeal);
+      await sql("DELETE FROM audit_anchor");
+      const r4 = await store.appendAudit(auditRow(), fakeSeal);
+      assert.equal(r4.seq, 4);
+      assert.deepEqual(await store.auditAnchor(), { seq: 4, hash: r4.hash });
+      const [r1] = await store.readAudit(0, 1);
+      await sql(`UPDATE audit_anchor SET seq = 1, hash = '${r1!.hash}'`);
+      const r5 = await store.appendAudit(auditRow(), fakeSeal);
+      assert.equal(r5.seq, 5);
+      assert.equal(r5.prevHash, r4.hash);
+      assert.deepEqual(await store.auditAnchor(), { seq: 5, hash: r5.hash });
+    });
+
+    test("appendAudit after a row written by a writer that does not move the anchor appends after that row", async () => {
+      const { store, sql } = await backend.fresh();
+      for (let i = 0; i < 2; i++) await store.appendAudit(auditRow(), fakeSeal);
+      const [, r2] = await store.readAudit(0, 2);
+      await sql(`INSERT INTO audit_log (seq, time, actor, action, target, args, outcome, detail, prev_hash, hash) VALUES (3, 't', 'a', 'x', '', '{}', 'ok', '', '${r2!.hash}', '${fakeSeal(2, r2!.hash)}')`);
+      await sql(`UPDATE audit_anchor SET seq = 2, hash = '${r2!.hash}'`);
+      const r4 = await store.appendAudit(auditRow(), fakeSeal);
+      assert.equal(r4.seq, 4);
+      assert.equal(r4.prevHash, fakeSeal(2, r2!.hash));
+      assert.deepEqual(await store.auditAnchor(), { seq: 4, hash: r4.hash });
+    });
+
     test("queryAudit filters by since/until (inclusive), target, actor, action, and limit (newest rows, in seq order)", async () => {
       const { store } = await backend.fresh();
       const rows: AuditRow[] = [];

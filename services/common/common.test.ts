@@ -77,6 +77,30 @@ test("process runner: timeout and abort kill the whole process group; output is 
   assert.equal(big.truncated, true);
 });
 
+test("process runner: stdin is ignored unless input is given; input feeds it, and a child that stops reading ends the feed", async () => {
+  const r = new NodeProcessRunner();
+  const ignored = await r.run({ argv: ["cat"], timeoutMs: 10_000 });
+  assert.equal(ignored.exitCode, 0);
+  assert.equal(ignored.stdout, "");
+  const fed = await r.run({ argv: ["cat"], input: (async function* () { yield Buffer.from("hello\n"); yield Buffer.from("world\n"); })(), timeoutMs: 10_000 });
+  assert.equal(fed.exitCode, 0);
+  assert.equal(fed.stdout, "hello\nworld\n");
+  let stopped = false;
+  const endless = async function* (): AsyncGenerator<Uint8Array> {
+    try {
+      for (;;) yield Buffer.alloc(65536, 120);
+    } finally {
+      stopped = true;
+    }
+  };
+  const early = await r.run({ argv: ["head", "-c", "5"], input: endless(), timeoutMs: 10_000 });
+  assert.equal(early.exitCode, 0);
+  assert.equal(early.timedOut, false);
+  assert.equal(early.stdout, "xxxxx");
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  assert.equal(stopped, true, "the feed stopped when the child went away");
+});
+
 test("grpc bridge: unary and server-streaming calls, FlotillaError codes cross the wire", async () => {
   const server = newServer();
   const impl = {

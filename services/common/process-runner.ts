@@ -1,4 +1,6 @@
 import { spawn } from "node:child_process";
+import { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
 import { redact } from "./redact.js";
 
 export type OutputStream = "stdout" | "stderr";
@@ -15,6 +17,8 @@ export interface RunOptions {
   readonly onLine?: (line: string, stream: OutputStream) => void;
   /** Bytes of each stream kept for the result (the tail is kept). Default 256 KiB. */
   readonly maxOutputBytes?: number;
+  /** Bytes fed to the child's stdin, which is otherwise ignored; a child that stops reading just ends the feed. */
+  readonly input?: AsyncIterable<Uint8Array>;
 }
 
 export interface RunResult {
@@ -77,7 +81,7 @@ class TailBuffer {
 }
 
 /**
- * Spawns children with `shell: false`, stdin ignored, an explicit env, in their
+ * Spawns children with `shell: false`, stdin ignored (or fed from `input`), an explicit env, in their
  * own process group so a timeout or an abort kills the whole tree (SIGTERM, then
  * SIGKILL after a grace period). Never throws for a failing program: the result
  * says what happened.
@@ -98,10 +102,12 @@ export class NodeProcessRunner implements ProcessRunner {
       const child = spawn(cmd, args, {
         cwd: options.cwd,
         env: { ...baseEnv(), ...options.env },
-        stdio: ["ignore", "pipe", "pipe"],
+        stdio: [options.input !== undefined ? "pipe" : "ignore", "pipe", "pipe"],
         shell: false,
         detached: true,
       });
+      // EPIPE when the child exits early is its own business: its exit status tells what happened.
+      if (options.input !== undefined && child.stdin !== null) void pipeline(Readable.from(options.input), child.stdin).catch(() => undefined);
       const killGroup = (sig: NodeJS.Signals): void => {
         if (child.pid === undefined) return;
         try {

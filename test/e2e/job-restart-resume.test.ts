@@ -116,6 +116,7 @@ async function assertCompleted(done: RolloutJson, targetId: string): Promise<voi
   assert.equal(t.status, "succeeded");
   const restart = t.steps.filter((s) => s.name === "restart");
   assert.equal(restart.length, 1, "one restart step: re-run in place, no extra step");
+  assert.match(restart[0]!.detail ?? "", /\(run [23]: the agent was interrupted in the earlier runs?\)$/, "the step says it was re-run");
   assert.ok(t.steps.every((s) => s.state === "succeeded"), JSON.stringify(t.steps));
 
   assert.deepEqual(await fleet.revisionOf(targetId), [HEAD_REVISION]);

@@ -323,6 +323,36 @@ describe("PostgresDatabase (real PostgreSQL)", () => {
     assert.match(list.stdout, /TABLE DATA public chat/);
     const argv = runner.calls.filter((c) => c.argv[0] === "pg_dump" && c.argv.length > 2).at(-1)!.argv;
     assert.ok(argv.includes("-Fc") && argv.includes("-Z1") && argv.some((a) => a.startsWith("--snapshot=")), argv.join(" "));
+    // The proof: pg_restore read the archive on its stdin while pg_dump wrote it, then --list read the final TOC.
+    assert.equal(firstBackup.proof?.ok, true, firstBackup.proof?.detail);
+    assert.equal(firstBackup.proof?.detail, "sha256 of the finished file recorded; full read ok (pg_restore -f /dev/null, while it was written); table of contents ok (pg_restore --list)");
+    const streamed = runner.calls.filter((c) => c.argv[0] === "pg_restore" && c.input !== undefined);
+    assert.deepEqual(streamed.at(-1)?.argv, ["pg_restore", "--file=/dev/null"]);
+  });
+
+  it("backup() proves the finished file when the streamed read fails, and reports a file that does not read", async () => {
+    const dir = join(workDir, "backups");
+    // The streamed reader gets nothing (it stands for a stream that broke): the finished file is read in full instead.
+    const brokenStream: ProcessRunner = {
+      run: (o) => runner.run(o.input !== undefined ? { ...o, argv: ["pg_restore", "--file=/dev/null", "/nonexistent.dump"], input: (async function* () {})() } : o),
+    };
+    const fallback = new PostgresDatabase({ url: roleUrl, password: CANARY, runner: brokenStream, scratchDir: join(workDir, "scratch") });
+    const lines: string[] = [];
+    const a = await fallback.backup(join(dir, "fallback.dump"), (p) => lines.push(p.line));
+    assert.ok(lines.some((l) => /streamed read did not pass; reading the finished archive in full/.test(l)), lines.join("\n"));
+    assert.equal(a.proof?.ok, true, a.proof?.detail);
+    assert.match(a.proof?.detail ?? "", /full read ok \(pg_restore -f \/dev\/null\); table of contents ok/);
+    // Every full read fails (as a damaged archive would): the proof says so, and the backup is not called verified.
+    const noRead: ProcessRunner = {
+      run: (o) => runner.run(o.argv[0] === "pg_restore" && o.argv.includes("--file=/dev/null") && !o.argv.includes("--list")
+        ? { ...o, argv: ["pg_restore", "--file=/dev/null", "/nonexistent.dump"], input: (async function* () {})() } : o),
+    };
+    const failing = new PostgresDatabase({ url: roleUrl, password: CANARY, runner: noRead, scratchDir: join(workDir, "scratch") });
+    const bad = await failing.backup(join(dir, "unread.dump"), () => undefined);
+    assert.equal(bad.proof?.ok, false);
+    assert.match(bad.proof?.detail ?? "", /^FAILED: full read failed \(pg_restore exited with code 1/);
+    await rm(join(dir, "fallback.dump"));
+    await rm(join(dir, "unread.dump"));
   });
 
   it("backup() never overwrites an existing destination", async () => {

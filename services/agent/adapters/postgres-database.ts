@@ -129,6 +129,40 @@ async function sha256File(path: string, signal: AbortSignal | undefined, onBytes
   return { sha256: hash.digest("hex"), bytes };
 }
 
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * The growing file `path`, chunk by chunk, until `writerDone` has settled and
+ * everything written before that was read. A custom-format dump is written
+ * front to back (header, the TOC with its data offsets not set yet, then the
+ * data blocks); at the end pg_dump rewrites the TOC in place with the offsets,
+ * same length. So the stream is a complete offset-less archive whose data
+ * blocks are byte for byte the final file's.
+ */
+async function* follow(path: string, writerDone: Promise<unknown>, signal: AbortSignal): AsyncGenerator<Uint8Array> {
+  let finished = false;
+  void writerDone.then(() => (finished = true), () => (finished = true));
+  const fh = await open(path, "r");
+  try {
+    let pos = 0;
+    for (;;) {
+      if (signal.aborted) return;
+      const wasFinished = finished;
+      const buf = Buffer.allocUnsafe(1 << 20);
+      const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
+      if (bytesRead > 0) {
+        pos += bytesRead;
+        yield buf.subarray(0, bytesRead);
+        continue;
+      }
+      if (wasFinished) return;
+      await sleep(15);
+    }
+  } finally {
+    await fh.close();
+  }
+}
+
 async function fsyncPath(path: string, flags: "r" | "r+"): Promise<void> {
   const fh = await open(path, flags);
   try {
@@ -274,7 +308,7 @@ export class PostgresDatabase implements DatabaseAdapter {
    */
   private async runTool(
     argv: readonly string[],
-    options: { database: string | null; signal?: AbortSignal | undefined; onLine?: (line: string) => void; timeoutMs?: number },
+    options: { database: string | null; signal?: AbortSignal | undefined; onLine?: (line: string) => void; timeoutMs?: number; input?: AsyncIterable<Uint8Array> },
   ): Promise<RunResult> {
     const tool = argv[0] ?? "";
     const run = (env: Readonly<Record<string, string>>): Promise<RunResult> =>
@@ -285,6 +319,7 @@ export class PostgresDatabase implements DatabaseAdapter {
         maxOutputBytes: 64 * 1024,
         ...(options.signal !== undefined ? { signal: options.signal } : {}),
         ...(options.onLine !== undefined ? { onLine: (line: string) => options.onLine?.(line) } : {}),
+        ...(options.input !== undefined ? { input: options.input } : {}),
       });
     if (options.database === null) return run({});
     const env: Record<string, string> = {
@@ -479,6 +514,18 @@ export class PostgresDatabase implements DatabaseAdapter {
    * destination exists); leaves no temporary file behind.
    */
   async backup(destPath: string, onProgress: ProgressFn, signal?: AbortSignal): Promise<BackupArtifact> {
+    return this.dump(destPath, onProgress, signal, true);
+  }
+
+  /**
+   * The whole backup; `prove`: while pg_dump writes, a `pg_restore -f /dev/null`
+   * reads the archive as it grows (on its stdin), so the full read that
+   * verification needs is done when the dump is; then `pg_restore --list` reads
+   * the final TOC. Both passing, with the sha256 of the finished file, is the
+   * artifact's proof. A stream that fails is never trusted: the finished file
+   * is read again in full before the backup is called bad.
+   */
+  private async dump(destPath: string, onProgress: ProgressFn, signal: AbortSignal | undefined, prove: boolean): Promise<BackupArtifact> {
     const dest = resolve(destPath);
     if (await pathExists(dest)) throw new FlotillaError("INVALID_ARGUMENT", `backup destination already exists: ${dest}`);
     cancelled(signal);
@@ -539,9 +586,12 @@ export class PostgresDatabase implements DatabaseAdapter {
             throw err;
           },
         );
+        const streamed = prove ? this.readWhileWritten(tmp, dumping, stop.signal) : Promise.resolve(null);
         const [dump, facts] = await Promise.allSettled([dumping, reading]);
         signal?.removeEventListener("abort", onAbort);
         clearInterval(poll);
+        if (dump.status === "rejected" || dump.value.exitCode !== 0) stop.abort();
+        const streamRead = await streamed;
         cancelled(signal);
         if (dump.status === "rejected") throw dump.reason;
         if (facts.status === "rejected" && readFailedFirst) throw facts.reason;
@@ -553,8 +603,28 @@ export class PostgresDatabase implements DatabaseAdapter {
 
         const tool = `pg_dump ${await version} ${DUMP_FLAGS.join(" ")}`;
         cancelled(signal);
-        // Both only read the finished file: flushing and hashing overlap.
-        const [{ sha256, bytes }] = await Promise.all([sha256File(tmp, signal), fsyncPath(tmp, "r+")]);
+        // All only read the finished file: flushing, hashing and (proving) the TOC read overlap.
+        const [{ sha256, bytes }, , toc] = await Promise.all([
+          sha256File(tmp, signal),
+          fsyncPath(tmp, "r+"),
+          prove ? this.runTool(["pg_restore", "--list", "--file=/dev/null", tmp], { database: null, ...(signal !== undefined ? { signal } : {}) }) : null,
+        ]);
+        let proof: VerifyResult | undefined;
+        if (prove) {
+          let read = streamRead;
+          if (read === null || read.exitCode !== 0) {
+            onProgress({ line: "backup: the streamed read did not pass; reading the finished archive in full", source: "backup" });
+            read = await this.runTool(["pg_restore", "--file=/dev/null", tmp], { database: null, ...(signal !== undefined ? { signal } : {}) });
+          }
+          if (read.cancelled || toc?.cancelled) throw new FlotillaError("CANCELLED", "backup cancelled");
+          const passed = ["sha256 of the finished file recorded"];
+          const failed: string[] = [];
+          if (read.exitCode === 0) passed.push(`full read ok (pg_restore -f /dev/null${read === streamRead ? ", while it was written" : ""})`);
+          else failed.push(`full read failed (${describeRun("pg_restore", read)}${stderrTail(read, 3)})`);
+          if (toc !== null && toc.exitCode === 0) passed.push("table of contents ok (pg_restore --list)");
+          else if (toc !== null) failed.push(`table of contents unreadable (${describeRun("pg_restore", toc)}${stderrTail(toc, 3)})`);
+          proof = failed.length === 0 ? { ok: true, detail: passed.join("; ") } : { ok: false, detail: `FAILED: ${failed.join("; ")}; passed: ${passed.join("; ")}` };
+        }
         try {
           await link(tmp, dest);
         } catch (err) {
@@ -574,6 +644,7 @@ export class PostgresDatabase implements DatabaseAdapter {
           schemaHash: facts.value.schemaHash,
           revisions: facts.value.revisions,
           tool,
+          ...(proof !== undefined ? { proof } : {}),
         };
       } catch (err) {
         if (err instanceof FlotillaError) throw err;
@@ -585,6 +656,14 @@ export class PostgresDatabase implements DatabaseAdapter {
       if (snapshot !== undefined) await snapshot.end().catch(() => undefined);
       await rm(tmp, { force: true });
     }
+  }
+
+  /**
+   * `pg_restore -f /dev/null` reading, on its stdin, the archive pg_dump is
+   * writing to `file`. Settles after pg_dump and the reader end.
+   */
+  private readWhileWritten(file: string, dumping: Promise<RunResult>, stop: AbortSignal): Promise<RunResult> {
+    return this.runTool(["pg_restore", "--file=/dev/null"], { database: null, signal: stop, input: follow(file, dumping, stop) });
   }
 
   /**
@@ -607,6 +686,9 @@ export class PostgresDatabase implements DatabaseAdapter {
     }
     if (size !== artifact.sizeBytes) return fail(`size ${size} bytes, manifest says ${artifact.sizeBytes}`);
     let last = 0;
+    onProgress({ line: "verify: hashing and reading the whole archive with pg_restore", source: "backup" });
+    // Two cores: the hash and pg_restore's full read run side by side.
+    const reading = this.runTool(["pg_restore", "--file=/dev/null", path], { database: null, signal });
     let sha: string;
     try {
       sha = (await sha256File(path, signal, (n) => {
@@ -616,13 +698,13 @@ export class PostgresDatabase implements DatabaseAdapter {
         }
       })).sha256;
     } catch (err) {
+      await reading;
       cancelled(signal);
       return fail(`artifact unreadable: ${errorText(err)}`);
     }
+    const read = await reading;
     if (sha !== artifact.sha256) return fail("sha256 does not match the manifest");
     done.push("sha256 ok");
-    onProgress({ line: "verify: sha256 ok, reading the whole archive with pg_restore", source: "backup" });
-    const read = await this.runTool(["pg_restore", "--file=/dev/null", path], { database: null, signal });
     if (read.cancelled) throw new FlotillaError("CANCELLED", "verification cancelled");
     if (read.exitCode !== 0) return fail(`full read failed (${describeRun("pg_restore", read)}${stderrTail(read, 3)})`);
     done.push("full read ok (pg_restore -f /dev/null)");
@@ -817,7 +899,7 @@ export class PostgresDatabase implements DatabaseAdapter {
     await mkdir(this.scratchDir, { recursive: true });
     const dump = join(this.scratchDir, `clone-${hex(8)}.dump`);
     try {
-      const artifact = await this.backup(dump, onProgress, signal);
+      const artifact = await this.dump(dump, onProgress, signal, false);
       const like = await this.databaseProps(this.parts.database);
       await target.installArchive(artifact.path, artifact, onProgress, signal, like);
     } finally {
@@ -851,7 +933,7 @@ export class PostgresDatabase implements DatabaseAdapter {
       await mkdir(this.scratchDir, { recursive: true });
       const dump = join(this.scratchDir, `scratch-${hex(8)}.dump`);
       try {
-        const artifact = await this.backup(dump, onProgress, signal);
+        const artifact = await this.dump(dump, onProgress, signal, false);
         await this.createDatabase(name, await this.databaseProps(this.parts.database), false);
         await this.restoreInto(name, artifact.path, onProgress, signal);
         const problems = compareFacts(artifact, await this.factsOf(name));

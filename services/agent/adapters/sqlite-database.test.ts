@@ -269,7 +269,11 @@ describe("SqliteDatabase backup and verify", () => {
     assert.equal(artifact.sizeBytes, fs.statSync(artifact.path).size);
     assert.equal(artifact.sha256, sha256Of(artifact.path));
     assert.deepEqual(artifact.revisions, ["1b8c9d0e1f2a"]);
-    assert.match(artifact.tool, /^sqlite VACUUM INTO \d+\.\d+\.\d+$/);
+    assert.match(artifact.tool, /^sqlite snapshot copy \d+\.\d+\.\d+$/);
+    // The writer's commits sit in the WAL: the copy is the file plus the snapshot's frames, applied.
+    assert.ok(progress.some((p) => /by snapshot copy \+ \d+ WAL frames, check passed/.test(p.line)), progress.map((p) => p.line).join("\n"));
+    assert.equal(artifact.proof?.ok, true, artifact.proof?.detail);
+    assert.match(artifact.proof?.detail ?? "", /^sha256 of the finished file recorded; counts, schema and revisions from the source at the snapshot; integrity_check ok; schema ok; row counts ok \(5 tables\); revisions ok/);
     const copy = new SqliteDatabase({ path: artifact.path });
     assert.deepEqual(await copy.tableCounts(), artifact.tableCounts);
     assert.equal(await copy.schemaHash(), artifact.schemaHash);
@@ -363,17 +367,91 @@ describe("SqliteDatabase backup and verify", () => {
     const pre = new AbortController();
     pre.abort();
     await rejectsWith(db.backup(path.join(dir, "never.db"), noProgress, pre.signal), "CANCELLED");
-    // Abort once the worker says VACUUM INTO is running: the worker stops at its next step.
+    // Abort once the worker says it is copying: the worker stops at its next step.
     const mid = new AbortController();
     const seen: string[] = [];
     const running = db.backup(path.join(dir, "aborted.db"), (x) => {
       seen.push(x.line);
-      if (/VACUUM INTO running/.test(x.line)) mid.abort();
+      if (/copying the database file/.test(x.line)) mid.abort();
     }, mid.signal);
     await rejectsWith(running, "CANCELLED");
-    assert.ok(seen.some((l) => /VACUUM INTO running/.test(l)), "the worker had started copying");
+    assert.ok(seen.some((l) => /copying the database file/.test(l)), "the worker had started copying");
     const left = fs.readdirSync(dir).filter((f) => f.startsWith("never.db") || f.startsWith("aborted.db"));
     assert.deepEqual(left, []);
+  });
+});
+
+describe("SqliteDatabase snapshot copy", () => {
+  it("copies a rollback-journal database byte for byte under its read lock", async () => {
+    const dir = freshDir();
+    const dbPath = path.join(dir, "rollback.db");
+    makeDb(dbPath, { wal: false, chats: 500 });
+    const db = new SqliteDatabase({ path: dbPath });
+    const lines: string[] = [];
+    const a = await db.backup(path.join(dir, "b.db"), (p) => lines.push(p.line));
+    assert.match(a.tool, /^sqlite snapshot copy /);
+    assert.ok(lines.some((l) => /by snapshot copy, check passed/.test(l)), lines.join("\n"));
+    assert.equal(a.sha256, sha256Of(dbPath), "the backup is the database file itself");
+    assert.equal(a.proof?.ok, true, a.proof?.detail);
+    assert.deepEqual(dump(a.path), dump(dbPath));
+    assert.equal(fs.statSync(a.path).mode & 0o777, 0o600);
+  });
+
+  it("copies a WAL database with uncheckpointed commits as the snapshot: file plus WAL frames, exactly", async () => {
+    const dir = freshDir();
+    const dbPath = path.join(dir, "wal.db");
+    makeDb(dbPath, { chats: 500 });
+    // A live connection whose commits stay in the WAL (no checkpoint), as an app leaves them.
+    const live = new Database(dbPath);
+    try {
+      live.pragma("wal_autocheckpoint = 0");
+      live.exec("INSERT INTO chat (user_id, title, body) VALUES (1, 'in the wal', 'x'); UPDATE user SET name = 'renamed' WHERE id = 2; DELETE FROM message WHERE id <= 100; CREATE TABLE extra (x INTEGER)");
+      const walBefore = fs.statSync(`${dbPath}-wal`).size;
+      assert.ok(walBefore > 32, "commits are in the WAL");
+      const db = new SqliteDatabase({ path: dbPath });
+      const lines: string[] = [];
+      const a = await db.backup(path.join(dir, "b.db"), (p) => lines.push(p.line));
+      assert.ok(lines.some((l) => /by snapshot copy \+ \d+ WAL frames, check passed/.test(l)), lines.join("\n"));
+      assert.equal(a.proof?.ok, true, a.proof?.detail);
+      assert.deepEqual(dump(a.path), dump(dbPath), "the backup holds the WAL's commits");
+      assert.equal(a.tableCounts.message, 400);
+      assert.ok("extra" in a.tableCounts);
+      assert.deepEqual(fs.readdirSync(dir).filter((f) => f.includes(".tmp-")), [], "no temp file, WAL or shm left");
+      assert.equal(fs.statSync(`${dbPath}-wal`).size, walBefore, "the source's WAL was only read");
+      // A rollback-journal file, as VACUUM INTO gives: verifying it leaves no -wal/-shm in the backups folder.
+      assert.equal(fs.readFileSync(a.path)[18], 1);
+      const v = await db.verifyBackup(a, noProgress);
+      assert.equal(v.ok, true, v.detail);
+      assert.deepEqual(fs.readdirSync(dir).filter((f) => f.startsWith("b.db")), ["b.db"]);
+      // Checkpointed, the source has the backup's pages: the same bytes but for the header's journal mode and change counters.
+      live.pragma("wal_checkpoint(TRUNCATE)");
+      const [src, copy] = [fs.readFileSync(dbPath), fs.readFileSync(a.path)];
+      assert.equal(copy.length, src.length);
+      assert.ok(src.subarray(100).equals(copy.subarray(100)), "every byte after the 100-byte header is the source's");
+    } finally {
+      live.close();
+    }
+  });
+
+  it("reads the wal-index header: the last committed frame and the WAL's salts", async () => {
+    const { readWalIndexHeader } = await import("./sqlite-worker.js");
+    const dir = freshDir();
+    const dbPath = path.join(dir, "hdr.db");
+    makeDb(dbPath, { chats: 10 });
+    const live = new Database(dbPath);
+    try {
+      live.pragma("wal_autocheckpoint = 0");
+      for (let i = 0; i < 3; i++) live.exec(`INSERT INTO tick (at) VALUES ('${i}')`);
+      const h = readWalIndexHeader(`${dbPath}-shm`);
+      assert.ok(h !== null);
+      const [res] = live.pragma("wal_checkpoint(PASSIVE)") as Array<{ log: number }>;
+      assert.equal(h.mxFrame, res?.log);
+      assert.equal(h.pageSize, 4096);
+      assert.deepEqual(h.salts, fs.readFileSync(`${dbPath}-wal`).subarray(16, 24));
+    } finally {
+      live.close();
+    }
+    assert.equal(readWalIndexHeader(path.join(dir, "missing-shm")), null);
   });
 });
 

@@ -15,6 +15,7 @@
 import { parentPort, workerData } from "node:worker_threads";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
 import Database from "better-sqlite3";
 
@@ -33,7 +34,7 @@ export interface ExpectedArtifact {
 export type WorkerRequest =
   | { readonly op: "backup"; readonly source: string; readonly tmpPath: string; readonly destPath: string; readonly busyTimeoutMs: number }
   | { readonly op: "copy-into"; readonly source: string; readonly tmpPath: string; readonly destPath: string; readonly busyTimeoutMs: number }
-  | { readonly op: "verify"; readonly path: string; readonly expected: ExpectedArtifact }
+  | { readonly op: "verify"; readonly path: string; readonly expected: ExpectedArtifact; readonly hashed?: "by-caller" }
   | { readonly op: "restore"; readonly backupPath: string; readonly expected: ExpectedArtifact; readonly dbPath: string; readonly stagingPath: string }
   | { readonly op: "integrity"; readonly path: string; readonly maxLines: number; readonly busyTimeoutMs: number; readonly quick?: boolean }
   | { readonly op: "table-counts"; readonly path: string; readonly busyTimeoutMs: number };
@@ -69,6 +70,21 @@ export interface VerifyOutcome {
   readonly detail: string;
 }
 
+/** The checks of a SQLite file, each a phrase: what passed and what failed. */
+export interface CheckOutcome {
+  readonly passed: readonly string[];
+  readonly failed: readonly string[];
+}
+
+/** A backup's copy facts plus the check of the finished copy against them. */
+export interface BackupOutcome extends Omit<CopyFacts, "sha256" | "sizeBytes"> {
+  /** How the copy was taken: "snapshot copy" (file bytes under a held read transaction) or "VACUUM INTO". */
+  readonly method: "snapshot copy" | "VACUUM INTO";
+  /** WAL frames of the snapshot applied to the copied file (snapshot copy of a WAL database). */
+  readonly walFrames: number;
+  readonly check: CheckOutcome;
+}
+
 export interface IntegrityOutcome {
   readonly ok: boolean;
   readonly detail: string;
@@ -76,6 +92,7 @@ export interface IntegrityOutcome {
 
 export type WorkerMessage =
   | { readonly type: "progress"; readonly line: string; readonly bytesDone?: number; readonly bytesTotal?: number }
+  | { readonly type: "copied"; readonly sizeBytes: number }
   | { readonly type: "done"; readonly value: unknown }
   | { readonly type: "failed"; readonly message: string; readonly errno?: string; readonly sqliteCode?: string; readonly cancelled?: boolean; readonly verifyDetail?: string };
 
@@ -240,8 +257,11 @@ function openReadOnly(file: string, busyTimeoutMs: number): Db {
   return new Database(file, { readonly: true, fileMustExist: true, timeout: busyTimeoutMs });
 }
 
-/** VACUUM INTO a fresh (O_EXCL, mode 0600) temp file, fsync it, and read its facts from the copy. */
-function vacuumToTemp(ctx: Ctx, label: string, source: string, tmpPath: string, busyTimeoutMs: number): CopyFacts {
+/**
+ * VACUUM INTO a fresh (O_EXCL, mode 0600) temp file, fsync it, and read its facts from the copy.
+ * `forBackup`: the (empty) temp file exists already, and the caller fsyncs and hashes the finished file itself.
+ */
+function vacuumToTemp(ctx: Ctx, label: string, source: string, tmpPath: string, busyTimeoutMs: number, forBackup = false): CopyFacts {
   const timings: Record<string, number> = { "worker start": Math.round(ctx.startupMs) };
   let t = performance.now();
   const lap = (name: string): void => {
@@ -249,7 +269,7 @@ function vacuumToTemp(ctx: Ctx, label: string, source: string, tmpPath: string, 
     timings[name] = Math.round(now - t);
     t = now;
   };
-  fs.closeSync(fs.openSync(tmpPath, fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_WRONLY, 0o600));
+  if (!forBackup) fs.closeSync(fs.openSync(tmpPath, fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_WRONLY, 0o600));
   const src = openReadOnly(source, busyTimeoutMs);
   let sqliteVersion: string;
   try {
@@ -262,8 +282,10 @@ function vacuumToTemp(ctx: Ctx, label: string, source: string, tmpPath: string, 
   }
   lap("vacuum");
   checkCancel(ctx);
-  fsyncPath(tmpPath, "r+");
-  lap("fsync");
+  if (!forBackup) {
+    fsyncPath(tmpPath, "r+");
+    lap("fsync");
+  }
   progress(ctx, `${label}: written and fsynced; reading row counts, schema and revisions from the copy`);
   // Metadata first, hash last: whatever the read-only open did, the hash describes the final bytes.
   const copy = openReadOnly(tmpPath, busyTimeoutMs);
@@ -279,40 +301,355 @@ function vacuumToTemp(ctx: Ctx, label: string, source: string, tmpPath: string, 
   }
   lap("metadata");
   checkCancel(ctx);
+  if (forBackup) return { sizeBytes: fs.statSync(tmpPath).size, sha256: "", tableCounts, schemaHash, revisions, sqliteVersion, timingsMs: timings };
   const { sha256, size } = sha256File(ctx, tmpPath, label);
   lap("sha256");
   return { sizeBytes: size, sha256, tableCounts, schemaHash, revisions, sqliteVersion, timingsMs: timings };
-}
-
-/** Puts tmpPath at destPath without ever replacing an existing file. */
-function placeNoReplace(tmpPath: string, destPath: string): void {
-  try {
-    fs.linkSync(tmpPath, destPath);
-    fs.unlinkSync(tmpPath);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code !== "EPERM" && code !== "ENOTSUP" && code !== "EOPNOTSUPP") throw err;
-    // Filesystems without hard links: check, then rename (not atomic against a racing creator).
-    if (fs.existsSync(destPath)) throw Object.assign(new Error(`${destPath} already exists`), { code: "EEXIST" });
-    fs.renameSync(tmpPath, destPath);
-  }
 }
 
 function removeSidecars(dbPath: string): void {
   for (const suffix of ["-wal", "-shm", "-journal"]) unlinkQuiet(dbPath + suffix);
 }
 
-function runBackup(ctx: Ctx, r: Extract<WorkerRequest, { op: "backup" }>): CopyFacts {
+/** What the backup records, read from the source inside the snapshot's read transaction. */
+interface SnapshotFacts {
+  readonly tableCounts: Record<string, number>;
+  readonly schemaHash: string;
+  readonly revisions: string[];
+  readonly pageSize: number;
+  readonly pageCount: number;
+}
+
+function readSnapshotFacts(db: Db): SnapshotFacts {
+  const pageCount = Number(db.pragma("page_count", { simple: true }));
+  return {
+    pageCount,
+    pageSize: Number(db.pragma("page_size", { simple: true })),
+    tableCounts: countAllRows(db),
+    schemaHash: computeSchemaHash(db),
+    revisions: readAlembicRevisions(db) ?? [],
+  };
+}
+
+/** The wal-index header: the first 48 bytes of `-shm`, stored twice (SQLite's WalIndexHdr, native byte order). */
+export interface WalIndexHeader {
+  /** Both 48-byte copies as read; equal bytes mean no commit, restart or recovery happened in between. */
+  readonly raw: Buffer;
+  /** Index of the last committed frame: the snapshot a reader starting now sees. */
+  readonly mxFrame: number;
+  readonly pageSize: number;
+  /** The WAL header's salt-1 and salt-2, byte for byte as in the WAL file (offsets 16..24). */
+  readonly salts: Buffer;
+}
+
+const WAL_INDEX_VERSION = 3007000;
+const WAL_HEADER_BYTES = 32;
+const WAL_FRAME_HEADER_BYTES = 24;
+
+/** Reads the wal-index header; null when it is missing, uninitialised or caught mid-update. */
+export function readWalIndexHeader(shmPath: string): WalIndexHeader | null {
+  const raw = Buffer.alloc(96);
+  let n: number;
+  try {
+    const fd = fs.openSync(shmPath, "r");
+    try {
+      n = fs.readSync(fd, raw, 0, 96, 0);
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch {
+    return null;
+  }
+  const first = raw.subarray(0, 48);
+  if (n < 96 || !first.equals(raw.subarray(48, 96))) return null;
+  const le = os.endianness() === "LE";
+  const u32 = (o: number): number => (le ? first.readUInt32LE(o) : first.readUInt32BE(o));
+  const u16 = (o: number): number => (le ? first.readUInt16LE(o) : first.readUInt16BE(o));
+  if (u32(0) !== WAL_INDEX_VERSION || first[12] !== 1) return null;
+  const sz = u16(14);
+  return { raw, mxFrame: u32(16), pageSize: sz === 1 ? 65536 : sz, salts: Buffer.from(first.subarray(32, 40)) };
+}
+
+const COPY_CHUNK = 4 << 20;
+/** SQLite's own cap on mmap_size in this build (SQLITE_MAX_MMAP_SIZE). */
+const MAX_MMAP_BYTES = 0x7fff0000;
+
+/** Copies the first `limit` bytes (all when undefined) of `from` into the open descriptor; returns the bytes copied. */
+function copyBytes(ctx: Ctx, from: string, toFd: number, limit: number | undefined, label: string, total: number): number {
+  const fd = fs.openSync(from, "r");
+  try {
+    const buf = Buffer.allocUnsafe(COPY_CHUNK);
+    let done = 0;
+    let last = performance.now();
+    for (;;) {
+      const want = limit === undefined ? COPY_CHUNK : Math.min(COPY_CHUNK, limit - done);
+      if (want <= 0) break;
+      const n = fs.readSync(fd, buf, 0, want, done);
+      if (n === 0) break;
+      let off = 0;
+      while (off < n) off += fs.writeSync(toFd, buf, off, n - off, done + off);
+      done += n;
+      const now = performance.now();
+      if (now - last >= PROGRESS_EVERY_MS) {
+        last = now;
+        checkCancel(ctx);
+        progress(ctx, `${label}: ${done} of ${total} bytes copied`, done, total);
+      }
+    }
+    return done;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function readHead(file: string, bytes: number): Buffer | null {
+  try {
+    const fd = fs.openSync(file, "r");
+    try {
+      const b = Buffer.alloc(bytes);
+      return fs.readSync(fd, b, 0, bytes, 0) === bytes ? b : null;
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * A consistent copy of `source` into the (empty, 0600) file `tmpPath` from
+ * the file bytes, under one read transaction held for the whole copy:
+ *
+ * - rollback journal: the transaction's SHARED lock keeps every writer out of
+ *   the database file, so its bytes are the snapshot;
+ * - WAL: the snapshot is the database file plus WAL frames 1..mxFrame. While
+ *   the read mark is held no checkpoint copies a frame past it into the file
+ *   and no writer restarts the WAL, so copied frames 1..mxFrame replayed over
+ *   the copied file give the snapshot whatever a checkpoint rewrote meanwhile.
+ *   The snapshot's mxFrame is the wal-index header read just before and just
+ *   after the transaction's first read (equal bytes: no commit in between);
+ *   the copied WAL header must carry that header's salts, and the live WAL's
+ *   header must be unchanged after the copy (no restart overwrote a frame).
+ *   The frames are applied by SQLite itself (recovery, then a FULL
+ *   checkpoint of the copy, which must report exactly mxFrame frames), and the copy must end with the snapshot's page
+ *   count.
+ *
+ * The facts (row counts, schema, revisions, page count) are read from the
+ * source inside the same transaction. Returns why not, having changed nothing but
+ * the temp files, whenever a condition does not hold (other journal modes, a
+ * commit racing the snapshot three times, an unexpected size): the caller
+ * falls back to VACUUM INTO.
+ */
+function snapshotCopy(ctx: Ctx, label: string, source: string, tmpPath: string, busyTimeoutMs: number): { facts: SnapshotFacts; walFrames: number } | string {
+  const src = openReadOnly(source, busyTimeoutMs);
+  let inTxn = false;
+  let facts: SnapshotFacts | undefined;
+  let walFrames = 0;
+  const tmpWal = `${tmpPath}-wal`;
+  try {
+    const mode = String(src.pragma("journal_mode", { simple: true })).toLowerCase();
+    const wal = mode === "wal";
+    if (!wal && mode !== "delete" && mode !== "truncate" && mode !== "persist") return `journal_mode ${mode}`;
+    let header: WalIndexHeader | null = null;
+    for (let attempt = 0; attempt < 3 && facts === undefined; attempt++) {
+      const before = wal ? readWalIndexHeader(`${source}-shm`) : null;
+      if (wal && before === null) continue;
+      src.exec("BEGIN");
+      inTxn = true;
+      // The transaction's first read takes the snapshot (a SHARED lock, or a WAL read mark).
+      src.prepare("SELECT count(*) FROM sqlite_master").get();
+      const afterRead = wal ? readWalIndexHeader(`${source}-shm`) : null;
+      if (wal && (before === null || afterRead === null || !before.raw.equals(afterRead.raw))) {
+        src.exec("COMMIT");
+        inTxn = false;
+        continue;
+      }
+      facts = readSnapshotFacts(src);
+      header = before;
+    }
+    if (facts === undefined) return "commits kept racing the snapshot (3 tries)";
+    checkCancel(ctx);
+    const mainBytes = facts.pageCount * facts.pageSize;
+    const out = fs.openSync(tmpPath, "r+");
+    let copied: number;
+    try {
+      progress(ctx, `${label}: copying the database file under a read transaction`, 0, mainBytes);
+      copied = copyBytes(ctx, source, out, undefined, label, mainBytes);
+    } finally {
+      fs.closeSync(out);
+    }
+    if (header !== null && header.mxFrame > 0) {
+      if (header.pageSize !== facts.pageSize) return "WAL page size differs";
+      walFrames = header.mxFrame;
+      const walBytes = WAL_HEADER_BYTES + walFrames * (WAL_FRAME_HEADER_BYTES + facts.pageSize);
+      const walOut = fs.openSync(tmpWal, fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_RDWR, 0o600);
+      let walCopied: number;
+      try {
+        walCopied = copyBytes(ctx, `${source}-wal`, walOut, walBytes, label, walBytes);
+      } finally {
+        fs.closeSync(walOut);
+      }
+      const copiedHead = readHead(tmpWal, WAL_HEADER_BYTES);
+      const liveHead = readHead(`${source}-wal`, WAL_HEADER_BYTES);
+      if (walCopied !== walBytes) return `WAL shorter than the snapshot (${walCopied} of ${walBytes} bytes)`;
+      if (copiedHead === null || liveHead === null || !copiedHead.equals(liveHead) || !copiedHead.subarray(16, 24).equals(header.salts)) return "the WAL was restarted during the copy";
+    } else if (copied !== mainBytes) {
+      return `database file is ${copied} bytes, the snapshot ${mainBytes}`;
+    }
+  } finally {
+    if (inTxn) src.exec("COMMIT");
+    src.close();
+  }
+  checkCancel(ctx);
+  // Header bytes 18-19 are 2 in a WAL database. Like VACUUM INTO's output, the backup is made a
+  // rollback-journal database (journal_mode=DELETE on the copy), so opening it read-only later
+  // (verify, drills) never leaves a -wal and -shm beside it; a restored database is what
+  // VACUUM INTO backups gave, and the app turns WAL on again as it always did.
+  if (walFrames > 0 || readHead(tmpPath, 20)?.[18] === 2) {
+    if (walFrames > 0) progress(ctx, `${label}: applying ${walFrames} WAL frame(s) of the snapshot to the copy`);
+    const copy = new Database(tmpPath, { fileMustExist: true, timeout: 0 });
+    try {
+      // The first read opens the copied WAL and recovers its frames; the checkpoint writes them into the file.
+      if (Number(copy.pragma("page_count", { simple: true })) !== facts.pageCount) return "the copy's page count differs from the snapshot's";
+      if (walFrames > 0) {
+        // FULL reports the frames it found and wrote (TRUNCATE would report the emptied WAL's 0/0).
+        const r = copy.pragma("wal_checkpoint(FULL)") as Array<{ busy: number; log: number; checkpointed: number }>;
+        const c = r[0];
+        if (c === undefined || c.busy !== 0 || c.log !== walFrames || c.checkpointed !== walFrames) return `the copy recovered ${c?.log ?? 0} of ${walFrames} WAL frames`;
+      }
+      const mode = String(copy.pragma("journal_mode = DELETE", { simple: true })).toLowerCase();
+      if (mode !== "delete") return `the copy stayed in journal_mode ${mode}`;
+    } finally {
+      copy.close();
+    }
+    for (const suffix of ["-wal", "-shm", "-journal"]) unlinkQuiet(tmpPath + suffix);
+    if (fs.statSync(tmpPath).size !== facts.pageCount * facts.pageSize) return "the copy's size differs from the snapshot's";
+  }
+  return { facts, walFrames };
+}
+
+/**
+ * The checks of a finished SQLite file against what the backup recorded:
+ * PRAGMA integrity_check, schema hash, row counts, alembic_version. Never
+ * throws for a bad file, only on cancel. Any -wal/-shm the read-only open
+ * creates beside the file is removed afterwards.
+ */
+function checkFile(ctx: Ctx, file: string, expected: Omit<ExpectedArtifact, "sha256" | "sizeBytes">, label: string, privateFile = false): CheckOutcome {
+  const passed: string[] = [];
+  const failed: string[] = [];
+  let db: Db | undefined;
+  try {
+    db = openReadOnly(file, 5000);
+    // Reads through a memory map instead of one pread per page: integrity_check runs 1.5–2× faster.
+    // Only on our own fresh temp file: a mapped file truncated by someone else kills the process (SIGBUS).
+    if (privateFile) db.pragma(`mmap_size = ${MAX_MMAP_BYTES}`);
+  } catch (err) {
+    failed.push(`cannot open as SQLite (${errText(err)})`);
+  }
+  if (db !== undefined) {
+    try {
+      progress(ctx, `${label}: integrity_check`);
+      try {
+        const rows = db.prepare("PRAGMA integrity_check(10)").pluck().all() as string[];
+        if (rows.length === 1 && rows[0] === "ok") passed.push("integrity_check ok");
+        else failed.push(`integrity_check: ${rows.slice(0, 10).join(" | ")}`);
+      } catch (err) {
+        failed.push(`integrity_check error (${errText(err)})`);
+      }
+      checkCancel(ctx);
+      try {
+        const h = computeSchemaHash(db);
+        if (h === expected.schemaHash) passed.push("schema ok");
+        else failed.push(`schema hash mismatch (manifest ${expected.schemaHash.slice(0, 16)}…, backup ${h.slice(0, 16)}…)`);
+      } catch (err) {
+        failed.push(`schema unreadable (${errText(err)})`);
+      }
+      progress(ctx, `${label}: row counts`);
+      try {
+        const diffs = sameCounts(expected.tableCounts, countAllRows(db));
+        if (diffs.length === 0) passed.push(`row counts ok (${Object.keys(expected.tableCounts).length} tables)`);
+        else failed.push(`row counts differ: ${diffs.slice(0, 10).join(", ")}`);
+      } catch (err) {
+        failed.push(`row counts unreadable (${errText(err)})`);
+      }
+      try {
+        const revs = readAlembicRevisions(db) ?? [];
+        const want = [...expected.revisions].sort();
+        if (revs.length === want.length && revs.every((v, i) => v === want[i])) passed.push(`revisions ok (${want.join(",") || "none"})`);
+        else failed.push(`alembic_version is [${revs.join(",")}], manifest says [${want.join(",")}]`);
+      } catch (err) {
+        failed.push(`alembic_version unreadable (${errText(err)})`);
+      }
+    } finally {
+      db.close();
+    }
+  }
+  return { passed, failed };
+}
+
+/**
+ * Takes the copy (a snapshot copy of the file bytes, or VACUUM INTO when that
+ * is not possible), posts `copied` (the caller hashes and fsyncs the finished
+ * file meanwhile, on its own thread), then checks the copy against the facts
+ * of the snapshot. The caller puts the file in place once all three are done.
+ */
+function runBackup(ctx: Ctx, r: Extract<WorkerRequest, { op: "backup" }>): BackupOutcome {
   if (fs.existsSync(r.destPath)) throw Object.assign(new Error(`backup destination ${r.destPath} already exists`), { code: "EEXIST" });
   try {
-    const facts = vacuumToTemp(ctx, "backup", r.source, r.tmpPath, r.busyTimeoutMs);
+    const timings: Record<string, number> = { "worker start": Math.round(ctx.startupMs) };
+    let t = performance.now();
+    const lap = (name: string): void => {
+      const now = performance.now();
+      timings[name] = Math.round(now - t);
+      t = now;
+    };
+    fs.closeSync(fs.openSync(r.tmpPath, fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_WRONLY, 0o600));
+    const sqliteVersion = openVersion(r.source, r.busyTimeoutMs);
+    let snap: { facts: SnapshotFacts; walFrames: number } | null = null;
+    try {
+      const got = snapshotCopy(ctx, "backup", r.source, r.tmpPath, r.busyTimeoutMs);
+      if (typeof got === "string") progress(ctx, `backup: snapshot copy not possible (${got}); using VACUUM INTO`);
+      else snap = got;
+    } catch (err) {
+      // A full disk or an I/O error would fail VACUUM INTO just the same.
+      const code = (err as { code?: unknown }).code;
+      if (err instanceof Cancelled || code === "ENOSPC" || code === "EDQUOT" || code === "EIO") throw err;
+      progress(ctx, `backup: snapshot copy not possible (${errText(err)}); using VACUUM INTO`);
+    }
+    let facts: SnapshotFacts | Omit<CopyFacts, "sizeBytes" | "sha256" | "sqliteVersion" | "timingsMs">;
+    if (snap !== null) {
+      facts = snap.facts;
+      lap("copy");
+    } else {
+      // Start again from an empty file: whatever the attempt wrote is discarded.
+      for (const suffix of ["-wal", "-shm"]) unlinkQuiet(r.tmpPath + suffix);
+      fs.truncateSync(r.tmpPath, 0);
+      const v = vacuumToTemp(ctx, "backup", r.source, r.tmpPath, r.busyTimeoutMs, true);
+      facts = v;
+      lap("vacuum");
+    }
     checkCancel(ctx);
-    placeNoReplace(r.tmpPath, r.destPath);
-    fsyncDir(path.dirname(r.destPath));
-    return facts;
+    // The caller hashes and fsyncs the finished file on its side meanwhile.
+    ctx.post({ type: "copied", sizeBytes: fs.statSync(r.tmpPath).size });
+    const check = checkFile(ctx, r.tmpPath, facts, "backup check", true);
+    for (const suffix of ["-wal", "-shm"]) unlinkQuiet(r.tmpPath + suffix);
+    lap("check");
+    return {
+      tableCounts: facts.tableCounts, schemaHash: facts.schemaHash, revisions: facts.revisions, sqliteVersion, timingsMs: timings,
+      method: snap !== null ? "snapshot copy" : "VACUUM INTO", walFrames: snap?.walFrames ?? 0, check,
+    };
   } catch (err) {
-    unlinkQuiet(r.tmpPath);
+    for (const suffix of ["", "-wal", "-shm"]) unlinkQuiet(r.tmpPath + suffix);
     throw err;
+  }
+}
+
+function openVersion(source: string, busyTimeoutMs: number): string {
+  const db = openReadOnly(source, busyTimeoutMs);
+  try {
+    return (db.prepare("SELECT sqlite_version() AS v").get() as { v: string }).v;
+  } finally {
+    db.close();
   }
 }
 
@@ -354,8 +691,11 @@ function errText(err: unknown): string {
   return String(err);
 }
 
-/** Every check of an artifact; never throws for a bad artifact, only on cancel. */
-function verifyArtifact(ctx: Ctx, file: string, expected: ExpectedArtifact): VerifyOutcome {
+/**
+ * Every check of an artifact; never throws for a bad artifact, only on cancel.
+ * `hash: false` when the caller hashes the file on its own thread meanwhile.
+ */
+function verifyArtifact(ctx: Ctx, file: string, expected: ExpectedArtifact, hash = true): VerifyOutcome {
   const passed: string[] = [];
   const failed: string[] = [];
   let size: number;
@@ -365,55 +705,15 @@ function verifyArtifact(ctx: Ctx, file: string, expected: ExpectedArtifact): Ver
     return { ok: false, detail: `FAILED: backup file unreadable (${errText(err)})` };
   }
   if (size !== expected.sizeBytes) failed.push(`size ${size} bytes, manifest says ${expected.sizeBytes}`);
-  const { sha256 } = sha256File(ctx, file, "verify");
-  if (sha256 === expected.sha256) passed.push("sha256 ok");
-  else failed.push(`sha256 mismatch (manifest ${expected.sha256.slice(0, 16)}…, file ${sha256.slice(0, 16)}…)`);
-  checkCancel(ctx);
-
-  let db: Db | undefined;
-  try {
-    db = openReadOnly(file, 5000);
-  } catch (err) {
-    failed.push(`cannot open as SQLite (${errText(err)})`);
+  if (hash) {
+    const { sha256 } = sha256File(ctx, file, "verify");
+    if (sha256 === expected.sha256) passed.push("sha256 ok");
+    else failed.push(`sha256 mismatch (manifest ${expected.sha256.slice(0, 16)}…, file ${sha256.slice(0, 16)}…)`);
+    checkCancel(ctx);
   }
-  if (db !== undefined) {
-    try {
-      progress(ctx, "verify: integrity_check");
-      try {
-        const rows = db.prepare("PRAGMA integrity_check(10)").pluck().all() as string[];
-        if (rows.length === 1 && rows[0] === "ok") passed.push("integrity_check ok");
-        else failed.push(`integrity_check: ${rows.slice(0, 10).join(" | ")}`);
-      } catch (err) {
-        failed.push(`integrity_check error (${errText(err)})`);
-      }
-      checkCancel(ctx);
-      try {
-        const h = computeSchemaHash(db);
-        if (h === expected.schemaHash) passed.push("schema ok");
-        else failed.push(`schema hash mismatch (manifest ${expected.schemaHash.slice(0, 16)}…, backup ${h.slice(0, 16)}…)`);
-      } catch (err) {
-        failed.push(`schema unreadable (${errText(err)})`);
-      }
-      progress(ctx, "verify: row counts");
-      try {
-        const diffs = sameCounts(expected.tableCounts, countAllRows(db));
-        if (diffs.length === 0) passed.push(`row counts ok (${Object.keys(expected.tableCounts).length} tables)`);
-        else failed.push(`row counts differ: ${diffs.slice(0, 10).join(", ")}`);
-      } catch (err) {
-        failed.push(`row counts unreadable (${errText(err)})`);
-      }
-      try {
-        const revs = readAlembicRevisions(db) ?? [];
-        const want = [...expected.revisions].sort();
-        if (revs.length === want.length && revs.every((v, i) => v === want[i])) passed.push(`revisions ok (${want.join(",") || "none"})`);
-        else failed.push(`alembic_version is [${revs.join(",")}], manifest says [${want.join(",")}]`);
-      } catch (err) {
-        failed.push(`alembic_version unreadable (${errText(err)})`);
-      }
-    } finally {
-      db.close();
-    }
-  }
+  const checked = checkFile(ctx, file, expected, "verify");
+  passed.push(...checked.passed);
+  failed.push(...checked.failed);
   if (failed.length === 0) return { ok: true, detail: passed.join("; ") };
   return { ok: false, detail: `FAILED: ${failed.join("; ")}${passed.length > 0 ? `; passed: ${passed.join("; ")}` : ""}` };
 }
@@ -478,7 +778,7 @@ function dispatch(ctx: Ctx, r: WorkerRequest): unknown {
   switch (r.op) {
     case "backup": return runBackup(ctx, r);
     case "copy-into": return runCopyInto(ctx, r);
-    case "verify": return verifyArtifact(ctx, r.path, r.expected);
+    case "verify": return verifyArtifact(ctx, r.path, r.expected, r.hashed !== "by-caller");
     case "restore": return runRestore(ctx, r);
     case "integrity": return runIntegrity(r);
     case "table-counts": return runTableCounts(r);

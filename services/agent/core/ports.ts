@@ -37,8 +37,18 @@ export interface BackupArtifact {
   /** Schema fingerprint (sha256 of the normalised schema) at backup time. */
   readonly schemaHash: string;
   readonly revisions: readonly string[];
-  /** Tool that wrote it, e.g. "sqlite VACUUM INTO 3.40.1" or "pg_dump 15.14 -Fc -Z1". */
+  /** Tool that wrote it, e.g. "sqlite snapshot copy 3.50.4" or "pg_dump 15.14 -Fc -Z1". */
   readonly tool: string;
+  /**
+   * The verification the backup step already ran on the finished artifact: its
+   * sha256 was taken from the finished bytes, and the same checks as
+   * verifyBackup's decode (SQLite: integrity_check, schema, row counts and
+   * revisions against the snapshot; PostgreSQL: a full pg_restore read) ran on
+   * them. A caller verifying right after the backup uses it instead of reading
+   * the file twice more; later verifications re-read the file. Never saved in a
+   * manifest; absent when the adapter did not check.
+   */
+  readonly proof?: VerifyResult;
 }
 
 export interface VerifyResult {

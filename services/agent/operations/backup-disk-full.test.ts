@@ -127,11 +127,26 @@ test("disk full when the manifest is written: the complete artifact is removed w
 test("a backup that fails verification is not kept; leftovers of a crash (temp files, an artifact without manifest) are swept", async () => {
   const folder = path.join(mnt, "c");
   mkdirSync(folder);
+  // The backup's own check of the finished file is the verification the operation uses.
   const { ctx, catalog } = harness(folder, (db) => Object.assign(Object.create(db) as DatabaseAdapter, {
-    verifyBackup: async (_m: BackupManifest) => ({ ok: false, detail: "sha256 differs" }),
+    backup: async (dest: string, onProgress: Parameters<DatabaseAdapter["backup"]>[1], signal?: AbortSignal) =>
+      ({ ...(await db.backup(dest, onProgress, signal)), proof: { ok: false, detail: "FAILED: integrity_check: page 7 is never used" } }),
   }));
   const r = resultOf(await runBackup(ctx, "op-c"));
   assert.equal(r.status, "failed");
+  assert.match(r.message, /page 7 is never used/);
+  assert.deepEqual(backupFiles(folder), []);
+  // Without a proof from the adapter, the operation reads the file again to verify it.
+  const reread = harness(folder, (db) => Object.assign(Object.create(db) as DatabaseAdapter, {
+    backup: async (dest: string, onProgress: Parameters<DatabaseAdapter["backup"]>[1], signal?: AbortSignal) => {
+      const { proof: _dropped, ...artifact } = await db.backup(dest, onProgress, signal);
+      return artifact;
+    },
+    verifyBackup: async (_m: BackupManifest) => ({ ok: false, detail: "sha256 differs" }),
+  }));
+  const r2 = resultOf(await runBackup(reread.ctx, "op-c2"));
+  assert.equal(r2.status, "failed");
+  assert.match(r2.message, /sha256 differs/);
   assert.deepEqual(backupFiles(folder), []);
   // What a kill -9 can leave: a temp copy and a complete artifact whose manifest was never written.
   for (const n of ["t1-x.db.tmp-abc", "t1-y.db", "t1-y.json.tmp-1"]) closeSync(openSync(path.join(folder, n), "w"));
@@ -144,5 +159,8 @@ test("a backup that fails verification is not kept; leftovers of a crash (temp f
   assert.equal(good.status, "succeeded", good.message);
   const id = good.backup!.id;
   assert.deepEqual(backupFiles(folder), [`${id}.db`, `${id}.json`]);
-  assert.equal((await ok.catalog.get(id)).verified, true);
+  const saved = await ok.catalog.get(id);
+  assert.equal(saved.verified, true);
+  assert.match(saved.verification, /^sha256 of the finished file recorded; .*integrity_check ok; schema ok; row counts ok \(2 tables\); revisions ok \(abc\)$/);
+  assert.equal("proof" in saved, false, "the proof is not saved in the manifest");
 });

@@ -4,7 +4,7 @@ import { FlotillaError, isUsageError, toFlotillaError, type ErrorCode } from "..
 import { redact } from "../../common/redact.js";
 import type { AgentConfig, AgentTarget } from "../config.js";
 import type {
-  AlembicPort, AppControlPort, AppInstance, AppState, BackupCatalogPort, BackupManifest, DatabaseAdapter, JournalPort, ProgressFn,
+  AlembicPort, AppControlPort, AppInstance, AppState, BackupCatalogPort, BackupManifest, DatabaseAdapter, JournalPort, ProgressFn, VerifyResult,
 } from "../core/ports.js";
 import { saveOutput } from "./output-log.js";
 import { appVersionOf, readAppVersion, restoreCompanionsOf, takeCompanions, verifyCompanionsOf } from "./app-state.js";
@@ -218,7 +218,7 @@ export class OperationContext {
     const { id, path } = t.catalog.newBackup();
     let manifest: BackupManifest;
     try {
-      const artifact = await this.step(emit, "backup", () => db.backup(path, progress, signal), (a) => `${id}: ${a.sizeBytes} bytes, sha256 ${a.sha256.slice(0, 12)}…`);
+      const { proof, ...artifact } = await this.step(emit, "backup", () => db.backup(path, progress, signal), (a) => `${id}: ${a.sizeBytes} bytes, sha256 ${a.sha256.slice(0, 12)}…`);
       const companions = (t.config.backups.include ?? []).length === 0 || db !== t.db ? {} : await this.step(emit, "backup-companions", () => takeCompanions(t, db, id, progress, signal),
         (c) => `${c.companions?.length ?? 0} path(s), ${c.companionBytes ?? 0} bytes, ${c.companionNewBytes ?? 0} written (the rest shared with the previous backup)`);
       const appVersion = await readAppVersion(this, t, signal);
@@ -227,7 +227,8 @@ export class OperationContext {
         operationId: opId, rolloutId, verified: false, verifiedAt: "", verification: "not verified yet", ...companions, ...appVersionOf(appVersion),
       };
       await t.catalog.save(manifest);
-      if (verify) manifest = await this.verifyManifest(t, db, manifest, emit, progress, signal, false);
+      // The backup step's own check of the finished file is this verification: no second read of it.
+      if (verify) manifest = await this.verifyManifest(t, db, manifest, emit, progress, signal, false, proof);
     } catch (err) {
       // Disk full, a failed verification, a cancel: the folder keeps only complete, verified backups.
       await t.catalog.discard(id);
@@ -247,10 +248,13 @@ export class OperationContext {
     return manifest;
   }
 
-  /** `full`: companion files shared with earlier backups are re-hashed too (explicit verifications, drills). */
-  async verifyManifest(t: TargetRuntime, db: DatabaseAdapter, m: BackupManifest, emit: Emit, progress: ProgressFn, signal?: AbortSignal, full = true): Promise<BackupManifest> {
+  /**
+   * `full`: companion files shared with earlier backups are re-hashed too (explicit verifications, drills).
+   * `proof`: the check the backup step just ran on the finished artifact (BackupArtifact.proof), used instead of reading it again.
+   */
+  async verifyManifest(t: TargetRuntime, db: DatabaseAdapter, m: BackupManifest, emit: Emit, progress: ProgressFn, signal?: AbortSignal, full = true, proof?: VerifyResult): Promise<BackupManifest> {
     const v = await this.step(emit, "verify-backup", async () => {
-      const main = await db.verifyBackup(m, progress, signal);
+      const main = proof ?? await db.verifyBackup(m, progress, signal);
       const files = await verifyCompanionsOf(m, full, signal);
       return { ok: main.ok && files.ok, detail: [main.detail, files.detail].filter((x) => x !== "").join("; ") };
     }, (r) => r.detail);

@@ -286,6 +286,23 @@ for (const make of [() => sqliteBackend("audit"), () => postgresBackend("audit_t
       await rejectsWithCode(log.append({ actor: "a", action: "x", outcome: "intent" }), "AUDIT_UNAVAILABLE", /checkpoint/);
     });
 
+    test("two replicas taking turns: each checkpoint names exactly the row its own log appended last", async () => {
+      const { store, another } = await backend.fresh();
+      const a = await keyAndCheckpoint();
+      const bFile = `${a.checkpointFile}.b`;
+      const logA = new AuditLog(store, a.key, { checkpointFile: a.checkpointFile });
+      const logB = new AuditLog(await another(), a.key, { checkpointFile: bFile });
+      for (let i = 0; i < 9; i++) {
+        // Every append after the other replica's finds its guess at the tail stale: the store seals twice.
+        const [log, file] = i % 3 === 2 ? [logB, bFile] : [logA, a.checkpointFile];
+        const row = await log.append({ actor: "a", action: "x", args: { i }, outcome: "ok" });
+        const cp = JSON.parse(readFileSync(file, "utf8")) as { seq: number; hash: string };
+        assert.deepEqual({ seq: cp.seq, hash: cp.hash }, { seq: row.seq, hash: row.hash }, `append ${i}`);
+      }
+      assert.deepEqual(await logA.verify(), { ok: true, checked: 9, firstBadSeq: 0, reason: "" });
+      assert.deepEqual(await logB.verify(), { ok: true, checked: 9, firstBadSeq: 0, reason: "" });
+    });
+
     test("a checkpoint file removed while the log runs is written again at its path; a folder gone makes appends fail closed", async () => {
       const { store } = await backend.fresh();
       const { key, checkpointFile } = await keyAndCheckpoint();

@@ -221,20 +221,43 @@ export class AuditLog {
       this.#fileAnchor = cp.kind === "ok" ? { seq: cp.seq, hash: cp.hash } : null;
     }
     const fileAnchor = this.#fileAnchor;
+    const checkpointFile = this.#checkpointFile;
+    // The checkpoint record of the row being sealed, signed while the store's round trip is in
+    // flight (setImmediate runs once the query is sent); for a synchronous store, which seals and
+    // commits inside the appendAudit() call, it is signed below. Only the write waits for the commit.
+    let early: { seq: number; hash: string; record?: string | undefined; timer?: NodeJS.Immediate | undefined } | undefined;
+    let storeReturned = false;
     let stored: AuditRow;
     try {
-      stored = await this.#store.appendAudit(row, (prevSeq, prevHash) => {
+      const storing = this.#store.appendAudit(row, (prevSeq, prevHash) => {
         if (fileAnchor !== null && (prevSeq < fileAnchor.seq || (prevSeq === fileAnchor.seq && !sameHex(prevHash, fileAnchor.hash)))) {
-          throw truncatedAuditError(`checkpoint ${this.#checkpointFile ?? ""}`, fileAnchor.seq, prevSeq);
+          throw truncatedAuditError(`checkpoint ${checkpointFile ?? ""}`, fileAnchor.seq, prevSeq);
         }
-        return sealFields(this.#key, prevHash, prevSeq + 1, row);
+        const hash = sealFields(this.#key, prevHash, prevSeq + 1, row);
+        // Sealed before appendAudit() returned: a synchronous store, which commits before a timer could fire.
+        if (checkpointFile !== undefined && storeReturned) {
+          if (early?.timer !== undefined) clearImmediate(early.timer);
+          const next: NonNullable<typeof early> = { seq: prevSeq + 1, hash };
+          next.timer = setImmediate(() => {
+            next.timer = undefined;
+            next.record = this.#checkpointRecord(next);
+          });
+          early = next;
+        }
+        return hash;
       });
+      storeReturned = true;
+      stored = await storing;
     } catch (err) {
       throw unavailable("cannot append", err);
+    } finally {
+      if (early?.timer !== undefined) clearImmediate(early.timer);
     }
-    if (this.#checkpointFile !== undefined && stored.seq > this.#checkpointSeq) {
+    if (checkpointFile !== undefined && stored.seq > this.#checkpointSeq) {
       try {
-        this.#writeCheckpoint(this.#checkpointFile, { seq: stored.seq, hash: stored.hash });
+        const record = early?.record !== undefined && early.seq === stored.seq && early.hash === stored.hash
+          ? early.record : this.#checkpointRecord(stored);
+        this.#writeCheckpoint(checkpointFile, record);
       } catch (err) {
         throw unavailable(`row ${stored.seq} was written but the checkpoint could not be saved`, err);
       }
@@ -386,7 +409,13 @@ export class AuditLog {
     return createHmac("sha256", this.#key).update(`${CHECKPOINT_DOMAIN}${cp.seq}\n${cp.hash}`).digest("hex");
   }
 
-  #writeCheckpoint(file: string, cp: Checkpoint): void {
+  /** The checkpoint file's line for (seq, hash): signed JSON padded to a fixed length. */
+  #checkpointRecord(cp: Checkpoint): string {
+    const record = JSON.stringify({ seq: cp.seq, hash: cp.hash, mac: this.#checkpointMac(cp) });
+    return `${record.padEnd(CHECKPOINT_RECORD_BYTES - 1)}\n`;
+  }
+
+  #writeCheckpoint(file: string, record: string): void {
     // One fixed-size record overwritten in place with a single write: it is
     // smaller than a disk sector, so it lands whole. Write-temp-then-rename was
     // measured at ~2.6 ms per append on ext4 (auto_da_alloc forces writeback
@@ -402,7 +431,6 @@ export class AuditLog {
     // (Linux 6.13+) a stat makes the next write stamp a fine-grained mtime, so
     // every append dirtied the inode and the next commit's journal flush paid
     // for it (measured +70 µs per append against +39 µs without).
-    const record = JSON.stringify({ seq: cp.seq, hash: cp.hash, mac: this.#checkpointMac(cp) });
     try {
       if (this.#checkpointFd === undefined || this.#checkpointWrites % CHECKPOINT_REOPEN_EVERY === 0) {
         const fd = openSync(file, constants.O_WRONLY | constants.O_CREAT, 0o600);
@@ -410,7 +438,7 @@ export class AuditLog {
         this.#checkpointFd = fd;
         checkpointFds.register(this, fd, this);
       }
-      writeSync(this.#checkpointFd, `${record.padEnd(CHECKPOINT_RECORD_BYTES - 1)}\n`, 0);
+      writeSync(this.#checkpointFd, record, 0);
       this.#checkpointWrites++;
     } catch (err) {
       this.#closeCheckpointFd();

@@ -382,6 +382,7 @@ test("job: a restart the agent was killed in is re-run with a new operation id, 
   assert.equal(restart.attempt, 2);
   assert.equal(restart.operationId, "r-1.t1.4.restart.a1.a2", "a new id: the first run's operations are never reused");
   assert.deepEqual(restart.resumes, ["r-1.t1.4.restart.a1.stop"]);
+  assert.equal(restart.detail, "done (run 2: the agent was interrupted in the earlier run)", "the step says it was re-run");
   assert.deepEqual(run.other, [{ kind: "finish", status: "succeeded" }], "finished once");
   assert.equal(run.doc.targets[0]!.message, `migrated ${OLD} → ${NEW} (verified); app instances started and healthy`);
 });

@@ -205,6 +205,7 @@ function applyResult(doc: RolloutDoc, t: RolloutTargetDoc, s: StepDoc, result: S
   s.detail = result.detail;
   if (result.outcome === "succeeded") {
     s.state = "succeeded";
+    if (isRerun(s)) s.detail = `${result.detail} (run ${s.attempt}: the agent was interrupted in the earlier run${(s.attempt ?? 1) > 2 ? "s" : ""})`;
     if (result.revisionBefore !== undefined && s.name === "precheck") t.revisionBefore = [...result.revisionBefore];
     if (result.revisionAfter !== undefined) t.revisionAfter = [...result.revisionAfter];
     if (result.backupId) t.backupId = result.backupId;

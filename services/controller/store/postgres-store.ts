@@ -79,6 +79,9 @@ CREATE TABLE IF NOT EXISTS audit_log (
 CREATE INDEX IF NOT EXISTS audit_log_time ON audit_log (time);
 `;
 
+/** application_name of the audit fast path's connection (pg_stat_activity tells it from the pool's). */
+const AUDIT_APPLICATION_NAME = "flotilla-controller-audit";
+
 const AUDIT_COLUMNS = "seq, time, actor, action, target, args, outcome, detail, prev_hash, hash";
 
 /**
@@ -135,7 +138,14 @@ function isUniqueViolation(err: unknown): boolean {
  */
 export class PostgresStore implements ControllerStore {
   readonly #pool: pg.Pool;
+  readonly #connection: pg.ClientConfig;
   #closed = false;
+  /**
+   * The connection the audit fast path runs on, outside the pool: appends go one at a time, and
+   * taking and returning a pooled client cost about a tenth of a plain insert's time (measured
+   * median of paired chunks: 0.89 of the same insert on a dedicated client).
+   */
+  #auditClient: Promise<pg.Client> | undefined;
   /** Audit appends of this process, one after another (see appendAudit). */
   #auditQueue: Promise<unknown> = Promise.resolve();
   /** (seq, hash) of the audit row this process last appended: the fast path's guess at the tail. */
@@ -143,14 +153,13 @@ export class PostgresStore implements ControllerStore {
 
   /** `url` is a `postgresql://` connection URL; it is never logged or put in an error. */
   constructor(url: string) {
-    this.#pool = new pg.Pool({
+    this.#connection = {
       connectionString: url,
-      max: 10,
       connectionTimeoutMillis: 10_000,
-      idleTimeoutMillis: 30_000,
       statement_timeout: 30_000,
       application_name: "flotilla-controller",
-    });
+    };
+    this.#pool = new pg.Pool({ ...this.#connection, max: 10, idleTimeoutMillis: 30_000 });
     // An idle client losing its connection must not crash the process; the
     // next query on the pool reports the problem.
     this.#pool.on("error", () => undefined);
@@ -164,11 +173,39 @@ export class PostgresStore implements ControllerStore {
     });
   }
 
-  /** Ends the pool. Every later call throws. Idempotent. */
+  /** Ends the pool and the audit connection. Every later call throws. Idempotent. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    await this.#pool.end();
+    const audit = this.#auditClient;
+    this.#auditClient = undefined;
+    await Promise.all([this.#pool.end(), audit?.then((c) => c.end(), () => undefined)]);
+  }
+
+  /** The audit fast path's own connection, opened on first use and again after it failed. */
+  #auditConnection(): Promise<pg.Client> {
+    if (this.#closed) return Promise.reject(new FlotillaError("INTERNAL", "the PostgreSQL store is closed"));
+    if (this.#auditClient === undefined) {
+      const client = new pg.Client({ ...this.#connection, application_name: AUDIT_APPLICATION_NAME });
+      const connecting = client.connect().then(
+        () => client,
+        (err: unknown) => {
+          if (this.#auditClient === connecting) this.#auditClient = undefined;
+          const msg = err instanceof Error ? err.message : String(err);
+          throw new FlotillaError("INTERNAL", `cannot connect to the PostgreSQL store: ${redact(msg)}`, { cause: err });
+        },
+      );
+      // A lost connection must not crash the process: the next append opens another.
+      client.on("error", () => this.#dropAuditConnection(connecting));
+      this.#auditClient = connecting;
+    }
+    return this.#auditClient;
+  }
+
+  #dropAuditConnection(which: Promise<pg.Client>): void {
+    if (this.#auditClient !== which) return;
+    this.#auditClient = undefined;
+    void which.then((c) => c.end(), () => undefined).catch(() => undefined);
   }
 
   async #client(): Promise<pg.PoolClient> {
@@ -181,10 +218,10 @@ export class PostgresStore implements ControllerStore {
     }
   }
 
-  async #query<R extends pg.QueryResultRow>(sql: string | pg.QueryConfig, params: unknown[] = []): Promise<pg.QueryResult<R>> {
+  async #query<R extends pg.QueryResultRow>(sql: string, params: unknown[] = []): Promise<pg.QueryResult<R>> {
     const c = await this.#client();
     try {
-      return await (typeof sql === "string" ? c.query<R>(sql, params) : c.query<R>(sql));
+      return await c.query<R>(sql, params);
     } finally {
       c.release();
     }
@@ -396,8 +433,10 @@ export class PostgresStore implements ControllerStore {
       return undefined;
     }
     const seq = tail.seq + 1;
+    const connection = this.#auditConnection();
+    const client = await connection;
     try {
-      const r = await this.#query({
+      const r = await client.query({
         name: "flotilla_audit_append_after",
         text: APPEND_AFTER_SQL,
         values: [String(seq), row.time, row.actor, row.action, row.target, row.args, row.outcome, row.detail, tail.hash, hash],
@@ -407,6 +446,9 @@ export class PostgresStore implements ControllerStore {
       // Row n+1 exists although the anchor named row n: the anchor is behind the log (rows
       // written by a replica that does not move it); the locked path sorts that out.
       if (isUniqueViolation(err)) return undefined;
+      // Anything else (the connection broke, a timeout): not retried, since the row may have
+      // been committed; the next append opens a new connection.
+      this.#dropAuditConnection(connection);
       throw err;
     }
   }

@@ -324,6 +324,28 @@ for (const make of [() => sqliteBackend("store"), () => postgresBackend("store_t
       assert.deepEqual(await store.auditAnchor(), { seq: 4, hash: r4.hash });
     });
 
+    test("appendAudit after the store's audit connection was killed carries on on a new one, chain intact", async () => {
+      const { store, sql } = await backend.fresh();
+      for (let i = 0; i < 3; i++) await store.appendAudit(auditRow(), fakeSeal);
+      if (backend.name === "PostgresStore") {
+        // The audit fast path's own connection (waiting until its backend is gone).
+        const killed = await sql("SELECT pg_terminate_backend(pid, 5000) AS k FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'flotilla-controller-audit'");
+        assert.deepEqual(killed, [{ k: true }]);
+      }
+      // At most the first append after the kill fails (closed); none is written twice.
+      await store.appendAudit(auditRow(), fakeSeal).catch(() => undefined);
+      for (let i = 0; i < 3; i++) await store.appendAudit(auditRow(), fakeSeal);
+      const last = await store.appendAudit(auditRow({ detail: "after" }), fakeSeal);
+      const rows = await store.readAudit(0, 10);
+      assert.deepEqual(rows.map((r) => r.seq), Array.from({ length: last.seq }, (_, i) => i + 1));
+      let prev = "0".repeat(64);
+      for (const r of rows) {
+        assert.equal(r.prevHash, prev, `row ${r.seq}`);
+        prev = r.hash;
+      }
+      assert.equal(rows.at(-1)?.detail, "after");
+    });
+
     test("queryAudit filters by since/until (inclusive), target, actor, action, and limit (newest rows, in seq order)", async () => {
       const { store } = await backend.fresh();
       const rows: AuditRow[] = [];

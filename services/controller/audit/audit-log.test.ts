@@ -330,6 +330,12 @@ for (const make of [() => sqliteBackend("audit"), () => postgresBackend("audit_t
       assert.equal(row.args, canonicalJson(redactValue(plain)));
       assert.match(row.args, /^\{"10":"ten","9":"nine","a":true,"b":\[1,"x",null,\{"a":"postgresql:\/\/u:\*\*\*@h\/db","token":"\*\*\*","y":null,"z":""\}\]/);
       assert.ok(!row.args.includes("pw-canary-1"));
+      // A bigint anywhere is written as its decimal digits; a cycle is refused before anything is written.
+      assert.equal((await log.append({ actor: "a", action: "x", args: { n: [1n << 70n] }, outcome: "ok" })).args, `{"n":["${1n << 70n}"]}`);
+      const cyclic: Record<string, unknown> = { a: 1 };
+      cyclic["self"] = cyclic;
+      await rejectsWithCode(log.append({ actor: "a", action: "x", args: cyclic, outcome: "ok" }), "INVALID_ARGUMENT", /cannot be serialised/);
+      assert.equal((await log.query()).length, 2);
     });
 
     test("query normalises times and filters; exportJsonLines writes every row, or the filtered ones", async () => {

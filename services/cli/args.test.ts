@@ -111,6 +111,14 @@ test("command line: verb, sub-verb, global options anywhere, env fallbacks", () 
   assert.deepEqual(f.command, { verb: "help", topic: "rollout" });
 });
 
+test("command line: recover takes restore, accept or forward (an interrupted online migration goes on)", () => {
+  for (const action of ["restore", "accept", "forward"]) {
+    const r = parseCommandLine(["recover", "webui-1", "--action", action], {}, NOW);
+    assert.ok(r.ok, action);
+    assert.deepEqual(r.command, { verb: "recover", target: "webui-1", operationId: "", action });
+  }
+});
+
 test("command line: each mistake is named with what to do", () => {
   const cases: Array<[string[], string]> = [
     [[], "no verb given"],
@@ -131,6 +139,7 @@ test("command line: each mistake is named with what to do", () => {
     [["audit", "--since", "1h", "--until", "2h"], "is after --until"],
     [["targets", "--controller", "ftp://x"], "is not an http(s) URL"],
     [["targets", "--controller", "http://user:pw@x"], "no credentials in the URL"],
+    [["recover", "webui-1", "--action", "rollback"], 'recover needs --action restore, accept or forward (not "rollback")'],
   ];
   for (const [argv, fragment] of cases) {
     const r = parseCommandLine(argv, {}, NOW);

@@ -1,4 +1,5 @@
 import { parseArgs } from "node:util";
+import { isRecoverAction, type RecoverAction } from "../common/recover-action.js";
 import {
   ROLLOUT_FIELDS, STRATEGIES, type RolloutSpec, type Strategy, type Checked, checkCron, checkDuration, checkRevision, checkSelector, checkWaves, compileRolloutRequest, compileScheduleRequest, durationMs,
 } from "../common/rollout-request.js";
@@ -72,7 +73,7 @@ export type Command =
   | { readonly verb: "rollout pause" | "rollout resume"; readonly id: string }
   | { readonly verb: "downgrade"; readonly target: string; readonly toRevision: string }
   | { readonly verb: "stamp"; readonly target: string; readonly revision: string; readonly reason: string }
-  | { readonly verb: "recover"; readonly target: string; readonly operationId: string; readonly action: "restore" | "accept" }
+  | { readonly verb: "recover"; readonly target: string; readonly operationId: string; readonly action: RecoverAction }
   | { readonly verb: "rehearse"; readonly target: string; readonly toRevision: string }
   | { readonly verb: "move"; readonly from: string; readonly to: string; readonly yes: boolean; readonly skipOrphans: boolean; readonly fromBackup: boolean }
   | { readonly verb: "schedule add"; readonly schedule: ScheduleInput }
@@ -536,17 +537,17 @@ const VERBS: readonly VerbDef[] = [
   },
   {
     name: "recover",
-    usage: "flotilla recover TARGET [OPERATION] --action restore|accept",
-    summary: "resolve an operation interrupted by an agent crash or left needs-restore (default: the one holding the target): restore its pre-operation backup, or accept a database verifiably at its target revision",
+    usage: "flotilla recover TARGET [OPERATION] --action restore|accept|forward",
+    summary: "resolve an operation interrupted by an agent crash or left needs-restore (default: the one holding the target): restore its pre-operation backup, accept a database verifiably at its target revision, or go forward with an online (job) migration from the revision it reached",
     positionals: ["TARGET", "[OPERATION]"],
-    options: { action: { type: "string", help: "A  restore (put back the backup taken before it) or accept (keep the database if it is verifiably at the target revision)" } },
+    options: { action: { type: "string", help: "A  restore (put back the backup taken before it), accept (keep the database if it is verifiably at the target revision) or forward (an interrupted online migration: run it on from the revision the database reached, keeping the app's writes)" } },
     build: (ctx) => {
       const t = target(ctx);
       const op = pos(ctx, 1);
       if (op !== "" && !/^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/.test(op)) problem(`"${op}" is not an operation id: flotilla diagnose ${t} names the interrupted operation`);
       const action = str(ctx, "action");
-      if (action !== "restore" && action !== "accept") problem(`recover needs --action restore or --action accept${action === undefined ? "" : ` (not ${JSON.stringify(action)})`}`);
-      return { verb: "recover", target: t, operationId: op, action: action as "restore" | "accept" };
+      if (!isRecoverAction(action)) problem(`recover needs --action restore, accept or forward${action === undefined ? "" : ` (not ${JSON.stringify(action)})`}`);
+      return { verb: "recover", target: t, operationId: op, action };
     },
   },
   {

@@ -18,6 +18,7 @@ import { preflightVerdict, type PreflightAnswer, upToDateWhenNothingPending } fr
 import { type RevisionClass, checkCompatibility, classesFromPlan, strategiesAllowed } from "./core/compatibility-gate.js";
 import { Scheduler } from "./scheduler.js";
 import { DEFAULT_STRATEGY, ProtoStrategy, checkSelector, compileScheduleRequest, describeProblems, orInvalidArgument, strategyName, strategyToProto } from "../common/rollout-request.js";
+import { isRecoverAction, RECOVER_ACTIONS } from "../common/recover-action.js";
 
 type RolloutInit = MessageInitShape<typeof RolloutSchema>;
 type OpResultShape = import("@bufbuild/protobuf").MessageShape<typeof OperationResultSchema>;
@@ -288,7 +289,7 @@ export function controllerServiceImpl(d: ControllerDeps, callerOf: (method: stri
       return leased("stamp", [req.targetId], () => runOp(agentId, (c) => c.stamp({ targetId: req.targetId, revision: req.revision, reason: req.reason, operationId: `api.${randomUUID()}` }, timeout)));
     }),
     recoverTarget: (req, ctx) => audited("RecoverTarget", ctx, req.targetId, req, async () => {
-      if (req.action !== "restore" && req.action !== "accept") throw new FlotillaError("INVALID_ARGUMENT", `--action must be restore or accept, not "${req.action}"`);
+      if (!isRecoverAction(req.action)) throw new FlotillaError("INVALID_ARGUMENT", `--action must be ${RECOVER_ACTIONS.join(", ")}, not "${req.action}"`);
       const { agentId } = await ownerOf(req.targetId);
       return leased("recover", [req.targetId], () => runOp(agentId, (c) => c.recover({ targetId: req.targetId, operationId: req.operationId, action: req.action, newOperationId: `api.${randomUUID()}` }, timeout)));
     }),

@@ -1,3 +1,4 @@
+import { isRecoverAction, RECOVER_ACTIONS } from "../../common/recover-action.js";
 import { resolveTarget } from "../core/revisions.js";
 import type { OperationRow } from "../core/ports.js";
 import { APPS_COLOR } from "./apps.js";
@@ -52,7 +53,7 @@ export function recover(ctx: OperationContext, req: { targetId: string; operatio
     const op = ctx.deps.journal.get(opId);
     if (!op || op.targetId !== t.config.id) refuse("NOT_FOUND", `operation ${opId} is not in this agent's journal for ${t.config.id}`);
     if (op.state !== "interrupted" && op.state !== "needs-restore") refuse("PRECONDITION_FAILED", `operation ${op.id} is ${op.state}, not interrupted or needs-restore: nothing to recover`);
-    if (req.action !== "restore" && req.action !== "accept" && req.action !== "forward") refuse("INVALID_ARGUMENT", `recover action must be "restore", "accept" or "forward", not "${req.action}"`);
+    if (!isRecoverAction(req.action)) refuse("INVALID_ARGUMENT", `recover action must be ${RECOVER_ACTIONS.map((a) => `"${a}"`).join(", ")}, not "${req.action}"`);
     if (req.action === "forward" && op.kind !== "migrate") refuse("INVALID_ARGUMENT", `recover action "forward" resumes an interrupted migrate; ${op.id} is a ${op.kind}`);
     const holder = ctx.deps.journal.lockHolder(t.config.id);
     // An earlier recover of this same operation, cut off by the agent stopping, holds the lock on its behalf.

@@ -47,6 +47,7 @@ before(async () => {
     targets: [
       { id: "fwd-pg", kind: "postgresql", owner: "h1", labels: { env: "fwd-pg" }, apps: [{ agent: "h1" }], alembicEnv: { ...SLOW, FIXTURE_TXN: "per-migration" } },
       { id: "fwd-pg2", kind: "postgresql", owner: "h1", labels: { env: "fwd-pg2" }, apps: [{ agent: "h1" }], alembicEnv: { ...SLOW, FIXTURE_TXN: "per-migration" } },
+      { id: "fwd-pg0", kind: "postgresql", owner: "h1", labels: { env: "fwd-pg0" }, apps: [{ agent: "h1" }], alembicEnv: SLOW },
       { id: "fwd-lite", kind: "sqlite", owner: "h1", labels: { env: "fwd-lite" }, apps: [{ agent: "h1" }], alembicEnv: SLOW },
     ],
   });
@@ -250,6 +251,32 @@ test("PostgreSQL: killed again while the re-run goes forward, the next run takes
     assert.deepEqual(status.interruptedOperationIds, []);
     const ops = (await agent.listOperations({ targetId: "fwd-pg2", limit: 200 }, { timeoutMs: 30_000 })).operations.filter((o) => o.id.includes(id));
     assert.ok(ops.some((o) => o.kind === "recover" && o.state === "recovered" && /taken over/.test(o.message)), JSON.stringify(ops.map((o) => [o.id, o.kind, o.state])));
+  } finally {
+    await app.end();
+    await watch.end();
+  }
+});
+
+test("PostgreSQL, one transaction for the whole run: the kill rolls back to where it started (schema as the backup's), and the rollout goes forward from there", { timeout: 300_000 }, async () => {
+  const url = fleet.urls.get("fwd-pg0")!;
+  const app = new pg.Client({ connectionString: url, application_name: "test-app-writer" });
+  await app.connect();
+  const watch = new pg.Client({ connectionString: url });
+  await watch.connect();
+  try {
+    await pgWrite(app, 0, 5);
+    const id = await startJobRollout("fwd-pg0");
+    await inRevision4(watch, id, ".migrate.h1");
+    await pgWrite(app, 5, 10);
+    await crashAgent(id);
+    assert.deepEqual(await fleet.revisionOf("fwd-pg0"), [OLD_REVISION], "rolled back to the revision it started from");
+    await fleet.startAgent("h1");
+    const done = await untilEnd(id);
+    const t = done.targets[0]!;
+    assert.equal(done.status, "succeeded", `${done.message}: ${t.message} ${JSON.stringify(t.steps)}`);
+    assert.match(t.steps.find((s) => s.name === "migrate")!.detail ?? "", /migrated forward c3d2e1f00d42 → 1b8c9d0e1f2a /);
+    assert.deepEqual(await fleet.revisionOf("fwd-pg0"), [HEAD_REVISION]);
+    assert.deepEqual(await appRowsOf("fwd-pg0"), expectedRows(10), "no row the app wrote was lost");
   } finally {
     await app.end();
     await watch.end();

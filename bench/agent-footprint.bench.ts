@@ -31,7 +31,6 @@ const BACKUPS = 3;
 const runner = new NodeProcessRunner();
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-
 /** Runs a fixture command (alembic, seed.py) and throws with its last stderr line when it fails. */
 async function fixtureRun(argv: string[], env: Record<string, string>): Promise<number> {
   const t0 = performance.now();
@@ -63,7 +62,11 @@ function descendants(pid: number): number[] {
   }
   const out: number[] = [];
   const walk = (p: number): void => {
-    for (const [child, pp] of parent) if (pp === p) { out.push(child); walk(child); }
+    for (const [child, pp] of parent)
+      if (pp === p) {
+        out.push(child);
+        walk(child);
+      }
   };
   walk(pid);
   return out;
@@ -172,7 +175,12 @@ async function waitForFile(file: string, proc: ChildProcess, logFile: string): P
 async function footprint(s: Setup): Promise<Figure[]> {
   // Same-run reference: a bare Node process doing nothing.
   const nodeLog = join(s.dir, "bare-node.log");
-  const bareNode = await spawnAndWait([process.execPath, "-e", "setInterval(() => {}, 1 << 30)"], { PATH: process.env.PATH ?? "/usr/bin:/bin" }, nodeLog, async () => sleep(SETTLE_MS));
+  const bareNode = await spawnAndWait(
+    [process.execPath, "-e", "setInterval(() => {}, 1 << 30)"],
+    { PATH: process.env.PATH ?? "/usr/bin:/bin" },
+    nodeLog,
+    async () => sleep(SETTLE_MS),
+  );
   let nodeRss: number;
   try {
     nodeRss = rssMiB(bareNode.pid!);
@@ -182,7 +190,9 @@ async function footprint(s: Setup): Promise<Figure[]> {
   // And one with the tsx loader registered, as bin/flotilla-agent.mjs does before importing the agent.
   const tsxNode = await spawnAndWait(
     [process.execPath, "-e", "import('tsx/esm/api').then((m) => m.register()); setInterval(() => {}, 1 << 30)"],
-    { PATH: process.env.PATH ?? "/usr/bin:/bin" }, nodeLog, async () => sleep(SETTLE_MS),
+    { PATH: process.env.PATH ?? "/usr/bin:/bin" },
+    nodeLog,
+    async () => sleep(SETTLE_MS),
   );
   let tsxRss: number;
   try {
@@ -224,10 +234,23 @@ async function footprint(s: Setup): Promise<Figure[]> {
     await sleep(SETTLE_MS);
     const after = rssMiB(proc.pid!);
     return [
-      { id: "P9", name: "agent idle RSS ÷ 64 MiB", ratio: round(idle / 64), value: round(idle, 1), baseline: 64, unit: "MiB",
-        detail: `node bin/flotilla-agent.mjs, one SQLite target, ${SETTLE_MS / 1000} s after listening; a bare node idles at ${round(nodeRss, 1)} MiB, node with the tsx loader at ${round(tsxRss, 1)} MiB` +
-          (idleTree - idle > 0.05 ? `; with child processes ${round(idleTree, 1)} MiB` : "") },
-      detailFigure(`agent RSS after ${STATUS_RPCS} GetStatus + ${BACKUPS} verified backups ÷ idle RSS`, after / idle, "ratio", `idle ${round(idle, 1)} MiB, after ${round(after, 1)} MiB`),
+      {
+        id: "P9",
+        name: "agent idle RSS ÷ 64 MiB",
+        ratio: round(idle / 64),
+        value: round(idle, 1),
+        baseline: 64,
+        unit: "MiB",
+        detail:
+          `node bin/flotilla-agent.mjs, one SQLite target, ${SETTLE_MS / 1000} s after listening; a bare node idles at ${round(nodeRss, 1)} MiB, node with the tsx loader at ${round(tsxRss, 1)} MiB` +
+          (idleTree - idle > 0.05 ? `; with child processes ${round(idleTree, 1)} MiB` : ""),
+      },
+      detailFigure(
+        `agent RSS after ${STATUS_RPCS} GetStatus + ${BACKUPS} verified backups ÷ idle RSS`,
+        after / idle,
+        "ratio",
+        `idle ${round(idle, 1)} MiB, after ${round(after, 1)} MiB`,
+      ),
     ];
   } finally {
     client.close();

@@ -44,8 +44,18 @@ const HEX = Array.from({ length: 4096 }, () => randomBytes(32).toString("hex"));
 
 /** The same row the audit log writes: same columns, a similar payload. */
 function rawRow(seq: number): unknown[] {
-  return [seq, new Date().toISOString(), "alice", "rollout.step", "webui-1", `{"i":${seq},"step":"migrate"}`, "intent",
-    `step ${seq}`, HEX[(seq - 1) % HEX.length], HEX[seq % HEX.length]];
+  return [
+    seq,
+    new Date().toISOString(),
+    "alice",
+    "rollout.step",
+    "webui-1",
+    `{"i":${seq},"step":"migrate"}`,
+    "intent",
+    `step ${seq}`,
+    HEX[(seq - 1) % HEX.length],
+    HEX[seq % HEX.length],
+  ];
 }
 
 function entry(i: number) {
@@ -67,10 +77,7 @@ interface Rates {
  * going from 0.15 to 3 ms for a second or more) lands on one side of one or two pairs and moves
  * the median little, where it moved the ratio of the summed times by up to ±0.15 between runs.
  */
-async function interleaved(
-  baseline: (i: number) => unknown,
-  subject: (i: number) => unknown,
-): Promise<Rates> {
+async function interleaved(baseline: (i: number) => unknown, subject: (i: number) => unknown): Promise<Rates> {
   for (let i = 0; i < WARMUP; i++) {
     await baseline(i);
     await subject(i);
@@ -94,7 +101,12 @@ async function interleaved(
 
 function rateFigure(id: string, name: string, r: Rates): Figure {
   return {
-    id, name, ratio: round(r.medianRatio), value: round(r.subject, 2), baseline: round(r.baseline, 2), unit: "rows/s",
+    id,
+    name,
+    ratio: round(r.medianRatio),
+    value: round(r.subject, 2),
+    baseline: round(r.baseline, 2),
+    unit: "rows/s",
     detail: `median of ${r.pairs} alternating ${CHUNK}-row chunk pairs; whole-run rates give ${round(r.subject / r.baseline)}`,
   };
 }
@@ -110,7 +122,10 @@ async function sqliteRates(dir: string): Promise<Rates> {
   const keyFile = path.join(dir, "sqlite.key");
   const log = new AuditLog(store, await loadOrCreateAuditKey(keyFile), { checkpointFile: checkpointPathFor(keyFile) });
   try {
-    const r = await interleaved((i) => insert.run(...rawRow(i + 1)), (i) => log.append(entry(i)));
+    const r = await interleaved(
+      (i) => insert.run(...rawRow(i + 1)),
+      (i) => log.append(entry(i)),
+    );
     const check = await log.verify();
     if (!check.ok || check.checked !== WARMUP + ROWS) throw new Error(`SQLite audit chain does not verify after the bench: ${check.reason}`);
     return r;
@@ -131,7 +146,10 @@ async function postgresRates(dir: string): Promise<Rates> {
     const keyFile = path.join(dir, "pg.key");
     const log = new AuditLog(store, await loadOrCreateAuditKey(keyFile), { checkpointFile: checkpointPathFor(keyFile) });
     const sql = "INSERT INTO raw_audit VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
-    const r = await interleaved((i) => client.query(sql, rawRow(i + 1)), (i) => log.append(entry(i)));
+    const r = await interleaved(
+      (i) => client.query(sql, rawRow(i + 1)),
+      (i) => log.append(entry(i)),
+    );
     const check = await log.verify();
     if (!check.ok || check.checked !== WARMUP + ROWS) throw new Error(`PostgreSQL audit chain does not verify after the bench: ${check.reason}`);
     return r;

@@ -20,7 +20,11 @@ import { detailFigure, median, ratioFigure, type BenchOptions, type Figure } fro
 
 const PAIRS = 3;
 
-async function timedBackup(uploads: string, destDir: string, previous?: { dir: string; entries: CompanionEntry[] }): Promise<{ ms: number; entries: CompanionEntry[]; copied: number }> {
+async function timedBackup(
+  uploads: string,
+  destDir: string,
+  previous?: { dir: string; entries: CompanionEntry[] },
+): Promise<{ ms: number; entries: CompanionEntry[]; copied: number }> {
   const start = performance.now();
   const snap = await snapshotCompanions({ include: [uploads], destDir, exclude: [], onProgress: () => undefined, ...(previous ? { previous } : {}) });
   const v = await verifyCompanions(destDir, snap.entries, { full: false });
@@ -52,8 +56,14 @@ export async function measure(opts: Pick<BenchOptions, "quick"> & Partial<Pick<B
     const a = median(first);
     const b = median(second);
     return [
-      ratioFigure("P12", `second backup with an unchanged ${mb} MB companion folder ÷ the first`, b, a, "ms",
-        `companion snapshot + backup-time verification; first: full copy with sha256; second: hard links to the first; medians of ${PAIRS} pairs`),
+      ratioFigure(
+        "P12",
+        `second backup with an unchanged ${mb} MB companion folder ÷ the first`,
+        b,
+        a,
+        "ms",
+        `companion snapshot + backup-time verification; first: full copy with sha256; second: hard links to the first; medians of ${PAIRS} pairs`,
+      ),
       detailFigure("companions: first backup throughput", (mb * 1024 * 1024) / 1e6 / (a / 1000), "MB/s"),
     ];
   } finally {

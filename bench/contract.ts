@@ -55,10 +55,16 @@ export function collect(figures: readonly Figure[]): { contract: ContractFigure[
       continue;
     }
     contract.push({
-      id: c.id, name: f.name || c.name, ratio: f.ratio, goal: c.goal, better: c.better,
-      baseline: f.baseline, value: f.value, unit: f.unit, ...(f.ratio === null && f.reason ? { reason: f.reason } : {}),
+      id: c.id,
+      name: f.name || c.name,
+      ratio: f.ratio,
+      goal: c.goal,
+      better: c.better,
+      baseline: f.baseline,
+      value: f.value,
+      unit: f.unit,
+      ...(f.ratio === null && f.reason ? { reason: f.reason } : {}),
     });
   }
   return { contract, missing };
 }
-

@@ -65,10 +65,16 @@ export async function measure(opts: BenchOptions): Promise<Figure[]> {
   const ids = Array.from({ length: runs }, (_, i) => i + 1);
   const fleet = new Fleet({
     agents: ["host"],
-    targets: ids.flatMap((i) => (["roll", "hand"] as const).map((side) => ({
-      id: `${side}-${i}`, kind: "sqlite" as const, owner: "host", ini: INI,
-      seed: { users: 300, chats, msgs: 10 }, apps: [{ agent: "host" }],
-    }))),
+    targets: ids.flatMap((i) =>
+      (["roll", "hand"] as const).map((side) => ({
+        id: `${side}-${i}`,
+        kind: "sqlite" as const,
+        owner: "host",
+        ini: INI,
+        seed: { users: 300, chats, msgs: 10 },
+        apps: [{ agent: "host" }],
+      })),
+    ),
   });
   try {
     opts.log(`starting a fleet with ${runs * 2} targets (${chats} chats × 10 messages each)`);
@@ -94,7 +100,10 @@ export async function measure(opts: BenchOptions): Promise<Figure[]> {
       if (stopped.status !== "succeeded") throw new Error(`StopApps: ${stopped.message}`);
       const backup = await drain(agent.backup({ targetId: target, operationId: `bench-backup-${i}`, verify: true }, { timeoutMs: 600_000 }));
       if (backup.status !== "succeeded") throw new Error(`Backup: ${backup.message}`);
-      const up = await run(["alembic", "-c", INI, "upgrade", "head"], { cwd: FIXTURE_DIR, env: { DATABASE_URL: fleet.urls.get(target)!, WEBUI_SECRET_KEY: CANARY_SECRET } });
+      const up = await run(["alembic", "-c", INI, "upgrade", "head"], {
+        cwd: FIXTURE_DIR,
+        env: { DATABASE_URL: fleet.urls.get(target)!, WEBUI_SECRET_KEY: CANARY_SECRET },
+      });
       if (up.code !== 0) throw new Error(`alembic upgrade head: ${up.stderr.slice(-800)}`);
       const started = await drain(agent.startApps({ targetId: target, operationId: `bench-start-${i}` }, { timeoutMs: 120_000 }));
       if (started.status !== "succeeded") throw new Error(`StartApps: ${started.message}`);
@@ -103,8 +112,14 @@ export async function measure(opts: BenchOptions): Promise<Figure[]> {
       if (revs[0] !== HEAD) throw new Error(`${target} is at ${revs.join(",")} after the steps alone`);
     }
     return [
-      ratioFigure("P10", "app downtime of a one-target maintenance rollout ÷ stop + backup + migrate + start alone", median(rolloutMs), median(aloneMs), "ms",
-        `16-revision chain, ${chats} chats × 10 messages, SQLite; rollout ${rolloutMs.map(Math.round).join("/")} ms, alone ${aloneMs.map(Math.round).join("/")} ms`),
+      ratioFigure(
+        "P10",
+        "app downtime of a one-target maintenance rollout ÷ stop + backup + migrate + start alone",
+        median(rolloutMs),
+        median(aloneMs),
+        "ms",
+        `16-revision chain, ${chats} chats × 10 messages, SQLite; rollout ${rolloutMs.map(Math.round).join("/")} ms, alone ${aloneMs.map(Math.round).join("/")} ms`,
+      ),
     ];
   } finally {
     await fleet.stop();

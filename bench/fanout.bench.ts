@@ -34,8 +34,15 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 import type * as grpc from "@grpc/grpc-js";
 import { AgentService } from "../services/common/gen/flotilla/v1/agent_pb.js";
 import {
-  addService, bindServer, channelCredentials, createClient, newServer, serverCredentials,
-  type ServiceClient, type ServiceImpl, type TlsFiles,
+  addService,
+  bindServer,
+  channelCredentials,
+  createClient,
+  newServer,
+  serverCredentials,
+  type ServiceClient,
+  type ServiceImpl,
+  type TlsFiles,
 } from "../services/common/grpc-bridge.js";
 import { NodeProcessRunner, describeRun } from "../services/common/process-runner.js";
 import { type BenchOptions, type Figure, detailFigure, median, ratioFigure, round } from "./figure.js";
@@ -58,7 +65,10 @@ const MODES = ["plain", "rsa", "ec"] as const;
 type Mode = (typeof MODES)[number];
 const LABEL: Record<Mode, string> = { plain: "plaintext", rsa: "mTLS RSA-2048", ec: "mTLS P-256" };
 
-interface SimAgent { id: string; ports: Record<Mode, number> }
+interface SimAgent {
+  id: string;
+  ports: Record<Mode, number>;
+}
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -68,11 +78,12 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 function simulatedAgent(agentId: string): ServiceImpl<AgentMethods> {
   const impl: Record<string, unknown> = {};
   for (const m of AgentService.methods) {
-    impl[m.localName] = m.methodKind === "unary"
-      ? async () => ({})
-      : async function* () {
-        yield { event: { case: "result", value: { kind: m.localName, status: "refused", errorCode: "INVALID_ARGUMENT", message: "not simulated" } } };
-      };
+    impl[m.localName] =
+      m.methodKind === "unary"
+        ? async () => ({})
+        : async function* () {
+            yield { event: { case: "result", value: { kind: m.localName, status: "refused", errorCode: "INVALID_ARGUMENT", message: "not simulated" } } };
+          };
   }
   const getInfo: ServiceImpl<AgentMethods>["getInfo"] = async () => ({ agentId, version: "bench" });
   const migrate: ServiceImpl<AgentMethods>["migrate"] = async function* (req) {
@@ -97,11 +108,18 @@ function simulatedAgent(agentId: string): ServiceImpl<AgentMethods> {
  * exits when its stdin closes (so it never outlives the bench).
  */
 async function serve(count: number, prefix: string, certRoot: string): Promise<void> {
-  const creds = Object.fromEntries(MODES.map((m) => [m, m === "plain" ? serverCredentials() : serverCredentials({
-    cert: readFileSync(join(certRoot, m, "server.crt")),
-    key: readFileSync(join(certRoot, m, "server.key")),
-    ca: readFileSync(join(certRoot, m, "ca.crt")),
-  })])) as Record<Mode, grpc.ServerCredentials>;
+  const creds = Object.fromEntries(
+    MODES.map((m) => [
+      m,
+      m === "plain"
+        ? serverCredentials()
+        : serverCredentials({
+            cert: readFileSync(join(certRoot, m, "server.crt")),
+            key: readFileSync(join(certRoot, m, "server.key")),
+            ca: readFileSync(join(certRoot, m, "ca.crt")),
+          }),
+    ]),
+  ) as Record<Mode, grpc.ServerCredentials>;
   const servers: grpc.Server[] = [];
   const agents: SimAgent[] = [];
   for (let i = 0; i < count; i++) {
@@ -123,12 +141,15 @@ async function serve(count: number, prefix: string, certRoot: string): Promise<v
 
 // ------------------------------------------------------------------ controller side
 
-
-interface AgentHost { proc: ChildProcess; agents: SimAgent[] }
+interface AgentHost {
+  proc: ChildProcess;
+  agents: SimAgent[];
+}
 
 async function startHost(count: number, prefix: string, certRoot: string): Promise<AgentHost> {
   const proc = spawn(process.execPath, ["--import", "tsx", SELF, "--serve", String(count), prefix, certRoot], {
-    cwd: REPO, stdio: ["pipe", "pipe", "pipe"],
+    cwd: REPO,
+    stdio: ["pipe", "pipe", "pipe"],
   });
   let stderr = "";
   proc.stderr!.on("data", (c: Buffer) => (stderr = (stderr + c.toString()).slice(-4000)));
@@ -169,9 +190,28 @@ async function makeCertificates(root: string, mode: Exclude<Mode, "plain">): Pro
   await openssl(["req", "-x509", ...key, "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "1", "-subj", "/CN=flotilla-bench-ca"]);
   const leaf = (name: string, subject: string, san: string, eku: string): Promise<void> =>
     openssl([
-      "req", "-x509", ...key, "-nodes", "-keyout", `${name}.key`, "-out", `${name}.crt`, "-days", "1", "-subj", subject,
-      "-CA", "ca.crt", "-CAkey", "ca.key",
-      "-addext", `subjectAltName=${san}`, "-addext", "basicConstraints=critical,CA:FALSE", "-addext", `extendedKeyUsage=${eku}`,
+      "req",
+      "-x509",
+      ...key,
+      "-nodes",
+      "-keyout",
+      `${name}.key`,
+      "-out",
+      `${name}.crt`,
+      "-days",
+      "1",
+      "-subj",
+      subject,
+      "-CA",
+      "ca.crt",
+      "-CAkey",
+      "ca.key",
+      "-addext",
+      `subjectAltName=${san}`,
+      "-addext",
+      "basicConstraints=critical,CA:FALSE",
+      "-addext",
+      `extendedKeyUsage=${eku}`,
     ]);
   await leaf("server", `/CN=${TLS_NAME}`, `DNS:${TLS_NAME}`, "serverAuth");
   await leaf("client", "/CN=flotilla-controller", "URI:spiffe://flotilla/controller", "clientAuth");
@@ -181,11 +221,13 @@ function clientsFor(agents: readonly SimAgent[], mode: Mode, tls: TlsFiles | und
   // One credentials object per channel set; an own subchannel pool per channel so
   // a "fresh" client never rides on a connection left by an earlier round.
   const creds = channelCredentials(tls);
-  return agents.map((a) => createClient(AgentService, `127.0.0.1:${a.ports[mode]}`, creds, {
-    ...POOL_OPTIONS,
-    ...(tls ? { "grpc.ssl_target_name_override": TLS_NAME } : {}),
-    "grpc.use_local_subchannel_pool": 1,
-  }));
+  return agents.map((a) =>
+    createClient(AgentService, `127.0.0.1:${a.ports[mode]}`, creds, {
+      ...POOL_OPTIONS,
+      ...(tls ? { "grpc.ssl_target_name_override": TLS_NAME } : {}),
+      "grpc.use_local_subchannel_pool": 1,
+    }),
+  );
 }
 
 /** Runs `fn` on every index with at most `concurrency` in flight. */
@@ -202,10 +244,12 @@ async function withConcurrency(n: number, concurrency: number, fn: (i: number) =
 
 async function getInfoAll(clients: readonly AgentClient[], agents: readonly SimAgent[]): Promise<number> {
   const t0 = performance.now();
-  await Promise.all(clients.map(async (c, i) => {
-    const info = await c.getInfo({}, { timeoutMs: 30_000 });
-    if (info.agentId !== agents[i]!.id) throw new Error(`agent ${agents[i]!.id} answered as ${info.agentId}`);
-  }));
+  await Promise.all(
+    clients.map(async (c, i) => {
+      const info = await c.getInfo({}, { timeoutMs: 30_000 });
+      if (info.agentId !== agents[i]!.id) throw new Error(`agent ${agents[i]!.id} answered as ${info.agentId}`);
+    }),
+  );
   return performance.now() - t0;
 }
 
@@ -213,7 +257,10 @@ async function fanOut(clients: readonly AgentClient[], round: number): Promise<n
   const t0 = performance.now();
   await withConcurrency(clients.length, CONCURRENCY, async (i) => {
     let status = "";
-    for await (const ev of clients[i]!.migrate({ targetId: "webui", toRevision: "head", operationId: `bench-${round}-${i}`, takeBackup: true }, { timeoutMs: 60_000 })) {
+    for await (const ev of clients[i]!.migrate(
+      { targetId: "webui", toRevision: "head", operationId: `bench-${round}-${i}`, takeBackup: true },
+      { timeoutMs: 60_000 },
+    )) {
       if (ev.event.case === "result") status = ev.event.value.status;
     }
     if (status !== "succeeded") throw new Error(`simulated migrate on agent ${i} ended with "${status}"`);
@@ -224,7 +271,13 @@ async function fanOut(clients: readonly AgentClient[], round: number): Promise<n
 /** User + system CPU time of this (the controller's) process, in ms. */
 const cpuMs = (u: NodeJS.CpuUsage): number => (u.user + u.system) / 1000;
 
-interface ModeSamples { coldMs: number[]; warmMs: number[]; fanOutMs: number[]; coldCpuMs: number[]; fanOutCpuMs: number[] }
+interface ModeSamples {
+  coldMs: number[];
+  warmMs: number[];
+  fanOutMs: number[];
+  coldCpuMs: number[];
+  fanOutCpuMs: number[];
+}
 
 async function measureMode(agents: readonly SimAgent[], mode: Mode, tls: TlsFiles | undefined, round: number, into: ModeSamples | null): Promise<void> {
   const clients = clientsFor(agents, mode, tls);
@@ -257,9 +310,14 @@ export async function measure(opts: BenchOptions): Promise<Figure[]> {
   try {
     await makeCertificates(dir, "rsa");
     await makeCertificates(dir, "ec");
-    const tlsOf = (mode: Mode): TlsFiles | undefined => mode === "plain" ? undefined : {
-      cert: readFileSync(join(dir, mode, "client.crt")), key: readFileSync(join(dir, mode, "client.key")), ca: readFileSync(join(dir, mode, "ca.crt")),
-    };
+    const tlsOf = (mode: Mode): TlsFiles | undefined =>
+      mode === "plain"
+        ? undefined
+        : {
+            cert: readFileSync(join(dir, mode, "client.crt")),
+            key: readFileSync(join(dir, mode, "client.key")),
+            ca: readFileSync(join(dir, mode, "ca.crt")),
+          };
     const tls = Object.fromEntries(MODES.map((m) => [m, tlsOf(m)])) as Record<Mode, TlsFiles | undefined>;
     const procs = Math.min(4, Math.max(2, Math.ceil(n / PER_PROCESS)));
     const sizes = Array.from({ length: procs }, (_, i) => Math.floor(n / procs) + (i < n % procs ? 1 : 0)).filter((s) => s > 0);
@@ -283,11 +341,23 @@ export async function measure(opts: BenchOptions): Promise<Figure[]> {
     const overhead = (mode: Mode): number => (wall(mode) - ideal) / n;
     const perHost = (xs: readonly number[]): number => median(xs) / n;
     return [
-      { id: "P7", name: `controller overhead per target at ${n} agents over mTLS (${LABEL.rsa}), ${CONCURRENCY} at a time ÷ 2.5 ms`,
-        ratio: round(overhead("rsa") / 2.5), value: round(overhead("rsa"), 3), baseline: 2.5, unit: "ms",
-        detail: `(wall ${Math.round(wall("rsa"))} ms − ideal ${ideal} ms) ÷ ${n}; ${setup}` },
-      ratioFigure("P7t", `controller fan-out total ÷ ideal at ${n} agents over mTLS (${LABEL.rsa})`, wall("rsa"), ideal, "ms",
-        `ideal = ceil(${n}/${CONCURRENCY}) × ${TASK_MS} ms`),
+      {
+        id: "P7",
+        name: `controller overhead per target at ${n} agents over mTLS (${LABEL.rsa}), ${CONCURRENCY} at a time ÷ 2.5 ms`,
+        ratio: round(overhead("rsa") / 2.5),
+        value: round(overhead("rsa"), 3),
+        baseline: 2.5,
+        unit: "ms",
+        detail: `(wall ${Math.round(wall("rsa"))} ms − ideal ${ideal} ms) ÷ ${n}; ${setup}`,
+      },
+      ratioFigure(
+        "P7t",
+        `controller fan-out total ÷ ideal at ${n} agents over mTLS (${LABEL.rsa})`,
+        wall("rsa"),
+        ideal,
+        "ms",
+        `ideal = ceil(${n}/${CONCURRENCY}) × ${TASK_MS} ms`,
+      ),
       detailFigure(`overhead per target, ${LABEL.ec}`, overhead("ec"), "ms"),
       detailFigure("overhead per target, plaintext", overhead("plain"), "ms"),
       ...MODES.map((mode) => detailFigure(`cold connect + GetInfo to all ${n} agents, ${LABEL[mode]}`, median(samples[mode].coldMs), "ms")),
@@ -305,4 +375,3 @@ if (direct && process.argv[2] === "--serve") {
 } else if (direct) {
   for (const f of await measure({ quick: false, log: (l) => process.stderr.write(`${l}\n`) })) process.stdout.write(`${JSON.stringify(f)}\n`);
 }
-

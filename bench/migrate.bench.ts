@@ -51,8 +51,7 @@ interface Sizes {
   statusRuns: number;
 }
 
-const sizesFor = (quick: boolean): Sizes =>
-  quick ? { chats: 3000, msgs: 10, runs: 3, statusRuns: 3 } : { chats: 10000, msgs: 10, runs: 5, statusRuns: 5 };
+const sizesFor = (quick: boolean): Sizes => (quick ? { chats: 3000, msgs: 10, runs: 3, statusRuns: 3 } : { chats: 10000, msgs: 10, runs: 5, statusRuns: 5 });
 
 async function fixtureRun(argv: string[], env: Record<string, string>): Promise<number> {
   const t0 = performance.now();
@@ -63,7 +62,10 @@ async function fixtureRun(argv: string[], env: Record<string, string>): Promise<
 }
 
 async function drain(stream: AsyncIterable<{ event: { case: string | undefined; value?: unknown } }>): Promise<{
-  status: string; message: string; revisionAfter: string[]; backup?: { id: string };
+  status: string;
+  message: string;
+  revisionAfter: string[];
+  backup?: { id: string };
 }> {
   let result: { status: string; message: string; revisionAfter: string[]; backup?: { id: string } } | undefined;
   for await (const ev of stream) if (ev.event.case === "result") result = ev.event.value as typeof result;
@@ -105,10 +107,14 @@ async function postgresSide(secret: string, sizes: Sizes): Promise<Side> {
     async copy(name) {
       const db = `${template.name}_${name.replace(/[^a-z0-9_]/g, "_")}`.slice(0, 63);
       await admin.query(`CREATE DATABASE ${pg.escapeIdentifier(db)} TEMPLATE ${pg.escapeIdentifier(template.name)}`);
-      copies.push({ url: urlForDatabase(db), name: db, drop: async () => {
-        await admin.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", [db]);
-        await admin.query(`DROP DATABASE IF EXISTS ${pg.escapeIdentifier(db)}`);
-      } });
+      copies.push({
+        url: urlForDatabase(db),
+        name: db,
+        drop: async () => {
+          await admin.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", [db]);
+          await admin.query(`DROP DATABASE IF EXISTS ${pg.escapeIdentifier(db)}`);
+        },
+      });
       return urlForDatabase(db);
     },
     async cleanup() {
@@ -128,22 +134,31 @@ async function startBenchAgent(dir: string, secretFile: string, targets: { id: s
   const dataDir = join(dir, "agent-data");
   mkdirSync(dataDir, { recursive: true });
   const configPath = join(dir, "agent.yaml");
-  writeFileSync(configPath, stringify({
-    agentId: "bench-agent",
-    listen: "127.0.0.1:0",
-    dataDir,
-    logLevel: "warn",
-    targets: targets.map((t) => ({
-      id: t.id,
-      database: t.url,
-      alembic: { dir: FIXTURE, config: INI, command: ["alembic"], env: { WEBUI_SECRET_KEY: { file: secretFile } } },
-      backups: { dir: join(dir, "backups", t.id), keep: 3 },
-    })),
-  }));
+  writeFileSync(
+    configPath,
+    stringify({
+      agentId: "bench-agent",
+      listen: "127.0.0.1:0",
+      dataDir,
+      logLevel: "warn",
+      targets: targets.map((t) => ({
+        id: t.id,
+        database: t.url,
+        alembic: { dir: FIXTURE, config: INI, command: ["alembic"], env: { WEBUI_SECRET_KEY: { file: secretFile } } },
+        backups: { dir: join(dir, "backups", t.id), keep: 3 },
+      })),
+    }),
+  );
   const config = loadAgentConfig({ argv: ["--config", configPath], env: {}, readFile: (p) => readFileSync(p, "utf8"), hostname: hostname() });
   const agent = await startAgent(config, silentLogger());
   const client: AgentClient = createClient(AgentService, `127.0.0.1:${agent.port}`, channelCredentials());
-  return { client, stop: async () => { client.close(); await agent.stop(true); } };
+  return {
+    client,
+    stop: async () => {
+      client.close();
+      await agent.stop(true);
+    },
+  };
 }
 
 interface SideResult {
@@ -175,14 +190,28 @@ async function measureSide(side: Side, dir: string, secret: string, secretFile: 
       const rolloutId = `bench-rollout-${i}`;
       const st = await agent.client.getStatus({ targetId }, { timeoutMs: 120_000 });
       if (st.pending.length !== PENDING_COUNT) throw new Error(`${targetId}: ${st.pending.length} pending, expected ${PENDING_COUNT} (${st.error})`);
-      const backup = await withStallProbe(() => drain(agent.client.backup({ targetId, operationId: `bench-backup-${i}`, rolloutId, verify: true }, { timeoutMs: 600_000 })));
-      if (backup.result.status !== "succeeded" || !backup.result.backup) throw new Error(`backup of ${targetId}: ${backup.result.status} ${backup.result.message}`);
+      const backup = await withStallProbe(() =>
+        drain(agent.client.backup({ targetId, operationId: `bench-backup-${i}`, rolloutId, verify: true }, { timeoutMs: 600_000 })),
+      );
+      if (backup.result.status !== "succeeded" || !backup.result.backup)
+        throw new Error(`backup of ${targetId}: ${backup.result.status} ${backup.result.message}`);
       if (backup.maxStallMs > stallMs) [stallMs, stallGcMs] = [backup.maxStallMs, backup.gcMsInMaxStall];
       wallStallMs = Math.max(wallStallMs, backup.maxWallStallMs);
       const t0 = performance.now();
-      const migrate = await withStallProbe(() => drain(agent.client.migrate({
-        targetId, toRevision: HEAD, operationId: `bench-migrate-${i}`, rolloutId, backupId: backup.result.backup!.id,
-      }, { timeoutMs: 900_000 })));
+      const migrate = await withStallProbe(() =>
+        drain(
+          agent.client.migrate(
+            {
+              targetId,
+              toRevision: HEAD,
+              operationId: `bench-migrate-${i}`,
+              rolloutId,
+              backupId: backup.result.backup!.id,
+            },
+            { timeoutMs: 900_000 },
+          ),
+        ),
+      );
       const elapsed = performance.now() - t0;
       if (migrate.maxStallMs > stallMs) [stallMs, stallGcMs] = [migrate.maxStallMs, migrate.gcMsInMaxStall];
       wallStallMs = Math.max(wallStallMs, migrate.maxWallStallMs);
@@ -196,12 +225,24 @@ async function measureSide(side: Side, dir: string, secret: string, secretFile: 
     const bareMs: number[] = [];
     const agentMs: number[] = [];
     for (let i = 1; i <= sizes.runs; i++) {
-      if (i % 2 === 1) { agentMs.push(await viaAgent(i)); bareMs.push(await bare(i)); } else { bareMs.push(await bare(i)); agentMs.push(await viaAgent(i)); }
+      if (i % 2 === 1) {
+        agentMs.push(await viaAgent(i));
+        bareMs.push(await bare(i));
+      } else {
+        bareMs.push(await bare(i));
+        agentMs.push(await viaAgent(i));
+      }
     }
     const id = side.kind === "sqlite" ? "P6s" : "P6p";
     const figures: Figure[] = [
-      ratioFigure(id, `agent migrate of the 16-revision chain ÷ bare alembic upgrade head, ${side.kind}`, median(agentMs), median(bareMs), "ms",
-        `${sizes.chats} chats × ${sizes.msgs} messages; agent ${agentMs.map(Math.round).join("/")} ms, bare ${bareMs.map(Math.round).join("/")} ms; median of ${sizes.runs}`),
+      ratioFigure(
+        id,
+        `agent migrate of the 16-revision chain ÷ bare alembic upgrade head, ${side.kind}`,
+        median(agentMs),
+        median(bareMs),
+        "ms",
+        `${sizes.chats} chats × ${sizes.msgs} messages; agent ${agentMs.map(Math.round).join("/")} ms, bare ${bareMs.map(Math.round).join("/")} ms; median of ${sizes.runs}`,
+      ),
     ];
     let status: SideResult["status"];
     if (withStatus) {
@@ -250,11 +291,28 @@ export async function measure(opts: BenchOptions): Promise<Figure[]> {
     const stall = Math.max(s.stallMs, p.stallMs);
     const stallGc = s.stallMs >= p.stallMs ? s.stallGcMs : p.stallGcMs;
     return [
-      ratioFigure("P1", "target status (current, heads, pending) ÷ alembic current -v, heads, history, branches by hand", status.agentMs, status.byHandMs, "ms",
-        `GetStatus over gRPC, graph cached; by hand: four alembic runs, median of ${sizes.statusRuns}`),
-      { id: "P5", name: "longest agent event-loop stall during backup, verification and migration ÷ 50 ms", ratio: round(stall / 50), value: round(stall, 1), baseline: 50, unit: "ms",
-        detail: `the agent's main thread on a CPU between two ticks of a 5 ms interval probe, over every verified backup and migrate of P6s and P6p; V8 garbage collection took ${round(stallGc, 1)} ms (wall) of the interval holding the longest stall` },
-      detailFigure("P5 longest wall-clock lateness of the same probe (includes waiting for a CPU on a loaded machine)", Math.max(s.wallStallMs, p.wallStallMs), "ms"),
+      ratioFigure(
+        "P1",
+        "target status (current, heads, pending) ÷ alembic current -v, heads, history, branches by hand",
+        status.agentMs,
+        status.byHandMs,
+        "ms",
+        `GetStatus over gRPC, graph cached; by hand: four alembic runs, median of ${sizes.statusRuns}`,
+      ),
+      {
+        id: "P5",
+        name: "longest agent event-loop stall during backup, verification and migration ÷ 50 ms",
+        ratio: round(stall / 50),
+        value: round(stall, 1),
+        baseline: 50,
+        unit: "ms",
+        detail: `the agent's main thread on a CPU between two ticks of a 5 ms interval probe, over every verified backup and migrate of P6s and P6p; V8 garbage collection took ${round(stallGc, 1)} ms (wall) of the interval holding the longest stall`,
+      },
+      detailFigure(
+        "P5 longest wall-clock lateness of the same probe (includes waiting for a CPU on a loaded machine)",
+        Math.max(s.wallStallMs, p.wallStallMs),
+        "ms",
+      ),
       ...s.figures,
       ...p.figures,
       detailFigure("P1 GetStatus (warm)", status.agentMs, "ms"),

@@ -44,14 +44,18 @@ export async function measure(opts: BenchOptions): Promise<Figure[]> {
   const databases: string[] = [];
   const admin = new pg.Client({ connectionString: adminUrl });
   await admin.connect();
-  const urlOf = (name: string): string => { const u = new URL(adminUrl); u.pathname = `/${name}`; return u.toString(); };
+  const urlOf = (name: string): string => {
+    const u = new URL(adminUrl);
+    u.pathname = `/${name}`;
+    return u.toString();
+  };
   const createDb = async (name: string): Promise<string> => {
     await admin.query(`CREATE DATABASE ${pg.escapeIdentifier(name)}`);
     databases.push(name);
     return urlOf(name);
   };
   const exec = async (argv: string[], env: Record<string, string>, cwd?: string): Promise<void> => {
-    const r = await runner.run({ argv, env: { ...process.env as Record<string, string>, ...env }, timeoutMs: 30 * 60_000, ...(cwd ? { cwd } : {}) });
+    const r = await runner.run({ argv, env: { ...(process.env as Record<string, string>), ...env }, timeoutMs: 30 * 60_000, ...(cwd ? { cwd } : {}) });
     if (r.exitCode !== 0) throw new Error(`${argv[0]} failed (${r.exitCode}): ${r.stderr.slice(-1500)}`);
   };
   let agent: Awaited<ReturnType<typeof startAgent>> | undefined;
@@ -61,7 +65,11 @@ export async function measure(opts: BenchOptions): Promise<Figure[]> {
     const env = { DATABASE_URL: `sqlite:///${file}`, WEBUI_SECRET_KEY: SECRET, FIXTURE_PROGRESS: "0" };
     await exec(["alembic", "upgrade", "c3d2e1f00d42"], env, FIXTURE);
     const chats = opts.quick ? 8000 : 55_000;
-    await exec(["/usr/bin/python3", join(FIXTURE, "seed.py"), file, "--users", "1000", "--chats", String(chats), "--msgs-per-chat", "10", "--seed", "11"], env, FIXTURE);
+    await exec(
+      ["/usr/bin/python3", join(FIXTURE, "seed.py"), file, "--users", "1000", "--chats", String(chats), "--msgs-per-chat", "10", "--seed", "11"],
+      env,
+      FIXTURE,
+    );
     await exec(["alembic", "upgrade", "head"], env, FIXTURE);
     const bytes = (await stat(file)).size;
 
@@ -71,9 +79,19 @@ export async function measure(opts: BenchOptions): Promise<Figure[]> {
     for (let i = 0; i < runs; i++) {
       pgloaderDbs.push(await createDb(`flotilla_bench_pgl_${tag}_${i}`));
       const to = await createDb(`flotilla_bench_move_${tag}_${i}`);
-      targets.push({ id: `to-${i}`, database: to, alembic: { dir: FIXTURE, command: ["alembic"], env: { WEBUI_SECRET_KEY: SECRET } }, backups: { dir: join(work, "backups", `to-${i}`), keep: 2 } });
+      targets.push({
+        id: `to-${i}`,
+        database: to,
+        alembic: { dir: FIXTURE, command: ["alembic"], env: { WEBUI_SECRET_KEY: SECRET } },
+        backups: { dir: join(work, "backups", `to-${i}`), keep: 2 },
+      });
     }
-    targets.push({ id: "from", database: `sqlite:///${file}`, alembic: { dir: FIXTURE, command: ["alembic"], env: { WEBUI_SECRET_KEY: SECRET } }, backups: { dir: join(work, "backups", "from"), keep: 2 } });
+    targets.push({
+      id: "from",
+      database: `sqlite:///${file}`,
+      alembic: { dir: FIXTURE, command: ["alembic"], env: { WEBUI_SECRET_KEY: SECRET } },
+      backups: { dir: join(work, "backups", "from"), keep: 2 },
+    });
     const configPath = join(work, "agent.yaml");
     await writeFile(configPath, JSON.stringify({ agentId: "bench", listen: "127.0.0.1:0", dataDir: join(work, "agent"), targets, apps: [] }));
     const config = loadAgentConfig({ argv: ["--config", configPath], env: {}, readFile: (p) => readFileSync(p, "utf8"), hostname: "bench" });
@@ -93,8 +111,12 @@ export async function measure(opts: BenchOptions): Promise<Figure[]> {
       let status = "";
       let message = "";
       for await (const ev of client.move({ fromTargetId: "from", toTargetId: `to-${i}`, operationId: `bench-${tag}-${i}` }, { timeoutMs: 60 * 60_000 })) {
-        if (ev.event.case === "step" && ev.event.value.state === "succeeded") (steps[ev.event.value.name.split(":")[0]!] ??= []).push(Number(ev.event.value.durationMs));
-        if (ev.event.case === "result") { status = ev.event.value.status; message = ev.event.value.message; }
+        if (ev.event.case === "step" && ev.event.value.state === "succeeded")
+          (steps[ev.event.value.name.split(":")[0]!] ??= []).push(Number(ev.event.value.durationMs));
+        if (ev.event.case === "result") {
+          status = ev.event.value.status;
+          message = ev.event.value.message;
+        }
       }
       moveMs.push(performance.now() - t1);
       if (status !== "succeeded") throw new Error(`move failed: ${message}`);
@@ -105,7 +127,14 @@ export async function measure(opts: BenchOptions): Promise<Figure[]> {
     const detail = `${(bytes / 1e6).toFixed(0)} MB SQLite file, ${runs} run(s) each, alternating; pgloader ${pgloaderMs.map(Math.round).join("/")} ms; move ${moveMs.map(Math.round).join("/")} ms`;
     opts.log(`move: ${detail}`);
     return [
-      ratioFigure("P11", `SQLite → PostgreSQL move (${(bytes / 1e6).toFixed(0)} MB: backup, schema, COPY, per-table checksums) ÷ pgloader on the same database`, move, loader, "ms", detail),
+      ratioFigure(
+        "P11",
+        `SQLite → PostgreSQL move (${(bytes / 1e6).toFixed(0)} MB: backup, schema, COPY, per-table checksums) ÷ pgloader on the same database`,
+        move,
+        loader,
+        "ms",
+        detail,
+      ),
       ...Object.entries(steps).map(([name, v]) => detailFigure(`move step ${name}`, median(v), "ms")),
     ];
   } finally {
@@ -120,10 +149,13 @@ export async function measure(opts: BenchOptions): Promise<Figure[]> {
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
-  measure({ quick: process.argv.includes("--quick"), log: (line) => process.stderr.write(`${line}\n`) }).then((figures) => {
-    process.stdout.write(`${JSON.stringify(figures, null, 2)}\n`);
-  }, (err: unknown) => {
-    process.stderr.write(`${err instanceof Error ? err.stack : String(err)}\n`);
-    process.exitCode = 1;
-  });
+  measure({ quick: process.argv.includes("--quick"), log: (line) => process.stderr.write(`${line}\n`) }).then(
+    (figures) => {
+      process.stdout.write(`${JSON.stringify(figures, null, 2)}\n`);
+    },
+    (err: unknown) => {
+      process.stderr.write(`${err instanceof Error ? err.stack : String(err)}\n`);
+      process.exitCode = 1;
+    },
+  );
 }

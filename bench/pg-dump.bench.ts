@@ -166,8 +166,14 @@ export async function measure(opts: BenchOptions): Promise<Figure[]> {
     const mS = median(schemaOnlyMs);
     const mb = (bytes: number): string => `${(bytes / 1e6).toFixed(1)} MB`;
     return [
-      ratioFigure("P4", `PostgreSQL backup + full-read verification ÷ pg_dump -Fc at default compression, ${mb(dbBytes)} database`, mA + mV, mD, "ms",
-        `adapter backup ${Math.round(mA)} ms (pg_dump -Fc -Z1 under one snapshot, a pg_restore -f /dev/null reading it as it is written, fsync, sha256, pg_restore --list) + separate verification ${Math.round(mV)} ms; default -Fc ${Math.round(mD)} ms, ${mb(defaultBytes)} vs -Z1 ${mb(z1Bytes)}; median of ${runs}`),
+      ratioFigure(
+        "P4",
+        `PostgreSQL backup + full-read verification ÷ pg_dump -Fc at default compression, ${mb(dbBytes)} database`,
+        mA + mV,
+        mD,
+        "ms",
+        `adapter backup ${Math.round(mA)} ms (pg_dump -Fc -Z1 under one snapshot, a pg_restore -f /dev/null reading it as it is written, fsync, sha256, pg_restore --list) + separate verification ${Math.round(mV)} ms; default -Fc ${Math.round(mD)} ms, ${mb(defaultBytes)} vs -Z1 ${mb(z1Bytes)}; median of ${runs}`,
+      ),
       detailFigure("standalone re-verification (sha256 ∥ pg_restore -f /dev/null)", median(reverifyMs), "ms"),
       detailFigure("adapter backup ÷ bare pg_dump -Fc -Z1", mA / mB, "ratio", `bare ${Math.round(mB)} ms; the adapter's pg_dump child ${Math.round(mC)} ms`),
       detailFigure("dump start-up (--schema-only)", mS, "ms"),
@@ -182,5 +188,6 @@ export async function measure(opts: BenchOptions): Promise<Figure[]> {
 }
 
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {
-  for (const f of await measure({ quick: process.argv.includes("--quick"), log: (l) => process.stderr.write(`${l}\n`) })) process.stdout.write(`${JSON.stringify(f)}\n`);
+  for (const f of await measure({ quick: process.argv.includes("--quick"), log: (l) => process.stderr.write(`${l}\n`) }))
+    process.stdout.write(`${JSON.stringify(f)}\n`);
 }

@@ -47,8 +47,15 @@ function discover(): { module: string; file: string }[] {
 
 function isFigure(x: unknown): x is Figure {
   const f = x as Figure;
-  return typeof f === "object" && f !== null && typeof f.id === "string" && typeof f.name === "string" && typeof f.unit === "string" &&
-    (f.ratio === null || typeof f.ratio === "number") && (f.ratio !== null || typeof f.reason === "string" || f.id === "");
+  return (
+    typeof f === "object" &&
+    f !== null &&
+    typeof f.id === "string" &&
+    typeof f.name === "string" &&
+    typeof f.unit === "string" &&
+    (f.ratio === null || typeof f.ratio === "number") &&
+    (f.ratio !== null || typeof f.reason === "string" || f.id === "")
+  );
 }
 
 async function runModule(module: string, file: string, opts: BenchOptions): Promise<ModuleReport> {
@@ -65,7 +72,12 @@ async function runModule(module: string, file: string, opts: BenchOptions): Prom
     report.ok = true;
     for (const f of out) {
       const head = f.id === "" ? "   " : f.id.padEnd(3);
-      const ratio = f.id === "" ? `${fmt(f.value)} ${f.unit}` : f.ratio === null ? `n/a (${f.reason ?? ""})` : `${fmt(f.ratio)}  (${fmt(f.value)} vs ${fmt(f.baseline)} ${f.unit})`;
+      const ratio =
+        f.id === ""
+          ? `${fmt(f.value)} ${f.unit}`
+          : f.ratio === null
+            ? `n/a (${f.reason ?? ""})`
+            : `${fmt(f.ratio)}  (${fmt(f.value)} vs ${fmt(f.baseline)} ${f.unit})`;
       opts.log(`  ${head}  ${f.name}: ${ratio}${f.detail ? `  [${f.detail}]` : ""}`);
     }
   } catch (err) {
@@ -110,11 +122,21 @@ async function main(argv: string[]): Promise<number> {
   const partial = words.length > 0;
 
   mkdirSync(dirname(RESULTS), { recursive: true });
-  writeFileSync(RESULTS, `${JSON.stringify({
-    startedAt, finishedAt: new Date().toISOString(), quick,
-    machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model ?? "", node: process.version },
-    contract, modules: reports,
-  }, null, 2)}\n`);
+  writeFileSync(
+    RESULTS,
+    `${JSON.stringify(
+      {
+        startedAt,
+        finishedAt: new Date().toISOString(),
+        quick,
+        machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model ?? "", node: process.version },
+        contract,
+        modules: reports,
+      },
+      null,
+      2,
+    )}\n`,
+  );
 
   log("\n== contract");
   for (const f of contract) {

@@ -155,7 +155,7 @@ export async function measure(opts: BenchOptions): Promise<Figure[]> {
         const started = /worker start (\d+) ms/.exec(p.line);
         if (started?.[1] !== undefined) workerStartMs.push(Number(started[1]));
       });
-      const v = b.proof ?? await adapter.verifyBackup(b, noProgress);
+      const v = b.proof ?? (await adapter.verifyBackup(b, noProgress));
       if (!v.ok) throw new Error(`verification failed: ${v.detail}`);
       const ms = performance.now() - t0;
       tool = b.tool;
@@ -215,11 +215,28 @@ export async function measure(opts: BenchOptions): Promise<Figure[]> {
     return [
       ratioFigure("P2", `SQLite backup + sha256 + verification ÷ cp, ${mb} MB, warm cache`, median(fullMs), median(cpMs), "ms", `${tool}; median of ${runs}`),
       detailFigure("backup worker thread start", median(workerStartMs), "ms", "the adapter as bin/runtime.mjs loads it (dist/ when built)"),
-      detailFigure("standalone re-verification (sha256 ∥ integrity_check, schema, counts) ÷ cp", median(verifyAlone) / median(cpMs), "ratio", `${Math.round(median(verifyAlone))} ms`),
+      detailFigure(
+        "standalone re-verification (sha256 ∥ integrity_check, schema, counts) ÷ cp",
+        median(verifyAlone) / median(cpMs),
+        "ratio",
+        `${Math.round(median(verifyAlone))} ms`,
+      ),
       coldFull.length > 0
-        ? detailFigure("P2 cold cache: backup + verification ÷ cp", median(coldFull) / median(coldCp), "ratio", `${Math.round(median(coldFull))} vs ${Math.round(median(coldCp))} ms`)
+        ? detailFigure(
+            "P2 cold cache: backup + verification ÷ cp",
+            median(coldFull) / median(coldCp),
+            "ratio",
+            `${Math.round(median(coldFull))} vs ${Math.round(median(coldCp))} ms`,
+          )
         : detailFigure("P2 cold cache not measured (cannot write /proc/sys/vm/drop_caches)", 0, ""),
-      ratioFigure("P3", "SQLite backup while a writer commits every 50 ms ÷ idle backup", median(busyMs), median(idleMs), "ms", `writer committed ${commits} times; busy copies by ${[...new Set(busyHow)].join(", ")}; median of ${runs}`),
+      ratioFigure(
+        "P3",
+        "SQLite backup while a writer commits every 50 ms ÷ idle backup",
+        median(busyMs),
+        median(idleMs),
+        "ms",
+        `writer committed ${commits} times; busy copies by ${[...new Set(busyHow)].join(", ")}; median of ${runs}`,
+      ),
       detailFigure("backup + verification throughput", mb / (median(fullMs) / 1000), "MB/s"),
       detailFigure("cp throughput", mb / (median(cpMs) / 1000), "MB/s"),
     ];

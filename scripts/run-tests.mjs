@@ -57,13 +57,13 @@ function listFiles(dir, base = dir) {
 /**
  * Biome's linter (biome.json): the recommended rules plus the import boundaries —
  * core/ free of I/O modules, database drivers, grpc-js and cron; agent, controller
- * and CLI never importing each other. The formatter is off: no mass reformat.
+ * and CLI never importing each other; and its formatter (npm run format rewrites).
  */
 function lint() {
-  say('lint: biome lint');
-  const [cmd, args] = tool('biome', ['lint', '--max-diagnostics=50']);
+  say('lint: biome check (lint + format)');
+  const [cmd, args] = tool('biome', ['check', '--max-diagnostics=50']);
   if (runSync(cmd, args) !== 0) {
-    say('lint failed: fix the errors above (biome.json says why each import is not allowed)');
+    say('lint failed: fix the errors above (biome.json says why each import is not allowed; npm run format fixes formatting)');
     return false;
   }
   return true;

@@ -15,7 +15,8 @@ function inside(child: string, parent: string): boolean {
 
 /** Adds a problem for each include path or smoke query that cannot be used; `at` is the key prefix (`targets[0].`). */
 export function checkAppState(
-  at: string, p: ConfigProblems,
+  at: string,
+  p: ConfigProblems,
   keys: { readonly include?: readonly string[]; readonly smoke?: readonly string[]; readonly sqlitePath?: string; readonly backupsDir?: string },
 ): void {
   const seen: string[] = [];
@@ -23,7 +24,8 @@ export function checkAppState(
     const path = resolve(item);
     const kp = `${at}backups.include[${i}]`;
     if (path === "/") p.add(kp, "cannot be the root folder");
-    else if (keys.sqlitePath && inside(resolve(keys.sqlitePath), path)) p.add(kp, `contains the database file ${keys.sqlitePath}, which every backup already copies consistently: list the folders and files beside it instead`);
+    else if (keys.sqlitePath && inside(resolve(keys.sqlitePath), path))
+      p.add(kp, `contains the database file ${keys.sqlitePath}, which every backup already copies consistently: list the folders and files beside it instead`);
     else if (keys.backupsDir && (inside(keys.backupsDir, path) || inside(path, keys.backupsDir))) p.add(kp, `overlaps the backups folder ${keys.backupsDir}`);
     else if (seen.some((x) => inside(x, path) || inside(path, x))) p.add(kp, `overlaps another include path (${path})`);
     seen.push(path);

@@ -28,7 +28,10 @@ export async function agentHostProblems(config: AgentConfig, secrets: SecretSour
   if (data) out.push(`dataDir: ${data}`);
   if (config.controller?.tokenFile) {
     const r = secrets.read({ file: config.controller.tokenFile });
-    if (!r.ok) out.push(`controller.tokenFile: ${config.controller.tokenFile} is ${r.state === "empty" ? "empty" : r.state === "missing" ? "missing" : "unreadable"} (registration would be refused)`);
+    if (!r.ok)
+      out.push(
+        `controller.tokenFile: ${config.controller.tokenFile} is ${r.state === "empty" ? "empty" : r.state === "missing" ? "missing" : "unreadable"} (registration would be refused)`,
+      );
   }
   if (config.controller?.ca) {
     const problem = fileProblem(config.controller.ca);
@@ -37,9 +40,15 @@ export async function agentHostProblems(config: AgentConfig, secrets: SecretSour
   const runner = new NodeProcessRunner();
   for (const t of config.targets) {
     const resolved = resolveSecrets(t, secrets);
-    const db = t.kind === "sqlite"
-      ? SqliteDatabase.fromUrl(t.database, { scratchDir: join(config.dataDir, "scratch") })
-      : new PostgresDatabase({ url: t.database, ...(resolved.password !== undefined ? { password: resolved.password } : {}), runner, scratchDir: join(config.dataDir, "scratch") });
+    const db =
+      t.kind === "sqlite"
+        ? SqliteDatabase.fromUrl(t.database, { scratchDir: join(config.dataDir, "scratch") })
+        : new PostgresDatabase({
+            url: t.database,
+            ...(resolved.password !== undefined ? { password: resolved.password } : {}),
+            runner,
+            scratchDir: join(config.dataDir, "scratch"),
+          });
     const facts = await probeTarget(t, resolved.problems, db);
     for (const p of targetProblems(facts)) out.push(`target ${t.id}: ${p.what} (the agent would serve it as broken); fix: ${p.fix}`);
     const backups = creatableDirProblem(t.backups.dir);
@@ -74,6 +83,10 @@ export async function checkAgentConfig(input: LoadConfigInput, opts: { offline: 
   return runCheck("flotilla-agent", source, opts.offline, () => {
     if (failure !== undefined || loaded === undefined) throw failure;
     const c = loaded.config;
-    return { content: loaded.problems.list(), host, summary: `${c.targets.length} target${c.targets.length === 1 ? "" : "s"}, ${c.apps.length} app${c.apps.length === 1 ? "" : "s"}` };
+    return {
+      content: loaded.problems.list(),
+      host,
+      summary: `${c.targets.length} target${c.targets.length === 1 ? "" : "s"}, ${c.apps.length} app${c.apps.length === 1 ? "" : "s"}`,
+    };
   });
 }

@@ -47,8 +47,14 @@ apps:
 test("a valid config loads complete, secrets as references (read per operation, not at load), and frozen", () => {
   const reads: string[] = [];
   const c = loadAgentConfig({
-    argv: ["--config", "/etc/flotilla/agent.yaml"], env: {}, hostname: "host-x",
-    readFile: (p) => { reads.push(p); if (p === "/etc/flotilla/agent.yaml") return GOOD; throw Object.assign(new Error("ENOENT"), { code: "ENOENT" }); },
+    argv: ["--config", "/etc/flotilla/agent.yaml"],
+    env: {},
+    hostname: "host-x",
+    readFile: (p) => {
+      reads.push(p);
+      if (p === "/etc/flotilla/agent.yaml") return GOOD;
+      throw Object.assign(new Error("ENOENT"), { code: "ENOENT" });
+    },
   });
   assert.deepEqual(reads, ["/etc/flotilla/agent.yaml"], "the loader reads only the config file");
   assert.equal(c.agentId, "host-x");
@@ -86,7 +92,17 @@ targets:
   } catch (err) {
     assert.ok(err instanceof FlotillaError);
     assert.equal(err.code, "CONFIG_INVALID");
-    for (const path of ["bogus", "tls", "targets[0].id", "targets[0].database", "targets[0].alembic.env.DATABASE_URL", "targets[0].alembic.env.WEBUI_SECRET_KEY.fil", "targets[0].backups.keep", "targets[1].database", "targets[1].backups"]) {
+    for (const path of [
+      "bogus",
+      "tls",
+      "targets[0].id",
+      "targets[0].database",
+      "targets[0].alembic.env.DATABASE_URL",
+      "targets[0].alembic.env.WEBUI_SECRET_KEY.fil",
+      "targets[0].backups.keep",
+      "targets[1].database",
+      "targets[1].backups",
+    ]) {
       assert.ok(err.message.includes(path), `mentions ${path}:\n${err.message}`);
     }
     assert.equal(err.message.includes("hunter2"), false, "a password in a URL is never echoed");
@@ -100,7 +116,10 @@ function problemsOf(yaml: string): string[] {
     return [];
   } catch (err) {
     assert.ok(err instanceof FlotillaError && err.code === "CONFIG_INVALID", String(err));
-    return err.message.split("\n").slice(1).map((l) => l.replace(/^\s*- /, ""));
+    return err.message
+      .split("\n")
+      .slice(1)
+      .map((l) => l.replace(/^\s*- /, ""));
   }
 }
 
@@ -142,7 +161,10 @@ apps:
     ["apps[1].health", /port 99999 is out of range/],
   ];
   for (const [path, re] of expect) {
-    assert.ok(problems.some((p) => p.startsWith(`${path}: `) && re.test(p)), `expected ${path} ${re}; got:\n${problems.join("\n")}`);
+    assert.ok(
+      problems.some((p) => p.startsWith(`${path}: `) && re.test(p)),
+      `expected ${path} ${re}; got:\n${problems.join("\n")}`,
+    );
   }
   assert.ok(problems.length >= expect.length, problems.join("\n"));
 });
@@ -177,7 +199,10 @@ targets:
     smoke: [1]
 `);
   for (const path of ["targets[0].backups.keepDays", "targets[0].backups.include[0]", "targets[0].appVersion", "targets[0].smoke"]) {
-    assert.ok(problems.some((p) => p.startsWith(`${path}: `)), `expected ${path}; got:\n${problems.join("\n")}`);
+    assert.ok(
+      problems.some((p) => p.startsWith(`${path}: `)),
+      `expected ${path}; got:\n${problems.join("\n")}`,
+    );
   }
 });
 
@@ -216,7 +241,10 @@ test("httpListen: loopback 7444 by default, settable by file, env and flag, off 
   assert.equal(flag.httpListen, "127.0.0.1:9100");
   assert.equal(flag.httpListenExplicit, true);
   assert.equal(load(`${GOOD}\nhttpListen: "off"\n`).httpListen, undefined);
-  assert.throws(() => load(`${GOOD}\nhttpListen: nowhere\n`), (err: FlotillaError) => err.code === "CONFIG_INVALID" && /httpListen/.test(err.message));
+  assert.throws(
+    () => load(`${GOOD}\nhttpListen: nowhere\n`),
+    (err: FlotillaError) => err.code === "CONFIG_INVALID" && /httpListen/.test(err.message),
+  );
 });
 
 test("YAML syntax errors stop the load with every one of them listed by line, duplicate keys included", () => {

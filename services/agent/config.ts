@@ -1,6 +1,19 @@
 import { dirname, isAbsolute, resolve } from "node:path";
 import {
-  ConfigProblems, argvList, checkHostPort, checkKeys, deepFreeze, flagValue, identityList, isObj, numberOf, parseConfigText, sqlitePathProblem, str, stringList, type Obj,
+  ConfigProblems,
+  argvList,
+  checkHostPort,
+  checkKeys,
+  deepFreeze,
+  flagValue,
+  identityList,
+  isObj,
+  numberOf,
+  parseConfigText,
+  sqlitePathProblem,
+  str,
+  stringList,
+  type Obj,
 } from "../common/config-helpers.js";
 import { CONTROLLER_SPIFFE_ID, isLoopbackHost } from "../common/tls.js";
 import { FlotillaError } from "../common/errors.js";
@@ -82,7 +95,13 @@ export interface AgentConfig {
   readonly targets: readonly TargetConfig[];
   readonly apps: readonly AgentApp[];
   /** Registration: the token file is read at each heartbeat; `ca` is the CA file the controller's HTTPS certificate is checked against (default tls.ca). */
-  readonly controller?: { readonly address: string; readonly advertise: string; readonly heartbeatSeconds: number; readonly tokenFile?: string; readonly ca?: string };
+  readonly controller?: {
+    readonly address: string;
+    readonly advertise: string;
+    readonly heartbeatSeconds: number;
+    readonly tokenFile?: string;
+    readonly ca?: string;
+  };
   readonly logLevel: string;
   /**
    * host:port of the small HTTP listener for /healthz, /readyz and /metrics
@@ -115,7 +134,8 @@ export function parseDatabaseUrl(url: string): { kind: DatabaseKind; display: st
     if (problem !== undefined) return problem;
     return { kind: "sqlite", display: url, sqlitePath: url.slice("sqlite:///".length) };
   }
-  if (url.startsWith("sqlite:")) return `"${url}" is not a SQLite URL Alembic understands; use sqlite:////abs/path/webui.db (four slashes for an absolute path)`;
+  if (url.startsWith("sqlite:"))
+    return `"${url}" is not a SQLite URL Alembic understands; use sqlite:////abs/path/webui.db (four slashes for an absolute path)`;
   if (/^postgres(ql)?(\+psycopg2)?:\/\//.test(url)) {
     let u: URL;
     try {
@@ -184,7 +204,12 @@ export function readAgentConfig(input: LoadConfigInput): { config: AgentConfig; 
   const p = new ConfigProblems(configPath);
   checkKeys(doc, ROOT_KEYS, "", p);
 
-  const agentId = flagValue(input.argv, "agent-id") ?? input.env.FLOTILLA_AGENT_ID ?? str(doc, "agentId", "", p, { pattern: ID, hint: "letters, digits, . _ -" }) ?? input.hostname ?? "agent";
+  const agentId =
+    flagValue(input.argv, "agent-id") ??
+    input.env.FLOTILLA_AGENT_ID ??
+    str(doc, "agentId", "", p, { pattern: ID, hint: "letters, digits, . _ -" }) ??
+    input.hostname ??
+    "agent";
   const listen = flagValue(input.argv, "listen") ?? input.env.FLOTILLA_AGENT_LISTEN ?? str(doc, "listen", "", p) ?? "127.0.0.1:7443";
   checkHostPort(listen, "listen", p);
   const dataDirRaw = flagValue(input.argv, "data-dir") ?? input.env.FLOTILLA_AGENT_DATA_DIR ?? str(doc, "dataDir", "", p) ?? "/var/lib/flotilla-agent";
@@ -236,10 +261,11 @@ export function readAgentConfig(input: LoadConfigInput): { config: AgentConfig; 
       const labels: Record<string, string> = {};
       if (raw.labels !== undefined) {
         if (!isObj(raw.labels)) p.add(`${at}labels`, "must be a mapping like { env: prod }");
-        else for (const [k, v] of Object.entries(raw.labels)) {
-          if (!LABEL.test(k) || !LABEL.test(String(v))) p.add(`${at}labels.${k}`, "label keys and values use letters, digits, . _ / -");
-          else labels[k] = String(v);
-        }
+        else
+          for (const [k, v] of Object.entries(raw.labels)) {
+            if (!LABEL.test(k) || !LABEL.test(String(v))) p.add(`${at}labels.${k}`, "label keys and values use letters, digits, . _ / -");
+            else labels[k] = String(v);
+          }
       }
       const dbUrl = str(raw, "database", at, p, { required: true, hint: "sqlite:////path/webui.db or postgresql://user@host:5432/db" });
       let kind: DatabaseKind = "sqlite";
@@ -250,7 +276,8 @@ export function readAgentConfig(input: LoadConfigInput): { config: AgentConfig; 
         else {
           kind = parsed.kind;
           display = parsed.display;
-          if (parsed.password !== undefined) p.add(`${at}database`, "contains a password: put it in passwordFile instead (URLs end up in logs and process lists)");
+          if (parsed.password !== undefined)
+            p.add(`${at}database`, "contains a password: put it in passwordFile instead (URLs end up in logs and process lists)");
         }
       }
       const pwFile = str(raw, "passwordFile", at, p);
@@ -266,19 +293,23 @@ export function readAgentConfig(input: LoadConfigInput): { config: AgentConfig; 
         const secrets: Record<string, SecretRef> = {};
         if (al.env !== undefined && al.env !== null) {
           if (!isObj(al.env)) p.add(`${at}alembic.env`, "must be a mapping of NAME: value | { file: path } | { env: NAME }");
-          else for (const [name, v] of Object.entries(al.env)) {
-            const kp = `${at}alembic.env.${name}`;
-            if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) { p.add(kp, "is not a valid environment variable name"); continue; }
-            if (RESERVED_ENV.includes(name)) {
-              p.add(kp, `${name} is set by the agent itself and cannot be overridden`);
-              continue;
+          else
+            for (const [name, v] of Object.entries(al.env)) {
+              const kp = `${at}alembic.env.${name}`;
+              if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {
+                p.add(kp, "is not a valid environment variable name");
+                continue;
+              }
+              if (RESERVED_ENV.includes(name)) {
+                p.add(kp, `${name} is set by the agent itself and cannot be overridden`);
+                continue;
+              }
+              if (typeof v === "string" || typeof v === "number" || typeof v === "boolean") env[name] = String(v);
+              else if (isObj(v)) {
+                const ref = secretRef(v, kp);
+                if (ref) secrets[name] = ref;
+              } else p.add(kp, "must be a string, { file: path } or { env: NAME }");
             }
-            if (typeof v === "string" || typeof v === "number" || typeof v === "boolean") env[name] = String(v);
-            else if (isObj(v)) {
-              const ref = secretRef(v, kp);
-              if (ref) secrets[name] = ref;
-            } else p.add(kp, "must be a string, { file: path } or { env: NAME }");
-          }
         }
         const timeoutMin = al.timeoutMinutes === undefined ? 120 : numberOf(al.timeoutMinutes);
         if (!Number.isFinite(timeoutMin) || timeoutMin <= 0) p.add(`${at}alembic.timeoutMinutes`, "must be a positive number of minutes");
@@ -293,14 +324,21 @@ export function readAgentConfig(input: LoadConfigInput): { config: AgentConfig; 
         const keep = raw.backups.keep === undefined ? 10 : numberOf(raw.backups.keep);
         if (!Number.isInteger(keep) || keep < 1 || keep > 1000) p.add(`${at}backups.keep`, "must be a whole number from 1 to 1000");
         const keepDays = raw.backups.keepDays === undefined ? undefined : numberOf(raw.backups.keepDays);
-        if (keepDays !== undefined && (!Number.isFinite(keepDays) || keepDays <= 0 || keepDays > 3650)) p.add(`${at}backups.keepDays`, "must be a number of days from 1 to 3650");
+        if (keepDays !== undefined && (!Number.isFinite(keepDays) || keepDays <= 0 || keepDays > 3650))
+          p.add(`${at}backups.keepDays`, "must be a number of days from 1 to 3650");
         const include = stringList(raw.backups, "include", `${at}backups.`, p, "absolute paths of companion files or folders");
-        if (include) for (const [j, path] of include.entries()) if (!isAbsolute(path)) p.add(`${at}backups.include[${j}]`, `"${path}" must be an absolute path`);
+        if (include)
+          for (const [j, path] of include.entries()) if (!isAbsolute(path)) p.add(`${at}backups.include[${j}]`, `"${path}" must be an absolute path`);
         if (dir) backups = { dir: abs(dir), keep, ...(keepDays !== undefined ? { keepDays } : {}), ...(include ? { include } : {}) };
       }
       const appVersion = argvList(raw, "appVersion", at, p);
       const smoke = stringList(raw, "smoke", at, p, "SQL queries (e.g. SELECT count(*) FROM user)");
-      checkAppState(at, p, { ...(backups?.include ? { include: backups.include } : {}), ...(smoke ? { smoke } : {}), ...(kind === "sqlite" && display ? { sqlitePath: display.slice("sqlite:///".length) } : {}), ...(backups ? { backupsDir: backups.dir } : {}) });
+      checkAppState(at, p, {
+        ...(backups?.include ? { include: backups.include } : {}),
+        ...(smoke ? { smoke } : {}),
+        ...(kind === "sqlite" && display ? { sqlitePath: display.slice("sqlite:///".length) } : {}),
+        ...(backups ? { backupsDir: backups.dir } : {}),
+      });
       let blueGreen: TargetConfig["blueGreen"] | undefined;
       if (raw.blueGreen !== undefined) {
         if (!isObj(raw.blueGreen)) p.add(`${at}blueGreen`, "must be { green: <database URL>, switch: [command] }");
@@ -321,7 +359,13 @@ export function readAgentConfig(input: LoadConfigInput): { config: AgentConfig; 
       if (!Number.isInteger(lockTimeoutMs) || lockTimeoutMs < 100) p.add(`${at}lockTimeoutMs`, "must be a whole number of milliseconds ≥ 100");
       if (id && dbUrl && display && alembic && backups) {
         targets.push({
-          id, labels, kind, database: display, alembic, backups, lockTimeoutMs,
+          id,
+          labels,
+          kind,
+          database: display,
+          alembic,
+          backups,
+          lockTimeoutMs,
           ...(pwFile !== undefined && kind === "postgresql" ? { passwordFile: abs(pwFile) } : {}),
           ...(appVersion ? { appVersion } : {}),
           ...(smoke ? { smoke } : {}),
@@ -334,24 +378,26 @@ export function readAgentConfig(input: LoadConfigInput): { config: AgentConfig; 
   const apps: AgentApp[] = [];
   if (doc.apps !== undefined && doc.apps !== null) {
     if (!Array.isArray(doc.apps)) p.add("apps", "must be a list of app instances");
-    else doc.apps.forEach((raw: unknown, i: number) => {
-      const at = `apps[${i}].`;
-      if (!isObj(raw)) return p.add(`apps[${i}]`, "must be a mapping");
-      checkKeys(raw, APP_KEYS, at, p);
-      const id = str(raw, "id", at, p, { required: true, pattern: ID });
-      const target = str(raw, "target", at, p, { required: true, pattern: ID });
-      const color = str(raw, "color", at, p, { pattern: /^(blue|green)$/, hint: "blue or green" }) ?? "";
-      const stop = argvList(raw, "stop", at, p);
-      const start = argvList(raw, "start", at, p);
-      const health = str(raw, "health", at, p, { pattern: /^https?:\/\/\S+$/, hint: "an http:// URL" });
-      if (health) {
-        const port = /^https?:\/\/(?:\[[^\]]*\]|[^:/]*):(\d+)/.exec(health)?.[1];
-        if (port !== undefined && Number(port) > 65535) p.add(`${at}health`, `port ${port} is out of range: use 1-65535`);
-        else if (!URL.canParse(health)) p.add(`${at}health`, `"${health}" is not a URL (e.g. http://127.0.0.1:8080/health)`);
-      }
-      if (id && apps.some((a) => a.id === id)) p.add(`${at}id`, `"${id}" is used by two apps; give each app instance its own id`);
-      if (id && target) apps.push({ id, target, color: color as AgentApp["color"], ...(stop ? { stop } : {}), ...(start ? { start } : {}), ...(health ? { health } : {}) });
-    });
+    else
+      doc.apps.forEach((raw: unknown, i: number) => {
+        const at = `apps[${i}].`;
+        if (!isObj(raw)) return p.add(`apps[${i}]`, "must be a mapping");
+        checkKeys(raw, APP_KEYS, at, p);
+        const id = str(raw, "id", at, p, { required: true, pattern: ID });
+        const target = str(raw, "target", at, p, { required: true, pattern: ID });
+        const color = str(raw, "color", at, p, { pattern: /^(blue|green)$/, hint: "blue or green" }) ?? "";
+        const stop = argvList(raw, "stop", at, p);
+        const start = argvList(raw, "start", at, p);
+        const health = str(raw, "health", at, p, { pattern: /^https?:\/\/\S+$/, hint: "an http:// URL" });
+        if (health) {
+          const port = /^https?:\/\/(?:\[[^\]]*\]|[^:/]*):(\d+)/.exec(health)?.[1];
+          if (port !== undefined && Number(port) > 65535) p.add(`${at}health`, `port ${port} is out of range: use 1-65535`);
+          else if (!URL.canParse(health)) p.add(`${at}health`, `"${health}" is not a URL (e.g. http://127.0.0.1:8080/health)`);
+        }
+        if (id && apps.some((a) => a.id === id)) p.add(`${at}id`, `"${id}" is used by two apps; give each app instance its own id`);
+        if (id && target)
+          apps.push({ id, target, color: color as AgentApp["color"], ...(stop ? { stop } : {}), ...(start ? { start } : {}), ...(health ? { health } : {}) });
+      });
   }
 
   let controller: AgentConfig["controller"];
@@ -359,7 +405,11 @@ export function readAgentConfig(input: LoadConfigInput): { config: AgentConfig; 
     if (!isObj(doc.controller)) p.add("controller", "must be { address: http://controller:7441, advertise: host:port }");
     else {
       checkKeys(doc.controller, CONTROLLER_KEYS, "controller.", p);
-      const address = str(doc.controller, "address", "controller.", p, { required: true, pattern: /^https?:\/\/\S+$/, hint: "the controller's HTTP URL, e.g. http://controller:7441" });
+      const address = str(doc.controller, "address", "controller.", p, {
+        required: true,
+        pattern: /^https?:\/\/\S+$/,
+        hint: "the controller's HTTP URL, e.g. http://controller:7441",
+      });
       const advertised = str(doc.controller, "advertise", "controller.", p);
       if (advertised !== undefined) checkHostPort(advertised, "controller.advertise", p);
       const advertise = advertised ?? listen;
@@ -386,8 +436,17 @@ export function readAgentConfig(input: LoadConfigInput): { config: AgentConfig; 
   const httpListen = httpGiven ?? DEFAULT_HTTP_LISTEN;
   if (httpListen !== "off") checkHostPort(httpListen, "httpListen", p, "127.0.0.1:7444, or off");
   const config: AgentConfig = deepFreeze({
-    source: configPath, agentId, listen, dataDir, targets, apps, logLevel, ...(tls ? { tls } : {}), ...(controller ? { controller } : {}),
-    ...(httpListen !== "off" ? { httpListen } : {}), httpListenExplicit: httpGiven !== undefined,
+    source: configPath,
+    agentId,
+    listen,
+    dataDir,
+    targets,
+    apps,
+    logLevel,
+    ...(tls ? { tls } : {}),
+    ...(controller ? { controller } : {}),
+    ...(httpListen !== "off" ? { httpListen } : {}),
+    httpListenExplicit: httpGiven !== undefined,
   });
   return { config, problems: p };
 }

@@ -47,7 +47,12 @@ function databaseFor(url: string, t: AgentTarget, runner: ProcessRunner, scratch
 /** Builds the runtime of one target from its config with secrets resolved. No I/O. */
 export function buildTarget(t: AgentTarget, apps: readonly AgentApp[], runner: ProcessRunner, scratchDir: string): TargetRuntime {
   const db = databaseFor(t.database, t, runner, scratchDir);
-  const alembicFor = (url: string) => alembicPort({ dir: t.alembic.dir, command: t.alembic.command, env: t.alembic.env, databaseUrl: url, ...(t.alembic.iniFile ? { iniFile: t.alembic.iniFile } : {}) }, runner, t.alembic.timeoutMs);
+  const alembicFor = (url: string) =>
+    alembicPort(
+      { dir: t.alembic.dir, command: t.alembic.command, env: t.alembic.env, databaseUrl: url, ...(t.alembic.iniFile ? { iniFile: t.alembic.iniFile } : {}) },
+      runner,
+      t.alembic.timeoutMs,
+    );
   const green = t.blueGreen ? databaseFor(t.blueGreen.green, t, runner, scratchDir) : undefined;
   return {
     config: t,
@@ -112,32 +117,59 @@ export async function startAgent(config: AgentConfig, log: Logger, secrets: Secr
     if (leftovers > 0) log.info({ entries: leftovers }, "removed scratch copies left by a crash (rehearsals, drills, clones)");
     const targets = buildTargets(config, runner, secrets);
     // In parallel: one unreachable database must not hold up the start of the others.
-    await Promise.all([...targets.keys()].map(async (id) => {
-      const health = await targets.check(id);
-      if (health?.state === "broken") {
-        log.warn({ target: id, problems: health.problems.map((p) => p.code) }, "target is broken: it is served with its problems and operations on it are refused until they are fixed");
-        return;
-      }
-      const removed = await targets.get(id)!.catalog.prepare().catch(() => [] as string[]);
-      if (removed.length > 0) log.info({ target: id, files: removed.length }, "removed temporary backup files left by a crash");
-    }));
+    await Promise.all(
+      [...targets.keys()].map(async (id) => {
+        const health = await targets.check(id);
+        if (health?.state === "broken") {
+          log.warn(
+            { target: id, problems: health.problems.map((p) => p.code) },
+            "target is broken: it is served with its problems and operations on it are refused until they are fixed",
+          );
+          return;
+        }
+        const removed = await targets
+          .get(id)!
+          .catalog.prepare()
+          .catch(() => [] as string[]);
+        if (removed.length > 0) log.info({ target: id, files: removed.length }, "removed temporary backup files left by a crash");
+      }),
+    );
     const ops = new AgentOperations({
-      config, targets, journal, log, appControl: new AppControl(runner),
+      config,
+      targets,
+      journal,
+      log,
+      appControl: new AppControl(runner),
       heartbeatMs: Number(process.env.FLOTILLA_HEARTBEAT_MS ?? 15_000),
-      fileExists: (path) => existsSync(path), killOrphans,
+      fileExists: (path) => existsSync(path),
+      killOrphans,
       runHook: async (argv, onLine, signal) => {
         const r = await runner.run({ argv, timeoutMs: 120_000, onLine: (l) => onLine(l), ...(signal ? { signal } : {}) });
-        return { ok: r.exitCode === 0, detail: r.exitCode === 0 ? `hook ${argv.join(" ")} ok` : describeRun(argv[0]!, r) + (r.stderr ? `: ${r.stderr.trim().split("\n").at(-1)}` : "") };
+        return {
+          ok: r.exitCode === 0,
+          detail: r.exitCode === 0 ? `hook ${argv.join(" ")} ok` : describeRun(argv[0]!, r) + (r.stderr ? `: ${r.stderr.trim().split("\n").at(-1)}` : ""),
+        };
       },
     });
     const guard = config.tls
-      ? peerIdentityGuard(config.tls.allow, (refusal) => log.warn({ method: refusal.method, peer: refusal.peer, names: refusal.names, allow: config.tls?.allow }, "refused a client whose certificate is not allowed"))
+      ? peerIdentityGuard(config.tls.allow, (refusal) =>
+          log.warn(
+            { method: refusal.method, peer: refusal.peer, names: refusal.names, allow: config.tls?.allow },
+            "refused a client whose certificate is not allowed",
+          ),
+        )
       : undefined;
     const metrics = new AgentMetrics({
-      lastVerifiedBackups: () => Promise.all([...targets.keys()].map(async (id) => {
-        const m = await targets.get(id)?.catalog.lastVerified().catch(() => undefined);
-        return { targetId: id, ...(m ? { createdAt: m.createdAt, sizeBytes: m.sizeBytes } : {}) };
-      })),
+      lastVerifiedBackups: () =>
+        Promise.all(
+          [...targets.keys()].map(async (id) => {
+            const m = await targets
+              .get(id)
+              ?.catalog.lastVerified()
+              .catch(() => undefined);
+            return { targetId: id, ...(m ? { createdAt: m.createdAt, sizeBytes: m.sizeBytes } : {}) };
+          }),
+        ),
     });
     addService(server, AgentService, withFencing(metrics.instrument(withTargetHealth(agentServiceImpl(config, ops, AGENT_VERSION), targets)), journal), guard);
     // Health answers any client the TLS handshake lets in: it tells only SERVING or not.
@@ -161,7 +193,9 @@ export async function startAgent(config: AgentConfig, log: Logger, secrets: Secr
       }
     }
     log.info({ port, httpPort, targets: config.targets.map((t) => t.id), tls: Boolean(certs), allow: config.tls?.allow ?? [] }, "agent listening");
-    if (certs) for (const warning of expiryWarnings([{ what: `agent certificate ${config.tls!.cert}`, pem: certs.files.cert }], new Date())) log.warn({ warning }, "certificate expires soon");
+    if (certs)
+      for (const warning of expiryWarnings([{ what: `agent certificate ${config.tls!.cert}`, pem: certs.files.cert }], new Date()))
+        log.warn({ warning }, "certificate expires soon");
 
     let heartbeat: NodeJS.Timeout | undefined;
     if (config.controller) {
@@ -180,10 +214,14 @@ export async function startAgent(config: AgentConfig, log: Logger, secrets: Secr
           registerSecret(token);
         }
         try {
-          const status = await postJson(new URL("/v1/RegisterAgent", c.address), { agentId: config.agentId, address: advertise }, {
-            ...(token ? { token } : {}),
-            ...(c.ca ? { ca: readFileSync(c.ca) } : {}),
-          });
+          const status = await postJson(
+            new URL("/v1/RegisterAgent", c.address),
+            { agentId: config.agentId, address: advertise },
+            {
+              ...(token ? { token } : {}),
+              ...(c.ca ? { ca: readFileSync(c.ca) } : {}),
+            },
+          );
           if (status < 200 || status >= 300) log.warn({ status }, "controller refused registration");
         } catch (err) {
           log.warn({ err: toFlotillaError(err) }, "cannot reach the controller to register");
@@ -229,13 +267,28 @@ let instanceLock: InstanceLock | undefined;
 /** Entry point of `flotilla-agent --config agent.yaml`. Resolves with an exit code when it does not keep running. */
 export async function main(argv: string[]): Promise<number | undefined> {
   if (argv.includes("--help") || argv.includes("-h")) {
-    process.stdout.write(`usage: flotilla-agent --config agent.yaml [--listen host:port] [--data-dir DIR] [--check-config [--offline]]\n       ${RESET_FENCING_USAGE}`);
+    process.stdout.write(
+      `usage: flotilla-agent --config agent.yaml [--listen host:port] [--data-dir DIR] [--check-config [--offline]]\n       ${RESET_FENCING_USAGE}`,
+    );
     return 0;
   }
   const readFile = (p: string): string => readFileSync(p, "utf8");
   if (argv.includes("--reset-fencing")) {
-    const actor = (() => { try { return userInfo().username; } catch { return `uid ${process.getuid?.() ?? "?"}`; } })();
-    return resetFencingCommand(argv, { env: process.env, readFile, hostname: hostname(), actor, out: (t) => process.stdout.write(t), err: (t) => process.stderr.write(t) });
+    const actor = (() => {
+      try {
+        return userInfo().username;
+      } catch {
+        return `uid ${process.getuid?.() ?? "?"}`;
+      }
+    })();
+    return resetFencingCommand(argv, {
+      env: process.env,
+      readFile,
+      hostname: hostname(),
+      actor,
+      out: (t) => process.stdout.write(t),
+      err: (t) => process.stderr.write(t),
+    });
   }
   if (argv.includes("--check-config")) {
     const report = await checkAgentConfig({ argv, env: process.env, readFile, hostname: hostname() }, { offline: argv.includes("--offline") });
@@ -304,9 +357,10 @@ export async function main(argv: string[]): Promise<number | undefined> {
 function postJson(url: URL, body: unknown, opts: { token?: string; ca?: Buffer }): Promise<number> {
   return new Promise((resolve, reject) => {
     const headers = { "content-type": "application/json", ...(opts.token ? { authorization: `Bearer ${opts.token}` } : {}) };
-    const req = url.protocol === "https:"
-      ? httpsRequest(url, { method: "POST", headers, agent: false, timeout: 5000, ...(opts.ca ? { ca: opts.ca } : {}) })
-      : httpRequest(url, { method: "POST", headers, agent: false, timeout: 5000 });
+    const req =
+      url.protocol === "https:"
+        ? httpsRequest(url, { method: "POST", headers, agent: false, timeout: 5000, ...(opts.ca ? { ca: opts.ca } : {}) })
+        : httpRequest(url, { method: "POST", headers, agent: false, timeout: 5000 });
     req.on("timeout", () => req.destroy(new FlotillaError("TIMEOUT", `no answer from ${url.origin} within 5s`)));
     req.on("error", reject);
     req.on("response", (res) => {
@@ -323,7 +377,10 @@ function readTls(tls: { cert: string; key: string; ca: string }): { cert: Buffer
     try {
       return readFileSync(path);
     } catch (err) {
-      throw new FlotillaError("CONFIG_INVALID", `tls.${key}: cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? "error"}); fix the path in the agent config or install the file`);
+      throw new FlotillaError(
+        "CONFIG_INVALID",
+        `tls.${key}: cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? "error"}); fix the path in the agent config or install the file`,
+      );
     }
   };
   return { cert: read(tls.cert, "cert"), key: read(tls.key, "key"), ca: read(tls.ca, "ca") };

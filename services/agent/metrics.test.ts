@@ -14,10 +14,16 @@ test("instrument counts each streamed result by kind and status and passes every
     { event: { case: "result", value: { kind: "migrate", status: "succeeded", durationMs: 1500n } } },
   ];
   const impl = {
-    async *migrate() { yield* events; },
+    async *migrate() {
+      yield* events;
+    },
     // A refusal without a duration (as a guard may answer) is counted, never an error.
-    async *backup() { yield { event: { case: "result", value: { kind: "backup", status: "refused" } } }; },
-    async getInfo() { return { agentId: "a" }; },
+    async *backup() {
+      yield { event: { case: "result", value: { kind: "backup", status: "refused" } } };
+    },
+    async getInfo() {
+      return { agentId: "a" };
+    },
   };
   const wrapped = metrics.instrument(impl);
   const seen: unknown[] = [];

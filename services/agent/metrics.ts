@@ -26,13 +26,24 @@ export class AgentMetrics {
   constructor(d: AgentMetricsDeps) {
     const now = d.now ?? Date.now;
     const r = this.registry;
-    this.#ops = new Counter({ name: "flotilla_agent_operations_total", help: "Operations finished since start, by kind (migrate, backup, restore, …) and status", labelNames: ["kind", "status"], registers: [r] });
+    this.#ops = new Counter({
+      name: "flotilla_agent_operations_total",
+      help: "Operations finished since start, by kind (migrate, backup, restore, …) and status",
+      labelNames: ["kind", "status"],
+      registers: [r],
+    });
     this.#durations = new Histogram({
-      name: "flotilla_agent_operation_duration_seconds", help: "Duration of finished operations by kind and status",
-      labelNames: ["kind", "status"], buckets: [0.05, 0.25, 1, 5, 15, 60, 300, 900, 3600], registers: [r],
+      name: "flotilla_agent_operation_duration_seconds",
+      help: "Duration of finished operations by kind and status",
+      labelNames: ["kind", "status"],
+      buckets: [0.05, 0.25, 1, 5, 15, 60, 300, 900, 3600],
+      registers: [r],
     });
     new Gauge({
-      name: "flotilla_agent_last_backup_age_seconds", help: "Age of each target's last verified backup (absent: none)", labelNames: ["target"], registers: [r],
+      name: "flotilla_agent_last_backup_age_seconds",
+      help: "Age of each target's last verified backup (absent: none)",
+      labelNames: ["target"],
+      registers: [r],
       async collect() {
         this.reset();
         for (const b of await d.lastVerifiedBackups()) {
@@ -42,7 +53,10 @@ export class AgentMetrics {
       },
     });
     new Gauge({
-      name: "flotilla_agent_last_backup_bytes", help: "Size of each target's last verified backup", labelNames: ["target"], registers: [r],
+      name: "flotilla_agent_last_backup_bytes",
+      help: "Size of each target's last verified backup",
+      labelNames: ["target"],
+      registers: [r],
       async collect() {
         this.reset();
         for (const b of await d.lastVerifiedBackups()) if (b.sizeBytes !== undefined && b.createdAt) this.set({ target: b.targetId }, b.sizeBytes);
@@ -65,7 +79,10 @@ export class AgentMetrics {
   instrument<T extends object>(impl: T): T {
     const out: Record<string, unknown> = {};
     for (const [name, fn] of Object.entries(impl as Record<string, unknown>)) {
-      if (typeof fn !== "function") { out[name] = fn; continue; }
+      if (typeof fn !== "function") {
+        out[name] = fn;
+        continue;
+      }
       out[name] = (...args: unknown[]) => {
         const value: unknown = (fn as (...a: unknown[]) => unknown).apply(impl, args);
         if (value === null || typeof value !== "object" || !(Symbol.asyncIterator in value)) return value;

@@ -43,7 +43,7 @@ export function resetFencingCommand(argv: readonly string[], io: ResetFencingIo)
   const all = argv.includes("--all-targets");
   const reason = (flagValue(argv, "reason") ?? "").trim();
   const problems: string[] = [];
-  if (all === (targets.length > 0)) problems.push("name the targets with --target ID (repeatable) or give --all-targets, not both");
+  if (all === targets.length > 0) problems.push("name the targets with --target ID (repeatable) or give --all-targets, not both");
   if (targets.some((t) => t === "" || t.startsWith("--"))) problems.push("--target needs a target id");
   if (reason === "") problems.push("--reason TEXT is required: it is recorded in the journal with the reset");
   if (problems.length > 0) {
@@ -61,7 +61,9 @@ export function resetFencingCommand(argv: readonly string[], io: ResetFencingIo)
   try {
     lock = InstanceLock.acquire(dataDir);
   } catch (err) {
-    io.err(`flotilla-agent: refused: ${toFlotillaError(err).message}. Stop the agent first (e.g. systemctl stop flotilla-agent), then run --reset-fencing again; nothing was changed\n`);
+    io.err(
+      `flotilla-agent: refused: ${toFlotillaError(err).message}. Stop the agent first (e.g. systemctl stop flotilla-agent), then run --reset-fencing again; nothing was changed\n`,
+    );
     return 1;
   }
   const journal = new SqliteJournal(dataDir);

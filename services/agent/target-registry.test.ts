@@ -11,7 +11,11 @@ import { TargetRegistry } from "./target-registry.js";
 
 function targetWith(secretFile: string, passwordFile?: string): TargetConfig {
   return {
-    id: "webui-1", labels: {}, kind: passwordFile ? "postgresql" : "sqlite", database: "sqlite:////tmp/w.db", lockTimeoutMs: 5000,
+    id: "webui-1",
+    labels: {},
+    kind: passwordFile ? "postgresql" : "sqlite",
+    database: "sqlite:////tmp/w.db",
+    lockTimeoutMs: 5000,
     ...(passwordFile ? { passwordFile } : {}),
     alembic: { dir: "/app", command: ["alembic"], env: { DATA_DIR: "/data" }, secrets: { WEBUI_SECRET_KEY: { file: secretFile } }, timeoutMs: 60_000 },
     backups: { dir: "/b", keep: 3 },
@@ -27,8 +31,11 @@ function registry(targets: TargetConfig[]): { reg: TargetRegistry; builds: Agent
       return { config: t, db: {} as DatabaseAdapter } as unknown as TargetRuntime;
     },
     probe: async (t, secretProblems) => ({
-      targetId: t.id, kind: t.kind, secretProblems,
-      alembicDir: { path: t.alembic.dir, kind: "dir" }, alembicIni: { path: `${t.alembic.dir}/alembic.ini`, kind: "file", configured: false },
+      targetId: t.id,
+      kind: t.kind,
+      secretProblems,
+      alembicDir: { path: t.alembic.dir, kind: "dir" },
+      alembicIni: { path: `${t.alembic.dir}/alembic.ini`, kind: "file", configured: false },
       command: { argv0: "alembic", found: true },
     }),
   });
@@ -59,7 +66,10 @@ test("secrets are read at each operation: a rotated WEBUI_SECRET_KEY file is use
     writeFileSync(key, "");
     const broken = await reg.check("webui-1");
     assert.equal(broken?.state, "broken");
-    assert.deepEqual(broken?.problems.map((p) => p.code), ["secret-empty"]);
+    assert.deepEqual(
+      broken?.problems.map((p) => p.code),
+      ["secret-empty"],
+    );
     assert.equal("WEBUI_SECRET_KEY" in reg.get("webui-1")!.config.alembic.env, false, "an unreadable secret is never passed on as empty");
     writeFileSync(key, "third-key-value");
     assert.equal((await reg.check("webui-1"))?.state, "ok");
@@ -82,7 +92,10 @@ test("a rotated database password is used by the next operation; a missing passw
     writeFileSync(pw, "new-password\n");
     assert.equal(reg.get("webui-1")!.config.password, "new-password");
     rmSync(pw);
-    assert.deepEqual((await reg.check("webui-1"))?.problems.map((p) => [p.code, p.key]), [["secret-missing", "passwordFile"]]);
+    assert.deepEqual(
+      (await reg.check("webui-1"))?.problems.map((p) => [p.code, p.key]),
+      [["secret-missing", "passwordFile"]],
+    );
     assert.equal((await reg.check("webui-2"))?.state, "ok");
     assert.equal(await reg.check("nope"), undefined);
     assert.deepEqual([...reg.keys()], ["webui-1", "webui-2"]);

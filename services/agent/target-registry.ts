@@ -27,7 +27,9 @@ export function resolvedTarget(t: TargetConfig, s: ResolvedSecrets): AgentTarget
 }
 
 function fingerprint(s: ResolvedSecrets): string {
-  return createHash("sha256").update(JSON.stringify([Object.entries(s.env).sort(), s.password ?? null])).digest("hex");
+  return createHash("sha256")
+    .update(JSON.stringify([Object.entries(s.env).sort(), s.password ?? null]))
+    .digest("hex");
 }
 
 /**
@@ -42,7 +44,10 @@ export class TargetRegistry implements ReadonlyMap<string, TargetRuntime> {
   private readonly configs = new Map<string, TargetConfig>();
   private readonly runtimes = new Map<string, { readonly fingerprint: string; readonly runtime: TargetRuntime }>();
 
-  constructor(targets: readonly TargetConfig[], private readonly deps: TargetRegistryDeps) {
+  constructor(
+    targets: readonly TargetConfig[],
+    private readonly deps: TargetRegistryDeps,
+  ) {
     for (const t of targets) this.configs.set(t.id, t);
   }
 

@@ -1,16 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import {
-  DEFAULT_CONTROLLER,
-  parseCommandLine,
-  parseCron,
-  parseDuration,
-  parseRevision,
-  parseSelector,
-  parseTime,
-  parseWaves,
-  usageText,
-} from "./args.js";
+import { DEFAULT_CONTROLLER, parseCommandLine, parseCron, parseDuration, parseRevision, parseSelector, parseTime, parseWaves, usageText } from "./args.js";
 
 const NOW = new Date("2024-05-01T12:00:00.000Z");
 
@@ -150,7 +140,30 @@ test("command line: each mistake is named with what to do", () => {
 
 test("usage lists every verb", () => {
   const text = usageText();
-  for (const verb of ["targets", "diagnose", "backup TARGET", "backups", "restore", "plan", "rollout --selector", "rollouts", "rollout show", "rollout abort", "rollout rollback", "downgrade", "stamp", "schedule add", "schedules", "schedule rm", "audit [", "audit verify", "audit export", "demo", "help", "--version"]) {
+  for (const verb of [
+    "targets",
+    "diagnose",
+    "backup TARGET",
+    "backups",
+    "restore",
+    "plan",
+    "rollout --selector",
+    "rollouts",
+    "rollout show",
+    "rollout abort",
+    "rollout rollback",
+    "downgrade",
+    "stamp",
+    "schedule add",
+    "schedules",
+    "schedule rm",
+    "audit [",
+    "audit verify",
+    "audit export",
+    "demo",
+    "help",
+    "--version",
+  ]) {
     assert.ok(text.includes(verb), `usage lacks ${verb}`);
   }
 });

@@ -1,7 +1,19 @@
 import { parseArgs } from "node:util";
 import { isRecoverAction, type RecoverAction } from "../common/recover-action.js";
 import {
-  ROLLOUT_FIELDS, STRATEGIES, type RolloutSpec, type Strategy, type Checked, checkCron, checkDuration, checkRevision, checkSelector, checkWaves, compileRolloutRequest, compileScheduleRequest, durationMs,
+  ROLLOUT_FIELDS,
+  STRATEGIES,
+  type RolloutSpec,
+  type Strategy,
+  type Checked,
+  checkCron,
+  checkDuration,
+  checkRevision,
+  checkSelector,
+  checkWaves,
+  compileRolloutRequest,
+  compileScheduleRequest,
+  durationMs,
 } from "../common/rollout-request.js";
 
 /** Default controller HTTP address when neither --controller nor FLOTILLA_CONTROLLER is given. */
@@ -253,20 +265,35 @@ function requireOption(ctx: BuildContext, name: string, usage: string, example: 
 
 /** How the CLI spells each request field. */
 const FLAG_OF: Readonly<Record<string, string>> = {
-  [ROLLOUT_FIELDS.selector]: "--selector", [ROLLOUT_FIELDS.toRevision]: "--to", [ROLLOUT_FIELDS.strategy]: "--strategy",
-  [ROLLOUT_FIELDS.waves]: "--waves", [ROLLOUT_FIELDS.maxFailures]: "--max-failures", [ROLLOUT_FIELDS.window]: "--window",
-  [ROLLOUT_FIELDS.gate]: "--gate", [ROLLOUT_FIELDS.cron]: "--cron", [ROLLOUT_FIELDS.timeZone]: "--time-zone", [ROLLOUT_FIELDS.name]: "NAME",
+  [ROLLOUT_FIELDS.selector]: "--selector",
+  [ROLLOUT_FIELDS.toRevision]: "--to",
+  [ROLLOUT_FIELDS.strategy]: "--strategy",
+  [ROLLOUT_FIELDS.waves]: "--waves",
+  [ROLLOUT_FIELDS.maxFailures]: "--max-failures",
+  [ROLLOUT_FIELDS.window]: "--window",
+  [ROLLOUT_FIELDS.gate]: "--gate",
+  [ROLLOUT_FIELDS.cron]: "--cron",
+  [ROLLOUT_FIELDS.timeZone]: "--time-zone",
+  [ROLLOUT_FIELDS.name]: "NAME",
 };
 
 /** Compiles the rollout flags with the shared request contract; the first problem becomes the usage error. */
 function specFrom(ctx: BuildContext, usage: string, strategyRequired: boolean): SpecInput {
   const selector = requireOption(ctx, "selector", usage, "env=prod");
   const strategy = strategyRequired ? requireOption(ctx, "strategy", usage, "maintenance") : str(ctx, "strategy");
-  const compiled = compileRolloutRequest({
-    selector, strategy: strategy ?? "", toRevision: str(ctx, "to") ?? "", waves: str(ctx, "waves") ?? "",
-    maxFailures: str(ctx, "max-failures") ?? 0, window: str(ctx, "window") ?? "", gate: str(ctx, "gate") ?? "",
-    allowBreaking: flag(ctx, "allow-breaking"),
-  }, { strategyRequired });
+  const compiled = compileRolloutRequest(
+    {
+      selector,
+      strategy: strategy ?? "",
+      toRevision: str(ctx, "to") ?? "",
+      waves: str(ctx, "waves") ?? "",
+      maxFailures: str(ctx, "max-failures") ?? 0,
+      window: str(ctx, "window") ?? "",
+      gate: str(ctx, "gate") ?? "",
+      allowBreaking: flag(ctx, "allow-breaking"),
+    },
+    { strategyRequired },
+  );
   if (!compiled.ok) {
     const first = compiled.problems[0]!;
     return problem(`${FLAG_OF[first.field] ?? first.field}: ${first.message}`);
@@ -321,8 +348,15 @@ function scheduleVerb(name: "schedule add" | "schedule replace", summary: string
     summary,
     positionals: ["NAME"],
     options: {
-      cron: { type: "string", help: 'EXPR  five cron fields, e.g. "0 3 * * 0"' }, "time-zone": { type: "string", help: "TZ  IANA time zone the cron is read in (default: the controller's)" },
-      selector: O.selector, strategy: O.strategy, window: O.window, to: O.to, waves: O.waves, gate: O.gate, "max-failures": O["max-failures"],
+      cron: { type: "string", help: 'EXPR  five cron fields, e.g. "0 3 * * 0"' },
+      "time-zone": { type: "string", help: "TZ  IANA time zone the cron is read in (default: the controller's)" },
+      selector: O.selector,
+      strategy: O.strategy,
+      window: O.window,
+      to: O.to,
+      waves: O.waves,
+      gate: O.gate,
+      "max-failures": O["max-failures"],
       ...(name === "schedule add" ? { replace: { type: "boolean", help: "replace a schedule of the same name instead of refusing" } } : {}),
       drill: { type: "boolean", help: "a restore drill of each selected target (its newest verified backup) instead of a migration; --strategy not needed" },
     } as Record<string, OptionDef>,
@@ -339,8 +373,16 @@ function scheduleVerb(name: "schedule add" | "schedule replace", summary: string
       return {
         verb: "schedule add",
         schedule: {
-          name: v.name, cron: v.cron, timeZone: v.timeZone, selector: v.rollout.selector, strategy: v.rollout.strategy, window: v.rollout.window,
-          toRevision: v.rollout.toRevision, waves: v.rollout.waves, gate: v.rollout.gate, maxFailures: v.rollout.maxFailures,
+          name: v.name,
+          cron: v.cron,
+          timeZone: v.timeZone,
+          selector: v.rollout.selector,
+          strategy: v.rollout.strategy,
+          window: v.rollout.window,
+          toRevision: v.rollout.toRevision,
+          waves: v.rollout.waves,
+          gate: v.rollout.gate,
+          maxFailures: v.rollout.maxFailures,
           replace: name === "schedule replace" || flag(ctx, "replace"),
           ...(drill ? { drill: true } : {}),
         },
@@ -395,7 +437,9 @@ const VERBS: readonly VerbDef[] = [
       const t = target(ctx);
       const b = parseId(pos(ctx, 1), "BACKUP", "an id from flotilla backups");
       if (!flag(ctx, "yes")) {
-        problem(`restore replaces the database of ${t} with backup ${b} (its app is stopped meanwhile; changes since the backup are lost). Nothing was done; to go ahead, run: flotilla restore ${t} ${b} --yes`);
+        problem(
+          `restore replaces the database of ${t} with backup ${b} (its app is stopped meanwhile; changes since the backup are lost). Nothing was done; to go ahead, run: flotilla restore ${t} ${b} --yes`,
+        );
       }
       return { verb: "restore", target: t, backupId: b };
     },
@@ -433,7 +477,8 @@ const VERBS: readonly VerbDef[] = [
   },
   {
     name: "rollout",
-    usage: "flotilla rollout --selector S --strategy X [--to REV] [--waves 1,25%,100%] [--max-failures N] [--window D] [--gate manual[:D]] [--allow-breaking] [--wait]",
+    usage:
+      "flotilla rollout --selector S --strategy X [--to REV] [--waves 1,25%,100%] [--max-failures N] [--window D] [--gate manual[:D]] [--allow-breaking] [--wait]",
     summary: "start a rollout (REV defaults to head); --wait follows it and exits 0 only if it succeeded",
     positionals: [],
     options: {
@@ -485,7 +530,10 @@ const VERBS: readonly VerbDef[] = [
     options: { yes: { type: "boolean", help: "confirm: data written since the pre-migration backups is lost" }, wait: WAIT },
     build: (ctx) => {
       const id = parseId(pos(ctx, 0), "ID", "r-0001");
-      if (!flag(ctx, "yes")) problem(`rollback restores each target's pre-migration backup (blue-green: switches back to blue); data written since is lost. Nothing was done; to go ahead, run: flotilla rollout rollback ${id} --yes`);
+      if (!flag(ctx, "yes"))
+        problem(
+          `rollback restores each target's pre-migration backup (blue-green: switches back to blue); data written since is lost. Nothing was done; to go ahead, run: flotilla rollout rollback ${id} --yes`,
+        );
       return { verb: "rollout rollback", id, wait: flag(ctx, "wait") };
     },
   },
@@ -502,7 +550,9 @@ const VERBS: readonly VerbDef[] = [
       const t = target(ctx);
       const to = parseRevision(requireOption(ctx, "to", "flotilla downgrade TARGET --to REV --accept-data-loss", "c3d2e1f00d42"));
       if (!flag(ctx, "accept-data-loss")) {
-        problem(`a downgrade drops the columns and tables the newer revisions added: the data in them is lost. Flotilla takes a backup first; keep it (see flotilla backups ${t}). Nothing was done; to go ahead, run: flotilla downgrade ${t} --to ${to} --accept-data-loss`);
+        problem(
+          `a downgrade drops the columns and tables the newer revisions added: the data in them is lost. Flotilla takes a backup first; keep it (see flotilla backups ${t}). Nothing was done; to go ahead, run: flotilla downgrade ${t} --to ${to} --accept-data-loss`,
+        );
       }
       return { verb: "downgrade", target: t, toRevision: to };
     },
@@ -518,7 +568,9 @@ const VERBS: readonly VerbDef[] = [
       const rev = parseRevision(pos(ctx, 1), "REV");
       const reason = str(ctx, "reason");
       if (reason === undefined || !(STAMP_REASONS as readonly string[]).includes(reason)) {
-        problem(`stamp needs --reason, one of: ${STAMP_REASONS.join(", ")}${reason === undefined ? "" : ` (not ${JSON.stringify(reason)})`}. Stamping is never a fix for a failed migration: restore the backup and run flotilla diagnose ${t}`);
+        problem(
+          `stamp needs --reason, one of: ${STAMP_REASONS.join(", ")}${reason === undefined ? "" : ` (not ${JSON.stringify(reason)})`}. Stamping is never a fix for a failed migration: restore the backup and run flotilla diagnose ${t}`,
+        );
       }
       return { verb: "stamp", target: t, revision: rev, reason };
     },
@@ -538,22 +590,31 @@ const VERBS: readonly VerbDef[] = [
   {
     name: "recover",
     usage: "flotilla recover TARGET [OPERATION] --action restore|accept|forward",
-    summary: "resolve an operation interrupted by an agent crash or left needs-restore (default: the one holding the target): restore its pre-operation backup, accept a database verifiably at its target revision, or go forward with an online (job) migration from the revision it reached",
+    summary:
+      "resolve an operation interrupted by an agent crash or left needs-restore (default: the one holding the target): restore its pre-operation backup, accept a database verifiably at its target revision, or go forward with an online (job) migration from the revision it reached",
     positionals: ["TARGET", "[OPERATION]"],
-    options: { action: { type: "string", help: "A  restore (put back the backup taken before it), accept (keep the database if it is verifiably at the target revision) or forward (an interrupted online migration: run it on from the revision the database reached, keeping the app's writes)" } },
+    options: {
+      action: {
+        type: "string",
+        help: "A  restore (put back the backup taken before it), accept (keep the database if it is verifiably at the target revision) or forward (an interrupted online migration: run it on from the revision the database reached, keeping the app's writes)",
+      },
+    },
     build: (ctx) => {
       const t = target(ctx);
       const op = pos(ctx, 1);
-      if (op !== "" && !/^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/.test(op)) problem(`"${op}" is not an operation id: flotilla diagnose ${t} names the interrupted operation`);
+      if (op !== "" && !/^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/.test(op))
+        problem(`"${op}" is not an operation id: flotilla diagnose ${t} names the interrupted operation`);
       const action = str(ctx, "action");
-      if (!isRecoverAction(action)) problem(`recover needs --action restore, accept or forward${action === undefined ? "" : ` (not ${JSON.stringify(action)})`}`);
+      if (!isRecoverAction(action))
+        problem(`recover needs --action restore, accept or forward${action === undefined ? "" : ` (not ${JSON.stringify(action)})`}`);
       return { verb: "recover", target: t, operationId: op, action };
     },
   },
   {
     name: "move",
     usage: "flotilla move FROM TO [--yes] [--skip-orphans] [--from-backup]",
-    summary: "copy a target into an empty target of the other engine (SQLite <-> PostgreSQL) on the same agent at the same revision, verified; FROM is kept untouched",
+    summary:
+      "copy a target into an empty target of the other engine (SQLite <-> PostgreSQL) on the same agent at the same revision, verified; FROM is kept untouched",
     positionals: ["FROM", "TO"],
     options: {
       yes: { type: "boolean", help: "moving back: go back although FROM changed since the move (those changes are lost)" },
@@ -606,7 +667,15 @@ const VERBS: readonly VerbDef[] = [
     usage: "flotilla audit export [--out FILE] [--since T] [--until T] [--target X] [--actor X] [--action X] [--outcome O]",
     summary: "export the audit log as JSON lines (to stdout without --out)",
     positionals: [],
-    options: { out: { type: "string", help: "FILE  write here instead of stdout" }, since: O.since, until: O.until, target: O.target, actor: O.actor, action: O.action, outcome: O.outcome },
+    options: {
+      out: { type: "string", help: "FILE  write here instead of stdout" },
+      since: O.since,
+      until: O.until,
+      target: O.target,
+      actor: O.actor,
+      action: O.action,
+      outcome: O.outcome,
+    },
     build: (ctx) => {
       const out = str(ctx, "out");
       if (out === "") problem("--out needs a file name, e.g. --out audit.jsonl");
@@ -633,14 +702,38 @@ const SUBVERBS: Readonly<Record<string, readonly string[]>> = {
 const GROUPS: ReadonlyArray<readonly [string, readonly string[]]> = [
   ["inventory and health", ["targets", "diagnose"]],
   ["backups", ["backup", "backups", "restore", "drill", "bundle"]],
-  ["migrations", ["plan", "rehearse", "rollout", "rollouts", "rollout show", "rollout approve", "rollout pause", "rollout resume", "rollout abort", "rollout retry", "rollout rollback", "downgrade", "stamp", "recover", "move"]],
+  [
+    "migrations",
+    [
+      "plan",
+      "rehearse",
+      "rollout",
+      "rollouts",
+      "rollout show",
+      "rollout approve",
+      "rollout pause",
+      "rollout resume",
+      "rollout abort",
+      "rollout retry",
+      "rollout rollback",
+      "downgrade",
+      "stamp",
+      "recover",
+      "move",
+    ],
+  ],
   ["schedules", ["schedule add", "schedule replace", "schedules", "schedule rm"]],
   ["audit", ["audit", "audit verify", "audit export"]],
 ];
 
 /** The full usage text (every verb, global options, exit codes). */
 export function usageText(): string {
-  const lines = ["flotilla — safe Alembic migrations across a fleet of databases", "", "usage: flotilla VERB [ARGS] [OPTIONS]      every verb takes --json", ""];
+  const lines = [
+    "flotilla — safe Alembic migrations across a fleet of databases",
+    "",
+    "usage: flotilla VERB [ARGS] [OPTIONS]      every verb takes --json",
+    "",
+  ];
   for (const [group, names] of GROUPS) {
     lines.push(`${group}:`);
     for (const n of names) {
@@ -650,10 +743,20 @@ export function usageText(): string {
       lines.push(`      ${v.summary}`);
     }
   }
-  lines.push("other:", "  demo [--keep]      run the embedded demo end to end", "  certs init DIR --controller HOST --agent ID=HOST …   a CA and per-host certificates; certs check PATH shows them", "  help [VERB]        this help, or one verb's", "  --version          print the version", "");
+  lines.push(
+    "other:",
+    "  demo [--keep]      run the embedded demo end to end",
+    "  certs init DIR --controller HOST --agent ID=HOST …   a CA and per-host certificates; certs check PATH shows them",
+    "  help [VERB]        this help, or one verb's",
+    "  --version          print the version",
+    "",
+  );
   lines.push("global options:");
   for (const [name, def] of Object.entries(GLOBAL_OPTIONS)) lines.push(`  ${optionHelp(name, def)}`);
-  lines.push("", "exit codes: 0 ok · 1 ran and failed, or problems found · 2 bad usage, nothing changed · 3 controller unreachable, or not authenticated/allowed");
+  lines.push(
+    "",
+    "exit codes: 0 ok · 1 ran and failed, or problems found · 2 bad usage, nothing changed · 3 controller unreachable, or not authenticated/allowed",
+  );
   return `${lines.join("\n")}\n`;
 }
 
@@ -669,7 +772,10 @@ export function verbHelp(topic: string): string | undefined {
   const v = BY_NAME.get(topic);
   if (v === undefined) {
     const subs = Object.hasOwn(SUBVERBS, topic) ? SUBVERBS[topic] : undefined;
-    if (subs === undefined) return topic === "demo" ? "usage: flotilla demo [--keep]\n  run the embedded demo end to end; --keep leaves the fleet running so you can explore it\n" : undefined;
+    if (subs === undefined)
+      return topic === "demo"
+        ? "usage: flotilla demo [--keep]\n  run the embedded demo end to end; --keep leaves the fleet running so you can explore it\n"
+        : undefined;
     return `${subs.map((s) => verbHelp(`${topic} ${s}`) ?? "").join("\n")}`;
   }
   const lines = [`usage: ${v.usage}`, `  ${v.summary}`];
@@ -742,7 +848,9 @@ function parseOrThrow(argv: readonly string[], env: Readonly<Record<string, stri
     rest = rest.slice(1);
   } else if (first === "schedule") {
     if (rest.includes("--help") || rest.includes("-h")) return ok(globalsFrom(new Map(), env), { verb: "help", topic: "schedule" }, []);
-    problem(`schedule needs add or rm (e.g. flotilla schedule add NAME --cron "0 3 * * 0" --selector env=prod --strategy maintenance); list them with flotilla schedules`);
+    problem(
+      `schedule needs add or rm (e.g. flotilla schedule add NAME --cron "0 3 * * 0" --selector env=prod --strategy maintenance); list them with flotilla schedules`,
+    );
   }
   const def = BY_NAME.get(name);
   if (def === undefined) {
@@ -792,7 +900,8 @@ function globalsFrom(values: Values, env: Readonly<Record<string, string | undef
   const flagToken = values.get("token");
   const envToken = env["FLOTILLA_TOKEN"];
   const token = typeof flagToken === "string" ? flagToken : envToken !== undefined && envToken !== "" ? envToken : undefined;
-  if (token !== undefined && /[\s\u0000-\u001f]/.test(token)) problem("the token contains whitespace or control characters; check --token or FLOTILLA_TOKEN (a token file with a trailing newline?)");
+  if (token !== undefined && /[\s\u0000-\u001f]/.test(token))
+    problem("the token contains whitespace or control characters; check --token or FLOTILLA_TOKEN (a token file with a trailing newline?)");
   const flagCa = values.get("ca");
   const envCa = env["FLOTILLA_CA"];
   const ca = typeof flagCa === "string" && flagCa !== "" ? flagCa : envCa !== undefined && envCa !== "" ? envCa : undefined;
@@ -818,7 +927,11 @@ function scan(args: readonly string[], options: Readonly<Record<string, OptionDe
     // Own keys only: `--constructor` is not an option because every object has one.
     const def = Object.hasOwn(options, token.name) ? options[token.name] : undefined;
     if (def === undefined) {
-      problem(verb === "flotilla" ? `unknown option ${token.rawName}; run flotilla help` : `${verb}: unknown option ${token.rawName}; run flotilla ${verb} --help for its options`);
+      problem(
+        verb === "flotilla"
+          ? `unknown option ${token.rawName}; run flotilla help`
+          : `${verb}: unknown option ${token.rawName}; run flotilla ${verb} --help for its options`,
+      );
     }
     if (def.type === "boolean") {
       if (token.value !== undefined) problem(`${token.rawName} takes no value (got ${JSON.stringify(token.value)}); write just ${token.rawName}`);
@@ -837,19 +950,32 @@ function scan(args: readonly string[], options: Readonly<Record<string, OptionDe
 
 function exampleFor(name: string): string {
   switch (name) {
-    case "selector": return "env=prod";
-    case "to": return "head";
-    case "strategy": return "maintenance";
-    case "waves": return "1,25%,100%";
-    case "window": return "2h";
-    case "max-failures": return "0";
-    case "cron": return '"0 3 * * 0"';
+    case "selector":
+      return "env=prod";
+    case "to":
+      return "head";
+    case "strategy":
+      return "maintenance";
+    case "waves":
+      return "1,25%,100%";
+    case "window":
+      return "2h";
+    case "max-failures":
+      return "0";
+    case "cron":
+      return '"0 3 * * 0"';
     case "since":
-    case "until": return "1h";
-    case "limit": return "50";
-    case "controller": return DEFAULT_CONTROLLER;
-    case "reason": return STAMP_REASONS[0];
-    case "out": return "audit.jsonl";
-    default: return "VALUE";
+    case "until":
+      return "1h";
+    case "limit":
+      return "50";
+    case "controller":
+      return DEFAULT_CONTROLLER;
+    case "reason":
+      return STAMP_REASONS[0];
+    case "out":
+      return "audit.jsonl";
+    default:
+      return "VALUE";
   }
 }

@@ -11,7 +11,14 @@ import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { NodeProcessRunner, type ProcessRunner } from "../common/process-runner.js";
 import {
-  CONTROLLER_SPIFFE_ID, agentSpiffeId, certificateFacts, daysLeft, describeNames, expiryWarning, identityProblem, type CertificateFacts,
+  CONTROLLER_SPIFFE_ID,
+  agentSpiffeId,
+  certificateFacts,
+  daysLeft,
+  describeNames,
+  expiryWarning,
+  identityProblem,
+  type CertificateFacts,
 } from "../common/tls.js";
 
 export interface CertsIo {
@@ -43,8 +50,16 @@ export async function certsMain(argv: readonly string[], io: CertsIo, runner: Pr
   let parsed;
   try {
     parsed = parseArgs({
-      args: [...rest], allowPositionals: true, strict: true,
-      options: { controller: { type: "string" }, agent: { type: "string", multiple: true }, days: { type: "string" }, json: { type: "boolean" }, help: { type: "boolean", short: "h" } },
+      args: [...rest],
+      allowPositionals: true,
+      strict: true,
+      options: {
+        controller: { type: "string" },
+        agent: { type: "string", multiple: true },
+        days: { type: "string" },
+        json: { type: "boolean" },
+        help: { type: "boolean", short: "h" },
+      },
     });
   } catch (err) {
     return usage(io, `certs ${sub}: ${(err as Error).message}`);
@@ -56,9 +71,14 @@ export async function certsMain(argv: readonly string[], io: CertsIo, runner: Pr
   const json = parsed.values.json === true;
   if (sub === "init") {
     const dir = parsed.positionals[0];
-    if (dir === undefined || parsed.positionals.length > 1) return usage(io, "certs init: give exactly one folder, e.g. flotilla certs init /etc/flotilla/tls --controller ctl.example --agent host-a=host-a.example");
+    if (dir === undefined || parsed.positionals.length > 1)
+      return usage(
+        io,
+        "certs init: give exactly one folder, e.g. flotilla certs init /etc/flotilla/tls --controller ctl.example --agent host-a=host-a.example",
+      );
     const controller = parsed.values.controller;
-    if (controller === undefined) return usage(io, "certs init: --controller HOST is required (the name or IP the agents and the CLI use to reach the controller)");
+    if (controller === undefined)
+      return usage(io, "certs init: --controller HOST is required (the name or IP the agents and the CLI use to reach the controller)");
     const hostBad = hostProblem(controller);
     if (hostBad) return usage(io, `certs init: --controller ${hostBad}`);
     const agents: { id: string; host: string }[] = [];
@@ -66,7 +86,8 @@ export async function certsMain(argv: readonly string[], io: CertsIo, runner: Pr
       const eq = spec.indexOf("=");
       const id = eq < 0 ? "" : spec.slice(0, eq);
       const host = eq < 0 ? "" : spec.slice(eq + 1);
-      if (!ID.test(id)) return usage(io, `certs init: --agent ${JSON.stringify(spec)} must be ID=HOST with an agent id of letters, digits, . _ - (e.g. host-a=10.0.0.7)`);
+      if (!ID.test(id))
+        return usage(io, `certs init: --agent ${JSON.stringify(spec)} must be ID=HOST with an agent id of letters, digits, . _ - (e.g. host-a=10.0.0.7)`);
       const bad = hostProblem(host);
       if (bad) return usage(io, `certs init: --agent ${id}=… ${bad}`);
       if (agents.some((a) => a.id === id)) return usage(io, `certs init: agent ${id} is given twice`);
@@ -74,7 +95,8 @@ export async function certsMain(argv: readonly string[], io: CertsIo, runner: Pr
     }
     if (agents.length === 0) return usage(io, "certs init: give at least one --agent ID=HOST");
     const daysText = parsed.values.days ?? String(DEFAULT_LEAF_DAYS);
-    if (!/^\d{1,4}$/.test(daysText) || Number(daysText) < 1 || Number(daysText) > CA_DAYS) return usage(io, `certs init: --days must be a whole number of days from 1 to ${CA_DAYS}`);
+    if (!/^\d{1,4}$/.test(daysText) || Number(daysText) < 1 || Number(daysText) > CA_DAYS)
+      return usage(io, `certs init: --days must be a whole number of days from 1 to ${CA_DAYS}`);
     return init(io, runner, { dir: resolve(dir), controller, agents, days: Number(daysText), json });
   }
   if (sub === "check") {
@@ -121,8 +143,30 @@ async function init(io: CertsIo, runner: ProcessRunner, plan: InitPlan): Promise
     const reuse = existsSync(caCert) && existsSync(caKey);
     if (!reuse) {
       writeKey(caKey);
-      const ext = writeExt(plan.dir, "ca", ["basicConstraints = critical, CA:TRUE, pathlen:0", "keyUsage = critical, keyCertSign, cRLSign", "subjectKeyIdentifier = hash"]);
-      await openssl(["req", "-x509", "-new", "-key", caKey, "-subj", "/O=Flotilla/CN=Flotilla CA", "-days", String(CA_DAYS), "-set_serial", serial(), "-extensions", "v3", "-config", ext, "-out", caCert]);
+      const ext = writeExt(plan.dir, "ca", [
+        "basicConstraints = critical, CA:TRUE, pathlen:0",
+        "keyUsage = critical, keyCertSign, cRLSign",
+        "subjectKeyIdentifier = hash",
+      ]);
+      await openssl([
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        caKey,
+        "-subj",
+        "/O=Flotilla/CN=Flotilla CA",
+        "-days",
+        String(CA_DAYS),
+        "-set_serial",
+        serial(),
+        "-extensions",
+        "v3",
+        "-config",
+        ext,
+        "-out",
+        caCert,
+      ]);
     }
     const issue = async (name: string, cn: string, host: string, uri: string, eku: string): Promise<void> => {
       const key = join(plan.dir, `${name}-key.pem`);
@@ -138,7 +182,26 @@ async function init(io: CertsIo, runner: ProcessRunner, plan: InitPlan): Promise
         "authorityKeyIdentifier = keyid, issuer",
       ]);
       await openssl(["req", "-new", "-key", key, "-subj", `/O=Flotilla/CN=${cn}`, "-config", ext, "-out", csr]);
-      await openssl(["x509", "-req", "-in", csr, "-CA", caCert, "-CAkey", caKey, "-set_serial", serial(), "-days", String(plan.days), "-extfile", ext, "-extensions", "v3", "-out", cert]);
+      await openssl([
+        "x509",
+        "-req",
+        "-in",
+        csr,
+        "-CA",
+        caCert,
+        "-CAkey",
+        caKey,
+        "-set_serial",
+        serial(),
+        "-days",
+        String(plan.days),
+        "-extfile",
+        ext,
+        "-extensions",
+        "v3",
+        "-out",
+        cert,
+      ]);
       made.push({ name, cert, key, names: `${sanOf(host)}, URI:${uri}` });
     };
     // The controller is a server (HTTPS, gRPC API) and the agents' client.
@@ -163,7 +226,9 @@ async function init(io: CertsIo, runner: ProcessRunner, plan: InitPlan): Promise
 }
 
 function serial(): string {
-  return `0x${randomBytes(16).toString("hex").replace(/^[89a-f]/, "1")}`;
+  return `0x${randomBytes(16)
+    .toString("hex")
+    .replace(/^[89a-f]/, "1")}`;
 }
 
 function writeKey(path: string): void {
@@ -191,10 +256,12 @@ function configLines(plan: InitPlan): { controller: string; agents: string[]; cl
     "agents:",
     ...plan.agents.map((a) => `  - { id: ${a.id}, address: "${a.host.includes(":") ? `[${a.host}]` : a.host}:7443" }`),
   ].join("\n");
-  const agents = plan.agents.map((a) => [
-    `# agent.yaml on ${a.host} (copy ca.pem, agent-${a.id}.pem and agent-${a.id}-key.pem there)`,
-    `tls: { cert: ${d}/agent-${a.id}.pem, key: ${d}/agent-${a.id}-key.pem, ca: ${d}/ca.pem, allow: [${CONTROLLER_SPIFFE_ID}] }`,
-  ].join("\n"));
+  const agents = plan.agents.map((a) =>
+    [
+      `# agent.yaml on ${a.host} (copy ca.pem, agent-${a.id}.pem and agent-${a.id}-key.pem there)`,
+      `tls: { cert: ${d}/agent-${a.id}.pem, key: ${d}/agent-${a.id}-key.pem, ca: ${d}/ca.pem, allow: [${CONTROLLER_SPIFFE_ID}] }`,
+    ].join("\n"),
+  );
   const cli = `# CLI\nexport FLOTILLA_CONTROLLER=https://${plan.controller.includes(":") ? `[${plan.controller}]` : plan.controller}:7441 FLOTILLA_CA=${d}/ca.pem`;
   return { controller, agents, cli };
 }
@@ -216,7 +283,10 @@ function check(io: CertsIo, path: string, now: Date, json: boolean): number {
   let caFile: string | undefined;
   try {
     if (statSync(path).isDirectory()) {
-      files = readdirSync(path).filter((f) => f.endsWith(".pem") && !f.endsWith("-key.pem") && !f.endsWith(".key")).sort().map((f) => join(path, f));
+      files = readdirSync(path)
+        .filter((f) => f.endsWith(".pem") && !f.endsWith("-key.pem") && !f.endsWith(".key"))
+        .sort()
+        .map((f) => join(path, f));
       caFile = files.find((f) => f.endsWith("/ca.pem"));
     } else {
       files = [path];
@@ -240,7 +310,17 @@ function check(io: CertsIo, path: string, now: Date, json: boolean): number {
       raw = readFileSync(file, "utf8");
       facts = certificateFacts(raw);
     } catch (err) {
-      out.push({ file, subject: "", issuer: "", sans: "", notBefore: "", notAfter: "", daysLeft: 0, ca: false, problems: [`not a readable certificate: ${(err as Error).message}`] });
+      out.push({
+        file,
+        subject: "",
+        issuer: "",
+        sans: "",
+        notBefore: "",
+        notAfter: "",
+        daysLeft: 0,
+        ca: false,
+        problems: [`not a readable certificate: ${(err as Error).message}`],
+      });
       continue;
     }
     if (facts.length === 0) {
@@ -256,10 +336,18 @@ function check(io: CertsIo, path: string, now: Date, json: boolean): number {
       const leaf = new X509Certificate(raw.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/)![0]);
       if (!leaf.checkIssued(ca) || !leaf.verify(ca.publicKey)) problems.push("not signed by this folder's ca.pem");
     }
-    if (!f.isCa && f.names.dns.length + f.names.ip.length + f.names.uri.length === 0) problems.push("names no host (no subject alternative names): hostname verification will refuse it");
+    if (!f.isCa && f.names.dns.length + f.names.ip.length + f.names.uri.length === 0)
+      problems.push("names no host (no subject alternative names): hostname verification will refuse it");
     out.push({
-      file, subject: f.subject, issuer: f.issuer, sans: describeNames(f.names), notBefore: f.notBefore.toISOString(), notAfter: f.notAfter.toISOString(),
-      daysLeft: daysLeft(f.notAfter, now), ca: f.isCa, problems,
+      file,
+      subject: f.subject,
+      issuer: f.issuer,
+      sans: describeNames(f.names),
+      notBefore: f.notBefore.toISOString(),
+      notAfter: f.notAfter.toISOString(),
+      daysLeft: daysLeft(f.notAfter, now),
+      ca: f.isCa,
+      problems,
     });
   }
   const bad = out.some((c) => c.problems.length > 0);

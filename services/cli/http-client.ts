@@ -159,10 +159,7 @@ export class ControllerHttpClient {
    * syntax check), so hashes can be re-checked on the exact bytes. `onLine`
    * returns false to stop early. The value is the number of lines handed over.
    */
-  async exportAudit(
-    query: Readonly<Record<string, string | undefined>>,
-    onLine: (line: string) => boolean | void,
-  ): Promise<CallOutcome<number>> {
+  async exportAudit(query: Readonly<Record<string, string | undefined>>, onLine: (line: string) => boolean | void): Promise<CallOutcome<number>> {
     const params = new URLSearchParams();
     for (const [k, v] of Object.entries(query)) if (v !== undefined && v !== "") params.set(k, v);
     const qs = params.toString();
@@ -206,7 +203,11 @@ export class ControllerHttpClient {
     if (this.#token !== undefined) {
       // Never put a token on the wire in clear text to another machine.
       if (url.protocol === "http:" && !isLoopbackHost(url.hostname)) {
-        return Promise.resolve(unreachable(`refusing to send the token over plain HTTP to ${url.origin}: use https:// (the controller's httpTls), with --ca FILE or FLOTILLA_CA for a private CA`));
+        return Promise.resolve(
+          unreachable(
+            `refusing to send the token over plain HTTP to ${url.origin}: use https:// (the controller's httpTls), with --ca FILE or FLOTILLA_CA for a private CA`,
+          ),
+        );
       }
       headers["authorization"] = `Bearer ${this.#token}`;
     }
@@ -226,7 +227,12 @@ export class ControllerHttpClient {
         resolve(outcome);
       };
 
-      const req = transport.request(url, { method: verb, headers, agent: false, ...(url.protocol === "https:" && this.#ca ? { ca: [...tls.rootCertificates, this.#ca.toString()] } : {}) });
+      const req = transport.request(url, {
+        method: verb,
+        headers,
+        agent: false,
+        ...(url.protocol === "https:" && this.#ca ? { ca: [...tls.rootCertificates, this.#ca.toString()] } : {}),
+      });
       connectTimer = setTimeout(() => {
         req.destroy(Object.assign(new Error("connect timeout"), { code: "ETIMEDOUT" }));
       }, this.#connectTimeoutMs);
@@ -336,14 +342,22 @@ function streamError(json: unknown): CallFailure | undefined {
 
 function codeOfHttpStatus(status: number): ErrorCode {
   switch (status) {
-    case 400: return "INVALID_ARGUMENT";
-    case 401: return "UNAUTHENTICATED";
-    case 403: return "PERMISSION_DENIED";
-    case 404: return "NOT_FOUND";
-    case 409: return "PRECONDITION_FAILED";
-    case 503: return "AGENT_UNAVAILABLE";
-    case 504: return "TIMEOUT";
-    default: return "INTERNAL";
+    case 400:
+      return "INVALID_ARGUMENT";
+    case 401:
+      return "UNAUTHENTICATED";
+    case 403:
+      return "PERMISSION_DENIED";
+    case 404:
+      return "NOT_FOUND";
+    case 409:
+      return "PRECONDITION_FAILED";
+    case 503:
+      return "AGENT_UNAVAILABLE";
+    case 504:
+      return "TIMEOUT";
+    default:
+      return "INTERNAL";
   }
 }
 

@@ -81,7 +81,16 @@ function oneJson(stdout: string): Record<string, unknown> {
 
 const TARGETS = {
   targets: [
-    { targetId: "webui-1", kind: "sqlite", agentId: "host-a", current: ["c3d2e1f00d42"], heads: ["1b8c9d0e1f2a"], currentKnown: true, pending: [{ id: "d4c3b2a1e5f6", message: "add x" }], apps: [{ id: "a", state: "running" }] },
+    {
+      targetId: "webui-1",
+      kind: "sqlite",
+      agentId: "host-a",
+      current: ["c3d2e1f00d42"],
+      heads: ["1b8c9d0e1f2a"],
+      currentKnown: true,
+      pending: [{ id: "d4c3b2a1e5f6", message: "add x" }],
+      apps: [{ id: "a", state: "running" }],
+    },
     { targetId: "webui-2", kind: "postgresql", agentId: "host-b", current: [], heads: [], error: "agent host-b unreachable" },
   ],
   agents: [{ id: "host-b", state: "down", error: "connection refused" }],
@@ -93,7 +102,16 @@ function rollout(status: string, steps: Array<[string, string]>, targetStatus = 
     status,
     spec: { selector: "env=prod", strategy: "maintenance", toRevision: "head" },
     currentWave: 1,
-    targets: [{ targetId: "webui-1", agentId: "host-a", wave: 1, status: targetStatus, revisionBefore: ["c3d2e1f00d42"], steps: steps.map(([name, state]) => ({ name, state })) }],
+    targets: [
+      {
+        targetId: "webui-1",
+        agentId: "host-a",
+        wave: 1,
+        status: targetStatus,
+        revisionBefore: ["c3d2e1f00d42"],
+        steps: steps.map(([name, state]) => ({ name, state })),
+      },
+    ],
   };
 }
 
@@ -101,7 +119,10 @@ function rollout(status: string, steps: Array<[string, string]>, targetStatus = 
 
 test("bad usage exits 2 with a message, and nothing is sent to the controller", async () => {
   const cases: Array<[string[], string]> = [
-    [["rollout", "--selector", "env=prod", "--strategy", "maintenance", "--waves", "1,abc"], 'flotilla: --waves: "1,abc" is not a wave list; use counts or percentages like 1,25%,100%'],
+    [
+      ["rollout", "--selector", "env=prod", "--strategy", "maintenance", "--waves", "1,abc"],
+      'flotilla: --waves: "1,abc" is not a wave list; use counts or percentages like 1,25%,100%',
+    ],
     [["rollout", "--selector", "env=prod"], "--strategy is required"],
     [["rollout", "--selector", "env=prod", "--strategy", "canary"], "is not a strategy"],
     [["plan", "--selector", "env"], "is not a selector"],
@@ -236,10 +257,34 @@ test("operation results: failed backup → 1; diagnose with problems → 1, clea
 test("--json prints exactly one parseable document; a rollout has id, status and per-target steps", async () => {
   routes = {
     "/v1/ListTargets": (_r, res) => sendJson(res, 200, TARGETS),
-    "/v1/StartRollout": (_r, res) => sendJson(res, 200, rollout("running", [["precheck", "succeeded"], ["backup", "running"]])),
-    "/v1/GetRollout": (_r, res) => sendJson(res, 200, rollout("failed", [["precheck", "succeeded"], ["migrate", "failed"]], "restored")),
+    "/v1/StartRollout": (_r, res) =>
+      sendJson(
+        res,
+        200,
+        rollout("running", [
+          ["precheck", "succeeded"],
+          ["backup", "running"],
+        ]),
+      ),
+    "/v1/GetRollout": (_r, res) =>
+      sendJson(
+        res,
+        200,
+        rollout(
+          "failed",
+          [
+            ["precheck", "succeeded"],
+            ["migrate", "failed"],
+          ],
+          "restored",
+        ),
+      ),
     "/v1/PlanRollout": (_r, res) =>
-      sendJson(res, 200, { spec: { selector: "env=prod" }, waveCount: 1, targets: [{ targetId: "webui-1", wave: 1, current: ["c3d2e1f00d42"], sql: "ALTER TABLE chat ADD COLUMN x;", sqlComplete: true }] }),
+      sendJson(res, 200, {
+        spec: { selector: "env=prod" },
+        waveCount: 1,
+        targets: [{ targetId: "webui-1", wave: 1, current: ["c3d2e1f00d42"], sql: "ALTER TABLE chat ADD COLUMN x;", sqlComplete: true }],
+      }),
     "/v1/BackupTarget": (_r, res) => sendJson(res, 409, { code: "TARGET_BUSY", message: "busy" }),
   };
   const t = await cli(["targets", "--json"]);
@@ -278,15 +323,41 @@ test("human views: failed targets first with what to do; plan SQL indented", asy
       sendJson(res, 200, {
         ...rollout("halted", []),
         targets: [
-          { targetId: "webui-1", wave: 1, status: "succeeded", revisionBefore: ["c3d2e1f00d42"], revisionAfter: ["1b8c9d0e1f2a"], steps: [{ name: "migrate", state: "succeeded" }] },
-          { targetId: "webui-9", wave: 1, status: "restored", backupId: "bk-9", revisionBefore: ["c3d2e1f00d42"], steps: [{ name: "migrate", state: "failed", detail: "duplicate column name: x" }], message: "migrate failed (ALEMBIC_FAILED) and the database was restored to c3d2e1f00d42; fix the cause, then: flotilla rollout retry r-1" },
+          {
+            targetId: "webui-1",
+            wave: 1,
+            status: "succeeded",
+            revisionBefore: ["c3d2e1f00d42"],
+            revisionAfter: ["1b8c9d0e1f2a"],
+            steps: [{ name: "migrate", state: "succeeded" }],
+          },
+          {
+            targetId: "webui-9",
+            wave: 1,
+            status: "restored",
+            backupId: "bk-9",
+            revisionBefore: ["c3d2e1f00d42"],
+            steps: [{ name: "migrate", state: "failed", detail: "duplicate column name: x" }],
+            message: "migrate failed (ALEMBIC_FAILED) and the database was restored to c3d2e1f00d42; fix the cause, then: flotilla rollout retry r-1",
+          },
         ],
       }),
     "/v1/PlanRollout": (_r, res) =>
       sendJson(res, 200, {
         spec: { selector: "env=prod", strategy: "maintenance" },
         waveCount: 1,
-        targets: [{ targetId: "webui-1", wave: 1, current: ["c3d2e1f00d42"], pending: [{ id: "d4c3b2a1e5f6", message: "add x" }], steps: [{ name: "stop" }, { name: "backup" }, { name: "migrate" }], sql: "BEGIN;\nALTER TABLE chat ADD COLUMN x;\nCOMMIT;", sqlComplete: true, warnings: ["drops column y"] }],
+        targets: [
+          {
+            targetId: "webui-1",
+            wave: 1,
+            current: ["c3d2e1f00d42"],
+            pending: [{ id: "d4c3b2a1e5f6", message: "add x" }],
+            steps: [{ name: "stop" }, { name: "backup" }, { name: "migrate" }],
+            sql: "BEGIN;\nALTER TABLE chat ADD COLUMN x;\nCOMMIT;",
+            sqlComplete: true,
+            warnings: ["drops column y"],
+          },
+        ],
       }),
   };
   const show = await cli(["rollout", "show", "r-1"]);
@@ -307,7 +378,19 @@ test("human views: failed targets first with what to do; plan SQL indented", asy
 
 test("rollout sends the validated spec, with 100% appended to --waves and a note on stderr", async () => {
   routes = { "/v1/StartRollout": (_r, res) => sendJson(res, 200, rollout("pending", [])) };
-  const r = await cli(["rollout", "--selector", "env=prod,region=eu", "--strategy", "blue-green", "--waves", "1,25%", "--to", "1b8c9d0e1f2a", "--max-failures", "1"]);
+  const r = await cli([
+    "rollout",
+    "--selector",
+    "env=prod,region=eu",
+    "--strategy",
+    "blue-green",
+    "--waves",
+    "1,25%",
+    "--to",
+    "1b8c9d0e1f2a",
+    "--max-failures",
+    "1",
+  ]);
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stderr, /flotilla: note: --waves 1,25%: added a last wave of 100%/);
   assert.equal(requests.length, 1);
@@ -315,7 +398,13 @@ test("rollout sends the validated spec, with 100% appended to --waves and a note
   assert.equal(req?.method, "POST");
   assert.equal(req?.url, "/v1/StartRollout");
   assert.match(String(req?.headers["content-type"]), /application\/json/);
-  assert.deepEqual(JSON.parse(req?.body ?? ""), { selector: "env=prod,region=eu", toRevision: "1b8c9d0e1f2a", strategy: "blue-green", waves: "1,25%,100%", maxFailures: 1 });
+  assert.deepEqual(JSON.parse(req?.body ?? ""), {
+    selector: "env=prod,region=eu",
+    toRevision: "1b8c9d0e1f2a",
+    strategy: "blue-green",
+    waves: "1,25%,100%",
+    maxFailures: 1,
+  });
 });
 
 /** Writes NDJSON events in several chunks, one split mid-line, as a real stream may arrive. */
@@ -336,18 +425,52 @@ function streamEvents(res: ServerResponse, events: unknown[]): void {
 }
 
 const WATCH_EVENTS = [
-  { snapshot: rollout("running", [["precheck", "running"], ["migrate", "pending"]]) },
+  {
+    snapshot: rollout("running", [
+      ["precheck", "running"],
+      ["migrate", "pending"],
+    ]),
+  },
   { line: { targetId: "webui-1", step: "migrate", line: "INFO  [alembic.runtime.migration] Running upgrade c3d2e1f00d42 -> d4c3b2a1e5f6, add x" } },
-  { snapshot: rollout("running", [["precheck", "succeeded"], ["migrate", "running"]]) },
+  {
+    snapshot: rollout("running", [
+      ["precheck", "succeeded"],
+      ["migrate", "running"],
+    ]),
+  },
   { line: { targetId: "webui-1", step: "migrate", line: "INFO  [alembic.runtime.migration] Running upgrade d4c3b2a1e5f6 -> e5f4a3b2c1d0, add y" } },
 ];
 
 test("rollout --wait follows WatchRollout: transitions and Alembic lines in order, exit 0 on success", async () => {
   routes = {
-    "/v1/StartRollout": (_r, res) => sendJson(res, 200, rollout("pending", [["precheck", "pending"], ["migrate", "pending"]], "pending")),
+    "/v1/StartRollout": (_r, res) =>
+      sendJson(
+        res,
+        200,
+        rollout(
+          "pending",
+          [
+            ["precheck", "pending"],
+            ["migrate", "pending"],
+          ],
+          "pending",
+        ),
+      ),
     "/v1/WatchRollout": (r, res) => {
       assert.deepEqual(JSON.parse(r.body), { id: "r-1" });
-      streamEvents(res, [...WATCH_EVENTS, { snapshot: rollout("succeeded", [["precheck", "succeeded"], ["migrate", "succeeded"]], "succeeded") }]);
+      streamEvents(res, [
+        ...WATCH_EVENTS,
+        {
+          snapshot: rollout(
+            "succeeded",
+            [
+              ["precheck", "succeeded"],
+              ["migrate", "succeeded"],
+            ],
+            "succeeded",
+          ),
+        },
+      ]);
     },
   };
   const r = await cli(["rollout", "--selector", "env=prod", "--strategy", "maintenance", "--wait"]);
@@ -369,11 +492,23 @@ test("rollout --wait follows WatchRollout: transitions and Alembic lines in orde
     assert.ok(i > at, `${JSON.stringify(piece)} missing or out of order in:\n${r.stdout}`);
     at = i;
   }
-  assert.deepEqual(requests.map((q) => q.url), ["/v1/StartRollout", "/v1/WatchRollout"]);
+  assert.deepEqual(
+    requests.map((q) => q.url),
+    ["/v1/StartRollout", "/v1/WatchRollout"],
+  );
 });
 
 test("rollout show --follow ends with exit 1 when the rollout did not succeed; --json gives only the final rollout", async () => {
-  const failed = { snapshot: rollout("halted", [["precheck", "succeeded"], ["migrate", "failed"]], "restored") };
+  const failed = {
+    snapshot: rollout(
+      "halted",
+      [
+        ["precheck", "succeeded"],
+        ["migrate", "failed"],
+      ],
+      "restored",
+    ),
+  };
   routes = { "/v1/WatchRollout": (_r, res) => streamEvents(res, [...WATCH_EVENTS, failed]) };
   const human = await cli(["rollout", "show", "r-1", "--follow"]);
   assert.equal(human.code, 1);
@@ -393,7 +528,19 @@ test("a broken watch stream is resumed from a fresh snapshot", async () => {
     "/v1/WatchRollout": (_r, res) => {
       calls++;
       if (calls === 1) streamEvents(res, WATCH_EVENTS.slice(0, 2));
-      else streamEvents(res, [{ snapshot: rollout("succeeded", [["precheck", "succeeded"], ["migrate", "succeeded"]], "succeeded") }]);
+      else
+        streamEvents(res, [
+          {
+            snapshot: rollout(
+              "succeeded",
+              [
+                ["precheck", "succeeded"],
+                ["migrate", "succeeded"],
+              ],
+              "succeeded",
+            ),
+          },
+        ]);
     },
   };
   const r = await cli(["rollout", "show", "r-1", "--follow"]);
@@ -410,7 +557,8 @@ test("the token goes in the Authorization header and is never printed", async ()
       if (r.headers.authorization === `Bearer ${token}`) sendJson(res, 200, TARGETS);
       else sendJson(res, 401, { code: "UNAUTHENTICATED", message: `token ${String(r.headers.authorization)} is not known` });
     },
-    "/v1/ListRollouts": (r, res) => sendJson(res, 403, { code: "PERMISSION_DENIED", message: `token ${String(r.headers.authorization).replace("Bearer ", "")} is a viewer` }),
+    "/v1/ListRollouts": (r, res) =>
+      sendJson(res, 403, { code: "PERMISSION_DENIED", message: `token ${String(r.headers.authorization).replace("Bearer ", "")} is a viewer` }),
   };
   const viaEnv = await cli(["targets"], { FLOTILLA_TOKEN: token });
   assert.equal(viaEnv.code, 0, viaEnv.stderr);
@@ -432,14 +580,29 @@ test("the token goes in the Authorization header and is never printed", async ()
 
 const AUDIT_LINES = [
   { seq: "1", time: "2024-05-01T03:00:00Z", actor: "alice", action: "StartRollout", target: "", outcome: "ok", prevHash: "", hash: "aa" },
-  { seq: "2", time: "2024-05-01T03:00:05Z", actor: "mallory", action: "StampTarget", target: "webui-1", outcome: "ok", args: '{"revision":"head"}', prevHash: "aa", hash: "bb" },
+  {
+    seq: "2",
+    time: "2024-05-01T03:00:05Z",
+    actor: "mallory",
+    action: "StampTarget",
+    target: "webui-1",
+    outcome: "ok",
+    args: '{"revision":"head"}',
+    prevHash: "aa",
+    hash: "bb",
+  },
   { seq: "3", time: "2024-05-01T03:00:09Z", actor: "alice", action: "GetRollout", target: "", outcome: "ok", prevHash: "bb", hash: "cc" },
 ];
 
 test("audit verify: exit 1 and the first broken entry with its reason; exit 0 when intact", async () => {
   let intact = false;
   routes = {
-    "/v1/VerifyAudit": (_r, res) => sendJson(res, 200, intact ? { ok: true, checked: "3" } : { ok: false, checked: "3", firstBadSeq: "2", reason: "hash does not match the entry's content" }),
+    "/v1/VerifyAudit": (_r, res) =>
+      sendJson(
+        res,
+        200,
+        intact ? { ok: true, checked: "3" } : { ok: false, checked: "3", firstBadSeq: "2", reason: "hash does not match the entry's content" },
+      ),
     "/v1/ExportAudit": (_r, res) => streamEvents(res, AUDIT_LINES),
   };
   const broken = await cli(["audit", "verify"]);
@@ -464,7 +627,13 @@ test("audit export: JSON lines verbatim to stdout or to --out; --since converted
   routes = { "/v1/ExportAudit": (_r, res) => streamEvents(res, AUDIT_LINES) };
   const toStdout = await cli(["audit", "export", "--since", "2024-04-30T00:00:00Z", "--actor", "alice"]);
   assert.equal(toStdout.code, 0, toStdout.stderr);
-  assert.deepEqual(toStdout.stdout.trimEnd().split("\n").map((l) => JSON.parse(l) as unknown), AUDIT_LINES);
+  assert.deepEqual(
+    toStdout.stdout
+      .trimEnd()
+      .split("\n")
+      .map((l) => JSON.parse(l) as unknown),
+    AUDIT_LINES,
+  );
   const url = new URL(requests[0]?.url ?? "", "http://x");
   assert.equal(requests[0]?.method, "GET");
   assert.equal(url.searchParams.get("since"), "2024-04-30T00:00:00.000Z");
@@ -486,7 +655,24 @@ test("audit export: JSON lines verbatim to stdout or to --out; --since converted
 test("help and --version exit 0 without contacting the controller", async () => {
   const h = await cli(["--help"]);
   assert.equal(h.code, 0);
-  for (const verb of ["targets", "diagnose", "backup", "backups", "restore", "plan", "rollout", "rollouts", "downgrade", "stamp", "schedule add", "schedules", "schedule rm", "audit verify", "audit export", "demo"]) {
+  for (const verb of [
+    "targets",
+    "diagnose",
+    "backup",
+    "backups",
+    "restore",
+    "plan",
+    "rollout",
+    "rollouts",
+    "downgrade",
+    "stamp",
+    "schedule add",
+    "schedules",
+    "schedule rm",
+    "audit verify",
+    "audit export",
+    "demo",
+  ]) {
     assert.ok(h.stdout.includes(verb), `help lacks ${verb}`);
   }
   const sub = await cli(["help", "rollout"]);
@@ -527,7 +713,17 @@ test("rollout controls: rollback needs --yes (nothing sent); --wait follows to t
   assert.match(noYes.stderr, /flotilla rollout rollback r-1 --yes/);
   assert.equal(requests.length, 0);
 
-  const rolledBack = { ...rollout("rolled-back", [["rollback-restore", "succeeded"], ["rollback-verify", "succeeded"]], "rolled-back"), targets: [{ targetId: "webui-1", wave: 1, status: "rolled-back", revisionBefore: ["c3d2e1f00d42"], revisionAfter: ["c3d2e1f00d42"], steps: [] }] };
+  const rolledBack = {
+    ...rollout(
+      "rolled-back",
+      [
+        ["rollback-restore", "succeeded"],
+        ["rollback-verify", "succeeded"],
+      ],
+      "rolled-back",
+    ),
+    targets: [{ targetId: "webui-1", wave: 1, status: "rolled-back", revisionBefore: ["c3d2e1f00d42"], revisionAfter: ["c3d2e1f00d42"], steps: [] }],
+  };
   routes = {
     "/v1/RollbackRollout": (r, res) => {
       assert.deepEqual(JSON.parse(r.body), { id: "r-1", yes: true });
@@ -547,7 +743,8 @@ test("rollout controls: rollback needs --yes (nothing sent); --wait follows to t
 
   routes = {
     "/v1/ApproveRollout": (_r, res) => sendJson(res, 200, rollout("running", [["precheck", "pending"]])),
-    "/v1/WatchRollout": (_r, res) => streamEvents(res, [{ snapshot: { ...rollout("running", [["precheck", "succeeded"]]), waitingFor: "approval of wave 3: flotilla rollout approve r-1" } }]),
+    "/v1/WatchRollout": (_r, res) =>
+      streamEvents(res, [{ snapshot: { ...rollout("running", [["precheck", "succeeded"]]), waitingFor: "approval of wave 3: flotilla rollout approve r-1" } }]),
   };
   const approved = await cli(["rollout", "approve", "r-1", "--wait"]);
   assert.equal(approved.code, 0, "approve --wait stops at the next gate");

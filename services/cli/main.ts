@@ -37,7 +37,13 @@ import {
   VerifyAuditResponseSchema,
 } from "../common/gen/flotilla/v1/controller_pb.js";
 import type { AuditEntry, Rollout } from "../common/gen/flotilla/v1/controller_pb.js";
-import { BundleResponseSchema, DiagnoseResponseSchema, ListBackupsResponseSchema, OperationEventSchema, OperationResultSchema } from "../common/gen/flotilla/v1/agent_pb.js";
+import {
+  BundleResponseSchema,
+  DiagnoseResponseSchema,
+  ListBackupsResponseSchema,
+  OperationEventSchema,
+  OperationResultSchema,
+} from "../common/gen/flotilla/v1/agent_pb.js";
 import type { OperationResult } from "../common/gen/flotilla/v1/agent_pb.js";
 import { parseCommandLine, usageText, verbHelp } from "./args.js";
 import type { AuditQuery, Command, GlobalOptions, SpecInput } from "./args.js";
@@ -175,7 +181,9 @@ async function run(ctx: Ctx, command: Command): Promise<number> {
       return operationExit(r.value);
     }
     case "drill": {
-      const r = await client.unary("DrillTarget", DrillTargetRequestSchema, { targetId: command.target, backupId: command.backupId }, OperationResultSchema, { timeoutMs: OPERATION_TIMEOUT_MS });
+      const r = await client.unary("DrillTarget", DrillTargetRequestSchema, { targetId: command.target, backupId: command.backupId }, OperationResultSchema, {
+        timeoutMs: OPERATION_TIMEOUT_MS,
+      });
       if (!r.ok) return fail(ctx, r.failure);
       output(ctx, OperationResultSchema, r.value, () => renderOperationResult("drill", command.target, r.value));
       return operationExit(r.value);
@@ -213,7 +221,9 @@ async function run(ctx: Ctx, command: Command): Promise<number> {
     case "move":
       return moveTarget(ctx, command);
     case "plan": {
-      const r = await client.unary("PlanRollout", RolloutSpecSchema, { ...command.spec, strategy: strategyToProto(command.spec.strategy) }, RolloutPlanSchema, { timeoutMs: PLAN_TIMEOUT_MS });
+      const r = await client.unary("PlanRollout", RolloutSpecSchema, { ...command.spec, strategy: strategyToProto(command.spec.strategy) }, RolloutPlanSchema, {
+        timeoutMs: PLAN_TIMEOUT_MS,
+      });
       if (!r.ok) return fail(ctx, r.failure);
       output(ctx, RolloutPlanSchema, r.value, () => renderPlan(r.value));
       return EXIT.ok;
@@ -285,7 +295,9 @@ async function run(ctx: Ctx, command: Command): Promise<number> {
 // rollouts
 
 async function startRollout(ctx: Ctx, s: SpecInput, wait: boolean): Promise<number> {
-  const r = await ctx.client.unary("StartRollout", RolloutSpecSchema, { ...s, strategy: strategyToProto(s.strategy) }, RolloutSchema, { timeoutMs: PLAN_TIMEOUT_MS });
+  const r = await ctx.client.unary("StartRollout", RolloutSpecSchema, { ...s, strategy: strategyToProto(s.strategy) }, RolloutSchema, {
+    timeoutMs: PLAN_TIMEOUT_MS,
+  });
   if (!r.ok) return fail(ctx, r.failure);
   const started = r.value;
   if (!wait) {
@@ -314,8 +326,12 @@ const SUCCESS = {
 } as const satisfies Record<string, readonly string[]>;
 
 const CONTROL_METHOD = {
-  "rollout abort": "AbortRollout", "rollout approve": "ApproveRollout", "rollout pause": "PauseRollout",
-  "rollout resume": "ResumeRollout", "rollout retry": "RetryRollout", "rollout rollback": "RollbackRollout",
+  "rollout abort": "AbortRollout",
+  "rollout approve": "ApproveRollout",
+  "rollout pause": "PauseRollout",
+  "rollout resume": "ResumeRollout",
+  "rollout retry": "RetryRollout",
+  "rollout rollback": "RollbackRollout",
 } as const;
 
 /** abort, approve, pause, resume, retry, rollback: one call; with --wait, follow the rollout to its end. */
@@ -392,7 +408,12 @@ async function moveTarget(ctx: Ctx, c: Extract<Command, { verb: "move" }>): Prom
     if (ev.event.case === "step") {
       const s = ev.event.value;
       const took = s.durationMs > 0n ? ` (${(Number(s.durationMs) / 1000).toFixed(1)}s)` : "";
-      human(ctx, s.state === "running" ? `  … ${s.name}\n` : `  ${s.state === "succeeded" ? "✓" : s.state === "skipped" ? "–" : "✗"} ${s.name}${took}${s.detail === "" ? "" : `: ${s.detail}`}\n`);
+      human(
+        ctx,
+        s.state === "running"
+          ? `  … ${s.name}\n`
+          : `  ${s.state === "succeeded" ? "✓" : s.state === "skipped" ? "–" : "✗"} ${s.name}${took}${s.detail === "" ? "" : `: ${s.detail}`}\n`,
+      );
     } else if (ev.event.case === "progress") {
       if (ev.event.value.source !== "alembic") human(ctx, `      ${ev.event.value.line}\n`);
     } else if (ev.event.case === "result") {
@@ -455,7 +476,11 @@ async function writeBundle(ctx: Ctx, targetId: string, out: string): Promise<num
   const tmp = `${file}.partial-${process.pid}`;
   try {
     const fd = openSync(tmp, "wx", 0o600);
-    try { writeSync(fd, r.value.data); } finally { closeSync(fd); }
+    try {
+      writeSync(fd, r.value.data);
+    } finally {
+      closeSync(fd);
+    }
     renameSync(tmp, file);
   } catch (err) {
     rmSync(tmp, { force: true });
@@ -463,7 +488,11 @@ async function writeBundle(ctx: Ctx, targetId: string, out: string): Promise<num
     return EXIT.usage;
   }
   if (ctx.globals.json) printJson(ctx.io, { file, bytes: r.value.data.length, entries: r.value.entries });
-  else human(ctx, `✓ diagnostics bundle of ${targetId} written to ${file} (${r.value.data.length} bytes, ${r.value.entries.length} files; no database, no secrets)\n`);
+  else
+    human(
+      ctx,
+      `✓ diagnostics bundle of ${targetId} written to ${file} (${r.value.data.length} bytes, ${r.value.entries.length} files; no database, no secrets)\n`,
+    );
   return EXIT.ok;
 }
 

@@ -163,7 +163,9 @@ export function renderTargets(resp: ListTargetsResponse, now: Date): string {
   for (const a of resp.agents) {
     if (a.state !== "up") {
       const seen = a.lastSeen === "" ? "" : ` (last seen ${formatAge(a.lastSeen, now)})`;
-      out.push(`${stateSymbol(a.state === "down" ? "down" : "warning")} agent ${a.id} is ${a.state || "unknown"}${a.error === "" ? "" : `: ${a.error}`}${seen}`);
+      out.push(
+        `${stateSymbol(a.state === "down" ? "down" : "warning")} agent ${a.id} is ${a.state || "unknown"}${a.error === "" ? "" : `: ${a.error}`}${seen}`,
+      );
     }
   }
   const rank = (t: TargetStatus): number => (targetProblems(t).length > 0 ? 0 : t.busyOperationId !== "" ? 1 : t.pending.length > 0 ? 2 : 3);
@@ -177,13 +179,31 @@ export function renderTargets(resp: ListTargetsResponse, now: Date): string {
   const rows = targets.map((t) => {
     const known = t.currentKnown || t.current.length > 0;
     const running = t.apps.filter((a) => a.state === "running").length;
-    const app = t.apps.length === 0 ? "-" : running > 0 ? `${running}/${t.apps.length} running` : t.apps.every((a) => a.state === "stopped") ? "stopped" : t.apps.map((a) => a.state).join(",");
+    const app =
+      t.apps.length === 0
+        ? "-"
+        : running > 0
+          ? `${running}/${t.apps.length} running`
+          : t.apps.every((a) => a.state === "stopped")
+            ? "stopped"
+            : t.apps.map((a) => a.state).join(",");
     const b = t.lastVerifiedBackup;
     const backup = b === undefined || b.id === "" ? "none" : `✓ ${formatAge(b.verifiedAt || b.createdAt, now)}`;
     const pending = t.error !== "" && !known ? "?" : t.pending.length === 0 ? "up to date" : String(t.pending.length);
     const state = t.state === "broken" ? "BROKEN" : t.busyOperationId !== "" ? `busy (${t.busyOperationId})` : "";
     const drill = t.lastDrillAt === "" ? "never" : `${t.lastDrillOk ? "✓" : "✗"} ${formatAge(t.lastDrillAt, now)}`;
-    return [t.targetId, t.agentId || "-", t.kind || "-", revs(t.current, known), t.heads.length === 0 ? "?" : t.heads.join("+"), pending, app, backup, drill, state];
+    return [
+      t.targetId,
+      t.agentId || "-",
+      t.kind || "-",
+      revs(t.current, known),
+      t.heads.length === 0 ? "?" : t.heads.join("+"),
+      pending,
+      app,
+      backup,
+      drill,
+      state,
+    ];
   });
   out.push(renderTable(["TARGET", "AGENT", "DB", "CURRENT", "HEAD", "PENDING", "APP", "LAST BACKUP", "LAST DRILL", ""], rows).trimEnd());
   const behind = targets.filter((t) => t.pending.length > 0).length;
@@ -210,7 +230,9 @@ export function renderDiagnosis(resp: DiagnoseResponse): string {
   const errors = findings.filter((f) => f.severity === "error").length;
   const warnings = findings.filter((f) => f.severity === "warning").length;
   const out: string[] = [];
-  const counts = [errors > 0 ? `${errors} error${errors === 1 ? "" : "s"}` : "", warnings > 0 ? `${warnings} warning${warnings === 1 ? "" : "s"}` : ""].filter((s) => s !== "").join(", ");
+  const counts = [errors > 0 ? `${errors} error${errors === 1 ? "" : "s"}` : "", warnings > 0 ? `${warnings} warning${warnings === 1 ? "" : "s"}` : ""]
+    .filter((s) => s !== "")
+    .join(", ");
   out.push(
     resp.problems || bad.length > 0
       ? `✗ ${resp.targetId}: ${counts || "problems found"} · ${passed.length} check${passed.length === 1 ? "" : "s"} passed`
@@ -238,7 +260,11 @@ function backupLines(b: BackupInfo): string[] {
     `  sha256    ${b.sha256 || "-"}`,
     `  revision  ${revs(b.revisions)}`,
     `  verified  ${b.verified ? "✓ yes" : "✗ NO"}${b.verification === "" ? "" : ` (${b.verification})`}`,
-    ...(b.companionPaths > 0 ? [`  files     ${b.companionPaths} companion path(s), ${formatBytes(b.companionBytes)} (${formatBytes(b.companionNewBytes)} new, the rest shared with earlier backups)`] : []),
+    ...(b.companionPaths > 0
+      ? [
+          `  files     ${b.companionPaths} companion path(s), ${formatBytes(b.companionBytes)} (${formatBytes(b.companionNewBytes)} new, the rest shared with earlier backups)`,
+        ]
+      : []),
     ...(b.appVersion !== "" ? [`  app       ${b.appVersion}`] : []),
   ];
 }
@@ -265,7 +291,8 @@ export function renderOperationResult(what: string, targetId: string, r: Operati
   if (r.backup !== undefined && r.backup.id !== "") {
     out.push(...backupLines(r.backup));
   }
-  for (const t of r.timings) out.push(`  ${t.fromRevision || "base"} → ${t.toRevision}  ${formatDuration(Number(t.durationMs))}${t.message === "" ? "" : `  ${t.message}`}`);
+  for (const t of r.timings)
+    out.push(`  ${t.fromRevision || "base"} → ${t.toRevision}  ${formatDuration(Number(t.durationMs))}${t.message === "" ? "" : `  ${t.message}`}`);
   if (!ok && r.outputTail.trim() !== "") out.push("  output (last lines):", indent(r.outputTail, "    │ "));
   if (!ok) out.push(`next: flotilla diagnose ${targetId}`);
   return `${out.join("\n")}\n`;
@@ -305,7 +332,9 @@ export function renderPlan(plan: RolloutPlan): string {
   for (const t of targets) {
     const dest = t.pending.length > 0 ? (t.pending[t.pending.length - 1]?.id ?? to) : to;
     out.push("", `wave ${t.wave + 1}  ${t.targetId}${t.agentId === "" ? "" : `  (agent ${t.agentId})`}`);
-    out.push(t.pending.length === 0 ? `  revision  ${revs(t.current)} (up to date)` : `  revision  ${revs(t.current)} → ${dest}  (${t.pending.length} pending)`);
+    out.push(
+      t.pending.length === 0 ? `  revision  ${revs(t.current)} (up to date)` : `  revision  ${revs(t.current)} → ${dest}  (${t.pending.length} pending)`,
+    );
     for (const w of t.warnings) out.push(`  ! ${w}`);
     if (t.pending.length > 0) {
       const cls = new Map(t.revisions.map((r) => [r.id, r]));
@@ -314,7 +343,10 @@ export function renderPlan(plan: RolloutPlan): string {
         return [p.id, c === undefined ? "-" : `${c.compatibility}${c.compatibilityReason === "" ? "" : ` (${c.compatibilityReason})`}`, p.message];
       });
       out.push(indent(renderTable(["PENDING", "COMPATIBILITY", "MESSAGE"], rows), "  "));
-      if (t.allowedStrategies.length > 0) out.push(`  allows    ${t.allowedStrategies.map(nameOf).join(", ")}${t.allowedStrategies.length < STRATEGIES.length ? ` (${SIDE_BY_SIDE_STRATEGIES.join(" and ")} run old and new code side by side: they need additive revisions, or --allow-breaking)` : ""}`);
+      if (t.allowedStrategies.length > 0)
+        out.push(
+          `  allows    ${t.allowedStrategies.map(nameOf).join(", ")}${t.allowedStrategies.length < STRATEGIES.length ? ` (${SIDE_BY_SIDE_STRATEGIES.join(" and ")} run old and new code side by side: they need additive revisions, or --allow-breaking)` : ""}`,
+        );
     }
     if (t.steps.length > 0) out.push(`  steps     ${t.steps.map((s) => s.name).join(" → ")}`);
     for (const n of t.notes) out.push(`  note: ${n}`);
@@ -326,7 +358,10 @@ export function renderPlan(plan: RolloutPlan): string {
   const strategy = plan.refused ? DEFAULT_STRATEGY : nameOf(spec?.strategy) || DEFAULT_STRATEGY;
   const allow = !plan.refused && spec?.allowBreaking ? " --allow-breaking" : "";
   const lead = plan.refused ? `${nameOf(spec?.strategy) || "this strategy"} is refused for these revisions (see above); with ${DEFAULT_STRATEGY}` : "to run it";
-  out.push("", `${lead}: flotilla rollout --selector ${spec?.selector || "…"} --strategy ${strategy}${to === "head" ? "" : ` --to ${to}`}${spec?.waves ? ` --waves ${spec.waves}` : ""}${allow} --wait`);
+  out.push(
+    "",
+    `${lead}: flotilla rollout --selector ${spec?.selector || "…"} --strategy ${strategy}${to === "head" ? "" : ` --to ${to}`}${spec?.waves ? ` --waves ${spec.waves}` : ""}${allow} --wait`,
+  );
   return `${out.join("\n")}\n`;
 }
 
@@ -342,10 +377,14 @@ export function isRolloutActive(status: string): boolean {
 
 function targetRank(t: RolloutTarget): number {
   switch (t.status) {
-    case "failed": return 0;
-    case "restored": return 1;
-    case "running": return 2;
-    default: return 3;
+    case "failed":
+      return 0;
+    case "restored":
+      return 1;
+    case "running":
+      return 2;
+    default:
+      return 3;
   }
 }
 
@@ -363,7 +402,8 @@ export function renderRollout(r: Rollout, now: Date): string {
   if (r.createdAt !== "") head.push(`started ${formatAge(r.createdAt, now)}${r.actor === "" ? "" : ` by ${r.actor}`}`);
   const out = [head.join(" · ")];
   if (r.paused) out.push(`paused: running steps finish, no new step starts · resume: flotilla rollout resume ${r.id}`);
-  if (r.waitingFor !== "") out.push(`waiting for ${r.waitingFor}${r.gateExpiresAt === "" ? "" : ` (the gate expires ${r.gateExpiresAt}; then the rollout halts)`}`);
+  if (r.waitingFor !== "")
+    out.push(`waiting for ${r.waitingFor}${r.gateExpiresAt === "" ? "" : ` (the gate expires ${r.gateExpiresAt}; then the rollout halts)`}`);
   if (r.message !== "") out.push(r.message);
   for (const w of r.warnings) out.push(`! ${w}`);
 
@@ -398,7 +438,12 @@ function nextSteps(r: Rollout): string {
     case "halted": {
       const migrated = r.targets.some((t) => t.status === "succeeded");
       const retryable = r.targets.some((t) => t.status === "failed" || t.status === "restored" || t.status === "skipped");
-      const steps = [retryable ? `retry what did not complete: flotilla rollout retry ${r.id}` : "", migrated ? `undo the migrated ones: flotilla rollout rollback ${r.id} --yes` : ""].filter((x) => x !== "").join(" · ");
+      const steps = [
+        retryable ? `retry what did not complete: flotilla rollout retry ${r.id}` : "",
+        migrated ? `undo the migrated ones: flotilla rollout rollback ${r.id} --yes` : "",
+      ]
+        .filter((x) => x !== "")
+        .join(" · ");
       return steps === "" ? "" : `next: ${steps}`;
     }
     case "aborted":
@@ -425,7 +470,16 @@ export function renderRollouts(resp: ListRolloutsResponse, now: Date): string {
     const bad = r.targets.filter((t) => t.status === "failed" || t.status === "restored").length;
     const counts = `${ok}✓${bad > 0 ? ` ${bad}✗` : ""} /${r.targets.length}`;
     const state = r.paused ? `${r.status}, paused` : r.waitingFor !== "" ? `${r.status}, waiting for ${r.waitingFor.split(":")[0]}` : r.status;
-    return [r.id, `${stateSymbol(r.status)} ${state}`, nameOf(r.spec?.strategy), r.spec?.toRevision || "head", r.spec?.selector ?? "", counts, formatAge(r.createdAt, now), r.actor || "-"];
+    return [
+      r.id,
+      `${stateSymbol(r.status)} ${state}`,
+      nameOf(r.spec?.strategy),
+      r.spec?.toRevision || "head",
+      r.spec?.selector ?? "",
+      counts,
+      formatAge(r.createdAt, now),
+      r.actor || "-",
+    ];
   });
   return renderTable(["ROLLOUT", "STATUS", "STRATEGY", "TO", "SELECTOR", "TARGETS", "STARTED", "BY"], rows);
 }
@@ -468,7 +522,9 @@ export class RolloutFollower {
         const oldState = old !== undefined && old.name === s.name ? old.state : "pending";
         if (s.state === oldState || s.state === "pending") return;
         const took = s.state !== "running" ? between(s.startedAt, s.finishedAt) : undefined;
-        const extra = [took === undefined ? "" : formatDuration(took), s.state === "failed" || s.state === "interrupted" ? s.detail : ""].filter((x) => x !== "").join("  ");
+        const extra = [took === undefined ? "" : formatDuration(took), s.state === "failed" || s.state === "interrupted" ? s.detail : ""]
+          .filter((x) => x !== "")
+          .join("  ");
         out.push(`${stamp}  ${pad(t.targetId, this.#targetWidth)}  ${pad(s.name, 13)}  ${stateSymbol(s.state)} ${s.state}${extra === "" ? "" : `  ${extra}`}`);
       });
       if (before !== undefined && before.status !== t.status && !isRolloutActive(t.status)) {
@@ -488,7 +544,8 @@ export class RolloutFollower {
 
   #targetOutcome(t: RolloutTarget): string {
     if (t.status === "succeeded") return t.revisionAfter.length > 0 ? `: ${revs(t.revisionBefore)} → ${revs(t.revisionAfter)}` : "";
-    if (t.status === "restored") return `: restored from backup${t.backupId === "" ? "" : ` ${t.backupId}`}, back at ${revs(t.revisionBefore)}${t.message === "" ? "" : ` — ${t.message}`}`;
+    if (t.status === "restored")
+      return `: restored from backup${t.backupId === "" ? "" : ` ${t.backupId}`}, back at ${revs(t.revisionBefore)}${t.message === "" ? "" : ` — ${t.message}`}`;
     return t.message === "" ? "" : `: ${t.message}`;
   }
 
@@ -506,7 +563,8 @@ export class RolloutFollower {
 // schedules and audit
 
 export function renderSchedules(resp: ListSchedulesResponse, now: Date): string {
-  if (resp.schedules.length === 0) return 'no schedules; add one with flotilla schedule add NAME --cron "0 3 * * 0" --selector env=prod --strategy maintenance\n';
+  if (resp.schedules.length === 0)
+    return 'no schedules; add one with flotilla schedule add NAME --cron "0 3 * * 0" --selector env=prod --strategy maintenance\n';
   const rows = resp.schedules.map((s) => [
     s.name,
     s.cron,
@@ -525,17 +583,29 @@ export function renderSchedules(resp: ListSchedulesResponse, now: Date): string 
 
 export function renderAudit(resp: QueryAuditResponse): string {
   if (resp.entries.length === 0) return "no audit entries match\n";
-  const rows = resp.entries.map((e) => [String(e.seq), formatTime(e.time), e.actor, e.action, e.target || "-", `${stateSymbol(outcomeState(e.outcome))} ${e.outcome}`, clip(e.detail, 70)]);
+  const rows = resp.entries.map((e) => [
+    String(e.seq),
+    formatTime(e.time),
+    e.actor,
+    e.action,
+    e.target || "-",
+    `${stateSymbol(outcomeState(e.outcome))} ${e.outcome}`,
+    clip(e.detail, 70),
+  ]);
   return renderTable(["SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "OUTCOME", "DETAIL"], rows);
 }
 
 function outcomeState(outcome: string): string {
   switch (outcome) {
-    case "ok": return "ok";
+    case "ok":
+      return "ok";
     case "error":
-    case "denied": return "error";
-    case "intent": return "running";
-    default: return outcome;
+    case "denied":
+      return "error";
+    case "intent":
+      return "running";
+    default:
+      return outcome;
   }
 }
 

@@ -62,6 +62,9 @@ export class AsyncQueue<T> implements AsyncIterable<T> {
 /** Runs `work(push)` and streams what it pushes; the stream ends when work settles. */
 export function streamOf<T>(work: (push: (item: T) => void) => Promise<unknown>): AsyncIterable<T> {
   const q = new AsyncQueue<T>();
-  work((i) => q.push(i)).then(() => q.end(), (e: unknown) => q.fail(e));
+  work((i) => q.push(i)).then(
+    () => q.end(),
+    (e: unknown) => q.fail(e),
+  );
   return q;
 }

@@ -30,13 +30,22 @@ test("redaction: registered secrets, URL passwords, key=value and env forms", ()
   assert.equal(redact("postgresql://u:p%40ss@h:5432/db"), "postgresql://u:***@h:5432/db");
   assert.equal(redact("host=h password='a b' user=u"), "host=h password=*** user=u");
   assert.equal(redact("WEBUI_SECRET_KEY=abcdef"), "WEBUI_SECRET_KEY=***");
-  assert.deepEqual(redactValue({ password: "x", nested: { url: "postgresql://a:b@h/d" }, n: 1 }), { password: "***", nested: { url: "postgresql://a:***@h/d" }, n: 1 });
+  assert.deepEqual(redactValue({ password: "x", nested: { url: "postgresql://a:b@h/d" }, n: 1 }), {
+    password: "***",
+    nested: { url: "postgresql://a:***@h/d" },
+    n: 1,
+  });
 });
 
 test("logger redacts secrets in messages and fields", () => {
   registerSecret("canary-log-secret-1");
   let out = "";
-  const sink = new Writable({ write(chunk, _enc, cb) { out += chunk.toString(); cb(); } });
+  const sink = new Writable({
+    write(chunk, _enc, cb) {
+      out += chunk.toString();
+      cb();
+    },
+  });
   const log = createLogger({ name: "t", destination: sink });
   log.info({ url: "postgresql://u:pw123456@h/db", token: "tok-abc" }, "connecting with canary-log-secret-1");
   assert.equal(out.includes("canary-log-secret-1"), false);
@@ -82,7 +91,14 @@ test("process runner: stdin is ignored unless input is given; input feeds it, an
   const ignored = await r.run({ argv: ["cat"], timeoutMs: 10_000 });
   assert.equal(ignored.exitCode, 0);
   assert.equal(ignored.stdout, "");
-  const fed = await r.run({ argv: ["cat"], input: (async function* () { yield Buffer.from("hello\n"); yield Buffer.from("world\n"); })(), timeoutMs: 10_000 });
+  const fed = await r.run({
+    argv: ["cat"],
+    input: (async function* () {
+      yield Buffer.from("hello\n");
+      yield Buffer.from("world\n");
+    })(),
+    timeoutMs: 10_000,
+  });
   assert.equal(fed.exitCode, 0);
   assert.equal(fed.stdout, "hello\nworld\n");
   let stopped = false;
@@ -105,8 +121,14 @@ test("grpc bridge: unary and server-streaming calls, FlotillaError codes cross t
   const server = newServer();
   const impl = {
     getInfo: async () => ({ agentId: "x", version: "1" }),
-    getStatus: async () => { throw new FlotillaError("TARGET_BUSY", "busy with op-1"); },
-    backup: () => streamOf<{ event: { case: "progress"; value: { line: string } } }>(async (push) => { push({ event: { case: "progress", value: { line: "one" } } }); push({ event: { case: "progress", value: { line: "two" } } }); }),
+    getStatus: async () => {
+      throw new FlotillaError("TARGET_BUSY", "busy with op-1");
+    },
+    backup: () =>
+      streamOf<{ event: { case: "progress"; value: { line: string } } }>(async (push) => {
+        push({ event: { case: "progress", value: { line: "one" } } });
+        push({ event: { case: "progress", value: { line: "two" } } });
+      }),
   } as Record<string, unknown>;
   for (const m of AgentService.methods) if (!(m.localName in impl)) impl[m.localName] = async () => ({});
   addService(server, AgentService, impl as never);

@@ -40,7 +40,8 @@ export function creatableDirProblem(path: string): string | undefined {
       return undefined;
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
-      if (code !== "ENOENT") return p === path ? `${path} is not writable by this user (${code ?? "error"})` : `${path} cannot be created: ${p} is not writable by this user`;
+      if (code !== "ENOENT")
+        return p === path ? `${path} is not writable by this user (${code ?? "error"})` : `${path} cannot be created: ${p} is not writable by this user`;
     }
     const up = dirname(p);
     if (up === p) return `${path} cannot be created`;
@@ -53,7 +54,12 @@ export function creatableDirProblem(path: string): string | undefined {
  * then the host's (unless offline). Anything thrown (no file, YAML syntax) is
  * one problem. Prints every problem, one per line, and the exit code 0 or 2.
  */
-export function runCheck(program: string, source: string, offline: boolean, check: () => { content: readonly string[]; host: readonly string[]; summary: string }): CheckReport {
+export function runCheck(
+  program: string,
+  source: string,
+  offline: boolean,
+  check: () => { content: readonly string[]; host: readonly string[]; summary: string },
+): CheckReport {
   let result: { content: readonly string[]; host: readonly string[]; summary: string };
   try {
     result = check();

@@ -23,8 +23,7 @@ export class ConfigProblems {
     if (this.problems.length === 0) return;
     throw new FlotillaError(
       "CONFIG_INVALID",
-      `${this.source} has ${this.problems.length} problem${this.problems.length === 1 ? "" : "s"}:\n` +
-        this.problems.map((p) => `  - ${p}`).join("\n"),
+      `${this.source} has ${this.problems.length} problem${this.problems.length === 1 ? "" : "s"}:\n` + this.problems.map((p) => `  - ${p}`).join("\n"),
     );
   }
 }
@@ -47,7 +46,10 @@ export function parseConfigText(text: string, source: string): Obj {
       const line = e.linePos?.[0]?.line;
       return `  - ${line !== undefined ? `line ${line}: ` : ""}${e.message.split("\n")[0]!.replace(/ at line \d+, column \d+:?$/, "")}`;
     });
-    throw new FlotillaError("CONFIG_INVALID", `${source} is not valid YAML (${parsed.errors.length} problem${parsed.errors.length === 1 ? "" : "s"}):\n${lines.join("\n")}`);
+    throw new FlotillaError(
+      "CONFIG_INVALID",
+      `${source} is not valid YAML (${parsed.errors.length} problem${parsed.errors.length === 1 ? "" : "s"}):\n${lines.join("\n")}`,
+    );
   }
   const doc: unknown = parsed.toJS();
   if (doc === null || doc === undefined) return {};
@@ -55,7 +57,13 @@ export function parseConfigText(text: string, source: string): Obj {
   return doc;
 }
 
-export function str(o: Obj, key: string, path: string, p: ConfigProblems, opts: { required?: boolean; pattern?: RegExp; hint?: string } = {}): string | undefined {
+export function str(
+  o: Obj,
+  key: string,
+  path: string,
+  p: ConfigProblems,
+  opts: { required?: boolean; pattern?: RegExp; hint?: string } = {},
+): string | undefined {
   const v = o[key];
   if (v === undefined || v === null) {
     if (opts.required) p.add(`${path}${key}`, `is required${opts.hint ? ` (${opts.hint})` : ""}`);
@@ -134,7 +142,8 @@ export function nearestKey(word: string, known: readonly string[]): string | und
     }
   }
   const lw = word.toLowerCase();
-  const close = best !== undefined && (bestDistance <= Math.max(2, Math.floor(word.length / 3)) || best.toLowerCase().startsWith(lw) || lw.startsWith(best.toLowerCase()));
+  const close =
+    best !== undefined && (bestDistance <= Math.max(2, Math.floor(word.length / 3)) || best.toLowerCase().startsWith(lw) || lw.startsWith(best.toLowerCase()));
   return close ? best : undefined;
 }
 

@@ -74,9 +74,12 @@ export function httpStatusOf(code: ErrorCode): number {
     case "DATA_LOSS_NOT_ACCEPTED":
     case "STAMP_REFUSED":
       return 400;
-    case "UNAUTHENTICATED": return 401;
-    case "PERMISSION_DENIED": return 403;
-    case "NOT_FOUND": return 404;
+    case "UNAUTHENTICATED":
+      return 401;
+    case "PERMISSION_DENIED":
+      return 403;
+    case "NOT_FOUND":
+      return 404;
     case "TARGET_BUSY":
     case "LEASE_HELD":
     case "APP_STILL_RUNNING":
@@ -90,9 +93,12 @@ export function httpStatusOf(code: ErrorCode): number {
     case "AGENT_UNAVAILABLE":
     case "AUDIT_UNAVAILABLE":
       return 503;
-    case "TIMEOUT": return 504;
-    case "CANCELLED": return 499;
-    default: return 500;
+    case "TIMEOUT":
+      return 504;
+    case "CANCELLED":
+      return 499;
+    default:
+      return 500;
   }
 }
 
@@ -102,8 +108,17 @@ export function httpStatusOf(code: ErrorCode): number {
  */
 export function isUsageError(code: ErrorCode): boolean {
   return [
-    "INVALID_ARGUMENT", "CONFIG_INVALID", "NOT_FOUND", "TARGET_BUSY", "LEASE_HELD",
-    "APP_STILL_RUNNING", "MULTIPLE_HEADS", "UNKNOWN_REVISION", "BACKUP_UNVERIFIED",
-    "DATA_LOSS_NOT_ACCEPTED", "STAMP_REFUSED", "PRECONDITION_FAILED",
+    "INVALID_ARGUMENT",
+    "CONFIG_INVALID",
+    "NOT_FOUND",
+    "TARGET_BUSY",
+    "LEASE_HELD",
+    "APP_STILL_RUNNING",
+    "MULTIPLE_HEADS",
+    "UNKNOWN_REVISION",
+    "BACKUP_UNVERIFIED",
+    "DATA_LOSS_NOT_ACCEPTED",
+    "STAMP_REFUSED",
+    "PRECONDITION_FAILED",
   ].includes(code);
 }

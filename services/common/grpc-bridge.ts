@@ -124,7 +124,9 @@ function contextOf(call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWri
   let sans = "";
   let secure = false;
   try {
-    const auth = (call as unknown as { getAuthContext?: () => { transportSecurityType?: string; sslPeerCertificate?: { subjectaltname?: string } } }).getAuthContext?.();
+    const auth = (
+      call as unknown as { getAuthContext?: () => { transportSecurityType?: string; sslPeerCertificate?: { subjectaltname?: string } } }
+    ).getAuthContext?.();
     sans = auth?.sslPeerCertificate?.subjectaltname ?? "";
     secure = auth?.transportSecurityType === "ssl";
   } catch {
@@ -368,7 +370,9 @@ export function channelCredentials(tls?: TlsFiles | ReloadableCertificates, expe
     }
     if (!checkTlsServerIdentity(host, cert)) return undefined;
     const expected = isIP(host) ? `IP:${host}` : `DNS:${host}`;
-    return new Error(`the server's certificate does not match the host of its address: expected ${expected} in its subject alternative names, it names ${describeNames(names)} (or set identity: for this agent)`);
+    return new Error(
+      `the server's certificate does not match the host of its address: expected ${expected} in its subject alternative names, it names ${describeNames(names)} (or set identity: for this agent)`,
+    );
   };
   return grpc.experimental.createCertificateProviderChannelCredentials(provider, provider, { checkServerIdentity });
 }
@@ -446,15 +450,25 @@ export function grpcStatusOf(code: ErrorCode): grpc.status {
 /** gRPC status → FlotillaError code, for errors that carry no Flotilla code. */
 export function codeOfGrpcStatus(status: number): ErrorCode {
   switch (status) {
-    case grpc.status.INVALID_ARGUMENT: return "INVALID_ARGUMENT";
-    case grpc.status.NOT_FOUND: return "NOT_FOUND";
-    case grpc.status.UNAVAILABLE: return "AGENT_UNAVAILABLE";
-    case grpc.status.DEADLINE_EXCEEDED: return "TIMEOUT";
-    case grpc.status.CANCELLED: return "CANCELLED";
-    case grpc.status.UNAUTHENTICATED: return "UNAUTHENTICATED";
-    case grpc.status.PERMISSION_DENIED: return "PERMISSION_DENIED";
-    case grpc.status.FAILED_PRECONDITION: return "PRECONDITION_FAILED";
-    case grpc.status.ABORTED: return "TARGET_BUSY";
-    default: return "INTERNAL";
+    case grpc.status.INVALID_ARGUMENT:
+      return "INVALID_ARGUMENT";
+    case grpc.status.NOT_FOUND:
+      return "NOT_FOUND";
+    case grpc.status.UNAVAILABLE:
+      return "AGENT_UNAVAILABLE";
+    case grpc.status.DEADLINE_EXCEEDED:
+      return "TIMEOUT";
+    case grpc.status.CANCELLED:
+      return "CANCELLED";
+    case grpc.status.UNAUTHENTICATED:
+      return "UNAUTHENTICATED";
+    case grpc.status.PERMISSION_DENIED:
+      return "PERMISSION_DENIED";
+    case grpc.status.FAILED_PRECONDITION:
+      return "PRECONDITION_FAILED";
+    case grpc.status.ABORTED:
+      return "TARGET_BUSY";
+    default:
+      return "INTERNAL";
   }
 }

@@ -2,7 +2,14 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
 import { create } from "@bufbuild/protobuf";
-import { Health, HealthCheckRequestSchema, HealthCheckResponse_ServingStatus as Status, HealthListRequestSchema, type HealthCheckResponse, type HealthListResponse } from "./gen/grpc/health/v1/health_pb.js";
+import {
+  Health,
+  HealthCheckRequestSchema,
+  HealthCheckResponse_ServingStatus as Status,
+  HealthListRequestSchema,
+  type HealthCheckResponse,
+  type HealthListResponse,
+} from "./gen/grpc/health/v1/health_pb.js";
 import { bindServer, newServer, serverCredentials, serviceDefinition } from "./grpc-bridge.js";
 import { addHealthService, checkGrpcHealth } from "./grpc-health.js";
 
@@ -43,7 +50,9 @@ test("Watch sends the status at once and again at each change; an unknown servic
       if (seen.length === 1) health.setAll("NOT_SERVING");
       if (seen.length === 2) resolve();
     });
-    stream.on("error", (err: grpc.ServiceError) => { if (err.code !== grpc.status.CANCELLED) reject(err); });
+    stream.on("error", (err: grpc.ServiceError) => {
+      if (err.code !== grpc.status.CANCELLED) reject(err);
+    });
   });
   await got;
   stream.cancel();
@@ -52,7 +61,9 @@ test("Watch sends the status at once and again at each change; an unknown servic
   const unknown = client.watch(create(HealthCheckRequestSchema, { service: "no.such.Service" }));
   const first = await new Promise<HealthCheckResponse>((resolve, reject) => {
     unknown.once("data", resolve);
-    unknown.on("error", (err: grpc.ServiceError) => { if (err.code !== grpc.status.CANCELLED) reject(err); });
+    unknown.on("error", (err: grpc.ServiceError) => {
+      if (err.code !== grpc.status.CANCELLED) reject(err);
+    });
   });
   unknown.cancel();
   assert.equal(first.status, Status.SERVICE_UNKNOWN);
@@ -63,5 +74,8 @@ test("List names the server and every registered service with its status", async
   const res = await new Promise<HealthListResponse>((resolve, reject) =>
     client.list(create(HealthListRequestSchema, {}), (err, r) => (err ? reject(err) : resolve(r!))),
   );
-  assert.deepEqual(Object.fromEntries(Object.entries(res.statuses).map(([n, s]) => [n, s.status])), { "": Status.SERVING, "flotilla.v1.AgentService": Status.SERVING });
+  assert.deepEqual(Object.fromEntries(Object.entries(res.statuses).map(([n, s]) => [n, s.status])), {
+    "": Status.SERVING,
+    "flotilla.v1.AgentService": Status.SERVING,
+  });
 });

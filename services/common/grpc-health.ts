@@ -100,10 +100,15 @@ export function checkGrpcHealth(address: string, credentials: grpc.ChannelCreden
     check(req: HealthCheckRequest, md: grpc.Metadata, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: HealthCheckResponse) => void): void;
   };
   return new Promise<string>((resolve, reject) => {
-    client.check(create(HealthCheckRequestSchema, { service: serviceName }), new grpc.Metadata(), { deadline: new Date(Date.now() + timeoutMs) }, (err, res) => {
-      client.close();
-      if (err) reject(err);
-      else resolve(Status[res?.status ?? Status.UNKNOWN] ?? "UNKNOWN");
-    });
+    client.check(
+      create(HealthCheckRequestSchema, { service: serviceName }),
+      new grpc.Metadata(),
+      { deadline: new Date(Date.now() + timeoutMs) },
+      (err, res) => {
+        client.close();
+        if (err) reject(err);
+        else resolve(Status[res?.status ?? Status.UNKNOWN] ?? "UNKNOWN");
+      },
+    );
   });
 }

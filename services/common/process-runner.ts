@@ -113,7 +113,11 @@ export class NodeProcessRunner implements ProcessRunner {
         try {
           process.kill(-child.pid, sig);
         } catch {
-          try { child.kill(sig); } catch { /* already gone */ }
+          try {
+            child.kill(sig);
+          } catch {
+            /* already gone */
+          }
         }
       };
       const stop = (): void => {
@@ -121,10 +125,17 @@ export class NodeProcessRunner implements ProcessRunner {
         killTimer = setTimeout(() => killGroup("SIGKILL"), KILL_GRACE_MS);
         killTimer.unref();
       };
-      const timer = options.timeoutMs !== undefined && options.timeoutMs > 0
-        ? setTimeout(() => { timedOut = true; stop(); }, options.timeoutMs)
-        : undefined;
-      const onAbort = (): void => { cancelled = true; stop(); };
+      const timer =
+        options.timeoutMs !== undefined && options.timeoutMs > 0
+          ? setTimeout(() => {
+              timedOut = true;
+              stop();
+            }, options.timeoutMs)
+          : undefined;
+      const onAbort = (): void => {
+        cancelled = true;
+        stop();
+      };
       if (options.signal?.aborted) onAbort();
       else options.signal?.addEventListener("abort", onAbort, { once: true });
 

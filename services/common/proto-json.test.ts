@@ -38,8 +38,11 @@ test("requests take the short name, the canonical name or the number, under the 
 
 test("a value that is no spelling of the enum is refused naming the field path and the values it takes", () => {
   for (const given of ["canary", "Job", true, { x: 1 }]) {
-    assert.throws(() => fromApiJson(RolloutPlanSchema, { spec: { strategy: given } }), (e: unknown) =>
-      e instanceof EnumValueError && e.message === `spec.strategy: ${JSON.stringify(given)} is not a Strategy value; use one of maintenance, job, blue-green`);
+    assert.throws(
+      () => fromApiJson(RolloutPlanSchema, { spec: { strategy: given } }),
+      (e: unknown) =>
+        e instanceof EnumValueError && e.message === `spec.strategy: ${JSON.stringify(given)} is not a Strategy value; use one of maintenance, job, blue-green`,
+    );
   }
   assert.throws(() => fromApiJson(RolloutPlanSchema, { targets: [{ allowedStrategies: ["job", "fast"] }] }), /targets\[0\]\.allowed_strategies\[1\]: "fast"/);
 });

@@ -29,7 +29,11 @@ export function enumShortNames(desc: DescEnum): string[] {
 
 /** Bad input for an enum field, said in the API's words (the gateway answers it with 400). */
 export class EnumValueError extends Error {
-  constructor(readonly field: string, given: JsonValue, desc: DescEnum) {
+  constructor(
+    readonly field: string,
+    given: JsonValue,
+    desc: DescEnum,
+  ) {
     super(`${field}: ${JSON.stringify(given)} is not a ${desc.name} value; use one of ${enumShortNames(desc).join(", ")}`);
     this.name = "EnumValueError";
   }
@@ -80,8 +84,10 @@ function rewrite(desc: DescMessage, json: JsonValue, dir: Direction, path: strin
         break;
       case "map":
         if (!isObject(v)) break;
-        if (field.mapKind === "enum" && own(field.enum)) out[key] = Object.fromEntries(Object.entries(v).map(([k, x]) => [k, enumValue(field.enum, x, dir, `${at}.${k}`)]));
-        else if (field.mapKind === "message") out[key] = Object.fromEntries(Object.entries(v).map(([k, x]) => [k, rewrite(field.message, x, dir, `${at}.${k}`)]));
+        if (field.mapKind === "enum" && own(field.enum))
+          out[key] = Object.fromEntries(Object.entries(v).map(([k, x]) => [k, enumValue(field.enum, x, dir, `${at}.${k}`)]));
+        else if (field.mapKind === "message")
+          out[key] = Object.fromEntries(Object.entries(v).map(([k, x]) => [k, rewrite(field.message, x, dir, `${at}.${k}`)]));
         break;
       default:
         break;

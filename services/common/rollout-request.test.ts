@@ -2,26 +2,63 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { FlotillaError } from "./errors.js";
 import {
-  STRATEGIES, checkCron, checkGate, checkMaxFailures, checkSelector, checkTimeZone, checkWaves, compileRolloutRequest, compileScheduleRequest,
-  gateTimeoutMs, orInvalidArgument, waveSizes, checkStrategy, describeProblems, strategyName, strategyToProto,
+  STRATEGIES,
+  checkCron,
+  checkGate,
+  checkMaxFailures,
+  checkSelector,
+  checkTimeZone,
+  checkWaves,
+  compileRolloutRequest,
+  compileScheduleRequest,
+  gateTimeoutMs,
+  orInvalidArgument,
+  waveSizes,
+  checkStrategy,
+  describeProblems,
+  strategyName,
+  strategyToProto,
 } from "./rollout-request.js";
 import { Strategy as ProtoStrategy, StrategySchema } from "./gen/flotilla/v1/controller_pb.js";
 
 test("one request: every field compiled, normalized and frozen", () => {
-  const r = compileRolloutRequest({ selector: "env=prod, region=eu", strategy: "job", waves: "1,25%", maxFailures: "2", window: "1h30m", gate: "manual:30m", allowBreaking: true }, { strategyRequired: true });
+  const r = compileRolloutRequest(
+    { selector: "env=prod, region=eu", strategy: "job", waves: "1,25%", maxFailures: "2", window: "1h30m", gate: "manual:30m", allowBreaking: true },
+    { strategyRequired: true },
+  );
   assert.ok(r.ok);
   assert.deepEqual(r.value, {
-    selector: "env=prod,region=eu", toRevision: "head", strategy: "job", waves: "1,25%,100%", maxFailures: 2, window: "1h30m", gate: "manual:30m", allowBreaking: true, schedule: "",
+    selector: "env=prod,region=eu",
+    toRevision: "head",
+    strategy: "job",
+    waves: "1,25%,100%",
+    maxFailures: 2,
+    window: "1h30m",
+    gate: "manual:30m",
+    allowBreaking: true,
+    schedule: "",
   });
   assert.ok(Object.isFrozen(r.value));
   assert.match(r.notes[0] ?? "", /added a last wave of 100%/);
 });
 
 test("every problem at once, each with its field path", () => {
-  const r = compileRolloutRequest({ selector: "env", strategy: "canary", toRevision: "a-b", waves: "3,2", maxFailures: -1, window: "2 hours", gate: "auto" }, { strategyRequired: true });
+  const r = compileRolloutRequest(
+    { selector: "env", strategy: "canary", toRevision: "a-b", waves: "3,2", maxFailures: -1, window: "2 hours", gate: "auto" },
+    { strategyRequired: true },
+  );
   assert.ok(!r.ok);
-  assert.deepEqual(r.problems.map((p) => p.field), ["selector", "to_revision", "strategy", "waves", "max_failures", "window", "gate"]);
-  assert.throws(() => orInvalidArgument(r), (e: unknown) => e instanceof FlotillaError && e.code === "INVALID_ARGUMENT" && /^selector: .*strategy: "canary" is not a strategy; use one of maintenance, job, blue-green/.test(e.message));
+  assert.deepEqual(
+    r.problems.map((p) => p.field),
+    ["selector", "to_revision", "strategy", "waves", "max_failures", "window", "gate"],
+  );
+  assert.throws(
+    () => orInvalidArgument(r),
+    (e: unknown) =>
+      e instanceof FlotillaError &&
+      e.code === "INVALID_ARGUMENT" &&
+      /^selector: .*strategy: "canary" is not a strategy; use one of maintenance, job, blue-green/.test(e.message),
+  );
 });
 
 test("strategy: required to start, maintenance by default for a plan", () => {
@@ -37,7 +74,7 @@ test("strategy: required to start, maintenance by default for a plan", () => {
 test("selector: non-empty values, each key once", () => {
   assert.ok(checkSelector("id=webui-1").ok);
   for (const bad of ["env=", "env", "env=prod,,x=y", "env=a,env=b", "env=prod;rm -rf"]) assert.equal(checkSelector(bad).ok, false, bad);
-  const missing = compileRolloutRequest({ selector: " " , strategy: "job" }, { strategyRequired: true });
+  const missing = compileRolloutRequest({ selector: " ", strategy: "job" }, { strategyRequired: true });
   assert.ok(!missing.ok);
   assert.match(missing.problems[0]?.message ?? "", /is required/);
 });
@@ -57,7 +94,8 @@ test("gate, limits, cron, time zone", () => {
   const cron = checkCron(" */5  1-3 * jan-mar MON ");
   assert.ok(cron.ok);
   assert.equal(cron.value, "*/5 1-3 * jan-mar MON");
-  for (const bad of ["0 3 * *", "60 3 * * *", "0 24 * * *", "0 3 0 * *", "0 3 * 13 *", "0 3 * * 8", "0 3 * * $(id)", "5-1 * * * *"]) assert.equal(checkCron(bad).ok, false, bad);
+  for (const bad of ["0 3 * *", "60 3 * * *", "0 24 * * *", "0 3 0 * *", "0 3 * 13 *", "0 3 * * 8", "0 3 * * $(id)", "5-1 * * * *"])
+    assert.equal(checkCron(bad).ok, false, bad);
   assert.ok(checkTimeZone("Europe/Berlin").ok);
   assert.equal(checkTimeZone("Mars/Olympus").ok, false);
 });
@@ -69,7 +107,10 @@ test("schedule: name, cron and zone, with a 2h window by default", () => {
   assert.equal(s.value.rollout.schedule, "sunday-prod");
   const bad = compileScheduleRequest({ name: "-x", cron: "0 3 * *", selector: "env=prod", strategy: "job" });
   assert.ok(!bad.ok);
-  assert.deepEqual(bad.problems.map((p) => p.field), ["name", "cron"]);
+  assert.deepEqual(
+    bad.problems.map((p) => p.field),
+    ["name", "cron"],
+  );
 });
 
 test("the strategy names come from the proto enum Strategy: one per value, in its order, both ways", () => {

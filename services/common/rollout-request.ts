@@ -59,7 +59,9 @@ export function checkSelector(raw: string): Checked<string> {
     const key = eq < 0 ? part : part.slice(0, eq);
     const value = eq < 0 ? "" : part.slice(eq + 1);
     if (eq < 0 || !LABEL.test(key) || !LABEL.test(value)) {
-      return bad(`${q(raw)} is not a selector; use key=value pairs separated by commas, like env=prod,region=eu (letters, digits and . _ / - only; id=TARGET for one target)`);
+      return bad(
+        `${q(raw)} is not a selector; use key=value pairs separated by commas, like env=prod,region=eu (letters, digits and . _ / - only; id=TARGET for one target)`,
+      );
     }
     if (seen.has(key)) return bad(`${q(raw)} gives ${key} twice; give each label once`);
     seen.add(key);
@@ -76,7 +78,10 @@ export function selectorPairs(selector: string): Array<[string, string]> {
 }
 
 /** True when every pair matches the target's labels (`id` matches the target id). */
-export function matchesSelector(target: { readonly id: string; readonly labels: Readonly<Record<string, string>> }, pairs: ReadonlyArray<readonly [string, string]>): boolean {
+export function matchesSelector(
+  target: { readonly id: string; readonly labels: Readonly<Record<string, string>> },
+  pairs: ReadonlyArray<readonly [string, string]>,
+): boolean {
   return pairs.every(([k, v]) => (k === "id" ? target.id === v : target.labels[k] === v));
 }
 
@@ -186,7 +191,9 @@ export function checkGate(raw: string): Checked<string> {
   if (text === "" || text === "manual") return good(text);
   const m = /^manual:(.+)$/.exec(text);
   if (m !== null && durationMs(m[1]!) !== undefined) return good(text);
-  return bad(`${q(raw)} is not a gate; use manual (wait for flotilla rollout approve after each wave) or manual:DURATION like manual:30m (halt when nobody approves in time)`);
+  return bad(
+    `${q(raw)} is not a gate; use manual (wait for flotilla rollout approve after each wave) or manual:DURATION like manual:30m (halt when nobody approves in time)`,
+  );
 }
 
 /** How long a gate waits before it expires; undefined: no expiry (or no gate). */
@@ -221,10 +228,15 @@ function cronValue(text: string, field: (typeof CRON_FIELDS)[number]): number | 
 
 /** Five cron fields (minute hour day-of-month month day-of-week): *, N, A-B, lists, steps (/N), month and weekday names. Returns it normalized. */
 export function checkCron(raw: string): Checked<string> {
-  const fields = raw.trim().split(/\s+/).filter((f) => f !== "");
+  const fields = raw
+    .trim()
+    .split(/\s+/)
+    .filter((f) => f !== "");
   const example = 'e.g. "0 3 * * 0" (Sundays at 03:00); quote it';
   if (fields.length !== 5) {
-    return bad(`${q(raw)} has ${fields.length} field${fields.length === 1 ? "" : "s"}; a cron expression has 5: minute hour day-of-month month day-of-week, ${example}`);
+    return bad(
+      `${q(raw)} has ${fields.length} field${fields.length === 1 ? "" : "s"}; a cron expression has 5: minute hour day-of-month month day-of-week, ${example}`,
+    );
   }
   for (let i = 0; i < 5; i++) {
     const text = fields[i]!;
@@ -242,7 +254,10 @@ export function checkCron(raw: string): Checked<string> {
           if (lo === undefined || hi === undefined || hi < lo) okItem = false;
         }
       }
-      if (!okItem) return bad(`${q(text)} is not a valid ${field.name} field (${field.min}-${field.max}${field.names.length ? ` or names like ${field.names.slice(0, 3).join(",")}` : ""}; *, lists, ranges and /steps allowed); ${example}`);
+      if (!okItem)
+        return bad(
+          `${q(text)} is not a valid ${field.name} field (${field.min}-${field.max}${field.names.length ? ` or names like ${field.names.slice(0, 3).join(",")}` : ""}; *, lists, ranges and /steps allowed); ${example}`,
+        );
     }
   }
   return good(fields.join(" "));
@@ -292,12 +307,23 @@ export interface RolloutSpec {
   readonly schedule: string;
 }
 
-export type Compiled<T> = { readonly ok: true; readonly value: T; readonly notes: readonly string[] } | { readonly ok: false; readonly problems: readonly FieldProblem[] };
+export type Compiled<T> =
+  | { readonly ok: true; readonly value: T; readonly notes: readonly string[] }
+  | { readonly ok: false; readonly problems: readonly FieldProblem[] };
 
 /** Field paths of the rollout request (the proto's spelling). */
 export const ROLLOUT_FIELDS = {
-  selector: "selector", toRevision: "to_revision", strategy: "strategy", waves: "waves", maxFailures: "max_failures",
-  window: "window", gate: "gate", schedule: "schedule", name: "name", cron: "cron", timeZone: "time_zone",
+  selector: "selector",
+  toRevision: "to_revision",
+  strategy: "strategy",
+  waves: "waves",
+  maxFailures: "max_failures",
+  window: "window",
+  gate: "gate",
+  schedule: "schedule",
+  name: "name",
+  cron: "cron",
+  timeZone: "time_zone",
 } as const;
 
 class Collector {
@@ -320,19 +346,35 @@ class Collector {
 function collectSpec(c: Collector, input: RolloutRequestInput, opts: { strategyRequired: boolean; defaultWindow?: string }): RolloutSpec | undefined {
   const F = ROLLOUT_FIELDS;
   const selectorRaw = input.selector ?? "";
-  const selector = selectorRaw.trim() === "" ? c.missing(F.selector, "is required, e.g. env=prod (use id=TARGET for one target)") : c.take(F.selector, checkSelector(selectorRaw));
+  const selector =
+    selectorRaw.trim() === ""
+      ? c.missing(F.selector, "is required, e.g. env=prod (use id=TARGET for one target)")
+      : c.take(F.selector, checkSelector(selectorRaw));
   const toRevision = c.take(F.toRevision, checkRevision(input.toRevision || "head"));
   const strategyRaw = input.strategy ?? "";
-  const strategy = strategyRaw === "" || strategyRaw === ProtoStrategy.UNSPECIFIED
-    ? (opts.strategyRequired ? c.missing(F.strategy, `is required; use one of ${STRATEGIES.join(", ")}`) : DEFAULT_STRATEGY)
-    : c.take(F.strategy, checkStrategy(strategyRaw));
+  const strategy =
+    strategyRaw === "" || strategyRaw === ProtoStrategy.UNSPECIFIED
+      ? opts.strategyRequired
+        ? c.missing(F.strategy, `is required; use one of ${STRATEGIES.join(", ")}`)
+        : DEFAULT_STRATEGY
+      : c.take(F.strategy, checkStrategy(strategyRaw));
   const waves = input.waves ? c.take(F.waves, checkWaves(input.waves)) : "";
   const maxFailures = c.take(F.maxFailures, checkMaxFailures(input.maxFailures ?? 0));
   const windowRaw = input.window || opts.defaultWindow || "";
   const window = windowRaw === "" ? "" : c.take(F.window, checkDuration(windowRaw));
   const gate = c.take(F.gate, checkGate(input.gate ?? ""));
   const schedule = input.schedule ? c.take(F.schedule, checkName(input.schedule)) : "";
-  if (selector === undefined || toRevision === undefined || strategy === undefined || waves === undefined || maxFailures === undefined || window === undefined || gate === undefined || schedule === undefined) return undefined;
+  if (
+    selector === undefined ||
+    toRevision === undefined ||
+    strategy === undefined ||
+    waves === undefined ||
+    maxFailures === undefined ||
+    window === undefined ||
+    gate === undefined ||
+    schedule === undefined
+  )
+    return undefined;
   return { selector, toRevision, strategy, waves, maxFailures, window, gate, allowBreaking: input.allowBreaking === true, schedule };
 }
 
@@ -369,10 +411,12 @@ export function compileScheduleRequest(input: ScheduleRequestInput): Compiled<Sc
   const c = new Collector();
   const F = ROLLOUT_FIELDS;
   const name = c.take(F.name, checkName(input.name ?? ""));
-  const cron = (input.cron ?? "").trim() === "" ? c.missing(F.cron, 'is required, e.g. "0 3 * * 0" (Sundays at 03:00)') : c.take(F.cron, checkCron(input.cron ?? ""));
+  const cron =
+    (input.cron ?? "").trim() === "" ? c.missing(F.cron, 'is required, e.g. "0 3 * * 0" (Sundays at 03:00)') : c.take(F.cron, checkCron(input.cron ?? ""));
   const timeZone = c.take(F.timeZone, checkTimeZone(input.timeZone ?? ""));
   const rollout = collectSpec(c, { ...input, schedule: "" }, { strategyRequired: true, defaultWindow: DEFAULT_SCHEDULE_WINDOW });
-  if (name === undefined || cron === undefined || timeZone === undefined || rollout === undefined || c.problems.length > 0) return { ok: false, problems: c.problems };
+  if (name === undefined || cron === undefined || timeZone === undefined || rollout === undefined || c.problems.length > 0)
+    return { ok: false, problems: c.problems };
   return { ok: true, value: Object.freeze({ name, cron, timeZone, rollout: Object.freeze({ ...rollout, schedule: name }) }), notes: c.notes };
 }
 

@@ -39,7 +39,7 @@ export function parseSubjectAltName(text: string | undefined): SubjectNames {
   for (const m of text.matchAll(re)) {
     const kind = m[1]!;
     let value = m[2]!.trim();
-    if (value.startsWith("\"")) {
+    if (value.startsWith('"')) {
       try {
         value = JSON.parse(value) as string;
       } catch {

@@ -11,7 +11,10 @@ import { readControllerConfig, type ControllerConfig, type LoadControllerConfigI
 /** Host problems of a loaded controller config, one `key: what` line each. */
 export function controllerHostProblems(config: ControllerConfig): string[] {
   const out: string[] = [];
-  for (const [name, files] of [["tls", config.tls], ["httpTls", config.httpTls]] as const) {
+  for (const [name, files] of [
+    ["tls", config.tls],
+    ["httpTls", config.httpTls],
+  ] as const) {
     if (files === undefined) continue;
     for (const key of ["cert", "key", "ca"] as const) {
       const path = (files as Partial<Record<typeof key, string>>)[key];
@@ -38,9 +41,7 @@ export function controllerHostProblems(config: ControllerConfig): string[] {
  */
 export function checkControllerConfig(input: LoadControllerConfigInput, opts: { offline: boolean }): CheckReport {
   const configPath = flagValue(input.argv, "config") ?? input.env.FLOTILLA_CONTROLLER_CONFIG ?? "controller config";
-  const readFile = opts.offline
-    ? (p: string): string => (p === configPath ? input.readFile(p) : "offline-placeholder-token-0123456789")
-    : input.readFile;
+  const readFile = opts.offline ? (p: string): string => (p === configPath ? input.readFile(p) : "offline-placeholder-token-0123456789") : input.readFile;
   return runCheck("flotilla-controller", configPath, opts.offline, () => {
     const { config, problems } = readControllerConfig({ ...input, readFile });
     return {

@@ -27,7 +27,9 @@ test("defaults: loopback listeners, SQLite store under dataDir, audit key beside
 });
 
 test("tokens are read from files; a public listener without tokens is refused", () => {
-  const c = load("listen: { http: '0.0.0.0:7441' }\ntokens:\n  - { name: alice, role: admin, file: /run/secrets/alice }\n", { "/run/secrets/alice": "0123456789abcdef0123\n" });
+  const c = load("listen: { http: '0.0.0.0:7441' }\ntokens:\n  - { name: alice, role: admin, file: /run/secrets/alice }\n", {
+    "/run/secrets/alice": "0123456789abcdef0123\n",
+  });
   assert.equal(c.tokens[0]!.value, "0123456789abcdef0123");
   assert.throws(() => load("listen: { http: '0.0.0.0:7441' }\n"), /tokens/);
   assert.equal(load("store: x\n", {}, { FLOTILLA_STORE: "postgresql://u@h/db" }).store, "postgresql://u@h/db");
@@ -45,7 +47,17 @@ schedules: [{ name: s, cron: "* *", selector: "env", strategy: fast, window: for
     assert.fail("should throw");
   } catch (err) {
     assert.ok(err instanceof FlotillaError && err.code === "CONFIG_INVALID");
-    for (const p of ["listen.grpc", "store", "agents[0].address", "tokens[0].role", "tokens[0].file", "schedules[0].cron", "schedules[0].selector", "schedules[0].strategy", "schedules[0].window"]) {
+    for (const p of [
+      "listen.grpc",
+      "store",
+      "agents[0].address",
+      "tokens[0].role",
+      "tokens[0].file",
+      "schedules[0].cron",
+      "schedules[0].selector",
+      "schedules[0].strategy",
+      "schedules[0].window",
+    ]) {
       assert.ok(err.message.includes(p), `mentions ${p}:\n${err.message}`);
     }
   }
@@ -58,12 +70,16 @@ function problemsOf(yaml: string, files: Record<string, string> = {}): string[] 
     return [];
   } catch (err) {
     assert.ok(err instanceof FlotillaError && err.code === "CONFIG_INVALID", String(err));
-    return err.message.split("\n").slice(1).map((l) => l.replace(/^\s*- /, ""));
+    return err.message
+      .split("\n")
+      .slice(1)
+      .map((l) => l.replace(/^\s*- /, ""));
   }
 }
 
 test("a dozen mistakes at every depth in one report: unknown keys with the nearest known key, a store URL without a file, ports, duplicates", () => {
-  const problems = problemsOf(`
+  const problems = problemsOf(
+    `
 listen: { grpc: "127.0.0.1:99999", htp: "127.0.0.1:7441" }
 store: "sqlite:///"
 auditKeyFiel: /x
@@ -76,7 +92,9 @@ agents:
 tokens:
   - { name: t, role: admin, file: /t1 }
   - { name: t, role: viewer, file: /t2, rol: admin }
-`, { "/t1": "0123456789abcdef0123", "/t2": "fedcba9876543210fedc" });
+`,
+    { "/t1": "0123456789abcdef0123", "/t2": "fedcba9876543210fedc" },
+  );
   const expect: [string, RegExp][] = [
     ["listen.grpc", /port 99999 is out of range/],
     ["listen.htp", /did you mean "http"/],
@@ -92,7 +110,10 @@ tokens:
     ["tokens[1].rol", /did you mean "role"/],
   ];
   for (const [path, re] of expect) {
-    assert.ok(problems.some((p) => p.startsWith(`${path}: `) && re.test(p)), `expected ${path} ${re}; got:\n${problems.join("\n")}`);
+    assert.ok(
+      problems.some((p) => p.startsWith(`${path}: `) && re.test(p)),
+      `expected ${path} ${re}; got:\n${problems.join("\n")}`,
+    );
   }
 });
 

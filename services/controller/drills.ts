@@ -9,14 +9,21 @@ import type { Inventory } from "./inventory.js";
  * a time (a drill restores a whole copy: running them all at once would
  * double the fleet's disk and I/O at the same moment).
  */
-export async function drillSelected(d: { inventory: Inventory; pool: GrpcAgentPool }, selector: string, actor: string): Promise<{ targetId: string; ok: boolean; message: string }[]> {
+export async function drillSelected(
+  d: { inventory: Inventory; pool: GrpcAgentPool },
+  selector: string,
+  actor: string,
+): Promise<{ targetId: string; ok: boolean; message: string }[]> {
   const { targets } = await d.inventory.targets(selector);
   const out: { targetId: string; ok: boolean; message: string }[] = [];
   for (const t of targets) {
     try {
       const c = await d.pool.client(t.ownerAgent);
       let result: { status: string; message: string } | undefined;
-      for await (const ev of c.drill({ targetId: t.id, backupId: "", operationId: `${actor.replace(/[^A-Za-z0-9._-]/g, "-")}.${randomUUID()}` }, { timeoutMs: 6 * 3600_000 })) {
+      for await (const ev of c.drill(
+        { targetId: t.id, backupId: "", operationId: `${actor.replace(/[^A-Za-z0-9._-]/g, "-")}.${randomUUID()}` },
+        { timeoutMs: 6 * 3600_000 },
+      )) {
         if (ev.event.case === "result") result = ev.event.value;
       }
       out.push({ targetId: t.id, ok: result?.status === "succeeded", message: result?.message ?? "the agent ended without a result" });

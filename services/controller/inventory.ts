@@ -24,22 +24,27 @@ export interface AgentView {
  * target), with the agents that host its app instances.
  */
 export class Inventory {
-  constructor(private readonly pool: GrpcAgentPool, private readonly log: Logger) {}
+  constructor(
+    private readonly pool: GrpcAgentPool,
+    private readonly log: Logger,
+  ) {}
 
   async describe(): Promise<{ agents: AgentView[]; infos: Map<string, Info> }> {
     const eps = await this.pool.endpoints();
     const infos = new Map<string, Info>();
-    await Promise.all(eps.map(async (ep) => {
-      try {
-        const c = await this.pool.client(ep.id);
-        const info = await c.getInfo({}, { timeoutMs: 5000 });
-        if (info.agentId !== ep.id) this.log.warn({ configured: ep.id, reported: info.agentId }, "agent reports a different id than configured");
-        infos.set(ep.id, info);
-        this.pool.markHealth(ep.id, true);
-      } catch (err) {
-        this.pool.markHealth(ep.id, false, toFlotillaError(err).message);
-      }
-    }));
+    await Promise.all(
+      eps.map(async (ep) => {
+        try {
+          const c = await this.pool.client(ep.id);
+          const info = await c.getInfo({}, { timeoutMs: 5000 });
+          if (info.agentId !== ep.id) this.log.warn({ configured: ep.id, reported: info.agentId }, "agent reports a different id than configured");
+          infos.set(ep.id, info);
+          this.pool.markHealth(ep.id, true);
+        } catch (err) {
+          this.pool.markHealth(ep.id, false, toFlotillaError(err).message);
+        }
+      }),
+    );
     const agents = eps.map((ep) => ({ id: ep.id, address: ep.address, source: ep.source, ...this.pool.healthOf(ep.id) }));
     return { agents, infos };
   }
@@ -67,7 +72,14 @@ export class Inventory {
     }
     const targets: InventoryTarget[] = [];
     for (const [id, t] of byId) {
-      const it: InventoryTarget = { id, ownerAgent: t.owner, appAgents: [...t.appAgents].sort(), greenAgents: [...t.greenAgents].sort(), labels: t.labels, blueGreen: t.blueGreen };
+      const it: InventoryTarget = {
+        id,
+        ownerAgent: t.owner,
+        appAgents: [...t.appAgents].sort(),
+        greenAgents: [...t.greenAgents].sort(),
+        labels: t.labels,
+        blueGreen: t.blueGreen,
+      };
       if (pairs.length === 0 || matchesSelector(it, pairs)) targets.push(it);
     }
     targets.sort((a, b) => a.id.localeCompare(b.id));

@@ -70,7 +70,8 @@ export class Leadership {
         const e = await this.client.query<{ epoch: string }>(
           // Never below the clock in seconds: epochs keep rising even if the store is replaced by a fresh one.
           "INSERT INTO leader_epoch (id, epoch) VALUES (1, extract(epoch from now())::bigint) " +
-          "ON CONFLICT (id) DO UPDATE SET epoch = GREATEST(leader_epoch.epoch + 1, extract(epoch from now())::bigint) RETURNING epoch");
+            "ON CONFLICT (id) DO UPDATE SET epoch = GREATEST(leader_epoch.epoch + 1, extract(epoch from now())::bigint) RETURNING epoch",
+        );
         this.currentEpoch = Number(e.rows[0]!.epoch);
         this.leader = true;
         this.log.info({ epoch: this.currentEpoch }, "this controller replica now leads");

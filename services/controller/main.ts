@@ -48,34 +48,52 @@ export async function startController(config: ControllerConfig, log: Logger): Pr
   const pool = new GrpcAgentPool(config.agents, store, config.tls, () => leadership.epoch);
   const inventory = new Inventory(pool, log);
   const engine = new RolloutEngine({ store, pool, agents: new GrpcStepClient({ pool, agentTimeoutMs: config.agentTimeoutMs }), inventory, audit, log });
-  const scheduler = new Scheduler({ store, engine, audit, log, drill: async (selector, actor) => summariseDrills(await drillSelected({ inventory, pool }, selector, actor)) });
+  const scheduler = new Scheduler({
+    store,
+    engine,
+    audit,
+    log,
+    drill: async (selector, actor) => summariseDrills(await drillSelected({ inventory, pool }, selector, actor)),
+  });
   for (const s of config.schedules) {
     const existing = (await store.listSchedules()).find((x) => x.name === s.name);
-    await store.upsertSchedule({ ...s, source: "config", ...(existing?.lastRun ? { lastRun: existing.lastRun } : {}), ...(existing?.lastResult ? { lastResult: existing.lastResult } : {}) });
+    await store.upsertSchedule({
+      ...s,
+      source: "config",
+      ...(existing?.lastRun ? { lastRun: existing.lastRun } : {}),
+      ...(existing?.lastResult ? { lastResult: existing.lastResult } : {}),
+    });
   }
   const callerOf = (method: string, ctx: { metadata: { get(k: string): unknown[] } }) => {
     const auth = ctx.metadata.get("authorization")[0];
     return authenticate(config, typeof auth === "string" ? auth : undefined, method);
   };
-  const leadership = new Leadership(config.store, log, async () => {
-    // Leases of single API operations belong to calls of an earlier leader, gone now (the agent's
-    // journal lock still guards an operation it is finishing).
-    for (const [targetId, holder] of Object.entries(await store.listLeases())) {
-      if (holder.startsWith(API_LEASE_PREFIX)) await store.releaseLeases(holder, [targetId]);
-    }
-    const resumed = await engine.resumeAll();
-    if (resumed.length) log.info({ rollouts: resumed }, "resumed rollouts");
-    await scheduler.reload();
-  }, () => {
-    // The lock died with the session: stop acting now; the process manager restarts us as a follower.
-    void engine.close();
-    void scheduler.close();
-    process.exitCode = 1;
-    setTimeout(() => process.exit(1), 100).unref();
-  });
+  const leadership = new Leadership(
+    config.store,
+    log,
+    async () => {
+      // Leases of single API operations belong to calls of an earlier leader, gone now (the agent's
+      // journal lock still guards an operation it is finishing).
+      for (const [targetId, holder] of Object.entries(await store.listLeases())) {
+        if (holder.startsWith(API_LEASE_PREFIX)) await store.releaseLeases(holder, [targetId]);
+      }
+      const resumed = await engine.resumeAll();
+      if (resumed.length) log.info({ rollouts: resumed }, "resumed rollouts");
+      await scheduler.reload();
+    },
+    () => {
+      // The lock died with the session: stop acting now; the process manager restarts us as a follower.
+      void engine.close();
+      void scheduler.close();
+      process.exitCode = 1;
+      setTimeout(() => process.exit(1), 100).unref();
+    },
+  );
   const readHttpTls = () => (config.httpTls ? { cert: readFileSync(config.httpTls.cert), key: readFileSync(config.httpTls.key) } : undefined);
   let httpTls = readHttpTls();
-  const certs = config.tls ? new ReloadableCertificates({ cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key), ca: readFileSync(config.tls.ca) }) : undefined;
+  const certs = config.tls
+    ? new ReloadableCertificates({ cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key), ca: readFileSync(config.tls.ca) })
+    : undefined;
   const certificateWarnings = (): string[] => {
     const now = new Date();
     const own = [
@@ -86,17 +104,36 @@ export async function startController(config: ControllerConfig, log: Logger): Pr
     return [...expiryWarnings(own, now), ...agents];
   };
   const metrics = new ControllerMetrics({ store, inventory, audit, isLeader: () => leadership.isLeader });
-  const impl = controllerServiceImpl({
-    config, store, pool, inventory, engine, audit, scheduler, log, isLeader: () => leadership.isLeader, certificateWarnings,
-    onCall: (method, outcome) => metrics.countCall(method, outcome),
-  }, callerOf);
+  const impl = controllerServiceImpl(
+    {
+      config,
+      store,
+      pool,
+      inventory,
+      engine,
+      audit,
+      scheduler,
+      log,
+      isLeader: () => leadership.isLeader,
+      certificateWarnings,
+      onCall: (method, outcome) => metrics.countCall(method, outcome),
+    },
+    callerOf,
+  );
 
   const grpcServer = newServer();
   const grpcMtls = config.tokens.length > 0 && certs !== undefined;
   const allow = config.tls?.allow;
-  addService(grpcServer, ControllerService, impl, grpcMtls && allow
-    ? peerIdentityGuard(allow, (refusal) => log.warn({ method: refusal.method, peer: refusal.peer, names: refusal.names, allow }, "refused a client whose certificate is not allowed"))
-    : undefined);
+  addService(
+    grpcServer,
+    ControllerService,
+    impl,
+    grpcMtls && allow
+      ? peerIdentityGuard(allow, (refusal) =>
+          log.warn({ method: refusal.method, peer: refusal.peer, names: refusal.names, allow }, "refused a client whose certificate is not allowed"),
+        )
+      : undefined,
+  );
   // SERVING on a standby too: it answers reads (readiness for changes is /readyz).
   const health = addHealthService(grpcServer, [ControllerService.typeName]);
   const http = createHttpGateway(impl, { audit, log, callerOf, isLeader: () => leadership.isLeader, metrics, ...(httpTls ? { tls: httpTls } : {}) });
@@ -123,7 +160,8 @@ export async function startController(config: ControllerConfig, log: Logger): Pr
   const httpPort = (http.address() as AddressInfo).port;
   // A damaged audit log (e.g. its tail cut) does not stop the controller from serving reads and
   // `audit verify`; every change stays refused, since each one needs its audit row first.
-  await audit.append({ actor: "controller", action: "controller.start", outcome: "ok", detail: `http ${httpPort}, grpc ${grpcPort}` })
+  await audit
+    .append({ actor: "controller", action: "controller.start", outcome: "ok", detail: `http ${httpPort}, grpc ${grpcPort}` })
     .catch((err: unknown) => log.error({ err: toFlotillaError(err) }, "the audit log refuses appends: changes are refused until it is repaired"));
   await leadership.start();
   log.info({ httpPort, grpcPort, https: Boolean(httpTls), store: config.store.replace(/:[^:@/]*@/, ":***@") }, "controller listening");
@@ -132,7 +170,10 @@ export async function startController(config: ControllerConfig, log: Logger): Pr
   }
   for (const warning of certificateWarnings()) log.warn({ warning }, "certificate expires soon");
   return {
-    httpPort, grpcPort, engine, scheduler,
+    httpPort,
+    grpcPort,
+    engine,
+    scheduler,
     reloadCertificates() {
       if (certs && config.tls) certs.update({ cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key), ca: readFileSync(config.tls.ca) });
       pool.reloadCertificates();

@@ -8,7 +8,15 @@ import type { AuditLog } from "./audit/audit-log.js";
 import { type RevisionClass, checkCompatibility, classesFromPlan } from "./core/compatibility-gate.js";
 import type { AgentClient, ControllerStore, RolloutDoc, RolloutSpecDoc, RolloutTargetDoc, StepLine } from "./core/ports.js";
 import { type PreflightAnswer, planTargets, preflightVerdict, upToDateWhenNothingPending } from "./core/rollout-plan.js";
-import { type SequencerCommand, type SequencerEvent, type StepResult, isTerminal, retryTargets, rollbackTargets, transition } from "./core/rollout-sequencer.js";
+import {
+  type SequencerCommand,
+  type SequencerEvent,
+  type StepResult,
+  isTerminal,
+  retryTargets,
+  rollbackTargets,
+  transition,
+} from "./core/rollout-sequencer.js";
 import type { Inventory } from "./inventory.js";
 
 export interface RolloutLine {
@@ -44,16 +52,18 @@ export class RolloutEngine {
   private readonly timers = new Map<string, NodeJS.Timeout>();
   private stopped = false;
 
-  constructor(private readonly d: {
-    store: ControllerStore;
-    pool: GrpcAgentPool;
-    agents: AgentClient;
-    inventory: Inventory;
-    audit: AuditLog;
-    log: Logger;
-    /** Clock (tests). */
-    now?: () => Date;
-  }) {
+  constructor(
+    private readonly d: {
+      store: ControllerStore;
+      pool: GrpcAgentPool;
+      agents: AgentClient;
+      inventory: Inventory;
+      audit: AuditLog;
+      log: Logger;
+      /** Clock (tests). */
+      now?: () => Date;
+    },
+  ) {
     this.bus.setMaxListeners(0);
   }
 
@@ -71,16 +81,24 @@ export class RolloutEngine {
 
   // ------------------------------------------------------------ planning
 
-  async plan(specIn: RolloutRequestInput, strategyRequired = true, onlyTargets?: ReadonlySet<string>): Promise<{ spec: RolloutSpecDoc; targets: RolloutTargetDoc[]; warnings: string[] }> {
+  async plan(
+    specIn: RolloutRequestInput,
+    strategyRequired = true,
+    onlyTargets?: ReadonlySet<string>,
+  ): Promise<{ spec: RolloutSpecDoc; targets: RolloutTargetDoc[]; warnings: string[] }> {
     const { spec, notes } = validateSpec(specIn, strategyRequired);
     const { targets: all, agents } = await this.d.inventory.targets(spec.selector);
     const targets = onlyTargets === undefined ? all : all.filter((t) => onlyTargets.has(t.id));
     if (targets.length === 0) {
       const down = agents.filter((a) => a.state !== "up").map((a) => a.id);
-      throw new FlotillaError("INVALID_ARGUMENT", `selector: no target matches "${spec.selector}"${down.length ? ` (agents not answering: ${down.join(", ")})` : ""}; list targets with: flotilla targets`);
+      throw new FlotillaError(
+        "INVALID_ARGUMENT",
+        `selector: no target matches "${spec.selector}"${down.length ? ` (agents not answering: ${down.join(", ")})` : ""}; list targets with: flotilla targets`,
+      );
     }
     const warnings: string[] = [...notes];
-    for (const a of agents.filter((x) => x.state !== "up")) warnings.push(`agent ${a.id} is not answering (${a.error || a.state}): its targets are not in this plan`);
+    for (const a of agents.filter((x) => x.state !== "up"))
+      warnings.push(`agent ${a.id} is not answering (${a.error || a.state}): its targets are not in this plan`);
     return { spec, targets: planTargets(spec.strategy, targets, spec.waves, spec.toRevision), warnings };
   }
 
@@ -93,18 +111,23 @@ export class RolloutEngine {
    * check. An agent that cannot answer leaves its target unclassified: its
    * precheck step runs and stops it with the reason.
    */
-  async survey(spec: RolloutSpecDoc, targets: readonly { targetId: string; agentId: string }[]): Promise<{ refusal: { code: string; message: string } | null; classes: Map<string, RevisionClass[]> }> {
+  async survey(
+    spec: RolloutSpecDoc,
+    targets: readonly { targetId: string; agentId: string }[],
+  ): Promise<{ refusal: { code: string; message: string } | null; classes: Map<string, RevisionClass[]> }> {
     const classes = new Map<string, RevisionClass[]>();
-    const answers = await Promise.all(targets.map(async (t): Promise<PreflightAnswer> => {
-      try {
-        const p = await (await this.d.pool.client(t.agentId)).plan({ targetId: t.targetId, toRevision: spec.toRevision }, { timeoutMs: 120_000 });
-        classes.set(t.targetId, classesFromPlan(p));
-        return { targetId: t.targetId, ok: true, pending: p.pending.length };
-      } catch (err) {
-        const fe = toFlotillaError(err);
-        return { targetId: t.targetId, ok: false, code: fe.code, message: fe.message };
-      }
-    }));
+    const answers = await Promise.all(
+      targets.map(async (t): Promise<PreflightAnswer> => {
+        try {
+          const p = await (await this.d.pool.client(t.agentId)).plan({ targetId: t.targetId, toRevision: spec.toRevision }, { timeoutMs: 120_000 });
+          classes.set(t.targetId, classesFromPlan(p));
+          return { targetId: t.targetId, ok: true, pending: p.pending.length };
+        } catch (err) {
+          const fe = toFlotillaError(err);
+          return { targetId: t.targetId, ok: false, code: fe.code, message: fe.message };
+        }
+      }),
+    );
     return { refusal: preflightVerdict(answers).refusal, classes };
   }
 
@@ -117,8 +140,17 @@ export class RolloutEngine {
     const gate = checkCompatibility(spec.strategy, classes, spec.allowBreaking);
     if (!gate.ok) throw new FlotillaError("PRECONDITION_FAILED", gate.message);
     if (gate.overridden.length > 0) {
-      warnings.push(`--allow-breaking: ${spec.strategy} runs old and new code side by side over ${gate.overridden.map((r) => `${r.id} (${r.compatibility})`).join(", ")}`);
-      await this.d.audit.append({ actor, action: "rollout.allow-breaking", target: spec.selector, args: { strategy: spec.strategy, revisions: gate.overridden.map((r) => r.id) }, outcome: "ok", detail: "strategy allowed over revisions that are not additive" });
+      warnings.push(
+        `--allow-breaking: ${spec.strategy} runs old and new code side by side over ${gate.overridden.map((r) => `${r.id} (${r.compatibility})`).join(", ")}`,
+      );
+      await this.d.audit.append({
+        actor,
+        action: "rollout.allow-breaking",
+        target: spec.selector,
+        args: { strategy: spec.strategy, revisions: gate.overridden.map((r) => r.id) },
+        outcome: "ok",
+        detail: "strategy allowed over revisions that are not additive",
+      });
     }
     // Nothing pending: up to date, and no step runs for it.
     for (const t of targets) {
@@ -133,11 +165,26 @@ export class RolloutEngine {
     const leased = targets.filter((t) => t.status !== "up-to-date").map((t) => t.targetId);
     const lease = await this.d.store.acquireLeases(id, leased);
     if (!lease.ok) {
-      throw new FlotillaError("LEASE_HELD", `target ${lease.targetId} is already in rollout ${lease.heldBy}: wait for it to finish (flotilla rollout show ${lease.heldBy}) or abort it`);
+      throw new FlotillaError(
+        "LEASE_HELD",
+        `target ${lease.targetId} is already in rollout ${lease.heldBy}: wait for it to finish (flotilla rollout show ${lease.heldBy}) or abort it`,
+      );
     }
     const doc: RolloutDoc = {
-      id, status: "pending", spec, targets, createdAt: this.now(), actor, message: "", warnings, currentWave: 0,
-      abortRequested: false, version: 0, paused: false, waitingFor: "", ...(opts.retryOf ? { retryOf: opts.retryOf } : {}),
+      id,
+      status: "pending",
+      spec,
+      targets,
+      createdAt: this.now(),
+      actor,
+      message: "",
+      warnings,
+      currentWave: 0,
+      abortRequested: false,
+      version: 0,
+      paused: false,
+      waitingFor: "",
+      ...(opts.retryOf ? { retryOf: opts.retryOf } : {}),
     };
     try {
       await this.d.store.createRollout(doc);
@@ -154,7 +201,8 @@ export class RolloutEngine {
     const doc = await this.load(id);
     if (!isTerminal(doc.status)) throw new FlotillaError("PRECONDITION_FAILED", `rollout ${id} is still ${doc.status}: wait for it to end, or abort it`);
     const targets = retryTargets(doc);
-    if (targets.length === 0) throw new FlotillaError("PRECONDITION_FAILED", `rollout ${id} has no failed, restored or skipped target: there is nothing to retry`);
+    if (targets.length === 0)
+      throw new FlotillaError("PRECONDITION_FAILED", `rollout ${id} has no failed, restored or skipped target: there is nothing to retry`);
     const { schedule: _schedule, ...spec } = doc.spec;
     return this.start(spec, actor, { onlyTargets: new Set(targets), retryOf: id });
   }
@@ -179,8 +227,12 @@ export class RolloutEngine {
 
   async rollback(id: string, actor: string): Promise<RolloutDoc> {
     const doc = await this.load(id);
-    if (!isTerminal(doc.status)) throw new FlotillaError("PRECONDITION_FAILED", `rollout ${id} is still ${doc.status}: abort it first (flotilla rollout abort ${id} --wait)`);
-    const lease = await this.d.store.acquireLeases(id, rollbackTargets(doc).map((t) => t.targetId));
+    if (!isTerminal(doc.status))
+      throw new FlotillaError("PRECONDITION_FAILED", `rollout ${id} is still ${doc.status}: abort it first (flotilla rollout abort ${id} --wait)`);
+    const lease = await this.d.store.acquireLeases(
+      id,
+      rollbackTargets(doc).map((t) => t.targetId),
+    );
     if (!lease.ok) throw new FlotillaError("LEASE_HELD", `target ${lease.targetId} is in rollout ${lease.heldBy}; wait for it before rolling back`);
     this.live.set(id, doc);
     try {
@@ -203,18 +255,20 @@ export class RolloutEngine {
   /** Feeds one event to the sequencer (serialized per rollout), saves, and carries out the commands. */
   private dispatch(id: string, event: SequencerEvent): Promise<RolloutDoc> {
     const prev = this.chains.get(id) ?? Promise.resolve();
-    const next = prev.catch(() => undefined).then(async () => {
-      const doc = await this.load(id);
-      const t = transition(doc, event);
-      if (t.refusal) throw new FlotillaError(t.refusal.code, t.refusal.message);
-      t.doc.version = doc.version;
-      await this.d.store.saveRollout(t.doc); // durable before any agent is asked
-      if (isTerminal(t.doc.status) && !t.doc.targets.some((x) => x.steps.some((s) => s.state === "running"))) this.live.delete(id);
-      else this.live.set(id, t.doc);
-      this.bus.emit(id, { kind: "snapshot", doc: structuredClone(t.doc) });
-      for (const c of t.commands) this.execute(t.doc, c);
-      return structuredClone(t.doc);
-    });
+    const next = prev
+      .catch(() => undefined)
+      .then(async () => {
+        const doc = await this.load(id);
+        const t = transition(doc, event);
+        if (t.refusal) throw new FlotillaError(t.refusal.code, t.refusal.message);
+        t.doc.version = doc.version;
+        await this.d.store.saveRollout(t.doc); // durable before any agent is asked
+        if (isTerminal(t.doc.status) && !t.doc.targets.some((x) => x.steps.some((s) => s.state === "running"))) this.live.delete(id);
+        else this.live.set(id, t.doc);
+        this.bus.emit(id, { kind: "snapshot", doc: structuredClone(t.doc) });
+        for (const c of t.commands) this.execute(t.doc, c);
+        return structuredClone(t.doc);
+      });
     this.chains.set(id, next);
     return next;
   }
@@ -229,20 +283,37 @@ export class RolloutEngine {
       case "wake-at": {
         clearTimeout(this.timers.get(doc.id));
         const delay = Math.max(0, Date.parse(c.at) - Date.now());
-        const timer = setTimeout(() => {
-          this.timers.delete(doc.id);
-          void this.dispatch(doc.id, { kind: "tick", now: this.now() }).catch((err: unknown) => this.d.log.error({ err: toFlotillaError(err), rollout: doc.id }, "rollout tick failed"));
-        }, Math.min(delay, 2 ** 31 - 1));
+        const timer = setTimeout(
+          () => {
+            this.timers.delete(doc.id);
+            void this.dispatch(doc.id, { kind: "tick", now: this.now() }).catch((err: unknown) =>
+              this.d.log.error({ err: toFlotillaError(err), rollout: doc.id }, "rollout tick failed"),
+            );
+          },
+          Math.min(delay, 2 ** 31 - 1),
+        );
         timer.unref();
         this.timers.set(doc.id, timer);
         break;
       }
       case "finish":
         clearTimeout(this.timers.get(doc.id));
-        this.track(doc.id, (async () => {
-          await this.d.store.releaseLeases(doc.id);
-          await this.d.audit.append({ actor: doc.actor, action: doc.phase === "rollback" ? "rollout.rollback.finish" : "rollout.finish", target: doc.id, args: { status: c.status }, outcome: c.status === "succeeded" || c.status === "rolled-back" ? "ok" : "error", detail: doc.message }).catch(() => undefined);
-        })());
+        this.track(
+          doc.id,
+          (async () => {
+            await this.d.store.releaseLeases(doc.id);
+            await this.d.audit
+              .append({
+                actor: doc.actor,
+                action: doc.phase === "rollback" ? "rollout.rollback.finish" : "rollout.finish",
+                target: doc.id,
+                args: { status: c.status },
+                outcome: c.status === "succeeded" || c.status === "rolled-back" ? "ok" : "error",
+                detail: doc.message,
+              })
+              .catch(() => undefined);
+          })(),
+        );
         break;
     }
   }
@@ -250,7 +321,9 @@ export class RolloutEngine {
   private track(id: string, p: Promise<void>): void {
     const set = this.inFlight.get(id) ?? new Set();
     this.inFlight.set(id, set);
-    const wrapped = p.catch((err: unknown) => this.d.log.error({ err: toFlotillaError(err), rollout: id }, "rollout engine error")).finally(() => set.delete(wrapped));
+    const wrapped = p
+      .catch((err: unknown) => this.d.log.error({ err: toFlotillaError(err), rollout: id }, "rollout engine error"))
+      .finally(() => set.delete(wrapped));
     set.add(wrapped);
   }
 
@@ -269,11 +342,25 @@ export class RolloutEngine {
         await this.d.audit.append({ actor: doc.actor, action: `step.${c.step.name}`, target: t.targetId, args: auditArgs, outcome: "intent" });
         result = await this.d.agents.runStep(c.step, ctx, onLine);
       } catch (err) {
-        result = { outcome: "failed", code: "AUDIT_UNAVAILABLE", effect: "none", detail: `not done: the audit log could not be written (${toFlotillaError(err).message})` };
+        result = {
+          outcome: "failed",
+          code: "AUDIT_UNAVAILABLE",
+          effect: "none",
+          detail: `not done: the audit log could not be written (${toFlotillaError(err).message})`,
+        };
       }
-      await this.d.audit.append({ actor: doc.actor, action: `step.${c.step.name}`, target: t.targetId, args: auditArgs, outcome: result.outcome === "succeeded" ? "ok" : "error", detail: result.detail }).catch((err: unknown) => {
-        this.d.log.error({ err: toFlotillaError(err) }, "audit result row could not be written");
-      });
+      await this.d.audit
+        .append({
+          actor: doc.actor,
+          action: `step.${c.step.name}`,
+          target: t.targetId,
+          args: auditArgs,
+          outcome: result.outcome === "succeeded" ? "ok" : "error",
+          detail: result.detail,
+        })
+        .catch((err: unknown) => {
+          this.d.log.error({ err: toFlotillaError(err) }, "audit result row could not be written");
+        });
     }
     if (this.stopped) return;
     await this.dispatch(doc.id, { kind: "step-finished", now: this.now(), targetId: c.targetId, index: c.index, result });
@@ -286,9 +373,13 @@ export class RolloutEngine {
     const active = await this.d.store.listActiveRollouts();
     for (const doc of active) {
       this.d.log.info({ rollout: doc.id, paused: doc.paused === true }, "resuming rollout after controller restart");
-      await this.d.audit.append({ actor: "controller", action: "rollout.resume", target: doc.id, outcome: "intent", detail: "controller restarted" }).catch(() => undefined);
+      await this.d.audit
+        .append({ actor: "controller", action: "rollout.resume", target: doc.id, outcome: "intent", detail: "controller restarted" })
+        .catch(() => undefined);
       this.live.set(doc.id, doc);
-      await this.dispatch(doc.id, { kind: "restarted", now: this.now() }).catch((err: unknown) => this.d.log.error({ err: toFlotillaError(err), rollout: doc.id }, "rollout could not be resumed"));
+      await this.dispatch(doc.id, { kind: "restarted", now: this.now() }).catch((err: unknown) =>
+        this.d.log.error({ err: toFlotillaError(err), rollout: doc.id }, "rollout could not be resumed"),
+      );
       if (doc.gateExpiresAt) this.execute(doc, { kind: "wake-at", at: doc.gateExpiresAt });
     }
     return active.map((x) => x.id);

@@ -13,11 +13,16 @@ import type { RolloutEngine } from "./rollout-engine.js";
  */
 export class Scheduler {
   private readonly tasks = new Map<string, ScheduledTask>();
-  constructor(private readonly d: {
-    store: ControllerStore; engine: RolloutEngine; audit: AuditLog; log: Logger;
-    /** Runs restore drills for a drill schedule; returns a one-line result. */
-    drill?: (selector: string, actor: string) => Promise<string>;
-  }) {}
+  constructor(
+    private readonly d: {
+      store: ControllerStore;
+      engine: RolloutEngine;
+      audit: AuditLog;
+      log: Logger;
+      /** Runs restore drills for a drill schedule; returns a one-line result. */
+      drill?: (selector: string, actor: string) => Promise<string>;
+    },
+  ) {}
 
   /** When a cron expression fires next after `from`, read in `timeZone` ("" = the controller's); undefined if never. */
   static nextRun(expr: string, timeZone: string, from = new Date()): Date | undefined {
@@ -43,12 +48,24 @@ export class Scheduler {
   }
 
   private add(s: ScheduleDoc): void {
-    const task = cron.schedule(s.cron, async (ctx) => {
-      const slot = new Date(Math.floor(ctx.date.getTime() / 60_000) * 60_000).toISOString();
-      await this.fire(s.name, slot);
-    }, { name: s.name, noOverlap: true, ...(s.timeZone ? { timezone: s.timeZone } : {}) });
+    const task = cron.schedule(
+      s.cron,
+      async (ctx) => {
+        const slot = new Date(Math.floor(ctx.date.getTime() / 60_000) * 60_000).toISOString();
+        await this.fire(s.name, slot);
+      },
+      { name: s.name, noOverlap: true, ...(s.timeZone ? { timezone: s.timeZone } : {}) },
+    );
     task.on("execution:missed", () => {
-      void this.d.audit.append({ actor: `schedule:${s.name}`, action: "schedule.missed", target: s.selector, outcome: "error", detail: "the scheduled time passed while the controller could not run it; not run late" }).catch(() => undefined);
+      void this.d.audit
+        .append({
+          actor: `schedule:${s.name}`,
+          action: "schedule.missed",
+          target: s.selector,
+          outcome: "error",
+          detail: "the scheduled time passed while the controller could not run it; not run late",
+        })
+        .catch(() => undefined);
     });
     this.tasks.set(s.name, task);
   }
@@ -63,10 +80,31 @@ export class Scheduler {
       if (s.drill && this.d.drill) {
         result = await this.d.drill(s.selector, `schedule:${s.name}`);
         await this.d.store.upsertSchedule({ ...s, lastRun: slot, lastResult: result });
-        await this.d.audit.append({ actor: `schedule:${name}`, action: "schedule.drill", target: s.selector, args: { slot }, outcome: result.startsWith("passed") ? "ok" : "error", detail: result }).catch(() => undefined);
+        await this.d.audit
+          .append({
+            actor: `schedule:${name}`,
+            action: "schedule.drill",
+            target: s.selector,
+            args: { slot },
+            outcome: result.startsWith("passed") ? "ok" : "error",
+            detail: result,
+          })
+          .catch(() => undefined);
         return result;
       }
-      const doc = await this.d.engine.start({ selector: s.selector, strategy: s.strategy, toRevision: s.toRevision, waves: s.waves, maxFailures: s.maxFailures ?? 0, gate: s.gate ?? "", schedule: s.name, window: s.window }, `schedule:${s.name}`);
+      const doc = await this.d.engine.start(
+        {
+          selector: s.selector,
+          strategy: s.strategy,
+          toRevision: s.toRevision,
+          waves: s.waves,
+          maxFailures: s.maxFailures ?? 0,
+          gate: s.gate ?? "",
+          schedule: s.name,
+          window: s.window,
+        },
+        `schedule:${s.name}`,
+      );
       result = `started ${doc.id}`;
     } catch (err) {
       const fe = toFlotillaError(err);
@@ -74,7 +112,16 @@ export class Scheduler {
       this.d.log.warn({ schedule: name, code: fe.code }, "scheduled rollout not started");
     }
     await this.d.store.upsertSchedule({ ...s, lastRun: slot, lastResult: result });
-    await this.d.audit.append({ actor: `schedule:${name}`, action: "schedule.fire", target: s.selector, args: { slot }, outcome: result.startsWith("started") ? "ok" : "error", detail: result }).catch(() => undefined);
+    await this.d.audit
+      .append({
+        actor: `schedule:${name}`,
+        action: "schedule.fire",
+        target: s.selector,
+        args: { slot },
+        outcome: result.startsWith("started") ? "ok" : "error",
+        detail: result,
+      })
+      .catch(() => undefined);
     return result;
   }
 

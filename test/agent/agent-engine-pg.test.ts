@@ -16,7 +16,10 @@ async function pgDump(url: string): Promise<string> {
   const r = await run(["pg_dump", "--no-owner", "--no-privileges", url]);
   assert.equal(r.code, 0, r.stderr);
   // pg_dump 17.6+ wraps the dump in \restrict/\unrestrict with a random key: not part of the database.
-  return r.stdout.split("\n").filter((l) => !/^\\(un)?restrict /.test(l)).join("\n");
+  return r.stdout
+    .split("\n")
+    .filter((l) => !/^\\(un)?restrict /.test(l))
+    .join("\n");
 }
 
 before(async () => {
@@ -48,7 +51,10 @@ test("revisions that committed before the failure are detected and restored from
   assert.match(m.result.message, /revision 0a7b8c9d0e1f \(4 of 5\)/);
   assert.deepEqual(m.result.revisionAfter, [OLD_REVISION]);
   // The three revisions that ran are timed from their Running lines.
-  assert.deepEqual(m.result.timings.map((x) => x.toRevision), ["d4c3b2a1e5f6", "e5f4a3b2c1d0", "f6a5b4c3d2e1"]);
+  assert.deepEqual(
+    m.result.timings.map((x) => x.toRevision),
+    ["d4c3b2a1e5f6", "e5f4a3b2c1d0", "f6a5b4c3d2e1"],
+  );
   assert.equal(await pgDump(url), before);
 });
 
@@ -61,12 +67,17 @@ test("a session idle in transaction holding a lock: the target ends marked needs
     await blocker.query("BEGIN");
     // Revision 3 (f6a5b4c3d2e1) alters "user": it waits for this lock and hits lock_timeout after 1 and 2 committed.
     await blocker.query('LOCK TABLE "user" IN ACCESS SHARE MODE');
-    const m = await collect(agent.migrate({ targetId: "e-txn-lock", toRevision: "head", operationId: "e-lock-1", takeBackup: true, online: true, lockTimeoutMs: 800 }));
+    const m = await collect(
+      agent.migrate({ targetId: "e-txn-lock", toRevision: "head", operationId: "e-lock-1", takeBackup: true, online: true, lockTimeoutMs: 800 }),
+    );
     assert.equal(m.result.status, "failed");
     assert.equal(m.result.failureClass, "lock", m.result.message);
     assert.equal(m.result.effect, "needs-restore", m.result.message);
     assert.equal(m.result.restored, false);
-    assert.ok(m.result.blockingSessions.some((s) => /lock-holder/.test(s) && /idle in transaction/.test(s)), m.result.blockingSessions.join("; "));
+    assert.ok(
+      m.result.blockingSessions.some((s) => /lock-holder/.test(s) && /idle in transaction/.test(s)),
+      m.result.blockingSessions.join("; "),
+    );
     assert.match(m.result.message, /flotilla recover e-txn-lock --action restore/);
     // Held: the target stays locked and says why; nothing else may run on it.
     const again = await collect(agent.migrate({ targetId: "e-txn-lock", toRevision: "head", operationId: "e-lock-2", takeBackup: true, online: true }));
@@ -116,15 +127,24 @@ test("rehearse times every revision on a scratch copy; plan and the next migrate
   assert.equal(await pgDump(url), before, "the target is untouched");
   const p = await agent.plan({ targetId: "e-eta", toRevision: "head" });
   assert.equal(p.revisions.length, 5);
-  assert.ok(p.revisions.every((x) => x.estimateMs > 0n), "every revision has an estimate");
-  assert.ok(p.revisions.every((x) => x.rendered), "PostgreSQL renders every fixture revision offline");
+  assert.ok(
+    p.revisions.every((x) => x.estimateMs > 0n),
+    "every revision has an estimate",
+  );
+  assert.ok(
+    p.revisions.every((x) => x.rendered),
+    "PostgreSQL renders every fixture revision offline",
+  );
   assert.equal(p.revisions.find((x) => x.id === "e5f4a3b2c1d0")?.compatibility, "additive");
   assert.equal(p.revisions.find((x) => x.id === "f6a5b4c3d2e1")?.compatibility, "breaking");
   const m = await collect(agent.migrate({ targetId: "e-eta", toRevision: "head", operationId: "e-eta-1", takeBackup: true }));
   assert.equal(m.result.status, "succeeded", m.result.message);
   assert.equal(m.result.effect, "changed");
   assert.ok(m.revisionProgress.length >= 5);
-  assert.ok(m.revisionProgress.some((x) => x.index === 1 && x.etaMs > 0), "the first revision came with an estimate");
+  assert.ok(
+    m.revisionProgress.some((x) => x.index === 1 && x.etaMs > 0),
+    "the first revision came with an estimate",
+  );
   const same = await collect(agent.migrate({ targetId: "e-eta", toRevision: "head", operationId: "e-eta-2", takeBackup: true }));
   assert.equal(same.result.status, "succeeded");
   assert.equal(same.result.effect, "up-to-date");

@@ -75,7 +75,10 @@ test("diagnose on the broken target exits 1 naming the fix; operations on it are
   assert.match(d.stdout, /fix: write the secret WEBUI_SECRET_KEY into .*no restart needed/);
   const dj = await fleet.cliJson<{ problems: boolean; findings: { code: string; severity: string }[] }>(["diagnose", "iso-broken"]);
   assert.equal(dj.code, 1);
-  assert.deepEqual(dj.doc.findings.filter((f) => f.severity === "error").map((f) => f.code), ["secret-empty"]);
+  assert.deepEqual(
+    dj.doc.findings.filter((f) => f.severity === "error").map((f) => f.code),
+    ["secret-empty"],
+  );
 
   const b = await fleet.cli(["backup", "iso-broken"]);
   assert.equal(b.code, 1, b.stdout + b.stderr);
@@ -119,14 +122,23 @@ test("writing the key into the empty secret file takes effect without a restart"
 test("a rollout over the broken target stops at precheck with the reason: its app is never stopped", async () => {
   const pidFile = join(fleet.dir, "run", "iso-broken-app-1.pid");
   const pidBefore = readFileSync(pidFile, "utf8");
-  const r = await fleet.cliJson<{ status: string; targets: { targetId: string; status: string; steps: { name: string; state: string; detail: string }[] }[] }>(
-    ["rollout", "--selector", "id=iso-broken", "--strategy", "maintenance", "--wait"]);
+  const r = await fleet.cliJson<{ status: string; targets: { targetId: string; status: string; steps: { name: string; state: string; detail: string }[] }[] }>([
+    "rollout",
+    "--selector",
+    "id=iso-broken",
+    "--strategy",
+    "maintenance",
+    "--wait",
+  ]);
   assert.equal(r.code, 1, r.stderr);
   const t = r.doc.targets.find((x) => x.targetId === "iso-broken");
   const precheck = t?.steps.find((x) => x.name.startsWith("precheck"));
   assert.equal(precheck?.state, "failed", JSON.stringify(t));
   assert.match(precheck?.detail ?? "", /target is broken \(alembic\.env\.WEBUI_SECRET_KEY: secret file .* is empty\)/);
-  assert.ok(t!.steps.filter((x) => x.name.startsWith("stop")).every((x) => x.state !== "succeeded" && x.state !== "running"), JSON.stringify(t!.steps));
+  assert.ok(
+    t!.steps.filter((x) => x.name.startsWith("stop")).every((x) => x.state !== "succeeded" && x.state !== "running"),
+    JSON.stringify(t!.steps),
+  );
   assert.equal(readFileSync(pidFile, "utf8"), pidBefore, "the app kept running");
   const app = (await a1.getStatus({ targetId: "iso-broken" })).apps[0];
   assert.equal(app?.state, "running");

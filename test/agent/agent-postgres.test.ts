@@ -15,7 +15,10 @@ async function pgDump(url: string): Promise<string> {
   const r = await run(["pg_dump", "--no-owner", "--no-privileges", url]);
   assert.equal(r.code, 0, r.stderr);
   // pg_dump 17.6+ wraps the dump in \restrict/\unrestrict with a random key: not part of the database.
-  return r.stdout.split("\n").filter((l) => !/^\\(un)?restrict /.test(l)).join("\n");
+  return r.stdout
+    .split("\n")
+    .filter((l) => !/^\\(un)?restrict /.test(l))
+    .join("\n");
 }
 let a1: AgentClient;
 let a2: AgentClient;
@@ -46,7 +49,10 @@ test("sessions of app instances on two hosts block the migration until both are 
   assert.equal(held.result.errorCode, "APP_STILL_RUNNING");
   assert.match(held.result.message, /p-shared-app-1|other session/);
   assert.equal(await dumpDatabase(fleet.urls.get("p-shared")!), before);
-  for (const [c, id] of [[a1, "pg-stop-1"], [a2, "pg-stop-2"]] as const) {
+  for (const [c, id] of [
+    [a1, "pg-stop-1"],
+    [a2, "pg-stop-2"],
+  ] as const) {
     const r = await collect(c.stopApps({ targetId: "p-shared", operationId: id }));
     assert.equal(r.result.status, "succeeded", r.result.message);
   }
@@ -57,7 +63,10 @@ test("sessions of app instances on two hosts block the migration until both are 
   assert.ok(m.lines.some((l) => /PostgresqlImpl/.test(l)));
   assert.ok(m.result.backup?.verified);
   assert.match(m.result.backup!.verification, /pg_restore|full read/i);
-  for (const [c, id] of [[a1, "pg-start-1"], [a2, "pg-start-2"]] as const) {
+  for (const [c, id] of [
+    [a1, "pg-start-1"],
+    [a2, "pg-start-2"],
+  ] as const) {
     const r = await collect(c.startApps({ targetId: "p-shared", operationId: id }));
     assert.equal(r.result.status, "succeeded", r.result.message);
   }
@@ -79,8 +88,10 @@ test("a failure at revision 4 of 5 leaves the database byte-for-byte at its old 
   assert.equal(await dumpDatabase(url), before);
   assert.equal(await pgDump(url), pgBefore, "pg_dump before = after");
   // Progress named the revisions n/N as they started.
-  assert.deepEqual([...new Set(m.revisionProgress.map((p) => `${p.index}/${p.count} ${p.revision}`))],
-    ["1/5 d4c3b2a1e5f6", "2/5 e5f4a3b2c1d0", "3/5 f6a5b4c3d2e1", "4/5 0a7b8c9d0e1f"]);
+  assert.deepEqual(
+    [...new Set(m.revisionProgress.map((p) => `${p.index}/${p.count} ${p.revision}`))],
+    ["1/5 d4c3b2a1e5f6", "2/5 e5f4a3b2c1d0", "3/5 f6a5b4c3d2e1", "4/5 0a7b8c9d0e1f"],
+  );
 });
 
 test("lock_timeout: a session holding a lock makes the migration fail fast instead of hanging", async () => {
@@ -91,7 +102,9 @@ test("lock_timeout: a session holding a lock makes the migration fail fast inste
   try {
     await blocker.query("BEGIN");
     await blocker.query("LOCK TABLE chat IN ACCESS SHARE MODE");
-    const m = await collect(a2.migrate({ targetId: "p-lock", toRevision: "head", operationId: "pg-lock", takeBackup: true, online: true, lockTimeoutMs: 1000 }));
+    const m = await collect(
+      a2.migrate({ targetId: "p-lock", toRevision: "head", operationId: "pg-lock", takeBackup: true, online: true, lockTimeoutMs: 1000 }),
+    );
     assert.equal(m.result.status, "failed");
     assert.equal(m.result.failureClass, "lock", m.result.message);
     assert.equal(m.result.restored, false, "nothing committed, nothing to restore");

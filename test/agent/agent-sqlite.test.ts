@@ -20,7 +20,13 @@ before(async () => {
     noController: true,
     agentEnv: { FLOTILLA_HEARTBEAT_MS: "1000" },
     targets: [
-      { id: "s-quiet", kind: "sqlite", owner: "a1", seed: { users: 20, chats: 60, msgs: 2 }, alembicEnv: { FIXTURE_PROGRESS: "0", FIXTURE_SLEEP_MS: "1500", FIXTURE_BATCH: "20" } },
+      {
+        id: "s-quiet",
+        kind: "sqlite",
+        owner: "a1",
+        seed: { users: 20, chats: 60, msgs: 2 },
+        alembicEnv: { FIXTURE_PROGRESS: "0", FIXTURE_SLEEP_MS: "1500", FIXTURE_BATCH: "20" },
+      },
       { id: "s-happy", kind: "sqlite", owner: "a1", apps: [{ agent: "a1" }] },
       { id: "s-fail", kind: "sqlite", owner: "a1", failAt: "0a7b8c9d0e1f" },
       { id: "s-branch", kind: "sqlite", owner: "a1", ini: "alembic-branch.ini" },
@@ -47,7 +53,10 @@ test("status reads revisions from the database and pending revisions from the ca
   assert.deepEqual(s.current, [OLD_REVISION]);
   assert.deepEqual(s.heads, [HEAD_REVISION]);
   assert.equal(s.currentKnown, true);
-  assert.deepEqual(s.pending.map((p) => p.id), ["d4c3b2a1e5f6", "e5f4a3b2c1d0", "f6a5b4c3d2e1", "0a7b8c9d0e1f", HEAD_REVISION]);
+  assert.deepEqual(
+    s.pending.map((p) => p.id),
+    ["d4c3b2a1e5f6", "e5f4a3b2c1d0", "f6a5b4c3d2e1", "0a7b8c9d0e1f", HEAD_REVISION],
+  );
   assert.equal(s.apps[0]?.state, "running");
   await assert.rejects(a1.getStatus({ targetId: "nope" }), /no target "nope"/);
 });
@@ -72,10 +81,19 @@ test("stop → migrate (backup, verify, one revision at a time, streamed) → st
   assert.deepEqual(m.result.revisionBefore, [OLD_REVISION]);
   assert.deepEqual(m.result.revisionAfter, [HEAD_REVISION]);
   assert.equal(m.result.timings.length, 5);
-  assert.deepEqual(m.result.timings.map((t) => t.toRevision), ["d4c3b2a1e5f6", "e5f4a3b2c1d0", "f6a5b4c3d2e1", "0a7b8c9d0e1f", HEAD_REVISION]);
+  assert.deepEqual(
+    m.result.timings.map((t) => t.toRevision),
+    ["d4c3b2a1e5f6", "e5f4a3b2c1d0", "f6a5b4c3d2e1", "0a7b8c9d0e1f", HEAD_REVISION],
+  );
   assert.equal(m.lines.filter((l) => /Running upgrade/.test(l)).length, 5);
   assert.ok(m.result.backup?.verified, "the backup was verified before migrating");
-  assert.deepEqual(m.steps.filter((s) => s.state === "succeeded").map((s) => s.name).slice(0, 2), ["backup", "verify-backup"]);
+  assert.deepEqual(
+    m.steps
+      .filter((s) => s.state === "succeeded")
+      .map((s) => s.name)
+      .slice(0, 2),
+    ["backup", "verify-backup"],
+  );
   const start = await collect(a1.startApps({ targetId: "s-happy", operationId: "t-start" }));
   assert.equal(start.result.status, "succeeded", start.result.message);
   const s = await a1.getStatus({ targetId: "s-happy" });
@@ -137,7 +155,10 @@ test("a database revision unknown to the code is refused; stamp only with a legi
 
 test("diagnose reports a missing WEBUI_SECRET_KEY and a leftover batch table", async () => {
   const d = await a1.diagnose({ targetId: "s-nosecret" });
-  assert.ok(d.findings.some((x) => x.code === "secret-missing" && x.severity === "error"), JSON.stringify(d.findings.map((f) => f.code)));
+  assert.ok(
+    d.findings.some((x) => x.code === "secret-missing" && x.severity === "error"),
+    JSON.stringify(d.findings.map((f) => f.code)),
+  );
   // Leave a failed batch migration behind by hand (what a crashed run leaves), then diagnose.
   const fail = await alembic(fleet.urls.get("s-dup")!, ["upgrade", "f6a5b4c3d2e1"]);
   assert.equal(fail.code, 1);
@@ -167,7 +188,10 @@ test("plan shows pending SQL and says plainly where SQLite batch operations cann
   assert.equal(p.pending.length, 5);
   assert.equal(p.sqlComplete, false);
   assert.match(p.sql, /ALTER TABLE chat ADD COLUMN pinned/);
-  assert.ok(p.notes.some((n) => /f6a5b4c3d2e1/.test(n) && /batch/.test(n)), p.notes.join("\n"));
+  assert.ok(
+    p.notes.some((n) => /f6a5b4c3d2e1/.test(n) && /batch/.test(n)),
+    p.notes.join("\n"),
+  );
   assert.deepEqual(await fleet.revisionOf("s-misc"), [OLD_REVISION], "plan changes nothing");
 });
 
@@ -198,7 +222,10 @@ test("backups: listed with verification; a corrupted or truncated backup is refu
   assert.equal(b.result.status, "succeeded", b.result.message);
   const info = b.result.backup!;
   assert.match(info.sha256, /^[0-9a-f]{64}$/);
-  assert.ok(b.lines.some((l) => /bytes/.test(l)), "progress mentions bytes");
+  assert.ok(
+    b.lines.some((l) => /bytes/.test(l)),
+    "progress mentions bytes",
+  );
   const list = await a1.listBackups({ targetId: "s-misc" });
   assert.ok(list.backups.some((x) => x.id === info.id && x.verified));
   const before = await dumpDatabase(fleet.urls.get("s-misc")!);
@@ -258,7 +285,10 @@ test("kill -9 of the agent mid-migration: interrupted after restart, target lock
 test("a silent long revision reports that it is still alive", async () => {
   const m = await collect(a1.migrate({ targetId: "s-quiet", toRevision: "d4c3b2a1e5f6", operationId: "t-quiet", takeBackup: true }));
   assert.equal(m.result.status, "succeeded", m.result.message);
-  assert.ok(m.lines.some((l) => /still running d4c3b2a1e5f6: \d+s elapsed, no output for \d+s/.test(l)), m.lines.join("\n"));
+  assert.ok(
+    m.lines.some((l) => /still running d4c3b2a1e5f6: \d+s elapsed, no output for \d+s/.test(l)),
+    m.lines.join("\n"),
+  );
 });
 
 test("two migrations of one target at once: one runs, the other is refused TARGET_BUSY", async () => {
@@ -300,5 +330,7 @@ test("secrets never appear in agent logs or results", async () => {
   assert.equal(logs.includes(CANARY_SECRET), false);
   const ops = await a1.listOperations({ limit: 200 });
   assert.equal(JSON.stringify(ops.operations.map((o) => o.message)).includes(CANARY_SECRET), false);
-  void mkdirSync; void join; void run;
+  void mkdirSync;
+  void join;
+  void run;
 });

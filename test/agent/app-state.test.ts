@@ -20,7 +20,11 @@ const USER_CANARY = "canary-user-row-Q7pz";
 const FILE_CANARY = "companion-file-canary-K3vd";
 let fleet: Fleet;
 
-interface RolloutJson { id: string; status: string; targets: { targetId: string; status: string; steps: { name: string; state: string; detail: string }[] }[] }
+interface RolloutJson {
+  id: string;
+  status: string;
+  targets: { targetId: string; status: string; steps: { name: string; state: string; detail: string }[] }[];
+}
 
 /** A companion layout: an uploads folder, a vector-store SQLite file in its folder, a key file. */
 function makeApp(name: string): { uploads: string; vector: string; key: string; version: string; include: string[] } {
@@ -48,13 +52,18 @@ function tree(dir: string): Record<string, string> {
     for (const name of readdirSync(join(dir, rel)).sort()) {
       const r = rel ? join(rel, name) : name;
       const st = lstatSync(join(dir, r));
-      if (st.isDirectory()) { out[`${r}/`] = "dir"; visit(r); }
-      else if (name.endsWith("-wal") || name.endsWith("-shm")) continue;
+      if (st.isDirectory()) {
+        out[`${r}/`] = "dir";
+        visit(r);
+      } else if (name.endsWith("-wal") || name.endsWith("-shm")) continue;
       else if (name.endsWith(".sqlite3")) {
         const db = new Database(join(dir, r), { readonly: true });
         out[r] = JSON.stringify(db.prepare("SELECT * FROM embeddings ORDER BY id").all());
         db.close();
-      } else out[r] = createHash("sha256").update(readFileSync(join(dir, r))).digest("hex");
+      } else
+        out[r] = createHash("sha256")
+          .update(readFileSync(join(dir, r)))
+          .digest("hex");
     }
   };
   visit("");
@@ -86,10 +95,26 @@ before(async () => {
   fleet = new Fleet({
     agents: ["a1"],
     targets: [
-      { id: "s-app", kind: "sqlite", owner: "a1", labels: { app: "s" }, failAt: "0a7b8c9d0e1f", seed: { users: 20, chats: 60, msgs: 2 }, alembicEnv: slow,
-        extra: { backups: { include: sApp.include }, appVersion: ["cat", sApp.version], smoke } },
-      { id: "p-app", kind: "postgresql", owner: "a1", labels: { app: "p" }, failAt: "0a7b8c9d0e1f", seed: { users: 20, chats: 60, msgs: 2 }, alembicEnv: slow,
-        extra: { backups: { include: pApp.include }, appVersion: ["cat", pApp.version], smoke } },
+      {
+        id: "s-app",
+        kind: "sqlite",
+        owner: "a1",
+        labels: { app: "s" },
+        failAt: "0a7b8c9d0e1f",
+        seed: { users: 20, chats: 60, msgs: 2 },
+        alembicEnv: slow,
+        extra: { backups: { include: sApp.include }, appVersion: ["cat", sApp.version], smoke },
+      },
+      {
+        id: "p-app",
+        kind: "postgresql",
+        owner: "a1",
+        labels: { app: "p" },
+        failAt: "0a7b8c9d0e1f",
+        seed: { users: 20, chats: 60, msgs: 2 },
+        alembicEnv: slow,
+        extra: { backups: { include: pApp.include }, appVersion: ["cat", pApp.version], smoke },
+      },
       { id: "s-ver", kind: "sqlite", owner: "a1", labels: { app: "v" }, extra: { backups: { include: vApp.include }, appVersion: ["cat", vApp.version] } },
       { id: "s-keep", kind: "sqlite", owner: "a1", labels: { app: "k" }, extra: { backups: { keep: 1 } } },
     ],
@@ -112,7 +137,10 @@ async function waitForRollout(id: string, done: (r: RolloutJson) => boolean): Pr
   }
 }
 
-for (const [id, app] of [["s-app", sApp], ["p-app", pApp]] as const) {
+for (const [id, app] of [
+  ["s-app", sApp],
+  ["p-app", pApp],
+] as const) {
   test(`${id}: a rollout failing half-way restores the database and its companion files, changed after the backup, exactly`, async () => {
     const dbBefore = await fleet.dumpOf(id);
     const filesBefore = snapshot(app);
@@ -128,7 +156,10 @@ for (const [id, app] of [["s-app", sApp], ["p-app", pApp]] as const) {
     assert.deepEqual(await fleet.revisionOf(id), [OLD_REVISION]);
     assert.equal(await fleet.dumpOf(id), dbBefore, "the database is exactly as backed up");
     assert.deepEqual(snapshot(app), filesBefore, "the companion files are exactly as backed up");
-    const backups = await fleet.cliJson<{ backups: { id: string; verified: boolean; appVersion: string; companionPaths: number; companionBytes: string }[] }>(["backups", id]);
+    const backups = await fleet.cliJson<{ backups: { id: string; verified: boolean; appVersion: string; companionPaths: number; companionBytes: string }[] }>([
+      "backups",
+      id,
+    ]);
     const b = backups.doc.backups[0]!;
     assert.equal(b.verified, true);
     assert.equal(b.appVersion, "open-webui:v0.6.5", "the app version is in the manifest");
@@ -219,8 +250,22 @@ test("the bundle holds every listed item and no secret, no row of user data, no 
     const x = await run(["tar", "-xzf", out, "-C", dir]);
     assert.equal(x.code, 0, x.stderr);
     const root = join(dir, id);
-    for (const f of ["README.txt", "alembic/current.txt", "alembic/heads.txt", "alembic/history.txt", "alembic/branches.txt", "database/tables.txt",
-      "database/alembic_version.txt", "database/table_info/user.txt", "database/table_info/chat.txt", "diagnose.json", "journal.json", "backups.json", "versions.txt", "config.json"]) {
+    for (const f of [
+      "README.txt",
+      "alembic/current.txt",
+      "alembic/heads.txt",
+      "alembic/history.txt",
+      "alembic/branches.txt",
+      "database/tables.txt",
+      "database/alembic_version.txt",
+      "database/table_info/user.txt",
+      "database/table_info/chat.txt",
+      "diagnose.json",
+      "journal.json",
+      "backups.json",
+      "versions.txt",
+      "config.json",
+    ]) {
       assert.ok(existsSync(join(root, f)), `${id}: ${f} is in the bundle`);
     }
     assert.match(readFileSync(join(root, "alembic/current.txt"), "utf8"), new RegExp(OLD_REVISION));
@@ -235,7 +280,9 @@ test("the bundle holds every listed item and no secret, no row of user data, no 
     const journal = JSON.parse(readFileSync(join(root, "journal.json"), "utf8")) as { kind: string; id: string }[];
     const failedMigrate = journal.find((o) => o.kind === "migrate")!;
     assert.ok(failedMigrate, "the journal has the failed migration");
-    const output = readdirSync(join(root, "output")).map((n) => readFileSync(join(root, "output", n), "utf8")).join("\n");
+    const output = readdirSync(join(root, "output"))
+      .map((n) => readFileSync(join(root, "output", n), "utf8"))
+      .join("\n");
     assert.match(output, /simulated failure after DDL in revision 0a7b8c9d0e1f/, "with its Alembic output");
     assert.match(readFileSync(join(root, "backups.json"), "utf8"), /"verification"/);
     assert.match(readFileSync(join(root, "config.json"), "utf8"), /WEBUI_SECRET_KEY": "\[secret: set\]"/);
@@ -260,7 +307,16 @@ test("the bundle holds every listed item and no secret, no row of user data, no 
 });
 
 test("schedule add --drill needs no strategy and is listed as a drill", async () => {
-  const add = await fleet.cliJson<{ name: string; drill?: boolean }>(["schedule", "add", "weekly-drill", "--drill", "--cron", "0 4 * * 0", "--selector", "app=v"]);
+  const add = await fleet.cliJson<{ name: string; drill?: boolean }>([
+    "schedule",
+    "add",
+    "weekly-drill",
+    "--drill",
+    "--cron",
+    "0 4 * * 0",
+    "--selector",
+    "app=v",
+  ]);
   assert.equal(add.code, 0, add.stderr);
   assert.equal(add.doc.drill, true);
   const human = await fleet.cli(["schedules"]);

@@ -14,14 +14,25 @@ const BENCH = join(ROOT, "bench");
 const KEYS = ["baseline", "better", "goal", "id", "name", "ratio", "unit", "value"];
 
 const figure = (id: string, ratio: number | null): Figure =>
-  ratio === null ? { id, name: `figure ${id}`, ratio, value: null, baseline: null, unit: "ms", reason: "not built" } : { id, name: `figure ${id}`, ratio, value: ratio * 10, baseline: 10, unit: "ms" };
+  ratio === null
+    ? { id, name: `figure ${id}`, ratio, value: null, baseline: null, unit: "ms", reason: "not built" }
+    : { id, name: `figure ${id}`, ratio, value: ratio * 10, baseline: 10, unit: "ms" };
 
 test("collect keeps the contract's order and keys, drops details, lists what is missing", () => {
   const ids = CONTRACT.map((c) => c.id).filter((id) => id !== "P4");
   const { contract, missing } = collect([figure("", 3), ...ids.reverse().map((id) => figure(id, id === "P11" ? null : 0.5))]);
   assert.deepEqual(missing, ["P4"]);
-  assert.deepEqual(contract.map((c) => c.id), CONTRACT.map((c) => c.id).filter((id) => id !== "P4"));
-  for (const c of contract) assert.deepEqual(Object.keys(c).filter((k) => k !== "reason").sort(), KEYS);
+  assert.deepEqual(
+    contract.map((c) => c.id),
+    CONTRACT.map((c) => c.id).filter((id) => id !== "P4"),
+  );
+  for (const c of contract)
+    assert.deepEqual(
+      Object.keys(c)
+        .filter((k) => k !== "reason")
+        .sort(),
+      KEYS,
+    );
   assert.equal(contract.find((c) => c.id === "P11")?.reason, "not built");
   assert.equal(contract.find((c) => c.id === "P8s")?.better, "higher");
 });
@@ -35,7 +46,9 @@ test("verdicts follow the direction of each goal", () => {
 });
 
 test("every contract id is reported by exactly one bench module", () => {
-  const sources = readdirSync(BENCH).filter((f) => f.endsWith(".bench.ts")).map((f) => ({ f, text: readFileSync(join(BENCH, f), "utf8") }));
+  const sources = readdirSync(BENCH)
+    .filter((f) => f.endsWith(".bench.ts"))
+    .map((f) => ({ f, text: readFileSync(join(BENCH, f), "utf8") }));
   for (const { id } of CONTRACT) {
     const owners = sources.filter((s) => s.text.includes(`"${id}"`)).map((s) => s.f);
     assert.ok(owners.length >= 1, `no bench module reports ${id}`);
@@ -51,7 +64,12 @@ test("--json prints only a JSON array of contract figures on stdout; bad options
   const doc = JSON.parse(r.stdout) as Record<string, unknown>[];
   assert.ok(Array.isArray(doc));
   for (const f of doc) {
-    assert.deepEqual(Object.keys(f).filter((k) => k !== "reason").sort(), KEYS);
+    assert.deepEqual(
+      Object.keys(f)
+        .filter((k) => k !== "reason")
+        .sort(),
+      KEYS,
+    );
     if (f.ratio === null) assert.equal(typeof f.reason, "string");
   }
   const bad = spawnSync(process.execPath, ["--import", "tsx", join(BENCH, "run.ts"), "--fast"], { cwd: ROOT, encoding: "utf8", timeout: 120_000 });

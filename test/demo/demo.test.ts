@@ -9,7 +9,14 @@ test("npm run demo: the whole tour runs, every expectation holds, and it cleans 
   let err = "";
   const code = await runDemo({ argv: [], stdout: { write: (s: string) => (out += s) }, stderr: { write: (s: string) => (err += s) }, env: process.env });
   assert.equal(code, 0, `${err}\n${out.slice(-4000)}`);
-  for (const section of ["1. The fleet", "2. What a migration would do", "3. Maintenance rollout in waves", "4. A migration that fails half-way", "5. Blue-green", "6. The audit log"]) {
+  for (const section of [
+    "1. The fleet",
+    "2. What a migration would do",
+    "3. Maintenance rollout in waves",
+    "4. A migration that fails half-way",
+    "5. Blue-green",
+    "6. The audit log",
+  ]) {
     assert.ok(out.includes(section), section);
   }
   assert.match(out, /chat-lab is exactly as before/);

@@ -10,7 +10,9 @@ import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { Fleet, dumpDatabase } from "../helpers/fleet.js";
 
-interface Sink { write(s: string): unknown }
+interface Sink {
+  write(s: string): unknown;
+}
 
 export interface DemoOptions {
   argv: string[];
@@ -46,12 +48,43 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     detached: keep,
     log: (line) => note(`  ${line}`),
     targets: [
-      { id: "chat-eu", kind: "sqlite", owner: "host-a", labels: { env: "prod", region: "eu" }, apps: [{ agent: "host-a" }], seed: { users: 200, chats: 2000, msgs: 4 } },
-      { id: "chat-us", kind: "sqlite", owner: "host-b", labels: { env: "prod", region: "us" }, apps: [{ agent: "host-b" }], seed: { users: 200, chats: 2000, msgs: 4 } },
-      { id: "chat-ap", kind: "sqlite", owner: "host-c", labels: { env: "prod", region: "ap" }, apps: [{ agent: "host-c" }], seed: { users: 200, chats: 2000, msgs: 4 } },
+      {
+        id: "chat-eu",
+        kind: "sqlite",
+        owner: "host-a",
+        labels: { env: "prod", region: "eu" },
+        apps: [{ agent: "host-a" }],
+        seed: { users: 200, chats: 2000, msgs: 4 },
+      },
+      {
+        id: "chat-us",
+        kind: "sqlite",
+        owner: "host-b",
+        labels: { env: "prod", region: "us" },
+        apps: [{ agent: "host-b" }],
+        seed: { users: 200, chats: 2000, msgs: 4 },
+      },
+      {
+        id: "chat-ap",
+        kind: "sqlite",
+        owner: "host-c",
+        labels: { env: "prod", region: "ap" },
+        apps: [{ agent: "host-c" }],
+        seed: { users: 200, chats: 2000, msgs: 4 },
+      },
       // This one carries a fault: revision 0a7b8c9d0e1f raises after its DDL, like a real half-applied migration.
       { id: "chat-lab", kind: "sqlite", owner: "host-c", labels: { env: "lab" }, apps: [{ agent: "host-c" }], failAt: "0a7b8c9d0e1f" },
-      { id: "chat-stage", kind: "sqlite", owner: "host-a", labels: { env: "staging" }, blueGreen: true, apps: [{ agent: "host-a", color: "blue" }, { agent: "host-b", color: "green" }] },
+      {
+        id: "chat-stage",
+        kind: "sqlite",
+        owner: "host-a",
+        labels: { env: "staging" },
+        blueGreen: true,
+        apps: [
+          { agent: "host-a", color: "blue" },
+          { agent: "host-b", color: "green" },
+        ],
+      },
     ],
   });
   let code = 1;
@@ -73,18 +106,30 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     expect(r1.code === 0, "every prod target migrated to head and verified");
 
     head("4. A migration that fails half-way, restored exactly");
-    const before = createHash("sha256").update(await dumpDatabase(fleet.urls.get("chat-lab")!)).digest("hex");
+    const before = createHash("sha256")
+      .update(await dumpDatabase(fleet.urls.get("chat-lab")!))
+      .digest("hex");
     note(`before: chat-lab at ${(await fleet.revisionOf("chat-lab")).join(",")}, content fingerprint ${before.slice(0, 16)}`);
     note("revision 0a7b8c9d0e1f of chat-lab raises after its DDL: SQLite DDL is not transactional, so the table is left half-changed\n");
     const r2 = await fleet.cliLive(["rollout", "--selector", "env=lab", "--strategy", "maintenance", "--wait"], o.stdout);
-    const after = createHash("sha256").update(await dumpDatabase(fleet.urls.get("chat-lab")!)).digest("hex");
+    const after = createHash("sha256")
+      .update(await dumpDatabase(fleet.urls.get("chat-lab")!))
+      .digest("hex");
     note(`\nafter:  chat-lab at ${(await fleet.revisionOf("chat-lab")).join(",")}, content fingerprint ${after.slice(0, 16)}`);
     expect(r2.code === 1, "the rollout reports the failure (exit 1)");
     expect(before === after, "chat-lab is exactly as before: every table, every row (the agent restored its verified backup)");
 
     head("5. Blue-green: migrate a copy, switch traffic, keep blue for rollback");
     note("blue-green runs old and new code side by side: the compatibility gate wants additive revisions, or --allow-breaking (audited)\n");
-    const r3 = await fleet.cliJson<{ id: string; status: string }>(["rollout", "--selector", "env=staging", "--strategy", "blue-green", "--allow-breaking", "--wait"]);
+    const r3 = await fleet.cliJson<{ id: string; status: string }>([
+      "rollout",
+      "--selector",
+      "env=staging",
+      "--strategy",
+      "blue-green",
+      "--allow-breaking",
+      "--wait",
+    ]);
     const bgShow = await fleet.cli(["rollout", "show", r3.doc.id]);
     o.stdout.write(bgShow.stdout);
     const lb = fleet.switchFiles.get("chat-stage")!;

@@ -62,8 +62,16 @@ function yamlDocs(file: string): J[] {
   const docs = parseAllDocuments(readFileSync(file, "utf8"));
   assert.ok(docs.length > 0, `${rel(file)} holds no YAML document`);
   return docs.map((d, i) => {
-    assert.deepEqual(d.errors.map((e) => e.message), [], `${rel(file)} document ${i} has errors`);
-    assert.deepEqual(d.warnings.map((e) => e.message), [], `${rel(file)} document ${i} has warnings`);
+    assert.deepEqual(
+      d.errors.map((e) => e.message),
+      [],
+      `${rel(file)} document ${i} has errors`,
+    );
+    assert.deepEqual(
+      d.warnings.map((e) => e.message),
+      [],
+      `${rel(file)} document ${i} has warnings`,
+    );
     assert.ok(isMap(d.contents), `${rel(file)} document ${i} is not a mapping`);
     return obj(d.toJS(), `${rel(file)} document ${i}`);
   });
@@ -149,13 +157,18 @@ function assertAgentConventions(where: string, l: LoadedAgent): void {
     if (db) assert.ok(!under(t.backups.dir, path.dirname(db)), `${where}: backups of ${t.id} sit in the database's own folder`);
     assert.ok(t.labels.app, `${where}: target ${t.id} has no app label for selectors`);
   }
-  for (const a of c.apps) assert.ok(c.targets.some((t) => t.id === a.target), `${where}: app ${a.id} names unknown target ${a.target}`);
+  for (const a of c.apps)
+    assert.ok(
+      c.targets.some((t) => t.id === a.target),
+      `${where}: app ${a.id} names unknown target ${a.target}`,
+    );
 }
 
 function assertControllerConventions(where: string, l: Loaded<ControllerConfig>): void {
   const c = l.config;
   for (const p of l.reads) assert.match(p, SECRET_ROOT, `${where}: secret file ${p} is outside /etc/flotilla and /run/secrets`);
-  if (c.tls) for (const p of [c.tls.cert, c.tls.key, c.tls.ca]) assert.match(p, SECRET_ROOT, `${where}: TLS file ${p} is outside /etc/flotilla and /run/secrets`);
+  if (c.tls)
+    for (const p of [c.tls.cert, c.tls.key, c.tls.ca]) assert.match(p, SECRET_ROOT, `${where}: TLS file ${p} is outside /etc/flotilla and /run/secrets`);
   // The audit log writes its checkpoint beside the key: it must live in the writable state folder.
   assert.ok(under(c.auditKeyFile, c.dataDir), `${where}: auditKeyFile ${c.auditKeyFile} is outside dataDir ${c.dataDir}`);
   const host = c.listen.http.replace(/:\d+$/, "");
@@ -241,13 +254,19 @@ function podsOf(docs: readonly K8sDoc[]): Pod[] {
     if (!["Deployment", "Job", "StatefulSet", "DaemonSet"].includes(d.kind)) continue;
     const spec = obj(obj(obj(d.doc.spec, `${d.name}.spec`).template, `${d.name}.spec.template`).spec, `${d.name} pod spec`);
     const containers: Container[] = [];
-    for (const [field, init] of [["initContainers", true], ["containers", false]] as const) {
+    for (const [field, init] of [
+      ["initContainers", true],
+      ["containers", false],
+    ] as const) {
       for (const c of optList(spec[field])) {
         const raw = obj(c, `${d.name}.${field}[]`);
         containers.push({ name: str(raw.name, `${d.name} container name`), image: str(raw.image, `${d.name} container image`), raw, init });
       }
     }
-    assert.ok(containers.some((c) => !c.init), `${d.kind}/${d.name} has no containers`);
+    assert.ok(
+      containers.some((c) => !c.init),
+      `${d.kind}/${d.name} has no containers`,
+    );
     const volumes = new Map<string, J>();
     for (const v of optList(spec.volumes)) {
       const vol = obj(v, `${d.name} volume`);
@@ -317,7 +336,11 @@ function configMaps(docs: readonly K8sDoc[]): Map<string, J> {
 test("kubernetes: every container is limited, unprivileged and non-root; Open WebUI never migrates itself", () => {
   const docs = k8sDocs();
   const pods = podsOf(docs);
-  assert.deepEqual(pods.map((p) => `${p.owner.kind}/${p.owner.name}`).sort(), ["Deployment/flotilla-controller", "Deployment/open-webui", "Job/flotilla-migrate-open-webui"]);
+  assert.deepEqual(pods.map((p) => `${p.owner.kind}/${p.owner.name}`).sort(), [
+    "Deployment/flotilla-controller",
+    "Deployment/open-webui",
+    "Job/flotilla-migrate-open-webui",
+  ]);
   let openWebUi = 0;
   for (const pod of pods) {
     const podSec = obj(pod.spec.securityContext ?? {}, `${pod.owner.name} pod securityContext`);
@@ -331,7 +354,10 @@ test("kubernetes: every container is limited, unprivileged and non-root; Open We
       }
       const sec = obj(c.raw.securityContext, `${where}: securityContext`);
       assert.equal(sec.allowPrivilegeEscalation, false, `${where}: allowPrivilegeEscalation must be false`);
-      assert.ok(list(obj(sec.capabilities, `${where}: capabilities`).drop, `${where}: capabilities.drop`).includes("ALL"), `${where}: must drop ALL capabilities`);
+      assert.ok(
+        list(obj(sec.capabilities, `${where}: capabilities`).drop, `${where}: capabilities.drop`).includes("ALL"),
+        `${where}: must drop ALL capabilities`,
+      );
       assert.equal(sec.runAsNonRoot ?? podSec.runAsNonRoot, true, `${where}: runAsNonRoot`);
       const uid = sec.runAsUser ?? podSec.runAsUser;
       assert.ok(typeof uid === "number" && uid > 0, `${where}: runs as a numeric non-root uid`);
@@ -342,7 +368,11 @@ test("kubernetes: every container is limited, unprivileged and non-root; Open We
       } else {
         // Flotilla's own containers need no writable root: /tmp and data are volumes.
         assert.equal(sec.readOnlyRootFilesystem, true, `${where}: readOnlyRootFilesystem`);
-        if (!c.init) assert.ok(mountsOf(pod, c).some((m) => m.mountPath === "/tmp"), `${where}: tsx needs a writable /tmp`);
+        if (!c.init)
+          assert.ok(
+            mountsOf(pod, c).some((m) => m.mountPath === "/tmp"),
+            `${where}: tsx needs a writable /tmp`,
+          );
       }
       mountsOf(pod, c);
     }
@@ -359,13 +389,19 @@ test("kubernetes: every Secret, ConfigMap and key a pod references exists; Secre
     assert.ok(Object.keys(values).length > 0, `Secret ${name} is empty`);
     for (const [k, v] of Object.entries(values)) {
       const s = str(v, `Secret ${name}.${k}`);
-      assert.ok(s === "REPLACE_ME" || /^postgresql:\/\/[a-z_]+:REPLACE_ME@[a-z.-]+:\d+\/[a-z_]+$/.test(s), `Secret ${name}.${k} is not a REPLACE_ME placeholder: ${s}`);
+      assert.ok(
+        s === "REPLACE_ME" || /^postgresql:\/\/[a-z_]+:REPLACE_ME@[a-z.-]+:\d+\/[a-z_]+$/.test(s),
+        `Secret ${name}.${k} is not a REPLACE_ME placeholder: ${s}`,
+      );
     }
   }
   const tls = [...secrets].filter(([n]) => n.endsWith("-tls"));
   assert.equal(tls.length, 2, "TLS Secrets for the controller and the agent");
   for (const [n, v] of tls) assert.deepEqual(Object.keys(v).sort(), ["ca.pem", "cert.pem", "key.pem"], `Secret ${n}`);
-  assert.ok([...secrets.values()].some((v) => "audit.key" in v), "a Secret holds the audit key");
+  assert.ok(
+    [...secrets.values()].some((v) => "audit.key" in v),
+    "a Secret holds the audit key",
+  );
 
   for (const pod of podsOf(docs)) {
     for (const vol of pod.volumes.values()) {
@@ -373,7 +409,8 @@ test("kubernetes: every Secret, ConfigMap and key a pod references exists; Secre
         const s = obj(vol.secret, "secret volume");
         const name = str(s.secretName, "secretName");
         assert.ok(secrets.has(name), `${pod.owner.name}: volume uses unknown Secret ${name}`);
-        for (const i of optList(s.items)) assert.ok(str(obj(i, "item").key, "key") in secrets.get(name)!, `${pod.owner.name}: Secret ${name} has no key ${String(obj(i, "item").key)}`);
+        for (const i of optList(s.items))
+          assert.ok(str(obj(i, "item").key, "key") in secrets.get(name)!, `${pod.owner.name}: Secret ${name} has no key ${String(obj(i, "item").key)}`);
       }
       if (vol.configMap !== undefined) {
         const c = obj(vol.configMap, "configMap volume");
@@ -383,7 +420,10 @@ test("kubernetes: every Secret, ConfigMap and key a pod references exists; Secre
       }
       if (vol.persistentVolumeClaim !== undefined) {
         const claim = str(obj(vol.persistentVolumeClaim, "pvc").claimName, "claimName");
-        assert.ok(docs.some((d) => d.kind === "PersistentVolumeClaim" && d.name === claim), `${pod.owner.name}: unknown PVC ${claim}`);
+        assert.ok(
+          docs.some((d) => d.kind === "PersistentVolumeClaim" && d.name === claim),
+          `${pod.owner.name}: unknown PVC ${claim}`,
+        );
       }
     }
     for (const c of pod.containers) {
@@ -391,7 +431,10 @@ test("kubernetes: every Secret, ConfigMap and key a pod references exists; Secre
         if (e.valueFrom === undefined) continue;
         const ref = obj(obj(e.valueFrom, "valueFrom").secretKeyRef, `${c.name} env ${String(e.name)}: only secretKeyRef is used`);
         const name = str(ref.name, "secretKeyRef.name");
-        assert.ok(secrets.get(name) && str(ref.key, "secretKeyRef.key") in secrets.get(name)!, `${pod.owner.name}/${c.name}: env ${String(e.name)} uses missing ${name}/${String(ref.key)}`);
+        assert.ok(
+          secrets.get(name) && str(ref.key, "secretKeyRef.key") in secrets.get(name)!,
+          `${pod.owner.name}/${c.name}: env ${String(e.name)} uses missing ${name}/${String(ref.key)}`,
+        );
       }
     }
   }
@@ -413,17 +456,32 @@ test("kubernetes: controller runs two replicas only on the PostgreSQL store, rea
     assert.match(url, /^postgresql:\/\//, "several replicas need the PostgreSQL store");
   }
   assert.equal(replicas, 2);
-  for (const [probe, path] of [["readinessProbe", "/readyz"], ["livenessProbe", "/healthz"]] as const) {
+  for (const [probe, path] of [
+    ["readinessProbe", "/readyz"],
+    ["livenessProbe", "/healthz"],
+  ] as const) {
     const get = obj(obj(ctl.raw[probe], probe).httpGet, `${probe}.httpGet`);
     assert.equal(get.path, path, `${probe} on ${path}: only the leader is ready`);
     assert.equal(get.port, 7441);
   }
   const ports = optList(ctl.raw.ports).map((p) => obj(p, "port"));
-  assert.deepEqual(ports.map((p) => [p.name, p.containerPort]), [["grpc", 7440], ["http", 7441]]);
+  assert.deepEqual(
+    ports.map((p) => [p.name, p.containerPort]),
+    [
+      ["grpc", 7440],
+      ["http", 7441],
+    ],
+  );
   const svc = docs.find((d) => d.kind === "Service" && d.name === "flotilla-controller");
   assert.ok(svc, "Service flotilla-controller");
   const svcSpec = obj(svc.doc.spec, "service spec");
-  assert.deepEqual(optList(svcSpec.ports).map((p) => [obj(p, "port").port, obj(p, "port").targetPort]), [[7440, "grpc"], [7441, "http"]]);
+  assert.deepEqual(
+    optList(svcSpec.ports).map((p) => [obj(p, "port").port, obj(p, "port").targetPort]),
+    [
+      [7440, "grpc"],
+      [7441, "http"],
+    ],
+  );
   // The Service selects the controller's pods.
   const podLabels = obj(obj(obj(obj(pod.owner.doc.spec, "spec").template, "template").metadata, "metadata").labels, "pod labels");
   const selector = obj(svcSpec.selector, "service selector");
@@ -494,19 +552,30 @@ test("kubernetes: the configs in the ConfigMaps load with the real loaders and m
           if (!db) continue;
           const mine = mountFor(mounts, db);
           const theirs = mountFor(mountsOf(pod, app), db);
-          assert.ok(mine && theirs && mine.volume === theirs.volume && mine.mountPath === theirs.mountPath, `${where}: ${db} is not on the volume Open WebUI uses`);
+          assert.ok(
+            mine && theirs && mine.volume === theirs.volume && mine.mountPath === theirs.mountPath,
+            `${where}: ${db} is not on the volume Open WebUI uses`,
+          );
         }
         assert.equal(l.config.listen, "0.0.0.0:7443");
         assert.equal(l.config.targets.length, 1);
         assert.deepEqual(l.config.targets[0]!.alembic.command, ["python", "-m", "alembic"]);
         assert.equal(l.config.targets[0]!.alembic.dir, "/app/backend/open_webui");
         assert.equal(l.config.apps.length, 0, "an agent in a pod cannot stop its neighbour");
-        const port = optList(c.raw.ports).map((p) => obj(p, "port")).find((p) => p.containerPort === 7443);
+        const port = optList(c.raw.ports)
+          .map((p) => obj(p, "port"))
+          .find((p) => p.containerPort === 7443);
         assert.ok(port, `${where}: declares port 7443`);
         // The kubelet probes the agent's HTTP listener: it must listen beyond loopback, on the probed port.
         assert.equal(l.config.httpListen, "0.0.0.0:7444", `${where}: httpListen on the pod network for the kubelet's probes`);
-        assert.ok(optList(c.raw.ports).some((p) => obj(p, "port").containerPort === 7444), `${where}: declares port 7444`);
-        for (const [probe, probePath] of [["readinessProbe", "/readyz"], ["livenessProbe", "/healthz"]] as const) {
+        assert.ok(
+          optList(c.raw.ports).some((p) => obj(p, "port").containerPort === 7444),
+          `${where}: declares port 7444`,
+        );
+        for (const [probe, probePath] of [
+          ["readinessProbe", "/readyz"],
+          ["livenessProbe", "/healthz"],
+        ] as const) {
           const get = obj(obj(c.raw[probe], `${where} ${probe}`).httpGet, `${where} ${probe}.httpGet`);
           assert.deepEqual([get.path, get.port], [probePath, 7444], `${where}: ${probe} on the agent's ${probePath}`);
         }
@@ -520,7 +589,13 @@ test("kubernetes: the configs in the ConfigMaps load with the real loaders and m
         assertWritable(path.dirname(l.config.auditKeyFile));
         assert.match(l.config.store, /^postgresql:\/\/flotilla:REPLACE_ME@/, "store from FLOTILLA_STORE");
         assert.deepEqual(l.config.listen, { grpc: "0.0.0.0:7440", http: "0.0.0.0:7441" });
-        assert.deepEqual(l.config.tokens.map((t) => [t.name, t.role]), [["admin", "admin"], ["migrate-job", "operator"]]);
+        assert.deepEqual(
+          l.config.tokens.map((t) => [t.name, t.role]),
+          [
+            ["admin", "admin"],
+            ["migrate-job", "operator"],
+          ],
+        );
         // The audit key comes from its Secret through an init container that copies it.
         const copier = pod.containers.find((x) => x.init && JSON.stringify(x.raw.command).includes(l.config.auditKeyFile));
         assert.ok(copier, `${where}: nothing puts the audit key at ${l.config.auditKeyFile}`);
@@ -529,7 +604,10 @@ test("kubernetes: the configs in the ConfigMaps load with the real loaders and m
           const [host, p] = ag.address.split(":");
           const svc = services.find((s) => s.name === host);
           assert.ok(svc, `${where}: agent ${ag.id} at ${ag.address}: no Service ${host}`);
-          assert.ok(optList(obj(svc.doc.spec, "spec").ports).some((x) => obj(x, "port").port === Number(p)), `${where}: Service ${host} has no port ${p}`);
+          assert.ok(
+            optList(obj(svc.doc.spec, "spec").ports).some((x) => obj(x, "port").port === Number(p)),
+            `${where}: Service ${host} has no port ${p}`,
+          );
         }
       } else assert.fail(`${where}: --config for unknown program ${command[0]}`);
     }
@@ -552,7 +630,10 @@ test("kubernetes: the configs in the ConfigMaps load with the real loaders and m
       for (const p of [...l.reads, ...agentPaths(l.config).secrets]) {
         const sm = mountFor(mounts, p);
         assert.ok(sm && sm.volume.secret, `${cmName}/${key}: ${p} is not mounted in the agent container`);
-        assert.ok(volumeKeyAt(sm, p, obj(sm.volume.secret, "secret")) in (secrets.get(str(obj(sm.volume.secret, "s").secretName, "n")) ?? {}), `${cmName}/${key}: no Secret key for ${p}`);
+        assert.ok(
+          volumeKeyAt(sm, p, obj(sm.volume.secret, "secret")) in (secrets.get(str(obj(sm.volume.secret, "s").secretName, "n")) ?? {}),
+          `${cmName}/${key}: no Secret key for ${p}`,
+        );
       }
     }
   }
@@ -601,7 +682,10 @@ test("kubernetes: the migration Job runs `flotilla rollout --strategy job --wait
   // The selector matches the agent's target.
   const [k, v] = selector.split("=");
   const agent = loadAgent("/etc/flotilla/agent.yaml", str(cms.get("flotilla-agent-config")?.["agent.yaml"], "agent.yaml"));
-  assert.ok(agent.config.targets.some((t) => t.labels[k!] === v), "the Job's selector matches no target");
+  assert.ok(
+    agent.config.targets.some((t) => t.labels[k!] === v),
+    "the Job's selector matches no target",
+  );
 });
 
 // ------------------------------------------------------------------------------- systemd
@@ -712,7 +796,9 @@ for (const [unitName, program, stateDir] of [
 
 test("systemd: the agent unit lets a migration drain and can write every folder the example configs use", () => {
   const unit = readUnit(path.join(DEPLOY, "systemd", "flotilla-agent.service"));
-  const rw = one(unit, "Service", "ReadWritePaths").split(/\s+/).map((p) => p.replace(/^-/, ""));
+  const rw = one(unit, "Service", "ReadWritePaths")
+    .split(/\s+/)
+    .map((p) => p.replace(/^-/, ""));
   const state = `/var/lib/${one(unit, "Service", "StateDirectory")}`;
   const stop = timeSpan(one(unit, "Service", "TimeoutStopSec"));
   for (const { file, loaded } of exampleAgents()) {
@@ -769,15 +855,35 @@ test("examples: the agent configs load with the real loader", () => {
   const sqlite = byFile.get("agent-sqlite.yaml")!;
   assert.equal(sqlite.config.agentId, "webui-host-1");
   assert.equal(sqlite.config.listen, "0.0.0.0:7443");
-  assert.deepEqual(sqlite.config.tls, { cert: "/etc/flotilla/tls/agent.pem", key: "/etc/flotilla/tls/agent-key.pem", ca: "/etc/flotilla/tls/ca.pem", allow: ["spiffe://flotilla/controller"] });
-  assert.deepEqual(sqlite.config.targets.map((t) => [t.id, t.kind, t.database]), [["webui-1", "sqlite", "sqlite:////var/lib/open-webui/webui.db"]]);
+  assert.deepEqual(sqlite.config.tls, {
+    cert: "/etc/flotilla/tls/agent.pem",
+    key: "/etc/flotilla/tls/agent-key.pem",
+    ca: "/etc/flotilla/tls/ca.pem",
+    allow: ["spiffe://flotilla/controller"],
+  });
+  assert.deepEqual(
+    sqlite.config.targets.map((t) => [t.id, t.kind, t.database]),
+    [["webui-1", "sqlite", "sqlite:////var/lib/open-webui/webui.db"]],
+  );
   assert.deepEqual(sqlite.config.targets[0]!.alembic.command, ["/opt/open-webui/venv/bin/python", "-m", "alembic"]);
-  assert.deepEqual(sqlite.config.apps.map((a) => [a.id, a.target, a.health]), [["webui-1-app", "webui-1", "http://127.0.0.1:8080/health"]]);
+  assert.deepEqual(
+    sqlite.config.apps.map((a) => [a.id, a.target, a.health]),
+    [["webui-1-app", "webui-1", "http://127.0.0.1:8080/health"]],
+  );
   assert.deepEqual(sqlite.reads, ["/etc/flotilla/secrets/webui-secret-key"]);
 
   const pg = byFile.get("agent-postgres.yaml")!;
-  assert.deepEqual(pg.config.targets.map((t) => [t.id, t.kind, t.labels.env]), [["webui-prod", "postgresql", "prod"], ["webui-staging", "postgresql", "staging"]]);
-  assert.deepEqual(pg.config.targets.map((t) => t.lockTimeoutMs), [10000, 5000]);
+  assert.deepEqual(
+    pg.config.targets.map((t) => [t.id, t.kind, t.labels.env]),
+    [
+      ["webui-prod", "postgresql", "prod"],
+      ["webui-staging", "postgresql", "staging"],
+    ],
+  );
+  assert.deepEqual(
+    pg.config.targets.map((t) => t.lockTimeoutMs),
+    [10000, 5000],
+  );
   assert.ok(pg.reads.includes("/etc/flotilla/secrets/pg-password-prod") && pg.reads.includes("/etc/flotilla/secrets/pg-password-staging"));
   assert.ok(!pg.config.targets.some((t) => t.database.includes(FAKE_SECRET)), "the password stays out of the URL");
 
@@ -788,7 +894,13 @@ test("examples: the agent configs load with the real loader", () => {
   const t = bg.config.targets[0]!;
   assert.deepEqual(t.blueGreen, { green: "sqlite:////var/lib/open-webui/webui-green.db", switch: ["/usr/local/bin/lb-switch"] });
   assert.equal(t.alembic.iniFile, "alembic.ini");
-  assert.deepEqual(bg.config.apps.map((a) => [a.id, a.color]), [["webui-blue", "blue"], ["webui-green", "green"]]);
+  assert.deepEqual(
+    bg.config.apps.map((a) => [a.id, a.color]),
+    [
+      ["webui-blue", "blue"],
+      ["webui-green", "green"],
+    ],
+  );
 });
 
 test("examples: the controller configs load with the real loader", () => {
@@ -797,19 +909,32 @@ test("examples: the controller configs load with the real loader", () => {
   assert.deepEqual(single.config.listen, { grpc: "0.0.0.0:7440", http: "0.0.0.0:7441" });
   assert.equal(single.config.store, "sqlite:////var/lib/flotilla/controller.db");
   assert.equal(single.config.auditKeyFile, "/var/lib/flotilla/audit.key");
-  assert.deepEqual(single.config.tokens.map((x) => [x.name, x.role]), [["alice", "admin"], ["ci", "operator"], ["dashboard", "viewer"]]);
+  assert.deepEqual(
+    single.config.tokens.map((x) => [x.name, x.role]),
+    [
+      ["alice", "admin"],
+      ["ci", "operator"],
+      ["dashboard", "viewer"],
+    ],
+  );
   assert.equal(single.config.agents.length, 3);
-  assert.deepEqual(single.config.schedules.map((s) => [s.name, s.strategy, s.window, s.waves, s.toRevision]), [
-    ["sunday-prod", "maintenance", "2h", "1,25%,100%", "head"],
-    ["nightly-staging", "job", "1h", "", "head"],
-  ]);
+  assert.deepEqual(
+    single.config.schedules.map((s) => [s.name, s.strategy, s.window, s.waves, s.toRevision]),
+    [
+      ["sunday-prod", "maintenance", "2h", "1,25%,100%", "head"],
+      ["nightly-staging", "job", "1h", "", "head"],
+    ],
+  );
   assert.equal(single.config.agentTimeoutMs, 7_200_000);
 
   const text = readFileSync(path.join(DEPLOY, "examples", "controller-postgres.yaml"), "utf8");
   const pg = loadController("/etc/flotilla/controller.yaml", text);
   assertControllerConventions("examples/controller-postgres.yaml", pg);
   assert.equal(pg.config.store, "postgresql://flotilla@pg.internal:5432/flotilla", "no password in the store URL");
-  assert.deepEqual(pg.config.tokens.map((x) => x.role), ["admin", "operator"]);
+  assert.deepEqual(
+    pg.config.tokens.map((x) => x.role),
+    ["admin", "operator"],
+  );
   assert.equal(pg.config.schedules[0]!.selector, "app=open-webui,env=prod");
   // FLOTILLA_STORE overrides the file (how Kubernetes passes the URL from a Secret).
   const viaEnv = loadController("/etc/flotilla/controller.yaml", text, { FLOTILLA_STORE: "postgresql://other@db:5432/x" });
@@ -826,9 +951,7 @@ test("compose: Open WebUI never migrates itself; the agent shares its data; conf
   const webui = obj(services["open-webui"], "open-webui");
   assert.equal(webui.image, "ghcr.io/open-webui/open-webui:main");
   const envRaw = webui.environment;
-  const env: J = Array.isArray(envRaw)
-    ? Object.fromEntries(envRaw.map((e) => String(e).split(/=(.*)/s).slice(0, 2)))
-    : obj(envRaw, "open-webui environment");
+  const env: J = Array.isArray(envRaw) ? Object.fromEntries(envRaw.map((e) => String(e).split(/=(.*)/s).slice(0, 2))) : obj(envRaw, "open-webui environment");
   assert.equal(env.ENABLE_DB_MIGRATIONS, "false");
 
   const volumesOf = (svc: J): { source: string; target: string; readOnly: boolean }[] =>
@@ -862,7 +985,8 @@ test("compose: Open WebUI never migrates itself; the agent shares its data; conf
     assert.equal(svc.read_only, true, `${name}: read-only root file system`);
     assert.deepEqual(svc.cap_drop, ["ALL"], `${name}: drops all capabilities`);
     assert.ok(optList(svc.security_opt).includes("no-new-privileges:true"), `${name}: no-new-privileges`);
-    const writable = (p: string): boolean => vols.some((v) => !v.readOnly && !v.source.startsWith(".") && under(p, v.target)) || optList(svc.tmpfs).some((t) => under(p, str(t, "tmpfs")));
+    const writable = (p: string): boolean =>
+      vols.some((v) => !v.readOnly && !v.source.startsWith(".") && under(p, v.target)) || optList(svc.tmpfs).some((t) => under(p, str(t, "tmpfs")));
     if (command[0] === "flotilla-agent") {
       agents++;
       const l = loadAgent(configPath, text);
@@ -885,7 +1009,10 @@ test("compose: Open WebUI never migrates itself; the agent shares its data; conf
         const target = obj(services[host!], `agent service ${host}`);
         assert.ok(optList(target.expose).map(String).includes(port!), `${host} does not expose ${port}`);
       }
-      assert.ok(optList(svc.ports).some((p) => String(p).startsWith("127.0.0.1:")), `${name}: published on loopback only`);
+      assert.ok(
+        optList(svc.ports).some((p) => String(p).startsWith("127.0.0.1:")),
+        `${name}: published on loopback only`,
+      );
     } else assert.fail(`${name}: --config for unknown program`);
   }
   assert.equal(agents, 1);
@@ -935,7 +1062,7 @@ test("no file in deploy/ contains a real-looking secret", () => {
     }
     for (const m of text.matchAll(/[A-Za-z0-9+_=-]{24,}/g)) {
       const w = m[0];
-      const randomLooking = (/^[0-9a-f]{32,}$/i.test(w)) || (/\d/.test(w) && /[a-z]/.test(w) && /[A-Z]/.test(w));
+      const randomLooking = /^[0-9a-f]{32,}$/i.test(w) || (/\d/.test(w) && /[a-z]/.test(w) && /[A-Z]/.test(w));
       assert.ok(!randomLooking, `${where}: random-looking string ${w}`);
     }
     if (/\.ya?ml$/.test(file)) for (const [i, d] of yamlDocs(file).entries()) scan(d, `${where}#${i}`);

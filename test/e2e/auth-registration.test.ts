@@ -42,8 +42,13 @@ test("no token → exit 3; viewer reads but cannot start a rollout; admin can", 
   assert.match(denied.stderr, /operator/);
   const stampDenied = await fleet.cli(["stamp", "auth-1", "c3d2e1f00d42", "--reason", "imported-backup"], { FLOTILLA_TOKEN: TOKENS.operator });
   assert.equal(stampDenied.code, 3);
-  const audit = await fleet.cliJson<{ entries: { actor: string; outcome: string; action: string }[] }>(["audit", "--action", "api.StartRollout"], { FLOTILLA_TOKEN: TOKENS.admin });
-  assert.ok(audit.doc.entries.some((e) => e.outcome === "denied"), "denied calls are audited");
+  const audit = await fleet.cliJson<{ entries: { actor: string; outcome: string; action: string }[] }>(["audit", "--action", "api.StartRollout"], {
+    FLOTILLA_TOKEN: TOKENS.admin,
+  });
+  assert.ok(
+    audit.doc.entries.some((e) => e.outcome === "denied"),
+    "denied calls are audited",
+  );
   assert.equal(JSON.stringify(audit.doc).includes(TOKENS.viewer), false, "tokens never reach the audit log");
   assert.equal(fleet.logs().includes(TOKENS.admin), false);
 });
@@ -54,18 +59,34 @@ test("an agent registers itself with the controller (with its token) and shows u
   writeFileSync(join(dir, "token"), TOKENS.operator, { mode: 0o600 });
   writeFileSync(join(dir, "secret"), "x".repeat(32), { mode: 0o600 });
   const cfg = join(dir, "agent.yaml");
-  writeFileSync(cfg, stringify({
-    agentId: "reg-1", listen: "127.0.0.1:0", dataDir: join(dir, "data"),
-    controller: { address: fleet.controllerUrl, advertise: "127.0.0.1:0", heartbeatSeconds: 1, tokenFile: join(dir, "token") },
-    targets: [{ id: "reg-target", labels: { env: "reg" }, database: `sqlite:///${join(dir, "reg.db")}`, alembic: { dir: FIXTURE_DIR, env: { WEBUI_SECRET_KEY: { file: join(dir, "secret") } } }, backups: { dir: join(dir, "backups") } }],
-  }));
+  writeFileSync(
+    cfg,
+    stringify({
+      agentId: "reg-1",
+      listen: "127.0.0.1:0",
+      dataDir: join(dir, "data"),
+      controller: { address: fleet.controllerUrl, advertise: "127.0.0.1:0", heartbeatSeconds: 1, tokenFile: join(dir, "token") },
+      targets: [
+        {
+          id: "reg-target",
+          labels: { env: "reg" },
+          database: `sqlite:///${join(dir, "reg.db")}`,
+          alembic: { dir: FIXTURE_DIR, env: { WEBUI_SECRET_KEY: { file: join(dir, "secret") } } },
+          backups: { dir: join(dir, "backups") },
+        },
+      ],
+    }),
+  );
   const p = spawn(process.execPath, [join(ROOT, "bin/flotilla-agent.mjs"), "--config", cfg], { stdio: "ignore" });
   extra.push(p);
   const deadline = Date.now() + 60_000;
   let found = false;
   while (!found && Date.now() < deadline) {
-    const r = await fleet.cliJson<{ agents: { id: string; source: string; state: string }[]; targets: { targetId: string }[] }>(["targets"], { FLOTILLA_TOKEN: TOKENS.viewer });
-    found = r.doc.agents.some((a) => a.id === "reg-1" && a.source === "registered" && a.state === "up") && r.doc.targets.some((t) => t.targetId === "reg-target");
+    const r = await fleet.cliJson<{ agents: { id: string; source: string; state: string }[]; targets: { targetId: string }[] }>(["targets"], {
+      FLOTILLA_TOKEN: TOKENS.viewer,
+    });
+    found =
+      r.doc.agents.some((a) => a.id === "reg-1" && a.source === "registered" && a.state === "up") && r.doc.targets.some((t) => t.targetId === "reg-target");
     if (!found) await new Promise((res) => setTimeout(res, 500));
   }
   assert.ok(found, "registered agent and its target appear in the inventory");
@@ -74,12 +95,31 @@ test("an agent registers itself with the controller (with its token) and shows u
 test("mTLS: the agent accepts the controller's certificate and rejects clients without one or from another CA", async () => {
   const dir = join(fleet.dir, "tls");
   mkdirSync(dir, { recursive: true });
-  const ssl = (args: string[]): void => { execFileSync("openssl", args, { cwd: dir, stdio: "ignore" }); };
-  const makeCa = (name: string): void => ssl(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", `/CN=${name}`, "-keyout", `${name}.key`, "-out", `${name}.pem`]);
+  const ssl = (args: string[]): void => {
+    execFileSync("openssl", args, { cwd: dir, stdio: "ignore" });
+  };
+  const makeCa = (name: string): void =>
+    ssl(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", `/CN=${name}`, "-keyout", `${name}.key`, "-out", `${name}.pem`]);
   const makeCert = (ca: string, name: string, san: string): void => {
     ssl(["req", "-newkey", "rsa:2048", "-nodes", "-subj", `/CN=${name}`, "-keyout", `${name}.key`, "-out", `${name}.csr`]);
     writeFileSync(join(dir, `${name}.ext`), `subjectAltName=${san}\n`);
-    ssl(["x509", "-req", "-in", `${name}.csr`, "-CA", `${ca}.pem`, "-CAkey", `${ca}.key`, "-CAcreateserial", "-days", "2", "-extfile", `${name}.ext`, "-out", `${name}.pem`]);
+    ssl([
+      "x509",
+      "-req",
+      "-in",
+      `${name}.csr`,
+      "-CA",
+      `${ca}.pem`,
+      "-CAkey",
+      `${ca}.key`,
+      "-CAcreateserial",
+      "-days",
+      "2",
+      "-extfile",
+      `${name}.ext`,
+      "-out",
+      `${name}.pem`,
+    ]);
   };
   makeCa("ca");
   makeCa("rogue");
@@ -89,18 +129,42 @@ test("mTLS: the agent accepts the controller's certificate and rejects clients w
   writeFileSync(join(dir, "secret"), "x".repeat(32), { mode: 0o600 });
   const port = await freePort();
   const cfg = join(dir, "agent.yaml");
-  writeFileSync(cfg, stringify({
-    agentId: "tls-1", listen: `127.0.0.1:${port}`, dataDir: join(dir, "data"),
-    tls: { cert: join(dir, "agent.pem"), key: join(dir, "agent.key"), ca: join(dir, "ca.pem"), allow: ["flotilla-controller"] },
-    targets: [{ id: "tls-target", database: `sqlite:///${join(dir, "t.db")}`, alembic: { dir: FIXTURE_DIR, env: { WEBUI_SECRET_KEY: { file: join(dir, "secret") } } }, backups: { dir: join(dir, "backups") } }],
-  }));
-  const p = spawn(process.execPath, [join(ROOT, "bin/flotilla-agent.mjs"), "--config", cfg], { stdio: "ignore", env: { ...process.env, FLOTILLA_PORT_FILE: join(dir, "port") } });
+  writeFileSync(
+    cfg,
+    stringify({
+      agentId: "tls-1",
+      listen: `127.0.0.1:${port}`,
+      dataDir: join(dir, "data"),
+      tls: { cert: join(dir, "agent.pem"), key: join(dir, "agent.key"), ca: join(dir, "ca.pem"), allow: ["flotilla-controller"] },
+      targets: [
+        {
+          id: "tls-target",
+          database: `sqlite:///${join(dir, "t.db")}`,
+          alembic: { dir: FIXTURE_DIR, env: { WEBUI_SECRET_KEY: { file: join(dir, "secret") } } },
+          backups: { dir: join(dir, "backups") },
+        },
+      ],
+    }),
+  );
+  const p = spawn(process.execPath, [join(ROOT, "bin/flotilla-agent.mjs"), "--config", cfg], {
+    stdio: "ignore",
+    env: { ...process.env, FLOTILLA_PORT_FILE: join(dir, "port") },
+  });
   extra.push(p);
   const deadline = Date.now() + 60_000;
   while (Date.now() < deadline) {
-    try { readFileSync(join(dir, "port")); break; } catch { await new Promise((r) => setTimeout(r, 100)); }
+    try {
+      readFileSync(join(dir, "port"));
+      break;
+    } catch {
+      await new Promise((r) => setTimeout(r, 100));
+    }
   }
-  const files = (cert: string, ca = "ca") => ({ cert: readFileSync(join(dir, `${cert}.pem`)), key: readFileSync(join(dir, `${cert}.key`)), ca: readFileSync(join(dir, `${ca}.pem`)) });
+  const files = (cert: string, ca = "ca") => ({
+    cert: readFileSync(join(dir, `${cert}.pem`)),
+    key: readFileSync(join(dir, `${cert}.key`)),
+    ca: readFileSync(join(dir, `${ca}.pem`)),
+  });
   const good = createClient(AgentService, `127.0.0.1:${port}`, channelCredentials(files("controller")));
   const info = await good.getInfo({}, { timeoutMs: 10_000 });
   assert.equal(info.agentId, "tls-1");

@@ -30,10 +30,36 @@ before(async () => {
       { id: "wave-2", kind: "sqlite", owner: "h2", labels: { env: "waves" }, failAt: "0a7b8c9d0e1f", apps: [{ agent: "h2" }] },
       { id: "wave-3", kind: "sqlite", owner: "h3", labels: { env: "waves" } },
       { id: "job-1", kind: "sqlite", owner: "h3", labels: { env: "job" }, apps: [{ agent: "h3" }, { agent: "h2" }] },
-      { id: "bg-1", kind: "sqlite", owner: "h1", labels: { env: "bg" }, blueGreen: true, apps: [{ agent: "h1", color: "blue" }, { agent: "h1", color: "green" }] },
-      { id: "ab1-slow", kind: "sqlite", owner: "h1", labels: { env: "abort" }, seed: { users: 20, chats: 60, msgs: 2 }, alembicEnv: { FIXTURE_SLEEP_MS: "1000", FIXTURE_BATCH: "10" }, apps: [{ agent: "h1" }] },
+      {
+        id: "bg-1",
+        kind: "sqlite",
+        owner: "h1",
+        labels: { env: "bg" },
+        blueGreen: true,
+        apps: [
+          { agent: "h1", color: "blue" },
+          { agent: "h1", color: "green" },
+        ],
+      },
+      {
+        id: "ab1-slow",
+        kind: "sqlite",
+        owner: "h1",
+        labels: { env: "abort" },
+        seed: { users: 20, chats: 60, msgs: 2 },
+        alembicEnv: { FIXTURE_SLEEP_MS: "1000", FIXTURE_BATCH: "10" },
+        apps: [{ agent: "h1" }],
+      },
       { id: "ab2", kind: "sqlite", owner: "h3", labels: { env: "abort" } },
-      { id: "slow-1", kind: "sqlite", owner: "h2", labels: { env: "slow" }, seed: { users: 20, chats: 60, msgs: 2 }, alembicEnv: { FIXTURE_SLEEP_MS: "1000", FIXTURE_BATCH: "10" }, apps: [{ agent: "h2" }] },
+      {
+        id: "slow-1",
+        kind: "sqlite",
+        owner: "h2",
+        labels: { env: "slow" },
+        seed: { users: 20, chats: 60, msgs: 2 },
+        alembicEnv: { FIXTURE_SLEEP_MS: "1000", FIXTURE_BATCH: "10" },
+        apps: [{ agent: "h2" }],
+      },
     ],
   });
   await fleet.start();
@@ -54,7 +80,10 @@ async function waitForRollout(id: string, done: (r: RolloutJson) => boolean, tim
 }
 
 test("targets: the shared PostgreSQL database is one target with app instances on two agents", async () => {
-  const r = await fleet.cliJson<{ targets: { targetId: string; agentId: string; current: string[]; pending: unknown[]; apps: { id: string; state: string }[] }[]; agents: { id: string; state: string }[] }>(["targets", "--selector", "env=prod"]);
+  const r = await fleet.cliJson<{
+    targets: { targetId: string; agentId: string; current: string[]; pending: unknown[]; apps: { id: string; state: string }[] }[];
+    agents: { id: string; state: string }[];
+  }>(["targets", "--selector", "env=prod"]);
   assert.equal(r.code, 0, r.stderr);
   assert.deepEqual(r.doc.targets.map((t) => t.targetId).sort(), ["prod-a", "prod-b", "prod-pg"]);
   const pgT = r.doc.targets.find((t) => t.targetId === "prod-pg")!;
@@ -71,19 +100,39 @@ test("targets: the shared PostgreSQL database is one target with app instances o
 
 test("plan is a dry run with steps and SQL per target and changes nothing", async () => {
   const before = await dumpDatabase(fleet.urls.get("prod-a")!);
-  const r = await fleet.cliJson<{ targets: { targetId: string; wave: number; steps: { name: string }[]; sql: string }[]; waveCount: number }>(["plan", "--selector", "env=prod", "--strategy", "maintenance", "--waves", "1,100%"]);
+  const r = await fleet.cliJson<{ targets: { targetId: string; wave: number; steps: { name: string }[]; sql: string }[]; waveCount: number }>([
+    "plan",
+    "--selector",
+    "env=prod",
+    "--strategy",
+    "maintenance",
+    "--waves",
+    "1,100%",
+  ]);
   assert.equal(r.code, 0, r.stderr);
   assert.equal(r.doc.waveCount, 2);
   const a = r.doc.targets.find((t) => t.targetId === "prod-a")!;
   assert.equal(a.wave, 0);
-  assert.deepEqual(a.steps.map((s) => s.name), ["precheck", "stop", "backup", "migrate", "verify", "start", "health"]);
+  assert.deepEqual(
+    a.steps.map((s) => s.name),
+    ["precheck", "stop", "backup", "migrate", "verify", "start", "health"],
+  );
   assert.match(a.sql, /ALTER TABLE chat ADD COLUMN pinned/);
   const pgPlan = r.doc.targets.find((t) => t.targetId === "prod-pg")!;
   assert.equal(pgPlan.steps.filter((s) => s.name === "stop").length, 2, "both app hosts are stopped");
   assert.equal(await dumpDatabase(fleet.urls.get("prod-a")!), before);
-  const job = await fleet.cliJson<{ refused: boolean; warnings: string[]; targets: { allowedStrategies: string[] }[] }>(["plan", "--selector", "env=job", "--strategy", "job"]);
+  const job = await fleet.cliJson<{ refused: boolean; warnings: string[]; targets: { allowedStrategies: string[] }[] }>([
+    "plan",
+    "--selector",
+    "env=job",
+    "--strategy",
+    "job",
+  ]);
   assert.equal(job.doc.refused, true, "the compatibility gate refuses job over revisions not known to be additive");
-  assert.ok(job.doc.warnings.some((w) => /not every pending revision is additive/.test(w)), JSON.stringify(job.doc.warnings));
+  assert.ok(
+    job.doc.warnings.some((w) => /not every pending revision is additive/.test(w)),
+    JSON.stringify(job.doc.warnings),
+  );
   assert.deepEqual(job.doc.targets[0]!.allowedStrategies, ["maintenance"]);
 });
 
@@ -94,12 +143,21 @@ test("maintenance rollout in waves with a canary migrates every target and start
   for (const id of ["prod-a", "prod-b", "prod-pg"]) assert.deepEqual(await fleet.revisionOf(id), [HEAD_REVISION], id);
   assert.equal(r.doc.targets.find((t) => t.targetId === "prod-a")!.wave, 0);
   const pgT = r.doc.targets.find((t) => t.targetId === "prod-pg")!;
-  assert.deepEqual(pgT.steps.filter((s) => s.name === "stop").map((s) => s.agentId).sort(), ["h1", "h3"]);
+  assert.deepEqual(
+    pgT.steps
+      .filter((s) => s.name === "stop")
+      .map((s) => s.agentId)
+      .sort(),
+    ["h1", "h3"],
+  );
   assert.ok(pgT.steps.every((s) => s.state === "succeeded"));
   const t = await fleet.cliJson<{ targets: { targetId: string; apps: { state: string }[]; pending: unknown[] }[] }>(["targets", "--selector", "env=prod"]);
   for (const x of t.doc.targets) {
     assert.equal(x.pending.length, 0);
-    assert.ok(x.apps.every((a) => a.state === "running"), `${x.targetId} apps running`);
+    assert.ok(
+      x.apps.every((a) => a.state === "running"),
+      `${x.targetId} apps running`,
+    );
   }
 });
 
@@ -117,7 +175,10 @@ test("a migration failing in the second wave is restored exactly and the rollout
   assert.equal(await dumpDatabase(fleet.urls.get("wave-2")!), before2, "wave-2 is exactly as before");
   assert.equal(await dumpDatabase(fleet.urls.get("wave-3")!), before3, "wave-3 was never touched");
   const w2 = by.get("wave-2")!;
-  assert.ok(w2.steps.some((s) => s.name === "start" && s.state === "succeeded"), "the stopped app was started again on the restored database");
+  assert.ok(
+    w2.steps.some((s) => s.name === "start" && s.state === "succeeded"),
+    "the stopped app was started again on the restored database",
+  );
   const human = await fleet.cli(["rollout", "show", r.doc.id]);
   assert.match(human.stdout, /halted/);
 });
@@ -127,7 +188,10 @@ test("job strategy: backup, migrate while running, rolling restart; rollback res
   const r = await fleet.cliJson<RolloutJson>(["rollout", "--selector", "env=job", "--strategy", "job", "--allow-breaking", "--wait"]);
   assert.equal(r.code, 0, JSON.stringify(r.doc).slice(0, 2000));
   const t = r.doc.targets[0]!;
-  assert.deepEqual(t.steps.map((s) => s.name), ["precheck", "backup", "migrate", "verify", "restart", "restart", "health", "health"]);
+  assert.deepEqual(
+    t.steps.map((s) => s.name),
+    ["precheck", "backup", "migrate", "verify", "restart", "restart", "health", "health"],
+  );
   assert.deepEqual(await fleet.revisionOf("job-1"), [HEAD_REVISION]);
   const rb = await fleet.cliJson<RolloutJson>(["rollout", "rollback", r.doc.id, "--yes"]);
   assert.equal(rb.code, 0, rb.stderr);
@@ -155,7 +219,10 @@ test("abort stops before the next step: the running target finishes safely, late
   const s1 = by.get("ab1-slow")!;
   const rev = await fleet.revisionOf("ab1-slow");
   assert.ok(rev[0] === HEAD_REVISION || rev[0] === OLD_REVISION, `slow-2 is at the old or the new revision, never between: ${rev.join(",")}`);
-  assert.ok(s1.steps.some((s) => s.name === "start" && s.state === "succeeded"), "its app was started again");
+  assert.ok(
+    s1.steps.some((s) => s.name === "start" && s.state === "succeeded"),
+    "its app was started again",
+  );
   const h = await fleet.agentClient("h1").checkHealth({ targetId: "ab1-slow" });
   assert.ok(h.healthy);
 });
@@ -173,7 +240,10 @@ test("blue-green: clone, migrate green, start green, switch; blue kept; rollback
   assert.equal(done.status, "rolled-back", JSON.stringify(done).slice(0, 2000));
   assert.equal(readFileSync(fleet.switchFiles.get("bg-1")!, "utf8"), "blue");
   const h = await fleet.agentClient("h1").checkHealth({ targetId: "bg-1", color: "green" });
-  assert.ok(h.apps.every((a) => a.state === "stopped"), "green instances stopped after rollback");
+  assert.ok(
+    h.apps.every((a) => a.state === "stopped"),
+    "green instances stopped after rollback",
+  );
 });
 
 test("a second rollout on a busy target is refused naming the first; the controller killed mid-rollout resumes consistently", async () => {
@@ -201,7 +271,10 @@ test("a second rollout on a busy target is refused naming the first; the control
 
 test("CLI target verbs: diagnose, backup, backups, restore (needs --yes), downgrade and stamp refusals", async () => {
   const d = await fleet.cliJson<{ findings: { code: string; severity: string }[]; problems: boolean }>(["diagnose", "prod-a"]);
-  assert.ok(d.doc.findings.some((f) => f.code === "app-running"), JSON.stringify(d.doc.findings.map((f) => f.code)));
+  assert.ok(
+    d.doc.findings.some((f) => f.code === "app-running"),
+    JSON.stringify(d.doc.findings.map((f) => f.code)),
+  );
   assert.equal(d.code, d.doc.problems ? 1 : 0);
   const b = await fleet.cliJson<{ status: string; backup: { id: string; verified: boolean; sha256: string } }>(["backup", "prod-a"]);
   assert.equal(b.code, 0, b.stderr);
@@ -229,7 +302,10 @@ test("schedules: add (validated), list, remove; the web page is served", async (
   const ok = await fleet.cli(["schedule", "add", "nightly", "--cron", "0 3 * * 0", "--selector", "env=prod", "--strategy", "maintenance", "--window", "2h"]);
   assert.equal(ok.code, 0, ok.stderr);
   const list = await fleet.cliJson<{ schedules: { name: string; cron: string; window: string }[] }>(["schedules"]);
-  assert.deepEqual(list.doc.schedules.map((x) => [x.name, x.cron, x.window]), [["nightly", "0 3 * * 0", "2h"]]);
+  assert.deepEqual(
+    list.doc.schedules.map((x) => [x.name, x.cron, x.window]),
+    [["nightly", "0 3 * * 0", "2h"]],
+  );
   assert.equal((await fleet.cli(["schedule", "rm", "nightly"])).code, 0);
   assert.equal((await fleet.cliJson<{ schedules: unknown[] }>(["schedules"])).doc.schedules.length, 0);
   const page = await fetch(`${fleet.controllerUrl}/`);

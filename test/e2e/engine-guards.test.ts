@@ -46,10 +46,26 @@ test("a bad --to stops no app: rollout, plan and schedule add refuse it with exi
   const plan = await fleet.cli(["plan", "--selector", "env=guard", "--to", "nosuchrev"]);
   assert.equal(plan.code, 2, plan.stdout + plan.stderr);
   assert.match(plan.stderr, /nosuchrev/);
-  const sched = await fleet.cli(["schedule", "add", "nightly", "--cron", "0 3 * * 0", "--selector", "env=guard", "--strategy", "maintenance", "--to", "nosuchrev"]);
+  const sched = await fleet.cli([
+    "schedule",
+    "add",
+    "nightly",
+    "--cron",
+    "0 3 * * 0",
+    "--selector",
+    "env=guard",
+    "--strategy",
+    "maintenance",
+    "--to",
+    "nosuchrev",
+  ]);
   assert.equal(sched.code, 2, sched.stdout + sched.stderr);
   const list = await fleet.cliJson<{ schedules?: { name: string }[] }>(["schedules"]);
-  assert.equal((list.doc.schedules ?? []).some((s) => s.name === "nightly"), false, "the schedule was not stored");
+  assert.equal(
+    (list.doc.schedules ?? []).some((s) => s.name === "nightly"),
+    false,
+    "the schedule was not stored",
+  );
   const rollouts = await fleet.cliJson<{ rollouts?: unknown[] }>(["rollouts"]);
   assert.equal((rollouts.doc.rollouts ?? []).length, 0, "no rollout was recorded");
   assert.deepEqual(appPids(), pids, "every app instance still runs under its old pid");
@@ -57,11 +73,18 @@ test("a bad --to stops no app: rollout, plan and schedule add refuse it with exi
 });
 
 test("plan shows every revision it can render: the SQLite batch revision is named with its reason, the others keep their SQL and compatibility", async () => {
-  const r = await fleet.cliJson<{ targets: { targetId: string; revisions: { id: string; rendered?: boolean; sql?: string; notRenderedReason?: string; compatibility: string; compatibilityReason?: string }[] }[] }>(
-    ["plan", "--selector", "env=guard", "--to", "head"]);
+  const r = await fleet.cliJson<{
+    targets: {
+      targetId: string;
+      revisions: { id: string; rendered?: boolean; sql?: string; notRenderedReason?: string; compatibility: string; compatibilityReason?: string }[];
+    }[];
+  }>(["plan", "--selector", "env=guard", "--to", "head"]);
   assert.equal(r.code, 0, r.stderr);
   const sqlite = r.doc.targets.find((t) => t.targetId === "g-sqlite")!;
-  assert.deepEqual(sqlite.revisions.map((x) => x.id), ["d4c3b2a1e5f6", "e5f4a3b2c1d0", "f6a5b4c3d2e1", "0a7b8c9d0e1f", "1b8c9d0e1f2a"]);
+  assert.deepEqual(
+    sqlite.revisions.map((x) => x.id),
+    ["d4c3b2a1e5f6", "e5f4a3b2c1d0", "f6a5b4c3d2e1", "0a7b8c9d0e1f", "1b8c9d0e1f2a"],
+  );
   const batch = sqlite.revisions.find((x) => x.id === "f6a5b4c3d2e1")!;
   assert.notEqual(batch.rendered, true);
   assert.match(batch.notRenderedReason ?? "", /batch operation/);
@@ -74,7 +97,10 @@ test("plan shows every revision it can render: the SQLite batch revision is name
   assert.equal(sqlite.revisions.find((x) => x.id === "e5f4a3b2c1d0")!.compatibility, "additive");
   assert.equal(sqlite.revisions.find((x) => x.id === "0a7b8c9d0e1f")!.compatibility, "breaking");
   const pgT = r.doc.targets.find((t) => t.targetId === "g-pg")!;
-  assert.ok(pgT.revisions.every((x) => x.rendered === true), "PostgreSQL renders all five");
+  assert.ok(
+    pgT.revisions.every((x) => x.rendered === true),
+    "PostgreSQL renders all five",
+  );
 });
 
 test("rehearse migrates a throwaway copy, prints per-revision timings and go, and leaves the target untouched", async () => {
@@ -83,7 +109,12 @@ test("rehearse migrates a throwaway copy, prints per-revision timings and go, an
   assert.equal(human.code, 0, human.stdout + human.stderr);
   assert.match(human.stdout, /go: the rehearsal on a throwaway copy reached 1b8c9d0e1f2a/);
   assert.match(human.stdout, /f6a5b4c3d2e1 → 0a7b8c9d0e1f/);
-  const json = await fleet.cliJson<{ status: string; timings: { toRevision: string }[]; details: Record<string, string> }>(["rehearse", "g-pg", "--to", HEAD_REVISION]);
+  const json = await fleet.cliJson<{ status: string; timings: { toRevision: string }[]; details: Record<string, string> }>([
+    "rehearse",
+    "g-pg",
+    "--to",
+    HEAD_REVISION,
+  ]);
   assert.equal(json.code, 0, json.stderr);
   assert.equal(json.doc.details["verdict"], "go");
   assert.equal(json.doc.timings.length, 5);

@@ -15,8 +15,12 @@ const pools: GrpcAgentPool[] = [];
 
 before(async () => {
   fleet = new Fleet({
-    agents: ["h1"], noController: true,
-    targets: [{ id: "f-1", kind: "sqlite", owner: "h1" }, { id: "f-2", kind: "sqlite", owner: "h1" }],
+    agents: ["h1"],
+    noController: true,
+    targets: [
+      { id: "f-1", kind: "sqlite", owner: "h1" },
+      { id: "f-2", kind: "sqlite", owner: "h1" },
+    ],
   });
   await fleet.start();
 });
@@ -102,7 +106,10 @@ test("a replaced controller (epoch 1) is refused until --reset-fencing, which is
   const reset = ops.filter((o) => o.kind === "reset-fencing");
   assert.equal(reset.length, 1);
   assert.equal(reset[0]!.state, "succeeded");
-  assert.match(reset[0]!.message, /fencing reset by .+ \(offline, flotilla-agent --reset-fencing\): forgot controller epoch 9; .*Reason: controller moved to a new store/);
+  assert.match(
+    reset[0]!.message,
+    /fencing reset by .+ \(offline, flotilla-agent --reset-fencing\): forgot controller epoch 9; .*Reason: controller moved to a new store/,
+  );
   const status = await fleet.agentClient("h1").getStatus({ targetId: "f-1" }, { timeoutMs: 10_000 });
   assert.deepEqual(status.interruptedOperationIds, [], "the reset leaves nothing to recover");
 });

@@ -37,7 +37,10 @@ before(async () => {
     },
   });
   const impl: Record<string, unknown> = {};
-  for (const m of AgentService.methods) impl[m.localName] = () => { throw new Error(`unexpected ${m.name}`); };
+  for (const m of AgentService.methods)
+    impl[m.localName] = () => {
+      throw new Error(`unexpected ${m.name}`);
+    };
   impl.stamp = stamp;
   server = newServer();
   addService(server, AgentService, withFencing(impl as unknown as ServiceImpl<typeof AgentService.method>, journal));
@@ -97,12 +100,23 @@ test("leader election on PostgreSQL hands out a higher epoch to each new leader;
   try {
     db = await createTestDatabase("fence_epoch");
     const log = pino({ level: "silent" });
-    const first = new Leadership(db.url, log, async () => undefined, () => undefined);
+    const first = new Leadership(
+      db.url,
+      log,
+      async () => undefined,
+      () => undefined,
+    );
     await first.start();
     assert.equal(first.isLeader, true);
     const e1 = first.epoch;
     assert.ok(e1 >= 1);
-    const standby = new Leadership(db.url, log, async () => undefined, () => undefined, 100);
+    const standby = new Leadership(
+      db.url,
+      log,
+      async () => undefined,
+      () => undefined,
+      100,
+    );
     await standby.start();
     assert.equal(standby.epoch, 0, "a standby has no epoch");
     await first.close();
@@ -111,7 +125,12 @@ test("leader election on PostgreSQL hands out a higher epoch to each new leader;
     assert.equal(standby.isLeader, true);
     assert.ok(standby.epoch > e1, `${standby.epoch} > ${e1}`);
     await standby.close();
-    const sqlite = new Leadership("sqlite:///tmp/x.db", log, async () => undefined, () => undefined);
+    const sqlite = new Leadership(
+      "sqlite:///tmp/x.db",
+      log,
+      async () => undefined,
+      () => undefined,
+    );
     await sqlite.start();
     assert.equal(sqlite.epoch, 1);
     await sqlite.close();

@@ -49,7 +49,23 @@ function makeCa(cwd: string, name: string): void {
 function makeLeaf(cwd: string, ca: string, name: string, san: string, days = 30): void {
   ssl(cwd, ["req", "-newkey", "rsa:2048", "-nodes", "-subj", `/CN=${name}`, "-keyout", `${name}.key`, "-out", `${name}.csr`]);
   writeFileSync(join(cwd, `${name}.ext`), `basicConstraints=critical,CA:FALSE\nsubjectAltName=${san}\n`);
-  ssl(cwd, ["x509", "-req", "-in", `${name}.csr`, "-CA", `${ca}.pem`, "-CAkey", `${ca}.key`, "-CAcreateserial", "-days", String(days), "-extfile", `${name}.ext`, "-out", `${name}.pem`]);
+  ssl(cwd, [
+    "x509",
+    "-req",
+    "-in",
+    `${name}.csr`,
+    "-CA",
+    `${ca}.pem`,
+    "-CAkey",
+    `${ca}.key`,
+    "-CAcreateserial",
+    "-days",
+    String(days),
+    "-extfile",
+    `${name}.ext`,
+    "-out",
+    `${name}.pem`,
+  ]);
 }
 
 function files(cwd: string, cert: string, ca: string, keySuffix = ".key"): TlsFiles {
@@ -72,19 +88,40 @@ async function waitForFile(path: string, proc: ChildProcess, log: string): Promi
   throw new Error(`timed out waiting for ${path}`);
 }
 
-interface Daemon { proc: ChildProcess; log: string; port: number; http?: number }
+interface Daemon {
+  proc: ChildProcess;
+  log: string;
+  port: number;
+  http?: number;
+}
 
 async function startAgent(id: string, tls: Record<string, unknown>): Promise<Daemon> {
   const home = join(dir, `agent-${id}`);
   mkdirSync(home, { recursive: true });
   const cfg = join(home, "agent.yaml");
-  writeFileSync(cfg, stringify({
-    agentId: id, listen: "127.0.0.1:0", dataDir: join(home, "data"), tls,
-    targets: [{ id: `${id}-db`, database: `sqlite:///${join(home, "t.db")}`, alembic: { dir: FIXTURE_DIR, env: { WEBUI_SECRET_KEY: { file: join(dir, "secret") } } }, backups: { dir: join(home, "backups") } }],
-  }));
+  writeFileSync(
+    cfg,
+    stringify({
+      agentId: id,
+      listen: "127.0.0.1:0",
+      dataDir: join(home, "data"),
+      tls,
+      targets: [
+        {
+          id: `${id}-db`,
+          database: `sqlite:///${join(home, "t.db")}`,
+          alembic: { dir: FIXTURE_DIR, env: { WEBUI_SECRET_KEY: { file: join(dir, "secret") } } },
+          backups: { dir: join(home, "backups") },
+        },
+      ],
+    }),
+  );
   const log = join(home, "agent.log");
   const portFile = join(home, "port");
-  const proc = spawn(process.execPath, [join(ROOT, "bin/flotilla-agent.mjs"), "--config", cfg], { stdio: ["ignore", openSync(log, "a"), openSync(log, "a")], env: { ...process.env, FLOTILLA_PORT_FILE: portFile } });
+  const proc = spawn(process.execPath, [join(ROOT, "bin/flotilla-agent.mjs"), "--config", cfg], {
+    stdio: ["ignore", openSync(log, "a"), openSync(log, "a")],
+    env: { ...process.env, FLOTILLA_PORT_FILE: portFile },
+  });
   procs.push(proc);
   return { proc, log, port: Number(await waitForFile(portFile, proc, log)) };
 }
@@ -96,7 +133,10 @@ async function startController(name: string, config: Record<string, unknown>): P
   writeFileSync(cfg, stringify({ listen: { grpc: "127.0.0.1:0", http: "127.0.0.1:0" }, dataDir: home, ...config }));
   const log = join(home, "controller.log");
   const portFile = join(home, "port");
-  const proc = spawn(process.execPath, [join(ROOT, "bin/flotilla-controller.mjs"), "--config", cfg], { stdio: ["ignore", openSync(log, "a"), openSync(log, "a")], env: { ...process.env, FLOTILLA_PORT_FILE: portFile } });
+  const proc = spawn(process.execPath, [join(ROOT, "bin/flotilla-controller.mjs"), "--config", cfg], {
+    stdio: ["ignore", openSync(log, "a"), openSync(log, "a")],
+    env: { ...process.env, FLOTILLA_PORT_FILE: portFile },
+  });
   procs.push(proc);
   const ports = JSON.parse(await waitForFile(portFile, proc, log)) as { http: number; grpc: number };
   return { proc, log, port: ports.grpc, http: ports.http };
@@ -106,14 +146,22 @@ function cli(args: string[], env: Record<string, string>): Promise<RunResult> {
   return run([process.execPath, join(ROOT, "bin/flotilla.mjs"), ...args], { env: { FLOTILLA_TOKEN: "", FLOTILLA_CA: "", ...env }, timeoutMs: 120_000 });
 }
 
-interface TargetsDoc { agents: { id: string; state: string; error: string }[]; targets: { targetId: string }[]; warnings: string[] }
+interface TargetsDoc {
+  agents: { id: string; state: string; error: string }[];
+  targets: { targetId: string }[];
+  warnings: string[];
+}
 
 /** `flotilla targets --json` until every listed agent has a state other than unknown. */
 async function targets(env: Record<string, string>, ids: string[]): Promise<TargetsDoc> {
   const r = await cli(["targets", "--json"], env);
   assert.equal(r.stderr.includes(TOKEN), false, "the token never appears in output");
   const doc = JSON.parse(r.stdout) as TargetsDoc;
-  for (const id of ids) assert.ok(doc.agents.some((a) => a.id === id), `agent ${id} listed: ${r.stdout}`);
+  for (const id of ids)
+    assert.ok(
+      doc.agents.some((a) => a.id === id),
+      `agent ${id} listed: ${r.stdout}`,
+    );
   return doc;
 }
 
@@ -143,8 +191,18 @@ test("openssl-made standard certificates: the controller reaches agents whose ce
   makeLeaf(pki, "ca", "elsewhere", "DNS:db-7.example,IP:10.9.8.7");
   makeLeaf(pki, "ca", "expired", "DNS:localhost,IP:127.0.0.1", -1);
   makeLeaf(pki, "ca", "controller", "DNS:controller.internal,IP:127.0.0.1");
-  const agentTls = (cert: string) => ({ cert: join(pki, `${cert}.pem`), key: join(pki, `${cert}.key`), ca: join(pki, "ca.pem"), allow: ["controller.internal"] });
-  const [a1, a2, a3, a4] = await Promise.all([startAgent("std-1", agentTls("agent1")), startAgent("std-2", agentTls("agent2")), startAgent("std-3", agentTls("elsewhere")), startAgent("std-4", agentTls("expired"))]);
+  const agentTls = (cert: string) => ({
+    cert: join(pki, `${cert}.pem`),
+    key: join(pki, `${cert}.key`),
+    ca: join(pki, "ca.pem"),
+    allow: ["controller.internal"],
+  });
+  const [a1, a2, a3, a4] = await Promise.all([
+    startAgent("std-1", agentTls("agent1")),
+    startAgent("std-2", agentTls("agent2")),
+    startAgent("std-3", agentTls("elsewhere")),
+    startAgent("std-4", agentTls("expired")),
+  ]);
   assert.match(readFileSync(a2!.log, "utf8"), /certificate expires soon/, "the agent warns at start when its certificate expires within 30 days");
   const ctl = await startController("std", {
     tls: { cert: join(pki, "controller.pem"), key: join(pki, "controller.key"), ca: join(pki, "ca.pem") },
@@ -167,7 +225,10 @@ test("openssl-made standard certificates: the controller reaches agents whose ce
   const expired = agentState(doc, "std-4");
   assert.equal(expired.state, "down");
   assert.match(expired.error, /expired/i);
-  assert.ok(doc.warnings.some((w) => /certificate of agent std-2 expires in \d+ day/.test(w)), `targets warns of std-2's certificate: ${JSON.stringify(doc.warnings)}`);
+  assert.ok(
+    doc.warnings.some((w) => /certificate of agent std-2 expires in \d+ day/.test(w)),
+    `targets warns of std-2's certificate: ${JSON.stringify(doc.warnings)}`,
+  );
   const human = await cli(["targets"], env);
   assert.match(human.stdout, /certificate of agent std-2 expires in/);
 
@@ -177,7 +238,11 @@ test("openssl-made standard certificates: the controller reaches agents whose ce
   assert.equal((await asController.getInfo({}, { timeoutMs: 15_000 })).agentId, "std-1");
   asController.close();
   const otherAgent = createClient(AgentService, addr, channelCredentials(files(pki, "agent2", "ca")));
-  const denied = await rejectsWith(otherAgent.getInfo({}, { timeoutMs: 15_000 }), /PERMISSION_DENIED/, "another agent's certificate presented as the controller");
+  const denied = await rejectsWith(
+    otherAgent.getInfo({}, { timeoutMs: 15_000 }),
+    /PERMISSION_DENIED/,
+    "another agent's certificate presented as the controller",
+  );
   assert.match(denied.message, /not allowed/);
   otherAgent.close();
   assert.match(readFileSync(a1!.log, "utf8"), /refused a client whose certificate is not allowed/, "the refusal is logged");
@@ -203,7 +268,10 @@ test("flotilla certs init: a CA and per-host certificates that work as made, HTT
   assert.equal(init.code, 0, init.stderr);
   assert.match(init.stdout, /httpTls: \{ cert: .*controller\.pem/, "prints the config lines to paste");
   assert.match(init.stdout, /allow: \[spiffe:\/\/flotilla\/controller\]/);
-  for (const [file, names] of [["agent-b1.pem", /IP Address:127\.0\.0\.1.*URI:spiffe:\/\/flotilla\/agent\/b1/], ["controller.pem", /DNS:localhost.*URI:spiffe:\/\/flotilla\/controller/]] as const) {
+  for (const [file, names] of [
+    ["agent-b1.pem", /IP Address:127\.0\.0\.1.*URI:spiffe:\/\/flotilla\/agent\/b1/],
+    ["controller.pem", /DNS:localhost.*URI:spiffe:\/\/flotilla\/controller/],
+  ] as const) {
     const cert = new X509Certificate(readFileSync(join(pki, file)));
     assert.equal(cert.ca, false, `${file} is CA:FALSE`);
     assert.match(cert.subjectAltName ?? "", names);
@@ -219,7 +287,12 @@ test("flotilla certs init: a CA and per-host certificates that work as made, HTT
   assert.match(check.stdout, /names\s+DNS:b2\.example, URI:spiffe:\/\/flotilla\/agent\/b2/);
   assert.match(check.stdout, /days left/);
 
-  const agentTls = (id: string) => ({ cert: join(pki, `agent-${id}.pem`), key: join(pki, `agent-${id}-key.pem`), ca: join(pki, "ca.pem"), allow: ["spiffe://flotilla/controller"] });
+  const agentTls = (id: string) => ({
+    cert: join(pki, `agent-${id}.pem`),
+    key: join(pki, `agent-${id}-key.pem`),
+    ca: join(pki, "ca.pem"),
+    allow: ["spiffe://flotilla/controller"],
+  });
   const [b1, b2] = await Promise.all([startAgent("b1", agentTls("b1")), startAgent("b2", agentTls("b2"))]);
   const ctl = await startController("made", {
     tls: { cert: join(pki, "controller.pem"), key: join(pki, "controller-key.pem"), ca: join(pki, "ca.pem") },
@@ -267,7 +340,11 @@ test("flotilla certs init: a CA and per-host certificates that work as made, HTT
     await new Promise((r) => setTimeout(r, 100));
   }
   assert.match(readFileSync(b1!.log, "utf8"), /certificate expires soon/, "the reload warns of the 20-day certificate");
-  const fresh = createClient(AgentService, `127.0.0.1:${b1!.port}`, channelCredentials(files(pki, "controller", "ca", "-key.pem"), { onCertificate: (d) => (seen = d) }));
+  const fresh = createClient(
+    AgentService,
+    `127.0.0.1:${b1!.port}`,
+    channelCredentials(files(pki, "controller", "ca", "-key.pem"), { onCertificate: (d) => (seen = d) }),
+  );
   assert.equal((await fresh.getInfo({}, { timeoutMs: 15_000 })).agentId, "b1");
   fresh.close();
   assert.ok(seen && seen.getTime() - Date.now() < 21 * 86_400_000, `a new connection sees the re-issued certificate (${seen?.toISOString()})`);
@@ -281,32 +358,56 @@ test("flotilla certs init: a CA and per-host certificates that work as made, HTT
   assert.match(readFileSync(ctl.log, "utf8"), /reloaded certificates/);
   const after = await targets(env, ["b1", "b2"]);
   assert.equal(agentState(after, "b1").state, "up", "agents still answer after the reload");
-  assert.ok(after.warnings.some((w) => /controller HTTPS certificate .* expires in 1\d day/.test(w)), `targets warns of the controller's new certificate: ${JSON.stringify(after.warnings)}`);
+  assert.ok(
+    after.warnings.some((w) => /controller HTTPS certificate .* expires in 1\d day/.test(w)),
+    `targets warns of the controller's new certificate: ${JSON.stringify(after.warnings)}`,
+  );
   assert.equal(ctl.proc.exitCode, null, "the controller kept running");
 });
 
 test("tokens never cross plain HTTP to another machine; registration needs TLS or loopback", async () => {
-  const external = Object.values(networkInterfaces()).flat().find((i) => i && !i.internal && i.family === "IPv4")?.address;
+  const external = Object.values(networkInterfaces())
+    .flat()
+    .find((i) => i && !i.internal && i.family === "IPv4")?.address;
   assert.ok(external, "this machine has a non-loopback IPv4 address to test with");
   const home = join(dir, "plain");
   mkdirSync(home);
-  const ctl = await startController("plain", { listen: { grpc: "127.0.0.1:0", http: "0.0.0.0:0" }, tokens: [{ name: "admin", role: "admin", file: join(dir, "token") }] });
+  const ctl = await startController("plain", {
+    listen: { grpc: "127.0.0.1:0", http: "0.0.0.0:0" },
+    tokens: [{ name: "admin", role: "admin", file: join(dir, "token") }],
+  });
   assert.match(readFileSync(ctl.log, "utf8"), /calls with tokens are refused there/, "the controller warns at start");
-  const overLan = await fetch(`http://${external}:${ctl.http}/v1/ListTargets`, { method: "POST", headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" }, body: "{}" });
+  const overLan = await fetch(`http://${external}:${ctl.http}/v1/ListTargets`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" },
+    body: "{}",
+  });
   assert.equal(overLan.status, 403);
   const body = (await overLan.json()) as { code: string; message: string };
   assert.equal(body.code, "PERMISSION_DENIED");
   assert.match(body.message, /plain HTTP/);
-  const local = await fetch(`http://127.0.0.1:${ctl.http}/v1/ListTargets`, { method: "POST", headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" }, body: "{}" });
+  const local = await fetch(`http://127.0.0.1:${ctl.http}/v1/ListTargets`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" },
+    body: "{}",
+  });
   assert.equal(local.status, 200, "loopback stays usable");
   const viaCli = await cli(["targets"], { FLOTILLA_CONTROLLER: `http://${external}:${ctl.http}`, FLOTILLA_TOKEN: TOKEN });
   assert.equal(viaCli.code, 3);
   assert.match(viaCli.stderr, /refusing to send the token over plain HTTP/);
   // Registration from another machine over plain HTTP (no token, so the rule above does not apply) is refused too.
   const noTokenCtl = await startController("plain-open", { listen: { grpc: "127.0.0.1:0", http: "127.0.0.1:0" } });
-  const reg = await fetch(`http://127.0.0.1:${noTokenCtl.http}/v1/RegisterAgent`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ agentId: "r-1", address: "10.0.0.9:7443" }) });
+  const reg = await fetch(`http://127.0.0.1:${noTokenCtl.http}/v1/RegisterAgent`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ agentId: "r-1", address: "10.0.0.9:7443" }),
+  });
   assert.equal(reg.status, 200, "from loopback, registration over plain HTTP works (tests, demo)");
-  const moved = await fetch(`http://127.0.0.1:${noTokenCtl.http}/v1/RegisterAgent`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ agentId: "r-1", address: "10.0.0.10:7443" }) });
+  const moved = await fetch(`http://127.0.0.1:${noTokenCtl.http}/v1/RegisterAgent`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ agentId: "r-1", address: "10.0.0.10:7443" }),
+  });
   assert.equal(moved.status, 403, "a registered agent's host is fixed");
   assert.match(((await moved.json()) as { message: string }).message, /fixed at registration/);
 });

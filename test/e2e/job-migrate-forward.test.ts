@@ -45,8 +45,22 @@ before(async () => {
   fleet = new Fleet({
     agents: ["h1"],
     targets: [
-      { id: "fwd-pg", kind: "postgresql", owner: "h1", labels: { env: "fwd-pg" }, apps: [{ agent: "h1" }], alembicEnv: { ...SLOW, FIXTURE_TXN: "per-migration" } },
-      { id: "fwd-pg2", kind: "postgresql", owner: "h1", labels: { env: "fwd-pg2" }, apps: [{ agent: "h1" }], alembicEnv: { ...SLOW, FIXTURE_TXN: "per-migration" } },
+      {
+        id: "fwd-pg",
+        kind: "postgresql",
+        owner: "h1",
+        labels: { env: "fwd-pg" },
+        apps: [{ agent: "h1" }],
+        alembicEnv: { ...SLOW, FIXTURE_TXN: "per-migration" },
+      },
+      {
+        id: "fwd-pg2",
+        kind: "postgresql",
+        owner: "h1",
+        labels: { env: "fwd-pg2" },
+        apps: [{ agent: "h1" }],
+        alembicEnv: { ...SLOW, FIXTURE_TXN: "per-migration" },
+      },
       { id: "fwd-pg0", kind: "postgresql", owner: "h1", labels: { env: "fwd-pg0" }, apps: [{ agent: "h1" }], alembicEnv: SLOW },
       { id: "fwd-lite", kind: "sqlite", owner: "h1", labels: { env: "fwd-lite" }, apps: [{ agent: "h1" }], alembicEnv: SLOW },
     ],
@@ -85,8 +99,15 @@ function childrenOf(rolloutId: string): number[] {
   for (const name of readdirSync("/proc")) {
     if (!/^\d+$/.test(name)) continue;
     try {
-      if (readFileSync(`/proc/${name}/environ`, "latin1").split("\0").some((kv) => kv.startsWith("FLOTILLA_OPERATION_ID=") && kv.includes(rolloutId))) pids.push(Number(name));
-    } catch { /* gone or not ours */ }
+      if (
+        readFileSync(`/proc/${name}/environ`, "latin1")
+          .split("\0")
+          .some((kv) => kv.startsWith("FLOTILLA_OPERATION_ID=") && kv.includes(rolloutId))
+      )
+        pids.push(Number(name));
+    } catch {
+      /* gone or not ours */
+    }
   }
   return pids;
 }
@@ -97,9 +118,24 @@ async function crashAgent(rolloutId: string): Promise<void> {
   assert.ok(children.length > 0, "Alembic is running for the rollout");
   await fleet.killAgent("h1", "SIGKILL");
   for (const pid of children) {
-    try { process.kill(pid, "SIGKILL"); } catch { /* already gone */ }
+    try {
+      process.kill(pid, "SIGKILL");
+    } catch {
+      /* already gone */
+    }
   }
-  for (let i = 0; children.some((pid) => { try { process.kill(pid, 0); return true; } catch { return false; } }); i++) {
+  for (
+    let i = 0;
+    children.some((pid) => {
+      try {
+        process.kill(pid, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    });
+    i++
+  ) {
     if (i > 200) assert.fail("Alembic did not die");
     await sleep(25);
   }
@@ -164,7 +200,9 @@ async function startJobRollout(env: string): Promise<string> {
   return started.doc.id;
 }
 
-test("PostgreSQL: killed in revision 4 of an online migration, the rollout goes forward by itself; the app's rows are all kept", { timeout: 300_000 }, async () => {
+test("PostgreSQL: killed in revision 4 of an online migration, the rollout goes forward by itself; the app's rows are all kept", {
+  timeout: 300_000,
+}, async () => {
   const url = fleet.urls.get("fwd-pg")!;
   const app = new pg.Client({ connectionString: url, application_name: "test-app-writer" });
   await app.connect();
@@ -176,7 +214,11 @@ test("PostgreSQL: killed in revision 4 of an online migration, the rollout goes 
     await inRevision4(watch, id, id);
     await pgWrite(app, 5, 10); // during the migration
     await crashAgent(id);
-    assert.deepEqual(await fleet.revisionOf("fwd-pg"), [OLD_REVISION], "the kill left the database at revision 3: past where it started, short of the wanted one");
+    assert.deepEqual(
+      await fleet.revisionOf("fwd-pg"),
+      [OLD_REVISION],
+      "the kill left the database at revision 3: past where it started, short of the wanted one",
+    );
     await pgWrite(app, 10, 15); // while the agent is down
     await fleet.startAgent("h1");
     const done = await untilEnd(id);
@@ -184,10 +226,16 @@ test("PostgreSQL: killed in revision 4 of an online migration, the rollout goes 
     const t = done.targets[0]!;
     assert.equal(done.status, "succeeded", `${done.message}: ${t.message} ${JSON.stringify(t.steps)}`);
     assert.equal(t.status, "succeeded");
-    assert.ok(t.steps.every((s) => s.state === "succeeded"), JSON.stringify(t.steps));
+    assert.ok(
+      t.steps.every((s) => s.state === "succeeded"),
+      JSON.stringify(t.steps),
+    );
     const migrate = t.steps.filter((s) => s.name === "migrate");
     assert.equal(migrate.length, 1, "re-run in place, no extra step");
-    assert.match(migrate[0]!.detail ?? "", /going forward after interrupted .*migrated forward c3d2e1f00d42 → 1b8c9d0e1f2a .*\(run 2: the agent was interrupted in the earlier run\)$/);
+    assert.match(
+      migrate[0]!.detail ?? "",
+      /going forward after interrupted .*migrated forward c3d2e1f00d42 → 1b8c9d0e1f2a .*\(run 2: the agent was interrupted in the earlier run\)$/,
+    );
     assert.deepEqual(await fleet.revisionOf("fwd-pg"), [HEAD_REVISION]);
     assert.equal(t.steps.find((s) => s.name === "verify")?.state, "succeeded");
 
@@ -201,8 +249,14 @@ test("PostgreSQL: killed in revision 4 of an online migration, the rollout goes 
     assert.equal(status.busyOperationId, "");
     assert.deepEqual(status.interruptedOperationIds, []);
     const ops = (await agent.listOperations({ targetId: "fwd-pg", limit: 200 }, { timeoutMs: 30_000 })).operations.filter((o) => o.id.includes(id));
-    assert.ok(ops.some((o) => o.kind === "migrate" && o.state === "recovered"), JSON.stringify(ops.map((o) => [o.id, o.kind, o.state])));
-    assert.ok(ops.some((o) => o.kind === "recover" && o.state === "succeeded"), "the re-run went forward");
+    assert.ok(
+      ops.some((o) => o.kind === "migrate" && o.state === "recovered"),
+      JSON.stringify(ops.map((o) => [o.id, o.kind, o.state])),
+    );
+    assert.ok(
+      ops.some((o) => o.kind === "recover" && o.state === "succeeded"),
+      "the re-run went forward",
+    );
     assert.equal(ops.filter((o) => o.kind === "restore" || (o.kind === "recover" && /restored/.test(o.message))).length, 0, "nothing was restored");
 
     // Audited: the rollout's finish, and the forward run as a step of it.
@@ -212,7 +266,10 @@ test("PostgreSQL: killed in revision 4 of an online migration, the rollout goes 
     assert.equal(finishes.length, 1, JSON.stringify(finishes));
     assert.equal(finishes[0]!.outcome, "ok");
     const forward = ops.find((o) => o.kind === "recover" && o.state === "succeeded")!;
-    assert.ok(audit.doc.entries.some((e) => e.args.includes(forward.id)), `the forward run ${forward.id} is named in the audit log`);
+    assert.ok(
+      audit.doc.entries.some((e) => e.args.includes(forward.id)),
+      `the forward run ${forward.id} is named in the audit log`,
+    );
   } finally {
     await app.end();
     await watch.end();
@@ -250,14 +307,19 @@ test("PostgreSQL: killed again while the re-run goes forward, the next run takes
     const status = await agent.getStatus({ targetId: "fwd-pg2" }, { timeoutMs: 30_000 });
     assert.deepEqual(status.interruptedOperationIds, []);
     const ops = (await agent.listOperations({ targetId: "fwd-pg2", limit: 200 }, { timeoutMs: 30_000 })).operations.filter((o) => o.id.includes(id));
-    assert.ok(ops.some((o) => o.kind === "recover" && o.state === "recovered" && /taken over/.test(o.message)), JSON.stringify(ops.map((o) => [o.id, o.kind, o.state])));
+    assert.ok(
+      ops.some((o) => o.kind === "recover" && o.state === "recovered" && /taken over/.test(o.message)),
+      JSON.stringify(ops.map((o) => [o.id, o.kind, o.state])),
+    );
   } finally {
     await app.end();
     await watch.end();
   }
 });
 
-test("PostgreSQL, one transaction for the whole run: the kill rolls back to where it started (schema as the backup's), and the rollout goes forward from there", { timeout: 300_000 }, async () => {
+test("PostgreSQL, one transaction for the whole run: the kill rolls back to where it started (schema as the backup's), and the rollout goes forward from there", {
+  timeout: 300_000,
+}, async () => {
   const url = fleet.urls.get("fwd-pg0")!;
   const app = new pg.Client({ connectionString: url, application_name: "test-app-writer" });
   await app.connect();
@@ -283,7 +345,9 @@ test("PostgreSQL, one transaction for the whole run: the kill rolls back to wher
   }
 });
 
-test("SQLite: killed in revision 4, whose columns pysqlite had already committed: needs-restore naming the data loss; nothing restored, no row lost", { timeout: 300_000 }, async () => {
+test("SQLite: killed in revision 4, whose columns pysqlite had already committed: needs-restore naming the data loss; nothing restored, no row lost", {
+  timeout: 300_000,
+}, async () => {
   const file = fleet.urls.get("fwd-lite")!.slice("sqlite:///".length);
   liteWrite(file, 0, 5);
   const id = await startJobRollout("fwd-lite");
@@ -319,5 +383,8 @@ test("SQLite: killed in revision 4, whose columns pysqlite had already committed
   const status = await agent.getStatus({ targetId: "fwd-lite" }, { timeoutMs: 30_000 });
   assert.equal(status.interruptedOperationIds.length, 1, "the interrupted migrate waits for a person, holding the target");
   const health = await agent.checkHealth({ targetId: "fwd-lite" }, { timeoutMs: 30_000 });
-  assert.ok(health.apps.every((x) => x.state === "running"), "the app kept running");
+  assert.ok(
+    health.apps.every((x) => x.state === "running"),
+    "the app kept running",
+  );
 });

@@ -117,7 +117,10 @@ async function assertCompleted(done: RolloutJson, targetId: string): Promise<voi
   const restart = t.steps.filter((s) => s.name === "restart");
   assert.equal(restart.length, 1, "one restart step: re-run in place, no extra step");
   assert.match(restart[0]!.detail ?? "", /\(run [23]: the agent was interrupted in the earlier runs?\)$/, "the step says it was re-run");
-  assert.ok(t.steps.every((s) => s.state === "succeeded"), JSON.stringify(t.steps));
+  assert.ok(
+    t.steps.every((s) => s.state === "succeeded"),
+    JSON.stringify(t.steps),
+  );
 
   assert.deepEqual(await fleet.revisionOf(targetId), [HEAD_REVISION]);
   assert.equal(t.steps.find((s) => s.name === "verify")?.state, "succeeded");
@@ -134,21 +137,46 @@ async function assertCompleted(done: RolloutJson, targetId: string): Promise<voi
   const finishes = audit.doc.entries.filter((e) => e.action === "rollout.finish" && e.target === id);
   assert.equal(finishes.length, 1, JSON.stringify(finishes));
   assert.equal(finishes[0]!.outcome, "ok");
-  const named = new Set(audit.doc.entries.map((e) => { try { return (JSON.parse(e.args) as { operation?: string }).operation ?? ""; } catch { return ""; } }).filter((x) => x !== ""));
+  const named = new Set(
+    audit.doc.entries
+      .map((e) => {
+        try {
+          return (JSON.parse(e.args) as { operation?: string }).operation ?? "";
+        } catch {
+          return "";
+        }
+      })
+      .filter((x) => x !== ""),
+  );
   const ops = (await agent.listOperations({ targetId, limit: 200 }, { timeoutMs: 30_000 })).operations.filter((o) => o.id.includes(id));
   const unaudited = ops.filter((o) => ![...named].some((n) => o.id === n || o.id.startsWith(`${n}.`)));
-  assert.deepEqual(unaudited.map((o) => `${o.kind}:${o.id}`), []);
+  assert.deepEqual(
+    unaudited.map((o) => `${o.kind}:${o.id}`),
+    [],
+  );
   assert.equal(ops.filter((o) => o.kind === "migrate" && o.state === "succeeded").length, 1, "migrated once");
-  assert.ok(ops.some((o) => o.kind === "recover" && o.state === "succeeded"), "the re-run completed the interrupted stop first");
+  assert.ok(
+    ops.some((o) => o.kind === "recover" && o.state === "succeeded"),
+    "the re-run completed the interrupted stop first",
+  );
 }
 
-test("job rollout: the agent killed inside the restart step comes back, the restart is re-run, the rollout succeeds with no manual step", { timeout: 300_000 }, async () => {
+test("job rollout: the agent killed inside the restart step comes back, the restart is re-run, the rollout succeeds with no manual step", {
+  timeout: 300_000,
+}, async () => {
   await assertCompleted(await rolloutKilledInRestart("job-k", "kill-once", 1), "job-k");
 });
 
-test("job rollout: killed again while the re-run completes the interrupted stop, the next run takes over and the rollout still succeeds", { timeout: 300_000 }, async () => {
+test("job rollout: killed again while the re-run completes the interrupted stop, the next run takes over and the rollout still succeeds", {
+  timeout: 300_000,
+}, async () => {
   const done = await rolloutKilledInRestart("job-kk", "kill-twice", 2);
   await assertCompleted(done, "job-kk");
-  const ops = (await fleet.agentClient("h1").listOperations({ targetId: "job-kk", limit: 200 }, { timeoutMs: 30_000 })).operations.filter((o) => o.id.includes(done.id));
-  assert.ok(ops.some((o) => o.kind === "recover" && o.state === "recovered" && /taken over/.test(o.message)), JSON.stringify(ops.map((o) => [o.id, o.kind, o.state])));
+  const ops = (await fleet.agentClient("h1").listOperations({ targetId: "job-kk", limit: 200 }, { timeoutMs: 30_000 })).operations.filter((o) =>
+    o.id.includes(done.id),
+  );
+  assert.ok(
+    ops.some((o) => o.kind === "recover" && o.state === "recovered" && /taken over/.test(o.message)),
+    JSON.stringify(ops.map((o) => [o.id, o.kind, o.state])),
+  );
 });

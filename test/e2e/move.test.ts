@@ -144,12 +144,15 @@ async function pgQuery<T extends pg.QueryResultRow>(url: string, sql: string): P
 
 /** Columns, indexes and constraints, as PostgreSQL describes them. */
 async function pgSchema(url: string): Promise<string[]> {
-  const rows = await pgQuery<{ line: string }>(url, `
+  const rows = await pgQuery<{ line: string }>(
+    url,
+    `
     SELECT 'column ' || table_name || '.' || column_name || ' ' || data_type || ' ' || is_nullable || ' ' || coalesce(column_default, '') AS line
       FROM information_schema.columns WHERE table_schema = 'public'
     UNION ALL SELECT 'index ' || indexname || ': ' || indexdef FROM pg_indexes WHERE schemaname = 'public'
     UNION ALL SELECT 'constraint ' || conrelid::regclass::text || ' ' || conname || ': ' || pg_get_constraintdef(oid) FROM pg_constraint WHERE connamespace = 'public'::regnamespace
-    ORDER BY 1`);
+    ORDER BY 1`,
+  );
   return rows.map((x) => x.line);
 }
 
@@ -173,14 +176,18 @@ before(async () => {
   const srcUrl = `sqlite:///${srcFile}`;
   let r = await alembicIn(srcUrl, ["upgrade", OLD_REVISION]);
   assert.equal(r.code, 0, r.stderr);
-  r = await run(["/usr/bin/python3", join(FIXTURE_DIR, "seed.py"), srcFile, "--users", "15", "--chats", "40", "--msgs-per-chat", "3", "--seed", "3"], { env: { WEBUI_SECRET_KEY: CANARY_SECRET } });
+  r = await run(["/usr/bin/python3", join(FIXTURE_DIR, "seed.py"), srcFile, "--users", "15", "--chats", "40", "--msgs-per-chat", "3", "--seed", "3"], {
+    env: { WEBUI_SECRET_KEY: CANARY_SECRET },
+  });
   assert.equal(r.code, 0, r.stderr);
   r = await alembicIn(srcUrl, ["upgrade", TYPES_REV]);
   assert.equal(r.code, 0, r.stderr);
   const db = new Database(srcFile);
   db.pragma("foreign_keys = OFF"); // SQLite does not enforce foreign keys by default; the app writes without them
   const chatId = (db.prepare("SELECT id FROM chat ORDER BY id LIMIT 1").get() as { id: string }).id;
-  const ins = db.prepare("INSERT INTO typed (id, chat_id, flag, big, ratio, amount, created, day, payload, blob, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+  const ins = db.prepare(
+    "INSERT INTO typed (id, chat_id, flag, big, ratio, amount, created, day, payload, blob, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+  );
   ins.run(1, chatId, 1, BigInt(BIG), 0.1 + 0.2, "12345678.1234", "2024-02-29 23:59:59.123456", "2024-02-29", PAYLOAD, BLOB, NOTE);
   ins.run(2, chatId, 0, -BigInt(BIG), -1e-300, "0.0001", "1970-01-01 00:00:00.000000", "1999-12-31", "[]", Buffer.alloc(0), "");
   ins.run(3, null, null, null, null, null, null, null, null, null, null);
@@ -191,62 +198,115 @@ before(async () => {
   back = join(dir, "data", "back.db");
   sqdstFile = join(dir, "data", "from-pg.db");
   sqfailFile = join(dir, "data", "switch-fails.db");
-  [dst, dst2, full, pgsrc, ref] = await Promise.all([createTestDatabase("move_dst"), createTestDatabase("move_dst2"), createTestDatabase("move_full"), createTestDatabase("move_pgsrc"), createTestDatabase("move_ref")]);
+  [dst, dst2, full, pgsrc, ref] = await Promise.all([
+    createTestDatabase("move_dst"),
+    createTestDatabase("move_dst2"),
+    createTestDatabase("move_full"),
+    createTestDatabase("move_pgsrc"),
+    createTestDatabase("move_ref"),
+  ]);
   // What Alembic alone builds at FROM's revision: the moved database must have exactly this schema.
   r = await alembicIn(ref.url, ["upgrade", TYPES_REV]);
   assert.equal(r.code, 0, r.stderr);
   await pgQuery(full.url, "CREATE TABLE keep_me (id int primary key); INSERT INTO keep_me VALUES (1), (2)");
   r = await alembicIn(pgsrc.url, ["upgrade", OLD_REVISION]);
   assert.equal(r.code, 0, r.stderr);
-  r = await run(["/usr/bin/python3", join(FIXTURE_DIR, "seed.py"), "--url", pgsrc.url, "--users", "12", "--chats", "30", "--msgs-per-chat", "2", "--seed", "5"], { env: { WEBUI_SECRET_KEY: CANARY_SECRET } });
+  r = await run(
+    ["/usr/bin/python3", join(FIXTURE_DIR, "seed.py"), "--url", pgsrc.url, "--users", "12", "--chats", "30", "--msgs-per-chat", "2", "--seed", "5"],
+    { env: { WEBUI_SECRET_KEY: CANARY_SECRET } },
+  );
   assert.equal(r.code, 0, r.stderr);
   r = await alembicIn(pgsrc.url, ["upgrade", TYPES_REV]);
   assert.equal(r.code, 0, r.stderr);
-  await pgQuery(pgsrc.url, `INSERT INTO typed (id, chat_id, flag, big, ratio, amount, created, day, payload, blob, note) VALUES
-    (1, NULL, true, ${BIG}, 0.30000000000000004, 12345678.1234, '2024-02-29 23:59:59.123456', '2024-02-29', '${PAYLOAD}', '\\x0001025c0a09fffe', 'pg row')`);
+  await pgQuery(
+    pgsrc.url,
+    `INSERT INTO typed (id, chat_id, flag, big, ratio, amount, created, day, payload, blob, note) VALUES
+    (1, NULL, true, ${BIG}, 0.30000000000000004, 12345678.1234, '2024-02-29 23:59:59.123456', '2024-02-29', '${PAYLOAD}', '\\x0001025c0a09fffe', 'pg row')`,
+  );
 
   const alembic = { dir: alembicDir, command: ["alembic"], env: { WEBUI_SECRET_KEY: { file: join(dir, "webui_secret_key") }, FIXTURE_PROGRESS: "0" } };
   const target = (id: string, database: string, extra: Record<string, unknown> = {}) => ({
-    id, labels: { app: "webui" }, database, alembic, backups: { dir: join(dir, "backups", id), keep: 3 },
-    ...(database.startsWith("postgresql") ? { passwordFile: join(dir, "pg_password") } : {}), ...extra,
+    id,
+    labels: { app: "webui" },
+    database,
+    alembic,
+    backups: { dir: join(dir, "backups", id), keep: 3 },
+    ...(database.startsWith("postgresql") ? { passwordFile: join(dir, "pg_password") } : {}),
+    ...extra,
   });
   const hook = { green: `sqlite:///${join(dir, "data", "unused-green.db")}`, switch: [process.execPath, DB_SWITCH, switchFile] };
   // A stand-in app instance of FROM, running (it holds the SQLite file open) like a live install.
   const appPort = await freePort();
   const pidfile = join(dir, "src-app.pid");
   appPidfile = pidfile;
-  const appStart = [process.execPath, APP_CTL, "start", "--db", srcFile, "--port", String(appPort), "--pidfile", pidfile, "--name", "src-app", "--log", join(dir, "src-app.log")];
+  const appStart = [
+    process.execPath,
+    APP_CTL,
+    "start",
+    "--db",
+    srcFile,
+    "--port",
+    String(appPort),
+    "--pidfile",
+    pidfile,
+    "--name",
+    "src-app",
+    "--log",
+    join(dir, "src-app.log"),
+  ];
   appStop = [process.execPath, APP_CTL, "stop", "--pidfile", pidfile];
   appHealth = `http://127.0.0.1:${appPort}/health`;
   r = await run(appStart);
   assert.equal(r.code, 0, r.stderr);
   const agentConfig = join(dir, "agent.yaml");
-  writeFileSync(agentConfig, stringify({
-    agentId: "host-a", listen: "127.0.0.1:0", dataDir: join(dir, "agent"),
-    targets: [
-      target("src", srcUrl, { blueGreen: hook }), target("dst", dst.url), target("dst2", dst2.url), target("full", full.url), target("back", `sqlite:///${back}`),
-      target("pgsrc", pgsrc.url), target("sqdst", `sqlite:///${sqdstFile}`),
-      // Its switch hook always fails (exit 3), after the copy has been verified.
-      target("sqfail", `sqlite:///${sqfailFile}`, { blueGreen: { green: `sqlite:///${join(dir, "data", "unused-green-2.db")}`, switch: [process.execPath, "-e", "console.log('switching…'); process.exit(3)"] } }),
-    ],
-    apps: [{ id: "src-app", target: "src", start: appStart, stop: appStop, health: appHealth }],
-  }));
+  writeFileSync(
+    agentConfig,
+    stringify({
+      agentId: "host-a",
+      listen: "127.0.0.1:0",
+      dataDir: join(dir, "agent"),
+      targets: [
+        target("src", srcUrl, { blueGreen: hook }),
+        target("dst", dst.url),
+        target("dst2", dst2.url),
+        target("full", full.url),
+        target("back", `sqlite:///${back}`),
+        target("pgsrc", pgsrc.url),
+        target("sqdst", `sqlite:///${sqdstFile}`),
+        // Its switch hook always fails (exit 3), after the copy has been verified.
+        target("sqfail", `sqlite:///${sqfailFile}`, {
+          blueGreen: {
+            green: `sqlite:///${join(dir, "data", "unused-green-2.db")}`,
+            switch: [process.execPath, "-e", "console.log('switching…'); process.exit(3)"],
+          },
+        }),
+      ],
+      apps: [{ id: "src-app", target: "src", start: appStart, stop: appStop, health: appHealth }],
+    }),
+  );
   const agentLog = join(dir, "agent.log");
   const agentPortFile = join(dir, "agent.port");
   agentProc = spawn(process.execPath, [join(ROOT, "bin/flotilla-agent.mjs"), "--config", agentConfig], {
-    env: { ...process.env, FLOTILLA_PORT_FILE: agentPortFile }, stdio: ["ignore", openSync(agentLog, "a"), openSync(agentLog, "a")],
+    env: { ...process.env, FLOTILLA_PORT_FILE: agentPortFile },
+    stdio: ["ignore", openSync(agentLog, "a"), openSync(agentLog, "a")],
   });
   const agentPort = Number(await waitForFile(agentPortFile, agentProc, agentLog));
   const controllerConfig = join(dir, "controller.yaml");
   mkdirSync(join(dir, "controller"));
-  writeFileSync(controllerConfig, stringify({
-    listen: { grpc: "127.0.0.1:0", http: "127.0.0.1:0" }, dataDir: join(dir, "controller"),
-    store: `sqlite:///${join(dir, "controller", "controller.db")}`, agents: [{ id: "host-a", address: `127.0.0.1:${agentPort}` }],
-  }));
+  writeFileSync(
+    controllerConfig,
+    stringify({
+      listen: { grpc: "127.0.0.1:0", http: "127.0.0.1:0" },
+      dataDir: join(dir, "controller"),
+      store: `sqlite:///${join(dir, "controller", "controller.db")}`,
+      agents: [{ id: "host-a", address: `127.0.0.1:${agentPort}` }],
+    }),
+  );
   const controllerLog = join(dir, "controller.log");
   const controllerPortFile = join(dir, "controller.port");
   controllerProc = spawn(process.execPath, [join(ROOT, "bin/flotilla-controller.mjs"), "--config", controllerConfig], {
-    env: { ...process.env, FLOTILLA_PORT_FILE: controllerPortFile }, stdio: ["ignore", openSync(controllerLog, "a"), openSync(controllerLog, "a")],
+    env: { ...process.env, FLOTILLA_PORT_FILE: controllerPortFile },
+    stdio: ["ignore", openSync(controllerLog, "a"), openSync(controllerLog, "a")],
   });
   const ports = JSON.parse(await waitForFile(controllerPortFile, controllerProc, controllerLog)) as { http: number };
   controllerUrl = `http://127.0.0.1:${ports.http}`;
@@ -269,7 +329,11 @@ function srcDump(): string {
   const db = new Database(srcFile, { readonly: true });
   try {
     return (db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all() as { name: string }[])
-      .map((t) => JSON.stringify(db.prepare(`SELECT * FROM "${t.name}" ORDER BY 1`).raw(true).safeIntegers(true).all(), (_k, v: unknown) => (typeof v === "bigint" ? String(v) : v)))
+      .map((t) =>
+        JSON.stringify(db.prepare(`SELECT * FROM "${t.name}" ORDER BY 1`).raw(true).safeIntegers(true).all(), (_k, v: unknown) =>
+          typeof v === "bigint" ? String(v) : v,
+        ),
+      )
       .join("\n");
   } finally {
     db.close();
@@ -284,7 +348,10 @@ test("a non-empty TO is refused with exit 2 and nothing changed", async () => {
   assert.equal(result.status, "refused");
   assert.match(result.message, /full is not empty \(it has table keep_me\)/);
   assert.deepEqual(await pgTableNames(full.url), ["keep_me"]);
-  assert.deepEqual((await pgQuery<{ id: number }>(full.url, "SELECT id FROM keep_me ORDER BY id")).map((x) => x.id), [1, 2]);
+  assert.deepEqual(
+    (await pgQuery<{ id: number }>(full.url, "SELECT id FROM keep_me ORDER BY id")).map((x) => x.id),
+    [1, 2],
+  );
   assert.equal(srcDump(), before);
   assert.equal(existsSync(switchFile), false);
 });
@@ -310,15 +377,23 @@ test("an orphaned row is refused with the list, then left out with --skip-orphan
   const report = /orphans\s+1 row\(s\) left out: (\S+)/.exec(moved.stdout)?.[1];
   assert.ok(report, moved.stdout);
   const listed = JSON.parse(readFileSync(report, "utf8")) as { orphans: { table: string; parent: string; key: string }[] };
-  assert.deepEqual(listed.orphans.map((o) => [o.table, o.parent, o.key]), [["typed", "chat", "id=7"]]);
+  assert.deepEqual(
+    listed.orphans.map((o) => [o.table, o.parent, o.key]),
+    [["typed", "chat", "id=7"]],
+  );
   assert.equal(srcDump(), before, "FROM is untouched");
 });
 
 test("every column type round-trips exactly, counts match, the sequence is past the highest id", async () => {
   assert.deepEqual(await pgSchema(dst.url), await pgSchema(ref.url), "the schema is exactly what Alembic builds");
-  assert.deepEqual((await pgQuery<{ v: string }>(dst.url, "SELECT version_num AS v FROM alembic_version")).map((x) => x.v), [TYPES_REV]);
-  const rows = await pgQuery<Record<string, unknown>>(dst.url,
-    "SELECT id, chat_id, flag, big::text AS big, ratio, amount::text AS amount, created::text AS created, day::text AS day, payload::text AS payload, blob, note FROM typed ORDER BY id");
+  assert.deepEqual(
+    (await pgQuery<{ v: string }>(dst.url, "SELECT version_num AS v FROM alembic_version")).map((x) => x.v),
+    [TYPES_REV],
+  );
+  const rows = await pgQuery<Record<string, unknown>>(
+    dst.url,
+    "SELECT id, chat_id, flag, big::text AS big, ratio, amount::text AS amount, created::text AS created, day::text AS day, payload::text AS payload, blob, note FROM typed ORDER BY id",
+  );
   assert.equal(rows.length, 3, "the orphan (id 7) was left out");
   const [a, b, c] = rows as [Record<string, unknown>, Record<string, unknown>, Record<string, unknown>];
   assert.equal(a.flag, true);
@@ -346,7 +421,10 @@ test("every column type round-trips exactly, counts match, the sequence is past 
       assert.equal(Number(m!.n), n, t);
     }
     const chat = src.prepare("SELECT id, title, chat, pinned, meta, created_at FROM chat ORDER BY id LIMIT 1").get() as Record<string, unknown>;
-    const [pgChat] = await pgQuery<Record<string, unknown>>(dst.url, `SELECT id, title, chat, pinned, meta::text AS meta, created_at::text AS created_at FROM chat WHERE id = '${String(chat.id)}'`);
+    const [pgChat] = await pgQuery<Record<string, unknown>>(
+      dst.url,
+      `SELECT id, title, chat, pinned, meta::text AS meta, created_at::text AS created_at FROM chat WHERE id = '${String(chat.id)}'`,
+    );
     assert.equal(pgChat!.title, chat.title);
     assert.equal(pgChat!.chat, chat.chat);
     assert.equal(pgChat!.meta, chat.meta);
@@ -361,8 +439,14 @@ test("every column type round-trips exactly, counts match, the sequence is past 
 test("after the move, a rollout on TO to head works; moving back is refused while TO is newer, then allowed with --yes", async () => {
   const r = await cliJson(["rollout", "--selector", "id=dst", "--strategy", "maintenance", "--wait"]);
   assert.equal(r.code, 0, JSON.stringify(r.doc).slice(0, 2000) + r.stderr);
-  assert.deepEqual((await pgQuery<{ v: string }>(dst.url, "SELECT version_num AS v FROM alembic_version")).map((x) => x.v), [NEXT_REV]);
-  assert.deepEqual((await pgQuery<{ extra: string | null }>(dst.url, "SELECT extra FROM typed WHERE id = 1")).map((x) => x.extra), [null]);
+  assert.deepEqual(
+    (await pgQuery<{ v: string }>(dst.url, "SELECT version_num AS v FROM alembic_version")).map((x) => x.v),
+    [NEXT_REV],
+  );
+  assert.deepEqual(
+    (await pgQuery<{ extra: string | null }>(dst.url, "SELECT extra FROM typed WHERE id = 1")).map((x) => x.extra),
+    [null],
+  );
 
   const before = srcDump();
   const refused = await cliJson(["move", "dst", "src"]);
@@ -383,7 +467,10 @@ test("--from-backup copies the verified backup and says which writes it misses",
   const doc = r.doc as { details: Record<string, string>; backup: { id: string; createdAt: string } };
   assert.equal(doc.details.missed_writes_since, doc.backup.createdAt);
   assert.equal(doc.details.skipped_rows, "1");
-  assert.deepEqual((await pgQuery<{ id: number }>(dst2.url, "SELECT id FROM typed ORDER BY id")).map((x) => x.id), [1, 2, 3]);
+  assert.deepEqual(
+    (await pgQuery<{ id: number }>(dst2.url, "SELECT id FROM typed ORDER BY id")).map((x) => x.id),
+    [1, 2, 3],
+  );
   assert.deepEqual(await pgSchema(dst2.url), await pgSchema(ref.url));
   assert.equal((await fetch(appHealth)).status, 200, "the app kept running");
   assert.equal(readFileSync(appPidfile, "utf8"), pid, "the same app process: never stopped");
@@ -391,7 +478,10 @@ test("--from-backup copies the verified backup and says which writes it misses",
 });
 
 test("a switch hook that fails after the verified copy: the move fails, FROM is untouched, TO is emptied again and no move is recorded", async () => {
-  const counts = async () => Promise.all(["user", "chat", "message", "typed"].map(async (t) => (await pgQuery<{ n: string }>(pgsrc.url, `SELECT count(*)::text AS n FROM "${t}"`))[0]!.n));
+  const counts = async () =>
+    Promise.all(
+      ["user", "chat", "message", "typed"].map(async (t) => (await pgQuery<{ n: string }>(pgsrc.url, `SELECT count(*)::text AS n FROM "${t}"`))[0]!.n),
+    );
   const before = await counts();
   const r = await cliJson(["move", "pgsrc", "sqfail"]);
   assert.equal(r.code, 1, JSON.stringify(r.doc) + r.stderr);
@@ -418,8 +508,14 @@ test("PostgreSQL → SQLite: an empty SQLite target gets the schema from Alembic
   assert.equal(details.revision, TYPES_REV);
   const db = new Database(sqdstFile, { readonly: true });
   try {
-    assert.deepEqual((db.prepare("SELECT version_num FROM alembic_version").all() as { version_num: string }[]).map((x) => x.version_num), [TYPES_REV]);
-    const row = db.prepare("SELECT flag, CAST(big AS TEXT) AS big, ratio, amount, created, day, payload, blob, note FROM typed WHERE id = 1").get() as Record<string, unknown>;
+    assert.deepEqual(
+      (db.prepare("SELECT version_num FROM alembic_version").all() as { version_num: string }[]).map((x) => x.version_num),
+      [TYPES_REV],
+    );
+    const row = db.prepare("SELECT flag, CAST(big AS TEXT) AS big, ratio, amount, created, day, payload, blob, note FROM typed WHERE id = 1").get() as Record<
+      string,
+      unknown
+    >;
     assert.equal(row.flag, 1);
     assert.equal(row.big, BIG);
     assert.equal(row.ratio, 0.1 + 0.2);
@@ -441,8 +537,9 @@ test("PostgreSQL → SQLite: an empty SQLite target gets the schema from Alembic
 test("every move step is in the audit log, and the canary password never leaks", async () => {
   const a = await cliJson(["audit", "--target", "src"]);
   assert.equal(a.code, 0);
-  const actions = ((a.doc as { entries: { action: string }[] }).entries).map((e) => e.action);
-  for (const want of ["api.MoveTarget", "move.preflight", "move.backup", "move.copy", "move.verify", "move.switch"]) assert.ok(actions.includes(want), `${want} in ${actions.join(",")}`);
+  const actions = (a.doc as { entries: { action: string }[] }).entries.map((e) => e.action);
+  for (const want of ["api.MoveTarget", "move.preflight", "move.backup", "move.copy", "move.verify", "move.switch"])
+    assert.ok(actions.includes(want), `${want} in ${actions.join(",")}`);
   const exported = await cli(["audit", "export"]);
   const logs = ["agent.log", "controller.log"].map((f) => readFileSync(join(dir, f), "utf8")).join("\n");
   for (const text of [logs, exported.stdout, ...outputs]) {

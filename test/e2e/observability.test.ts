@@ -14,7 +14,11 @@ let agentGrpc = 0;
 let agentHttp = 0;
 let controllerGrpc = 0;
 
-interface Sample { name: string; labels: Record<string, string>; value: number }
+interface Sample {
+  name: string;
+  labels: Record<string, string>;
+  value: number;
+}
 
 /** Parses the Prometheus text exposition format (samples only; HELP/TYPE lines checked for shape). */
 function parseProm(text: string): { samples: Sample[]; types: Map<string, string> } {
@@ -139,5 +143,8 @@ test("routine reads write no audit row; changes do", async () => {
   assert.equal(await top(), before, "reads added audit rows");
   assert.equal((await fleet.cli(["backup", "obs-1"])).code, 0);
   const rows = await fleet.cliJson<{ entries: { action: string; outcome: string }[] }>(["audit", "--action", "api.BackupTarget"]);
-  assert.deepEqual(rows.doc.entries.slice(-2).map((e) => e.outcome), ["intent", "ok"]);
+  assert.deepEqual(
+    rows.doc.entries.slice(-2).map((e) => e.outcome),
+    ["intent", "ok"],
+  );
 });

@@ -17,7 +17,11 @@ let storeDb: TestDatabase;
 
 before(async () => {
   storeDb = await createTestDatabase("ctl_store");
-  fleet = new Fleet({ agents: ["s1"], noController: true, targets: [{ id: "pgs-1", kind: "sqlite", owner: "s1", labels: { env: "pgstore" }, apps: [{ agent: "s1" }] }] });
+  fleet = new Fleet({
+    agents: ["s1"],
+    noController: true,
+    targets: [{ id: "pgs-1", kind: "sqlite", owner: "s1", labels: { env: "pgstore" }, apps: [{ agent: "s1" }] }],
+  });
   await fleet.start();
   await fleet.startController({ store: storeDb.url });
 });
@@ -56,12 +60,20 @@ test("a second controller on the same store stands by (reads only) and takes ove
   const dir = join(fleet.dir, "standby");
   mkdirSync(dir, { recursive: true });
   const cfg = join(dir, "controller.yaml");
-  writeFileSync(cfg, stringify({
-    listen: { grpc: "127.0.0.1:0", http: "127.0.0.1:0" }, dataDir: dir, store: storeDb.url,
-    auditKeyFile: join(fleet.dir, "controller", "audit.key"),
-    agents: [...fleet.agents.values()].map((a) => ({ id: a.id, address: `127.0.0.1:${a.port}` })),
-  }));
-  standby = spawn(process.execPath, [join(ROOT, "bin/flotilla-controller.mjs"), "--config", cfg], { stdio: "ignore", env: { ...process.env, FLOTILLA_PORT_FILE: join(dir, "port") } });
+  writeFileSync(
+    cfg,
+    stringify({
+      listen: { grpc: "127.0.0.1:0", http: "127.0.0.1:0" },
+      dataDir: dir,
+      store: storeDb.url,
+      auditKeyFile: join(fleet.dir, "controller", "audit.key"),
+      agents: [...fleet.agents.values()].map((a) => ({ id: a.id, address: `127.0.0.1:${a.port}` })),
+    }),
+  );
+  standby = spawn(process.execPath, [join(ROOT, "bin/flotilla-controller.mjs"), "--config", cfg], {
+    stdio: "ignore",
+    env: { ...process.env, FLOTILLA_PORT_FILE: join(dir, "port") },
+  });
   const deadline = Date.now() + 60_000;
   while (!existsSync(join(dir, "port")) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
   const url = `http://127.0.0.1:${(JSON.parse(readFileSync(join(dir, "port"), "utf8")) as { http: number }).http}`;
@@ -94,7 +106,19 @@ test("a second controller on the same store stands by (reads only) and takes ove
 test("a schedule fires on the leader at its cron time and starts a rollout, once per slot", async () => {
   assert.ok(standbyUrl, "runs after the takeover test: the former standby leads now");
   const cli = (args: string[]) => run([process.execPath, join(ROOT, "bin/flotilla.mjs"), ...args], { env: { FLOTILLA_CONTROLLER: standbyUrl } });
-  const add = await cli(["schedule", "add", "every-minute", "--cron", "* * * * *", "--selector", "env=pgstore", "--strategy", "maintenance", "--window", "30m"]);
+  const add = await cli([
+    "schedule",
+    "add",
+    "every-minute",
+    "--cron",
+    "* * * * *",
+    "--selector",
+    "env=pgstore",
+    "--strategy",
+    "maintenance",
+    "--window",
+    "30m",
+  ]);
   assert.equal(add.code, 0, add.stderr);
   let fired: { name: string; lastRun: string; lastResult: string } | undefined;
   const until = Date.now() + 90_000;

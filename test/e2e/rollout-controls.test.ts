@@ -69,7 +69,8 @@ async function waitFor(id: string, done: (r: RolloutJson) => boolean, timeoutMs 
 }
 
 const statusOf = (r: RolloutJson): Record<string, string> => Object.fromEntries(r.targets.map((t) => [t.targetId, t.status]));
-const stepOf = (r: RolloutJson, target: string, name: string): string | undefined => r.targets.find((t) => t.targetId === target)?.steps.find((s) => s.name === name)?.state;
+const stepOf = (r: RolloutJson, target: string, name: string): string | undefined =>
+  r.targets.find((t) => t.targetId === target)?.steps.find((s) => s.name === name)?.state;
 
 test("approve: a manual gate holds the next wave until flotilla rollout approve; --wait follows to the end", async () => {
   const start = await fleet.cliJson<RolloutJson>(["rollout", "--selector", "env=gate", "--strategy", "maintenance", "--waves", "1,100%", "--gate", "manual"]);
@@ -92,11 +93,25 @@ test("approve: a manual gate holds the next wave until flotilla rollout approve;
   const again = await fleet.cli(["rollout", "approve", start.doc.id]);
   assert.equal(again.code, 2, "nothing waits any more");
   const audit = await fleet.cliJson<{ entries: { action: string; outcome: string }[] }>(["audit", "--action", "api.ApproveRollout"]);
-  assert.ok(audit.doc.entries.some((e) => e.outcome === "ok"), "approve is audited");
+  assert.ok(
+    audit.doc.entries.some((e) => e.outcome === "ok"),
+    "approve is audited",
+  );
 });
 
 test("gate expiry: nobody approves in time, the rollout halts and changes nothing more", async () => {
-  const r = await fleet.cliJson<RolloutJson>(["rollout", "--selector", "env=expire", "--strategy", "maintenance", "--waves", "1,100%", "--gate", "manual:3s", "--wait"]);
+  const r = await fleet.cliJson<RolloutJson>([
+    "rollout",
+    "--selector",
+    "env=expire",
+    "--strategy",
+    "maintenance",
+    "--waves",
+    "1,100%",
+    "--gate",
+    "manual:3s",
+    "--wait",
+  ]);
   assert.equal(r.code, 1, r.stderr);
   assert.equal(r.doc.status, "halted");
   assert.match(r.doc.message, /the gate expired at .* without approval of wave 2/);
@@ -143,7 +158,17 @@ test("pause → controller restart → resume: the running step finishes, nothin
 });
 
 test("retry of a half-failed rollout: a new rollout over exactly the target that failed", async () => {
-  const start = await fleet.cliJson<RolloutJson>(["rollout", "--selector", "env=retry", "--strategy", "maintenance", "--waves", "1,100%", "--max-failures", "1"]);
+  const start = await fleet.cliJson<RolloutJson>([
+    "rollout",
+    "--selector",
+    "env=retry",
+    "--strategy",
+    "maintenance",
+    "--waves",
+    "1,100%",
+    "--max-failures",
+    "1",
+  ]);
   assert.equal(start.code, 0, start.stderr);
   const id = start.doc.id;
   await waitFor(id, (r) => stepOf(r, "rt-1", "migrate") === "running");
@@ -166,7 +191,11 @@ test("retry of a half-failed rollout: a new rollout over exactly the target that
   const list = await fleet.cliJson<{ rollouts: RolloutJson[] }>(["rollouts", "--limit", "1"]);
   const second = list.doc.rollouts[0]!;
   assert.notEqual(second.id, id);
-  assert.deepEqual(second.targets.map((t) => t.targetId), ["rt-2"], "exactly the target that failed");
+  assert.deepEqual(
+    second.targets.map((t) => t.targetId),
+    ["rt-2"],
+    "exactly the target that failed",
+  );
   assert.equal(second.status, "succeeded");
   assert.deepEqual(await fleet.revisionOf("rt-2"), [HEAD_REVISION]);
   assert.deepEqual(await fleet.revisionOf("rt-1"), [HEAD_REVISION]);
@@ -180,7 +209,11 @@ test("rollback needs --yes (CLI and API); with --yes --wait it ends with each da
   const refused = await fleet.cli(["rollout", "rollback", r.doc.id]);
   assert.equal(refused.code, 2);
   assert.match(refused.stderr, /--yes/);
-  const api = await fetch(`${fleet.controllerUrl}/v1/RollbackRollout`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ id: r.doc.id }) });
+  const api = await fetch(`${fleet.controllerUrl}/v1/RollbackRollout`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ id: r.doc.id }),
+  });
   assert.equal(api.status, 400, "the controller refuses a rollback without yes as well");
   assert.deepEqual(await fleet.revisionOf("rb-1"), [HEAD_REVISION], "nothing was rolled back");
 
@@ -209,7 +242,13 @@ test("compatibility gate: job is refused over a revision that is not additive, a
   assert.equal(refused.code, 2, refused.stderr);
   // Which revisions the agent calls breaking or unknown is its classifier's business; the gate names them.
   assert.match(refused.stderr, /not every pending revision is additive: [0-9a-f]{12}[^;]* (is|are) (breaking|unknown)/);
-  const planned = await fleet.cliJson<{ targets: { revisions: { id: string; compatibility: string }[] }[] }>(["plan", "--selector", "env=compat", "--strategy", "job"]);
+  const planned = await fleet.cliJson<{ targets: { revisions: { id: string; compatibility: string }[] }[] }>([
+    "plan",
+    "--selector",
+    "env=compat",
+    "--strategy",
+    "job",
+  ]);
   const notAdditive = planned.doc.targets[0]!.revisions.filter((r) => r.compatibility !== "additive").map((r) => r.id);
   assert.ok(notAdditive.length > 0);
   for (const id of notAdditive) assert.match(refused.stderr, new RegExp(id), `the refusal names ${id}`);
@@ -239,12 +278,20 @@ test("strategy is the proto enum on gRPC and its short name on HTTP; every spell
     assert.deepEqual(plan.targets[0]?.allowedStrategies, [Strategy.MAINTENANCE]);
     const unspecified = await grpc.planRollout({ selector: "env=enum" }, { timeoutMs: 120_000 });
     assert.equal(unspecified.spec?.strategy, Strategy.MAINTENANCE, "a plan without a strategy plans maintenance");
-    await assert.rejects(grpc.startRollout({ selector: "env=enum" }), (e: Error & { code?: string }) => e.code === "INVALID_ARGUMENT" && /strategy: is required; use one of maintenance, job, blue-green/.test(e.message));
-    await assert.rejects(grpc.startRollout({ selector: "env=enum", strategy: 9 as Strategy }), (e: Error & { code?: string }) => e.code === "INVALID_ARGUMENT" && /strategy: 9 is not a strategy number; use one of maintenance \(1\), job \(2\), blue-green \(3\)/.test(e.message));
+    await assert.rejects(
+      grpc.startRollout({ selector: "env=enum" }),
+      (e: Error & { code?: string }) => e.code === "INVALID_ARGUMENT" && /strategy: is required; use one of maintenance, job, blue-green/.test(e.message),
+    );
+    await assert.rejects(
+      grpc.startRollout({ selector: "env=enum", strategy: 9 as Strategy }),
+      (e: Error & { code?: string }) =>
+        e.code === "INVALID_ARGUMENT" && /strategy: 9 is not a strategy number; use one of maintenance \(1\), job \(2\), blue-green \(3\)/.test(e.message),
+    );
   } finally {
     grpc.close();
   }
-  const post = (body: unknown) => fetch(`${fleet.controllerUrl}/v1/PlanRollout`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+  const post = (body: unknown) =>
+    fetch(`${fleet.controllerUrl}/v1/PlanRollout`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
   for (const spelling of ["job", "STRATEGY_JOB", 2]) {
     const res = await post({ selector: "env=enum", strategy: spelling });
     assert.equal(res.status, 200, String(spelling));
@@ -266,7 +313,21 @@ test("schedules: an existing name is refused unless replaced; the list shows eac
   const again = await fleet.cli([...add.slice(0, 4), "0 4 * * 0", ...add.slice(5)]);
   assert.equal(again.code, 2, "the same name is refused");
   assert.match(again.stderr, /schedule replace weekly/);
-  const replaced = await fleet.cli(["schedule", "replace", "weekly", "--cron", "30 4 * * 1", "--time-zone", "UTC", "--selector", "env=gate", "--strategy", "maintenance", "--gate", "manual:1h"]);
+  const replaced = await fleet.cli([
+    "schedule",
+    "replace",
+    "weekly",
+    "--cron",
+    "30 4 * * 1",
+    "--time-zone",
+    "UTC",
+    "--selector",
+    "env=gate",
+    "--strategy",
+    "maintenance",
+    "--gate",
+    "manual:1h",
+  ]);
   assert.equal(replaced.code, 0, replaced.stderr);
   const list = await fleet.cliJson<{ schedules: { name: string; cron: string; timeZone: string; nextRun: string; gate: string }[] }>(["schedules"]);
   const s = list.doc.schedules.find((x) => x.name === "weekly")!;
@@ -280,7 +341,19 @@ test("schedules: an existing name is refused unless replaced; the list shows eac
   const human = await fleet.cli(["schedules"]);
   assert.match(human.stdout, /NEXT RUN/);
   assert.match(human.stdout, /weekly\s+30 4 \* \* 1\s+UTC\s+\d{4}-/);
-  const badZone = await fleet.cli(["schedule", "add", "other", "--cron", "0 3 * * 0", "--time-zone", "Mars/Olympus", "--selector", "env=gate", "--strategy", "maintenance"]);
+  const badZone = await fleet.cli([
+    "schedule",
+    "add",
+    "other",
+    "--cron",
+    "0 3 * * 0",
+    "--time-zone",
+    "Mars/Olympus",
+    "--selector",
+    "env=gate",
+    "--strategy",
+    "maintenance",
+  ]);
   assert.equal(badZone.code, 2);
   assert.match(badZone.stderr, /--time-zone: "Mars\/Olympus" is not a time zone/);
   assert.equal((await fleet.cli(["schedule", "rm", "weekly"])).code, 0);
@@ -290,13 +363,25 @@ test("audit --outcome lists only entries of that outcome (the refused rollback a
   const errors = await fleet.cliJson<{ entries: { action: string; outcome: string }[] }>(["audit", "--outcome", "error"]);
   assert.equal(errors.code, 0, errors.stderr);
   assert.ok(errors.doc.entries.length > 0);
-  assert.ok(errors.doc.entries.every((e) => e.outcome === "error"), JSON.stringify(errors.doc.entries.slice(0, 3)));
-  assert.ok(errors.doc.entries.some((e) => e.action === "api.RollbackRollout"), "the rollback refused without --yes");
+  assert.ok(
+    errors.doc.entries.every((e) => e.outcome === "error"),
+    JSON.stringify(errors.doc.entries.slice(0, 3)),
+  );
+  assert.ok(
+    errors.doc.entries.some((e) => e.action === "api.RollbackRollout"),
+    "the rollback refused without --yes",
+  );
   const exported = await fleet.cli(["audit", "export", "--outcome", "error"]);
   assert.equal(exported.code, 0, exported.stderr);
-  const lines = exported.stdout.trim().split("\n").map((l) => JSON.parse(l) as { outcome: string });
+  const lines = exported.stdout
+    .trim()
+    .split("\n")
+    .map((l) => JSON.parse(l) as { outcome: string });
   assert.equal(lines.length, errors.doc.entries.length);
-  for (const args of [["audit", "--outcome", "failed"], ["audit", "export", "--outcome", "failed"]]) {
+  for (const args of [
+    ["audit", "--outcome", "failed"],
+    ["audit", "export", "--outcome", "failed"],
+  ]) {
     const bad = await fleet.cli(args);
     assert.equal(bad.code, 2, `${args.join(" ")}: ${bad.stderr}`);
     assert.match(bad.stderr, /"failed" is not an outcome; use intent, ok, error or denied/);

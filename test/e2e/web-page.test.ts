@@ -34,13 +34,26 @@ before(async () => {
     noController: true,
     targets: [
       { id: "web-a", kind: "sqlite", owner: "w1", labels: { env: "web" }, apps: [{ agent: "w1" }] },
-      { id: "web-slow", kind: "sqlite", owner: "w2", labels: { env: "live" }, seed: { users: 20, chats: 60, msgs: 2 }, alembicEnv: { FIXTURE_SLEEP_MS: "700", FIXTURE_BATCH: "10" }, apps: [{ agent: "w2" }] },
+      {
+        id: "web-slow",
+        kind: "sqlite",
+        owner: "w2",
+        labels: { env: "live" },
+        seed: { users: 20, chats: 60, msgs: 2 },
+        alembicEnv: { FIXTURE_SLEEP_MS: "700", FIXTURE_BATCH: "10" },
+        apps: [{ agent: "w2" }],
+      },
       { id: "gate-1", kind: "sqlite", owner: "w1", labels: { env: "gate" } },
       { id: "gate-2", kind: "sqlite", owner: "w2", labels: { env: "gate" } },
     ],
   });
   await fleet.start();
-  await fleet.startController({ tokens: [{ name: "alice", role: "admin", value: TOKENS.admin }, { name: "victor", role: "viewer", value: TOKENS.viewer }] });
+  await fleet.startController({
+    tokens: [
+      { name: "alice", role: "admin", value: TOKENS.admin },
+      { name: "victor", role: "viewer", value: TOKENS.viewer },
+    ],
+  });
   browser = await chromium.launch({ executablePath: CHROMIUM!, args: ["--no-sandbox", "--disable-dev-shm-usage"], headless: true });
 });
 
@@ -69,14 +82,20 @@ async function shot(page: Page, name: string): Promise<void> {
 
 /** Every form control on the page has an accessible name (a label or aria-label). */
 async function assertLabelled(page: Page): Promise<void> {
-  const unlabelled = await page.evaluate(() => [...document.querySelectorAll("input, select, textarea")]
-    .filter((el: any) => !el.closest("[hidden]") && el.labels?.length === 0 && !el.getAttribute("aria-label"))
-    .map((el: any) => el.outerHTML as string));
+  const unlabelled = await page.evaluate(() =>
+    [...document.querySelectorAll("input, select, textarea")]
+      .filter((el: any) => !el.closest("[hidden]") && el.labels?.length === 0 && !el.getAttribute("aria-label"))
+      .map((el: any) => el.outerHTML as string),
+  );
   assert.deepEqual(unlabelled, []);
 }
 
 async function api<T>(method: string, body: unknown, token = TOKENS.admin): Promise<{ status: number; doc: T }> {
-  const res = await fetch(`${fleet.controllerUrl}/v1/${method}`, { method: "POST", headers: { "content-type": "application/json", authorization: `Bearer ${token}` }, body: JSON.stringify(body) });
+  const res = await fetch(`${fleet.controllerUrl}/v1/${method}`, {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+    body: JSON.stringify(body),
+  });
   return { status: res.status, doc: (await res.json()) as T };
 }
 
@@ -125,7 +144,14 @@ test("sign in with a token (a wrong one is refused), see the fleet, sign out", a
   assert.equal(await page.evaluate(() => sessionStorage.getItem("flotilla.token")), null);
   await context.close();
   const signIns = await api<{ entries: { actor: string; outcome: string }[] }>("QueryAudit", { action: "api.SignIn" });
-  assert.deepEqual(signIns.doc.entries.map((e) => [e.actor, e.outcome]), [["unknown", "denied"], ["alice", "ok"]], "sign-ins (and the refused one) are audited");
+  assert.deepEqual(
+    signIns.doc.entries.map((e) => [e.actor, e.outcome]),
+    [
+      ["unknown", "denied"],
+      ["alice", "ok"],
+    ],
+    "sign-ins (and the refused one) are audited",
+  );
   assert.equal(JSON.stringify(signIns.doc).includes(TOKENS.admin), false, "no token in the audit log");
 });
 
@@ -139,8 +165,13 @@ test("a rollout started from the page streams its live Alembic lines and finishe
   await page.waitForURL(/#\/rollouts\/[^/]+$/);
   liveRolloutId = decodeURIComponent(page.url().split("#/rollouts/")[1]!);
   // Lines arrive while the rollout still runs: the stream is live, not a reload at the end.
-  await page.waitForFunction(() => (document.getElementById("live-lines")?.textContent ?? "").includes("Running upgrade")
-    && /running/.test(document.getElementById("rollout-status")?.textContent ?? ""), undefined, { timeout: 180_000 });
+  await page.waitForFunction(
+    () =>
+      (document.getElementById("live-lines")?.textContent ?? "").includes("Running upgrade") &&
+      /running/.test(document.getElementById("rollout-status")?.textContent ?? ""),
+    undefined,
+    { timeout: 180_000 },
+  );
   await shot(page, "02-rollout-running");
   await page.waitForFunction(() => /succeeded/.test(document.getElementById("rollout-status")?.textContent ?? ""), undefined, { timeout: 300_000 });
   const lines = await page.locator("#live-lines").innerText();
@@ -176,7 +207,13 @@ test("approve a gated wave from the page", async () => {
   await page.waitForFunction(() => /succeeded/.test(document.getElementById("rollout-status")?.textContent ?? ""), undefined, { timeout: 300_000 });
   assert.equal(await page.locator("#gate").count(), 0, "no longer waiting");
   const approvals = await api<{ entries: { actor: string; outcome: string }[] }>("QueryAudit", { action: "api.ApproveRollout" });
-  assert.deepEqual(approvals.doc.entries.map((e) => [e.actor, e.outcome]), [["alice", "intent"], ["alice", "ok"]]);
+  assert.deepEqual(
+    approvals.doc.entries.map((e) => [e.actor, e.outcome]),
+    [
+      ["alice", "intent"],
+      ["alice", "ok"],
+    ],
+  );
   await shot(page, "05-gate-approved");
   await context.close();
 });
@@ -204,13 +241,22 @@ test("a viewer sees no action buttons, and the API refuses the actions anyway", 
   await admin.page.locator('[data-action="RollbackRollout"]').waitFor();
   await admin.context.close();
 
-  for (const [method, body] of [["AbortRollout", { id: liveRolloutId }], ["RollbackRollout", { id: liveRolloutId, yes: true }], ["ApproveRollout", { id: liveRolloutId }], ["StartRollout", { selector: "env=web", strategy: "maintenance" }]] as const) {
+  for (const [method, body] of [
+    ["AbortRollout", { id: liveRolloutId }],
+    ["RollbackRollout", { id: liveRolloutId, yes: true }],
+    ["ApproveRollout", { id: liveRolloutId }],
+    ["StartRollout", { selector: "env=web", strategy: "maintenance" }],
+  ] as const) {
     const r = await api<{ code: string }>(method, body, TOKENS.viewer);
     assert.equal(r.status, 403, `${method} refused for a viewer`);
     assert.equal(r.doc.code, "PERMISSION_DENIED");
   }
   const denied = await api<{ entries: { actor: string }[] }>("QueryAudit", { outcome: "denied", action: "api.RollbackRollout" });
-  assert.deepEqual(denied.doc.entries.map((e) => e.actor), ["victor"], "the refused call is audited, naming the token");
+  assert.deepEqual(
+    denied.doc.entries.map((e) => e.actor),
+    ["victor"],
+    "the refused call is audited, naming the token",
+  );
   const rollout = await api<{ status: string }>("GetRollout", { id: liveRolloutId });
   assert.equal(rollout.doc.status, "succeeded", "nothing happened to the rollout");
 });
@@ -224,7 +270,9 @@ test("audit review: filter by action and outcome, page back, export JSON lines (
   await assertLabelled(page);
   await page.getByLabel("Action").fill("api.StartRollout");
   await page.getByRole("button", { name: "Apply" }).click();
-  await page.waitForFunction(() => [...document.querySelectorAll("#audit-entries tbody tr")].every((tr: any) => tr.children[3]?.textContent === "api.StartRollout"));
+  await page.waitForFunction(() =>
+    [...document.querySelectorAll("#audit-entries tbody tr")].every((tr: any) => tr.children[3]?.textContent === "api.StartRollout"),
+  );
   const actions = await page.locator("#audit-entries tbody tr td:nth-child(4)").allInnerTexts();
   assert.ok(actions.length >= 2, "the intent and ok rows of the rollout started from the page");
   assert.equal((await api("StartRollout", { selector: "env=web", strategy: "maintenance" }, TOKENS.viewer)).status, 403);
@@ -249,15 +297,24 @@ test("audit review: filter by action and outcome, page back, export JSON lines (
   await page.getByLabel("Action").fill("api.StartRollout");
   const [download] = await Promise.all([page.waitForEvent("download"), page.getByRole("button", { name: "Export JSON lines" }).click()]);
   const text = readFileSync((await download.path())!, "utf8");
-  const rows = text.trim().split("\n").map((l) => JSON.parse(l) as { action: string; hash: string });
+  const rows = text
+    .trim()
+    .split("\n")
+    .map((l) => JSON.parse(l) as { action: string; hash: string });
   assert.ok(rows.length >= 2 && rows.every((r) => r.action === "api.StartRollout" && r.hash.length > 0));
   const exports = await api<{ entries: { actor: string }[] }>("QueryAudit", { action: "api.ExportAudit" });
-  assert.deepEqual(exports.doc.entries.map((e) => e.actor), ["alice"], "the export is audited");
+  assert.deepEqual(
+    exports.doc.entries.map((e) => e.actor),
+    ["alice"],
+    "the export is audited",
+  );
   await context.close();
 });
 
 test("schedules show their next run and time zone", async () => {
-  const add = await fleet.cli(["schedule", "add", "nightly-web", "--cron", "30 2 * * *", "--selector", "env=web", "--strategy", "maintenance"], { FLOTILLA_TOKEN: TOKENS.admin });
+  const add = await fleet.cli(["schedule", "add", "nightly-web", "--cron", "30 2 * * *", "--selector", "env=web", "--strategy", "maintenance"], {
+    FLOTILLA_TOKEN: TOKENS.admin,
+  });
   assert.equal(add.code, 0, add.stderr);
   const { context, page } = await newPage();
   await signIn(page, TOKENS.admin);

@@ -78,13 +78,16 @@ before(async () => {
   marker = join(dir, "children.log");
   // Every program the agent could start logs its argv here first (alembic then really runs).
   const wrapper = join(dir, "logged.mjs");
-  writeFileSync(wrapper, [
-    "import { appendFileSync } from 'node:fs';",
-    "import { spawnSync } from 'node:child_process';",
-    `appendFileSync(${JSON.stringify(marker)}, JSON.stringify(process.argv.slice(2)) + ' ' + Date.now() + '\\n');`,
-    "const [cmd, ...args] = process.argv.slice(2);",
-    "if (cmd === 'alembic') process.exit(spawnSync('alembic', args, { stdio: 'inherit' }).status ?? 1);",
-  ].join("\n"));
+  writeFileSync(
+    wrapper,
+    [
+      "import { appendFileSync } from 'node:fs';",
+      "import { spawnSync } from 'node:child_process';",
+      `appendFileSync(${JSON.stringify(marker)}, JSON.stringify(process.argv.slice(2)) + ' ' + Date.now() + '\\n');`,
+      "const [cmd, ...args] = process.argv.slice(2);",
+      "if (cmd === 'alembic') process.exit(spawnSync('alembic', args, { stdio: 'inherit' }).status ?? 1);",
+    ].join("\n"),
+  );
   const secret = join(dir, "secret");
   writeFileSync(secret, "fuzz-secret-0123456789abcdef", { mode: 0o600 });
   const agentData = join(dir, "agent-data");
@@ -98,28 +101,48 @@ before(async () => {
   assert.equal(up.code, 0, up.stderr);
   const logged = (...argv: string[]) => [process.execPath, wrapper, ...argv];
   const agentCfg = join(dir, "agent.yaml");
-  writeFileSync(agentCfg, stringify({
-    agentId: "fz-agent", listen: "127.0.0.1:0", dataDir: agentData,
-    targets: [{
-      id: "fz-1", labels: { env: "fuzz" }, database: url,
-      alembic: { dir: FIXTURE_DIR, command: logged("alembic"), env: { WEBUI_SECRET_KEY: { file: secret } } },
-      backups: { dir: backups, keep: 3 },
-      blueGreen: { green: `sqlite:///${join(db, "fz-green.db")}`, switch: logged("switch") },
-    }],
-    apps: [{ id: "fz-app", target: "fz-1", color: "blue", stop: logged("stop"), start: logged("start") }],
-  }));
+  writeFileSync(
+    agentCfg,
+    stringify({
+      agentId: "fz-agent",
+      listen: "127.0.0.1:0",
+      dataDir: agentData,
+      targets: [
+        {
+          id: "fz-1",
+          labels: { env: "fuzz" },
+          database: url,
+          alembic: { dir: FIXTURE_DIR, command: logged("alembic"), env: { WEBUI_SECRET_KEY: { file: secret } } },
+          backups: { dir: backups, keep: 3 },
+          blueGreen: { green: `sqlite:///${join(db, "fz-green.db")}`, switch: logged("switch") },
+        },
+      ],
+      apps: [{ id: "fz-app", target: "fz-1", color: "blue", stop: logged("stop"), start: logged("start") }],
+    }),
+  );
   const agentLog = join(dir, "agent.log");
-  agentProc = spawn(process.execPath, [join(ROOT, "bin/flotilla-agent.mjs"), "--config", agentCfg], { stdio: ["ignore", openSync(agentLog, "a"), openSync(agentLog, "a")], env: { ...process.env, FLOTILLA_PORT_FILE: join(dir, "agent.port") } });
+  agentProc = spawn(process.execPath, [join(ROOT, "bin/flotilla-agent.mjs"), "--config", agentCfg], {
+    stdio: ["ignore", openSync(agentLog, "a"), openSync(agentLog, "a")],
+    env: { ...process.env, FLOTILLA_PORT_FILE: join(dir, "agent.port") },
+  });
   procs.push(agentProc);
   agentPort = Number(await waitForFile(join(dir, "agent.port"), agentProc));
   const controllerCfg = join(dir, "controller.yaml");
   writeFileSync(join(dir, "token"), TOKEN, { mode: 0o600 });
-  writeFileSync(controllerCfg, stringify({
-    listen: { grpc: "127.0.0.1:0", http: "127.0.0.1:0" }, dataDir: controllerData, agents: [{ id: "fz-agent", address: `127.0.0.1:${agentPort}` }],
-    tokens: [{ name: "fuzzer", role: "admin", file: join(dir, "token") }],
-  }));
+  writeFileSync(
+    controllerCfg,
+    stringify({
+      listen: { grpc: "127.0.0.1:0", http: "127.0.0.1:0" },
+      dataDir: controllerData,
+      agents: [{ id: "fz-agent", address: `127.0.0.1:${agentPort}` }],
+      tokens: [{ name: "fuzzer", role: "admin", file: join(dir, "token") }],
+    }),
+  );
   const controllerLog = join(dir, "controller.log");
-  controllerProc = spawn(process.execPath, [join(ROOT, "bin/flotilla-controller.mjs"), "--config", controllerCfg], { stdio: ["ignore", openSync(controllerLog, "a"), openSync(controllerLog, "a")], env: { ...process.env, FLOTILLA_PORT_FILE: join(dir, "controller.port") } });
+  controllerProc = spawn(process.execPath, [join(ROOT, "bin/flotilla-controller.mjs"), "--config", controllerCfg], {
+    stdio: ["ignore", openSync(controllerLog, "a"), openSync(controllerLog, "a")],
+    env: { ...process.env, FLOTILLA_PORT_FILE: join(dir, "controller.port") },
+  });
   procs.push(controllerProc);
   const ports = JSON.parse(await waitForFile(join(dir, "controller.port"), controllerProc)) as { http: number; grpc: number };
   httpPort = ports.http;
@@ -135,10 +158,21 @@ after(() => {
 // Hostile values.
 
 /** Characters no Flotilla grammar accepts anywhere: a value holding one must be refused. */
-const HARD_BAD = ["\0", "\n", "\r", ";", "|", "&", "$(", "`", "'", "\"", "\\", "<", ">", "\u0007"];
+const HARD_BAD = ["\0", "\n", "\r", ";", "|", "&", "$(", "`", "'", '"', "\\", "<", ">", "\u0007"];
 const filler = fc.stringMatching(/^[A-Za-z0-9_.-]{0,10}$/);
-const hardBad = fc.tuple(filler, fc.constantFrom(...HARD_BAD), filler, fc.constantFrom("", "rm -rf /", "$(touch /tmp/" + CANARY + ")", "`id`", "\n--sql", "%00")).map(([a, b, c, d]) => `${a}${b}${c}${d}`);
-const traversal = fc.constantFrom(`../../../../tmp/${CANARY}`, `/tmp/${CANARY}`, `..%2f..%2ftmp%2f${CANARY}`, `a/../../${CANARY}`, `..`, `.`, `fz-1/../../${CANARY}`, `\\..\\..\\${CANARY}`);
+const hardBad = fc
+  .tuple(filler, fc.constantFrom(...HARD_BAD), filler, fc.constantFrom("", "rm -rf /", "$(touch /tmp/" + CANARY + ")", "`id`", "\n--sql", "%00"))
+  .map(([a, b, c, d]) => `${a}${b}${c}${d}`);
+const traversal = fc.constantFrom(
+  `../../../../tmp/${CANARY}`,
+  `/tmp/${CANARY}`,
+  `..%2f..%2ftmp%2f${CANARY}`,
+  `a/../../${CANARY}`,
+  `..`,
+  `.`,
+  `fz-1/../../${CANARY}`,
+  `\\..\\..\\${CANARY}`,
+);
 const dashed = fc.constantFrom("-1", "--sql", "-x", "--help", "-", "--", "-head", "--tag=x", "-c/etc/passwd");
 const huge = fc.integer({ min: 300, max: 70_000 }).map((n) => "A".repeat(n));
 const poisoned = fc.oneof(hardBad, traversal, dashed, huge);
@@ -164,40 +198,63 @@ function poisonable(m: Method): boolean {
 function hostileMessage(m: Method): fc.Arbitrary<{ fields: Record<string, unknown>; poisoned: string }> {
   const fields = stringFields(m.input);
   const targets = fields.filter((f) => f.kind === "scalar:9" && !FREE_TEXT.has(f.localName));
-  return fc.record({
-    which: fc.constantFrom(...targets),
-    value: poisoned,
-    others: fc.array(fc.tuple(fc.constantFrom(...fields), fc.oneof(poisoned, fc.constantFrom("", "fz-1", "head", "env=fuzz", "maintenance", "2h", "manual")), fc.integer({ min: -5, max: 1e6 }), fc.boolean()), { maxLength: 4 }),
-  }).map(({ which, value, others }) => {
-    const out: Record<string, unknown> = {};
-    for (const [f, s, n, b] of others) {
-      if (f.kind === "scalar:9") out[f.localName] = s;
-      else if (f.kind === "scalar:5") out[f.localName] = n;
-      else if (f.kind === "scalar:8") out[f.localName] = b;
-    }
-    let v = value;
-    if (SLASHY.has(which.localName) && !HARD_BAD.some((c) => v.includes(c))) v = `${v};x`;
-    out[which.localName] = v;
-    return { fields: out, poisoned: which.localName };
-  });
+  return fc
+    .record({
+      which: fc.constantFrom(...targets),
+      value: poisoned,
+      others: fc.array(
+        fc.tuple(
+          fc.constantFrom(...fields),
+          fc.oneof(poisoned, fc.constantFrom("", "fz-1", "head", "env=fuzz", "maintenance", "2h", "manual")),
+          fc.integer({ min: -5, max: 1e6 }),
+          fc.boolean(),
+        ),
+        { maxLength: 4 },
+      ),
+    })
+    .map(({ which, value, others }) => {
+      const out: Record<string, unknown> = {};
+      for (const [f, s, n, b] of others) {
+        if (f.kind === "scalar:9") out[f.localName] = s;
+        else if (f.kind === "scalar:5") out[f.localName] = n;
+        else if (f.kind === "scalar:8") out[f.localName] = b;
+      }
+      let v = value;
+      if (SLASHY.has(which.localName) && !HARD_BAD.some((c) => v.includes(c))) v = `${v};x`;
+      out[which.localName] = v;
+      return { fields: out, poisoned: which.localName };
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
 // HTTP.
 
-interface HttpAnswer { status: number; body: string; contentType: string }
+interface HttpAnswer {
+  status: number;
+  body: string;
+  contentType: string;
+}
 
 function httpCall(method: string, path: string, body: Buffer | string | undefined, headers: Record<string, string> = {}): Promise<HttpAnswer> {
   return new Promise((resolve) => {
     // An explicit length: Node's client would send a GET or DELETE body unframed (it would read as a second request).
     const length = body === undefined ? 0 : Buffer.byteLength(body);
-    const req = request({ host: "127.0.0.1", port: httpPort, method, path, headers: { "content-type": "application/json", "content-length": String(length), authorization: `Bearer ${TOKEN}`, ...headers }, agent: false });
+    const req = request({
+      host: "127.0.0.1",
+      port: httpPort,
+      method,
+      path,
+      headers: { "content-type": "application/json", "content-length": String(length), authorization: `Bearer ${TOKEN}`, ...headers },
+      agent: false,
+    });
     // A request left unanswered is a finding, not a hang.
     req.setTimeout(30_000, () => req.destroy(Object.assign(new Error("no answer within 30s"), { code: "FUZZ_TIMEOUT" })));
     req.on("response", (res) => {
       const chunks: Buffer[] = [];
       res.on("data", (c: Buffer) => chunks.push(c));
-      res.on("end", () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8"), contentType: String(res.headers["content-type"] ?? "") }));
+      res.on("end", () =>
+        resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8"), contentType: String(res.headers["content-type"] ?? "") }),
+      );
       res.on("error", (err) => resolve({ status: 0, body: err.message, contentType: "" }));
     });
     // The server may answer 413 and close before the whole body is sent.
@@ -217,24 +274,98 @@ const jsonValue = fc.jsonValue({ maxDepth: 3 });
 const wrongType = (m: Method): fc.Arbitrary<string> => {
   const fields = stringFields(m.input).filter((f) => f.kind.startsWith("scalar"));
   if (fields.length === 0) return fc.constant("[1,2,3]");
-  return fc.tuple(fc.constantFrom(...fields), fc.oneof(fc.constant({ a: 1 }), fc.constant([1]), fc.constant(true), fc.integer(), fc.constant("not-a-number"), fc.constant(1e300))).map(([f, v]) => {
-    // A value of the wrong JSON type for the field (strings get objects, numbers get strings…).
-    if (f.kind === "scalar:9" && typeof v === "string") return JSON.stringify({ [f.jsonName]: { v } });
-    if (f.kind !== "scalar:9" && typeof v === "number") return JSON.stringify({ [f.jsonName]: "x" + String(v) });
-    if (f.kind === "scalar:8" && typeof v === "boolean") return JSON.stringify({ [f.jsonName]: "yes" });
-    return JSON.stringify({ [f.jsonName]: v });
-  });
+  return fc
+    .tuple(
+      fc.constantFrom(...fields),
+      fc.oneof(fc.constant({ a: 1 }), fc.constant([1]), fc.constant(true), fc.integer(), fc.constant("not-a-number"), fc.constant(1e300)),
+    )
+    .map(([f, v]) => {
+      // A value of the wrong JSON type for the field (strings get objects, numbers get strings…).
+      if (f.kind === "scalar:9" && typeof v === "string") return JSON.stringify({ [f.jsonName]: { v } });
+      if (f.kind !== "scalar:9" && typeof v === "number") return JSON.stringify({ [f.jsonName]: "x" + String(v) });
+      if (f.kind === "scalar:8" && typeof v === "boolean") return JSON.stringify({ [f.jsonName]: "yes" });
+      return JSON.stringify({ [f.jsonName]: v });
+    });
 };
 
-const httpCase: fc.Arbitrary<HttpCase> = fc.constantFrom(...controllerMethods).chain((m) => fc.oneof(
-  ...(poisonable(m) ? [{ weight: 5, arbitrary: hostileMessage(m).map((x): HttpCase => ({ what: `${m.name} with a hostile ${x.poisoned}`, method: "POST", path: `/v1/${m.name}`, body: JSON.stringify(x.fields) })) }] : []),
-  { weight: 2, arbitrary: fc.oneof(fc.string({ maxLength: 60 }), fc.constantFrom("{", "{\"a\":", "[", "nul", "{'a':1}", "\u0000", "{}}", "{\"targetId\":\"\\ud800\"}")).filter((s) => { if (s.trim() === "") return false; try { JSON.parse(s); return false; } catch { return true; } }).map((s) => ({ what: `${m.name} with bad JSON`, method: "POST", path: `/v1/${m.name}`, body: s })) },
-  { weight: 2, arbitrary: wrongType(m).map((s) => ({ what: `${m.name} with a wrong type: ${s.slice(0, 60)}`, method: "POST", path: `/v1/${m.name}`, body: s })) },
-  { weight: 1, arbitrary: jsonValue.filter((v) => v === null || typeof v !== "object" || Array.isArray(v)).map((v) => ({ what: `${m.name} with a JSON ${Array.isArray(v) ? "array" : typeof v}`, method: "POST", path: `/v1/${m.name}`, body: JSON.stringify(v) })) },
-  { weight: 1, arbitrary: fc.constantFrom("PUT", "DELETE", "PATCH", "GET").map((verb) => ({ what: `${verb} /v1/${m.name}`, method: verb, path: `/v1/${m.name}`, body: "{}" })) },
-  { weight: 1, arbitrary: fc.oneof(traversal.map((t) => `/v1/${t}`), fc.constantFrom("/v1/", "/v2/ListTargets", "/v1/ListTargets/../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/v1/__proto__", "/v1/constructor", "/v1/ListTargets%00", "//v1//ListTargets")).map((p) => ({ what: `POST ${p}`, method: "POST", path: p, body: "{}" })) },
-  { weight: 1, arbitrary: fc.constantFrom("Bearer", "Bearer \u00ff\u00fe", "Basic YWRtaW46YWRtaW4=", "Bearer ../../etc/passwd", "x".repeat(9000)).map((a) => ({ what: `${m.name} with Authorization ${a.slice(0, 20)}`, method: "POST", path: `/v1/${m.name}`, body: "{}", headers: { authorization: a } })) },
-));
+const httpCase: fc.Arbitrary<HttpCase> = fc.constantFrom(...controllerMethods).chain((m) =>
+  fc.oneof(
+    ...(poisonable(m)
+      ? [
+          {
+            weight: 5,
+            arbitrary: hostileMessage(m).map(
+              (x): HttpCase => ({ what: `${m.name} with a hostile ${x.poisoned}`, method: "POST", path: `/v1/${m.name}`, body: JSON.stringify(x.fields) }),
+            ),
+          },
+        ]
+      : []),
+    {
+      weight: 2,
+      arbitrary: fc
+        .oneof(fc.string({ maxLength: 60 }), fc.constantFrom("{", '{"a":', "[", "nul", "{'a':1}", "\u0000", "{}}", '{"targetId":"\\ud800"}'))
+        .filter((s) => {
+          if (s.trim() === "") return false;
+          try {
+            JSON.parse(s);
+            return false;
+          } catch {
+            return true;
+          }
+        })
+        .map((s) => ({ what: `${m.name} with bad JSON`, method: "POST", path: `/v1/${m.name}`, body: s })),
+    },
+    {
+      weight: 2,
+      arbitrary: wrongType(m).map((s) => ({ what: `${m.name} with a wrong type: ${s.slice(0, 60)}`, method: "POST", path: `/v1/${m.name}`, body: s })),
+    },
+    {
+      weight: 1,
+      arbitrary: jsonValue
+        .filter((v) => v === null || typeof v !== "object" || Array.isArray(v))
+        .map((v) => ({
+          what: `${m.name} with a JSON ${Array.isArray(v) ? "array" : typeof v}`,
+          method: "POST",
+          path: `/v1/${m.name}`,
+          body: JSON.stringify(v),
+        })),
+    },
+    {
+      weight: 1,
+      arbitrary: fc
+        .constantFrom("PUT", "DELETE", "PATCH", "GET")
+        .map((verb) => ({ what: `${verb} /v1/${m.name}`, method: verb, path: `/v1/${m.name}`, body: "{}" })),
+    },
+    {
+      weight: 1,
+      arbitrary: fc
+        .oneof(
+          traversal.map((t) => `/v1/${t}`),
+          fc.constantFrom(
+            "/v1/",
+            "/v2/ListTargets",
+            "/v1/ListTargets/../../etc/passwd",
+            "/%2e%2e/%2e%2e/etc/passwd",
+            "/v1/__proto__",
+            "/v1/constructor",
+            "/v1/ListTargets%00",
+            "//v1//ListTargets",
+          ),
+        )
+        .map((p) => ({ what: `POST ${p}`, method: "POST", path: p, body: "{}" })),
+    },
+    {
+      weight: 1,
+      arbitrary: fc.constantFrom("Bearer", "Bearer \u00ff\u00fe", "Basic YWRtaW46YWRtaW4=", "Bearer ../../etc/passwd", "x".repeat(9000)).map((a) => ({
+        what: `${m.name} with Authorization ${a.slice(0, 20)}`,
+        method: "POST",
+        path: `/v1/${m.name}`,
+        body: "{}",
+        headers: { authorization: a },
+      })),
+    },
+  ),
+);
 
 /** Rare, costly cases: each runs a few times per run. */
 const HUGE_CASES: HttpCase[] = [
@@ -260,7 +391,15 @@ function assertClientError(a: HttpAnswer, what: string): void {
 // ---------------------------------------------------------------------------------------------
 // gRPC.
 
-const CLIENT_ERRORS = new Set([grpc.status.INVALID_ARGUMENT, grpc.status.NOT_FOUND, grpc.status.FAILED_PRECONDITION, grpc.status.OUT_OF_RANGE, grpc.status.PERMISSION_DENIED, grpc.status.UNAUTHENTICATED, grpc.status.RESOURCE_EXHAUSTED]);
+const CLIENT_ERRORS = new Set([
+  grpc.status.INVALID_ARGUMENT,
+  grpc.status.NOT_FOUND,
+  grpc.status.FAILED_PRECONDITION,
+  grpc.status.OUT_OF_RANGE,
+  grpc.status.PERMISSION_DENIED,
+  grpc.status.UNAUTHENTICATED,
+  grpc.status.RESOURCE_EXHAUSTED,
+]);
 
 /** `wellFormed`: random bytes that happen to decode as the request message (protobuf skips unknown fields): any non-server-error answer is fine. */
 type GrpcCase = { what: string; service: "controller" | "agent"; method: Method; bytes: Buffer; wellFormed?: boolean };
@@ -275,11 +414,46 @@ function decodes(m: Method, bytes: Buffer): boolean {
 }
 
 function grpcCaseFor(service: "controller" | "agent", methods: Method[]): fc.Arbitrary<GrpcCase> {
-  return fc.constantFrom(...methods).chain((m) => fc.oneof(
-    ...(poisonable(m) ? [{ weight: 3, arbitrary: hostileMessage(m).map((x): GrpcCase => ({ what: `${service} ${m.name} with a hostile ${x.poisoned}: ${JSON.stringify(x.fields[x.poisoned]).slice(0, 60)}`, service, method: m, bytes: Buffer.from(toBinary(m.input, create(m.input, x.fields as never))) })) }] : []),
-    { weight: 1, arbitrary: fc.uint8Array({ minLength: 1, maxLength: 200 }).map((b) => ({ what: `${service} ${m.name} with random bytes`, service, method: m, bytes: Buffer.from(b), wellFormed: decodes(m, Buffer.from(b)) })) },
-    { weight: 1, arbitrary: fc.constantFrom(Buffer.from([0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]), Buffer.from([0x0a, 0x05, 0xc3, 0x28, 0x00, 0x0a, 0x0d]), Buffer.from([0xff]), Buffer.from([0x08])).map((b) => ({ what: `${service} ${m.name} with truncated protobuf`, service, method: m, bytes: b, wellFormed: decodes(m, b) })) },
-  ));
+  return fc.constantFrom(...methods).chain((m) =>
+    fc.oneof(
+      ...(poisonable(m)
+        ? [
+            {
+              weight: 3,
+              arbitrary: hostileMessage(m).map(
+                (x): GrpcCase => ({
+                  what: `${service} ${m.name} with a hostile ${x.poisoned}: ${JSON.stringify(x.fields[x.poisoned]).slice(0, 60)}`,
+                  service,
+                  method: m,
+                  bytes: Buffer.from(toBinary(m.input, create(m.input, x.fields as never))),
+                }),
+              ),
+            },
+          ]
+        : []),
+      {
+        weight: 1,
+        arbitrary: fc.uint8Array({ minLength: 1, maxLength: 200 }).map((b) => ({
+          what: `${service} ${m.name} with random bytes`,
+          service,
+          method: m,
+          bytes: Buffer.from(b),
+          wellFormed: decodes(m, Buffer.from(b)),
+        })),
+      },
+      {
+        weight: 1,
+        arbitrary: fc
+          .constantFrom(
+            Buffer.from([0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]),
+            Buffer.from([0x0a, 0x05, 0xc3, 0x28, 0x00, 0x0a, 0x0d]),
+            Buffer.from([0xff]),
+            Buffer.from([0x08]),
+          )
+          .map((b) => ({ what: `${service} ${m.name} with truncated protobuf`, service, method: m, bytes: b, wellFormed: decodes(m, b) })),
+      },
+    ),
+  );
 }
 
 const rawClients = new Map<string, grpc.Client>();
@@ -289,7 +463,11 @@ function rawClient(port: number): grpc.Client {
   return rawClients.get(key)!;
 }
 
-interface GrpcAnswer { code: number; details: string; results: { status?: string; errorCode?: string }[] }
+interface GrpcAnswer {
+  code: number;
+  details: string;
+  results: { status?: string; errorCode?: string }[];
+}
 
 function grpcCall(c: GrpcCase): Promise<GrpcAnswer> {
   const client = rawClient(c.service === "controller" ? grpcPort : agentPort);
@@ -342,7 +520,10 @@ test(`${TOTAL} malformed HTTP and gRPC requests: every one refused as a client e
 
   const httpShare = Math.ceil(TOTAL * 0.55);
   const httpCases = fc.sample(httpCase, { numRuns: httpShare, seed: Number(process.env.FLOTILLA_FUZZ_SEED ?? 42) });
-  const grpcCases = fc.sample(fc.oneof(grpcCaseFor("controller", controllerMethods), grpcCaseFor("agent", agentMethods)), { numRuns: TOTAL - httpShare, seed: Number(process.env.FLOTILLA_FUZZ_SEED ?? 42) });
+  const grpcCases = fc.sample(fc.oneof(grpcCaseFor("controller", controllerMethods), grpcCaseFor("agent", agentMethods)), {
+    numRuns: TOTAL - httpShare,
+    seed: Number(process.env.FLOTILLA_FUZZ_SEED ?? 42),
+  });
   const failures: string[] = [];
   const tally = new Map<string, number>();
   const count = (k: string): void => void tally.set(k, (tally.get(k) ?? 0) + 1);
@@ -351,17 +532,19 @@ test(`${TOTAL} malformed HTTP and gRPC requests: every one refused as a client e
   const say = (line: string): void => void (trace && process.stderr.write(`${Date.now()} ${line}\n`));
   const batch = 16;
   for (let i = 0; i < httpCases.length; i += batch) {
-    await Promise.all(httpCases.slice(i, i + batch).map(async (c) => {
-      say(`→ ${c.what.slice(0, 120)}`);
-      const a = await httpCall(c.method, c.path, c.body, c.headers);
-      say(`← ${a.status} ${c.what.slice(0, 60)}`);
-      count(`http ${a.status}`);
-      try {
-        assertClientError(a, c.what);
-      } catch (err) {
-        failures.push((err as Error).message);
-      }
-    }));
+    await Promise.all(
+      httpCases.slice(i, i + batch).map(async (c) => {
+        say(`→ ${c.what.slice(0, 120)}`);
+        const a = await httpCall(c.method, c.path, c.body, c.headers);
+        say(`← ${a.status} ${c.what.slice(0, 60)}`);
+        count(`http ${a.status}`);
+        try {
+          assertClientError(a, c.what);
+        } catch (err) {
+          failures.push((err as Error).message);
+        }
+      }),
+    );
   }
   for (const c of HUGE_CASES) {
     const a = await httpCall(c.method, c.path, c.body, c.headers);
@@ -373,18 +556,28 @@ test(`${TOTAL} malformed HTTP and gRPC requests: every one refused as a client e
     }
   }
   for (let i = 0; i < grpcCases.length; i += batch) {
-    await Promise.all(grpcCases.slice(i, i + batch).map(async (c) => {
-      say(`→ ${c.what.slice(0, 120)}`);
-      const a = await grpcCall(c);
-      say(`← ${grpc.status[a.code]} ${c.what.slice(0, 60)}`);
-      count(`grpc ${grpc.status[a.code]}`);
-      // An agent operation may also answer with one result event of status "refused" and a client-error code.
-      const refused = a.code === grpc.status.OK && a.results.length === 1 && a.results[0]!.status === "refused" && ["INVALID_ARGUMENT", "NOT_FOUND", "PRECONDITION_FAILED", "STAMP_REFUSED", "DATA_LOSS_NOT_ACCEPTED", "UNKNOWN_REVISION", "TARGET_BUSY"].includes(a.results[0]!.errorCode ?? "");
-      if (refused) count(`grpc refused ${a.results[0]!.errorCode}`);
-      const serverError = [grpc.status.INTERNAL, grpc.status.UNKNOWN, grpc.status.UNAVAILABLE, grpc.status.DATA_LOSS, grpc.status.DEADLINE_EXCEEDED].includes(a.code);
-      const ok = CLIENT_ERRORS.has(a.code) || refused || (c.wellFormed === true && !serverError);
-      if (!ok) failures.push(`${c.what}: gRPC ${grpc.status[a.code]} ${a.details.slice(0, 200)} ${a.results.length ? JSON.stringify(a.results) : ""}`);
-    }));
+    await Promise.all(
+      grpcCases.slice(i, i + batch).map(async (c) => {
+        say(`→ ${c.what.slice(0, 120)}`);
+        const a = await grpcCall(c);
+        say(`← ${grpc.status[a.code]} ${c.what.slice(0, 60)}`);
+        count(`grpc ${grpc.status[a.code]}`);
+        // An agent operation may also answer with one result event of status "refused" and a client-error code.
+        const refused =
+          a.code === grpc.status.OK &&
+          a.results.length === 1 &&
+          a.results[0]!.status === "refused" &&
+          ["INVALID_ARGUMENT", "NOT_FOUND", "PRECONDITION_FAILED", "STAMP_REFUSED", "DATA_LOSS_NOT_ACCEPTED", "UNKNOWN_REVISION", "TARGET_BUSY"].includes(
+            a.results[0]!.errorCode ?? "",
+          );
+        if (refused) count(`grpc refused ${a.results[0]!.errorCode}`);
+        const serverError = [grpc.status.INTERNAL, grpc.status.UNKNOWN, grpc.status.UNAVAILABLE, grpc.status.DATA_LOSS, grpc.status.DEADLINE_EXCEEDED].includes(
+          a.code,
+        );
+        const ok = CLIENT_ERRORS.has(a.code) || refused || (c.wellFormed === true && !serverError);
+        if (!ok) failures.push(`${c.what}: gRPC ${grpc.status[a.code]} ${a.details.slice(0, 200)} ${a.results.length ? JSON.stringify(a.results) : ""}`);
+      }),
+    );
   }
   const sent = httpCases.length + HUGE_CASES.length + grpcCases.length;
   process.stdout.write(`# fuzz: ${sent} requests; answers: ${JSON.stringify(Object.fromEntries([...tally].sort()))}\n`);
@@ -402,14 +595,30 @@ test(`${TOTAL} malformed HTTP and gRPC requests: every one refused as a client e
   // Nothing ran: no program was started by the agent during the fuzz.
   await new Promise((r) => setTimeout(r, 300));
   const childrenAfter = existsSync(marker) ? readFileSync(marker, "utf8") : "";
-  const argvOf = (log: string): string[] => log.split("\n").filter((l) => l !== "").map((l) => l.replace(/ \d+$/, ""));
-  assert.deepEqual(argvOf(childrenAfter), argvOf(childrenBefore), `child processes were started: ${childrenAfter.slice(childrenBefore.length, childrenBefore.length + 500)}`);
+  const argvOf = (log: string): string[] =>
+    log
+      .split("\n")
+      .filter((l) => l !== "")
+      .map((l) => l.replace(/ \d+$/, ""));
+  assert.deepEqual(
+    argvOf(childrenAfter),
+    argvOf(childrenBefore),
+    `child processes were started: ${childrenAfter.slice(childrenBefore.length, childrenBefore.length + 500)}`,
+  );
 
   // Nothing written outside the data folders: the test folder, the sources, and no canary anywhere under /tmp.
   const filesAfter = snapshot(dir, dataDirs.concat([marker]));
   const changed = [...filesAfter].filter(([p, v]) => filesBefore.get(p) !== v && !/\.log$|\.port$/.test(p)).map(([p]) => p);
   assert.deepEqual(changed, [], "files changed outside the data folders");
-  assert.deepEqual([...snapshot(join(ROOT, "services"), [])].filter(([p, v]) => repoBefore.get(p) !== v), [], "the sources are untouched");
-  assert.equal(readdirSync("/tmp").some((n) => n.includes(CANARY)), false, "no canary file appeared in /tmp");
+  assert.deepEqual(
+    [...snapshot(join(ROOT, "services"), [])].filter(([p, v]) => repoBefore.get(p) !== v),
+    [],
+    "the sources are untouched",
+  );
+  assert.equal(
+    readdirSync("/tmp").some((n) => n.includes(CANARY)),
+    false,
+    "no canary file appeared in /tmp",
+  );
   for (const c of rawClients.values()) c.close();
 });

@@ -70,9 +70,20 @@ export interface FleetSpec {
   detached?: boolean;
 }
 
-export interface RunResult { code: number; stdout: string; stderr: string }
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
 
-interface AgentProc { id: string; configPath: string; dataDir: string; port: number; proc?: ChildProcess; logFile: string }
+interface AgentProc {
+  id: string;
+  configPath: string;
+  dataDir: string;
+  port: number;
+  proc?: ChildProcess;
+  logFile: string;
+}
 
 export async function freePort(): Promise<number> {
   return new Promise((res, rej) => {
@@ -93,7 +104,10 @@ export function run(argv: string[], opts: { cwd?: string; env?: Record<string, s
     child.stdout.on("data", (c: Buffer) => (stdout += c.toString()));
     child.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
     const timer = setTimeout(() => child.kill("SIGKILL"), opts.timeoutMs ?? 600_000);
-    child.on("close", (code) => { clearTimeout(timer); res({ code: code ?? -1, stdout, stderr }); });
+    child.on("close", (code) => {
+      clearTimeout(timer);
+      res({ code: code ?? -1, stdout, stderr });
+    });
   });
 }
 
@@ -109,7 +123,8 @@ async function waitForFile(path: string, proc: ChildProcess | undefined, timeout
       const text = readFileSync(path, "utf8");
       if (text.length > 0) return text;
     }
-    if (proc && proc.exitCode !== null) throw new Error(`process exited with ${proc.exitCode}: ${existsSync(logFile) ? readFileSync(logFile, "utf8").slice(-2000) : ""}`);
+    if (proc && proc.exitCode !== null)
+      throw new Error(`process exited with ${proc.exitCode}: ${existsSync(logFile) ? readFileSync(logFile, "utf8").slice(-2000) : ""}`);
     await new Promise((r) => setTimeout(r, 50));
   }
   throw new Error(`timed out waiting for ${path}`);
@@ -159,10 +174,18 @@ export class Fleet {
       if (t.secret !== undefined) writeFileSync(this.secretFile(t.id), t.secret, { mode: 0o600 });
       const url = this.urls.get(t.id)!;
       const target: Record<string, unknown> = {
-        id: t.id, labels: t.labels ?? {}, database: url,
+        id: t.id,
+        labels: t.labels ?? {},
+        database: url,
         alembic: {
-          dir: t.alembicDir ?? FIXTURE_DIR, command: ["alembic"], ...(t.ini ? { config: t.ini } : {}),
-          env: { ...(t.noSecret ? {} : { WEBUI_SECRET_KEY: { file: this.secretFile(t.id) } }), ...(t.failAt ? { FIXTURE_FAIL_AT: t.failAt } : {}), ...(t.alembicEnv ?? {}) },
+          dir: t.alembicDir ?? FIXTURE_DIR,
+          command: ["alembic"],
+          ...(t.ini ? { config: t.ini } : {}),
+          env: {
+            ...(t.noSecret ? {} : { WEBUI_SECRET_KEY: { file: this.secretFile(t.id) } }),
+            ...(t.failAt ? { FIXTURE_FAIL_AT: t.failAt } : {}),
+            ...(t.alembicEnv ?? {}),
+          },
         },
         backups: { dir: join(this.dir, "backups", t.id), keep: 5 },
       };
@@ -190,7 +213,9 @@ export class Fleet {
         const appDb = db.startsWith("sqlite:///") ? db.slice("sqlite:///".length) : db;
         const logArg = ["--log", join(this.dir, "run", `${appId}.log`)];
         agentCfg.get(app.agent)!.apps.push({
-          id: appId, target: t.id, ...(app.color ? { color: app.color } : {}),
+          id: appId,
+          target: t.id,
+          ...(app.color ? { color: app.color } : {}),
           start: [process.execPath, APP_CTL, "start", "--db", appDb, "--port", String(port), "--pidfile", pidfile, "--name", appId, ...logArg],
           stop: [process.execPath, APP_CTL, "stop", "--pidfile", pidfile],
           health: `http://127.0.0.1:${port}/health`,
@@ -237,7 +262,24 @@ export class Fleet {
     if (up.code !== 0) throw new Error(`preparing ${t.id}: alembic upgrade ${rev} failed: ${up.stderr.slice(-1500)}`);
     const seed = t.seed ?? { users: 20, chats: 60, msgs: 3 };
     const args = t.kind === "sqlite" ? [url.slice("sqlite:///".length)] : ["--url", url];
-    const s = await run(["/usr/bin/python3", join(FIXTURE_DIR, "seed.py"), ...args, "--users", String(seed.users), "--chats", String(seed.chats), "--msgs-per-chat", String(seed.msgs), "--seed", "7", ...(t.dupEmails ? ["--dup-emails", String(t.dupEmails)] : []), ...(rev === OLD_REVISION ? [] : ["--force"])], { env: { WEBUI_SECRET_KEY: CANARY_SECRET } });
+    const s = await run(
+      [
+        "/usr/bin/python3",
+        join(FIXTURE_DIR, "seed.py"),
+        ...args,
+        "--users",
+        String(seed.users),
+        "--chats",
+        String(seed.chats),
+        "--msgs-per-chat",
+        String(seed.msgs),
+        "--seed",
+        "7",
+        ...(t.dupEmails ? ["--dup-emails", String(t.dupEmails)] : []),
+        ...(rev === OLD_REVISION ? [] : ["--force"]),
+      ],
+      { env: { WEBUI_SECRET_KEY: CANARY_SECRET } },
+    );
     if (s.code !== 0) throw new Error(`seeding ${t.id} failed: ${s.stderr}`);
     this.say(`prepared ${t.id} (${t.kind}) at ${rev}`);
   }
@@ -250,7 +292,8 @@ export class Fleet {
     const out = openSync(a.logFile, "a");
     a.proc = spawn(process.execPath, [join(ROOT, "bin/flotilla-agent.mjs"), "--config", a.configPath, ...(a.port ? ["--listen", `127.0.0.1:${a.port}`] : [])], {
       env: { ...process.env, FLOTILLA_PORT_FILE: portFile, FLOTILLA_LOG_LEVEL: process.env.FLOTILLA_LOG_LEVEL ?? "info", ...(this.spec.agentEnv ?? {}) },
-      stdio: ["ignore", out, out], detached: this.spec.detached === true,
+      stdio: ["ignore", out, out],
+      detached: this.spec.detached === true,
     });
     if (this.spec.detached) a.proc.unref();
     a.port = Number(await waitForFile(portFile, a.proc, 60_000, a.logFile));
@@ -267,17 +310,23 @@ export class Fleet {
       return { name: t.name, role: t.role, file: f };
     });
     this.controllerConfig = join(this.dir, "controller.yaml");
-    writeFileSync(this.controllerConfig, stringify({
-      listen: { grpc: "127.0.0.1:0", http: this.httpPort ? `127.0.0.1:${this.httpPort}` : "127.0.0.1:0" },
-      dataDir, store: extra.store ?? `sqlite:///${join(dataDir, "controller.db")}`,
-      agents: [...this.agents.values()].map((a) => ({ id: a.id, address: `127.0.0.1:${a.port}` })),
-      ...(tokens.length ? { tokens } : {}),
-    }));
+    writeFileSync(
+      this.controllerConfig,
+      stringify({
+        listen: { grpc: "127.0.0.1:0", http: this.httpPort ? `127.0.0.1:${this.httpPort}` : "127.0.0.1:0" },
+        dataDir,
+        store: extra.store ?? `sqlite:///${join(dataDir, "controller.db")}`,
+        agents: [...this.agents.values()].map((a) => ({ id: a.id, address: `127.0.0.1:${a.port}` })),
+        ...(tokens.length ? { tokens } : {}),
+      }),
+    );
     const { openSync } = await import("node:fs");
     const logFile = join(this.dir, "controller.log");
     const out = openSync(logFile, "a");
     this.controllerProc = spawn(process.execPath, [join(ROOT, "bin/flotilla-controller.mjs"), "--config", this.controllerConfig], {
-      env: { ...process.env, FLOTILLA_PORT_FILE: portFile }, stdio: ["ignore", out, out], detached: this.spec.detached === true,
+      env: { ...process.env, FLOTILLA_PORT_FILE: portFile },
+      stdio: ["ignore", out, out],
+      detached: this.spec.detached === true,
     });
     if (this.spec.detached) this.controllerProc.unref();
     const ports = JSON.parse(await waitForFile(portFile, this.controllerProc, 60_000, logFile)) as { http: number; grpc: number };
@@ -312,11 +361,20 @@ export class Fleet {
   /** Runs the real CLI, streaming its output to `sink` as it arrives. */
   cliLive(args: string[], sink: { write(s: string): unknown }): Promise<RunResult> {
     return new Promise((res) => {
-      const child = spawn(process.execPath, [join(ROOT, "bin/flotilla.mjs"), ...args], { env: { ...process.env, FLOTILLA_CONTROLLER: this.controllerUrl }, stdio: ["ignore", "pipe", "pipe"] });
+      const child = spawn(process.execPath, [join(ROOT, "bin/flotilla.mjs"), ...args], {
+        env: { ...process.env, FLOTILLA_CONTROLLER: this.controllerUrl },
+        stdio: ["ignore", "pipe", "pipe"],
+      });
       let stdout = "";
       let stderr = "";
-      child.stdout.on("data", (c: Buffer) => { stdout += c.toString(); sink.write(c.toString()); });
-      child.stderr.on("data", (c: Buffer) => { stderr += c.toString(); sink.write(c.toString()); });
+      child.stdout.on("data", (c: Buffer) => {
+        stdout += c.toString();
+        sink.write(c.toString());
+      });
+      child.stderr.on("data", (c: Buffer) => {
+        stderr += c.toString();
+        sink.write(c.toString());
+      });
       child.on("close", (code) => res({ code: code ?? -1, stdout, stderr }));
     });
   }
@@ -353,7 +411,11 @@ export class Fleet {
     for (const a of this.agents.values()) if (a.proc?.pid) out.push(a.proc.pid);
     if (this.controllerProc?.pid) out.push(this.controllerProc.pid);
     for (const f of this.appPidFiles) {
-      try { out.push(Number(readFileSync(f, "utf8"))); } catch { /* not running */ }
+      try {
+        out.push(Number(readFileSync(f, "utf8")));
+      } catch {
+        /* not running */
+      }
     }
     return out.filter((p) => Number.isInteger(p) && p > 0);
   }
@@ -408,7 +470,11 @@ export async function dumpDatabase(url: string): Promise<string> {
     const Database = (await import("better-sqlite3")).default;
     const db = new Database(url.slice("sqlite:///".length), { readonly: true, fileMustExist: true });
     try {
-      const objs = db.prepare("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name").all() as { type: string; name: string; sql: string | null }[];
+      const objs = db.prepare("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name").all() as {
+        type: string;
+        name: string;
+        sql: string | null;
+      }[];
       for (const o of objs) {
         out.push(`${o.type} ${o.name}: ${o.sql ?? ""}`);
         if (o.type === "table") {
@@ -425,9 +491,12 @@ export async function dumpDatabase(url: string): Promise<string> {
   await c.connect();
   try {
     const cols = await c.query<{ table_name: string; column_name: string; data_type: string }>(
-      "SELECT table_name, column_name, data_type FROM information_schema.columns WHERE table_schema = 'public' ORDER BY table_name, column_name");
+      "SELECT table_name, column_name, data_type FROM information_schema.columns WHERE table_schema = 'public' ORDER BY table_name, column_name",
+    );
     for (const r of cols.rows) out.push(`column ${r.table_name}.${r.column_name} ${r.data_type}`);
-    const idx = await c.query<{ indexname: string; indexdef: string }>("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY indexname");
+    const idx = await c.query<{ indexname: string; indexdef: string }>(
+      "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY indexname",
+    );
     for (const r of idx.rows) out.push(`index ${r.indexname}: ${r.indexdef}`);
     const tables = [...new Set(cols.rows.map((r) => r.table_name))];
     for (const t of tables) {

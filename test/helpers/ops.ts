@@ -23,7 +23,8 @@ export async function collect(stream: AsyncIterable<MessageShape<typeof Operatio
       lines.push(ev.event.value.line);
       onLine?.(ev.event.value.line);
       const p = ev.event.value;
-      if (p.revisionCount > 0) revisionProgress.push({ index: p.revisionIndex, count: p.revisionCount, revision: p.revision, elapsedMs: Number(p.elapsedMs), etaMs: Number(p.etaMs) });
+      if (p.revisionCount > 0)
+        revisionProgress.push({ index: p.revisionIndex, count: p.revisionCount, revision: p.revision, elapsedMs: Number(p.elapsedMs), etaMs: Number(p.etaMs) });
     } else if (ev.event.case === "step") steps.push({ name: ev.event.value.name, state: ev.event.value.state, detail: ev.event.value.detail });
     else if (ev.event.case === "result") result = ev.event.value;
   }

@@ -65,7 +65,9 @@ export function sqliteBackend(prefix: string): StoreBackend {
           if (raw === undefined) {
             const db = new Database(file, { timeout: 5000 });
             raw = db;
-            toClose.push(() => { db.close(); });
+            toClose.push(() => {
+              db.close();
+            });
           }
           const st = raw.prepare(text);
           if (st.reader) return st.all() as Array<Record<string, unknown>>;

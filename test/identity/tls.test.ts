@@ -2,7 +2,16 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { FlotillaError } from "../../services/common/errors.js";
 import {
-  CONTROLLER_SPIFFE_ID, agentSpiffeId, describeNames, expiryWarning, expiryWarnings, hostOf, identityProblem, isLoopbackHost, namesInclude, parseSubjectAltName,
+  CONTROLLER_SPIFFE_ID,
+  agentSpiffeId,
+  describeNames,
+  expiryWarning,
+  expiryWarnings,
+  hostOf,
+  identityProblem,
+  isLoopbackHost,
+  namesInclude,
+  parseSubjectAltName,
 } from "../../services/common/tls.js";
 import { loadAgentConfig } from "../../services/agent/config.js";
 import { loadControllerConfig } from "../../services/controller/config.js";
@@ -23,7 +32,11 @@ test("identities match exactly: URI against URI names, DNS case-insensitively, I
   assert.equal(namesInclude(names, "spiffe://flotilla/agent/ab"), false);
   assert.equal(namesInclude(names, "host-a"), false);
   assert.equal(namesInclude(names, "*.example"), false);
-  assert.equal(namesInclude(parseSubjectAltName("DNS:spiffe://flotilla/controller"), CONTROLLER_SPIFFE_ID), false, "a DNS name that looks like a URI is not the URI");
+  assert.equal(
+    namesInclude(parseSubjectAltName("DNS:spiffe://flotilla/controller"), CONTROLLER_SPIFFE_ID),
+    false,
+    "a DNS name that looks like a URI is not the URI",
+  );
   assert.equal(identityProblem("spiffe://flotilla/controller"), undefined);
   assert.equal(identityProblem("ctl.internal"), undefined);
   assert.match(identityProblem("bad name;rm") ?? "", /neither a URI/);
@@ -63,10 +76,19 @@ test("agent config: tls.allow defaults to the controller's SPIFFE id; registrati
   const withTls = agent(AGENT("https://ctl.internal:7441", "tls: { cert: /c.pem, key: /k.pem, ca: /ca.pem }"));
   assert.deepEqual(withTls.tls?.allow, [CONTROLLER_SPIFFE_ID]);
   assert.equal(withTls.controller?.ca, "/ca.pem");
-  assert.deepEqual(agent(AGENT("https://ctl.internal:7441", "tls: { cert: /c.pem, key: /k.pem, ca: /ca.pem, allow: [ctl.internal, 'spiffe://x/y'] }")).tls?.allow, ["ctl.internal", "spiffe://x/y"]);
+  assert.deepEqual(
+    agent(AGENT("https://ctl.internal:7441", "tls: { cert: /c.pem, key: /k.pem, ca: /ca.pem, allow: [ctl.internal, 'spiffe://x/y'] }")).tls?.allow,
+    ["ctl.internal", "spiffe://x/y"],
+  );
   assert.equal(agent(AGENT("http://127.0.0.1:7441")).controller?.address, "http://127.0.0.1:7441");
-  assert.throws(() => agent(AGENT("http://ctl.internal:7441")), (err: FlotillaError) => err.code === "CONFIG_INVALID" && /controller\.address.*plain HTTP.*https:\/\//.test(err.message));
-  assert.throws(() => agent(AGENT("https://ctl.internal:7441", "tls: { cert: /c.pem, key: /k.pem, ca: /ca.pem, allow: [] }")), /tls\.allow: must be a non-empty list/);
+  assert.throws(
+    () => agent(AGENT("http://ctl.internal:7441")),
+    (err: FlotillaError) => err.code === "CONFIG_INVALID" && /controller\.address.*plain HTTP.*https:\/\//.test(err.message),
+  );
+  assert.throws(
+    () => agent(AGENT("https://ctl.internal:7441", "tls: { cert: /c.pem, key: /k.pem, ca: /ca.pem, allow: [] }")),
+    /tls\.allow: must be a non-empty list/,
+  );
   assert.throws(() => agent(AGENT("https://ctl.internal:7441", "tls: { cert: /c.pem, key: /k.pem, ca: /ca.pem, allow: ['a b'] }")), /tls\.allow\[0\]/);
 });
 
@@ -79,6 +101,12 @@ agents:
 `;
   const c = loadControllerConfig({ argv: ["--config", "/c.yaml"], env: {}, readFile: () => yaml });
   assert.deepEqual(c.httpTls, { cert: "/h.pem", key: "/h-key.pem" });
-  assert.deepEqual(c.agents.map((a) => a.identity ?? ""), ["spiffe://flotilla/agent/a", ""]);
-  assert.throws(() => loadControllerConfig({ argv: ["--config", "/c.yaml"], env: {}, readFile: () => `agents: [{ id: a, address: "h:1", identity: "not valid;x" }]` }), /agents\[0\]\.identity/);
+  assert.deepEqual(
+    c.agents.map((a) => a.identity ?? ""),
+    ["spiffe://flotilla/agent/a", ""],
+  );
+  assert.throws(
+    () => loadControllerConfig({ argv: ["--config", "/c.yaml"], env: {}, readFile: () => `agents: [{ id: a, address: "h:1", identity: "not valid;x" }]` }),
+    /agents\[0\]\.identity/,
+  );
 });

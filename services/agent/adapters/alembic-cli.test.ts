@@ -15,8 +15,15 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../.
 const FIXTURE = path.join(ROOT, "test/fixtures/webui");
 const SECRET = "fixture-secret-7f3a9c";
 const REV = {
-  r1: "a1f0c0de0001", r2: "b2e1d0c0ffee", r3: "c3d2e1f00d42", r4: "d4c3b2a1e5f6",
-  r5: "e5f4a3b2c1d0", r6: "f6a5b4c3d2e1", r7: "0a7b8c9d0e1f", r8: "1b8c9d0e1f2a", branch: "9c9c9c9c9c9c",
+  r1: "a1f0c0de0001",
+  r2: "b2e1d0c0ffee",
+  r3: "c3d2e1f00d42",
+  r4: "d4c3b2a1e5f6",
+  r5: "e5f4a3b2c1d0",
+  r6: "f6a5b4c3d2e1",
+  r7: "0a7b8c9d0e1f",
+  r8: "1b8c9d0e1f2a",
+  branch: "9c9c9c9c9c9c",
 } as const;
 
 /** The real runner, counting and recording every process it starts. */
@@ -104,9 +111,22 @@ describe("AlembicCli against the real fixture", () => {
     writeFileSync(
       path.join(dir, "migrations/versions/2c9d0e1f2a3b_extra.py"),
       [
-        '"""Extra revision added by the test', "", "Revision ID: 2c9d0e1f2a3b", `Revises: ${REV.r8}`, '"""',
-        'revision = "2c9d0e1f2a3b"', `down_revision = "${REV.r8}"`, "branch_labels = None", "depends_on = None", "",
-        "def upgrade():", "    pass", "", "def downgrade():", "    pass", "",
+        '"""Extra revision added by the test',
+        "",
+        "Revision ID: 2c9d0e1f2a3b",
+        `Revises: ${REV.r8}`,
+        '"""',
+        'revision = "2c9d0e1f2a3b"',
+        `down_revision = "${REV.r8}"`,
+        "branch_labels = None",
+        "depends_on = None",
+        "",
+        "def upgrade():",
+        "    pass",
+        "",
+        "def downgrade():",
+        "    pass",
+        "",
       ].join("\n"),
     );
     const afterAdd = await cli.graph();
@@ -141,7 +161,10 @@ describe("AlembicCli against the real fixture", () => {
       assert.equal(seen.secret, "***", "the secret value is redacted from captured output");
       assert.ok(!r.stdout.includes(SECRET));
       assert.deepEqual(runner.runs[0]!.env, {
-        WEBUI_SECRET_KEY: SECRET, PYTHONPATH: ".", PGOPTIONS: "-c lock_timeout=5000", DATABASE_URL: t.databaseUrl,
+        WEBUI_SECRET_KEY: SECRET,
+        PYTHONPATH: ".",
+        PGOPTIONS: "-c lock_timeout=5000",
+        DATABASE_URL: t.databaseUrl,
       });
       assert.ok(!runner.runs[0]!.argv.some((a) => a.includes(SECRET)));
     } finally {
@@ -155,14 +178,23 @@ describe("AlembicCli against the real fixture", () => {
     assert.equal(fresh.ok, true);
     assert.deepEqual(fresh.revisions, []);
     const streamed: string[] = [];
-    const r = await cli.upgrade(REV.r3, { onLine: (line, stream) => { if (stream === "stderr") streamed.push(line); } });
+    const r = await cli.upgrade(REV.r3, {
+      onLine: (line, stream) => {
+        if (stream === "stderr") streamed.push(line);
+      },
+    });
     assert.equal(r.ok, true, r.stderr);
     assert.equal(r.exitCode, 0);
     assert.equal(r.failure, undefined);
     assert.equal(streamed.filter((l) => l.includes("Running upgrade")).length, 3);
-    assert.deepEqual(r.steps.map((s) => [s.direction, s.from.join(","), s.to]), [
-      ["upgrade", "", REV.r1], ["upgrade", REV.r1, REV.r2], ["upgrade", REV.r2, REV.r3],
-    ]);
+    assert.deepEqual(
+      r.steps.map((s) => [s.direction, s.from.join(","), s.to]),
+      [
+        ["upgrade", "", REV.r1],
+        ["upgrade", REV.r1, REV.r2],
+        ["upgrade", REV.r2, REV.r3],
+      ],
+    );
     assert.deepEqual(r.argv, ["alembic", "upgrade", REV.r3]);
     const cur = await cli.current();
     assert.deepEqual(cur.revisions, [REV.r3]);
@@ -170,9 +202,15 @@ describe("AlembicCli against the real fixture", () => {
     const down = await cli.downgrade("b2e1");
     assert.equal(down.ok, true, down.stderr);
     assert.deepEqual(down.argv, ["alembic", "downgrade", REV.r2]);
-    assert.deepEqual(down.steps.map((s) => [s.direction, s.to]), [["downgrade", REV.r2]]);
+    assert.deepEqual(
+      down.steps.map((s) => [s.direction, s.to]),
+      [["downgrade", REV.r2]],
+    );
     const st = await cli.stamp("base");
-    assert.deepEqual(st.steps.map((s) => [s.direction, s.from.join(","), s.to]), [["stamp", REV.r2, "base"]]);
+    assert.deepEqual(
+      st.steps.map((s) => [s.direction, s.from.join(","), s.to]),
+      [["stamp", REV.r2, "base"]],
+    );
     assert.deepEqual((await cli.current()).revisions, []);
   });
 
@@ -246,7 +284,10 @@ describe("AlembicCli against the real fixture", () => {
     assert.deepEqual(r.argv, ["alembic", "upgrade", `${REV.r3}:${REV.r5}`, "--sql"]);
     assert.match(r.stdout, /ALTER TABLE chat ADD COLUMN pinned BOOLEAN;/);
     assert.match(r.stdout, /CREATE INDEX message_chat_created_idx ON message \(chat_id, created_at\);/);
-    assert.deepEqual(r.steps.map((s) => s.to), [REV.r4, REV.r5]);
+    assert.deepEqual(
+      r.steps.map((s) => s.to),
+      [REV.r4, REV.r5],
+    );
     assert.equal(existsSync(dbPath(t.databaseUrl)), false, "offline mode never touches the database");
     const head = await cli.offlineSql(null, "head");
     assert.equal(head.exitCode, 255);
@@ -293,7 +334,10 @@ describe("AlembicCli against the real fixture", () => {
     assert.match(e.message, /not allowed: use 'head', 'heads', a revision id/);
     // Well-formed but unknown: only `alembic history` runs, never the upgrade.
     await rejects(cli.upgrade("deadbeef0000"), "UNKNOWN_REVISION");
-    assert.deepEqual(runner.runs.map((r) => r.argv.at(-1)), ["history"]);
+    assert.deepEqual(
+      runner.runs.map((r) => r.argv.at(-1)),
+      ["history"],
+    );
   });
 
   it("timeout and cancel of a long data migration are classified", async () => {
@@ -321,10 +365,15 @@ describe("AlembicCli against the real fixture", () => {
     const cancelled = await cli2.upgrade(REV.r4, {
       extraEnv: slow,
       signal: ac.signal,
-      onLine: (line) => { if (line.includes("backfill: 0/1 rows")) ac.abort(); },
+      onLine: (line) => {
+        if (line.includes("backfill: 0/1 rows")) ac.abort();
+      },
     });
     assert.equal(cancelled.failure?.kind, "killed");
-    assert.deepEqual(cancelled.steps.map((s) => s.to), [REV.r4]);
+    assert.deepEqual(
+      cancelled.steps.map((s) => s.to),
+      [REV.r4],
+    );
   });
 });
 

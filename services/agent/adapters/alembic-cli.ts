@@ -246,10 +246,7 @@ export class AlembicCli implements AlembicPort {
     return id;
   }
 
-  private async exec(
-    args: readonly string[],
-    opts: RunOpts & { timeoutMs: number; maxOutputBytes?: number; noConfig?: boolean },
-  ): Promise<AlembicResult> {
+  private async exec(args: readonly string[], opts: RunOpts & { timeoutMs: number; maxOutputBytes?: number; noConfig?: boolean }): Promise<AlembicResult> {
     const extra = opts.extraEnv ?? {};
     for (const [k, v] of Object.entries(extra)) {
       if (!ENV_NAME.test(k) || v.includes("\0")) {
@@ -349,11 +346,7 @@ async function listFiles(dir: string, recursive: boolean, prefix = ""): Promise<
  * comments, keys lower-cased, `%(name)s` interpolation from the section,
  * [DEFAULT] and `vars`). Null when the section is absent.
  */
-export function parseIniSection(
-  text: string,
-  name: string,
-  vars: Readonly<Record<string, string>> = {},
-): Map<string, string> | null {
+export function parseIniSection(text: string, name: string, vars: Readonly<Record<string, string>> = {}): Map<string, string> | null {
   const sections = new Map<string, Map<string, string>>();
   let current: Map<string, string> | null = null;
   let lastKey: string | null = null;

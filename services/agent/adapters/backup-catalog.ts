@@ -18,7 +18,11 @@ export function assertBackupId(id: string): void {
 
 async function fsyncPath(path: string): Promise<void> {
   const fh = await open(path, "r");
-  try { await fh.sync(); } finally { await fh.close(); }
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
 }
 
 /**
@@ -27,7 +31,11 @@ async function fsyncPath(path: string): Promise<void> {
  * rename, so no partial file ever carries a final name.
  */
 export class BackupCatalog implements BackupCatalogPort {
-  constructor(private readonly dir: string, private readonly targetId: string, private readonly kind: DatabaseKind) {}
+  constructor(
+    private readonly dir: string,
+    private readonly targetId: string,
+    private readonly kind: DatabaseKind,
+  ) {}
 
   /**
    * Creates the folder and removes what a crash or a full disk left behind:
@@ -56,7 +64,9 @@ export class BackupCatalog implements BackupCatalogPort {
     assertBackupId(id);
     const names = await readdir(this.dir).catch(() => [] as string[]);
     const artifact = this.artifactPath(id);
-    const mine = names.filter((n) => n.startsWith(`${id}.`) && (n.includes(".tmp-") || join(this.dir, n) === artifact || n === `${id}.json` || n === `${id}.files`));
+    const mine = names.filter(
+      (n) => n.startsWith(`${id}.`) && (n.includes(".tmp-") || join(this.dir, n) === artifact || n === `${id}.json` || n === `${id}.files`),
+    );
     // The manifest goes first: a folder never shows a manifest whose artifact is gone.
     mine.sort((a, b) => Number(b === `${id}.json`) - Number(a === `${id}.json`));
     for (const n of mine) await rm(join(this.dir, n), { recursive: true, force: true }).catch(() => undefined);
@@ -65,7 +75,10 @@ export class BackupCatalog implements BackupCatalogPort {
 
   /** A fresh id and the artifact path it will use. */
   newBackup(): { id: string; path: string } {
-    const stamp = new Date().toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z");
+    const stamp = new Date()
+      .toISOString()
+      .replace(/[-:]/g, "")
+      .replace(/\.\d+Z$/, "Z");
     const id = `${this.targetId}-${stamp}-${randomBytes(3).toString("hex")}`;
     return { id, path: this.artifactPath(id) };
   }

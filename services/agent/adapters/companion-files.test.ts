@@ -6,7 +6,14 @@ import { mkdtempSync, mkdirSync, writeFileSync, readFileSync, readdirSync, lstat
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Database from "better-sqlite3";
-import { companionsChanged, repairInterruptedRestore, restoreCompanions, snapshotCompanions, verifyCompanions, type CompanionEntry } from "./companion-files.js";
+import {
+  companionsChanged,
+  repairInterruptedRestore,
+  restoreCompanions,
+  snapshotCompanions,
+  verifyCompanions,
+  type CompanionEntry,
+} from "./companion-files.js";
 
 const root = mkdtempSync(join(tmpdir(), "flotilla-companions-"));
 after(() => rmSync(root, { recursive: true, force: true }));
@@ -20,8 +27,13 @@ function tree(dir: string): Record<string, string> {
       const r = rel ? join(rel, name) : name;
       const st = lstatSync(join(dir, r));
       if (st.isSymbolicLink()) out[r] = `->${readlinkSync(join(dir, r))}`;
-      else if (st.isDirectory()) { out[`${r}/`] = "dir"; visit(r); }
-      else out[r] = createHash("sha256").update(readFileSync(join(dir, r))).digest("hex");
+      else if (st.isDirectory()) {
+        out[`${r}/`] = "dir";
+        visit(r);
+      } else
+        out[r] = createHash("sha256")
+          .update(readFileSync(join(dir, r)))
+          .digest("hex");
     }
   };
   visit("");
@@ -35,7 +47,10 @@ function uniqueBytes(dirs: string[]): number {
   const visit = (p: string): void => {
     const st = lstatSync(p, { bigint: true });
     const key = `${st.dev}:${st.ino}`;
-    if (!seen.has(key)) { seen.add(key); bytes += Number(st.blocks) * 512; }
+    if (!seen.has(key)) {
+      seen.add(key);
+      bytes += Number(st.blocks) * 512;
+    }
     if (st.isDirectory()) for (const n of readdirSync(p)) visit(join(p, n));
   };
   for (const d of dirs) visit(d);
@@ -100,11 +115,24 @@ test("restore puts a folder, a SQLite companion and a key file back exactly; a c
   // The WAL database is open and holds uncheckpointed rows: VACUUM INTO still takes them.
   const snap = await snapshotCompanions({ include: [uploads, vector, keyFile, join(data, "absent")], destDir, exclude: [], onProgress: quiet });
   chroma.close();
-  assert.deepEqual(snap.entries.map((e) => e.type), ["dir", "dir", "file", "missing"]);
+  assert.deepEqual(
+    snap.entries.map((e) => e.type),
+    ["dir", "dir", "file", "missing"],
+  );
   const vectorFiles = snap.entries[1]!.files.filter((f) => f.type !== "dir");
-  assert.deepEqual(vectorFiles.map((f) => [f.path, f.type]), [["chroma.sqlite3", "sqlite"]], "the -wal/-shm are not copied; the SQLite file is");
+  assert.deepEqual(
+    vectorFiles.map((f) => [f.path, f.type]),
+    [["chroma.sqlite3", "sqlite"]],
+    "the -wal/-shm are not copied; the SQLite file is",
+  );
   assert.equal((await verifyCompanions(destDir, snap.entries, { full: true })).ok, true);
-  assert.equal(await companionsChanged(snap.entries.filter((e) => e.type !== "dir" || e.source === uploads), []), false);
+  assert.equal(
+    await companionsChanged(
+      snap.entries.filter((e) => e.type !== "dir" || e.source === uploads),
+      [],
+    ),
+    false,
+  );
 
   // The app changes everything after the backup.
   writeFileSync(join(uploads, "a.txt"), "overwritten\n");
@@ -127,9 +155,16 @@ test("restore puts a folder, a SQLite companion and a key file back exactly; a c
   assert.equal(v.ok, false);
   assert.match(v.detail, /nested\/b\.bin: sha256 .* differs/);
   const liveBefore = tree(uploads);
-  await assert.rejects(restoreCompanions(destDir, snap.entries, quiet), (err: Error & { code?: string }) => err.code === "RESTORE_FAILED" && /does not match its manifest/.test(err.message));
+  await assert.rejects(
+    restoreCompanions(destDir, snap.entries, quiet),
+    (err: Error & { code?: string }) => err.code === "RESTORE_FAILED" && /does not match its manifest/.test(err.message),
+  );
   assert.deepEqual(tree(uploads), liveBefore, "a failed restore leaves the live files as they were");
-  assert.deepEqual(readdirSync(data).filter((n) => n.includes(".restore-")), [], "staging removed");
+  assert.deepEqual(
+    readdirSync(data).filter((n) => n.includes(".restore-")),
+    [],
+    "staging removed",
+  );
   writeFileSync(stored, good);
 
   await restoreCompanions(destDir, snap.entries, quiet);
@@ -140,7 +175,10 @@ test("restore puts a folder, a SQLite companion and a key file back exactly; a c
   const r = new Database(join(vector, "chroma.sqlite3"), { readonly: true });
   assert.deepEqual(r.prepare("SELECT v FROM embeddings ORDER BY id").pluck().all(), ["one", "two"]);
   r.close();
-  assert.deepEqual(readdirSync(data).filter((n) => n.includes(".restore-") || n.includes(".old-")), []);
+  assert.deepEqual(
+    readdirSync(data).filter((n) => n.includes(".restore-") || n.includes(".old-")),
+    [],
+  );
 });
 
 test("an unchanged SQLite companion is shared with the previous backup", async () => {
@@ -151,7 +189,13 @@ test("an unchanged SQLite companion is shared with the previous backup", async (
   db.exec("CREATE TABLE t (x TEXT); INSERT INTO t VALUES ('a')");
   db.close();
   const one = await snapshotCompanions({ include: [file], destDir: join(base, "one.files"), exclude: [], onProgress: quiet });
-  const two = await snapshotCompanions({ include: [file], destDir: join(base, "two.files"), exclude: [], onProgress: quiet, previous: { dir: join(base, "one.files"), entries: one.entries } });
+  const two = await snapshotCompanions({
+    include: [file],
+    destDir: join(base, "two.files"),
+    exclude: [],
+    onProgress: quiet,
+    previous: { dir: join(base, "one.files"), entries: one.entries },
+  });
   assert.equal(two.linkedFiles, 1);
   assert.equal(lstatSync(join(base, "two.files", "0")).ino, lstatSync(join(base, "one.files", "0")).ino);
 });

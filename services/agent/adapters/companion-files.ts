@@ -128,7 +128,11 @@ async function copyHashing(src: string, dest: string, mode: number, signal?: Abo
 
 async function fsyncDir(dir: string): Promise<void> {
   const fh = await fsp.open(dir, "r");
-  try { await fh.sync(); } finally { await fh.close(); }
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
 }
 
 /** Files of a folder, parents before children, sorted; SQLite side files of a SQLite file skipped. */
@@ -239,7 +243,11 @@ export async function snapshotCompanions(o: SnapshotOptions): Promise<CompanionS
         files.push({ path: rel, type: "file", size: c.size, sha256: c.sha256, mode, quick });
         if (newBytes - lastReport >= 64 * 1024 * 1024) {
           lastReport = newBytes;
-          o.onProgress({ source: "backup", line: `companion files: ${Math.round(newBytes / 1e6)} MB copied, ${linkedFiles} file(s) shared with the previous backup`, bytesDone: newBytes });
+          o.onProgress({
+            source: "backup",
+            line: `companion files: ${Math.round(newBytes / 1e6)} MB copied, ${linkedFiles} file(s) shared with the previous backup`,
+            bytesDone: newBytes,
+          });
         }
       };
       if (st.isDirectory()) {
@@ -265,7 +273,11 @@ export async function snapshotCompanions(o: SnapshotOptions): Promise<CompanionS
           await fsp.mkdir(path.join(root, f.rel), { mode: 0o700 });
           files.push({ path: f.rel, type: "dir", size: 0, sha256: "", mode: Number(f.st.mode) });
         }
-        await eachLimited(taken.filter((x) => !x.st.isDirectory()), 8, (f) => takeFile(f.abs, f.rel, f.st, path.join(root, f.rel), sqliteFiles.has(f.abs)));
+        await eachLimited(
+          taken.filter((x) => !x.st.isDirectory()),
+          8,
+          (f) => takeFile(f.abs, f.rel, f.st, path.join(root, f.rel), sqliteFiles.has(f.abs)),
+        );
         files.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
         entries.push({ source, type: "dir", stored, files });
       } else if (st.isFile()) {
@@ -283,7 +295,10 @@ export async function snapshotCompanions(o: SnapshotOptions): Promise<CompanionS
     const e = err as NodeJS.ErrnoException;
     throw new FlotillaError("BACKUP_FAILED", `companion files backup failed${e.code === "ENOSPC" ? " (disk full)" : ""}: ${e.message}`, { cause: err });
   }
-  o.onProgress({ source: "backup", line: `companion files: ${entries.length} path(s), ${copiedFiles} file(s) copied (${Math.round(newBytes / 1e6)} MB), ${linkedFiles} shared with the previous backup` });
+  o.onProgress({
+    source: "backup",
+    line: `companion files: ${entries.length} path(s), ${copiedFiles} file(s) copied (${Math.round(newBytes / 1e6)} MB), ${linkedFiles} shared with the previous backup`,
+  });
   return { entries, bytes, newBytes, copiedFiles, linkedFiles };
 }
 
@@ -319,7 +334,11 @@ async function linkOver(prev: string, dest: string, size: number): Promise<boole
  * checked by size (they were hashed when first written; a full verify
  * re-hashes them). Never throws for a bad file: ok=false with the reasons.
  */
-export async function verifyCompanions(dir: string, entries: readonly CompanionEntry[], opts: { full: boolean; signal?: AbortSignal }): Promise<{ ok: boolean; detail: string }> {
+export async function verifyCompanions(
+  dir: string,
+  entries: readonly CompanionEntry[],
+  opts: { full: boolean; signal?: AbortSignal },
+): Promise<{ ok: boolean; detail: string }> {
   const problems: string[] = [];
   let hashed = 0;
   let shared = 0;
@@ -353,7 +372,10 @@ export async function verifyCompanions(dir: string, entries: readonly CompanionE
     const shown = problems.slice(0, 5).join("; ");
     return { ok: false, detail: `companion files: ${problems.length} problem(s): ${shown}${problems.length > 5 ? "; …" : ""}` };
   }
-  return { ok: true, detail: `companion files: ${hashed} sha256 match${shared > 0 ? `, ${shared} shared with an earlier verified backup (size checked)` : ""}` };
+  return {
+    ok: true,
+    detail: `companion files: ${hashed} sha256 match${shared > 0 ? `, ${shared} shared with an earlier verified backup (size checked)` : ""}`,
+  };
 }
 
 /**
@@ -384,7 +406,10 @@ export async function restoreCompanions(dir: string, entries: readonly Companion
         }
         const c = await copyHashing(from, to, f.mode, signal);
         if (c.sha256 !== f.sha256 || c.size !== f.size) {
-          throw new FlotillaError("RESTORE_FAILED", `companion ${e.type === "file" ? e.source : path.join(e.source, f.path)} in the backup does not match its manifest (sha256 ${c.sha256.slice(0, 12)}…, want ${f.sha256.slice(0, 12)}…): nothing was restored`);
+          throw new FlotillaError(
+            "RESTORE_FAILED",
+            `companion ${e.type === "file" ? e.source : path.join(e.source, f.path)} in the backup does not match its manifest (sha256 ${c.sha256.slice(0, 12)}…, want ${f.sha256.slice(0, 12)}…): nothing was restored`,
+          );
         }
       };
       if (e.type === "file") {
@@ -412,7 +437,10 @@ export async function restoreCompanions(dir: string, entries: readonly Companion
       }
       await fsyncDir(path.dirname(e.source));
       await fsp.rm(aside, { recursive: true, force: true });
-      onProgress({ source: "backup", line: `restore: companion ${e.source} ${e.type === "missing" ? "removed (it did not exist at backup time)" : "restored"}` });
+      onProgress({
+        source: "backup",
+        line: `restore: companion ${e.source} ${e.type === "missing" ? "removed (it did not exist at backup time)" : "restored"}`,
+      });
     }
   } catch (err) {
     for (const s of staged) if (s.path) await fsp.rm(s.path, { recursive: true, force: true }).catch(() => undefined);

@@ -30,7 +30,11 @@ export async function killOrphans(operationIds: readonly string[]): Promise<numb
     try {
       process.kill(-pid, "SIGKILL");
     } catch {
-      try { process.kill(pid, "SIGKILL"); } catch { /* already gone */ }
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {
+        /* already gone */
+      }
     }
     killed.push(pid);
   }

@@ -120,23 +120,36 @@ describe("pgpass", () => {
     const base = await mkdtemp(join(tmpdir(), "pgpass-test-"));
     try {
       let seen: string | undefined;
-      const result = await withPgpassFile("webui", CANARY, async (env) => {
-        seen = env.PGPASSFILE;
-        assert.ok(seen !== undefined && seen.startsWith(base));
-        assert.equal(statSync(seen).mode & 0o777, 0o600);
-        assert.equal(statSync(dirname(seen)).mode & 0o777, 0o700);
-        assert.equal(readFileSync(seen, "utf8"), "*:*:*:webui:canary-Pw-9f3k@\\:x\n");
-        assert.deepEqual(Object.keys(env), ["PGPASSFILE"]);
-        return 42;
-      }, base);
+      const result = await withPgpassFile(
+        "webui",
+        CANARY,
+        async (env) => {
+          seen = env.PGPASSFILE;
+          assert.ok(seen !== undefined && seen.startsWith(base));
+          assert.equal(statSync(seen).mode & 0o777, 0o600);
+          assert.equal(statSync(dirname(seen)).mode & 0o777, 0o700);
+          assert.equal(readFileSync(seen, "utf8"), "*:*:*:webui:canary-Pw-9f3k@\\:x\n");
+          assert.deepEqual(Object.keys(env), ["PGPASSFILE"]);
+          return 42;
+        },
+        base,
+      );
       assert.equal(result, 42);
       assert.ok(seen !== undefined && !existsSync(seen) && !existsSync(dirname(seen)));
 
       // Deleted also when the run throws.
-      await assert.rejects(withPgpassFile("webui", CANARY, async (env) => {
-        seen = env.PGPASSFILE;
-        throw new Error("child failed");
-      }, base), /child failed/);
+      await assert.rejects(
+        withPgpassFile(
+          "webui",
+          CANARY,
+          async (env) => {
+            seen = env.PGPASSFILE;
+            throw new Error("child failed");
+          },
+          base,
+        ),
+        /child failed/,
+      );
       assert.ok(!existsSync(dirname(seen)));
     } finally {
       await rm(base, { recursive: true, force: true });

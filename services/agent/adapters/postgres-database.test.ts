@@ -136,8 +136,9 @@ describe("PostgresDatabase (real PostgreSQL)", () => {
     admin(async (c) => (await c.query<{ oid: number }>("SELECT oid::int AS oid FROM pg_database WHERE datname = $1", [name])).rows[0]?.oid);
   const leftovers = (): Promise<string[]> =>
     admin(async (c) =>
-      (await c.query<{ datname: string }>("SELECT datname FROM pg_database WHERE starts_with(datname, $1) AND datname LIKE '%flotilla%'", [dbName]))
-        .rows.map((r) => r.datname),
+      (await c.query<{ datname: string }>("SELECT datname FROM pg_database WHERE starts_with(datname, $1) AND datname LIKE '%flotilla%'", [dbName])).rows.map(
+        (r) => r.datname,
+      ),
     );
 
   before(async () => {
@@ -204,7 +205,9 @@ describe("PostgresDatabase (real PostgreSQL)", () => {
 
   it("readRevisions() is null without alembic_version and lists the rows with it", async () => {
     assert.equal(await db.readRevisions(), null);
-    await asRole((c) => c.query("CREATE TABLE alembic_version (version_num varchar(32) NOT NULL PRIMARY KEY); INSERT INTO alembic_version VALUES ('1b8c9d0e1f2a')"));
+    await asRole((c) =>
+      c.query("CREATE TABLE alembic_version (version_num varchar(32) NOT NULL PRIMARY KEY); INSERT INTO alembic_version VALUES ('1b8c9d0e1f2a')"),
+    );
     assert.deepEqual(await db.readRevisions(), ["1b8c9d0e1f2a"]);
   });
 
@@ -282,11 +285,18 @@ describe("PostgresDatabase (real PostgreSQL)", () => {
     assert.equal(await admin(async (c) => (await c.query("SELECT 1 FROM pg_extension WHERE extname = 'amcheck'")).rowCount, dbName), 0);
     await admin((c) => c.query("CREATE EXTENSION amcheck"), dbName);
     try {
-      const btrees = await admin(async (c) =>
-        Number((await c.query<{ n: string }>(
-          `SELECT count(*)::text AS n FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam
+      const btrees = await admin(
+        async (c) =>
+          Number(
+            (
+              await c.query<{ n: string }>(
+                `SELECT count(*)::text AS n FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam
             WHERE c.relnamespace = 'public'::regnamespace AND am.amname = 'btree'`,
-        )).rows[0]?.n), dbName);
+              )
+            ).rows[0]?.n,
+          ),
+        dbName,
+      );
       const asSuperuser = new PostgresDatabase({ url: testDb.url, runner, scratchDir: workDir });
       const r = await asSuperuser.integrityCheck();
       assert.equal(r.ok, true, r.detail);
@@ -325,7 +335,10 @@ describe("PostgresDatabase (real PostgreSQL)", () => {
     assert.ok(argv.includes("-Fc") && argv.includes("-Z1") && argv.some((a) => a.startsWith("--snapshot=")), argv.join(" "));
     // The proof: pg_restore read the archive on its stdin while pg_dump wrote it, then --list read the final TOC.
     assert.equal(firstBackup.proof?.ok, true, firstBackup.proof?.detail);
-    assert.equal(firstBackup.proof?.detail, "sha256 of the finished file recorded; full read ok (pg_restore -f /dev/null, while it was written); table of contents ok (pg_restore --list)");
+    assert.equal(
+      firstBackup.proof?.detail,
+      "sha256 of the finished file recorded; full read ok (pg_restore -f /dev/null, while it was written); table of contents ok (pg_restore --list)",
+    );
     const streamed = runner.calls.filter((c) => c.argv[0] === "pg_restore" && c.input !== undefined);
     assert.deepEqual(streamed.at(-1)?.argv, ["pg_restore", "--file=/dev/null"]);
   });
@@ -334,18 +347,26 @@ describe("PostgresDatabase (real PostgreSQL)", () => {
     const dir = join(workDir, "backups");
     // The streamed reader gets nothing (it stands for a stream that broke): the finished file is read in full instead.
     const brokenStream: ProcessRunner = {
-      run: (o) => runner.run(o.input !== undefined ? { ...o, argv: ["pg_restore", "--file=/dev/null", "/nonexistent.dump"], input: (async function* () {})() } : o),
+      run: (o) =>
+        runner.run(o.input !== undefined ? { ...o, argv: ["pg_restore", "--file=/dev/null", "/nonexistent.dump"], input: (async function* () {})() } : o),
     };
     const fallback = new PostgresDatabase({ url: roleUrl, password: CANARY, runner: brokenStream, scratchDir: join(workDir, "scratch") });
     const lines: string[] = [];
     const a = await fallback.backup(join(dir, "fallback.dump"), (p) => lines.push(p.line));
-    assert.ok(lines.some((l) => /streamed read did not pass; reading the finished archive in full/.test(l)), lines.join("\n"));
+    assert.ok(
+      lines.some((l) => /streamed read did not pass; reading the finished archive in full/.test(l)),
+      lines.join("\n"),
+    );
     assert.equal(a.proof?.ok, true, a.proof?.detail);
     assert.match(a.proof?.detail ?? "", /full read ok \(pg_restore -f \/dev\/null\); table of contents ok/);
     // Every full read fails (as a damaged archive would): the proof says so, and the backup is not called verified.
     const noRead: ProcessRunner = {
-      run: (o) => runner.run(o.argv[0] === "pg_restore" && o.argv.includes("--file=/dev/null") && !o.argv.includes("--list")
-        ? { ...o, argv: ["pg_restore", "--file=/dev/null", "/nonexistent.dump"], input: (async function* () {})() } : o),
+      run: (o) =>
+        runner.run(
+          o.argv[0] === "pg_restore" && o.argv.includes("--file=/dev/null") && !o.argv.includes("--list")
+            ? { ...o, argv: ["pg_restore", "--file=/dev/null", "/nonexistent.dump"], input: (async function* () {})() }
+            : o,
+        ),
     };
     const failing = new PostgresDatabase({ url: roleUrl, password: CANARY, runner: noRead, scratchDir: join(workDir, "scratch") });
     const bad = await failing.backup(join(dir, "unread.dump"), () => undefined);
@@ -389,10 +410,15 @@ describe("PostgresDatabase (real PostgreSQL)", () => {
 
       // pg_dump is past its snapshot import and waiting for the lock: rows committed now must be in neither the counts nor the dump.
       await waitFor("pg_dump waiting for the lock", () =>
-        admin(async (c) => ((await c.query(
-          "SELECT 1 FROM pg_stat_activity WHERE datname = $1 AND application_name = 'flotilla-agent pg_dump' AND wait_event_type = 'Lock'",
-          [dbName],
-        )).rowCount ? true : undefined)),
+        admin(async (c) =>
+          (
+            await c.query("SELECT 1 FROM pg_stat_activity WHERE datname = $1 AND application_name = 'flotilla-agent pg_dump' AND wait_event_type = 'Lock'", [
+              dbName,
+            ])
+          ).rowCount
+            ? true
+            : undefined,
+        ),
       );
       await writer.query("INSERT INTO \"user\" (email, name) SELECT 'late' || g || '@example.org', 'late' FROM generate_series(1, 7) g");
       await locker.query("COMMIT");
@@ -528,7 +554,9 @@ describe("PostgresDatabase (real PostgreSQL)", () => {
     assert.ok(!(await db.listTables()).includes("stray"));
     assert.deepEqual(await leftovers(), []);
     // The restored database belongs to the restoring role, like the original.
-    const owner = await admin(async (c) => (await c.query<{ o: string }>("SELECT pg_get_userbyid(datdba) AS o FROM pg_database WHERE datname = $1", [dbName])).rows[0]?.o);
+    const owner = await admin(
+      async (c) => (await c.query<{ o: string }>("SELECT pg_get_userbyid(datdba) AS o FROM pg_database WHERE datname = $1", [dbName])).rows[0]?.o,
+    );
     assert.equal(owner, role);
   });
 
@@ -555,7 +583,10 @@ describe("PostgresDatabase (real PostgreSQL)", () => {
     assert.equal((await target.tableCounts()).chat, 100);
     await expectError(db.cloneTo(db, progress), "INVALID_ARGUMENT");
     assert.deepEqual(await readdir(join(workDir, "scratch")), []);
-    assert.deepEqual((await leftovers()).filter((n) => n !== targetName), []);
+    assert.deepEqual(
+      (await leftovers()).filter((n) => n !== targetName),
+      [],
+    );
   });
 
   it("scratchCopy() copies by template when idle and by pg_dump when not, and drop() removes it", async () => {

@@ -17,14 +17,7 @@ import type pg from "pg";
 import { FlotillaError } from "../../common/errors.js";
 import { describeRun, type ProcessRunner, type RunResult } from "../../common/process-runner.js";
 import { redact, registerSecret } from "../../common/redact.js";
-import type {
-  BackupArtifact,
-  DatabaseAdapter,
-  Holder,
-  IntegrityResult,
-  ProgressFn,
-  VerifyResult,
-} from "../core/ports.js";
+import type { BackupArtifact, DatabaseAdapter, Holder, IntegrityResult, ProgressFn, VerifyResult } from "../core/ports.js";
 import { displayPgUrl, formatPgUrl, libpqEnv, parsePgUrl, withDatabase, withPassword, type PgUrlParts } from "./pg-url.js";
 import { withPgpassFile } from "./pgpass.js";
 
@@ -141,7 +134,10 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
  */
 async function* follow(path: string, writerDone: Promise<unknown>, signal: AbortSignal): AsyncGenerator<Uint8Array> {
   let finished = false;
-  void writerDone.then(() => (finished = true), () => (finished = true));
+  void writerDone.then(
+    () => (finished = true),
+    () => (finished = true),
+  );
   const fh = await open(path, "r");
   try {
     let pos = 0;
@@ -276,11 +272,7 @@ export class PostgresDatabase implements DatabaseAdapter {
     return client;
   }
 
-  private async withClient<T>(
-    what: string,
-    options: { database?: string; statementTimeoutMs?: number },
-    fn: (client: pg.Client) => Promise<T>,
-  ): Promise<T> {
+  private async withClient<T>(what: string, options: { database?: string; statementTimeoutMs?: number }, fn: (client: pg.Client) => Promise<T>): Promise<T> {
     let client: pg.Client | undefined;
     try {
       client = await this.connect(options.database ?? this.parts.database, options.statementTimeoutMs ?? READ_TIMEOUT_MS);
@@ -308,7 +300,13 @@ export class PostgresDatabase implements DatabaseAdapter {
    */
   private async runTool(
     argv: readonly string[],
-    options: { database: string | null; signal?: AbortSignal | undefined; onLine?: (line: string) => void; timeoutMs?: number; input?: AsyncIterable<Uint8Array> },
+    options: {
+      database: string | null;
+      signal?: AbortSignal | undefined;
+      onLine?: (line: string) => void;
+      timeoutMs?: number;
+      input?: AsyncIterable<Uint8Array>;
+    },
   ): Promise<RunResult> {
     const tool = argv[0] ?? "";
     const run = (env: Readonly<Record<string, string>>): Promise<RunResult> =>
@@ -475,9 +473,10 @@ export class PostgresDatabase implements DatabaseAdapter {
             problems.push(`amcheck on index ${row.name}: ${errorText(err)}`);
           }
         }
-        amcheck = denied !== undefined
-          ? `amcheck not permitted for this user, index check skipped (${denied})`
-          : `amcheck checked ${checked} btree index${checked === 1 ? "" : "es"}`;
+        amcheck =
+          denied !== undefined
+            ? `amcheck not permitted for this user, index check skipped (${denied})`
+            : `amcheck checked ${checked} btree index${checked === 1 ? "" : "es"}`;
       }
       const read = `read ${tables.length} table${tables.length === 1 ? "" : "s"}, ${rows} rows, ${bytes} bytes as text`;
       if (problems.length > 0) return { ok: false, detail: `${summarise(problems)} (${read}; ${amcheck})` };
@@ -623,7 +622,8 @@ export class PostgresDatabase implements DatabaseAdapter {
           else failed.push(`full read failed (${describeRun("pg_restore", read)}${stderrTail(read, 3)})`);
           if (toc !== null && toc.exitCode === 0) passed.push("table of contents ok (pg_restore --list)");
           else if (toc !== null) failed.push(`table of contents unreadable (${describeRun("pg_restore", toc)}${stderrTail(toc, 3)})`);
-          proof = failed.length === 0 ? { ok: true, detail: passed.join("; ") } : { ok: false, detail: `FAILED: ${failed.join("; ")}; passed: ${passed.join("; ")}` };
+          proof =
+            failed.length === 0 ? { ok: true, detail: passed.join("; ") } : { ok: false, detail: `FAILED: ${failed.join("; ")}; passed: ${passed.join("; ")}` };
         }
         try {
           await link(tmp, dest);
@@ -691,12 +691,14 @@ export class PostgresDatabase implements DatabaseAdapter {
     const reading = this.runTool(["pg_restore", "--file=/dev/null", path], { database: null, signal });
     let sha: string;
     try {
-      sha = (await sha256File(path, signal, (n) => {
-        if (n - last >= 64 * 1048576) {
-          last = n;
-          onProgress({ line: "verify: hashing", source: "backup", bytesDone: n, bytesTotal: size });
-        }
-      })).sha256;
+      sha = (
+        await sha256File(path, signal, (n) => {
+          if (n - last >= 64 * 1048576) {
+            last = n;
+            onProgress({ line: "verify: hashing", source: "backup", bytesDone: n, bytesTotal: size });
+          }
+        })
+      ).sha256;
     } catch (err) {
       await reading;
       cancelled(signal);
@@ -867,7 +869,10 @@ export class PostgresDatabase implements DatabaseAdapter {
   }
 
   private stillRunning(what: string, held: readonly Holder[]): FlotillaError {
-    const list = held.slice(0, 5).map((h) => `pid ${h.pid} ${h.description}${h.state ? ` [${h.state}]` : ""}`).join("; ");
+    const list = held
+      .slice(0, 5)
+      .map((h) => `pid ${h.pid} ${h.description}${h.state ? ` [${h.state}]` : ""}`)
+      .join("; ");
     return new FlotillaError(
       "APP_STILL_RUNNING",
       `cannot ${what} ${this.displayName}: ${held.length} other session${held.length === 1 ? "" : "s"} still connected (${list}); stop the app first`,
@@ -960,7 +965,11 @@ export class PostgresDatabase implements DatabaseAdapter {
    * Restores a backup archive into a fresh `<db>_flotilla_scratch_<hex>` (restore
    * drills); the live database is untouched; drop() removes the copy.
    */
-  async scratchFromBackup(artifact: BackupArtifact, onProgress: ProgressFn, signal?: AbortSignal): Promise<{ adapter: DatabaseAdapter; url: string; drop(): Promise<void> }> {
+  async scratchFromBackup(
+    artifact: BackupArtifact,
+    onProgress: ProgressFn,
+    signal?: AbortSignal,
+  ): Promise<{ adapter: DatabaseAdapter; url: string; drop(): Promise<void> }> {
     const name = tempDatabaseName(this.parts.database, "scratch");
     await this.createDatabase(name, await this.databaseProps(this.parts.database).catch(() => null), false);
     try {
@@ -989,7 +998,10 @@ export class PostgresDatabase implements DatabaseAdapter {
           "SELECT column_name, data_type, is_nullable, column_default FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
           [schema, table],
         );
-        const idx = await c.query<{ indexdef: string }>("SELECT indexdef FROM pg_indexes WHERE schemaname = $1 AND tablename = $2 ORDER BY indexname", [schema, table]);
+        const idx = await c.query<{ indexdef: string }>("SELECT indexdef FROM pg_indexes WHERE schemaname = $1 AND tablename = $2 ORDER BY indexname", [
+          schema,
+          table,
+        ]);
         out[table] = [
           `Table "${schema}.${table}"`,
           "column | type | nullable | default",
@@ -1008,7 +1020,10 @@ export class PostgresDatabase implements DatabaseAdapter {
       try {
         const r = await c.query({ text: sql, rowMode: "array" });
         const first = (r.rows[0] as unknown[] | undefined)?.[0];
-        return { rows: r.rows.length, value: typeof first === "number" || (typeof first === "string" && /^-?\d+(\.\d+)?$/.test(first)) || typeof first === "bigint" ? String(first) : "" };
+        return {
+          rows: r.rows.length,
+          value: typeof first === "number" || (typeof first === "string" && /^-?\d+(\.\d+)?$/.test(first)) || typeof first === "bigint" ? String(first) : "",
+        };
       } finally {
         await c.query("ROLLBACK").catch(() => undefined);
       }

@@ -60,7 +60,7 @@ function dump(file: string): unknown {
   const db = new Database(file, { readonly: true, fileMustExist: true });
   try {
     const schema = db.prepare("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name").all();
-    const tables = (db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").pluck().all() as string[]);
+    const tables = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").pluck().all() as string[];
     const rows: Record<string, unknown[]> = {};
     for (const t of tables) rows[t] = db.prepare(`SELECT * FROM "${t}" ORDER BY rowid`).all();
     return { schema, rows };
@@ -166,7 +166,11 @@ describe("SqliteDatabase construction and URLs", () => {
 
   it("refuses in-memory and non-SQLite URLs", () => {
     for (const bad of ["sqlite://", "sqlite:///:memory:", "sqlite:///", "postgresql://u:pw@h/db", "sqlite:/x.db"]) {
-      assert.throws(() => SqliteDatabase.fromUrl(bad), (e: unknown) => e instanceof FlotillaError && e.code === "INVALID_ARGUMENT", bad);
+      assert.throws(
+        () => SqliteDatabase.fromUrl(bad),
+        (e: unknown) => e instanceof FlotillaError && e.code === "INVALID_ARGUMENT",
+        bad,
+      );
     }
   });
 
@@ -271,18 +275,31 @@ describe("SqliteDatabase backup and verify", () => {
     assert.deepEqual(artifact.revisions, ["1b8c9d0e1f2a"]);
     assert.match(artifact.tool, /^sqlite snapshot copy \d+\.\d+\.\d+$/);
     // The writer's commits sit in the WAL: the copy is the file plus the snapshot's frames, applied.
-    assert.ok(progress.some((p) => /by snapshot copy \+ \d+ WAL frames, check passed/.test(p.line)), progress.map((p) => p.line).join("\n"));
+    assert.ok(
+      progress.some((p) => /by snapshot copy \+ \d+ WAL frames, check passed/.test(p.line)),
+      progress.map((p) => p.line).join("\n"),
+    );
     assert.equal(artifact.proof?.ok, true, artifact.proof?.detail);
-    assert.match(artifact.proof?.detail ?? "", /^sha256 of the finished file recorded; counts, schema and revisions from the source at the snapshot; integrity_check ok; schema ok; row counts ok \(5 tables\); revisions ok/);
+    assert.match(
+      artifact.proof?.detail ?? "",
+      /^sha256 of the finished file recorded; counts, schema and revisions from the source at the snapshot; integrity_check ok; schema ok; row counts ok \(5 tables\); revisions ok/,
+    );
     const copy = new SqliteDatabase({ path: artifact.path });
     assert.deepEqual(await copy.tableCounts(), artifact.tableCounts);
     assert.equal(await copy.schemaHash(), artifact.schemaHash);
     assert.equal(await copy.schemaHash(), await db.schemaHash());
-    assert.deepEqual(fs.readdirSync(dir).filter((f) => f.includes(".tmp-")), [], "no temp file left");
+    assert.deepEqual(
+      fs.readdirSync(dir).filter((f) => f.includes(".tmp-")),
+      [],
+      "no temp file left",
+    );
   });
 
   it("reports the temp file growing and a final line", () => {
-    assert.ok(progress.some((p) => /bytes written/.test(p.line) && (p.bytesDone ?? 0) > 0), JSON.stringify(progress.slice(0, 5)));
+    assert.ok(
+      progress.some((p) => /bytes written/.test(p.line) && (p.bytesDone ?? 0) > 0),
+      JSON.stringify(progress.slice(0, 5)),
+    );
     assert.match(progress.at(-1)?.line ?? "", /^backup: done, \d+ bytes, sha256 [0-9a-f]{12}/);
   });
 
@@ -345,7 +362,10 @@ describe("SqliteDatabase backup and verify", () => {
   });
 
   it("fails when the manifest's counts, schema or revisions differ from the file", async () => {
-    const r = await db.verifyBackup({ ...artifact, tableCounts: { ...artifact.tableCounts, chat: 1 }, revisions: ["a1f0c0de0001"], schemaHash: "0".repeat(64) }, noProgress);
+    const r = await db.verifyBackup(
+      { ...artifact, tableCounts: { ...artifact.tableCounts, chat: 1 }, revisions: ["a1f0c0de0001"], schemaHash: "0".repeat(64) },
+      noProgress,
+    );
     assert.equal(r.ok, false);
     assert.match(r.detail, /row counts differ: chat: 1 rows in manifest, 30000 in backup/);
     assert.match(r.detail, /alembic_version is \[1b8c9d0e1f2a\], manifest says \[a1f0c0de0001\]/);
@@ -370,12 +390,19 @@ describe("SqliteDatabase backup and verify", () => {
     // Abort once the worker says it is copying: the worker stops at its next step.
     const mid = new AbortController();
     const seen: string[] = [];
-    const running = db.backup(path.join(dir, "aborted.db"), (x) => {
-      seen.push(x.line);
-      if (/copying the database file/.test(x.line)) mid.abort();
-    }, mid.signal);
+    const running = db.backup(
+      path.join(dir, "aborted.db"),
+      (x) => {
+        seen.push(x.line);
+        if (/copying the database file/.test(x.line)) mid.abort();
+      },
+      mid.signal,
+    );
     await rejectsWith(running, "CANCELLED");
-    assert.ok(seen.some((l) => /copying the database file/.test(l)), "the worker had started copying");
+    assert.ok(
+      seen.some((l) => /copying the database file/.test(l)),
+      "the worker had started copying",
+    );
     const left = fs.readdirSync(dir).filter((f) => f.startsWith("never.db") || f.startsWith("aborted.db"));
     assert.deepEqual(left, []);
   });
@@ -390,7 +417,10 @@ describe("SqliteDatabase snapshot copy", () => {
     const lines: string[] = [];
     const a = await db.backup(path.join(dir, "b.db"), (p) => lines.push(p.line));
     assert.match(a.tool, /^sqlite snapshot copy /);
-    assert.ok(lines.some((l) => /by snapshot copy, check passed/.test(l)), lines.join("\n"));
+    assert.ok(
+      lines.some((l) => /by snapshot copy, check passed/.test(l)),
+      lines.join("\n"),
+    );
     assert.equal(a.sha256, sha256Of(dbPath), "the backup is the database file itself");
     assert.equal(a.proof?.ok, true, a.proof?.detail);
     assert.deepEqual(dump(a.path), dump(dbPath));
@@ -405,24 +435,36 @@ describe("SqliteDatabase snapshot copy", () => {
     const live = new Database(dbPath);
     try {
       live.pragma("wal_autocheckpoint = 0");
-      live.exec("INSERT INTO chat (user_id, title, body) VALUES (1, 'in the wal', 'x'); UPDATE user SET name = 'renamed' WHERE id = 2; DELETE FROM message WHERE id <= 100; CREATE TABLE extra (x INTEGER)");
+      live.exec(
+        "INSERT INTO chat (user_id, title, body) VALUES (1, 'in the wal', 'x'); UPDATE user SET name = 'renamed' WHERE id = 2; DELETE FROM message WHERE id <= 100; CREATE TABLE extra (x INTEGER)",
+      );
       const walBefore = fs.statSync(`${dbPath}-wal`).size;
       assert.ok(walBefore > 32, "commits are in the WAL");
       const db = new SqliteDatabase({ path: dbPath });
       const lines: string[] = [];
       const a = await db.backup(path.join(dir, "b.db"), (p) => lines.push(p.line));
-      assert.ok(lines.some((l) => /by snapshot copy \+ \d+ WAL frames, check passed/.test(l)), lines.join("\n"));
+      assert.ok(
+        lines.some((l) => /by snapshot copy \+ \d+ WAL frames, check passed/.test(l)),
+        lines.join("\n"),
+      );
       assert.equal(a.proof?.ok, true, a.proof?.detail);
       assert.deepEqual(dump(a.path), dump(dbPath), "the backup holds the WAL's commits");
       assert.equal(a.tableCounts.message, 400);
       assert.ok("extra" in a.tableCounts);
-      assert.deepEqual(fs.readdirSync(dir).filter((f) => f.includes(".tmp-")), [], "no temp file, WAL or shm left");
+      assert.deepEqual(
+        fs.readdirSync(dir).filter((f) => f.includes(".tmp-")),
+        [],
+        "no temp file, WAL or shm left",
+      );
       assert.equal(fs.statSync(`${dbPath}-wal`).size, walBefore, "the source's WAL was only read");
       // A rollback-journal file, as VACUUM INTO gives: verifying it leaves no -wal/-shm in the backups folder.
       assert.equal(fs.readFileSync(a.path)[18], 1);
       const v = await db.verifyBackup(a, noProgress);
       assert.equal(v.ok, true, v.detail);
-      assert.deepEqual(fs.readdirSync(dir).filter((f) => f.startsWith("b.db")), ["b.db"]);
+      assert.deepEqual(
+        fs.readdirSync(dir).filter((f) => f.startsWith("b.db")),
+        ["b.db"],
+      );
       // Checkpointed, the source has the backup's pages: the same bytes but for the header's journal mode and change counters.
       live.pragma("wal_checkpoint(TRUNCATE)");
       const [src, copy] = [fs.readFileSync(dbPath), fs.readFileSync(a.path)];
@@ -477,7 +519,10 @@ describe("SqliteDatabase restore", () => {
     assert.equal(sha256Of(p), artifact.sha256, "restored file is byte-identical to the backup");
     assert.deepEqual(dump(p), atBackup);
     assert.deepEqual(await db.readRevisions(), ["1b8c9d0e1f2a"]);
-    assert.deepEqual(fs.readdirSync(dir).filter((f) => f.includes(".restore-")), []);
+    assert.deepEqual(
+      fs.readdirSync(dir).filter((f) => f.includes(".restore-")),
+      [],
+    );
     assert.ok(lines.some((l) => /restore: done/.test(l)));
     assert.deepEqual(await db.integrityCheck(), { ok: true, detail: "ok" });
   });
@@ -495,7 +540,10 @@ describe("SqliteDatabase restore", () => {
     fs.writeFileSync(artifact.path, bytes);
     await rejectsWith(db.restore(artifact, noProgress), "VERIFY_FAILED", /sha256 mismatch/);
     assert.deepEqual(dump(p), before);
-    assert.deepEqual(fs.readdirSync(dir).filter((f) => f.includes(".restore-")), []);
+    assert.deepEqual(
+      fs.readdirSync(dir).filter((f) => f.includes(".restore-")),
+      [],
+    );
   });
 });
 
@@ -516,7 +564,10 @@ describe("SqliteDatabase holders", () => {
       assert.ok(!found.description.includes("hunter2-canary"), found.description);
       holder.child.kill("SIGKILL");
       await holder.exited;
-      assert.equal((await db.holders()).some((h) => h.pid === holder.child.pid), false);
+      assert.equal(
+        (await db.holders()).some((h) => h.pid === holder.child.pid),
+        false,
+      );
     } finally {
       mine.close();
     }
@@ -587,13 +638,16 @@ describe("SqliteDatabase under plain tsx", () => {
     makeDb(p, { chats: 20 });
     const script = path.join(dir, "run.mts");
     const adapterFile = path.join(REPO, "services/agent/adapters/sqlite-database.ts");
-    fs.writeFileSync(script, `
+    fs.writeFileSync(
+      script,
+      `
       import { SqliteDatabase } from ${JSON.stringify(adapterFile)};
       const db = new SqliteDatabase({ path: ${JSON.stringify(p)} });
       const a = await db.backup(${JSON.stringify(path.join(dir, "b.db"))}, () => {});
       const v = await db.verifyBackup(a, () => {});
       console.log(JSON.stringify({ counts: a.tableCounts, ok: v.ok }));
-    `);
+    `,
+    );
     const child = spawn(path.join(REPO, "node_modules/.bin/tsx"), [script], { cwd: dir, stdio: ["ignore", "pipe", "pipe"] });
     let out = "";
     let err = "";

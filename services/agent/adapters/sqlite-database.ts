@@ -6,25 +6,12 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import Database from "better-sqlite3";
-import type {
-  BackupArtifact,
-  DatabaseAdapter,
-  Holder,
-  IntegrityResult,
-  ProgressFn,
-  VerifyResult,
-} from "../core/ports.js";
+import type { BackupArtifact, DatabaseAdapter, Holder, IntegrityResult, ProgressFn, VerifyResult } from "../core/ports.js";
 import { FlotillaError } from "../../common/errors.js";
 import type { ErrorCode } from "../../common/errors.js";
 import type { ProcessRunner } from "../../common/process-runner.js";
 import { redact } from "../../common/redact.js";
-import {
-  WORKER_ENVELOPE,
-  computeSchemaHash,
-  listTableColumns,
-  listUserTables,
-  readAlembicRevisions,
-} from "./sqlite-worker.js";
+import { WORKER_ENVELOPE, computeSchemaHash, listTableColumns, listUserTables, readAlembicRevisions } from "./sqlite-worker.js";
 import type {
   BackupOutcome,
   CopyFacts,
@@ -134,7 +121,13 @@ async function placeNoReplace(tmpPath: string, destPath: string): Promise<void> 
     if (code === "EEXIST") throw new FlotillaError("PRECONDITION_FAILED", `backup refused: ${destPath} appeared while backing up`);
     if (code !== "EPERM" && code !== "ENOTSUP" && code !== "EOPNOTSUPP") throw err;
     // Filesystems without hard links: check, then rename (not atomic against a racing creator).
-    if (await fsp.lstat(destPath).then(() => true, () => false)) throw new FlotillaError("PRECONDITION_FAILED", `backup refused: ${destPath} appeared while backing up`);
+    if (
+      await fsp.lstat(destPath).then(
+        () => true,
+        () => false,
+      )
+    )
+      throw new FlotillaError("PRECONDITION_FAILED", `backup refused: ${destPath} appeared while backing up`);
     await fsp.rename(tmpPath, destPath);
   }
 }
@@ -220,12 +213,26 @@ function startWorker(envelope: WorkerEnvelope): Worker {
  * sets a shared flag the worker checks between steps (a running VACUUM INTO
  * cannot be interrupted; the worker stops right after it).
  */
-function runInWorker<T>(request: WorkerRequest, onMessage?: (m: Extract<WorkerMessage, { type: "progress" | "copied" }>) => void, signal?: AbortSignal, gate?: Promise<boolean>): Promise<T> {
+function runInWorker<T>(
+  request: WorkerRequest,
+  onMessage?: (m: Extract<WorkerMessage, { type: "progress" | "copied" }>) => void,
+  signal?: AbortSignal,
+  gate?: Promise<boolean>,
+): Promise<T> {
   if (signal?.aborted) return Promise.reject(new WorkerFailure("aborted before start", undefined, undefined, true, undefined));
   const cancel = new SharedArrayBuffer(4);
   const flag = new Int32Array(cancel);
-  const worker = startWorker({ kind: WORKER_ENVELOPE, request, cancel, requestedAt: performance.timeOrigin + performance.now(), ...(gate ? { gated: true } : {}) });
-  gate?.then((go) => worker.postMessage(go ? "go" : "stop"), () => worker.postMessage("stop"));
+  const worker = startWorker({
+    kind: WORKER_ENVELOPE,
+    request,
+    cancel,
+    requestedAt: performance.timeOrigin + performance.now(),
+    ...(gate ? { gated: true } : {}),
+  });
+  gate?.then(
+    (go) => worker.postMessage(go ? "go" : "stop"),
+    () => worker.postMessage("stop"),
+  );
   return new Promise<T>((resolve, reject) => {
     let outcome: { ok: true; value: T } | { ok: false; err: Error } | undefined;
     const onAbort = (): void => {
@@ -314,7 +321,11 @@ export class SqliteDatabase implements DatabaseAdapter {
       throw new FlotillaError("INVALID_ARGUMENT", `not a SQLite file URL (want sqlite:////abs/path or sqlite:///rel/path): ${redact(url)}`);
     }
     if (rest === "" || rest === ":memory:") throw new FlotillaError("INVALID_ARGUMENT", "in-memory SQLite URLs have no file to manage");
-    return new SqliteDatabase({ path: rest, ...(options.runner !== undefined ? { runner: options.runner } : {}), ...(options.scratchDir !== undefined ? { scratchDir: options.scratchDir } : {}) });
+    return new SqliteDatabase({
+      path: rest,
+      ...(options.runner !== undefined ? { runner: options.runner } : {}),
+      ...(options.scratchDir !== undefined ? { scratchDir: options.scratchDir } : {}),
+    });
   }
 
   /** The process runner this adapter was given, if any. */
@@ -374,7 +385,10 @@ export class SqliteDatabase implements DatabaseAdapter {
 
   listIndexes(): Promise<string[]> {
     return this.readOnly("list indexes", (db) =>
-      (db.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%' ORDER BY name").all() as { name: string }[]).map((r) => r.name));
+      (db.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%' ORDER BY name").all() as { name: string }[]).map(
+        (r) => r.name,
+      ),
+    );
   }
 
   /** sha256 over sqlite_master (type, name, tbl_name, sql), sorted, sqlite_* objects excluded. */
@@ -410,9 +424,17 @@ export class SqliteDatabase implements DatabaseAdapter {
    */
   async integrityCheckAfter(when: Promise<boolean>): Promise<IntegrityResult | null> {
     let go = false;
-    const gate = when.then((v) => (go = v), () => false);
+    const gate = when.then(
+      (v) => (go = v),
+      () => false,
+    );
     try {
-      const r = await runInWorker<IntegrityOutcome>({ op: "integrity", path: this.path, maxLines: INTEGRITY_MAX_LINES, busyTimeoutMs: BUSY_TIMEOUT_MS, quick: true }, undefined, undefined, gate);
+      const r = await runInWorker<IntegrityOutcome>(
+        { op: "integrity", path: this.path, maxLines: INTEGRITY_MAX_LINES, busyTimeoutMs: BUSY_TIMEOUT_MS, quick: true },
+        undefined,
+        undefined,
+        gate,
+      );
       return { ok: r.ok, detail: r.detail };
     } catch (err) {
       if (!go) return null;
@@ -491,7 +513,12 @@ export class SqliteDatabase implements DatabaseAdapter {
    */
   async backup(destPath: string, onProgress: ProgressFn, signal?: AbortSignal): Promise<BackupArtifact> {
     assertUsablePath(destPath, "backup destination");
-    if (await fsp.lstat(destPath).then(() => true, () => false)) {
+    if (
+      await fsp.lstat(destPath).then(
+        () => true,
+        () => false,
+      )
+    ) {
       throw new FlotillaError("PRECONDITION_FAILED", `backup refused: ${destPath} already exists`);
     }
     if (!(await this.exists())) throw new FlotillaError("NOT_FOUND", `backup failed: database file ${this.path} does not exist`);
@@ -502,7 +529,10 @@ export class SqliteDatabase implements DatabaseAdapter {
     try {
       const outcome = await this.copyInWorker<BackupOutcome>(
         { op: "backup", source: this.path, tmpPath, destPath, busyTimeoutMs: BUSY_TIMEOUT_MS },
-        tmpPath, total, onProgress, signal,
+        tmpPath,
+        total,
+        onProgress,
+        signal,
         () => {
           // While the worker checks the copy: hash it here and flush it to disk (libuv's threads).
           hashing = Promise.all([sha256File(tmpPath, signal), fsyncFile(tmpPath)]).then(([h]) => h);
@@ -518,9 +548,10 @@ export class SqliteDatabase implements DatabaseAdapter {
       await fsyncDir(path.dirname(destPath));
       const { passed, failed } = outcome.check;
       const hashed = `sha256 of the finished file recorded${outcome.method === "snapshot copy" ? "; counts, schema and revisions from the source at the snapshot" : ""}`;
-      const proof = failed.length === 0
-        ? { ok: true, detail: [hashed, ...passed].join("; ") }
-        : { ok: false, detail: `FAILED: ${failed.join("; ")}; passed: ${[hashed, ...passed].join("; ")}` };
+      const proof =
+        failed.length === 0
+          ? { ok: true, detail: [hashed, ...passed].join("; ") }
+          : { ok: false, detail: `FAILED: ${failed.join("; ")}; passed: ${[hashed, ...passed].join("; ")}` };
       const how = outcome.method === "snapshot copy" && outcome.walFrames > 0 ? `snapshot copy + ${outcome.walFrames} WAL frames` : outcome.method;
       safeProgress(onProgress, {
         line: `backup: done, ${size} bytes, sha256 ${sha256.slice(0, 12)}, ${Object.keys(outcome.tableCounts).length} tables, by ${how}, check ${proof.ok ? "passed" : "FAILED"} (${describeTimings({ ...outcome.timingsMs, "sha256 and fsync wait": waitMs })})`,
@@ -560,29 +591,38 @@ export class SqliteDatabase implements DatabaseAdapter {
     const poll = setInterval(() => {
       if (polling) return;
       polling = true;
-      void fileSize(tmpPath).then((size) => {
-        if (size > 0 && size !== lastSize) {
-          lastSize = size;
-          safeProgress(onProgress, { line: `backup: ${size} bytes written`, source: "backup", bytesDone: size, bytesTotal: total });
-        }
-      }, () => undefined).finally(() => {
-        polling = false;
-      });
+      void fileSize(tmpPath)
+        .then(
+          (size) => {
+            if (size > 0 && size !== lastSize) {
+              lastSize = size;
+              safeProgress(onProgress, { line: `backup: ${size} bytes written`, source: "backup", bytesDone: size, bytesTotal: total });
+            }
+          },
+          () => undefined,
+        )
+        .finally(() => {
+          polling = false;
+        });
     }, PROGRESS_POLL_MS);
     try {
-      return await runInWorker<T>(request, (m) => {
-        if (m.type === "copied") {
-          clearInterval(poll);
-          onCopied?.();
-          return;
-        }
-        safeProgress(onProgress, {
-          line: m.line,
-          source: "backup",
-          ...(m.bytesDone !== undefined ? { bytesDone: m.bytesDone } : {}),
-          ...(m.bytesTotal !== undefined ? { bytesTotal: m.bytesTotal } : {}),
-        });
-      }, signal);
+      return await runInWorker<T>(
+        request,
+        (m) => {
+          if (m.type === "copied") {
+            clearInterval(poll);
+            onCopied?.();
+            return;
+          }
+          safeProgress(onProgress, {
+            line: m.line,
+            source: "backup",
+            ...(m.bytesDone !== undefined ? { bytesDone: m.bytesDone } : {}),
+            ...(m.bytesTotal !== undefined ? { bytesTotal: m.bytesTotal } : {}),
+          });
+        },
+        signal,
+      );
     } finally {
       clearInterval(poll);
     }
@@ -597,13 +637,22 @@ export class SqliteDatabase implements DatabaseAdapter {
   async verifyBackup(artifact: BackupArtifact, onProgress: ProgressFn, signal?: AbortSignal): Promise<VerifyResult> {
     assertUsablePath(artifact.path, "backup path");
     // Two cores: this thread hashes the file while the worker runs the SQLite checks on it.
-    const hashing = sha256File(artifact.path, signal).then((h) => h.sha256, (err: unknown) => err instanceof Error ? err : new Error(String(err)));
+    const hashing = sha256File(artifact.path, signal).then(
+      (h) => h.sha256,
+      (err: unknown) => (err instanceof Error ? err : new Error(String(err))),
+    );
     let checked: VerifyOutcome;
     try {
       checked = await runInWorker<VerifyOutcome>(
         { op: "verify", path: artifact.path, expected: expectedOf(artifact), hashed: "by-caller" },
         (m) => {
-          if (m.type === "progress") safeProgress(onProgress, { line: m.line, source: "backup", ...(m.bytesDone !== undefined ? { bytesDone: m.bytesDone } : {}), ...(m.bytesTotal !== undefined ? { bytesTotal: m.bytesTotal } : {}) });
+          if (m.type === "progress")
+            safeProgress(onProgress, {
+              line: m.line,
+              source: "backup",
+              ...(m.bytesDone !== undefined ? { bytesDone: m.bytesDone } : {}),
+              ...(m.bytesTotal !== undefined ? { bytesTotal: m.bytesTotal } : {}),
+            });
         },
         signal,
       );
@@ -633,11 +682,20 @@ export class SqliteDatabase implements DatabaseAdapter {
       await runInWorker<{ sha256: string }>(
         { op: "restore", backupPath: artifact.path, expected: expectedOf(artifact), dbPath: this.path, stagingPath },
         (m) => {
-          if (m.type === "progress") safeProgress(onProgress, { line: m.line, source: "backup", ...(m.bytesDone !== undefined ? { bytesDone: m.bytesDone } : {}), ...(m.bytesTotal !== undefined ? { bytesTotal: m.bytesTotal } : {}) });
+          if (m.type === "progress")
+            safeProgress(onProgress, {
+              line: m.line,
+              source: "backup",
+              ...(m.bytesDone !== undefined ? { bytesDone: m.bytesDone } : {}),
+              ...(m.bytesTotal !== undefined ? { bytesTotal: m.bytesTotal } : {}),
+            });
         },
         signal,
       );
-      safeProgress(onProgress, { line: `restore: done, database replaced by ${path.basename(artifact.path)} (sha256 ${artifact.sha256.slice(0, 12)})`, source: "backup" });
+      safeProgress(onProgress, {
+        line: `restore: done, database replaced by ${path.basename(artifact.path)} (sha256 ${artifact.sha256.slice(0, 12)})`,
+        source: "backup",
+      });
     } catch (err) {
       throw mapFailure(err, "RESTORE_FAILED", "restore");
     } finally {
@@ -698,7 +756,14 @@ export class SqliteDatabase implements DatabaseAdapter {
       const out: Record<string, string> = {};
       for (const table of listUserTables(db)) {
         const quoted = `"${table.replace(/"/g, '""')}"`;
-        const cols = db.prepare(`PRAGMA table_info(${quoted})`).all() as { cid: number; name: string; type: string; notnull: number; dflt_value: unknown; pk: number }[];
+        const cols = db.prepare(`PRAGMA table_info(${quoted})`).all() as {
+          cid: number;
+          name: string;
+          type: string;
+          notnull: number;
+          dflt_value: unknown;
+          pk: number;
+        }[];
         const idx = db.prepare(`PRAGMA index_list(${quoted})`).all() as { name: string; unique: number; origin: string }[];
         out[table] = [
           "cid | name | type | notnull | dflt_value | pk",
@@ -726,8 +791,19 @@ export class SqliteDatabase implements DatabaseAdapter {
     const total = await this.sizeBytes();
     safeProgress(onProgress, { line: `${what}: VACUUM INTO ${destPath} started`, source: "backup", bytesDone: 0, bytesTotal: total });
     try {
-      const facts = await this.copyInWorker<CopyFacts>({ op: "copy-into", source: this.path, tmpPath, destPath, busyTimeoutMs: BUSY_TIMEOUT_MS }, tmpPath, total, onProgress, signal);
-      safeProgress(onProgress, { line: `${what}: done, ${facts.sizeBytes} bytes (${describeTimings(facts.timingsMs)})`, source: "backup", bytesDone: facts.sizeBytes, bytesTotal: facts.sizeBytes });
+      const facts = await this.copyInWorker<CopyFacts>(
+        { op: "copy-into", source: this.path, tmpPath, destPath, busyTimeoutMs: BUSY_TIMEOUT_MS },
+        tmpPath,
+        total,
+        onProgress,
+        signal,
+      );
+      safeProgress(onProgress, {
+        line: `${what}: done, ${facts.sizeBytes} bytes (${describeTimings(facts.timingsMs)})`,
+        source: "backup",
+        bytesDone: facts.sizeBytes,
+        bytesTotal: facts.sizeBytes,
+      });
     } catch (err) {
       throw mapFailure(err, "INTERNAL", what);
     } finally {
@@ -739,11 +815,15 @@ export class SqliteDatabase implements DatabaseAdapter {
 /** The worker's checks plus this thread's sha256 (or the error that stopped it), in the worker's detail format. */
 function mergeSha(checked: VerifyOutcome, sha: string | Error, want: string): VerifyResult {
   if (checked.detail.startsWith("FAILED: backup file unreadable")) return checked;
-  const shaPhrase = typeof sha !== "string"
-    ? `backup file unreadable (${sha.message})`
-    : sha === want ? "sha256 ok" : `sha256 mismatch (manifest ${want.slice(0, 16)}…, file ${sha.slice(0, 16)}…)`;
+  const shaPhrase =
+    typeof sha !== "string"
+      ? `backup file unreadable (${sha.message})`
+      : sha === want
+        ? "sha256 ok"
+        : `sha256 mismatch (manifest ${want.slice(0, 16)}…, file ${sha.slice(0, 16)}…)`;
   const shaOk = shaPhrase === "sha256 ok";
-  if (checked.ok) return shaOk ? { ok: true, detail: `sha256 ok; ${checked.detail}` } : { ok: false, detail: `FAILED: ${shaPhrase}; passed: ${checked.detail}` };
+  if (checked.ok)
+    return shaOk ? { ok: true, detail: `sha256 ok; ${checked.detail}` } : { ok: false, detail: `FAILED: ${shaPhrase}; passed: ${checked.detail}` };
   // checked.detail: "FAILED: <failed…>[; passed: <passed…>]"
   const body = checked.detail.slice("FAILED: ".length);
   const at = body.indexOf("; passed: ");
@@ -757,13 +837,18 @@ function mergeSha(checked: VerifyOutcome, sha: string | Error, want: string): Ve
 }
 
 function describeTimings(t: Readonly<Record<string, number>>): string {
-  return Object.entries(t).map(([k, v]) => `${k} ${v} ms`).join(", ");
+  return Object.entries(t)
+    .map(([k, v]) => `${k} ${v} ms`)
+    .join(", ");
 }
 
 async function describeProcess(pid: number): Promise<string> {
   try {
     const raw = await fsp.readFile(`/proc/${pid}/cmdline`, "utf8");
-    const cmd = raw.split("\0").filter((s) => s.length > 0).join(" ");
+    const cmd = raw
+      .split("\0")
+      .filter((s) => s.length > 0)
+      .join(" ");
     if (cmd.length > 0) return redact(cmd);
     return redact(`[${(await fsp.readFile(`/proc/${pid}/comm`, "utf8")).trim()}]`);
   } catch {

@@ -7,15 +7,36 @@ import type { JournalPort, OperationRow, OperationState, RevisionTiming } from "
 export type { OperationRow, OperationState } from "../core/ports.js";
 
 type Raw = {
-  id: string; target_id: string; kind: string; state: OperationState; started_at: string; finished_at: string | null;
-  backup_id: string; revision_before: string; revision_after: string; to_revision: string; error_code: string; message: string; rollout_id: string;
+  id: string;
+  target_id: string;
+  kind: string;
+  state: OperationState;
+  started_at: string;
+  finished_at: string | null;
+  backup_id: string;
+  revision_before: string;
+  revision_after: string;
+  to_revision: string;
+  error_code: string;
+  message: string;
+  rollout_id: string;
 };
 
 function fromRaw(r: Raw): OperationRow {
   return {
-    id: r.id, targetId: r.target_id, kind: r.kind, state: r.state, startedAt: r.started_at, finishedAt: r.finished_at ?? "",
-    backupId: r.backup_id, revisionBefore: JSON.parse(r.revision_before) as string[], revisionAfter: JSON.parse(r.revision_after) as string[],
-    toRevision: r.to_revision, errorCode: r.error_code, message: r.message, rolloutId: r.rollout_id,
+    id: r.id,
+    targetId: r.target_id,
+    kind: r.kind,
+    state: r.state,
+    startedAt: r.started_at,
+    finishedAt: r.finished_at ?? "",
+    backupId: r.backup_id,
+    revisionBefore: JSON.parse(r.revision_before) as string[],
+    revisionAfter: JSON.parse(r.revision_after) as string[],
+    toRevision: r.to_revision,
+    errorCode: r.error_code,
+    message: r.message,
+    rolloutId: r.rollout_id,
   };
 }
 
@@ -79,7 +100,10 @@ export class SqliteJournal implements JournalPort {
    * Starts an operation: takes the target's lock and records the operation in
    * one transaction. Throws TARGET_BUSY naming the holder when locked.
    */
-  begin(op: { id: string; targetId: string; kind: string; toRevision?: string; rolloutId?: string; backupId?: string; revisionBefore?: string[] }, takeLock = true): void {
+  begin(
+    op: { id: string; targetId: string; kind: string; toRevision?: string; rolloutId?: string; backupId?: string; revisionBefore?: string[] },
+    takeLock = true,
+  ): void {
     const now = new Date().toISOString();
     const tx = this.d.transaction(() => {
       if (this.d.prepare("SELECT 1 FROM operations WHERE id = ?").get(op.id)) {
@@ -88,20 +112,24 @@ export class SqliteJournal implements JournalPort {
       if (takeLock) {
         const held = this.d.prepare("SELECT operation_id FROM target_locks WHERE target_id = ?").get(op.targetId) as { operation_id: string } | undefined;
         if (held) {
-          const holder = this.d.prepare("SELECT kind, state FROM operations WHERE id = ?").get(held.operation_id) as { kind: string; state: string } | undefined;
+          const holder = this.d.prepare("SELECT kind, state FROM operations WHERE id = ?").get(held.operation_id) as
+            | { kind: string; state: string }
+            | undefined;
           const what = holder ? `${holder.kind} operation ${held.operation_id} (${holder.state})` : `operation ${held.operation_id}`;
-          const hint = holder?.state === "interrupted"
-            ? "; it was interrupted: resolve it with Recover (restore its backup, or accept the database at its target revision)"
-            : holder?.state === "needs-restore"
-            ? "; it failed with the database changed and needs its backup restored: flotilla recover TARGET --action restore"
-            : "; wait for it to finish";
+          const hint =
+            holder?.state === "interrupted"
+              ? "; it was interrupted: resolve it with Recover (restore its backup, or accept the database at its target revision)"
+              : holder?.state === "needs-restore"
+                ? "; it failed with the database changed and needs its backup restored: flotilla recover TARGET --action restore"
+                : "; wait for it to finish";
           throw new FlotillaError("TARGET_BUSY", `target ${op.targetId} is busy with ${what}${hint}`);
         }
         this.d.prepare("INSERT INTO target_locks (target_id, operation_id, acquired_at) VALUES (?, ?, ?)").run(op.targetId, op.id, now);
       }
-      this.d.prepare(`INSERT INTO operations (id, target_id, kind, state, started_at, to_revision, rollout_id, backup_id, revision_before)
-        VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)`).run(
-        op.id, op.targetId, op.kind, now, op.toRevision ?? "", op.rolloutId ?? "", op.backupId ?? "", JSON.stringify(op.revisionBefore ?? []));
+      this.d
+        .prepare(`INSERT INTO operations (id, target_id, kind, state, started_at, to_revision, rollout_id, backup_id, revision_before)
+        VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)`)
+        .run(op.id, op.targetId, op.kind, now, op.toRevision ?? "", op.rolloutId ?? "", op.backupId ?? "", JSON.stringify(op.revisionBefore ?? []));
     });
     tx.immediate();
   }
@@ -110,10 +138,22 @@ export class SqliteJournal implements JournalPort {
   update(id: string, fields: { backupId?: string; revisionBefore?: string[]; revisionAfter?: string[]; message?: string }): void {
     const sets: string[] = [];
     const vals: unknown[] = [];
-    if (fields.backupId !== undefined) { sets.push("backup_id = ?"); vals.push(fields.backupId); }
-    if (fields.revisionBefore !== undefined) { sets.push("revision_before = ?"); vals.push(JSON.stringify(fields.revisionBefore)); }
-    if (fields.revisionAfter !== undefined) { sets.push("revision_after = ?"); vals.push(JSON.stringify(fields.revisionAfter)); }
-    if (fields.message !== undefined) { sets.push("message = ?"); vals.push(fields.message); }
+    if (fields.backupId !== undefined) {
+      sets.push("backup_id = ?");
+      vals.push(fields.backupId);
+    }
+    if (fields.revisionBefore !== undefined) {
+      sets.push("revision_before = ?");
+      vals.push(JSON.stringify(fields.revisionBefore));
+    }
+    if (fields.revisionAfter !== undefined) {
+      sets.push("revision_after = ?");
+      vals.push(JSON.stringify(fields.revisionAfter));
+    }
+    if (fields.message !== undefined) {
+      sets.push("message = ?");
+      vals.push(fields.message);
+    }
     if (sets.length === 0) return;
     this.d.prepare(`UPDATE operations SET ${sets.join(", ")} WHERE id = ?`).run(...vals, id);
   }
@@ -121,16 +161,27 @@ export class SqliteJournal implements JournalPort {
   /** Ends an operation and releases the target lock it holds. */
   finish(id: string, state: Exclude<OperationState, "running">, fields: { errorCode?: string; message?: string; revisionAfter?: string[] } = {}): void {
     const tx = this.d.transaction(() => {
-      this.d.prepare("UPDATE operations SET state = ?, finished_at = ?, error_code = ?, message = ?, revision_after = COALESCE(?, revision_after) WHERE id = ?").run(
-        state, new Date().toISOString(), fields.errorCode ?? "", fields.message ?? "", fields.revisionAfter ? JSON.stringify(fields.revisionAfter) : null, id);
+      this.d
+        .prepare("UPDATE operations SET state = ?, finished_at = ?, error_code = ?, message = ?, revision_after = COALESCE(?, revision_after) WHERE id = ?")
+        .run(
+          state,
+          new Date().toISOString(),
+          fields.errorCode ?? "",
+          fields.message ?? "",
+          fields.revisionAfter ? JSON.stringify(fields.revisionAfter) : null,
+          id,
+        );
       this.d.prepare("DELETE FROM target_locks WHERE operation_id = ?").run(id);
     });
     tx.immediate();
   }
 
   hold(id: string, fields: { errorCode?: string; message?: string; revisionAfter?: string[] }): void {
-    this.d.prepare("UPDATE operations SET state = 'needs-restore', finished_at = ?, error_code = ?, message = ?, revision_after = COALESCE(?, revision_after) WHERE id = ?").run(
-      new Date().toISOString(), fields.errorCode ?? "", fields.message ?? "", fields.revisionAfter ? JSON.stringify(fields.revisionAfter) : null, id);
+    this.d
+      .prepare(
+        "UPDATE operations SET state = 'needs-restore', finished_at = ?, error_code = ?, message = ?, revision_after = COALESCE(?, revision_after) WHERE id = ?",
+      )
+      .run(new Date().toISOString(), fields.errorCode ?? "", fields.message ?? "", fields.revisionAfter ? JSON.stringify(fields.revisionAfter) : null, id);
   }
 
   /** Moves a target's lock from an interrupted operation to the recovering one. */
@@ -148,10 +199,16 @@ export class SqliteJournal implements JournalPort {
     const tx = this.d.transaction(() => {
       const seen = this.d.prepare("SELECT epoch FROM target_epochs WHERE target_id = ?").pluck().get(targetId) as number | undefined;
       if (seen !== undefined && epoch < seen) {
-        throw new FlotillaError("PRECONDITION_FAILED", `refused: this command comes from controller epoch ${epoch}, but ${targetId} already obeys epoch ${seen} (a newer leader): the sending controller replica is no longer the leader and must not act; send changes to the current leader`);
+        throw new FlotillaError(
+          "PRECONDITION_FAILED",
+          `refused: this command comes from controller epoch ${epoch}, but ${targetId} already obeys epoch ${seen} (a newer leader): the sending controller replica is no longer the leader and must not act; send changes to the current leader`,
+        );
       }
       if (seen === undefined || epoch > seen) {
-        this.d.prepare("INSERT INTO target_epochs (target_id, epoch, seen_at) VALUES (?, ?, ?) ON CONFLICT (target_id) DO UPDATE SET epoch = excluded.epoch, seen_at = excluded.seen_at")
+        this.d
+          .prepare(
+            "INSERT INTO target_epochs (target_id, epoch, seen_at) VALUES (?, ?, ?) ON CONFLICT (target_id) DO UPDATE SET epoch = excluded.epoch, seen_at = excluded.seen_at",
+          )
           .run(targetId, epoch, new Date().toISOString());
       }
     });
@@ -160,8 +217,9 @@ export class SqliteJournal implements JournalPort {
 
   /** Every target's highest controller epoch seen, and when (for the offline reset). */
   epochs(): { targetId: string; epoch: number; seenAt: string }[] {
-    return (this.d.prepare("SELECT target_id, epoch, seen_at FROM target_epochs ORDER BY target_id").all() as { target_id: string; epoch: number; seen_at: string }[])
-      .map((r) => ({ targetId: r.target_id, epoch: r.epoch, seenAt: r.seen_at }));
+    return (
+      this.d.prepare("SELECT target_id, epoch, seen_at FROM target_epochs ORDER BY target_id").all() as { target_id: string; epoch: number; seen_at: string }[]
+    ).map((r) => ({ targetId: r.target_id, epoch: r.epoch, seenAt: r.seen_at }));
   }
 
   /**
@@ -177,7 +235,8 @@ export class SqliteJournal implements JournalPort {
       if (seen === undefined) return;
       const now = new Date().toISOString();
       this.d.prepare("DELETE FROM target_epochs WHERE target_id = ?").run(targetId);
-      this.d.prepare(`INSERT INTO operations (id, target_id, kind, state, started_at, finished_at, message) VALUES (?, ?, 'reset-fencing', 'succeeded', ?, ?, ?)`)
+      this.d
+        .prepare(`INSERT INTO operations (id, target_id, kind, state, started_at, finished_at, message) VALUES (?, ?, 'reset-fencing', 'succeeded', ?, ?, ?)`)
         .run(op.id, targetId, now, now, op.message.replaceAll("{epoch}", String(seen)));
       cleared = seen;
     });
@@ -196,9 +255,11 @@ export class SqliteJournal implements JournalPort {
   }
 
   list(targetId: string | undefined, limit: number): OperationRow[] {
-    const rows = (targetId
-      ? this.d.prepare("SELECT * FROM operations WHERE target_id = ? ORDER BY started_at DESC LIMIT ?").all(targetId, limit)
-      : this.d.prepare("SELECT * FROM operations ORDER BY started_at DESC LIMIT ?").all(limit)) as Raw[];
+    const rows = (
+      targetId
+        ? this.d.prepare("SELECT * FROM operations WHERE target_id = ? ORDER BY started_at DESC LIMIT ?").all(targetId, limit)
+        : this.d.prepare("SELECT * FROM operations ORDER BY started_at DESC LIMIT ?").all(limit)
+    ) as Raw[];
     return rows.map(fromRaw);
   }
 
@@ -208,7 +269,11 @@ export class SqliteJournal implements JournalPort {
   }
 
   interrupted(targetId: string): string[] {
-    return (this.d.prepare("SELECT id FROM operations WHERE target_id = ? AND state IN ('interrupted', 'needs-restore') ORDER BY started_at").all(targetId) as { id: string }[]).map((r) => r.id);
+    return (
+      this.d.prepare("SELECT id FROM operations WHERE target_id = ? AND state IN ('interrupted', 'needs-restore') ORDER BY started_at").all(targetId) as {
+        id: string;
+      }[]
+    ).map((r) => r.id);
   }
 
   recordTimings(targetId: string, timings: readonly Omit<RevisionTiming, "recordedAt">[]): void {
@@ -222,8 +287,17 @@ export class SqliteJournal implements JournalPort {
   }
 
   timings(targetId: string, direction: "upgrade" | "downgrade"): Map<string, RevisionTiming> {
-    const rows = this.d.prepare("SELECT revision, direction, duration_ms, source, recorded_at FROM revision_timings WHERE target_id = ? AND direction = ?").all(targetId, direction) as
-      { revision: string; direction: "upgrade" | "downgrade"; duration_ms: number; source: "migrate" | "rehearse"; recorded_at: string }[];
-    return new Map(rows.map((r) => [r.revision, { revision: r.revision, direction: r.direction, durationMs: r.duration_ms, source: r.source, recordedAt: r.recorded_at }]));
+    const rows = this.d
+      .prepare("SELECT revision, direction, duration_ms, source, recorded_at FROM revision_timings WHERE target_id = ? AND direction = ?")
+      .all(targetId, direction) as {
+      revision: string;
+      direction: "upgrade" | "downgrade";
+      duration_ms: number;
+      source: "migrate" | "rehearse";
+      recorded_at: string;
+    }[];
+    return new Map(
+      rows.map((r) => [r.revision, { revision: r.revision, direction: r.direction, durationMs: r.duration_ms, source: r.source, recordedAt: r.recorded_at }]),
+    );
   }
 }

@@ -94,7 +94,14 @@ export type WorkerMessage =
   | { readonly type: "progress"; readonly line: string; readonly bytesDone?: number; readonly bytesTotal?: number }
   | { readonly type: "copied"; readonly sizeBytes: number }
   | { readonly type: "done"; readonly value: unknown }
-  | { readonly type: "failed"; readonly message: string; readonly errno?: string; readonly sqliteCode?: string; readonly cancelled?: boolean; readonly verifyDetail?: string };
+  | {
+      readonly type: "failed";
+      readonly message: string;
+      readonly errno?: string;
+      readonly sqliteCode?: string;
+      readonly cancelled?: boolean;
+      readonly verifyDetail?: string;
+    };
 
 // ---------------------------------------------------------------------------------------------
 // Pure helpers over an open connection (used on both threads).
@@ -492,7 +499,8 @@ function snapshotCopy(ctx: Ctx, label: string, source: string, tmpPath: string, 
       const copiedHead = readHead(tmpWal, WAL_HEADER_BYTES);
       const liveHead = readHead(`${source}-wal`, WAL_HEADER_BYTES);
       if (walCopied !== walBytes) return `WAL shorter than the snapshot (${walCopied} of ${walBytes} bytes)`;
-      if (copiedHead === null || liveHead === null || !copiedHead.equals(liveHead) || !copiedHead.subarray(16, 24).equals(header.salts)) return "the WAL was restarted during the copy";
+      if (copiedHead === null || liveHead === null || !copiedHead.equals(liveHead) || !copiedHead.subarray(16, 24).equals(header.salts))
+        return "the WAL was restarted during the copy";
     } else if (copied !== mainBytes) {
       return `database file is ${copied} bytes, the snapshot ${mainBytes}`;
     }
@@ -515,7 +523,8 @@ function snapshotCopy(ctx: Ctx, label: string, source: string, tmpPath: string, 
         // FULL reports the frames it found and wrote (TRUNCATE would report the emptied WAL's 0/0).
         const r = copy.pragma("wal_checkpoint(FULL)") as Array<{ busy: number; log: number; checkpointed: number }>;
         const c = r[0];
-        if (c === undefined || c.busy !== 0 || c.log !== walFrames || c.checkpointed !== walFrames) return `the copy recovered ${c?.log ?? 0} of ${walFrames} WAL frames`;
+        if (c === undefined || c.busy !== 0 || c.log !== walFrames || c.checkpointed !== walFrames)
+          return `the copy recovered ${c?.log ?? 0} of ${walFrames} WAL frames`;
       }
       const mode = String(copy.pragma("journal_mode = DELETE", { simple: true })).toLowerCase();
       if (mode !== "delete") return `the copy stayed in journal_mode ${mode}`;
@@ -635,8 +644,14 @@ function runBackup(ctx: Ctx, r: Extract<WorkerRequest, { op: "backup" }>): Backu
     for (const suffix of ["-wal", "-shm"]) unlinkQuiet(r.tmpPath + suffix);
     lap("check");
     return {
-      tableCounts: facts.tableCounts, schemaHash: facts.schemaHash, revisions: facts.revisions, sqliteVersion, timingsMs: timings,
-      method: snap !== null ? "snapshot copy" : "VACUUM INTO", walFrames: snap?.walFrames ?? 0, check,
+      tableCounts: facts.tableCounts,
+      schemaHash: facts.schemaHash,
+      revisions: facts.revisions,
+      sqliteVersion,
+      timingsMs: timings,
+      method: snap !== null ? "snapshot copy" : "VACUUM INTO",
+      walFrames: snap?.walFrames ?? 0,
+      check,
     };
   } catch (err) {
     for (const suffix of ["", "-wal", "-shm"]) unlinkQuiet(r.tmpPath + suffix);
@@ -735,8 +750,14 @@ function runRestore(ctx: Ctx, r: Extract<WorkerRequest, { op: "restore" }>): { s
     try {
       const original = fs.statSync(r.dbPath);
       fs.chmodSync(r.stagingPath, original.mode & 0o7777);
-      try { fs.chownSync(r.stagingPath, original.uid, original.gid); } catch { /* not permitted: keep the agent's ownership */ }
-    } catch { /* no live file to copy from: keep the defaults */ }
+      try {
+        fs.chownSync(r.stagingPath, original.uid, original.gid);
+      } catch {
+        /* not permitted: keep the agent's ownership */
+      }
+    } catch {
+      /* no live file to copy from: keep the defaults */
+    }
     const staged = fs.statSync(r.stagingPath);
     removeSidecars(r.dbPath);
     fs.renameSync(r.stagingPath, r.dbPath);
@@ -755,7 +776,10 @@ function runRestore(ctx: Ctx, r: Extract<WorkerRequest, { op: "restore" }>): { s
 function runIntegrity(r: Extract<WorkerRequest, { op: "integrity" }>): IntegrityOutcome {
   const db = openReadOnly(r.path, r.busyTimeoutMs);
   try {
-    const rows = db.prepare(`PRAGMA ${r.quick === true ? "quick_check" : "integrity_check"}(${Math.max(1, Math.floor(r.maxLines))})`).pluck().all() as string[];
+    const rows = db
+      .prepare(`PRAGMA ${r.quick === true ? "quick_check" : "integrity_check"}(${Math.max(1, Math.floor(r.maxLines))})`)
+      .pluck()
+      .all() as string[];
     if (rows.length === 1 && rows[0] === "ok") return { ok: true, detail: "ok" };
     return { ok: false, detail: rows.slice(0, r.maxLines).join("\n") };
   } catch (err) {
@@ -776,12 +800,18 @@ function runTableCounts(r: Extract<WorkerRequest, { op: "table-counts" }>): Reco
 
 function dispatch(ctx: Ctx, r: WorkerRequest): unknown {
   switch (r.op) {
-    case "backup": return runBackup(ctx, r);
-    case "copy-into": return runCopyInto(ctx, r);
-    case "verify": return verifyArtifact(ctx, r.path, r.expected, r.hashed !== "by-caller");
-    case "restore": return runRestore(ctx, r);
-    case "integrity": return runIntegrity(r);
-    case "table-counts": return runTableCounts(r);
+    case "backup":
+      return runBackup(ctx, r);
+    case "copy-into":
+      return runCopyInto(ctx, r);
+    case "verify":
+      return verifyArtifact(ctx, r.path, r.expected, r.hashed !== "by-caller");
+    case "restore":
+      return runRestore(ctx, r);
+    case "integrity":
+      return runIntegrity(r);
+    case "table-counts":
+      return runTableCounts(r);
   }
 }
 

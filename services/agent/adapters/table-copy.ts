@@ -5,8 +5,20 @@ import type pg from "pg";
 import type copyStreamsModule from "pg-copy-streams";
 import { FlotillaError } from "../../common/errors.js";
 import {
-  MoveValueError, RowChecksum, canonicalFromPg, canonicalFromSqlite, canonicalRow, copyFieldFromSqlite, sqliteValueFromPg, unescapeCopyField,
-  type ColumnFact, type ForeignKeyFact, type SqliteValue, type TableCopy, type TableFact, type ValueKind,
+  MoveValueError,
+  RowChecksum,
+  canonicalFromPg,
+  canonicalFromSqlite,
+  canonicalRow,
+  copyFieldFromSqlite,
+  sqliteValueFromPg,
+  unescapeCopyField,
+  type ColumnFact,
+  type ForeignKeyFact,
+  type SqliteValue,
+  type TableCopy,
+  type TableFact,
+  type ValueKind,
 } from "../core/move-plan.js";
 
 /**
@@ -60,11 +72,14 @@ export function openSqlite(path: string, readonly: boolean): Database.Database {
 }
 
 export function sqliteTables(db: Database.Database): TableFact[] {
-  const names = (db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name").all() as { name: string }[]).map((r) => r.name);
+  const names = (db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name").all() as { name: string }[]).map(
+    (r) => r.name,
+  );
   return names.map((name) => ({
     name,
-    columns: (db.prepare(`PRAGMA table_info(${qi(name)})`).all() as { name: string; type: string; notnull: number; pk: number }[])
-      .map((c): ColumnFact => ({ name: c.name, type: c.type, notNull: c.notnull === 1, pk: c.pk })),
+    columns: (db.prepare(`PRAGMA table_info(${qi(name)})`).all() as { name: string; type: string; notnull: number; pk: number }[]).map(
+      (c): ColumnFact => ({ name: c.name, type: c.type, notNull: c.notnull === 1, pk: c.pk }),
+    ),
   }));
 }
 
@@ -89,10 +104,17 @@ export function sqliteOrphans(db: Database.Database, tables: TableFact[]): Orpha
   const rows = db.prepare("PRAGMA foreign_key_check").all() as { table: string; rowid: number | null; parent: string }[];
   return rows.map((r) => {
     const t = tables.find((x) => x.name === r.table);
-    const key = t?.columns.filter((c) => c.pk > 0).sort((a, b) => a.pk - b.pk).map((c) => c.name) ?? [];
+    const key =
+      t?.columns
+        .filter((c) => c.pk > 0)
+        .sort((a, b) => a.pk - b.pk)
+        .map((c) => c.name) ?? [];
     let keyText = `rowid ${r.rowid ?? "?"}`;
     if (key.length > 0 && r.rowid !== null) {
-      const k = db.prepare(`SELECT ${key.map(qi).join(", ")} FROM ${qi(r.table)} WHERE rowid = ?`).raw(true).get(r.rowid) as unknown[] | undefined;
+      const k = db
+        .prepare(`SELECT ${key.map(qi).join(", ")} FROM ${qi(r.table)} WHERE rowid = ?`)
+        .raw(true)
+        .get(r.rowid) as unknown[] | undefined;
       if (k) keyText = key.map((c, i) => `${c}=${String(k[i])}`).join(",");
     }
     return { table: r.table, parent: r.parent, rowid: r.rowid ?? -1, key: keyText };
@@ -109,7 +131,8 @@ export async function pgTables(client: pg.Client): Promise<TableFact[]> {
        JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
        LEFT JOIN pg_catalog.pg_index i ON i.indrelid = c.oid AND i.indisprimary
       WHERE c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = current_schema()) AND c.relkind IN ('r', 'p')
-      ORDER BY c.relname, a.attnum`);
+      ORDER BY c.relname, a.attnum`,
+  );
   const out = new Map<string, ColumnFact[]>();
   for (const row of r.rows) {
     const cols = out.get(row.table) ?? [];
@@ -125,18 +148,25 @@ export async function pgForeignKeys(client: pg.Client): Promise<ForeignKeyFact[]
             ARRAY(SELECT attname FROM pg_catalog.pg_attribute WHERE attrelid = k.conrelid AND attnum = ANY(k.conkey))::text[] AS cols,
             ARRAY(SELECT attname FROM pg_catalog.pg_attribute WHERE attrelid = k.confrelid AND attnum = ANY(k.confkey))::text[] AS pcols
        FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_class c ON c.oid = k.conrelid JOIN pg_catalog.pg_class p ON p.oid = k.confrelid
-      WHERE k.contype = 'f' AND c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = current_schema())`);
+      WHERE k.contype = 'f' AND c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = current_schema())`,
+  );
   return r.rows.map((x) => ({ table: x.table, columns: x.cols, parent: x.parent, parentColumns: x.pcols }));
 }
 
 /** Every object Alembic created, dropped again after a failed move so TO is empty as it was. */
 export async function pgDropAll(client: pg.Client): Promise<void> {
   const tables = await client.query<{ name: string }>(
-    "SELECT c.relname AS name FROM pg_catalog.pg_class c WHERE c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = current_schema()) AND c.relkind IN ('r','p','v','m','S')");
-  for (const t of tables.rows) await client.query(`DROP TABLE IF EXISTS ${qi(t.name)} CASCADE`).catch(() => client.query(`DROP SEQUENCE IF EXISTS ${qi(t.name)} CASCADE`).catch(() => undefined)).catch(() => undefined);
+    "SELECT c.relname AS name FROM pg_catalog.pg_class c WHERE c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = current_schema()) AND c.relkind IN ('r','p','v','m','S')",
+  );
+  for (const t of tables.rows)
+    await client
+      .query(`DROP TABLE IF EXISTS ${qi(t.name)} CASCADE`)
+      .catch(() => client.query(`DROP SEQUENCE IF EXISTS ${qi(t.name)} CASCADE`).catch(() => undefined))
+      .catch(() => undefined);
   for (const t of tables.rows) await client.query(`DROP VIEW IF EXISTS ${qi(t.name)} CASCADE`).catch(() => undefined);
   const types = await client.query<{ name: string }>(
-    "SELECT t.typname AS name FROM pg_catalog.pg_type t WHERE t.typnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = current_schema()) AND t.typtype = 'e'");
+    "SELECT t.typname AS name FROM pg_catalog.pg_type t WHERE t.typnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = current_schema()) AND t.typtype = 'e'",
+  );
   for (const t of types.rows) await client.query(`DROP TYPE IF EXISTS ${qi(t.name)} CASCADE`).catch(() => undefined);
 }
 
@@ -167,7 +197,9 @@ export async function pgDropSecondaryIndexes(client: pg.Client, table: string): 
        FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indrelid JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
       WHERE c.relname = $1 AND c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = current_schema())
         AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.conindid = i.indexrelid)
-      ORDER BY ic.relname`, [table]);
+      ORDER BY ic.relname`,
+    [table],
+  );
   for (const idx of r.rows) await client.query(`DROP INDEX ${qi(idx.name)}`);
   return r.rows;
 }
@@ -184,7 +216,9 @@ async function pgDropUnreferencedKeys(client: pg.Client, table: string): Promise
       WHERE c.relname = $1 AND c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = current_schema())
         AND k.contype IN ('p', 'u')
         AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint f WHERE f.contype = 'f' AND f.conindid = k.conindid)
-      ORDER BY k.contype, k.conname`, [table]);
+      ORDER BY k.contype, k.conname`,
+    [table],
+  );
   for (const k of r.rows) await client.query(`ALTER TABLE ${qi(table)} DROP CONSTRAINT ${qi(k.name)}`);
   return r.rows;
 }
@@ -202,8 +236,13 @@ export async function pgCreateIndexes(client: pg.Client, indexes: readonly Secon
  * out. Returns the result and the indexes still to build.
  */
 export async function copySqliteTable(
-  db: Database.Database, client: pg.Client, t: TableCopy, position: { index: number; count: number; inCycle: boolean }, skipIds: ReadonlySet<number> | undefined,
-  onProgress: (p: CopyProgress) => void, signal?: AbortSignal,
+  db: Database.Database,
+  client: pg.Client,
+  t: TableCopy,
+  position: { index: number; count: number; inCycle: boolean },
+  skipIds: ReadonlySet<number> | undefined,
+  onProgress: (p: CopyProgress) => void,
+  signal?: AbortSignal,
 ): Promise<{ result: TableResult; indexes: SecondaryIndex[] }> {
   const total = (db.prepare(`SELECT count(*) AS n FROM ${qi(t.name)}`).get() as { n: number }).n;
   const withRowid = skipIds !== undefined && skipIds.size > 0;
@@ -214,7 +253,8 @@ export async function copySqliteTable(
   let bytes = 0;
   let skipped = 0;
   let lastReport = performance.now();
-  const report = (): void => onProgress({ table: t.name, tableIndex: position.index, tableCount: position.count, rowsDone: sum.rows + skipped, rowsTotal: total, bytesDone: bytes });
+  const report = (): void =>
+    onProgress({ table: t.name, tableIndex: position.index, tableCount: position.count, rowsDone: sum.rows + skipped, rowsTotal: total, bytesDone: bytes });
   report();
   await client.query("BEGIN");
   let indexes: SecondaryIndex[] = [];
@@ -225,15 +265,22 @@ export async function copySqliteTable(
     if (!position.inCycle) await client.query(`TRUNCATE ${qi(t.name)} CASCADE`);
     if (total > 0) indexes = await pgDropSecondaryIndexes(client, t.name);
     const keys = total > 0 ? await pgDropUnreferencedKeys(client, t.name) : [];
-    const stream = client.query(copyStreams().from(`COPY ${qi(t.name)} (${t.columns.map((c) => qi(c.name)).join(", ")}) FROM STDIN${position.inCycle ? "" : " WITH (FREEZE)"}`));
+    const stream = client.query(
+      copyStreams().from(`COPY ${qi(t.name)} (${t.columns.map((c) => qi(c.name)).join(", ")}) FROM STDIN${position.inCycle ? "" : " WITH (FREEZE)"}`),
+    );
     let streamError: Error | undefined;
-    stream.on("error", (e: Error) => { streamError = e; });
+    stream.on("error", (e: Error) => {
+      streamError = e;
+    });
     const stmt = db.prepare(sqliteSelect(t, withRowid)).raw(true);
     const canon: (string | null)[] = new Array<string | null>(width);
     let buf = "";
     try {
       for (const raw of stmt.iterate() as IterableIterator<SqliteValue[]>) {
-        if (withRowid && skipIds.has(Number(raw[0]))) { skipped++; continue; }
+        if (withRowid && skipIds.has(Number(raw[0]))) {
+          skipped++;
+          continue;
+        }
         let line = "";
         for (let i = 0; i < width; i++) {
           const v = raw[i + off]!;
@@ -241,7 +288,11 @@ export async function copySqliteTable(
           try {
             line += (i === 0 ? "" : "\t") + copyFieldFromSqlite(kind, v);
           } catch (err) {
-            if (err instanceof MoveValueError) throw new FlotillaError("PRECONDITION_FAILED", `${t.name}.${t.columns[i]!.name}: ${err.message} (column type ${kind} on the destination); fix the value in FROM, nothing was moved`);
+            if (err instanceof MoveValueError)
+              throw new FlotillaError(
+                "PRECONDITION_FAILED",
+                `${t.name}.${t.columns[i]!.name}: ${err.message} (column type ${kind} on the destination); fix the value in FROM, nothing was moved`,
+              );
             throw err;
           }
           canon[i] = canonicalFromSqlite(kind, v);
@@ -316,10 +367,12 @@ async function pgRows(client: pg.Client, sql: string, onRow: (fields: (string | 
 }
 
 function keyText(t: TableCopy, fields: readonly (string | null)[]): string {
-  return t.key.map((k) => {
-    const i = t.columns.findIndex((c) => c.name === k);
-    return `${k}=${i >= 0 ? String(fields[i] ?? "NULL") : "?"}`;
-  }).join(",");
+  return t.key
+    .map((k) => {
+      const i = t.columns.findIndex((c) => c.name === k);
+      return `${k}=${i >= 0 ? String(fields[i] ?? "NULL") : "?"}`;
+    })
+    .join(",");
 }
 
 /** The checksum of a PostgreSQL table over the columns of `t`, normalised like the SQLite side. */
@@ -383,7 +436,11 @@ export async function firstDifference(db: Database.Database, client: pg.Client, 
  * transaction), computing the source checksum of what it reads.
  */
 export async function copyPgToSqlite(
-  client: pg.Client, db: Database.Database, tables: readonly TableCopy[], onProgress: (p: CopyProgress) => void, signal?: AbortSignal,
+  client: pg.Client,
+  db: Database.Database,
+  tables: readonly TableCopy[],
+  onProgress: (p: CopyProgress) => void,
+  signal?: AbortSignal,
 ): Promise<TableResult[]> {
   const results: TableResult[] = [];
   db.pragma("foreign_keys = OFF");

@@ -28,7 +28,11 @@ after(async () => {
 
 function target(over: Partial<TargetConfig> & { alembicDir?: string; command?: string[] }): TargetConfig {
   return {
-    id: "t", labels: {}, kind: "sqlite", database: `sqlite:///${join(dir, "data", "w.db")}`, lockTimeoutMs: 5000,
+    id: "t",
+    labels: {},
+    kind: "sqlite",
+    database: `sqlite:///${join(dir, "data", "w.db")}`,
+    lockTimeoutMs: 5000,
     alembic: { dir: over.alembicDir ?? join(dir, "app"), command: over.command ?? ["alembic"], env: {}, secrets: {}, timeoutMs: 60_000 },
     backups: { dir: join(dir, "b"), keep: 3 },
     ...over,
@@ -44,9 +48,15 @@ test("a SQLite target with its folder, alembic.ini and alembic on PATH is servab
   assert.deepEqual(targetHealth(await probeTarget(t, [], db)), { state: "ok", problems: [] });
 
   const noIni = target({ alembicDir: join(dir, "data") });
-  assert.deepEqual(targetHealth(await probeTarget(noIni, [], db)).problems.map((p) => p.code), ["alembic-ini-missing"]);
+  assert.deepEqual(
+    targetHealth(await probeTarget(noIni, [], db)).problems.map((p) => p.code),
+    ["alembic-ini-missing"],
+  );
   const noDir = target({ alembicDir: join(dir, "nope"), command: ["/no/such/python", "-m", "alembic"], database: `sqlite:///${join(dir, "gone", "w.db")}` });
-  assert.deepEqual(targetHealth(await probeTarget(noDir, [], SqliteDatabase.fromUrl(noDir.database))).problems.map((p) => p.code), ["alembic-dir-missing", "alembic-command-missing", "database-folder-missing"]);
+  assert.deepEqual(
+    targetHealth(await probeTarget(noDir, [], SqliteDatabase.fromUrl(noDir.database))).problems.map((p) => p.code),
+    ["alembic-dir-missing", "alembic-command-missing", "database-folder-missing"],
+  );
 });
 
 test("commandFound resolves names on PATH, absolute paths and paths relative to the Alembic folder, executables only", () => {
@@ -71,8 +81,18 @@ test("PostgreSQL: a reachable server is servable; a closed port is database-unre
   const down = await probeTarget(target({ kind: "postgresql", database: closed }), [], new PostgresDatabase({ url: closed, runner, scratchDir: dir }));
   assert.equal(down.database?.reachable, false);
   assert.match(down.database?.detail ?? "", /ECONNREFUSED|connect/);
-  assert.deepEqual(targetHealth(down).problems.map((p) => p.code), ["database-unreachable"]);
-  const noPw = await probeTarget(target({ kind: "postgresql", database: closed, passwordFile: "/nope" }), [{ key: "passwordFile", ref: { file: "/nope" }, state: "missing", detail: "ENOENT" }], new PostgresDatabase({ url: closed, runner, scratchDir: dir }));
+  assert.deepEqual(
+    targetHealth(down).problems.map((p) => p.code),
+    ["database-unreachable"],
+  );
+  const noPw = await probeTarget(
+    target({ kind: "postgresql", database: closed, passwordFile: "/nope" }),
+    [{ key: "passwordFile", ref: { file: "/nope" }, state: "missing", detail: "ENOENT" }],
+    new PostgresDatabase({ url: closed, runner, scratchDir: dir }),
+  );
   assert.equal(noPw.database, undefined);
-  assert.deepEqual(targetHealth(noPw).problems.map((p) => p.code), ["secret-missing"]);
+  assert.deepEqual(
+    targetHealth(noPw).problems.map((p) => p.code),
+    ["secret-missing"],
+  );
 });

@@ -42,7 +42,10 @@ function executable(path: string): boolean {
  */
 export function commandFound(argv0: string, cwd: string, pathVar = process.env.PATH ?? "/usr/local/bin:/usr/bin:/bin"): boolean {
   if (argv0.includes("/")) return executable(isAbsolute(argv0) ? argv0 : resolve(cwd, argv0));
-  return pathVar.split(delimiter).filter((d) => d !== "").some((d) => executable(join(d, argv0)));
+  return pathVar
+    .split(delimiter)
+    .filter((d) => d !== "")
+    .some((d) => executable(join(d, argv0)));
 }
 
 /**

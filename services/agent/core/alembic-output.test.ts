@@ -19,7 +19,10 @@ import {
 // lines are elided as "  …"; nothing else is edited.
 const REC = {
   // upgrade head on a fresh SQLite file
-  "happy": { exit: 0, stdout: ``, stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
+  happy: {
+    exit: 0,
+    stdout: ``,
+    stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
 INFO  [alembic.runtime.migration] Will assume non-transactional DDL.
 INFO  [alembic.runtime.migration] Running upgrade  -> a1f0c0de0001, init
 INFO  [alembic.runtime.migration] Running upgrade a1f0c0de0001 -> b2e1d0c0ffee, Add message and config tables
@@ -30,14 +33,21 @@ INFO  [alembic.runtime.migration] Running upgrade d4c3b2a1e5f6 -> e5f4a3b2c1d0, 
 INFO  [alembic.runtime.migration] Running upgrade e5f4a3b2c1d0 -> f6a5b4c3d2e1, Make user email required and unique
 INFO  [alembic.runtime.migration] Running upgrade f6a5b4c3d2e1 -> 0a7b8c9d0e1f, Add chat archived_at and shared_chat table
 INFO  [alembic.runtime.migration] Running upgrade 0a7b8c9d0e1f -> 1b8c9d0e1f2a, Add user settings and chat user/updated index
-` },
+`,
+  },
   // current at head (SQLite)
-  "happy-current": { exit: 0, stdout: `1b8c9d0e1f2a (head)
-`, stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
+  "happy-current": {
+    exit: 0,
+    stdout: `1b8c9d0e1f2a (head)
+`,
+    stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
 INFO  [alembic.runtime.migration] Will assume non-transactional DDL.
-` },
+`,
+  },
   // history (alembic.ini)
-  "happy-history": { exit: 0, stdout: `0a7b8c9d0e1f -> 1b8c9d0e1f2a (head), Add user settings and chat user/updated index
+  "happy-history": {
+    exit: 0,
+    stdout: `0a7b8c9d0e1f -> 1b8c9d0e1f2a (head), Add user settings and chat user/updated index
 f6a5b4c3d2e1 -> 0a7b8c9d0e1f, Add chat archived_at and shared_chat table
 e5f4a3b2c1d0 -> f6a5b4c3d2e1, Make user email required and unique
 d4c3b2a1e5f6 -> e5f4a3b2c1d0, Add message indexes
@@ -45,9 +55,13 @@ c3d2e1f00d42 -> d4c3b2a1e5f6, Add chat pinned and meta, backfill tags from chat 
 b2e1d0c0ffee -> c3d2e1f00d42, Add reply_to_id column to message
 a1f0c0de0001 -> b2e1d0c0ffee, Add message and config tables
 <base> -> a1f0c0de0001, init
-`, stderr: `` },
+`,
+    stderr: ``,
+  },
   // current -v at head (SQLite)
-  "cur-v": { exit: 0, stdout: `Current revision(s) for sqlite:////tmp/rec/f.db:
+  "cur-v": {
+    exit: 0,
+    stdout: `Current revision(s) for sqlite:////tmp/rec/f.db:
 Rev: 1b8c9d0e1f2a (head)
 Parent: 0a7b8c9d0e1f
 Path: /work/main/test/fixtures/webui/migrations/versions/1b8c9d0e1f2a_user_settings_and_chat_index.py
@@ -58,11 +72,15 @@ Path: /work/main/test/fixtures/webui/migrations/versions/1b8c9d0e1f2a_user_setti
     Revises: 0a7b8c9d0e1f
     Create Date: 2025-01-15 09:00:00.000000
 
-`, stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
+`,
+    stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
 INFO  [alembic.runtime.migration] Will assume non-transactional DDL.
-` },
+`,
+  },
   // current -v on PostgreSQL at e5f4a3b2c1d0 (URL password "pw%d", masked by alembic 1.8 as XXXXX)
-  "pg-current-v": { exit: 0, stdout: `Current revision(s) for postgresql://postgres:XXXXX@127.0.0.1:5432/alrec_pg:
+  "pg-current-v": {
+    exit: 0,
+    stdout: `Current revision(s) for postgresql://postgres:XXXXX@127.0.0.1:5432/alrec_pg:
 Rev: e5f4a3b2c1d0
 Parent: d4c3b2a1e5f6
 Path: /work/main/test/fixtures/webui/migrations/versions/e5f4a3b2c1d0_add_message_indexes.py
@@ -73,11 +91,16 @@ Path: /work/main/test/fixtures/webui/migrations/versions/e5f4a3b2c1d0_add_messag
     Revises: d4c3b2a1e5f6
     Create Date: 2024-10-01 09:00:00.000000
 
-`, stderr: `INFO  [alembic.runtime.migration] Context impl PostgresqlImpl.
+`,
+    stderr: `INFO  [alembic.runtime.migration] Context impl PostgresqlImpl.
 INFO  [alembic.runtime.migration] Will assume transactional DDL.
-` },
+`,
+  },
   // upgrade e5f4a3b2c1d0 on a fresh SQLite file (revision 4 logs progress)
-  "up5": { exit: 0, stdout: ``, stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
+  up5: {
+    exit: 0,
+    stdout: ``,
+    stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
 INFO  [alembic.runtime.migration] Will assume non-transactional DDL.
 INFO  [alembic.runtime.migration] Running upgrade  -> a1f0c0de0001, init
 INFO  [alembic.runtime.migration] Running upgrade a1f0c0de0001 -> b2e1d0c0ffee, Add message and config tables
@@ -85,20 +108,31 @@ INFO  [alembic.runtime.migration] Running upgrade b2e1d0c0ffee -> c3d2e1f00d42, 
 INFO  [alembic.runtime.migration] Running upgrade c3d2e1f00d42 -> d4c3b2a1e5f6, Add chat pinned and meta, backfill tags from chat JSON
 INFO  [fixapp.migrate] chat meta backfill: 0/0 rows
 INFO  [alembic.runtime.migration] Running upgrade d4c3b2a1e5f6 -> e5f4a3b2c1d0, Add message indexes
-` },
+`,
+  },
   // stamp e5f4a3b2c1d0 on an empty database
-  "stamp-empty": { exit: 0, stdout: ``, stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
+  "stamp-empty": {
+    exit: 0,
+    stdout: ``,
+    stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
 INFO  [alembic.runtime.migration] Will assume non-transactional DDL.
 INFO  [alembic.runtime.migration] Running stamp_revision  -> e5f4a3b2c1d0
-` },
+`,
+  },
   // downgrade base from b2e1d0c0ffee
-  "downgrade-base": { exit: 0, stdout: ``, stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
+  "downgrade-base": {
+    exit: 0,
+    stdout: ``,
+    stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
 INFO  [alembic.runtime.migration] Will assume non-transactional DDL.
 INFO  [alembic.runtime.migration] Running downgrade b2e1d0c0ffee -> a1f0c0de0001, Add message and config tables
 INFO  [alembic.runtime.migration] Running downgrade a1f0c0de0001 -> , init
-` },
+`,
+  },
   // history -c alembic-branch.ini
-  "branch-history": { exit: 0, stdout: `0a7b8c9d0e1f -> 1b8c9d0e1f2a (head), Add user settings and chat user/updated index
+  "branch-history": {
+    exit: 0,
+    stdout: `0a7b8c9d0e1f -> 1b8c9d0e1f2a (head), Add user settings and chat user/updated index
 f6a5b4c3d2e1 -> 0a7b8c9d0e1f, Add chat archived_at and shared_chat table
 e5f4a3b2c1d0 -> f6a5b4c3d2e1, Make user email required and unique
 e5f4a3b2c1d0 -> 9c9c9c9c9c9c (head), Add side table (side branch)
@@ -107,19 +141,32 @@ c3d2e1f00d42 -> d4c3b2a1e5f6, Add chat pinned and meta, backfill tags from chat 
 b2e1d0c0ffee -> c3d2e1f00d42, Add reply_to_id column to message
 a1f0c0de0001 -> b2e1d0c0ffee, Add message and config tables
 <base> -> a1f0c0de0001, init
-`, stderr: `` },
+`,
+    stderr: ``,
+  },
   // heads -c alembic-branch.ini
-  "branch-heads": { exit: 0, stdout: `1b8c9d0e1f2a (head)
+  "branch-heads": {
+    exit: 0,
+    stdout: `1b8c9d0e1f2a (head)
 9c9c9c9c9c9c (head)
-`, stderr: `` },
+`,
+    stderr: ``,
+  },
   // upgrade head -c alembic-branch.ini
-  "branch-multi": { exit: 255, stdout: `FAILED: Multiple head revisions are present for given argument 'head'; please specify a specific target revision, '<branchname>@head' to narrow to a specific head, or 'heads' for all heads
-`, stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
+  "branch-multi": {
+    exit: 255,
+    stdout: `FAILED: Multiple head revisions are present for given argument 'head'; please specify a specific target revision, '<branchname>@head' to narrow to a specific head, or 'heads' for all heads
+`,
+    stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
 INFO  [alembic.runtime.migration] Will assume non-transactional DDL.
 ERROR [alembic.util.messaging] Multiple head revisions are present for given argument 'head'; please specify a specific target revision, '<branchname>@head' to narrow to a specific head, or 'heads' for all heads
-` },
+`,
+  },
   // upgrade heads -c alembic-branch.ini on a fresh SQLite file
-  "branch-upheads": { exit: 0, stdout: ``, stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
+  "branch-upheads": {
+    exit: 0,
+    stdout: ``,
+    stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
 INFO  [alembic.runtime.migration] Will assume non-transactional DDL.
 INFO  [alembic.runtime.migration] Running upgrade  -> a1f0c0de0001, init
 INFO  [alembic.runtime.migration] Running upgrade a1f0c0de0001 -> b2e1d0c0ffee, Add message and config tables
@@ -131,24 +178,35 @@ INFO  [alembic.runtime.migration] Running upgrade e5f4a3b2c1d0 -> 9c9c9c9c9c9c, 
 INFO  [alembic.runtime.migration] Running upgrade e5f4a3b2c1d0 -> f6a5b4c3d2e1, Make user email required and unique
 INFO  [alembic.runtime.migration] Running upgrade f6a5b4c3d2e1 -> 0a7b8c9d0e1f, Add chat archived_at and shared_chat table
 INFO  [alembic.runtime.migration] Running upgrade 0a7b8c9d0e1f -> 1b8c9d0e1f2a, Add user settings and chat user/updated index
-` },
+`,
+  },
   // current after the above
-  "branch-current": { exit: 0, stdout: `9c9c9c9c9c9c (head)
+  "branch-current": {
+    exit: 0,
+    stdout: `9c9c9c9c9c9c (head)
 1b8c9d0e1f2a (head)
-`, stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
+`,
+    stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
 INFO  [alembic.runtime.migration] Will assume non-transactional DDL.
-` },
+`,
+  },
   // downgrade d4c3b2a1e5f6 from both heads
-  "branch-down": { exit: 0, stdout: ``, stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
+  "branch-down": {
+    exit: 0,
+    stdout: ``,
+    stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
 INFO  [alembic.runtime.migration] Will assume non-transactional DDL.
 INFO  [alembic.runtime.migration] Running downgrade 1b8c9d0e1f2a -> 0a7b8c9d0e1f, Add user settings and chat user/updated index
 INFO  [alembic.runtime.migration] Running downgrade 0a7b8c9d0e1f -> f6a5b4c3d2e1, Add chat archived_at and shared_chat table
 INFO  [alembic.runtime.migration] Running downgrade f6a5b4c3d2e1 -> e5f4a3b2c1d0, Make user email required and unique
 INFO  [alembic.runtime.migration] Running downgrade 9c9c9c9c9c9c -> e5f4a3b2c1d0, Add side table (side branch)
 INFO  [alembic.runtime.migration] Running downgrade e5f4a3b2c1d0 -> d4c3b2a1e5f6, Add message indexes
-` },
+`,
+  },
   // history after `alembic merge -m "merge heads" --rev-id 7d7d7d7d7d7d heads` (copy of the fixture)
-  "merge-history": { exit: 0, stdout: `1b8c9d0e1f2a, 9c9c9c9c9c9c -> 7d7d7d7d7d7d (head) (mergepoint), merge heads
+  "merge-history": {
+    exit: 0,
+    stdout: `1b8c9d0e1f2a, 9c9c9c9c9c9c -> 7d7d7d7d7d7d (head) (mergepoint), merge heads
 0a7b8c9d0e1f -> 1b8c9d0e1f2a, Add user settings and chat user/updated index
 f6a5b4c3d2e1 -> 0a7b8c9d0e1f, Add chat archived_at and shared_chat table
 e5f4a3b2c1d0 -> f6a5b4c3d2e1, Make user email required and unique
@@ -158,9 +216,14 @@ c3d2e1f00d42 -> d4c3b2a1e5f6, Add chat pinned and meta, backfill tags from chat 
 b2e1d0c0ffee -> c3d2e1f00d42, Add reply_to_id column to message
 a1f0c0de0001 -> b2e1d0c0ffee, Add message and config tables
 <base> -> a1f0c0de0001, init
-`, stderr: `` },
+`,
+    stderr: ``,
+  },
   // upgrade heads through the merge revision
-  "merge-upgrade": { exit: 0, stdout: ``, stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
+  "merge-upgrade": {
+    exit: 0,
+    stdout: ``,
+    stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
 INFO  [alembic.runtime.migration] Will assume non-transactional DDL.
 INFO  [alembic.runtime.migration] Running upgrade  -> a1f0c0de0001, init
 INFO  [alembic.runtime.migration] Running upgrade a1f0c0de0001 -> b2e1d0c0ffee, Add message and config tables
@@ -173,14 +236,21 @@ INFO  [alembic.runtime.migration] Running upgrade e5f4a3b2c1d0 -> f6a5b4c3d2e1, 
 INFO  [alembic.runtime.migration] Running upgrade f6a5b4c3d2e1 -> 0a7b8c9d0e1f, Add chat archived_at and shared_chat table
 INFO  [alembic.runtime.migration] Running upgrade 0a7b8c9d0e1f -> 1b8c9d0e1f2a, Add user settings and chat user/updated index
 INFO  [alembic.runtime.migration] Running upgrade 1b8c9d0e1f2a, 9c9c9c9c9c9c -> 7d7d7d7d7d7d, merge heads
-` },
+`,
+  },
   // current at the merge revision
-  "merge-current": { exit: 0, stdout: `7d7d7d7d7d7d (head) (mergepoint)
-`, stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
+  "merge-current": {
+    exit: 0,
+    stdout: `7d7d7d7d7d7d (head) (mergepoint)
+`,
+    stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
 INFO  [alembic.runtime.migration] Will assume non-transactional DDL.
-` },
+`,
+  },
   // current -v at the merge revision
-  "merge-current-v": { exit: 0, stdout: `Current revision(s) for sqlite:////tmp/rec/m3.db:
+  "merge-current-v": {
+    exit: 0,
+    stdout: `Current revision(s) for sqlite:////tmp/rec/m3.db:
 Rev: 7d7d7d7d7d7d (head) (mergepoint)
 Merges: 1b8c9d0e1f2a, 9c9c9c9c9c9c
 Path: /tmp/fixture-copy/migrations/versions/7d7d7d7d7d7d_merge_heads.py
@@ -191,50 +261,78 @@ Path: /tmp/fixture-copy/migrations/versions/7d7d7d7d7d7d_merge_heads.py
     Revises: 1b8c9d0e1f2a, 9c9c9c9c9c9c
     Create Date: 2026-11-25 17:19:48.763001
 
-`, stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
+`,
+    stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
 INFO  [alembic.runtime.migration] Will assume non-transactional DDL.
-` },
+`,
+  },
   // downgrade 0a7b8c9d0e1f from the merge revision
-  "merge-downgrade": { exit: 0, stdout: ``, stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
+  "merge-downgrade": {
+    exit: 0,
+    stdout: ``,
+    stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
 INFO  [alembic.runtime.migration] Will assume non-transactional DDL.
 INFO  [alembic.runtime.migration] Running downgrade 7d7d7d7d7d7d -> 1b8c9d0e1f2a, 9c9c9c9c9c9c, merge heads
 INFO  [alembic.runtime.migration] Running downgrade 1b8c9d0e1f2a -> 0a7b8c9d0e1f, Add user settings and chat user/updated index
-` },
+`,
+  },
   // current without WEBUI_SECRET_KEY
-  "missing-secret": { exit: 1, stdout: ``, stderr: `Traceback (most recent call last):
+  "missing-secret": {
+    exit: 1,
+    stdout: ``,
+    stderr: `Traceback (most recent call last):
   …
   File "/work/main/test/fixtures/webui/migrations/env.py", line 19, in <module>
     from fixapp import settings
   File "/work/main/test/fixtures/webui/fixapp/settings.py", line 30, in <module>
     raise MissingEnvValueError(ENV_VAR_NOT_FOUND)
 fixapp.settings.MissingEnvValueError: Required environment variable not found. Terminating now.
-` },
+`,
+  },
   // history without WEBUI_SECRET_KEY
-  "missing-secret-history": { exit: 1, stdout: ``, stderr: `Traceback (most recent call last):
+  "missing-secret-history": {
+    exit: 1,
+    stdout: ``,
+    stderr: `Traceback (most recent call last):
   …
   File "/work/main/test/fixtures/webui/fixapp/migrate.py", line 7, in <module>
     from fixapp import settings
   File "/work/main/test/fixtures/webui/fixapp/settings.py", line 30, in <module>
     raise MissingEnvValueError(ENV_VAR_NOT_FOUND)
 fixapp.settings.MissingEnvValueError: Required environment variable not found. Terminating now.
-` },
+`,
+  },
   // current run outside the fixture folder
-  "no-config": { exit: 255, stdout: `FAILED: No config file 'alembic.ini' found, or file has no '[alembic]' section
-`, stderr: `` },
+  "no-config": {
+    exit: 255,
+    stdout: `FAILED: No config file 'alembic.ini' found, or file has no '[alembic]' section
+`,
+    stderr: ``,
+  },
   // current with alembic_version = '9f0c9cd09105'
-  "unknown-current": { exit: 255, stdout: `FAILED: Can't locate revision identified by '9f0c9cd09105'
-`, stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
+  "unknown-current": {
+    exit: 255,
+    stdout: `FAILED: Can't locate revision identified by '9f0c9cd09105'
+`,
+    stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
 INFO  [alembic.runtime.migration] Will assume non-transactional DDL.
 ERROR [alembic.util.messaging] Can't locate revision identified by '9f0c9cd09105'
-` },
+`,
+  },
   // stamp c3d2e1f00d42 with alembic_version = '9f0c9cd09105'
-  "unknown-stamp": { exit: 255, stdout: `FAILED: Can't locate revision identified by '9f0c9cd09105'
-`, stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
+  "unknown-stamp": {
+    exit: 255,
+    stdout: `FAILED: Can't locate revision identified by '9f0c9cd09105'
+`,
+    stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
 INFO  [alembic.runtime.migration] Will assume non-transactional DDL.
 ERROR [alembic.util.messaging] Can't locate revision identified by '9f0c9cd09105'
-` },
+`,
+  },
   // upgrade head --sql (SQLite; SQL shortened)
-  "offline-head": { exit: 255, stdout: `CREATE TABLE alembic_version (
+  "offline-head": {
+    exit: 255,
+    stdout: `CREATE TABLE alembic_version (
     version_num VARCHAR(32) NOT NULL, 
     CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)
 );
@@ -245,7 +343,8 @@ ERROR [alembic.util.messaging] Can't locate revision identified by '9f0c9cd09105
 -- Running upgrade e5f4a3b2c1d0 -> f6a5b4c3d2e1
 
 FAILED: This operation cannot proceed in --sql mode; batch mode with dialect sqlite requires a live database connection with which to reflect the table "user". To generate a batch SQL migration script using table "move and copy", a complete Table object should be passed to the "copy_from" argument of the batch_alter_table() method so that table reflection can be skipped.
-`, stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
+`,
+    stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
 INFO  [alembic.runtime.migration] Generating static SQL
 INFO  [alembic.runtime.migration] Will assume non-transactional DDL.
 INFO  [alembic.runtime.migration] Running upgrade  -> a1f0c0de0001, init
@@ -255,16 +354,20 @@ INFO  [alembic.runtime.migration] Running upgrade c3d2e1f00d42 -> d4c3b2a1e5f6, 
 INFO  [alembic.runtime.migration] Running upgrade d4c3b2a1e5f6 -> e5f4a3b2c1d0, Add message indexes
 INFO  [alembic.runtime.migration] Running upgrade e5f4a3b2c1d0 -> f6a5b4c3d2e1, Make user email required and unique
 ERROR [alembic.util.messaging] This operation cannot proceed in --sql mode; batch mode with dialect sqlite requires a live database connection with which to reflect the table "user". To generate a batch SQL migration script using table "move and copy", a complete Table object should be passed to the "copy_from" argument of the batch_alter_table() method so that table reflection can be skipped.
-` },
+`,
+  },
   // upgrade a1f0c0de0001 --sql with FIXTURE_OFFLINE_GUARD=off
-  "offline-noguard": { exit: 1, stdout: `CREATE TABLE alembic_version (
+  "offline-noguard": {
+    exit: 1,
+    stdout: `CREATE TABLE alembic_version (
     version_num VARCHAR(32) NOT NULL, 
     CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)
 );
 
 -- Running upgrade  -> a1f0c0de0001
 
-`, stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
+`,
+    stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
 INFO  [alembic.runtime.migration] Generating static SQL
 INFO  [alembic.runtime.migration] Will assume non-transactional DDL.
 INFO  [alembic.runtime.migration] Running upgrade  -> a1f0c0de0001, init
@@ -275,15 +378,23 @@ Traceback (most recent call last):
     engine.connect().close()
     ^^^^^^^^^^^^^^^^^^^^^^
 AttributeError: 'MockConnection' object has no attribute 'close'
-` },
+`,
+  },
   // check (absent in 1.8)
-  "check": { exit: 2, stdout: ``, stderr: `usage: alembic [-h] [--version] [-c CONFIG] [-n NAME] [-x X] [--raiseerr]
+  check: {
+    exit: 2,
+    stdout: ``,
+    stderr: `usage: alembic [-h] [--version] [-c CONFIG] [-n NAME] [-x X] [--raiseerr]
                {branches,current,downgrade,edit,ensure_version,heads,history,init,list_templates,merge,revision,show,stamp,upgrade}
                ...
 alembic: error: argument {branches,current,downgrade,edit,ensure_version,heads,history,init,list_templates,merge,revision,show,stamp,upgrade}: invalid choice: 'check' (choose from 'branches', 'current', 'downgrade', 'edit', 'ensure_version', 'heads', 'history', 'init', 'list_templates', 'merge', 'revision', 'show', 'stamp', 'upgrade')
-` },
+`,
+  },
   // upgrade f6a5b4c3d2e1 with duplicate emails (SQLite)
-  "batch-fail": { exit: 1, stdout: ``, stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
+  "batch-fail": {
+    exit: 1,
+    stdout: ``,
+    stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
 INFO  [alembic.runtime.migration] Will assume non-transactional DDL.
 INFO  [alembic.runtime.migration] Running upgrade e5f4a3b2c1d0 -> f6a5b4c3d2e1, Make user email required and unique
 Traceback (most recent call last):
@@ -305,9 +416,13 @@ sqlalchemy.exc.IntegrityError: (sqlite3.IntegrityError) UNIQUE constraint failed
 [SQL: INSERT INTO _alembic_tmp_user (id, name, email, role, created_at) SELECT user.id, user.name, user.email, user.role, user.created_at 
 FROM user]
 (Background on this error at: https://sqlalche.me/e/14/gkpj)
-` },
+`,
+  },
   // retry of the above
-  "batch-retry": { exit: 1, stdout: ``, stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
+  "batch-retry": {
+    exit: 1,
+    stdout: ``,
+    stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
 INFO  [alembic.runtime.migration] Will assume non-transactional DDL.
 INFO  [alembic.runtime.migration] Running upgrade e5f4a3b2c1d0 -> f6a5b4c3d2e1, Make user email required and unique
 Traceback (most recent call last):
@@ -339,9 +454,13 @@ CREATE TABLE _alembic_tmp_user (
 
 ]
 (Background on this error at: https://sqlalche.me/e/14/e3q8)
-` },
+`,
+  },
   // upgrade f6a5b4c3d2e1 while another process holds BEGIN EXCLUSIVE (SQLite)
-  "locked": { exit: 1, stdout: ``, stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
+  locked: {
+    exit: 1,
+    stdout: ``,
+    stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
 INFO  [alembic.runtime.migration] Will assume non-transactional DDL.
 Traceback (most recent call last):
   File "/usr/lib/python3/dist-packages/sqlalchemy/engine/base.py", line 1900, in _execute_context
@@ -361,9 +480,13 @@ Traceback (most recent call last):
 sqlalchemy.exc.OperationalError: (sqlite3.OperationalError) database is locked
 [SQL: PRAGMA main.table_info("alembic_version")]
 (Background on this error at: https://sqlalche.me/e/14/e3q8)
-` },
+`,
+  },
   // upgrade f6a5b4c3d2e1 with PGOPTIONS='-c lock_timeout=2000' and an open reader on "user"
-  "pg-lock": { exit: 1, stdout: ``, stderr: `INFO  [alembic.runtime.migration] Context impl PostgresqlImpl.
+  "pg-lock": {
+    exit: 1,
+    stdout: ``,
+    stderr: `INFO  [alembic.runtime.migration] Context impl PostgresqlImpl.
 INFO  [alembic.runtime.migration] Will assume transactional DDL.
 INFO  [alembic.runtime.migration] Running upgrade e5f4a3b2c1d0 -> f6a5b4c3d2e1, Make user email required and unique
 Traceback (most recent call last):
@@ -386,9 +509,13 @@ sqlalchemy.exc.OperationalError: (psycopg2.errors.LockNotAvailable) canceling st
 
 [SQL: ALTER TABLE "user" ALTER COLUMN email SET NOT NULL]
 (Background on this error at: https://sqlalche.me/e/14/e3q8)
-` },
+`,
+  },
   // loser of three simultaneous upgrade head on a fresh PostgreSQL database
-  "pg-race-loser": { exit: 1, stdout: ``, stderr: `INFO  [alembic.runtime.migration] Context impl PostgresqlImpl.
+  "pg-race-loser": {
+    exit: 1,
+    stdout: ``,
+    stderr: `INFO  [alembic.runtime.migration] Context impl PostgresqlImpl.
 INFO  [alembic.runtime.migration] Will assume transactional DDL.
 Traceback (most recent call last):
   File "/usr/lib/python3/dist-packages/sqlalchemy/engine/base.py", line 1900, in _execute_context
@@ -418,9 +545,13 @@ CREATE TABLE alembic_version (
 
 ]
 (Background on this error at: https://sqlalche.me/e/14/gkpj)
-` },
+`,
+  },
   // loser of two simultaneous upgrade head on SQLite with an empty pre-created alembic_version
-  "sqlite-race-version": { exit: 1, stdout: ``, stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
+  "sqlite-race-version": {
+    exit: 1,
+    stdout: ``,
+    stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
 INFO  [alembic.runtime.migration] Will assume non-transactional DDL.
 INFO  [alembic.runtime.migration] Running upgrade  -> a1f0c0de0001, init
 Traceback (most recent call last):
@@ -441,9 +572,13 @@ Traceback (most recent call last):
 sqlalchemy.exc.IntegrityError: (sqlite3.IntegrityError) UNIQUE constraint failed: alembic_version.version_num
 [SQL: INSERT INTO alembic_version (version_num) VALUES ('a1f0c0de0001')]
 (Background on this error at: https://sqlalche.me/e/14/gkpj)
-` },
+`,
+  },
   // another loser of the same race
-  "sqlite-race-table": { exit: 1, stdout: ``, stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
+  "sqlite-race-table": {
+    exit: 1,
+    stdout: ``,
+    stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
 INFO  [alembic.runtime.migration] Will assume non-transactional DDL.
 INFO  [alembic.runtime.migration] Running upgrade  -> a1f0c0de0001, init
 INFO  [alembic.runtime.migration] Running upgrade a1f0c0de0001 -> b2e1d0c0ffee, Add message and config tables
@@ -475,9 +610,13 @@ CREATE TABLE message (
 
 ]
 (Background on this error at: https://sqlalche.me/e/14/e3q8)
-` },
+`,
+  },
   // upgrade head on PostgreSQL when shared_chat already exists
-  "pg-dup": { exit: 1, stdout: ``, stderr: `INFO  [alembic.runtime.migration] Context impl PostgresqlImpl.
+  "pg-dup": {
+    exit: 1,
+    stdout: ``,
+    stderr: `INFO  [alembic.runtime.migration] Context impl PostgresqlImpl.
 INFO  [alembic.runtime.migration] Will assume transactional DDL.
 INFO  [alembic.runtime.migration] Running upgrade f6a5b4c3d2e1 -> 0a7b8c9d0e1f, Add chat archived_at and shared_chat table
 Traceback (most recent call last):
@@ -508,9 +647,13 @@ CREATE TABLE shared_chat (
 
 ]
 (Background on this error at: https://sqlalche.me/e/14/f405)
-` },
+`,
+  },
   // upgrade head on PostgreSQL when chat.archived_at already exists
-  "pg-dupcol": { exit: 1, stdout: ``, stderr: `INFO  [alembic.runtime.migration] Context impl PostgresqlImpl.
+  "pg-dupcol": {
+    exit: 1,
+    stdout: ``,
+    stderr: `INFO  [alembic.runtime.migration] Context impl PostgresqlImpl.
 INFO  [alembic.runtime.migration] Will assume transactional DDL.
 INFO  [alembic.runtime.migration] Running upgrade f6a5b4c3d2e1 -> 0a7b8c9d0e1f, Add chat archived_at and shared_chat table
 Traceback (most recent call last):
@@ -533,9 +676,13 @@ sqlalchemy.exc.ProgrammingError: (psycopg2.errors.DuplicateColumn) column "archi
 
 [SQL: ALTER TABLE chat ADD COLUMN archived_at BIGINT]
 (Background on this error at: https://sqlalche.me/e/14/f405)
-` },
+`,
+  },
   // upgrade head from c3d2e1f00d42 on PostgreSQL with FIXTURE_FAIL_AT=0a7b8c9d0e1f
-  "pg-failat": { exit: 1, stdout: ``, stderr: `INFO  [alembic.runtime.migration] Context impl PostgresqlImpl.
+  "pg-failat": {
+    exit: 1,
+    stdout: ``,
+    stderr: `INFO  [alembic.runtime.migration] Context impl PostgresqlImpl.
 INFO  [alembic.runtime.migration] Will assume transactional DDL.
 INFO  [alembic.runtime.migration] Running upgrade c3d2e1f00d42 -> d4c3b2a1e5f6, Add chat pinned and meta, backfill tags from chat JSON
 INFO  [fixapp.migrate] chat meta backfill: 0/0 rows
@@ -549,9 +696,13 @@ Traceback (most recent call last):
   File "/work/main/test/fixtures/webui/fixapp/migrate.py", line 20, in fail_point
     raise RuntimeError(
 RuntimeError: simulated failure after DDL in revision 0a7b8c9d0e1f (FIXTURE_FAIL_AT=0a7b8c9d0e1f)
-` },
+`,
+  },
   // upgrade head on PostgreSQL with duplicate emails
-  "pg-uniq": { exit: 1, stdout: ``, stderr: `INFO  [alembic.runtime.migration] Context impl PostgresqlImpl.
+  "pg-uniq": {
+    exit: 1,
+    stdout: ``,
+    stderr: `INFO  [alembic.runtime.migration] Context impl PostgresqlImpl.
 INFO  [alembic.runtime.migration] Will assume transactional DDL.
 INFO  [alembic.runtime.migration] Running upgrade c3d2e1f00d42 -> d4c3b2a1e5f6, Add chat pinned and meta, backfill tags from chat JSON
 INFO  [fixapp.migrate] chat meta backfill: 0/0 rows
@@ -579,18 +730,26 @@ DETAIL:  Key (email)=(a@x) is duplicated.
 
 [SQL: ALTER TABLE "user" ADD CONSTRAINT uq_user_email UNIQUE (email)]
 (Background on this error at: https://sqlalche.me/e/14/gkpj)
-` },
+`,
+  },
   // current -x txn=bogus
-  "bad-x": { exit: 1, stdout: ``, stderr: `Traceback (most recent call last):
+  "bad-x": {
+    exit: 1,
+    stdout: ``,
+    stderr: `Traceback (most recent call last):
   …
   File "<frozen importlib._bootstrap_external>", line 940, in exec_module
   File "<frozen importlib._bootstrap>", line 241, in _call_with_frames_removed
   File "/work/main/test/fixtures/webui/migrations/env.py", line 35, in <module>
     raise ValueError(f"unknown txn mode {TXN_MODE!r} (expected 'single' or 'per-migration')")
 ValueError: unknown txn mode 'bogus' (expected 'single' or 'per-migration')
-` },
+`,
+  },
   // upgrade head from f6a5b4c3d2e1 with FIXTURE_FAIL_AT=0a7b8c9d0e1f (SQLite)
-  "sqlite-failat": { exit: 1, stdout: ``, stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
+  "sqlite-failat": {
+    exit: 1,
+    stdout: ``,
+    stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
 INFO  [alembic.runtime.migration] Will assume non-transactional DDL.
 INFO  [alembic.runtime.migration] Running upgrade f6a5b4c3d2e1 -> 0a7b8c9d0e1f, Add chat archived_at and shared_chat table
 Traceback (most recent call last):
@@ -600,9 +759,13 @@ Traceback (most recent call last):
   File "/work/main/test/fixtures/webui/fixapp/migrate.py", line 20, in fail_point
     raise RuntimeError(
 RuntimeError: simulated failure after DDL in revision 0a7b8c9d0e1f (FIXTURE_FAIL_AT=0a7b8c9d0e1f)
-` },
+`,
+  },
   // retry of the above without the knob
-  "sqlite-dupcol": { exit: 1, stdout: ``, stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
+  "sqlite-dupcol": {
+    exit: 1,
+    stdout: ``,
+    stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
 INFO  [alembic.runtime.migration] Will assume non-transactional DDL.
 INFO  [alembic.runtime.migration] Running upgrade f6a5b4c3d2e1 -> 0a7b8c9d0e1f, Add chat archived_at and shared_chat table
 Traceback (most recent call last):
@@ -623,13 +786,18 @@ Traceback (most recent call last):
 sqlalchemy.exc.OperationalError: (sqlite3.OperationalError) duplicate column name: archived_at
 [SQL: ALTER TABLE chat ADD COLUMN archived_at BIGINT]
 (Background on this error at: https://sqlalche.me/e/14/e3q8)
-` },
+`,
+  },
   // downgrade 1b8c9d0e1f2a from f6a5b4c3d2e1
-  "downgrade-invalid": { exit: 255, stdout: `FAILED: Destination 1b8c9d0e1f2a is not a valid downgrade target from current head(s)
-`, stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
+  "downgrade-invalid": {
+    exit: 255,
+    stdout: `FAILED: Destination 1b8c9d0e1f2a is not a valid downgrade target from current head(s)
+`,
+    stderr: `INFO  [alembic.runtime.migration] Context impl SQLiteImpl.
 INFO  [alembic.runtime.migration] Will assume non-transactional DDL.
 ERROR [alembic.util.messaging] Destination 1b8c9d0e1f2a is not a valid downgrade target from current head(s)
-` },
+`,
+  },
 } as const;
 
 type Rec = { readonly exit: number; readonly stdout: string; readonly stderr: string };
@@ -674,10 +842,10 @@ describe("parseHistory", () => {
   it("reads the linear fixture history, newest first, root from <base>", () => {
     const revs = parseHistory(REC["happy-history"].stdout);
     assert.equal(revs.length, 8);
-    assert.deepEqual(revs.map((r) => r.id), [
-      "1b8c9d0e1f2a", "0a7b8c9d0e1f", "f6a5b4c3d2e1", "e5f4a3b2c1d0",
-      "d4c3b2a1e5f6", "c3d2e1f00d42", "b2e1d0c0ffee", "a1f0c0de0001",
-    ]);
+    assert.deepEqual(
+      revs.map((r) => r.id),
+      ["1b8c9d0e1f2a", "0a7b8c9d0e1f", "f6a5b4c3d2e1", "e5f4a3b2c1d0", "d4c3b2a1e5f6", "c3d2e1f00d42", "b2e1d0c0ffee", "a1f0c0de0001"],
+    );
     const root = revs[7]!;
     assert.deepEqual(root.down, []);
     assert.equal(root.message, "init");
@@ -694,7 +862,10 @@ describe("parseHistory", () => {
     const bp = revs.find((r) => r.id === "e5f4a3b2c1d0")!;
     assert.equal(bp.isBranchpoint, true);
     assert.equal(bp.isHead, false);
-    assert.deepEqual(revs.filter((r) => r.isHead).map((r) => r.id), ["1b8c9d0e1f2a", "9c9c9c9c9c9c"]);
+    assert.deepEqual(
+      revs.filter((r) => r.isHead).map((r) => r.id),
+      ["1b8c9d0e1f2a", "9c9c9c9c9c9c"],
+    );
   });
   it("reads a merge line 'a, b -> m (head) (mergepoint), msg'", () => {
     const revs = parseHistory(REC["merge-history"].stdout);
@@ -738,7 +909,10 @@ describe("parseRunningLines", () => {
   });
   it("ignores other log lines (revision progress, context lines)", () => {
     const steps = parseRunningLines(REC["up5"].stderr);
-    assert.deepEqual(steps.map((s) => s.to), ["a1f0c0de0001", "b2e1d0c0ffee", "c3d2e1f00d42", "d4c3b2a1e5f6", "e5f4a3b2c1d0"]);
+    assert.deepEqual(
+      steps.map((s) => s.to),
+      ["a1f0c0de0001", "b2e1d0c0ffee", "c3d2e1f00d42", "d4c3b2a1e5f6", "e5f4a3b2c1d0"],
+    );
     assert.equal(parseRunningLine("INFO  [fixapp.migrate] chat meta backfill: 0/0 rows"), null);
   });
   it("reads a merge step 'a, b -> m' and a downgrade out of a merge 'm -> a, b, msg'", () => {
@@ -764,7 +938,11 @@ describe("parseRunningLines", () => {
       { direction: "stamp", from: [], to: "e5f4a3b2c1d0", toAll: ["e5f4a3b2c1d0"], message: "" },
     ]);
     assert.deepEqual(parseRunningLine("INFO  [alembic.runtime.migration] Running stamp_revision 1b8c9d0e1f2a -> "), {
-      direction: "stamp", from: ["1b8c9d0e1f2a"], to: "base", toAll: [], message: "",
+      direction: "stamp",
+      from: ["1b8c9d0e1f2a"],
+      to: "base",
+      toAll: [],
+      message: "",
     });
   });
   it("reads the '-- Running' comments of --sql output and keeps commas in messages", () => {

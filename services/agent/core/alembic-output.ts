@@ -102,7 +102,10 @@ function lines(text: string): string[] {
 }
 
 function splitIds(list: string): string[] {
-  return list.split(",").map((s) => s.trim()).filter((s) => s !== "");
+  return list
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s !== "");
 }
 
 /** The id of a `current`/`heads` line: `id`, optionally followed by `(marker)` groups; null for anything else. */
@@ -141,9 +144,7 @@ export function parseHeads(stdout: string): string[] {
   return parseCurrent(stdout);
 }
 
-const HISTORY_LINE = new RegExp(
-  String.raw`^(<base>|${ID}(?:, ${ID})*)(?: \(([^()]*)\))? -> (${ID})((?: \([^()]*\))*)(?:, ?(.*))?$`,
-);
+const HISTORY_LINE = new RegExp(String.raw`^(<base>|${ID}(?:, ${ID})*)(?: \(([^()]*)\))? -> (${ID})((?: \([^()]*\))*)(?:, ?(.*))?$`);
 
 /**
  * Revisions from plain `alembic history` output (newest first, as printed):
@@ -263,7 +264,10 @@ export function lastException(stderr: string): { line: string; block: string } |
   const all = lines(stderr);
   let start = -1;
   for (let i = all.length - 1; i >= 0; i--) {
-    if (all[i]!.startsWith("Traceback (most recent call last):")) { start = i; break; }
+    if (all[i]!.startsWith("Traceback (most recent call last):")) {
+      start = i;
+      break;
+    }
   }
   if (start < 0) return null;
   for (let i = start + 1; i < all.length; i++) {
@@ -277,25 +281,20 @@ export function lastException(stderr: string): { line: string; block: string } |
 
 /** Last line that is neither a log line nor blank: the best message when there is no traceback. */
 function lastMeaningfulLine(stdout: string, stderr: string): string {
-  const candidates = [...lines(stdout), ...lines(stderr)]
-    .map((l) => l.trim())
-    .filter((l) => l !== "" && !/^(INFO|WARNI?N?G?|DEBUG)\s+\[/.test(l));
+  const candidates = [...lines(stdout), ...lines(stderr)].map((l) => l.trim()).filter((l) => l !== "" && !/^(INFO|WARNI?N?G?|DEBUG)\s+\[/.test(l));
   return candidates[candidates.length - 1] ?? "";
 }
 
 const HINTS: Record<FailureKind, string> = {
-  "command-error":
-    "Alembic refused the command before changing anything; read the message, fix the request or the project, and retry.",
-  env:
-    "The app environment is incomplete (a required variable such as WEBUI_SECRET_KEY, the app's Python modules, or the database connection); fix the target's env/command in the agent config. Nothing was changed.",
+  "command-error": "Alembic refused the command before changing anything; read the message, fix the request or the project, and retry.",
+  env: "The app environment is incomplete (a required variable such as WEBUI_SECRET_KEY, the app's Python modules, or the database connection); fix the target's env/command in the agent config. Nothing was changed.",
   "missing-config":
     "Alembic found no alembic.ini with an [alembic] section: point the target's dir (and iniFile) at the folder holding it (Open WebUI: backend/open_webui). Nothing was changed.",
   "unknown-revision":
     "A revision id is not in the installed scripts: the database was migrated by a newer or different build (version skew), or the requested id is wrong. Deploy the matching build or restore a backup made with this one; `stamp --purge` only after verifying the schema.",
   "multiple-heads":
     "The scripts have several heads: migrate to an explicit revision or to `heads`, or merge the heads in the app's scripts. Nothing was changed.",
-  lock:
-    "Another process or session holds the database (the app still running, an idle transaction): stop the app instances or end the blocking session, then retry.",
+  lock: "Another process or session holds the database (the app still running, an idle transaction): stop the app instances or end the blocking session, then retry.",
   "partial-apply":
     "A revision failed after part of its DDL ran on a database without transactional DDL (SQLite); alembic_version still names the previous revision. Restore the pre-migration backup before any retry; do not stamp.",
   "duplicate-object":
@@ -308,14 +307,11 @@ const HINTS: Record<FailureKind, string> = {
     "A SQL statement failed; with transactional DDL the step was rolled back. Fix the cause named in the message (data, permissions, schema drift) and retry.",
   "offline-unsupported":
     "Offline --sql cannot render this range (batch mode needs a live connection, or a revision reads the database). Use the pending revision list, or render a narrower range. Nothing was changed.",
-  usage:
-    "Alembic rejected the command line; this Alembic version may lack the option or subcommand (check `alembic --version`). Nothing was changed.",
+  usage: "Alembic rejected the command line; this Alembic version may lack the option or subcommand (check `alembic --version`). Nothing was changed.",
   timeout:
     "Alembic was killed at the time limit; a long data migration may need more time. Check alembic_version and the database, and restore the backup if a step was cut short.",
-  killed:
-    "Alembic was stopped before it finished. Check alembic_version and the database, and restore the backup if a step was cut short.",
-  unknown:
-    "Alembic failed in an unrecognised way; read the output tail, check alembic_version, and restore the backup if the schema is inconsistent.",
+  killed: "Alembic was stopped before it finished. Check alembic_version and the database, and restore the backup if a step was cut short.",
+  unknown: "Alembic failed in an unrecognised way; read the output tail, check alembic_version, and restore the backup if the schema is inconsistent.",
 };
 
 function failure(kind: FailureKind, message: string, changesMayBePartial: boolean): AlembicFailure {
@@ -331,12 +327,7 @@ const DB_ERROR = /^(sqlalchemy\.exc\.|psycopg2?\.|psycopg\.|sqlite3\.|pymysql\.|
  * exception is matched; exit 2 is argparse. `ending` adds what the process
  * runner knows (timeout, cancel, signal, spawn error).
  */
-export function classifyFailure(
-  exitCode: number | null,
-  stdout: string,
-  stderr: string,
-  ending: RunEnding = {},
-): AlembicFailure | null {
+export function classifyFailure(exitCode: number | null, stdout: string, stderr: string, ending: RunEnding = {}): AlembicFailure | null {
   const err = stripAnsi(stderr);
   const steps = parseRunningLines(err);
   const offline = /Generating static SQL/.test(err);
@@ -375,7 +366,7 @@ export function classifyFailure(
   }
 
   const exc = lastException(stderr);
-  const msg = exc?.line ?? (failed ?? lastMeaningfulLine(stdout, stderr));
+  const msg = exc?.line ?? failed ?? lastMeaningfulLine(stdout, stderr);
   const block = exc?.block ?? msg;
 
   if (/Required environment variable not found|Terminating now\./.test(msg)) return failure("env", msg, false);
@@ -438,9 +429,13 @@ export function revisionTimeline(
     const step = parseRunningLine(l.line, knownIds);
     if (step && step.direction !== "stamp") started.push({ step, atMs: l.atMs });
   }
-  const timed = started.map((s, i): TimedStep => ({
-    ...s.step, startedAtMs: s.atMs, durationMs: Math.max(0, (started[i + 1]?.atMs ?? end.atMs) - s.atMs),
-  }));
+  const timed = started.map(
+    (s, i): TimedStep => ({
+      ...s.step,
+      startedAtMs: s.atMs,
+      durationMs: Math.max(0, (started[i + 1]?.atMs ?? end.atMs) - s.atMs),
+    }),
+  );
   if (end.ok) return { done: timed, failedAt: null };
   const failedAt = timed.pop() ?? null;
   return { done: timed, failedAt };

@@ -33,26 +33,44 @@ describe("revisionTimeline", () => {
     const ok = FAILED_18.slice(0, 6);
     const t = revisionTimeline(at(ok, [0, 10, 100, 150, 400, 1000]), { atMs: 1300, ok: true });
     assert.equal(t.failedAt, null);
-    assert.deepEqual(t.done.map((s) => [s.to, s.durationMs]), [["d4c3b2a1e5f6", 900], ["e5f4a3b2c1d0", 300]]);
+    assert.deepEqual(
+      t.done.map((s) => [s.to, s.durationMs]),
+      [
+        ["d4c3b2a1e5f6", 900],
+        ["e5f4a3b2c1d0", 300],
+      ],
+    );
     assert.deepEqual(t.done[1]!.from, ["d4c3b2a1e5f6"]);
     assert.equal(t.done[0]!.message, "Add chat pinned and meta, backfill tags from chat JSON");
   });
 
   it("names the revision that was running when the run failed", () => {
     const t = revisionTimeline(at(FAILED_18, [0, 1, 10, 20, 30, 40, 50, 51, 52, 53]), { atMs: 80, ok: false });
-    assert.deepEqual(t.done.map((s) => s.to), ["d4c3b2a1e5f6", "e5f4a3b2c1d0"]);
+    assert.deepEqual(
+      t.done.map((s) => s.to),
+      ["d4c3b2a1e5f6", "e5f4a3b2c1d0"],
+    );
     assert.equal(t.failedAt?.to, "f6a5b4c3d2e1");
     assert.equal(t.failedAt?.durationMs, 30);
   });
 
   it("a failure before any revision started has no failure point", () => {
-    const t = revisionTimeline(at(["Traceback (most recent call last):", "psycopg2.errors.LockNotAvailable: canceling statement due to lock timeout"], [0, 1]), { atMs: 2, ok: false });
+    const t = revisionTimeline(
+      at(["Traceback (most recent call last):", "psycopg2.errors.LockNotAvailable: canceling statement due to lock timeout"], [0, 1]),
+      { atMs: 2, ok: false },
+    );
     assert.deepEqual(t, { done: [], failedAt: null });
   });
 
   it("reads newer and app-configured log formats", () => {
     const t = revisionTimeline(at(NEWER, [0, 150, 300]), { atMs: 1000, ok: true });
-    assert.deepEqual(t.done.map((s) => [s.from.join(","), s.to, s.durationMs]), [["1b8c9d0e1f2a", "2c1d0e9f8a7b", 150], ["2c1d0e9f8a7b", "3d2e1f0a9b8c", 700]]);
+    assert.deepEqual(
+      t.done.map((s) => [s.from.join(","), s.to, s.durationMs]),
+      [
+        ["1b8c9d0e1f2a", "2c1d0e9f8a7b", 150],
+        ["2c1d0e9f8a7b", "3d2e1f0a9b8c", 700],
+      ],
+    );
     assert.equal(t.done[1]!.message, "Backfill chat_message");
   });
 });
@@ -93,7 +111,10 @@ describe("splitOfflineSql", () => {
   it("cuts offline SQL into one piece per revision, without the transaction wrapper", () => {
     const s = splitOfflineSql(OFFLINE_PG);
     assert.equal(s.preamble, "BEGIN;");
-    assert.deepEqual(s.revisions.map((r) => r.to), ["d4c3b2a1e5f6", "e5f4a3b2c1d0"]);
+    assert.deepEqual(
+      s.revisions.map((r) => r.to),
+      ["d4c3b2a1e5f6", "e5f4a3b2c1d0"],
+    );
     assert.match(s.revisions[0]!.sql, /^ALTER TABLE chat ADD COLUMN pinned BOOLEAN;[\s\S]*version_num='d4c3b2a1e5f6'/);
     assert.doesNotMatch(s.revisions[0]!.sql, /message_chat_created_idx/);
     assert.doesNotMatch(s.revisions[1]!.sql, /COMMIT/);
@@ -102,6 +123,12 @@ describe("splitOfflineSql", () => {
 
   it("keeps every revision before the one where rendering stopped", () => {
     const s = splitOfflineSql(OFFLINE_SQLITE_STOPPED);
-    assert.deepEqual(s.revisions.map((r) => [r.to, r.sql === ""]), [["e5f4a3b2c1d0", false], ["f6a5b4c3d2e1", true]]);
+    assert.deepEqual(
+      s.revisions.map((r) => [r.to, r.sql === ""]),
+      [
+        ["e5f4a3b2c1d0", false],
+        ["f6a5b4c3d2e1", true],
+      ],
+    );
   });
 });

@@ -3,16 +3,7 @@ import assert from "node:assert/strict";
 import { diagnose, lastFailure, DISK_MARGIN_BYTES, BACKUP_MAX_AGE_MS } from "./diagnose.js";
 import type { DiagnoseFacts, Finding, JournalRow, Severity } from "./diagnose.js";
 
-const CHAIN = [
-  "a1f0c0de0001",
-  "b2e1d0c0ffee",
-  "c3d2e1f00d42",
-  "d4c3b2a1e5f6",
-  "e5f4a3b2c1d0",
-  "f6a5b4c3d2e1",
-  "0a7b8c9d0e1f",
-  "1b8c9d0e1f2a",
-];
+const CHAIN = ["a1f0c0de0001", "b2e1d0c0ffee", "c3d2e1f00d42", "d4c3b2a1e5f6", "e5f4a3b2c1d0", "f6a5b4c3d2e1", "0a7b8c9d0e1f", "1b8c9d0e1f2a"];
 const HEAD = "1b8c9d0e1f2a";
 const MB = 1024 * 1024;
 
@@ -74,7 +65,10 @@ function expectFinding(facts: DiagnoseFacts, code: string, severity: Severity, f
   assert.equal(hit.severity, severity);
   assert.match(hit.fix, fix);
   assert.ok(hit.what.length > 0 && hit.why.length > 0, "what and why are filled in");
-  assert.equal(result.problems, result.findings.some((x) => x.severity === "error" || x.severity === "warning"));
+  assert.equal(
+    result.problems,
+    result.findings.some((x) => x.severity === "error" || x.severity === "warning"),
+  );
   return hit;
 }
 
@@ -107,7 +101,10 @@ test("multiple heads: error, fix is a merge revision or an explicit target", () 
   );
   assert.match(f.fix, /flotilla rollout --selector S --to REV/);
   assert.match(f.what, /9c9c9c9c9c9c/);
-  assert.equal(diagnose(healthy({ heads: [HEAD, "9c9c9c9c9c9c"] })).findings.some((x) => x.code === "single-head"), false);
+  assert.equal(
+    diagnose(healthy({ heads: [HEAD, "9c9c9c9c9c9c"] })).findings.some((x) => x.code === "single-head"),
+    false,
+  );
 });
 
 test("branchpoints: warning while unmerged, info once merged", () => {
@@ -127,7 +124,10 @@ test("alembic.ini missing: error naming the dir and the alembic.dir key", () => 
   );
   assert.match(f.what, /\/app\/backend/);
   // The empty graph is explained by the missing ini, not reported twice.
-  assert.equal(diagnose(healthy({ alembicIniFound: false, heads: [], knownRevisions: [] })).findings.some((x) => x.code === "revision-graph-empty"), false);
+  assert.equal(
+    diagnose(healthy({ alembicIniFound: false, heads: [], knownRevisions: [] })).findings.some((x) => x.code === "revision-graph-empty"),
+    false,
+  );
 });
 
 test("ini present but rejected (missing-config): same finding with Alembic's message", () => {
@@ -157,7 +157,10 @@ test("missing WEBUI_SECRET_KEY: error, fix configures the key file", () => {
   assert.match(configured.what, /empty or unreadable/);
   // The current revision cannot be compared without the graph: said, not guessed.
   expectFinding(facts, "version-unchecked", "info", /flotilla diagnose webui-1/);
-  assert.equal(diagnose(facts).findings.some((x) => x.code === "version-skew"), false);
+  assert.equal(
+    diagnose(facts).findings.some((x) => x.code === "version-skew"),
+    false,
+  );
 });
 
 test("other alembic failure: error with its kind, fix names alembic.command", () => {
@@ -185,12 +188,7 @@ test("database missing: error; database-derived checks are skipped", () => {
 });
 
 test("version skew: error, fix is the matching code or a restore, never stamp", () => {
-  const f = expectFinding(
-    healthy({ current: ["9f0c9cd09105"] }),
-    "version-skew",
-    "error",
-    /flotilla restore webui-1 BACKUP --yes/,
-  );
+  const f = expectFinding(healthy({ current: ["9f0c9cd09105"] }), "version-skew", "error", /flotilla restore webui-1 BACKUP --yes/);
   assert.match(f.what, /9f0c9cd09105/);
   assert.match(f.fix, /never stamp/);
   assert.doesNotMatch(f.fix, /flotilla stamp/);
@@ -297,7 +295,12 @@ test("integrity check failed: error, restore the last verified backup", () => {
 
 test("app instance running with a migration pending: warning naming it, fix is the maintenance strategy", () => {
   const f = expectFinding(
-    atRev6({ appInstances: [{ id: "webui-1-a", state: "running" }, { id: "webui-1-b", state: "stopped" }] }),
+    atRev6({
+      appInstances: [
+        { id: "webui-1-a", state: "running" },
+        { id: "webui-1-b", state: "stopped" },
+      ],
+    }),
     "app-running",
     "warning",
     /--strategy maintenance/,
@@ -320,12 +323,7 @@ test("a healthy, up-to-date target with its app running and holding the file has
 });
 
 test("processes holding the SQLite file with a migration pending: warning naming pids, fix stops them", () => {
-  const f = expectFinding(
-    atRev6({ holders: [{ pid: 4242, description: "python3 -m open_webui.main" }] }),
-    "database-in-use",
-    "warning",
-    /kill 4242/,
-  );
+  const f = expectFinding(atRev6({ holders: [{ pid: 4242, description: "python3 -m open_webui.main" }] }), "database-in-use", "warning", /kill 4242/);
   assert.match(f.what, /pid 4242 \(python3 -m open_webui\.main\)/);
   assert.match(f.why, /refused/);
 });
@@ -347,17 +345,15 @@ test("idle in transaction on PostgreSQL: warning, fix names pg_stat_activity and
   assert.match(f.why, /lock_timeout/);
   assert.match(f.what, /^2 sessions are idle in transaction$/);
   // SQLite has no such sessions: the fact is ignored there.
-  assert.equal(diagnose(healthy({ idleInTransaction: 2 })).findings.some((x) => x.code === "idle-in-transaction"), false);
+  assert.equal(
+    diagnose(healthy({ idleInTransaction: 2 })).findings.some((x) => x.code === "idle-in-transaction"),
+    false,
+  );
 });
 
 test("free disk: error below one copy plus margin, warning below two copies", () => {
   const db = 1024 * MB;
-  expectFinding(
-    healthy({ databaseBytes: db, freeBytes: db + DISK_MARGIN_BYTES - 1 }),
-    "disk-space-low",
-    "error",
-    /`backups\.dir`/,
-  );
+  expectFinding(healthy({ databaseBytes: db, freeBytes: db + DISK_MARGIN_BYTES - 1 }), "disk-space-low", "error", /`backups\.dir`/);
   const tight = expectFinding(healthy({ databaseBytes: db, freeBytes: db + DISK_MARGIN_BYTES }), "disk-space-tight", "warning", /flotilla backups webui-1/);
   assert.match(tight.what, /1\.0 GiB database/);
   expectFinding(healthy({ databaseBytes: db, freeBytes: 2 * db - 1 }), "disk-space-tight", "warning", /`backups\.dir`/);
@@ -380,7 +376,10 @@ test("interrupted operations: error, fix is flotilla recover with restore", () =
 
 test("SQLite on a network filesystem: warning, fix moves it to local disk", () => {
   expectFinding(healthy({ onNetworkFilesystem: true }), "network-filesystem", "warning", /local disk/);
-  assert.equal(diagnose(healthy({ kind: "postgresql", onNetworkFilesystem: true })).findings.some((x) => x.code === "network-filesystem"), false);
+  assert.equal(
+    diagnose(healthy({ kind: "postgresql", onNetworkFilesystem: true })).findings.some((x) => x.code === "network-filesystem"),
+    false,
+  );
 });
 
 test("WAL mode: info only, backups handle it", () => {
@@ -409,14 +408,34 @@ test("any stamp advice carries a legitimate reason and never targets head blindl
 });
 
 function row(over: Partial<JournalRow>): JournalRow {
-  return { id: "op", kind: "migrate", state: "succeeded", startedAt: "2026-11-26T03:00:00.000Z", errorCode: "", message: "", revisionBefore: [], revisionAfter: [], toRevision: "", backupId: "", ...over };
+  return {
+    id: "op",
+    kind: "migrate",
+    state: "succeeded",
+    startedAt: "2026-11-26T03:00:00.000Z",
+    errorCode: "",
+    message: "",
+    revisionBefore: [],
+    revisionAfter: [],
+    toRevision: "",
+    backupId: "",
+    ...over,
+  };
 }
 
 test("lastFailure picks the newest failed or interrupted operation from the journal and notes a later success that settled it", () => {
   assert.equal(lastFailure([row({ id: "a" }), row({ id: "b", state: "refused" })]), undefined);
   const rows = [
     row({ id: "op-3", kind: "backup", state: "succeeded" }),
-    row({ id: "op-2", state: "failed", errorCode: "MIGRATION_FAILED", revisionBefore: ["f6a5b4c3d2e1"], revisionAfter: ["0a7b8c9d0e1f"], toRevision: HEAD, backupId: "b-1" }),
+    row({
+      id: "op-2",
+      state: "failed",
+      errorCode: "MIGRATION_FAILED",
+      revisionBefore: ["f6a5b4c3d2e1"],
+      revisionAfter: ["0a7b8c9d0e1f"],
+      toRevision: HEAD,
+      backupId: "b-1",
+    }),
     row({ id: "op-1", state: "interrupted" }),
   ];
   const last = lastFailure(rows);
@@ -427,15 +446,33 @@ test("lastFailure picks the newest failed or interrupted operation from the jour
 });
 
 test("last failed migration that left the database between revisions: warning naming it, what it left and the restore of its backup", () => {
-  const op = lastFailure([row({ id: "op-2", state: "failed", errorCode: "MIGRATION_FAILED", message: "duplicate column", revisionBefore: ["f6a5b4c3d2e1"], revisionAfter: ["0a7b8c9d0e1f"], toRevision: HEAD, backupId: "b-1" })])!;
-  const f = expectFinding(atRev6({ current: ["0a7b8c9d0e1f"], lastFailedOperation: op }), "last-failed-operation", "warning", /flotilla restore webui-1 b-1 --yes/);
+  const op = lastFailure([
+    row({
+      id: "op-2",
+      state: "failed",
+      errorCode: "MIGRATION_FAILED",
+      message: "duplicate column",
+      revisionBefore: ["f6a5b4c3d2e1"],
+      revisionAfter: ["0a7b8c9d0e1f"],
+      toRevision: HEAD,
+      backupId: "b-1",
+    }),
+  ])!;
+  const f = expectFinding(
+    atRev6({ current: ["0a7b8c9d0e1f"], lastFailedOperation: op }),
+    "last-failed-operation",
+    "warning",
+    /flotilla restore webui-1 b-1 --yes/,
+  );
   assert.match(f.what, /migrate op-2 .*MIGRATION_FAILED: duplicate column/);
   assert.match(f.why, /left the database at 0a7b8c9d0e1f, not at its old revision f6a5b4c3d2e1/);
   assert.match(f.why, /backup b-1 holds the data from before/);
 });
 
 test("last failed migration that left nothing behind, or one settled since, is information and keeps diagnose at exit 0", () => {
-  const restored = lastFailure([row({ id: "op-2", state: "failed", errorCode: "MIGRATION_FAILED", revisionBefore: [HEAD], revisionAfter: [HEAD], backupId: "b-1" })])!;
+  const restored = lastFailure([
+    row({ id: "op-2", state: "failed", errorCode: "MIGRATION_FAILED", revisionBefore: [HEAD], revisionAfter: [HEAD], backupId: "b-1" }),
+  ])!;
   const f = expectFinding(healthy({ lastFailedOperation: restored }), "last-failed-operation", "info", /nothing is left to repair/);
   assert.match(f.why, /left the database at its old revision 1b8c9d0e1f2a/);
   assert.equal(diagnose(healthy({ lastFailedOperation: restored })).problems, false);
@@ -449,5 +486,9 @@ test("an interrupted operation still holding the target is named with what it le
   const facts = atRev6({ interruptedOperations: ["op-17"], lastFailedOperation: op });
   const f = expectFinding(facts, "interrupted-operation", "error", /flotilla recover webui-1 op-17 --action restore/);
   assert.match(f.why, /migrate op-17 started .* towards 1b8c9d0e1f2a from f6a5b4c3d2e1 after taking backup b-7/);
-  assert.equal(diagnose(facts).findings.some((x) => x.code === "last-failed-operation"), false, "named once");
+  assert.equal(
+    diagnose(facts).findings.some((x) => x.code === "last-failed-operation"),
+    false,
+    "named once",
+  );
 });

@@ -114,10 +114,21 @@ export function lastFailure(rows: readonly JournalRow[]): FailedOperation | unde
   const i = rows.findIndex((r) => r.state === "failed" || r.state === "interrupted");
   if (i < 0) return undefined;
   const r = rows[i]!;
-  const later = rows.slice(0, i).reverse().find((x) => x.state === "succeeded" && SETTLING_KINDS.has(x.kind));
+  const later = rows
+    .slice(0, i)
+    .reverse()
+    .find((x) => x.state === "succeeded" && SETTLING_KINDS.has(x.kind));
   return {
-    id: r.id, kind: r.kind, state: r.state as FailedOperation["state"], startedAt: r.startedAt, errorCode: r.errorCode, message: r.message,
-    revisionBefore: [...r.revisionBefore], revisionAfter: [...r.revisionAfter], toRevision: r.toRevision, backupId: r.backupId,
+    id: r.id,
+    kind: r.kind,
+    state: r.state as FailedOperation["state"],
+    startedAt: r.startedAt,
+    errorCode: r.errorCode,
+    message: r.message,
+    revisionBefore: [...r.revisionBefore],
+    revisionAfter: [...r.revisionAfter],
+    toRevision: r.toRevision,
+    backupId: r.backupId,
     ...(later ? { supersededBy: { id: later.id, kind: later.kind } } : {}),
   };
 }
@@ -214,9 +225,7 @@ function graphAvailable(f: DiagnoseFacts): boolean {
 
 /** Tables that belong to the app, not to Alembic, peewee or SQLite bookkeeping. */
 function appTables(f: DiagnoseFacts): string[] {
-  return f.tables.filter(
-    (t) => t !== "alembic_version" && t !== "migratehistory" && !t.startsWith(TMP_PREFIX) && !t.startsWith("sqlite_"),
-  );
+  return f.tables.filter((t) => t !== "alembic_version" && t !== "migratehistory" && !t.startsWith(TMP_PREFIX) && !t.startsWith("sqlite_"));
 }
 
 function checkAlembicConfig(f: DiagnoseFacts): Finding[] {
@@ -246,7 +255,7 @@ function checkAlembicConfig(f: DiagnoseFacts): Finding[] {
         "secret-missing",
         "error",
         what,
-        "env.py stops before Alembic connects (\"Required environment variable not found\"), so every alembic command fails",
+        'env.py stops before Alembic connects ("Required environment variable not found"), so every alembic command fails',
         `add to the target's agent config \`alembic.env.WEBUI_SECRET_KEY: { file: /app/backend/.webui_secret_key }\` ` +
           `(the app's existing key file, non-empty), restart the agent, then \`flotilla diagnose ${t}\``,
       ),
@@ -312,9 +321,7 @@ function checkRevisionGraph(f: DiagnoseFacts): Finding[] {
         "branchpoints",
         merged ? "info" : "warning",
         `the history branches at ${list(f.branchpoints)}${merged ? " and is merged again" : ""}`,
-        merged
-          ? "a merged branch is normal; upgrades walk both sides"
-          : "the branches starting there are the unmerged heads above",
+        merged ? "a merged branch is normal; upgrades walk both sides" : "the branches starting there are the unmerged heads above",
         merged ? `nothing to do; \`flotilla plan --selector S\` shows the order` : "merge the heads in the app's code (see multiple-heads)",
       ),
     );
@@ -369,7 +376,7 @@ function checkVersion(f: DiagnoseFacts): Finding[] {
         "unversioned-schema",
         "warning",
         `the database ${state} but holds ${plural(tables.length, "table", "tables")} (${list(tables)})`,
-        "it was built by create_all or by the pre-Alembic (peewee) app; an upgrade would replay revisions over existing tables and fail with \"already exists\"",
+        'it was built by create_all or by the pre-Alembic (peewee) app; an upgrade would replay revisions over existing tables and fail with "already exists"',
         fix,
       ),
     ];
@@ -395,7 +402,7 @@ function checkVersion(f: DiagnoseFacts): Finding[] {
         "version-skew",
         "error",
         `the database is at ${list(unknown)}, a revision the app's code does not know`,
-        "it was migrated by a newer or different build; Alembic fails with \"Can't locate revision\" and cannot upgrade or downgrade it",
+        'it was migrated by a newer or different build; Alembic fails with "Can\'t locate revision" and cannot upgrade or downgrade it',
         `run the app version whose code contains ${list(unknown)} (point \`alembic.dir\` at that build), ` +
           `or restore a backup taken before the other build touched it: \`flotilla backups ${t}\`, \`flotilla restore ${t} BACKUP --yes\`; never stamp`,
       ),
@@ -491,9 +498,7 @@ function checkPartialApply(f: DiagnoseFacts): Finding[] {
     objs.push(`${o.kind} ${o.object}`);
     byRevision.set(o.revision, objs);
   }
-  const revisions = [...byRevision.keys()].sort(
-    (a, b) => (order.get(a) ?? Number.MAX_SAFE_INTEGER) - (order.get(b) ?? Number.MAX_SAFE_INTEGER),
-  );
+  const revisions = [...byRevision.keys()].sort((a, b) => (order.get(a) ?? Number.MAX_SAFE_INTEGER) - (order.get(b) ?? Number.MAX_SAFE_INTEGER));
   const first = revisions[0] ?? "?";
   const others = revisions.slice(1);
   const stampHint =
@@ -506,7 +511,7 @@ function checkPartialApply(f: DiagnoseFacts): Finding[] {
       "error",
       `pending revision ${first} creates objects that already exist: ${list(byRevision.get(first) ?? [])}` +
         (others.length > 0 ? ` (also ${list(others)})` : ""),
-      "an earlier attempt applied part of it (SQLite DDL is not transactional) or the schema was changed by hand; the upgrade fails with \"duplicate column\" / \"already exists\"",
+      'an earlier attempt applied part of it (SQLite DDL is not transactional) or the schema was changed by hand; the upgrade fails with "duplicate column" / "already exists"',
       `${restoreFix(t)}${stampHint}`,
     ),
   ];
@@ -667,27 +672,38 @@ function checkDrill(f: DiagnoseFacts): Finding[] {
     return [ok("drill-recent", `last restore drill passed ${formatAge(d.lastPassAgeMs)} ago`)];
   }
   if (d.lastFailed) {
-    return [finding("drill-failed", "warning", "the last restore drill failed", "the backup it drilled could not be restored and checked: it may not be usable when needed", `see the failure with \`flotilla targets\`, take a fresh backup, then ${fix}`)];
+    return [
+      finding(
+        "drill-failed",
+        "warning",
+        "the last restore drill failed",
+        "the backup it drilled could not be restored and checked: it may not be usable when needed",
+        `see the failure with \`flotilla targets\`, take a fresh backup, then ${fix}`,
+      ),
+    ];
   }
   // A young target has had no time to drill: say nothing until its first backup is older than the limit.
   if (d.oldestVerifiedBackupAgeMs === undefined || d.oldestVerifiedBackupAgeMs <= DRILL_MAX_AGE_MS) return [];
-  return [finding(
-    "drill-missing",
-    "warning",
-    d.lastPassAgeMs === undefined ? "no restore drill has ever passed" : `the last passing restore drill is ${formatAge(d.lastPassAgeMs)} old`,
-    `a backup nobody has restored is a hope, not a backup: without a passing drill in ${DRILL_MAX_AGE_MS / 86_400_000} days nobody knows whether it restores`,
-    fix,
-  )];
+  return [
+    finding(
+      "drill-missing",
+      "warning",
+      d.lastPassAgeMs === undefined ? "no restore drill has ever passed" : `the last passing restore drill is ${formatAge(d.lastPassAgeMs)} old`,
+      `a backup nobody has restored is a hope, not a backup: without a passing drill in ${DRILL_MAX_AGE_MS / 86_400_000} days nobody knows whether it restores`,
+      fix,
+    ),
+  ];
 }
 
 function checkInterrupted(f: DiagnoseFacts): Finding[] {
   const t = f.targetId;
   if (f.interruptedOperations.length === 0) return [ok("no-interrupted-operations", "no operation was interrupted by an agent crash")];
   const op = f.lastFailedOperation;
-  const latest = op !== undefined && op.state === "interrupted" && f.interruptedOperations.includes(op.id)
-    ? `; ${op.kind} ${op.id} started ${op.startedAt}${op.toRevision ? ` towards ${op.toRevision}` : ""} from ${op.revisionBefore.join(",") || "no revision"}` +
-      (op.backupId ? ` after taking backup ${op.backupId}, which holds the data from before it` : " before taking its backup, so it had changed nothing")
-    : "";
+  const latest =
+    op !== undefined && op.state === "interrupted" && f.interruptedOperations.includes(op.id)
+      ? `; ${op.kind} ${op.id} started ${op.startedAt}${op.toRevision ? ` towards ${op.toRevision}` : ""} from ${op.revisionBefore.join(",") || "no revision"}` +
+        (op.backupId ? ` after taking backup ${op.backupId}, which holds the data from before it` : " before taking its backup, so it had changed nothing")
+      : "";
   return [
     finding(
       "interrupted-operation",
@@ -706,7 +722,9 @@ function leftBehind(op: FailedOperation): string {
   if (op.revisionAfter.length === 0) return `the revision it left was not recorded (it started at ${before})`;
   const after = op.revisionAfter.join(",");
   const same = [...op.revisionAfter].sort().join(",") === [...op.revisionBefore].sort().join(",");
-  return same ? `it left the database at its old revision ${after}` : `it left the database at ${after}, not at its old revision ${before}${op.toRevision ? ` nor at ${op.toRevision}` : ""}`;
+  return same
+    ? `it left the database at its old revision ${after}`
+    : `it left the database at ${after}, not at its old revision ${before}${op.toRevision ? ` nor at ${op.toRevision}` : ""}`;
 }
 
 function checkLastFailure(f: DiagnoseFacts): Finding[] {
@@ -717,13 +735,29 @@ function checkLastFailure(f: DiagnoseFacts): Finding[] {
   const backup = op.backupId ? `; its backup ${op.backupId} holds the data from before it` : "; it had taken no backup yet, so it changed nothing";
   const what = `the last failed operation was ${op.kind} ${op.id} (${op.startedAt})${op.errorCode ? ` with ${op.errorCode}` : ""}${op.message ? `: ${clip(op.message, 160)}` : ""}`;
   if (op.supersededBy !== undefined) {
-    return [finding("last-failed-operation", "info", what, `${op.supersededBy.kind} ${op.supersededBy.id} succeeded since, so the database is in a known state again`, NOTHING_TO_DO)];
+    return [
+      finding(
+        "last-failed-operation",
+        "info",
+        what,
+        `${op.supersededBy.kind} ${op.supersededBy.id} succeeded since, so the database is in a known state again`,
+        NOTHING_TO_DO,
+      ),
+    ];
   }
   const same = op.revisionAfter.length > 0 && [...op.revisionAfter].sort().join(",") === [...op.revisionBefore].sort().join(",");
   const current = f.current ?? [];
   const stillThere = op.revisionAfter.length === 0 || [...op.revisionAfter].sort().join(",") === [...current].sort().join(",");
   if (same || (op.kind !== "migrate" && op.kind !== "downgrade" && op.kind !== "restore")) {
-    return [finding("last-failed-operation", "info", what, `${leftBehind(op)}${backup}`, `nothing is left to repair; see the cause above, then retry (\`flotilla plan --selector id=${t}\` shows the steps)`)];
+    return [
+      finding(
+        "last-failed-operation",
+        "info",
+        what,
+        `${leftBehind(op)}${backup}`,
+        `nothing is left to repair; see the cause above, then retry (\`flotilla plan --selector id=${t}\` shows the steps)`,
+      ),
+    ];
   }
   return [
     finding(

@@ -4,12 +4,34 @@ import { diagnose, DRILL_MAX_AGE_MS, type DiagnoseFacts } from "./diagnose.js";
 
 const DAY = 86_400_000;
 const base: DiagnoseFacts = {
-  targetId: "w1", kind: "sqlite", alembicIniFound: true, alembicDir: "/app", secretConfigured: true, databaseExists: true,
-  heads: ["b"], branchpoints: [], knownRevisions: ["a", "b"], current: ["b"], pending: [], tables: ["user"], alembicTmpTables: [],
-  hasMigrateHistory: false, preexistingObjects: [], integrity: { ok: true, detail: "ok" }, holders: [], idleInTransaction: 0,
-  appInstances: [], databaseBytes: 1000, freeBytes: 1e12, lastVerifiedBackupAgeMs: 1000, interruptedOperations: [],
+  targetId: "w1",
+  kind: "sqlite",
+  alembicIniFound: true,
+  alembicDir: "/app",
+  secretConfigured: true,
+  databaseExists: true,
+  heads: ["b"],
+  branchpoints: [],
+  knownRevisions: ["a", "b"],
+  current: ["b"],
+  pending: [],
+  tables: ["user"],
+  alembicTmpTables: [],
+  hasMigrateHistory: false,
+  preexistingObjects: [],
+  integrity: { ok: true, detail: "ok" },
+  holders: [],
+  idleInTransaction: 0,
+  appInstances: [],
+  databaseBytes: 1000,
+  freeBytes: 1e12,
+  lastVerifiedBackupAgeMs: 1000,
+  interruptedOperations: [],
 };
-const codes = (f: DiagnoseFacts): string[] => diagnose(f).findings.filter((x) => x.code.startsWith("drill")).map((x) => `${x.code}:${x.severity}`);
+const codes = (f: DiagnoseFacts): string[] =>
+  diagnose(f)
+    .findings.filter((x) => x.code.startsWith("drill"))
+    .map((x) => `${x.code}:${x.severity}`);
 
 test("a target with backups older than the limit and no passing drill is a warning that names the fix", () => {
   const f = { ...base, drill: { lastFailed: false, oldestVerifiedBackupAgeMs: DRILL_MAX_AGE_MS + DAY } };

@@ -47,7 +47,14 @@ export class MigrationProgress {
   /** The revision running now (for heartbeats), with the same fields as a progress report. */
   now(atMs: number): RevisionProgress | null {
     if (!this.current) return null;
-    return { index: this.current.index + 1, count: this.pending.length, revision: this.current.revision, message: "", elapsedMs: atMs - this.startedAtMs, etaMs: this.eta(atMs) };
+    return {
+      index: this.current.index + 1,
+      count: this.pending.length,
+      revision: this.current.revision,
+      message: "",
+      elapsedMs: atMs - this.startedAtMs,
+      etaMs: this.eta(atMs),
+    };
   }
 
   private eta(atMs: number): number {

@@ -1,18 +1,36 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  RowChecksum, canonicalFromPg, canonicalFromSqlite, canonicalRow, copyFieldFromSqlite, decideMove, foreignKeyOrder, kindOfPgType, kindOfSqliteType,
-  nextReadyTable, planCopy, sqliteValueFromPg, unescapeCopyField, MoveValueError, type MovePreflightFacts, type TableFact, type ValueKind,
+  RowChecksum,
+  canonicalFromPg,
+  canonicalFromSqlite,
+  canonicalRow,
+  copyFieldFromSqlite,
+  decideMove,
+  foreignKeyOrder,
+  kindOfPgType,
+  kindOfSqliteType,
+  nextReadyTable,
+  planCopy,
+  sqliteValueFromPg,
+  unescapeCopyField,
+  MoveValueError,
+  type MovePreflightFacts,
+  type TableFact,
+  type ValueKind,
 } from "./move-plan.js";
 
 test("foreign-key order puts parents first, keeps self-references, reports cycles", () => {
-  const { order, cycles } = foreignKeyOrder(["message", "chat", "user", "tag", "a", "b"], [
-    { table: "message", columns: ["chat_id"], parent: "chat", parentColumns: ["id"] },
-    { table: "chat", columns: ["user_id"], parent: "user", parentColumns: ["id"] },
-    { table: "message", columns: ["reply_to"], parent: "message", parentColumns: ["id"] },
-    { table: "a", columns: ["b_id"], parent: "b", parentColumns: ["id"] },
-    { table: "b", columns: ["a_id"], parent: "a", parentColumns: ["id"] },
-  ]);
+  const { order, cycles } = foreignKeyOrder(
+    ["message", "chat", "user", "tag", "a", "b"],
+    [
+      { table: "message", columns: ["chat_id"], parent: "chat", parentColumns: ["id"] },
+      { table: "chat", columns: ["user_id"], parent: "user", parentColumns: ["id"] },
+      { table: "message", columns: ["reply_to"], parent: "message", parentColumns: ["id"] },
+      { table: "a", columns: ["b_id"], parent: "b", parentColumns: ["id"] },
+      { table: "b", columns: ["a_id"], parent: "a", parentColumns: ["id"] },
+    ],
+  );
   assert.ok(order.indexOf("user") < order.indexOf("chat"));
   assert.ok(order.indexOf("chat") < order.indexOf("message"));
   assert.deepEqual(cycles, ["a", "b"]);
@@ -26,12 +44,37 @@ test("among tables that are ready, the heaviest is copied first", () => {
 });
 
 test("column kinds come from the destination's type", () => {
-  const pg: [string, ValueKind][] = [["boolean", "boolean"], ["bigint", "integer"], ["integer", "integer"], ["double precision", "float"], ["numeric(14,4)", "numeric"],
-    ["json", "json"], ["jsonb", "jsonb"], ["bytea", "bytes"], ["timestamp without time zone", "timestamp"], ["timestamp with time zone", "timestamptz"],
-    ["date", "date"], ["uuid", "uuid"], ["character varying", "text"], ["text", "text"]];
+  const pg: [string, ValueKind][] = [
+    ["boolean", "boolean"],
+    ["bigint", "integer"],
+    ["integer", "integer"],
+    ["double precision", "float"],
+    ["numeric(14,4)", "numeric"],
+    ["json", "json"],
+    ["jsonb", "jsonb"],
+    ["bytea", "bytes"],
+    ["timestamp without time zone", "timestamp"],
+    ["timestamp with time zone", "timestamptz"],
+    ["date", "date"],
+    ["uuid", "uuid"],
+    ["character varying", "text"],
+    ["text", "text"],
+  ];
   for (const [t, k] of pg) assert.equal(kindOfPgType(t), k, t);
-  const lite: [string, ValueKind][] = [["BOOLEAN", "boolean"], ["BIGINT", "integer"], ["INTEGER", "integer"], ["FLOAT", "float"], ["NUMERIC(14, 4)", "numeric"],
-    ["JSON", "json"], ["BLOB", "bytes"], ["DATETIME", "timestamp"], ["DATE", "date"], ["VARCHAR", "text"], ["TEXT", "text"], ["", "text"]];
+  const lite: [string, ValueKind][] = [
+    ["BOOLEAN", "boolean"],
+    ["BIGINT", "integer"],
+    ["INTEGER", "integer"],
+    ["FLOAT", "float"],
+    ["NUMERIC(14, 4)", "numeric"],
+    ["JSON", "json"],
+    ["BLOB", "bytes"],
+    ["DATETIME", "timestamp"],
+    ["DATE", "date"],
+    ["VARCHAR", "text"],
+    ["TEXT", "text"],
+    ["", "text"],
+  ];
   for (const [t, k] of lite) assert.equal(kindOfSqliteType(t), k, t);
 });
 
@@ -55,14 +98,25 @@ test("SQLite values become COPY text fields converted by kind", () => {
 
 test("normalised values are equal on both sides for every kind", () => {
   const pairs: [ValueKind, Parameters<typeof canonicalFromSqlite>[1], string][] = [
-    ["boolean", "1", "t"], ["boolean", "0", "f"], ["integer", "-9007199254740993", "-9007199254740993"],
-    ["float", 0.1 + 0.2, "0.30000000000000004"], ["float", 1e21, "1e+21"], ["numeric", 1.5, "1.5000"], ["numeric", "0.0001", "0.0001"],
-    ["timestamp", "2024-02-29 23:59:59.120000", "2024-02-29 23:59:59.12"], ["timestamp", "1970-01-01 00:00:00.000000", "1970-01-01 00:00:00"],
-    ["timestamptz", "2024-01-01 10:00:00", "2024-01-01 10:00:00+00"], ["date", "2024-02-29", "2024-02-29"],
-    ["bytes", Buffer.from([1, 2, 255]), "\\x0102ff"], ["jsonb", '{"b": 1, "a": [1, 2]}', '{"a": [1, 2], "b": 1}'], ["json", '{"b": 1}', '{"b": 1}'],
-    ["uuid", "0123456789abcdef0123456789ABCDEF", "01234567-89ab-cdef-0123-456789abcdef"], ["text", "é\u0000x", "é\u0000x"],
+    ["boolean", "1", "t"],
+    ["boolean", "0", "f"],
+    ["integer", "-9007199254740993", "-9007199254740993"],
+    ["float", 0.1 + 0.2, "0.30000000000000004"],
+    ["float", 1e21, "1e+21"],
+    ["numeric", 1.5, "1.5000"],
+    ["numeric", "0.0001", "0.0001"],
+    ["timestamp", "2024-02-29 23:59:59.120000", "2024-02-29 23:59:59.12"],
+    ["timestamp", "1970-01-01 00:00:00.000000", "1970-01-01 00:00:00"],
+    ["timestamptz", "2024-01-01 10:00:00", "2024-01-01 10:00:00+00"],
+    ["date", "2024-02-29", "2024-02-29"],
+    ["bytes", Buffer.from([1, 2, 255]), "\\x0102ff"],
+    ["jsonb", '{"b": 1, "a": [1, 2]}', '{"a": [1, 2], "b": 1}'],
+    ["json", '{"b": 1}', '{"b": 1}'],
+    ["uuid", "0123456789abcdef0123456789ABCDEF", "01234567-89ab-cdef-0123-456789abcdef"],
+    ["text", "é\u0000x", "é\u0000x"],
   ];
-  for (const [kind, lite, pgText] of pairs) assert.equal(canonicalFromSqlite(kind, lite), canonicalFromPg(kind, pgText), `${kind}: ${String(lite)} vs ${pgText}`);
+  for (const [kind, lite, pgText] of pairs)
+    assert.equal(canonicalFromSqlite(kind, lite), canonicalFromPg(kind, pgText), `${kind}: ${String(lite)} vs ${pgText}`);
   assert.notEqual(canonicalFromSqlite("timestamp", "2024-02-29 23:59:59.120001"), canonicalFromPg("timestamp", "2024-02-29 23:59:59.12"));
   assert.notEqual(canonicalFromSqlite("json", '{"b": 1}'), canonicalFromPg("json", '{"b":1}'), "json (not jsonb) keeps its text exactly");
   assert.equal(canonicalFromSqlite("integer", null), null);
@@ -80,7 +134,11 @@ test("PostgreSQL text values become SQLite values exactly", () => {
 });
 
 test("the row checksum does not depend on row order and sees every change", () => {
-  const rows = [["1", "a"], ["2", null], ["3", "c"]].map((r) => canonicalRow(r));
+  const rows = [
+    ["1", "a"],
+    ["2", null],
+    ["3", "c"],
+  ].map((r) => canonicalRow(r));
   const a = new RowChecksum();
   const b = new RowChecksum();
   for (const r of rows) a.add(r);
@@ -100,19 +158,50 @@ test("the row checksum does not depend on row order and sees every change", () =
 
 test("the copy plan converts by TO's types and names schema drift", () => {
   const from: TableFact[] = [
-    { name: "chat", columns: [{ name: "id", type: "VARCHAR", notNull: true, pk: 1 }, { name: "pinned", type: "BOOLEAN", notNull: false, pk: 0 }] },
-    { name: "message", columns: [{ name: "id", type: "INTEGER", notNull: true, pk: 1 }, { name: "chat_id", type: "VARCHAR", notNull: true, pk: 0 }, { name: "stray", type: "TEXT", notNull: false, pk: 0 }] },
+    {
+      name: "chat",
+      columns: [
+        { name: "id", type: "VARCHAR", notNull: true, pk: 1 },
+        { name: "pinned", type: "BOOLEAN", notNull: false, pk: 0 },
+      ],
+    },
+    {
+      name: "message",
+      columns: [
+        { name: "id", type: "INTEGER", notNull: true, pk: 1 },
+        { name: "chat_id", type: "VARCHAR", notNull: true, pk: 0 },
+        { name: "stray", type: "TEXT", notNull: false, pk: 0 },
+      ],
+    },
     { name: "alembic_version", columns: [{ name: "version_num", type: "VARCHAR(32)", notNull: true, pk: 1 }] },
     { name: "migratehistory", columns: [{ name: "id", type: "INTEGER", notNull: true, pk: 1 }] },
   ];
   const to: TableFact[] = [
-    { name: "chat", columns: [{ name: "id", type: "character varying", notNull: true, pk: 1 }, { name: "pinned", type: "boolean", notNull: false, pk: 0 }] },
-    { name: "message", columns: [{ name: "id", type: "integer", notNull: true, pk: 1 }, { name: "chat_id", type: "character varying", notNull: true, pk: 0 }] },
+    {
+      name: "chat",
+      columns: [
+        { name: "id", type: "character varying", notNull: true, pk: 1 },
+        { name: "pinned", type: "boolean", notNull: false, pk: 0 },
+      ],
+    },
+    {
+      name: "message",
+      columns: [
+        { name: "id", type: "integer", notNull: true, pk: 1 },
+        { name: "chat_id", type: "character varying", notNull: true, pk: 0 },
+      ],
+    },
     { name: "alembic_version", columns: [{ name: "version_num", type: "character varying(32)", notNull: true, pk: 1 }] },
   ];
   const plan = planCopy(from, to, "postgresql", [{ table: "message", columns: ["chat_id"], parent: "chat", parentColumns: ["id"] }]);
-  assert.deepEqual(plan.tables.map((t) => t.name), ["chat", "message"]);
-  assert.deepEqual(plan.tables[0]!.columns.map((c) => c.kind), ["text", "boolean"]);
+  assert.deepEqual(
+    plan.tables.map((t) => t.name),
+    ["chat", "message"],
+  );
+  assert.deepEqual(
+    plan.tables[0]!.columns.map((c) => c.kind),
+    ["text", "boolean"],
+  );
   assert.equal(plan.tables[1]!.serial, "id");
   assert.equal(plan.tables[0]!.serial, undefined);
   assert.deepEqual(plan.tables[1]!.parents, ["chat"]);
@@ -126,8 +215,22 @@ test("the copy plan converts by TO's types and names schema drift", () => {
 
 function facts(over: Partial<MovePreflightFacts> = {}): MovePreflightFacts {
   return {
-    fromId: "lite", toId: "pg", fromKind: "sqlite", toKind: "postgresql", sameAlembicProject: true, fromRevisions: ["abc"], unknownRevisions: [],
-    toTables: [], toVersionRows: 0, integrity: { ok: true, detail: "ok" }, orphans: [], skipOrphans: false, runningApps: [], fromBackup: false, yes: false, ...over,
+    fromId: "lite",
+    toId: "pg",
+    fromKind: "sqlite",
+    toKind: "postgresql",
+    sameAlembicProject: true,
+    fromRevisions: ["abc"],
+    unknownRevisions: [],
+    toTables: [],
+    toVersionRows: 0,
+    integrity: { ok: true, detail: "ok" },
+    orphans: [],
+    skipOrphans: false,
+    runningApps: [],
+    fromBackup: false,
+    yes: false,
+    ...over,
   };
 }
 
@@ -149,7 +252,16 @@ test("preflight refusals name what is wrong", () => {
     [{ toTables: ["alembic_version", "user", "chat"] }, "PRECONDITION_FAILED", /pg is not empty \(it has tables user, chat\)/],
     [{ toTables: ["alembic_version"], toVersionRows: 1 }, "PRECONDITION_FAILED", /not empty \(it has a revision in alembic_version\)/],
     [{ integrity: { ok: false, detail: "page 3 broken" } }, "PRECONDITION_FAILED", /integrity check \(page 3 broken\)/],
-    [{ orphans: [{ table: "message", parent: "chat", count: 2 }, { table: "tag", parent: "user", count: 1 }] }, "PRECONDITION_FAILED", /3 orphaned rows .*message → chat: 2 rows; tag → user: 1 row.*--skip-orphans/],
+    [
+      {
+        orphans: [
+          { table: "message", parent: "chat", count: 2 },
+          { table: "tag", parent: "user", count: 1 },
+        ],
+      },
+      "PRECONDITION_FAILED",
+      /3 orphaned rows .*message → chat: 2 rows; tag → user: 1 row.*--skip-orphans/,
+    ],
     [{ moveBack: { fromNewer: true, why: "table chat changed" } }, "DATA_LOSS_NOT_ACCEPTED", /newer \(table chat changed\).*--yes/],
   ];
   for (const [over, code, message] of cases) {

@@ -13,8 +13,19 @@ export type EngineKind = "sqlite" | "postgresql";
  * destination's declared type (SQLite) or catalog type (PostgreSQL).
  */
 export type ValueKind =
-  | "boolean" | "integer" | "float" | "numeric" | "text" | "json" | "jsonb" | "bytes"
-  | "timestamp" | "timestamptz" | "date" | "time" | "uuid";
+  | "boolean"
+  | "integer"
+  | "float"
+  | "numeric"
+  | "text"
+  | "json"
+  | "jsonb"
+  | "bytes"
+  | "timestamp"
+  | "timestamptz"
+  | "date"
+  | "time"
+  | "uuid";
 
 export interface ColumnFact {
   readonly name: string;
@@ -110,7 +121,11 @@ const SKIP_TABLES = new Set(["alembic_version", "sqlite_sequence", "sqlite_stat1
  * caught in a cycle come last, alphabetically, and are reported;
  * self-references are not cycles (one COPY statement checks them at its end).
  */
-export function foreignKeyOrder(tables: readonly string[], fks: readonly ForeignKeyFact[], weights: Readonly<Record<string, number>> = {}): { order: string[]; cycles: string[] } {
+export function foreignKeyOrder(
+  tables: readonly string[],
+  fks: readonly ForeignKeyFact[],
+  weights: Readonly<Record<string, number>> = {},
+): { order: string[]; cycles: string[] } {
   const names = [...tables].sort();
   const known = new Set(names);
   const parents = new Map<string, Set<string>>(names.map((n) => [n, new Set<string>()]));
@@ -149,7 +164,11 @@ export function planCopy(
   for (const n of fromNames) {
     if (!toByName.has(n)) problems.push(`table ${n} exists in FROM but not in the schema Alembic builds at this revision (created outside the migrations?)`);
   }
-  const { order, cycles } = foreignKeyOrder(fromNames.filter((n) => toByName.has(n)), fks, weights);
+  const { order, cycles } = foreignKeyOrder(
+    fromNames.filter((n) => toByName.has(n)),
+    fks,
+    weights,
+  );
   const kindOf = toEngine === "postgresql" ? kindOfPgType : kindOfSqliteType;
   const tables: TableCopy[] = [];
   for (const name of order) {
@@ -166,9 +185,13 @@ export function planCopy(
       columns.push({ name: c.name, kind: kindOf(d.type) });
     }
     for (const d of dst.columns) {
-      if (d.notNull && !src.columns.some((c) => c.name === d.name)) problems.push(`column ${name}.${d.name} is NOT NULL in the new schema but FROM has no such column`);
+      if (d.notNull && !src.columns.some((c) => c.name === d.name))
+        problems.push(`column ${name}.${d.name} is NOT NULL in the new schema but FROM has no such column`);
     }
-    const key = [...dst.columns].filter((c) => c.pk > 0).sort((a, b) => a.pk - b.pk).map((c) => c.name);
+    const key = [...dst.columns]
+      .filter((c) => c.pk > 0)
+      .sort((a, b) => a.pk - b.pk)
+      .map((c) => c.name);
     const serialCol = key.length === 1 ? columns.find((c) => c.name === key[0] && c.kind === "integer") : undefined;
     const parents = [...new Set(fks.filter((fk) => fk.table === name && fk.parent !== name && order.includes(fk.parent)).map((fk) => fk.parent))].sort();
     tables.push({ name, columns, key: key.length > 0 ? key : columns.map((c) => c.name), ...(serialCol ? { serial: serialCol.name } : {}), parents });
@@ -234,7 +257,8 @@ function sqliteTimestamp(v: SqliteValue): string {
 export function copyFieldFromSqlite(kind: ValueKind, v: SqliteValue): string {
   if (v === null) return "\\N";
   switch (kind) {
-    case "boolean": return sqliteBool(v) ? "t" : "f";
+    case "boolean":
+      return sqliteBool(v) ? "t" : "f";
     case "integer": {
       const s = asText(v).trim();
       if (!/^-?\d+$/.test(s)) throw new MoveValueError(`"${s}" is not an integer`);
@@ -245,16 +269,24 @@ export function copyFieldFromSqlite(kind: ValueKind, v: SqliteValue): string {
       if (typeof v === "number") return Number.isFinite(v) ? String(v) : v > 0 ? "Infinity" : v < 0 ? "-Infinity" : "NaN";
       return escapeCopy(asText(v).trim());
     }
-    case "bytes": return typeof v === "string" ? `\\\\x${Buffer.from(v, "utf8").toString("hex")}` : typeof v === "number" || typeof v === "bigint" ? `\\\\x${Buffer.from(String(v)).toString("hex")}` : `\\\\x${hexOf(v)}`;
+    case "bytes":
+      return typeof v === "string"
+        ? `\\\\x${Buffer.from(v, "utf8").toString("hex")}`
+        : typeof v === "number" || typeof v === "bigint"
+          ? `\\\\x${Buffer.from(String(v)).toString("hex")}`
+          : `\\\\x${hexOf(v)}`;
     case "timestamp":
-    case "timestamptz": return sqliteTimestamp(v);
+    case "timestamptz":
+      return sqliteTimestamp(v);
     case "json":
     case "jsonb": {
       const s = asText(v);
       return escapeCopy(s);
     }
-    case "uuid": return asText(v).trim().toLowerCase();
-    default: return escapeCopy(asText(v));
+    case "uuid":
+      return asText(v).trim().toLowerCase();
+    default:
+      return escapeCopy(asText(v));
   }
 }
 
@@ -262,28 +294,36 @@ export function copyFieldFromSqlite(kind: ValueKind, v: SqliteValue): string {
 export function unescapeCopyField(field: string): string | null {
   if (field === "\\N") return null;
   if (!field.includes("\\")) return field;
-  return field.replace(/\\(.)/g, (_m, ch: string) => (ch === "n" ? "\n" : ch === "r" ? "\r" : ch === "t" ? "\t" : ch === "b" ? "\b" : ch === "f" ? "\f" : ch === "v" ? "\v" : ch));
+  return field.replace(/\\(.)/g, (_m, ch: string) =>
+    ch === "n" ? "\n" : ch === "r" ? "\r" : ch === "t" ? "\t" : ch === "b" ? "\b" : ch === "f" ? "\f" : ch === "v" ? "\v" : ch,
+  );
 }
 
 /** One PostgreSQL text value (COPY output) as the SQLite value of a column of `kind`. */
 export function sqliteValueFromPg(kind: ValueKind, text: string | null): string | number | bigint | Buffer | null {
   if (text === null) return null;
   switch (kind) {
-    case "boolean": return text === "t" || text === "true" ? 1 : 0;
+    case "boolean":
+      return text === "t" || text === "true" ? 1 : 0;
     case "integer": {
       const n = Number(text);
       return Number.isSafeInteger(n) ? n : BigInt(text);
     }
-    case "float": return text === "NaN" ? Number.NaN : Number(text);
+    case "float":
+      return text === "NaN" ? Number.NaN : Number(text);
     case "numeric": {
       const n = Number(text);
       return String(n) === canonicalNumeric(text) ? n : text;
     }
-    case "bytes": return Buffer.from(text.startsWith("\\x") ? text.slice(2) : text, "hex");
+    case "bytes":
+      return Buffer.from(text.startsWith("\\x") ? text.slice(2) : text, "hex");
     case "timestamp":
-    case "timestamptz": return canonicalTimestamp(text, kind === "timestamptz");
-    case "uuid": return text.replace(/-/g, "").toLowerCase();
-    default: return text;
+    case "timestamptz":
+      return canonicalTimestamp(text, kind === "timestamptz");
+    case "uuid":
+      return text.replace(/-/g, "").toLowerCase();
+    default:
+      return text;
   }
 }
 
@@ -314,7 +354,8 @@ function canonicalTimestamp(text: string, withZone: boolean): string {
     const sign = zone.startsWith("-") ? -1 : 1;
     const zh = Number(zone.slice(1, 3));
     const zm = Number(zone.replace(":", "").slice(3, 5) || "0");
-    const t = Date.UTC(Number(date.slice(0, 4)), Number(date.slice(5, 7)) - 1, Number(date.slice(8, 10)), Number(hh), Number(mi)) - sign * (zh * 60 + zm) * 60_000;
+    const t =
+      Date.UTC(Number(date.slice(0, 4)), Number(date.slice(5, 7)) - 1, Number(date.slice(8, 10)), Number(hh), Number(mi)) - sign * (zh * 60 + zm) * 60_000;
     const d = new Date(t);
     date = d.toISOString().slice(0, 10);
     hh = d.toISOString().slice(11, 13);
@@ -351,18 +392,35 @@ export function canonicalFromSqlite(kind: ValueKind, v: SqliteValue, jsonNormali
   if (v === null) return null;
   switch (kind) {
     case "boolean": {
-      try { return sqliteBool(v) ? "t" : "f"; } catch { return asText(v); }
+      try {
+        return sqliteBool(v) ? "t" : "f";
+      } catch {
+        return asText(v);
+      }
     }
-    case "integer": return asText(v).trim();
-    case "float": return typeof v === "number" ? String(v) : String(Number(asText(v)));
-    case "numeric": return canonicalNumeric(typeof v === "number" ? String(v) : asText(v));
-    case "bytes": return typeof v === "string" ? Buffer.from(v, "utf8").toString("hex") : typeof v === "number" || typeof v === "bigint" ? Buffer.from(String(v)).toString("hex") : hexOf(v);
-    case "timestamp": return canonicalTimestamp(asText(v), false);
-    case "timestamptz": return canonicalTimestamp(asText(v), true);
+    case "integer":
+      return asText(v).trim();
+    case "float":
+      return typeof v === "number" ? String(v) : String(Number(asText(v)));
+    case "numeric":
+      return canonicalNumeric(typeof v === "number" ? String(v) : asText(v));
+    case "bytes":
+      return typeof v === "string"
+        ? Buffer.from(v, "utf8").toString("hex")
+        : typeof v === "number" || typeof v === "bigint"
+          ? Buffer.from(String(v)).toString("hex")
+          : hexOf(v);
+    case "timestamp":
+      return canonicalTimestamp(asText(v), false);
+    case "timestamptz":
+      return canonicalTimestamp(asText(v), true);
     case "json":
-    case "jsonb": return canonicalJson(asText(v), jsonNormalise);
-    case "uuid": return asText(v).replace(/-/g, "").toLowerCase();
-    default: return asText(v);
+    case "jsonb":
+      return canonicalJson(asText(v), jsonNormalise);
+    case "uuid":
+      return asText(v).replace(/-/g, "").toLowerCase();
+    default:
+      return asText(v);
   }
 }
 
@@ -370,16 +428,25 @@ export function canonicalFromSqlite(kind: ValueKind, v: SqliteValue, jsonNormali
 export function canonicalFromPg(kind: ValueKind, text: string | null, jsonNormalise = kind === "jsonb"): string | null {
   if (text === null) return null;
   switch (kind) {
-    case "boolean": return text === "t" || text === "true" ? "t" : "f";
-    case "float": return text === "NaN" ? "NaN" : String(Number(text));
-    case "numeric": return canonicalNumeric(text);
-    case "bytes": return text.startsWith("\\x") ? text.slice(2) : text;
-    case "timestamp": return canonicalTimestamp(text, false);
-    case "timestamptz": return canonicalTimestamp(text, true);
+    case "boolean":
+      return text === "t" || text === "true" ? "t" : "f";
+    case "float":
+      return text === "NaN" ? "NaN" : String(Number(text));
+    case "numeric":
+      return canonicalNumeric(text);
+    case "bytes":
+      return text.startsWith("\\x") ? text.slice(2) : text;
+    case "timestamp":
+      return canonicalTimestamp(text, false);
+    case "timestamptz":
+      return canonicalTimestamp(text, true);
     case "json":
-    case "jsonb": return canonicalJson(text, jsonNormalise);
-    case "uuid": return text.replace(/-/g, "").toLowerCase();
-    default: return text;
+    case "jsonb":
+      return canonicalJson(text, jsonNormalise);
+    case "uuid":
+      return text.replace(/-/g, "").toLowerCase();
+    default:
+      return text;
   }
 }
 
@@ -463,7 +530,11 @@ export interface MovePreflightFacts {
 }
 
 export type MoveDecision =
-  | { readonly go: "refuse"; readonly code: "INVALID_ARGUMENT" | "PRECONDITION_FAILED" | "UNKNOWN_REVISION" | "DATA_LOSS_NOT_ACCEPTED"; readonly message: string }
+  | {
+      readonly go: "refuse";
+      readonly code: "INVALID_ARGUMENT" | "PRECONDITION_FAILED" | "UNKNOWN_REVISION" | "DATA_LOSS_NOT_ACCEPTED";
+      readonly message: string;
+    }
   | { readonly go: "copy"; readonly revision: string; readonly notes: readonly string[] }
   | { readonly go: "back"; readonly notes: readonly string[] };
 
@@ -479,35 +550,80 @@ export function describeOrphans(orphans: MovePreflightFacts["orphans"]): string 
 export function decideMove(f: MovePreflightFacts): MoveDecision {
   if (f.fromId === f.toId) return { go: "refuse", code: "INVALID_ARGUMENT", message: "FROM and TO are the same target: name two targets of this agent" };
   if (f.fromKind === f.toKind) {
-    return { go: "refuse", code: "INVALID_ARGUMENT", message: `${f.fromId} and ${f.toId} are both ${f.fromKind}: move copies between SQLite and PostgreSQL (for a copy of the same kind use a backup and restore)` };
+    return {
+      go: "refuse",
+      code: "INVALID_ARGUMENT",
+      message: `${f.fromId} and ${f.toId} are both ${f.fromKind}: move copies between SQLite and PostgreSQL (for a copy of the same kind use a backup and restore)`,
+    };
   }
-  if (!f.sameAlembicProject) return { go: "refuse", code: "INVALID_ARGUMENT", message: `${f.fromId} and ${f.toId} use different Alembic projects: a move builds TO's schema with FROM's migrations, so both targets must name the same alembic.dir` };
+  if (!f.sameAlembicProject)
+    return {
+      go: "refuse",
+      code: "INVALID_ARGUMENT",
+      message: `${f.fromId} and ${f.toId} use different Alembic projects: a move builds TO's schema with FROM's migrations, so both targets must name the same alembic.dir`,
+    };
   if (f.moveBack) {
     if (f.moveBack.fromNewer && !f.yes) {
-      return { go: "refuse", code: "DATA_LOSS_NOT_ACCEPTED", message: `${f.toId} is the database ${f.fromId} was moved from, and ${f.fromId} is newer (${f.moveBack.why}): moving back loses those changes. Confirm with --yes` };
+      return {
+        go: "refuse",
+        code: "DATA_LOSS_NOT_ACCEPTED",
+        message: `${f.toId} is the database ${f.fromId} was moved from, and ${f.fromId} is newer (${f.moveBack.why}): moving back loses those changes. Confirm with --yes`,
+      };
     }
-    return { go: "back", notes: [f.moveBack.fromNewer ? `${f.fromId} is newer (${f.moveBack.why}); going back to ${f.toId} as confirmed with --yes` : `${f.fromId} has not changed since the move; ${f.toId} is untouched`] };
+    return {
+      go: "back",
+      notes: [
+        f.moveBack.fromNewer
+          ? `${f.fromId} is newer (${f.moveBack.why}); going back to ${f.toId} as confirmed with --yes`
+          : `${f.fromId} has not changed since the move; ${f.toId} is untouched`,
+      ],
+    };
   }
   const revs = f.fromRevisions ?? [];
   if (revs.length !== 1) {
-    return { go: "refuse", code: "PRECONDITION_FAILED", message: revs.length === 0
-      ? `${f.fromId} records no Alembic revision: move needs a database at one known revision (flotilla diagnose ${f.fromId})`
-      : `${f.fromId} is at several revisions (${revs.join(", ")}): merge the branches first, a move needs one revision` };
+    return {
+      go: "refuse",
+      code: "PRECONDITION_FAILED",
+      message:
+        revs.length === 0
+          ? `${f.fromId} records no Alembic revision: move needs a database at one known revision (flotilla diagnose ${f.fromId})`
+          : `${f.fromId} is at several revisions (${revs.join(", ")}): merge the branches first, a move needs one revision`,
+    };
   }
   if (f.unknownRevisions.length > 0) {
-    return { go: "refuse", code: "UNKNOWN_REVISION", message: `${f.fromId} is at revision ${f.unknownRevisions.join(", ")}, which the migrations do not contain: the schema cannot be rebuilt from Alembic. Use the code that matches the database` };
+    return {
+      go: "refuse",
+      code: "UNKNOWN_REVISION",
+      message: `${f.fromId} is at revision ${f.unknownRevisions.join(", ")}, which the migrations do not contain: the schema cannot be rebuilt from Alembic. Use the code that matches the database`,
+    };
   }
   const userTables = f.toTables.filter((t) => t !== "alembic_version");
   if (userTables.length > 0 || f.toVersionRows > 0) {
-    const what = userTables.length > 0 ? `table${userTables.length === 1 ? "" : "s"} ${userTables.slice(0, 5).join(", ")}${userTables.length > 5 ? ` and ${userTables.length - 5} more` : ""}` : "a revision in alembic_version";
-    return { go: "refuse", code: "PRECONDITION_FAILED", message: `${f.toId} is not empty (it has ${what}): a move only fills an empty database. Point ${f.toId} at a new, empty database; nothing was changed` };
+    const what =
+      userTables.length > 0
+        ? `table${userTables.length === 1 ? "" : "s"} ${userTables.slice(0, 5).join(", ")}${userTables.length > 5 ? ` and ${userTables.length - 5} more` : ""}`
+        : "a revision in alembic_version";
+    return {
+      go: "refuse",
+      code: "PRECONDITION_FAILED",
+      message: `${f.toId} is not empty (it has ${what}): a move only fills an empty database. Point ${f.toId} at a new, empty database; nothing was changed`,
+    };
   }
-  if (!f.integrity.ok) return { go: "refuse", code: "PRECONDITION_FAILED", message: `${f.fromId} fails its integrity check (${f.integrity.detail}): restore a good backup first (flotilla backups ${f.fromId})` };
+  if (!f.integrity.ok)
+    return {
+      go: "refuse",
+      code: "PRECONDITION_FAILED",
+      message: `${f.fromId} fails its integrity check (${f.integrity.detail}): restore a good backup first (flotilla backups ${f.fromId})`,
+    };
   const notes: string[] = [];
   if (f.orphans.length > 0) {
     const total = f.orphans.reduce((a, o) => a + o.count, 0);
     if (!f.skipOrphans) {
-      return { go: "refuse", code: "PRECONDITION_FAILED", message: `${f.fromId} has ${total} orphaned row${total === 1 ? "" : "s"} (a foreign key pointing at no row): ${describeOrphans(f.orphans)}. PostgreSQL would reject them; fix them in the app, or pass --skip-orphans to leave them out (they are written to a report file)` };
+      return {
+        go: "refuse",
+        code: "PRECONDITION_FAILED",
+        message: `${f.fromId} has ${total} orphaned row${total === 1 ? "" : "s"} (a foreign key pointing at no row): ${describeOrphans(f.orphans)}. PostgreSQL would reject them; fix them in the app, or pass --skip-orphans to leave them out (they are written to a report file)`,
+      };
     }
     notes.push(`${total} orphaned row(s) will be left out and written to the report: ${describeOrphans(f.orphans)}`);
   }

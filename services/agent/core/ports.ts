@@ -109,7 +109,11 @@ export interface DatabaseAdapter {
   /** The URL handed to Alembic as DATABASE_URL (with password, never logged). */
   alembicUrl(): string;
   /** A backup restored into scratch (temp SQLite file, scratch PostgreSQL database) for drills; drop() removes it. */
-  scratchFromBackup?(artifact: BackupArtifact, onProgress: ProgressFn, signal?: AbortSignal): Promise<{ adapter: DatabaseAdapter; url: string; drop(): Promise<void> }>;
+  scratchFromBackup?(
+    artifact: BackupArtifact,
+    onProgress: ProgressFn,
+    signal?: AbortSignal,
+  ): Promise<{ adapter: DatabaseAdapter; url: string; drop(): Promise<void> }>;
   /** Engine version and a schema description per table (PRAGMA table_info, or psql \d on PostgreSQL): never rows. */
   describe?(): Promise<{ serverVersion: string; tables: Record<string, string> }>;
   /** One configured read-only query (drill smoke tests): row count and the first value when numeric. */
@@ -263,7 +267,10 @@ export interface RevisionTiming {
  */
 export interface JournalPort {
   /** Starts an operation, taking the target's lock unless `takeLock` is false. Throws TARGET_BUSY. */
-  begin(op: { id: string; targetId: string; kind: string; toRevision?: string; rolloutId?: string; backupId?: string; revisionBefore?: string[] }, takeLock?: boolean): void;
+  begin(
+    op: { id: string; targetId: string; kind: string; toRevision?: string; rolloutId?: string; backupId?: string; revisionBefore?: string[] },
+    takeLock?: boolean,
+  ): void;
   update(id: string, fields: { backupId?: string; revisionBefore?: string[]; revisionAfter?: string[]; message?: string }): void;
   finish(id: string, state: Exclude<OperationState, "running">, fields?: { errorCode?: string; message?: string; revisionAfter?: string[] }): void;
   /** Ends an operation as needs-restore, keeping the target's lock until Recover. */

@@ -60,10 +60,10 @@ describe("RevisionGraph structure", () => {
     assert.deepEqual(linear.branchpoints, []);
     assert.deepEqual(linear.mergepoints, []);
     assert.equal(linear.hash, "h1");
-    assert.deepEqual([...linear.revisions.keys()], [
-      "a1f0c0de0001", "b2e1d0c0ffee", "c3d2e1f00d42", "d4c3b2a1e5f6",
-      "e5f4a3b2c1d0", "f6a5b4c3d2e1", "0a7b8c9d0e1f", "1b8c9d0e1f2a",
-    ]);
+    assert.deepEqual(
+      [...linear.revisions.keys()],
+      ["a1f0c0de0001", "b2e1d0c0ffee", "c3d2e1f00d42", "d4c3b2a1e5f6", "e5f4a3b2c1d0", "f6a5b4c3d2e1", "0a7b8c9d0e1f", "1b8c9d0e1f2a"],
+    );
     assert.deepEqual(linear.get("c3d2e1f00d42")!.up, ["d4c3b2a1e5f6"]);
     assert.equal(linear.get("a1f0c0de0001")!.message, "init");
   });
@@ -88,10 +88,19 @@ describe("RevisionGraph structure", () => {
 
   it("rejects duplicate ids, missing parents and cycles", () => {
     const base = parseHistory(LINEAR);
-    assert.equal(code(() => RevisionGraph.fromHistory([...base, base[0]!])), "CONFIG_INVALID");
-    assert.equal(code(() => RevisionGraph.fromHistory(base.slice(0, 7))), "CONFIG_INVALID");
+    assert.equal(
+      code(() => RevisionGraph.fromHistory([...base, base[0]!])),
+      "CONFIG_INVALID",
+    );
+    assert.equal(
+      code(() => RevisionGraph.fromHistory(base.slice(0, 7))),
+      "CONFIG_INVALID",
+    );
     const cyc = parseHistory("bbbbbbbbbbbb -> aaaaaaaaaaaa, a\naaaaaaaaaaaa -> bbbbbbbbbbbb, b\n");
-    assert.equal(code(() => RevisionGraph.fromHistory(cyc)), "CONFIG_INVALID");
+    assert.equal(
+      code(() => RevisionGraph.fromHistory(cyc)),
+      "CONFIG_INVALID",
+    );
   });
 });
 
@@ -99,7 +108,10 @@ describe("RevisionGraph lookups", () => {
   it("reports ids the scripts do not know (database stamped by a newer build)", () => {
     assert.deepEqual(linear.unknown(["c3d2e1f00d42", "9f0c9cd09105"]), ["9f0c9cd09105"]);
     assert.deepEqual(linear.unknown([]), []);
-    assert.equal(code(() => linear.pending(["9f0c9cd09105"], "head")), "UNKNOWN_REVISION");
+    assert.equal(
+      code(() => linear.pending(["9f0c9cd09105"], "head")),
+      "UNKNOWN_REVISION",
+    );
   });
 
   it("resolves unique prefixes of 4+ characters", () => {
@@ -108,7 +120,10 @@ describe("RevisionGraph lookups", () => {
     assert.equal(linear.resolve("c3d"), null);
     assert.equal(linear.resolve("ffff"), null);
     const g = RevisionGraph.fromHistory(parseHistory("ab12cd000000 -> ab12ef000000, b\n<base> -> ab12cd000000, a\n"));
-    assert.equal(code(() => g.resolve("ab12")), "INVALID_ARGUMENT");
+    assert.equal(
+      code(() => g.resolve("ab12")),
+      "INVALID_ARGUMENT",
+    );
     assert.equal(g.resolve("ab12e"), "ab12ef000000");
   });
 
@@ -126,9 +141,7 @@ describe("RevisionGraph.pending (upgrade plan)", () => {
   });
 
   it("from rev 3 to head and to an intermediate revision", () => {
-    assert.deepEqual(linear.pending(["c3d2e1f00d42"], "head"), [
-      "d4c3b2a1e5f6", "e5f4a3b2c1d0", "f6a5b4c3d2e1", "0a7b8c9d0e1f", "1b8c9d0e1f2a",
-    ]);
+    assert.deepEqual(linear.pending(["c3d2e1f00d42"], "head"), ["d4c3b2a1e5f6", "e5f4a3b2c1d0", "f6a5b4c3d2e1", "0a7b8c9d0e1f", "1b8c9d0e1f2a"]);
     assert.deepEqual(linear.pending(["c3d2e1f00d42"], "e5f4a3b2c1d0"), ["d4c3b2a1e5f6", "e5f4a3b2c1d0"]);
   });
 
@@ -138,7 +151,10 @@ describe("RevisionGraph.pending (upgrade plan)", () => {
   });
 
   it("'head' with two heads is refused; 'heads' applies both branches", () => {
-    assert.equal(code(() => branch.pending(["d4c3b2a1e5f6"], "head")), "MULTIPLE_HEADS");
+    assert.equal(
+      code(() => branch.pending(["d4c3b2a1e5f6"], "head")),
+      "MULTIPLE_HEADS",
+    );
     const all = branch.pending(["d4c3b2a1e5f6"], "heads");
     assert.deepEqual([...all].sort(), ["0a7b8c9d0e1f", "1b8c9d0e1f2a", "9c9c9c9c9c9c", "e5f4a3b2c1d0", "f6a5b4c3d2e1"]);
     assertParentsFirst(branch, all);
@@ -155,15 +171,16 @@ describe("RevisionGraph.pending (upgrade plan)", () => {
   });
 
   it("an unknown target is refused", () => {
-    assert.equal(code(() => linear.pending([], "deadbeef0000")), "UNKNOWN_REVISION");
+    assert.equal(
+      code(() => linear.pending([], "deadbeef0000")),
+      "UNKNOWN_REVISION",
+    );
   });
 });
 
 describe("RevisionGraph.downgradePath", () => {
   it("children first, down to (not including) the target", () => {
-    assert.deepEqual(linear.downgradePath(["1b8c9d0e1f2a"], "c3d2e1f00d42"), [
-      "1b8c9d0e1f2a", "0a7b8c9d0e1f", "f6a5b4c3d2e1", "e5f4a3b2c1d0", "d4c3b2a1e5f6",
-    ]);
+    assert.deepEqual(linear.downgradePath(["1b8c9d0e1f2a"], "c3d2e1f00d42"), ["1b8c9d0e1f2a", "0a7b8c9d0e1f", "f6a5b4c3d2e1", "e5f4a3b2c1d0", "d4c3b2a1e5f6"]);
     assert.deepEqual(linear.downgradePath(["c3d2e1f00d42"], "base"), ["c3d2e1f00d42", "b2e1d0c0ffee", "a1f0c0de0001"]);
     assert.deepEqual(linear.downgradePath(["c3d2e1f00d42"], "c3d2e1f00d42"), []);
   });
@@ -176,8 +193,17 @@ describe("RevisionGraph.downgradePath", () => {
   });
 
   it("refuses a target that is not applied", () => {
-    assert.equal(code(() => linear.downgradePath(["c3d2e1f00d42"], "1b8c9d0e1f2a")), "INVALID_ARGUMENT");
-    assert.equal(code(() => branch.downgradePath(["1b8c9d0e1f2a"], "9c9c9c9c9c9c")), "INVALID_ARGUMENT");
-    assert.equal(code(() => linear.downgradePath(["c3d2e1f00d42"], "nope0000")), "UNKNOWN_REVISION");
+    assert.equal(
+      code(() => linear.downgradePath(["c3d2e1f00d42"], "1b8c9d0e1f2a")),
+      "INVALID_ARGUMENT",
+    );
+    assert.equal(
+      code(() => branch.downgradePath(["1b8c9d0e1f2a"], "9c9c9c9c9c9c")),
+      "INVALID_ARGUMENT",
+    );
+    assert.equal(
+      code(() => linear.downgradePath(["c3d2e1f00d42"], "nope0000")),
+      "UNKNOWN_REVISION",
+    );
   });
 });

@@ -186,10 +186,7 @@ export class RevisionGraph implements GraphView {
       undo = applied;
     } else {
       if (!applied.has(this.require(target).id)) {
-        throw new FlotillaError(
-          "INVALID_ARGUMENT",
-          `cannot downgrade to ${target}: it is not applied (current: ${current.join(", ") || "none"})`,
-        );
+        throw new FlotillaError("INVALID_ARGUMENT", `cannot downgrade to ${target}: it is not applied (current: ${current.join(", ") || "none"})`);
       }
       const above = this.descendants(target);
       undo = new Set([...applied].filter((id) => above.has(id)));
@@ -208,10 +205,7 @@ export class RevisionGraph implements GraphView {
     if (target === "head") {
       const heads = [...this.heads];
       if (heads.length > 1) {
-        throw new FlotillaError(
-          "MULTIPLE_HEADS",
-          `the scripts have ${heads.length} heads (${heads.join(", ")}); name a revision or use 'heads'`,
-        );
+        throw new FlotillaError("MULTIPLE_HEADS", `the scripts have ${heads.length} heads (${heads.join(", ")}); name a revision or use 'heads'`);
       }
       return heads;
     }

@@ -9,9 +9,11 @@ export function resolveTarget(graph: GraphView, requested: string): string {
   const want = requested === "" ? "head" : requested;
   if (want === "head") {
     if (graph.heads.length > 1) {
-      throw new FlotillaError("MULTIPLE_HEADS",
+      throw new FlotillaError(
+        "MULTIPLE_HEADS",
         `the code has ${graph.heads.length} head revisions (${graph.heads.join(", ")}): "head" is ambiguous. ` +
-        "Add a merge revision to the app's migrations (alembic merge heads) or name one revision explicitly");
+          "Add a merge revision to the app's migrations (alembic merge heads) or name one revision explicitly",
+      );
     }
     const h = graph.heads[0];
     if (!h) throw new FlotillaError("PRECONDITION_FAILED", "the code has no revisions at all: check alembic.dir points at the app's migrations");

@@ -3,7 +3,14 @@ import { describe, it } from "node:test";
 import type { HistoryRevision } from "./alembic-output.js";
 import { RevisionGraph } from "./revision-graph.js";
 import {
-  afterFailure, decideInterruptedMigration, guardMigration, onUpgradePath, resolveMigration, snapshotChanges, type InterruptedMigrationFacts, type MigrateGuardFacts,
+  afterFailure,
+  decideInterruptedMigration,
+  guardMigration,
+  onUpgradePath,
+  resolveMigration,
+  snapshotChanges,
+  type InterruptedMigrationFacts,
+  type MigrateGuardFacts,
 } from "./safety-policy.js";
 
 function rev(id: string, down: string[], message = ""): HistoryRevision {
@@ -77,8 +84,16 @@ describe("resolveMigration", () => {
 });
 
 const guardBase: MigrateGuardFacts = {
-  targetId: "t1", kind: "postgresql", online: false, runningApps: [], holders: [], leftoverTables: [],
-  backup: { kind: "take" }, rolloutId: "r1", current: ["bbbb"], displayName: "postgresql://db/app",
+  targetId: "t1",
+  kind: "postgresql",
+  online: false,
+  runningApps: [],
+  holders: [],
+  leftoverTables: [],
+  backup: { kind: "take" },
+  rolloutId: "r1",
+  current: ["bbbb"],
+  displayName: "postgresql://db/app",
 };
 
 describe("guardMigration", () => {
@@ -135,8 +150,11 @@ describe("after a failed run", () => {
 
   it("a change is restored, unless PostgreSQL sessions block the restore: then needs-restore naming them", () => {
     assert.deepEqual(afterFailure({ changes: ["schema changed"], kind: "postgresql", holders: [] }), { action: "restore", effect: "restored" });
-    assert.deepEqual(afterFailure({ changes: ["schema changed"], kind: "postgresql", holders: ["pid 7 (psql, idle in transaction)"] }),
-      { action: "hold", effect: "needs-restore", blockingSessions: ["pid 7 (psql, idle in transaction)"] });
+    assert.deepEqual(afterFailure({ changes: ["schema changed"], kind: "postgresql", holders: ["pid 7 (psql, idle in transaction)"] }), {
+      action: "hold",
+      effect: "needs-restore",
+      blockingSessions: ["pid 7 (psql, idle in transaction)"],
+    });
     assert.deepEqual(afterFailure({ changes: ["schema changed"], kind: "sqlite", holders: ["pid 7"] }), { action: "restore", effect: "restored" });
   });
 });
@@ -159,8 +177,18 @@ describe("onUpgradePath", () => {
 
 describe("decideInterruptedMigration", () => {
   const facts = (over: Partial<InterruptedMigrationFacts> = {}): InterruptedMigrationFacts => ({
-    targetId: "t1", operation: "migrate", online: true, before: ["bbbb"], wanted: "dddd", now: ["cccc"], onPath: true,
-    partial: false, intact: true, runningApps: ["t1-a"], backupId: "bk1", ...over,
+    targetId: "t1",
+    operation: "migrate",
+    online: true,
+    before: ["bbbb"],
+    wanted: "dddd",
+    now: ["cccc"],
+    onPath: true,
+    partial: false,
+    intact: true,
+    runningApps: ["t1-a"],
+    backupId: "bk1",
+    ...over,
   });
 
   it("an online migration at a revision on its path goes forward, whether it got past the first revision or not", () => {

@@ -53,9 +53,11 @@ export function resolveMigration(facts: {
   let target: string;
   if (direction === "upgrade" && (requested === "" || requested === "head")) {
     if (graph.heads.length > 1) {
-      return refusal("MULTIPLE_HEADS",
+      return refusal(
+        "MULTIPLE_HEADS",
         `the code has ${graph.heads.length} head revisions (${graph.heads.join(", ")}): "head" is ambiguous. ` +
-        "Add a merge revision to the app's migrations (alembic merge heads) or name one revision with --to");
+          "Add a merge revision to the app's migrations (alembic merge heads) or name one revision with --to",
+      );
     }
     const head = graph.heads[0];
     if (head === undefined) return refusal("PRECONDITION_FAILED", "the code has no revisions at all: check alembic.dir points at the app's migrations");
@@ -68,17 +70,21 @@ export function resolveMigration(facts: {
       return refusal("INVALID_ARGUMENT", `"${facts.requested}" is not a revision id: use "head" or an id from the app's history (flotilla plan shows them)`);
     }
     if (!graph.revisions.has(requested)) {
-      return refusal("INVALID_ARGUMENT",
-        `revision ${requested} is not in the app's migration history (${graph.revisions.size} revisions known, head ${graph.heads.join(", ") || "none"}): check --to`);
+      return refusal(
+        "INVALID_ARGUMENT",
+        `revision ${requested} is not in the app's migration history (${graph.revisions.size} revisions known, head ${graph.heads.join(", ") || "none"}): check --to`,
+      );
     }
     target = requested;
   }
 
   const unknown = graph.unknown(current);
   if (unknown.length > 0) {
-    return refusal("UNKNOWN_REVISION",
+    return refusal(
+      "UNKNOWN_REVISION",
       `the database of ${targetId} is at revision ${unknown.join(", ")}, which the app's migrations do not contain ` +
-      "(version skew: it was migrated by a newer or different build). Run the code that matches the database, or restore a backup taken before; never stamp over it");
+        "(version skew: it was migrated by a newer or different build). Run the code that matches the database, or restore a backup taken before; never stamp over it",
+    );
   }
 
   const below = graph.ancestorsOrSelf(current);
@@ -90,23 +96,30 @@ export function resolveMigration(facts: {
     }
     if (current.includes(target)) return { ok: true, action: "up-to-date", target, pending: [], message: `${targetId} is already at ${target}; nothing to do` };
     if (!below.has(target)) {
-      return refusal("INVALID_ARGUMENT", `${target} is not older than the database's revision ${current.join(", ") || "(none)"}; to move forward use a rollout`);
+      return refusal(
+        "INVALID_ARGUMENT",
+        `${target} is not older than the database's revision ${current.join(", ") || "(none)"}; to move forward use a rollout`,
+      );
     }
     return { ok: true, action: "downgrade", target, pending: removedBy(graph, [target], current) };
   }
 
   if (current.includes(target)) return { ok: true, action: "up-to-date", target, pending: [], message: `${targetId} is already at ${target}; nothing to do` };
   if (below.has(target)) {
-    return refusal("INVALID_ARGUMENT",
+    return refusal(
+      "INVALID_ARGUMENT",
       `${target} is older than the database's revision ${current.join(", ")}: an upgrade cannot go back. ` +
-      `To go back use flotilla downgrade ${targetId} --to ${target} --accept-data-loss`);
+        `To go back use flotilla downgrade ${targetId} --to ${target} --accept-data-loss`,
+    );
   }
   const targetAncestors = graph.ancestorsOrSelf([target]);
   const offBranch = current.filter((id) => !targetAncestors.has(id));
   if (offBranch.length > 0) {
-    return refusal("INVALID_ARGUMENT",
+    return refusal(
+      "INVALID_ARGUMENT",
       `${target} is on another branch than the database's revision ${offBranch.join(", ")}: upgrading to it would leave the database with two heads. ` +
-      "Name a revision that descends from the database's one (or a merge revision)");
+        "Name a revision that descends from the database's one (or a merge revision)",
+    );
   }
   return { ok: true, action: "upgrade", target, pending: graph.pending(current, target) };
 }
@@ -135,9 +148,14 @@ export interface MigrateGuardFacts {
     | { readonly kind: "none" }
     | { readonly kind: "take" }
     | {
-      readonly kind: "given"; readonly id: string; readonly verified: boolean; readonly verification: string;
-      readonly rolloutId: string; readonly revisions: readonly string[]; readonly source: string;
-    };
+        readonly kind: "given";
+        readonly id: string;
+        readonly verified: boolean;
+        readonly verification: string;
+        readonly rolloutId: string;
+        readonly revisions: readonly string[];
+        readonly source: string;
+      };
   /** The operation's rollout ('' outside one) and the database's revisions and display name. */
   readonly rolloutId: string;
   readonly current: readonly string[];
@@ -155,26 +173,40 @@ function sameSet(a: readonly string[], b: readonly string[]): boolean {
 export function guardMigration(facts: MigrateGuardFacts): PolicyRefusal | null {
   const b = facts.backup;
   if (b.kind === "none") {
-    return refusal("BACKUP_UNVERIFIED", "no verified backup was taken in this operation: pass the id of a verified backup taken in this rollout, or ask the agent to take one (take_backup)");
+    return refusal(
+      "BACKUP_UNVERIFIED",
+      "no verified backup was taken in this operation: pass the id of a verified backup taken in this rollout, or ask the agent to take one (take_backup)",
+    );
   }
   if (facts.leftoverTables.length > 0) {
-    return refusal("PRECONDITION_FAILED",
+    return refusal(
+      "PRECONDITION_FAILED",
       `leftover batch table(s) ${facts.leftoverTables.join(", ")} from an earlier failed migration: the next attempt would fail with "table ... already exists". ` +
-      `Restore the pre-migration backup (flotilla backups ${facts.targetId}; flotilla restore) or run flotilla diagnose ${facts.targetId}`);
+        `Restore the pre-migration backup (flotilla backups ${facts.targetId}; flotilla restore) or run flotilla diagnose ${facts.targetId}`,
+    );
   }
   if (!facts.online && facts.runningApps.length > 0) {
-    return refusal("APP_STILL_RUNNING",
-      `app instance(s) ${facts.runningApps.join(", ")} of ${facts.targetId} are still running: stop them first (the maintenance strategy does this), or use the job strategy for additive migrations`);
+    return refusal(
+      "APP_STILL_RUNNING",
+      `app instance(s) ${facts.runningApps.join(", ")} of ${facts.targetId} are still running: stop them first (the maintenance strategy does this), or use the job strategy for additive migrations`,
+    );
   }
   if (!facts.online && facts.holders.length > 0) {
-    return refusal("APP_STILL_RUNNING",
-      `${facts.displayName} is still held by ${facts.holders.length} other ${facts.kind === "sqlite" ? "process(es)" : "session(s)"}: ${facts.holders.slice(0, 5).join("; ")}. Stop the app on every host before migrating`);
+    return refusal(
+      "APP_STILL_RUNNING",
+      `${facts.displayName} is still held by ${facts.holders.length} other ${facts.kind === "sqlite" ? "process(es)" : "session(s)"}: ${facts.holders.slice(0, 5).join("; ")}. Stop the app on every host before migrating`,
+    );
   }
   if (b.kind === "given") {
-    if (!b.verified) return refusal("BACKUP_UNVERIFIED", `backup ${b.id} is not verified (${b.verification}); a migration needs a verified backup taken in the same rollout`);
-    if (facts.rolloutId && b.rolloutId !== facts.rolloutId) return refusal("BACKUP_UNVERIFIED", `backup ${b.id} was taken outside rollout ${facts.rolloutId}; take a fresh one in this rollout`);
+    if (!b.verified)
+      return refusal("BACKUP_UNVERIFIED", `backup ${b.id} is not verified (${b.verification}); a migration needs a verified backup taken in the same rollout`);
+    if (facts.rolloutId && b.rolloutId !== facts.rolloutId)
+      return refusal("BACKUP_UNVERIFIED", `backup ${b.id} was taken outside rollout ${facts.rolloutId}; take a fresh one in this rollout`);
     if (!sameSet(b.revisions, facts.current)) {
-      return refusal("BACKUP_UNVERIFIED", `backup ${b.id} is at revision ${b.revisions.join(",") || "none"} but the database is at ${facts.current.join(",") || "none"}: take a fresh backup`);
+      return refusal(
+        "BACKUP_UNVERIFIED",
+        `backup ${b.id} is at revision ${b.revisions.join(",") || "none"} but the database is at ${facts.current.join(",") || "none"}: take a fresh backup`,
+      );
     }
     if (b.source !== facts.displayName) return refusal("BACKUP_UNVERIFIED", `backup ${b.id} is of ${b.source}, not of ${facts.displayName}`);
   }
@@ -217,7 +249,11 @@ export type AfterFailure =
  * under them is refused or would lose their view): then the target is held
  * as needs-restore, naming them, until `flotilla recover --action restore`.
  */
-export function afterFailure(facts: { readonly changes: readonly string[]; readonly kind: "sqlite" | "postgresql"; readonly holders: readonly string[] }): AfterFailure {
+export function afterFailure(facts: {
+  readonly changes: readonly string[];
+  readonly kind: "sqlite" | "postgresql";
+  readonly holders: readonly string[];
+}): AfterFailure {
   if (facts.changes.length === 0) return { action: "none", effect: "none" };
   if (facts.kind === "postgresql" && facts.holders.length > 0) return { action: "hold", effect: "needs-restore", blockingSessions: facts.holders };
   return { action: "restore", effect: "restored" };
@@ -294,7 +330,9 @@ export function decideInterruptedMigration(facts: InterruptedMigrationFacts): In
       `${facts.runningApps.length > 0 ? `; stop the app instances (${facts.runningApps.join(", ")}) first` : ""}, then run flotilla recover ${facts.targetId} --action restore`
     : ": the app was stopped for the migration, so the backup holds every row and nothing is lost";
   const restore = (why: string): InterruptedMigrationDecision => ({
-    action: "restore", losesWrites, message: `${why}; it must be restored from backup ${facts.backupId || "(none taken)"}${cost}`,
+    action: "restore",
+    losesWrites,
+    message: `${why}; it must be restored from backup ${facts.backupId || "(none taken)"}${cost}`,
   });
   if (facts.intact && facts.now.includes(facts.wanted)) {
     return { action: "accept", message: `${facts.targetId} is at the wanted revision ${facts.wanted} and intact: kept as it is` };

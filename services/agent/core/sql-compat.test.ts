@@ -6,8 +6,10 @@ const bump = "UPDATE alembic_version SET version_num='e5f4a3b2c1d0' WHERE alembi
 
 describe("classifySql", () => {
   it("new tables, nullable or defaulted columns and plain indexes are additive", () => {
-    const v = classifySql(`CREATE TABLE folder (\n    id TEXT NOT NULL, \n    PRIMARY KEY (id)\n);\n\nALTER TABLE chat ADD COLUMN folder_id TEXT;\n\n` +
-      `ALTER TABLE chat ADD COLUMN meta JSON DEFAULT '{}' NOT NULL;\n\nCREATE INDEX message_user_idx ON message (user_id);\n\n${bump}`);
+    const v = classifySql(
+      `CREATE TABLE folder (\n    id TEXT NOT NULL, \n    PRIMARY KEY (id)\n);\n\nALTER TABLE chat ADD COLUMN folder_id TEXT;\n\n` +
+        `ALTER TABLE chat ADD COLUMN meta JSON DEFAULT '{}' NOT NULL;\n\nCREATE INDEX message_user_idx ON message (user_id);\n\n${bump}`,
+    );
     assert.equal(v.compatibility, "additive");
     assert.match(v.reason, /creates table folder/);
     assert.equal(classifySql(bump).compatibility, "additive");
@@ -19,11 +21,11 @@ describe("classifySql", () => {
     const cases: [string, RegExp][] = [
       ["DROP TABLE config_old;", /drops table/],
       ["ALTER TABLE config RENAME TO config_old;", /renames config/],
-      ["ALTER TABLE \"user\" ALTER COLUMN email SET NOT NULL;", /NOT NULL/],
+      ['ALTER TABLE "user" ALTER COLUMN email SET NOT NULL;', /NOT NULL/],
       ["ALTER TABLE chat ALTER COLUMN meta TYPE JSONB;", /column type/],
-      ["ALTER TABLE \"user\" ADD COLUMN theme TEXT NOT NULL;", /NOT NULL column user.theme without a default/],
-      ["ALTER TABLE \"user\" ADD CONSTRAINT uq_user_email UNIQUE (email);", /constraint.*unique/],
-      ["CREATE UNIQUE INDEX uq_user_email_lower ON \"user\" (lower(email));", /unique index on user/],
+      ['ALTER TABLE "user" ADD COLUMN theme TEXT NOT NULL;', /NOT NULL column user.theme without a default/],
+      ['ALTER TABLE "user" ADD CONSTRAINT uq_user_email UNIQUE (email);', /constraint.*unique/],
+      ['CREATE UNIQUE INDEX uq_user_email_lower ON "user" (lower(email));', /unique index on user/],
       ["UPDATE chat SET archived_at = NULL;", /changes existing rows \(update chat\)/],
       ["ALTER TABLE chat DROP COLUMN tags;", /drops from chat/],
       ["INSERT INTO config (id, data) SELECT id, data FROM config_old;", /existing table config/],
@@ -48,7 +50,8 @@ describe("classifySql", () => {
 });
 
 describe("objectsCreatedBy / missingObjects (stamp --reason applied-by-hand)", () => {
-  const sql = `ALTER TABLE "user" ADD COLUMN settings JSON;\n\nCREATE INDEX chat_user_updated_idx ON chat (user_id, updated_at);\n\n` +
+  const sql =
+    `ALTER TABLE "user" ADD COLUMN settings JSON;\n\nCREATE INDEX chat_user_updated_idx ON chat (user_id, updated_at);\n\n` +
     `CREATE TABLE shared_chat (\n    id VARCHAR NOT NULL, \n    PRIMARY KEY (id)\n);\n\nALTER TABLE "user" ADD CONSTRAINT uq UNIQUE (email);\n\n${bump}`;
 
   it("reads the tables, columns and indexes a revision creates", () => {

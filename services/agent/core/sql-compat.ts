@@ -54,10 +54,15 @@ function classifyStatement(stmt: string, createdHere: Set<string>): { kind: Comp
     return { kind: "breaking", why: `adds a unique index${table ? ` on ${table}` : ""} (old code may write rows it rejects)` };
   }
   if (/^CREATE INDEX\b/.test(s)) return { kind: "additive", why: "creates an index" };
-  if (/^CREATE (SEQUENCE|TYPE|EXTENSION|VIEW|OR REPLACE VIEW|SCHEMA)\b/.test(s)) return { kind: "additive", why: `creates a ${s.split(" ")[1]!.toLowerCase()}` };
+  if (/^CREATE (SEQUENCE|TYPE|EXTENSION|VIEW|OR REPLACE VIEW|SCHEMA)\b/.test(s))
+    return { kind: "additive", why: `creates a ${s.split(" ")[1]!.toLowerCase()}` };
   if (/^COMMENT ON\b/.test(s)) return { kind: "additive", why: "comment" };
   if (/^DROP\b/.test(s)) return { kind: "breaking", why: `drops ${s.split(" ")[1]!.toLowerCase()} (${stmt.split(" ").slice(2, 3).join("")})` };
-  if (/^(UPDATE|DELETE)\b/.test(s)) return { kind: "breaking", why: `changes existing rows (${s.split(" ")[0]!.toLowerCase()} ${unquote(stmt.split(" ")[s.startsWith("DELETE") ? 2 : 1] ?? "")})` };
+  if (/^(UPDATE|DELETE)\b/.test(s))
+    return {
+      kind: "breaking",
+      why: `changes existing rows (${s.split(" ")[0]!.toLowerCase()} ${unquote(stmt.split(" ")[s.startsWith("DELETE") ? 2 : 1] ?? "")})`,
+    };
   if (/^INSERT INTO\b/.test(s)) {
     m = new RegExp(`^INSERT INTO (${IDENT})`, "i").exec(stmt);
     const table = m ? unquote(m[1]!) : "";
@@ -101,7 +106,9 @@ function classifyStatement(stmt: string, createdHere: Set<string>): { kind: Comp
  */
 export function classifySql(sql: string): CompatibilityVerdict {
   const createdHere = new Set<string>();
-  const verdicts = statements(sql).map((stmt) => classifyStatement(stmt, createdHere)).filter((v) => v.kind !== "ignore");
+  const verdicts = statements(sql)
+    .map((stmt) => classifyStatement(stmt, createdHere))
+    .filter((v) => v.kind !== "ignore");
   const breaking = verdicts.filter((v) => v.kind === "breaking");
   if (breaking.length > 0) return { compatibility: "breaking", reason: [...new Set(breaking.map((v) => v.why))].slice(0, 3).join("; ") };
   const unknown = verdicts.filter((v) => v.kind === "unknown");
@@ -156,7 +163,13 @@ export function missingObjects(
   const missing: string[] = [];
   for (const t of created.tables) if (!tables.has(t)) missing.push(`table ${t}`);
   for (const c of created.columns) {
-    if (!present.columnsOf(c.table).map((x) => x.toLowerCase()).includes(c.column)) missing.push(`column ${c.table}.${c.column}`);
+    if (
+      !present
+        .columnsOf(c.table)
+        .map((x) => x.toLowerCase())
+        .includes(c.column)
+    )
+      missing.push(`column ${c.table}.${c.column}`);
   }
   for (const i of created.indexes) if (!indexes.has(i)) missing.push(`index ${i}`);
   return missing;

@@ -19,7 +19,10 @@ test("a target whose files, secrets and database are all there is ok", () => {
 });
 
 test("an empty WEBUI_SECRET_KEY file makes the target broken, saying to write the key with no restart needed", () => {
-  const h = targetHealth({ ...HEALTHY, secretProblems: [{ key: "alembic.env.WEBUI_SECRET_KEY", ref: { file: "/run/secrets/key" }, state: "empty", detail: "empty" }] });
+  const h = targetHealth({
+    ...HEALTHY,
+    secretProblems: [{ key: "alembic.env.WEBUI_SECRET_KEY", ref: { file: "/run/secrets/key" }, state: "empty", detail: "empty" }],
+  });
   assert.equal(h.state, "broken");
   assert.equal(h.problems.length, 1);
   const p = h.problems[0]!;
@@ -43,7 +46,10 @@ test("each kind of unsatisfiable config is its own problem with its own fix, in 
     databaseFolder: { path: "/data", kind: "missing" },
   });
   assert.equal(h.state, "broken");
-  assert.deepEqual(h.problems.map((p) => p.code), ["secret-missing", "secret-unset", "secret-unreadable", "alembic-dir-missing", "alembic-command-missing", "database-folder-missing"]);
+  assert.deepEqual(
+    h.problems.map((p) => p.code),
+    ["secret-missing", "secret-unset", "secret-unreadable", "alembic-dir-missing", "alembic-command-missing", "database-folder-missing"],
+  );
   assert.match(h.problems[1]!.fix, /set API_TOKEN in the agent's environment.*restart the agent/);
   assert.match(h.problems[2]!.fix, /chmod 0640 \/pw/);
   assert.match(h.problems[3]!.fix, /set alembic\.dir/);
@@ -53,21 +59,34 @@ test("each kind of unsatisfiable config is its own problem with its own fix, in 
 
 test("alembic.ini missing from an existing folder, and a configured ini, name the right key", () => {
   const missing = targetHealth({ ...HEALTHY, alembicIni: { path: "/app/open_webui/alembic.ini", kind: "missing", configured: false } });
-  assert.deepEqual(missing.problems.map((p) => [p.code, p.key]), [["alembic-ini-missing", "alembic.dir"]]);
+  assert.deepEqual(
+    missing.problems.map((p) => [p.code, p.key]),
+    [["alembic-ini-missing", "alembic.dir"]],
+  );
   assert.match(missing.problems[0]!.what, /no alembic\.ini in \/app\/open_webui/);
   const configured = targetHealth({ ...HEALTHY, alembicIni: { path: "/app/open_webui/other.ini", kind: "missing", configured: true } });
-  assert.deepEqual(configured.problems.map((p) => [p.code, p.key]), [["alembic-ini-missing", "alembic.config"]]);
+  assert.deepEqual(
+    configured.problems.map((p) => [p.code, p.key]),
+    [["alembic-ini-missing", "alembic.config"]],
+  );
 });
 
 test("an unreachable PostgreSQL database is broken; a database that simply does not exist yet is not decided here", () => {
   const down = targetHealth({ ...HEALTHY, kind: "postgresql", database: { reachable: false, detail: "connect ECONNREFUSED 127.0.0.1:5999" } });
-  assert.deepEqual(down.problems.map((p) => p.code), ["database-unreachable"]);
+  assert.deepEqual(
+    down.problems.map((p) => p.code),
+    ["database-unreachable"],
+  );
   assert.match(down.problems[0]!.what, /ECONNREFUSED/);
   assert.match(down.problems[0]!.fix, /pg_hba\.conf/);
 });
 
 test("the refusal, the status lines and the diagnose findings all carry every reason with its fix", () => {
-  const h = targetHealth({ ...HEALTHY, secretProblems: [{ key: "alembic.env.WEBUI_SECRET_KEY", ref: { file: "/k" }, state: "empty", detail: "" }], alembicDir: { path: "/x", kind: "missing" } });
+  const h = targetHealth({
+    ...HEALTHY,
+    secretProblems: [{ key: "alembic.env.WEBUI_SECRET_KEY", ref: { file: "/k" }, state: "empty", detail: "" }],
+    alembicDir: { path: "/x", kind: "missing" },
+  });
   const err = brokenTargetError("webui-1", h.problems);
   assert.equal(err.code, "TARGET_BROKEN");
   assert.match(err.message, /target webui-1 is broken/);
@@ -76,7 +95,14 @@ test("the refusal, the status lines and the diagnose findings all carry every re
   assert.equal(lines.length, 2);
   assert.match(lines[0]!, /is empty; fix: write/);
   const findings = brokenFindings("webui-1", h.problems);
-  assert.deepEqual(findings.map((f) => [f.code, f.severity]), [["secret-empty", "error"], ["alembic-dir-missing", "error"], ["checklist-deferred", "info"]]);
+  assert.deepEqual(
+    findings.map((f) => [f.code, f.severity]),
+    [
+      ["secret-empty", "error"],
+      ["alembic-dir-missing", "error"],
+      ["checklist-deferred", "info"],
+    ],
+  );
   assert.ok(findings.every((f) => f.fix !== ""));
 });
 
@@ -97,5 +123,12 @@ test("resolveSecrets reads every secret now and reports the unreadable ones by c
   const bad = resolveSecrets(target, new FakeSecrets({ "/k": "  " }));
   assert.deepEqual(bad.env, {});
   assert.equal(bad.password, undefined);
-  assert.deepEqual(bad.problems.map((p) => [p.key, p.state]), [["alembic.env.WEBUI_SECRET_KEY", "empty"], ["alembic.env.TOKEN", "unset"], ["passwordFile", "missing"]]);
+  assert.deepEqual(
+    bad.problems.map((p) => [p.key, p.state]),
+    [
+      ["alembic.env.WEBUI_SECRET_KEY", "empty"],
+      ["alembic.env.TOKEN", "unset"],
+      ["passwordFile", "missing"],
+    ],
+  );
 });

@@ -54,7 +54,9 @@ function secretProblem(t: string, s: SecretProblem): TargetProblem {
   const check = `then \`flotilla diagnose ${t}\``;
   if ("env" in s.ref) {
     return {
-      code: "secret-unset", key: s.key, what: `${s.key}: ${where} is not set or empty in the agent's environment`,
+      code: "secret-unset",
+      key: s.key,
+      what: `${s.key}: ${where} is not set or empty in the agent's environment`,
       fix: `set ${s.ref.env} in the agent's environment (systemd: Environment= or EnvironmentFile= of flotilla-agent.service) and restart the agent, ${check}`,
     };
   }
@@ -62,17 +64,23 @@ function secretProblem(t: string, s: SecretProblem): TargetProblem {
   switch (s.state) {
     case "empty":
       return {
-        code: "secret-empty", key: s.key, what: `${s.key}: secret file ${file} is empty`,
+        code: "secret-empty",
+        key: s.key,
+        what: `${s.key}: secret file ${file} is empty`,
         fix: `write ${what} into ${file} (for WEBUI_SECRET_KEY the same key the app itself uses); ${NO_RESTART}; ${check}`,
       };
     case "unreadable":
       return {
-        code: "secret-unreadable", key: s.key, what: `${s.key}: secret file ${file} cannot be read by the agent (${s.detail})`,
+        code: "secret-unreadable",
+        key: s.key,
+        what: `${s.key}: secret file ${file} cannot be read by the agent (${s.detail})`,
         fix: `let the agent's user read it (e.g. \`chown root:flotilla ${file} && chmod 0640 ${file}\`); ${NO_RESTART}; ${check}`,
       };
     default:
       return {
-        code: "secret-missing", key: s.key, what: `${s.key}: secret file ${file} does not exist`,
+        code: "secret-missing",
+        key: s.key,
+        what: `${s.key}: secret file ${file} does not exist`,
         fix: `create ${file} holding ${what} (${NO_RESTART}), or point ${s.key}${s.key === "passwordFile" ? "" : ".file"} in the agent config at the right file and restart the agent; ${check}`,
       };
   }
@@ -88,16 +96,21 @@ export function targetProblems(f: TargetFacts): TargetProblem[] {
   const restart = `restart the agent, then \`flotilla diagnose ${t}\``;
   if (f.alembicDir.kind !== "dir") {
     out.push({
-      code: "alembic-dir-missing", key: "alembic.dir",
-      what: f.alembicDir.kind === "missing"
-        ? `alembic.dir ${f.alembicDir.path} does not exist`
-        : f.alembicDir.kind === "unreadable" ? `alembic.dir ${f.alembicDir.path} cannot be read by the agent` : `alembic.dir ${f.alembicDir.path} is not a folder`,
+      code: "alembic-dir-missing",
+      key: "alembic.dir",
+      what:
+        f.alembicDir.kind === "missing"
+          ? `alembic.dir ${f.alembicDir.path} does not exist`
+          : f.alembicDir.kind === "unreadable"
+            ? `alembic.dir ${f.alembicDir.path} cannot be read by the agent`
+            : `alembic.dir ${f.alembicDir.path} is not a folder`,
       fix: `set alembic.dir in the agent config to the folder that holds the app's alembic.ini (Open WebUI: the installed open_webui package folder), or install the app there; ${restart}`,
     });
   } else if (f.alembicIni.kind !== "file") {
     const name = f.alembicIni.path.split("/").at(-1) ?? "alembic.ini";
     out.push({
-      code: "alembic-ini-missing", key: f.alembicIni.configured ? "alembic.config" : "alembic.dir",
+      code: "alembic-ini-missing",
+      key: f.alembicIni.configured ? "alembic.config" : "alembic.dir",
       what: f.alembicIni.kind === "unreadable" ? `${f.alembicIni.path} cannot be read by the agent` : `no ${name} in ${f.alembicDir.path}`,
       fix: f.alembicIni.configured
         ? `set alembic.config to the ini file that exists in ${f.alembicDir.path}, or alembic.dir to the folder holding ${name}; ${restart}`
@@ -106,23 +119,27 @@ export function targetProblems(f: TargetFacts): TargetProblem[] {
   }
   if (!f.command.found) {
     out.push({
-      code: "alembic-command-missing", key: "alembic.command",
+      code: "alembic-command-missing",
+      key: "alembic.command",
       what: `alembic.command: ${f.command.argv0} is not an executable the agent can find${f.command.argv0.includes("/") ? "" : " on its PATH"}`,
       fix: `install Alembic in the app's environment, or set alembic.command to the app's own Python (e.g. [/opt/open-webui/venv/bin/python, -m, alembic]); ${restart}`,
     });
   }
   if (f.databaseFolder !== undefined && f.databaseFolder.kind !== "dir") {
     out.push({
-      code: "database-folder-missing", key: "database",
+      code: "database-folder-missing",
+      key: "database",
       what: `the folder of the SQLite database, ${f.databaseFolder.path}, ${f.databaseFolder.kind === "missing" ? "does not exist" : "is not a readable folder"}`,
       fix: `check database in the agent config (sqlite:////absolute/path/webui.db: four slashes) and that the app's data volume is mounted; ${restart}`,
     });
   }
   if (f.database !== undefined && !f.database.reachable) {
     out.push({
-      code: "database-unreachable", key: "database",
+      code: "database-unreachable",
+      key: "database",
       what: `the PostgreSQL database cannot be reached: ${f.database.detail}`,
-      fix: "check that PostgreSQL runs and accepts the agent (host and port in database, the password in passwordFile, pg_hba.conf); " +
+      fix:
+        "check that PostgreSQL runs and accepts the agent (host and port in database, the password in passwordFile, pg_hba.conf); " +
         `the agent tries again at each operation, no restart needed; then \`flotilla diagnose ${t}\``,
     });
   }
@@ -143,21 +160,28 @@ export function problemLines(problems: readonly TargetProblem[]): string[] {
 /** The refusal of an operation on a broken target: names every reason and its fix. */
 export function brokenTargetError(targetId: string, problems: readonly TargetProblem[]): FlotillaError {
   const reasons = problems.map((p) => `${p.what} (fix: ${p.fix})`).join("; ");
-  return new FlotillaError("TARGET_BROKEN", `target ${targetId} is broken, so the agent refuses operations on it until its config can be satisfied: ${reasons}`);
+  return new FlotillaError(
+    "TARGET_BROKEN",
+    `target ${targetId} is broken, so the agent refuses operations on it until its config can be satisfied: ${reasons}`,
+  );
 }
 
 /** The diagnose findings of a broken target: one error per problem, then a note that the rest of the checklist waits. */
 export function brokenFindings(targetId: string, problems: readonly TargetProblem[]): Finding[] {
   return [
     ...problems.map((p) => ({
-      code: p.code, severity: "error" as const, what: p.what,
+      code: p.code,
+      severity: "error" as const,
+      what: p.what,
       why: `the target is served as broken: every operation on ${targetId} is refused until this is fixed (the agent's other targets are not affected)`,
       fix: p.fix,
     })),
     {
-      code: "checklist-deferred", severity: "info" as const,
+      code: "checklist-deferred",
+      severity: "info" as const,
       what: "the rest of the checklist (revisions, schema, locks, disk, backups) runs once the problems above are fixed",
-      why: "it needs the target's secrets, Alembic project and database", fix: `fix the problems above, then \`flotilla diagnose ${targetId}\``,
+      why: "it needs the target's secrets, Alembic project and database",
+      fix: `fix the problems above, then \`flotilla diagnose ${targetId}\``,
     },
   ];
 }

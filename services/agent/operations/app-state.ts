@@ -30,14 +30,21 @@ function excluded(t: TargetRuntime): string[] {
  * the newest verified backup that has them.
  */
 export async function takeCompanions(
-  t: TargetRuntime, db: DatabaseAdapter, id: string, progress: ProgressFn, signal?: AbortSignal,
+  t: TargetRuntime,
+  db: DatabaseAdapter,
+  id: string,
+  progress: ProgressFn,
+  signal?: AbortSignal,
 ): Promise<Pick<BackupManifest, "companions" | "companionBytes" | "companionNewBytes">> {
   const include = t.config.backups.include ?? [];
   if (include.length === 0 || db !== t.db) return {};
   for (const line of await repairInterruptedRestore(include)) progress({ source: "backup", line: `companion files: ${line} (left by an interrupted restore)` });
   const previous = (await t.catalog.list()).find((m) => m.verified && m.companions && m.companions.length > 0);
   const snap = await snapshotCompanions({
-    include, destDir: t.catalog.filesDir(id), exclude: excluded(t), onProgress: progress,
+    include,
+    destDir: t.catalog.filesDir(id),
+    exclude: excluded(t),
+    onProgress: progress,
     ...(previous?.companions ? { previous: { dir: companionsDir(previous), entries: previous.companions } } : {}),
     ...(signal ? { signal } : {}),
   });
@@ -53,7 +60,8 @@ export async function verifyCompanionsOf(m: BackupManifest, full: boolean, signa
 /** Restores a manifest's companions (staged, checked, renamed in). */
 export async function restoreCompanionsOf(m: BackupManifest, progress: ProgressFn, signal?: AbortSignal): Promise<void> {
   if (!m.companions || m.companions.length === 0) return;
-  for (const line of await repairInterruptedRestore(m.companions.map((e) => e.source))) progress({ source: "backup", line: `companion files: ${line} (left by an interrupted restore)` });
+  for (const line of await repairInterruptedRestore(m.companions.map((e) => e.source)))
+    progress({ source: "backup", line: `companion files: ${line} (left by an interrupted restore)` });
   await restoreCompanions(companionsDir(m), m.companions, progress, signal);
 }
 
@@ -98,7 +106,9 @@ export function appVersionNotes(m: BackupManifest, current: string, olderRevisio
     notes.push(`backup ${m.id} was taken under app version ${m.appVersion}; the app now reports ${current}`);
   }
   if (olderRevision) {
-    notes.push(`the database is now at an older revision (${m.revisions.join(",") || "none"}): start the app version that matches it${m.appVersion ? ` (${m.appVersion})` : ""}; a newer app image would migrate it again at start (Open WebUI does unless ENABLE_DB_MIGRATIONS=false)`);
+    notes.push(
+      `the database is now at an older revision (${m.revisions.join(",") || "none"}): start the app version that matches it${m.appVersion ? ` (${m.appVersion})` : ""}; a newer app image would migrate it again at start (Open WebUI does unless ENABLE_DB_MIGRATIONS=false)`,
+    );
   }
   return notes;
 }

@@ -49,7 +49,9 @@ before(() => {
   db.exec("CREATE TABLE alembic_version (version_num TEXT PRIMARY KEY); INSERT INTO alembic_version VALUES ('abc');");
   db.exec("CREATE TABLE chat (id INTEGER PRIMARY KEY, body TEXT)");
   const ins = db.prepare("INSERT INTO chat (body) VALUES (?)");
-  db.transaction(() => { for (let i = 0; i < 600; i++) ins.run(`${i} ${"x".repeat(1000)}`); })();
+  db.transaction(() => {
+    for (let i = 0; i < 600; i++) ins.run(`${i} ${"x".repeat(1000)}`);
+  })();
   db.close();
 });
 
@@ -58,7 +60,10 @@ after(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-function harness(folder: string, wrap: (db: DatabaseAdapter) => DatabaseAdapter = (d) => d): { ctx: OperationContext; catalog: BackupCatalog; journal: SqliteJournal } {
+function harness(
+  folder: string,
+  wrap: (db: DatabaseAdapter) => DatabaseAdapter = (d) => d,
+): { ctx: OperationContext; catalog: BackupCatalog; journal: SqliteJournal } {
   const real = new SqliteDatabase({ path: dbFile });
   // The free-space precheck passes (the disk fills while the backup is written, as when another writer shares it).
   const db = wrap(Object.assign(Object.create(real) as SqliteDatabase, { freeBytes: async () => Number.MAX_SAFE_INTEGER }));
@@ -67,9 +72,15 @@ function harness(folder: string, wrap: (db: DatabaseAdapter) => DatabaseAdapter 
   journal.open();
   const t = { config: { id: "t1", kind: "sqlite", backups: { dir: folder, keep: 5 } }, db, catalog, apps: [] } as unknown as TargetRuntime;
   const ctx = new OperationContext({
-    config: { agentId: "a1", targets: [], apps: [] } as unknown as AgentConfig, targets: new Map([["t1", t]]), journal,
-    appControl: {} as never, log: pino({ level: "silent" }), heartbeatMs: 60_000, runHook: async () => ({ ok: true, detail: "" }),
-    fileExists: () => false, killOrphans: async () => [],
+    config: { agentId: "a1", targets: [], apps: [] } as unknown as AgentConfig,
+    targets: new Map([["t1", t]]),
+    journal,
+    appControl: {} as never,
+    log: pino({ level: "silent" }),
+    heartbeatMs: 60_000,
+    runHook: async () => ({ ok: true, detail: "" }),
+    fileExists: () => false,
+    killOrphans: async () => [],
   });
   return { ctx, catalog, journal };
 }
@@ -88,7 +99,9 @@ function resultOf(events: OpEvent[]): Extract<OpEvent, { kind: "result" }>["resu
 
 /** Backup folder entries that are not filler files. */
 function backupFiles(folder: string): string[] {
-  return readdirSync(folder).filter((n) => !n.startsWith("filler")).sort();
+  return readdirSync(folder)
+    .filter((n) => !n.startsWith("filler"))
+    .sort();
 }
 
 test("disk full while the backup copy is written: the operation fails and no temp file is left", async () => {
@@ -108,14 +121,16 @@ test("disk full when the manifest is written: the complete artifact is removed w
   mkdirSync(folder);
   // Enough room for the copy (and its temp file), none for the manifest written after it.
   let filled = false;
-  const { ctx } = harness(folder, (db) => Object.assign(Object.create(db) as DatabaseAdapter, {
-    backup: async (dest: string, onProgress: Parameters<DatabaseAdapter["backup"]>[1], signal?: AbortSignal) => {
-      const a = await db.backup(dest, onProgress, signal);
-      fill(0, "filler-b");
-      filled = true;
-      return a;
-    },
-  }));
+  const { ctx } = harness(folder, (db) =>
+    Object.assign(Object.create(db) as DatabaseAdapter, {
+      backup: async (dest: string, onProgress: Parameters<DatabaseAdapter["backup"]>[1], signal?: AbortSignal) => {
+        const a = await db.backup(dest, onProgress, signal);
+        fill(0, "filler-b");
+        filled = true;
+        return a;
+      },
+    }),
+  );
   const r = resultOf(await runBackup(ctx, "op-b"));
   assert.equal(filled, true);
   assert.equal(r.status, "failed");
@@ -128,22 +143,28 @@ test("a backup that fails verification is not kept; leftovers of a crash (temp f
   const folder = path.join(mnt, "c");
   mkdirSync(folder);
   // The backup's own check of the finished file is the verification the operation uses.
-  const { ctx, catalog } = harness(folder, (db) => Object.assign(Object.create(db) as DatabaseAdapter, {
-    backup: async (dest: string, onProgress: Parameters<DatabaseAdapter["backup"]>[1], signal?: AbortSignal) =>
-      ({ ...(await db.backup(dest, onProgress, signal)), proof: { ok: false, detail: "FAILED: integrity_check: page 7 is never used" } }),
-  }));
+  const { ctx, catalog } = harness(folder, (db) =>
+    Object.assign(Object.create(db) as DatabaseAdapter, {
+      backup: async (dest: string, onProgress: Parameters<DatabaseAdapter["backup"]>[1], signal?: AbortSignal) => ({
+        ...(await db.backup(dest, onProgress, signal)),
+        proof: { ok: false, detail: "FAILED: integrity_check: page 7 is never used" },
+      }),
+    }),
+  );
   const r = resultOf(await runBackup(ctx, "op-c"));
   assert.equal(r.status, "failed");
   assert.match(r.message, /page 7 is never used/);
   assert.deepEqual(backupFiles(folder), []);
   // Without a proof from the adapter, the operation reads the file again to verify it.
-  const reread = harness(folder, (db) => Object.assign(Object.create(db) as DatabaseAdapter, {
-    backup: async (dest: string, onProgress: Parameters<DatabaseAdapter["backup"]>[1], signal?: AbortSignal) => {
-      const { proof: _dropped, ...artifact } = await db.backup(dest, onProgress, signal);
-      return artifact;
-    },
-    verifyBackup: async (_m: BackupManifest) => ({ ok: false, detail: "sha256 differs" }),
-  }));
+  const reread = harness(folder, (db) =>
+    Object.assign(Object.create(db) as DatabaseAdapter, {
+      backup: async (dest: string, onProgress: Parameters<DatabaseAdapter["backup"]>[1], signal?: AbortSignal) => {
+        const { proof: _dropped, ...artifact } = await db.backup(dest, onProgress, signal);
+        return artifact;
+      },
+      verifyBackup: async (_m: BackupManifest) => ({ ok: false, detail: "sha256 differs" }),
+    }),
+  );
   const r2 = resultOf(await runBackup(reread.ctx, "op-c2"));
   assert.equal(r2.status, "failed");
   assert.match(r2.message, /sha256 differs/);

@@ -36,11 +36,13 @@ function history(graph: GraphView): string {
   };
   for (const h of graph.heads) visit(h);
   for (const id of graph.revisions.keys()) visit(id);
-  return lines(order.map((id) => {
-    const n = graph.revisions.get(id)!;
-    const tags = [heads.has(id) ? "(head)" : "", branchpoints.has(id) ? "(branchpoint)" : ""].filter(Boolean).join(" ");
-    return `${n.down.length ? n.down.join(", ") : "<base>"} -> ${id}${tags ? ` ${tags}` : ""}, ${n.message}`;
-  }));
+  return lines(
+    order.map((id) => {
+      const n = graph.revisions.get(id)!;
+      const tags = [heads.has(id) ? "(head)" : "", branchpoints.has(id) ? "(branchpoint)" : ""].filter(Boolean).join(" ");
+      return `${n.down.length ? n.down.join(", ") : "<base>"} -> ${id}${tags ? ` ${tags}` : ""}, ${n.message}`;
+    }),
+  );
 }
 
 /** The target's config as YAML-ish JSON with every secret value replaced. */
@@ -57,12 +59,24 @@ function safeConfig(c: AgentTarget): string {
 
 function backupSummary(m: BackupManifest): Record<string, unknown> {
   return {
-    id: m.id, createdAt: m.createdAt, kind: m.kind, sizeBytes: m.sizeBytes, sha256: m.sha256, revisions: m.revisions, tool: m.tool,
-    verified: m.verified, verifiedAt: m.verifiedAt, verification: m.verification, operationId: m.operationId, rolloutId: m.rolloutId,
-    appVersion: m.appVersion ?? "", tables: Object.keys(m.tableCounts).length,
+    id: m.id,
+    createdAt: m.createdAt,
+    kind: m.kind,
+    sizeBytes: m.sizeBytes,
+    sha256: m.sha256,
+    revisions: m.revisions,
+    tool: m.tool,
+    verified: m.verified,
+    verifiedAt: m.verifiedAt,
+    verification: m.verification,
+    operationId: m.operationId,
+    rolloutId: m.rolloutId,
+    appVersion: m.appVersion ?? "",
+    tables: Object.keys(m.tableCounts).length,
     // Companion paths as configured and their sizes; the names of the files inside (users' uploads) are left out.
     companions: (m.companions ?? []).map((e) => ({ source: e.source, type: e.type, files: e.files.filter((f) => f.type !== "dir").length })),
-    companionBytes: m.companionBytes ?? 0, companionNewBytes: m.companionNewBytes ?? 0,
+    companionBytes: m.companionBytes ?? 0,
+    companionNewBytes: m.companionNewBytes ?? 0,
   };
 }
 
@@ -75,14 +89,16 @@ async function versions(ctx: OperationContext, t: TargetRuntime, agentVersion: s
   const alembic = t.alembic as { version?: () => Promise<string> };
   const cmd = t.config.alembic.command;
   const python = cmd[0] && /python/.test(cmd[0]) ? [cmd[0], "--version"] : ["python3", "--version"];
-  return [
-    `flotilla-agent ${agentVersion}`,
-    `node ${process.version}`,
-    `alembic: ${alembic.version ? await alembic.version().catch((e: unknown) => `unavailable (${String(e)})`) : "unknown"}`,
-    `python: ${await run(python)}`,
-    `database (${t.config.kind}): ${engine || "unavailable"}`,
-    `app: ${(await readAppVersion(ctx, t)) || (t.config.appVersion ? "appVersion command failed" : "no appVersion command configured")}`,
-  ].join("\n") + "\n";
+  return (
+    [
+      `flotilla-agent ${agentVersion}`,
+      `node ${process.version}`,
+      `alembic: ${alembic.version ? await alembic.version().catch((e: unknown) => `unavailable (${String(e)})`) : "unknown"}`,
+      `python: ${await run(python)}`,
+      `database (${t.config.kind}): ${engine || "unavailable"}`,
+      `app: ${(await readAppVersion(ctx, t)) || (t.config.appVersion ? "appVersion command failed" : "no appVersion command configured")}`,
+    ].join("\n") + "\n"
+  );
 }
 
 /** Builds the bundle. Parts that cannot be read say why instead of failing the bundle. */
@@ -102,11 +118,27 @@ export async function bundle(ctx: OperationContext, targetId: string, agentVersi
   } else {
     add("alembic/heads.txt", lines(graph.heads.map((h) => `${h} (head), ${graph.revisions.get(h)?.message ?? ""}`)));
     add("alembic/history.txt", history(graph));
-    add("alembic/branches.txt", lines(graph.branchpoints.map((b) => `${b} (branchpoint) -> ${[...graph.revisions.values()].filter((n) => n.down.includes(b)).map((n) => n.id).join(", ")}`)));
+    add(
+      "alembic/branches.txt",
+      lines(
+        graph.branchpoints.map(
+          (b) =>
+            `${b} (branchpoint) -> ${[...graph.revisions.values()]
+              .filter((n) => n.down.includes(b))
+              .map((n) => n.id)
+              .join(", ")}`,
+        ),
+      ),
+    );
   }
-  add("alembic/current.txt", current instanceof Error ? failed(current)
-    : current === null ? "no alembic_version table\n"
-      : lines(current.map((r) => `${r}${!(graph instanceof Error) && graph.heads.includes(r) ? " (head)" : ""}`)));
+  add(
+    "alembic/current.txt",
+    current instanceof Error
+      ? failed(current)
+      : current === null
+        ? "no alembic_version table\n"
+        : lines(current.map((r) => `${r}${!(graph instanceof Error) && graph.heads.includes(r) ? " (head)" : ""}`)),
+  );
 
   add("database/alembic_version.txt", current instanceof Error ? failed(current) : current === null ? "table absent\n" : lines(current));
   const tables = await t.db.listTables().catch((e: unknown) => e as Error);
@@ -138,9 +170,12 @@ export async function bundle(ctx: OperationContext, targetId: string, agentVersi
   const entries = [...files.map((f) => f.name), `${targetId}/README.txt`];
   files.unshift({
     name: `${targetId}/README.txt`,
-    data: `Flotilla diagnostics bundle for target ${targetId}, agent ${ctx.deps.config.agentId}, taken ${now}.\n` +
+    data:
+      `Flotilla diagnostics bundle for target ${targetId}, agent ${ctx.deps.config.agentId}, taken ${now}.\n` +
       "It holds revisions, schema descriptions, row counts, diagnose findings, the journal with Alembic output, backup manifests, versions and the config with secrets replaced.\n" +
-      "It never holds the database file, a companion file, a secret or a row of user data.\n\n" + entries.join("\n") + "\n",
+      "It never holds the database file, a companion file, a secret or a row of user data.\n\n" +
+      entries.join("\n") +
+      "\n",
   });
   const stamp = now.replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z");
   return { fileName: `flotilla-bundle-${targetId}-${stamp}.tar.gz`, data: tarGz(files), entries };

@@ -11,15 +11,31 @@ import type { OperationContext, TargetRuntime } from "./context.js";
 /** Read-only verbs: status, diagnose, plan. They take no lock and change nothing. */
 
 /** Cheap status: revisions from the database, heads and pending from the cached graph. */
-export async function status(ctx: OperationContext, targetId: string): Promise<{
-  current: string[]; currentKnown: boolean; heads: string[]; pending: { id: string; down: string[]; message: string }[];
-  apps: { id: string; color: string; state: AppState; detail: string }[]; lastVerified?: BackupManifest; busy: string; interrupted: string[]; error: string;
+export async function status(
+  ctx: OperationContext,
+  targetId: string,
+): Promise<{
+  current: string[];
+  currentKnown: boolean;
+  heads: string[];
+  pending: { id: string; down: string[]; message: string }[];
+  apps: { id: string; color: string; state: AppState; detail: string }[];
+  lastVerified?: BackupManifest;
+  busy: string;
+  interrupted: string[];
+  error: string;
 }> {
   const t = ctx.target(targetId);
   const errors: string[] = [];
   const [revs, graph, apps, lastVerified] = await Promise.all([
-    t.db.readRevisions().catch((e: unknown) => { errors.push(`database: ${toFlotillaError(e).message}`); return null; }),
-    t.alembic.graph().catch((e: unknown) => { errors.push(`alembic: ${toFlotillaError(e).message}`); return undefined; }),
+    t.db.readRevisions().catch((e: unknown) => {
+      errors.push(`database: ${toFlotillaError(e).message}`);
+      return null;
+    }),
+    t.alembic.graph().catch((e: unknown) => {
+      errors.push(`alembic: ${toFlotillaError(e).message}`);
+      return undefined;
+    }),
     ctx.appStates(t),
     t.catalog.lastVerified().catch(() => undefined),
   ]);
@@ -37,7 +53,10 @@ export async function status(ctx: OperationContext, targetId: string): Promise<{
     }
   }
   return {
-    current, currentKnown, heads: graph ? [...graph.heads] : [], pending,
+    current,
+    currentKnown,
+    heads: graph ? [...graph.heads] : [],
+    pending,
     apps: apps.map((a) => ({ id: a.app.id, color: a.app.color, state: a.state, detail: a.detail })),
     ...(lastVerified ? { lastVerified } : {}),
     busy: ctx.deps.journal.lockHolder(targetId) ?? "",
@@ -56,8 +75,12 @@ export async function diagnose(ctx: OperationContext, targetId: string): Promise
   const current = exists ? await t.db.readRevisions().catch(() => null) : null;
   const tables = exists ? await t.db.listTables().catch(() => [] as string[]) : [];
   const known = graph ? [...graph.revisions.keys()] : [];
-  const pendingIds = graph && current && graph.unknown(current).length === 0 && graph.heads.length === 1
-    ? graph.pending(current, graph.heads[0]!) : graph && current === null && graph.heads.length === 1 ? graph.pending([], graph.heads[0]!) : [];
+  const pendingIds =
+    graph && current && graph.unknown(current).length === 0 && graph.heads.length === 1
+      ? graph.pending(current, graph.heads[0]!)
+      : graph && current === null && graph.heads.length === 1
+        ? graph.pending([], graph.heads[0]!)
+        : [];
   const preexisting = exists && graph ? await preexistingObjects(ctx, t, current ?? [], pendingIds, tables).catch(() => []) : [];
   const holders = exists ? await t.db.holders().catch(() => []) : [];
   const apps = await ctx.appStates(t);
@@ -65,7 +88,10 @@ export async function diagnose(ctx: OperationContext, targetId: string): Promise
   const lastFailed = lastFailure(ctx.deps.journal.list(targetId, 50));
   const integrity = exists ? await t.db.integrityCheck().catch((e: unknown) => ({ ok: false, detail: toFlotillaError(e).message })) : undefined;
   const facts: DiagnoseFacts = {
-    targetId, kind: c.kind, alembicIniFound: iniFound, alembicDir: c.alembic.dir,
+    targetId,
+    kind: c.kind,
+    alembicIniFound: iniFound,
+    alembicDir: c.alembic.dir,
     ...(envRun && !envRun.ok && envRun.failure ? { alembicEnvError: { kind: envRun.failure.kind, message: envRun.failure.message } } : {}),
     secretConfigured: "WEBUI_SECRET_KEY" in c.alembic.env,
     databaseExists: exists,
@@ -97,7 +123,13 @@ export async function diagnose(ctx: OperationContext, targetId: string): Promise
  * "duplicate column" trap left by a partial earlier run. Read from each
  * pending revision's offline SQL where Alembic can render it.
  */
-async function preexistingObjects(ctx: OperationContext, t: TargetRuntime, current: string[], pending: string[], tables: string[]): Promise<DiagnoseFacts["preexistingObjects"]> {
+async function preexistingObjects(
+  ctx: OperationContext,
+  t: TargetRuntime,
+  current: string[],
+  pending: string[],
+  tables: string[],
+): Promise<DiagnoseFacts["preexistingObjects"]> {
   const found: DiagnoseFacts["preexistingObjects"] = [];
   let from: string | null = current.length === 1 ? current[0]! : null;
   const tableSet = new Set(tables);
@@ -150,10 +182,16 @@ export interface PlanView {
  * before any revision started (env.py) is not a revision's: every
  * remaining revision gets that reason and no further run is made.
  */
-async function renderStretches(t: TargetRuntime, graph: GraphView, current: readonly string[], pending: readonly string[]): Promise<Map<string, { sql: string } | { reason: string }>> {
+async function renderStretches(
+  t: TargetRuntime,
+  graph: GraphView,
+  current: readonly string[],
+  pending: readonly string[],
+): Promise<Map<string, { sql: string } | { reason: string }>> {
   const out = new Map<string, { sql: string } | { reason: string }>();
   if (current.length > 1) {
-    for (const id of pending) out.set(id, { reason: "the database has several revisions applied (a branched history): offline SQL is rendered only for linear histories" });
+    for (const id of pending)
+      out.set(id, { reason: "the database has several revisions applied (a branched history): offline SQL is rendered only for linear histories" });
     return out;
   }
   const known = new Set(graph.revisions.keys());
@@ -170,9 +208,10 @@ async function renderStretches(t: TargetRuntime, graph: GraphView, current: read
     // The revision offline mode stopped in is the last one it started.
     const started = pending.slice(i).filter((id) => pieces.has(id));
     const stopped = started.at(-1);
-    const why = run.failure?.kind === "offline-unsupported"
-      ? `it uses a batch operation that needs a live database connection on ${t.config.kind} (SQLite rebuilds tables by reflection), so Alembic cannot render it offline`
-      : `Alembic could not render it offline: ${run.failure?.message ?? "unknown error"}`;
+    const why =
+      run.failure?.kind === "offline-unsupported"
+        ? `it uses a batch operation that needs a live database connection on ${t.config.kind} (SQLite rebuilds tables by reflection), so Alembic cannot render it offline`
+        : `Alembic could not render it offline: ${run.failure?.message ?? "unknown error"}`;
     if (stopped === undefined) {
       for (const id of pending.slice(i)) out.set(id, { reason: why });
       break;
@@ -198,7 +237,17 @@ export async function plan(ctx: OperationContext, targetId: string, to: string):
   const decision = resolveMigration({ targetId, graph, requested: to, current: revs, direction: "upgrade" });
   if (!decision.ok) throw new FlotillaError(decision.code, decision.message);
   if (decision.action === "up-to-date") {
-    return { current, to: decision.target, pending: [], sql: "", sqlComplete: true, notes: [decision.message], additiveOnly: true, revisions: [], upToDate: true };
+    return {
+      current,
+      to: decision.target,
+      pending: [],
+      sql: "",
+      sqlComplete: true,
+      notes: [decision.message],
+      additiveOnly: true,
+      revisions: [],
+      upToDate: true,
+    };
   }
   const pending = [...decision.pending];
   const estimates = new Map([...ctx.deps.journal.timings(targetId, "upgrade")].map(([id, timing]) => [id, timing.durationMs]));
@@ -210,8 +259,15 @@ export async function plan(ctx: OperationContext, targetId: string, to: string):
     const verdict = "sql" in r ? classifySql(r.sql) : { compatibility: "unknown" as const, reason: `not rendered offline: ${r.reason}` };
     if ("reason" in r) notes.push(`revision ${id} cannot be shown as SQL: ${r.reason}. The migration itself runs online and is not affected.`);
     return {
-      id, downRevision: node.down.join(","), message: node.message, sql: "sql" in r ? r.sql : "", rendered: "sql" in r,
-      notRenderedReason: "reason" in r ? r.reason : "", compatibility: verdict.compatibility, compatibilityReason: verdict.reason, estimateMs: estimates.get(id) ?? 0,
+      id,
+      downRevision: node.down.join(","),
+      message: node.message,
+      sql: "sql" in r ? r.sql : "",
+      rendered: "sql" in r,
+      notRenderedReason: "reason" in r ? r.reason : "",
+      compatibility: verdict.compatibility,
+      compatibilityReason: verdict.reason,
+      estimateMs: estimates.get(id) ?? 0,
     };
   });
   const sql = revisions.map((r) => `-- ${r.id}: ${r.message}\n${r.rendered ? r.sql : `-- not rendered: ${r.notRenderedReason}`}`).join("\n\n");
@@ -221,12 +277,25 @@ export async function plan(ctx: OperationContext, targetId: string, to: string):
   if (breaking.length > 0) {
     notes.push(`breaking for old app instances: ${breaking.map((r) => `${r.id} (${r.compatibilityReason})`).join("; ")}; prefer the maintenance strategy`);
   }
-  if (!sqlComplete) notes.push("not every pending revision could be rendered, so Flotilla cannot tell whether they are all additive: treat the unrendered ones as not additive");
+  if (!sqlComplete)
+    notes.push(
+      "not every pending revision could be rendered, so Flotilla cannot tell whether they are all additive: treat the unrendered ones as not additive",
+    );
   const total = estimateMs(pending, estimates);
   if (total !== undefined) notes.push(`expected duration ${(total / 1000).toFixed(1)}s (from earlier runs or rehearsals of these revisions)`);
   return {
-    current, to: decision.target, pending: pending.map((id) => { const n = graph.revisions.get(id)!; return { id, down: [...n.down], message: n.message }; }),
-    sql, sqlComplete, notes, additiveOnly, revisions, upToDate: false,
+    current,
+    to: decision.target,
+    pending: pending.map((id) => {
+      const n = graph.revisions.get(id)!;
+      return { id, down: [...n.down], message: n.message };
+    }),
+    sql,
+    sqlComplete,
+    notes,
+    additiveOnly,
+    revisions,
+    upToDate: false,
   };
 }
 

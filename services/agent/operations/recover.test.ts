@@ -63,9 +63,18 @@ function harness(name: string): Harness {
   journal.open();
   const apps: AppInstance[] = [{ id: "app-1", target: "t1", color: "" } as unknown as AppInstance];
   // A fake Alembic over the real database: abc → def → ghi; an upgrade writes the revision it reaches.
-  const graph = RevisionGraph.fromHistory(["abc", "def", "ghi"].map((id, i, all) => ({
-    id, down: i === 0 ? [] : [all[i - 1]!], message: "", isHead: false, isBranchpoint: false, isMergepoint: false, branchLabels: [], dependsOn: [],
-  })));
+  const graph = RevisionGraph.fromHistory(
+    ["abc", "def", "ghi"].map((id, i, all) => ({
+      id,
+      down: i === 0 ? [] : [all[i - 1]!],
+      message: "",
+      isHead: false,
+      isBranchpoint: false,
+      isMergepoint: false,
+      branchLabels: [],
+      dependsOn: [],
+    })),
+  );
   h.upgrades = [];
   const alembic = {
     graph: async () => graph,
@@ -77,16 +86,35 @@ function harness(name: string): Harness {
       return { ok: true, exitCode: 0, stdout: "", stderr: "", durationMs: 1, steps: [] };
     },
   } as unknown as AlembicPort;
-  const t = { alembic, config: { id: "t1", kind: "sqlite", lockTimeoutMs: 1000, alembic: { timeoutMs: 60_000 }, backups: { dir: path.join(dir, `${name}-backups`), keep: 5 } }, db, catalog, apps } as unknown as TargetRuntime;
+  const t = {
+    alembic,
+    config: { id: "t1", kind: "sqlite", lockTimeoutMs: 1000, alembic: { timeoutMs: 60_000 }, backups: { dir: path.join(dir, `${name}-backups`), keep: 5 } },
+    db,
+    catalog,
+    apps,
+  } as unknown as TargetRuntime;
   const appControl = {
     state: async (a: AppInstance) => ({ state: h.apps.get(a.id) ?? "stopped", detail: "" }),
-    stop: async (a: AppInstance) => { await h.gate; h.apps.set(a.id, "stopped"); return { ok: true, detail: "stopped" }; },
-    start: async (a: AppInstance) => { h.apps.set(a.id, "running"); return { ok: true, detail: "started" }; },
+    stop: async (a: AppInstance) => {
+      await h.gate;
+      h.apps.set(a.id, "stopped");
+      return { ok: true, detail: "stopped" };
+    },
+    start: async (a: AppInstance) => {
+      h.apps.set(a.id, "running");
+      return { ok: true, detail: "started" };
+    },
   };
   h.ctx = new OperationContext({
-    config: { agentId: "a1", targets: [], apps: [] } as unknown as AgentConfig, targets: new Map([["t1", t]]), journal,
-    appControl: appControl as never, log: pino({ level: "silent" }), heartbeatMs: 60_000, runHook: async () => ({ ok: true, detail: "" }),
-    fileExists: () => false, killOrphans: async () => [],
+    config: { agentId: "a1", targets: [], apps: [] } as unknown as AgentConfig,
+    targets: new Map([["t1", t]]),
+    journal,
+    appControl: appControl as never,
+    log: pino({ level: "silent" }),
+    heartbeatMs: 60_000,
+    runHook: async () => ({ ok: true, detail: "" }),
+    fileExists: () => false,
+    killOrphans: async () => [],
   });
   Object.assign(h, { journal, catalog, dbFile });
   return h;
@@ -115,7 +143,9 @@ function killedDuring(h: Harness, op: { id: string; kind: string; toRevision?: s
 test("stop and start run under the target lock, so an interrupted one is found and recoverable", async () => {
   const h = harness("lock");
   let release!: () => void;
-  h.gate = new Promise<void>((r) => { release = r; });
+  h.gate = new Promise<void>((r) => {
+    release = r;
+  });
   const stopping = result((emit) => stopApps(h.ctx, { targetId: "t1", operationId: "stop-1", color: "" }, emit));
   await new Promise((r) => setTimeout(r, 50));
   assert.equal(h.journal.lockHolder("t1"), "stop-1", "the stop holds the target lock while it runs");
@@ -205,13 +235,19 @@ test("an interrupted backup is discarded, never restored: rows written since are
   sq.close();
   for (const action of ["restore", "accept"] as const) {
     if (action === "accept") killedDuring(h, { id: "b-4", kind: "backup" });
-    const r = await result((emit) => recover(h.ctx, { targetId: "t1", operationId: action === "restore" ? "b-3" : "b-4", action, newOperationId: `rec-${action}` }, emit));
+    const r = await result((emit) =>
+      recover(h.ctx, { targetId: "t1", operationId: action === "restore" ? "b-3" : "b-4", action, newOperationId: `rec-${action}` }, emit),
+    );
     assert.equal(r.status, "succeeded", r.message);
     assert.equal(r.restored, false);
     assert.deepEqual(rows(h.dbFile), ["one", "two", "written after the backup"]);
     assert.equal(h.journal.lockHolder("t1"), undefined);
   }
-  assert.equal(readdirSync(path.join(dir, "backup-backups")).some((n) => n.startsWith(b.backup!.id)), false, "the interrupted backup is gone");
+  assert.equal(
+    readdirSync(path.join(dir, "backup-backups")).some((n) => n.startsWith(b.backup!.id)),
+    false,
+    "the interrupted backup is gone",
+  );
 });
 
 test("a backup damaged after it was verified is refused by restore, and the database is not touched", async () => {

@@ -15,7 +15,15 @@ let client: ServiceClient<typeof AgentService.method>;
 const reached: string[] = [];
 
 before(async () => {
-  const ops = new Proxy({}, { get: (_t, name) => () => { reached.push(String(name)); throw new Error("operations must not be reached"); } }) as unknown as AgentOperations;
+  const ops = new Proxy(
+    {},
+    {
+      get: (_t, name) => () => {
+        reached.push(String(name));
+        throw new Error("operations must not be reached");
+      },
+    },
+  ) as unknown as AgentOperations;
   server = newServer();
   addService(server, AgentService, agentServiceImpl({ agentId: "a1", targets: [], apps: [] } as unknown as AgentConfig, ops, "test"));
   const port = await bindServer(server, "127.0.0.1:0", serverCredentials());
@@ -29,7 +37,9 @@ after(() => {
 
 async function codeOf(stream: AsyncIterable<unknown>): Promise<string> {
   try {
-    for await (const _ of stream) { /* drain */ }
+    for await (const _ of stream) {
+      /* drain */
+    }
   } catch (err) {
     return err instanceof FlotillaError ? err.code : String(err);
   }

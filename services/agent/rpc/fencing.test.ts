@@ -33,7 +33,13 @@ const newId = (): string => `reset-${++n}`;
 test("--all-targets forgets every epoch, each recorded once as a finished operation of its target", () => {
   const j = journalWith("all", { a: 7, b: 3 });
   const r = resetFencing(j, { targets: "all", reason: "moved to a fresh store", actor: "alice" }, newId);
-  assert.deepEqual(r.cleared.map((c) => [c.targetId, c.epoch]), [["a", 7], ["b", 3]]);
+  assert.deepEqual(
+    r.cleared.map((c) => [c.targetId, c.epoch]),
+    [
+      ["a", 7],
+      ["b", 3],
+    ],
+  );
   assert.deepEqual(r.unfenced, []);
   assert.deepEqual(j.epochs(), []);
   for (const c of r.cleared) {
@@ -53,7 +59,10 @@ test("--all-targets forgets every epoch, each recorded once as a finished operat
 test("named targets only: the others keep fencing a lower epoch; a target without an epoch writes nothing", () => {
   const j = journalWith("named", { a: 7, b: 3 });
   const r = resetFencing(j, { targets: ["a", "c", "a"], reason: "r", actor: "bob" }, newId);
-  assert.deepEqual(r.cleared.map((c) => c.targetId), ["a"]);
+  assert.deepEqual(
+    r.cleared.map((c) => c.targetId),
+    ["a"],
+  );
   assert.deepEqual(r.unfenced, ["c"]);
   assert.throws(() => j.observeEpoch("b", 1), /already obeys epoch 3/);
   assert.deepEqual(j.list("c", 10), [], "nothing recorded where nothing was forgotten");

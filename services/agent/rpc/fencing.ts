@@ -7,8 +7,20 @@ export const EPOCH_METADATA = "flotilla-epoch";
 
 /** Methods that change a target: each is fenced by the epoch of the controller that sends it. */
 const CHANGES = [
-  "backup", "verifyBackup", "restore", "migrate", "downgrade", "stamp", "stopApps", "startApps", "clone", "switch", "recover", "move",
-  "bundle", "drill",
+  "backup",
+  "verifyBackup",
+  "restore",
+  "migrate",
+  "downgrade",
+  "stamp",
+  "stopApps",
+  "startApps",
+  "clone",
+  "switch",
+  "recover",
+  "move",
+  "bundle",
+  "drill",
 ] as const;
 
 /**
@@ -18,10 +30,7 @@ const CHANGES = [
  * cannot act after a newer leader did. Calls without an epoch (the agent's own
  * tools, a single controller without one) are not fenced.
  */
-export function withFencing<S extends ServiceImpl<typeof AgentService.method>>(
-  impl: S,
-  journal: { observeEpoch(targetId: string, epoch: number): void },
-): S {
+export function withFencing<S extends ServiceImpl<typeof AgentService.method>>(impl: S, journal: { observeEpoch(targetId: string, epoch: number): void }): S {
   const out = { ...impl } as Record<string, unknown>;
   for (const name of CHANGES) {
     const inner = (impl as unknown as Record<string, ((req: never, ctx: CallContext) => unknown) | undefined>)[name];
@@ -30,7 +39,8 @@ export function withFencing<S extends ServiceImpl<typeof AgentService.method>>(
       const raw = ctx.metadata.get(EPOCH_METADATA)[0];
       if (raw !== undefined) {
         const text = typeof raw === "string" ? raw : raw.toString("utf8");
-        if (!/^[1-9][0-9]{0,15}$/.test(text)) throw new FlotillaError("INVALID_ARGUMENT", `${EPOCH_METADATA} must be a positive integer, got ${JSON.stringify(text.slice(0, 20))}`);
+        if (!/^[1-9][0-9]{0,15}$/.test(text))
+          throw new FlotillaError("INVALID_ARGUMENT", `${EPOCH_METADATA} must be a positive integer, got ${JSON.stringify(text.slice(0, 20))}`);
         const epoch = Number(text);
         for (const t of [req.targetId, req.fromTargetId, req.toTargetId]) if (t) journal.observeEpoch(t, epoch);
       }
@@ -79,10 +89,13 @@ export function resetFencing(
   for (const targetId of wanted) {
     const before = known.find((k) => k.targetId === targetId);
     const operationId = newId();
-    const epoch = before === undefined ? 0 : journal.resetEpoch(targetId, {
-      id: operationId,
-      message: `fencing reset by ${req.actor} (offline, flotilla-agent --reset-fencing): forgot controller epoch {epoch}; the next controller to command ${targetId} sets it afresh. Reason: ${req.reason}`,
-    });
+    const epoch =
+      before === undefined
+        ? 0
+        : journal.resetEpoch(targetId, {
+            id: operationId,
+            message: `fencing reset by ${req.actor} (offline, flotilla-agent --reset-fencing): forgot controller epoch {epoch}; the next controller to command ${targetId} sets it afresh. Reason: ${req.reason}`,
+          });
     if (epoch === 0) unfenced.push(targetId);
     else cleared.push({ targetId, epoch, seenAt: before?.seenAt ?? "", operationId });
   }

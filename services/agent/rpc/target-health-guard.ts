@@ -24,8 +24,17 @@ const GUARDED_STREAMS = ["backup", "verifyBackup", "restore", "migrate", "rehear
 type GuardedStream = (typeof GUARDED_STREAMS)[number];
 
 const KIND_OF: Readonly<Record<GuardedStream, string>> = {
-  backup: "backup", verifyBackup: "verify-backup", restore: "restore", migrate: "migrate", rehearse: "rehearse",
-  downgrade: "downgrade", stamp: "stamp", clone: "clone", switch: "switch", recover: "recover", drill: "drill",
+  backup: "backup",
+  verifyBackup: "verify-backup",
+  restore: "restore",
+  migrate: "migrate",
+  rehearse: "rehearse",
+  downgrade: "downgrade",
+  stamp: "stamp",
+  clone: "clone",
+  switch: "switch",
+  recover: "recover",
+  drill: "drill",
 };
 
 /**
@@ -48,8 +57,12 @@ export function withTargetHealth(impl: Impl, targets: TargetHealthSource): Impl 
           event: {
             case: "result",
             value: {
-              operationId: (name === "recover" ? req.newOperationId : req.operationId) ?? "", kind: KIND_OF[name], status: "refused",
-              errorCode: err.code, message: redact(err.message), durationMs: 0n,
+              operationId: (name === "recover" ? req.newOperationId : req.operationId) ?? "",
+              kind: KIND_OF[name],
+              status: "refused",
+              errorCode: err.code,
+              message: redact(err.message),
+              durationMs: 0n,
             },
           },
         };
@@ -72,13 +85,19 @@ export function withTargetHealth(impl: Impl, targets: TargetHealthSource): Impl 
       // Show what can still be read (revision, apps, journal); the problems say why nothing else works.
       const base = await impl.getStatus(req, ctx).catch((err: unknown) => ({ targetId: req.targetId, error: toFlotillaError(err).message }));
       // `error` too, so every reader that only knows that field (rollout precheck, older clients) stops here.
-      const error = redact(`target is broken (${health.problems.map((p) => p.what).join("; ")}); every operation on it is refused: flotilla diagnose ${req.targetId}`);
+      const error = redact(
+        `target is broken (${health.problems.map((p) => p.what).join("; ")}); every operation on it is refused: flotilla diagnose ${req.targetId}`,
+      );
       return { ...base, error, state: "broken", problems: problemLines(health.problems).map(redact) };
     },
     async diagnose(req, ctx) {
       const health = await healthOf(req.targetId);
       if (health?.state !== "broken") return impl.diagnose(req, ctx);
-      return { targetId: req.targetId, findings: brokenFindings(req.targetId, health.problems).map((f) => ({ ...f, what: redact(f.what), fix: redact(f.fix) })), problems: true };
+      return {
+        targetId: req.targetId,
+        findings: brokenFindings(req.targetId, health.problems).map((f) => ({ ...f, what: redact(f.what), fix: redact(f.fix) })),
+        problems: true,
+      };
     },
     move: async function* (req, ctx) {
       // Both ends of a move must be servable: the source is read, the destination written.
@@ -86,7 +105,12 @@ export function withTargetHealth(impl: Impl, targets: TargetHealthSource): Impl 
         const health = await healthOf(id);
         if (health?.state === "broken") {
           const err = brokenTargetError(id, health.problems);
-          yield { event: { case: "result", value: { operationId: req.operationId, kind: "move", status: "refused", errorCode: err.code, message: redact(err.message), durationMs: 0n } } };
+          yield {
+            event: {
+              case: "result",
+              value: { operationId: req.operationId, kind: "move", status: "refused", errorCode: err.code, message: redact(err.message), durationMs: 0n },
+            },
+          };
           return;
         }
       }

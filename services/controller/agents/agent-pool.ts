@@ -75,7 +75,7 @@ export class GrpcAgentPool {
 
   markHealth(agentId: string, ok: boolean, error = ""): void {
     const prev = this.health.get(agentId);
-    this.health.set(agentId, { state: ok ? "up" : "down", lastSeen: ok ? new Date().toISOString() : prev?.lastSeen ?? "", error });
+    this.health.set(agentId, { state: ok ? "up" : "down", lastSeen: ok ? new Date().toISOString() : (prev?.lastSeen ?? ""), error });
   }
 
   healthOf(agentId: string): { state: "up" | "down" | "unknown"; lastSeen: string; error: string } {

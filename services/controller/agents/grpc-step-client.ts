@@ -42,11 +42,20 @@ function effectOf(r: OpResult): Effect {
 function fromOperation(r: OpResult): StepResult {
   if (r.status === "succeeded") {
     return {
-      outcome: "succeeded", effect: effectOf(r), detail: r.message,
-      ...(r.revisionAfter.length ? { revisionAfter: [...r.revisionAfter] } : {}), ...(r.backup?.id ? { backupId: r.backup.id } : {}),
+      outcome: "succeeded",
+      effect: effectOf(r),
+      detail: r.message,
+      ...(r.revisionAfter.length ? { revisionAfter: [...r.revisionAfter] } : {}),
+      ...(r.backup?.id ? { backupId: r.backup.id } : {}),
     };
   }
-  return { outcome: "failed", code: codeOf(r.errorCode, "MIGRATION_FAILED"), effect: effectOf(r), detail: r.message, ...(r.revisionAfter.length ? { revisionAfter: [...r.revisionAfter] } : {}) };
+  return {
+    outcome: "failed",
+    code: codeOf(r.errorCode, "MIGRATION_FAILED"),
+    effect: effectOf(r),
+    detail: r.message,
+    ...(r.revisionAfter.length ? { revisionAfter: [...r.revisionAfter] } : {}),
+  };
 }
 
 /**
@@ -99,10 +108,13 @@ export class GrpcStepClient implements AgentClient {
         continue;
       }
       const after = rec.revisionAfter.length ? { revisionAfter: [...rec.revisionAfter] } : {};
-      if (rec.state === "succeeded") return { outcome: "succeeded", effect: "changed", detail: rec.message || "succeeded", ...after, ...(rec.backupId ? { backupId: rec.backupId } : {}) };
+      if (rec.state === "succeeded")
+        return { outcome: "succeeded", effect: "changed", detail: rec.message || "succeeded", ...after, ...(rec.backupId ? { backupId: rec.backupId } : {}) };
       if (rec.state === "interrupted" && APPS_STEPS.has(step.name)) {
         // An interrupted stop/start is certain to end well by completing it: the rollout goes on.
-        const r = await this.stream(step.agentId, onLine, (c) => c.recover({ targetId: ctx.targetId, operationId: step.operationId, action: "accept", newOperationId: `${step.operationId}.recover` }, this.opts()));
+        const r = await this.stream(step.agentId, onLine, (c) =>
+          c.recover({ targetId: ctx.targetId, operationId: step.operationId, action: "accept", newOperationId: `${step.operationId}.recover` }, this.opts()),
+        );
         return r.status === "succeeded"
           ? { outcome: "succeeded", effect: "none", detail: `interrupted on the agent; ${r.message}` }
           : { outcome: "failed", code: codeOf(r.errorCode, "INTERRUPTED"), effect: "none", detail: `interrupted on the agent; ${r.message}` };
@@ -113,9 +125,17 @@ export class GrpcStepClient implements AgentClient {
       }
       if (rec.state === "interrupted" && (step.name === "migrate" || step.name === "migrate-green" || step.name === "backup")) {
         // The agent died mid-operation: put back its pre-operation backup.
-        const r = await this.stream(step.agentId, onLine, (c) => c.recover({ targetId: ctx.targetId, operationId: step.operationId, action: "restore", newOperationId: `${step.operationId}.recover` }, this.opts()));
+        const r = await this.stream(step.agentId, onLine, (c) =>
+          c.recover({ targetId: ctx.targetId, operationId: step.operationId, action: "restore", newOperationId: `${step.operationId}.recover` }, this.opts()),
+        );
         const restored = r.status === "succeeded";
-        return { outcome: "failed", code: "INTERRUPTED", effect: restored ? "restored" : "needs-restore", detail: `interrupted on the agent; ${r.message}`, ...(r.revisionAfter.length ? { revisionAfter: [...r.revisionAfter] } : {}) };
+        return {
+          outcome: "failed",
+          code: "INTERRUPTED",
+          effect: restored ? "restored" : "needs-restore",
+          detail: `interrupted on the agent; ${r.message}`,
+          ...(r.revisionAfter.length ? { revisionAfter: [...r.revisionAfter] } : {}),
+        };
       }
       // A finished migration that failed: the journal's revisions say whether the database is back where it was.
       const same = rec.revisionBefore.length > 0 && rec.revisionBefore.join(",") === rec.revisionAfter.join(",");
@@ -165,9 +185,16 @@ export class GrpcStepClient implements AgentClient {
       const started = found.get(ids.start);
       if (started?.state === "succeeded") return { outcome: "succeeded", effect: "none", detail: `${started.message} (read from the agent's journal)` };
       const failed = mine.find((o) => o.state === "failed" || o.state === "refused" || o.state === "needs-restore");
-      if (failed !== undefined) return { outcome: "failed", code: codeOf(failed.errorCode, "INTERRUPTED"), effect: "none", detail: failed.message || `${failed.kind} ${failed.state}` };
+      if (failed !== undefined)
+        return { outcome: "failed", code: codeOf(failed.errorCode, "INTERRUPTED"), effect: "none", detail: failed.message || `${failed.kind} ${failed.state}` };
       const holding = [...found.values()].filter((o) => o.state === "interrupted" && APPS_KINDS.has(o.kind)).map((o) => o.id);
-      const reached = found.has(ids.start) ? "while starting the app instances" : found.has(ids.stop) ? found.get(ids.stop)!.state === "succeeded" ? "after stopping the app instances" : "while stopping the app instances" : "while completing the earlier run";
+      const reached = found.has(ids.start)
+        ? "while starting the app instances"
+        : found.has(ids.stop)
+          ? found.get(ids.stop)!.state === "succeeded"
+            ? "after stopping the app instances"
+            : "while stopping the app instances"
+          : "while completing the earlier run";
       return { outcome: "interrupted", code: "INTERRUPTED", detail: `the agent stopped ${reached}`, operations: holding };
     }
     return { outcome: "unknown", code: "TIMEOUT", detail: "the agent kept reporting the restart as running" };
@@ -189,7 +216,8 @@ export class GrpcStepClient implements AgentClient {
         }
         case "step": {
           const s = ev.event.value;
-          if (s.state !== "running") onLine({ line: `${s.name} ${s.state}${s.durationMs ? ` (${(Number(s.durationMs) / 1000).toFixed(2)}s)` : ""}${s.detail ? `: ${s.detail}` : ""}` });
+          if (s.state !== "running")
+            onLine({ line: `${s.name} ${s.state}${s.durationMs ? ` (${(Number(s.durationMs) / 1000).toFixed(2)}s)` : ""}${s.detail ? `: ${s.detail}` : ""}` });
           break;
         }
         case "result":
@@ -216,14 +244,17 @@ export class GrpcStepClient implements AgentClient {
         const problems: string[] = [];
         if (s.error) problems.push(s.error);
         if (!s.currentKnown) problems.push(`database revision ${s.current.join(",")} is unknown to the code (version skew)`);
-        if (s.heads.length > 1 && spec.toRevision === "head") problems.push(`the code has ${s.heads.length} heads (${s.heads.join(", ")}): name a revision or merge them`);
+        if (s.heads.length > 1 && spec.toRevision === "head")
+          problems.push(`the code has ${s.heads.length} heads (${s.heads.join(", ")}): name a revision or merge them`);
         if (s.busyOperationId) problems.push(`target is busy with operation ${s.busyOperationId}`);
         if (s.interruptedOperationIds.length) problems.push(`interrupted operation(s) ${s.interruptedOperationIds.join(", ")} must be recovered first`);
         if (problems.length > 0) return { outcome: "failed", code: "PRECONDITION_FAILED", effect: "none", detail: problems.join("; ") };
         const atTarget = spec.toRevision === "head" ? s.pending.length === 0 : s.current.includes(spec.toRevision);
         return {
-          outcome: "succeeded", effect: atTarget && upToDateWhenNothingPending(spec.strategy) ? "up-to-date" : "none",
-          detail: `at ${s.current.join(",") || "no revision"}; ${s.pending.length} pending`, revisionBefore: [...s.current],
+          outcome: "succeeded",
+          effect: atTarget && upToDateWhenNothingPending(spec.strategy) ? "up-to-date" : "none",
+          detail: `at ${s.current.join(",") || "no revision"}; ${s.pending.length} pending`,
+          revisionBefore: [...s.current],
         };
       }
       case "stop":
@@ -239,23 +270,33 @@ export class GrpcStepClient implements AgentClient {
       case "restart": {
         // A re-run first completes what the interrupted run left (Recover "accept": finish the stop or the start).
         for (const [i, interrupted] of (step.resumes ?? []).entries()) {
-          const r = await this.stream(step.agentId, onLine, (c) => c.recover({ targetId: ctx.targetId, operationId: interrupted, action: "accept", newOperationId: restartOps(step).resume(i) }, this.opts()));
+          const r = await this.stream(step.agentId, onLine, (c) =>
+            c.recover({ targetId: ctx.targetId, operationId: interrupted, action: "accept", newOperationId: restartOps(step).resume(i) }, this.opts()),
+          );
           if (r.status !== "succeeded") return { ...fromOperation(r), detail: `completing interrupted ${interrupted}: ${r.message}` };
         }
-        const stopped = await this.stream(step.agentId, onLine, (c) => c.stopApps({ targetId: ctx.targetId, operationId: `${step.operationId}.stop` }, this.opts()));
+        const stopped = await this.stream(step.agentId, onLine, (c) =>
+          c.stopApps({ targetId: ctx.targetId, operationId: `${step.operationId}.stop` }, this.opts()),
+        );
         if (stopped.status !== "succeeded") return fromOperation(stopped);
         return this.op(step, onLine, (c) => c.startApps({ targetId: ctx.targetId, operationId: `${step.operationId}.start` }, this.opts()));
       }
       case "health":
       case "health-green": {
-        const h = await (await this.d.pool.client(step.agentId)).checkHealth({ targetId: ctx.targetId, color: step.name === "health-green" ? "green" : "" }, { timeoutMs: STATUS_TIMEOUT_MS });
+        const h = await (await this.d.pool.client(step.agentId)).checkHealth(
+          { targetId: ctx.targetId, color: step.name === "health-green" ? "green" : "" },
+          { timeoutMs: STATUS_TIMEOUT_MS },
+        );
         const detail = h.apps.map((a) => `${a.id} ${a.state}`).join(", ") || "no app instances";
-        return h.healthy ? { outcome: "succeeded", effect: "none", detail } : { outcome: "failed", code: "PRECONDITION_FAILED", effect: "none", detail: `unhealthy: ${detail}` };
+        return h.healthy
+          ? { outcome: "succeeded", effect: "none", detail }
+          : { outcome: "failed", code: "PRECONDITION_FAILED", effect: "none", detail: `unhealthy: ${detail}` };
       }
       case "backup": {
         const r = await this.stream(step.agentId, onLine, (c) => c.backup({ ...base, rolloutId: ctx.rolloutId, verify: true }, this.opts()));
         const result = fromOperation(r);
-        if (result.outcome === "succeeded" && !r.backup?.verified) return { outcome: "failed", code: "BACKUP_UNVERIFIED", effect: "none", detail: `backup ${r.backup?.id ?? ""} could not be verified: ${r.message}` };
+        if (result.outcome === "succeeded" && !r.backup?.verified)
+          return { outcome: "failed", code: "BACKUP_UNVERIFIED", effect: "none", detail: `backup ${r.backup?.id ?? ""} could not be verified: ${r.message}` };
         return result;
       }
       case "clone":
@@ -267,14 +308,26 @@ export class GrpcStepClient implements AgentClient {
         if (interrupted !== undefined && !green) {
           // A re-run of an online migration the agent was cut off in: go on from where the database is. The recover
           // takes this run's own operation id, so a cut-off re-run is found (and taken over) by the next one.
-          const r = await this.stream(step.agentId, onLine, (c) => c.recover({ targetId: ctx.targetId, operationId: interrupted, action: "forward", newOperationId: step.operationId }, this.opts()));
+          const r = await this.stream(step.agentId, onLine, (c) =>
+            c.recover({ targetId: ctx.targetId, operationId: interrupted, action: "forward", newOperationId: step.operationId }, this.opts()),
+          );
           const result = fromOperation(r);
           return { ...result, detail: `going forward after interrupted ${interrupted}: ${r.message}` };
         }
-        return this.op(step, onLine, (c) => c.migrate({
-          ...base, toRevision: spec.toRevision, rolloutId: ctx.rolloutId, backupId: green ? "" : ctx.backupId, takeBackup: green,
-          online: spec.strategy === "job", green,
-        }, this.opts()));
+        return this.op(step, onLine, (c) =>
+          c.migrate(
+            {
+              ...base,
+              toRevision: spec.toRevision,
+              rolloutId: ctx.rolloutId,
+              backupId: green ? "" : ctx.backupId,
+              takeBackup: green,
+              online: spec.strategy === "job",
+              green,
+            },
+            this.opts(),
+          ),
+        );
       }
       case "verify": {
         if (spec.strategy === "blue-green") {
@@ -286,7 +339,13 @@ export class GrpcStepClient implements AgentClient {
         const ok = spec.toRevision === "head" ? s.pending.length === 0 && s.current.length > 0 : s.current.includes(spec.toRevision);
         return ok
           ? { outcome: "succeeded", effect: "none", detail: `at ${s.current.join(",")}`, revisionAfter: [...s.current] }
-          : { outcome: "failed", code: "VERIFY_FAILED", effect: "none", detail: `database reports ${s.current.join(",") || "none"}, expected ${spec.toRevision}`, revisionAfter: [...s.current] };
+          : {
+              outcome: "failed",
+              code: "VERIFY_FAILED",
+              effect: "none",
+              detail: `database reports ${s.current.join(",") || "none"}, expected ${spec.toRevision}`,
+              revisionAfter: [...s.current],
+            };
       }
       case "rollback-verify": {
         const s = await (await this.d.pool.client(step.agentId)).getStatus({ targetId: ctx.targetId }, { timeoutMs: STATUS_TIMEOUT_MS });

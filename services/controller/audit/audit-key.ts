@@ -61,10 +61,7 @@ async function readKey(abs: string): Promise<Buffer> {
   if (!st.isFile()) throw new FlotillaError("CONFIG_INVALID", `audit key ${abs} is not a regular file`);
   const mode = st.mode & 0o777;
   if ((mode & 0o077) !== 0) {
-    throw new FlotillaError(
-      "CONFIG_INVALID",
-      `audit key file ${abs} has mode 0${mode.toString(8)}: group or others can access it; run chmod 600 ${abs}`,
-    );
+    throw new FlotillaError("CONFIG_INVALID", `audit key file ${abs} has mode 0${mode.toString(8)}: group or others can access it; run chmod 600 ${abs}`);
   }
   const key = await readFile(abs);
   if (key.length < AUDIT_KEY_BYTES) {

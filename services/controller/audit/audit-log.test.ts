@@ -63,7 +63,10 @@ for (const make of [() => sqliteBackend("audit"), () => postgresBackend("audit_t
       await appendN(log, 20);
       assert.deepEqual(await log.verify(), { ok: true, checked: 20, firstBadSeq: 0, reason: "" });
       const rows = await log.query();
-      assert.deepEqual(rows.map((r) => r.seq), Array.from({ length: 20 }, (_, i) => i + 1));
+      assert.deepEqual(
+        rows.map((r) => r.seq),
+        Array.from({ length: 20 }, (_, i) => i + 1),
+      );
       assert.equal(rows[0]!.prevHash, GENESIS_HASH);
       assert.equal(rows[0]!.hash, sealAuditRow(key, GENESIS_HASH, rows[0]!));
       assert.match(rows[0]!.hash, /^[0-9a-f]{64}$/);
@@ -88,8 +91,12 @@ for (const make of [() => sqliteBackend("audit"), () => postgresBackend("audit_t
     test("an edit to any other field is found too", async () => {
       const { log, sql } = await twentyRows();
       const edits: Array<[number, string]> = [
-        [2, "time = '2000-01-01T00:00:00.000Z'"], [3, "actor = 'mallory'"], [4, "action = 'noop'"],
-        [5, "target = 'elsewhere'"], [6, "args = '{\"i\":99}'"], [8, "outcome = 'denied'"],
+        [2, "time = '2000-01-01T00:00:00.000Z'"],
+        [3, "actor = 'mallory'"],
+        [4, "action = 'noop'"],
+        [5, "target = 'elsewhere'"],
+        [6, "args = '{\"i\":99}'"],
+        [8, "outcome = 'denied'"],
       ];
       for (const [seq, set] of edits) {
         const before = (await sql(`SELECT * FROM audit_log WHERE seq = ${seq}`))[0]!;
@@ -155,18 +162,28 @@ for (const make of [() => sqliteBackend("audit"), () => postgresBackend("audit_t
       assert.equal(JSON.parse(readFileSync(checkpointFile, "utf8")).seq, 20);
       await sql("DELETE FROM audit_log WHERE seq > 17");
       assert.deepEqual(await log.verify(), {
-        ok: false, checked: 17, firstBadSeq: 18, reason: "tail truncated: checkpoint says seq 20, store ends at 17",
+        ok: false,
+        checked: 17,
+        firstBadSeq: 18,
+        reason: "tail truncated: checkpoint says seq 20, store ends at 17",
       });
       // Without the checkpoint file the store's own anchor still finds it.
       assert.deepEqual(await new AuditLog(store, key).verify(), {
-        ok: false, checked: 17, firstBadSeq: 18, reason: "tail truncated: the store's audit anchor says seq 20, store ends at 17",
+        ok: false,
+        checked: 17,
+        firstBadSeq: 18,
+        reason: "tail truncated: the store's audit anchor says seq 20, store ends at 17",
       });
     });
 
     test("a cut tail is detected forever: appends are refused (the anchors never follow the new tail), also after a restart", async () => {
       const { log, sql, checkpointFile, key, store } = await twentyRows();
       await sql("DELETE FROM audit_log WHERE seq > 17");
-      await rejectsWithCode(log.append({ actor: "alice", action: "rollout.step", outcome: "ok" }), "AUDIT_UNAVAILABLE", /tail truncated: .* says seq 20, the log ends at 17/);
+      await rejectsWithCode(
+        log.append({ actor: "alice", action: "rollout.step", outcome: "ok" }),
+        "AUDIT_UNAVAILABLE",
+        /tail truncated: .* says seq 20, the log ends at 17/,
+      );
       assert.equal((await log.verify()).reason, "tail truncated: checkpoint says seq 20, store ends at 17");
       assert.equal(JSON.parse(readFileSync(checkpointFile, "utf8")).seq, 20, "the checkpoint did not move");
       // A restarted controller (new AuditLog, same store and key folder) refuses too.
@@ -182,12 +199,20 @@ for (const make of [() => sqliteBackend("audit"), () => postgresBackend("audit_t
       const a = await twentyRows();
       await a.sql("DELETE FROM audit_log WHERE seq > 15");
       await a.sql("DELETE FROM audit_anchor");
-      await rejectsWithCode(new AuditLog(a.store, a.key, { checkpointFile: a.checkpointFile }).append({ actor: "x", action: "y", outcome: "ok" }), "AUDIT_UNAVAILABLE", /checkpoint .* says seq 20, the log ends at 15/);
+      await rejectsWithCode(
+        new AuditLog(a.store, a.key, { checkpointFile: a.checkpointFile }).append({ actor: "x", action: "y", outcome: "ok" }),
+        "AUDIT_UNAVAILABLE",
+        /checkpoint .* says seq 20, the log ends at 15/,
+      );
       // The checkpoint file removed with the cut: the store's anchor refuses.
       const b = await twentyRows();
       await b.sql("DELETE FROM audit_log WHERE seq > 15");
       rmSync(b.checkpointFile);
-      await rejectsWithCode(new AuditLog(b.store, b.key, { checkpointFile: b.checkpointFile }).append({ actor: "x", action: "y", outcome: "ok" }), "AUDIT_UNAVAILABLE", /store's audit anchor says seq 20, the log ends at 15/);
+      await rejectsWithCode(
+        new AuditLog(b.store, b.key, { checkpointFile: b.checkpointFile }).append({ actor: "x", action: "y", outcome: "ok" }),
+        "AUDIT_UNAVAILABLE",
+        /store's audit anchor says seq 20, the log ends at 15/,
+      );
       // The last row replaced by a forged one with a valid-looking chain position: refused as rewritten.
       const c = await twentyRows();
       await c.sql(`UPDATE audit_log SET hash = '${"ef".repeat(32)}' WHERE seq = 20`);
@@ -254,14 +279,20 @@ for (const make of [() => sqliteBackend("audit"), () => postgresBackend("audit_t
       const { key, checkpointFile } = await keyAndCheckpoint();
       const log = new AuditLog(store, key, { checkpointFile });
       const rows = await Promise.all(Array.from({ length: 50 }, (_, i) => log.append({ actor: "a", action: "x", args: { i }, outcome: "intent" })));
-      assert.deepEqual(rows.map((r) => r.seq).sort((a, b) => a - b), Array.from({ length: 50 }, (_, i) => i + 1));
+      assert.deepEqual(
+        rows.map((r) => r.seq).sort((a, b) => a - b),
+        Array.from({ length: 50 }, (_, i) => i + 1),
+      );
       assert.deepEqual(await log.verify(), { ok: true, checked: 50, firstBadSeq: 0, reason: "" });
       assert.equal(JSON.parse(readFileSync(checkpointFile, "utf8")).seq, 50);
 
       const replica = new AuditLog(await another(), key, { checkpointFile });
       await Promise.all(Array.from({ length: 50 }, (_, i) => (i % 2 ? log : replica).append({ actor: "b", action: "y", outcome: "ok" })));
       const all = await log.query();
-      assert.deepEqual(all.map((r) => r.seq), Array.from({ length: 100 }, (_, i) => i + 1));
+      assert.deepEqual(
+        all.map((r) => r.seq),
+        Array.from({ length: 100 }, (_, i) => i + 1),
+      );
       assert.deepEqual(await log.verify(), { ok: true, checked: 100, firstBadSeq: 0, reason: "" });
     });
 
@@ -322,8 +353,13 @@ for (const make of [() => sqliteBackend("audit"), () => postgresBackend("audit_t
       const { key } = await keyAndCheckpoint();
       const log = new AuditLog(store, key);
       const args = {
-        "10": "ten", "9": "nine", b: [1, "x", null, { token: { deep: 1 }, z: "", y: null, a: "postgresql://u:pw-canary-1@h/db" }], a: true,
-        nested: { apiKey: "k", private_key: "", password: null, when: new Date(0), big: 12n }, "é": -0, list: [[], {}],
+        "10": "ten",
+        "9": "nine",
+        b: [1, "x", null, { token: { deep: 1 }, z: "", y: null, a: "postgresql://u:pw-canary-1@h/db" }],
+        a: true,
+        nested: { apiKey: "k", private_key: "", password: null, when: new Date(0), big: 12n },
+        é: -0,
+        list: [[], {}],
       };
       const row = await log.append({ actor: "a", action: "x", args, outcome: "ok" });
       const plain = JSON.parse(JSON.stringify(args, (_k, v: unknown) => (typeof v === "bigint" ? v.toString() : v))) as unknown;
@@ -348,27 +384,55 @@ for (const make of [() => sqliteBackend("audit"), () => postgresBackend("audit_t
       const since = rows[4]!.time;
       assert.ok((await log.query({ since })).every((r) => r.time >= since));
       assert.deepEqual((await log.query({ since: "2000-01-01", until: "2999-12-31T23:59:59Z" })).length, 10);
-      assert.deepEqual((await log.query({ target: "webui-1" })).map((r) => r.seq), [1, 4, 7, 10]);
-      assert.deepEqual((await log.query({ action: "rollout.step", limit: 3 })).map((r) => r.seq), [8, 9, 10]);
+      assert.deepEqual(
+        (await log.query({ target: "webui-1" })).map((r) => r.seq),
+        [1, 4, 7, 10],
+      );
+      assert.deepEqual(
+        (await log.query({ action: "rollout.step", limit: 3 })).map((r) => r.seq),
+        [8, 9, 10],
+      );
       await rejectsWithCode(log.query({ since: "yesterday-ish" }), "INVALID_ARGUMENT", /since/);
       await rejectsWithCode(log.query({ limit: 0 }), "INVALID_ARGUMENT", /limit/);
-      assert.deepEqual((await log.query({ beforeSeq: 4 })).map((r) => r.seq), [1, 2, 3]);
+      assert.deepEqual(
+        (await log.query({ beforeSeq: 4 })).map((r) => r.seq),
+        [1, 2, 3],
+      );
       await rejectsWithCode(log.query({ outcome: "maybe" as "ok" }), "INVALID_ARGUMENT", /outcome/);
       await rejectsWithCode(log.query({ beforeSeq: 0 }), "INVALID_ARGUMENT", /before/);
 
       const lines: string[] = [];
-      assert.equal(await log.exportJsonLines(async (l) => { lines.push(l); }), 10);
-      assert.deepEqual(lines.map((l) => JSON.parse(l) as unknown), rows);
+      assert.equal(
+        await log.exportJsonLines(async (l) => {
+          lines.push(l);
+        }),
+        10,
+      );
+      assert.deepEqual(
+        lines.map((l) => JSON.parse(l) as unknown),
+        rows,
+      );
       const some: string[] = [];
-      assert.equal(await log.exportJsonLines((l) => { some.push(l); }, { target: "webui-2" }), 3);
-      assert.deepEqual(some.map((l) => (JSON.parse(l) as { seq: number }).seq), [2, 5, 8]);
+      assert.equal(
+        await log.exportJsonLines(
+          (l) => {
+            some.push(l);
+          },
+          { target: "webui-2" },
+        ),
+        3,
+      );
+      assert.deepEqual(
+        some.map((l) => (JSON.parse(l) as { seq: number }).seq),
+        [2, 5, 8],
+      );
     });
   });
 }
 
 describe("canonicalJson", () => {
   test("sorts keys at every depth, drops undefined members, keeps array order", () => {
-    assert.equal(canonicalJson({ b: 1, a: [3, { d: undefined, c: "x" }], "é": true }), '{"a":[3,{"c":"x"}],"b":1,"é":true}');
+    assert.equal(canonicalJson({ b: 1, a: [3, { d: undefined, c: "x" }], é: true }), '{"a":[3,{"c":"x"}],"b":1,"é":true}');
     assert.equal(canonicalJson([1, "a\n", null]), '[1,"a\\n",null]');
   });
 });
@@ -377,8 +441,14 @@ describe("sealAuditRow", () => {
   test("is HMAC-SHA256 over prev_hash, a newline and the canonical JSON of the row's fields (rows sealed before still verify)", () => {
     const key = Buffer.alloc(32, 9);
     const row = {
-      seq: 42, time: "2030-01-01T00:00:00.000Z", actor: "ünï \"q\" \\ 🚀", action: "rollout.step", target: "t\n1",
-      args: '{"a":"\\u0000"}', outcome: "ok" as const, detail: "\u2028 line",
+      seq: 42,
+      time: "2030-01-01T00:00:00.000Z",
+      actor: 'ünï "q" \\ 🚀',
+      action: "rollout.step",
+      target: "t\n1",
+      args: '{"a":"\\u0000"}',
+      outcome: "ok" as const,
+      detail: "\u2028 line",
     };
     const prev = "ab".repeat(32);
     const body = canonicalJson([row.seq, row.time, row.actor, row.action, row.target, row.args, row.outcome, row.detail]);
@@ -432,10 +502,13 @@ describe("loadOrCreateAuditKey", () => {
   });
 
   test("AuditLog refuses a key shorter than 32 bytes", () => {
-    assert.throws(() => new AuditLog({} as ControllerStore, Buffer.alloc(16)), (err: unknown) => {
-      assert.ok(err instanceof FlotillaError);
-      assert.equal(err.code, "CONFIG_INVALID");
-      return true;
-    });
+    assert.throws(
+      () => new AuditLog({} as ControllerStore, Buffer.alloc(16)),
+      (err: unknown) => {
+        assert.ok(err instanceof FlotillaError);
+        assert.equal(err.code, "CONFIG_INVALID");
+        return true;
+      },
+    );
   });
 });

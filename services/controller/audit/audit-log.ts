@@ -57,7 +57,10 @@ export interface VerifyResult {
   reason: string;
 }
 
-interface Checkpoint { seq: number; hash: string }
+interface Checkpoint {
+  seq: number;
+  hash: string;
+}
 
 /** Closes the checkpoint file of an AuditLog nobody holds any more. */
 const checkpointFds = new FinalizationRegistry<number>((fd) => {
@@ -261,15 +264,15 @@ export class AuditLog {
     }
     if (checkpointFile !== undefined && stored.seq > this.#checkpointSeq) {
       try {
-        const record = early?.record !== undefined && early.seq === stored.seq && early.hash === stored.hash
-          ? early.record : this.#checkpointRecord(stored);
+        const record = early?.record !== undefined && early.seq === stored.seq && early.hash === stored.hash ? early.record : this.#checkpointRecord(stored);
         this.#writeCheckpoint(checkpointFile, record);
       } catch (err) {
         throw unavailable(`row ${stored.seq} was written but the checkpoint could not be saved`, err);
       }
       this.#checkpointSeq = stored.seq;
     }
-    if (this.#fileAnchor === null || (this.#fileAnchor !== undefined && stored.seq > this.#fileAnchor.seq)) this.#fileAnchor = { seq: stored.seq, hash: stored.hash };
+    if (this.#fileAnchor === null || (this.#fileAnchor !== undefined && stored.seq > this.#fileAnchor.seq))
+      this.#fileAnchor = { seq: stored.seq, hash: stored.hash };
     return stored;
   }
 
@@ -361,9 +364,15 @@ export class AuditLog {
     switch (cp.kind) {
       case "none":
         return {
-          ok: true, checked, firstBadSeq: 0,
-          reason: this.#checkpointFile === undefined ? "no checkpoint file configured: tail truncation not checked" :
-            checked > 0 ? "no checkpoint written yet: tail truncation not checked" : "",
+          ok: true,
+          checked,
+          firstBadSeq: 0,
+          reason:
+            this.#checkpointFile === undefined
+              ? "no checkpoint file configured: tail truncation not checked"
+              : checked > 0
+                ? "no checkpoint written yet: tail truncation not checked"
+                : "",
         };
       case "bad":
         return fail(0, cp.reason);
@@ -383,8 +392,16 @@ export class AuditLog {
   async exportJsonLines(write: (line: string) => void | Promise<void>, filter?: AuditFilter): Promise<number> {
     const toLine = (r: AuditRow): string =>
       JSON.stringify({
-        seq: r.seq, time: r.time, actor: r.actor, action: r.action, target: r.target, args: r.args,
-        outcome: r.outcome, detail: r.detail, prevHash: r.prevHash, hash: r.hash,
+        seq: r.seq,
+        time: r.time,
+        actor: r.actor,
+        action: r.action,
+        target: r.target,
+        args: r.args,
+        outcome: r.outcome,
+        detail: r.detail,
+        prevHash: r.prevHash,
+        hash: r.hash,
       });
     let n = 0;
     if (filter !== undefined && Object.values(filter).some((v) => v !== undefined)) {

@@ -7,14 +7,20 @@ const plan = (over: Partial<PlanFacts>): PlanFacts => ({ pending: [], additiveOn
 const cls = (id: string, compatibility: RevisionClass["compatibility"], reason = ""): RevisionClass => ({ id, compatibility, reason });
 
 test("classes come from the agent's per-revision classification", () => {
-  const p = plan({ pending: [{ id: "a" }, { id: "b" }, { id: "c" }], revisions: [rev("a", "additive"), rev("b", "breaking", "drops column user.name"), rev("c", "unknown", "runs Python")] });
+  const p = plan({
+    pending: [{ id: "a" }, { id: "b" }, { id: "c" }],
+    revisions: [rev("a", "additive"), rev("b", "breaking", "drops column user.name"), rev("c", "unknown", "runs Python")],
+  });
   assert.deepEqual(classesFromPlan(p), [cls("a", "additive"), cls("b", "breaking", "drops column user.name"), cls("c", "unknown", "runs Python")]);
 });
 
 test("an agent that does not classify revisions one by one is read through its whole-plan verdict", () => {
   assert.deepEqual(classesFromPlan(plan({ pending: [{ id: "a" }], additiveOnly: true })), [cls("a", "additive")]);
   const notAdditive = classesFromPlan(plan({ pending: [{ id: "a" }, { id: "b" }], additiveOnly: false }));
-  assert.deepEqual(notAdditive.map((r) => r.compatibility), ["unknown", "unknown"]);
+  assert.deepEqual(
+    notAdditive.map((r) => r.compatibility),
+    ["unknown", "unknown"],
+  );
   assert.match(notAdditive[0]!.reason, /not purely additive/);
   // Per-revision entries with the field still empty (older agent): the plan verdict decides.
   assert.deepEqual(classesFromPlan(plan({ pending: [{ id: "a" }], additiveOnly: true, revisions: [rev("a", "")] })), [cls("a", "additive")]);
@@ -46,15 +52,28 @@ test("job and blue-green are refused over a revision that is not additive, namin
 });
 
 test("--allow-breaking lets them run and lists what it let through (for the audit)", () => {
-  const v = checkCompatibility("job", new Map([["t1", [cls("a", "additive"), cls("b", "breaking")]], ["t2", [cls("b", "breaking")]]]), true);
+  const v = checkCompatibility(
+    "job",
+    new Map([
+      ["t1", [cls("a", "additive"), cls("b", "breaking")]],
+      ["t2", [cls("b", "breaking")]],
+    ]),
+    true,
+  );
   assert.ok(v.ok);
-  assert.deepEqual(v.overridden.map((r) => r.id), ["b"]);
+  assert.deepEqual(
+    v.overridden.map((r) => r.id),
+    ["b"],
+  );
 });
 
 test("maintenance is never gated; additive-only revisions pass every strategy", () => {
   const breaking = new Map([["t1", [cls("b", "breaking")]]]);
   assert.deepEqual(checkCompatibility("maintenance", breaking, false), { ok: true, overridden: [] });
-  const additive = new Map([["t1", [cls("a", "additive")]], ["t2", []]]);
+  const additive = new Map([
+    ["t1", [cls("a", "additive")]],
+    ["t2", []],
+  ]);
   assert.deepEqual(checkCompatibility("job", additive, false), { ok: true, overridden: [] });
   assert.deepEqual(checkCompatibility("blue-green", additive, false), { ok: true, overridden: [] });
 });

@@ -31,13 +31,18 @@ export interface PlanFacts {
 export function classesFromPlan(plan: PlanFacts): RevisionClass[] {
   if (plan.revisions.length > 0) {
     return plan.revisions.map((r) => {
-      const c: Compatibility = r.compatibility === "additive" || r.compatibility === "breaking" ? r.compatibility
-        : r.compatibility === "" && plan.additiveOnly ? "additive" : "unknown";
+      const c: Compatibility =
+        r.compatibility === "additive" || r.compatibility === "breaking"
+          ? r.compatibility
+          : r.compatibility === "" && plan.additiveOnly
+            ? "additive"
+            : "unknown";
       return { id: r.id, compatibility: c, reason: r.compatibilityReason || (c === "unknown" ? "the agent did not classify this revision" : "") };
     });
   }
   return plan.pending.map((p) => ({
-    id: p.id, compatibility: plan.additiveOnly ? "additive" : "unknown",
+    id: p.id,
+    compatibility: plan.additiveOnly ? "additive" : "unknown",
     reason: plan.additiveOnly ? "" : "the agent reports the pending revisions as not purely additive",
   }));
 }
@@ -49,7 +54,7 @@ export function strategiesAllowed(revisions: readonly RevisionClass[]): Strategy
 }
 
 export type GateVerdict =
-  | { readonly ok: true; /** Revisions let through by --allow-breaking (audited by the caller). */ readonly overridden: readonly RevisionClass[] }
+  | { readonly ok: true /** Revisions let through by --allow-breaking (audited by the caller). */; readonly overridden: readonly RevisionClass[] }
   | { readonly ok: false; readonly message: string; readonly offending: ReadonlyMap<string, readonly RevisionClass[]> };
 
 /** Decides whether `strategy` may run over every target's pending revisions. */
@@ -73,7 +78,8 @@ export function checkCompatibility(strategy: Strategy, byTarget: ReadonlyMap<str
   return {
     ok: false,
     offending,
-    message: `strategy ${strategy} runs old and new application code side by side, but not every pending revision is additive: ${list}. ` +
+    message:
+      `strategy ${strategy} runs old and new application code side by side, but not every pending revision is additive: ${list}. ` +
       `Nothing was started. Use --strategy maintenance (stops the app while migrating), or, if you know old code copes, repeat with --allow-breaking (audited)`,
   };
 }

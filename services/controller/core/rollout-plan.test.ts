@@ -1,10 +1,24 @@
 import { describe, it, test } from "node:test";
 import assert from "node:assert/strict";
 import { STRATEGIES } from "../../common/rollout-request.js";
-import { matchesSelector, planTargets, preflightVerdict, selectorPairs, stepsFor, upToDateWhenNothingPending, waveSizes, type InventoryTarget } from "./rollout-plan.js";
+import {
+  matchesSelector,
+  planTargets,
+  preflightVerdict,
+  selectorPairs,
+  stepsFor,
+  upToDateWhenNothingPending,
+  waveSizes,
+  type InventoryTarget,
+} from "./rollout-plan.js";
 
-const t = (id: string, labels: Record<string, string> = {}, appAgents = ["a1"], blueGreen = false): InventoryTarget =>
-  ({ id, ownerAgent: "a1", appAgents, labels, blueGreen });
+const t = (id: string, labels: Record<string, string> = {}, appAgents = ["a1"], blueGreen = false): InventoryTarget => ({
+  id,
+  ownerAgent: "a1",
+  appAgents,
+  labels,
+  blueGreen,
+});
 
 test("waves: counts and percentages are cumulative, the last wave takes the rest", () => {
   assert.deepEqual(waveSizes("1,25%,100%", 8), [1, 1, 6]);
@@ -34,7 +48,14 @@ test("blue-green needs a blueGreen target and ends with the switch", () => {
 
 test("planTargets assigns sorted targets to waves", () => {
   const plan = planTargets("job", [t("c"), t("a"), t("b")], "1,100%", "head");
-  assert.deepEqual(plan.map((p) => [p.targetId, p.wave]), [["a", 0], ["b", 1], ["c", 1]]);
+  assert.deepEqual(
+    plan.map((p) => [p.targetId, p.wave]),
+    [
+      ["a", 0],
+      ["b", 1],
+      ["c", 1],
+    ],
+  );
   assert.ok(plan.every((p) => p.steps.every((s) => s.state === "pending")));
 });
 
@@ -50,10 +71,13 @@ describe("preflightVerdict", () => {
 
   it("keeps a single refusal code, and falls back to INVALID_ARGUMENT for mixed ones", () => {
     assert.equal(preflightVerdict([{ targetId: "a", ok: false, code: "MULTIPLE_HEADS", message: "two heads" }]).refusal?.code, "MULTIPLE_HEADS");
-    assert.equal(preflightVerdict([
-      { targetId: "a", ok: false, code: "MULTIPLE_HEADS", message: "x" },
-      { targetId: "b", ok: false, code: "UNKNOWN_REVISION", message: "y" },
-    ]).refusal?.code, "INVALID_ARGUMENT");
+    assert.equal(
+      preflightVerdict([
+        { targetId: "a", ok: false, code: "MULTIPLE_HEADS", message: "x" },
+        { targetId: "b", ok: false, code: "UNKNOWN_REVISION", message: "y" },
+      ]).refusal?.code,
+      "INVALID_ARGUMENT",
+    );
   });
 
   it("an unreachable agent is not a refusal; up-to-date targets are named", () => {
@@ -68,5 +92,8 @@ describe("preflightVerdict", () => {
 });
 
 test("nothing pending means up to date, except for blue-green (green is still cloned, started and switched to)", () => {
-  assert.deepEqual(STRATEGIES.filter((s) => !upToDateWhenNothingPending(s)), ["blue-green"]);
+  assert.deepEqual(
+    STRATEGIES.filter((s) => !upToDateWhenNothingPending(s)),
+    ["blue-green"],
+  );
 });

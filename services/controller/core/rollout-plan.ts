@@ -43,7 +43,11 @@ export function stepsFor(strategy: Strategy, t: InventoryTarget, toRevision: str
   switch (strategy) {
     case "maintenance":
       for (const a of appAgents) steps.push(step("stop", a, "stop every app instance of the target on this host"));
-      steps.push(step("backup", owner, "backup + verify"), step("migrate", owner, `upgrade to ${toRevision}, one revision at a time`), step("verify", owner, "revision at target, integrity ok"));
+      steps.push(
+        step("backup", owner, "backup + verify"),
+        step("migrate", owner, `upgrade to ${toRevision}, one revision at a time`),
+        step("verify", owner, "revision at target, integrity ok"),
+      );
       for (const a of appAgents) steps.push(step("start", a));
       for (const a of appAgents) steps.push(step("health", a));
       break;
@@ -53,8 +57,16 @@ export function stepsFor(strategy: Strategy, t: InventoryTarget, toRevision: str
       for (const a of appAgents) steps.push(step("health", a));
       break;
     case "blue-green":
-      if (!t.blueGreen) throw new FlotillaError("INVALID_ARGUMENT", `target ${t.id} has no blueGreen section in its agent's config: blue-green needs a green database and a switch hook`);
-      steps.push(step("clone", owner, "consistent copy of blue to green"), step("migrate-green", owner, `upgrade green to ${toRevision} (backup of green first)`), step("verify", owner, "green at target"));
+      if (!t.blueGreen)
+        throw new FlotillaError(
+          "INVALID_ARGUMENT",
+          `target ${t.id} has no blueGreen section in its agent's config: blue-green needs a green database and a switch hook`,
+        );
+      steps.push(
+        step("clone", owner, "consistent copy of blue to green"),
+        step("migrate-green", owner, `upgrade green to ${toRevision} (backup of green first)`),
+        step("verify", owner, "green at target"),
+      );
       {
         const green = t.greenAgents && t.greenAgents.length > 0 ? [...t.greenAgents].sort() : appAgents;
         for (const a of green) steps.push(step("start-green", a));
@@ -76,8 +88,15 @@ export function planTargets(strategy: Strategy, targets: readonly InventoryTarge
     for (let k = 0; k < size; k++) {
       const t = sorted[i++]!;
       out.push({
-        targetId: t.id, agentId: t.ownerAgent, wave, status: "pending", steps: stepsFor(strategy, t, toRevision),
-        revisionBefore: [], revisionAfter: [], backupId: "", message: "",
+        targetId: t.id,
+        agentId: t.ownerAgent,
+        wave,
+        status: "pending",
+        steps: stepsFor(strategy, t, toRevision),
+        revisionBefore: [],
+        revisionAfter: [],
+        backupId: "",
+        message: "",
       });
     }
   });
@@ -106,7 +125,10 @@ export function preflightVerdict(answers: readonly PreflightAnswer[]): { refusal
   if (refused.length === 0) return { refusal: null, upToDate };
   const codes = new Set(refused.map((a) => a.code));
   const code = codes.size === 1 ? refused[0]!.code : "INVALID_ARGUMENT";
-  const shown = refused.slice(0, 5).map((a) => `${a.targetId}: ${a.message}`).join("; ");
+  const shown = refused
+    .slice(0, 5)
+    .map((a) => `${a.targetId}: ${a.message}`)
+    .join("; ");
   const more = refused.length > 5 ? ` (and ${refused.length - 5} more)` : "";
   return { refusal: { code, message: `refused before anything was stopped or changed: ${shown}${more}` }, upToDate };
 }

@@ -4,7 +4,15 @@ import type { RolloutSpec } from "../../common/rollout-request.js";
 import type { RolloutDoc } from "./ports.js";
 import { type InventoryTarget, planTargets } from "./rollout-plan.js";
 import {
-  MAX_STEP_ATTEMPTS, type SequencerCommand, type SequencerEvent, type StepResult, TARGET_CONCURRENCY, type Transition, retryTargets, rollbackTargets, transition,
+  MAX_STEP_ATTEMPTS,
+  type SequencerCommand,
+  type SequencerEvent,
+  type StepResult,
+  TARGET_CONCURRENCY,
+  type Transition,
+  retryTargets,
+  rollbackTargets,
+  transition,
 } from "./rollout-sequencer.js";
 
 const T0 = Date.parse("2026-01-01T03:00:00.000Z");
@@ -13,29 +21,64 @@ const OLD = "c3d2e1f00d42";
 const NEW = "1b8c9d0e1f2a";
 
 function spec(over: Partial<RolloutSpec> = {}): RolloutSpec {
-  return { selector: "env=prod", toRevision: "head", strategy: "maintenance", waves: "", maxFailures: 0, window: "", gate: "", allowBreaking: false, schedule: "", ...over };
+  return {
+    selector: "env=prod",
+    toRevision: "head",
+    strategy: "maintenance",
+    waves: "",
+    maxFailures: 0,
+    window: "",
+    gate: "",
+    allowBreaking: false,
+    schedule: "",
+    ...over,
+  };
 }
 
 function rollout(n: number, over: Partial<RolloutSpec> = {}): RolloutDoc {
   const s = spec(over);
-  const inv: InventoryTarget[] = Array.from({ length: n }, (_, i) => ({ id: `t${i + 1}`, ownerAgent: `a${i + 1}`, appAgents: [`a${i + 1}`], labels: {}, blueGreen: true }));
+  const inv: InventoryTarget[] = Array.from({ length: n }, (_, i) => ({
+    id: `t${i + 1}`,
+    ownerAgent: `a${i + 1}`,
+    appAgents: [`a${i + 1}`],
+    labels: {},
+    blueGreen: true,
+  }));
   return {
-    id: "r-1", status: "pending", spec: s, targets: planTargets(s.strategy, inv, s.waves, s.toRevision), createdAt: at(0), actor: "alice",
-    message: "", warnings: [], currentWave: 0, abortRequested: false, version: 0, paused: false, waitingFor: "",
+    id: "r-1",
+    status: "pending",
+    spec: s,
+    targets: planTargets(s.strategy, inv, s.waves, s.toRevision),
+    createdAt: at(0),
+    actor: "alice",
+    message: "",
+    warnings: [],
+    currentWave: 0,
+    abortRequested: false,
+    version: 0,
+    paused: false,
+    waitingFor: "",
   };
 }
 
 /** What a healthy agent answers for each step. */
 function ok(cmd: Extract<SequencerCommand, { kind: "run-step" | "resolve-step" }>): StepResult {
   switch (cmd.step.name) {
-    case "precheck": return { outcome: "succeeded", effect: "none", detail: `at ${OLD}; 1 pending`, revisionBefore: [OLD] };
-    case "backup": return { outcome: "succeeded", effect: "none", detail: "backup taken", backupId: `bk-${cmd.targetId}` };
+    case "precheck":
+      return { outcome: "succeeded", effect: "none", detail: `at ${OLD}; 1 pending`, revisionBefore: [OLD] };
+    case "backup":
+      return { outcome: "succeeded", effect: "none", detail: "backup taken", backupId: `bk-${cmd.targetId}` };
     case "migrate":
-    case "migrate-green": return { outcome: "succeeded", effect: "changed", detail: "migrated", revisionAfter: [NEW] };
-    case "verify": return { outcome: "succeeded", effect: "none", detail: `at ${NEW}`, revisionAfter: [NEW] };
-    case "rollback-restore": return { outcome: "succeeded", effect: "restored", detail: "restored", revisionAfter: [OLD] };
-    case "rollback-verify": return { outcome: "succeeded", effect: "none", detail: `database at ${OLD}`, revisionAfter: [OLD] };
-    default: return { outcome: "succeeded", effect: "none", detail: "done" };
+    case "migrate-green":
+      return { outcome: "succeeded", effect: "changed", detail: "migrated", revisionAfter: [NEW] };
+    case "verify":
+      return { outcome: "succeeded", effect: "none", detail: `at ${NEW}`, revisionAfter: [NEW] };
+    case "rollback-restore":
+      return { outcome: "succeeded", effect: "restored", detail: "restored", revisionAfter: [OLD] };
+    case "rollback-verify":
+      return { outcome: "succeeded", effect: "none", detail: `database at ${OLD}`, revisionAfter: [OLD] };
+    default:
+      return { outcome: "succeeded", effect: "none", detail: "done" };
   }
 }
 
@@ -90,13 +133,18 @@ function finishHeld(run: Run, agent: Agent = ok, now = at(2)): Run {
 }
 
 const status = (doc: RolloutDoc): Record<string, string> => Object.fromEntries(doc.targets.map((t) => [t.targetId, t.status]));
-const failMigrate = (target: string, effect: "restored" | "needs-restore" | "none"): Agent => (c) =>
-  c.targetId === target && c.step.name === "migrate" ? { outcome: "failed", code: "ALEMBIC_FAILED", effect, detail: "duplicate column name: x" } : ok(c);
+const failMigrate =
+  (target: string, effect: "restored" | "needs-restore" | "none"): Agent =>
+  (c) =>
+    c.targetId === target && c.step.name === "migrate" ? { outcome: "failed", code: "ALEMBIC_FAILED", effect, detail: "duplicate column name: x" } : ok(c);
 
 test("maintenance: every step in order, targets succeed, the rollout says once what happened, leases released", () => {
   const run = drive(rollout(2), { kind: "start", now: at(0) });
   assert.equal(run.doc.status, "succeeded");
-  assert.deepEqual(run.ran.filter((r) => r.startsWith("t1:")), ["t1:precheck", "t1:stop", "t1:backup", "t1:migrate", "t1:verify", "t1:start", "t1:health"]);
+  assert.deepEqual(
+    run.ran.filter((r) => r.startsWith("t1:")),
+    ["t1:precheck", "t1:stop", "t1:backup", "t1:migrate", "t1:verify", "t1:start", "t1:health"],
+  );
   assert.deepEqual(status(run.doc), { t1: "succeeded", t2: "succeeded" });
   assert.equal(run.doc.message, "2 targets: 2 migrated, 0 already up to date");
   assert.equal(run.doc.targets[0]!.message, `migrated ${OLD} → ${NEW} (verified); app instances started and healthy`);
@@ -114,9 +162,13 @@ test("the input document is never modified", () => {
 
 test("up to date: precheck finds nothing pending, no further step runs for that target", () => {
   const run = drive(rollout(2), { kind: "start", now: at(0) }, (c) =>
-    c.targetId === "t2" && c.step.name === "precheck" ? { outcome: "succeeded", effect: "up-to-date", detail: "0 pending", revisionBefore: [NEW] } : ok(c));
+    c.targetId === "t2" && c.step.name === "precheck" ? { outcome: "succeeded", effect: "up-to-date", detail: "0 pending", revisionBefore: [NEW] } : ok(c),
+  );
   assert.deepEqual(status(run.doc), { t1: "succeeded", t2: "up-to-date" });
-  assert.deepEqual(run.ran.filter((r) => r.startsWith("t2:")), ["t2:precheck"]);
+  assert.deepEqual(
+    run.ran.filter((r) => r.startsWith("t2:")),
+    ["t2:precheck"],
+  );
   assert.equal(run.doc.targets[1]!.steps.length, 1);
   assert.equal(run.doc.targets[1]!.message, `already at ${NEW}: nothing to do`);
   assert.equal(run.doc.status, "succeeded");
@@ -148,8 +200,14 @@ test("failure budget 0: a restored canary halts the rollout; later targets are s
   assert.equal(t1.message, `migrate failed (ALEMBIC_FAILED) and the database was restored to ${OLD}; fix the cause, then: flotilla rollout retry r-1`);
   assert.deepEqual(t1.revisionAfter, [OLD]);
   // The app stopped for the migration is started again.
-  assert.deepEqual(t1.steps.filter((s) => s.compensation).map((s) => `${s.name}:${s.state}`), ["start:succeeded"]);
-  assert.deepEqual(t1.steps.filter((s) => s.name === "verify" || s.name === "health").map((s) => s.state), ["skipped", "skipped"]);
+  assert.deepEqual(
+    t1.steps.filter((s) => s.compensation).map((s) => `${s.name}:${s.state}`),
+    ["start:succeeded"],
+  );
+  assert.deepEqual(
+    t1.steps.filter((s) => s.name === "verify" || s.name === "health").map((s) => s.state),
+    ["skipped", "skipped"],
+  );
   assert.match(run.doc.message, /^halted before wave 2: t1 restored/);
   assert.deepEqual(run.other, [{ kind: "finish", status: "halted" }]);
 });
@@ -165,13 +223,19 @@ test("failure budget 1: one failure is tolerated and later waves run; the rollou
 test("needs-restore: the target says the database is not restored and how to restore it", () => {
   const run = drive(rollout(1), { kind: "start", now: at(0) }, failMigrate("t1", "needs-restore"));
   assert.equal(run.doc.targets[0]!.status, "needs-restore");
-  assert.equal(run.doc.targets[0]!.message, "migrate failed (ALEMBIC_FAILED) and the database is NOT restored: restore it with flotilla restore t1 bk-t1 --yes");
+  assert.equal(
+    run.doc.targets[0]!.message,
+    "migrate failed (ALEMBIC_FAILED) and the database is NOT restored: restore it with flotilla restore t1 bk-t1 --yes",
+  );
   assert.equal(run.doc.status, "failed");
 });
 
 test("abort: the running step finishes, stopped apps start again, no new step starts, unstarted targets are skipped", () => {
   const started = drive(rollout(3, { waves: "1,100%" }), { kind: "start", now: at(0) }, (c) => (c.step.name === "backup" ? "hold" : ok(c)));
-  assert.deepEqual(started.held.map((c) => `${c.targetId}:${c.step.name}`), ["t1:backup"]);
+  assert.deepEqual(
+    started.held.map((c) => `${c.targetId}:${c.step.name}`),
+    ["t1:backup"],
+  );
   const aborted = transition(started.doc, { kind: "abort", now: at(1), actor: "bob" });
   assert.equal(aborted.refusal, undefined);
   assert.deepEqual(aborted.commands, []);
@@ -300,7 +364,8 @@ test("restart: a step the agent never started runs again; a step whose end is un
   assert.equal(again.doc.status, "succeeded");
 
   const unknown = drive(started.doc, { kind: "restarted", now: at(5) }, (c) =>
-    c.kind === "resolve-step" ? { outcome: "unknown", code: "AGENT_UNAVAILABLE", detail: "connection refused" } : ok(c));
+    c.kind === "resolve-step" ? { outcome: "unknown", code: "AGENT_UNAVAILABLE", detail: "connection refused" } : ok(c),
+  );
   const t = unknown.doc.targets[0]!;
   assert.equal(t.status, "failed");
   assert.equal(t.steps.find((s) => s.name === "migrate")?.state, "interrupted");
@@ -314,7 +379,10 @@ test("rollback: refused while running; restores, restarts and reads each databas
   assert.equal(transition(running.doc, { kind: "rollback", now: at(1), actor: "admin" }).refusal?.code, "PRECONDITION_FAILED");
   const done = drive(rollout(2), { kind: "start", now: at(0) }, failMigrate("t2", "restored"));
   assert.equal(done.doc.status, "failed");
-  assert.deepEqual(rollbackTargets(done.doc).map((t) => t.targetId), ["t1"]);
+  assert.deepEqual(
+    rollbackTargets(done.doc).map((t) => t.targetId),
+    ["t1"],
+  );
   const rb = drive(done.doc, { kind: "rollback", now: at(10), actor: "admin" });
   assert.deepEqual(rb.ran, ["t1:rollback-stop", "t1:rollback-restore", "t1:rollback-start", "t1:rollback-verify"]);
   assert.equal(rb.doc.status, "rolled-back");
@@ -336,7 +404,8 @@ test("rollback of blue-green switches back to blue and stops green", () => {
 test("rollback that fails on a target says so, and the rollout ends failed", () => {
   const done = drive(rollout(1), { kind: "start", now: at(0) });
   const rb = drive(done.doc, { kind: "rollback", now: at(10), actor: "admin" }, (c) =>
-    c.step.name === "rollback-restore" ? { outcome: "failed", code: "RESTORE_FAILED", effect: "none", detail: "disk full" } : ok(c));
+    c.step.name === "rollback-restore" ? { outcome: "failed", code: "RESTORE_FAILED", effect: "none", detail: "disk full" } : ok(c),
+  );
   assert.equal(rb.doc.status, "failed");
   assert.match(rb.doc.targets[0]!.message, /^rollback rollback-restore failed \(RESTORE_FAILED\): disk full/);
   assert.equal(rb.doc.message, "rollback failed on t1");
@@ -344,28 +413,44 @@ test("rollback that fails on a target says so, and the rollout ends failed", () 
 
 test("blue-green: a failing green health check stops the green instances; blue keeps serving", () => {
   const run = drive(rollout(1, { strategy: "blue-green" }), { kind: "start", now: at(0) }, (c) =>
-    c.step.name === "health-green" ? { outcome: "failed", code: "PRECONDITION_FAILED", effect: "none", detail: "unhealthy" } : ok(c));
+    c.step.name === "health-green" ? { outcome: "failed", code: "PRECONDITION_FAILED", effect: "none", detail: "unhealthy" } : ok(c),
+  );
   const t = run.doc.targets[0]!;
   assert.equal(t.status, "failed");
-  assert.deepEqual(t.steps.filter((s) => s.compensation).map((s) => s.name), ["stop-green"]);
+  assert.deepEqual(
+    t.steps.filter((s) => s.compensation).map((s) => s.name),
+    ["stop-green"],
+  );
   assert.equal(t.steps.find((s) => s.name === "switch")?.state, "skipped");
 });
 
 test("retry covers exactly the failed, restored and skipped targets", () => {
   const run = drive(rollout(4, { waves: "2,100%", maxFailures: 0 }), { kind: "start", now: at(0) }, (c) =>
-    c.targetId === "t2" && c.step.name === "migrate" ? { outcome: "failed", code: "ALEMBIC_FAILED", effect: "restored", detail: "x" } : ok(c));
+    c.targetId === "t2" && c.step.name === "migrate" ? { outcome: "failed", code: "ALEMBIC_FAILED", effect: "restored", detail: "x" } : ok(c),
+  );
   assert.deepEqual(status(run.doc), { t1: "succeeded", t2: "restored", t3: "skipped", t4: "skipped" });
   assert.deepEqual(retryTargets(run.doc), ["t2", "t3", "t4"]);
 });
 
 test("a step result for a step that is not running is refused", () => {
-  const r = transition(rollout(1), { kind: "step-finished", now: at(0), targetId: "t1", index: 0, result: { outcome: "succeeded", effect: "none", detail: "" } });
+  const r = transition(rollout(1), {
+    kind: "step-finished",
+    now: at(0),
+    targetId: "t1",
+    index: 0,
+    result: { outcome: "succeeded", effect: "none", detail: "" },
+  });
   assert.equal(r.refusal?.code, "PRECONDITION_FAILED");
 });
 
 // ------------------------------------------------------------------ an interrupted restart (job strategy)
 
-const interruptedAt = (run: number, ops: string[]): StepResult => ({ outcome: "interrupted", code: "INTERRUPTED", detail: `the agent stopped during run ${run}`, operations: ops });
+const interruptedAt = (run: number, ops: string[]): StepResult => ({
+  outcome: "interrupted",
+  code: "INTERRUPTED",
+  detail: `the agent stopped during run ${run}`,
+  operations: ops,
+});
 
 test("job: a restart the agent was killed in is re-run with a new operation id, completing the interrupted operations first; the rollout succeeds", () => {
   const doc = rollout(1, { strategy: "job" });
@@ -396,14 +481,22 @@ test("job: the re-run carries the interrupted operations in its run-step command
   assert.equal(rerun.step.name, "restart");
   assert.equal(rerun.step.attempt, 2);
   assert.deepEqual(rerun.step.resumes, ["op.stop"]);
-  assert.match(next.doc.targets[0]!.steps[held.index]!.detail, /run 1 was interrupted on agent a1 .*restart is safe to repeat: run 2 of at most 3, completing op\.stop first/);
+  assert.match(
+    next.doc.targets[0]!.steps[held.index]!.detail,
+    /run 1 was interrupted on agent a1 .*restart is safe to repeat: run 2 of at most 3, completing op\.stop first/,
+  );
   // The controller dies too: on restart the re-run is resolved by its own id.
   const restarted = transition(next.doc, { kind: "restarted", now: at(3) });
-  assert.deepEqual(restarted.commands.map((c) => (c.kind === "resolve-step" ? c.step.operationId : c.kind)), ["r-1.t1.4.restart.a1.a2"]);
+  assert.deepEqual(
+    restarted.commands.map((c) => (c.kind === "resolve-step" ? c.step.operationId : c.kind)),
+    ["r-1.t1.4.restart.a1.a2"],
+  );
 });
 
 test("job: a restart interrupted on every run fails the target after MAX_STEP_ATTEMPTS runs, naming diagnose", () => {
-  const run = drive(rollout(1, { strategy: "job" }), { kind: "start", now: at(0) }, (c) => (c.step.name === "restart" ? interruptedAt(c.step.attempt ?? 1, []) : ok(c)));
+  const run = drive(rollout(1, { strategy: "job" }), { kind: "start", now: at(0) }, (c) =>
+    c.step.name === "restart" ? interruptedAt(c.step.attempt ?? 1, []) : ok(c),
+  );
   assert.equal(MAX_STEP_ATTEMPTS, 3);
   assert.deepEqual(run.ran.filter((r) => r === "t1:restart").length, MAX_STEP_ATTEMPTS);
   const t = run.doc.targets[0]!;
@@ -465,7 +558,13 @@ test("job: a migrate the agent was killed in is re-run forward with a new operat
 test("job: the re-run of an interrupted migrate says it goes forward", () => {
   const first = drive(rollout(1, { strategy: "job" }), { kind: "start", now: at(0) }, (c) => (c.step.name === "migrate" ? "hold" : ok(c)));
   const held = first.held[0]!;
-  const next = transition(first.doc, { kind: "step-finished", now: at(2), targetId: "t1", index: held.index, result: interruptedAt(1, [held.step.operationId]) });
+  const next = transition(first.doc, {
+    kind: "step-finished",
+    now: at(2),
+    targetId: "t1",
+    index: held.index,
+    result: interruptedAt(1, [held.step.operationId]),
+  });
   const rerun = next.commands.find((c) => c.kind === "run-step");
   assert.ok(rerun && rerun.kind === "run-step" && rerun.step.name === "migrate");
   assert.deepEqual(rerun.step.resumes, [held.step.operationId]);
@@ -477,11 +576,16 @@ test("job: a forward re-run that finds the database off its path ends needs-rest
   const run = drive(rollout(1, { strategy: "job" }), { kind: "start", now: at(0) }, (c) => {
     if (c.step.name !== "migrate") return ok(c);
     runs++;
-    return runs === 1 ? interruptedAt(1, [c.step.operationId]) : { outcome: "failed", code: "PRECONDITION_FAILED", effect: "needs-restore", detail: "part of a revision left behind" };
+    return runs === 1
+      ? interruptedAt(1, [c.step.operationId])
+      : { outcome: "failed", code: "PRECONDITION_FAILED", effect: "needs-restore", detail: "part of a revision left behind" };
   });
   const t = run.doc.targets[0]!;
   assert.equal(t.status, "needs-restore");
-  assert.match(t.message, /NOT restored: restore it with flotilla restore t1 bk-t1 --yes \(the app kept writing during the migration: restoring loses every row it wrote since backup bk-t1\)$/);
+  assert.match(
+    t.message,
+    /NOT restored: restore it with flotilla restore t1 bk-t1 --yes \(the app kept writing during the migration: restoring loses every row it wrote since backup bk-t1\)$/,
+  );
   assert.equal(run.doc.status, "failed");
 });
 

@@ -15,26 +15,41 @@ import type { RolloutDoc, RolloutTargetDoc, StepDoc } from "./ports.js";
 /** Rollout states as stored and shown. */
 export type RolloutState = "pending" | "running" | "succeeded" | "failed" | "halted" | "aborted" | "rolled-back";
 /** Target states as stored and shown. */
-export type TargetState =
-  | "pending" | "running" | "succeeded" | "up-to-date" | "failed" | "restored" | "needs-restore" | "skipped" | "aborted" | "rolled-back";
+export type TargetState = "pending" | "running" | "succeeded" | "up-to-date" | "failed" | "restored" | "needs-restore" | "skipped" | "aborted" | "rolled-back";
 /** Every step a target can take. */
 export type StepName =
-  | "precheck" | "stop" | "backup" | "migrate" | "verify" | "start" | "health" | "restart"
-  | "clone" | "migrate-green" | "start-green" | "health-green" | "switch" | "stop-green"
-  | "rollback-switch" | "rollback-stop" | "rollback-restore" | "rollback-start" | "rollback-verify";
+  | "precheck"
+  | "stop"
+  | "backup"
+  | "migrate"
+  | "verify"
+  | "start"
+  | "health"
+  | "restart"
+  | "clone"
+  | "migrate-green"
+  | "start-green"
+  | "health-green"
+  | "switch"
+  | "stop-green"
+  | "rollback-switch"
+  | "rollback-stop"
+  | "rollback-restore"
+  | "rollback-start"
+  | "rollback-verify";
 /** What the agent did to the target (OperationResult.effect). */
 export type Effect = "none" | "changed" | "restored" | "needs-restore" | "up-to-date";
 
 /** A step's outcome as a value: what happened, its error code, and the agent's effect. */
 export type StepResult =
   | {
-    readonly outcome: "succeeded";
-    readonly effect: Effect;
-    readonly detail: string;
-    readonly revisionBefore?: readonly string[];
-    readonly revisionAfter?: readonly string[];
-    readonly backupId?: string;
-  }
+      readonly outcome: "succeeded";
+      readonly effect: Effect;
+      readonly detail: string;
+      readonly revisionBefore?: readonly string[];
+      readonly revisionAfter?: readonly string[];
+      readonly backupId?: string;
+    }
   | { readonly outcome: "failed"; readonly code: ErrorCode; readonly effect: Effect; readonly detail: string; readonly revisionAfter?: readonly string[] }
   /** The agent cannot say how the step ended (unreachable, journal lost). */
   | { readonly outcome: "unknown"; readonly code: ErrorCode; readonly detail: string }
@@ -152,7 +167,8 @@ export function transition(input: RolloutDoc, event: SequencerEvent): Transition
     case "step-finished": {
       const t = doc.targets.find((x) => x.targetId === event.targetId);
       const s = t?.steps[event.index];
-      if (t === undefined || s === undefined || s.state !== "running") return refuse("PRECONDITION_FAILED", `no running step ${event.index} on ${event.targetId}`);
+      if (t === undefined || s === undefined || s.state !== "running")
+        return refuse("PRECONDITION_FAILED", `no running step ${event.index} on ${event.targetId}`);
       applyResult(doc, t, s, event.result, event.now);
       break;
     }
@@ -160,7 +176,11 @@ export function transition(input: RolloutDoc, event: SequencerEvent): Transition
       if (isTerminal(doc.status)) return { doc: input, commands: [] };
       break;
     case "abort":
-      if (isTerminal(doc.status) || doc.phase === "rollback") return refuse("PRECONDITION_FAILED", `rollout ${doc.id} is ${doc.phase === "rollback" ? "rolling back" : doc.status}; only a pending or running rollout can be aborted`);
+      if (isTerminal(doc.status) || doc.phase === "rollback")
+        return refuse(
+          "PRECONDITION_FAILED",
+          `rollout ${doc.id} is ${doc.phase === "rollback" ? "rolling back" : doc.status}; only a pending or running rollout can be aborted`,
+        );
       doc.abortRequested = true;
       doc.message = `abort requested by ${event.actor}: running steps finish, no new step starts`;
       break;
@@ -253,9 +273,12 @@ function applyResult(doc: RolloutDoc, t: RolloutTargetDoc, s: StepDoc, result: S
     t.revisionAfter = [...t.revisionBefore];
   } else if (effect === "needs-restore") {
     t.status = "needs-restore";
-    t.message = `${s.name} failed (${code}) and the database is NOT restored${t.backupId ? `: restore it with flotilla restore ${t.targetId} ${t.backupId} --yes` : `: run flotilla diagnose ${t.targetId}`}` +
+    t.message =
+      `${s.name} failed (${code}) and the database is NOT restored${t.backupId ? `: restore it with flotilla restore ${t.targetId} ${t.backupId} --yes` : `: run flotilla diagnose ${t.targetId}`}` +
       // The job strategy migrates while the app serves: say what a restore costs.
-      (doc.spec.strategy === "job" && t.backupId ? ` (the app kept writing during the migration: restoring loses every row it wrote since backup ${t.backupId})` : "");
+      (doc.spec.strategy === "job" && t.backupId
+        ? ` (the app kept writing during the migration: restoring loses every row it wrote since backup ${t.backupId})`
+        : "");
   } else {
     t.status = "failed";
     t.message = `${s.name} failed (${code}): ${result.detail}; database at ${revs(where)}`;
@@ -269,11 +292,19 @@ function compensate(t: RolloutTargetDoc, why: string): void {
   const started = new Set(done("start").map((s) => s.agentId));
   const extra: StepDoc[] = [];
   for (const agentId of new Set(done("stop").map((s) => s.agentId))) {
-    if (!started.has(agentId)) extra.push({ name: "start", state: "pending", agentId, operationId: "", detail: `restart app instances ${why}`, compensation: true });
+    if (!started.has(agentId))
+      extra.push({ name: "start", state: "pending", agentId, operationId: "", detail: `restart app instances ${why}`, compensation: true });
   }
   if (done("switch").length === 0) {
     for (const agentId of new Set(done("start-green").map((s) => s.agentId))) {
-      extra.push({ name: "stop-green", state: "pending", agentId, operationId: "", detail: `stop green instances ${why}; blue keeps serving`, compensation: true });
+      extra.push({
+        name: "stop-green",
+        state: "pending",
+        agentId,
+        operationId: "",
+        detail: `stop green instances ${why}; blue keeps serving`,
+        compensation: true,
+      });
     }
   }
   t.steps.push(...extra);
@@ -382,7 +413,10 @@ function checkBeforeWave(doc: RolloutDoc, wave: number, now: string): "go" | "wa
   const bad = doc.targets.filter((t) => TARGET_BAD.has(t.status));
   if (doc.targets.some(hasRunning) && wave !== first) return "wait";
   if (wave !== first && bad.length > doc.spec.maxFailures) {
-    halt(doc, `halted before wave ${wave + 1}: ${bad.map((t) => `${t.targetId} ${t.status}`).join(", ")} (more than ${doc.spec.maxFailures} failure${doc.spec.maxFailures === 1 ? "" : "s"} allowed)`);
+    halt(
+      doc,
+      `halted before wave ${wave + 1}: ${bad.map((t) => `${t.targetId} ${t.status}`).join(", ")} (more than ${doc.spec.maxFailures} failure${doc.spec.maxFailures === 1 ? "" : "s"} allowed)`,
+    );
     return "halted";
   }
   const windowMs = doc.spec.window ? durationMs(doc.spec.window) : undefined;
@@ -424,9 +458,10 @@ function finish(doc: RolloutDoc, now: string): void {
   if (doc.phase === "rollback") {
     const failed = doc.targets.filter((t) => t.status === "failed" && t.rollback);
     doc.status = failed.length === 0 ? "rolled-back" : "failed";
-    doc.message = failed.length === 0
-      ? `rolled back ${count("rolled-back")} target${count("rolled-back") === 1 ? "" : "s"}`
-      : `rollback failed on ${failed.map((t) => t.targetId).join(", ")}`;
+    doc.message =
+      failed.length === 0
+        ? `rolled back ${count("rolled-back")} target${count("rolled-back") === 1 ? "" : "s"}`
+        : `rollback failed on ${failed.map((t) => t.targetId).join(", ")}`;
     return;
   }
   if (doc.abortRequested) {
@@ -461,12 +496,15 @@ export function retryTargets(doc: RolloutDoc): string[] {
 
 /** Targets a rollback undoes: those whose database or traffic this rollout changed. */
 export function rollbackTargets(doc: RolloutDoc): RolloutTargetDoc[] {
-  return doc.targets.filter((t) => t.status !== "rolled-back" && t.status !== "restored" && t.steps.some((s) => CHANGING_STEPS.has(s.name) && s.state === "succeeded"));
+  return doc.targets.filter(
+    (t) => t.status !== "rolled-back" && t.status !== "restored" && t.steps.some((s) => CHANGING_STEPS.has(s.name) && s.state === "succeeded"),
+  );
 }
 
 function startRollback(doc: RolloutDoc, input: RolloutDoc, actor: string, now: string): Transition {
   const refuse = (code: ErrorCode, message: string): Transition => ({ doc: input, commands: [], refusal: { code, message } });
-  if (!isTerminal(doc.status)) return refuse("PRECONDITION_FAILED", `rollout ${doc.id} is still ${doc.status}: abort it first (flotilla rollout abort ${doc.id} --wait)`);
+  if (!isTerminal(doc.status))
+    return refuse("PRECONDITION_FAILED", `rollout ${doc.id} is still ${doc.status}: abort it first (flotilla rollout abort ${doc.id} --wait)`);
   if (doc.status === "rolled-back") return refuse("PRECONDITION_FAILED", `rollout ${doc.id} was already rolled back`);
   const targets = rollbackTargets(doc);
   if (targets.length === 0) return refuse("PRECONDITION_FAILED", `rollout ${doc.id} changed no target: there is nothing to roll back`);
@@ -476,7 +514,8 @@ function startRollback(doc: RolloutDoc, input: RolloutDoc, actor: string, now: s
     t.rollback = true;
     if (doc.spec.strategy === "blue-green") {
       t.steps.push(step("rollback-switch", t.agentId, "switch traffic back to blue"));
-      for (const a of new Set(t.steps.filter((s) => s.name === "start-green").map((s) => s.agentId))) t.steps.push(step("stop-green", a, "stop green instances"));
+      for (const a of new Set(t.steps.filter((s) => s.name === "start-green").map((s) => s.agentId)))
+        t.steps.push(step("stop-green", a, "stop green instances"));
     } else {
       const hosts = [...new Set(t.steps.filter((s) => s.name === "stop" || s.name === "restart" || s.name === "start").map((s) => s.agentId))];
       for (const a of hosts) t.steps.push(step("rollback-stop", a, "stop app instances"));

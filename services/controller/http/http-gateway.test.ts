@@ -95,7 +95,11 @@ async function healthy(): Promise<void> {
   assert.equal(r.status, 200);
 }
 
-async function post(method: string, body: string, headers: Record<string, string> = { authorization: `Bearer ${ADMIN}` }): Promise<{ status: number; json: { code: string; message: string } }> {
+async function post(
+  method: string,
+  body: string,
+  headers: Record<string, string> = { authorization: `Bearer ${ADMIN}` },
+): Promise<{ status: number; json: { code: string; message: string } }> {
   const r = await fetch(`http://127.0.0.1:${port}/v1/${method}`, { method: "POST", headers: { "content-type": "application/json", ...headers }, body });
   assert.match(r.headers.get("content-type") ?? "", /application\/json/);
   return { status: r.status, json: (await r.json()) as { code: string; message: string } };

@@ -101,7 +101,8 @@ function sendAsset(res: ServerResponse, asset: StaticAsset): void {
     "x-content-type-options": "nosniff",
     "referrer-policy": "no-referrer",
     "x-frame-options": "DENY",
-    "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "content-security-policy":
+      "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
   });
   res.end(asset.body);
 }
@@ -124,7 +125,10 @@ function sendJson(res: ServerResponse, body: unknown): void {
 export function createHttpGateway(
   impl: ServiceImpl<typeof ControllerService.method>,
   deps: {
-    audit: AuditLog; log: Logger; callerOf: (method: string, ctx: CallContext) => Caller; isLeader: () => boolean;
+    audit: AuditLog;
+    log: Logger;
+    callerOf: (method: string, ctx: CallContext) => Caller;
+    isLeader: () => boolean;
     /** Serve HTTPS with this certificate and key (`httpTls`); replace it later with setSecureContext. */
     tls?: { cert: Buffer; key: Buffer };
     limits?: GatewayLimits;
@@ -164,7 +168,7 @@ export function createHttpGateway(
       const auth = req.headers.authorization;
       if (auth !== undefined) {
         if (auth.length > 8192 || !PRINTABLE.test(auth)) {
-          throw new FlotillaError("UNAUTHENTICATED", "the Authorization header holds characters no token has: send \"Bearer <token>\"");
+          throw new FlotillaError("UNAUTHENTICATED", 'the Authorization header holds characters no token has: send "Bearer <token>"');
         }
         md.set("authorization", auth);
       }
@@ -172,7 +176,10 @@ export function createHttpGateway(
       const ctx: CallContext = { signal: ac.signal, peer: `${req.socket.remoteAddress}:${req.socket.remotePort}`, metadata: md, peerSans: "", secure };
       // A token sent in clear text to a listener other people can reach is refused before it is even compared.
       if (req.headers.authorization && !secure && !isLoopbackHost(req.socket.localAddress ?? "")) {
-        throw new FlotillaError("PERMISSION_DENIED", "tokens are refused over plain HTTP on a non-loopback address: configure httpTls on the controller and use https://");
+        throw new FlotillaError(
+          "PERMISSION_DENIED",
+          "tokens are refused over plain HTTP on a non-loopback address: configure httpTls on the controller and use https://",
+        );
       }
       if (req.method === "GET" && (url.pathname === "/" || url.pathname === "/index.html" || url.pathname.startsWith("/web/"))) {
         const asset = await staticAsset(url.pathname === "/" ? "/index.html" : url.pathname.replace(/^\/web\//, "/"));
@@ -191,10 +198,21 @@ export function createHttpGateway(
         const signIn = req.method === "POST";
         const caller = await reader(ctx, signIn ? "api.SignIn" : "api.WhoAmI");
         if (signIn) {
-          await deps.audit.append({ actor: caller.actor, action: "api.SignIn", outcome: "ok", detail: `role ${caller.role}, from ${req.socket.remoteAddress ?? "?"}` });
+          await deps.audit.append({
+            actor: caller.actor,
+            action: "api.SignIn",
+            outcome: "ok",
+            detail: `role ${caller.role}, from ${req.socket.remoteAddress ?? "?"}`,
+          });
         }
         // The page builds its strategy choices from this list (the proto enum Strategy, by short name).
-        sendJson(res, { actor: caller.actor, role: caller.role, methods: permittedMethods(caller.role, METHOD_NAMES), leader: deps.isLeader(), strategies: STRATEGIES });
+        sendJson(res, {
+          actor: caller.actor,
+          role: caller.role,
+          methods: permittedMethods(caller.role, METHOD_NAMES),
+          leader: deps.isLeader(),
+          strategies: STRATEGIES,
+        });
         return;
       }
       const events = req.method === "GET" ? /^\/v1\/rollouts\/([^/]{1,128})\/events$/.exec(url.pathname) : null;
@@ -303,7 +321,11 @@ export function createHttpGateway(
   const handler = (req: IncomingMessage, res: ServerResponse): void => {
     handle(req, res).catch((err: unknown) => {
       deps.log.error({ err: toFlotillaError(err) }, "HTTP handler failed");
-      try { sendError(res, err); } catch { res.destroy(); }
+      try {
+        sendError(res, err);
+      } catch {
+        res.destroy();
+      }
     });
   };
   // Slow clients are cut off before their request is parsed: headers and the whole request have deadlines.
@@ -316,10 +338,18 @@ export function createHttpGateway(
   const server = deps.tls ? createHttpsServer({ cert: deps.tls.cert, key: deps.tls.key, ...bounds }, handler) : createServer(bounds, handler);
   // A malformed request (bad header bytes, a timeout) is answered 400/408 by Node; never an exception.
   server.on("clientError", (err: NodeJS.ErrnoException, socket) => {
-    if (!socket.writable) { socket.destroy(); return; }
+    if (!socket.writable) {
+      socket.destroy();
+      return;
+    }
     const status = err.code === "ERR_HTTP_REQUEST_TIMEOUT" ? 408 : err.code === "HPE_HEADER_OVERFLOW" ? 431 : 400;
-    const body = JSON.stringify({ code: status === 408 ? "DEADLINE_EXCEEDED" : "INVALID_ARGUMENT", message: status === 408 ? "request not received in time" : "malformed HTTP request" });
-    socket.end(`HTTP/1.1 ${status} ${status === 408 ? "Request Timeout" : status === 431 ? "Request Header Fields Too Large" : "Bad Request"}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+    const body = JSON.stringify({
+      code: status === 408 ? "DEADLINE_EXCEEDED" : "INVALID_ARGUMENT",
+      message: status === 408 ? "request not received in time" : "malformed HTTP request",
+    });
+    socket.end(
+      `HTTP/1.1 ${status} ${status === 408 ? "Request Timeout" : status === 431 ? "Request Header Fields Too Large" : "Bad Request"}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+    );
   });
   return server;
 }

@@ -25,10 +25,7 @@ export function openStore(url: string): ControllerStore {
     const m = /^sqlite:\/\/(\/.*)$/i.exec(url);
     const rest = m?.[1];
     if (rest === undefined) {
-      throw new FlotillaError(
-        "CONFIG_INVALID",
-        `store URL ${shown} is not a SQLite file URL: write sqlite:///absolute/path/controller.db`,
-      );
+      throw new FlotillaError("CONFIG_INVALID", `store URL ${shown} is not a SQLite file URL: write sqlite:///absolute/path/controller.db`);
     }
     let file: string;
     try {
@@ -50,8 +47,5 @@ export function openStore(url: string): ControllerStore {
     }
     return new PostgresStore(url);
   }
-  throw new FlotillaError(
-    "CONFIG_INVALID",
-    `store URL ${shown} is not supported: use sqlite:///absolute/path/controller.db or postgresql://user@host:5432/db`,
-  );
+  throw new FlotillaError("CONFIG_INVALID", `store URL ${shown} is not supported: use sqlite:///absolute/path/controller.db or postgresql://user@host:5432/db`);
 }

@@ -2,16 +2,7 @@ import pg from "pg";
 import { FlotillaError } from "../../common/errors.js";
 import { truncatedAuditError } from "../core/audit-anchor.js";
 import { redact } from "../../common/redact.js";
-import type {
-  AgentRecord,
-  AuditFilter,
-  AuditRow,
-  ControllerStore,
-  LeaseResult,
-  NewAuditRow,
-  RolloutDoc,
-  ScheduleDoc,
-} from "../core/ports.js";
+import type { AgentRecord, AuditFilter, AuditRow, ControllerStore, LeaseResult, NewAuditRow, RolloutDoc, ScheduleDoc } from "../core/ports.js";
 
 /** prev_hash of the first audit row. */
 const GENESIS_HASH = "0".repeat(64);
@@ -99,10 +90,21 @@ const APPEND_AFTER_SQL = `WITH moved AS (
 INSERT INTO audit_log (${AUDIT_COLUMNS})
 SELECT moved.seq, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text, $9::text, $10::text FROM moved`;
 
-interface RolloutRowDb { doc: RolloutDoc; version: number }
+interface RolloutRowDb {
+  doc: RolloutDoc;
+  version: number;
+}
 interface AuditRowDb {
-  seq: string; time: string; actor: string; action: string; target: string; args: string;
-  outcome: string; detail: string; prev_hash: string; hash: string;
+  seq: string;
+  time: string;
+  actor: string;
+  action: string;
+  target: string;
+  args: string;
+  outcome: string;
+  detail: string;
+  prev_hash: string;
+  hash: string;
 }
 
 function toRollout(row: RolloutRowDb): RolloutDoc {
@@ -113,8 +115,16 @@ function toRollout(row: RolloutRowDb): RolloutDoc {
 
 function toAudit(r: AuditRowDb): AuditRow {
   return {
-    seq: Number(r.seq), time: r.time, actor: r.actor, action: r.action, target: r.target, args: r.args,
-    outcome: r.outcome as AuditRow["outcome"], detail: r.detail, prevHash: r.prev_hash, hash: r.hash,
+    seq: Number(r.seq),
+    time: r.time,
+    actor: r.actor,
+    action: r.action,
+    target: r.target,
+    args: r.args,
+    outcome: r.outcome as AuditRow["outcome"],
+    detail: r.detail,
+    prevHash: r.prev_hash,
+    hash: r.hash,
   };
 }
 
@@ -179,7 +189,13 @@ export class PostgresStore implements ControllerStore {
     this.#closed = true;
     const audit = this.#auditClient;
     this.#auditClient = undefined;
-    await Promise.all([this.#pool.end(), audit?.then((c) => c.end(), () => undefined)]);
+    await Promise.all([
+      this.#pool.end(),
+      audit?.then(
+        (c) => c.end(),
+        () => undefined,
+      ),
+    ]);
   }
 
   /** The audit fast path's own connection, opened on first use and again after it failed. */
@@ -205,7 +221,12 @@ export class PostgresStore implements ControllerStore {
   #dropAuditConnection(which: Promise<pg.Client>): void {
     if (this.#auditClient !== which) return;
     this.#auditClient = undefined;
-    void which.then((c) => c.end(), () => undefined).catch(() => undefined);
+    void which
+      .then(
+        (c) => c.end(),
+        () => undefined,
+      )
+      .catch(() => undefined);
   }
 
   async #client(): Promise<pg.PoolClient> {
@@ -251,7 +272,11 @@ export class PostgresStore implements ControllerStore {
   async createRollout(doc: RolloutDoc): Promise<void> {
     try {
       await this.#query("INSERT INTO rollouts (id, status, created_at, version, doc) VALUES ($1, $2, $3, $4, $5::jsonb)", [
-        doc.id, doc.status, doc.createdAt, doc.version, JSON.stringify(doc),
+        doc.id,
+        doc.status,
+        doc.createdAt,
+        doc.version,
+        JSON.stringify(doc),
       ]);
     } catch (err) {
       if (isUniqueViolation(err)) throw new FlotillaError("INVALID_ARGUMENT", `rollout ${doc.id} already exists`, { cause: err });
@@ -261,10 +286,12 @@ export class PostgresStore implements ControllerStore {
 
   async saveRollout(doc: RolloutDoc): Promise<void> {
     const next = doc.version + 1;
-    const r = await this.#query(
-      "UPDATE rollouts SET status = $1, doc = $2::jsonb, version = version + 1 WHERE id = $3 AND version = $4",
-      [doc.status, JSON.stringify({ ...doc, version: next }), doc.id, doc.version],
-    );
+    const r = await this.#query("UPDATE rollouts SET status = $1, doc = $2::jsonb, version = version + 1 WHERE id = $3 AND version = $4", [
+      doc.status,
+      JSON.stringify({ ...doc, version: next }),
+      doc.id,
+      doc.version,
+    ]);
     if (r.rowCount !== 1) {
       const exists = await this.#query("SELECT 1 FROM rollouts WHERE id = $1", [doc.id]);
       if (exists.rowCount === 0) throw new FlotillaError("NOT_FOUND", `rollout ${doc.id} not found`);
@@ -286,9 +313,7 @@ export class PostgresStore implements ControllerStore {
   }
 
   async listActiveRollouts(): Promise<RolloutDoc[]> {
-    const r = await this.#query<RolloutRowDb>(
-      "SELECT doc, version FROM rollouts WHERE status IN ('pending', 'running') ORDER BY created_at, n",
-    );
+    const r = await this.#query<RolloutRowDb>("SELECT doc, version FROM rollouts WHERE status IN ('pending', 'running') ORDER BY created_at, n");
     return r.rows.map(toRollout);
   }
 
@@ -301,11 +326,10 @@ export class PostgresStore implements ControllerStore {
       await c.query("BEGIN");
       // Inserting in sorted order makes concurrent acquirers take the unique
       // index entries in the same order, so they wait instead of deadlocking.
-      await c.query(
-        "INSERT INTO leases (target_id, rollout_id) SELECT t, $2 FROM unnest($1::text[]) AS t ORDER BY t " +
-          "ON CONFLICT (target_id) DO NOTHING",
-        [ids, rolloutId],
-      );
+      await c.query("INSERT INTO leases (target_id, rollout_id) SELECT t, $2 FROM unnest($1::text[]) AS t ORDER BY t " + "ON CONFLICT (target_id) DO NOTHING", [
+        ids,
+        rolloutId,
+      ]);
       const held = await c.query<{ target_id: string; rollout_id: string }>(
         "SELECT target_id, rollout_id FROM leases WHERE target_id = ANY($1::text[]) AND rollout_id <> $2",
         [ids, rolloutId],
@@ -365,10 +389,10 @@ export class PostgresStore implements ControllerStore {
   }
 
   async upsertSchedule(s: ScheduleDoc): Promise<void> {
-    await this.#query(
-      "INSERT INTO schedules (name, doc) VALUES ($1, $2::jsonb) ON CONFLICT (name) DO UPDATE SET doc = excluded.doc",
-      [s.name, JSON.stringify(s)],
-    );
+    await this.#query("INSERT INTO schedules (name, doc) VALUES ($1, $2::jsonb) ON CONFLICT (name) DO UPDATE SET doc = excluded.doc", [
+      s.name,
+      JSON.stringify(s),
+    ]);
   }
 
   async removeSchedule(name: string): Promise<boolean> {
@@ -382,10 +406,11 @@ export class PostgresStore implements ControllerStore {
   }
 
   async claimScheduleFire(name: string, slot: string): Promise<boolean> {
-    const r = await this.#query(
-      "INSERT INTO schedule_fires (name, slot, fired_at) VALUES ($1, $2, $3) ON CONFLICT (name, slot) DO NOTHING",
-      [name, slot, new Date().toISOString()],
-    );
+    const r = await this.#query("INSERT INTO schedule_fires (name, slot, fired_at) VALUES ($1, $2, $3) ON CONFLICT (name, slot) DO NOTHING", [
+      name,
+      slot,
+      new Date().toISOString(),
+    ]);
     return r.rowCount === 1;
   }
 
@@ -481,8 +506,10 @@ export class PostgresStore implements ControllerStore {
       // integer we computed. If the INSERT fails the COMMIT is not run.
       const texts = [row.time, row.actor, row.action, row.target, row.args, row.outcome, row.detail, prevHash, hash];
       const values = [String(seq), ...texts.map((t) => c.escapeLiteral(t))].join(", ");
-      await c.query(`INSERT INTO audit_log (${AUDIT_COLUMNS}) VALUES (${values}); ` +
-        `INSERT INTO audit_anchor (id, seq, hash) VALUES (1, ${seq}, ${c.escapeLiteral(hash)}) ON CONFLICT (id) DO UPDATE SET seq = EXCLUDED.seq, hash = EXCLUDED.hash WHERE EXCLUDED.seq > audit_anchor.seq; COMMIT`);
+      await c.query(
+        `INSERT INTO audit_log (${AUDIT_COLUMNS}) VALUES (${values}); ` +
+          `INSERT INTO audit_anchor (id, seq, hash) VALUES (1, ${seq}, ${c.escapeLiteral(hash)}) ON CONFLICT (id) DO UPDATE SET seq = EXCLUDED.seq, hash = EXCLUDED.hash WHERE EXCLUDED.seq > audit_anchor.seq; COMMIT`,
+      );
       return { seq, ...row, prevHash, hash };
     } catch (err) {
       try {

@@ -3,16 +3,7 @@ import path from "node:path";
 import Database from "better-sqlite3";
 import { FlotillaError } from "../../common/errors.js";
 import { truncatedAuditError } from "../core/audit-anchor.js";
-import type {
-  AgentRecord,
-  AuditFilter,
-  AuditRow,
-  ControllerStore,
-  LeaseResult,
-  NewAuditRow,
-  RolloutDoc,
-  ScheduleDoc,
-} from "../core/ports.js";
+import type { AgentRecord, AuditFilter, AuditRow, ControllerStore, LeaseResult, NewAuditRow, RolloutDoc, ScheduleDoc } from "../core/ports.js";
 
 /** prev_hash of the first audit row. */
 const GENESIS_HASH = "0".repeat(64);
@@ -78,11 +69,27 @@ CREATE TRIGGER IF NOT EXISTS audit_log_anchor AFTER INSERT ON audit_log BEGIN
 END;
 `;
 
-interface RolloutRowDb { doc: string; version: number }
-interface AgentRowDb { id: string; address: string; source: string; last_seen: string | null }
+interface RolloutRowDb {
+  doc: string;
+  version: number;
+}
+interface AgentRowDb {
+  id: string;
+  address: string;
+  source: string;
+  last_seen: string | null;
+}
 interface AuditRowDb {
-  seq: number; time: string; actor: string; action: string; target: string; args: string;
-  outcome: string; detail: string; prev_hash: string; hash: string;
+  seq: number;
+  time: string;
+  actor: string;
+  action: string;
+  target: string;
+  args: string;
+  outcome: string;
+  detail: string;
+  prev_hash: string;
+  hash: string;
 }
 
 type Statements = ReturnType<typeof prepare>;
@@ -94,9 +101,7 @@ function prepare(db: Database.Database) {
     rolloutExists: db.prepare("SELECT 1 FROM rollouts WHERE id = ?").pluck(),
     getRollout: db.prepare("SELECT doc, version FROM rollouts WHERE id = ?"),
     listRollouts: db.prepare("SELECT doc, version FROM rollouts ORDER BY created_at DESC, rowid DESC LIMIT ?"),
-    listActive: db.prepare(
-      "SELECT doc, version FROM rollouts WHERE status IN ('pending', 'running') ORDER BY created_at, rowid",
-    ),
+    listActive: db.prepare("SELECT doc, version FROM rollouts WHERE status IN ('pending', 'running') ORDER BY created_at, rowid"),
     leaseHolder: db.prepare("SELECT rollout_id FROM leases WHERE target_id = ?").pluck(),
     insertLease: db.prepare("INSERT OR IGNORE INTO leases (target_id, rollout_id) VALUES (?, ?)"),
     releaseAll: db.prepare("DELETE FROM leases WHERE rollout_id = ?"),
@@ -107,18 +112,17 @@ function prepare(db: Database.Database) {
         "ON CONFLICT (id) DO UPDATE SET address = excluded.address, source = excluded.source, last_seen = excluded.last_seen",
     ),
     listAgents: db.prepare("SELECT id, address, source, last_seen FROM agents ORDER BY id"),
-    upsertSchedule: db.prepare(
-      "INSERT INTO schedules (name, doc) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET doc = excluded.doc",
-    ),
+    upsertSchedule: db.prepare("INSERT INTO schedules (name, doc) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET doc = excluded.doc"),
     removeSchedule: db.prepare("DELETE FROM schedules WHERE name = ?"),
     listSchedules: db.prepare("SELECT doc FROM schedules ORDER BY name").pluck(),
     claimFire: db.prepare("INSERT OR IGNORE INTO schedule_fires (name, slot, fired_at) VALUES (?, ?, ?)"),
     auditTail: db.prepare("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1"),
     auditAnchor: db.prepare("SELECT seq, hash FROM audit_anchor WHERE id = 1"),
-    auditAnchorSet: db.prepare("INSERT INTO audit_anchor (id, seq, hash) VALUES (1, ?, ?) ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash WHERE excluded.seq > audit_anchor.seq"),
+    auditAnchorSet: db.prepare(
+      "INSERT INTO audit_anchor (id, seq, hash) VALUES (1, ?, ?) ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash WHERE excluded.seq > audit_anchor.seq",
+    ),
     auditInsert: db.prepare(
-      "INSERT INTO audit_log (seq, time, actor, action, target, args, outcome, detail, prev_hash, hash) " +
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+      "INSERT INTO audit_log (seq, time, actor, action, target, args, outcome, detail, prev_hash, hash) " + "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     ),
     // The fast path: one autocommit statement (SQLite takes the write lock before it reads, like
     // BEGIN IMMEDIATE) that inserts row n+1 only if the anchor and the tail are still the row
@@ -183,8 +187,16 @@ function toRollout(row: RolloutRowDb): RolloutDoc {
 
 function toAudit(r: AuditRowDb): AuditRow {
   return {
-    seq: r.seq, time: r.time, actor: r.actor, action: r.action, target: r.target, args: r.args,
-    outcome: r.outcome as AuditRow["outcome"], detail: r.detail, prevHash: r.prev_hash, hash: r.hash,
+    seq: r.seq,
+    time: r.time,
+    actor: r.actor,
+    action: r.action,
+    target: r.target,
+    args: r.args,
+    outcome: r.outcome as AuditRow["outcome"],
+    detail: r.detail,
+    prevHash: r.prev_hash,
+    hash: r.hash,
   };
 }
 
@@ -357,8 +369,22 @@ export class SqliteStore implements ControllerStore {
         const seq = tail.seq + 1;
         let inserted = 0;
         try {
-          inserted = st.auditInsertAfter.run(seq, row.time, row.actor, row.action, row.target, row.args, row.outcome, row.detail, tail.hash, hash,
-            tail.seq, tail.hash, tail.seq, tail.hash).changes;
+          inserted = st.auditInsertAfter.run(
+            seq,
+            row.time,
+            row.actor,
+            row.action,
+            row.target,
+            row.args,
+            row.outcome,
+            row.detail,
+            tail.hash,
+            hash,
+            tail.seq,
+            tail.hash,
+            tail.seq,
+            tail.hash,
+          ).changes;
         } catch (err) {
           if (!isConstraintError(err)) throw err;
         }
@@ -388,13 +414,34 @@ export class SqliteStore implements ControllerStore {
     const { db } = this.#open();
     const where: string[] = [];
     const params: Array<string | number> = [];
-    if (filter.since !== undefined) { where.push("time >= ?"); params.push(filter.since); }
-    if (filter.until !== undefined) { where.push("time <= ?"); params.push(filter.until); }
-    if (filter.target !== undefined) { where.push("target = ?"); params.push(filter.target); }
-    if (filter.actor !== undefined) { where.push("actor = ?"); params.push(filter.actor); }
-    if (filter.action !== undefined) { where.push("action = ?"); params.push(filter.action); }
-    if (filter.outcome !== undefined) { where.push("outcome = ?"); params.push(filter.outcome); }
-    if (filter.beforeSeq !== undefined) { where.push("seq < ?"); params.push(filter.beforeSeq); }
+    if (filter.since !== undefined) {
+      where.push("time >= ?");
+      params.push(filter.since);
+    }
+    if (filter.until !== undefined) {
+      where.push("time <= ?");
+      params.push(filter.until);
+    }
+    if (filter.target !== undefined) {
+      where.push("target = ?");
+      params.push(filter.target);
+    }
+    if (filter.actor !== undefined) {
+      where.push("actor = ?");
+      params.push(filter.actor);
+    }
+    if (filter.action !== undefined) {
+      where.push("action = ?");
+      params.push(filter.action);
+    }
+    if (filter.outcome !== undefined) {
+      where.push("outcome = ?");
+      params.push(filter.outcome);
+    }
+    if (filter.beforeSeq !== undefined) {
+      where.push("seq < ?");
+      params.push(filter.beforeSeq);
+    }
     const cond = where.length > 0 ? `WHERE ${where.join(" AND ")}` : "";
     let sql = `SELECT * FROM audit_log ${cond} ORDER BY seq`;
     if (filter.limit !== undefined) {

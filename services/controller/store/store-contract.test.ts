@@ -14,12 +14,28 @@ function rollout(id: string, over: Partial<RolloutDoc> = {}): RolloutDoc {
   return {
     id,
     status: "pending",
-    spec: { selector: "env=prod", toRevision: "head", strategy: "maintenance", waves: "1,100%", maxFailures: 0, window: "", gate: "", allowBreaking: false, schedule: "" },
+    spec: {
+      selector: "env=prod",
+      toRevision: "head",
+      strategy: "maintenance",
+      waves: "1,100%",
+      maxFailures: 0,
+      window: "",
+      gate: "",
+      allowBreaking: false,
+      schedule: "",
+    },
     targets: [
       {
-        targetId: "webui-1", agentId: "host-a", wave: 0, status: "pending",
+        targetId: "webui-1",
+        agentId: "host-a",
+        wave: 0,
+        status: "pending",
         steps: [{ name: "backup", state: "pending", agentId: "host-a", operationId: "", detail: "" }],
-        revisionBefore: ["a1f0c0de0001"], revisionAfter: [], backupId: "", message: "",
+        revisionBefore: ["a1f0c0de0001"],
+        revisionAfter: [],
+        backupId: "",
+        message: "",
       },
     ],
     createdAt: "2030-01-01T00:00:00.000Z",
@@ -35,15 +51,28 @@ function rollout(id: string, over: Partial<RolloutDoc> = {}): RolloutDoc {
 
 function schedule(name: string, over: Partial<ScheduleDoc> = {}): ScheduleDoc {
   return {
-    name, cron: "0 3 * * 0", selector: "env=prod", strategy: "maintenance", window: "2h",
-    toRevision: "head", waves: "1,100%", source: "config", ...over,
+    name,
+    cron: "0 3 * * 0",
+    selector: "env=prod",
+    strategy: "maintenance",
+    window: "2h",
+    toRevision: "head",
+    waves: "1,100%",
+    source: "config",
+    ...over,
   };
 }
 
 function auditRow(over: Partial<NewAuditRow> = {}): NewAuditRow {
   return {
-    time: "2030-01-01T00:00:00.000Z", actor: "alice", action: "rollout.create", target: "webui-1",
-    args: "{}", outcome: "intent", detail: "", ...over,
+    time: "2030-01-01T00:00:00.000Z",
+    actor: "alice",
+    action: "rollout.create",
+    target: "webui-1",
+    args: "{}",
+    outcome: "intent",
+    detail: "",
+    ...over,
   };
 }
 
@@ -67,7 +96,19 @@ for (const make of [() => sqliteBackend("store"), () => postgresBackend("store_t
 
     test("createRollout then getRollout returns the same document; unknown id is null; duplicate id refused", async () => {
       const { store } = await backend.fresh();
-      const doc = rollout("r1", { spec: { selector: "a=b", toRevision: "c3d2e1f00d42", strategy: "job", waves: "1", maxFailures: 2, window: "2h", gate: "manual:30m", allowBreaking: true, schedule: "" } });
+      const doc = rollout("r1", {
+        spec: {
+          selector: "a=b",
+          toRevision: "c3d2e1f00d42",
+          strategy: "job",
+          waves: "1",
+          maxFailures: 2,
+          window: "2h",
+          gate: "manual:30m",
+          allowBreaking: true,
+          schedule: "",
+        },
+      });
       await store.createRollout(doc);
       assert.deepEqual(await store.getRollout("r1"), doc);
       assert.equal(await store.getRollout("nope"), null);
@@ -106,14 +147,23 @@ for (const make of [() => sqliteBackend("store"), () => postgresBackend("store_t
       await store.createRollout(rollout("mid", { createdAt: "2030-01-02T00:00:00.000Z", status: "running" }));
       await store.createRollout(rollout("new", { createdAt: "2030-01-03T00:00:00.000Z", status: "pending" }));
       await store.createRollout(rollout("halted", { createdAt: "2030-01-04T00:00:00.000Z", status: "halted" }));
-      assert.deepEqual((await store.listRollouts(10)).map((r) => r.id), ["halted", "new", "mid", "old"]);
-      assert.deepEqual((await store.listRollouts(2)).map((r) => r.id), ["halted", "new"]);
+      assert.deepEqual(
+        (await store.listRollouts(10)).map((r) => r.id),
+        ["halted", "new", "mid", "old"],
+      );
+      assert.deepEqual(
+        (await store.listRollouts(2)).map((r) => r.id),
+        ["halted", "new"],
+      );
       assert.deepEqual((await store.listActiveRollouts()).map((r) => r.id).sort(), ["mid", "new"]);
 
       const mid = (await store.getRollout("mid"))!;
       mid.status = "failed";
       await store.saveRollout(mid);
-      assert.deepEqual((await store.listActiveRollouts()).map((r) => r.id), ["new"]);
+      assert.deepEqual(
+        (await store.listActiveRollouts()).map((r) => r.id),
+        ["new"],
+      );
       await rejectsWith(store.listRollouts(-1), "INVALID_ARGUMENT", /limit/);
     });
 
@@ -150,7 +200,10 @@ for (const make of [() => sqliteBackend("store"), () => postgresBackend("store_t
       const winners = results.flatMap((r, i) => (r.ok ? [`r${i}`] : []));
       assert.equal(winners.length, 1, JSON.stringify(results));
       const leases = await store.listLeases();
-      assert.ok(Object.values(leases).every((holder) => holder === winners[0]), JSON.stringify(leases));
+      assert.ok(
+        Object.values(leases).every((holder) => holder === winners[0]),
+        JSON.stringify(leases),
+      );
       for (const r of results) if (!r.ok) assert.equal(r.heldBy, winners[0]);
     });
 
@@ -180,7 +233,10 @@ for (const make of [() => sqliteBackend("store"), () => postgresBackend("store_t
       ]);
       assert.equal(await store.removeSchedule("nightly"), true);
       assert.equal(await store.removeSchedule("nightly"), false);
-      assert.deepEqual((await store.listSchedules()).map((s) => s.name), ["sunday"]);
+      assert.deepEqual(
+        (await store.listSchedules()).map((s) => s.name),
+        ["sunday"],
+      );
     });
 
     test("claimScheduleFire is idempotent per (name, slot), also across connections", async () => {
@@ -191,9 +247,7 @@ for (const make of [() => sqliteBackend("store"), () => postgresBackend("store_t
       assert.equal(await store.claimScheduleFire("sunday", "2030-01-13T03:00:00.000Z"), true);
       assert.equal(await store.claimScheduleFire("nightly", slot), true);
       const other = await another();
-      const claims = await Promise.all(
-        Array.from({ length: 8 }, (_, i) => (i % 2 === 0 ? store : other).claimScheduleFire("race", slot)),
-      );
+      const claims = await Promise.all(Array.from({ length: 8 }, (_, i) => (i % 2 === 0 ? store : other).claimScheduleFire("race", slot)));
       assert.equal(claims.filter(Boolean).length, 1);
     });
 
@@ -206,7 +260,10 @@ for (const make of [() => sqliteBackend("store"), () => postgresBackend("store_t
       };
       const r1 = await store.appendAudit(auditRow({ detail: "first" }), seal);
       const r2 = await store.appendAudit(auditRow({ detail: "second", outcome: "ok" }), seal);
-      assert.deepEqual(calls, [[0, "0".repeat(64)], [1, r1.hash]]);
+      assert.deepEqual(calls, [
+        [0, "0".repeat(64)],
+        [1, r1.hash],
+      ]);
       assert.deepEqual(r1, { ...auditRow({ detail: "first" }), seq: 1, prevHash: "0".repeat(64), hash: fakeSeal(0, "0".repeat(64)) });
       assert.equal(r2.seq, 2);
       assert.equal(r2.prevHash, r1.hash);
@@ -219,10 +276,18 @@ for (const make of [() => sqliteBackend("store"), () => postgresBackend("store_t
     test("appendAudit writes nothing when seal throws", async () => {
       const { store } = await backend.fresh();
       await store.appendAudit(auditRow(), fakeSeal);
-      await assert.rejects(store.appendAudit(auditRow(), () => { throw new Error("seal broke"); }), /seal broke/);
+      await assert.rejects(
+        store.appendAudit(auditRow(), () => {
+          throw new Error("seal broke");
+        }),
+        /seal broke/,
+      );
       const r3 = await store.appendAudit(auditRow(), fakeSeal);
       assert.equal(r3.seq, 2);
-      assert.deepEqual((await store.readAudit(0, 10)).map((r) => r.seq), [1, 2]);
+      assert.deepEqual(
+        (await store.readAudit(0, 10)).map((r) => r.seq),
+        [1, 2],
+      );
     });
 
     test("appendAudit from several connections in parallel keeps seq contiguous and every link intact", async () => {
@@ -230,7 +295,10 @@ for (const make of [() => sqliteBackend("store"), () => postgresBackend("store_t
       const other = await another();
       await Promise.all(Array.from({ length: 40 }, (_, i) => (i % 2 === 0 ? store : other).appendAudit(auditRow({ detail: `n${i}` }), fakeSeal)));
       const rows = await store.readAudit(0, 100);
-      assert.deepEqual(rows.map((r) => r.seq), Array.from({ length: 40 }, (_, i) => i + 1));
+      assert.deepEqual(
+        rows.map((r) => r.seq),
+        Array.from({ length: 40 }, (_, i) => i + 1),
+      );
       let prev = "0".repeat(64);
       for (const r of rows) {
         assert.equal(r.prevHash, prev, `row ${r.seq}`);
@@ -248,7 +316,10 @@ for (const make of [() => sqliteBackend("store"), () => postgresBackend("store_t
         assert.deepEqual(await store.auditAnchor(), { seq: r.seq, hash: r.hash });
       }
       const rows = await store.readAudit(0, 100);
-      assert.deepEqual(rows.map((r) => r.seq), Array.from({ length: 12 }, (_, i) => i + 1));
+      assert.deepEqual(
+        rows.map((r) => r.seq),
+        Array.from({ length: 12 }, (_, i) => i + 1),
+      );
       let prev = "0".repeat(64);
       for (const r of rows) {
         assert.equal(r.prevHash, prev, `row ${r.seq}`);
@@ -260,9 +331,13 @@ for (const make of [() => sqliteBackend("store"), () => postgresBackend("store_t
     test("two stores appending flat out at once never fork the chain", async () => {
       const { store, another } = await backend.fresh();
       const other = await another();
-      const burst = (s: ControllerStore, tag: string) => Promise.all(Array.from({ length: 60 }, (_, i) => s.appendAudit(auditRow({ detail: `${tag}${i}` }), fakeSeal)));
+      const burst = (s: ControllerStore, tag: string) =>
+        Promise.all(Array.from({ length: 60 }, (_, i) => s.appendAudit(auditRow({ detail: `${tag}${i}` }), fakeSeal)));
       const [a, b] = await Promise.all([burst(store, "a"), burst(other, "b")]);
-      assert.deepEqual([...a, ...b].map((r) => r.seq).sort((x, y) => x - y), Array.from({ length: 120 }, (_, i) => i + 1));
+      assert.deepEqual(
+        [...a, ...b].map((r) => r.seq).sort((x, y) => x - y),
+        Array.from({ length: 120 }, (_, i) => i + 1),
+      );
       const rows = await store.readAudit(0, 200);
       assert.equal(rows.length, 120);
       let prev = "0".repeat(64);
@@ -279,7 +354,10 @@ for (const make of [() => sqliteBackend("store"), () => postgresBackend("store_t
       for (let i = 0; i < 5; i++) await cut.store.appendAudit(auditRow(), fakeSeal);
       await cut.sql("DELETE FROM audit_log WHERE seq > 3");
       await rejectsWith(cut.store.appendAudit(auditRow(), fakeSeal), "AUDIT_UNAVAILABLE", /tail truncated: .* says seq 5, the log ends at 3/);
-      assert.deepEqual((await cut.store.readAudit(0, 10)).map((r) => r.seq), [1, 2, 3]);
+      assert.deepEqual(
+        (await cut.store.readAudit(0, 10)).map((r) => r.seq),
+        [1, 2, 3],
+      );
       assert.equal((await cut.store.auditAnchor())?.seq, 5);
 
       const changed = await backend.fresh();
@@ -292,7 +370,9 @@ for (const make of [() => sqliteBackend("store"), () => postgresBackend("store_t
       const refilled = await backend.fresh();
       for (let i = 0; i < 5; i++) await refilled.store.appendAudit(auditRow(), fakeSeal);
       await refilled.sql("DELETE FROM audit_log WHERE seq = 5");
-      await refilled.sql(`INSERT INTO audit_log (seq, time, actor, action, target, args, outcome, detail, prev_hash, hash) SELECT 5, time, 'm', 'x', '', '{}', 'ok', '', hash, '${"ab".repeat(32)}' FROM audit_log WHERE seq = 4`);
+      await refilled.sql(
+        `INSERT INTO audit_log (seq, time, actor, action, target, args, outcome, detail, prev_hash, hash) SELECT 5, time, 'm', 'x', '', '{}', 'ok', '', hash, '${"ab".repeat(32)}' FROM audit_log WHERE seq = 4`,
+      );
       await assert.rejects(refilled.store.appendAudit(auditRow(), fakeSeal));
       assert.equal((await refilled.store.readAudit(0, 10)).length, 5);
     });
@@ -316,7 +396,9 @@ for (const make of [() => sqliteBackend("store"), () => postgresBackend("store_t
       const { store, sql } = await backend.fresh();
       for (let i = 0; i < 2; i++) await store.appendAudit(auditRow(), fakeSeal);
       const [, r2] = await store.readAudit(0, 2);
-      await sql(`INSERT INTO audit_log (seq, time, actor, action, target, args, outcome, detail, prev_hash, hash) VALUES (3, 't', 'a', 'x', '', '{}', 'ok', '', '${r2!.hash}', '${fakeSeal(2, r2!.hash)}')`);
+      await sql(
+        `INSERT INTO audit_log (seq, time, actor, action, target, args, outcome, detail, prev_hash, hash) VALUES (3, 't', 'a', 'x', '', '{}', 'ok', '', '${r2!.hash}', '${fakeSeal(2, r2!.hash)}')`,
+      );
       await sql(`UPDATE audit_anchor SET seq = 2, hash = '${r2!.hash}'`);
       const r4 = await store.appendAudit(auditRow(), fakeSeal);
       assert.equal(r4.seq, 4);
@@ -329,7 +411,9 @@ for (const make of [() => sqliteBackend("store"), () => postgresBackend("store_t
       for (let i = 0; i < 3; i++) await store.appendAudit(auditRow(), fakeSeal);
       if (backend.name === "PostgresStore") {
         // The audit fast path's own connection (waiting until its backend is gone).
-        const killed = await sql("SELECT pg_terminate_backend(pid, 5000) AS k FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'flotilla-controller-audit'");
+        const killed = await sql(
+          "SELECT pg_terminate_backend(pid, 5000) AS k FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'flotilla-controller-audit'",
+        );
         assert.deepEqual(killed, [{ k: true }]);
       }
       // At most the first append after the kill fails (closed); none is written twice.
@@ -337,7 +421,10 @@ for (const make of [() => sqliteBackend("store"), () => postgresBackend("store_t
       for (let i = 0; i < 3; i++) await store.appendAudit(auditRow(), fakeSeal);
       const last = await store.appendAudit(auditRow({ detail: "after" }), fakeSeal);
       const rows = await store.readAudit(0, 10);
-      assert.deepEqual(rows.map((r) => r.seq), Array.from({ length: last.seq }, (_, i) => i + 1));
+      assert.deepEqual(
+        rows.map((r) => r.seq),
+        Array.from({ length: last.seq }, (_, i) => i + 1),
+      );
       let prev = "0".repeat(64);
       for (const r of rows) {
         assert.equal(r.prevHash, prev, `row ${r.seq}`);
@@ -357,8 +444,7 @@ for (const make of [() => sqliteBackend("store"), () => postgresBackend("store_t
         { time: "2030-01-05T00:00:00.000Z", actor: "alice", action: "audit.verify", target: "" },
       ];
       for (const s of specs) rows.push(await store.appendAudit(auditRow(s), fakeSeal));
-      const seqs = async (f: Parameters<ControllerStore["queryAudit"]>[0]): Promise<number[]> =>
-        (await store.queryAudit(f)).map((r) => r.seq);
+      const seqs = async (f: Parameters<ControllerStore["queryAudit"]>[0]): Promise<number[]> => (await store.queryAudit(f)).map((r) => r.seq);
       assert.deepEqual(await store.queryAudit({}), rows);
       assert.deepEqual(await seqs({ since: "2030-01-02T00:00:00.000Z" }), [2, 3, 4, 5]);
       assert.deepEqual(await seqs({ until: "2030-01-02T00:00:00.000Z" }), [1, 2]);
@@ -375,8 +461,7 @@ for (const make of [() => sqliteBackend("store"), () => postgresBackend("store_t
     test("queryAudit filters by outcome and pages back with beforeSeq", async () => {
       const { store } = await backend.fresh();
       for (const outcome of ["intent", "ok", "denied", "error", "ok", "denied"] as const) await store.appendAudit(auditRow({ outcome }), fakeSeal);
-      const seqs = async (f: Parameters<ControllerStore["queryAudit"]>[0]): Promise<number[]> =>
-        (await store.queryAudit(f)).map((r) => r.seq);
+      const seqs = async (f: Parameters<ControllerStore["queryAudit"]>[0]): Promise<number[]> => (await store.queryAudit(f)).map((r) => r.seq);
       assert.deepEqual(await seqs({ outcome: "denied" }), [3, 6]);
       assert.deepEqual(await seqs({ outcome: "ok" }), [2, 5]);
       assert.deepEqual(await seqs({ beforeSeq: 4 }), [1, 2, 3]);
@@ -453,13 +538,16 @@ describe("openStore", () => {
       "",
     ];
     for (const url of bad) {
-      assert.throws(() => openStore(url), (err: unknown) => {
-        assert.ok(err instanceof FlotillaError, url);
-        assert.equal(err.code, "CONFIG_INVALID", url);
-        assert.match(err.message, /store URL/);
-        assert.doesNotMatch(err.message, /hunter2/);
-        return true;
-      });
+      assert.throws(
+        () => openStore(url),
+        (err: unknown) => {
+          assert.ok(err instanceof FlotillaError, url);
+          assert.equal(err.code, "CONFIG_INVALID", url);
+          assert.match(err.message, /store URL/);
+          assert.doesNotMatch(err.message, /hunter2/);
+          return true;
+        },
+      );
     }
   });
 });

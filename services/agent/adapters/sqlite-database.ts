@@ -79,6 +79,16 @@ function safeProgress(onProgress: ProgressFn, p: Parameters<ProgressFn>[0]): voi
   }
 }
 
+/** A worker's progress message passed on as a backup progress line (bytes when it has them). */
+function workerProgress(onProgress: ProgressFn, m: { line: string; bytesDone?: number; bytesTotal?: number }): void {
+  safeProgress(onProgress, {
+    line: m.line,
+    source: "backup",
+    ...(m.bytesDone !== undefined ? { bytesDone: m.bytesDone } : {}),
+    ...(m.bytesTotal !== undefined ? { bytesTotal: m.bytesTotal } : {}),
+  });
+}
+
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
@@ -614,12 +624,7 @@ export class SqliteDatabase implements DatabaseAdapter {
             onCopied?.();
             return;
           }
-          safeProgress(onProgress, {
-            line: m.line,
-            source: "backup",
-            ...(m.bytesDone !== undefined ? { bytesDone: m.bytesDone } : {}),
-            ...(m.bytesTotal !== undefined ? { bytesTotal: m.bytesTotal } : {}),
-          });
+          workerProgress(onProgress, m);
         },
         signal,
       );
@@ -646,13 +651,7 @@ export class SqliteDatabase implements DatabaseAdapter {
       checked = await runInWorker<VerifyOutcome>(
         { op: "verify", path: artifact.path, expected: expectedOf(artifact), hashed: "by-caller" },
         (m) => {
-          if (m.type === "progress")
-            safeProgress(onProgress, {
-              line: m.line,
-              source: "backup",
-              ...(m.bytesDone !== undefined ? { bytesDone: m.bytesDone } : {}),
-              ...(m.bytesTotal !== undefined ? { bytesTotal: m.bytesTotal } : {}),
-            });
+          if (m.type === "progress") workerProgress(onProgress, m);
         },
         signal,
       );
@@ -682,13 +681,7 @@ export class SqliteDatabase implements DatabaseAdapter {
       await runInWorker<{ sha256: string }>(
         { op: "restore", backupPath: artifact.path, expected: expectedOf(artifact), dbPath: this.path, stagingPath },
         (m) => {
-          if (m.type === "progress")
-            safeProgress(onProgress, {
-              line: m.line,
-              source: "backup",
-              ...(m.bytesDone !== undefined ? { bytesDone: m.bytesDone } : {}),
-              ...(m.bytesTotal !== undefined ? { bytesTotal: m.bytesTotal } : {}),
-            });
+          if (m.type === "progress") workerProgress(onProgress, m);
         },
         signal,
       );
